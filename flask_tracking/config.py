@@ -1,0 +1,206 @@
+"""Every ``TRACKING_*`` setting: its default, its unit, and its validation.
+
+:data:`DEFAULTS` is the single source of truth. :func:`load_config` applies it to a Flask
+``app.config`` with ``setdefault`` and compiles the result once, at ``init_app``, into a frozen
+:class:`TrackingConfig`; a bad value raises :class:`ValueError` there, never on a request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+MiB = 1024 * 1024
+
+DEFAULTS: dict[str, Any] = {
+    #: Path regexes (``re.match`` against the path, as the original). A matching request is not
+    #: recorded at all and costs next to nothing.
+    "TRACKING_EXCLUDE": [],
+    #: Path regexes; matching requests are recorded without request and response bodies.
+    "TRACKING_EXCLUDE_BODY": [],
+    #: Bytes kept of each request and of each response body. ``0`` keeps no body.
+    "TRACKING_MAX_BODY_LENGTH": 65536,
+    #: HTTP methods (any case) that are not recorded.
+    "TRACKING_EXCLUDE_METHODS": [],
+    #: Status codes not recorded, unless the request took at least TRACKING_MIN_EXECUTION_TIME.
+    "TRACKING_EXCLUDE_STATUS_CODES": [],
+    #: Milliseconds. A response whose status is excluded is still recorded when it took at least
+    #: this long (slow errors are kept). ``0`` means excluded statuses are never recorded.
+    "TRACKING_MIN_EXECUTION_TIME": 0,
+    #: Bytes. Size of the capped collection, used when the writer creates it.
+    "TRACKING_TABLE_SIZE": 100 * MiB,
+    #: Documents. Document limit of the capped collection, used when the writer creates it.
+    "TRACKING_MAX_DOCUMENTS": 1_000_000,
+    #: The MongoEngine connection alias the writer inserts through.
+    "TRACKING_DB_ALIAS": "default",
+    #: When set and TRACKING_DB_ALIAS is not connected yet, init_app connects it to this URI with
+    #: short timeouts. When unset, connect the alias yourself (``mongoengine.connect``).
+    "TRACKING_MONGODB_URI": None,
+    #: Records. The writer's queue refuses (and counts) records beyond this many pending.
+    "TRACKING_QUEUE_MAX_RECORDS": 10_000,
+    #: Bytes. The writer's queue refuses (and counts) records beyond this estimated size pending.
+    "TRACKING_QUEUE_MAX_BYTES": 64 * MiB,
+    #: Records per ``insert_many``.
+    "TRACKING_BATCH_MAX_RECORDS": 500,
+    #: Seconds. The writer writes at least this often when records are pending.
+    "TRACKING_FLUSH_INTERVAL_SECONDS": 1.0,
+    #: Seconds. One insert may take at most this long (``pymongo.timeout``), whatever the client's
+    #: own socket and server-selection timeouts are.
+    "TRACKING_WRITE_TIMEOUT_SECONDS": 5.0,
+    #: Seconds. First wait before retrying a batch after a network error; it doubles per failure.
+    "TRACKING_RETRY_INITIAL_BACKOFF_SECONDS": 0.5,
+    #: Seconds. Longest wait between retries while MongoDB is unreachable.
+    "TRACKING_RETRY_MAX_BACKOFF_SECONDS": 30.0,
+    #: Seconds. At interpreter exit, pending records are written for at most this long.
+    "TRACKING_SHUTDOWN_TIMEOUT_SECONDS": 5.0,
+    #: Bytes. No stored document is larger: custom data, then headers, then bodies are cut to fit.
+    "TRACKING_MAX_RECORD_BYTES": 2 * MiB,
+    #: Bytes. Custom data (``request._tracking_data``) beyond this estimated size is cut.
+    "TRACKING_MAX_CUSTOM_DATA_BYTES": 256 * 1024,
+}
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """The validated, compiled settings of one app (built once by :func:`load_config`)."""
+
+    exclude: tuple[re.Pattern[str], ...]
+    exclude_body: tuple[re.Pattern[str], ...]
+    max_body_length: int
+    exclude_methods: frozenset[str]
+    exclude_status_codes: frozenset[int]
+    min_execution_time_ms: float
+    table_size_bytes: int
+    max_documents: int
+    db_alias: str
+    mongodb_uri: str | None
+    queue_max_records: int
+    queue_max_bytes: int
+    batch_max_records: int
+    flush_interval_seconds: float
+    write_timeout_seconds: float
+    retry_initial_backoff_seconds: float
+    retry_max_backoff_seconds: float
+    shutdown_timeout_seconds: float
+    max_record_bytes: int
+    max_custom_data_bytes: int
+
+
+def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
+    """Apply :data:`DEFAULTS` to ``app_config`` and return the validated settings.
+
+    Raises :class:`ValueError` naming the key for any value of the wrong type or range.
+    """
+    for key, value in DEFAULTS.items():
+        app_config.setdefault(key, value.copy() if isinstance(value, list) else value)
+    get = _Reader(app_config)
+    max_body_length = get.integer("TRACKING_MAX_BODY_LENGTH", minimum=0)
+    config = TrackingConfig(
+        exclude=get.patterns("TRACKING_EXCLUDE"),
+        exclude_body=get.patterns("TRACKING_EXCLUDE_BODY"),
+        max_body_length=max_body_length,
+        exclude_methods=frozenset(m.upper() for m in get.strings("TRACKING_EXCLUDE_METHODS")),
+        exclude_status_codes=get.status_codes("TRACKING_EXCLUDE_STATUS_CODES"),
+        min_execution_time_ms=get.number("TRACKING_MIN_EXECUTION_TIME", minimum=0),
+        table_size_bytes=get.integer("TRACKING_TABLE_SIZE", minimum=4096),
+        max_documents=get.integer("TRACKING_MAX_DOCUMENTS", minimum=1, maximum=2**31 - 1),
+        db_alias=get.text("TRACKING_DB_ALIAS"),
+        mongodb_uri=get.optional_text("TRACKING_MONGODB_URI"),
+        queue_max_records=get.integer("TRACKING_QUEUE_MAX_RECORDS", minimum=1),
+        queue_max_bytes=get.integer("TRACKING_QUEUE_MAX_BYTES", minimum=1),
+        batch_max_records=get.integer("TRACKING_BATCH_MAX_RECORDS", minimum=1),
+        flush_interval_seconds=get.number("TRACKING_FLUSH_INTERVAL_SECONDS", minimum=0.001),
+        write_timeout_seconds=get.number("TRACKING_WRITE_TIMEOUT_SECONDS", minimum=0.001),
+        retry_initial_backoff_seconds=get.number(
+            "TRACKING_RETRY_INITIAL_BACKOFF_SECONDS", minimum=0.001
+        ),
+        retry_max_backoff_seconds=get.number("TRACKING_RETRY_MAX_BACKOFF_SECONDS", minimum=0.001),
+        shutdown_timeout_seconds=get.number("TRACKING_SHUTDOWN_TIMEOUT_SECONDS", minimum=0),
+        max_record_bytes=get.integer(
+            "TRACKING_MAX_RECORD_BYTES", minimum=64 * 1024, maximum=16 * MiB - 64 * 1024
+        ),
+        max_custom_data_bytes=get.integer("TRACKING_MAX_CUSTOM_DATA_BYTES", minimum=0),
+    )
+    _check_relations(config)
+    return config
+
+
+def _check_relations(config: TrackingConfig) -> None:
+    if config.batch_max_records > config.queue_max_records:
+        raise ValueError(
+            "TRACKING_BATCH_MAX_RECORDS must not exceed TRACKING_QUEUE_MAX_RECORDS "
+            f"({config.batch_max_records} > {config.queue_max_records})."
+        )
+    if config.retry_initial_backoff_seconds > config.retry_max_backoff_seconds:
+        raise ValueError(
+            "TRACKING_RETRY_INITIAL_BACKOFF_SECONDS must not exceed "
+            "TRACKING_RETRY_MAX_BACKOFF_SECONDS."
+        )
+    if 2 * config.max_body_length + 64 * 1024 > config.max_record_bytes:
+        raise ValueError(
+            "TRACKING_MAX_RECORD_BYTES must leave room for two bodies of "
+            f"TRACKING_MAX_BODY_LENGTH ({config.max_body_length} bytes) plus 64 KiB; "
+            "raise it or lower TRACKING_MAX_BODY_LENGTH."
+        )
+
+
+class _Reader:
+    """Reads one key of the app config, raising a ValueError that names the key."""
+
+    def __init__(self, app_config: Mapping[str, Any]) -> None:
+        self._config = app_config
+
+    def _fail(self, key: str, expected: str) -> ValueError:
+        return ValueError(f"{key} must be {expected}, got {self._config[key]!r}.")
+
+    def integer(self, key: str, *, minimum: int, maximum: int | None = None) -> int:
+        value = self._config[key]
+        in_range = isinstance(value, int) and value >= minimum
+        if isinstance(value, bool) or not in_range or (maximum is not None and value > maximum):
+            bound = f" and at most {maximum}" if maximum is not None else ""
+            raise self._fail(key, f"an integer of at least {minimum}{bound}")
+        return value
+
+    def number(self, key: str, *, minimum: float) -> float:
+        value = self._config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
+            raise self._fail(key, f"a number of at least {minimum}")
+        return float(value)
+
+    def text(self, key: str) -> str:
+        value = self._config[key]
+        if not isinstance(value, str) or not value:
+            raise self._fail(key, "a non-empty string")
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        return None if self._config[key] is None else self.text(key)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._config[key]
+        if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+            raise self._fail(key, "a list of strings")
+        if not all(isinstance(item, str) for item in value):
+            raise self._fail(key, "a list of strings")
+        return tuple(value)
+
+    def patterns(self, key: str) -> tuple[re.Pattern[str], ...]:
+        return tuple(_compile(key, source) for source in self.strings(key))
+
+    def status_codes(self, key: str) -> frozenset[int]:
+        value = self._config[key]
+        if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+            isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599
+            for code in value
+        ):
+            raise self._fail(key, "a list of HTTP status codes (integers 100-599)")
+        return frozenset(value)
+
+
+def _compile(key: str, source: str) -> re.Pattern[str]:
+    try:
+        return re.compile(source)
+    except re.error as error:
+        raise ValueError(f"{key} holds an invalid regular expression {source!r}: {error}") from None

@@ -1,0 +1,269 @@
+"""MongoDB side of the writer: collection setup, per-record checks, ``insert_many``.
+
+:class:`MongoSink` is the ``write_batch`` callable the :class:`~flask_tracking.writer.BatchWriter`
+calls on its own thread. It never raises: every record ends up written, dropped with a reason
+(counted by the writer) or handed back for a retry after a network error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from typing import Any, Callable
+
+import bson
+import pymongo
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, CollectionInvalid, ConnectionFailure, OperationFailure
+
+from .capture import RequestState
+from .record import to_document
+from .writer import BatchOutcome
+
+#: The collection :class:`flask_tracking.documents.Tracking` reads.
+COLLECTION_NAME = "tracking"
+#: Stored in place of custom data that could not be encoded or did not fit.
+CUSTOM_DATA_CUT = "[cut: custom data could not be stored]"
+
+_DUPLICATE_KEY = 11000
+_NAMESPACE_EXISTS = 48
+_RAW_KEY = "_state"
+
+#: A hook that sees each document before it is stored: return it (changed) or None to drop it.
+BeforeSave = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+def queue_item(state: RequestState) -> dict[str, Any]:
+    """The item the request thread submits to the writer (converted later by the sink)."""
+    return {_RAW_KEY: state}
+
+
+class MongoSink:
+    """Prepares records and inserts them into the (capped) tracking collection.
+
+    The collection is set up once, on the writer thread, on the first batch: created capped
+    with ``size``/``max`` when missing; used as it is (with one warning) when it exists with
+    other options or uncapped; a plain collection where the server refuses capped options
+    (mongomock). Inserts are ``insert_many(ordered=False)`` bounded by ``pymongo.timeout``.
+    """
+
+    def __init__(
+        self,
+        get_database: Callable[[], Database[Any]],
+        *,
+        capped_size_bytes: int,
+        capped_max_documents: int,
+        max_record_bytes: int,
+        write_timeout_seconds: float,
+        before_save: Callable[[], list[BeforeSave]] = list,
+        logger: logging.Logger | None = None,
+        collection_name: str = COLLECTION_NAME,
+    ) -> None:
+        self._get_database = get_database
+        self._capped_size = capped_size_bytes
+        self._capped_max = capped_max_documents
+        self._max_record_bytes = max_record_bytes
+        self._write_timeout = write_timeout_seconds
+        self._before_save = before_save
+        self._logger = logger or logging.getLogger("flask_tracking")
+        self._collection_name = collection_name
+        self._collection: Collection[Any] | None = None
+        self._pid = os.getpid()
+
+    def __call__(self, records: list[dict[str, Any]]) -> BatchOutcome:
+        """Write one batch; see :class:`~flask_tracking.writer.BatchOutcome`."""
+        dropped: Counter[str] = Counter()
+        documents = []
+        for record in records:
+            document = self._prepare(record, dropped)
+            if document is not None:
+                documents.append(document)
+        outcome = self._insert(documents) if documents else BatchOutcome()
+        for reason, count in dropped.items():
+            outcome.dropped[reason] = outcome.dropped.get(reason, 0) + count
+        return outcome
+
+    def _prepare(self, record: dict[str, Any], dropped: Counter[str]) -> dict[str, Any] | None:
+        state = record.get(_RAW_KEY)
+        if state is None:  # a document handed back for a retry: already prepared
+            return record
+        try:
+            document: dict[str, Any] | None = to_document(state)
+        except Exception:
+            self._logger.exception("flask_tracking: could not convert a record; dropped")
+            dropped["encode_error"] += 1
+            return None
+        for hook in self._before_save():
+            try:
+                document = hook(document)
+            except Exception:
+                self._logger.exception("flask_tracking: a before_save hook raised; record dropped")
+                dropped["hook_error"] += 1
+                return None
+            if document is None:
+                dropped["by_hook"] += 1
+                return None
+        if fit_document(document, self._max_record_bytes):
+            return document
+        dropped["encode_error"] += 1
+        return None
+
+    def _insert(self, documents: list[dict[str, Any]]) -> BatchOutcome:
+        try:
+            collection = self._get_collection()
+            with pymongo.timeout(self._write_timeout):
+                collection.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            return _partial_outcome(documents, error)
+        except Exception as error:
+            if _is_transient(error):
+                return BatchOutcome(retry=documents)
+            self._logger.warning(
+                "flask_tracking: MongoDB refused a batch of %d records (%s: %s); dropped",
+                len(documents),
+                type(error).__name__,
+                error,
+            )
+            return BatchOutcome(dropped={"db_error": len(documents)})
+        return BatchOutcome(written=len(documents))
+
+    def _get_collection(self) -> Collection[Any]:
+        if self._pid != os.getpid():  # forked: resolve the client again in this process
+            self._collection, self._pid = None, os.getpid()
+        if self._collection is None:
+            database = self._get_database()
+            self._collection = ensure_collection(
+                database, self._collection_name, self._capped_size, self._capped_max, self._logger
+            )
+        return self._collection
+
+
+def _partial_outcome(documents: list[dict[str, Any]], error: BulkWriteError) -> BatchOutcome:
+    """Count what an unordered insert_many stored; a duplicate _id on a retry was stored before."""
+    details = error.details or {}
+    written = int(details.get("nInserted", 0))
+    failed = 0
+    for write_error in details.get("writeErrors", []):
+        if write_error.get("code") == _DUPLICATE_KEY:
+            written += 1
+        else:
+            failed += 1
+    outcome = BatchOutcome(written=written)
+    if failed:
+        outcome.dropped["db_error"] = failed
+    return outcome
+
+
+def _is_transient(error: Exception) -> bool:
+    """Network trouble or a timeout: the same batch may succeed later."""
+    return isinstance(error, ConnectionFailure) or bool(getattr(error, "timeout", False))
+
+
+def fit_document(document: dict[str, Any], max_bytes: int) -> bool:
+    """Make ``document`` encodable and at most ``max_bytes``; False when impossible.
+
+    What gives way, in order: custom data, header values, then the bodies.
+    """
+    for shrink in (None, _cut_custom_data, _cut_headers, _cut_bodies):
+        if shrink is not None:
+            shrink(document)
+        try:
+            if len(bson.encode(document)) <= max_bytes:
+                return True
+        except Exception:  # only custom data can be odd; the next step replaces it
+            continue
+    return False
+
+
+def _cut_custom_data(document: dict[str, Any]) -> None:
+    if document.get("custom_data") is not None:
+        document["custom_data"] = CUSTOM_DATA_CUT
+
+
+def _cut_headers(document: dict[str, Any]) -> None:
+    for key in ("request_headers", "response_headers"):
+        headers = document.get(key) or []
+        document[key] = [[name[:256], value[:1024]] for name, value in headers[:200]]
+
+
+def _cut_bodies(document: dict[str, Any]) -> None:
+    for prefix in ("request", "response"):
+        if document.get(f"{prefix}_body"):
+            document[f"{prefix}_body"] = None
+            document[f"{prefix}_body_omitted"] = "too large for the record"
+
+
+def ensure_collection(
+    database: Database[Any],
+    name: str,
+    size_bytes: int,
+    max_documents: int,
+    logger: logging.Logger,
+) -> Collection[Any]:
+    """Create ``name`` capped when missing; otherwise use it as it is, warning once if it differs.
+
+    Raises only for network trouble (so the writer retries later).
+    """
+    try:
+        return database.create_collection(name, capped=True, size=size_bytes, max=max_documents)
+    except NotImplementedError:  # mongomock: "Special options not supported"
+        logger.warning(
+            "flask_tracking: this server does not support capped collections; "
+            "writing %r as a plain collection",
+            name,
+        )
+        return database[name]
+    except CollectionInvalid:
+        pass  # exists already (perhaps created by another worker a moment ago)
+    except OperationFailure as error:
+        if error.code != _NAMESPACE_EXISTS:
+            logger.warning(
+                "flask_tracking: could not create the capped collection %r (%s); using it as is",
+                name,
+                error,
+            )
+            return database[name]
+    collection = database[name]
+    _check_existing(collection, size_bytes, max_documents, logger)
+    return collection
+
+
+def _check_existing(
+    collection: Collection[Any], size_bytes: int, max_documents: int, logger: logging.Logger
+) -> None:
+    try:
+        options = collection.options()
+    except ConnectionFailure:
+        raise
+    except Exception:  # mongomock has no options(); nothing to compare
+        return
+    name = collection.name
+    if not options.get("capped"):
+        logger.warning(
+            "flask_tracking: collection %r exists and is not capped; it will grow without bound. "
+            "It is used as it is and never converted automatically. To cap it, run in the shell: "
+            "db.runCommand({convertToCapped: %r, size: %d}) "
+            "(this locks the database while it runs and drops all indexes but _id).",
+            name,
+            name,
+            size_bytes,
+        )
+    elif not _same_cap(options, size_bytes, max_documents):
+        logger.warning(
+            "flask_tracking: collection %r is capped with size=%s max=%s, not size=%d max=%d; "
+            "used as it is",
+            name,
+            options.get("size"),
+            options.get("max"),
+            size_bytes,
+            max_documents,
+        )
+
+
+def _same_cap(options: dict[str, Any], size_bytes: int, max_documents: int) -> bool:
+    """Servers round sizes up (to 256 bytes, formerly 4096 minimum), so compare tolerantly."""
+    size = options.get("size") or 0
+    size_matches = size_bytes <= size <= max(4096, size_bytes + 256)
+    return size_matches and (options.get("max") or 0) == max_documents

@@ -1,0 +1,664 @@
+"""Bounded background batch writer: buffer records in memory, write them in batches off-thread.
+
+Nothing here knows about Flask or MongoDB. The writer is handed a ``write_batch`` callable and
+only deals with buffering, batching, retry backoff, counters, shutdown and fork safety. The
+design follows OpenTelemetry's ``BatchProcessor`` and sentry-python's background worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["BatchOutcome", "BatchWriter"]
+
+#: Drop reasons that ``BatchWriter.stats()`` always reports, even at zero.
+BASE_DROP_REASONS: tuple[str, ...] = (
+    "queue_full",
+    "db_error",
+    "encode_error",
+    "hook_error",
+    "write_error",
+    "shutdown",
+)
+
+#: A warning about a given drop reason (or failing callback) is logged at most this often.
+LOG_INTERVAL_SECONDS = 60.0
+
+# One buffered record: (sequence number, record, size in bytes). The sequence number orders
+# records for flush() and lets retried records go back to the head of the queue in order.
+_Entry = tuple[int, dict, int]
+
+
+@dataclass
+class BatchOutcome:
+    """What write_batch did with one batch.
+
+    ``written + sum(dropped.values()) + len(retry)`` should equal the batch size; the writer
+    corrects an outcome that does not add up (see ``BatchWriter``) so its counters stay exact.
+    """
+
+    written: int = 0
+    """Records stored."""
+
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Records given up on, by reason, e.g. ``{"encode_error": 1, "db_error": 3}``."""
+
+    retry: list[dict] = field(default_factory=list)
+    """Records to try again later (transient failure, e.g. network): the same dict objects that
+    were passed in, in batch order."""
+
+
+class _LogLimiter:
+    """Lets one log line per key through every ``interval`` seconds and counts the rest."""
+
+    def __init__(self, interval: float = LOG_INTERVAL_SECONDS) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def take(self, key: str, count: int = 1) -> int:
+        """Add ``count`` events for ``key``; return how many to report now (0: stay quiet)."""
+        now = time.monotonic()
+        with self._lock:
+            total = self._quiet.pop(key, 0) + count
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._quiet[key] = total
+                return 0
+            self._last[key] = now
+            return total
+
+
+class _ExitHook:
+    """The atexit callback of one writer.
+
+    It holds the writer weakly, so registering it does not keep an unused writer alive, and it
+    unregisters itself when the writer is garbage collected, so nothing is left behind.
+    """
+
+    def __init__(self, writer: BatchWriter) -> None:
+        self._ref = weakref.ref(writer, self._forget)
+        atexit.register(self)
+
+    def _forget(self, _ref: weakref.ref) -> None:
+        # May run during interpreter teardown, when atexit can already be half gone.
+        with contextlib.suppress(Exception):
+            atexit.unregister(self)
+
+    def __call__(self) -> None:
+        writer = self._ref()
+        if writer is not None:
+            writer.shutdown(writer._shutdown_timeout)
+
+
+class BatchWriter:
+    """Buffer records in memory and write them in batches from one background daemon thread.
+
+    ``submit`` only appends to a bounded in-memory FIFO and never blocks on I/O. A daemon
+    thread, started by the first ``submit`` in the process, hands batches of at most
+    ``batch_max_records`` records to ``write_batch`` when a full batch is ready, every
+    ``flush_interval_seconds``, on ``flush()`` and on ``shutdown()``. ``write_batch`` is always
+    called outside the lock, from that thread only. Records it returns in ``BatchOutcome.retry``
+    go back to the head of the queue and are retried after a backoff that starts at
+    ``retry_initial_backoff_seconds``, doubles up to ``retry_max_backoff_seconds`` and resets
+    after a batch that needs no retry. If ``write_batch`` raises (or returns something that is
+    not a ``BatchOutcome``) the whole batch counts as ``dropped_write_error``.
+
+    Counters (``stats()``): every record passed to ``submit`` is counted exactly once, either
+    as refused (``dropped_queue_full``, or ``dropped_shutdown`` after shutdown, which also counts
+    in ``refused_after_shutdown``) or as ``enqueued`` and later ``written``, ``dropped_<reason>``
+    or still ``pending``. Once the writer is idle::
+
+        enqueued == written + pending + sum(dropped_* except dropped_queue_full and
+                    dropped_hook_error) - refused_after_shutdown
+
+    (``dropped_hook_error`` and other reasons counted through ``count_dropped`` are for records
+    that never reached ``submit``). If an outcome does not add up to the batch size, the
+    difference is corrected: counts are clamped to the batch, and records nobody accounted for
+    are counted as ``dropped_unaccounted``.
+
+    Fork safety: after ``os.fork()`` the child starts from a fresh state. The buffer is emptied
+    (the records belong to the parent, which writes them; writing them in the child too would
+    duplicate them), the lock and conditions are new (a parent thread may have held them at the
+    fork and that thread does not exist in the child), all counters restart at zero, and no
+    thread runs until the child's first ``submit``. This is done by an ``os.register_at_fork``
+    hook and, for forks that bypass it, by a process id check in every public method. A writer
+    that was shut down before the fork stays shut down in the child.
+
+    Exit: an ``atexit`` hook that holds the writer only weakly calls
+    ``shutdown(shutdown_timeout_seconds)``, so process exit waits at most about that long.
+    An unreferenced writer without a running thread is garbage collected; a running worker
+    thread keeps its writer alive until ``shutdown()``.
+    """
+
+    def __init__(
+        self,
+        write_batch: Callable[[list[dict]], BatchOutcome],
+        *,
+        max_queue_records: int = 10_000,
+        max_queue_bytes: int = 64 * 1024 * 1024,
+        batch_max_records: int = 500,
+        flush_interval_seconds: float = 1.0,
+        retry_initial_backoff_seconds: float = 0.5,
+        retry_max_backoff_seconds: float = 30.0,
+        shutdown_timeout_seconds: float = 5.0,
+        on_written: Callable[[int], None] | None = None,
+        on_dropped: Callable[[str, int], None] | None = None,
+        logger: logging.Logger | None = None,
+        name: str = "flask-tracking-writer",
+    ) -> None:
+        """Configure the writer; no thread is started until the first ``submit``.
+
+        Raises ``ValueError`` for a size or duration that is not positive (``shutdown_timeout_
+        seconds`` may be 0: do not wait at exit), for ``batch_max_records > max_queue_records``
+        and for an initial backoff above the maximum backoff; ``TypeError`` for a callback that
+        is not callable.
+        """
+        if not callable(write_batch):
+            raise TypeError(f"write_batch must be callable, got {write_batch!r}.")
+        for hook_name, hook in (("on_written", on_written), ("on_dropped", on_dropped)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{hook_name} must be callable or None, got {hook!r}.")
+        _check_count("max_queue_records", max_queue_records)
+        _check_count("max_queue_bytes", max_queue_bytes)
+        _check_count("batch_max_records", batch_max_records)
+        _check_seconds("flush_interval_seconds", flush_interval_seconds)
+        _check_seconds("retry_initial_backoff_seconds", retry_initial_backoff_seconds)
+        _check_seconds("retry_max_backoff_seconds", retry_max_backoff_seconds)
+        _check_seconds("shutdown_timeout_seconds", shutdown_timeout_seconds, allow_zero=True)
+        if batch_max_records > max_queue_records:
+            raise ValueError(
+                f"batch_max_records ({batch_max_records}) must not be larger than "
+                f"max_queue_records ({max_queue_records})."
+            )
+        if retry_initial_backoff_seconds > retry_max_backoff_seconds:
+            raise ValueError(
+                f"retry_initial_backoff_seconds ({retry_initial_backoff_seconds}) must not be "
+                f"larger than retry_max_backoff_seconds ({retry_max_backoff_seconds})."
+            )
+
+        self._write_batch = write_batch
+        self._max_records = max_queue_records
+        self._max_bytes = max_queue_bytes
+        self._batch_max = batch_max_records
+        self._interval = float(flush_interval_seconds)
+        self._initial_backoff = float(retry_initial_backoff_seconds)
+        self._max_backoff = float(retry_max_backoff_seconds)
+        self._shutdown_timeout = float(shutdown_timeout_seconds)
+        self._on_written = on_written
+        self._on_dropped = on_dropped
+        self._logger = logger if logger is not None else logging.getLogger("flask_tracking")
+        self._name = name
+
+        # Shutdown state survives a fork: a writer closed in the parent stays closed.
+        self._stopping = False
+        self._deadline = 0.0
+        self._shutdown_result: bool | None = None
+        self._reset_state()
+
+        _LIVE_WRITERS.add(self)
+        self._exit_hook = _ExitHook(self)
+
+    # ------------------------------------------------------------------ public API
+
+    def submit(self, record: dict, size_bytes: int) -> bool:
+        """Queue ``record`` (``size_bytes`` long once encoded) for writing; never blocks or raises.
+
+        Returns False, and counts the record as ``dropped_queue_full``, when accepting it would
+        take the pending records (queued, in flight or waiting for a retry) over
+        ``max_queue_records`` or ``max_queue_bytes``: the newest record is the one dropped.
+        After ``shutdown()`` returns False and counts ``dropped_shutdown``. A ``size_bytes`` that
+        is not a non-negative integer counts as 0.
+        """
+        try:
+            self._check_pid()
+            size = _coerce_size(size_bytes)
+            with self._lock:
+                if self._stopping:
+                    reason = "shutdown"
+                    self._refused_after_shutdown += 1
+                elif (
+                    len(self._queue) + len(self._in_flight) >= self._max_records
+                    or self._queue_bytes + size > self._max_bytes
+                ):
+                    reason = "queue_full"
+                else:
+                    self._submitted_seq += 1
+                    self._queue.append((self._submitted_seq, record, size))
+                    self._queue_bytes += size
+                    # One wake-up per full batch; smaller batches wait for the interval tick.
+                    if len(self._queue) % self._batch_max == 0:
+                        self._work_cond.notify()
+                    self._ensure_thread()
+                    return True
+                self._dropped[reason] += 1
+            self._notify_dropped(reason, 1)
+        except Exception:
+            # Tracking must never break the request being tracked.
+            self._log_limited("submit", "BatchWriter.submit failed", exc_info=True)
+        return False
+
+    def count_dropped(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` records dropped for ``reason`` before they reached ``submit``.
+
+        Increments ``dropped_<reason>``, logs a rate-limited warning and calls ``on_dropped``.
+        A ``count`` below 1 is ignored.
+        """
+        if count < 1:
+            return
+        self._check_pid()
+        with self._lock:
+            self._dropped[reason] = self._dropped.get(reason, 0) + count
+        self._notify_dropped(reason, count)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record submitted before this call is written or dropped.
+
+        Wakes the worker at once, unless it is backing off before a retry (the backoff is kept).
+        Returns True when those records are settled, False if ``timeout`` seconds passed first
+        (``None``: wait as long as needed). Never raises. Called from a ``write_batch`` or
+        callback running on the worker thread it cannot wait and only reports the current state.
+        """
+        try:
+            self._check_pid()
+            deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+            with self._lock:
+                target = self._submitted_seq
+                if self._settled_through() >= target:
+                    return True
+                if self._thread is threading.current_thread():
+                    return False
+                if not self._stopping:
+                    self._ensure_thread()
+                if self._due_seq < target:
+                    self._due_seq = target
+                    self._work_cond.notify()
+                while self._settled_through() < target:
+                    if deadline is None:
+                        self._settled_cond.wait()
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._settled_cond.wait(min(remaining, threading.TIMEOUT_MAX))
+                return True
+        except Exception:
+            self._log_limited("flush", "BatchWriter.flush failed", exc_info=True)
+            return False
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop accepting records, write what is pending within ``timeout``, stop the thread.
+
+        ``timeout`` defaults to ``shutdown_timeout_seconds``. Records still pending at the
+        deadline (database down, batch waiting for a retry, ``write_batch`` stuck) are counted
+        as ``dropped_shutdown`` and a warning gives their number; a batch stuck in
+        ``write_batch`` is abandoned and its eventual outcome ignored. Returns True when nothing
+        had to be dropped that way. Idempotent: later calls return the first call's result.
+        Never raises.
+        """
+        try:
+            self._check_pid()
+            budget = self._shutdown_timeout if timeout is None else max(0.0, float(timeout))
+            deadline = time.monotonic() + budget
+            lock = self._shutdown_lock
+            if budget > 0:
+                acquired = lock.acquire(timeout=min(budget, threading.TIMEOUT_MAX))
+            else:
+                acquired = lock.acquire(blocking=False)
+            if not acquired:
+                # Another thread is shutting the writer down and has not finished in time.
+                return False
+            try:
+                if self._shutdown_result is None:
+                    self._shutdown_result = self._shut_down(deadline)
+                return self._shutdown_result
+            finally:
+                lock.release()
+        except Exception:
+            self._log_limited("shutdown", "BatchWriter.shutdown failed", exc_info=True)
+            return False
+
+    def stats(self) -> dict[str, int]:
+        """Return a new dict of counters.
+
+        Keys: ``enqueued``, ``written``, ``pending`` (queued, in flight or waiting for a retry),
+        ``refused_after_shutdown``, and ``dropped_<reason>`` for every reason in
+        ``BASE_DROP_REASONS`` plus any other reason seen so far. Keys are only ever added.
+        """
+        self._check_pid()
+        with self._lock:
+            result = {
+                "enqueued": self._submitted_seq,
+                "written": self._written,
+                "pending": len(self._queue) + len(self._in_flight),
+                "refused_after_shutdown": self._refused_after_shutdown,
+            }
+            for reason, count in self._dropped.items():
+                result["dropped_" + reason] = count
+        return result
+
+    # ------------------------------------------------------------------ state and fork
+
+    def _reset_state(self) -> None:
+        """(Re)create the lock, buffer, counters and thread slot: on init and after a fork."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        # Two conditions on one lock: submit() wakes only the worker, and the worker's
+        # "records settled" broadcasts wake only flush()/shutdown() callers.
+        self._work_cond = threading.Condition(self._lock)
+        self._settled_cond = threading.Condition(self._lock)
+        self._shutdown_lock = threading.Lock()
+        self._queue: deque[_Entry] = deque()
+        # The batch being written. The worker checks its identity when write_batch returns:
+        # a new list means shutdown() or a fork reset gave up on that batch.
+        self._in_flight: list[_Entry] = []
+        self._queue_bytes = 0  # queued + in flight
+        self._submitted_seq = 0  # == enqueued
+        self._due_seq = 0  # records with seq <= this should be written without waiting
+        # First seq of a batch whose counters are updated but whose callbacks still run;
+        # flush() waits for them so that callbacks have run by the time it returns.
+        self._settling_floor: int | None = None
+        self._written = 0
+        self._dropped: dict[str, int] = dict.fromkeys(BASE_DROP_REASONS, 0)
+        self._refused_after_shutdown = 0
+        self._backoff = self._initial_backoff
+        self._backoff_until = 0.0
+        self._next_tick = 0.0
+        self._thread: threading.Thread | None = None
+        self._log_limiter = _LogLimiter()
+
+    def _check_pid(self) -> None:
+        # Fallback for a fork that skipped the register_at_fork hooks (e.g. a C-level fork).
+        if self._pid != os.getpid():
+            with _REINIT_LOCK:
+                if self._pid != os.getpid():
+                    self._reset_state()
+
+    # ------------------------------------------------------------------ worker side
+
+    def _ensure_thread(self) -> None:
+        """Start the worker if it is not running (lock held)."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._next_tick = time.monotonic() + self._interval
+        try:
+            thread.start()
+        except RuntimeError:
+            # Thread limit, or interpreter shutdown; the records stay queued, a later submit
+            # or flush tries again and shutdown() counts whatever is left.
+            self._thread = None
+            self._log_limited("thread", "cannot start the tracking writer thread", exc_info=True)
+            return
+        # Still under the lock, so the new thread sees itself as the writer's worker.
+        self._thread = thread
+
+    def _settled_through(self) -> int:
+        """Highest seq such that every record up to it is settled (lock held)."""
+        if self._settling_floor is not None:
+            return self._settling_floor - 1
+        if self._in_flight:
+            return self._in_flight[0][0] - 1
+        if self._queue:
+            return self._queue[0][0] - 1
+        return self._submitted_seq
+
+    def _run(self) -> None:
+        """Worker thread body: take due batches and write them until told to stop."""
+        me = threading.current_thread()
+        while True:
+            cond = self._work_cond
+            with cond:
+                entries = self._next_batch(cond, me)
+            if entries is None:
+                return
+            self._write(entries)
+
+    def _next_batch(self, cond: threading.Condition, me: threading.Thread) -> list[_Entry] | None:
+        """Wait until a batch is due and take it (lock held); None tells the worker to exit."""
+        while True:
+            if self._thread is not me or self._work_cond is not cond:
+                return None  # a fork reset replaced the state this thread served
+            now = time.monotonic()
+            if self._stopping and (not self._queue or now >= self._deadline):
+                return None  # done, or out of time: shutdown() counts what is left
+            if now < self._backoff_until:
+                if self._stopping and self._backoff_until >= self._deadline:
+                    return None  # no retry can happen before the deadline
+                # Only the end of the backoff or a shutdown lets us continue; flush() and
+                # submit() wake-ups just come back here, so they cannot speed up retries.
+                cond.wait(self._backoff_until - now)
+                continue
+            if now >= self._next_tick:
+                self._due_seq = max(self._due_seq, self._submitted_seq)
+                self._next_tick = now + self._interval
+            queue = self._queue
+            if queue and (
+                self._stopping or len(queue) >= self._batch_max or queue[0][0] <= self._due_seq
+            ):
+                batch = [queue.popleft() for _ in range(min(self._batch_max, len(queue)))]
+                self._in_flight = batch
+                return batch
+            cond.wait(self._next_tick - now)
+
+    def _write(self, entries: list[_Entry]) -> None:
+        """Hand one batch to write_batch (lock not held) and account for the outcome."""
+        outcome: BatchOutcome | None = None
+        error_logged = False
+        try:
+            result = self._write_batch([entry[1] for entry in entries])
+        except Exception:
+            # Logged here, inside the except block, so no traceback (which references this
+            # frame and thus the writer) outlives it.
+            error_logged = True
+            self._log_drop("write_error", len(entries), exc_info=True)
+        else:
+            if isinstance(result, BatchOutcome):
+                outcome = result
+            else:
+                self._log_limited(
+                    "outcome", "write_batch returned %r instead of a BatchOutcome", result
+                )
+        try:
+            retry, written, drops, problem = _reconcile(entries, outcome)
+        except Exception:
+            retry, written, drops, problem = [], 0, {"write_error": len(entries)}, None
+            self._log_limited("outcome", "write_batch returned a malformed BatchOutcome")
+        if problem:
+            self._log_limited("outcome", "%s", problem)
+
+        now = time.monotonic()
+        with self._lock:
+            if self._in_flight is not entries:
+                # shutdown() gave up on this batch (already counted as dropped_shutdown) or a
+                # fork reset dropped it: its outcome must not be counted twice.
+                return
+            self._in_flight = []
+            self._settling_floor = entries[0][0]
+            self._queue_bytes -= sum(entry[2] for entry in entries) - sum(e[2] for e in retry)
+            if retry:
+                self._queue.extendleft(reversed(retry))
+                self._due_seq = max(self._due_seq, retry[-1][0])
+                self._backoff_until = now + self._backoff
+                self._backoff = min(self._backoff * 2, self._max_backoff)
+            elif outcome is not None:
+                self._backoff = self._initial_backoff
+            self._written += written
+            for reason, count in drops.items():
+                self._dropped[reason] = self._dropped.get(reason, 0) + count
+        try:
+            if written and self._on_written is not None:
+                self._call_hook("on_written", self._on_written, written)
+            for reason, count in drops.items():
+                self._notify_dropped(
+                    reason, count, log=not (error_logged and reason == "write_error")
+                )
+        finally:
+            with self._lock:
+                self._settling_floor = None
+                self._settled_cond.notify_all()
+
+    def _shut_down(self, deadline: float) -> bool:
+        """Drain until ``deadline``, then count what is left as dropped_shutdown."""
+        with self._lock:
+            self._stopping = True
+            self._deadline = deadline
+            thread = self._thread
+            self._work_cond.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX))
+        with self._lock:
+            left = len(self._queue) + len(self._in_flight)
+            if left:
+                self._queue.clear()
+                self._in_flight = []  # a new list: a stuck batch's late outcome is ignored
+                self._queue_bytes = 0
+                self._dropped["shutdown"] += left
+            self._settling_floor = None
+            self._work_cond.notify()
+            self._settled_cond.notify_all()
+        if left:
+            self._logger.warning(
+                "flask_tracking writer shut down with %d record(s) still pending; "
+                "they were dropped (dropped_shutdown).",
+                left,
+            )
+            self._notify_dropped("shutdown", left, log=False)
+        return left == 0
+
+    # ------------------------------------------------------------------ callbacks and logs
+
+    def _notify_dropped(self, reason: str, count: int, *, log: bool = True) -> None:
+        """Log (rate-limited) and call on_dropped for a drop; lock not held."""
+        if log:
+            self._log_drop(reason, count)
+        if self._on_dropped is not None:
+            self._call_hook("on_dropped", self._on_dropped, reason, count)
+
+    def _log_drop(self, reason: str, count: int, *, exc_info: bool = False) -> None:
+        reported = self._log_limiter.take("drop:" + reason, count)
+        if reported:
+            self._logger.warning(
+                "flask_tracking dropped %d record(s): %s (reported at most every %d s).",
+                reported,
+                reason,
+                int(LOG_INTERVAL_SECONDS),
+                exc_info=exc_info,
+            )
+
+    def _log_limited(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
+        if self._log_limiter.take(key):
+            self._logger.warning(message, *args, exc_info=exc_info)
+
+    def _call_hook(self, name: str, hook: Callable[..., object], *args: object) -> None:
+        try:
+            hook(*args)
+        except Exception:
+            # A broken metrics callback must not stop records from being written.
+            self._log_limited("hook:" + name, "%s callback raised", name, exc_info=True)
+
+
+def _reconcile(
+    entries: list[_Entry], outcome: BatchOutcome | None
+) -> tuple[list[_Entry], int, dict[str, int], str | None]:
+    """Turn an outcome into (entries to retry, written, drops by reason, problem to log).
+
+    The counts are clamped so that they add up to the batch size exactly: the writer's
+    counters must stay exact even if write_batch miscounts.
+    """
+    total = len(entries)
+    if outcome is None:
+        return [], 0, {"write_error": total}, None
+    retry: list[_Entry] = []
+    strangers = 0
+    if outcome.retry:
+        # Match by identity: records are dicts (not hashable) and may be equal to each other.
+        by_id: dict[int, list[_Entry]] = {}
+        for entry in entries:
+            by_id.setdefault(id(entry[1]), []).append(entry)
+        for record in outcome.retry:
+            candidates = by_id.get(id(record))
+            if candidates:
+                retry.append(candidates.pop(0))
+            else:
+                strangers += 1
+        retry.sort(key=lambda entry: entry[0])
+    settled = total - len(retry)
+    reported_written = int(outcome.written)
+    written = min(max(reported_written, 0), settled)
+    left = settled - written
+    drops: dict[str, int] = {}
+    reported_dropped = 0
+    for reason, raw_count in outcome.dropped.items():
+        count = int(raw_count)
+        reported_dropped += count
+        count = min(max(count, 0), left)
+        if count:
+            drops[str(reason)] = drops.get(str(reason), 0) + count
+            left -= count
+    if left:
+        drops["unaccounted"] = drops.get("unaccounted", 0) + left
+    problem = None
+    if strangers or reported_written + reported_dropped + len(outcome.retry) != total:
+        problem = (
+            f"write_batch reported {reported_written} written, {reported_dropped} dropped and "
+            f"{len(outcome.retry)} to retry ({strangers} of them not from the batch) for a "
+            f"batch of {total}; counted {written} written, {drops} dropped, {len(retry)} retried"
+        )
+    return retry, written, drops, problem
+
+
+def _coerce_size(size_bytes: object) -> int:
+    # A bad size must not make submit() raise; 0 still leaves the record limit in force.
+    try:
+        size = int(size_bytes)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return size if size > 0 else 0
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
+    valid = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not valid:
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{name} must be {kind} finite number of seconds, got {value!r}.")
+
+
+# Every writer of this process, weakly: the fork hook below resets them in the child. One
+# module-level hook rather than one per writer, because os.register_at_fork hooks can never be
+# unregistered and would pile up as writers come and go.
+_LIVE_WRITERS: weakref.WeakSet[BatchWriter] = weakref.WeakSet()
+_REINIT_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _REINIT_LOCK
+    _REINIT_LOCK = threading.Lock()  # may have been held by a parent thread at the fork
+    for writer in list(_LIVE_WRITERS):
+        writer._reset_state()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,454 @@
+"""Tests for flask_tracking.documents: reading raw records written with pymongo."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import mongoengine
+import mongomock
+import pytest
+from bson import DBRef, ObjectId
+from flask import Flask, jsonify, request
+from mongoengine import Document, StringField
+
+from flask_tracking.documents import Tracking, TrackingQuerySet, UserAgent
+from flask_tracking.redact import FILTERED
+
+DATE = dt.datetime(2024, 5, 1, 10, 42, 3, 123456)
+
+
+class User(Document):
+    """A minimal Flask-Login-like user stored in MongoDB."""
+
+    name = StringField()
+
+    meta: ClassVar[dict[str, Any]] = {"collection": "user"}
+
+
+def _connect(alias: str, db_name: str = "test_db") -> None:
+    mongoengine.connect(
+        db_name,
+        alias=alias,
+        mongo_client_class=mongomock.MongoClient,
+        uuidRepresentation="standard",
+    )
+
+
+@pytest.fixture(autouse=True)
+def db() -> Iterator[None]:
+    _connect("default")
+    Tracking._get_collection().drop()
+    User._get_collection().drop()
+    yield
+    mongoengine.disconnect()
+
+
+def insert(*records: dict[str, Any]) -> list[ObjectId]:
+    """Insert raw dicts exactly as the pymongo writer does."""
+    return list(Tracking._get_collection().insert_many(list(records)).inserted_ids)
+
+
+def load(**record: Any) -> Tracking:
+    """Insert one raw record and read it back through MongoEngine."""
+    (oid,) = insert(record)
+    return Tracking.objects.get(id=oid)
+
+
+def full_record(user: User | None = None) -> dict[str, Any]:
+    return {
+        "date_created": DATE,
+        "host": "localhost:5000",
+        "scheme": "https",
+        "method": "POST",
+        "path": "/users/42",
+        "query_params": "x=1&y=2",
+        "ip": "127.0.0.1",
+        "endpoint": "users.update",
+        "url_rule": "/users/<int:id>",
+        "referrer": "https://example.com/",
+        "user": {"_cls": "User", "_ref": DBRef("user", user.pk)} if user else None,
+        "user_id": "42",
+        "user_agent": {
+            "browser": "Firefox",
+            "version": "120.0",
+            "platform": "Linux",
+            "language": "en-US",
+            "device": "Other",
+            "string": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+        },
+        "request_headers": [
+            ["Host", "localhost:5000"],
+            ["Content-Type", "application/json"],
+            ["Authorization", FILTERED],
+            ["X-Custom", "first"],
+            ["x-custom", "second"],
+        ],
+        "request_body": b'{"name":"Ann","tags":[1,2]}',
+        "request_body_size": 27,
+        "request_body_truncated": False,
+        "request_body_omitted": None,
+        "response_headers": [["Content-Type", "text/plain; charset=utf-8"], ["X-Resp", "1"]],
+        "response_body": b"hello\r\nworld",
+        "response_body_size": 12,
+        "response_body_truncated": False,
+        "response_body_omitted": None,
+        "status_code": 201,
+        "execution_time": 3.25,
+        "total_time": 4.5,
+        "hostname": "worker-1",
+        "custom_data": {"team": "blue", "n": 3},
+        "exception": None,
+        "extra_future_field": {"whatever": 1},
+    }
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def test_full_record_loads_field_for_field() -> None:
+    user = User(name="Ann").save()
+    record = full_record(user)
+    t = load(**record)
+
+    assert t.date_created == DATE.replace(microsecond=123000)  # BSON keeps milliseconds
+    for name in (
+        "host",
+        "scheme",
+        "method",
+        "path",
+        "query_params",
+        "ip",
+        "endpoint",
+        "url_rule",
+        "referrer",
+        "user_id",
+        "request_headers",
+        "request_body",
+        "request_body_size",
+        "request_body_truncated",
+        "request_body_omitted",
+        "response_headers",
+        "response_body",
+        "response_body_size",
+        "response_body_truncated",
+        "response_body_omitted",
+        "status_code",
+        "execution_time",
+        "total_time",
+        "hostname",
+        "custom_data",
+        "exception",
+    ):
+        assert getattr(t, name) == record[name], name
+    assert isinstance(t.request_body, bytes)
+    assert isinstance(t.user_agent, UserAgent)
+    assert t.user_agent.to_mongo().to_dict() == record["user_agent"]
+
+
+def test_user_dereferences_to_document() -> None:
+    user = User(name="Ann").save()
+    t = load(**full_record(user))
+    assert isinstance(t.user, User)
+    assert t.user.pk == user.pk
+    assert t.user.name == "Ann"
+
+
+def test_partial_records_load_with_defaults() -> None:
+    insert({"path": "/only-path"}, {})
+    first, second = Tracking.objects.order_by("_id")
+    assert first.path == "/only-path"
+    assert first.status_code is None
+    assert first.user is None
+    assert first.request_headers == []
+    assert first.request_body_truncated is False
+    assert first.response_body_truncated is False
+    # every helper copes with missing fields
+    for t in (first, second):
+        assert isinstance(str(t), str)
+        assert isinstance(t.debug(), str)
+        assert t.get_header("Host") == ""
+        assert t.request_body_text() is None
+        assert t.response_body_text() is None
+    assert str(second) == "- - - / - -"
+
+
+def test_unknown_extra_field_loads() -> None:
+    t = load(path="/x", added_in_v2=[1, 2, 3], another={"a": 1})
+    assert t.path == "/x"
+
+
+def test_objects_uses_tracking_queryset_and_collection() -> None:
+    assert isinstance(Tracking.objects, TrackingQuerySet)
+    assert Tracking._get_collection().name == "tracking"
+    insert({"path": "/a"}, {"path": "/b"})
+    assert sorted(t.path for t in Tracking.objects) == ["/a", "/b"]
+
+
+def test_read_through_other_alias() -> None:
+    _connect("archive", "archive_db")
+    try:
+        with mongoengine.context_managers.switch_db(Tracking, "archive") as archived:
+            archived._get_collection().insert_one({"path": "/archived"})
+        assert [t.path for t in Tracking.objects.using("archive")] == ["/archived"]
+        assert Tracking.objects.count() == 0
+    finally:
+        mongoengine.disconnect("archive")
+
+
+# --- __str__ ---------------------------------------------------------------------------
+
+
+def test_str_format() -> None:
+    t = load(
+        date_created=DATE,
+        method="GET",
+        user_id="42",
+        path="/hello",
+        query_params="x=1",
+        status_code=200,
+        execution_time=3.24,
+    )
+    assert str(t) == "2024-05-01T10:42:03 GET 42 /hello?x=1 200 3.2ms"
+
+
+def test_str_without_query_or_user() -> None:
+    t = load(date_created=DATE, method="GET", path="/", query_params="", status_code=404)
+    assert str(t) == "2024-05-01T10:42:03 GET - / 404 -"
+
+
+def test_str_escapes_control_characters() -> None:
+    t = load(
+        date_created=DATE,
+        method="GET",
+        user_id="1\n2",
+        path="/a\r\nFAKE 2024-01-01T00:00:00 GET admin /",
+        query_params="q=\x1b[31m\x00",
+        status_code=200,
+        execution_time=1.0,
+    )
+    line = str(t)
+    assert "\n" not in line
+    assert "\r" not in line
+    assert "\x1b" not in line
+    assert "\x00" not in line
+    assert "1\\n2" in line
+    assert "/a\\r\\nFAKE" in line
+    assert "q=\\x1b[31m\\x00" in line
+
+
+# --- debug() ---------------------------------------------------------------------------
+
+
+def test_debug_layout_and_pretty_json() -> None:
+    user = User(name="Ann").save()
+    t = load(**full_record(user))
+    out = t.debug()
+    lines = out.split("\n")
+
+    assert lines[0] == "POST https://localhost:5000/users/42?x=1&y=2"
+    assert lines[1:6] == [
+        "Host: localhost:5000",
+        "Content-Type: application/json",
+        f"Authorization: {FILTERED}",
+        "X-Custom: first",
+        "x-custom: second",
+    ]
+    assert lines[6] == ""
+    pretty = json.dumps({"name": "Ann", "tags": [1, 2]}, indent=2)
+    assert out.split("\n", 7)[7].startswith(pretty + "\n\n201 Created\n")
+    assert "Content-Type: text/plain; charset=utf-8\nX-Resp: 1\n\nhello\nworld\n" in out
+    assert "Timing: 3.2 ms in the app, 4.5 ms in all" in out
+    assert f"User: 42 (User {user.pk})" in out
+    assert "Endpoint: users.update (/users/<int:id>)" in out
+    assert 'Custom data: {\n  "team": "blue",\n  "n": 3\n}' in out
+    assert "Exception" not in out
+
+
+def test_debug_detects_json_without_content_type() -> None:
+    t = load(status_code=200, response_body=b'[{"a":1}]')
+    assert '[\n  {\n    "a": 1\n  }\n]' in t.debug()
+
+
+def test_debug_plain_text_not_reformatted() -> None:
+    t = load(
+        status_code=200, response_headers=[["Content-Type", "text/plain"]], response_body=b"1e5"
+    )
+    out = t.debug()
+    assert "\n\n1e5" in out
+    assert "100000.0" not in out
+
+
+def test_debug_binary_hex_preview_with_size() -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
+    t = load(status_code=200, response_body=png, response_body_size=len(png))
+    out = t.debug()
+    assert "(binary, 108 bytes) 89 50 4e 47 0d 0a 1a 0a 00" in out
+    assert "PNG" not in out
+
+
+def test_debug_utf8_with_nul_bytes_is_binary() -> None:
+    t = load(status_code=200, response_body=b"abc\x00def")
+    assert "(binary, 7 bytes) 61 62 63 00 64 65 66" in t.debug()
+
+
+def test_debug_truncated_note() -> None:
+    t = load(
+        method="POST",
+        request_body=b"a" * 10,
+        request_body_size=5000,
+        request_body_truncated=True,
+        status_code=200,
+    )
+    assert "aaaaaaaaaa\n(truncated, 5000 bytes in all)" in t.debug()
+
+
+def test_debug_truncated_utf8_is_text_not_binary() -> None:
+    t = load(request_body="café".encode()[:-1], request_body_truncated=True, request_body_size=5)
+    out = t.debug()
+    assert "caf\ufffd" in out
+    assert "binary" not in out
+
+
+def test_debug_omitted_reason() -> None:
+    t = load(
+        status_code=200,
+        request_body=None,
+        request_body_omitted="too large",
+        response_body=None,
+        response_body_omitted="passthrough",
+    )
+    out = t.debug()
+    assert "(body not recorded: too large)" in out
+    assert "(body not recorded: passthrough)" in out
+
+
+def test_debug_escapes_values_but_keeps_layout() -> None:
+    t = load(
+        method="GET",
+        path="/p\r\nHTTP/1.1 200 OK",
+        request_headers=[["X-Evil", "a\r\nX-Injected: 1"], ["X-Bell\x07", "ok"]],
+        exception="ValueError: bad\nline",
+        status_code=500,
+    )
+    lines = t.debug().split("\n")
+    assert lines[0] == "GET /p\\r\\nHTTP/1.1 200 OK"
+    assert "X-Evil: a\\r\\nX-Injected: 1" in lines
+    assert "X-Injected: 1" not in lines
+    assert "X-Bell\\x07: ok" in lines
+    assert "Exception: ValueError: bad\\nline" in lines
+    assert "HTTP/1.1 200 OK" not in lines
+
+
+def test_debug_escapes_control_characters_in_text_bodies() -> None:
+    t = load(request_body=b"line1\nline2\x1b[2J", status_code=200)
+    assert "line1\nline2\\x1b[2J" in t.debug()
+
+
+# --- headers, text, user agent -----------------------------------------------------------
+
+
+def test_get_header_case_insensitive_first_match_and_default() -> None:
+    t = load(**full_record())
+    assert t.get_header("x-CUSTOM") == "first"
+    assert t.get_header("content-type") == "application/json"
+    assert t.get_header("Missing") == ""
+    assert t.get_header("Missing", "fallback") == "fallback"
+    assert t.get_response_header("x-resp") == "1"
+    assert t.get_response_header("X-Custom", None) is None
+
+
+def test_body_text_helpers() -> None:
+    t = load(request_body=b"ok \xff", response_body=None)
+    assert t.request_body_text() == "ok \ufffd"
+    assert t.response_body_text() is None
+
+
+def test_user_agent_str() -> None:
+    t = load(**full_record())
+    assert str(t.user_agent) == "Firefox 120.0 on Linux"
+    assert str(UserAgent(string="curl/8.0")) == "curl/8.0"
+    assert str(UserAgent()) == "unknown"
+
+
+# --- replay() --------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def app() -> Flask:
+    app = Flask(__name__)
+
+    @app.route("/users/<int:user_id>", methods=["GET", "POST", "PUT"])
+    def echo(user_id: int) -> Any:
+        return jsonify(
+            user_id=user_id,
+            method=request.method,
+            args=request.args.to_dict(),
+            body=request.get_data(as_text=True),
+            json=request.get_json(silent=True),
+            headers=dict(request.headers),
+            skip=request.environ.get("flask_tracking.skip"),
+        )
+
+    return app
+
+
+def test_replay_resends_request_without_filtered_headers(app: Flask) -> None:
+    t = load(**full_record())
+    with app.app_context():
+        response = t.replay()
+    assert response.status_code == 200
+    data = response.get_json()
+    assert data["user_id"] == 42
+    assert data["method"] == "POST"
+    assert data["args"] == {"x": "1", "y": "2"}
+    assert data["json"] == {"name": "Ann", "tags": [1, 2]}
+    assert data["body"] == '{"name":"Ann","tags":[1,2]}'
+    assert "Authorization" not in data["headers"]
+    assert data["headers"]["X-Custom"] == "first, second"
+    assert data["headers"]["Content-Type"] == "application/json"
+    assert data["headers"]["Host"] == "localhost"  # set by the client, not the stored one
+    assert data["skip"] is True
+
+
+def test_replay_kwargs_override_headers_and_arguments(app: Flask) -> None:
+    t = load(**full_record())
+    with app.app_context():
+        response = t.replay(
+            method="PUT",
+            headers={"Authorization": "Bearer new", "x-custom": "over"},
+            environ_overrides={"extra": 1},
+        )
+    data = response.get_json()
+    assert data["method"] == "PUT"
+    assert data["headers"]["Authorization"] == "Bearer new"
+    assert data["headers"]["X-Custom"] == "over"
+    assert data["skip"] is True
+
+
+def test_replay_truncated_body_raises(app: Flask) -> None:
+    record = full_record()
+    record.update(request_body=b'{"name":', request_body_truncated=True, request_body_size=27)
+    t = load(**record)
+    with app.app_context(), pytest.raises(ValueError, match="truncated"):
+        t.replay()
+    with app.app_context():
+        response = t.replay(allow_truncated=True)
+    assert response.get_json()["body"] == '{"name":'
+
+
+def test_replay_omitted_body_raises(app: Flask) -> None:
+    record = full_record()
+    record.update(request_body=None, request_body_omitted="excluded", request_body_size=None)
+    t = load(**record)
+    with app.app_context(), pytest.raises(ValueError, match="excluded"):
+        t.replay()
+
+
+def test_replay_get_without_body(app: Flask) -> None:
+    t = load(method="GET", path="/users/7", query_params="", request_body_size=0)
+    with app.app_context():
+        data = t.replay().get_json()
+    assert (data["method"], data["user_id"], data["body"], data["args"]) == ("GET", 7, "", {})

@@ -1,0 +1,480 @@
+"""End-to-end: a Flask app with Tracking, driven by the test client, read back from mongomock."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import tracemalloc
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import mongoengine
+import pytest
+from flask import Flask, request
+from werkzeug.test import EnvironBuilder
+
+from flask_tracking import Tracking
+from flask_tracking.documents import Tracking as TrackingDocument
+
+from .conftest import FAST_WRITER, add_routes, stored
+
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+)
+
+
+def untracked_app(**config: Any) -> Flask:
+    app = Flask("untracked")
+    app.config.update(TESTING=True, **config)
+    add_routes(app)
+    return app
+
+
+def test_get_is_recorded_with_request_and_response(app: Flask, client: Any, mongo: Any) -> None:
+    before = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=1)
+    response = client.get(
+        "/hello?x=1&y=%C3%A9",
+        headers={"User-Agent": CHROME, "Accept-Language": "fr-FR,fr;q=0.9", "Referer": "http://r/"},
+    )
+    assert response.data == b"Hello"
+    [doc] = stored(app, mongo)
+    assert doc["method"] == "GET"
+    assert doc["path"] == "/hello"
+    assert doc["query_params"] == "x=1&y=%C3%A9"
+    assert doc["host"] == "localhost"
+    assert doc["scheme"] == "http"
+    assert doc["ip"] == "127.0.0.1"
+    assert doc["endpoint"] == "hello"
+    assert doc["url_rule"] == "/hello"
+    assert doc["referrer"] == "http://r/"
+    assert doc["status_code"] == 200
+    assert doc["response_body"] == b"Hello"
+    assert doc["response_body_size"] == 5
+    assert doc["request_body"] is None
+    assert ["User-Agent", CHROME] in doc["request_headers"]
+    assert ["Content-Length", "5"] in doc["response_headers"]
+    assert isinstance(doc["execution_time"], float) and doc["execution_time"] > 0
+    assert doc["total_time"] >= doc["execution_time"]
+    assert doc["exception"] is None
+    assert before <= doc["date_created"] <= datetime.now(timezone.utc).replace(tzinfo=None)
+    assert doc["user_agent"]["browser"] == "Chrome"
+    assert doc["user_agent"]["version"] == "120.0.0"
+    assert doc["user_agent"]["platform"] == "Windows"
+    assert doc["user_agent"]["language"] == "fr-FR"
+    assert doc["hostname"]
+
+
+def test_stored_record_reads_back_through_the_document(app: Flask, client: Any, mongo: Any) -> None:
+    client.post("/echo?a=b", json={"k": "v"}, headers={"User-Agent": CHROME})
+    [raw] = stored(app, mongo)
+    [doc] = TrackingDocument.objects.all()
+    for field in TrackingDocument._fields:
+        if field in ("id", "user_agent", "user"):
+            continue
+        assert getattr(doc, field) == raw.get(field), field
+    assert doc.id == raw["_id"]
+    assert doc.user_agent.browser == "Chrome"
+    assert doc.get_header("content-type") == "application/json"
+    assert json.loads(doc.request_body) == {"k": "v"}
+
+
+def test_json_post_bodies_are_kept(app: Flask, client: Any, mongo: Any) -> None:
+    payload = {"items": ["x" * 40] * 100}
+    response = client.post("/echo", json=payload)
+    [doc] = stored(app, mongo)
+    assert json.loads(doc["request_body"]) == payload
+    assert doc["response_body"] == response.data
+    assert doc["request_body_size"] == len(doc["request_body"])
+    assert doc["request_body_truncated"] is False
+
+
+def test_bodies_are_cut_at_max_body_length(make_app: Callable[..., Flask], mongo: Any) -> None:
+    app = make_app(TRACKING_MAX_BODY_LENGTH=10)
+    response = app.test_client().post("/echo", json={"key": "a long value"})
+    [doc] = stored(app, mongo)
+    assert doc["request_body"] == b'{"key": "a'
+    assert doc["request_body_truncated"] is True
+    assert doc["request_body_size"] == len(b'{"key": "a long value"}')
+    assert doc["response_body"] == response.data[:10]
+    assert doc["response_body_truncated"] is True
+
+
+def test_body_the_view_never_read_is_read_up_to_the_limit(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    app = make_app(TRACKING_MAX_BODY_LENGTH=100)
+    body = b"z" * 1000
+    response = app.test_client().post("/ignore", data=body)
+    assert response.data == b"ignored"
+    [doc] = stored(app, mongo)
+    assert doc["request_body"] == b"z" * 100
+    assert doc["request_body_truncated"] is False  # the rest was never read by anyone
+
+
+class ZeroStream:
+    """A request body of ``size`` zero bytes that is produced while it is read."""
+
+    def __init__(self, size: int) -> None:
+        self.remaining = size
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.remaining if size is None or size < 0 else min(size, self.remaining)
+        self.remaining -= size
+        return bytes(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def test_50_mb_upload_is_never_buffered_by_the_tracker(app: Flask, mongo: Any) -> None:
+    size = 50 * 1024 * 1024
+    environ = EnvironBuilder(path="/count", method="POST").get_environ()
+    environ.update({"wsgi.input": ZeroStream(size), "CONTENT_LENGTH": str(size)})
+    statuses: list[str] = []
+    tracemalloc.start()
+    try:
+        body = b"".join(app.wsgi_app(environ, lambda status, headers, *a: statuses.append(status)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert body == str(size).encode()
+    assert peak < 2 * 1024 * 1024, f"peak {peak} bytes while reading a 50 MB upload"
+    [doc] = stored(app, mongo)
+    assert doc["request_body_size"] == size
+    assert len(doc["request_body"]) == 65536
+    assert doc["request_body_truncated"] is True
+
+
+def test_chunked_upload_without_content_length(app: Flask, mongo: Any) -> None:
+    body = b"0123456789" * 10_000
+    response = app.test_client().post(
+        "/count",
+        input_stream=io.BytesIO(body),
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.data == str(len(body)).encode()
+    [doc] = stored(app, mongo)
+    assert doc["request_body"] == body[:65536]
+    assert doc["request_body_size"] == len(body)
+
+
+def test_form_and_multipart_bodies(app: Flask, client: Any, mongo: Any) -> None:
+    assert client.post("/form", data={"a": "1", "b": "2"}).data == b"a=1,b=2"
+    multipart = {"name": "n", "upload": (io.BytesIO(b"file bytes"), "f.txt")}
+    response = client.post("/form", data=multipart, content_type="multipart/form-data")
+    assert response.data == b"name=n"
+    form_doc, multipart_doc = stored(app, mongo)
+    assert form_doc["request_body"] == b"a=1&b=2"
+    assert b"file bytes" in multipart_doc["request_body"]
+    assert b'name="upload"; filename="f.txt"' in multipart_doc["request_body"]
+
+
+@pytest.mark.parametrize("content_length", ["abc", "-5", ""])
+def test_malformed_content_length_behaves_as_untracked(
+    app: Flask, mongo: Any, content_length: str
+) -> None:
+    def run(target: Flask) -> tuple[int, bytes]:
+        response = target.test_client().post(
+            "/count", data=b"payload", environ_overrides={"CONTENT_LENGTH": content_length}
+        )
+        return response.status_code, response.data
+
+    assert run(app) == run(untracked_app())
+    [doc] = stored(app, mongo)
+    assert doc["path"] == "/count"
+
+
+def test_body_over_max_content_length_behaves_as_untracked(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    app = make_app(MAX_CONTENT_LENGTH=100)
+    reference = untracked_app(MAX_CONTENT_LENGTH=100)
+    for path in ("/count", "/ignore", "/echo"):
+        tracked = app.test_client().post(path, data=b"x" * 1000, buffered=True)
+        untracked = reference.test_client().post(path, data=b"x" * 1000, buffered=True)
+        assert (tracked.status_code, tracked.data) == (untracked.status_code, untracked.data)
+    docs = stored(app, mongo)
+    assert [doc["status_code"] for doc in docs] == [413, 200, 415]
+
+
+def test_streamed_response_passes_through_and_is_recorded_on_close(app: Flask, mongo: Any) -> None:
+    produced: list[int] = []
+
+    @app.get("/lazy")
+    def lazy() -> Any:
+        def generate() -> Any:
+            for i in range(3):
+                produced.append(i)
+                yield f"part{i}".encode()
+
+        return app.response_class(generate())
+
+    response = app.test_client().get("/lazy", buffered=False)
+    iterator = iter(response.response)
+    assert next(iterator) == b"part0"
+    assert produced == [0], "the tracker consumed the stream early"
+    assert app.extensions["tracking"].flush(2)
+    assert list(mongo["tracking"].find()) == [], "recorded before the stream closed"
+    assert b"".join(iterator) == b"part1part2"
+    response.close()
+    [doc] = stored(app, mongo)
+    assert doc["response_body"] == b"part0part1part2"
+    assert doc["total_time"] >= doc["execution_time"]
+
+
+def test_stream_with_context_response(app: Flask, client: Any, mongo: Any) -> None:
+    assert client.get("/stream", buffered=True).data == b"chunk0;chunk1;chunk2;chunk3;chunk4;"
+    [doc] = stored(app, mongo)
+    assert doc["response_body"] == b"chunk0;chunk1;chunk2;chunk3;chunk4;"
+
+
+def test_send_file_is_not_read_by_the_tracker(app: Flask, client: Any, mongo: Any) -> None:
+    response = client.get("/file")
+    assert response.data == b"file-content" * 100
+    [doc] = stored(app, mongo)
+    assert doc["status_code"] == 200
+    assert doc["response_body"] is None
+    assert doc["response_body_omitted"] == "passthrough"
+
+
+def test_view_exception_in_testing_mode(app: Flask, client: Any, mongo: Any) -> None:
+    with pytest.raises(ValueError, match="kaboom"):
+        client.get("/boom")
+    [doc] = stored(app, mongo)
+    assert doc["status_code"] == 500
+    assert doc["exception"] == "ValueError: kaboom"
+    assert doc["endpoint"] == "boom"
+
+
+def test_view_exception_in_production_mode(make_app: Callable[..., Flask], mongo: Any) -> None:
+    app = make_app(testing=False)
+    response = app.test_client().get("/boom", buffered=True)
+    assert response.status_code == 500
+    [doc] = stored(app, mongo)
+    assert doc["status_code"] == 500
+    assert doc["exception"] == "ValueError: kaboom"
+    assert b"Internal Server Error" in doc["response_body"]
+
+
+def test_abort_is_a_handled_response(app: Flask, client: Any, mongo: Any) -> None:
+    # Flask hands HTTP error pages over as iterators: recorded when the server closes them.
+    with client.get("/missing") as response:
+        assert response.status_code == 404
+    assert client.get("/no-such-route", buffered=True).status_code == 404
+    docs = stored(app, mongo)
+    assert [(d["status_code"], d["exception"]) for d in docs] == [(404, None), (404, None)]
+    assert b"Not Found" in docs[0]["response_body"]
+    assert docs[1]["endpoint"] is None
+
+
+def test_short_circuiting_before_request_still_has_real_timing(mongo: Any) -> None:
+    app = Flask("short")
+    app.config.update(TESTING=True, **FAST_WRITER)
+
+    @app.before_request
+    def stop_early() -> Any:
+        time.sleep(0.03)
+        return "blocked", 403
+
+    add_routes(app)
+    Tracking(app)
+    assert app.test_client().get("/hello").status_code == 403
+    [doc] = stored(app, mongo)
+    assert doc["status_code"] == 403
+    assert doc["execution_time"] >= 30
+    assert doc["response_body"] == b"blocked"
+
+
+def test_custom_data_is_stored(app: Flask, client: Any, mongo: Any) -> None:
+    client.get("/custom")
+    [doc] = stored(app, mongo)
+    assert doc["custom_data"] == {"order": 42, "tags": ["a", "b"]}
+    assert TrackingDocument.objects.get(id=doc["_id"]).custom_data["order"] == 42
+
+
+def test_custom_data_odd_values_are_stored_safely(app: Flask, mongo: Any) -> None:
+    @app.get("/odd")
+    def odd() -> str:
+        data: dict[Any, Any] = {"set": {1}, "big": 2**70, 3: "int key", "a.b": 1, "$x": 2}
+        data["self"] = data
+        request._tracking_data = data
+        return "ok"
+
+    app.test_client().get("/odd")
+    app.test_client().get("/hello")
+    odd_doc, hello_doc = stored(app, mongo)
+    assert odd_doc["custom_data"]["set"] == [1]
+    assert odd_doc["custom_data"]["big"] == str(2**70)
+    assert odd_doc["custom_data"]["3"] == "int key"
+    assert odd_doc["custom_data"]["self"] == "[circular reference]"
+    assert hello_doc["path"] == "/hello"
+
+
+def test_exclude_paths_methods_and_bodies(make_app: Callable[..., Flask], mongo: Any) -> None:
+    app = make_app(
+        TRACKING_EXCLUDE=[r"/hello$"],
+        TRACKING_EXCLUDE_BODY=[r"/echo"],
+        TRACKING_EXCLUDE_METHODS=["put"],
+    )
+    client = app.test_client()
+    client.get("/hello")
+    client.put("/hello")
+    client.post("/echo", json={"secret": 1})
+    [doc] = stored(app, mongo)
+    assert doc["path"] == "/echo"
+    assert doc["request_body"] is None and doc["response_body"] is None
+    assert doc["request_body_omitted"] == doc["response_body_omitted"] == "excluded"
+
+
+def test_excluded_status_codes_are_kept_when_slow(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    app = make_app(TRACKING_EXCLUDE_STATUS_CODES=[200], TRACKING_MIN_EXECUTION_TIME=40)
+    client = app.test_client()
+    client.get("/hello")
+    client.get("/sleep/0.05")
+    client.get("/missing", buffered=True)
+    docs = stored(app, mongo)
+    assert [doc["path"] for doc in docs] == ["/sleep/0.05", "/missing"]
+
+
+def test_second_init_on_the_same_app_raises(app: Flask) -> None:
+    with pytest.raises(RuntimeError, match="already registered"):
+        Tracking(app)
+    with pytest.raises(RuntimeError, match="already registered"):
+        app.extensions["tracking"].init_app(app)
+
+
+def test_bad_config_raises_at_init_app(mongo: Any) -> None:
+    app = Flask("bad")
+    app.config["TRACKING_EXCLUDE"] = ["("]
+    with pytest.raises(ValueError, match="TRACKING_EXCLUDE"):
+        Tracking(app)
+    assert "tracking" not in app.extensions
+
+
+def test_one_extension_two_apps_keep_their_own_config(mongo: Any) -> None:
+    tracking = Tracking()
+    apps = []
+    for limit in (3, 7):
+        app = Flask(f"app{limit}")
+        app.config.update(TESTING=True, TRACKING_MAX_BODY_LENGTH=limit, **FAST_WRITER)
+        add_routes(app)
+        tracking.init_app(app)
+        apps.append(app)
+    for app in apps:
+        app.test_client().get("/hello")
+    assert tracking.flush(5)
+    bodies = sorted(doc["response_body"] for doc in mongo["tracking"].find())
+    assert bodies == [b"Hel", b"Hello"]
+    with apps[0].app_context():
+        assert tracking.stats()["written"] == 1
+    assert tracking.stats()["written"] == 2
+    for app in apps:
+        tracking._apps[app].writer.shutdown(1)
+
+
+def test_concurrent_requests_lose_nothing(app: Flask, mongo: Any) -> None:
+    def worker(n: int) -> None:
+        client = app.test_client()
+        for i in range(50):
+            assert client.get(f"/hello?w={n}&i={i}").status_code == 200
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    docs = stored(app, mongo)
+    assert len(docs) == 400
+    assert len({doc["query_params"] for doc in docs}) == 400
+    stats = app.extensions["tracking"].stats(app)
+    assert stats["enqueued"] == stats["written"] == 400
+
+
+def test_database_on_a_closed_port_never_slows_requests(mongo: Any) -> None:
+    mongoengine.connect(
+        "unreachable",
+        alias="down",
+        host="mongodb://127.0.0.1:9/",
+        serverSelectionTimeoutMS=30_000,
+        uuidRepresentation="standard",
+    )
+    try:
+        app = Flask("down")
+        app.config.update(TESTING=True, TRACKING_DB_ALIAS="down", **FAST_WRITER)
+        add_routes(app)
+        tracking = Tracking(app)
+        client = app.test_client()
+        started = time.perf_counter()
+        for _ in range(50):
+            assert client.get("/hello").data == b"Hello"
+        elapsed = time.perf_counter() - started
+        assert elapsed < 2.0, f"50 requests took {elapsed:.2f}s with the database down"
+        assert tracking.flush(timeout=0.2) is False
+        stats = tracking.stats(app)
+        assert stats["enqueued"] == 50 and stats["written"] == 0
+        tracking._apps[app].writer.shutdown(0.5)
+        stats = tracking.stats(app)
+        assert stats["dropped_shutdown"] == 50
+    finally:
+        mongoengine.disconnect("down")
+
+
+def test_mongodb_uri_connects_the_alias(mongo: Any) -> None:
+    from mongoengine.connection import _connection_settings
+
+    app = Flask("uri")
+    app.config.update(
+        TESTING=True,
+        TRACKING_DB_ALIAS="from_uri",
+        TRACKING_MONGODB_URI="mongodb://127.0.0.1:9/tracked",
+        **FAST_WRITER,
+    )
+    try:
+        Tracking(app)
+        settings = _connection_settings["from_uri"]
+        assert settings["host"] == ["mongodb://127.0.0.1:9/tracked"]
+        assert settings["serverSelectionTimeoutMS"] == 2000
+        app.extensions["tracking"]._apps[app].writer.shutdown(0.2)
+    finally:
+        mongoengine.disconnect("from_uri")
+
+
+def test_flask_login_user_is_recorded(app: Flask, mongo: Any) -> None:
+    flask_login = pytest.importorskip("flask_login")
+
+    class User(mongoengine.Document, flask_login.UserMixin):
+        name = mongoengine.StringField()
+
+    user = User(name="ada").save()
+    app.secret_key = "test"
+    manager = flask_login.LoginManager(app)
+    manager.user_loader(lambda user_id: User.objects(id=user_id).first())
+
+    @app.get("/login")
+    def login() -> str:
+        flask_login.login_user(user)
+        return "in"
+
+    @app.get("/me")
+    @flask_login.login_required
+    def me() -> str:
+        return flask_login.current_user.name
+
+    client = app.test_client()
+    client.get("/me", buffered=True)  # 401 page: recorded when closed
+    client.get("/login")
+    assert client.get("/me").data == b"ada"
+    anonymous_doc, login_doc, me_doc = stored(app, mongo)
+    assert anonymous_doc["user_id"] is None and anonymous_doc["user"] is None
+    assert login_doc["user_id"] == str(user.id)
+    assert me_doc["user_id"] == str(user.id)
+    assert me_doc["user"]["_ref"].id == user.id
+    assert TrackingDocument.objects.get(id=me_doc["_id"]).user == user

@@ -1,0 +1,793 @@
+"""Tests for flask_tracking.writer.BatchWriter (threads only; no Flask, no MongoDB)."""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import json
+import logging
+import os
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from flask_tracking.writer import BASE_DROP_REASONS, BatchOutcome, BatchWriter
+
+LOGGER_NAME = "tests.writer"
+
+
+class Record(dict):
+    """A dict that can be weakly referenced, to prove refused records are not kept."""
+
+
+class Sink:
+    """A fake ``write_batch``: records batches; each call follows the next step of ``plan``.
+
+    Steps: "ok" (write all), "retry" (ask to retry all), "raise" (raise RuntimeError). Calls
+    past the end of the plan use ``default``. If ``gate`` is given, every call first waits for
+    it (at most 5 s, so a broken test cannot hang).
+    """
+
+    def __init__(
+        self,
+        plan: list[str] | None = None,
+        *,
+        default: str = "ok",
+        gate: threading.Event | None = None,
+        block_pid: int | None = None,
+    ) -> None:
+        self.plan = list(plan or [])
+        self.default = default
+        self.gate = gate
+        self.block_pid = block_pid
+        self.lock = threading.Lock()
+        self.calls: list[float] = []
+        self.seen: list[list[int]] = []
+        self.batches: list[tuple[int, list[int]]] = []  # (pid, record ids) of written batches
+
+    def __call__(self, records: list[dict]) -> BatchOutcome:
+        with self.lock:
+            self.calls.append(time.monotonic())
+            self.seen.append([r["i"] for r in records])
+            step = self.plan.pop(0) if self.plan else self.default
+        if self.gate is not None and (self.block_pid is None or self.block_pid == os.getpid()):
+            self.gate.wait(5)
+        if step == "raise":
+            raise RuntimeError("sink exploded")
+        if step == "retry":
+            return BatchOutcome(retry=list(records))
+        with self.lock:
+            self.batches.append((os.getpid(), [r["i"] for r in records]))
+        return BatchOutcome(written=len(records))
+
+    @property
+    def written(self) -> list[int]:
+        with self.lock:
+            return [i for _, ids in self.batches for i in ids]
+
+
+def wait_for(predicate, timeout: float = 2.0) -> bool:
+    """Poll ``predicate`` until true or ``timeout``; test-side only."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.002)
+    return bool(predicate())
+
+
+def check_invariant(stats: dict[str, int]) -> None:
+    dropped = sum(
+        n
+        for key, n in stats.items()
+        if key.startswith("dropped_") and key not in ("dropped_queue_full", "dropped_hook_error")
+    )
+    assert stats["enqueued"] == (
+        stats["written"] + dropped + stats["pending"] - stats["refused_after_shutdown"]
+    ), stats
+
+
+@pytest.fixture
+def make_writer() -> Iterator:
+    """Build writers with test-friendly defaults and shut them all down afterwards."""
+    made: list[BatchWriter] = []
+
+    def make(sink, **kwargs) -> BatchWriter:
+        kwargs.setdefault("flush_interval_seconds", 0.02)
+        kwargs.setdefault("retry_initial_backoff_seconds", 0.02)
+        kwargs.setdefault("retry_max_backoff_seconds", 0.1)
+        kwargs.setdefault("shutdown_timeout_seconds", 1.0)
+        kwargs.setdefault("logger", logging.getLogger(LOGGER_NAME))
+        writer = BatchWriter(sink, **kwargs)
+        made.append(writer)
+        return writer
+
+    yield make
+    for writer in made:
+        writer.shutdown(0.5)
+
+
+def submit_all(writer: BatchWriter, ids, size: int = 1) -> list[bool]:
+    return [writer.submit({"i": i}, size) for i in ids]
+
+
+# ---------------------------------------------------------------- construction
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"max_queue_records": 0}, "max_queue_records"),
+        ({"max_queue_bytes": -1}, "max_queue_bytes"),
+        ({"batch_max_records": 0}, "batch_max_records"),
+        ({"batch_max_records": 1.5}, "batch_max_records"),
+        ({"flush_interval_seconds": 0}, "flush_interval_seconds"),
+        ({"flush_interval_seconds": float("inf")}, "flush_interval_seconds"),
+        ({"retry_initial_backoff_seconds": -0.1}, "retry_initial_backoff_seconds"),
+        ({"retry_max_backoff_seconds": float("nan")}, "retry_max_backoff_seconds"),
+        ({"shutdown_timeout_seconds": -1}, "shutdown_timeout_seconds"),
+        ({"batch_max_records": 11, "max_queue_records": 10}, "batch_max_records"),
+        (
+            {"retry_initial_backoff_seconds": 2.0, "retry_max_backoff_seconds": 1.0},
+            "retry_initial_backoff_seconds",
+        ),
+    ],
+)
+def test_invalid_arguments_raise_value_error_naming_the_argument(kwargs, name) -> None:
+    with pytest.raises(ValueError, match=name):
+        BatchWriter(Sink(), **kwargs)
+
+
+def test_non_callable_write_batch_or_hook_is_rejected() -> None:
+    with pytest.raises(TypeError, match="write_batch"):
+        BatchWriter(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="on_dropped"):
+        BatchWriter(Sink(), on_dropped=42)  # type: ignore[arg-type]
+
+
+def test_no_thread_until_first_submit_and_stats_has_base_keys(make_writer) -> None:
+    writer = make_writer(Sink(), name="writer-lazy-thread-test")
+    names = lambda: [t.name for t in threading.enumerate()]  # noqa: E731
+    assert "writer-lazy-thread-test" not in names()
+    stats = writer.stats()
+    for reason in BASE_DROP_REASONS:
+        assert stats["dropped_" + reason] == 0
+    assert stats["enqueued"] == stats["written"] == stats["pending"] == 0
+    stats["written"] = 99  # a copy: changing it changes nothing
+    assert writer.stats()["written"] == 0
+    assert writer.flush(0) is True  # nothing to wait for, no thread needed
+    assert "writer-lazy-thread-test" not in names()
+
+    writer.submit({"i": 0}, 1)
+    assert "writer-lazy-thread-test" in names()
+    thread = next(t for t in threading.enumerate() if t.name == "writer-lazy-thread-test")
+    assert thread.daemon
+
+
+# ---------------------------------------------------------------- batching and timing
+
+
+def test_full_batches_are_written_without_flush_and_batch_size_is_respected(make_writer) -> None:
+    sink = Sink()
+    # The interval is far away: only full batches may wake the worker.
+    writer = make_writer(sink, batch_max_records=3, flush_interval_seconds=30)
+    submit_all(writer, range(7))
+    assert wait_for(lambda: len(sink.written) == 6)
+    time.sleep(0.05)
+    assert sink.written == [0, 1, 2, 3, 4, 5]  # record 6 waits: not a full batch yet
+    assert writer.stats()["pending"] == 1
+    assert writer.flush(2) is True
+    assert sink.written == list(range(7))
+    assert all(len(ids) <= 3 for _, ids in sink.batches)
+    assert [ids for _, ids in sink.batches][:2] == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_large_backlog_is_split_into_batches_in_fifo_order(make_writer) -> None:
+    gate = threading.Event()
+    sink = Sink(gate=gate)
+    writer = make_writer(sink, batch_max_records=4, flush_interval_seconds=30)
+    submit_all(writer, range(4))  # the first batch blocks in the sink
+    assert wait_for(lambda: sink.calls)
+    submit_all(writer, range(4, 15))
+    gate.set()
+    assert writer.flush(2) is True
+    assert sink.written == list(range(15))
+    assert [len(ids) for _, ids in sink.batches] == [4, 4, 4, 3]
+
+
+def test_records_are_written_after_the_flush_interval_without_flush(make_writer) -> None:
+    sink = Sink()
+    writer = make_writer(sink, flush_interval_seconds=0.2, batch_max_records=100)
+    started = time.monotonic()
+    submit_all(writer, [1, 2])
+    assert sink.written == []  # not written on submit
+    assert wait_for(lambda: sink.written == [1, 2])
+    assert time.monotonic() - started >= 0.15
+    assert writer.stats()["written"] == 2
+
+
+# ---------------------------------------------------------------- flush
+
+
+def test_flush_returns_true_when_done_and_false_on_timeout(make_writer) -> None:
+    gate = threading.Event()
+    sink = Sink(gate=gate)
+    writer = make_writer(sink, flush_interval_seconds=30)
+    submit_all(writer, range(3))
+    started = time.monotonic()
+    assert writer.flush(0.05) is False
+    elapsed = time.monotonic() - started
+    assert 0.04 <= elapsed < 1.0
+    gate.set()
+    assert writer.flush(2) is True
+    assert sink.written == [0, 1, 2]
+    assert writer.flush() is True  # already settled: returns at once
+
+
+def test_flush_wakes_the_worker_at_once(make_writer) -> None:
+    sink = Sink()
+    writer = make_writer(sink, flush_interval_seconds=30)
+    submit_all(writer, range(3))
+    started = time.monotonic()
+    assert writer.flush(5) is True
+    assert time.monotonic() - started < 1.0
+    assert sink.written == [0, 1, 2]
+
+
+def test_submit_never_blocks_while_the_sink_is_blocked(make_writer) -> None:
+    gate = threading.Event()
+    sink = Sink(gate=gate)
+    writer = make_writer(sink, batch_max_records=10, flush_interval_seconds=0.01)
+    try:
+        assert writer.submit({"i": 0}, 1)
+        assert wait_for(lambda: sink.calls)  # the worker is now stuck in write_batch
+        started = time.monotonic()
+        results = submit_all(writer, range(1, 1001))
+        elapsed = time.monotonic() - started
+        assert all(results)
+        assert elapsed < 0.5
+    finally:
+        gate.set()
+    assert writer.flush(2) is True
+    assert sink.written == list(range(1001))
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_queue_full_by_records_drops_the_newest_and_keeps_memory_bounded(make_writer) -> None:
+    gate = threading.Event()
+    sink = Sink(gate=gate)
+    dropped: list[tuple[str, int]] = []
+    writer = make_writer(
+        sink,
+        max_queue_records=5,
+        batch_max_records=1,
+        on_dropped=lambda reason, n: dropped.append((reason, n)),
+    )
+    records = [Record(i=i) for i in range(15)]
+    refs = [weakref.ref(r) for r in records]
+    try:
+        results = [writer.submit(r, 1) for r in records]
+        assert results == [True] * 5 + [False] * 10
+        stats = writer.stats()
+        assert stats["dropped_queue_full"] == 10
+        assert stats["enqueued"] == 5
+        assert stats["pending"] == 5  # in flight + queued, never more than the limit
+        del records, results
+        gc.collect()
+        assert [r() is None for r in refs] == [False] * 5 + [True] * 10  # refused: not kept
+    finally:
+        gate.set()
+    assert writer.flush(2) is True
+    assert sink.written == [0, 1, 2, 3, 4]
+    assert dropped == [("queue_full", 1)] * 10
+    check_invariant(writer.stats())
+
+
+def test_queue_full_by_bytes(make_writer) -> None:
+    sink = Sink()
+    writer = make_writer(sink, max_queue_bytes=100, batch_max_records=50, flush_interval_seconds=30)
+    assert writer.submit({"i": 0}, 30)
+    assert writer.submit({"i": 1}, 30)
+    assert writer.submit({"i": 2}, 30)
+    assert not writer.submit({"i": 3}, 30)  # 120 > 100
+    assert writer.submit({"i": 4}, 10)  # exactly 100 is allowed
+    assert not writer.submit({"i": 5}, 1)
+    assert not writer.submit({"i": 6}, 1000)  # bigger than the whole budget
+    assert writer.stats()["dropped_queue_full"] == 3
+    assert writer.flush(2) is True
+    assert sink.written == [0, 1, 2, 4]
+    # Written records free their bytes.
+    assert writer.submit({"i": 7}, 100)
+    assert writer.flush(2) is True
+    assert sink.written == [0, 1, 2, 4, 7]
+
+
+def test_records_waiting_for_retry_still_count_against_the_byte_limit(make_writer) -> None:
+    sink = Sink(default="retry")
+    writer = make_writer(sink, max_queue_bytes=100, retry_initial_backoff_seconds=0.05)
+    assert writer.submit({"i": 0}, 60)
+    assert writer.flush(0.1) is False  # written once, asked to retry, now backing off
+    assert sink.calls
+    assert not writer.submit({"i": 1}, 60)
+    assert writer.stats()["dropped_queue_full"] == 1
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_write_batch_raising_drops_that_batch_and_keeps_the_worker_alive(
+    make_writer, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    sink = Sink(["raise"])
+    writer = make_writer(sink, batch_max_records=2, flush_interval_seconds=30)
+    submit_all(writer, [0, 1])
+    assert wait_for(lambda: writer.stats()["dropped_write_error"] == 2)
+    submit_all(writer, [2])
+    assert writer.flush(2) is True
+    stats = writer.stats()
+    assert stats["dropped_write_error"] == 2
+    assert stats["written"] == 1
+    assert sink.written == [2]
+    errors = [r for r in caplog.records if "write_error" in r.getMessage()]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    check_invariant(stats)
+
+
+def test_write_batch_returning_something_else_is_a_write_error(make_writer) -> None:
+    writer = make_writer(lambda records: None)
+    submit_all(writer, range(3))
+    assert writer.flush(2) is True
+    assert writer.stats()["dropped_write_error"] == 3
+
+
+def test_outcome_drops_are_counted_per_reason(make_writer) -> None:
+    def sink(records: list[dict]) -> BatchOutcome:
+        return BatchOutcome(
+            written=len(records) - 4, dropped={"encode_error": 1, "db_error": 2, "too_big": 1}
+        )
+
+    dropped: list[tuple[str, int]] = []
+    written: list[int] = []
+    writer = make_writer(
+        sink,
+        batch_max_records=10,
+        flush_interval_seconds=30,
+        on_dropped=lambda reason, n: dropped.append((reason, n)),
+        on_written=written.append,
+    )
+    submit_all(writer, range(10))
+    assert writer.flush(2) is True
+    stats = writer.stats()
+    assert stats["written"] == 6
+    assert stats["dropped_encode_error"] == 1
+    assert stats["dropped_db_error"] == 2
+    assert stats["dropped_too_big"] == 1  # new reasons get their own key
+    assert sorted(dropped) == [("db_error", 2), ("encode_error", 1), ("too_big", 1)]
+    assert written == [6]
+    check_invariant(stats)
+
+
+def test_an_outcome_that_does_not_add_up_is_corrected(make_writer, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    outcomes = [BatchOutcome(written=1), BatchOutcome(written=10, dropped={"db_error": 5})]
+    writer = make_writer(
+        lambda records: outcomes.pop(0), batch_max_records=3, flush_interval_seconds=30
+    )
+    submit_all(writer, range(3))
+    assert writer.flush(2) is True
+    stats = writer.stats()
+    assert stats["written"] == 1
+    assert stats["dropped_unaccounted"] == 2
+    submit_all(writer, range(3))
+    assert writer.flush(2) is True
+    stats = writer.stats()
+    assert stats["written"] == 4  # over-reporting is clamped to the batch size
+    assert stats["dropped_db_error"] == 0
+    assert any("for a batch of 3" in r.getMessage() for r in caplog.records)
+    check_invariant(stats)
+
+
+# ---------------------------------------------------------------- retries
+
+
+def test_retry_twice_then_success_writes_everything_once_in_order(make_writer) -> None:
+    sink = Sink(["retry", "retry"])
+    writer = make_writer(
+        sink,
+        batch_max_records=10,
+        retry_initial_backoff_seconds=0.05,
+        retry_max_backoff_seconds=1.0,
+    )
+    submit_all(writer, range(5))
+    started = time.monotonic()
+    assert writer.flush(3) is True
+    assert time.monotonic() - started >= 0.05 + 0.1 - 0.01  # both backoffs were waited
+    assert sink.written == [0, 1, 2, 3, 4]
+    assert len(sink.calls) == 3
+    stats = writer.stats()
+    assert stats["written"] == 5
+    assert stats["pending"] == 0
+    check_invariant(stats)
+
+
+def test_retried_records_stay_ahead_of_newer_ones(make_writer) -> None:
+    sink = Sink(["retry"])
+    writer = make_writer(
+        sink, batch_max_records=3, retry_initial_backoff_seconds=0.1, flush_interval_seconds=30
+    )
+    submit_all(writer, [0, 1, 2])
+    assert wait_for(lambda: sink.calls)
+    submit_all(writer, [3, 4, 5, 6])  # arrive while the first batch waits for its retry
+    assert writer.flush(3) is True
+    assert sink.written == list(range(7))
+    assert sink.batches[0][1] == [0, 1, 2]
+
+
+def test_partial_retry_keeps_only_the_asked_records(make_writer) -> None:
+    calls: list[list[int]] = []
+
+    def sink(records: list[dict]) -> BatchOutcome:
+        calls.append([r["i"] for r in records])
+        if len(calls) == 1:  # write the odd ones, retry the even ones (same objects)
+            return BatchOutcome(
+                written=2, retry=[r for r in records if r["i"] % 2 == 0], dropped={}
+            )
+        return BatchOutcome(written=len(records))
+
+    writer = make_writer(sink, batch_max_records=5, flush_interval_seconds=30)
+    submit_all(writer, range(5))
+    assert writer.flush(3) is True
+    assert calls == [[0, 1, 2, 3, 4], [0, 2, 4]]
+    assert writer.stats()["written"] == 5
+
+
+def test_flush_does_not_make_retries_faster_than_the_backoff(make_writer) -> None:
+    sink = Sink(default="retry")
+    writer = make_writer(sink, retry_initial_backoff_seconds=0.1, retry_max_backoff_seconds=0.1)
+    submit_all(writer, [0])
+    started = time.monotonic()
+    while time.monotonic() - started < 0.3:
+        writer.flush(0.005)  # hammer the worker with wake-ups
+    # One call at the start, then at most one per 0.1 s backoff.
+    assert 2 <= len(sink.calls) <= 5
+    gaps = [b - a for a, b in zip(sink.calls, sink.calls[1:])]
+    assert all(gap >= 0.09 for gap in gaps), gaps
+
+
+def test_backoff_doubles_and_resets_after_success(make_writer) -> None:
+    sink = Sink(["retry", "retry", "retry", "retry", "ok", "retry", "ok"])
+    writer = make_writer(
+        sink,
+        batch_max_records=10,
+        retry_initial_backoff_seconds=0.02,
+        retry_max_backoff_seconds=1.0,
+    )
+    submit_all(writer, [0])
+    assert writer.flush(3) is True
+    gaps = [b - a for a, b in zip(sink.calls, sink.calls[1:])]
+    assert len(gaps) == 4
+    for gap, backoff in zip(gaps, [0.02, 0.04, 0.08, 0.16]):
+        assert gap >= backoff - 0.005, gaps
+    submit_all(writer, [1])
+    assert writer.flush(3) is True
+    reset_gap = sink.calls[-1] - sink.calls[-2]
+    assert 0.015 <= reset_gap < 0.15  # back to 0.02, not 0.32
+    assert sink.written == [0, 1]
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+def test_shutdown_writes_pending_records_and_stops_the_thread(make_writer) -> None:
+    sink = Sink()
+    writer = make_writer(sink, flush_interval_seconds=30, name="writer-shutdown-test")
+    submit_all(writer, range(5))
+    assert writer.shutdown(2) is True
+    assert sink.written == [0, 1, 2, 3, 4]
+    assert writer.stats()["pending"] == 0
+    assert "writer-shutdown-test" not in [t.name for t in threading.enumerate()]
+    assert writer.shutdown(2) is True  # idempotent
+
+
+def test_shutdown_with_a_sink_that_keeps_retrying_gives_up_at_the_deadline(
+    make_writer, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    sink = Sink(default="retry")
+    writer = make_writer(sink, retry_initial_backoff_seconds=0.05, retry_max_backoff_seconds=0.05)
+    submit_all(writer, range(4))
+    assert wait_for(lambda: sink.calls)
+    started = time.monotonic()
+    assert writer.shutdown(0.3) is False
+    elapsed = time.monotonic() - started
+    assert 0.2 <= elapsed < 0.8  # it kept retrying until about the deadline, then gave up
+    assert len(sink.calls) >= 3
+    stats = writer.stats()
+    assert stats["dropped_shutdown"] == 4
+    assert stats["pending"] == 0
+    assert any("4 record(s) still pending" in r.getMessage() for r in caplog.records)
+    check_invariant(stats)
+    assert writer.shutdown(0.3) is False  # idempotent: same answer, no double count
+    assert writer.stats()["dropped_shutdown"] == 4
+
+
+def test_shutdown_during_a_long_backoff_returns_without_waiting_for_it(make_writer) -> None:
+    sink = Sink(default="retry")
+    writer = make_writer(sink, retry_initial_backoff_seconds=10.0, retry_max_backoff_seconds=10.0)
+    submit_all(writer, range(2))
+    assert wait_for(lambda: sink.calls)
+    started = time.monotonic()
+    assert writer.shutdown(0.5) is False
+    assert time.monotonic() - started < 0.4  # no retry possible before the deadline
+    assert writer.stats()["dropped_shutdown"] == 2
+
+
+def test_shutdown_abandons_a_stuck_batch_and_ignores_its_late_outcome(make_writer) -> None:
+    gate = threading.Event()
+    sink = Sink(gate=gate)
+    writer = make_writer(sink, batch_max_records=2)
+    try:
+        submit_all(writer, range(3))
+        assert wait_for(lambda: sink.calls)
+        started = time.monotonic()
+        assert writer.shutdown(0.1) is False
+        assert time.monotonic() - started < 0.5
+        assert writer.stats()["dropped_shutdown"] == 3
+    finally:
+        gate.set()
+    time.sleep(0.05)  # the stuck write_batch returns now; it must not be counted again
+    stats = writer.stats()
+    assert stats["written"] == 0
+    assert stats["dropped_shutdown"] == 3
+    check_invariant(stats)
+
+
+def test_submit_after_shutdown_is_refused_and_counted(make_writer) -> None:
+    dropped: list[tuple[str, int]] = []
+    writer = make_writer(Sink(), on_dropped=lambda reason, n: dropped.append((reason, n)))
+    assert writer.shutdown(1) is True
+    assert writer.submit({"i": 0}, 1) is False
+    stats = writer.stats()
+    assert stats["dropped_shutdown"] == 1
+    assert stats["refused_after_shutdown"] == 1
+    assert stats["enqueued"] == 0
+    assert dropped == [("shutdown", 1)]
+    assert writer.flush(0.1) is True
+    check_invariant(stats)
+
+
+# ---------------------------------------------------------------- counters and callbacks
+
+
+def test_counters_invariant_under_concurrent_submitters(make_writer) -> None:
+    sink = Sink(["raise", "retry"] + ["ok"] * 5, default="ok")
+    writer = make_writer(sink, max_queue_records=50, batch_max_records=7)
+    writer.count_dropped("hook_error", 3)
+
+    def producer(base: int) -> None:
+        for i in range(300):
+            writer.submit({"i": base + i}, 10)
+
+    threads = [threading.Thread(target=producer, args=(k * 1000,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert writer.flush(3) is True
+    stats = writer.stats()
+    assert stats["enqueued"] + stats["dropped_queue_full"] == 1200
+    assert stats["dropped_hook_error"] == 3
+    assert stats["pending"] == 0
+    check_invariant(stats)
+    assert len(sink.written) == len(set(sink.written)) == stats["written"]  # no duplicates
+    writer.shutdown(1)
+    writer.submit({"i": -1}, 1)
+    check_invariant(writer.stats())
+
+
+def test_callbacks_are_called_and_their_exceptions_swallowed(make_writer, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    written_calls: list[int] = []
+    dropped_calls: list[tuple[str, int]] = []
+
+    def on_written(n: int) -> None:
+        written_calls.append(n)
+        raise ValueError("metrics backend down")
+
+    def on_dropped(reason: str, n: int) -> None:
+        dropped_calls.append((reason, n))
+        raise ValueError("metrics backend down")
+
+    sink = Sink()
+    writer = make_writer(
+        sink,
+        max_queue_records=3,
+        batch_max_records=3,
+        flush_interval_seconds=30,
+        on_written=on_written,
+        on_dropped=on_dropped,
+    )
+    assert submit_all(writer, range(4)) == [True, True, True, False]
+    writer.count_dropped("hook_error")
+    writer.count_dropped("hook_error", 0)  # ignored
+    assert writer.flush(2) is True
+    assert written_calls == [3]  # flush returns after the callbacks ran
+    assert dropped_calls == [("queue_full", 1), ("hook_error", 1)]
+    assert writer.stats()["dropped_hook_error"] == 1
+    # The worker survived the raising callback.
+    submit_all(writer, [10])
+    assert writer.flush(2) is True
+    assert sink.written == [0, 1, 2, 10]
+    assert written_calls == [3, 1]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("on_written callback raised" in m for m in messages)
+    assert any("on_dropped callback raised" in m for m in messages)
+
+
+def test_drop_warnings_are_rate_limited_per_reason(make_writer, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    writer = make_writer(Sink(), max_queue_records=1, batch_max_records=1)
+    gate_sink_blocked = writer.submit({"i": 0}, 10**9)  # too big: refused
+    assert gate_sink_blocked is False
+    for _ in range(50):
+        writer.submit({"i": 1}, 10**9)
+    for _ in range(20):
+        writer.count_dropped("hook_error")
+    drop_lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len([m for m in drop_lines if "queue_full" in m]) == 1
+    assert len([m for m in drop_lines if "hook_error" in m]) == 1
+    stats = writer.stats()
+    assert stats["dropped_queue_full"] == 51
+    assert stats["dropped_hook_error"] == 20
+
+
+# ---------------------------------------------------------------- fork
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_starts_empty_and_writes_only_its_own_records(make_writer) -> None:
+    parent_pid = os.getpid()
+    gate = threading.Event()
+    sink = Sink(gate=gate, block_pid=parent_pid)  # blocks in the parent only
+    writer = make_writer(sink, batch_max_records=1, flush_interval_seconds=0.01)
+    writer.submit({"i": 0}, 1)
+    assert wait_for(lambda: sink.calls)  # record 0 is stuck in flight in the parent
+    submit_all(writer, [1, 2])
+    assert writer.stats()["pending"] == 3
+
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a multi-threaded process: that is the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # child: report through the pipe, never return into pytest
+        code = 1
+        try:
+            os.close(read_fd)
+            before = writer.stats()
+            accepted = submit_all(writer, [100, 101])
+            flushed = writer.flush(3)
+            mine = [i for p, ids in sink.batches if p == os.getpid() for i in ids]
+            report = {"before": before, "accepted": accepted, "flushed": flushed}
+            report.update({"mine": mine, "after": writer.stats()})
+            os.write(write_fd, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status)
+    assert os.WEXITSTATUS(status) == 0
+    report = json.loads(b"".join(chunks))
+
+    assert all(value == 0 for value in report["before"].values()), report["before"]
+    assert report["accepted"] == [True, True]
+    assert report["flushed"] is True
+    assert report["mine"] == [100, 101]  # not the parent's 0, 1, 2
+    assert report["after"]["written"] == 2
+    assert report["after"]["enqueued"] == 2
+
+    gate.set()
+    assert writer.flush(2) is True
+    assert [i for p, ids in sink.batches if p == parent_pid for i in ids] == [0, 1, 2]
+    assert writer.stats()["written"] == 3
+
+
+def test_pid_change_detected_by_submit_reinitialises_once(make_writer, monkeypatch) -> None:
+    gate = threading.Event()
+    sink = Sink(gate=gate)
+    writer = make_writer(sink, batch_max_records=1)
+    try:
+        writer.submit({"i": 0}, 1)
+        assert wait_for(lambda: sink.calls)  # record 0 in flight, blocked
+        submit_all(writer, [1, 2])
+        old_thread = writer._thread
+        old_lock = writer._lock
+        monkeypatch.setattr(writer, "_pid", -1)  # as if this were a forked child
+
+        assert writer.submit({"i": 100}, 1) is True
+        assert writer._pid == os.getpid()
+        assert writer._lock is not old_lock
+        assert writer._thread is not old_thread
+        stats = writer.stats()
+        assert stats["enqueued"] == 1  # counters restarted; 1 and 2 were discarded
+        assert stats["pending"] <= 1
+    finally:
+        gate.set()
+    assert writer.flush(2) is True
+    assert old_thread is not None
+    old_thread.join(2)
+    assert not old_thread.is_alive()  # the orphaned worker noticed and exited
+    assert 1 not in sink.written
+    assert 2 not in sink.written
+    assert 100 in sink.written
+    stats = writer.stats()
+    assert stats["written"] == 1  # the old worker's late outcome for record 0 is not counted
+    check_invariant(stats)
+
+
+# ---------------------------------------------------------------- lifetime
+
+
+def test_an_unreferenced_idle_writer_is_garbage_collected() -> None:
+    writer = BatchWriter(Sink())
+    ref = weakref.ref(writer)
+    del writer
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_writer_is_garbage_collected_after_shutdown() -> None:
+    sink = Sink()
+    writer = BatchWriter(sink, flush_interval_seconds=0.01)
+    submit_all(writer, range(3))
+    assert writer.shutdown(1) is True
+    ref = weakref.ref(writer)
+    del writer
+    gc.collect()
+    assert ref() is None
+    assert sink.written == [0, 1, 2]
+
+
+def test_atexit_hook_holds_the_writer_weakly_and_shuts_it_down(monkeypatch) -> None:
+    registered: list = []
+    unregistered: list = []
+    monkeypatch.setattr(atexit, "register", lambda func, *a, **k: registered.append(func))
+    monkeypatch.setattr(atexit, "unregister", unregistered.append)
+
+    sink = Sink()
+    writer = BatchWriter(sink, flush_interval_seconds=30, shutdown_timeout_seconds=1.0)
+    assert len(registered) == 1
+    hook = registered[0]
+    submit_all(writer, range(3))
+    hook()  # what the interpreter does at exit
+    assert sink.written == [0, 1, 2]
+    assert writer.submit({"i": 3}, 1) is False  # it really shut down
+
+    ref = weakref.ref(writer)
+    del writer
+    gc.collect()
+    assert ref() is None  # the registered hook did not keep it alive
+    assert unregistered == [hook]  # and it took itself out of atexit
+    hook()  # harmless once the writer is gone
+
+
+def test_real_atexit_registration_goes_away_with_the_writer() -> None:
+    writer = BatchWriter(Sink())
+    hook_ref = weakref.ref(writer._exit_hook)
+    del writer
+    gc.collect()
+    assert hook_ref() is None  # atexit no longer holds the writer's hook
