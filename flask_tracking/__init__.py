@@ -4,7 +4,8 @@
 """
 
 from .extension import Tracking
+from .signals import record_dropped, record_written
 
-__all__ = ["Tracking", "__version__"]
+__all__ = ["Tracking", "__version__", "record_dropped", "record_written"]
 
 __version__ = "1.0.0.dev0"

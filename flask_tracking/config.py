@@ -12,6 +12,8 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from .redact import DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_HEADERS, IP_HEADERS, Redactor
+
 MiB = 1024 * 1024
 
 DEFAULTS: dict[str, Any] = {
@@ -59,6 +61,17 @@ DEFAULTS: dict[str, Any] = {
     "TRACKING_MAX_RECORD_BYTES": 2 * MiB,
     #: Bytes. Custom data (``request._tracking_data``) beyond this estimated size is cut.
     "TRACKING_MAX_CUSTOM_DATA_BYTES": 256 * 1024,
+    #: Scrub secrets (headers, query, bodies, custom data) before storing. False stores verbatim.
+    "TRACKING_REDACT": True,
+    #: Extra header names to filter: a list adds to ``redact.DEFAULT_REDACT_HEADERS``;
+    #: ``{"replace": [...]}`` replaces them.
+    "TRACKING_REDACT_HEADERS": [],
+    #: Extra field-name terms to filter in bodies, query strings and custom data: a list adds to
+    #: ``redact.DEFAULT_REDACT_FIELDS``; ``{"replace": [...]}`` replaces them.
+    "TRACKING_REDACT_FIELDS": [],
+    #: Store ``ip`` with the last IPv4 octet (or the last 80 bits of IPv6) zeroed, and filter
+    #: the headers that carry client addresses (X-Forwarded-For, X-Real-IP, Forwarded).
+    "TRACKING_ANONYMIZE_IP": False,
 }
 
 
@@ -86,6 +99,8 @@ class TrackingConfig:
     shutdown_timeout_seconds: float
     max_record_bytes: int
     max_custom_data_bytes: int
+    redactor: Redactor | None
+    anonymize_ip: bool
 
 
 def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
@@ -122,9 +137,20 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
             "TRACKING_MAX_RECORD_BYTES", minimum=64 * 1024, maximum=16 * MiB - 64 * 1024
         ),
         max_custom_data_bytes=get.integer("TRACKING_MAX_CUSTOM_DATA_BYTES", minimum=0),
+        redactor=_redactor(get),
+        anonymize_ip=get.flag("TRACKING_ANONYMIZE_IP"),
     )
     _check_relations(config)
     return config
+
+
+def _redactor(get: _Reader) -> Redactor | None:
+    if not get.flag("TRACKING_REDACT"):
+        return None
+    headers = get.deny_list("TRACKING_REDACT_HEADERS", DEFAULT_REDACT_HEADERS)
+    if get.flag("TRACKING_ANONYMIZE_IP"):
+        headers += IP_HEADERS
+    return Redactor(headers, get.deny_list("TRACKING_REDACT_FIELDS", DEFAULT_REDACT_FIELDS))
 
 
 def _check_relations(config: TrackingConfig) -> None:
@@ -174,6 +200,28 @@ class _Reader:
         if not isinstance(value, str) or not value:
             raise self._fail(key, "a non-empty string")
         return value
+
+    def flag(self, key: str) -> bool:
+        value = self._config[key]
+        if not isinstance(value, bool):
+            raise self._fail(key, "True or False")
+        return value
+
+    def deny_list(self, key: str, defaults: tuple[str, ...]) -> tuple[str, ...]:
+        """A list extends ``defaults``; ``{"replace": [...]}`` replaces them."""
+        value = self._config[key]
+        if isinstance(value, Mapping):
+            if set(value) != {"replace"}:
+                raise self._fail(key, 'a list of names, or {"replace": [names]}')
+            return self._names(key, value["replace"])
+        return defaults + self._names(key, value)
+
+    def _names(self, key: str, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+            raise self._fail(key, 'a list of names, or {"replace": [names]}')
+        if not all(isinstance(item, str) and item for item in value):
+            raise self._fail(key, 'a list of names, or {"replace": [names]}')
+        return tuple(value)
 
     def optional_text(self, key: str) -> str | None:
         return None if self._config[key] is None else self.text(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +27,13 @@ from .config import TrackingConfig, load_config
 from .logs import RateLimitedLog
 from .policy import Policy
 from .record import status_code_of
+from .redact import Redactor, anonymize_ip
+from .signals import record_dropped, record_written
 from .store import BeforeSave, MongoSink, queue_item
 from .writer import BatchWriter
 
 if TYPE_CHECKING:
+    from blinker import NamedSignal
     from pymongo.database import Database
 
 #: Fixed part of the estimated in-queue size of a record, in bytes (dicts, strings, numbers).
@@ -83,6 +86,7 @@ class Tracking:
             capped_max_documents=config.max_documents,
             max_record_bytes=config.max_record_bytes,
             write_timeout_seconds=config.write_timeout_seconds,
+            redactor=config.redactor,
             before_save=lambda: self._before_save,
         )
         writer = BatchWriter(
@@ -94,6 +98,10 @@ class Tracking:
             retry_initial_backoff_seconds=config.retry_initial_backoff_seconds,
             retry_max_backoff_seconds=config.retry_max_backoff_seconds,
             shutdown_timeout_seconds=config.shutdown_timeout_seconds,
+            on_written=_signal_sender(app, record_written, lambda count: {"count": count}),
+            on_dropped=_signal_sender(
+                app, record_dropped, lambda reason, count: {"reason": reason, "count": count}
+            ),
             name=f"flask-tracking-writer[{app.name}]",
         )
         tracked = _AppTracking(config, writer)
@@ -201,11 +209,31 @@ class Tracking:
         """Decide whether to keep a finished request, and queue it (request thread, cheap)."""
         if state.exception is not None and status_code_of(state.status) < 500:
             state.status = "500 INTERNAL SERVER ERROR"
+        config = tracked.config
         if not tracked.policy.should_keep_record(
             status_code_of(state.status), state.execution_time or 0.0
         ):
             return
+        if config.redactor is not None:
+            _scrub_request_side(state, config.redactor)
+        if config.anonymize_ip and state.request is not None:
+            state.request["ip"] = anonymize_ip(state.request["ip"])
         tracked.writer.submit(queue_item(state), _estimated_size(state))
+
+
+def _scrub_request_side(state: RequestState, redactor: Redactor) -> None:
+    """Filter headers, query string and custom data on the request thread, on our copies.
+
+    Bodies are scrubbed on the writer thread, before any hook or the database sees them:
+    parsing them here would cost the request more than everything else the tracker does.
+    """
+    fields = state.request
+    if fields is not None:
+        fields["environ_headers"] = redactor.headers(fields["environ_headers"])
+        fields["query_string"] = redactor.query(fields["query_string"])
+    state.response_headers = redactor.headers(state.response_headers)
+    if state.custom_data is not None:
+        state.custom_data = redactor.data(state.custom_data)
 
 
 def _estimated_size(state: RequestState) -> int:
@@ -217,6 +245,20 @@ def _estimated_size(state: RequestState) -> int:
     if state.request is not None:
         size += sum(len(key) + len(value) for key, value in state.request["environ_headers"])
     return size
+
+
+def _signal_sender(
+    app: Flask, signal: NamedSignal, keywords: Callable[..., dict[str, Any]]
+) -> Callable[..., None]:
+    """A writer callback that sends ``signal`` from ``app`` (held weakly: no cycle)."""
+    app_ref = weakref.ref(app)
+
+    def send(*args: Any) -> None:
+        sender = app_ref()
+        if sender is not None and signal.receivers:
+            signal.send(sender, **keywords(*args))
+
+    return send
 
 
 def _has_app() -> bool:

@@ -14,6 +14,7 @@ from bson import DBRef, ObjectId
 from ua_parser import parse as parse_ua
 
 from .capture import BodyCapture, RequestState
+from .redact import Redactor
 
 #: The document keys, in the order they are stored.
 FIELDS = (
@@ -60,8 +61,12 @@ def status_code_of(status: str) -> int:
         return 0
 
 
-def to_document(state: RequestState) -> dict[str, Any]:
-    """The document to insert for a finished request (a new dict with an ``_id``)."""
+def to_document(state: RequestState, redactor: Redactor | None = None) -> dict[str, Any]:
+    """The document to insert for a finished request (a new dict with an ``_id``).
+
+    With a ``redactor``, secret fields in the bodies are filtered (headers, query string and
+    custom data were filtered on the request thread already).
+    """
     request = state.request or {}
     headers = [[_header_name(key), value] for key, value in request.get("environ_headers", ())]
     header_map = {name.lower(): value for name, value in reversed(headers)}
@@ -93,7 +98,26 @@ def to_document(state: RequestState) -> dict[str, Any]:
     }
     _add_body(document, "request", state.request_body, state.request_body_omitted)
     _add_body(document, "response", state.response_body, state.response_body_omitted)
+    if redactor is not None:
+        response_type = next(
+            (value for name, value in state.response_headers if name.lower() == "content-type"),
+            "",
+        )
+        _scrub_body(document, "request", redactor, header_map.get("content-type", ""))
+        _scrub_body(document, "response", redactor, response_type)
     return document
+
+
+def _scrub_body(document: dict[str, Any], prefix: str, redactor: Redactor, kind: str) -> None:
+    """Filter secrets in one body; if scrubbing fails, keep no body at all (fail closed)."""
+    body = document[f"{prefix}_body"]
+    if not body:
+        return
+    try:
+        document[f"{prefix}_body"] = redactor.body(body, kind)
+    except Exception:
+        document[f"{prefix}_body"] = None
+        document[f"{prefix}_body_omitted"] = "redaction failed"
 
 
 def _add_body(

@@ -1,6 +1,279 @@
-"""Pure scrubbing of secrets from headers, query strings and bodies (no Flask, no MongoDB)."""
+"""Pure scrubbing of secrets from headers, query strings, bodies and custom data.
+
+Nothing here touches Flask, the request or the database: every function takes copies of captured
+values and returns scrubbed values, with :data:`FILTERED` in place of each secret.
+
+A *field* (a JSON key, a form or query parameter, a multipart part, a custom-data key) is secret
+when its name, split into words (``user_password`` and ``userPassword`` give ``user`` and
+``password``), contains a deny-listed term as one word or as consecutive words joined
+(``card_number`` and ``cardNumber`` match ``cardnumber``). A *header* is secret when its name is
+in the header deny-list or is a secret field name (``X-Auth-Token``).
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+from urllib.parse import unquote_plus
+
 #: The value stored in place of a secret.
 FILTERED = "[Filtered]"
+
+#: Headers always stored as FILTERED (case-insensitive), unless TRACKING_REDACT_HEADERS replaces
+#: the list.
+DEFAULT_REDACT_HEADERS: tuple[str, ...] = (
+    "Authorization",
+    "Proxy-Authorization",
+    "Cookie",
+    "Set-Cookie",
+    "X-Api-Key",
+    "X-CSRF-Token",
+    "X-CSRFToken",
+    "X-XSRF-Token",
+    "X-Auth-Token",
+    "X-Access-Token",
+    "X-Amz-Security-Token",
+)
+
+#: Field-name terms whose values are stored as FILTERED, matched word-wise (see module doc).
+DEFAULT_REDACT_FIELDS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "passphrase",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "auth",
+    "authorization",
+    "credentials",
+    "credential",
+    "session",
+    "sessionid",
+    "csrf",
+    "xsrf",
+    "csrftoken",
+    "cookie",
+    "card number",
+    "cardnumber",
+    "ccnumber",
+    "cvv",
+    "cvc",
+    "ssn",
+    "pin",
+    "otp",
+    "private_key",
+    "privatekey",
+    "phpsessid",
+    "connect.sid",
+)
+
+#: Headers that carry the client address; filtered too when TRACKING_ANONYMIZE_IP is on.
+IP_HEADERS: tuple[str, ...] = ("X-Forwarded-For", "X-Real-IP", "Forwarded", "True-Client-IP")
+
+_URL_HEADERS = frozenset({"referer", "location", "http_referer"})
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+
+def _normalise(term: str) -> str:
+    return "".join(_WORD.findall(term)).lower()
+
+
+class Redactor:
+    """Scrubs secrets; built once per app from the configured deny-lists."""
+
+    def __init__(self, headers: Iterable[str], fields: Iterable[str]) -> None:
+        self._fields = frozenset(_normalise(term) for term in fields if _normalise(term))
+        self._headers = frozenset(name.lower() for name in headers)
+        # Field and header names repeat endlessly; remember each verdict (bounded).
+        self.is_secret_field = lru_cache(maxsize=4096)(self._is_secret_field)
+        self.is_secret_header = lru_cache(maxsize=1024)(self._is_secret_header)
+
+    def _is_secret_field(self, name: str) -> bool:
+        words = [word.lower() for word in _WORD.findall(name)]
+        for start in range(len(words)):
+            joined = ""
+            for word in words[start:]:
+                joined += word
+                if joined in self._fields:
+                    return True
+        return False
+
+    def _is_secret_header(self, name: str) -> bool:
+        """``name`` as sent (``X-Api-Key``) or as a WSGI environ key (``HTTP_X_API_KEY``)."""
+        if name.startswith("HTTP_"):
+            name = name[5:]
+        dashed = name.replace("_", "-")
+        return dashed.lower() in self._headers or self._is_secret_field(dashed.replace("-", "_"))
+
+    def headers(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A new list of ``(name, value)`` with secret header values filtered; URLs in
+        ``Referer`` and ``Location`` get their query strings scrubbed. Names may be header
+        names or WSGI environ keys."""
+        scrubbed = []
+        for name, value in pairs:
+            if self.is_secret_header(name):
+                value = FILTERED
+            elif name.lower() in _URL_HEADERS and "?" in value:
+                base, _, query = value.partition("?")
+                value = f"{base}?{self.query(query)}"
+            scrubbed.append((name, value))
+        return scrubbed
+
+    def query(self, query: str) -> str:
+        """A query string (or form body) with the values of secret parameters filtered."""
+        if not query:
+            return query
+        parts = query.split("&")
+        for index, part in enumerate(parts):
+            name, equals, _ = part.partition("=")
+            if equals and self.is_secret_field(unquote_plus(name)):
+                parts[index] = f"{name}={FILTERED}"
+        return "&".join(parts)
+
+    def data(self, value: Any) -> Any:
+        """Custom data (already a BSON-safe copy) with the values of secret keys filtered."""
+        if isinstance(value, Mapping):
+            return {
+                key: FILTERED if self.is_secret_field(str(key)) else self.data(item)
+                for key, item in value.items()
+            }
+        if isinstance(value, list):
+            return [self.data(item) for item in value]
+        return value
+
+    def body(self, body: bytes | None, content_type: str) -> bytes | None:
+        """A body with secret fields filtered, by its content type (or its look).
+
+        JSON that does not parse (cut at the body limit, or invalid) is scrubbed textually, so
+        a truncated body keeps no secret either.
+        """
+        if not body:
+            return body
+        kind = content_type.split(";", 1)[0].strip().lower()
+        if kind.startswith("multipart/"):
+            return self._multipart(body)
+        text = body.decode("utf-8", "replace")
+        stripped = text.lstrip()
+        if "json" in kind or stripped[:1] in ("{", "["):
+            return self._json(body, text)
+        if kind == "application/x-www-form-urlencoded" or (not kind and "=" in text):
+            scrubbed = self.query(text)
+            return body if scrubbed == text else scrubbed.encode("utf-8")
+        return self._loose(body, text)
+
+    def _json(self, body: bytes, text: str) -> bytes:
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError):
+            return self._loose(body, text)
+        scrubbed = self.data(parsed)
+        if scrubbed == parsed:
+            return body
+        return json.dumps(scrubbed, ensure_ascii=False).encode("utf-8")
+
+    def _loose(self, body: bytes, text: str) -> bytes:
+        """Textual scrub of ``"key": value`` and ``key=value`` pairs (broken JSON, plain text)."""
+        pieces = []
+        position = 0
+        for match in _LOOSE_PAIR.finditer(text):
+            if not self.is_secret_field(match.group("key") or match.group("key2")):
+                continue
+            value_start = match.end()
+            value_end = _value_end(text, value_start)
+            pieces.append(text[position:value_start])
+            pieces.append(f'"{FILTERED}"' if match.group("quoted") else FILTERED)
+            position = value_end
+        if not pieces:
+            return body
+        pieces.append(text[position:])
+        return "".join(pieces).encode("utf-8")
+
+    def _multipart(self, body: bytes) -> bytes:
+        def scrub(match: re.Match[bytes]) -> bytes:
+            name = match.group("name").decode("utf-8", "replace")
+            if not self.is_secret_field(name):
+                return match.group(0)
+            return match.group("head") + FILTERED.encode() + match.group("tail")
+
+        return _MULTIPART_PART.sub(scrub, body)
+
+
+# "key": value  |  'key': value  |  key=value  |  key: value   (in any text)
+_LOOSE_PAIR = re.compile(
+    r"""(?P<quoted>["'])(?P<key>[^"'\\\n]{1,200})["']\s*:\s*"""
+    r"""|(?<![\w.-])(?P<key2>[A-Za-z_][\w.-]{0,199})\s*[=:]\s*"""
+)
+_MULTIPART_PART = re.compile(
+    rb'(?P<head>Content-Disposition:[^\r\n]*?\bname="(?P<name>[^"\r\n]*)"[^\r\n]*\r\n'
+    rb"(?:[^\r\n]+\r\n)*\r\n)"
+    rb"(?P<value>.*?)(?P<tail>\r\n--|\Z)",
+    re.DOTALL | re.IGNORECASE,
+)
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the value starting at ``start`` ends: a quoted string, a bracketed structure (to
+    its matching bracket or the end of a cut body), or a bare token."""
+    if start >= len(text):
+        return start
+    opener = text[start]
+    if opener in "\"'":
+        index = start + 1
+        while index < len(text):
+            char = text[index]
+            if char == "\\":
+                index += 2
+                continue
+            if char == opener:
+                return index + 1
+            index += 1
+        return len(text)
+    if opener in "{[":
+        return _bracket_end(text, start)
+    match = _BARE_VALUE.match(text, start)
+    return match.end() if match else start
+
+
+_BARE_VALUE = re.compile(r"[^\s,;&}\]\"']*")
+
+
+def _bracket_end(text: str, start: int) -> int:
+    depth = 0
+    in_string = None
+    index = start
+    while index < len(text):
+        char = text[index]
+        if in_string:
+            if char == "\\":
+                index += 1
+            elif char == in_string:
+                in_string = None
+        elif char in "\"'":
+            in_string = char
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+        index += 1
+    return len(text)
+
+
+def anonymize_ip(address: str | None) -> str | None:
+    """Zero the last octet of an IPv4 address, or the last 80 bits of an IPv6 address."""
+    if not address:
+        return address
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return FILTERED  # not an address we can trim: keep none of it
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)

@@ -20,6 +20,7 @@ from pymongo.errors import BulkWriteError, CollectionInvalid, ConnectionFailure,
 
 from .capture import RequestState
 from .record import to_document
+from .redact import Redactor
 from .writer import BatchOutcome
 
 #: The collection :class:`flask_tracking.documents.Tracking` reads.
@@ -57,6 +58,7 @@ class MongoSink:
         capped_max_documents: int,
         max_record_bytes: int,
         write_timeout_seconds: float,
+        redactor: Redactor | None = None,
         before_save: Callable[[], list[BeforeSave]] = list,
         logger: logging.Logger | None = None,
         collection_name: str = COLLECTION_NAME,
@@ -66,6 +68,7 @@ class MongoSink:
         self._capped_max = capped_max_documents
         self._max_record_bytes = max_record_bytes
         self._write_timeout = write_timeout_seconds
+        self._redactor = redactor
         self._before_save = before_save
         self._logger = logger or logging.getLogger("flask_tracking")
         self._collection_name = collection_name
@@ -90,7 +93,7 @@ class MongoSink:
         if state is None:  # a document handed back for a retry: already prepared
             return record
         try:
-            document: dict[str, Any] | None = to_document(state)
+            document: dict[str, Any] | None = to_document(state, self._redactor)
         except Exception:
             self._logger.exception("flask_tracking: could not convert a record; dropped")
             dropped["encode_error"] += 1
