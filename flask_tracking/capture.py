@@ -11,8 +11,9 @@ The pieces:
   sees exceptions that escape Flask (testing and debug mode), and finishes the record when the
   app returned, or, for a streamed response, when the server closes the response iterable
   (after the last byte went out, or the client left).
-- :func:`snapshot_request` runs in ``teardown_request`` and copies what only the request
-  context knows (path, endpoint, user, custom data, headers).
+- :func:`snapshot_request` runs in ``after_request`` (or, when the view raised, on the
+  ``got_request_exception`` signal) and copies what only the request context knows
+  (endpoint, rule, user, custom data) plus the request fields of the environ.
 - :func:`tee_response_body` runs in ``after_request`` and tees the response body.
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -179,8 +179,8 @@ class TrackingMiddleware:
 
     ``finish`` runs on the request thread: for a streamed response when the server closes the
     response iterable (after the last byte, or when the client left); otherwise as soon as the
-    app returned (or raised), so the response goes out unwrapped. ``guard()`` is a context
-    manager that swallows and counts the tracker's own errors; the app's errors always propagate
+    app returned (or raised), so the response goes out unwrapped. ``on_error()`` is called
+    (inside ``except``) when the tracker's own code fails; the app's errors always propagate
     untouched.
     """
 
@@ -190,18 +190,20 @@ class TrackingMiddleware:
         policy: Policy,
         max_body_length: int,
         finish: Callable[[RequestState], None],
-        guard: Callable[[], AbstractContextManager[None]],
+        on_error: Callable[[], None],
     ) -> None:
         self.wsgi_app = wsgi_app
         self._policy = policy
         self._max_body_length = max_body_length
         self._finish = finish
-        self._guard = guard
+        self._on_error = on_error
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        state = None
-        with self._guard():
+        try:
             state = self._start(environ)
+        except Exception:
+            self._on_error()
+            state = None
         if state is None:
             return self.wsgi_app(environ, start_response)
 
@@ -236,16 +238,18 @@ class TrackingMiddleware:
         return state
 
     def _close(self, state: RequestState, environ: dict[str, Any]) -> None:
-        with self._guard():
-            if state.finished:
-                return
-            state.finished = True
+        if state.finished:
+            return
+        state.finished = True
+        try:
             state.total_time = state.elapsed_ms()
             if state.execution_time is None:
                 state.execution_time = state.total_time
-            if state.request is None:  # Flask never reached teardown_request for this request
+            if state.request is None:  # Flask never ran our hooks with a request context
                 state.request = snapshot_environ(environ)
-            self._finish(state)
+        except Exception:
+            self._on_error()
+        self._finish(state)
 
 
 class _ClosingIterable:
@@ -278,6 +282,11 @@ def _may_have_body(environ: dict[str, Any]) -> bool:
 
 def snapshot_environ(environ: dict[str, Any]) -> dict[str, Any]:
     """The request fields the WSGI environ holds (after any ProxyFix inside the app ran)."""
+    headers = [item for item in environ.items() if item[0][:5] == "HTTP_"]
+    for key in _EXTRA_HEADER_KEYS:
+        value = environ.get(key)
+        if value:
+            headers.append((key, value))
     return {
         "method": environ.get("REQUEST_METHOD", "GET"),
         "scheme": environ.get("wsgi.url_scheme", "http"),
@@ -285,18 +294,14 @@ def snapshot_environ(environ: dict[str, Any]) -> dict[str, Any]:
         "query_string": environ.get("QUERY_STRING", ""),
         "ip": environ.get("REMOTE_ADDR"),
         "server": (environ.get("SERVER_NAME"), environ.get("SERVER_PORT")),
-        "environ_headers": [
-            (key, value)
-            for key, value in environ.items()
-            if key.startswith("HTTP_") or (key in _EXTRA_HEADER_KEYS and value)
-        ],
+        "environ_headers": headers,
     }
 
 
 def snapshot_request(
     state: RequestState, request: Any, login_user: Any, custom_data_max_bytes: int
 ) -> None:
-    """Copy what only the request context knows into ``state`` (runs in teardown_request).
+    """Copy what only the request context knows into ``state`` (after the view ran).
 
     ``login_user`` is Flask-Login's already loaded user (``g._login_user``) or None: the
     tracker never loads a user itself, which would run the app's user_loader (a database query)

@@ -1,20 +1,21 @@
 """The Flask extension: wires config, capture, policy and the background writer into an app.
 
-This is the only module that touches Flask hooks. Every hook runs inside :meth:`Tracking._guard`,
-so nothing the tracker does can raise into the app; an error is logged (rate-limited) and
-counted in ``stats()["capture_errors"]``.
+This is the only module that touches Flask hooks: a WSGI middleware around ``app.wsgi_app``,
+one ``after_request`` hook and the ``got_request_exception`` signal. Each catches every error of
+the tracker's own code, so nothing the tracker does can raise into the app; such an error is
+logged (rate-limited) and counted in ``stats()["capture_errors"]``.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, g, got_request_exception, request
+from flask import Flask, Request, Response, g, got_request_exception, request
 
 from .capture import (
     ENVIRON_KEY,
@@ -112,12 +113,11 @@ class Tracking:
             tracked.policy,
             config.max_body_length,
             finish=lambda state: self._finish(tracked, state),
-            guard=lambda: self._guard(tracked),
+            on_error=lambda: self._count_error(tracked),
         )
         app.after_request(lambda response: self._after_request(tracked, response))
-        app.teardown_request(lambda error: self._teardown_request(tracked, error))
         got_request_exception.connect(
-            lambda sender, exception, **extra: self._note_exception(tracked, exception),
+            lambda sender, exception, **extra: self._on_exception(tracked, exception),
             app,
             weak=False,
         )
@@ -166,59 +166,57 @@ class Tracking:
         except KeyError:
             raise RuntimeError(f"Tracking was not initialised on app {target.name!r}.") from None
 
-    @contextmanager
-    def _guard(self, tracked: _AppTracking) -> Iterator[None]:
-        """Swallow and count any error of the tracker's own code (never the app's)."""
-        try:
-            yield
-        except Exception:
-            with tracked.lock:
-                tracked.capture_errors += 1
-            self._log.warning(
-                "capture_error", "flask_tracking: error while tracking a request", exc_info=True
-            )
+    def _count_error(self, tracked: _AppTracking) -> None:
+        """Count and log (rate-limited) an error of the tracker's own code; never re-raise."""
+        with tracked.lock:
+            tracked.capture_errors += 1
+        self._log.warning(
+            "capture_error", "flask_tracking: error while tracking a request", exc_info=True
+        )
 
     def _after_request(self, tracked: _AppTracking, response: Response) -> Response:
-        with self._guard(tracked):
-            state = request.environ.get(ENVIRON_KEY)
+        """Copy what the request context knows and tee the response body."""
+        try:
+            current = request._get_current_object()  # type: ignore[attr-defined]
+            state: RequestState | None = current.environ.get(ENVIRON_KEY)
             if state is not None:
+                self._snapshot(tracked, state, current)
                 tee_response_body(state, response, tracked.config.max_body_length)
+        except Exception:
+            self._count_error(tracked)
         return response
 
-    def _teardown_request(self, tracked: _AppTracking, error: BaseException | None) -> None:
-        with self._guard(tracked):
-            state: RequestState | None = request.environ.get(ENVIRON_KEY)
-            if state is None:
-                return
-            if error is not None:
-                state.note_exception(error)
-            snapshot_request(
-                state,
-                request._get_current_object(),  # type: ignore[attr-defined]
-                g.get("_login_user"),
-                tracked.config.max_custom_data_bytes,
-            )
-
-    def _note_exception(self, tracked: _AppTracking, exception: BaseException) -> None:
-        with self._guard(tracked):
-            state: RequestState | None = request.environ.get(ENVIRON_KEY)
+    def _on_exception(self, tracked: _AppTracking, exception: BaseException) -> None:
+        """got_request_exception: in testing/debug mode after_request will not run."""
+        try:
+            current = request._get_current_object()  # type: ignore[attr-defined]
+            state: RequestState | None = current.environ.get(ENVIRON_KEY)
             if state is not None:
                 state.note_exception(exception)
+                self._snapshot(tracked, state, current)
+        except Exception:
+            self._count_error(tracked)
+
+    def _snapshot(self, tracked: _AppTracking, state: RequestState, current: Request) -> None:
+        login_user = None
+        if "flask_login" in sys.modules:  # never load a user: read the one the app loaded
+            login_user = g._get_current_object().get("_login_user")  # type: ignore[attr-defined]
+        snapshot_request(state, current, login_user, tracked.config.max_custom_data_bytes)
 
     def _finish(self, tracked: _AppTracking, state: RequestState) -> None:
         """Decide whether to keep a finished request, and queue it (request thread, cheap)."""
-        if state.exception is not None and status_code_of(state.status) < 500:
-            state.status = "500 INTERNAL SERVER ERROR"
-        config = tracked.config
-        if not tracked.policy.should_keep_record(
-            status_code_of(state.status), state.execution_time or 0.0
-        ):
-            return
-        if config.redactor is not None:
-            _scrub_request_side(state, config.redactor)
-        if config.anonymize_ip and state.request is not None:
-            state.request["ip"] = anonymize_ip(state.request["ip"])
-        tracked.writer.submit(queue_item(state), _estimated_size(state))
+        try:
+            config = tracked.config
+            status_code = status_code_of(state.status)
+            if not tracked.policy.should_keep_record(status_code, state.execution_time or 0.0):
+                return
+            if config.redactor is not None:
+                _scrub_request_side(state, config.redactor)
+            if config.anonymize_ip and state.request is not None:
+                state.request["ip"] = anonymize_ip(state.request["ip"])
+            tracked.writer.submit(queue_item(state), _estimated_size(state))
+        except Exception:
+            self._count_error(tracked)
 
 
 def _scrub_request_side(state: RequestState, redactor: Redactor) -> None:

@@ -164,11 +164,26 @@ def _user_reference(user_ref: tuple[str, str, Any] | None) -> dict[str, Any] | N
 
 
 def parse_user_agent(user_agent: str, accept_language: str = "") -> dict[str, str | None]:
-    """Browser, version, platform, device and language of a User-Agent header.
+    """Browser, version, platform, device and language of a User-Agent header (a new dict).
 
     ``language`` comes from the first Accept-Language tag (user agents stopped naming it).
+    Parsed agents are remembered (a few thousand distinct strings), as traffic repeats them.
     """
+    parsed = _PARSED_AGENTS.get(user_agent)
+    if parsed is None:
+        parsed = _parse_agent(user_agent)
+        if len(_PARSED_AGENTS) >= _MAX_PARSED_AGENTS:
+            _PARSED_AGENTS.clear()
+        _PARSED_AGENTS[user_agent] = parsed
     language = accept_language.split(",", 1)[0].split(";", 1)[0].strip() or None
+    return {**parsed, "language": language}
+
+
+_PARSED_AGENTS: dict[str, dict[str, str | None]] = {}
+_MAX_PARSED_AGENTS = 4096
+
+
+def _parse_agent(user_agent: str) -> dict[str, str | None]:
     result = parse_ua(user_agent) if user_agent else None
     browser = result.user_agent if result else None
     os = result.os if result else None
@@ -178,7 +193,6 @@ def parse_user_agent(user_agent: str, accept_language: str = "") -> dict[str, st
         "version": _version(browser.major, browser.minor, browser.patch) if browser else None,
         "platform": os.family if os else None,
         "device": device.family if device else None,
-        "language": language,
         "string": user_agent,
     }
 

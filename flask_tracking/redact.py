@@ -77,6 +77,7 @@ DEFAULT_REDACT_FIELDS: tuple[str, ...] = (
 #: Headers that carry the client address; filtered too when TRACKING_ANONYMIZE_IP is on.
 IP_HEADERS: tuple[str, ...] = ("X-Forwarded-For", "X-Real-IP", "Forwarded", "True-Client-IP")
 
+_MAX_REMEMBERED_HEADERS = 4096
 _URL_HEADERS = frozenset({"referer", "location", "http_referer"})
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
@@ -93,7 +94,16 @@ class Redactor:
         self._headers = frozenset(name.lower() for name in headers)
         # Field and header names repeat endlessly; remember each verdict (bounded).
         self.is_secret_field = lru_cache(maxsize=4096)(self._is_secret_field)
-        self.is_secret_header = lru_cache(maxsize=1024)(self._is_secret_header)
+        self._header_verdicts: dict[str, bool] = {}
+
+    def is_secret_header(self, name: str) -> bool:
+        """Whether the header ``name`` (or WSGI environ key ``HTTP_...``) is filtered."""
+        verdict = self._header_verdicts.get(name)
+        if verdict is None:
+            verdict = self._is_secret_header(name)
+            if len(self._header_verdicts) < _MAX_REMEMBERED_HEADERS:
+                self._header_verdicts[name] = verdict
+        return verdict
 
     def _is_secret_field(self, name: str) -> bool:
         words = [word.lower() for word in _WORD.findall(name)]
@@ -116,11 +126,13 @@ class Redactor:
         """A new list of ``(name, value)`` with secret header values filtered; URLs in
         ``Referer`` and ``Location`` get their query strings scrubbed. Names may be header
         names or WSGI environ keys."""
+        verdicts = self._header_verdicts
         scrubbed = []
         for name, value in pairs:
-            if self.is_secret_header(name):
+            secret = verdicts.get(name)
+            if secret or (secret is None and self.is_secret_header(name)):
                 value = FILTERED
-            elif name.lower() in _URL_HEADERS and "?" in value:
+            elif "?" in value and name.lower() in _URL_HEADERS:
                 base, _, query = value.partition("?")
                 value = f"{base}?{self.query(query)}"
             scrubbed.append((name, value))

@@ -54,8 +54,10 @@ class BatchOutcome:
     """Records given up on, by reason, e.g. ``{"encode_error": 1, "db_error": 3}``."""
 
     retry: list[dict] = field(default_factory=list)
-    """Records to try again later (transient failure, e.g. network): the same dict objects that
-    were passed in, in batch order."""
+    """Records to try again later (transient failure, e.g. network), in batch order: normally the
+    same dict objects that were passed in. A dict that is not one of them (e.g. the record
+    already converted to its stored form) replaces a record of the batch: it takes the place,
+    and size, of the earliest batch record not otherwise accounted for as retried."""
 
 
 class _LogLimiter:
@@ -582,18 +584,27 @@ def _reconcile(
     if outcome is None:
         return [], 0, {"write_error": total}, None
     retry: list[_Entry] = []
-    strangers = 0
+    extra = 0
     if outcome.retry:
         # Match by identity: records are dicts (not hashable) and may be equal to each other.
         by_id: dict[int, list[_Entry]] = {}
         for entry in entries:
             by_id.setdefault(id(entry[1]), []).append(entry)
+        replacements = []
         for record in outcome.retry:
             candidates = by_id.get(id(record))
             if candidates:
                 retry.append(candidates.pop(0))
             else:
-                strangers += 1
+                replacements.append(record)
+        if replacements:
+            # Replacements take the lowest free sequence numbers: flush() may then wait a bit
+            # longer than needed, but can never return while an older record is pending.
+            taken = {entry[0] for entry in retry}
+            free = [entry for entry in entries if entry[0] not in taken]
+            for (seq, _, size), record in zip(free, replacements):
+                retry.append((seq, record, size))
+            extra = max(0, len(replacements) - len(free))
         retry.sort(key=lambda entry: entry[0])
     settled = total - len(retry)
     reported_written = int(outcome.written)
@@ -611,10 +622,10 @@ def _reconcile(
     if left:
         drops["unaccounted"] = drops.get("unaccounted", 0) + left
     problem = None
-    if strangers or reported_written + reported_dropped + len(outcome.retry) != total:
+    if extra or reported_written + reported_dropped + len(outcome.retry) != total:
         problem = (
             f"write_batch reported {reported_written} written, {reported_dropped} dropped and "
-            f"{len(outcome.retry)} to retry ({strangers} of them not from the batch) for a "
+            f"{len(outcome.retry)} to retry ({extra} more than the batch holds) for a "
             f"batch of {total}; counted {written} written, {drops} dropped, {len(retry)} retried"
         )
     return retry, written, drops, problem
