@@ -16,7 +16,7 @@ from ua_parser import parse as parse_ua
 from .capture import BodyCapture, RequestState
 from .redact import Redactor
 
-#: The document keys, in the order they are stored.
+#: The keys of every stored document (besides ``_id``).
 FIELDS = (
     "date_created",
     "host",
@@ -172,15 +172,17 @@ def parse_user_agent(user_agent: str, accept_language: str = "") -> dict[str, st
     parsed = _PARSED_AGENTS.get(user_agent)
     if parsed is None:
         parsed = _parse_agent(user_agent)
-        if len(_PARSED_AGENTS) >= _MAX_PARSED_AGENTS:
-            _PARSED_AGENTS.clear()
-        _PARSED_AGENTS[user_agent] = parsed
+        if len(user_agent) <= _MAX_REMEMBERED_AGENT_LENGTH:
+            if len(_PARSED_AGENTS) >= _MAX_PARSED_AGENTS:
+                _PARSED_AGENTS.clear()
+            _PARSED_AGENTS[user_agent] = parsed
     language = accept_language.split(",", 1)[0].split(";", 1)[0].strip() or None
     return {**parsed, "language": language}
 
 
 _PARSED_AGENTS: dict[str, dict[str, str | None]] = {}
 _MAX_PARSED_AGENTS = 4096
+_MAX_REMEMBERED_AGENT_LENGTH = 512
 
 
 def _parse_agent(user_agent: str) -> dict[str, str | None]:

@@ -90,12 +90,13 @@ class _Copier:
         cut = len(text) > limit
         if cut:
             text = text[:limit]
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        self._budget -= len(text)
+        size = len(text)
+        if not text.isascii():  # budget in UTF-8 bytes; lone surrogates become escapes
+            data = text.encode("utf-8", "backslashreplace")
+            if len(data) > limit:
+                data, cut = data[:limit], True
+            text, size = data.decode("utf-8", "ignore"), len(data)
+        self._budget -= size
         return text + TRUNCATED if cut else text
 
     def _bytes(self, data: bytes) -> bytes:
@@ -124,7 +125,9 @@ class _Copier:
             if self._budget <= 0:
                 copied[CUT_KEY] = OVER_BUDGET
                 break
-            copied[_safe_key(key)] = self.copy(item, depth)
+            name = _safe_key(key)
+            self._budget -= len(name)
+            copied[name] = self.copy(item, depth)
         return copied
 
     def _sequence(self, items: list[Any], depth: int) -> list[Any]:

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import bson
 import pymongo
+from bson.binary import UuidRepresentation
+from bson.codec_options import CodecOptions
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, CollectionInvalid, ConnectionFailure, OperationFailure
@@ -28,6 +30,9 @@ COLLECTION_NAME = "tracking"
 #: Stored in place of custom data that could not be encoded or did not fit.
 CUSTOM_DATA_CUT = "[cut: custom data could not be stored]"
 
+# Measure sizes with a codec that accepts UUIDs (e.g. a user's UUID primary key): the client
+# that stores the app's own users can encode them, and they take 16 bytes either way.
+_SIZE_CHECK = CodecOptions(uuid_representation=UuidRepresentation.STANDARD)
 _DUPLICATE_KEY = 11000
 _NAMESPACE_EXISTS = 48
 _RAW_KEY = "_state"
@@ -173,7 +178,7 @@ def fit_document(document: dict[str, Any], max_bytes: int) -> bool:
         if shrink is not None:
             shrink(document)
         try:
-            if len(bson.encode(document)) <= max_bytes:
+            if len(bson.encode(document, codec_options=_SIZE_CHECK)) <= max_bytes:
                 return True
         except Exception:  # only custom data can be odd; the next step replaces it
             continue
@@ -221,6 +226,8 @@ def ensure_collection(
     except CollectionInvalid:
         pass  # exists already (perhaps created by another worker a moment ago)
     except OperationFailure as error:
+        if error.timeout:  # try again on the next batch; never fall back to an uncapped insert
+            raise
         if error.code != _NAMESPACE_EXISTS:
             logger.warning(
                 "flask_tracking: could not create the capped collection %r (%s); using it as is",

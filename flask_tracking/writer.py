@@ -117,18 +117,19 @@ class BatchWriter:
     after a batch that needs no retry. If ``write_batch`` raises (or returns something that is
     not a ``BatchOutcome``) the whole batch counts as ``dropped_write_error``.
 
-    Counters (``stats()``): every record passed to ``submit`` is counted exactly once, either
-    as refused (``dropped_queue_full``, or ``dropped_shutdown`` after shutdown, which also counts
-    in ``refused_after_shutdown``) or as ``enqueued`` and later ``written``, ``dropped_<reason>``
-    or still ``pending``. Once the writer is idle::
+    Counters (``stats()``): every record is counted exactly once. One passed to ``submit`` is
+    either refused (``dropped_queue_full``, or ``dropped_shutdown`` once shut down) or
+    ``enqueued`` and later ``written``, ``dropped_<reason>`` or still ``pending``; one dropped
+    before ``submit`` is counted through ``count_dropped``. Refused records and those counted
+    through ``count_dropped`` also count in ``not_enqueued``, so once the writer is idle::
 
-        enqueued == written + pending + sum(dropped_* except dropped_queue_full and
-                    dropped_hook_error) - refused_after_shutdown
+        enqueued + not_enqueued == written + pending + sum(dropped_*)
 
-    (``dropped_hook_error`` and other reasons counted through ``count_dropped`` are for records
-    that never reached ``submit``). If an outcome does not add up to the batch size, the
-    difference is corrected: counts are clamped to the batch, and records nobody accounted for
-    are counted as ``dropped_unaccounted``.
+    which is ``enqueued == written + pending + sum(dropped_* except dropped_queue_full and
+    dropped_hook_error)`` as long as nothing was submitted after shutdown and ``count_dropped``
+    was only used for ``hook_error``. If an outcome does not add up to the batch size, it is
+    corrected: counts are clamped to the batch, and records nobody accounted for are counted
+    as ``dropped_unaccounted``.
 
     Fork safety: after ``os.fork()`` the child starts from a fresh state. The buffer is emptied
     (the records belong to the parent, which writes them; writing them in the child too would
@@ -229,7 +230,6 @@ class BatchWriter:
             with self._lock:
                 if self._stopping:
                     reason = "shutdown"
-                    self._refused_after_shutdown += 1
                 elif (
                     len(self._queue) + len(self._in_flight) >= self._max_records
                     or self._queue_bytes + size > self._max_bytes
@@ -245,6 +245,7 @@ class BatchWriter:
                     self._ensure_thread()
                     return True
                 self._dropped[reason] += 1
+                self._not_enqueued += 1
             self._notify_dropped(reason, 1)
         except Exception:
             # Tracking must never break the request being tracked.
@@ -254,14 +255,15 @@ class BatchWriter:
     def count_dropped(self, reason: str, count: int = 1) -> None:
         """Count ``count`` records dropped for ``reason`` before they reached ``submit``.
 
-        Increments ``dropped_<reason>``, logs a rate-limited warning and calls ``on_dropped``.
-        A ``count`` below 1 is ignored.
+        Increments ``dropped_<reason>`` and ``not_enqueued``, logs a rate-limited warning and
+        calls ``on_dropped``. A ``count`` below 1 is ignored.
         """
         if count < 1:
             return
         self._check_pid()
         with self._lock:
             self._dropped[reason] = self._dropped.get(reason, 0) + count
+            self._not_enqueued += count
         self._notify_dropped(reason, count)
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -335,7 +337,7 @@ class BatchWriter:
         """Return a new dict of counters.
 
         Keys: ``enqueued``, ``written``, ``pending`` (queued, in flight or waiting for a retry),
-        ``refused_after_shutdown``, and ``dropped_<reason>`` for every reason in
+        ``not_enqueued`` (see the class docstring), and ``dropped_<reason>`` for every reason in
         ``BASE_DROP_REASONS`` plus any other reason seen so far. Keys are only ever added.
         """
         self._check_pid()
@@ -344,7 +346,7 @@ class BatchWriter:
                 "enqueued": self._submitted_seq,
                 "written": self._written,
                 "pending": len(self._queue) + len(self._in_flight),
-                "refused_after_shutdown": self._refused_after_shutdown,
+                "not_enqueued": self._not_enqueued,
             }
             for reason, count in self._dropped.items():
                 result["dropped_" + reason] = count
@@ -373,7 +375,7 @@ class BatchWriter:
         self._settling_floor: int | None = None
         self._written = 0
         self._dropped: dict[str, int] = dict.fromkeys(BASE_DROP_REASONS, 0)
-        self._refused_after_shutdown = 0
+        self._not_enqueued = 0
         self._backoff = self._initial_backoff
         self._backoff_until = 0.0
         self._next_tick = 0.0

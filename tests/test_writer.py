@@ -80,15 +80,17 @@ def wait_for(predicate, timeout: float = 2.0) -> bool:
     return bool(predicate())
 
 
-def check_invariant(stats: dict[str, int]) -> None:
-    dropped = sum(
-        n
-        for key, n in stats.items()
-        if key.startswith("dropped_") and key not in ("dropped_queue_full", "dropped_hook_error")
-    )
-    assert stats["enqueued"] == (
-        stats["written"] + dropped + stats["pending"] - stats["refused_after_shutdown"]
+def check_invariant(stats: dict[str, int], *, refused_only_by_capacity: bool = True) -> None:
+    """Every record is counted once; with ``refused_only_by_capacity`` (nothing submitted after
+    shutdown, count_dropped only used for hook_error) also the simpler form without
+    not_enqueued."""
+    dropped = {key: n for key, n in stats.items() if key.startswith("dropped_")}
+    assert stats["enqueued"] + stats["not_enqueued"] == (
+        stats["written"] + stats["pending"] + sum(dropped.values())
     ), stats
+    if refused_only_by_capacity:
+        del dropped["dropped_queue_full"], dropped["dropped_hook_error"]
+        assert stats["enqueued"] == stats["written"] + stats["pending"] + sum(dropped.values())
 
 
 @pytest.fixture
@@ -419,13 +421,15 @@ def test_retry_twice_then_success_writes_everything_once_in_order(make_writer) -
 
 
 def test_retried_records_stay_ahead_of_newer_ones(make_writer) -> None:
-    sink = Sink(["retry"])
+    gate = threading.Event()
+    sink = Sink(["retry"], gate=gate)
     writer = make_writer(
-        sink, batch_max_records=3, retry_initial_backoff_seconds=0.1, flush_interval_seconds=30
+        sink, batch_max_records=3, retry_initial_backoff_seconds=0.05, flush_interval_seconds=30
     )
     submit_all(writer, [0, 1, 2])
     assert wait_for(lambda: sink.calls)
-    submit_all(writer, [3, 4, 5, 6])  # arrive while the first batch waits for its retry
+    submit_all(writer, [3, 4, 5, 6])  # queued while the first batch is still in write_batch
+    gate.set()  # now it asks for a retry: 0, 1, 2 must go back ahead of 3..6
     assert writer.flush(3) is True
     assert sink.written == list(range(7))
     assert sink.batches[0][1] == [0, 1, 2]
@@ -436,17 +440,41 @@ def test_partial_retry_keeps_only_the_asked_records(make_writer) -> None:
 
     def sink(records: list[dict]) -> BatchOutcome:
         calls.append([r["i"] for r in records])
-        if len(calls) == 1:  # write the odd ones, retry the even ones (same objects)
-            return BatchOutcome(
-                written=2, retry=[r for r in records if r["i"] % 2 == 0], dropped={}
-            )
+        if len(calls) == 1:  # write the odd ones, retry the even ones, listed backwards
+            return BatchOutcome(written=2, retry=[r for r in reversed(records) if r["i"] % 2 == 0])
         return BatchOutcome(written=len(records))
 
     writer = make_writer(sink, batch_max_records=5, flush_interval_seconds=30)
     submit_all(writer, range(5))
     assert writer.flush(3) is True
-    assert calls == [[0, 1, 2, 3, 4], [0, 2, 4]]
+    assert calls == [[0, 1, 2, 3, 4], [0, 2, 4]]  # retried in submission order
     assert writer.stats()["written"] == 5
+
+
+def test_retry_may_hand_back_replacement_dicts(make_writer) -> None:
+    # Like a sink that converts records to documents, drops one, and asks to retry the rest.
+    seen: list[list[tuple[int, bool]]] = []
+
+    def sink(records: list[dict]) -> BatchOutcome:
+        seen.append([(r["i"], "converted" in r) for r in records])
+        if len(seen) == 1:
+            converted = [{"i": r["i"], "converted": True} for r in records if r["i"] != 1]
+            return BatchOutcome(dropped={"encode_error": 1}, retry=converted)
+        return BatchOutcome(written=len(records))
+
+    writer = make_writer(sink, batch_max_records=4, max_queue_bytes=400, flush_interval_seconds=30)
+    submit_all(writer, range(4), size=100)
+    assert writer.flush(3) is True
+    assert seen == [
+        [(0, False), (1, False), (2, False), (3, False)],
+        [(0, True), (2, True), (3, True)],  # the replacements, in order
+    ]
+    stats = writer.stats()
+    assert stats["written"] == 3
+    assert stats["dropped_encode_error"] == 1
+    assert "dropped_unaccounted" not in stats
+    check_invariant(stats)
+    assert writer.submit({"i": 9}, 400)  # all bytes were released
 
 
 def test_flush_does_not_make_retries_faster_than_the_backoff(make_writer) -> None:
@@ -557,11 +585,11 @@ def test_submit_after_shutdown_is_refused_and_counted(make_writer) -> None:
     assert writer.submit({"i": 0}, 1) is False
     stats = writer.stats()
     assert stats["dropped_shutdown"] == 1
-    assert stats["refused_after_shutdown"] == 1
+    assert stats["not_enqueued"] == 1
     assert stats["enqueued"] == 0
     assert dropped == [("shutdown", 1)]
     assert writer.flush(0.1) is True
-    check_invariant(stats)
+    check_invariant(stats, refused_only_by_capacity=False)
 
 
 # ---------------------------------------------------------------- counters and callbacks
@@ -590,7 +618,7 @@ def test_counters_invariant_under_concurrent_submitters(make_writer) -> None:
     assert len(sink.written) == len(set(sink.written)) == stats["written"]  # no duplicates
     writer.shutdown(1)
     writer.submit({"i": -1}, 1)
-    check_invariant(writer.stats())
+    check_invariant(writer.stats(), refused_only_by_capacity=False)
 
 
 def test_callbacks_are_called_and_their_exceptions_swallowed(make_writer, caplog) -> None:
@@ -606,7 +634,8 @@ def test_callbacks_are_called_and_their_exceptions_swallowed(make_writer, caplog
         dropped_calls.append((reason, n))
         raise ValueError("metrics backend down")
 
-    sink = Sink()
+    gate = threading.Event()
+    sink = Sink(gate=gate)  # holds the first batch so that the 4th record finds the queue full
     writer = make_writer(
         sink,
         max_queue_records=3,
@@ -615,7 +644,10 @@ def test_callbacks_are_called_and_their_exceptions_swallowed(make_writer, caplog
         on_written=on_written,
         on_dropped=on_dropped,
     )
-    assert submit_all(writer, range(4)) == [True, True, True, False]
+    try:
+        assert submit_all(writer, range(4)) == [True, True, True, False]
+    finally:
+        gate.set()
     writer.count_dropped("hook_error")
     writer.count_dropped("hook_error", 0)  # ignored
     assert writer.flush(2) is True
@@ -632,11 +664,25 @@ def test_callbacks_are_called_and_their_exceptions_swallowed(make_writer, caplog
     assert any("on_dropped callback raised" in m for m in messages)
 
 
+def test_flush_returns_only_after_the_callbacks_of_its_records_ran(make_writer) -> None:
+    finished: list[int] = []
+
+    def slow_on_written(n: int) -> None:
+        time.sleep(0.1)
+        finished.append(n)
+
+    writer = make_writer(Sink(), flush_interval_seconds=30, on_written=slow_on_written)
+    submit_all(writer, range(2))
+    # Counted as written almost at once, but not settled until on_written has returned.
+    assert writer.flush(0.05) is False
+    assert writer.flush(2) is True
+    assert finished == [2]
+
+
 def test_drop_warnings_are_rate_limited_per_reason(make_writer, caplog) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
     writer = make_writer(Sink(), max_queue_records=1, batch_max_records=1)
-    gate_sink_blocked = writer.submit({"i": 0}, 10**9)  # too big: refused
-    assert gate_sink_blocked is False
+    assert writer.submit({"i": 0}, 10**9) is False  # bigger than max_queue_bytes
     for _ in range(50):
         writer.submit({"i": 1}, 10**9)
     for _ in range(20):
@@ -672,11 +718,13 @@ def test_forked_child_starts_empty_and_writes_only_its_own_records(make_writer) 
         code = 1
         try:
             os.close(read_fd)
+            reset_by_hook = writer._pid == os.getpid()  # before any public method could
             before = writer.stats()
             accepted = submit_all(writer, [100, 101])
             flushed = writer.flush(3)
             mine = [i for p, ids in sink.batches if p == os.getpid() for i in ids]
-            report = {"before": before, "accepted": accepted, "flushed": flushed}
+            report = {"hook": reset_by_hook, "before": before, "accepted": accepted}
+            report["flushed"] = flushed
             report.update({"mine": mine, "after": writer.stats()})
             os.write(write_fd, json.dumps(report).encode())
             code = 0
@@ -693,6 +741,7 @@ def test_forked_child_starts_empty_and_writes_only_its_own_records(make_writer) 
     assert os.WEXITSTATUS(status) == 0
     report = json.loads(b"".join(chunks))
 
+    assert report["hook"] is True  # the register_at_fork hook reset it
     assert all(value == 0 for value in report["before"].values()), report["before"]
     assert report["accepted"] == [True, True]
     assert report["flushed"] is True

@@ -1,0 +1,443 @@
+"""Tests for flask_tracking.record: a captured RequestState becomes the stored document."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import bson
+import pytest
+from bson import DBRef, ObjectId
+
+from flask_tracking import record
+from flask_tracking.capture import BodyCapture, RequestState
+from flask_tracking.record import FIELDS, parse_user_agent, status_code_of, to_document
+
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.6099.109 Safari/537.36"
+)
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"
+)
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+def make_state(
+    headers: list[tuple[str, str]] | None = None,
+    server: tuple[str | None, str | None] | None = ("localhost", "5000"),
+    query_string: str = "",
+    **attributes: Any,
+) -> RequestState:
+    state = RequestState()
+    state.request = {
+        "method": "GET",
+        "scheme": "http",
+        "path": "/items/7",
+        "query_string": query_string,
+        "ip": "10.0.0.1",
+        "server": server,
+        "environ_headers": list(headers or []),
+        "endpoint": "items",
+        "url_rule": "/items/<int:item>",
+    }
+    state.status = "200 OK"
+    state.response_headers = [("Content-Type", "text/plain"), ("Content-Length", "5")]
+    state.execution_time = 1.25
+    state.total_time = 1.5
+    for name, value in attributes.items():
+        setattr(state, name, value)
+    return state
+
+
+def test_document_has_every_field_and_an_id() -> None:
+    document = to_document(make_state())
+    assert isinstance(document["_id"], ObjectId)
+    assert set(document) == {"_id", *FIELDS}
+    assert len(FIELDS) == len(set(FIELDS))
+
+
+def test_each_call_gets_a_new_id() -> None:
+    state = make_state()
+    assert to_document(state)["_id"] != to_document(state)["_id"]
+
+
+def test_plain_fields_are_copied() -> None:
+    state = make_state(
+        custom_data={"order": 42},
+        exception="ValueError: kaboom",
+        user_id="u-1",
+    )
+    document = to_document(state)
+    assert document["date_created"] is state.date_created
+    assert document["scheme"] == "http"
+    assert document["method"] == "GET"
+    assert document["path"] == "/items/7"
+    assert document["ip"] == "10.0.0.1"
+    assert document["endpoint"] == "items"
+    assert document["url_rule"] == "/items/<int:item>"
+    assert document["status_code"] == 200
+    assert document["execution_time"] == 1.25
+    assert document["total_time"] == 1.5
+    assert document["custom_data"] == {"order": 42}
+    assert document["exception"] == "ValueError: kaboom"
+    assert document["user_id"] == "u-1"
+    assert isinstance(document["hostname"], str)
+    assert document["hostname"]
+    assert document["response_headers"] == [["Content-Type", "text/plain"], ["Content-Length", "5"]]
+
+
+def test_header_names_from_environ_keys_in_order() -> None:
+    state = make_state(
+        [
+            ("HTTP_X_FORWARDED_FOR", "1.2.3.4"),
+            ("CONTENT_TYPE", "application/json"),
+            ("HTTP_ACCEPT", "*/*"),
+            ("CONTENT_LENGTH", "12"),
+            ("HTTP_USER_AGENT", "curl/8.4.0"),
+            ("HTTP_HOST", "example.com"),
+        ]
+    )
+    assert to_document(state)["request_headers"] == [
+        ["X-Forwarded-For", "1.2.3.4"],
+        ["Content-Type", "application/json"],
+        ["Accept", "*/*"],
+        ["Content-Length", "12"],
+        ["User-Agent", "curl/8.4.0"],
+        ["Host", "example.com"],
+    ]
+
+
+def test_referrer_and_user_agent_come_from_headers() -> None:
+    state = make_state(
+        [
+            ("HTTP_REFERER", "https://example.com/from"),
+            ("HTTP_USER_AGENT", "curl/8.4.0"),
+            ("HTTP_ACCEPT_LANGUAGE", "de-CH,de;q=0.9"),
+        ]
+    )
+    document = to_document(state)
+    assert document["referrer"] == "https://example.com/from"
+    assert document["user_agent"]["browser"] == "curl"
+    assert document["user_agent"]["language"] == "de-CH"
+    assert document["user_agent"]["string"] == "curl/8.4.0"
+
+
+def test_no_headers_means_no_referrer_and_empty_user_agent() -> None:
+    document = to_document(make_state())
+    assert document["referrer"] is None
+    assert document["request_headers"] == []
+    assert document["user_agent"] == {
+        "browser": None,
+        "version": None,
+        "platform": None,
+        "device": None,
+        "language": None,
+        "string": "",
+    }
+
+
+def test_first_of_repeated_headers_wins_for_lookups() -> None:
+    state = make_state([("HTTP_HOST", "first.example"), ("HTTP_HOST", "second.example")])
+    document = to_document(state)
+    assert document["host"] == "first.example"
+    assert document["request_headers"] == [["Host", "first.example"], ["Host", "second.example"]]
+
+
+def test_host_from_host_header() -> None:
+    state = make_state([("HTTP_HOST", "shop.example.com:8443")], server=("internal", "5000"))
+    assert to_document(state)["host"] == "shop.example.com:8443"
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        (("internal", "5000"), "internal:5000"),
+        (("internal", "80"), "internal"),
+        (("internal", "443"), "internal"),
+        (("internal", None), "internal"),
+        (("internal", ""), "internal"),
+        ((None, "80"), None),
+        (("", "80"), None),
+        (None, None),
+    ],
+)
+def test_host_from_server_name_and_port(server: Any, expected: str | None) -> None:
+    assert to_document(make_state(server=server))["host"] == expected
+
+
+def test_empty_host_header_falls_back_to_server() -> None:
+    state = make_state([("HTTP_HOST", "")], server=("internal", "8080"))
+    assert to_document(state)["host"] == "internal:8080"
+
+
+@pytest.mark.parametrize(
+    ("wsgi", "expected"),
+    [
+        ("", ""),
+        ("a=1&b=two", "a=1&b=two"),
+        ("q=caf\u00c3\u00a9", "q=caf\u00e9"),  # "café" in UTF-8, as latin-1 WSGI text
+        ("q=\u00e2\u0082\u00ac", "q=\u20ac"),  # the euro sign
+        ("q=\u00ff", "q=\ufffd"),  # not UTF-8: replacement character, never an error
+    ],
+)
+def test_query_string_latin1_wsgi_to_utf8(wsgi: str, expected: str) -> None:
+    document = to_document(make_state(query_string=wsgi))
+    assert document["query_params"] == expected
+    bson.encode(document)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        ("200 OK", 200),
+        ("404 NOT FOUND", 404),
+        ("599 Custom Thing", 599),
+        ("204", 204),
+        ("  302   FOUND", 302),
+        ("", 0),
+        ("   ", 0),
+        ("OK", 0),
+        ("two hundred", 0),
+        ("2x0 OK", 0),
+    ],
+)
+def test_status_code_of(status: str, code: int) -> None:
+    assert status_code_of(status) == code
+
+
+def test_status_code_in_document() -> None:
+    assert to_document(make_state(status="418 I'M A TEAPOT"))["status_code"] == 418
+    assert to_document(make_state(status="garbage"))["status_code"] == 0
+
+
+def test_user_reference_layout() -> None:
+    pk = ObjectId()
+    document = to_document(make_state(user_ref=("User", "user", pk), user_id=str(pk)))
+    user = document["user"]
+    assert set(user) == {"_cls", "_ref"}
+    assert user["_cls"] == "User"
+    assert isinstance(user["_ref"], DBRef)
+    assert user["_ref"].collection == "user"
+    assert user["_ref"].id == pk
+    assert document["user_id"] == str(pk)
+    decoded = bson.decode(bson.encode(document))
+    assert decoded["user"]["_ref"] == DBRef("user", pk)
+
+
+def test_no_user() -> None:
+    document = to_document(make_state())
+    assert document["user"] is None
+    assert document["user_id"] is None
+
+
+def capture(data: bytes, limit: int) -> BodyCapture:
+    body = BodyCapture(limit)
+    body.add(data)
+    return body
+
+
+def test_bodies_are_bytes_with_size_and_truncation() -> None:
+    state = make_state(
+        request_body=capture(b'{"name": "value"}', 100),
+        response_body=capture(b"x" * 25, 10),
+    )
+    document = to_document(state)
+    assert document["request_body"] == b'{"name": "value"}'
+    assert type(document["request_body"]) is bytes
+    assert document["request_body_size"] == 17
+    assert document["request_body_truncated"] is False
+    assert document["request_body_omitted"] is None
+    assert document["response_body"] == b"x" * 10
+    assert type(document["response_body"]) is bytes
+    assert document["response_body_size"] == 25
+    assert document["response_body_truncated"] is True
+    assert document["response_body_omitted"] is None
+
+
+def test_body_is_a_copy_of_the_capture_buffer() -> None:
+    body = capture(b"abc", 100)
+    document = to_document(make_state(request_body=body))
+    body.add(b"def")
+    assert document["request_body"] == b"abc"
+
+
+def test_omitted_bodies() -> None:
+    state = make_state(
+        request_body=None,
+        request_body_omitted="excluded",
+        response_body=None,
+        response_body_omitted="passthrough",
+    )
+    document = to_document(state)
+    for prefix, reason in (("request", "excluded"), ("response", "passthrough")):
+        assert document[f"{prefix}_body"] is None
+        assert document[f"{prefix}_body_size"] is None
+        assert document[f"{prefix}_body_truncated"] is False
+        assert document[f"{prefix}_body_omitted"] == reason
+
+
+def test_missing_request_snapshot_still_converts() -> None:
+    state = RequestState()
+    state.request = None
+    document = to_document(state)
+    assert document["path"] is None
+    assert document["host"] is None
+    assert document["status_code"] == 500  # RequestState's default status
+    assert set(document) == {"_id", *FIELDS}
+    bson.encode(document)
+
+
+def test_full_document_encodes_with_bson() -> None:
+    state = make_state(
+        [
+            ("HTTP_HOST", "example.com"),
+            ("HTTP_USER_AGENT", CHROME),
+            ("HTTP_ACCEPT_LANGUAGE", "en-US,en;q=0.9"),
+            ("HTTP_X_ODD", "latin-1 \u00e9\u00ff"),
+        ],
+        query_string="q=caf\u00c3\u00a9",
+        request_body=capture(b"\x00\xff" * 10, 8),
+        response_body=capture(b"ok", 100),
+        user_ref=("User", "user", ObjectId()),
+        user_id="1",
+        custom_data={"k": [1, "two", 3.0]},
+        exception="KeyError: 'x'",
+        date_created=dt.datetime(2024, 5, 1, 10, 42, 3, tzinfo=dt.timezone.utc),
+    )
+    document = to_document(state)
+    decoded = bson.decode(bson.encode(document))
+    assert list(decoded) == list(document)
+    assert decoded["request_body"] == b"\x00\xff" * 4
+    assert decoded["host"] == "example.com"
+    assert decoded["user_agent"]["browser"] == "Chrome"
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "expected"),
+    [
+        (
+            CHROME,
+            {"browser": "Chrome", "version": "120.0.6099", "platform": "Windows", "device": None},
+        ),
+        (
+            IPHONE,
+            {
+                "browser": "Mobile Safari",
+                "version": "17.1",
+                "platform": "iOS",
+                "device": "iPhone",
+            },
+        ),
+        ("curl/8.4.0", {"browser": "curl", "version": "8.4.0", "platform": None, "device": None}),
+        (
+            GOOGLEBOT,
+            {"browser": "Googlebot", "version": "2.1", "platform": None, "device": "Spider"},
+        ),
+        ("", {"browser": None, "version": None, "platform": None, "device": None}),
+        ("garbage!! \x00 ;;(", {"browser": None, "version": None, "platform": None}),
+    ],
+    ids=["chrome", "iphone_safari", "curl", "googlebot", "empty", "garbage"],
+)
+def test_parse_user_agent(user_agent: str, expected: dict[str, Any]) -> None:
+    parsed = parse_user_agent(user_agent)
+    assert set(parsed) == {"browser", "version", "platform", "device", "language", "string"}
+    for key, value in expected.items():
+        assert parsed[key] == value, key
+    assert parsed["string"] == user_agent
+    assert parsed["language"] is None
+    bson.encode(parsed)
+
+
+@pytest.mark.parametrize(
+    ("accept_language", "language"),
+    [
+        ("en-US,en;q=0.9", "en-US"),
+        ("fr;q=0.8", "fr"),
+        (" de ", "de"),
+        ("", None),
+        (",en", None),
+    ],
+)
+def test_language_from_accept_language(accept_language: str, language: str | None) -> None:
+    assert parse_user_agent(CHROME, accept_language)["language"] == language
+
+
+def test_very_long_user_agent_is_parsed_and_kept() -> None:
+    user_agent = CHROME + " x" * 5000
+    parsed = parse_user_agent(user_agent)
+    assert parsed["string"] == user_agent
+    bson.encode(parsed)
+
+
+class FakeRedactor:
+    """Duck-typed stand-in for flask_tracking.redact.Redactor (only ``body`` is used here)."""
+
+    def __init__(self, fail_on: bytes | None = None) -> None:
+        self.fail_on = fail_on
+        self.seen: list[tuple[bytes, str]] = []
+
+    def body(self, body: bytes, content_type: str) -> bytes:
+        self.seen.append((body, content_type))
+        if body == self.fail_on:
+            raise ValueError("cannot scrub")
+        return b"[scrubbed]"
+
+
+def test_redactor_scrubs_bodies_by_their_content_type() -> None:
+    redactor = FakeRedactor()
+    state = make_state(
+        [("CONTENT_TYPE", "application/json")],
+        request_body=capture(b'{"password": "x"}', 100),
+        response_body=capture(b"token=abc", 100),
+        response_headers=[("content-type", "application/x-www-form-urlencoded")],
+    )
+    document = to_document(state, redactor)  # type: ignore[arg-type]
+    assert redactor.seen == [
+        (b'{"password": "x"}', "application/json"),
+        (b"token=abc", "application/x-www-form-urlencoded"),
+    ]
+    assert document["request_body"] == b"[scrubbed]"
+    assert document["response_body"] == b"[scrubbed]"
+    assert document["request_body_size"] == 17  # sizes describe what went by
+
+
+def test_redactor_failure_keeps_no_body() -> None:
+    redactor = FakeRedactor(fail_on=b"secret=1")
+    state = make_state(
+        request_body=capture(b"secret=1", 100),
+        response_body=capture(b"fine", 100),
+    )
+    document = to_document(state, redactor)  # type: ignore[arg-type]
+    assert document["request_body"] is None
+    assert document["request_body_omitted"] == "redaction failed"
+    assert document["response_body"] == b"[scrubbed]"
+    assert document["response_body_omitted"] is None
+
+
+def test_redactor_is_not_called_without_bodies() -> None:
+    redactor = FakeRedactor()
+    document = to_document(make_state(request_body=capture(b"", 100)), redactor)  # type: ignore[arg-type]
+    assert redactor.seen == []
+    assert document["request_body"] == b""
+
+
+def test_parse_user_agent_returns_independent_dicts() -> None:
+    first = parse_user_agent(CHROME, "en")
+    first["browser"] = "Changed"
+    first["extra"] = "x"
+    second = parse_user_agent(CHROME, "fr")
+    assert second["browser"] == "Chrome"
+    assert "extra" not in second
+    assert second["language"] == "fr"
+    assert first["language"] == "en"
+
+
+def test_parse_user_agent_many_distinct_agents(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a small cache (if there is one) so that it fills and starts over several times
+    monkeypatch.setattr(record, "_MAX_PARSED_AGENTS", 8, raising=False)
+    for _ in range(2):
+        for i in range(50):
+            assert parse_user_agent(f"curl/{i}.0")["version"] == f"{i}.0"
+    assert parse_user_agent(IPHONE)["device"] == "iPhone"
