@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
 from typing import Any, Callable
 
-from .policy import Policy, wsgi_path
+from .policy import SKIP, TRACK_WITH_BODIES, Policy
 from .sanitize import bson_safe
 
 #: WSGI environ key holding the :class:`RequestState` of a tracked request.
 ENVIRON_KEY = "flask_tracking.state"
 
-_EXTRA_HEADER_KEYS = ("CONTENT_TYPE", "CONTENT_LENGTH")
 
 StartResponse = Callable[..., Callable[[bytes], Any]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -39,26 +37,40 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 class BodyCapture:
     """The first ``limit`` bytes of a body, and how many bytes went by in all."""
 
-    __slots__ = ("buffer", "limit", "size")
+    __slots__ = ("buffer", "exhausted", "failed", "limit", "size")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.buffer = bytearray()
         self.size = 0
+        self.exhausted = False  # a read came back empty: the body has been read to its end
+        self.failed = False  # copying raised once (e.g. MemoryError): stop, and say so
 
     def add(self, chunk: bytes | str | memoryview) -> None:
-        """Count ``chunk`` and copy what still fits."""
-        if isinstance(chunk, str):
-            chunk = chunk.encode("utf-8", "replace")
-        self.size += len(chunk)
-        room = self.limit - len(self.buffer)
-        if room > 0:
-            self.buffer += chunk[:room]
+        """Count ``chunk`` and copy what still fits. Never raises: it sits in the data path
+        of the app's reads and of the response stream."""
+        if self.failed:
+            return
+        try:
+            if isinstance(chunk, str):
+                chunk = chunk.encode("utf-8", "replace")
+            self.size += len(chunk)
+            room = self.limit - len(self.buffer)
+            if room > 0:
+                self.buffer += chunk[:room]
+        except Exception:
+            self.failed = True
 
     @property
     def truncated(self) -> bool:
         """Whether bytes went by that were not kept."""
         return self.size > len(self.buffer)
+
+    def wants_more(self, declared_length: int | None) -> bool:
+        """Whether unread body bytes could still fill the buffer."""
+        if self.exhausted or len(self.buffer) >= self.limit:
+            return False
+        return declared_length is None or self.size < declared_length
 
 
 class InputTee:
@@ -76,7 +88,10 @@ class InputTee:
 
     def read(self, *args: Any) -> bytes:
         data = self._stream.read(*args)
-        self._capture.add(data)
+        if data:
+            self._capture.add(data)
+        elif not args or args[0] != 0:
+            self._capture.exhausted = True
         return data
 
     def readinto(self, buffer: Any) -> int | None:
@@ -89,6 +104,8 @@ class InputTee:
             count = readinto(buffer)
         if count:
             self._capture.add(memoryview(buffer).cast("B")[:count])
+        elif len(buffer):
+            self._capture.exhausted = True
         return count
 
     def readline(self, *args: Any) -> bytes:
@@ -112,48 +129,41 @@ class InputTee:
 
 
 class RequestState:
-    """What is known of one tracked request so far (one per request, in the WSGI environ)."""
+    """What is known of one tracked request so far (one per request, in the WSGI environ).
 
-    __slots__ = (
-        "custom_data",
-        "custom_data_size",
-        "date_created",
-        "exception",
-        "execution_time",
-        "finished",
-        "request",
-        "request_body",
-        "request_body_omitted",
-        "response_body",
-        "response_body_omitted",
-        "response_headers",
-        "started",
-        "status",
-        "streamed",
-        "total_time",
-        "user_id",
-        "user_ref",
-    )
+    Attributes default at class level and are set only when known, so creating one per request
+    costs two clock readings.
+    """
+
+    # Set by the middleware.
+    timestamp = 0.0  #: time.time() when the request arrived (the writer makes it a datetime)
+    status = "500 INTERNAL SERVER ERROR"
+    response_headers: list[tuple[str, str]] = []  # noqa: RUF012 (replaced, never mutated)
+    execution_time: float | None = None
+    total_time: float | None = None
+    finished = False
+    streamed = False
+    declared_length: int | None = None
+    # A copy of the WSGI environ without its objects (snapshot_environ); the writer reads it.
+    environ: dict[str, Any] | None = None
+    snapshot_failed = False
+    # Known only inside the request context (snapshot_request).
+    endpoint: str | None = None
+    url_rule: str | None = None
+    user_id: str | None = None
+    user_ref: tuple[str, str, Any] | None = None
+    custom_data: Any = None
+    custom_data_size = 0
+    exception: str | None = None
+    # Bodies.
+    request_body: BodyCapture | None = None
+    request_body_omitted: str | None = None
+    response_body: BodyCapture | None = None
+    response_body_omitted: str | None = None
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
-        self.date_created = datetime.now(timezone.utc)
-        self.request: dict[str, Any] | None = None
-        self.request_body: BodyCapture | None = None
-        self.request_body_omitted: str | None = None
-        self.response_body: BodyCapture | None = None
-        self.response_body_omitted: str | None = None
-        self.status = "500 INTERNAL SERVER ERROR"
-        self.response_headers: list[tuple[str, str]] = []
-        self.execution_time: float | None = None
-        self.total_time: float | None = None
-        self.exception: str | None = None
-        self.user_id: str | None = None
-        self.user_ref: tuple[str, str, Any] | None = None
-        self.custom_data: Any = None
-        self.custom_data_size = 0
-        self.streamed = False
-        self.finished = False
+        self.timestamp = time.time()
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the request reached the middleware."""
@@ -219,20 +229,57 @@ class TrackingMiddleware:
             state.status = "500 INTERNAL SERVER ERROR"
             self._close(state, environ)
             raise
-        state.execution_time = state.elapsed_ms()
-        if not state.streamed:  # the whole body is known already: finish now, unwrapped
+        state.execution_time = (time.perf_counter() - state.started) * 1000.0
+        top_up = None if state.request_body is None else self._top_up_after_response(state, environ)
+        if top_up is None and not state.streamed:  # nothing left to wait for: finish now
             self._close(state, environ)
             return app_iter
-        return _ClosingIterable(app_iter, lambda: self._close(state, environ))
+
+        def on_close() -> None:
+            if top_up is not None:
+                top_up()
+            self._close(state, environ)
+
+        return _ClosingIterable(app_iter, on_close)
+
+    def _top_up_after_response(
+        self, state: RequestState, environ: dict[str, Any]
+    ) -> Callable[[], None] | None:
+        """When the app left body bytes unread that would fit, a callable that reads at most
+        what fits, to run after the response went out (so it never delays the answer)."""
+        capture = state.request_body
+        if capture is None or not capture.wants_more(state.declared_length):
+            return None
+        if state.declared_length is None and "wsgi.input_terminated" not in environ:
+            return None  # chunked without server support: no way to find the end safely
+        if state.status[:3] == "413":
+            return None  # the app refused this body as too large
+        stream = environ["wsgi.input"]
+
+        def top_up() -> None:
+            missing = capture.limit - len(capture.buffer)
+            if state.declared_length is not None:
+                missing = min(missing, state.declared_length - capture.size)
+            try:
+                while missing > 0 and not capture.exhausted:
+                    before = capture.size
+                    stream.read(missing)
+                    missing -= capture.size - before
+            except Exception as error:  # a client gone: keep what was read
+                state.request_body_omitted = f"unreadable ({type(error).__name__})"
+
+        return top_up
 
     def _start(self, environ: dict[str, Any]) -> RequestState | None:
-        if not self._policy.should_track(environ):
+        decision = self._policy.decide(environ)
+        if decision == SKIP:
             return None
         state = RequestState()
         environ[ENVIRON_KEY] = state
-        if not self._policy.should_keep_bodies(environ):
+        if decision != TRACK_WITH_BODIES:
             state.request_body_omitted = state.response_body_omitted = "excluded"
         elif _may_have_body(environ):
+            state.declared_length = _content_length(environ)
             state.request_body = BodyCapture(self._max_body_length)
             environ["wsgi.input"] = InputTee(environ["wsgi.input"], state.request_body)
         return state
@@ -242,11 +289,11 @@ class TrackingMiddleware:
             return
         state.finished = True
         try:
-            state.total_time = state.elapsed_ms()
+            state.total_time = (time.perf_counter() - state.started) * 1000.0
             if state.execution_time is None:
                 state.execution_time = state.total_time
-            if state.request is None:  # Flask never ran our hooks with a request context
-                state.request = snapshot_environ(environ)
+            if state.environ is None:  # Flask never ran our hooks (no request context)
+                snapshot_environ(state, environ)
         except Exception:
             self._on_error()
         self._finish(state)
@@ -280,22 +327,42 @@ def _may_have_body(environ: dict[str, Any]) -> bool:
     return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
 
-def snapshot_environ(environ: dict[str, Any]) -> dict[str, Any]:
-    """The request fields the WSGI environ holds (after any ProxyFix inside the app ran)."""
-    headers = [item for item in environ.items() if item[0][:5] == "HTTP_"]
-    for key in _EXTRA_HEADER_KEYS:
-        value = environ.get(key)
-        if value:
-            headers.append((key, value))
-    return {
-        "method": environ.get("REQUEST_METHOD", "GET"),
-        "scheme": environ.get("wsgi.url_scheme", "http"),
-        "path": wsgi_path(environ),
-        "query_string": environ.get("QUERY_STRING", ""),
-        "ip": environ.get("REMOTE_ADDR"),
-        "server": (environ.get("SERVER_NAME"), environ.get("SERVER_PORT")),
-        "environ_headers": headers,
-    }
+def _content_length(environ: dict[str, Any]) -> int | None:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def snapshot_environ(state: RequestState, environ: dict[str, Any]) -> None:
+    """Keep a shallow copy of the WSGI environ for the writer, which reads the request fields
+    and headers from it (a C-level copy is several times cheaper than picking them out here).
+
+    The objects a server or Werkzeug put in the environ are dropped from the copy, so a queued
+    record does not keep streams, sockets or the request object alive. Runs after the view, so
+    a ProxyFix inside the app has already corrected REMOTE_ADDR.
+    """
+    copy = environ.copy()
+    for key in _ENVIRON_OBJECTS:
+        if key in copy:
+            del copy[key]
+    state.environ = copy
+
+
+#: Environ keys holding objects (not request data) that a queued record must not keep alive.
+_ENVIRON_OBJECTS = (
+    ENVIRON_KEY,
+    "wsgi.input",
+    "wsgi.errors",
+    "wsgi.file_wrapper",
+    "werkzeug.request",
+    "werkzeug.socket",
+    "werkzeug.server.shutdown",
+    "werkzeug.debug.preserve_context",
+    "gunicorn.socket",
+    "uwsgi.core",
+)
 
 
 def snapshot_request(
@@ -307,30 +374,16 @@ def snapshot_request(
     tracker never loads a user itself, which would run the app's user_loader (a database query)
     and touch the session.
     """
-    fields = state.request = snapshot_environ(request.environ)
+    snapshot_environ(state, request.environ)
+    state.endpoint = request.endpoint
     rule = request.url_rule
-    fields["endpoint"] = request.endpoint
-    fields["url_rule"] = rule.rule if rule is not None else None
-    if state.request_body is not None:
-        _top_up_request_body(state, request)
-    custom_data = getattr(request, "_tracking_data", None)
+    if rule is not None:
+        state.url_rule = rule.rule
+    custom_data = request.__dict__.get("_tracking_data")
     if custom_data is not None:
         state.custom_data, state.custom_data_size = bson_safe(custom_data, custom_data_max_bytes)
     if login_user is not None:
         _snapshot_user(state, login_user)
-
-
-def _top_up_request_body(state: RequestState, request: Any) -> None:
-    """Read up to the body limit when the app read less (never more than the limit)."""
-    capture = state.request_body
-    assert capture is not None
-    missing = capture.limit - len(capture.buffer)
-    if missing <= 0 or capture.truncated:
-        return
-    try:
-        request.stream.read(missing)  # through the tee; Werkzeug bounds it by Content-Length
-    except Exception as error:  # e.g. RequestEntityTooLarge: behave as the app did
-        state.request_body_omitted = f"unreadable ({type(error).__name__})"
 
 
 def _snapshot_user(state: RequestState, user: Any) -> None:

@@ -28,9 +28,8 @@ from .config import TrackingConfig, load_config
 from .logs import RateLimitedLog
 from .policy import Policy
 from .record import status_code_of
-from .redact import Redactor, anonymize_ip
 from .signals import record_dropped, record_written
-from .store import BeforeSave, MongoSink, queue_item
+from .store import BeforeSave, MongoSink
 from .writer import BatchWriter
 
 if TYPE_CHECKING:
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
     from pymongo.database import Database
 
 #: Fixed part of the estimated in-queue size of a record, in bytes (dicts, strings, numbers).
-RECORD_OVERHEAD_BYTES = 2048
+RECORD_OVERHEAD_BYTES = 4096
 
 
 class _AppTracking:
@@ -46,6 +45,8 @@ class _AppTracking:
 
     def __init__(self, config: TrackingConfig, writer: BatchWriter) -> None:
         self.config = config
+        self.max_body_length = config.max_body_length
+        self.max_custom_data_bytes = config.max_custom_data_bytes
         self.policy = Policy(config)
         self.writer = writer
         self.capture_errors = 0
@@ -88,6 +89,7 @@ class Tracking:
             max_record_bytes=config.max_record_bytes,
             write_timeout_seconds=config.write_timeout_seconds,
             redactor=config.redactor,
+            anonymize_ip=config.anonymize_ip,
             before_save=lambda: self._before_save,
         )
         writer = BatchWriter(
@@ -181,7 +183,7 @@ class Tracking:
             state: RequestState | None = current.environ.get(ENVIRON_KEY)
             if state is not None:
                 self._snapshot(tracked, state, current)
-                tee_response_body(state, response, tracked.config.max_body_length)
+                tee_response_body(state, response, tracked.max_body_length)
         except Exception:
             self._count_error(tracked)
         return response
@@ -198,50 +200,43 @@ class Tracking:
             self._count_error(tracked)
 
     def _snapshot(self, tracked: _AppTracking, state: RequestState, current: Request) -> None:
-        login_user = None
-        if "flask_login" in sys.modules:  # never load a user: read the one the app loaded
-            login_user = g._get_current_object().get("_login_user")  # type: ignore[attr-defined]
-        snapshot_request(state, current, login_user, tracked.config.max_custom_data_bytes)
+        if state.snapshot_failed:  # counted once already (after an exception it runs twice)
+            return
+        try:
+            login_user = None
+            if "flask_login" in sys.modules:  # never load a user: read the one the app loaded
+                login_user = g._get_current_object().get("_login_user")  # type: ignore[attr-defined]
+            snapshot_request(state, current, login_user, tracked.max_custom_data_bytes)
+        except Exception:
+            state.snapshot_failed = True
+            raise
 
     def _finish(self, tracked: _AppTracking, state: RequestState) -> None:
-        """Decide whether to keep a finished request, and queue it (request thread, cheap)."""
+        """Decide whether to keep a finished request, and queue it (request thread, cheap).
+
+        Everything else (headers, redaction, user agent, encoding) happens on the writer
+        thread, before any hook or the database sees the record.
+        """
         try:
-            config = tracked.config
-            status_code = status_code_of(state.status)
-            if not tracked.policy.should_keep_record(status_code, state.execution_time or 0.0):
-                return
-            if config.redactor is not None:
-                _scrub_request_side(state, config.redactor)
-            if config.anonymize_ip and state.request is not None:
-                state.request["ip"] = anonymize_ip(state.request["ip"])
-            tracked.writer.submit(queue_item(state), _estimated_size(state))
+            if any(c is not None and c.failed for c in (state.request_body, state.response_body)):
+                self._count_error(tracked)  # a body copy failed (logged there); keep the rest
+            if tracked.policy.should_keep_record(
+                status_code_of(state.status), state.execution_time or 0.0
+            ):
+                tracked.writer.submit(state, _estimated_size(state))
         except Exception:
             self._count_error(tracked)
 
 
-def _scrub_request_side(state: RequestState, redactor: Redactor) -> None:
-    """Filter headers, query string and custom data on the request thread, on our copies.
-
-    Bodies are scrubbed on the writer thread, before any hook or the database sees them:
-    parsing them here would cost the request more than everything else the tracker does.
-    """
-    fields = state.request
-    if fields is not None:
-        fields["environ_headers"] = redactor.headers(fields["environ_headers"])
-        fields["query_string"] = redactor.query(fields["query_string"])
-    state.response_headers = redactor.headers(state.response_headers)
-    if state.custom_data is not None:
-        state.custom_data = redactor.data(state.custom_data)
-
-
 def _estimated_size(state: RequestState) -> int:
-    """Rough in-memory size of a queued record, for the queue's byte bound."""
+    """Rough in-memory size of a queued record, for the queue's byte bound: the bodies, the
+    custom data, the cookie (the one header that grows large) and a fixed allowance."""
     size = RECORD_OVERHEAD_BYTES + state.custom_data_size
     for capture in (state.request_body, state.response_body):
         if capture is not None:
             size += len(capture.buffer)
-    if state.request is not None:
-        size += sum(len(key) + len(value) for key, value in state.request["environ_headers"])
+    if state.environ is not None:
+        size += len(state.environ.get("HTTP_COOKIE", ""))
     return size
 
 

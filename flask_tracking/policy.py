@@ -14,19 +14,35 @@ from .config import TrackingConfig
 #: WSGI environ key that turns tracking off for one request (set by ``Tracking.replay()``).
 SKIP_ENVIRON_KEY = "flask_tracking.skip"
 
+#: :meth:`Policy.decide` answers.
+SKIP, TRACK, TRACK_WITH_BODIES = 0, 1, 2
+
 
 class Policy:
     """The recording rules of one app."""
 
-    __slots__ = ("_config",)
+    __slots__ = ("_always_bodies", "_config", "_filters_requests")
 
     def __init__(self, config: TrackingConfig) -> None:
         self._config = config
+        self._filters_requests = bool(config.exclude or config.exclude_methods)
+        self._always_bodies = config.max_body_length > 0 and not config.exclude_body
+
+    def decide(self, environ: Mapping[str, Any]) -> int:
+        """One call for the request path: :data:`SKIP`, :data:`TRACK` (without bodies) or
+        :data:`TRACK_WITH_BODIES`."""
+        if not self.should_track(environ):
+            return SKIP
+        if self._always_bodies or self.should_keep_bodies(environ):
+            return TRACK_WITH_BODIES
+        return TRACK
 
     def should_track(self, environ: Mapping[str, Any]) -> bool:
         """Whether to record this request at all, from its method and path alone."""
         if environ.get(SKIP_ENVIRON_KEY):
             return False
+        if not self._filters_requests:
+            return True
         config = self._config
         methods = config.exclude_methods
         if methods and environ.get("REQUEST_METHOD", "GET") in methods:

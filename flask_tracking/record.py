@@ -8,13 +8,14 @@ result is the schema that :class:`flask_tracking.documents.Tracking` reads.
 from __future__ import annotations
 
 import socket
+from datetime import datetime, timezone
 from typing import Any
 
 from bson import DBRef, ObjectId
 from ua_parser import parse as parse_ua
 
 from .capture import BodyCapture, RequestState
-from .redact import Redactor
+from .redact import Redactor, anonymize_ip
 
 #: The keys of every stored document (besides ``_id``).
 FIELDS = (
@@ -50,7 +51,6 @@ FIELDS = (
 )
 
 _HOSTNAME = socket.gethostname()
-_SPECIAL_HEADER_NAMES = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
 
 
 def status_code_of(status: str) -> int:
@@ -61,26 +61,44 @@ def status_code_of(status: str) -> int:
         return 0
 
 
-def to_document(state: RequestState, redactor: Redactor | None = None) -> dict[str, Any]:
+def to_document(
+    state: RequestState, redactor: Redactor | None = None, anonymize: bool = False
+) -> dict[str, Any]:
     """The document to insert for a finished request (a new dict with an ``_id``).
 
-    With a ``redactor``, secret fields in the bodies are filtered (headers, query string and
-    custom data were filtered on the request thread already).
+    With a ``redactor``, secrets are filtered from headers, query string, custom data and
+    bodies; with ``anonymize``, the client address is cut (see :func:`redact.anonymize_ip`).
     """
-    request = state.request or {}
-    headers = [[_header_name(key), value] for key, value in request.get("environ_headers", ())]
+    environ = state.environ or {}
+    raw_headers = [
+        item
+        for item in environ.items()
+        if item[0][:5] == "HTTP_" or (item[0] in _HEADER_NAMES and item[1])
+    ]
+    query = _decode_wsgi(environ.get("QUERY_STRING", ""))
+    response_headers = state.response_headers
+    custom_data = state.custom_data
+    ip = environ.get("REMOTE_ADDR")
+    if redactor is not None:
+        raw_headers = redactor.headers(raw_headers)
+        query = redactor.query(query)
+        response_headers = redactor.headers(response_headers)
+        custom_data = redactor.data(custom_data)
+    if anonymize:
+        ip = anonymize_ip(ip)
+    headers = [[_header_name(key), value] for key, value in raw_headers]
     header_map = {name.lower(): value for name, value in reversed(headers)}
     document: dict[str, Any] = {
         "_id": ObjectId(),
-        "date_created": state.date_created,
-        "host": header_map.get("host") or _server_host(request.get("server")),
-        "scheme": request.get("scheme"),
-        "method": request.get("method"),
-        "path": request.get("path"),
-        "query_params": _decode_wsgi(request.get("query_string", "")),
-        "ip": request.get("ip"),
-        "endpoint": request.get("endpoint"),
-        "url_rule": request.get("url_rule"),
+        "date_created": datetime.fromtimestamp(state.timestamp, timezone.utc),
+        "host": header_map.get("host") or _server_host(environ),
+        "scheme": environ.get("wsgi.url_scheme"),
+        "method": environ.get("REQUEST_METHOD"),
+        "path": _path(environ.get("PATH_INFO", "")),
+        "query_params": query,
+        "ip": ip,
+        "endpoint": state.endpoint,
+        "url_rule": state.url_rule,
         "referrer": header_map.get("referer"),
         "user": _user_reference(state.user_ref),
         "user_id": state.user_id,
@@ -88,20 +106,19 @@ def to_document(state: RequestState, redactor: Redactor | None = None) -> dict[s
             header_map.get("user-agent", ""), header_map.get("accept-language", "")
         ),
         "request_headers": headers,
-        "response_headers": [[str(name), str(value)] for name, value in state.response_headers],
+        "response_headers": [[str(name), str(value)] for name, value in response_headers],
         "status_code": status_code_of(state.status),
         "execution_time": state.execution_time,
         "total_time": state.total_time,
         "hostname": _HOSTNAME,
-        "custom_data": state.custom_data,
+        "custom_data": custom_data,
         "exception": state.exception,
     }
     _add_body(document, "request", state.request_body, state.request_body_omitted)
     _add_body(document, "response", state.response_body, state.response_body_omitted)
     if redactor is not None:
         response_type = next(
-            (value for name, value in state.response_headers if name.lower() == "content-type"),
-            "",
+            (value for name, value in response_headers if name.lower() == "content-type"), ""
         )
         _scrub_body(document, "request", redactor, header_map.get("content-type", ""))
         _scrub_body(document, "response", redactor, response_type)
@@ -123,7 +140,7 @@ def _scrub_body(document: dict[str, Any], prefix: str, redactor: Redactor, kind:
 def _add_body(
     document: dict[str, Any], prefix: str, capture: BodyCapture | None, omitted: str | None
 ) -> None:
-    if capture is None:
+    if capture is None or capture.failed:
         document[f"{prefix}_body"] = None
         document[f"{prefix}_body_size"] = None
         document[f"{prefix}_body_truncated"] = False
@@ -131,21 +148,34 @@ def _add_body(
         document[f"{prefix}_body"] = bytes(capture.buffer)
         document[f"{prefix}_body_size"] = capture.size
         document[f"{prefix}_body_truncated"] = capture.truncated
-    document[f"{prefix}_body_omitted"] = omitted
+    document[f"{prefix}_body_omitted"] = "capture failed" if capture and capture.failed else omitted
 
 
 def _header_name(environ_key: str) -> str:
-    special = _SPECIAL_HEADER_NAMES.get(environ_key)
-    if special is not None:
-        return special
-    return environ_key[5:].replace("_", "-").title()
+    """``HTTP_X_FORWARDED_FOR`` -> ``X-Forwarded-For`` (remembered: names repeat)."""
+    name = _HEADER_NAMES.get(environ_key)
+    if name is None:
+        name = environ_key[5:].replace("_", "-").title()
+        if len(_HEADER_NAMES) < _MAX_REMEMBERED_HEADER_NAMES:
+            _HEADER_NAMES[environ_key] = name
+    return name
 
 
-def _server_host(server: tuple[str | None, str | None] | None) -> str | None:
-    if not server or not server[0]:
+_HEADER_NAMES = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
+_MAX_REMEMBERED_HEADER_NAMES = 4096
+
+
+def _server_host(environ: dict[str, Any]) -> str | None:
+    name, port = environ.get("SERVER_NAME"), environ.get("SERVER_PORT")
+    if not name:
         return None
-    name, port = server
     return name if port in (None, "", "80", "443") else f"{name}:{port}"
+
+
+def _path(path_info: str) -> str:
+    """The path as Werkzeug's ``request.path`` gives it (UTF-8 decoded, leading "/")."""
+    path = _decode_wsgi(path_info)
+    return path if path.startswith("/") else "/" + path
 
 
 def _decode_wsgi(text: str) -> str:
@@ -169,20 +199,20 @@ def parse_user_agent(user_agent: str, accept_language: str = "") -> dict[str, st
     ``language`` comes from the first Accept-Language tag (user agents stopped naming it).
     Parsed agents are remembered (a few thousand distinct strings), as traffic repeats them.
     """
-    parsed = _PARSED_AGENTS.get(user_agent)
+    key = user_agent[:_MAX_PARSED_AGENT_LENGTH]  # parse time grows with length: bound it
+    parsed = _PARSED_AGENTS.get(key)
     if parsed is None:
-        parsed = _parse_agent(user_agent)
-        if len(user_agent) <= _MAX_REMEMBERED_AGENT_LENGTH:
-            if len(_PARSED_AGENTS) >= _MAX_PARSED_AGENTS:
-                _PARSED_AGENTS.clear()
-            _PARSED_AGENTS[user_agent] = parsed
+        parsed = _parse_agent(key)
+        if len(_PARSED_AGENTS) >= _MAX_PARSED_AGENTS:
+            _PARSED_AGENTS.clear()
+        _PARSED_AGENTS[key] = parsed
     language = accept_language.split(",", 1)[0].split(";", 1)[0].strip() or None
-    return {**parsed, "language": language}
+    return {**parsed, "string": user_agent, "language": language}
 
 
 _PARSED_AGENTS: dict[str, dict[str, str | None]] = {}
 _MAX_PARSED_AGENTS = 4096
-_MAX_REMEMBERED_AGENT_LENGTH = 512
+_MAX_PARSED_AGENT_LENGTH = 512
 
 
 def _parse_agent(user_agent: str) -> dict[str, str | None]:
@@ -195,7 +225,6 @@ def _parse_agent(user_agent: str) -> dict[str, str | None]:
         "version": _version(browser.major, browser.minor, browser.patch) if browser else None,
         "platform": os.family if os else None,
         "device": device.family if device else None,
-        "string": user_agent,
     }
 
 

@@ -150,14 +150,21 @@ class Redactor:
         return "&".join(parts)
 
     def data(self, value: Any) -> Any:
-        """Custom data (already a BSON-safe copy) with the values of secret keys filtered."""
-        if isinstance(value, Mapping):
-            return {
-                key: FILTERED if self.is_secret_field(str(key)) else self.data(item)
-                for key, item in value.items()
-            }
-        if isinstance(value, list):
-            return [self.data(item) for item in value]
+        """Custom data or parsed JSON with the values of secret keys filtered.
+
+        Returns ``value`` itself when nothing in it is secret, else a filtered copy.
+        """
+        if type(value) is dict or isinstance(value, Mapping):
+            changed = False
+            copy = {}
+            for key, item in value.items():
+                new = FILTERED if self.is_secret_field(str(key)) else self.data(item)
+                changed = changed or new is not item
+                copy[key] = new
+            return copy if changed else value
+        if type(value) is list or isinstance(value, list):
+            items = [self.data(item) for item in value]
+            return items if any(a is not b for a, b in zip(items, value)) else value
         return value
 
     def body(self, body: bytes | None, content_type: str) -> bytes | None:
@@ -181,14 +188,21 @@ class Redactor:
         return self._loose(body, text)
 
     def _json(self, body: bytes, text: str) -> bytes:
+        secret_seen = False
+
+        def check_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            nonlocal secret_seen
+            if not secret_seen:
+                secret_seen = any(self.is_secret_field(key) for key, _ in pairs)
+            return dict(pairs)
+
         try:
-            parsed = json.loads(text)
+            parsed = json.loads(text, object_pairs_hook=check_keys)
         except (ValueError, RecursionError):
             return self._loose(body, text)
-        scrubbed = self.data(parsed)
-        if scrubbed == parsed:
+        if not secret_seen:  # most bodies: keep the bytes exactly as they were
             return body
-        return json.dumps(scrubbed, ensure_ascii=False).encode("utf-8")
+        return json.dumps(self.data(parsed), ensure_ascii=False).encode("utf-8")
 
     def _loose(self, body: bytes, text: str) -> bytes:
         """Textual scrub of ``"key": value`` and ``key=value`` pairs (broken JSON, plain text)."""

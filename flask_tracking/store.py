@@ -18,15 +18,25 @@ from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, CollectionInvalid, ConnectionFailure, OperationFailure
+from pymongo.errors import (
+    BulkWriteError,
+    CollectionInvalid,
+    ConnectionFailure,
+    OperationFailure,
+    PyMongoError,
+)
 
 from .capture import RequestState
 from .record import to_document
 from .redact import Redactor
+from .sanitize import TRUNCATED
 from .writer import BatchOutcome
 
 #: The collection :class:`flask_tracking.documents.Tracking` reads.
 COLLECTION_NAME = "tracking"
+#: Characters kept of a long text field (path, query, referrer, ...) when a record is too large.
+MAX_TEXT_CHARS = 8192
+_TEXT_FIELDS = ("path", "query_params", "referrer", "host", "exception", "url_rule", "user_id")
 #: Stored in place of custom data that could not be encoded or did not fit.
 CUSTOM_DATA_CUT = "[cut: custom data could not be stored]"
 
@@ -35,15 +45,8 @@ CUSTOM_DATA_CUT = "[cut: custom data could not be stored]"
 _SIZE_CHECK = CodecOptions(uuid_representation=UuidRepresentation.STANDARD)
 _DUPLICATE_KEY = 11000
 _NAMESPACE_EXISTS = 48
-_RAW_KEY = "_state"
-
 #: A hook that sees each document before it is stored: return it (changed) or None to drop it.
 BeforeSave = Callable[[dict[str, Any]], "dict[str, Any] | None"]
-
-
-def queue_item(state: RequestState) -> dict[str, Any]:
-    """The item the request thread submits to the writer (converted later by the sink)."""
-    return {_RAW_KEY: state}
 
 
 class MongoSink:
@@ -64,6 +67,7 @@ class MongoSink:
         max_record_bytes: int,
         write_timeout_seconds: float,
         redactor: Redactor | None = None,
+        anonymize_ip: bool = False,
         before_save: Callable[[], list[BeforeSave]] = list,
         logger: logging.Logger | None = None,
         collection_name: str = COLLECTION_NAME,
@@ -74,36 +78,46 @@ class MongoSink:
         self._max_record_bytes = max_record_bytes
         self._write_timeout = write_timeout_seconds
         self._redactor = redactor
+        self._anonymize_ip = anonymize_ip
         self._before_save = before_save
         self._logger = logger or logging.getLogger("flask_tracking")
         self._collection_name = collection_name
         self._collection: Collection[Any] | None = None
         self._pid = os.getpid()
 
-    def __call__(self, records: list[dict[str, Any]]) -> BatchOutcome:
+    def __call__(self, records: list[Any]) -> BatchOutcome:
         """Write one batch; see :class:`~flask_tracking.writer.BatchOutcome`."""
         dropped: Counter[str] = Counter()
         documents = []
+        all_checked = True
         for record in records:
-            document = self._prepare(record, dropped)
-            if document is not None:
+            prepared = self._prepare(record, dropped)
+            if prepared is not None:
+                document, checked = prepared
                 documents.append(document)
-        outcome = self._insert(documents) if documents else BatchOutcome()
+                all_checked = all_checked and checked
+        outcome = self._insert(documents, all_checked, dropped) if documents else BatchOutcome()
         for reason, count in dropped.items():
             outcome.dropped[reason] = outcome.dropped.get(reason, 0) + count
         return outcome
 
-    def _prepare(self, record: dict[str, Any], dropped: Counter[str]) -> dict[str, Any] | None:
-        state = record.get(_RAW_KEY)
-        if state is None:  # a document handed back for a retry: already prepared
-            return record
+    def _prepare(
+        self, record: RequestState | dict[str, Any], dropped: Counter[str]
+    ) -> tuple[dict[str, Any], bool] | None:
+        """The document to insert and whether it was checked with ``bson.encode``, or None
+        when it is dropped (counted in ``dropped``)."""
+        if not isinstance(record, RequestState):  # a document handed back for a retry
+            return record, True
         try:
-            document: dict[str, Any] | None = to_document(state, self._redactor)
+            document: dict[str, Any] | None = to_document(
+                record, self._redactor, self._anonymize_ip
+            )
         except Exception:
             self._logger.exception("flask_tracking: could not convert a record; dropped")
             dropped["encode_error"] += 1
             return None
-        for hook in self._before_save():
+        hooks = self._before_save()
+        for hook in hooks:
             try:
                 document = hook(document)
             except Exception:
@@ -113,21 +127,35 @@ class MongoSink:
             if document is None:
                 dropped["by_hook"] += 1
                 return None
+        assert document is not None
+        if not hooks and 2 * _estimated_bytes(record) < self._max_record_bytes:
+            # Built by us from strings, bytes and sanitised custom data, and far below the
+            # cap: encoding it twice is wasted work. insert_many checks it anyway.
+            return document, False
         if fit_document(document, self._max_record_bytes):
-            return document
+            return document, True
         dropped["encode_error"] += 1
         return None
 
-    def _insert(self, documents: list[dict[str, Any]]) -> BatchOutcome:
+    def _insert(
+        self, documents: list[dict[str, Any]], checked: bool, dropped: Counter[str]
+    ) -> BatchOutcome:
         try:
-            collection = self._get_collection()
-            with pymongo.timeout(self._write_timeout):
+            with pymongo.timeout(self._write_timeout):  # bounds the collection setup too
+                collection = self._get_collection()
                 collection.insert_many(documents, ordered=False)
         except BulkWriteError as error:
             return _partial_outcome(documents, error)
         except Exception as error:
             if _is_transient(error):
                 return BatchOutcome(retry=documents)
+            if not checked and not isinstance(error, PyMongoError):
+                # A document failed to encode (that aborts the whole batch): check each one,
+                # drop what cannot be stored, insert the rest (a duplicate _id counts as written).
+                fitting = [doc for doc in documents if fit_document(doc, self._max_record_bytes)]
+                if len(fitting) < len(documents):
+                    dropped["encode_error"] += len(documents) - len(fitting)
+                return self._insert(fitting, True, dropped) if fitting else BatchOutcome()
             self._logger.warning(
                 "flask_tracking: MongoDB refused a batch of %d records (%s: %s); dropped",
                 len(documents),
@@ -146,6 +174,18 @@ class MongoSink:
                 database, self._collection_name, self._capped_size, self._capped_max, self._logger
             )
         return self._collection
+
+
+def _estimated_bytes(state: RequestState) -> int:
+    """An upper-bound guess of a document's BSON size from what dominates it."""
+    size = 16 * 1024 + state.custom_data_size + len(state.exception or "")
+    for capture in (state.request_body, state.response_body):
+        if capture is not None:
+            size += len(capture.buffer)
+    for key, value in (state.environ or {}).items():
+        if type(value) is str:
+            size += len(key) + len(value)
+    return size + sum(len(name) + len(value) for name, value in state.response_headers)
 
 
 def _partial_outcome(documents: list[dict[str, Any]], error: BulkWriteError) -> BatchOutcome:
@@ -172,9 +212,9 @@ def _is_transient(error: Exception) -> bool:
 def fit_document(document: dict[str, Any], max_bytes: int) -> bool:
     """Make ``document`` encodable and at most ``max_bytes``; False when impossible.
 
-    What gives way, in order: custom data, header values, then the bodies.
+    What gives way, in order: custom data, header values, long text fields, then the bodies.
     """
-    for shrink in (None, _cut_custom_data, _cut_headers, _cut_bodies):
+    for shrink in (None, _cut_custom_data, _cut_headers, _cut_text, _cut_bodies):
         if shrink is not None:
             shrink(document)
         try:
@@ -194,6 +234,14 @@ def _cut_headers(document: dict[str, Any]) -> None:
     for key in ("request_headers", "response_headers"):
         headers = document.get(key) or []
         document[key] = [[name[:256], value[:1024]] for name, value in headers[:200]]
+
+
+def _cut_text(document: dict[str, Any]) -> None:
+    agent = document.get("user_agent") or {}
+    for holder, key in [*((document, name) for name in _TEXT_FIELDS), (agent, "string")]:
+        value = holder.get(key)
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            holder[key] = value[:MAX_TEXT_CHARS] + TRUNCATED
 
 
 def _cut_bodies(document: dict[str, Any]) -> None:

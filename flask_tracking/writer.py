@@ -225,8 +225,9 @@ class BatchWriter:
         is not a non-negative integer counts as 0.
         """
         try:
-            self._check_pid()
-            size = _coerce_size(size_bytes)
+            if self._pid != os.getpid():
+                self._check_pid()
+            size = size_bytes if type(size_bytes) is int and size_bytes > 0 else 0
             with self._lock:
                 if self._stopping:
                     reason = "shutdown"
@@ -242,7 +243,8 @@ class BatchWriter:
                     # One wake-up per full batch; smaller batches wait for the interval tick.
                     if len(self._queue) % self._batch_max == 0:
                         self._work_cond.notify()
-                    self._ensure_thread()
+                    if self._thread is None or not self._thread.is_alive():
+                        self._ensure_thread()
                     return True
                 self._dropped[reason] += 1
                 self._not_enqueued += 1
@@ -631,15 +633,6 @@ def _reconcile(
             f"batch of {total}; counted {written} written, {drops} dropped, {len(retry)} retried"
         )
     return retry, written, drops, problem
-
-
-def _coerce_size(size_bytes: object) -> int:
-    # A bad size must not make submit() raise; 0 still leaves the record limit in force.
-    try:
-        size = int(size_bytes)  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError):
-        return 0
-    return size if size > 0 else 0
 
 
 def _check_count(name: str, value: object) -> None:

@@ -1,0 +1,1280 @@
+"""Fault injection: MongoDB refused, hanging, flapping or refusing writes; a full queue; process
+exit and fork; the tracker's own code raising. Every test checks that the app behaves exactly as
+without the tracker and that the counters account for every record.
+
+No MongoDB server is needed: mongomock, patched mongomock methods, a refused port and a local
+socket that accepts connections and never replies stand in for the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import tracemalloc
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+from unittest import mock
+
+import mongoengine
+import mongomock
+import pymongo
+import pytest
+from flask import Flask
+from pymongo.errors import AutoReconnect, BulkWriteError, CollectionInvalid, OperationFailure
+
+from flask_tracking import Tracking
+from flask_tracking.store import MongoSink
+
+from .conftest import FAST_WRITER, add_routes, stored
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MongoCollection = mongomock.collection.Collection
+ORIGINAL_INSERT_MANY = MongoCollection.insert_many
+#: serverSelectionTimeoutMS of the clients pointed at a dead server. Longer than the tracker's
+#: write timeout, so a wait bounded by the client rather than by the tracker shows up.
+SELECTION_TIMEOUT_MS = 3000
+# ---------------------------------------------------------------------------- helpers
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result or time.monotonic() >= deadline:
+            return result
+        time.sleep(0.005)
+
+
+class HangingServer:
+    """A TCP server that accepts every connection and never sends a byte."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self._connections: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="hanging-server", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self._connections.append(connection)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._listener.close()
+        for connection in self._connections:
+            connection.close()
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then closed): connections are refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def connected_alias(alias: str, port: int) -> Iterator[str]:
+    """A MongoEngine alias with a real pymongo client pointed at 127.0.0.1:port."""
+    mongoengine.connect(
+        "tracking_faults",
+        alias=alias,
+        host=f"mongodb://127.0.0.1:{port}/",
+        serverSelectionTimeoutMS=SELECTION_TIMEOUT_MS,
+        uuidRepresentation="standard",
+    )
+    try:
+        yield alias
+    finally:
+        mongoengine.disconnect(alias)
+
+
+@pytest.fixture
+def refused_alias() -> Iterator[str]:
+    with connected_alias("refused", closed_port()) as alias:
+        yield alias
+
+
+@pytest.fixture
+def hanging_alias() -> Iterator[str]:
+    server = HangingServer()
+    try:
+        with connected_alias("hanging", server.port) as alias:
+            yield alias
+    finally:
+        server.close()
+
+
+def untracked_app(**config: Any) -> Flask:
+    app = Flask("untracked")
+    app.config.update(TESTING=True)
+    app.config.update(config)
+    add_routes(app)
+    return app
+
+
+def writer_of(app: Flask) -> Any:
+    return app.extensions["tracking"]._apps[app].writer
+
+
+#: Requests whose responses are compared with an untracked app: (method, path, keyword args).
+REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("GET", "/hello?x=1", {}),
+    ("POST", "/echo", {"json": {"k": "v", "n": [1, 2, 3]}}),
+    ("POST", "/count", {"data": b"z" * 3000}),
+    ("GET", "/missing", {}),
+    ("GET", "/stream", {}),
+    ("GET", "/custom", {}),
+    ("GET", "/no-such-route", {}),
+]
+
+
+def fetch(client: Any, index: int) -> tuple[int, list[tuple[str, str]], bytes]:
+    method, path, kwargs = REQUESTS[index]
+    response = client.open(path, method=method, buffered=True, **kwargs)
+    return response.status_code, sorted(response.headers.items()), response.get_data()
+
+
+def expected_responses(testing: bool = True) -> list[tuple[int, list[tuple[str, str]], bytes]]:
+    client = untracked_app(TESTING=testing).test_client()
+    return [fetch(client, index) for index in range(len(REQUESTS))]
+
+
+def check_invariant(stats: dict[str, int]) -> None:
+    """The writer's documented invariant (BatchWriter docstring), once the writer is idle."""
+    dropped = sum(count for key, count in stats.items() if key.startswith("dropped_"))
+    if "not_enqueued" in stats:
+        expected = stats["written"] + stats["pending"] + dropped - stats["not_enqueued"]
+    else:  # older counters: refused records are the queue-full and after-shutdown ones
+        expected = (
+            stats["written"]
+            + stats["pending"]
+            + dropped
+            - stats["dropped_queue_full"]
+            - stats["dropped_hook_error"]
+            - stats["refused_after_shutdown"]
+        )
+    assert stats["enqueued"] == expected, stats
+
+
+def patch_insert_many(fake: Callable[..., Any]) -> Any:
+    """Replace mongomock's Collection.insert_many; ``fake(collection, documents, **kwargs)``."""
+
+    def insert_many(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        return fake(collection, documents, *args, **kwargs)
+
+    return mock.patch.object(MongoCollection, "insert_many", new=insert_many)
+
+
+# ---------------------------------------------------------------------------- database down
+
+
+def run_load(app: Flask, threads: int = 8, total: int = 2000) -> dict[str, Any]:
+    """Send ``total`` requests from ``threads`` threads; compare each with the untracked app."""
+    expected = expected_responses()
+    tracking = app.extensions["tracking"]
+    problems: list[str] = []
+    max_pending = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal max_pending
+        while not done.is_set():
+            max_pending = max(max_pending, tracking.stats(app)["pending"])
+            time.sleep(0.002)
+
+    def worker(number: int) -> None:
+        client = app.test_client()
+        for i in range(total // threads):
+            index = (number + i) % len(REQUESTS)
+            try:
+                got = fetch(client, index)
+            except Exception as error:  # an exception reached the client: the test fails
+                problems.append(f"{REQUESTS[index][1]}: {error!r}")
+                continue
+            if got != expected[index]:
+                problems.append(f"{REQUESTS[index][1]}: {got!r} != {expected[index]!r}")
+
+    sampler = threading.Thread(target=sample)
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    sampler.start()
+    started = time.perf_counter()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    stats = tracking.stats(app)
+    max_pending = max(max_pending, stats["pending"])
+    return {"elapsed": elapsed, "problems": problems, "stats": stats, "max_pending": max_pending}
+
+
+@pytest.mark.parametrize("database", ["refused", "hanging"])
+def test_2000_requests_with_the_database_down_behave_as_untracked(
+    mongo: Any, database: str, request: pytest.FixtureRequest
+) -> None:
+    alias = request.getfixturevalue(f"{database}_alias")
+    app = Flask(f"down_{database}")
+    app.config.update(
+        TESTING=True,
+        TRACKING_DB_ALIAS=alias,
+        TRACKING_QUEUE_MAX_RECORDS=300,
+        TRACKING_BATCH_MAX_RECORDS=100,
+        TRACKING_WRITE_TIMEOUT_SECONDS=0.5,
+        **FAST_WRITER,
+    )
+    add_routes(app)
+    tracking = Tracking(app)
+    try:
+        result = run_load(app)
+        stats = result["stats"]
+        print(
+            f"\n2000 requests, 8 threads, database {database}: {result['elapsed']:.2f} s; {stats}"
+        )
+        assert result["problems"] == [], result["problems"][:5]
+        assert result["elapsed"] < 10.0, f"2000 requests took {result['elapsed']:.2f} s"
+        assert stats["capture_errors"] == 0
+        assert stats["written"] == 0
+        assert result["max_pending"] <= 300, result["max_pending"]
+        # Memory is bounded by the queue: exactly the overflow was refused and counted.
+        assert stats["enqueued"] + stats["dropped_queue_full"] == 2000, stats
+        # Nothing leaves the queue while the database is down (retries keep records pending).
+        assert stats["enqueued"] == stats["pending"] == 300, stats
+        assert stats.get("dropped_unaccounted", 0) == 0, stats
+        assert stats["dropped_write_error"] == stats["dropped_encode_error"] == 0
+        check_invariant(stats)
+    finally:
+        writer_of(app).shutdown(1.0)
+    stats = tracking.stats(app)
+    assert stats["pending"] == 0
+    check_invariant(stats)
+
+
+@pytest.mark.parametrize("database", ["refused", "hanging"])
+def test_one_insert_attempt_waits_at_most_the_write_timeout(
+    database: str, request: pytest.FixtureRequest
+) -> None:
+    alias = request.getfixturevalue(f"{database}_alias")
+    sink = MongoSink(
+        lambda: mongoengine.get_db(alias),
+        capped_size_bytes=1024 * 1024,
+        capped_max_documents=1000,
+        max_record_bytes=2 * 1024 * 1024,
+        write_timeout_seconds=0.5,
+    )
+    durations: list[float] = []
+    outcomes: list[Any] = []
+    stop = threading.Event()
+
+    def attempts() -> None:
+        for i in range(2):  # the first attempt also sets the collection up
+            if stop.is_set():
+                return
+            started = time.perf_counter()
+            outcomes.append(sink([{"_id": i, "path": "/x"}]))
+            durations.append(time.perf_counter() - started)
+
+    worker = threading.Thread(target=attempts, daemon=True)
+    worker.start()
+    try:
+        worker.join(2.5)
+        print(f"\ninsert attempts against the {database} server: {durations}")
+        assert len(durations) == 2, f"attempts still waiting after 2.5 s: {durations}"
+        assert all(0.3 <= duration <= 2.0 for duration in durations), durations
+        assert all(outcome.retry and not outcome.written for outcome in outcomes), outcomes
+    finally:
+        stop.set()
+        worker.join(SELECTION_TIMEOUT_MS / 1000 + 1)  # no thread outlives the test
+
+
+def test_insert_under_the_write_timeout_returns_promptly_from_a_hanging_server(
+    hanging_alias: str,
+) -> None:
+    """The bound the sink relies on: pymongo.timeout() cuts a hanging insert short."""
+    collection = mongoengine.get_db(hanging_alias)["tracking"]
+    started = time.perf_counter()
+    with pytest.raises(AutoReconnect), pymongo.timeout(0.5):
+        collection.insert_many([{"n": 1}], ordered=False)
+    elapsed = time.perf_counter() - started
+    print(f"\ninsert_many under pymongo.timeout(0.5) against a hanging server: {elapsed:.2f} s")
+    assert 0.4 <= elapsed <= 2.0
+
+
+# ---------------------------------------------------------------------------- outages
+
+
+class FlakyInsert:
+    """insert_many that fails while ``down`` (or for the first ``failures`` calls)."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.down = False
+        self.attempts: list[tuple[float, bool, list[Any]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        documents = list(documents)
+        with self.lock:
+            failing = self.down or len(self.attempts) < self.failures
+            self.attempts.append((time.monotonic(), not failing, [d["_id"] for d in documents]))
+        if failing:
+            raise AutoReconnect("connection refused (simulated)")
+        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
+
+
+def test_records_are_written_within_the_backoff_bound_after_an_outage(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    app = make_app(
+        TRACKING_RETRY_INITIAL_BACKOFF_SECONDS=0.05, TRACKING_RETRY_MAX_BACKOFF_SECONDS=0.2
+    )
+    insert = FlakyInsert(failures=4)
+    with patch_insert_many(insert):
+        client = app.test_client()
+        for i in range(10):
+            client.get(f"/hello?i={i}")
+        tracking = app.extensions["tracking"]
+        assert wait_for(lambda: tracking.stats(app)["written"] == 10, timeout=5), tracking.stats(
+            app
+        )
+    times = [when for when, _, _ in insert.attempts]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    last_failure = max(when for when, ok, _ in insert.attempts if not ok)
+    first_success = min(when for when, ok, _ in insert.attempts if ok)
+    assert first_success - last_failure <= 0.2 + 0.15, gaps  # at most one max backoff later
+    assert all(gap >= 0.04 for gap in gaps[:4]), gaps  # never faster than the backoff
+    docs = stored(app, mongo)
+    assert sorted(doc["query_params"] for doc in docs) == sorted(f"i={i}" for i in range(10))
+    stats = tracking.stats(app)
+    assert stats["written"] == 10
+    assert all(v == 0 for k, v in stats.items() if k.startswith("dropped_")), stats
+
+
+def test_the_writer_does_not_busy_loop_while_the_database_is_down(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    app = make_app(
+        TRACKING_RETRY_INITIAL_BACKOFF_SECONDS=0.05, TRACKING_RETRY_MAX_BACKOFF_SECONDS=0.2
+    )
+    tracking = app.extensions["tracking"]
+    insert = FlakyInsert()
+    insert.down = True
+    period = 1.2
+    with patch_insert_many(insert):
+        client = app.test_client()
+        deadline = time.monotonic() + period
+        sent = 0
+        while time.monotonic() < deadline:  # steady traffic during the outage
+            client.get(f"/hello?n={sent}")
+            sent += 1
+            time.sleep(0.005)
+        attempts_while_down = len(insert.attempts)
+        insert.down = False
+        assert wait_for(lambda: tracking.stats(app)["written"] == sent, timeout=3), tracking.stats(
+            app
+        )
+    # 0.05 + 0.1 + 0.2 + 0.2 + ...: about period / max backoff, plus the doubling steps.
+    bound = period / 0.2 + 3 + 2
+    assert 3 <= attempts_while_down <= bound, f"{attempts_while_down} attempts in {period} s"
+    stats = tracking.stats(app)
+    assert stats["enqueued"] == stats["written"] == sent
+    assert all(v == 0 for k, v in stats.items() if k.startswith("dropped_")), stats
+
+
+def test_retrying_a_partly_written_batch_creates_no_duplicates(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    app = make_app(TRACKING_FLUSH_INTERVAL_SECONDS=60)
+    tracking = app.extensions["tracking"]
+    calls: list[list[Any]] = []
+
+    def half_then_fail(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        documents = list(documents)
+        calls.append([doc["_id"] for doc in documents])
+        if len(calls) == 1:  # the connection drops after the server stored the first half
+            ORIGINAL_INSERT_MANY(collection, documents[:3], *args, **kwargs)
+            raise AutoReconnect("connection reset by peer (simulated)")
+        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
+
+    with patch_insert_many(half_then_fail):
+        client = app.test_client()
+        for i in range(6):
+            client.get(f"/hello?i={i}")
+        assert tracking.flush(3)
+    docs = stored(app, mongo)
+    assert len(calls) == 2
+    assert calls[1] == calls[0]  # the same documents, with the same _ids, were retried
+    assert sorted(doc["_id"] for doc in docs) == sorted(calls[0])  # each stored exactly once
+    assert sorted(doc["query_params"] for doc in docs) == [f"i={i}" for i in range(6)]
+    stats = tracking.stats(app)
+    assert stats["written"] == 6  # the duplicate-key errors of the retry count as written
+    assert all(v == 0 for k, v in stats.items() if k.startswith("dropped_")), stats
+
+
+def unauthorized(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+    raise OperationFailure("not authorized on tracking to execute command insert", code=13)
+
+
+def validation_failure(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+    documents = list(documents)
+    others = [doc for index, doc in enumerate(documents) if index != 1]
+    ORIGINAL_INSERT_MANY(collection, others, *args, **kwargs)
+    raise BulkWriteError(
+        {
+            "writeErrors": [
+                {"index": 1, "code": 121, "errmsg": "Document failed validation", "op": {}}
+            ],
+            "writeConcernErrors": [],
+            "nInserted": len(others),
+            "nUpserted": 0,
+            "nMatched": 0,
+            "nModified": 0,
+            "nRemoved": 0,
+            "upserted": [],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("fault", "written", "dropped"),
+    [(unauthorized, 0, 3), (validation_failure, 2, 1)],
+    ids=["unauthorized", "bulk-validation-error"],
+)
+def test_a_non_network_error_drops_that_batch_and_the_next_batch_is_written(
+    make_app: Callable[..., Flask],
+    mongo: Any,
+    caplog: pytest.LogCaptureFixture,
+    fault: Callable[..., Any],
+    written: int,
+    dropped: int,
+) -> None:
+    app = make_app(TRACKING_FLUSH_INTERVAL_SECONDS=60)
+    tracking = app.extensions["tracking"]
+    client = app.test_client()
+    calls = []
+
+    def first_call_fails(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            return fault(collection, documents, *args, **kwargs)
+        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
+
+    with patch_insert_many(first_call_fails):
+        for i in range(3):
+            client.get(f"/hello?first={i}")
+        assert tracking.flush(3)
+        stats = tracking.stats(app)
+        assert (stats["written"], stats["dropped_db_error"]) == (written, dropped), stats
+        for i in range(2):
+            client.get(f"/hello?next={i}")
+        docs = stored(app, mongo)
+    assert len(calls) == 2  # dropped, not retried
+    assert [d["query_params"] for d in docs if d["query_params"].startswith("next")] == [
+        "next=0",
+        "next=1",
+    ]
+    assert len(docs) == written + 2
+    stats = tracking.stats(app)
+    assert stats["written"] == written + 2
+    assert stats["dropped_db_error"] == dropped
+    assert stats.get("dropped_unaccounted", 0) == 0
+    check_invariant(stats)
+    if fault is unauthorized:
+        assert "OperationFailure" in caplog.text
+
+
+# ---------------------------------------------------------------------------- queue full
+
+
+def test_a_full_queue_never_blocks_counts_exactly_the_overflow_and_stays_flat(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    app = make_app(TRACKING_QUEUE_MAX_RECORDS=100, TRACKING_BATCH_MAX_RECORDS=10)
+    tracking = app.extensions["tracking"]
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def blocked(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        gate.wait(10)
+        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
+
+    client = app.test_client()
+    with patch_insert_many(blocked):
+        try:
+            client.get("/hello")
+            assert entered.wait(3), "the writer never started writing"
+            slowest = 0.0
+            started = time.perf_counter()
+            for _ in range(499):
+                one = time.perf_counter()
+                assert client.get("/hello").data == b"Hello"
+                slowest = max(slowest, time.perf_counter() - one)
+            elapsed = time.perf_counter() - started
+            stats = tracking.stats(app)
+            assert stats["enqueued"] == stats["pending"] == 100
+            assert stats["dropped_queue_full"] == 400  # exactly the overflow
+            assert elapsed < 5.0 and slowest < 0.5, (elapsed, slowest)
+
+            for _ in range(50):  # warm up caches before measuring
+                client.get("/hello")
+            tracemalloc.start()
+            try:
+                before, _ = tracemalloc.get_traced_memory()
+                for _ in range(400):
+                    client.get("/hello")
+                after, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            # One retained record weighs kilobytes: 400 of them would be far above this.
+            assert after - before < 100 * 1024, f"grew by {after - before} bytes"
+            stats = tracking.stats(app)
+            assert stats["dropped_queue_full"] == 400 + 450
+            assert stats["pending"] == 100
+        finally:
+            gate.set()
+        assert tracking.flush(5)
+    stats = tracking.stats(app)
+    assert stats["written"] == 100
+    assert stats["enqueued"] + stats["dropped_queue_full"] == 1 + 499 + 50 + 400
+    check_invariant(stats)
+    assert len(stored(app, mongo)) == 100
+
+
+# ---------------------------------------------------------------------------- insert-only
+
+FORBIDDEN_COLLECTION_METHODS = (
+    "update_one",
+    "update_many",
+    "replace_one",
+    "find_one_and_update",
+    "find_one_and_replace",
+    "find_one_and_delete",
+    "bulk_write",
+    "delete_one",
+    "delete_many",
+    "insert_one",
+    "drop",
+    "rename",
+)
+FORBIDDEN_DATABASE_METHODS = ("command", "drop_collection")
+
+
+def test_writes_are_insert_only_through_retries_and_errors(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    forbidden: list[str] = []
+    inserts: list[int] = []
+
+    def spy(owner: type, name: str) -> Any:
+        original = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            forbidden.append(f"{owner.__name__}.{name}")
+            return original(*args, **kwargs)
+
+        return mock.patch.object(owner, name, new=wrapper)
+
+    faults: list[Exception | None] = [
+        AutoReconnect("down"),
+        OperationFailure("not authorized", code=13),
+        AutoReconnect("down again"),
+    ]
+
+    def insert(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        inserts.append(len(inserts))
+        fault = faults.pop(0) if faults else None
+        if fault is not None:
+            raise fault
+        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
+
+    app = make_app(TRACKING_FLUSH_INTERVAL_SECONDS=60)
+    tracking = app.extensions["tracking"]
+    with contextlib.ExitStack() as stack:
+        for name in FORBIDDEN_COLLECTION_METHODS:
+            stack.enter_context(spy(MongoCollection, name))
+        for name in FORBIDDEN_DATABASE_METHODS:
+            stack.enter_context(spy(mongomock.database.Database, name))
+        stack.enter_context(patch_insert_many(insert))
+        client = app.test_client()
+        for round_number in range(5):
+            for i in range(3):
+                client.get(f"/hello?r={round_number}&i={i}")
+            tracking.flush(2)
+        client.get("/missing", buffered=True)
+        tracking.flush(2)
+    assert forbidden == []
+    assert len(inserts) >= 6
+    stats = tracking.stats(app)
+    assert stats["written"] >= 1
+    check_invariant(stats)
+
+
+# ---------------------------------------------------------------------------- process exit
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import atexit, json, socket, sys, time
+    import mongoengine, mongomock
+    from flask import Flask
+    from flask_tracking import Tracking
+
+    mode, count, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    if mode == "up":
+        mongoengine.connect("exit_db", alias="default", mongo_client_class=mongomock.MongoClient,
+                            uuidRepresentation="standard")
+        original = mongomock.collection.Collection.insert_many
+
+        def insert_many(self, documents, *args, **kwargs):
+            documents = list(documents)
+            result = original(self, documents, *args, **kwargs)
+            with open(out_path, "a") as out:
+                for document in documents:
+                    out.write(document["query_params"] + "\\n")
+            return result
+
+        mongomock.collection.Collection.insert_many = insert_many
+    else:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        mongoengine.connect("exit_db", alias="default", host=f"mongodb://127.0.0.1:{port}/",
+                            serverSelectionTimeoutMS=30000, uuidRepresentation="standard")
+
+    app = Flask("exiting")
+    app.config.update(TESTING=True, TRACKING_FLUSH_INTERVAL_SECONDS=60,
+                      TRACKING_SHUTDOWN_TIMEOUT_SECONDS=1.0)
+
+    @app.get("/hello")
+    def hello():
+        return "Hello"
+
+    # atexit runs hooks last-in first-out: these two bracket the tracker's own exit hook.
+    marks = {}
+    atexit.register(lambda: print("TRACKER_EXIT_SECONDS", time.perf_counter() - marks["start"],
+                                  file=sys.stderr, flush=True))
+    tracking = Tracking(app)
+    atexit.register(lambda: marks.setdefault("start", time.perf_counter()))
+    client = app.test_client()
+    for i in range(count):
+        client.get(f"/hello?i={i}")
+    print(json.dumps(tracking.stats(app)), flush=True)
+    """
+)
+
+
+def run_exit_script(
+    mode: str, count: int, out_path: Path
+) -> tuple[dict[str, int], float, float, str]:
+    """Run EXIT_SCRIPT; return its stats, the seconds from its last print to its exit, the
+    seconds the tracker's atexit hook took, and its stderr."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    process = subprocess.Popen(
+        [sys.executable, "-c", EXIT_SCRIPT, mode, str(count), str(out_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO_ROOT,
+        env=env,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        line = process.stdout.readline()
+        printed = time.perf_counter()
+        process.wait(30)
+        exited = time.perf_counter()
+        stderr = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+        if process.stderr is not None:
+            process.stderr.close()
+    assert process.returncode == 0, stderr
+    assert line, stderr
+    [hook] = [float(x.split()[1]) for x in stderr.splitlines() if x.startswith("TRACKER_EXIT")]
+    return json.loads(line), exited - printed, hook, stderr
+
+
+def test_pending_records_are_written_at_interpreter_exit(tmp_path: Path) -> None:
+    out_path = tmp_path / "written.txt"
+    stats, _, _, stderr = run_exit_script("up", 25, out_path)
+    assert stats["enqueued"] == stats["pending"] == 25 and stats["written"] == 0
+    written = out_path.read_text().split()
+    assert sorted(written) == sorted(f"i={i}" for i in range(25)), stderr
+    assert "Traceback" not in stderr
+
+
+def test_exit_with_the_database_down_waits_at_most_the_shutdown_timeout(tmp_path: Path) -> None:
+    _, baseline, baseline_hook, _ = run_exit_script("down", 0, tmp_path / "none.txt")
+    stats, delay, hook, stderr = run_exit_script("down", 20, tmp_path / "none.txt")
+    print(
+        f"\nexit with the database down, TRACKING_SHUTDOWN_TIMEOUT_SECONDS=1: tracker exit hook "
+        f"{hook:.2f} s, print-to-exit {delay:.2f} s; no records: {baseline_hook:.2f} s, "
+        f"{baseline:.2f} s"
+    )
+    assert stats["pending"] == 20
+    assert "20 record(s) still pending" in stderr
+    assert baseline_hook < 0.2
+    assert 0.9 <= hook < 1.0 + 0.3, hook  # the tracker waits its shutdown timeout, no longer
+    # pymongo's own atexit hook joins each of its monitor threads for up to 1 s; while an
+    # abandoned insert is still selecting a server that can take longer than with no records.
+    assert delay < baseline + 1.0 + 2.0, (delay, baseline)
+    assert "Traceback" not in stderr
+
+
+# ---------------------------------------------------------------------------- fork
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_has_its_own_queue_thread_and_client(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    app = make_app(TRACKING_FLUSH_INTERVAL_SECONDS=60)
+    tracking = app.extensions["tracking"]
+    inserted: list[tuple[int, list[str]]] = []
+    resolved: list[int] = []
+    real_get_db = mongoengine.connection.get_db
+
+    def insert(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        documents = list(documents)
+        inserted.append((os.getpid(), [doc["query_params"] for doc in documents]))
+        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
+
+    def get_db(*args: Any, **kwargs: Any) -> Any:
+        resolved.append(os.getpid())
+        return real_get_db(*args, **kwargs)
+
+    client = app.test_client()
+    with patch_insert_many(insert), mock.patch.object(mongoengine.connection, "get_db", get_db):
+        client.get("/hello?parent=0")
+        assert tracking.flush(3)  # the parent's client and collection are set up
+        for i in range(1, 4):
+            client.get(f"/hello?parent={i}")
+        assert tracking.stats(app)["pending"] == 3  # waiting for the (long) flush interval
+
+        parent_pid = os.getpid()
+        read_fd, write_fd = os.pipe()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about forking a process that has threads: that is the point.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # child: report through the pipe, never return into pytest
+            code = 1
+            try:
+                os.close(read_fd)
+                report: dict[str, Any] = {"before": tracking.stats(app)}
+                report["status"] = client.get("/hello?child=1").status_code
+                report["flushed"] = tracking.flush(3)
+                report["after"] = tracking.stats(app)
+                report["mine"] = [docs for p, docs in inserted if p == os.getpid()]
+                report["resolved_in_child"] = resolved.count(os.getpid())
+                report["writers"] = [
+                    t.name for t in threading.enumerate() if t.name.startswith("flask-tracking")
+                ]
+                os.write(write_fd, json.dumps(report).encode())
+                code = 0
+            finally:
+                os._exit(code)
+
+        os.close(write_fd)
+        chunks = []
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([read_fd], [], [], 0.2)
+                if ready:
+                    chunk = os.read(read_fd, 65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        finally:
+            os.close(read_fd)
+            _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        report = json.loads(b"".join(chunks))
+
+        assert all(value == 0 for value in report["before"].values()), report["before"]
+        assert report["status"] == 200
+        assert report["flushed"] is True
+        assert report["mine"] == [["child=1"]]  # none of the parent's records
+        assert report["after"]["enqueued"] == report["after"]["written"] == 1
+        assert report["resolved_in_child"] == 1  # the sink resolved the database again
+        # Threads do not survive a fork: this one was started by the child's first record.
+        assert report["writers"] == [f"flask-tracking-writer[{app.name}]"]
+
+        assert tracking.flush(3)
+        parents = [q for p, docs in inserted if p == parent_pid for q in docs]
+    assert sorted(parents) == [f"parent={i}" for i in range(4)]  # each exactly once overall
+    assert [doc["query_params"] for doc in stored(app, mongo)] == [f"parent={i}" for i in range(4)]
+    assert tracking.stats(app)["written"] == 4
+
+
+RAW_FORK_SCRIPT = textwrap.dedent(
+    """
+    import ctypes, json, os, threading
+    import mongoengine, mongomock
+    from flask import Flask
+    from flask_tracking import Tracking
+
+    mongoengine.connect("fork_db", alias="default", mongo_client_class=mongomock.MongoClient,
+                        uuidRepresentation="standard")
+    original_insert = mongomock.collection.Collection.insert_many
+    original_get_db = mongoengine.connection.get_db
+    inserted, resolved = [], []
+
+    def insert_many(self, documents, *args, **kwargs):
+        documents = list(documents)
+        inserted.append((os.getpid(), [doc["query_params"] for doc in documents]))
+        return original_insert(self, documents, *args, **kwargs)
+
+    def get_db(*args, **kwargs):
+        resolved.append(os.getpid())
+        return original_get_db(*args, **kwargs)
+
+    mongomock.collection.Collection.insert_many = insert_many
+    mongoengine.connection.get_db = get_db
+
+    app = Flask("forked")
+    app.config.update(TESTING=True, TRACKING_FLUSH_INTERVAL_SECONDS=60)
+
+    @app.get("/hello")
+    def hello():
+        return "Hello"
+
+    tracking = Tracking(app)
+    client = app.test_client()
+    client.get("/hello?parent=0")
+    assert tracking.flush(3)
+    for i in range(1, 4):
+        client.get(f"/hello?parent={i}")
+    pending_before_fork = tracking.stats(app)["pending"]
+
+    read_fd, write_fd = os.pipe()
+    pid = ctypes.PyDLL(None).fork()  # straight from libc: Python's at-fork hooks do not run
+    if pid == 0:
+        code = 1
+        try:
+            report = {"before": tracking.stats(app)}
+            report["status"] = client.get("/hello?child=1").status_code
+            report["flushed"] = tracking.flush(3)
+            report["after"] = tracking.stats(app)
+            report["mine"] = [docs for p, docs in inserted if p == os.getpid()]
+            report["resolved_in_child"] = resolved.count(os.getpid())
+            os.write(write_fd, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    assert tracking.flush(3)
+    print(json.dumps({
+        "child_exit": status,
+        "child": json.loads(b"".join(chunks)),
+        "pending_before_fork": pending_before_fork,
+        "parent_inserts": [q for p, docs in inserted if p == os.getpid() for q in docs],
+        "parent_stats": tracking.stats(app),
+    }))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="calls libc fork() directly")
+def test_fork_that_skips_the_at_fork_hooks_is_caught_by_the_pid_check() -> None:
+    """As a fork made from C (uWSGI without --py-call-osafterfork). Run in a fresh process:
+    a raw fork of pytest's own many-threaded process could copy a lock some thread holds."""
+    result = subprocess.run(
+        [sys.executable, "-c", RAW_FORK_SCRIPT],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["child_exit"] == 0
+    assert report["pending_before_fork"] == 3
+    child = report["child"]
+    assert all(value == 0 for value in child["before"].values()), child["before"]
+    assert child["status"] == 200 and child["flushed"] is True
+    assert child["mine"] == [["child=1"]]  # none of the parent's pending records
+    assert child["after"]["enqueued"] == child["after"]["written"] == 1
+    assert child["resolved_in_child"] == 1  # the sink resolved the database again
+    assert sorted(report["parent_inserts"]) == [f"parent={i}" for i in range(4)]
+    assert report["parent_stats"]["written"] == 4
+
+
+def test_pid_change_without_fork_hooks_resets_queue_thread_and_client(
+    make_app: Callable[..., Flask], mongo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork the at-fork hooks missed, simulated by a new os.getpid() in this process."""
+    app = make_app(TRACKING_BATCH_MAX_RECORDS=1)
+    tracking = app.extensions["tracking"]
+    gate = threading.Event()
+    written: list[str] = []
+    calls: list[int] = []
+    resolved: list[int] = []
+    real_get_db = mongoengine.connection.get_db
+
+    def insert(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        documents = list(documents)
+        calls.append(os.getpid())
+        if len(calls) == 1:
+            gate.wait(5)  # the "parent's" first batch stays in flight
+        written.extend(doc["query_params"] for doc in documents)
+        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
+
+    def get_db(*args: Any, **kwargs: Any) -> Any:
+        resolved.append(os.getpid())
+        return real_get_db(*args, **kwargs)
+
+    client = app.test_client()
+    with patch_insert_many(insert), mock.patch.object(mongoengine.connection, "get_db", get_db):
+        try:
+            client.get("/hello?p=a")
+            assert wait_for(lambda: resolved)  # the writer took record a
+            client.get("/hello?p=b")
+            client.get("/hello?p=c")
+            assert tracking.stats(app)["pending"] == 3
+            old_writers = {t for t in threading.enumerate() if t.name.startswith("flask-tr")}
+
+            child_pid = os.getpid() + 100_000
+            monkeypatch.setattr(os, "getpid", lambda: child_pid)
+            stats = tracking.stats(app)
+            assert stats["pending"] == 0 and stats["enqueued"] == 0, stats
+            client.get("/hello?p=d")
+            assert tracking.flush(3)
+            assert written == ["p=d"]  # b and c were the "parent's": never written here
+            assert resolved.count(child_pid) == 1  # a new client in the "child"
+            new_writers = {t for t in threading.enumerate() if t.name.startswith("flask-tr")}
+            assert new_writers - old_writers, "no new writer thread"
+        finally:
+            gate.set()
+        old = [t for t in old_writers if t.name == f"flask-tracking-writer[{app.name}]"]
+        for thread in old:
+            thread.join(2)
+            assert not thread.is_alive()  # the parent's worker noticed and exited
+    assert sorted(written) == ["p=a", "p=d"]  # a by the stale worker; b, c never
+    stats = tracking.stats(app)
+    assert stats["written"] == 1  # the stale worker's late outcome is not counted here
+    check_invariant(stats)
+
+
+# ---------------------------------------------------------------------------- tracker bugs
+
+HOOK_FAULTS = [
+    # (what to patch, capture_errors per request, enqueued per request, encode errors)
+    ("flask_tracking.capture.TrackingMiddleware._start", 1, 0, 0),
+    ("flask_tracking.extension.tee_response_body", 1, 1, 0),
+    ("flask_tracking.extension.snapshot_request", 1, 1, 0),
+    ("flask_tracking.writer.BatchWriter.submit", 1, 0, 0),
+    ("flask_tracking.store.to_document", 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("testing", [True, False], ids=["testing", "production"])
+@pytest.mark.parametrize(
+    ("target", "errors", "enqueued", "encode_errors"),
+    HOOK_FAULTS,
+    ids=[fault[0].rsplit(".", 1)[-1] for fault in HOOK_FAULTS],
+)
+def test_the_trackers_own_errors_never_change_the_response(
+    make_app: Callable[..., Flask],
+    mongo: Any,
+    target: str,
+    errors: int,
+    enqueued: int,
+    encode_errors: int,
+    testing: bool,
+) -> None:
+    app = make_app(testing=testing)
+    tracking = app.extensions["tracking"]
+    expected = expected_responses(testing)
+    client = app.test_client()
+    with mock.patch(target, side_effect=RuntimeError("tracker bug")) as broken:
+        for index in range(len(REQUESTS)):
+            before = tracking.stats(app)
+            assert fetch(client, index) == expected[index], REQUESTS[index][1]
+            assert tracking.flush(3)
+            after = tracking.stats(app)
+            path = REQUESTS[index][1]
+            assert after["capture_errors"] - before["capture_errors"] == errors, path
+            assert after["enqueued"] - before["enqueued"] == enqueued, path
+            assert after["dropped_encode_error"] - before["dropped_encode_error"] == encode_errors
+        assert broken.called
+    stats = tracking.stats(app)
+    assert stats["written"] == (enqueued - encode_errors) * len(REQUESTS)
+    assert stats.get("dropped_unaccounted", 0) == 0
+    check_invariant(stats)
+
+
+class BrokenBuffer:
+    """A body buffer whose every copy fails, as a MemoryError would."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iadd__(self, other: Any) -> BrokenBuffer:
+        raise RuntimeError("tracker bug")
+
+
+@pytest.mark.parametrize("testing", [True, False], ids=["testing", "production"])
+def test_a_failing_body_tee_never_breaks_the_request_or_the_response(
+    make_app: Callable[..., Flask], mongo: Any, testing: bool
+) -> None:
+    app = make_app(testing=testing)
+    tracking = app.extensions["tracking"]
+    expected = expected_responses(testing)
+    client = app.test_client()
+    problems = []
+    with mock.patch("flask_tracking.capture.bytearray", BrokenBuffer, create=True):
+        for index in range(len(REQUESTS)):
+            before = tracking.stats(app)
+            path = REQUESTS[index][1]
+            try:
+                got = fetch(client, index)
+            except Exception as error:
+                problems.append(f"{path}: {error!r} reached the client")
+                continue
+            if got != expected[index]:
+                problems.append(f"{path}: {got!r} != {expected[index]!r}")
+            assert tracking.flush(3)
+            after = tracking.stats(app)
+            if after["capture_errors"] == before["capture_errors"]:
+                problems.append(f"{path}: the failure was not counted")
+            if after["enqueued"] - before["enqueued"] != 1:
+                problems.append(f"{path}: not recorded")
+    assert problems == []
+
+
+def test_a_failing_snapshot_is_counted_once_when_the_view_raises(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    app = make_app(testing=False)
+    tracking = app.extensions["tracking"]
+    reference = untracked_app(TESTING=False).test_client().get("/boom", buffered=True)
+    with mock.patch(
+        "flask_tracking.extension.snapshot_request", side_effect=RuntimeError("tracker bug")
+    ):
+        response = app.test_client().get("/boom", buffered=True)
+        assert tracking.flush(3)
+    assert (response.status_code, response.data) == (reference.status_code, reference.data)
+    stats = tracking.stats(app)
+    assert stats["enqueued"] == 1
+    assert stats["capture_errors"] == 1
+
+
+# ---------------------------------------------------------------------------- capped collection
+
+
+class FakeCollection:
+    """A mongomock collection that answers options() like a server."""
+
+    def __init__(self, database: FakeDatabase, name: str) -> None:
+        self._database = database
+        self._inner = database.inner[name]
+        self.name = name
+
+    def options(self) -> dict[str, Any]:
+        return dict(self._database.options)
+
+    def insert_many(self, documents: Any, **kwargs: Any) -> Any:
+        return self._inner.insert_many(documents, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        self._database.other_calls.append(name)
+        return getattr(self._inner, name)
+
+
+class FakeDatabase:
+    """create_collection creates once and then raises CollectionInvalid, like a server."""
+
+    def __init__(self, exists_with: dict[str, Any] | None, parties: int = 1) -> None:
+        self.inner = mongomock.MongoClient()["fake"]
+        self.options: dict[str, Any] = dict(exists_with or {})
+        self.exists = exists_with is not None
+        self.create_calls: list[dict[str, Any]] = []
+        self.created = 0
+        self.other_calls: list[str] = []
+        self._lock = threading.Lock()
+        self._barrier = threading.Barrier(parties)
+
+    def create_collection(self, name: str, **kwargs: Any) -> FakeCollection:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            self._barrier.wait(5)  # every worker arrives here together
+        with self._lock:
+            self.create_calls.append(kwargs)
+            if self.exists:
+                raise CollectionInvalid(f"collection {name} already exists")
+            self.exists = True
+            self.created += 1
+            self.options = {"capped": True, "size": kwargs["size"], "max": kwargs["max"]}
+        return FakeCollection(self, name)
+
+    def __getitem__(self, name: str) -> FakeCollection:
+        return FakeCollection(self, name)
+
+    def __getattr__(self, name: str) -> Any:
+        self.other_calls.append(name)
+        raise AssertionError(f"unexpected database call: {name}")
+
+
+class FakeClient:
+    database: FakeDatabase
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __getitem__(self, name: str) -> FakeDatabase:
+        return self.database
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def fake_alias(database: FakeDatabase) -> Iterator[str]:
+    client_class = type("BoundFakeClient", (FakeClient,), {"database": database})
+    alias = f"fake_{id(database)}"
+    mongoengine.connect(
+        "fake", alias=alias, mongo_client_class=client_class, uuidRepresentation="standard"
+    )
+    try:
+        yield alias
+    finally:
+        mongoengine.disconnect(alias)
+
+
+def tracked_app(name: str, alias: str, **config: Any) -> Flask:
+    app = Flask(name)
+    app.config.update(TESTING=True, TRACKING_DB_ALIAS=alias, **FAST_WRITER)
+    app.config.update(config)
+    add_routes(app)
+    Tracking(app)
+    return app
+
+
+def tracking_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "flask_tracking" and record.levelno >= logging.WARNING
+    ]
+
+
+def test_missing_collection_is_created_capped_once_when_4_workers_start_together(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flask_tracking")
+    database = FakeDatabase(exists_with=None, parties=4)
+    with fake_alias(database) as alias:
+        apps = [tracked_app(f"worker{n}", alias, TRACKING_TABLE_SIZE=1_048_576) for n in range(4)]
+        try:
+            workers = [
+                threading.Thread(target=lambda a=app: a.test_client().get("/hello")) for app in apps
+            ]
+            for thread in workers:
+                thread.start()
+            for thread in workers:
+                thread.join()
+            for app in apps:
+                assert app.extensions["tracking"].flush(8)
+                assert app.extensions["tracking"].stats(app)["written"] == 1
+        finally:
+            for app in apps:
+                writer_of(app).shutdown(1.0)
+    assert database.created == 1
+    assert len(database.create_calls) == 4  # the three losers accepted the existing one
+    assert database.create_calls[0] == {"capped": True, "size": 1_048_576, "max": 1_000_000}
+    assert database.inner["tracking"].count_documents({}) == 4
+    assert tracking_warnings(caplog) == []
+
+
+def test_capped_collection_with_other_options_is_used_as_is_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flask_tracking")
+    database = FakeDatabase(exists_with={"capped": True, "size": 5_000_192, "max": 7})
+    with fake_alias(database) as alias:
+        app = tracked_app("other_options", alias)
+        try:
+            client = app.test_client()
+            for i in range(3):
+                client.get(f"/hello?i={i}")
+                assert app.extensions["tracking"].flush(3)
+        finally:
+            writer_of(app).shutdown(1.0)
+    assert database.options == {"capped": True, "size": 5_000_192, "max": 7}  # untouched
+    assert database.inner["tracking"].count_documents({}) == 3
+    assert database.created == 0
+    assert database.other_calls == []
+    [message] = tracking_warnings(caplog)
+    assert "capped with size=5000192 max=7" in message
+
+
+def test_uncapped_collection_is_never_converted_and_warns_about_convert_to_capped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flask_tracking")
+    database = FakeDatabase(exists_with={})
+    with fake_alias(database) as alias:
+        app = tracked_app("uncapped", alias)
+        try:
+            client = app.test_client()
+            for i in range(3):
+                client.get(f"/hello?i={i}")
+                assert app.extensions["tracking"].flush(3)
+        finally:
+            writer_of(app).shutdown(1.0)
+    assert database.options == {}  # never converted
+    assert database.other_calls == []  # no command(), drop or rename
+    assert database.inner["tracking"].count_documents({}) == 3
+    [message] = tracking_warnings(caplog)
+    assert "not capped" in message and "convertToCapped" in message
+
+
+def test_server_without_capped_support_gets_a_plain_collection_and_one_warning(
+    make_app: Callable[..., Flask], mongo: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flask_tracking")
+    app = make_app()
+    client = app.test_client()
+    for i in range(3):
+        client.get(f"/hello?i={i}")
+        assert app.extensions["tracking"].flush(3)
+    assert len(stored(app, mongo)) == 3
+    assert "tracking" in mongo.list_collection_names()
+    [message] = tracking_warnings(caplog)
+    assert "does not support capped collections" in message
