@@ -114,10 +114,10 @@ class Tracking:
             app.wsgi_app,
             tracked.policy,
             config.max_body_length,
-            finish=lambda state: self._finish(tracked, state),
+            finish=self._finisher(tracked),
             on_error=lambda: self._count_error(tracked),
         )
-        app.after_request(lambda response: self._after_request(tracked, response))
+        app.after_request(self._after_request_hook(tracked))
         got_request_exception.connect(
             lambda sender, exception, **extra: self._on_exception(tracked, exception),
             app,
@@ -176,17 +176,22 @@ class Tracking:
             "capture_error", "flask_tracking: error while tracking a request", exc_info=True
         )
 
-    def _after_request(self, tracked: _AppTracking, response: Response) -> Response:
-        """Copy what the request context knows and tee the response body."""
-        try:
-            current = request._get_current_object()  # type: ignore[attr-defined]
-            state: RequestState | None = current.environ.get(ENVIRON_KEY)
-            if state is not None:
-                self._snapshot(tracked, state, current)
-                tee_response_body(state, response, tracked.max_body_length)
-        except Exception:
-            self._count_error(tracked)
-        return response
+    def _after_request_hook(self, tracked: _AppTracking) -> Callable[[Response], Response]:
+        """The app's after_request hook: copy what the request context knows, tee the body."""
+        max_body_length = tracked.max_body_length
+
+        def after_request(response: Response) -> Response:
+            try:
+                current = request._get_current_object()  # type: ignore[attr-defined]
+                state: RequestState | None = current.environ.get(ENVIRON_KEY)
+                if state is not None:
+                    self._snapshot(tracked, state, current)
+                    tee_response_body(state, response, max_body_length)
+            except Exception:
+                self._count_error(tracked)
+            return response
+
+        return after_request
 
     def _on_exception(self, tracked: _AppTracking, exception: BaseException) -> None:
         """got_request_exception: in testing/debug mode after_request will not run."""
@@ -211,21 +216,30 @@ class Tracking:
             state.snapshot_failed = True
             raise
 
-    def _finish(self, tracked: _AppTracking, state: RequestState) -> None:
-        """Decide whether to keep a finished request, and queue it (request thread, cheap).
+    def _finisher(self, tracked: _AppTracking) -> Callable[[RequestState], None]:
+        """The middleware's ``finish``: keep the finished request or not, and queue it.
 
-        Everything else (headers, redaction, user agent, encoding) happens on the writer
-        thread, before any hook or the database sees the record.
+        It runs on the request thread and does little: everything else (headers, redaction,
+        user agent, encoding) happens on the writer thread, before any hook or the database
+        sees the record.
         """
-        try:
-            if any(c is not None and c.failed for c in (state.request_body, state.response_body)):
-                self._count_error(tracked)  # a body copy failed (logged there); keep the rest
-            if tracked.policy.should_keep_record(
-                status_code_of(state.status), state.execution_time or 0.0
-            ):
-                tracked.writer.submit(state, _estimated_size(state))
-        except Exception:
-            self._count_error(tracked)
+        policy, writer = tracked.policy, tracked.writer
+
+        def finish(state: RequestState) -> None:
+            try:
+                request_body, response_body = state.request_body, state.response_body
+                if (request_body is not None and request_body.failed) or (
+                    response_body is not None and response_body.failed
+                ):
+                    self._count_error(tracked)  # a body copy failed; the record keeps the rest
+                if not policy.filters_outcomes or policy.should_keep_record(
+                    status_code_of(state.status), state.execution_time or 0.0
+                ):
+                    writer.submit(state, _estimated_size(state))
+            except Exception:
+                self._count_error(tracked)
+
+        return finish
 
 
 def _estimated_size(state: RequestState) -> int:

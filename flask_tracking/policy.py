@@ -21,12 +21,14 @@ SKIP, TRACK, TRACK_WITH_BODIES = 0, 1, 2
 class Policy:
     """The recording rules of one app."""
 
-    __slots__ = ("_always_bodies", "_config", "_filters_requests")
+    __slots__ = ("_always_bodies", "_config", "_filters_requests", "filters_outcomes")
 
     def __init__(self, config: TrackingConfig) -> None:
         self._config = config
         self._filters_requests = bool(config.exclude or config.exclude_methods)
         self._always_bodies = config.max_body_length > 0 and not config.exclude_body
+        #: Whether :meth:`should_keep_record` can ever say no (else callers may skip it).
+        self.filters_outcomes = bool(config.exclude_status_codes)
 
     def decide(self, environ: Mapping[str, Any]) -> int:
         """One call for the request path: :data:`SKIP`, :data:`TRACK` (without bodies) or

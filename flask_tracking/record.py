@@ -14,8 +14,8 @@ from typing import Any
 from bson import DBRef, ObjectId
 from ua_parser import parse as parse_ua
 
-from .capture import BodyCapture, RequestState
-from .redact import Redactor, anonymize_ip
+from .capture import RequestState
+from .redact import FILTERED, Redactor, anonymize_ip
 
 #: The keys of every stored document (besides ``_id``).
 FIELDS = (
@@ -70,28 +70,33 @@ def to_document(
     bodies; with ``anonymize``, the client address is cut (see :func:`redact.anonymize_ip`).
     """
     environ = state.environ or {}
-    raw_headers = [
-        item
-        for item in environ.items()
-        if item[0][:5] == "HTTP_" or (item[0] in _HEADER_NAMES and item[1])
-    ]
+    secret_header = redactor.is_secret_header if redactor is not None else None
+    headers = []
+    referrer = None
+    for key, value in environ.items():
+        if key[:5] == "HTTP_" or (key in _CONTENT_KEYS and value):
+            if secret_header is not None:
+                if secret_header(key):
+                    value = FILTERED
+                elif key == "HTTP_REFERER":
+                    value = redactor.url(value)  # type: ignore[union-attr]
+            if key == "HTTP_REFERER":
+                referrer = value
+            headers.append([_HEADER_NAMES.get(key) or _header_name(key), value])
     query = _decode_wsgi(environ.get("QUERY_STRING", ""))
     response_headers = state.response_headers
     custom_data = state.custom_data
     ip = environ.get("REMOTE_ADDR")
     if redactor is not None:
-        raw_headers = redactor.headers(raw_headers)
         query = redactor.query(query)
         response_headers = redactor.headers(response_headers)
         custom_data = redactor.data(custom_data)
     if anonymize:
         ip = anonymize_ip(ip)
-    headers = [[_header_name(key), value] for key, value in raw_headers]
-    header_map = {name.lower(): value for name, value in reversed(headers)}
     document: dict[str, Any] = {
         "_id": ObjectId(),
         "date_created": datetime.fromtimestamp(state.timestamp, timezone.utc),
-        "host": header_map.get("host") or _server_host(environ),
+        "host": environ.get("HTTP_HOST") or _server_host(environ),
         "scheme": environ.get("wsgi.url_scheme"),
         "method": environ.get("REQUEST_METHOD"),
         "path": _path(environ.get("PATH_INFO", "")),
@@ -99,14 +104,14 @@ def to_document(
         "ip": ip,
         "endpoint": state.endpoint,
         "url_rule": state.url_rule,
-        "referrer": header_map.get("referer"),
+        "referrer": referrer,
         "user": _user_reference(state.user_ref),
         "user_id": state.user_id,
         "user_agent": parse_user_agent(
-            header_map.get("user-agent", ""), header_map.get("accept-language", "")
+            environ.get("HTTP_USER_AGENT", ""), environ.get("HTTP_ACCEPT_LANGUAGE", "")
         ),
         "request_headers": headers,
-        "response_headers": [[str(name), str(value)] for name, value in response_headers],
+        "response_headers": [[name, value] for name, value in response_headers],
         "status_code": status_code_of(state.status),
         "execution_time": state.execution_time,
         "total_time": state.total_time,
@@ -114,41 +119,44 @@ def to_document(
         "custom_data": custom_data,
         "exception": state.exception,
     }
-    _add_body(document, "request", state.request_body, state.request_body_omitted)
-    _add_body(document, "response", state.response_body, state.response_body_omitted)
+    _add_bodies(document, state)
     if redactor is not None:
-        response_type = next(
-            (value for name, value in response_headers if name.lower() == "content-type"), ""
-        )
-        _scrub_body(document, "request", redactor, header_map.get("content-type", ""))
-        _scrub_body(document, "response", redactor, response_type)
+        if document["request_body"]:
+            _scrub_body(document, "request", redactor, environ.get("CONTENT_TYPE", ""))
+        if document["response_body"]:
+            response_type = next(
+                (value for name, value in response_headers if name.lower() == "content-type"),
+                "",
+            )
+            _scrub_body(document, "response", redactor, response_type)
     return document
 
 
 def _scrub_body(document: dict[str, Any], prefix: str, redactor: Redactor, kind: str) -> None:
     """Filter secrets in one body; if scrubbing fails, keep no body at all (fail closed)."""
-    body = document[f"{prefix}_body"]
-    if not body:
-        return
+    key = f"{prefix}_body"
     try:
-        document[f"{prefix}_body"] = redactor.body(body, kind)
+        document[key] = redactor.body(document[key], kind)
     except Exception:
-        document[f"{prefix}_body"] = None
+        document[key] = None
         document[f"{prefix}_body_omitted"] = "redaction failed"
 
 
-def _add_body(
-    document: dict[str, Any], prefix: str, capture: BodyCapture | None, omitted: str | None
-) -> None:
-    if capture is None or capture.failed:
-        document[f"{prefix}_body"] = None
-        document[f"{prefix}_body_size"] = None
-        document[f"{prefix}_body_truncated"] = False
-    else:
-        document[f"{prefix}_body"] = bytes(capture.buffer)
-        document[f"{prefix}_body_size"] = capture.size
-        document[f"{prefix}_body_truncated"] = capture.truncated
-    document[f"{prefix}_body_omitted"] = "capture failed" if capture and capture.failed else omitted
+def _add_bodies(document: dict[str, Any], state: RequestState) -> None:
+    for prefix, capture, omitted in (
+        ("request", state.request_body, state.request_body_omitted),
+        ("response", state.response_body, state.response_body_omitted),
+    ):
+        if capture is None:
+            body, size, truncated = None, None, False
+        elif capture.failed:
+            body, size, truncated, omitted = None, None, False, "capture failed"
+        else:
+            body, size, truncated = bytes(capture.buffer), capture.size, capture.truncated
+        document[f"{prefix}_body"] = body
+        document[f"{prefix}_body_size"] = size
+        document[f"{prefix}_body_truncated"] = truncated
+        document[f"{prefix}_body_omitted"] = omitted
 
 
 def _header_name(environ_key: str) -> str:
@@ -162,6 +170,7 @@ def _header_name(environ_key: str) -> str:
 
 
 _HEADER_NAMES = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
+_CONTENT_KEYS = frozenset(_HEADER_NAMES)
 _MAX_REMEMBERED_HEADER_NAMES = 4096
 
 

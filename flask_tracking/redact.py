@@ -78,6 +78,9 @@ DEFAULT_REDACT_FIELDS: tuple[str, ...] = (
 IP_HEADERS: tuple[str, ...] = ("X-Forwarded-For", "X-Real-IP", "Forwarded", "True-Client-IP")
 
 _MAX_REMEMBERED_HEADERS = 4096
+_ATOMIC_TYPES = frozenset({str, int, float, bool, bytes})
+#: Body types scrubbed by their look (besides JSON, forms and multipart).
+_TEXT_KINDS = frozenset({"", "text/plain"})
 _URL_HEADERS = frozenset({"referer", "location", "http_referer"})
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
@@ -133,10 +136,16 @@ class Redactor:
             if secret or (secret is None and self.is_secret_header(name)):
                 value = FILTERED
             elif "?" in value and name.lower() in _URL_HEADERS:
-                base, _, query = value.partition("?")
-                value = f"{base}?{self.query(query)}"
+                value = self.url(value)
             scrubbed.append((name, value))
         return scrubbed
+
+    def url(self, url: str) -> str:
+        """A URL with the values of secret query parameters filtered."""
+        if "?" not in url:
+            return url
+        base, _, query = url.partition("?")
+        return f"{base}?{self.query(query)}"
 
     def query(self, query: str) -> str:
         """A query string (or form body) with the values of secret parameters filtered."""
@@ -154,6 +163,8 @@ class Redactor:
 
         Returns ``value`` itself when nothing in it is secret, else a filtered copy.
         """
+        if value is None or type(value) in _ATOMIC_TYPES:
+            return value
         if type(value) is dict or isinstance(value, Mapping):
             changed = False
             copy = {}
@@ -168,19 +179,22 @@ class Redactor:
         return value
 
     def body(self, body: bytes | None, content_type: str) -> bytes | None:
-        """A body with secret fields filtered, by its content type (or its look).
+        """A body with secret fields filtered, by its content type (or, without one, its look).
 
-        JSON that does not parse (cut at the body limit, or invalid) is scrubbed textually, so
-        a truncated body keeps no secret either.
+        JSON, form, multipart and plain-text bodies are scrubbed; other types (HTML, images,
+        ...) are returned as they are. JSON that does not parse (cut at the body limit, or
+        invalid) is scrubbed textually, so a truncated body keeps no secret either.
         """
         if not body:
             return body
         kind = content_type.split(";", 1)[0].strip().lower()
         if kind.startswith("multipart/"):
             return self._multipart(body)
+        structured = "json" in kind or kind == "application/x-www-form-urlencoded"
+        if not structured and kind not in _TEXT_KINDS:
+            return body
         text = body.decode("utf-8", "replace")
-        stripped = text.lstrip()
-        if "json" in kind or stripped[:1] in ("{", "["):
+        if "json" in kind or (not structured and text.lstrip()[:1] in ("{", "[")):
             return self._json(body, text)
         if kind == "application/x-www-form-urlencoded" or (not kind and "=" in text):
             scrubbed = self.query(text)

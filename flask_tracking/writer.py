@@ -240,11 +240,13 @@ class BatchWriter:
                     self._submitted_seq += 1
                     self._queue.append((self._submitted_seq, record, size))
                     self._queue_bytes += size
-                    # One wake-up per full batch; smaller batches wait for the interval tick.
-                    if len(self._queue) % self._batch_max == 0:
-                        self._work_cond.notify()
-                    if self._thread is None or not self._thread.is_alive():
+                    if self._thread is None:
                         self._ensure_thread()
+                    elif len(self._queue) % self._batch_max == 0:
+                        # One wake-up per full batch (and a check that the worker still runs);
+                        # smaller batches wait for the interval tick.
+                        self._ensure_thread()
+                        self._work_cond.notify()
                     return True
                 self._dropped[reason] += 1
                 self._not_enqueued += 1

@@ -12,6 +12,7 @@ from bson import DBRef, ObjectId
 from flask_tracking import record
 from flask_tracking.capture import BodyCapture, RequestState
 from flask_tracking.record import FIELDS, parse_user_agent, status_code_of, to_document
+from flask_tracking.redact import Redactor
 
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -367,10 +368,11 @@ def test_very_long_user_agent_is_parsed_and_kept() -> None:
     bson.encode(parsed)
 
 
-class FakeRedactor:
-    """Duck-typed stand-in for flask_tracking.redact.Redactor (records what ``body`` sees)."""
+class FakeRedactor(Redactor):
+    """A Redactor with empty deny-lists whose ``body`` records what it sees."""
 
     def __init__(self, fail_on: bytes | None = None) -> None:
+        super().__init__(headers=(), fields=())
         self.fail_on = fail_on
         self.seen: list[tuple[bytes, str]] = []
 
@@ -379,15 +381,6 @@ class FakeRedactor:
         if body == self.fail_on:
             raise ValueError("cannot scrub")
         return b"[scrubbed]"
-
-    def headers(self, pairs: Any) -> list[Any]:
-        return list(pairs)
-
-    def query(self, query: str) -> str:
-        return query
-
-    def data(self, value: Any) -> Any:
-        return value
 
 
 def test_redactor_scrubs_bodies_by_their_content_type() -> None:
