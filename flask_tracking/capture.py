@@ -19,6 +19,7 @@ The pieces:
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
@@ -255,6 +256,8 @@ class TrackingMiddleware:
         if state.status[:3] == "413":
             return None  # the app refused this body as too large
         stream = environ["wsgi.input"]
+        if not isinstance(stream, InputTee) or stream._capture is not capture:
+            return None  # something inside the app replaced wsgi.input: leave it alone
 
         def top_up() -> None:
             missing = capture.limit - len(capture.buffer)
@@ -264,6 +267,8 @@ class TrackingMiddleware:
                 while missing > 0 and not capture.exhausted:
                     before = capture.size
                     stream.read(missing)
+                    if capture.size == before:
+                        break  # no progress (the copy failed, or nothing came): stop
                     missing -= capture.size - before
             except Exception as error:  # a client gone: keep what was read
                 state.request_body_omitted = f"unreadable ({type(error).__name__})"
@@ -407,14 +412,39 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
         state.response_body = None
         state.response_body_omitted = "passthrough"
         return
+    state.response_body_omitted = None
     capture = state.response_body = BodyCapture(limit)
     body = response.response
     if isinstance(body, (list, tuple)):
         for chunk in body:
             capture.add(chunk)
     else:
-        response.response = _tee_stream(body, capture, state)
+        response.response = _TeeStream(body, capture, state)
         state.streamed = True
+
+
+class _TeeStream:
+    """:func:`_tee_stream` with a ``close()`` that also closes the app's iterable when
+    iteration never started (HEAD, 204/304, a client gone before the first byte)."""
+
+    __slots__ = ("_generator", "_iterable")
+
+    def __init__(
+        self, iterable: Iterable[bytes | str], capture: BodyCapture, state: RequestState
+    ) -> None:
+        self._iterable = iterable
+        self._generator = _tee_stream(iterable, capture, state)
+
+    def __iter__(self) -> Iterator[bytes | str]:
+        return self._generator
+
+    def close(self) -> None:
+        started = inspect.getgeneratorstate(self._generator) != inspect.GEN_CREATED
+        self._generator.close()  # when started, its finally closes the app's iterable
+        if not started:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                close()
 
 
 def _tee_stream(

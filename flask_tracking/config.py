@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "TRACKING_RETRY_MAX_BACKOFF_SECONDS": 30.0,
     #: Seconds. At interpreter exit, pending records are written for at most this long.
     "TRACKING_SHUTDOWN_TIMEOUT_SECONDS": 5.0,
-    #: Bytes. No stored document is larger: custom data, then headers, then bodies are cut to fit.
+    #: Bytes. No stored document is larger: custom data, then headers, then long text fields,
+    #: then bodies are cut to fit (a record that still does not fit is dropped and counted).
     "TRACKING_MAX_RECORD_BYTES": 2 * MiB,
     #: Bytes. Custom data (``request._tracking_data``) beyond this estimated size is cut.
     "TRACKING_MAX_CUSTOM_DATA_BYTES": 256 * 1024,
@@ -145,12 +147,13 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
 
 
 def _redactor(get: _Reader) -> Redactor | None:
+    headers = get.deny_list("TRACKING_REDACT_HEADERS", DEFAULT_REDACT_HEADERS)
+    fields = get.deny_list("TRACKING_REDACT_FIELDS", DEFAULT_REDACT_FIELDS)
     if not get.flag("TRACKING_REDACT"):
         return None
-    headers = get.deny_list("TRACKING_REDACT_HEADERS", DEFAULT_REDACT_HEADERS)
     if get.flag("TRACKING_ANONYMIZE_IP"):
         headers += IP_HEADERS
-    return Redactor(headers, get.deny_list("TRACKING_REDACT_FIELDS", DEFAULT_REDACT_FIELDS))
+    return Redactor(headers, fields)
 
 
 def _check_relations(config: TrackingConfig) -> None:
@@ -191,8 +194,13 @@ class _Reader:
 
     def number(self, key: str, *, minimum: float) -> float:
         value = self._config[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
-            raise self._fail(key, f"a number of at least {minimum}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or not value >= minimum
+        ):
+            raise self._fail(key, f"a finite number of at least {minimum}")
         return float(value)
 
     def text(self, key: str) -> str:

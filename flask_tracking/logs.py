@@ -36,6 +36,8 @@ class RateLimitedLog:
             self._last[reason] = now
             folded = self._suppressed.pop(reason, 0)
         if folded:
+            if not args:  # logging %-formats a message only when it has args
+                message = message.replace("%", "%%")
             message += " (%d similar messages suppressed)"
             args = (*args, folded)
         self._log.warning(message, *args, exc_info=exc_info)

@@ -47,7 +47,7 @@ class Policy:
             return True
         config = self._config
         methods = config.exclude_methods
-        if methods and environ.get("REQUEST_METHOD", "GET") in methods:
+        if methods and environ.get("REQUEST_METHOD", "GET").upper() in methods:
             return False
         if config.exclude:
             return not any(pattern.match(wsgi_path(environ)) for pattern in config.exclude)
@@ -77,4 +77,4 @@ def wsgi_path(environ: Mapping[str, Any]) -> str:
     path = environ.get("PATH_INFO") or "/"
     if not path.isascii():
         path = path.encode("latin-1", "replace").decode("utf-8", "replace")
-    return path if path.startswith("/") else "/" + path
+    return "/" + path.lstrip("/")

@@ -143,9 +143,9 @@ def _scrub_body(document: dict[str, Any], prefix: str, redactor: Redactor, kind:
 
 
 def _add_bodies(document: dict[str, Any], state: RequestState) -> None:
-    for prefix, capture, omitted in (
-        ("request", state.request_body, state.request_body_omitted),
-        ("response", state.response_body, state.response_body_omitted),
+    for keys, capture, omitted in (
+        (_REQUEST_BODY_KEYS, state.request_body, state.request_body_omitted),
+        (_RESPONSE_BODY_KEYS, state.response_body, state.response_body_omitted),
     ):
         if capture is None:
             body, size, truncated = None, None, False
@@ -153,10 +153,25 @@ def _add_bodies(document: dict[str, Any], state: RequestState) -> None:
             body, size, truncated, omitted = None, None, False, "capture failed"
         else:
             body, size, truncated = bytes(capture.buffer), capture.size, capture.truncated
-        document[f"{prefix}_body"] = body
-        document[f"{prefix}_body_size"] = size
-        document[f"{prefix}_body_truncated"] = truncated
-        document[f"{prefix}_body_omitted"] = omitted
+        body_key, size_key, truncated_key, omitted_key = keys
+        document[body_key] = body
+        document[size_key] = size
+        document[truncated_key] = truncated
+        document[omitted_key] = omitted
+
+
+_REQUEST_BODY_KEYS = (
+    "request_body",
+    "request_body_size",
+    "request_body_truncated",
+    "request_body_omitted",
+)
+_RESPONSE_BODY_KEYS = (
+    "response_body",
+    "response_body_size",
+    "response_body_truncated",
+    "response_body_omitted",
+)
 
 
 def _header_name(environ_key: str) -> str:
@@ -183,8 +198,7 @@ def _server_host(environ: dict[str, Any]) -> str | None:
 
 def _path(path_info: str) -> str:
     """The path as Werkzeug's ``request.path`` gives it (UTF-8 decoded, leading "/")."""
-    path = _decode_wsgi(path_info)
-    return path if path.startswith("/") else "/" + path
+    return "/" + _decode_wsgi(path_info).lstrip("/")
 
 
 def _decode_wsgi(text: str) -> str:

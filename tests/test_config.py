@@ -1,0 +1,374 @@
+"""Unit tests of flask_tracking.config: defaults, validation, cross-field checks, documentation."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import math
+import re
+from typing import Any
+
+import pytest
+from flask import Config
+
+from flask_tracking import config as config_module
+from flask_tracking.config import DEFAULTS, MiB, TrackingConfig, load_config
+from flask_tracking.policy import Policy
+
+
+def load(**settings: Any) -> TrackingConfig:
+    return load_config(dict(settings))
+
+
+def assert_names_key(error: pytest.ExceptionInfo[ValueError], key: str) -> None:
+    """The message starts with the key (so ``TRACKING_EXCLUDE`` is not confused with
+    ``TRACKING_EXCLUDE_BODY``)."""
+    message = str(error.value)
+    assert message.startswith(f"{key} "), message
+
+
+# --------------------------------------------------------------------------------------------
+# Defaults
+# --------------------------------------------------------------------------------------------
+
+
+def test_defaults_are_applied_to_an_empty_config() -> None:
+    app_config: dict[str, Any] = {}
+    config = load_config(app_config)
+    assert app_config == DEFAULTS
+    assert config.exclude == ()
+    assert config.exclude_body == ()
+    assert config.max_body_length == 65536
+    assert config.exclude_methods == frozenset()
+    assert config.exclude_status_codes == frozenset()
+    assert config.min_execution_time_ms == 0
+    assert config.table_size_bytes == 100 * MiB
+    assert config.max_documents == 1_000_000
+    assert config.db_alias == "default"
+    assert config.mongodb_uri is None
+    assert config.queue_max_records == 10_000
+    assert config.queue_max_bytes == 64 * MiB
+    assert config.batch_max_records == 500
+    assert config.flush_interval_seconds == 1.0
+    assert config.write_timeout_seconds == 5.0
+    assert config.retry_initial_backoff_seconds == 0.5
+    assert config.retry_max_backoff_seconds == 30.0
+    assert config.shutdown_timeout_seconds == 5.0
+    assert config.max_record_bytes == 2 * MiB
+    assert config.max_custom_data_bytes == 256 * 1024
+    assert config.redactor is not None
+    assert config.anonymize_ip is False
+
+
+def test_existing_values_are_kept() -> None:
+    app_config: dict[str, Any] = {
+        "TRACKING_MAX_BODY_LENGTH": 10,
+        "TRACKING_EXCLUDE": ["/static"],
+        "TRACKING_DB_ALIAS": "tracking",
+        "UNRELATED": object(),
+    }
+    before = dict(app_config)
+    config = load_config(app_config)
+    for key, value in before.items():
+        assert app_config[key] is value
+    assert config.max_body_length == 10
+    assert [pattern.pattern for pattern in config.exclude] == ["/static"]
+    assert config.db_alias == "tracking"
+    assert app_config["TRACKING_EXCLUDE_BODY"] == []  # the others were filled in
+
+
+def test_defaults_work_on_a_flask_config() -> None:
+    app_config = Config(".")
+    app_config["TRACKING_BATCH_MAX_RECORDS"] = 7
+    config = load_config(app_config)
+    assert config.batch_max_records == 7
+    assert app_config["TRACKING_QUEUE_MAX_RECORDS"] == 10_000
+
+
+def test_list_defaults_are_copies_not_shared() -> None:
+    first: dict[str, Any] = {}
+    second: dict[str, Any] = {}
+    load_config(first)
+    load_config(second)
+    list_keys = [key for key, value in DEFAULTS.items() if isinstance(value, list)]
+    assert list_keys  # the test means something
+    for key in list_keys:
+        assert first[key] is not DEFAULTS[key]
+        assert first[key] is not second[key]
+    first["TRACKING_EXCLUDE"].append("/mutated")
+    assert DEFAULTS["TRACKING_EXCLUDE"] == []
+    assert second["TRACKING_EXCLUDE"] == []
+    assert load_config({}).exclude == ()
+
+
+def test_config_is_frozen() -> None:
+    config = load()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.max_body_length = 1  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------------
+# Validation of each key
+# --------------------------------------------------------------------------------------------
+
+NAN = float("nan")
+
+INVALID: dict[str, list[Any]] = {
+    "TRACKING_EXCLUDE": ["/static", ["("], [1], None, {"/a": 1}, 5],
+    "TRACKING_EXCLUDE_BODY": ["/login", ["[a-"], [None], b"/x"],
+    "TRACKING_MAX_BODY_LENGTH": [-1, True, False, 1.5, "10", None],
+    "TRACKING_EXCLUDE_METHODS": ["GET", ["GET", 1], None, [b"GET"]],
+    "TRACKING_EXCLUDE_STATUS_CODES": [[99], [600], ["404"], "404", 404, [True], [404.0], None],
+    "TRACKING_MIN_EXECUTION_TIME": [-1, -0.5, True, "5", NAN, None],
+    "TRACKING_TABLE_SIZE": [4095, -1, True, 1e9, "1000000"],
+    "TRACKING_MAX_DOCUMENTS": [0, 2**31, True, 10.0],
+    "TRACKING_DB_ALIAS": ["", None, 1],
+    "TRACKING_MONGODB_URI": ["", 1, b"mongodb://x"],
+    "TRACKING_QUEUE_MAX_RECORDS": [0, -5, True, 10.0],
+    "TRACKING_QUEUE_MAX_BYTES": [0, False, "64"],
+    "TRACKING_BATCH_MAX_RECORDS": [0, True, 1.0],
+    "TRACKING_FLUSH_INTERVAL_SECONDS": [0, -1, 0.0009, True, "1", NAN, None],
+    "TRACKING_WRITE_TIMEOUT_SECONDS": [0, False, NAN, "5"],
+    "TRACKING_RETRY_INITIAL_BACKOFF_SECONDS": [0, True, NAN],
+    "TRACKING_RETRY_MAX_BACKOFF_SECONDS": [0, True, NAN],
+    "TRACKING_SHUTDOWN_TIMEOUT_SECONDS": [-0.1, True, NAN, "5"],
+    "TRACKING_MAX_RECORD_BYTES": [64 * 1024 - 1, 16 * MiB - 64 * 1024 + 1, True, 2.0 * MiB],
+    "TRACKING_MAX_CUSTOM_DATA_BYTES": [-1, True, 1.5],
+    "TRACKING_REDACT": [1, 0, "true", None],
+    "TRACKING_REDACT_HEADERS": [
+        "Authorization",
+        [1],
+        [""],
+        None,
+        {"add": ["X"]},
+        {"replace": "X-Only"},
+        {"replace": ["X"], "extra": []},
+    ],
+    "TRACKING_REDACT_FIELDS": ["password", [None], [""], {"replace": [1]}, 3],
+    "TRACKING_ANONYMIZE_IP": [1, "yes", None],
+}
+
+
+def test_the_invalid_table_covers_every_key() -> None:
+    assert set(INVALID) == set(DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [(key, value) for key, values in INVALID.items() for value in values],
+    ids=lambda item: repr(item)[:40],
+)
+def test_invalid_value_raises_naming_the_key(key: str, value: Any) -> None:
+    with pytest.raises(ValueError) as error:
+        load_config({key: value})
+    assert_names_key(error, key)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "TRACKING_FLUSH_INTERVAL_SECONDS",
+        "TRACKING_WRITE_TIMEOUT_SECONDS",
+        "TRACKING_RETRY_MAX_BACKOFF_SECONDS",
+        "TRACKING_SHUTDOWN_TIMEOUT_SECONDS",
+    ],
+)
+def test_infinite_seconds_are_rejected(key: str) -> None:
+    with pytest.raises(ValueError) as error:
+        load_config({key: math.inf})
+    assert_names_key(error, key)
+
+
+@pytest.mark.parametrize("key", ["TRACKING_REDACT_HEADERS", "TRACKING_REDACT_FIELDS"])
+def test_deny_lists_are_validated_when_redaction_is_off(key: str) -> None:
+    with pytest.raises(ValueError) as error:
+        load_config({"TRACKING_REDACT": False, key: "not a list"})
+    assert_names_key(error, key)
+
+
+def test_the_message_shows_the_bad_value() -> None:
+    with pytest.raises(ValueError, match=r"got -3\.$"):
+        load(TRACKING_MAX_BODY_LENGTH=-3)
+    with pytest.raises(ValueError, match=r"invalid regular expression '\('"):
+        load(TRACKING_EXCLUDE_BODY=["/ok", "("])
+
+
+def test_boundary_values_are_accepted() -> None:
+    config = load(
+        TRACKING_MAX_BODY_LENGTH=0,
+        TRACKING_EXCLUDE_STATUS_CODES=(100, 599),
+        TRACKING_MIN_EXECUTION_TIME=2.5,
+        TRACKING_TABLE_SIZE=4096,
+        TRACKING_MAX_DOCUMENTS=2**31 - 1,
+        TRACKING_MONGODB_URI="mongodb://localhost:27017/db",
+        TRACKING_QUEUE_MAX_RECORDS=1,
+        TRACKING_QUEUE_MAX_BYTES=1,
+        TRACKING_BATCH_MAX_RECORDS=1,
+        TRACKING_FLUSH_INTERVAL_SECONDS=0.001,
+        TRACKING_WRITE_TIMEOUT_SECONDS=2,
+        TRACKING_RETRY_INITIAL_BACKOFF_SECONDS=0.001,
+        TRACKING_RETRY_MAX_BACKOFF_SECONDS=0.001,
+        TRACKING_SHUTDOWN_TIMEOUT_SECONDS=0,
+        TRACKING_MAX_RECORD_BYTES=64 * 1024,
+        TRACKING_MAX_CUSTOM_DATA_BYTES=0,
+        TRACKING_EXCLUDE_METHODS=("get",),
+        TRACKING_EXCLUDE=frozenset({"/a"}),
+    )
+    assert config.max_body_length == 0
+    assert config.exclude_status_codes == frozenset({100, 599})
+    assert config.min_execution_time_ms == 2.5
+    assert config.table_size_bytes == 4096
+    assert config.max_documents == 2**31 - 1
+    assert config.mongodb_uri == "mongodb://localhost:27017/db"
+    assert config.write_timeout_seconds == 2.0
+    assert isinstance(config.write_timeout_seconds, float)
+    assert config.shutdown_timeout_seconds == 0.0
+    assert config.max_record_bytes == 64 * 1024
+    assert config.exclude_methods == frozenset({"GET"})
+    assert [pattern.pattern for pattern in config.exclude] == ["/a"]
+    assert load(TRACKING_MAX_RECORD_BYTES=16 * MiB - 64 * 1024).max_record_bytes == 16 * MiB - (
+        64 * 1024
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-field checks
+# --------------------------------------------------------------------------------------------
+
+
+def test_batch_larger_than_queue_is_rejected() -> None:
+    with pytest.raises(ValueError) as error:
+        load(TRACKING_QUEUE_MAX_RECORDS=10, TRACKING_BATCH_MAX_RECORDS=11)
+    assert "TRACKING_BATCH_MAX_RECORDS" in str(error.value)
+    assert "TRACKING_QUEUE_MAX_RECORDS" in str(error.value)
+    assert (
+        load(TRACKING_QUEUE_MAX_RECORDS=10, TRACKING_BATCH_MAX_RECORDS=10).batch_max_records == 10
+    )
+
+
+def test_default_batch_larger_than_a_small_queue_is_rejected() -> None:
+    with pytest.raises(ValueError, match="TRACKING_BATCH_MAX_RECORDS"):
+        load(TRACKING_QUEUE_MAX_RECORDS=100)  # default batch is 500
+
+
+def test_initial_backoff_larger_than_max_is_rejected() -> None:
+    with pytest.raises(ValueError) as error:
+        load(TRACKING_RETRY_INITIAL_BACKOFF_SECONDS=2, TRACKING_RETRY_MAX_BACKOFF_SECONDS=1)
+    assert "TRACKING_RETRY_INITIAL_BACKOFF_SECONDS" in str(error.value)
+    assert "TRACKING_RETRY_MAX_BACKOFF_SECONDS" in str(error.value)
+    config = load(TRACKING_RETRY_INITIAL_BACKOFF_SECONDS=1, TRACKING_RETRY_MAX_BACKOFF_SECONDS=1)
+    assert config.retry_initial_backoff_seconds == config.retry_max_backoff_seconds == 1.0
+
+
+def test_record_bytes_must_hold_two_bodies_and_64_kib() -> None:
+    record = 128 * 1024
+    fits = (record - 64 * 1024) // 2
+    assert load(TRACKING_MAX_RECORD_BYTES=record, TRACKING_MAX_BODY_LENGTH=fits).max_body_length
+    with pytest.raises(ValueError) as error:
+        load(TRACKING_MAX_RECORD_BYTES=record, TRACKING_MAX_BODY_LENGTH=fits + 1)
+    assert str(error.value).startswith("TRACKING_MAX_RECORD_BYTES ")
+    assert "TRACKING_MAX_BODY_LENGTH" in str(error.value)
+    with pytest.raises(ValueError, match="TRACKING_MAX_RECORD_BYTES"):
+        load(TRACKING_MAX_BODY_LENGTH=MiB)  # against the default 2 MiB record
+
+
+# --------------------------------------------------------------------------------------------
+# Compilation
+# --------------------------------------------------------------------------------------------
+
+
+def test_methods_are_upper_cased() -> None:
+    config = load(TRACKING_EXCLUDE_METHODS=["get", "Post", "OPTIONS"])
+    assert config.exclude_methods == frozenset({"GET", "POST", "OPTIONS"})
+
+
+def test_status_codes_become_a_frozenset() -> None:
+    config = load(TRACKING_EXCLUDE_STATUS_CODES=[404, 404, 500])
+    assert config.exclude_status_codes == frozenset({404, 500})
+
+
+def test_regexes_are_compiled_once_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[str] = []
+    real_compile = re.compile
+
+    def counting_compile(pattern: Any, flags: int = 0) -> re.Pattern[Any]:
+        compiled.append(pattern)
+        return real_compile(pattern, flags)
+
+    monkeypatch.setattr(config_module.re, "compile", counting_compile)
+    config = load(TRACKING_EXCLUDE=["/static", "/health$"], TRACKING_EXCLUDE_BODY=["/login"])
+    monkeypatch.undo()
+    assert sorted(compiled) == ["/health$", "/login", "/static"]
+    assert all(isinstance(pattern, re.Pattern) for pattern in config.exclude + config.exclude_body)
+
+    def no_compiling(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a regex was compiled on a request")
+
+    policy = Policy(config)
+    for name in ("compile", "match", "search", "fullmatch"):
+        monkeypatch.setattr(re, name, no_compiling)
+    assert policy.should_track({"PATH_INFO": "/static/app.js"}) is False
+    assert policy.should_track({"PATH_INFO": "/api"}) is True
+    assert policy.should_keep_bodies({"PATH_INFO": "/login"}) is False
+
+
+def test_redaction_lists_extend_or_replace_the_defaults() -> None:
+    default = load().redactor
+    assert default is not None
+    assert default.is_secret_header("Authorization")
+    assert not default.is_secret_header("X-Forwarded-For")
+    extended = load(TRACKING_REDACT_HEADERS=["X-Tenant"]).redactor
+    assert extended is not None
+    assert extended.is_secret_header("X-Tenant")
+    assert extended.is_secret_header("Authorization")
+    replaced = load(
+        TRACKING_REDACT_HEADERS={"replace": ["X-Tenant"]}, TRACKING_REDACT_FIELDS={"replace": []}
+    ).redactor
+    assert replaced is not None
+    assert replaced.is_secret_header("X-Tenant")
+    assert not replaced.is_secret_header("Authorization")
+    assert load(TRACKING_REDACT=False).redactor is None
+
+
+def test_anonymize_ip_filters_the_address_headers_too() -> None:
+    config = load(TRACKING_ANONYMIZE_IP=True)
+    assert config.anonymize_ip is True
+    assert config.redactor is not None
+    assert config.redactor.is_secret_header("X-Forwarded-For")
+    assert config.redactor.is_secret_header("X-Real-IP")
+
+
+# --------------------------------------------------------------------------------------------
+# Documentation
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_default_has_a_doc_comment() -> None:
+    source = inspect.getsource(config_module)
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    [defaults_node] = [
+        node.value
+        for node in tree.body
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        and isinstance(node.value, ast.Dict)
+        and any(
+            isinstance(target, ast.Name) and target.id == "DEFAULTS"
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        )
+    ]
+    documented: dict[str, list[str]] = {}
+    for key_node in defaults_node.keys:
+        assert isinstance(key_node, ast.Constant) and isinstance(key_node.value, str)
+        index = key_node.lineno - 2  # the line above the key (0-based)
+        comment: list[str] = []
+        while index >= 0 and lines[index].strip().startswith("#"):
+            comment.insert(0, lines[index].strip())
+            index -= 1
+        documented[key_node.value] = comment
+    assert set(documented) == set(DEFAULTS)
+    for key, comment in documented.items():
+        assert comment, f"{key} has no comment above it"
+        assert all(line.startswith("#: ") for line in comment), (key, comment)
+        assert sum(len(line) for line in comment) > 15, (key, comment)
