@@ -59,6 +59,7 @@ DEFAULT_REDACT_FIELDS: tuple[str, ...] = (
     "csrf",
     "xsrf",
     "csrftoken",
+    "csrfmiddlewaretoken",
     "cookie",
     "card number",
     "cardnumber",
@@ -81,6 +82,8 @@ _MAX_REMEMBERED_HEADERS = 4096
 _ATOMIC_TYPES = frozenset({str, int, float, bool, bytes})
 #: Body types scrubbed by their look (besides JSON, forms and multipart).
 _TEXT_KINDS = frozenset({"", "text/plain"})
+#: Body types whose URLs are scrubbed (redirect pages, links with tokens).
+_MARKUP_KINDS = frozenset({"text/html", "application/xhtml+xml", "text/xml", "application/xml"})
 _URL_HEADERS = frozenset({"referer", "location", "http_referer"})
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
@@ -109,12 +112,14 @@ class Redactor:
         return verdict
 
     def _is_secret_field(self, name: str) -> bool:
+        fields = self._fields
         words = [word.lower() for word in _WORD.findall(name)]
         for start in range(len(words)):
             joined = ""
             for word in words[start:]:
                 joined += word
-                if joined in self._fields:
+                # A plural counts too: "passwords", "tokens", "api_keys".
+                if joined in fields or (joined[-1:] == "s" and joined[:-1] in fields):
                     return True
         return False
 
@@ -135,17 +140,19 @@ class Redactor:
             secret = verdicts.get(name)
             if secret or (secret is None and self.is_secret_header(name)):
                 value = FILTERED
-            elif "?" in value and name.lower() in _URL_HEADERS:
+            elif ("?" in value or "#" in value) and name.lower() in _URL_HEADERS:
                 value = self.url(value)
             scrubbed.append((name, value))
         return scrubbed
 
     def url(self, url: str) -> str:
-        """A URL with the values of secret query parameters filtered."""
-        if "?" not in url:
-            return url
-        base, _, query = url.partition("?")
-        return f"{base}?{self.query(query)}"
+        """A URL with the values of secret parameters filtered, in its query string and in its
+        fragment (where OAuth's implicit flow puts ``access_token``)."""
+        url, hash_mark, fragment = url.partition("#")
+        if "?" in url:
+            base, _, query = url.partition("?")
+            url = f"{base}?{self.query(query)}"
+        return f"{url}#{self.query(fragment)}" if hash_mark else url
 
     def query(self, query: str) -> str:
         """A query string (or form body) with the values of secret parameters filtered."""
@@ -181,7 +188,8 @@ class Redactor:
     def body(self, body: bytes | None, content_type: str) -> bytes | None:
         """A body with secret fields filtered, by its content type (or, without one, its look).
 
-        JSON, form, multipart and plain-text bodies are scrubbed; other types (HTML, images,
+        JSON, form, multipart and plain-text bodies are scrubbed field by field; in HTML and XML
+        the parameters of URLs are (redirect pages, links with tokens); other types (images,
         ...) are returned as they are. JSON that does not parse (cut at the body limit, or
         invalid) is scrubbed textually, so a truncated body keeps no secret either.
         """
@@ -189,10 +197,14 @@ class Redactor:
             return body
         kind = content_type.split(";", 1)[0].strip().lower()
         if kind.startswith("multipart/"):
-            return self._multipart(body)
+            return self._multipart(body, content_type)
         structured = "json" in kind or kind == "application/x-www-form-urlencoded"
         if not structured and kind not in _TEXT_KINDS:
-            return body
+            if kind not in _MARKUP_KINDS:
+                return body
+            if b"<" in body[:1024]:
+                return self._urls(body)
+            # Flask answers a view's plain string as text/html: without markup, it is text.
         text = body.decode("utf-8", "replace")
         if "json" in kind or (not structured and text.lstrip()[:1] in ("{", "[")):
             return self._json(body, text)
@@ -223,6 +235,8 @@ class Redactor:
         pieces = []
         position = 0
         for match in _LOOSE_PAIR.finditer(text):
+            if match.start() < position:  # inside a value already filtered
+                continue
             if not self.is_secret_field(match.group("key") or match.group("key2")):
                 continue
             value_start = match.end()
@@ -235,26 +249,58 @@ class Redactor:
         pieces.append(text[position:])
         return "".join(pieces).encode("utf-8")
 
-    def _multipart(self, body: bytes) -> bytes:
-        def scrub(match: re.Match[bytes]) -> bytes:
-            name = match.group("name").decode("utf-8", "replace")
-            if not self.is_secret_field(name):
-                return match.group(0)
-            return match.group("head") + FILTERED.encode() + match.group("tail")
+    def _urls(self, body: bytes) -> bytes:
+        """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),
+        with one regex pass that only stops at ``?``, ``&`` and ``#``."""
 
-        return _MULTIPART_PART.sub(scrub, body)
+        def scrub(match: re.Match[bytes]) -> bytes:
+            name = match.group(2).decode("utf-8", "replace")
+            if not self.is_secret_field(unquote_plus(name)):
+                return match.group(0)
+            return match.group(1) + match.group(2) + b"=" + FILTERED.encode()
+
+        return _URL_PARAMETER.sub(scrub, body)
+
+    def _multipart(self, body: bytes, content_type: str) -> bytes:
+        """Filter the content of every part whose field name is secret (text or file).
+
+        Parts are split on the boundary of the Content-Type; a part cut at the body limit is
+        filtered to its end.
+        """
+        boundary = _boundary(content_type)
+        if boundary is None:
+            return self._loose(body, body.decode("utf-8", "replace"))
+        delimiter = b"--" + boundary
+        parts = body.split(delimiter)
+        changed = False
+        for index, part in enumerate(parts[1:], start=1):
+            head_end = part.find(b"\r\n\r\n")
+            if head_end < 0:
+                continue  # an empty part without a blank line, the closing "--", or cut early
+            name = _PART_NAME.search(part, 0, head_end)
+            if name is None or not self.is_secret_field(name.group(1).decode("utf-8", "replace")):
+                continue
+            tail = b"\r\n" if part.endswith(b"\r\n") else b""
+            parts[index] = part[: head_end + 4] + FILTERED.encode() + tail
+            changed = True
+        return delimiter.join(parts) if changed else body
+
+
+def _boundary(content_type: str) -> bytes | None:
+    match = _BOUNDARY.search(content_type)
+    return match.group(1).strip('"').encode("latin-1", "replace") if match else None
+
+
+# ?name=value / &name=value / &amp;name=value / #name=value inside markup.
+_URL_PARAMETER = re.compile(rb"([?&#;])([\w.%+-]{1,200})=([^&#\"'<>\s]*)")
+_BOUNDARY = re.compile(r"boundary=(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
+_PART_NAME = re.compile(rb'Content-Disposition:[^\r\n]*?\bname="([^"\r\n]*)"', re.IGNORECASE)
 
 
 # "key": value  |  'key': value  |  key=value  |  key: value   (in any text)
 _LOOSE_PAIR = re.compile(
     r"""(?P<quoted>["'])(?P<key>[^"'\\\n]{1,200})["']\s*:\s*"""
     r"""|(?<![\w.-])(?P<key2>[A-Za-z_][\w.-]{0,199})\s*[=:]\s*"""
-)
-_MULTIPART_PART = re.compile(
-    rb'(?P<head>Content-Disposition:[^\r\n]*?\bname="(?P<name>[^"\r\n]*)"[^\r\n]*\r\n'
-    rb"(?:[^\r\n]+\r\n)*\r\n)"
-    rb"(?P<value>.*?)(?P<tail>\r\n--|\Z)",
-    re.DOTALL | re.IGNORECASE,
 )
 
 
@@ -281,7 +327,9 @@ def _value_end(text: str, start: int) -> int:
     return match.end() if match else start
 
 
-_BARE_VALUE = re.compile(r"[^\s,;&}\]\"']*")
+# A bare value runs to the end of its line or pair: "password: correct horse battery" keeps
+# nothing of the passphrase, "Authorization: Bearer x" nothing of the token.
+_BARE_VALUE = re.compile(r"[^\r\n,;&}\]\"']*")
 
 
 def _bracket_end(text: str, start: int) -> int:

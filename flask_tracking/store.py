@@ -69,9 +69,13 @@ class MongoSink:
         redactor: Redactor | None = None,
         anonymize_ip: bool = False,
         before_save: Callable[[], list[BeforeSave]] = list,
+        omitted_fields: tuple[str, ...] = (),
         logger: logging.Logger | None = None,
         collection_name: str = COLLECTION_NAME,
     ) -> None:
+        """``omitted_fields``: stored fields removed from every document after the
+        ``before_save`` hooks (which see the whole document), from TRACKING_FIELDS or
+        TRACKING_EXCLUDE_FIELDS; keys a hook adds are kept."""
         self._get_database = get_database
         self._capped_size = capped_size_bytes
         self._capped_max = capped_max_documents
@@ -80,6 +84,7 @@ class MongoSink:
         self._redactor = redactor
         self._anonymize_ip = anonymize_ip
         self._before_save = before_save
+        self._omitted_fields = omitted_fields
         self._logger = logger or logging.getLogger("flask_tracking")
         self._collection_name = collection_name
         self._collection: Collection[Any] | None = None
@@ -127,7 +132,16 @@ class MongoSink:
             if document is None:
                 dropped["by_hook"] += 1
                 return None
-        assert document is not None
+            if not isinstance(document, dict):
+                self._logger.error(
+                    "flask_tracking: a before_save hook returned %s, not a dict or None; "
+                    "record dropped",
+                    type(document).__name__,
+                )
+                dropped["hook_error"] += 1
+                return None
+        for name in self._omitted_fields:
+            document.pop(name, None)
         if not hooks and 2 * _estimated_bytes(record) < self._max_record_bytes:
             # Built by us from strings, bytes and sanitised custom data, and far below the
             # cap: encoding it twice is wasted work. insert_many checks it anyway.
