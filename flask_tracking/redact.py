@@ -76,7 +76,15 @@ DEFAULT_REDACT_FIELDS: tuple[str, ...] = (
 )
 
 #: Headers that carry the client address; filtered too when TRACKING_ANONYMIZE_IP is on.
-IP_HEADERS: tuple[str, ...] = ("X-Forwarded-For", "X-Real-IP", "Forwarded", "True-Client-IP")
+IP_HEADERS: tuple[str, ...] = (
+    "X-Forwarded-For",
+    "X-Real-IP",
+    "Forwarded",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "X-Client-IP",
+    "Fastly-Client-IP",
+)
 
 _MAX_REMEMBERED_HEADERS = 4096
 _ATOMIC_TYPES = frozenset({str, int, float, bool, bytes})
