@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable
 
 from .policy import SKIP, TRACK_WITH_BODIES, Policy
+from .request_ids import environ_key, request_id_for
 from .sanitize import bson_safe
 
 #: WSGI environ key holding the :class:`RequestState` of a tracked request.
@@ -138,6 +139,9 @@ class RequestState:
 
     # Set by the middleware.
     timestamp = 0.0  #: time.time() when the request arrived (the writer makes it a datetime)
+    # Worked out on first use (resolve_request_id): by the echo header, request_id(), sampling,
+    # or else on the writer thread, so a request that needs none of them never pays for it.
+    request_id: str | None = None
     status = "500 INTERNAL SERVER ERROR"
     response_headers: list[tuple[str, str]] = []  # noqa: RUF012 (replaced, never mutated)
     execution_time: float | None = None
@@ -156,6 +160,12 @@ class RequestState:
     custom_data: Any = None
     custom_data_size = 0
     exception: str | None = None
+    # Policy outcomes: set when the view, a skip_if predicate or flask_tracking.skip() says the
+    # request is not recorded (nothing more is copied, nothing is queued); and the sample rate
+    # the record is stored with.
+    skipped = False
+    predicates_passed = False
+    sample_rate = 1.0
     # Bodies.
     request_body: BodyCapture | None = None
     request_body_omitted: str | None = None
@@ -169,6 +179,14 @@ class RequestState:
     def elapsed_ms(self) -> float:
         """Milliseconds since the request reached the middleware."""
         return (time.perf_counter() - self.started) * 1000.0
+
+    def resolve_request_id(self, environ: Mapping[str, Any], key: str | None) -> str:
+        """The request id: the valid incoming one (``key`` is its environ key), or a new one;
+        worked out once, the first time it is asked for."""
+        request_id = self.request_id
+        if request_id is None:
+            request_id = self.request_id = request_id_for(environ, key)
+        return request_id
 
     def note_exception(self, error: BaseException) -> None:
         """Remember the first unhandled exception as ``"Type: message"``."""
@@ -202,12 +220,21 @@ class TrackingMiddleware:
         max_body_length: int,
         finish: Callable[[RequestState], None],
         on_error: Callable[[], None],
+        *,
+        request_id_header: str | None = None,
+        request_id_response_header: str | None = None,
     ) -> None:
+        """``request_id_header``: the request header an incoming id is taken from (when valid);
+        ``request_id_response_header``: the response header that echoes the id (unless the app
+        set that header itself). None: no incoming id, no echo."""
         self.wsgi_app = wsgi_app
         self._policy = policy
         self._max_body_length = max_body_length
         self._finish = finish
         self._on_error = on_error
+        self._request_id_key = None if request_id_header is None else environ_key(request_id_header)
+        self._echo_header = request_id_response_header
+        self._echo_header_lower = (request_id_response_header or "").lower()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -218,7 +245,11 @@ class TrackingMiddleware:
         if state is None:
             return self.wsgi_app(environ, start_response)
 
+        echo_header = self._echo_header
+
         def tracking_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            if echo_header is not None:
+                headers = self._with_request_id(headers, state, environ)
             state.status = status
             state.response_headers = headers
             return start_response(status, headers, exc_info)
@@ -231,7 +262,11 @@ class TrackingMiddleware:
             self._close(state, environ)
             raise
         state.execution_time = (time.perf_counter() - state.started) * 1000.0
-        top_up = None if state.request_body is None else self._top_up_after_response(state, environ)
+        top_up = (
+            None
+            if state.request_body is None or state.skipped
+            else self._top_up_after_response(state, environ)
+        )
         if top_up is None and not state.streamed:  # nothing left to wait for: finish now
             self._close(state, environ)
             return app_iter
@@ -275,6 +310,19 @@ class TrackingMiddleware:
 
         return top_up
 
+    def _with_request_id(self, headers: Any, state: RequestState, environ: dict[str, Any]) -> Any:
+        """The response headers with the request id added, unless the app set that header."""
+        try:
+            wanted = self._echo_header_lower
+            for name, _ in headers:
+                if name.lower() == wanted:
+                    return headers
+            request_id = state.resolve_request_id(environ, self._request_id_key)
+            return [*headers, (self._echo_header, request_id)]
+        except Exception:
+            self._on_error()
+            return headers
+
     def _start(self, environ: dict[str, Any]) -> RequestState | None:
         decision = self._policy.decide(environ)
         if decision == SKIP:
@@ -297,7 +345,7 @@ class TrackingMiddleware:
             state.total_time = (time.perf_counter() - state.started) * 1000.0
             if state.execution_time is None:
                 state.execution_time = state.total_time
-            if state.environ is None:  # Flask never ran our hooks (no request context)
+            if state.environ is None and not state.skipped:  # Flask never ran our hooks
                 snapshot_environ(state, environ)
         except Exception:
             self._on_error()

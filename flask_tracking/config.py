@@ -13,14 +13,20 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from .record import ALWAYS_STORED_FIELDS, FIELDS
 from .redact import DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_HEADERS, IP_HEADERS, Redactor
 
 MiB = 1024 * 1024
+#: An HTTP header name as this library accepts it in settings (an RFC 9110 token, narrowed).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 DEFAULTS: dict[str, Any] = {
     #: Path regexes (``re.match`` against the path, as the original). A matching request is not
     #: recorded at all and costs next to nothing.
     "TRACKING_EXCLUDE": [],
+    #: Path regexes; when any is set, only requests whose path matches one of them are recorded
+    #: (TRACKING_EXCLUDE still wins). Empty: every path.
+    "TRACKING_INCLUDE": [],
     #: Path regexes; matching requests are recorded without request and response bodies.
     "TRACKING_EXCLUDE_BODY": [],
     #: Bytes kept of each request and of each response body. ``0`` keeps no body.
@@ -74,6 +80,36 @@ DEFAULTS: dict[str, Any] = {
     #: Store ``ip`` with the last IPv4 octet (or the last 80 bits of IPv6) zeroed, and filter
     #: the headers that carry client addresses (X-Forwarded-For, X-Real-IP, Forwarded).
     "TRACKING_ANONYMIZE_IP": False,
+    #: ``"include"``: every view is tracked unless excluded (``@tracking.exclude``,
+    #: ``tracking.exclude_blueprint``). ``"exclude"``: only views marked ``@tracking.include`` or
+    #: in a blueprint given to ``tracking.include_blueprint`` are. Requests that match no view
+    #: (404, 405) follow the path rules only.
+    "TRACKING_DEFAULT": "include",
+    #: Requests carrying ``DNT: 1`` (Do Not Track) or ``Sec-GPC: 1`` (Global Privacy Control)
+    #: are not recorded at all.
+    "TRACKING_HONOR_DNT": False,
+    #: Record only requests that raised an unhandled exception (``exception`` is set).
+    "TRACKING_ONLY_ERRORS": False,
+    #: Do not record requests that raised an unhandled exception.
+    "TRACKING_SKIP_ERRORS": False,
+    #: Field names (see ``record.FIELDS``): store only these, plus ``_id``, ``date_created`` and
+    #: ``sample_rate``, which are always stored. None stores every field.
+    "TRACKING_FIELDS": None,
+    #: Field names (see ``record.FIELDS``) not to store; every other field is stored. Not
+    #: together with TRACKING_FIELDS.
+    "TRACKING_EXCLUDE_FIELDS": [],
+    #: Fraction (0 to 1) of ordinary requests stored, decided by a hash of the request id.
+    #: Errors (status >= 500 or an exception) and slow requests are always stored.
+    "TRACKING_SAMPLE_RATE": 1.0,
+    #: Milliseconds. With sampling, requests whose execution_time is above this are always
+    #: stored. None: only errors are.
+    "TRACKING_SAMPLE_KEEP_SLOWER_THAN_MS": 1000.0,
+    #: Request header whose value (at most 128 characters of ``A-Z a-z 0-9 . _ : @ + = / -``)
+    #: becomes the request id; otherwise, or when None, a new id (32 hex digits) is made.
+    "TRACKING_REQUEST_ID_HEADER": "X-Request-ID",
+    #: Response header that echoes the request id, e.g. ``"X-Request-ID"`` (not added when the
+    #: app set it). None: responses stay exactly as the app made them.
+    "TRACKING_REQUEST_ID_RESPONSE_HEADER": None,
 }
 
 
@@ -103,6 +139,18 @@ class TrackingConfig:
     max_custom_data_bytes: int
     redactor: Redactor | None
     anonymize_ip: bool
+    include: tuple[re.Pattern[str], ...]
+    track_by_default: bool
+    honor_dnt: bool
+    only_errors: bool
+    skip_errors: bool
+    #: The stored fields removed from every document (from TRACKING_FIELDS or
+    #: TRACKING_EXCLUDE_FIELDS).
+    omitted_fields: tuple[str, ...]
+    sample_rate: float
+    sample_keep_slower_than_ms: float | None
+    request_id_header: str | None
+    request_id_response_header: str | None
 
 
 def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
@@ -141,6 +189,18 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
         max_custom_data_bytes=get.integer("TRACKING_MAX_CUSTOM_DATA_BYTES", minimum=0),
         redactor=_redactor(get),
         anonymize_ip=get.flag("TRACKING_ANONYMIZE_IP"),
+        include=get.patterns("TRACKING_INCLUDE"),
+        track_by_default=get.choice("TRACKING_DEFAULT", ("include", "exclude")) == "include",
+        honor_dnt=get.flag("TRACKING_HONOR_DNT"),
+        only_errors=get.flag("TRACKING_ONLY_ERRORS"),
+        skip_errors=get.flag("TRACKING_SKIP_ERRORS"),
+        omitted_fields=_omitted_fields(get),
+        sample_rate=get.number("TRACKING_SAMPLE_RATE", minimum=0, maximum=1),
+        sample_keep_slower_than_ms=get.optional_number(
+            "TRACKING_SAMPLE_KEEP_SLOWER_THAN_MS", minimum=0
+        ),
+        request_id_header=get.optional_header_name("TRACKING_REQUEST_ID_HEADER"),
+        request_id_response_header=get.optional_header_name("TRACKING_REQUEST_ID_RESPONSE_HEADER"),
     )
     _check_relations(config)
     return config
@@ -156,6 +216,25 @@ def _redactor(get: _Reader) -> Redactor | None:
     return Redactor(headers, fields)
 
 
+def _omitted_fields(get: _Reader) -> tuple[str, ...]:
+    """The stored fields to remove from every document, from TRACKING_FIELDS (keep only
+    these) or TRACKING_EXCLUDE_FIELDS (remove these)."""
+    excluded = get.field_names("TRACKING_EXCLUDE_FIELDS", allow_always_stored=False)
+    if get.is_none("TRACKING_FIELDS"):
+        return excluded
+    if excluded:
+        raise ValueError(
+            "TRACKING_FIELDS and TRACKING_EXCLUDE_FIELDS cannot both be set: list the fields "
+            "to store in TRACKING_FIELDS, or the fields to leave out in TRACKING_EXCLUDE_FIELDS."
+        )
+    kept = get.field_names("TRACKING_FIELDS", allow_always_stored=True)
+    if not kept:
+        raise ValueError(
+            "TRACKING_FIELDS must name at least one field (None stores every field), got []."
+        )
+    return tuple(name for name in FIELDS if name not in kept and name not in ALWAYS_STORED_FIELDS)
+
+
 def _check_relations(config: TrackingConfig) -> None:
     if config.batch_max_records > config.queue_max_records:
         raise ValueError(
@@ -166,6 +245,11 @@ def _check_relations(config: TrackingConfig) -> None:
         raise ValueError(
             "TRACKING_RETRY_INITIAL_BACKOFF_SECONDS must not exceed "
             "TRACKING_RETRY_MAX_BACKOFF_SECONDS."
+        )
+    if config.only_errors and config.skip_errors:
+        raise ValueError(
+            "TRACKING_ONLY_ERRORS and TRACKING_SKIP_ERRORS cannot both be True: together they "
+            "would record nothing."
         )
     if 2 * config.max_body_length + 64 * 1024 > config.max_record_bytes:
         raise ValueError(
@@ -192,16 +276,56 @@ class _Reader:
             raise self._fail(key, f"an integer of at least {minimum}{bound}")
         return value
 
-    def number(self, key: str, *, minimum: float) -> float:
+    def number(self, key: str, *, minimum: float, maximum: float | None = None) -> float:
         value = self._config[key]
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
             or not math.isfinite(value)
             or not value >= minimum
+            or (maximum is not None and value > maximum)
         ):
-            raise self._fail(key, f"a finite number of at least {minimum}")
+            bound = f" and at most {maximum}" if maximum is not None else ""
+            raise self._fail(key, f"a finite number of at least {minimum}{bound}")
         return float(value)
+
+    def optional_number(self, key: str, *, minimum: float) -> float | None:
+        return None if self._config[key] is None else self.number(key, minimum=minimum)
+
+    def is_none(self, key: str) -> bool:
+        return self._config[key] is None
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self._config[key]
+        if value not in choices:
+            raise self._fail(key, " or ".join(repr(choice) for choice in choices))
+        return str(value)
+
+    def optional_header_name(self, key: str) -> str | None:
+        value = self._config[key]
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
+            raise self._fail(key, "None or an HTTP header name (letters, digits, - and _)")
+        return value
+
+    def field_names(self, key: str, *, allow_always_stored: bool) -> tuple[str, ...]:
+        """A list of stored field names (``record.FIELDS``), each checked."""
+        names = self.strings(key)
+        unknown = [name for name in names if name not in FIELDS]
+        if unknown:
+            raise ValueError(
+                f"{key} names unknown fields {', '.join(map(repr, unknown))}; the stored "
+                f"fields are {', '.join(FIELDS)}."
+            )
+        if not allow_always_stored:
+            fixed = [name for name in names if name in ALWAYS_STORED_FIELDS]
+            if fixed:
+                raise ValueError(
+                    f"{key} cannot leave out {', '.join(map(repr, fixed))}: "
+                    f"{', '.join(ALWAYS_STORED_FIELDS)} are always stored."
+                )
+        return names
 
     def text(self, key: str) -> str:
         value = self._config[key]

@@ -4,6 +4,12 @@ This is the only module that touches Flask hooks: a WSGI middleware around ``app
 one ``after_request`` hook and the ``got_request_exception`` signal. Each catches every error of
 the tracker's own code, so nothing the tracker does can raise into the app; such an error is
 logged (rate-limited) and counted in ``stats()["capture_errors"]``.
+
+Who decides what, on the request thread: the middleware applies the path, method and
+Do-Not-Track rules before Flask runs (a request they exclude costs next to nothing); the
+after_request hook (or the exception signal) applies the view and blueprint rules and the
+``skip_if`` predicates once the request is routed, and stops copying an excluded request; the
+finisher applies the outcome rules (status codes, errors, sampling) and queues the record.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Request, Response, g, got_request_exception, request
+from flask import Blueprint, Flask, Request, Response, g, got_request_exception, request
 
 from .capture import (
     ENVIRON_KEY,
@@ -28,6 +34,8 @@ from .config import TrackingConfig, load_config
 from .logs import RateLimitedLog
 from .policy import Policy
 from .record import status_code_of
+from .request_ids import environ_key
+from .scope import EXCLUDE, INCLUDE, EndpointVerdicts, View, mark_view
 from .signals import record_dropped, record_written
 from .store import BeforeSave, MongoSink
 from .writer import BatchWriter
@@ -39,15 +47,24 @@ if TYPE_CHECKING:
 #: Fixed part of the estimated in-queue size of a record, in bytes (dicts, strings, numbers).
 RECORD_OVERHEAD_BYTES = 4096
 
+#: ``predicate(request) -> bool``: True leaves the request out (see :meth:`Tracking.skip_if`).
+SkipPredicate = Callable[[Request], bool]
+
 
 class _AppTracking:
     """Everything one app's tracking needs at run time."""
 
-    def __init__(self, config: TrackingConfig, writer: BatchWriter) -> None:
+    def __init__(
+        self, config: TrackingConfig, writer: BatchWriter, verdicts: EndpointVerdicts
+    ) -> None:
         self.config = config
         self.max_body_length = config.max_body_length
         self.max_custom_data_bytes = config.max_custom_data_bytes
         self.policy = Policy(config)
+        header = config.request_id_header
+        #: Environ key of the incoming request-id header, or None.
+        self.request_id_key = None if header is None else environ_key(header)
+        self.verdicts = verdicts
         self.writer = writer
         self.capture_errors = 0
         self.lock = threading.Lock()
@@ -65,6 +82,8 @@ class Tracking:
     def __init__(self, app: Flask | None = None) -> None:
         self._apps: weakref.WeakKeyDictionary[Flask, _AppTracking] = weakref.WeakKeyDictionary()
         self._before_save: list[BeforeSave] = []
+        self._skip_if: list[SkipPredicate] = []
+        self._blueprint_rules: dict[object, str] = {}
         self._log = RateLimitedLog()
         if app is not None:
             self.init_app(app)
@@ -91,6 +110,10 @@ class Tracking:
             redactor=config.redactor,
             anonymize_ip=config.anonymize_ip,
             before_save=lambda: self._before_save,
+            omitted_fields=config.omitted_fields,
+            request_id_key=None
+            if config.request_id_header is None
+            else environ_key(config.request_id_header),
         )
         writer = BatchWriter(
             sink,
@@ -107,7 +130,9 @@ class Tracking:
             ),
             name=f"flask-tracking-writer[{app.name}]",
         )
-        tracked = _AppTracking(config, writer)
+        verdicts = EndpointVerdicts(app, self._blueprint_rules, config.track_by_default)
+        tracked = _AppTracking(config, writer, verdicts)
+        verdicts.on_error = lambda: self._count_error(tracked)
         self._apps[app] = tracked
         app.extensions["tracking"] = self
         app.wsgi_app = TrackingMiddleware(  # type: ignore[method-assign]
@@ -116,6 +141,8 @@ class Tracking:
             config.max_body_length,
             finish=self._finisher(tracked),
             on_error=lambda: self._count_error(tracked),
+            request_id_header=config.request_id_header,
+            request_id_response_header=config.request_id_response_header,
         )
         app.after_request(self._after_request_hook(tracked))
         got_request_exception.connect(
@@ -123,6 +150,42 @@ class Tracking:
             app,
             weak=False,
         )
+
+    def include(self, view: View) -> View:
+        """Decorator: track this view, also with TRACKING_DEFAULT = "exclude" or inside an
+        excluded blueprint. Works above or below ``@app.route`` (it marks the function)."""
+        return mark_view(view, INCLUDE)
+
+    def exclude(self, view: View) -> View:
+        """Decorator: never record requests to this view, even inside an included blueprint.
+        Works above or below ``@app.route`` (it marks the function). Path rules still come
+        first: TRACKING_EXCLUDE always wins over ``@tracking.include``."""
+        return mark_view(view, EXCLUDE)
+
+    def include_blueprint(self, blueprint: Blueprint | str) -> None:
+        """Track every view of ``blueprint`` (a Blueprint, or its registered name, dotted when
+        nested), unless the view itself is marked ``@tracking.exclude``."""
+        self._set_blueprint_rule(blueprint, INCLUDE)
+
+    def exclude_blueprint(self, blueprint: Blueprint | str) -> None:
+        """Record no request to a view of ``blueprint`` (a Blueprint, or its registered name),
+        unless the view itself is marked ``@tracking.include``."""
+        self._set_blueprint_rule(blueprint, EXCLUDE)
+
+    def skip_if(self, predicate: SkipPredicate) -> SkipPredicate:
+        """Register ``predicate(request) -> bool``; a request for which it returns True is not
+        recorded (an opt-out cookie, a header). Runs after the view, on the request thread, for
+        tracked requests only: keep it cheap. One that raises counts as a capture error and
+        the request is not recorded. Usable as a decorator."""
+        self._skip_if.append(predicate)
+        return predicate
+
+    def _set_blueprint_rule(self, blueprint: Blueprint | str, rule: str) -> None:
+        if not isinstance(blueprint, (Blueprint, str)) or not blueprint:
+            raise TypeError(f"expected a Blueprint or a blueprint name, got {blueprint!r}")
+        self._blueprint_rules[blueprint] = rule
+        for tracked in list(self._apps.values()):
+            tracked.verdicts.clear()
 
     def before_save(self, hook: BeforeSave) -> BeforeSave:
         """Register ``hook(document) -> document | None``, run on the writer thread.
@@ -159,6 +222,12 @@ class Tracking:
                 totals[key] = totals.get(key, 0) + value
         return totals
 
+    def _request_id_key(self, app: Flask) -> str | None:
+        """Environ key of the incoming request-id header of ``app`` (for ``request_id()``);
+        None when this instance does not track ``app``."""
+        tracked = self._apps.get(app)
+        return None if tracked is None else tracked.request_id_key
+
     def _tracked_for(self, app: Flask | None) -> _AppTracking:
         from flask import current_app
 
@@ -177,16 +246,30 @@ class Tracking:
         )
 
     def _after_request_hook(self, tracked: _AppTracking) -> Callable[[Response], Response]:
-        """The app's after_request hook: copy what the request context knows, tee the body."""
+        """The app's after_request hook: apply the view, blueprint and ``skip_if`` rules, then
+        copy what the request context knows and tee the body."""
         max_body_length = tracked.max_body_length
+        verdicts = tracked.verdicts.cache
+        resolve = tracked.verdicts.resolve_and_cache
+        predicates = self._skip_if
 
         def after_request(response: Response) -> Response:
             try:
                 current = request._get_current_object()  # type: ignore[attr-defined]
                 state: RequestState | None = current.environ.get(ENVIRON_KEY)
-                if state is not None:
-                    self._snapshot(tracked, state, current)
-                    tee_response_body(state, response, max_body_length)
+                if state is None or state.skipped:
+                    return response
+                rule = current.url_rule  # None: no view matched; the path rules decided
+                if rule is not None:
+                    endpoint = rule.endpoint
+                    tracked_view = verdicts.get(endpoint)
+                    if not (resolve(endpoint) if tracked_view is None else tracked_view):
+                        state.skipped = True
+                        return response
+                if predicates and self._skipped_by_predicate(tracked, state, current):
+                    return response
+                self._snapshot(tracked, state, current)
+                tee_response_body(state, response, max_body_length)
             except Exception:
                 self._count_error(tracked)
             return response
@@ -198,11 +281,40 @@ class Tracking:
         try:
             current = request._get_current_object()  # type: ignore[attr-defined]
             state: RequestState | None = current.environ.get(ENVIRON_KEY)
-            if state is not None:
-                state.note_exception(exception)
-                self._snapshot(tracked, state, current)
+            if state is None:
+                return
+            state.note_exception(exception)
+            if state.skipped:
+                return
+            rule = current.url_rule
+            if rule is not None and not tracked.verdicts.tracks(rule.endpoint):
+                state.skipped = True
+                return
+            if self._skip_if and self._skipped_by_predicate(tracked, state, current):
+                return
+            self._snapshot(tracked, state, current)
         except Exception:
             self._count_error(tracked)
+
+    def _skipped_by_predicate(
+        self, tracked: _AppTracking, state: RequestState, current: Request
+    ) -> bool:
+        """Run the ``skip_if`` predicates once per request; True (and the state marked
+        skipped) when one says so. A predicate that raises counts as a capture error and skips
+        the request: an opt-out that cannot be checked is honoured."""
+        if state.predicates_passed:  # after an exception, the signal ran them already
+            return False
+        for predicate in self._skip_if:
+            try:
+                skip = predicate(current)
+            except Exception:
+                self._count_error(tracked)
+                skip = True
+            if skip:
+                state.skipped = True
+                return True
+        state.predicates_passed = True
+        return False
 
     def _snapshot(self, tracked: _AppTracking, state: RequestState, current: Request) -> None:
         if state.snapshot_failed:  # counted once already (after an exception it runs twice)
@@ -223,19 +335,30 @@ class Tracking:
         user agent, encoding) happens on the writer thread, before any hook or the database
         sees the record.
         """
-        policy, writer = tracked.policy, tracked.writer
+        policy, writer, request_id_key = tracked.policy, tracked.writer, tracked.request_id_key
 
         def finish(state: RequestState) -> None:
             try:
+                if state.skipped:
+                    return
                 request_body, response_body = state.request_body, state.response_body
                 if (request_body is not None and request_body.failed) or (
                     response_body is not None and response_body.failed
                 ):
                     self._count_error(tracked)  # a body copy failed; the record keeps the rest
-                if not policy.filters_outcomes or policy.should_keep_record(
-                    status_code_of(state.status), state.execution_time or 0.0
-                ):
-                    writer.submit(state, _estimated_size(state))
+                if policy.filters_outcomes:
+                    sample_rate = policy.kept_sample_rate(
+                        status_code_of(state.status),
+                        state.execution_time or 0.0,
+                        state.exception is not None,
+                        state.resolve_request_id(state.environ or {}, request_id_key)
+                        if policy.samples
+                        else None,
+                    )
+                    if sample_rate is None:
+                        return
+                    state.sample_rate = sample_rate
+                writer.submit(state, _estimated_size(state))
             except Exception:
                 self._count_error(tracked)
 

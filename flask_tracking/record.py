@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import socket
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import DBRef, ObjectId
 from ua_parser import parse as parse_ua
 
-from .capture import RequestState
 from .redact import FILTERED, Redactor, anonymize_ip
 
-#: The keys of every stored document (besides ``_id``).
+if TYPE_CHECKING:  # config imports this module, and capture imports config
+    from .capture import RequestState
+
+#: The keys of every stored document (besides ``_id``); TRACKING_FIELDS and
+#: TRACKING_EXCLUDE_FIELDS may leave some out.
 FIELDS = (
     "date_created",
     "host",
@@ -48,7 +51,12 @@ FIELDS = (
     "hostname",
     "custom_data",
     "exception",
+    "request_id",
+    "sample_rate",
 )
+#: Fields every stored document keeps, whatever TRACKING_FIELDS or TRACKING_EXCLUDE_FIELDS say:
+#: the collection is read in ``date_created`` order, and counts are scaled by ``sample_rate``.
+ALWAYS_STORED_FIELDS = ("date_created", "sample_rate")
 
 _HOSTNAME = socket.gethostname()
 
@@ -62,12 +70,17 @@ def status_code_of(status: str) -> int:
 
 
 def to_document(
-    state: RequestState, redactor: Redactor | None = None, anonymize: bool = False
+    state: RequestState,
+    redactor: Redactor | None = None,
+    anonymize: bool = False,
+    request_id_key: str | None = None,
 ) -> dict[str, Any]:
     """The document to insert for a finished request (a new dict with an ``_id``).
 
     With a ``redactor``, secrets are filtered from headers, query string, custom data and
     bodies; with ``anonymize``, the client address is cut (see :func:`redact.anonymize_ip`).
+    ``request_id_key`` is the environ key of the incoming request-id header: when nothing on
+    the request thread needed the id, it is worked out here.
     """
     environ = state.environ or {}
     secret_header = redactor.is_secret_header if redactor is not None else None
@@ -118,6 +131,8 @@ def to_document(
         "hostname": _HOSTNAME,
         "custom_data": custom_data,
         "exception": state.exception,
+        "request_id": state.resolve_request_id(environ, request_id_key),
+        "sample_rate": state.sample_rate,
     }
     _add_bodies(document, state)
     if redactor is not None:

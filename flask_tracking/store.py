@@ -70,12 +70,14 @@ class MongoSink:
         anonymize_ip: bool = False,
         before_save: Callable[[], list[BeforeSave]] = list,
         omitted_fields: tuple[str, ...] = (),
+        request_id_key: str | None = None,
         logger: logging.Logger | None = None,
         collection_name: str = COLLECTION_NAME,
     ) -> None:
         """``omitted_fields``: stored fields removed from every document after the
         ``before_save`` hooks (which see the whole document), from TRACKING_FIELDS or
-        TRACKING_EXCLUDE_FIELDS; keys a hook adds are kept."""
+        TRACKING_EXCLUDE_FIELDS; keys a hook adds are kept. ``request_id_key``: the environ key
+        of the incoming request-id header (see :func:`~flask_tracking.record.to_document`)."""
         self._get_database = get_database
         self._capped_size = capped_size_bytes
         self._capped_max = capped_max_documents
@@ -85,6 +87,7 @@ class MongoSink:
         self._anonymize_ip = anonymize_ip
         self._before_save = before_save
         self._omitted_fields = omitted_fields
+        self._request_id_key = request_id_key
         self._logger = logger or logging.getLogger("flask_tracking")
         self._collection_name = collection_name
         self._collection: Collection[Any] | None = None
@@ -115,7 +118,7 @@ class MongoSink:
             return record, True
         try:
             document: dict[str, Any] | None = to_document(
-                record, self._redactor, self._anonymize_ip
+                record, self._redactor, self._anonymize_ip, self._request_id_key
             )
         except Exception:
             self._logger.exception("flask_tracking: could not convert a record; dropped")

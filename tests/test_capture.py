@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
+from flask import Flask
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import LimitedStream
 
@@ -28,6 +29,7 @@ from flask_tracking.config import load_config
 from flask_tracking.extension import Tracking, _AppTracking
 from flask_tracking.policy import SKIP, TRACK, TRACK_WITH_BODIES, Policy
 from flask_tracking.record import to_document
+from flask_tracking.scope import EndpointVerdicts
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -680,7 +682,8 @@ class BrokenWriter:
 def wired_middleware(app: Any) -> tuple[TrackingMiddleware, Any]:
     """The middleware wired as ``init_app`` does, to the real ``finish`` and ``on_error``."""
     tracking = Tracking()
-    tracked = _AppTracking(load_config({}), BrokenWriter())  # type: ignore[arg-type]
+    verdicts = EndpointVerdicts(Flask("wired"), {}, track_by_default=True)
+    tracked = _AppTracking(load_config({}), BrokenWriter(), verdicts)  # type: ignore[arg-type]
     tracked_middleware = TrackingMiddleware(
         app,
         tracked.policy,

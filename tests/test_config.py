@@ -147,6 +147,24 @@ INVALID: dict[str, list[Any]] = {
     ],
     "TRACKING_REDACT_FIELDS": ["password", [None], [""], {"replace": [1]}, 3],
     "TRACKING_ANONYMIZE_IP": [1, "yes", None],
+    "TRACKING_INCLUDE": ["/api", ["("], [1], None],
+    "TRACKING_DEFAULT": ["Include", "all", None, True, ["include"]],
+    "TRACKING_HONOR_DNT": [1, "true", None],
+    "TRACKING_ONLY_ERRORS": [1, "yes", None],
+    "TRACKING_SKIP_ERRORS": [0, "no"],
+    "TRACKING_FIELDS": [[], ["path", "nope"], "path", [1], ["_id", "path"], ["Path"]],
+    "TRACKING_EXCLUDE_FIELDS": [
+        ["nope"],
+        "ip",
+        None,
+        ["date_created"],
+        ["sample_rate"],
+        ["user_agent.browser"],
+    ],
+    "TRACKING_SAMPLE_RATE": [-0.1, 1.01, True, NAN, "0.5", None, math.inf],
+    "TRACKING_SAMPLE_KEEP_SLOWER_THAN_MS": [-1, True, NAN, "1000", math.inf],
+    "TRACKING_REQUEST_ID_HEADER": ["", "X Request", "X-Id:", 1, b"X-Id", "Ä-Id", "x" * 129],
+    "TRACKING_REQUEST_ID_RESPONSE_HEADER": ["", "X-Id\r\nSet-Cookie: a=b", 5, "-X"],
 }
 
 
