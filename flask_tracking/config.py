@@ -209,11 +209,11 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
 def _redactor(get: _Reader) -> Redactor | None:
     headers = get.deny_list("TRACKING_REDACT_HEADERS", DEFAULT_REDACT_HEADERS)
     fields = get.deny_list("TRACKING_REDACT_FIELDS", DEFAULT_REDACT_FIELDS)
+    anonymize = get.flag("TRACKING_ANONYMIZE_IP")
     if not get.flag("TRACKING_REDACT"):
-        return None
-    if get.flag("TRACKING_ANONYMIZE_IP"):
-        headers += IP_HEADERS
-    return Redactor(headers, fields)
+        # Storing verbatim still must not keep the addresses anonymizing promised to cut.
+        return Redactor(IP_HEADERS, ()) if anonymize else None
+    return Redactor(headers + IP_HEADERS if anonymize else headers, fields)
 
 
 def _omitted_fields(get: _Reader) -> tuple[str, ...]:

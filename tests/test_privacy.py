@@ -886,11 +886,6 @@ def test_anonymize_ip_after_proxyfix(mongo: Any) -> None:
         shutdown(app)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with TRACKING_REDACT=False, TRACKING_ANONYMIZE_IP anonymizes ip but stores "
-    "X-Forwarded-For & co verbatim (config._redactor returns None before adding IP_HEADERS)",
-)
 def test_anonymize_ip_without_redaction_still_filters_forwarding_headers(
     make_app: Callable[..., Flask], mongo: Any
 ) -> None:
