@@ -8,11 +8,16 @@ replayed.  Flask is imported lazily (only :meth:`Tracking.replay` needs it).
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
+from bson import ObjectId
 from mongoengine import (
     BinaryField,
     BooleanField,
@@ -25,18 +30,26 @@ from mongoengine import (
     GenericReferenceField,
     IntField,
     ListField,
+    Q,
     QuerySet,
     StringField,
 )
+from pymongo import CursorType
+from pymongo.errors import ConnectionFailure
 
 from flask_tracking.redact import FILTERED
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from werkzeug.test import TestResponse
 
-__all__ = ["Tracking", "TrackingQuerySet", "UserAgent"]
+__all__ = [
+    "Tracking",
+    "TrackingQuerySet",
+    "UserAgent",
+    "parse_datetime",
+    "percentile",
+    "percentile_index",
+]
 
 #: Control characters (C0, DEL, C1) and Unicode line/paragraph separators.
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -169,8 +182,501 @@ class UserAgent(EmbeddedDocument):
         return _escape(name or self.string or "unknown")
 
 
+#: Fields :meth:`TrackingQuerySet.stats` can group by.
+STATS_GROUPS = ("endpoint", "path", "status_code", "user_id")
+#: Buckets of :meth:`TrackingQuerySet.timeline`, as ``$dateToString`` (and ``strptime``) formats.
+TIMELINE_BUCKETS = {"minute": "%Y-%m-%dT%H:%M", "hour": "%Y-%m-%dT%H", "day": "%Y-%m-%d"}
+#: User-agent fields :meth:`TrackingQuerySet.user_agents` can break the records down by.
+USER_AGENT_FIELDS = ("browser", "platform", "device", "language")
+#: The percentiles every report gives, by key, as fractions.
+PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+#: How far back :meth:`TrackingQuerySet.follow` looks again when polling, in seconds: records
+#: from several workers do not arrive in ``_id`` order, and a batch may wait in a writer's queue.
+POLL_OVERLAP_SECONDS = 10.0
+
+# Aggregation expressions shared by the reports (operators of MongoDB 4.4 that mongomock also
+# evaluates: $isNumber, $cond, $divide, $multiply, $floor, $arrayElemAt, $filter, $let, $size).
+_VALID_SAMPLE_RATE = {
+    "$and": [
+        {"$isNumber": "$sample_rate"},
+        {"$gt": ["$sample_rate", 0]},
+        {"$lte": ["$sample_rate", 1]},
+    ]
+}
+#: How many requests a stored record stands for: 1 / sample_rate when sampled, else 1.
+_WEIGHT = {"$cond": [_VALID_SAMPLE_RATE, {"$divide": [1, "$sample_rate"]}, 1]}
+#: A server error: status >= 500 or an exception (a string sorts above null; missing does not).
+_IS_ERROR = {"$or": [{"$gte": ["$status_code", 500]}, {"$gt": ["$exception", None]}]}
+
+
+def _number_or_zero(field: str) -> dict[str, Any]:
+    return {"$cond": [{"$isNumber": f"${field}"}, f"${field}", 0]}
+
+
+#: One row per record: its execution time, weight, error flag and body sizes.
+_MEASURES = {
+    "t": "$execution_time",
+    "w": _WEIGHT,
+    "e": {"$cond": [_IS_ERROR, 1, 0]},
+    "bi": _number_or_zero("request_body_size"),
+    "bo": _number_or_zero("response_body_size"),
+}
+#: Per group; ``times`` keeps the order of the preceding ``$sort`` on ``t``.
+_ACCUMULATORS = {
+    "count": {"$sum": "$w"},
+    "errors": {"$sum": {"$multiply": ["$e", "$w"]}},
+    "times": {"$push": "$t"},
+    "weighted_time": {"$sum": {"$cond": [{"$isNumber": "$t"}, {"$multiply": ["$t", "$w"]}, 0]}},
+    "timed_weight": {"$sum": {"$cond": [{"$isNumber": "$t"}, "$w", 0]}},
+    "max": {"$max": "$t"},
+    "bytes_in": {"$sum": {"$multiply": ["$bi", "$w"]}},
+    "bytes_out": {"$sum": {"$multiply": ["$bo", "$w"]}},
+}
+_SUMMARY_FIELDS = ("count", "errors", "error_rate", "mean", "max", "bytes_in", "bytes_out")
+
+
+def _percentile_expression(fraction: float) -> dict[str, Any]:
+    """``times[floor(fraction * (size - 1))]``, or null for no times: :func:`percentile_index`."""
+    position = {"$floor": {"$multiply": [fraction, {"$subtract": ["$$n", 1]}]}}
+    return {
+        "$let": {
+            "vars": {"n": {"$size": "$times"}},
+            "in": {"$cond": [{"$eq": ["$$n", 0]}, None, {"$arrayElemAt": ["$times", position]}]},
+        }
+    }
+
+
+def _summary_stages(key: Any) -> list[dict[str, Any]]:
+    """Pipeline stages grouping the matched records by ``key`` into one summary each."""
+    return [
+        {"$project": {"_id": 0, "key": key, **_MEASURES}},
+        {"$sort": {"t": 1}},
+        {"$group": {"_id": "$key", **_ACCUMULATORS}},
+        {
+            "$project": {
+                "count": 1,
+                "errors": 1,
+                "max": 1,
+                "bytes_in": 1,
+                "bytes_out": 1,
+                "error_rate": {
+                    "$cond": [{"$gt": ["$count", 0]}, {"$divide": ["$errors", "$count"]}, 0]
+                },
+                "mean": {
+                    "$cond": [
+                        {"$gt": ["$timed_weight", 0]},
+                        {"$divide": ["$weighted_time", "$timed_weight"]},
+                        None,
+                    ]
+                },
+                "times": {"$filter": {"input": "$times", "as": "v", "cond": {"$isNumber": "$$v"}}},
+            }
+        },
+        {
+            "$project": {
+                **dict.fromkeys(_SUMMARY_FIELDS, 1),
+                **{key: _percentile_expression(p) for key, p in PERCENTILES.items()},
+            }
+        },
+    ]
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline summary row as returned to callers: estimated counts rounded to integers."""
+    summary: dict[str, Any] = {
+        "count": round(row["count"]),
+        "errors": round(row["errors"]),
+        "error_rate": row["error_rate"],
+        "mean": row.get("mean"),
+    }
+    summary.update((key, row.get(key)) for key in PERCENTILES)
+    summary["max"] = row.get("max")
+    summary["bytes_in"] = round(row["bytes_in"])
+    summary["bytes_out"] = round(row["bytes_out"])
+    return summary
+
+
+def percentile_index(fraction: float, count: int) -> int:
+    """Position of the ``fraction`` percentile (0 to 1) among ``count`` sorted values.
+
+    ``floor(fraction * (count - 1))``: the lower of the two values linear interpolation would
+    blend (NumPy's ``method="lower"``), so a percentile is always a recorded value. The reports
+    compute the same position in MongoDB with ``$floor``, ``$multiply`` and ``$arrayElemAt``.
+    """
+    return math.floor(fraction * (count - 1))
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
+    """The ``fraction`` percentile of ascending ``sorted_values`` (see :func:`percentile_index`);
+    None when there are no values."""
+    if not sorted_values:
+        return None
+    return sorted_values[percentile_index(fraction, len(sorted_values))]
+
+
+def parse_datetime(value: datetime | date | str) -> datetime:
+    """A naive UTC datetime (the way records store dates) from a datetime, a date or a string.
+
+    Strings are ISO 8601 with a space or ``T``: ``"2024-05-01"``, ``"2024-05-01 10:00"``,
+    ``"2024-05-01T10:00:00.250Z"``, ``"2024-05-01T12:00+02:00"``. Naive values are taken as UTC,
+    aware ones are converted. Raises :class:`ValueError` with a sentence for anything else.
+    """
+    result: datetime
+    if isinstance(value, datetime):
+        result = value
+    elif isinstance(value, date):
+        result = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            result = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a date. Give a date and time such as '2024-05-01 10:00' or "
+                "ISO 8601 such as '2024-05-01T10:00:00Z' (UTC unless an offset is given)."
+            ) from None
+    else:
+        raise ValueError(f"{value!r} is not a date: pass a datetime, a date or a string.")
+    if result.tzinfo is not None:
+        result = result.astimezone(timezone.utc).replace(tzinfo=None)
+    return result
+
+
+def _path_regex(pattern: str | re.Pattern[str]) -> str:
+    """The MongoDB regex for :meth:`TrackingQuerySet.for_path`: ``pattern`` anchored at the start.
+
+    Without a ``|`` the anchor is a bare ``^``, so a plain path stays a "simple prefix" regex
+    that MongoDB answers from the ``path`` index.
+    """
+    source = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
+    try:
+        re.compile(source)
+    except re.error as error:
+        raise ValueError(f"{source!r} is not a valid regular expression: {error}.") from None
+    return f"^{source}" if "|" not in source else f"^(?:{source})"
+
+
+_DATA_OPERATORS = frozenset({"ne", "lt", "lte", "gt", "gte", "in", "nin", "exists"})
+
+
+def _custom_data_query(key: str, value: Any) -> dict[str, Any]:
+    """``cart__items__gte=3`` -> ``{"custom_data.cart.items": {"$gte": 3}}``."""
+    parts = key.split("__")
+    if len(parts) > 1 and parts[-1] in _DATA_OPERATORS:
+        operator = parts.pop()
+        value = {f"${operator}": list(value) if operator in ("in", "nin") else value}
+    return {".".join(["custom_data", *parts]): value}
+
+
+def _user_id_of(user_or_id: Any) -> str | None:
+    """The ``user_id`` stored for a user object (``get_id()``, else ``pk``) or an id."""
+    if user_or_id is None:
+        return None
+    if callable(getattr(user_or_id, "get_id", None)):
+        user_or_id = user_or_id.get_id()
+    elif hasattr(user_or_id, "pk"):
+        user_or_id = user_or_id.pk
+    return None if user_or_id is None else str(user_or_id)
+
+
+def _is_capped(collection: Any) -> bool:
+    """Whether ``collection`` is capped, i.e. can be followed with a tailable cursor.
+
+    False when the server cannot say (mongomock has no ``options()``; a user without the
+    ``listCollections`` privilege); network errors propagate.
+    """
+    try:
+        options = collection.options()
+    except ConnectionFailure:
+        raise
+    except Exception:
+        return False
+    return isinstance(options, dict) and bool(options.get("capped"))
+
+
+def _and(query: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    return {"$and": [query, extra]} if query else extra
+
+
+def _wait(seconds: float, deadline: float | None) -> None:
+    """Sleep ``seconds``, or until ``deadline`` (``time.monotonic()``) if that comes first."""
+    if deadline is not None:
+        seconds = min(seconds, deadline - time.monotonic())
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _tail(
+    collection: Any, query: dict[str, Any], interval: float, deadline: float | None
+) -> Iterator[dict[str, Any]]:
+    """Raw records stored after the call, through a tailable (awaiting) cursor."""
+    newest = list(collection.find({}, {"_id": 1}).sort("$natural", -1).limit(1))
+    last = newest[0]["_id"] if newest else None
+    while not _expired(deadline):
+        criteria = query if last is None else _and(query, {"_id": {"$gt": last}})
+        cursor = collection.find(criteria, cursor_type=CursorType.TAILABLE_AWAIT)
+        cursor.max_await_time_ms(max(1, int(interval * 1000)))
+        try:
+            while cursor.alive and not _expired(deadline):
+                for document in cursor:  # ends after max_await_time_ms without a new record
+                    last = document["_id"]
+                    yield document
+                    if _expired(deadline):
+                        return
+        finally:
+            cursor.close()
+        # A dead cursor: the collection was empty, or the cursor fell behind the eviction.
+        _wait(interval, deadline)
+
+
+def _poll(
+    collection: Any, query: dict[str, Any], interval: float, deadline: float | None
+) -> Iterator[dict[str, Any]]:
+    """Raw records stored after the call, by polling (for collections that are not capped).
+
+    Each poll reads the ids of the last :data:`POLL_OVERLAP_SECONDS` (by ``_id`` time) and
+    fetches the ones not seen yet, so records that reach the database out of ``_id`` order
+    (several workers, batches waiting in a queue) are not missed.
+    """
+    overlap = timedelta(seconds=POLL_OVERLAP_SECONDS)
+    newest = list(collection.find(query, {"_id": 1}).sort("_id", -1).limit(1))
+    floor = newest[0]["_id"].generation_time if newest else None
+    seen: dict[ObjectId, None] = {}
+
+    def window_ids() -> list[ObjectId]:
+        criteria = query
+        if floor is not None:
+            criteria = _and(query, {"_id": {"$gte": ObjectId.from_datetime(floor - overlap)}})
+        return [row["_id"] for row in collection.find(criteria, {"_id": 1}).sort("_id", 1)]
+
+    if floor is not None:
+        seen.update(dict.fromkeys(window_ids()))
+    while True:
+        fresh = [oid for oid in window_ids() if oid not in seen]
+        if fresh:
+            for document in collection.find({"_id": {"$in": fresh}}).sort("_id", 1):
+                seen[document["_id"]] = None
+                yield document
+                if _expired(deadline):
+                    return
+            floor = max(fresh[-1].generation_time, floor or fresh[-1].generation_time)
+            cutoff = floor - overlap
+            seen = {oid: None for oid in seen if oid.generation_time >= cutoff}
+        if _expired(deadline):
+            return
+        _wait(interval, deadline)
+
+
 class TrackingQuerySet(QuerySet):
-    """QuerySet of :class:`Tracking` records (query helpers will live here)."""
+    """QuerySet of :class:`Tracking` records, with helpers for the usual questions.
+
+    Every filter helper returns a new QuerySet, so helpers chain with each other and with
+    ``filter()``: ``Tracking.objects.last(hours=1).for_path("/api/").errors()``. Results come
+    newest first (``-date_created``, the document's default ordering) unless you call
+    ``order_by``; ``order_by()`` without fields gives storage order (oldest first in a capped
+    collection).
+
+    The reports (:meth:`stats`, :meth:`timeline`, :meth:`unique_visitors`,
+    :meth:`user_agents`) run one aggregation pipeline over the records the QuerySet selects.
+    Records carrying a ``sample_rate`` (in ``(0, 1]``) count for ``1 / sample_rate`` requests
+    in counts, errors, byte totals and means; percentiles and maxima are over the records kept.
+    """
+
+    # --- filters -------------------------------------------------------------------------
+
+    def slow(self, min_ms: float) -> TrackingQuerySet:
+        """Requests that took at least ``min_ms`` milliseconds in the app."""
+        return self.filter(execution_time__gte=min_ms)
+
+    def errors(self) -> TrackingQuerySet:
+        """Server errors: status 500 or above, or the view raised (``exception`` is set)."""
+        return self.filter(Q(status_code__gte=500) | Q(exception__ne=None))
+
+    def client_errors(self) -> TrackingQuerySet:
+        """Client errors: status 400 to 499."""
+        return self.filter(status_code__gte=400, status_code__lt=500)
+
+    def between(
+        self, start: datetime | date | str | None = None, end: datetime | date | str | None = None
+    ) -> TrackingQuerySet:
+        """Requests from ``start`` (included) until ``end`` (excluded); either may be None.
+
+        Datetimes, dates or strings such as ``"2024-05-01 10:00"`` (see :func:`parse_datetime`;
+        naive means UTC). Raises :class:`ValueError` for a string that is not a date, or when
+        ``start`` is after ``end``.
+        """
+        first = None if start is None else parse_datetime(start)
+        stop = None if end is None else parse_datetime(end)
+        if first is not None and stop is not None and first > stop:
+            raise ValueError(f"The start ({start}) is after the end ({end}).")
+        criteria = {"date_created__gte": first, "date_created__lt": stop}
+        return self.filter(**{key: value for key, value in criteria.items() if value is not None})
+
+    def last(self, *, minutes: float = 0, hours: float = 0, days: float = 0) -> TrackingQuerySet:
+        """Requests of the last ``minutes`` + ``hours`` + ``days`` (by this machine's clock)."""
+        window = timedelta(minutes=minutes, hours=hours, days=days)
+        if window <= timedelta(0):
+            raise ValueError("last() needs a positive duration, such as last(minutes=15).")
+        since = datetime.now(timezone.utc).replace(tzinfo=None) - window
+        return self.filter(date_created__gte=since)
+
+    def for_path(self, pattern: str | re.Pattern[str], *, exact: bool = False) -> TrackingQuerySet:
+        """Requests whose path matches the regular expression ``pattern`` **at its start**.
+
+        Like Python's ``re.match``: ``for_path("/api/")`` is every path under ``/api/``,
+        ``for_path(r"/users/\\d+$")`` a user page exactly, ``for_path("/a|/b")`` both prefixes.
+        A plain path is therefore a prefix; pass ``exact=True`` to compare literally (or
+        ``re.escape`` special characters). Raises :class:`ValueError` for an invalid regex.
+        """
+        if exact:
+            return self.filter(path=pattern)
+        return self.filter(__raw__={"path": {"$regex": _path_regex(pattern)}})
+
+    def for_endpoint(self, name: str) -> TrackingQuerySet:
+        """Requests served by the Flask endpoint ``name`` (such as ``"users.show"``)."""
+        return self.filter(endpoint=name)
+
+    def for_user(self, user_or_id: Any) -> TrackingQuerySet:
+        """Requests of one user: a user object (its ``get_id()``, else its ``pk``) or an id.
+
+        Matches the stored ``user_id`` (a string); ``None`` selects anonymous requests.
+        """
+        return self.filter(user_id=_user_id_of(user_or_id))
+
+    def for_ip(self, ip: str) -> TrackingQuerySet:
+        """Requests from the client address ``ip`` (exactly as stored)."""
+        return self.filter(ip=ip)
+
+    def with_data(self, **custom_data_filters: Any) -> TrackingQuerySet:
+        """Requests whose custom data matches every filter, MongoEngine style.
+
+        ``with_data(order=42)`` selects ``custom_data.order == 42``; ``__`` goes one level down
+        (``cart__items=3``) and a last part naming an operator compares
+        (``total__gte=100``; operators: ne, lt, lte, gt, gte, in, nin, exists).
+        """
+        return (
+            self.filter(
+                __raw__={
+                    "$and": [
+                        _custom_data_query(key, value) for key, value in custom_data_filters.items()
+                    ]
+                }
+            )
+            if custom_data_filters
+            else self.clone()
+        )
+
+    # --- reports -------------------------------------------------------------------------
+
+    def stats(self, group_by: str = "endpoint") -> list[dict[str, Any]]:
+        """Per ``group_by`` value (endpoint, path, status_code or user_id), most requests first.
+
+        Each row: the group value under the ``group_by`` key, ``count``, ``errors`` (see
+        :meth:`errors`), ``error_rate`` (0 to 1), ``mean``, ``p50``, ``p95``, ``p99`` and
+        ``max`` execution time in ms (None when no record of the group has one), and
+        ``bytes_in`` / ``bytes_out`` (sums of the request and response body sizes).
+        Percentiles follow :func:`percentile`. Computed by one aggregation pipeline
+        ($project, $sort, $group with $push, $arrayElemAt) that MongoDB 4.4 accepts.
+        """
+        if group_by not in STATS_GROUPS:
+            raise ValueError(
+                f"group_by must be one of {', '.join(STATS_GROUPS)}, not {group_by!r}."
+            )
+        pipeline = [*_summary_stages(f"${group_by}"), {"$sort": {"count": -1, "_id": 1}}]
+        return [{group_by: row["_id"], **_summary(row)} for row in self._aggregate(pipeline)]
+
+    def timeline(self, bucket: str = "hour") -> list[dict[str, Any]]:
+        """One row per ``bucket`` ("minute", "hour" or "day", UTC) that has records, oldest first.
+
+        Each row: ``start`` (naive UTC datetime of the bucket) and the fields of :meth:`stats`
+        (count, errors, error_rate, mean, p50, p95, p99, max, bytes_in, bytes_out). Buckets
+        come from ``$dateToString``; records without a date are left out.
+        """
+        if bucket not in TIMELINE_BUCKETS:
+            raise ValueError(
+                f"bucket must be one of {', '.join(TIMELINE_BUCKETS)}, not {bucket!r}."
+            )
+        layout = TIMELINE_BUCKETS[bucket]
+        key = {"$dateToString": {"format": layout, "date": "$date_created"}}
+        pipeline = [
+            {"$match": {"date_created": {"$type": "date"}}},
+            *_summary_stages(key),
+            {"$sort": {"_id": 1}},
+        ]
+        return [
+            {"start": datetime.strptime(row["_id"], layout), **_summary(row)}
+            for row in self._aggregate(pipeline)
+        ]
+
+    def unique_visitors(self) -> dict[str, int]:
+        """Distinct client addresses and distinct users among the selected records:
+        ``{"ips": n, "users": n}`` (records without an ip or a user_id are not counted)."""
+
+        def distinct(field: str) -> list[dict[str, Any]]:
+            return [
+                {"$match": {field: {"$ne": None}}},
+                {"$group": {"_id": f"${field}"}},
+                {"$count": "n"},
+            ]
+
+        facets = {"ips": distinct("ip"), "users": distinct("user_id")}
+        rows = list(self._aggregate([{"$facet": facets}]))
+        counts = rows[0] if rows else {}
+        return {key: counts[key][0]["n"] if counts.get(key) else 0 for key in facets}
+
+    def user_agents(self, by: str = "browser") -> list[dict[str, Any]]:
+        """How many requests came from each browser (or platform, device, language), most first.
+
+        Rows: ``{by: name or None, "count": n, "share": fraction of all selected requests}``.
+        """
+        if by not in USER_AGENT_FIELDS:
+            raise ValueError(f"by must be one of {', '.join(USER_AGENT_FIELDS)}, not {by!r}.")
+        pipeline = [
+            {"$group": {"_id": f"$user_agent.{by}", "count": {"$sum": _WEIGHT}}},
+            {"$sort": {"count": -1, "_id": 1}},
+        ]
+        rows = list(self._aggregate(pipeline))
+        total = sum(row["count"] for row in rows)
+        return [
+            {by: row["_id"], "count": round(row["count"]), "share": row["count"] / total}
+            for row in rows
+        ]
+
+    def _aggregate(self, pipeline: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Run ``pipeline`` after this QuerySet's ``$match`` (and its skip/limit, if any).
+
+        ``allowDiskUse`` lets the $sort and $group of a large window spill past 100 MB.
+        """
+        queryset = self
+        if self._limit is None and self._skip is None:
+            queryset = self.order_by()  # a whole selection needs no $sort before our stages
+        elif self._ordering is None:
+            queryset = self.order_by(*self._document._meta["ordering"])
+        return queryset.aggregate(pipeline, allowDiskUse=True)
+
+    # --- live ----------------------------------------------------------------------------
+
+    def follow(self, *, interval: float = 1.0, timeout: float | None = None) -> Iterator[Tracking]:
+        """Yield the selected records stored from now on, in storage order (like ``tail -f``).
+
+        On a capped collection a tailable cursor waits up to ``interval`` seconds for each new
+        batch; elsewhere (a plain collection, mongomock) the collection is polled every
+        ``interval`` seconds. Stops after ``timeout`` seconds if given; otherwise runs until
+        the caller stops iterating.
+        """
+        if self._none or self._empty:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        collection = self._collection
+        follow = _tail if _is_capped(collection) else _poll
+        for document in follow(collection, self._query, interval, deadline):
+            yield self._document._from_son(document)
 
 
 class Tracking(Document):
@@ -200,6 +706,9 @@ class Tracking(Document):
       response; ``total_time``: ms until the body was fully sent.
     - ``hostname``: the worker host; ``custom_data``: any BSON value set by the
       app; ``exception``: ``"Type: message"`` when the view raised.
+    - ``request_id``: the request's id; ``sample_rate``: the probability with which the
+      record was kept (in ``(0, 1]``; 1.0 when every request is kept, missing in older
+      records), by which the reports of :class:`TrackingQuerySet` scale their counts.
 
     Meta: ``collection`` is ``"tracking"``; ``auto_create_index`` is off (the
     writer owns the collection); ``queryset_class`` is :class:`TrackingQuerySet`;
@@ -241,11 +750,16 @@ class Tracking(Document):
     hostname = StringField()
     custom_data = DynamicField()
     exception = StringField()
+    request_id = StringField()
+    sample_rate = FloatField()
+    request_id = StringField()
+    sample_rate = FloatField()
 
     meta: ClassVar[dict[str, Any]] = {
         "collection": "tracking",
         "auto_create_index": False,
         "queryset_class": TrackingQuerySet,
+        "ordering": ["-date_created"],
         "strict": False,
     }
 
@@ -269,6 +783,16 @@ class Tracking(Document):
     def get_response_header(self, name: str, default: str = "") -> str:
         """Value of the first response header called ``name`` (case-insensitive)."""
         return _find_header(self.response_headers, name, default)
+
+    def resendable_headers(self) -> list[tuple[str, str]]:
+        """The request headers :meth:`replay` resends: all but the ``FILTERED`` ones and
+        ``Host``, ``Content-Length`` and ``Transfer-Encoding``."""
+        return _replay_headers(self.request_headers, None)
+
+    def filtered_header_names(self) -> list[str]:
+        """Names of the request headers stored as ``FILTERED`` (in order, once each)."""
+        names = (name for name, value in _header_pairs(self.request_headers) if value == FILTERED)
+        return list(dict.fromkeys(names))
 
     def request_body_text(self) -> str | None:
         """The stored request body decoded as UTF-8 (with replacement), or ``None``."""

@@ -30,6 +30,7 @@ from .capture import (
     snapshot_request,
     tee_response_body,
 )
+from .cli import tracking_cli
 from .config import TrackingConfig, load_config
 from .logs import RateLimitedLog
 from .policy import Policy
@@ -135,6 +136,7 @@ class Tracking:
         verdicts.on_error = lambda: self._count_error(tracked)
         self._apps[app] = tracked
         app.extensions["tracking"] = self
+        app.cli.add_command(tracking_cli)
         app.wsgi_app = TrackingMiddleware(  # type: ignore[method-assign]
             app.wsgi_app,
             tracked.policy,

@@ -27,6 +27,7 @@ from pymongo.errors import (
 )
 
 from .capture import RequestState
+from .indexes import ensure_indexes
 from .record import to_document
 from .redact import Redactor
 from .sanitize import TRUNCATED
@@ -187,9 +188,20 @@ class MongoSink:
             self._collection, self._pid = None, os.getpid()
         if self._collection is None:
             database = self._get_database()
-            self._collection = ensure_collection(
+            collection = ensure_collection(
                 database, self._collection_name, self._capped_size, self._capped_max, self._logger
             )
+            try:
+                ensure_indexes(collection, self._logger)
+            except Exception as error:  # e.g. a long build on a big collection timed out
+                self._logger.warning(
+                    "flask_tracking: could not create the reading indexes (%s: %s); records "
+                    "are written without them (create them with flask_tracking.indexes."
+                    "ensure_indexes)",
+                    type(error).__name__,
+                    error,
+                )
+            self._collection = collection
         return self._collection
 
 

@@ -1113,6 +1113,11 @@ class FakeCollection:
     def insert_many(self, documents: Any, **kwargs: Any) -> Any:
         return self._inner.insert_many(documents, **kwargs)
 
+    def create_index(self, keys: Any, **kwargs: Any) -> Any:
+        """The reading indexes (flask_tracking.indexes) are expected; they change no data."""
+        self._database.indexes.append(kwargs.get("name"))
+        return self._inner.create_index(keys, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         self._database.other_calls.append(name)
         return getattr(self._inner, name)
@@ -1128,6 +1133,7 @@ class FakeDatabase:
         self.create_calls: list[dict[str, Any]] = []
         self.created = 0
         self.other_calls: list[str] = []
+        self.indexes: list[str] = []
         self._lock = threading.Lock()
         self._barrier = threading.Barrier(parties)
 

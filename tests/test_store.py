@@ -119,6 +119,7 @@ class FakeCollection:
         self.plan: list[BaseException | None] = []
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.stored: list[dict[str, Any]] = []
+        self.indexes: list[str] = []
         self.lock = threading.Lock()
 
     def options(self) -> dict[str, Any]:
@@ -136,6 +137,11 @@ class FakeCollection:
             for document in documents:
                 bson.encode(document, codec_options=CLIENT_CODEC)  # what the driver refuses
                 self.stored.append(document)
+
+    def create_index(self, keys: Any, **kwargs: Any) -> str:
+        """The reading indexes made once at setup: recorded apart, they change no data."""
+        self.indexes.append(kwargs["name"])
+        return str(kwargs["name"])
 
     def __getattr__(self, name: str) -> Any:  # update_one, replace_one, command, ...
         def forbidden(*args: Any, **kwargs: Any) -> Any:
@@ -260,9 +266,9 @@ def test_mongomock_collection_only_sees_insert_many(mongo: Any) -> None:
     assert sink(items(4)).written == 4
     ids = [d["_id"] for d in real.find()]
     sink([{"_id": ids[0], "path": "/dup"}, {"path": "/new"}])  # a retry with one duplicate
-    names = {call[0] for call in spy.method_calls}
-    assert names == {"insert_many"}
-    for call in spy.method_calls:
+    data_calls = [call for call in spy.method_calls if call[0] != "create_index"]
+    assert {call[0] for call in data_calls} == {"insert_many"}
+    for call in data_calls:
         assert call.kwargs == {"ordered": False}
     assert real.count_documents({}) == 5
     assert real.find_one({"_id": ids[0]})["path"] == "/items/0"  # never replaced
@@ -1024,3 +1030,27 @@ def test_after_fork_the_database_is_resolved_again(
     assert sink(items(1, start=3)).written == 1
     assert len(lookups) == 2  # once per process
     assert mongo[COLLECTION_NAME].count_documents({}) == 4
+
+
+# --------------------------------------------------------------------------- reading indexes
+
+
+def test_setup_creates_the_reading_indexes_once() -> None:
+    from flask_tracking.indexes import INDEXES
+
+    database = FakeDatabase()
+    sink = make_sink(lambda: database)
+    sink(items(2))
+    sink(items(2, start=2))
+    assert database.collection.indexes == [name for name, _ in INDEXES]
+
+
+def test_records_are_written_when_the_indexes_cannot_be_made(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, LOGGER_NAME)
+    database = FakeDatabase()
+    with mock.patch.object(store, "ensure_indexes", side_effect=NetworkTimeout("index build")):
+        outcome = make_sink(lambda: database)(items(3))
+    assert outcome == BatchOutcome(written=3)
+    assert any("indexes" in message for message in warnings_of(caplog))
