@@ -152,6 +152,7 @@ class RequestState:
     # A copy of the WSGI environ without its objects (snapshot_environ); the writer reads it.
     environ: dict[str, Any] | None = None
     snapshot_failed = False
+    scrubbed = False  # headers, query and custom data already filtered on the request thread
     # Known only inside the request context (snapshot_request).
     endpoint: str | None = None
     url_rule: str | None = None

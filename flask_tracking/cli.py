@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import stat
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import date, datetime, timedelta, timezone
@@ -676,7 +677,8 @@ def _open_output(output: str) -> Iterator[TextIO]:
     /dev/null, pipes and other special files are written in place.
     """
     if output == "-":
-        stream = io.TextIOWrapper(click.get_binary_stream("stdout"), "utf-8", newline="")
+        # sys.stdout.buffer: click.get_binary_stream is deprecated since Click 8.2.
+        stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", newline="")
         try:
             yield stream
         finally:

@@ -35,6 +35,7 @@ from .config import TrackingConfig, load_config
 from .logs import RateLimitedLog
 from .policy import Policy
 from .record import status_code_of
+from .redact import Redactor
 from .request_ids import environ_key
 from .scope import EXCLUDE, INCLUDE, EndpointVerdicts, View, mark_view
 from .signals import record_dropped, record_written
@@ -333,11 +334,13 @@ class Tracking:
     def _finisher(self, tracked: _AppTracking) -> Callable[[RequestState], None]:
         """The middleware's ``finish``: keep the finished request or not, and queue it.
 
-        It runs on the request thread and does little: everything else (headers, redaction,
-        user agent, encoding) happens on the writer thread, before any hook or the database
-        sees the record.
+        It runs on the request thread and does little: it filters the secrets of the headers,
+        the query string and the custom data (on the tracker's own copies), and queues the
+        record. Everything else (bodies' redaction, header names, user agent, encoding) happens
+        on the writer thread, before any hook or the database sees the record.
         """
         policy, writer, request_id_key = tracked.policy, tracked.writer, tracked.request_id_key
+        redactor = tracked.config.redactor
 
         def finish(state: RequestState) -> None:
             try:
@@ -360,11 +363,25 @@ class Tracking:
                     if sample_rate is None:
                         return
                     state.sample_rate = sample_rate
+                if redactor is not None:
+                    _scrub_request_side(state, redactor)
                 writer.submit(state, _estimated_size(state))
             except Exception:
                 self._count_error(tracked)
 
         return finish
+
+
+def _scrub_request_side(state: RequestState, redactor: Redactor) -> None:
+    """Filter secrets before the record leaves the request thread, on the tracker's copies
+    (the view saw the original request). Bodies are left to the writer thread: parsing them
+    here would cost a request more than the rest of the tracker together."""
+    if state.environ is not None:
+        redactor.environ(state.environ)
+    state.response_headers = redactor.headers(state.response_headers)
+    if state.custom_data is not None:
+        state.custom_data = redactor.data(state.custom_data)
+    state.scrubbed = True
 
 
 def _estimated_size(state: RequestState) -> int:

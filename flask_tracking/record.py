@@ -83,7 +83,9 @@ def to_document(
     the request thread needed the id, it is worked out here.
     """
     environ = state.environ or {}
-    secret_header = redactor.is_secret_header if redactor is not None else None
+    # Headers, query and custom data are normally filtered on the request thread already.
+    scrub_fields = redactor is not None and not state.scrubbed
+    secret_header = redactor.is_secret_header if scrub_fields else None
     headers = []
     referrer = None
     for key, value in environ.items():
@@ -100,10 +102,10 @@ def to_document(
     response_headers = state.response_headers
     custom_data = state.custom_data
     ip = environ.get("REMOTE_ADDR")
-    if redactor is not None:
-        query = redactor.query(query)
-        response_headers = redactor.headers(response_headers)
-        custom_data = redactor.data(custom_data)
+    if scrub_fields:
+        query = redactor.query(query)  # type: ignore[union-attr]
+        response_headers = redactor.headers(response_headers)  # type: ignore[union-attr]
+        custom_data = redactor.data(custom_data)  # type: ignore[union-attr]
     if anonymize:
         ip = anonymize_ip(ip)
     document: dict[str, Any] = {

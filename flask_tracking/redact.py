@@ -153,6 +153,21 @@ class Redactor:
             scrubbed.append((name, value))
         return scrubbed
 
+    def environ(self, environ: dict[str, Any]) -> None:
+        """Filter, in place, the secret headers and query parameters of a WSGI environ copy."""
+        verdicts = self._header_verdicts
+        for key, value in environ.items():
+            if key[:5] != "HTTP_":
+                continue
+            secret = verdicts.get(key)
+            if secret or (secret is None and self.is_secret_header(key)):
+                environ[key] = FILTERED
+            elif key == "HTTP_REFERER":
+                environ[key] = self.url(value)
+        query = environ.get("QUERY_STRING")
+        if query:
+            environ["QUERY_STRING"] = self.query(query)
+
     def url(self, url: str) -> str:
         """A URL with the values of secret parameters filtered, in its query string and in its
         fragment (where OAuth's implicit flow puts ``access_token``)."""

@@ -961,3 +961,36 @@ def test_replay_does_not_resend_filtered_headers_and_is_not_tracked(app: Flask, 
     assert FILTERED not in json.dumps(replayed)
     assert len(stored(app, mongo)) == 1
     assert tracking.stats(app)["enqueued"] == enqueued
+
+
+def test_headers_query_and_custom_data_are_filtered_before_leaving_the_request_thread(
+    app: Flask, mongo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret, cookie, query_secret, data_secret = token("auth"), token("ck"), token("q"), token("d")
+    queued: list[Any] = []
+    writer = app.extensions["tracking"]._apps[app].writer
+    submit = writer.submit
+
+    def spy(state: Any, size: int) -> bool:
+        queued.append(state)
+        return submit(state, size)
+
+    monkeypatch.setattr(writer, "submit", spy)
+
+    @app.get("/login-cookie")
+    def login_cookie() -> Any:
+        request._tracking_data = {"api_key": data_secret, "plain": 1}
+        response = jsonify(ok=True)
+        response.set_cookie("session", cookie)
+        return response
+
+    app.test_client().get(
+        f"/login-cookie?token={query_secret}&page=2", headers={"Authorization": f"Bearer {secret}"}
+    )
+    [state] = queued
+    assert state.environ["HTTP_AUTHORIZATION"] == FILTERED
+    assert state.environ["QUERY_STRING"] == f"token={FILTERED}&page=2"
+    assert ("Set-Cookie", FILTERED) in list(state.response_headers)
+    assert state.custom_data == {"api_key": FILTERED, "plain": 1}
+    [doc] = stored(app, mongo)
+    assert_absent(doc, secret, cookie, query_secret, data_secret)
