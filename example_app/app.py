@@ -10,7 +10,8 @@ it runs without any MongoDB server (and forgets everything when it stops).
 
 Every view below exists to show one feature: Flask-Login users, custom data, slow requests,
 excluded paths, request bodies (a JSON API and an upload form), streamed responses, errors,
-and reading the records back with :class:`flask_tracking.documents.Tracking`.
+and reading the records back with :class:`flask_tracking.documents.Tracking`. The tracking
+dashboard is at /tracking/, for logged-in users only.
 
 This is a demo: the user store is a dict, and the forms carry no CSRF token.
 """
@@ -52,6 +53,7 @@ from pymongo.errors import PyMongoError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from flask_tracking import Tracking
+from flask_tracking.dashboard import make_blueprint
 from flask_tracking.documents import Tracking as TrackingRecord
 
 logger = logging.getLogger(__name__)
@@ -139,8 +141,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     login_manager.user_loader(users.get)
     app.extensions["example_users"] = users
 
+    # The dashboard at /tracking/, guarded by the app's own login: see _dashboard_access.
+    app.register_blueprint(make_blueprint(access=_dashboard_access))
+
     _add_routes(app)
     return app
+
+
+def _dashboard_access() -> bool | Response:
+    """The dashboard's access check: logged-in users get in; anybody else is sent to the login
+    page (Flask-Login's ``unauthorized()``), and comes back to the dashboard after logging in.
+    A real app would also check a role here."""
+    if current_user.is_authenticated:
+        return True
+    return current_app.login_manager.unauthorized()  # type: ignore[attr-defined,no-any-return]
 
 
 def _prepare_storage(app: Flask) -> str:

@@ -17,6 +17,10 @@ from .record import ALWAYS_STORED_FIELDS, FIELDS
 from .redact import DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_HEADERS, IP_HEADERS, Redactor
 
 MiB = 1024 * 1024
+#: The windows TRACKING_DASHBOARD_DEFAULT_WINDOW may name (``flask_tracking.dashboard.windows``).
+DASHBOARD_WINDOWS = ("1h", "24h", "7d")
+#: A dashboard URL prefix: one or more path segments, such as ``/tracking`` or ``/ops/traffic``.
+_URL_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+/?")
 #: An HTTP header name as this library accepts it in settings (an RFC 9110 token, narrowed).
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
@@ -110,6 +114,19 @@ DEFAULTS: dict[str, Any] = {
     #: Response header that echoes the request id, e.g. ``"X-Request-ID"`` (not added when the
     #: app set it). None: responses stay exactly as the app made them.
     "TRACKING_REQUEST_ID_RESPONSE_HEADER": None,
+    #: Register the dashboard blueprint (``flask_tracking.dashboard``) at init_app. It refuses
+    #: to start without an access check (``@tracking.dashboard_access``, registered before
+    #: init_app) unless TRACKING_DASHBOARD_PUBLIC is True.
+    "TRACKING_DASHBOARD": False,
+    #: URL prefix of the dashboard: its pages, live feed and static files are under it.
+    "TRACKING_DASHBOARD_URL_PREFIX": "/tracking",
+    #: Open the dashboard to anybody who can reach the app, without an access check: only for
+    #: apps that are private already (a local tool, behind an authenticating proxy).
+    "TRACKING_DASHBOARD_PUBLIC": False,
+    #: The dashboard's window when none is chosen: ``"1h"``, ``"24h"`` or ``"7d"``.
+    "TRACKING_DASHBOARD_DEFAULT_WINDOW": "24h",
+    #: Seconds. How often the dashboard's live view asks for new requests.
+    "TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS": 2.0,
 }
 
 
@@ -151,6 +168,11 @@ class TrackingConfig:
     sample_keep_slower_than_ms: float | None
     request_id_header: str | None
     request_id_response_header: str | None
+    dashboard: bool
+    dashboard_url_prefix: str
+    dashboard_public: bool
+    dashboard_default_window: str
+    dashboard_live_interval_seconds: float
 
 
 def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
@@ -201,6 +223,13 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
         ),
         request_id_header=get.optional_header_name("TRACKING_REQUEST_ID_HEADER"),
         request_id_response_header=get.optional_header_name("TRACKING_REQUEST_ID_RESPONSE_HEADER"),
+        dashboard=get.flag("TRACKING_DASHBOARD"),
+        dashboard_url_prefix=get.url_prefix("TRACKING_DASHBOARD_URL_PREFIX"),
+        dashboard_public=get.flag("TRACKING_DASHBOARD_PUBLIC"),
+        dashboard_default_window=get.choice("TRACKING_DASHBOARD_DEFAULT_WINDOW", DASHBOARD_WINDOWS),
+        dashboard_live_interval_seconds=get.number(
+            "TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS", minimum=0.1
+        ),
     )
     _check_relations(config)
     return config
@@ -308,6 +337,13 @@ class _Reader:
         if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
             raise self._fail(key, "None or an HTTP header name (letters, digits, - and _)")
         return value
+
+    def url_prefix(self, key: str) -> str:
+        """A URL path of one or more segments, without its trailing slash."""
+        value = self._config[key]
+        if not isinstance(value, str) or not _URL_PREFIX.fullmatch(value):
+            raise self._fail(key, 'a URL path such as "/tracking"')
+        return value.rstrip("/")
 
     def field_names(self, key: str, *, allow_always_stored: bool) -> tuple[str, ...]:
         """A list of stored field names (``record.FIELDS``), each checked."""

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from blinker import NamedSignal
     from pymongo.database import Database
 
+    from .dashboard import AccessCheck
+
 #: Fixed part of the estimated in-queue size of a record, in bytes (dicts, strings, numbers).
 RECORD_OVERHEAD_BYTES = 4096
 
@@ -86,6 +88,7 @@ class Tracking:
         self._before_save: list[BeforeSave] = []
         self._skip_if: list[SkipPredicate] = []
         self._blueprint_rules: dict[object, str] = {}
+        self._dashboard_access: AccessCheck | None = None
         self._log = RateLimitedLog()
         if app is not None:
             self.init_app(app)
@@ -102,6 +105,7 @@ class Tracking:
                 "app (create one Tracking, or one per app, and initialise each app once)."
             )
         config = load_config(app.config)
+        self._check_dashboard_guard(config)
         _connect_if_configured(config)
         sink = MongoSink(
             _database_getter(config.db_alias),
@@ -153,6 +157,51 @@ class Tracking:
             app,
             weak=False,
         )
+        if config.dashboard:
+            self._register_dashboard(app, config)
+
+    def dashboard_access(self, check: AccessCheck) -> AccessCheck:
+        """Register the dashboard's access check (for TRACKING_DASHBOARD = True).
+
+        ``check()`` runs before every dashboard request, in its request context: True lets
+        it in, a Response is sent instead (a redirect to the login page), anything else is
+        answered 403. Register it before ``init_app`` (``tracking = Tracking()``, the
+        decorator, then ``tracking.init_app(app)``). Usable as a decorator.
+        """
+        if not callable(check):
+            raise TypeError(f"dashboard_access takes a callable, not {check!r}")
+        self._dashboard_access = check
+        return check
+
+    def _check_dashboard_guard(self, config: TrackingConfig) -> None:
+        """Refuse a dashboard that would show every record to anybody by mistake."""
+        if config.dashboard and not config.dashboard_public and self._dashboard_access is None:
+            raise RuntimeError(
+                "TRACKING_DASHBOARD is True but the dashboard has no access check, so it would "
+                "show every recorded request to anybody. Register one before init_app: "
+                "tracking = Tracking(); @tracking.dashboard_access on a function returning "
+                "True for allowed users (such as current_user.is_authenticated); then "
+                "tracking.init_app(app). Or set TRACKING_DASHBOARD_PUBLIC = True to open it "
+                "on purpose."
+            )
+
+    def _register_dashboard(self, app: Flask, config: TrackingConfig) -> None:
+        from .dashboard import make_blueprint
+
+        app.register_blueprint(
+            make_blueprint(
+                access=self._run_dashboard_access,
+                public=config.dashboard_public,
+                url_prefix=config.dashboard_url_prefix,
+                default_window=config.dashboard_default_window,
+                live_interval_seconds=config.dashboard_live_interval_seconds,
+            )
+        )
+
+    def _run_dashboard_access(self) -> Any:
+        """The registered access check's verdict (True when there is none: a public one)."""
+        check = self._dashboard_access
+        return True if check is None else check()
 
     def include(self, view: View) -> View:
         """Decorator: track this view, also with TRACKING_DEFAULT = "exclude" or inside an

@@ -165,6 +165,11 @@ INVALID: dict[str, list[Any]] = {
     "TRACKING_SAMPLE_KEEP_SLOWER_THAN_MS": [-1, True, NAN, "1000", math.inf],
     "TRACKING_REQUEST_ID_HEADER": ["", "X Request", "X-Id:", 1, b"X-Id", "Ä-Id", "x" * 129],
     "TRACKING_REQUEST_ID_RESPONSE_HEADER": ["", "X-Id\r\nSet-Cookie: a=b", 5, "-X"],
+    "TRACKING_DASHBOARD": [1, "yes", None],
+    "TRACKING_DASHBOARD_URL_PREFIX": ["", "/", "tracking", "//evil", "/a b", "/x?y", None, 5],
+    "TRACKING_DASHBOARD_PUBLIC": [1, "true", None],
+    "TRACKING_DASHBOARD_DEFAULT_WINDOW": ["2h", "", "24H", None, 24],
+    "TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS": [0, 0.05, -1, True, NAN, "2", None, math.inf],
 }
 
 

@@ -1,0 +1,149 @@
+"""Dashboard benchmark: how long each page takes on 100,000 records in mongomock.
+
+Seeds records in the stored schema (``benchmarks/bench_reading.make_record``: about 1.3 KB of
+BSON each) spread over the last 7 days, registers the dashboard on a Flask app and times one
+request per page through the test client (server time, no network), two ways:
+
+- ``mongomock``: mongomock 4.3 as it is. Its cursor copies every matching document into a
+  list, then slices that list again for every document it hands out (quadratic in the number
+  of matches), and ``aggregate`` starts by reading the whole collection through that cursor,
+  whatever the ``$match``;
+- ``mongomock, cursor fixed``: the same, with the cursor's results sliced once per query
+  instead of once per document (``--fixed-cursor``), which leaves the helpers' own cost.
+
+No MongoDB server is needed. Usage::
+
+    python benchmarks/bench_dashboard.py                       # 100,000 records, as is
+    python benchmarks/bench_dashboard.py --fixed-cursor        # the cursor fixed
+    python benchmarks/bench_dashboard.py --records 10000       # a quicker run
+
+Progress goes to stderr; the result is a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import mongoengine
+import mongomock
+from bench_reading import BATCH, make_record
+from flask import Flask
+
+from flask_tracking.dashboard import make_blueprint
+from flask_tracking.documents import Tracking
+
+WEEK_SECONDS = 7 * 24 * 3600
+
+
+def seed(collection: Any, total: int) -> None:
+    """``total`` records, one every ``7 days / total`` up to now, in storage (time) order."""
+    rng = random.Random(2024)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    step = WEEK_SECONDS / total
+    for first in range(0, total, BATCH):
+        batch = []
+        for index in range(first, min(total, first + BATCH)):
+            record = make_record(rng, index)
+            record["date_created"] = now - timedelta(seconds=(total - index) * step)
+            record["sample_rate"] = 1.0
+            record["request_id"] = f"{index:032x}"
+            batch.append(record)
+        collection.insert_many(batch)
+
+
+def fixed_cursor() -> Any:
+    """mongomock's Cursor.__next__ without the per-document slice of all results."""
+    cursor_class = mongomock.collection.Cursor
+
+    def next_document(self: Any) -> Any:
+        page = getattr(self, "_bench_page", None)
+        if page is None or page[0] is not self._factory:
+            page = (self._factory, self._compute_results(with_limit_and_skip=True))
+            self._bench_page = page
+        try:
+            document = page[1][self._emitted]
+        except IndexError:
+            raise StopIteration from None
+        self._emitted += 1
+        return document
+
+    return mock.patch.object(cursor_class, "__next__", next_document)
+
+
+def progress(message: str) -> None:
+    print(f"  {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--fixed-cursor", action="store_true")
+    options = parser.parse_args()
+
+    mongoengine.connect(
+        "bench_dashboard", mongo_client_class=mongomock.MongoClient, uuidRepresentation="standard"
+    )
+    collection = Tracking._get_collection()
+    collection.drop()
+    started = time.perf_counter()
+    seed(collection, options.records)
+    progress(f"{options.records:,} records seeded in {time.perf_counter() - started:.0f} s")
+    gc.collect()
+    gc.freeze()  # the seeded store is not garbage; a real server keeps it out of Python
+
+    app = Flask("bench_dashboard")
+    app.register_blueprint(make_blueprint(public=True))
+    client = app.test_client()
+    oldest_first = [document["_id"] for document in collection.find({}, {"_id": 1})]
+    middle, newest = oldest_first[len(oldest_first) // 2], oldest_first[-1]
+    pages = [
+        ("overview, last hour", "/tracking/?window=1h"),
+        ("overview, last 24 hours", "/tracking/?window=24h"),
+        ("overview, last 7 days", "/tracking/?window=7d"),
+        ("endpoint page, last 24 hours", "/tracking/endpoints/api.resource_3?window=24h"),
+        ("request list, first page", "/tracking/requests"),
+        ("request list, a page in the middle (before=)", f"/tracking/requests?before={middle}"),
+        ("request list, status=5xx", "/tracking/requests?status=5xx"),
+        (
+            "request list, path=/api.resource_3/&slow=50",
+            "/tracking/requests?path=/api.resource_3/&slow=50",
+        ),
+        ("request detail", f"/tracking/requests/{middle}"),
+        ("live page", "/tracking/live"),
+        ("live feed poll (after= the newest)", f"/tracking/live.json?after={newest}"),
+    ]
+    rows = []
+    context = fixed_cursor() if options.fixed_cursor else mock.patch.object(sys, "argv", sys.argv)
+    with context:
+        for label, url in pages:
+            started = time.perf_counter()
+            response = client.get(url)
+            took = time.perf_counter() - started
+            if response.status_code != 200:
+                raise RuntimeError(f"{url}: {response.status_code} {response.get_data()[:500]!r}")
+            rows.append((label, took))
+            progress(f"{label}: {took:.2f} s")
+
+    kind = "mongomock, cursor fixed" if options.fixed_cursor else "mongomock"
+    python = sys.version.split()[0]
+    print(f"{kind} {mongomock.__version__}, Python {python}, {options.records:,} records")
+    print()
+    print("| page | time |")
+    print("|---|---|")
+    for label, took in rows:
+        print(f"| {label} | {took:.2f} s |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""How stored records are shown: list rows, headers, bodies, custom data.
+
+Everything here turns stored values into text; the templates escape it (autoescape) and
+nothing is ever marked safe. Control characters coming from clients are made visible
+(``\\r``, ``\\x1b``) the way ``str(record)`` and ``record.debug()`` show them, so a crafted
+value cannot disguise itself on the page. Filtered values are shown as they are stored:
+``[Filtered]``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..cli import jsonable
+from ..documents import (
+    Tracking,
+    _escape,
+    _header_pairs,
+    _is_binary,
+    _pretty_json,
+    _status_line,
+)
+from .charts import format_ms
+
+#: Bytes of a binary body shown as a hex dump.
+HEX_PREVIEW_BYTES = 512
+_HEX_ROW_BYTES = 16
+#: The fields a list row needs (the list reads only these).
+ROW_FIELDS = (
+    "id",
+    "date_created",
+    "method",
+    "path",
+    "query_params",
+    "status_code",
+    "execution_time",
+    "user_id",
+    "ip",
+    "endpoint",
+    "exception",
+)
+
+
+@dataclass(frozen=True)
+class BodyView:
+    """A request or response body ready to show.
+
+    ``kind``: "none" (not recorded), "empty", "json" (pretty-printed), "text" or "binary"
+    (``text`` is then a hex dump of the first :data:`HEX_PREVIEW_BYTES`); ``notes`` say what
+    is missing (truncated, omitted, preview only).
+    """
+
+    kind: str
+    text: str
+    notes: tuple[str, ...]
+
+
+def visible(value: Any) -> str:
+    """``value`` as text with control characters escaped (``None`` is "")."""
+    return _escape(value)
+
+
+def headers(pairs: Any) -> list[tuple[str, str]]:
+    """Stored ``[name, value]`` pairs, malformed entries left out, control characters escaped."""
+    return [(_escape(name), _escape(value)) for name, value in _header_pairs(pairs)]
+
+
+def body_view(
+    body: bytes | None,
+    *,
+    content_type: str,
+    truncated: bool,
+    omitted: str | None,
+    size: int | None,
+) -> BodyView:
+    """How to show one stored body (see :class:`BodyView`)."""
+    notes: list[str] = []
+    if body is None:
+        reason = f"not recorded: {omitted}" if omitted else "no body"
+        return BodyView("none", "", (reason,))
+    data = bytes(body)
+    if truncated:
+        notes.append(
+            f"truncated: the first {len(data)} of {size} bytes"
+            if size is not None
+            else f"truncated: the first {len(data)} bytes"
+        )
+    if not data:
+        return BodyView("empty", "", tuple(notes))
+    if _is_binary(data):
+        if len(data) > HEX_PREVIEW_BYTES:
+            notes.append(f"binary: hex preview of the first {HEX_PREVIEW_BYTES} bytes")
+        return BodyView("binary", hexdump(data[:HEX_PREVIEW_BYTES]), tuple(notes))
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    pretty = _pretty_json(text, content_type)
+    if pretty is not None:
+        return BodyView("json", _escape(pretty, keep="\n\t"), tuple(notes))
+    return BodyView("text", _escape(text, keep="\n\t"), tuple(notes))
+
+
+def hexdump(data: bytes) -> str:
+    """Offset, hex bytes and printable ASCII, 16 bytes a line (like ``hexdump -C``)."""
+    lines = []
+    for offset in range(0, len(data), _HEX_ROW_BYTES):
+        chunk = data[offset : offset + _HEX_ROW_BYTES]
+        printable = "".join(chr(byte) if 32 <= byte < 127 else "." for byte in chunk)
+        lines.append(f"{offset:08x}  {chunk.hex(' '):<47}  |{printable}|")
+    return "\n".join(lines)
+
+
+def record_bodies(record: Tracking) -> dict[str, BodyView]:
+    """The request and the response body of ``record``, by "request" and "response"."""
+    return {
+        prefix: body_view(
+            getattr(record, f"{prefix}_body"),
+            content_type=_content_type(getattr(record, f"{prefix}_headers")),
+            truncated=bool(getattr(record, f"{prefix}_body_truncated")),
+            omitted=getattr(record, f"{prefix}_body_omitted"),
+            size=getattr(record, f"{prefix}_body_size"),
+        )
+        for prefix in ("request", "response")
+    }
+
+
+def custom_data_text(value: Any) -> str | None:
+    """Custom data as indented JSON (ids, dates, bytes as text), or None when there is none."""
+    if value is None:
+        return None
+    dumped = json.dumps(jsonable(value), indent=2, ensure_ascii=False, sort_keys=True)
+    return _escape(dumped, keep="\n")
+
+
+def target(record: Tracking) -> str:
+    """``path?query`` with control characters escaped."""
+    path = record.path or "/"
+    return _escape(f"{path}?{record.query_params}" if record.query_params else path)
+
+
+def status_text(status: int | None) -> str:
+    """``"404 Not Found"``, or the bare number for unknown codes, or "-"."""
+    return _status_line(status)
+
+
+def status_class(record: Tracking) -> str:
+    """CSS class of a status: "error" (5xx or an exception), "warn" (4xx), "redirect" or ""."""
+    status = record.status_code or 0
+    if status >= 500 or record.exception:
+        return "error"
+    if status >= 400:
+        return "warn"
+    if 300 <= status < 400:
+        return "redirect"
+    return ""
+
+
+def list_row(record: Tracking) -> dict[str, Any]:
+    """One request as the list, the live view and its JSON show it (all values text)."""
+    return {
+        "id": str(record.pk),
+        "date": record.date_created.isoformat(sep=" ", timespec="seconds")
+        if record.date_created
+        else "-",
+        "method": _escape(record.method or "-"),
+        "target": target(record),
+        "status": "-" if record.status_code is None else str(record.status_code),
+        "status_class": status_class(record),
+        "time": format_ms(record.execution_time),
+        "user": _escape(record.user_id or "-"),
+        "ip": _escape(record.ip or "-"),
+        "endpoint": _escape(record.endpoint or "-"),
+    }
+
+
+def _content_type(stored_headers: Any) -> str:
+    return next(
+        (value for name, value in _header_pairs(stored_headers) if name.lower() == "content-type"),
+        "",
+    )

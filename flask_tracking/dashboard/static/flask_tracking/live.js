@@ -1,0 +1,93 @@
+/* Live view: asks the blueprint's JSON feed for the requests stored since the newest one shown,
+   every data-interval milliseconds, and puts them at the top of the table. Values are set as
+   text (textContent), never parsed as HTML. */
+(function () {
+  "use strict";
+
+  var MAX_ROWS = 500;
+  var status = document.getElementById("live-status");
+  var rows = document.getElementById("live-rows");
+  if (!status || !rows) {
+    return;
+  }
+  var feed = status.getAttribute("data-feed");
+  var last = status.getAttribute("data-last") || "";
+  var interval = Number(status.getAttribute("data-interval")) || 2000;
+  var received = 0;
+
+  function cell(text, className) {
+    var td = document.createElement("td");
+    td.textContent = text;
+    if (className) {
+      td.className = className;
+    }
+    return td;
+  }
+
+  function row(record) {
+    var tr = document.createElement("tr");
+    tr.className = (record.status_class ? record.status_class + " " : "") + "fresh";
+    tr.appendChild(cell(record.date, "nowrap"));
+    tr.appendChild(cell(record.method));
+    var path = cell("", "path");
+    var link = document.createElement("a");
+    link.href = record.url;
+    link.textContent = record.target;
+    path.appendChild(link);
+    tr.appendChild(path);
+    tr.appendChild(cell(record.status, "num status"));
+    tr.appendChild(cell(record.time, "num nowrap"));
+    tr.appendChild(cell(record.user));
+    tr.appendChild(cell(record.ip));
+    tr.appendChild(cell(record.endpoint));
+    return tr;
+  }
+
+  function show(data) {
+    var records = data.records || [];
+    records.forEach(function (record) {
+      rows.insertBefore(row(record), rows.firstChild);
+    });
+    while (rows.children.length > MAX_ROWS) {
+      rows.removeChild(rows.lastChild);
+    }
+    if (records.length) {
+      var empty = rows.closest(".scroll").nextElementSibling;
+      if (empty && empty.classList.contains("empty")) {
+        empty.remove();
+      }
+    }
+    received += records.length;
+    last = data.last || last;
+    status.textContent =
+      "Live: checked at " + new Date().toISOString().slice(11, 19) + " UTC, " +
+      received + " new since the page was loaded.";
+  }
+
+  function schedule() {
+    window.setTimeout(poll, interval);
+  }
+
+  function poll() {
+    if (document.hidden) {
+      schedule();
+      return;
+    }
+    var url = feed + (feed.indexOf("?") < 0 ? "?" : "&") + "after=" + encodeURIComponent(last);
+    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error("the dashboard answered " + response.status);
+        }
+        return response.json();
+      })
+      .then(show)
+      .catch(function (error) {
+        status.textContent = "Paused (" + error.message + "); trying again.";
+      })
+      .then(schedule);
+  }
+
+  status.textContent = "Live: waiting for new requests.";
+  schedule();
+})();
