@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import select
+import signal
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -131,3 +136,41 @@ def stored(app: Flask, mongo: Any, timeout: float = 5.0) -> list[dict[str, Any]]
     for document in documents:
         bson.encode(document)
     return documents
+
+
+def fork_and_report(child: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Fork; in the child run ``child()`` and send back what it returns (as JSON) through a
+    pipe, never returning into pytest; in the parent return it once the child exited cleanly.
+
+    Python 3.12+ warns about forking a process that has threads: the tests fork on purpose.
+    """
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            os.write(write_fd, json.dumps(child()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([read_fd], [], [], 0.2)
+            if ready:
+                chunk = os.read(read_fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    return json.loads(b"".join(chunks))

@@ -12,8 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import select
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +19,6 @@ import textwrap
 import threading
 import time
 import tracemalloc
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +34,7 @@ from pymongo.errors import AutoReconnect, BulkWriteError, CollectionInvalid, Ope
 from flask_tracking import Tracking
 from flask_tracking.store import MongoSink
 
-from .conftest import FAST_WRITER, add_routes, stored
+from .conftest import FAST_WRITER, add_routes, fork_and_report, stored
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MongoCollection = mongomock.collection.Collection
@@ -780,47 +777,20 @@ def test_forked_child_has_its_own_queue_thread_and_client(
         assert tracking.stats(app)["pending"] == 3  # waiting for the (long) flush interval
 
         parent_pid = os.getpid()
-        read_fd, write_fd = os.pipe()
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about forking a process that has threads: that is the point.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # child: report through the pipe, never return into pytest
-            code = 1
-            try:
-                os.close(read_fd)
-                report: dict[str, Any] = {"before": tracking.stats(app)}
-                report["status"] = client.get("/hello?child=1").status_code
-                report["flushed"] = tracking.flush(3)
-                report["after"] = tracking.stats(app)
-                report["mine"] = [docs for p, docs in inserted if p == os.getpid()]
-                report["resolved_in_child"] = resolved.count(os.getpid())
-                report["writers"] = [
-                    t.name for t in threading.enumerate() if t.name.startswith("flask-tracking")
-                ]
-                os.write(write_fd, json.dumps(report).encode())
-                code = 0
-            finally:
-                os._exit(code)
 
-        os.close(write_fd)
-        chunks = []
-        try:
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                ready, _, _ = select.select([read_fd], [], [], 0.2)
-                if ready:
-                    chunk = os.read(read_fd, 65536)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        finally:
-            os.close(read_fd)
-            _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
-        report = json.loads(b"".join(chunks))
+        def child() -> dict[str, Any]:
+            report: dict[str, Any] = {"before": tracking.stats(app)}
+            report["status"] = client.get("/hello?child=1").status_code
+            report["flushed"] = tracking.flush(3)
+            report["after"] = tracking.stats(app)
+            report["mine"] = [docs for p, docs in inserted if p == os.getpid()]
+            report["resolved_in_child"] = resolved.count(os.getpid())
+            report["writers"] = [
+                t.name for t in threading.enumerate() if t.name.startswith("flask-tracking")
+            ]
+            return report
+
+        report = fork_and_report(child)
 
         assert all(value == 0 for value in report["before"].values()), report["before"]
         assert report["status"] == 200

@@ -3,11 +3,9 @@ the incoming header, validated, available during the request, echoed, stored."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
-import warnings
 from typing import Any, Callable
 
 import pytest
@@ -22,7 +20,7 @@ from flask_tracking.request_ids import (
     new_request_id,
 )
 
-from .conftest import stored
+from .conftest import fork_and_report, stored
 
 HEX_32 = re.compile(r"[0-9a-f]{32}")
 
@@ -92,32 +90,7 @@ def test_reseeding_changes_the_sequence() -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_workers_never_share_ids() -> None:
     """Workers forked from one master (gunicorn --preload) each make their own ids."""
-    children: list[tuple[int, int]] = []
-    for _ in range(2):
-        read_fd, write_fd = os.pipe()
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about forking a multi-threaded process.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # child: report through the pipe, never return into pytest
-            code = 1
-            try:
-                os.close(read_fd)
-                os.write(write_fd, json.dumps([new_request_id() for _ in range(3)]).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        children.append((pid, read_fd))
-    reports = []
-    for pid, read_fd in children:
-        chunks = []
-        while chunk := os.read(read_fd, 65536):
-            chunks.append(chunk)
-        os.close(read_fd)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        reports.append(json.loads(b"".join(chunks)))
+    reports = [fork_and_report(lambda: [new_request_id() for _ in range(3)]) for _ in range(2)]
     mine = [new_request_id() for _ in range(3)]
     every_id = mine + reports[0] + reports[1]
     assert len(set(every_id)) == 9, every_id

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import atexit
 import gc
-import json
 import logging
 import os
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Iterator
 
 import pytest
 
 from flask_tracking.writer import BASE_DROP_REASONS, BatchOutcome, BatchWriter
+
+from .conftest import fork_and_report
 
 LOGGER_NAME = "tests.writer"
 
@@ -709,37 +709,18 @@ def test_forked_child_starts_empty_and_writes_only_its_own_records(make_writer) 
     submit_all(writer, [1, 2])
     assert writer.stats()["pending"] == 3
 
-    read_fd, write_fd = os.pipe()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about forking a multi-threaded process: that is the point here.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # child: report through the pipe, never return into pytest
-        code = 1
-        try:
-            os.close(read_fd)
-            reset_by_hook = writer._pid == os.getpid()  # before any public method could
-            before = writer.stats()
-            accepted = submit_all(writer, [100, 101])
-            flushed = writer.flush(3)
-            mine = [i for p, ids in sink.batches if p == os.getpid() for i in ids]
-            report = {"hook": reset_by_hook, "before": before, "accepted": accepted}
-            report["flushed"] = flushed
-            report.update({"mine": mine, "after": writer.stats()})
-            os.write(write_fd, json.dumps(report).encode())
-            code = 0
-        finally:
-            os._exit(code)
+    def child() -> dict[str, object]:
+        reset_by_hook = writer._pid == os.getpid()  # before any public method could
+        before = writer.stats()
+        accepted = submit_all(writer, [100, 101])
+        flushed = writer.flush(3)
+        mine = [i for p, ids in sink.batches if p == os.getpid() for i in ids]
+        report = {"hook": reset_by_hook, "before": before, "accepted": accepted}
+        report["flushed"] = flushed
+        report.update({"mine": mine, "after": writer.stats()})
+        return report
 
-    os.close(write_fd)
-    chunks = []
-    while chunk := os.read(read_fd, 65536):
-        chunks.append(chunk)
-    os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status)
-    assert os.WEXITSTATUS(status) == 0
-    report = json.loads(b"".join(chunks))
+    report = fork_and_report(child)
 
     assert report["hook"] is True  # the register_at_fork hook reset it
     assert all(value == 0 for value in report["before"].values()), report["before"]
