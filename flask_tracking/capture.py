@@ -177,10 +177,6 @@ class RequestState:
         self.started = time.perf_counter()
         self.timestamp = time.time()
 
-    def elapsed_ms(self) -> float:
-        """Milliseconds since the request reached the middleware."""
-        return (time.perf_counter() - self.started) * 1000.0
-
     def resolve_request_id(self, environ: Mapping[str, Any], key: str | None) -> str:
         """The request id: the valid incoming one (``key`` is its environ key), or a new one;
         worked out once, the first time it is asked for."""

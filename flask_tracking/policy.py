@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from hashlib import blake2b
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import TrackingConfig
+if TYPE_CHECKING:  # config imports record, which uses this module's WSGI helpers
+    from .config import TrackingConfig
 
 #: WSGI environ key that turns tracking off for one request (set by ``Tracking.replay()``).
 SKIP_ENVIRON_KEY = "flask_tracking.skip"
@@ -152,7 +153,11 @@ def sample_point(request_id: str) -> int:
 
 def wsgi_path(environ: Mapping[str, Any]) -> str:
     """The request path as Werkzeug's ``request.path`` gives it (UTF-8 decoded, leading "/")."""
-    path = environ.get("PATH_INFO") or "/"
-    if not path.isascii():
-        path = path.encode("latin-1", "replace").decode("utf-8", "replace")
-    return "/" + path.lstrip("/")
+    return "/" + decode_wsgi(environ.get("PATH_INFO") or "/").lstrip("/")
+
+
+def decode_wsgi(text: str) -> str:
+    """WSGI strings carry bytes as latin-1; give back the UTF-8 text they encode."""
+    if text.isascii():
+        return text
+    return text.encode("latin-1", "replace").decode("utf-8", "replace")

@@ -18,6 +18,7 @@ from .redact import FILTERED, Redactor, anonymize_ip
 
 if TYPE_CHECKING:  # config imports this module, and capture imports config
     from .capture import RequestState
+from .policy import decode_wsgi, wsgi_path
 
 #: The keys of every stored document (besides ``_id``); TRACKING_FIELDS and
 #: TRACKING_EXCLUDE_FIELDS may leave some out.
@@ -98,7 +99,7 @@ def to_document(
             if key == "HTTP_REFERER":
                 referrer = value
             headers.append([_HEADER_NAMES.get(key) or _header_name(key), value])
-    query = _decode_wsgi(environ.get("QUERY_STRING", ""))
+    query = decode_wsgi(environ.get("QUERY_STRING", ""))
     response_headers = state.response_headers
     custom_data = state.custom_data
     ip = environ.get("REMOTE_ADDR")
@@ -114,7 +115,7 @@ def to_document(
         "host": environ.get("HTTP_HOST") or _server_host(environ),
         "scheme": environ.get("wsgi.url_scheme"),
         "method": environ.get("REQUEST_METHOD"),
-        "path": _path(environ.get("PATH_INFO", "")),
+        "path": wsgi_path(environ),
         "query_params": query,
         "ip": ip,
         "endpoint": state.endpoint,
@@ -211,18 +212,6 @@ def _server_host(environ: dict[str, Any]) -> str | None:
     if not name:
         return None
     return name if port in (None, "", "80", "443") else f"{name}:{port}"
-
-
-def _path(path_info: str) -> str:
-    """The path as Werkzeug's ``request.path`` gives it (UTF-8 decoded, leading "/")."""
-    return "/" + _decode_wsgi(path_info).lstrip("/")
-
-
-def _decode_wsgi(text: str) -> str:
-    """WSGI strings carry bytes as latin-1; give back the UTF-8 text they encode."""
-    if text.isascii():
-        return text
-    return text.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
 def _user_reference(user_ref: tuple[str, str, Any] | None) -> dict[str, Any] | None:
