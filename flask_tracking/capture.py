@@ -63,6 +63,18 @@ class BodyCapture:
         except Exception:
             self.failed = True
 
+    @classmethod
+    def whole(cls, body: bytes, limit: int) -> BodyCapture:
+        """A finished capture of a whole body that fits in ``limit``, sharing the (immutable)
+        bytes instead of copying them."""
+        capture = cls.__new__(cls)
+        capture.limit = limit
+        capture.buffer = body  # type: ignore[assignment]  # read-only from here on
+        capture.size = len(body)
+        capture.exhausted = True
+        capture.failed = False
+        return capture
+
     @property
     def truncated(self) -> bool:
         """Whether bytes went by that were not kept."""
@@ -394,24 +406,25 @@ def snapshot_environ(state: RequestState, environ: dict[str, Any]) -> None:
     a ProxyFix inside the app has already corrected REMOTE_ADDR.
     """
     copy = environ.copy()
-    for key in _ENVIRON_OBJECTS:
-        if key in copy:
-            del copy[key]
+    for key in _ENVIRON_OBJECTS.intersection(copy):
+        del copy[key]
     state.environ = copy
 
 
 #: Environ keys holding objects (not request data) that a queued record must not keep alive.
-_ENVIRON_OBJECTS = (
-    ENVIRON_KEY,
-    "wsgi.input",
-    "wsgi.errors",
-    "wsgi.file_wrapper",
-    "werkzeug.request",
-    "werkzeug.socket",
-    "werkzeug.server.shutdown",
-    "werkzeug.debug.preserve_context",
-    "gunicorn.socket",
-    "uwsgi.core",
+_ENVIRON_OBJECTS = frozenset(
+    (
+        ENVIRON_KEY,
+        "wsgi.input",
+        "wsgi.errors",
+        "wsgi.file_wrapper",
+        "werkzeug.request",
+        "werkzeug.socket",
+        "werkzeug.server.shutdown",
+        "werkzeug.debug.preserve_context",
+        "gunicorn.socket",
+        "uwsgi.core",
+    )
 )
 
 
@@ -425,9 +438,9 @@ def snapshot_request(
     and touch the session.
     """
     snapshot_environ(state, request.environ)
-    state.endpoint = request.endpoint
     rule = request.url_rule
     if rule is not None:
+        state.endpoint = rule.endpoint
         state.url_rule = rule.rule
     custom_data = request.__dict__.get("_tracking_data")
     if custom_data is not None:
@@ -458,14 +471,17 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
         state.response_body_omitted = "passthrough"
         return
     state.response_body_omitted = None
-    capture = state.response_body = BodyCapture(limit)
     body = response.response
-    if isinstance(body, (list, tuple)):
-        for chunk in body:
-            capture.add(chunk)
-    else:
+    if not isinstance(body, (list, tuple)):
+        capture = state.response_body = BodyCapture(limit)
         response.response = _TeeStream(body, capture, state)
         state.streamed = True
+    elif len(body) == 1 and type(body[0]) is bytes and len(body[0]) <= limit:
+        state.response_body = BodyCapture.whole(body[0], limit)  # the usual case: no copy
+    else:
+        capture = state.response_body = BodyCapture(limit)
+        for chunk in body:
+            capture.add(chunk)
 
 
 class _TeeStream:

@@ -93,6 +93,9 @@ _TEXT_KINDS = frozenset({"", "text/plain"})
 #: Body types whose URLs are scrubbed (redirect pages, links with tokens).
 _MARKUP_KINDS = frozenset({"text/html", "application/xhtml+xml", "text/xml", "application/xml"})
 _URL_HEADERS = frozenset({"referer", "location", "http_referer"})
+_ALPHANUMERIC = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_NOT_ALPHANUMERIC = bytes(byte for byte in range(256) if byte not in _ALPHANUMERIC)
+_LOWERCASE = bytes.maketrans(_ALPHANUMERIC[10:36], _ALPHANUMERIC[36:])
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
@@ -109,6 +112,14 @@ class Redactor:
         # Field and header names repeat endlessly; remember each verdict (bounded).
         self.is_secret_field = lru_cache(maxsize=4096)(self._is_secret_field)
         self._header_verdicts: dict[str, bool] = {}
+        self._environ_keys_seen: set[str] = set()
+        # The shortest terms are enough to look for (a body naming "password" contains "pass").
+        terms = sorted(self._fields, key=len)
+        kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
+        self._term_search = (
+            re.compile("|".join(map(re.escape, kept)).encode("ascii")).search if kept else None
+        )
+        self._environ_keys_secret: set[str] = set()
 
     def is_secret_header(self, name: str) -> bool:
         """Whether the header ``name`` (or WSGI environ key ``HTTP_...``) is filtered."""
@@ -154,16 +165,27 @@ class Redactor:
         return scrubbed
 
     def environ(self, environ: dict[str, Any]) -> None:
-        """Filter, in place, the secret headers and query parameters of a WSGI environ copy."""
-        verdicts = self._header_verdicts
-        for key, value in environ.items():
-            if key[:5] != "HTTP_":
-                continue
-            secret = verdicts.get(key)
-            if secret or (secret is None and self.is_secret_header(key)):
-                environ[key] = FILTERED
-            elif key == "HTTP_REFERER":
-                environ[key] = self.url(value)
+        """Filter, in place, the secret headers and query parameters of a WSGI environ copy.
+
+        Environ keys repeat from request to request, so their verdicts are remembered as two
+        sets (keys seen, keys filtered) and a request with only known keys costs two C-level
+        set operations instead of a Python loop over the environ.
+        """
+        seen, secret = self._environ_keys_seen, self._environ_keys_secret
+        if not seen.issuperset(environ):
+            for key in environ.keys() - seen:
+                filtered = key[:5] == "HTTP_" and self.is_secret_header(key)
+                if filtered:
+                    environ[key] = FILTERED
+                if len(seen) < _MAX_REMEMBERED_HEADERS:
+                    if filtered:  # before it counts as seen: another thread may look now
+                        secret.add(key)
+                    seen.add(key)
+        for key in secret.intersection(environ):
+            environ[key] = FILTERED
+        referrer = environ.get("HTTP_REFERER")
+        if referrer and ("?" in referrer or "#" in referrer) and referrer != FILTERED:
+            environ["HTTP_REFERER"] = self.url(referrer)
         query = environ.get("QUERY_STRING")
         if query:
             environ["QUERY_STRING"] = self.query(query)
@@ -216,18 +238,19 @@ class Redactor:
         ...) are returned as they are. JSON that does not parse (cut at the body limit, or
         invalid) is scrubbed textually, so a truncated body keeps no secret either.
         """
-        if not body:
-            return body
+        if not body or (b"=" not in body and b":" not in body):
+            return body  # no "key": value, key=value or name="..." in it: nothing to filter
         kind = content_type.split(";", 1)[0].strip().lower()
-        if kind.startswith("multipart/"):
-            return self._multipart(body, content_type)
+        multipart = kind.startswith("multipart/")
         structured = "json" in kind or kind == "application/x-www-form-urlencoded"
-        if not structured and kind not in _TEXT_KINDS:
-            if kind not in _MARKUP_KINDS:
-                return body
-            if b"<" in body[:1024]:
-                return self._urls(body)
-            # Flask answers a view's plain string as text/html: without markup, it is text.
+        markup = not (multipart or structured or kind in _TEXT_KINDS)
+        if (markup and kind not in _MARKUP_KINDS) or not self._may_name_a_secret(body):
+            return body
+        if multipart:
+            return self._multipart(body, content_type)
+        if markup and b"<" in body[:1024]:
+            return self._urls(body)
+        # (Flask answers a view's plain string as text/html: without markup, it is text.)
         text = body.decode("utf-8", "replace")
         if "json" in kind or (not structured and text.lstrip()[:1] in ("{", "[")):
             return self._json(body, text)
@@ -235,6 +258,23 @@ class Redactor:
             scrubbed = self.query(text)
             return body if scrubbed == text else scrubbed.encode("utf-8")
         return self._loose(body, text)
+
+    def _may_name_a_secret(self, body: bytes) -> bool:
+        """False when no field name in ``body`` can be a secret one, found without parsing.
+
+        Every scrubbing path matches names word-wise (:meth:`is_secret_field`): the words of a
+        matching name, lowercased and joined, spell a deny-listed term (or its plural). Those
+        words are ASCII letters and digits, so with every other byte deleted and the rest
+        lowercased (one C-level ``bytes.translate``) the term is a substring of the body. The
+        shortcut does not hold when names can be escaped (``\\u0070assword`` in JSON,
+        ``pass%77ord`` in forms and URLs): bodies with a backslash or a percent sign are
+        always parsed.
+        """
+        if self._term_search is None:
+            return False
+        if b"\\" in body or b"%" in body:
+            return True
+        return self._term_search(body.translate(_LOWERCASE, _NOT_ALPHANUMERIC)) is not None
 
     def _json(self, body: bytes, text: str) -> bytes:
         secret_seen = False

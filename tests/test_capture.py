@@ -988,13 +988,10 @@ class FakeDocumentUser(FakeUser):
 
 
 def fake_request(environ: dict[str, Any], **attributes: Any) -> SimpleNamespace:
-    rule = attributes.pop("rule", None)
-    return SimpleNamespace(
-        environ=environ,
-        url_rule=None if rule is None else SimpleNamespace(rule=rule),
-        endpoint=attributes.pop("endpoint", None),
-        **attributes,
-    )
+    """A stand-in for a Flask request; like Flask's, its endpoint is its url_rule's."""
+    rule, endpoint = attributes.pop("rule", None), attributes.pop("endpoint", None)
+    url_rule = None if rule is None else SimpleNamespace(rule=rule, endpoint=endpoint)
+    return SimpleNamespace(environ=environ, url_rule=url_rule, endpoint=endpoint, **attributes)
 
 
 def test_snapshot_request_fields_custom_data_and_user() -> None:
@@ -1295,6 +1292,17 @@ def test_tee_list_body() -> None:
     assert bytes(capture.buffer) == b"hello"
     assert capture.size == 11
     assert capture.truncated is True
+
+
+def test_tee_one_chunk_body_that_fits_is_shared_not_copied() -> None:
+    response = Response(b"hello world")
+    state = RequestState()
+    tee_response_body(state, response, 11)
+    capture = state.response_body
+    assert capture is not None
+    assert capture.buffer is response.response[0]  # bytes are immutable: no copy needed
+    assert (capture.size, capture.truncated, capture.failed) == (11, False, False)
+    assert not capture.wants_more(None)
 
 
 def test_tee_tuple_of_str_and_bytes() -> None:

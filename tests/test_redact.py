@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flask_tracking.redact import (
     DEFAULT_REDACT_FIELDS,
@@ -234,6 +236,50 @@ def test_location_fragment_tokens_are_scrubbed(redactor: Redactor) -> None:
     url = f"https://app.example/cb#access_token={SECRET}&token_type=bearer"
     [(_, value)] = redactor.headers([("Location", url)])
     assert SECRET not in value
+
+
+def _environ(**headers: str) -> dict[str, str]:
+    return {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "", **headers}
+
+
+def test_environ_filters_secret_headers_on_every_call(redactor: Redactor) -> None:
+    # The first call learns the keys, later ones use the remembered verdicts.
+    for _ in range(3):
+        environ = _environ(HTTP_AUTHORIZATION=SECRET, HTTP_ACCEPT="text/html")
+        redactor.environ(environ)
+        assert environ["HTTP_AUTHORIZATION"] == FILTERED
+        assert environ["HTTP_ACCEPT"] == "text/html"
+
+
+def test_environ_filters_a_header_first_seen_after_others(redactor: Redactor) -> None:
+    redactor.environ(_environ(HTTP_ACCEPT="text/html"))
+    environ = _environ(HTTP_ACCEPT="text/html", HTTP_X_API_KEY=SECRET)
+    redactor.environ(environ)
+    assert environ["HTTP_X_API_KEY"] == FILTERED
+
+
+def test_environ_filters_secrets_when_no_more_keys_can_be_remembered(
+    redactor: Redactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flask_tracking.redact._MAX_REMEMBERED_HEADERS", 3)
+    redactor.environ(_environ(HTTP_X_ONE="1", HTTP_X_TWO="2"))  # fills the memory
+    for _ in range(2):
+        environ = _environ(HTTP_X_ONE="1", HTTP_COOKIE=SECRET, HTTP_X_TENANT_TOKEN=SECRET)
+        redactor.environ(environ)
+        assert environ["HTTP_COOKIE"] == FILTERED
+        assert environ["HTTP_X_TENANT_TOKEN"] == FILTERED
+        assert environ["HTTP_X_ONE"] == "1"
+
+
+def test_environ_scrubs_the_referrer_and_the_query_string(redactor: Redactor) -> None:
+    environ = _environ(
+        HTTP_REFERER=f"https://example.com/cb?token={SECRET}&page=2",
+        QUERY_STRING=f"password={SECRET}&q=shoes",
+    )
+    redactor.environ(environ)
+    assert SECRET not in environ["HTTP_REFERER"]
+    assert "page=2" in environ["HTTP_REFERER"]
+    assert environ["QUERY_STRING"] == f"password={FILTERED}&q=shoes"
 
 
 # --- query strings -----------------------------------------------------------------------------
@@ -554,6 +600,103 @@ def test_deeply_nested_json_keeps_no_secret(redactor: Redactor) -> None:
     except RecursionError:
         return  # record.py then keeps no body at all (fail closed)
     assert result is not None and SECRET.encode() not in result
+
+
+# --- the no-secret shortcut -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"\\u0070assword": "hunter2"}', "application/json"),  # escaped key
+        (b"p%61ssword=hunter2&q=1", "application/x-www-form-urlencoded"),  # percent-encoded
+        (b'{"userPassword": "hunter2"}', "application/json"),  # camelCase
+        (b'{"pass\xc3\xa9word": "hunter2"}', "application/json"),  # words around a non-ASCII
+        (b'{"API-KEYS": "hunter2"}', "application/json"),  # plural, upper case
+        (b"card number=hunter2", ""),  # a two-word term
+        (b'<a href="/x?access_token=hunter2">x</a>', "text/html"),
+    ],
+)
+def test_names_the_shortcut_must_not_miss(
+    redactor: Redactor, body: bytes, content_type: str
+) -> None:
+    assert b"hunter2" not in redactor.body(body, content_type)  # type: ignore[operator]
+
+
+def test_a_body_without_a_pair_is_returned_as_it_is(redactor: Redactor) -> None:
+    body = b"Hello password secret token"
+    assert redactor.body(body, "text/plain") is body
+
+
+def test_a_body_naming_no_term_is_not_parsed(
+    redactor: Redactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Redactor, "_json", lambda *args: pytest.fail("parsed"))
+    body = json.dumps({"items": [{"id": 1, "name": "shoe"}], "total": 3}).encode()
+    assert redactor.body(body, "application/json") is body
+
+
+_NAME_PARTS = st.sampled_from(
+    [
+        "pass",
+        "word",
+        "Pass",
+        "WORD",
+        "api",
+        "Key",
+        "token",
+        "s",
+        "id",
+        "user",
+        "é",
+        "_",
+        "-",
+        ".",
+        " ",
+        "2",
+        "card",
+        "number",
+        "cv",
+        "v",
+        "ses",
+        "sion",
+        "x",
+        "\\u0073",
+        "%41",
+        "+",
+    ]
+)
+_NAMES = st.lists(_NAME_PARTS, min_size=1, max_size=6).map("".join)
+_SHAPES = st.sampled_from(["json", "form", "text", "html", "multipart"])
+
+
+def _body_of(shape: str, pairs: list[tuple[str, str]]) -> tuple[bytes, str]:
+    if shape == "json":  # by hand, so that a backslash in a name is a JSON escape
+        members = ", ".join(f'"{name}": "{value}"' for name, value in pairs)
+        return f"{{{members}}}".encode(), "application/json"
+    if shape == "form":
+        form = "&".join(f"{name}={value}" for name, value in pairs)
+        return form.encode(), "application/x-www-form-urlencoded"
+    if shape == "text":
+        return "\n".join(f"{name}: {value}" for name, value in pairs).encode(), "text/plain"
+    if shape == "html":
+        links = "".join(f'<a href="/p?{name}={value}">x</a>' for name, value in pairs)
+        return links.encode(), "text/html"
+    parts = "".join(
+        f'--B\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in pairs
+    )
+    return f"{parts}--B--\r\n".encode(), "multipart/form-data; boundary=B"
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=_SHAPES, names=st.lists(_NAMES, min_size=1, max_size=4))
+def test_the_shortcut_never_changes_what_is_filtered(shape: str, names: list[str]) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    body, content_type = _body_of(shape, [(name, "v4lue") for name in names])
+    always_parsed = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    always_parsed._may_name_a_secret = lambda body: True  # type: ignore[method-assign]
+    assert redactor.body(body, content_type) == always_parsed.body(body, content_type)
 
 
 # --- IP addresses ------------------------------------------------------------------------------
