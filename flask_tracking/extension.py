@@ -34,8 +34,7 @@ from .cli import tracking_cli
 from .config import TrackingConfig, load_config
 from .logs import RateLimitedLog
 from .policy import Policy
-from .record import status_code_of
-from .redact import Redactor
+from .record import scrub_request_side, status_code_of
 from .request_ids import environ_key
 from .scope import EXCLUDE, INCLUDE, EndpointVerdicts, View, mark_view
 from .signals import record_dropped, record_written
@@ -413,24 +412,12 @@ class Tracking:
                         return
                     state.sample_rate = sample_rate
                 if redactor is not None:
-                    _scrub_request_side(state, redactor)
+                    scrub_request_side(state, redactor)
                 writer.submit(state, _estimated_size(state))
             except Exception:
                 self._count_error(tracked)
 
         return finish
-
-
-def _scrub_request_side(state: RequestState, redactor: Redactor) -> None:
-    """Filter secrets before the record leaves the request thread, on the tracker's copies
-    (the view saw the original request). Bodies are left to the writer thread: parsing them
-    here would cost a request more than the rest of the tracker together."""
-    if state.environ is not None:
-        redactor.environ(state.environ)
-    state.response_headers = redactor.headers(state.response_headers)
-    if state.custom_data is not None:
-        state.custom_data = redactor.data(state.custom_data)
-    state.scrubbed = True
 
 
 def _estimated_size(state: RequestState) -> int:

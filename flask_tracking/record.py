@@ -8,13 +8,15 @@ result is the schema that :class:`flask_tracking.documents.Tracking` reads.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from bson import DBRef, ObjectId
 from ua_parser import parse as parse_ua
 
-from .redact import FILTERED, Redactor, anonymize_ip
+from .redact import Redactor, anonymize_ip
 
 if TYPE_CHECKING:  # config imports this module, and capture imports config
     from .capture import RequestState
@@ -81,34 +83,17 @@ def to_document(
     With a ``redactor``, secrets are filtered from headers, query string, custom data and
     bodies; with ``anonymize``, the client address is cut (see :func:`redact.anonymize_ip`).
     ``request_id_key`` is the environ key of the incoming request-id header: when nothing on
-    the request thread needed the id, it is worked out here.
+    the request thread needed the id, it is worked out here. Sets ``state.document_bytes``,
+    an upper bound of the document's BSON size when no hook changes it.
     """
+    if redactor is not None and not state.scrubbed:  # normally done on the request thread
+        scrub_request_side(state, redactor)
     environ = state.environ or {}
-    # Headers, query and custom data are normally filtered on the request thread already.
-    scrub_fields = redactor is not None and not state.scrubbed
-    secret_header = redactor.is_secret_header if scrub_fields else None
-    headers = []
-    referrer = None
-    for key, value in environ.items():
-        if key[:5] == "HTTP_" or (key in _CONTENT_KEYS and value):
-            if secret_header is not None:
-                if secret_header(key):
-                    value = FILTERED
-                elif key == "HTTP_REFERER":
-                    value = redactor.url(value)  # type: ignore[union-attr]
-            if key == "HTTP_REFERER":
-                referrer = value
-            headers.append([_HEADER_NAMES.get(key) or _header_name(key), value])
-    query = decode_wsgi(environ.get("QUERY_STRING", ""))
-    response_headers = state.response_headers
-    custom_data = state.custom_data
+    names, values = _request_headers(environ)
     ip = environ.get("REMOTE_ADDR")
-    if scrub_fields:
-        query = redactor.query(query)  # type: ignore[union-attr]
-        response_headers = redactor.headers(response_headers)  # type: ignore[union-attr]
-        custom_data = redactor.data(custom_data)  # type: ignore[union-attr]
     if anonymize:
         ip = anonymize_ip(ip)
+    response_headers = state.response_headers
     document: dict[str, Any] = {
         "_id": ObjectId(),
         "date_created": datetime.fromtimestamp(state.timestamp, timezone.utc),
@@ -116,38 +101,112 @@ def to_document(
         "scheme": environ.get("wsgi.url_scheme"),
         "method": environ.get("REQUEST_METHOD"),
         "path": wsgi_path(environ),
-        "query_params": query,
+        "query_params": decode_wsgi(environ.get("QUERY_STRING", "")),
         "ip": ip,
         "endpoint": state.endpoint,
         "url_rule": state.url_rule,
-        "referrer": referrer,
+        "referrer": environ.get("HTTP_REFERER"),
         "user": _user_reference(state.user_ref),
         "user_id": state.user_id,
         "user_agent": parse_user_agent(
             environ.get("HTTP_USER_AGENT", ""), environ.get("HTTP_ACCEPT_LANGUAGE", "")
         ),
-        "request_headers": headers,
+        "request_headers": [[name, value] for name, value in zip(names, values)],
         "response_headers": [[name, value] for name, value in response_headers],
         "status_code": status_code_of(state.status),
         "execution_time": state.execution_time,
         "total_time": state.total_time,
         "hostname": _HOSTNAME,
-        "custom_data": custom_data,
+        "custom_data": state.custom_data,
         "exception": state.exception,
         "request_id": state.resolve_request_id(environ, request_id_key),
         "sample_rate": state.sample_rate,
     }
-    _add_bodies(document, state)
+    body_bytes = _add_bodies(document, state)
     if redactor is not None:
         if document["request_body"]:
             _scrub_body(document, "request", redactor, environ.get("CONTENT_TYPE", ""))
         if document["response_body"]:
-            response_type = next(
-                (value for name, value in response_headers if name.lower() == "content-type"),
-                "",
-            )
+            response_type = ""
+            for name, value in response_headers:
+                if name.lower() == "content-type":
+                    response_type = value
+                    break
             _scrub_body(document, "response", redactor, response_type)
+    state.document_bytes = (
+        _FIXED_BYTES
+        + _text_bytes(names, values)
+        + _text_bytes(document["path"], document["query_params"], state.exception or "")
+        + _text_bytes(document["referrer"] or "", document["user_agent"]["string"])
+        + sum(len(name) + len(value) for name, value in response_headers)
+        + body_bytes
+        + state.custom_data_size
+    )
     return document
+
+
+def scrub_request_side(state: RequestState, redactor: Redactor) -> None:
+    """Filter the secrets of the headers, the query string and the custom data, on the
+    tracker's own copies (the view saw the original request); bodies are left to
+    :func:`to_document`. Runs on the request thread before a record is queued."""
+    if state.environ is not None:
+        redactor.environ(state.environ)
+    state.response_headers = redactor.headers(state.response_headers)
+    if state.custom_data is not None:
+        state.custom_data = redactor.data(state.custom_data)
+    state.scrubbed = True
+
+
+#: Room in :attr:`RequestState.document_bytes` for the fixed fields, names and BSON framing.
+_FIXED_BYTES = 16 * 1024
+
+
+def _text_bytes(*texts: Iterable[Any] | str) -> int:
+    """Characters in strings and in tuples of strings (UTF-8 takes at most 3 bytes for each
+    character of a WSGI string, 4 for any other, which the fixed allowance covers); a value
+    that is not text counts for 1 KiB."""
+    total = 0
+    for text in texts:
+        if type(text) is str:
+            total += len(text)
+            continue
+        try:
+            total += sum(map(len, text))  # type: ignore[arg-type]
+        except TypeError:
+            total += sum(len(item) if type(item) is str else 1024 for item in text)
+    return total
+
+
+def _request_headers(environ: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The request headers of a WSGI environ: names (``Accept``) and values, in their order.
+
+    The environ keys of one client repeat from request to request, so which keys are headers
+    and what their names are is worked out once per key layout and remembered (bounded).
+    """
+    layout = tuple(environ)
+    plan = _HEADER_PLANS.get(layout)
+    if plan is None:
+        keys = [key for key in layout if key[:5] == "HTTP_" or key in _CONTENT_KEYS]
+        getter = itemgetter(*keys) if len(keys) > 1 else None
+        plan = (tuple(keys), tuple(_header_name(key) for key in keys), getter)
+        if len(_HEADER_PLANS) >= _MAX_REMEMBERED_LAYOUTS:
+            _HEADER_PLANS.clear()
+        _HEADER_PLANS[layout] = plan
+    keys, names, getter = plan
+    values = getter(environ) if getter is not None else tuple(environ[key] for key in keys)
+    if _CONTENT_KEYS.isdisjoint(keys) or all(values):
+        return names, values
+    # An empty Content-Type or Content-Length (servers set them always) is no header.
+    kept = [
+        (name, value)
+        for key, name, value in zip(keys, names, values)
+        if value or key not in _CONTENT_KEYS
+    ]
+    return tuple(name for name, _ in kept), tuple(value for _, value in kept)
+
+
+_HEADER_PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...], Any]] = {}
+_MAX_REMEMBERED_LAYOUTS = 1024
 
 
 def _scrub_body(document: dict[str, Any], prefix: str, redactor: Redactor, kind: str) -> None:
@@ -160,7 +219,9 @@ def _scrub_body(document: dict[str, Any], prefix: str, redactor: Redactor, kind:
         document[f"{prefix}_body_omitted"] = "redaction failed"
 
 
-def _add_bodies(document: dict[str, Any], state: RequestState) -> None:
+def _add_bodies(document: dict[str, Any], state: RequestState) -> int:
+    """Set the body fields of ``document``; returns how many body bytes it holds."""
+    kept = 0
     for keys, capture, omitted in (
         (_REQUEST_BODY_KEYS, state.request_body, state.request_body_omitted),
         (_RESPONSE_BODY_KEYS, state.response_body, state.response_body_omitted),
@@ -171,11 +232,13 @@ def _add_bodies(document: dict[str, Any], state: RequestState) -> None:
             body, size, truncated, omitted = None, None, False, "capture failed"
         else:
             body, size, truncated = bytes(capture.buffer), capture.size, capture.truncated
+            kept += len(body)
         body_key, size_key, truncated_key, omitted_key = keys
         document[body_key] = body
         document[size_key] = size
         document[truncated_key] = truncated
         document[omitted_key] = omitted
+    return kept
 
 
 _REQUEST_BODY_KEYS = (
@@ -193,18 +256,12 @@ _RESPONSE_BODY_KEYS = (
 
 
 def _header_name(environ_key: str) -> str:
-    """``HTTP_X_FORWARDED_FOR`` -> ``X-Forwarded-For`` (remembered: names repeat)."""
-    name = _HEADER_NAMES.get(environ_key)
-    if name is None:
-        name = environ_key[5:].replace("_", "-").title()
-        if len(_HEADER_NAMES) < _MAX_REMEMBERED_HEADER_NAMES:
-            _HEADER_NAMES[environ_key] = name
-    return name
+    """``HTTP_X_FORWARDED_FOR`` -> ``X-Forwarded-For``."""
+    return _CONTENT_HEADERS.get(environ_key) or environ_key[5:].replace("_", "-").title()
 
 
-_HEADER_NAMES = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
-_CONTENT_KEYS = frozenset(_HEADER_NAMES)
-_MAX_REMEMBERED_HEADER_NAMES = 4096
+_CONTENT_HEADERS = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
+_CONTENT_KEYS = frozenset(_CONTENT_HEADERS)
 
 
 def _server_host(environ: dict[str, Any]) -> str | None:

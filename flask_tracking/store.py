@@ -146,7 +146,7 @@ class MongoSink:
                 return None
         for name in self._omitted_fields:
             document.pop(name, None)
-        if not hooks and 2 * _estimated_bytes(record) < self._max_record_bytes:
+        if not hooks and 2 * record.document_bytes < self._max_record_bytes:
             # Built by us from strings, bytes and sanitised custom data, and far below the
             # cap: encoding it twice is wasted work. insert_many checks it anyway.
             return document, False
@@ -203,18 +203,6 @@ class MongoSink:
                 )
             self._collection = collection
         return self._collection
-
-
-def _estimated_bytes(state: RequestState) -> int:
-    """An upper-bound guess of a document's BSON size from what dominates it."""
-    size = 16 * 1024 + state.custom_data_size + len(state.exception or "")
-    for capture in (state.request_body, state.response_body):
-        if capture is not None:
-            size += len(capture.buffer)
-    for key, value in (state.environ or {}).items():
-        if type(value) is str:
-            size += len(key) + len(value)
-    return size + sum(len(name) + len(value) for name, value in state.response_headers)
 
 
 def _partial_outcome(documents: list[dict[str, Any]], error: BulkWriteError) -> BatchOutcome:

@@ -114,6 +114,54 @@ def test_header_names_from_environ_keys_in_order() -> None:
     ]
 
 
+def test_empty_content_headers_are_left_out_other_empty_headers_kept() -> None:
+    state = make_state(
+        [("CONTENT_TYPE", ""), ("HTTP_X_EMPTY", ""), ("CONTENT_LENGTH", ""), ("HTTP_HOST", "h")]
+    )
+    assert to_document(state)["request_headers"] == [["X-Empty", ""], ["Host", "h"]]
+
+
+def test_header_layouts_are_remembered_per_key_order_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("flask_tracking.record._MAX_REMEMBERED_LAYOUTS", 2)
+    monkeypatch.setattr("flask_tracking.record._HEADER_PLANS", {})
+    layouts = [
+        [("HTTP_ACCEPT", "a"), ("HTTP_HOST", "h")],
+        [("HTTP_HOST", "h"), ("HTTP_ACCEPT", "a")],
+        [("HTTP_HOST", "h")],
+        [("CONTENT_TYPE", "text/plain"), ("HTTP_HOST", "h"), ("HTTP_X_ONE", "1")],
+    ]
+    for _ in range(2):  # first learnt, then remembered (or learnt again once forgotten)
+        for headers in layouts:
+            expected = [[_name(key), value] for key, value in headers]
+            assert to_document(make_state(headers))["request_headers"] == expected
+
+
+def _name(environ_key: str) -> str:
+    return (
+        "Content-Type"
+        if environ_key == "CONTENT_TYPE"
+        else environ_key[5:].replace("_", "-").title()
+    )
+
+
+def test_document_bytes_bounds_the_encoded_size() -> None:
+    big = "x" * 50_000
+    cases = [
+        make_state(),
+        make_state([("HTTP_COOKIE", big), ("HTTP_REFERER", big), ("HTTP_USER_AGENT", big)]),
+        make_state(query_string=big, exception="E: " + big),
+        make_state([("HTTP_X_NUMBER", 12345)]),  # not text: converted when stored
+    ]
+    cases[2].environ["PATH_INFO"] = "/" + big
+    cases[2].response_headers = [("Set-Cookie", big)]
+    cases[2].response_body = capture(big.encode(), 65536)
+    for state in cases:
+        document = to_document(state)
+        assert len(bson.encode(document)) <= state.document_bytes
+
+
 def test_referrer_and_user_agent_come_from_headers() -> None:
     state = make_state(
         [
