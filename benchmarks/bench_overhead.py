@@ -15,6 +15,10 @@ round and the medians of the rounds are compared.
   ``Collection.insert_many`` is patched), so the figure is flask_tracking's own work: capture,
   queueing, conversion to a document, user-agent parsing, BSON size check.
 
+With ``--floor`` it also measures a reference app (:func:`make_floor_app`): the least a
+request-capturing middleware can do, which shows how much of the overhead is the price of
+capturing at all (a WSGI wrapper and one ``after_request`` hook) rather than this tracker's work.
+
 Run ``python benchmarks/bench_overhead.py`` (``--quick`` for a smoke run). See README.md.
 """
 
@@ -33,6 +37,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -162,6 +167,38 @@ def make_app(name: str, tracking_config: dict[str, Any] | None) -> Flask:
     return app
 
 
+def make_floor_app(name: str, kept: deque[Any]) -> Flask:
+    """The reference for what any capture of this kind costs: the bare app wrapped by the
+    least a tracker can do (a clock before and after, the status and headers through
+    ``start_response``, a copy of the environ, one ``after_request`` hook that keeps the
+    endpoint and the response body) appending to ``kept``; no policy, no redaction, no user,
+    no bounds, no error handling, no writer."""
+    app = make_app(name, None)
+    flask_app = app.wsgi_app
+    clock = time.perf_counter
+
+    def minimal_capture(environ: WSGIEnviron, start_response: Any) -> Iterable[bytes]:
+        started = clock()
+        seen: list[Any] = []
+
+        def capture_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            seen.append((status, headers))
+            return start_response(status, headers, exc_info)
+
+        result = flask_app(environ, capture_start_response)
+        kept.append((environ.copy(), seen, clock() - started))
+        return result
+
+    @app.after_request
+    def keep_view_and_body(response: Any) -> Any:
+        environ = request.environ
+        environ["floor.view"] = (request.endpoint, response.response)
+        return response
+
+    app.wsgi_app = minimal_capture  # type: ignore[method-assign]
+    return app
+
+
 def big_queue(requests: int) -> dict[str, Any]:
     """Queue limits no benchmark round can reach, so that nothing is dropped."""
     return {
@@ -258,7 +295,7 @@ def measure_request_path(
     default writer (which writes every 500).
     """
     result = RequestPath()
-    tracking = tracking_of(tracked)
+    drain = tracking_of(tracked).flush if "tracking" in tracked.extensions else _drain_floor
     for _ in range(rounds):
         gc.collect()
         wall = {bare: 0.0, tracked: 0.0}
@@ -270,12 +307,21 @@ def measure_request_path(
                 run_requests(app, case, count)
                 cpu[app] += time.thread_time() - cpu_start
                 wall[app] += time.perf_counter() - wall_start
-                if app is tracked and not tracking.flush(timeout=120):
+                if app is tracked and not drain(timeout=120):
                     raise SystemExit("the tracking writer did not drain its queue in time")
         for app, side in ((bare, "bare"), (tracked, "tracked")):
             getattr(result.wall, side).append(wall[app] / requests * 1e6)
             getattr(result.thread_cpu, side).append(cpu[app] / requests * 1e6)
     return result
+
+
+#: What the reference app of :func:`make_floor_app` captured (emptied between chunks).
+FLOOR_KEPT: deque[Any] = deque()
+
+
+def _drain_floor(timeout: float) -> bool:
+    FLOOR_KEPT.clear()
+    return True
 
 
 def measure_total_cpu(
@@ -386,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="a smoke run: 3 rounds of 1000 requests"
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure a reference: the least a request-capturing middleware can do "
+        "(see make_floor_app), to show how much of the overhead any such capture costs",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="after the table, cProfile the tracked app (request path and writer) and print "
@@ -436,6 +488,13 @@ def main(argv: list[str] | None = None) -> int:
         (f"{get_case.name}: request path, request-thread CPU", get_path.thread_cpu, None),
         (f"{post_case.name}: request path, request-thread CPU", post_path.thread_cpu, None),
     ]
+    if args.floor:
+        floor = make_floor_app("floor", FLOOR_KEPT)
+        run_requests(floor, get_case, min(requests, 1000))
+        floor_path = measure_request_path(bare, floor, get_case, rounds, requests, args.chunk)
+        rows.append(
+            (f"{get_case.name}: request path, minimal capture (reference)", floor_path.wall, None)
+        )
     duration = time.perf_counter() - started
 
     print()

@@ -322,7 +322,8 @@ def test_regexes_are_compiled_once_at_load(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(config_module.re, "compile", counting_compile)
     config = load(TRACKING_EXCLUDE=["/static", "/health$"], TRACKING_EXCLUDE_BODY=["/login"])
     monkeypatch.undo()
-    assert sorted(compiled) == ["/health$", "/login", "/static"]
+    path_patterns = [pattern for pattern in compiled if isinstance(pattern, str)]
+    assert sorted(path_patterns) == ["/health$", "/login", "/static"]  # (the redactor's: bytes)
     assert all(isinstance(pattern, re.Pattern) for pattern in config.exclude + config.exclude_body)
 
     def no_compiling(*args: Any, **kwargs: Any) -> Any:

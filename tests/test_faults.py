@@ -32,6 +32,7 @@ from flask import Flask
 from pymongo.errors import AutoReconnect, BulkWriteError, CollectionInvalid, OperationFailure
 
 from flask_tracking import Tracking
+from flask_tracking.capture import BodyCapture
 from flask_tracking.store import MongoSink
 
 from .conftest import FAST_WRITER, add_routes, fork_and_report, stored
@@ -1029,7 +1030,9 @@ def test_a_failing_body_tee_never_breaks_the_request_or_the_response(
     expected = expected_responses(testing)
     client = app.test_client()
     problems = []
-    with mock.patch("flask_tracking.capture.bytearray", BrokenBuffer, create=True):
+    broken_copy = mock.patch("flask_tracking.capture.bytearray", BrokenBuffer, create=True)
+    broken_share = mock.patch.object(BodyCapture, "whole", side_effect=RuntimeError("tracker bug"))
+    with broken_copy, broken_share:
         for index in range(len(REQUESTS)):
             before = tracking.stats(app)
             path = REQUESTS[index][1]
