@@ -188,12 +188,12 @@ class _Pages:
         window, problem = self._window()
         if problem:
             return _page_error(window, problem)
-        records = window.select(_records())
-        by_status = records.stats(group_by="status_code")
-        by_endpoint = records.stats(group_by="endpoint")
+        reports = window.select(_records()).reports()
+        by_status = reports.stats(group_by="status_code")
+        by_endpoint = reports.stats(group_by="endpoint")
         count = sum(row["count"] for row in by_status)
         errors = sum(row["errors"] for row in by_status)
-        times = execution_times(records)
+        times = reports.execution_times()
         context = {
             "window": window,
             "totals": {
@@ -202,9 +202,9 @@ class _Pages:
                 "error_rate": errors / count if count else 0.0,
                 **{key: percentile(times, fraction) for key, fraction in PERCENTILES.items()},
             },
-            "visitors": records.unique_visitors(),
+            "visitors": reports.unique_visitors(),
             "timeline": timeline_chart(
-                records.timeline(bucket=window.bucket),
+                reports.timeline(bucket=window.bucket),
                 window.bucket_starts(),
                 BUCKETS[window.bucket],
             ),
@@ -212,8 +212,8 @@ class _Pages:
             "top_by_count": by_endpoint[:TOP_ROWS],
             "top_by_p95": _largest(by_endpoint, "p95"),
             "top_by_errors": _largest([row for row in by_endpoint if row["errors"]], "errors"),
-            "browsers": shares(records.user_agents(by="browser"), "browser"),
-            "platforms": shares(records.user_agents(by="platform"), "platform"),
+            "browsers": shares(reports.user_agents(by="browser"), "browser"),
+            "platforms": shares(reports.user_agents(by="platform"), "platform"),
         }
         return render_template("flask_tracking/overview.html", **context), 200
 
@@ -223,8 +223,9 @@ class _Pages:
         if problem:
             return _page_error(window, problem)
         records = window.select(_records()).for_endpoint(name)
-        summary = next(iter(records.stats(group_by="endpoint")), None)
-        times = execution_times(records)
+        reports = records.reports()
+        summary = next(iter(reports.stats(group_by="endpoint")), None)
+        times = reports.execution_times()
         rows = records.only(*ROW_FIELDS)
         context = {
             "window": window,
@@ -232,7 +233,7 @@ class _Pages:
             "summary": summary,
             "histogram": histogram_chart(times),
             "timeline": timeline_chart(
-                records.timeline(bucket=window.bucket),
+                reports.timeline(bucket=window.bucket),
                 window.bucket_starts(),
                 BUCKETS[window.bucket],
             ),
@@ -348,17 +349,6 @@ def page_url(endpoint: str, filters: dict[str, Any], **extra: Any) -> str:
     params = {**filters, **{key: value for key, value in extra.items() if value is not None}}
     query = urlencode(params, doseq=True)
     return f"{url_for(endpoint)}?{query}" if query else url_for(endpoint)
-
-
-def execution_times(records: TrackingQuerySet) -> list[float]:
-    """The execution times (ms) of ``records``, sorted, for :func:`percentile` and the
-    histogram: the reports give percentiles per group, not over a whole selection."""
-    values = records.order_by().no_cache().scalar("execution_time")
-    return sorted(
-        value
-        for value in values
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    )
 
 
 def _largest(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
