@@ -497,7 +497,7 @@ def _evaluates_in_process(collection: Any) -> bool:
     return type(collection).__module__.partition(".")[0] == "mongomock"
 
 
-def _read_selected(queryset: QuerySet) -> list[dict[str, Any]]:
+def _read_selected(queryset: TrackingQuerySet) -> list[dict[str, Any]]:
     """The stored documents ``queryset`` selects, as its pipelines see them (mongomock only).
 
     The order and slice of :meth:`TrackingQuerySet._aggregate`: storage order for a whole
@@ -517,10 +517,8 @@ def _read_selected(queryset: QuerySet) -> list[dict[str, Any]]:
     skip, limit = queryset._skip, queryset._limit
     if skip is None and limit is None:
         return documents
-    ordering = queryset._ordering
-    if ordering is None:
-        ordering = queryset.order_by(*queryset._document._meta["ordering"])._ordering
-    for key, direction in reversed(ordering or []):  # as mongomock's $sort: stable passes
+    # The ordering as mongomock's $sort applies it: one stable sort per key, the last key first.
+    for key, direction in reversed(queryset._report_order()._ordering or []):
         documents.sort(key=lambda doc: filtering.resolve_sort_key(key, doc), reverse=direction < 0)
     start = skip or 0
     return documents[start : None if limit is None else start + limit]
@@ -884,19 +882,23 @@ class TrackingQuerySet(QuerySet):
         return _user_agent_rows(list(self._aggregate(pipeline)), by)
 
     def _scalar_execution_times(self) -> list[float]:
-        return _finite_sorted(self.order_by().no_cache().scalar("execution_time"))
+        return _finite_sorted(self._report_order().no_cache().scalar("execution_time"))
+
+    def _report_order(self) -> TrackingQuerySet:
+        """This QuerySet without ordering when it is not sliced (a whole selection needs no
+        sort), else with its ordering or the default one: the records a report covers."""
+        if self._limit is None and self._skip is None:
+            return self.order_by()
+        if self._ordering is None:
+            return self.order_by(*self._document._meta["ordering"])
+        return self
 
     def _aggregate(self, pipeline: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Run ``pipeline`` after this QuerySet's ``$match`` (and its skip/limit, if any).
 
         ``allowDiskUse`` lets the $sort and $group of a large window spill past 100 MB.
         """
-        queryset = self
-        if self._limit is None and self._skip is None:
-            queryset = self.order_by()  # a whole selection needs no $sort before our stages
-        elif self._ordering is None:
-            queryset = self.order_by(*self._document._meta["ordering"])
-        return queryset.aggregate(pipeline, allowDiskUse=True)
+        return self._report_order().aggregate(pipeline, allowDiskUse=True)
 
     # --- live ----------------------------------------------------------------------------
 
