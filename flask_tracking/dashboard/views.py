@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Union
 from urllib.parse import urlencode
 
-import click
 from bson import ObjectId
 from flask import Blueprint, Response, abort, jsonify, render_template, request, url_for
 from mongoengine.connection import ConnectionFailure as NotConnected
 from pymongo.errors import PyMongoError
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..cli import _filtered, _records, curl_for
+from ..cli import app_records, curl_for, select_records
 from ..context import skip
 from ..documents import PERCENTILES, Tracking, TrackingQuerySet, percentile
 from .charts import format_ms, histogram_chart, shares, timeline_chart
@@ -188,7 +187,7 @@ class _Pages:
         window, problem = self._window()
         if problem:
             return _page_error(window, problem)
-        reports = window.select(_records()).reports()
+        reports = window.select(app_records()).reports()
         by_status = reports.stats(group_by="status_code")
         by_endpoint = reports.stats(group_by="endpoint")
         count = sum(row["count"] for row in by_status)
@@ -222,7 +221,7 @@ class _Pages:
         window, problem = self._window()
         if problem:
             return _page_error(window, problem)
-        records = window.select(_records()).for_endpoint(name)
+        records = window.select(app_records()).for_endpoint(name)
         reports = records.reports()
         summary = next(iter(reports.stats(group_by="endpoint")), None)
         times = reports.execution_times()
@@ -277,7 +276,7 @@ class _Pages:
         """Everything stored about one request, and a curl command that sends it again."""
         if not ObjectId.is_valid(record_id):
             abort(404)
-        record: Tracking | None = _records().filter(id=ObjectId(record_id)).first()
+        record: Tracking | None = app_records().filter(id=ObjectId(record_id)).first()
         if record is None:
             abort(404)
         command, notes = curl_for(record)
@@ -389,13 +388,16 @@ def _selected(filters: dict[str, Any]) -> TrackingQuerySet:
     if slow is not None and not math.isfinite(slow):
         raise ValueError(f"slow takes a number of milliseconds, not {slow_text!r}.")
     options = {key: filters.get(key) for key in TEXT_FILTERS if key != "slow"}
-    options.update(
-        slow=slow, errors=bool(filters.get("errors")), data=tuple(filters.get("data", ()))
-    )
     try:
-        return _filtered(_records(), options)
-    except click.ClickException as error:
-        raise ValueError(error.message.replace("--", "")) from None
+        return select_records(
+            app_records(),
+            **options,
+            slow=slow,
+            errors=bool(filters.get("errors")),
+            data=tuple(filters.get("data", ())),
+        )
+    except ValueError as error:
+        raise ValueError(str(error).replace("--", "")) from None
 
 
 def _cursor(name: str) -> ObjectId | None:
