@@ -902,6 +902,36 @@ class TrackingQuerySet(QuerySet):
 
     # --- live ----------------------------------------------------------------------------
 
+    def poll(
+        self,
+        after: ObjectId | None = None,
+        *,
+        limit: int = 100,
+        settle: float = POLL_OVERLAP_SECONDS,
+    ) -> tuple[list[Tracking], ObjectId]:
+        """One round of a view that asks for new records again and again (the dashboard's
+        live view): ``(records, cursor)``, the records oldest first (by ``_id``).
+
+        Without ``after``: the newest ``limit`` records. With ``after``, the cursor the previous
+        call returned: the records with an ``_id`` above it, at most ``limit``. Records reach
+        the database out of ``_id`` order (several workers, batches waiting in a writer's
+        queue), so the cursor never passes the last ``settle`` seconds (by ``_id`` time and
+        this machine's clock): the records of those seconds come again in the next rounds
+        (drop the ids already shown), and one stored late is still found. Only a record stored
+        more than ``settle`` seconds after its ``_id`` was made can be missed. The first
+        round's cursor starts at its oldest record when there were more than ``limit``.
+        """
+        settled = ObjectId.from_datetime(datetime.now(timezone.utc) - timedelta(seconds=settle))
+        if after is None:
+            found = list(self.order_by("-id").limit(limit))[::-1]
+            full = len(found) == limit and limit > 0
+            start = found[0].pk if full else None
+            return found, max(settled, start) if start is not None else settled
+        found = list(self.filter(id__gt=after).order_by("id").limit(limit))
+        if found and len(found) == limit and found[-1].pk <= settled:
+            return found, found[-1].pk  # more records before the settled point: go on there
+        return found, max(after, settled)
+
     def follow(self, *, interval: float = 1.0, timeout: float | None = None) -> Iterator[Tracking]:
         """Yield the selected records stored from now on, in storage order (like ``tail -f``).
 

@@ -302,36 +302,39 @@ class _Pages:
             return render_template(
                 "flask_tracking/live.html", problem=str(error), rows=[], filters=filters
             ), 400
-        newest = list(records.only(*ROW_FIELDS).order_by("-id").limit(LIVE_FIRST_RECORDS))
+        found, cursor = records.only(*ROW_FIELDS).poll(limit=LIVE_FIRST_RECORDS)
         return render_template(
             "flask_tracking/live.html",
             problem=None,
-            rows=[list_row(record) for record in newest],
+            rows=[list_row(record) for record in reversed(found)],
             filters=filters,
-            last=str(newest[0].pk) if newest else "",
+            last=str(cursor),
+            shown=" ".join(str(record.pk) for record in found),
             feed=page_url(".live_json", filters),
             interval_ms=int(self.live_interval_seconds * 1000),
         ), 200
 
     def live_json(self) -> tuple[Response, int]:
-        """``{"records": [...], "last": id}``: the requests stored after the record ``after``
-        (oldest first, at most :data:`LIVE_MAX_RECORDS`), each with the URL of its page."""
+        """``{"records": [...], "last": cursor}``: one round of
+        :meth:`~flask_tracking.documents.TrackingQuerySet.poll` after the cursor ``after``
+        (oldest first, at most :data:`LIVE_MAX_RECORDS`), each record with the URL of its page.
+        Records of the last seconds come again in the next rounds; the page drops the ids it
+        shows already."""
         try:
             records = _selected(_filter_args()).only(*ROW_FIELDS)
             after = _cursor("after")
         except ValueError as error:
             return jsonify(error=str(error)), 400
         if after is None:
-            found = list(records.order_by("-id").limit(LIVE_FIRST_RECORDS))[::-1]
+            found, cursor = records.poll(limit=LIVE_FIRST_RECORDS)
         else:
-            found = list(records.filter(id__gt=after).order_by("id").limit(LIVE_MAX_RECORDS))
+            found, cursor = records.poll(after, limit=LIVE_MAX_RECORDS)
         rows = [
             {**list_row(record), "url": url_for(".request_detail", record_id=str(record.pk))}
             for record in found
         ]
-        last = rows[-1]["id"] if rows else (str(after) if after else "")
         return jsonify(
-            records=rows, last=last, interval_ms=int(self.live_interval_seconds * 1000)
+            records=rows, last=str(cursor), interval_ms=int(self.live_interval_seconds * 1000)
         ), 200
 
     def _window(self) -> tuple[Window, str | None]:
