@@ -1,8 +1,9 @@
 """The dashboard blueprint: overview, endpoint, request list and detail, live view.
 
 Every figure comes from the helpers of :class:`~flask_tracking.documents.TrackingQuerySet`
-(``stats``, ``timeline``, ``unique_visitors``, ``user_agents``, ``errors``, ``for_endpoint``,
-``last``, ``between``) and the request list uses the very filters of ``flask tracking list``.
+(one ``reports()`` per page for ``stats``, ``timeline``, ``unique_visitors``, ``user_agents``,
+``execution_times``; ``errors``, ``for_endpoint``, ``last``, ``between``, ``poll``) and the
+request list uses the very filters of ``flask tracking list`` (``cli.select_records``).
 The pages are server-rendered Jinja with inline SVG charts; only the live view uses
 JavaScript. Records are read through the connection alias the app's extension writes to.
 """
