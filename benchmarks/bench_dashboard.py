@@ -7,9 +7,20 @@ request per page through the test client (server time, no network), two ways:
 - ``mongomock``: mongomock 4.3 as it is. Its cursor copies every matching document into a
   list, then slices that list again for every document it hands out (quadratic in the number
   of matches), and ``aggregate`` starts by reading the whole collection through that cursor,
-  whatever the ``$match``;
+  whatever the ``$match``. The reports therefore do not aggregate on mongomock: one
+  ``TrackingQuerySet.reports()`` per page reads the window once and computes them in Python;
 - ``mongomock, cursor fixed``: the same, with the cursor's results sliced once per query
   instead of once per document (``--fixed-cursor``), which leaves the helpers' own cost.
+
+Measured 2026-11-21, 100,000 records, mongomock 4.3.0, Python 3.11.7, 2 cores (before the
+reports' mongomock path: overview 245-297 s, endpoint page 68 s):
+
+- overview, last hour / 24 hours / 7 days: 0.51 / 0.60 / 1.54 s
+- endpoint page, last 24 hours: 1.55 s
+- request list, first page / a middle page: 2.04 / 1.33 s
+- request list, status=5xx / path and slow: 0.53 / 0.45 s
+- request detail: 0.20 s
+- live page / live feed poll: 2.25 / 0.54 s
 
 No MongoDB server is needed. Usage::
 

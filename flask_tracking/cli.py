@@ -47,7 +47,7 @@ from .documents import (
     parse_datetime,
 )
 
-__all__ = ["tracking_cli"]
+__all__ = ["app_records", "select_records", "tracking_cli"]
 
 #: Methods ``replay`` sends without ``--force``: the safe ones (RFC 9110). PUT and DELETE are
 #: idempotent but change data, which may have changed since; they need ``--force`` too.
@@ -107,8 +107,9 @@ def _alias() -> str:
     return str(app.config.get("TRACKING_DB_ALIAS") or "default")
 
 
-def _records() -> TrackingQuerySet:
-    """``Tracking.objects`` through the app's alias."""
+def app_records() -> TrackingQuerySet:
+    """``Tracking.objects`` through the connection alias the current app's extension writes to
+    (``TRACKING_DB_ALIAS``; ``"default"`` without the extension). Needs an application context."""
     alias = _alias()
     return Tracking.objects if alias == "default" else Tracking.objects.using(alias)
 
@@ -190,33 +191,61 @@ def _filter_options(command: F) -> F:
 
 def _filtered(records: TrackingQuerySet, options: dict[str, Any]) -> TrackingQuerySet:
     """``records`` narrowed by the options of :func:`_filter_options` (popped from ``options``)."""
-    path, endpoint, status = options.pop("path"), options.pop("endpoint"), options.pop("status")
-    method, user, ip = options.pop("method"), options.pop("user"), options.pop("ip")
-    since, until, slow = options.pop("since"), options.pop("until"), options.pop("slow")
-    errors, data = options.pop("errors"), options.pop("data")
+    names = ("path", "endpoint", "status", "method", "user", "ip", "since", "until", "slow")
+    filters = {name: options.pop(name) for name in (*names, "errors", "data")}
     try:
-        if path:
-            records = records.for_path(path)
-        if endpoint:
-            records = records.for_endpoint(endpoint)
-        if status:
-            records = _with_status(records, status)
-        if method:
-            records = records.filter(method=method.upper())
-        if user:
-            records = records.for_user(user)
-        if ip:
-            records = records.for_ip(ip)
-        if since or until:
-            records = records.between(_moment(since, "--since"), _moment(until, "--until"))
-        if slow is not None:
-            records = records.slow(slow)
-        if errors:
-            records = records.errors()
-        if data:
-            records = records.with_data(**dict(_data_filter(item) for item in data))
+        return select_records(records, **filters)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
+
+
+def select_records(
+    records: TrackingQuerySet | None = None,
+    *,
+    path: str | None = None,
+    endpoint: str | None = None,
+    status: str | None = None,
+    method: str | None = None,
+    user: str | None = None,
+    ip: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    slow: float | None = None,
+    errors: bool = False,
+    data: Iterable[str] = (),
+) -> TrackingQuerySet:
+    """``records`` (default :func:`app_records`) narrowed like ``flask tracking list`` does
+    with the options of the same names; empty ones select everything.
+
+    ``path`` is a regex matched at the start, ``status`` a code (``"404"``) or a class
+    (``"4xx"``), ``since``/``until`` a date (``"2024-05-01 10:00"``, ISO 8601) or a duration
+    ago (``"30m"``, ``"2h"``, ``"7d"``), ``slow`` milliseconds, ``errors`` server errors only,
+    ``data`` ``KEY=VALUE`` custom-data filters (VALUE as JSON, else text). The dashboard's
+    request list and live view use it too. Raises :class:`ValueError` with a sentence (naming
+    the command-line option) for a bad value. Needs an application context.
+    """
+    if records is None:
+        records = app_records()
+    if path:
+        records = records.for_path(path)
+    if endpoint:
+        records = records.for_endpoint(endpoint)
+    if status:
+        records = _with_status(records, status)
+    if method:
+        records = records.filter(method=method.upper())
+    if user:
+        records = records.for_user(user)
+    if ip:
+        records = records.for_ip(ip)
+    if since or until:
+        records = records.between(_moment(since, "--since"), _moment(until, "--until"))
+    if slow is not None:
+        records = records.slow(slow)
+    if errors:
+        records = records.errors()
+    if data:
+        records = records.with_data(**dict(_data_filter(item) for item in data))
     return records
 
 
@@ -290,7 +319,7 @@ def _line(record: Tracking) -> str:
 @click.option("--limit", type=int, default=20, show_default=True, help="At most this many; 0: all.")
 def list_command(limit: int, **options: Any) -> None:
     """Recorded requests, newest first, one line each."""
-    records = _filtered(_records(), options)
+    records = _filtered(app_records(), options)
     if limit > 0:
         records = records.limit(limit)
     shown = 0
@@ -305,14 +334,14 @@ def list_command(limit: int, **options: Any) -> None:
 @click.argument("record_id")
 def show_command(record_id: str) -> None:
     """Everything recorded about one request: request, response and context."""
-    click.echo(_record(_records(), record_id).debug())
+    click.echo(_record(app_records(), record_id).debug())
 
 
 @_command("curl")
 @click.argument("record_id")
 def curl_command(record_id: str) -> None:
     """A curl command that sends the recorded request again (filtered headers left out)."""
-    record = _record(_records(), record_id)
+    record = _record(app_records(), record_id)
     command, notes = curl_for(record)
     for note in notes:
         click.echo(f"# {note}", err=True)
@@ -401,7 +430,7 @@ def replay_command(record_id: str, force: bool, allow_truncated: bool) -> None:
     Prints the new status and a unified diff of the new response body against the recorded
     one. Only GET, HEAD, OPTIONS and TRACE without --force. The replay is not tracked.
     """
-    record = _record(_records(), record_id)
+    record = _record(app_records(), record_id)
     method = (record.method or "GET").upper()
     if method not in SAFE_METHODS and not force:
         raise click.ClickException(
@@ -488,7 +517,7 @@ _STATS_SORTS = ("count", "errors", "error_rate", "mean", "p50", "p95", "p99", "m
 @click.option("--limit", type=int, default=0, help="Show only the first N rows.")
 def stats_command(by: str, sort: str, limit: int, **options: Any) -> None:
     """A table per endpoint (or --by): requests, errors and execution-time percentiles (ms)."""
-    rows = _filtered(_records(), options).stats(group_by=by)
+    rows = _filtered(app_records(), options).stats(group_by=by)
     if not rows:
         click.echo("No records match.", err=True)
         return
@@ -523,7 +552,7 @@ def stats_command(by: str, sort: str, limit: int, **options: Any) -> None:
 )
 def timeline_command(bucket: str, **options: Any) -> None:
     """Requests, errors and p95 (ms) per minute, hour or day (UTC), with a bar of the count."""
-    rows = _filled(_filtered(_records(), options).timeline(bucket=bucket), bucket)
+    rows = _filled(_filtered(app_records(), options).timeline(bucket=bucket), bucket)
     if not rows:
         click.echo("No records match.", err=True)
         return
@@ -617,7 +646,7 @@ def tail_command(
 
     A capped collection is followed with a tailable cursor; a plain one (mongomock) is polled.
     """
-    records = _filtered(_records(), options)
+    records = _filtered(app_records(), options)
     if lines > 0:
         for record in reversed(list(records.limit(lines))):
             click.echo(_line(record))
@@ -656,7 +685,7 @@ def export_command(
     Streams: records are fetched batch by batch and written as they come, so memory does not
     grow with their number. The capped collection's storage order is oldest first.
     """
-    records = _filtered(_records(), options).order_by()
+    records = _filtered(app_records(), options).order_by()
     if limit > 0:
         records = records.limit(limit)
     documents = records.no_cache().as_pymongo().batch_size(max(1, batch_size))
@@ -771,7 +800,7 @@ def jsonable(value: Any) -> Any:
 def info_command() -> None:
     """The collection: name, capped or not, size, count, oldest and newest record, indexes,
     and the writer's counters of this process."""
-    records = _records()
+    records = app_records()
     collection = records._collection
     database = collection.database
     rows = [

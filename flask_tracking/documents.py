@@ -11,7 +11,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from werkzeug.test import TestResponse
 
 __all__ = [
+    "Reports",
     "Tracking",
     "TrackingQuerySet",
     "UserAgent",
@@ -473,6 +474,227 @@ def _poll(
         _wait(interval, deadline)
 
 
+# --- reports computed in this process (mongomock) ----------------------------------------
+#
+# mongomock evaluates an aggregation pipeline by copying the whole collection through its
+# cursor (whose cost grows with the square of the number of documents) and then every stage
+# in Python: minutes on 100,000 records. On mongomock the reports therefore read the selected
+# documents once and compute the very rows of the pipelines here; :class:`Reports` chooses.
+# Values the pipelines would order or group by BSON rules not mirrored here (a string
+# execution time, a NaN, an array...) raise _Unsupported, and that report runs its pipeline.
+
+
+class _Unsupported(Exception):
+    """A stored value the in-process reports do not mirror: run the pipeline instead."""
+
+
+_MISSING: Any = object()
+
+
+def _evaluates_in_process(collection: Any) -> bool:
+    """Whether the reports on ``collection`` are computed in this process rather than by
+    aggregation pipelines: True for a mongomock collection (its class comes from mongomock)."""
+    return type(collection).__module__.partition(".")[0] == "mongomock"
+
+
+def _read_selected(queryset: TrackingQuerySet) -> list[dict[str, Any]]:
+    """The stored documents ``queryset`` selects, as its pipelines see them (mongomock only).
+
+    The order and slice of :meth:`TrackingQuerySet._aggregate`: storage order for a whole
+    selection, else the QuerySet's ordering (the default one when it has none), then
+    skip/limit. The documents are mongomock's own (not copies, which cost more than the
+    whole report on a large collection): callers only read them. Without mongomock's
+    ``_iter_documents`` (another version) the matching documents are read with ``find``.
+    """
+    if queryset._none or queryset._empty:
+        return []
+    collection = queryset._collection
+    from mongomock import filtering, helpers  # only ever called with mongomock installed
+
+    spec = helpers.patch_datetime_awareness_in_document(queryset._query)
+    iterate = getattr(collection, "_iter_documents", None)
+    documents = list(iterate(spec) if iterate is not None else collection.find(spec))
+    skip, limit = queryset._skip, queryset._limit
+    if skip is None and limit is None:
+        return documents
+    # The ordering as mongomock's $sort applies it: one stable sort per key, the last key first.
+    for key, direction in reversed(queryset._report_order()._ordering or []):
+        documents.sort(key=lambda doc: filtering.resolve_sort_key(key, doc), reverse=direction < 0)
+    start = skip or 0
+    return documents[start : None if limit is None else start + limit]
+
+
+def _is_number(value: Any) -> bool:
+    """``$isNumber``: an int or a float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as a group key (None for missing), when it is null, a number, a string,
+    an ObjectId or a date; otherwise :class:`_Unsupported`."""
+    if value is None or value is _MISSING:
+        return None
+    kind = type(value)
+    if kind is str or kind is ObjectId:
+        return value
+    if kind is int or kind is float or _is_number(value):
+        if value != value:  # NaN
+            raise _Unsupported
+        return value
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value
+    raise _Unsupported
+
+
+def _bson_order(value: Any) -> tuple[int, Any]:
+    """Sort key of a :func:`_plain` value in BSON order: null, numbers, strings, ObjectIds,
+    dates."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, str):
+        return (2, value)
+    if isinstance(value, ObjectId):
+        return (3, value)
+    if isinstance(value, datetime):
+        return (4, value)
+    return (1, value)
+
+
+def _weight_of(document: dict[str, Any]) -> float:
+    """``_WEIGHT``: 1 / sample_rate for a number in (0, 1], else 1."""
+    rate = document.get("sample_rate")
+    if _is_number(rate) and 0 < rate <= 1:
+        return 1 / rate
+    return 1
+
+
+def _is_error_record(document: dict[str, Any]) -> bool:
+    """``_IS_ERROR``: status_code >= 500 (any non-number but null sorts above numbers) or an
+    exception that is not null."""
+    status = document.get("status_code")
+    if status is not None:
+        if not _is_number(status):
+            raise _Unsupported  # a bool or a string status: BSON comparison rules
+        if status >= 500:
+            return True
+    exception = document.get("exception")
+    if exception is None:
+        return False
+    if not isinstance(exception, str):
+        raise _Unsupported
+    return True
+
+
+def _size_of(document: dict[str, Any], field: str) -> Any:
+    """``_number_or_zero``."""
+    value = document.get(field)
+    return value if _is_number(value) else 0
+
+
+#: One measured record: execution time (None when not a number), weight, error flag (0 or 1),
+#: body sizes, and the stored document.
+_Measured = tuple[Any, Any, int, Any, Any, dict[str, Any]]
+
+
+def _measure(documents: list[dict[str, Any]]) -> list[_Measured]:
+    """The ``_MEASURES`` of every document, ordered by execution time as the pipelines'
+    ``$sort`` on ``t`` leaves them (stable: records without a time first, in storage order)."""
+    measured = []
+    for document in documents:
+        time_ = document.get("execution_time")
+        if time_ is not None and (not _is_number(time_) or time_ != time_):
+            raise _Unsupported  # not a number, or NaN: BSON order and $max rules
+        measured.append(
+            (
+                time_,
+                _weight_of(document),
+                1 if _is_error_record(document) else 0,
+                _size_of(document, "request_body_size"),
+                _size_of(document, "response_body_size"),
+                document,
+            )
+        )
+    measured.sort(key=lambda row: (row[0] is not None, row[0] or 0))
+    return measured
+
+
+def _summary_rows(
+    measured: list[_Measured], key_of: Callable[[dict[str, Any]], Any]
+) -> list[dict[str, Any]]:
+    """The rows ``_summary_stages`` gives for the groups ``key_of(document)`` (in no order)."""
+    groups: dict[Any, list[Any]] = {}
+    for time_, weight, error, size_in, size_out, document in measured:
+        key = key_of(document)
+        group = groups.get(key)
+        if group is None:
+            # count, errors, times, weighted_time, timed_weight, max, bytes_in, bytes_out
+            group = groups[key] = [0, 0, [], 0, 0, None, 0, 0, key]
+        group[0] += weight
+        group[1] += error * weight
+        if time_ is not None:
+            group[2].append(time_)
+            group[3] += time_ * weight
+            group[4] += weight
+            if group[5] is None or time_ > group[5]:
+                group[5] = time_
+        else:
+            group[3] += 0
+            group[4] += 0
+        group[6] += size_in * weight
+        group[7] += size_out * weight
+    rows = []
+    for count, errors, times, weighted, timed, maximum, bytes_in, bytes_out, key in groups.values():
+        row = {
+            "_id": key,
+            "count": count,
+            "errors": errors,
+            "max": maximum,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "error_rate": errors / count if count > 0 else 0,
+            "mean": weighted / timed if timed > 0 else None,
+        }
+        row.update((name, percentile(times, p)) for name, p in PERCENTILES.items())
+        rows.append(row)
+    return rows
+
+
+def _by_count(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``{"$sort": {"count": -1, "_id": 1}}``."""
+    rows.sort(key=lambda row: _bson_order(row["_id"]))
+    rows.sort(key=lambda row: row["count"], reverse=True)
+    return rows
+
+
+def _bucket_start(moment: datetime, bucket: str) -> datetime:
+    """The start of the UTC ``bucket`` holding ``moment``, as ``$dateToString`` and
+    ``strptime`` with :data:`TIMELINE_BUCKETS` give it."""
+    if bucket == "minute":
+        return moment.replace(second=0, microsecond=0)
+    if bucket == "hour":
+        return moment.replace(minute=0, second=0, microsecond=0)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _field_key(field: str) -> Callable[[dict[str, Any]], Any]:
+    def key_of(document: dict[str, Any]) -> Any:
+        return _plain(document.get(field))
+
+    return key_of
+
+
+def _user_agent_key(field: str) -> Callable[[dict[str, Any]], Any]:
+    def key_of(document: dict[str, Any]) -> Any:
+        agent = document.get("user_agent")
+        if agent is None:
+            return None
+        if not isinstance(agent, dict):
+            raise _Unsupported
+        return _plain(agent.get(field))
+
+    return key_of
+
+
 class TrackingQuerySet(QuerySet):
     """QuerySet of :class:`Tracking` records, with helpers for the usual questions.
 
@@ -584,12 +806,7 @@ class TrackingQuerySet(QuerySet):
         Percentiles follow :func:`percentile`. Computed by one aggregation pipeline
         ($project, $sort, $group with $push, $arrayElemAt) that MongoDB 4.4 accepts.
         """
-        if group_by not in STATS_GROUPS:
-            raise ValueError(
-                f"group_by must be one of {', '.join(STATS_GROUPS)}, not {group_by!r}."
-            )
-        pipeline = [*_summary_stages(f"${group_by}"), {"$sort": {"count": -1, "_id": 1}}]
-        return [{group_by: row["_id"], **_summary(row)} for row in self._aggregate(pipeline)]
+        return self.reports().stats(group_by)
 
     def timeline(self, bucket: str = "hour") -> list[dict[str, Any]]:
         """One row per ``bucket`` ("minute", "hour" or "day", UTC) that has records, oldest first.
@@ -598,10 +815,40 @@ class TrackingQuerySet(QuerySet):
         (count, errors, error_rate, mean, p50, p95, p99, max, bytes_in, bytes_out). Buckets
         come from ``$dateToString``; records without a date are left out.
         """
-        if bucket not in TIMELINE_BUCKETS:
-            raise ValueError(
-                f"bucket must be one of {', '.join(TIMELINE_BUCKETS)}, not {bucket!r}."
-            )
+        return self.reports().timeline(bucket)
+
+    def unique_visitors(self) -> dict[str, int]:
+        """Distinct client addresses and distinct users among the selected records:
+        ``{"ips": n, "users": n}`` (records without an ip or a user_id are not counted)."""
+        return self.reports().unique_visitors()
+
+    def user_agents(self, by: str = "browser") -> list[dict[str, Any]]:
+        """How many requests came from each browser (or platform, device, language), most first.
+
+        Rows: ``{by: name or None, "count": n, "share": fraction of all selected requests}``.
+        """
+        return self.reports().user_agents(by)
+
+    def execution_times(self) -> list[float]:
+        """The execution times (ms) of the selected records, ascending, as floats: those that
+        are finite numbers (for :func:`percentile` over a whole selection, or a histogram)."""
+        return self.reports().execution_times()
+
+    def reports(self) -> Reports:
+        """The reports of this selection (:class:`Reports`), to ask several questions of it.
+
+        ``reports.stats()``, ``timeline()``, ``unique_visitors()``, ``user_agents()`` and
+        ``execution_times()`` give what the QuerySet's methods of the same names give. With a
+        MongoDB server each runs its own query; on mongomock the records are read once, by the
+        first of them, and every report is computed from that read.
+        """
+        return Reports(self)
+
+    def _pipeline_stats(self, group_by: str) -> list[dict[str, Any]]:
+        pipeline = [*_summary_stages(f"${group_by}"), {"$sort": {"count": -1, "_id": 1}}]
+        return [{group_by: row["_id"], **_summary(row)} for row in self._aggregate(pipeline)]
+
+    def _pipeline_timeline(self, bucket: str) -> list[dict[str, Any]]:
         layout = TIMELINE_BUCKETS[bucket]
         key = {"$dateToString": {"format": layout, "date": "$date_created"}}
         pipeline = [
@@ -614,10 +861,7 @@ class TrackingQuerySet(QuerySet):
             for row in self._aggregate(pipeline)
         ]
 
-    def unique_visitors(self) -> dict[str, int]:
-        """Distinct client addresses and distinct users among the selected records:
-        ``{"ips": n, "users": n}`` (records without an ip or a user_id are not counted)."""
-
+    def _pipeline_unique_visitors(self) -> dict[str, int]:
         def distinct(field: str) -> list[dict[str, Any]]:
             return [
                 {"$match": {field: {"$ne": None}}},
@@ -630,37 +874,63 @@ class TrackingQuerySet(QuerySet):
         counts = rows[0] if rows else {}
         return {key: counts[key][0]["n"] if counts.get(key) else 0 for key in facets}
 
-    def user_agents(self, by: str = "browser") -> list[dict[str, Any]]:
-        """How many requests came from each browser (or platform, device, language), most first.
-
-        Rows: ``{by: name or None, "count": n, "share": fraction of all selected requests}``.
-        """
-        if by not in USER_AGENT_FIELDS:
-            raise ValueError(f"by must be one of {', '.join(USER_AGENT_FIELDS)}, not {by!r}.")
+    def _pipeline_user_agents(self, by: str) -> list[dict[str, Any]]:
         pipeline = [
             {"$group": {"_id": f"$user_agent.{by}", "count": {"$sum": _WEIGHT}}},
             {"$sort": {"count": -1, "_id": 1}},
         ]
-        rows = list(self._aggregate(pipeline))
-        total = sum(row["count"] for row in rows)
-        return [
-            {by: row["_id"], "count": round(row["count"]), "share": row["count"] / total}
-            for row in rows
-        ]
+        return _user_agent_rows(list(self._aggregate(pipeline)), by)
+
+    def _scalar_execution_times(self) -> list[float]:
+        return _finite_sorted(self._report_order().no_cache().scalar("execution_time"))
+
+    def _report_order(self) -> TrackingQuerySet:
+        """This QuerySet without ordering when it is not sliced (a whole selection needs no
+        sort), else with its ordering or the default one: the records a report covers."""
+        if self._limit is None and self._skip is None:
+            return self.order_by()
+        if self._ordering is None:
+            return self.order_by(*self._document._meta["ordering"])
+        return self
 
     def _aggregate(self, pipeline: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Run ``pipeline`` after this QuerySet's ``$match`` (and its skip/limit, if any).
 
         ``allowDiskUse`` lets the $sort and $group of a large window spill past 100 MB.
         """
-        queryset = self
-        if self._limit is None and self._skip is None:
-            queryset = self.order_by()  # a whole selection needs no $sort before our stages
-        elif self._ordering is None:
-            queryset = self.order_by(*self._document._meta["ordering"])
-        return queryset.aggregate(pipeline, allowDiskUse=True)
+        return self._report_order().aggregate(pipeline, allowDiskUse=True)
 
     # --- live ----------------------------------------------------------------------------
+
+    def poll(
+        self,
+        after: ObjectId | None = None,
+        *,
+        limit: int = 100,
+        settle: float = POLL_OVERLAP_SECONDS,
+    ) -> tuple[list[Tracking], ObjectId]:
+        """One round of a view that asks for new records again and again (the dashboard's
+        live view): ``(records, cursor)``, the records oldest first (by ``_id``).
+
+        Without ``after``: the newest ``limit`` records. With ``after``, the cursor the previous
+        call returned: the records with an ``_id`` above it, at most ``limit``. Records reach
+        the database out of ``_id`` order (several workers, batches waiting in a writer's
+        queue), so the cursor never passes the last ``settle`` seconds (by ``_id`` time and
+        this machine's clock): the records of those seconds come again in the next rounds
+        (drop the ids already shown), and one stored late is still found. Only a record stored
+        more than ``settle`` seconds after its ``_id`` was made can be missed. The first
+        round's cursor starts at its oldest record when there were more than ``limit``.
+        """
+        settled = ObjectId.from_datetime(datetime.now(timezone.utc) - timedelta(seconds=settle))
+        if after is None:
+            found = list(self.order_by("-id").limit(limit))[::-1]
+            full = len(found) == limit and limit > 0
+            start = found[0].pk if full else None
+            return found, max(settled, start) if start is not None else settled
+        found = list(self.filter(id__gt=after).order_by("id").limit(limit))
+        if found and len(found) == limit and found[-1].pk <= settled:
+            return found, found[-1].pk  # more records before the settled point: go on there
+        return found, max(after, settled)
 
     def follow(self, *, interval: float = 1.0, timeout: float | None = None) -> Iterator[Tracking]:
         """Yield the selected records stored from now on, in storage order (like ``tail -f``).
@@ -677,6 +947,134 @@ class TrackingQuerySet(QuerySet):
         follow = _tail if _is_capped(collection) else _poll
         for document in follow(collection, self._query, interval, deadline):
             yield self._document._from_son(document)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str] | dict[str, str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}.")
+
+
+def _user_agent_rows(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """``{"_id": value, "count": weight}`` rows (most first) as ``user_agents`` returns them."""
+    total = sum(row["count"] for row in rows)
+    return [
+        {by: row["_id"], "count": round(row["count"]), "share": row["count"] / total}
+        for row in rows
+    ]
+
+
+def _finite_sorted(values: Iterator[Any] | list[Any]) -> list[float]:
+    return sorted(
+        value
+        for value in values
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+class Reports:
+    """The reports of one selection of records: ``Tracking.objects.last(hours=1).reports()``.
+
+    Its methods take the arguments and give the results of the :class:`TrackingQuerySet`
+    methods of the same names (:meth:`stats`, :meth:`timeline`, :meth:`unique_visitors`,
+    :meth:`user_agents`, :meth:`execution_times`). With a MongoDB server each call runs that
+    method's pipeline (or query). On mongomock, whose aggregation is too slow for a large
+    collection, the selected records are read once, by the first call, and every report is
+    computed from that read in Python, giving the same rows as the pipelines; the rare stored
+    value it does not mirror (a string execution time, a NaN, an array where a group key
+    belongs) makes that one report run its pipeline instead. A :class:`Reports` reflects the
+    records as they were at its first call: make a new one to see newer records.
+    """
+
+    def __init__(self, queryset: TrackingQuerySet) -> None:
+        self._queryset = queryset
+        self._in_process = _evaluates_in_process(queryset._collection)
+        self._documents: list[dict[str, Any]] | None = None
+        self._measured: list[_Measured] | None = None
+
+    def stats(self, group_by: str = "endpoint") -> list[dict[str, Any]]:
+        """As :meth:`TrackingQuerySet.stats`."""
+        _check_choice("group_by", group_by, STATS_GROUPS)
+        return self._run(self._stats, self._queryset._pipeline_stats, group_by)
+
+    def timeline(self, bucket: str = "hour") -> list[dict[str, Any]]:
+        """As :meth:`TrackingQuerySet.timeline`."""
+        _check_choice("bucket", bucket, TIMELINE_BUCKETS)
+        return self._run(self._timeline, self._queryset._pipeline_timeline, bucket)
+
+    def unique_visitors(self) -> dict[str, int]:
+        """As :meth:`TrackingQuerySet.unique_visitors`."""
+        return self._run(self._unique_visitors, self._queryset._pipeline_unique_visitors)
+
+    def user_agents(self, by: str = "browser") -> list[dict[str, Any]]:
+        """As :meth:`TrackingQuerySet.user_agents`."""
+        _check_choice("by", by, USER_AGENT_FIELDS)
+        return self._run(self._user_agents, self._queryset._pipeline_user_agents, by)
+
+    def execution_times(self) -> list[float]:
+        """As :meth:`TrackingQuerySet.execution_times`."""
+        return self._run(self._execution_times, self._queryset._scalar_execution_times)
+
+    def _run(self, in_process: Callable[..., Any], pipeline: Callable[..., Any], *args: Any) -> Any:
+        if self._in_process:
+            try:
+                return in_process(*args)
+            except _Unsupported:
+                pass
+        return pipeline(*args)
+
+    def _read(self) -> list[dict[str, Any]]:
+        if self._documents is None:
+            self._documents = _read_selected(self._queryset)
+        return self._documents
+
+    def _measures(self) -> list[_Measured]:
+        if self._measured is None:
+            self._measured = _measure(self._read())
+        return self._measured
+
+    def _stats(self, group_by: str) -> list[dict[str, Any]]:
+        rows = _by_count(_summary_rows(self._measures(), _field_key(group_by)))
+        return [{group_by: row["_id"], **_summary(row)} for row in rows]
+
+    def _timeline(self, bucket: str) -> list[dict[str, Any]]:
+        dated = []
+        for row in self._measures():
+            moment = row[5].get("date_created")
+            if isinstance(moment, datetime):
+                if moment.tzinfo is not None:
+                    raise _Unsupported
+                dated.append(row)
+        rows = _summary_rows(
+            dated, lambda document: _bucket_start(document["date_created"], bucket)
+        )
+        rows.sort(key=lambda row: row["_id"])
+        return [{"start": row["_id"], **_summary(row)} for row in rows]
+
+    def _unique_visitors(self) -> dict[str, int]:
+        found: dict[str, set[Any]] = {"ips": set(), "users": set()}
+        for document in self._read():
+            for key, field in (("ips", "ip"), ("users", "user_id")):
+                value = _plain(document.get(field))
+                if value is not None:
+                    found[key].add(value)
+        return {key: len(values) for key, values in found.items()}
+
+    def _user_agents(self, by: str) -> list[dict[str, Any]]:
+        key_of = _user_agent_key(by)
+        counts: dict[Any, Any] = {}
+        for document in self._read():
+            key = key_of(document)
+            counts[key] = counts.get(key, 0) + _weight_of(document)
+        rows = _by_count([{"_id": key, "count": count} for key, count in counts.items()])
+        return _user_agent_rows(rows, by)
+
+    def _execution_times(self) -> list[float]:
+        to_python = self._queryset._document._fields["execution_time"].to_python
+        return _finite_sorted(
+            to_python(document["execution_time"])
+            for document in self._read()
+            if document.get("execution_time") is not None
+        )
 
 
 class Tracking(Document):

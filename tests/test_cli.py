@@ -859,3 +859,28 @@ def test_an_unreachable_server_is_a_clear_error() -> None:
             assert "Topology Description" not in result.output
     finally:
         mongoengine.disconnect("default")
+
+
+# --- select_records: the filters of list, for Python callers (the dashboard) ------------
+
+
+def test_select_records_filters_like_list(app: Flask, runner: FlaskCliRunner) -> None:
+    from flask_tracking.cli import app_records, select_records
+
+    insert(*seeded_records(100))
+    with app.app_context():
+        selected = select_records(path="/users/", status="5xx", data=())
+        expected = Tracking.objects.for_path("/users/").filter(
+            status_code__gte=500, status_code__lt=600
+        )
+        assert [r.pk for r in selected] == [r.pk for r in expected]
+        assert selected.count() > 0
+        assert select_records().count() == app_records().count() == 100
+        listed = run(runner, "list", "--path", "/users/", "--status", "5xx", "--limit", "0")
+        assert {line.split()[0] for line in listed.output.splitlines()} == {
+            str(r.pk) for r in selected
+        }
+        with pytest.raises(ValueError, match="--status takes a code"):
+            select_records(status="5x")
+        with pytest.raises(ValueError, match="--since"):
+            select_records(since="yesterday")

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -678,21 +678,92 @@ def test_live_page(client: Any, seeded: list[dict[str, Any]]) -> None:
     assert page.count('<tr class="error">') == 5
 
 
+class LiveView:
+    """What the live page's script does: ask the feed after its cursor, drop the ids shown."""
+
+    def __init__(self, client: Any, query: str = "") -> None:
+        self.client, self.query = client, query
+        first = self.feed()
+        self.cursor = first["last"]
+        self.shown = [row["id"] for row in first["records"]]
+        self.first = first["records"]
+
+    def feed(self, after: str = "") -> dict[str, Any]:
+        query = "&".join(part for part in (self.query, f"after={after}" if after else "") if part)
+        response = self.client.get(f"/tracking/live.json?{query}")
+        assert response.status_code == 200
+        return response.get_json()
+
+    def poll(self) -> list[dict[str, Any]]:
+        data = self.feed(self.cursor)
+        assert data["last"] >= self.cursor  # the cursor never goes back
+        self.cursor = data["last"]
+        new = [row for row in data["records"] if row["id"] not in self.shown]
+        self.shown += [row["id"] for row in new]
+        return new
+
+
 def test_live_feed_gives_the_records_after_the_last_one(
     client: Any, mongo: Any, seeded: list[dict[str, Any]]
 ) -> None:
-    first = client.get("/tracking/live.json").get_json()
-    assert len(first["records"]) == 20
-    assert first["last"] == str(seeded[-1]["_id"])  # the newest stored, oldest first
-    assert client.get(f"/tracking/live.json?after={first['last']}").get_json()["records"] == []
+    live = LiveView(client)
+    assert len(live.first) == 20
+    assert live.first[-1]["id"] == str(seeded[-1]["_id"])  # the newest stored, oldest first
+    assert live.poll() == []
     fresh = [make_record(utc_now(), path=f"/fresh/{index}") for index in range(3)]
     mongo["tracking"].insert_many(fresh)
-    update = client.get(f"/tracking/live.json?after={first['last']}").get_json()
-    assert [row["target"] for row in update["records"]] == ["/fresh/0", "/fresh/1", "/fresh/2"]
-    assert update["last"] == str(fresh[-1]["_id"])
-    assert update["records"][0]["url"] == f"/tracking/requests/{fresh[0]['_id']}"
-    filtered = client.get(f"/tracking/live.json?after={first['last']}&path=/fresh/1").get_json()
-    assert [row["target"] for row in filtered["records"]] == ["/fresh/1"]
+    update = live.poll()
+    assert [row["target"] for row in update] == ["/fresh/0", "/fresh/1", "/fresh/2"]
+    assert update[0]["url"] == f"/tracking/requests/{fresh[0]['_id']}"
+    assert live.poll() == []
+    filtered = LiveView(client, "path=/fresh/1")
+    assert [row["target"] for row in filtered.first] == ["/fresh/1"]
+    mongo["tracking"].insert_many(
+        [make_record(utc_now(), path=path) for path in ("/x", "/fresh/1")]
+    )
+    assert [row["target"] for row in filtered.poll()] == ["/fresh/1"]
+
+
+def object_id(seconds_ago: float) -> ObjectId:
+    """A fresh id made ``seconds_ago`` (as a worker made it before its batch was stored)."""
+    made = datetime.now(timezone.utc) - timedelta(seconds=seconds_ago)
+    return ObjectId(ObjectId.from_datetime(made).binary[:4] + ObjectId().binary[4:])
+
+
+def test_live_feed_finds_a_record_stored_after_a_newer_one(client: Any, mongo: Any) -> None:
+    """Two workers: B's record is stored and shown first; A's, made two seconds earlier, is
+    stored after it (its batch waited in A's queue). Its id is below the newest shown: a
+    cursor at the newest id would skip it for good."""
+    mongo["tracking"].insert_many([make_record(utc_now(), path=f"/t/old/{n}") for n in range(3)])
+    live = LiveView(client, "path=/t/")
+    assert [row["target"] for row in live.first] == ["/t/old/0", "/t/old/1", "/t/old/2"]
+    worker_b = make_record(utc_now(), path="/t/from/b", _id=object_id(0))
+    mongo["tracking"].insert_one(worker_b)
+    assert [row["target"] for row in live.poll()] == ["/t/from/b"]
+    worker_a = make_record(utc_now(), path="/t/from/a", _id=object_id(2))
+    mongo["tracking"].insert_one(worker_a)
+    assert [row["target"] for row in live.poll()] == ["/t/from/a"]
+    assert live.poll() == []
+    assert len(live.shown) == len(set(live.shown)) == 5
+
+
+def test_live_feed_pages_through_a_burst(client: Any, mongo: Any) -> None:
+    """More records than one answer holds (LIVE_MAX_RECORDS = 100): each comes once, in id
+    order. Settled ones (ids older than 10 s) page on; the cursor then stays 10 s back, so
+    the records of the last 10 s beyond one answer wait until they settle."""
+    live = LiveView(client, "path=/t/")
+    live.cursor = str(object_id(120))  # as if the page had been loaded two minutes ago
+    burst = [
+        make_record(utc_now(), path=f"/t/burst/{n}", _id=object_id(60 - n * 0.1))
+        for n in range(230)
+    ]
+    burst += [make_record(utc_now(), path=f"/t/now/{n}") for n in range(120)]
+    mongo["tracking"].insert_many(burst)
+    seen: list[str] = []
+    for _ in range(8):
+        seen += [row["target"] for row in live.poll()]
+    assert seen == [record["path"] for record in burst[:330]]
+    assert ObjectId(live.cursor).generation_time < datetime.now(timezone.utc) - timedelta(seconds=9)
 
 
 def test_live_feed_rejects_a_bad_cursor(client: Any) -> None:

@@ -1,8 +1,9 @@
 """The dashboard blueprint: overview, endpoint, request list and detail, live view.
 
 Every figure comes from the helpers of :class:`~flask_tracking.documents.TrackingQuerySet`
-(``stats``, ``timeline``, ``unique_visitors``, ``user_agents``, ``errors``, ``for_endpoint``,
-``last``, ``between``) and the request list uses the very filters of ``flask tracking list``.
+(one ``reports()`` per page for ``stats``, ``timeline``, ``unique_visitors``, ``user_agents``,
+``execution_times``; ``errors``, ``for_endpoint``, ``last``, ``between``, ``poll``) and the
+request list uses the very filters of ``flask tracking list`` (``cli.select_records``).
 The pages are server-rendered Jinja with inline SVG charts; only the live view uses
 JavaScript. Records are read through the connection alias the app's extension writes to.
 """
@@ -14,14 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Union
 from urllib.parse import urlencode
 
-import click
 from bson import ObjectId
 from flask import Blueprint, Response, abort, jsonify, render_template, request, url_for
 from mongoengine.connection import ConnectionFailure as NotConnected
 from pymongo.errors import PyMongoError
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..cli import _filtered, _records, curl_for
+from ..cli import app_records, curl_for, select_records
 from ..context import skip
 from ..documents import PERCENTILES, Tracking, TrackingQuerySet, percentile
 from .charts import format_ms, histogram_chart, shares, timeline_chart
@@ -188,12 +188,12 @@ class _Pages:
         window, problem = self._window()
         if problem:
             return _page_error(window, problem)
-        records = window.select(_records())
-        by_status = records.stats(group_by="status_code")
-        by_endpoint = records.stats(group_by="endpoint")
+        reports = window.select(app_records()).reports()
+        by_status = reports.stats(group_by="status_code")
+        by_endpoint = reports.stats(group_by="endpoint")
         count = sum(row["count"] for row in by_status)
         errors = sum(row["errors"] for row in by_status)
-        times = execution_times(records)
+        times = reports.execution_times()
         context = {
             "window": window,
             "totals": {
@@ -202,9 +202,9 @@ class _Pages:
                 "error_rate": errors / count if count else 0.0,
                 **{key: percentile(times, fraction) for key, fraction in PERCENTILES.items()},
             },
-            "visitors": records.unique_visitors(),
+            "visitors": reports.unique_visitors(),
             "timeline": timeline_chart(
-                records.timeline(bucket=window.bucket),
+                reports.timeline(bucket=window.bucket),
                 window.bucket_starts(),
                 BUCKETS[window.bucket],
             ),
@@ -212,8 +212,8 @@ class _Pages:
             "top_by_count": by_endpoint[:TOP_ROWS],
             "top_by_p95": _largest(by_endpoint, "p95"),
             "top_by_errors": _largest([row for row in by_endpoint if row["errors"]], "errors"),
-            "browsers": shares(records.user_agents(by="browser"), "browser"),
-            "platforms": shares(records.user_agents(by="platform"), "platform"),
+            "browsers": shares(reports.user_agents(by="browser"), "browser"),
+            "platforms": shares(reports.user_agents(by="platform"), "platform"),
         }
         return render_template("flask_tracking/overview.html", **context), 200
 
@@ -222,9 +222,10 @@ class _Pages:
         window, problem = self._window()
         if problem:
             return _page_error(window, problem)
-        records = window.select(_records()).for_endpoint(name)
-        summary = next(iter(records.stats(group_by="endpoint")), None)
-        times = execution_times(records)
+        records = window.select(app_records()).for_endpoint(name)
+        reports = records.reports()
+        summary = next(iter(reports.stats(group_by="endpoint")), None)
+        times = reports.execution_times()
         rows = records.only(*ROW_FIELDS)
         context = {
             "window": window,
@@ -232,7 +233,7 @@ class _Pages:
             "summary": summary,
             "histogram": histogram_chart(times),
             "timeline": timeline_chart(
-                records.timeline(bucket=window.bucket),
+                reports.timeline(bucket=window.bucket),
                 window.bucket_starts(),
                 BUCKETS[window.bucket],
             ),
@@ -276,7 +277,7 @@ class _Pages:
         """Everything stored about one request, and a curl command that sends it again."""
         if not ObjectId.is_valid(record_id):
             abort(404)
-        record: Tracking | None = _records().filter(id=ObjectId(record_id)).first()
+        record: Tracking | None = app_records().filter(id=ObjectId(record_id)).first()
         if record is None:
             abort(404)
         command, notes = curl_for(record)
@@ -302,36 +303,39 @@ class _Pages:
             return render_template(
                 "flask_tracking/live.html", problem=str(error), rows=[], filters=filters
             ), 400
-        newest = list(records.only(*ROW_FIELDS).order_by("-id").limit(LIVE_FIRST_RECORDS))
+        found, cursor = records.only(*ROW_FIELDS).poll(limit=LIVE_FIRST_RECORDS)
         return render_template(
             "flask_tracking/live.html",
             problem=None,
-            rows=[list_row(record) for record in newest],
+            rows=[list_row(record) for record in reversed(found)],
             filters=filters,
-            last=str(newest[0].pk) if newest else "",
+            last=str(cursor),
+            shown=" ".join(str(record.pk) for record in found),
             feed=page_url(".live_json", filters),
             interval_ms=int(self.live_interval_seconds * 1000),
         ), 200
 
     def live_json(self) -> tuple[Response, int]:
-        """``{"records": [...], "last": id}``: the requests stored after the record ``after``
-        (oldest first, at most :data:`LIVE_MAX_RECORDS`), each with the URL of its page."""
+        """``{"records": [...], "last": cursor}``: one round of
+        :meth:`~flask_tracking.documents.TrackingQuerySet.poll` after the cursor ``after``
+        (oldest first, at most :data:`LIVE_MAX_RECORDS`), each record with the URL of its page.
+        Records of the last seconds come again in the next rounds; the page drops the ids it
+        shows already."""
         try:
             records = _selected(_filter_args()).only(*ROW_FIELDS)
             after = _cursor("after")
         except ValueError as error:
             return jsonify(error=str(error)), 400
         if after is None:
-            found = list(records.order_by("-id").limit(LIVE_FIRST_RECORDS))[::-1]
+            found, cursor = records.poll(limit=LIVE_FIRST_RECORDS)
         else:
-            found = list(records.filter(id__gt=after).order_by("id").limit(LIVE_MAX_RECORDS))
+            found, cursor = records.poll(after, limit=LIVE_MAX_RECORDS)
         rows = [
             {**list_row(record), "url": url_for(".request_detail", record_id=str(record.pk))}
             for record in found
         ]
-        last = rows[-1]["id"] if rows else (str(after) if after else "")
         return jsonify(
-            records=rows, last=last, interval_ms=int(self.live_interval_seconds * 1000)
+            records=rows, last=str(cursor), interval_ms=int(self.live_interval_seconds * 1000)
         ), 200
 
     def _window(self) -> tuple[Window, str | None]:
@@ -348,17 +352,6 @@ def page_url(endpoint: str, filters: dict[str, Any], **extra: Any) -> str:
     params = {**filters, **{key: value for key, value in extra.items() if value is not None}}
     query = urlencode(params, doseq=True)
     return f"{url_for(endpoint)}?{query}" if query else url_for(endpoint)
-
-
-def execution_times(records: TrackingQuerySet) -> list[float]:
-    """The execution times (ms) of ``records``, sorted, for :func:`percentile` and the
-    histogram: the reports give percentiles per group, not over a whole selection."""
-    values = records.order_by().no_cache().scalar("execution_time")
-    return sorted(
-        value
-        for value in values
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    )
 
 
 def _largest(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -399,13 +392,16 @@ def _selected(filters: dict[str, Any]) -> TrackingQuerySet:
     if slow is not None and not math.isfinite(slow):
         raise ValueError(f"slow takes a number of milliseconds, not {slow_text!r}.")
     options = {key: filters.get(key) for key in TEXT_FILTERS if key != "slow"}
-    options.update(
-        slow=slow, errors=bool(filters.get("errors")), data=tuple(filters.get("data", ()))
-    )
     try:
-        return _filtered(_records(), options)
-    except click.ClickException as error:
-        raise ValueError(error.message.replace("--", "")) from None
+        return select_records(
+            app_records(),
+            **options,
+            slow=slow,
+            errors=bool(filters.get("errors")),
+            data=tuple(filters.get("data", ())),
+        )
+    except ValueError as error:
+        raise ValueError(str(error).replace("--", "")) from None
 
 
 def _cursor(name: str) -> ObjectId | None:

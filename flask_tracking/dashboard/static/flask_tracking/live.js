@@ -1,6 +1,8 @@
-/* Live view: asks the blueprint's JSON feed for the requests stored since the newest one shown,
-   every data-interval milliseconds, and puts them at the top of the table. Values are set as
-   text (textContent), never parsed as HTML. */
+/* Live view: asks the blueprint's JSON feed for the requests stored after its cursor, every
+   data-interval milliseconds, and puts the ones not shown yet at the top of the table. The feed
+   sends the records of the last seconds again (a record may be stored late, out of id order),
+   so the ids shown are remembered until the cursor has passed them. Values are set as text
+   (textContent), never parsed as HTML. */
 (function () {
   "use strict";
 
@@ -14,6 +16,7 @@
   var last = status.getAttribute("data-last") || "";
   var interval = Number(status.getAttribute("data-interval")) || 2000;
   var received = 0;
+  var shown = new Set((status.getAttribute("data-shown") || "").split(" ").filter(Boolean));
 
   function cell(text, className) {
     var td = document.createElement("td");
@@ -44,8 +47,11 @@
   }
 
   function show(data) {
-    var records = data.records || [];
+    var records = (data.records || []).filter(function (record) {
+      return !shown.has(record.id);
+    });
     records.forEach(function (record) {
+      shown.add(record.id);
       rows.insertBefore(row(record), rows.firstChild);
     });
     while (rows.children.length > MAX_ROWS) {
@@ -59,6 +65,11 @@
     }
     received += records.length;
     last = data.last || last;
+    shown.forEach(function (id) {
+      if (id <= last) {
+        shown.delete(id); // ids sort as text like ObjectIds: the feed sends only ids above last
+      }
+    });
     status.textContent =
       "Live: checked at " + new Date().toISOString().slice(11, 19) + " UTC, " +
       received + " new since the page was loaded.";
