@@ -590,12 +590,17 @@ class _Descending:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _top_documents(queryset: TrackingQuerySet) -> list[dict[str, Any]] | None:
+def _top_documents(
+    queryset: TrackingQuerySet, candidates: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]] | None:
     """The stored documents (mongomock's own: read only) ``queryset`` gives, in its order,
     after its skip and limit: ``heapq.nsmallest``/``nlargest`` equal ``sorted(...)[:n]``,
     ties in storage order as mongomock's stable sort leaves them. None when this is not such
     a query (no limit, no explicit ordering, a dotted or ``$`` key, more than
-    :data:`_TOP_MAX` records...) or a sort value is not one :func:`_sort_key` mirrors."""
+    :data:`_TOP_MAX` records...) or a sort value is not one :func:`_sort_key` mirrors.
+    ``candidates``: stored documents in storage order, among which are all those
+    ``queryset`` matches (a :class:`Reports`' read of a wider selection), matched instead of
+    the whole collection."""
     ordering, skip, limit = queryset._ordering, queryset._skip or 0, queryset._limit
     collection = queryset._collection
     if (
@@ -634,19 +639,27 @@ def _top_documents(queryset: TrackingQuerySet) -> list[dict[str, Any]] | None:
             )
 
         pick = heapq.nsmallest
-    matching = collection._iter_documents(_mongomock_spec(queryset))
+    spec = _mongomock_spec(queryset)
+    if candidates is None:
+        matching = collection._iter_documents(spec)
+    else:
+        from mongomock.filtering import filter_applies
+
+        matching = (document for document in candidates if filter_applies(spec, document))
     try:
         return pick(skip + limit, matching, key=key_of)[skip:]
     except _Unsupported:
         return None
 
 
-def _fetch_top(queryset: TrackingQuerySet) -> list[Any] | None:
+def _fetch_top(
+    queryset: TrackingQuerySet, candidates: list[dict[str, Any]] | None = None
+) -> list[Any] | None:
     """``list(queryset)`` from :func:`_top_documents` (mongomock only), else None. A cursor
     of ``queryset``'s own (projection, time zone awareness) hands out copies of just those
     documents, and MongoEngine loads them as it loads any query's results (documents, or
     dicts / scalars after ``as_pymongo`` / ``scalar``)."""
-    documents = _top_documents(queryset)
+    documents = _top_documents(queryset, candidates)
     if documents is None:
         return None
     collection = queryset._collection
@@ -1038,13 +1051,19 @@ class TrackingQuerySet(QuerySet):
         """
         return self._report_order().aggregate(pipeline, allowDiskUse=True)
 
-    def fetch(self) -> list[Any]:
+    def fetch(self, within: Reports | None = None) -> list[Any]:
         """``list(self)``, the same records in the same order; faster on mongomock for the
         first records in an order (``order_by(...).limit(n)``, ``n`` up to 1,000, on fields
         of plain values), which it would answer by sorting and copying every matching record.
-        With a MongoDB server (or any other query) it is ``list(self)``."""
+        With a MongoDB server (or any other query) it is ``list(self)``.
+
+        ``within``: the :class:`Reports` of a selection that contains every record this
+        QuerySet selects (``records.reports()`` for ``records.errors().order_by(...)``): on
+        mongomock the records it read are searched instead of the whole collection (and, like
+        it, records stored after its first report are not seen)."""
         if _evaluates_in_process(self._collection):
-            found = _fetch_top(self)
+            candidates = None if within is None else within._candidates()
+            found = _fetch_top(self, candidates)
             if found is not None:
                 return found
         return list(self)
@@ -1175,6 +1194,15 @@ class Reports:
         if self._documents is None:
             self._documents = _read_selected(self._queryset)
         return self._documents
+
+    def _candidates(self) -> list[dict[str, Any]] | None:
+        """The documents read, when they are the whole selection in storage order (for
+        :meth:`TrackingQuerySet.fetch`); None when the reports are not computed in process
+        or cover a skip/limit of it."""
+        queryset = self._queryset
+        if not self._in_process or queryset._skip is not None or queryset._limit is not None:
+            return None
+        return self._read()
 
     def _measures(self) -> list[_Measured]:
         if self._measured is None:

@@ -220,14 +220,14 @@ def test_a_server_collection_runs_the_normal_query(monkeypatch: pytest.MonkeyPat
     same(queryset.fetch(), normal(queryset))
 
 
-def test_poll_and_the_dashboard_use_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_poll_uses_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
     store(random_records(4, 20))
     calls: list[Any] = []
     real = documents._fetch_top
 
-    def counted(queryset: TrackingQuerySet) -> Any:
+    def counted(queryset: TrackingQuerySet, candidates: Any = None) -> Any:
         calls.append(queryset._ordering)
-        return real(queryset)
+        return real(queryset, candidates)
 
     monkeypatch.setattr(documents, "_fetch_top", counted)
     found, _ = Tracking.objects.poll(limit=3)
@@ -235,3 +235,27 @@ def test_poll_and_the_dashboard_use_fetch(monkeypatch: pytest.MonkeyPatch) -> No
     assert [record.pk for record in found] == [r.pk for r in Tracking.objects.order_by("-id")[:3]][
         ::-1
     ]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_within_reports_of_a_wider_selection_gives_the_same_records(seed: int) -> None:
+    store(random_records(seed, 60))
+    wider = Tracking.objects.filter(method="GET")
+    reports = wider.reports()
+    reports.unique_visitors()  # the reports read their records first, as the dashboard's do
+    candidates = reports._candidates()
+    assert candidates is not None and len(candidates) == 60
+    for ordering in ORDERINGS:
+        for select in SELECTIONS:
+            queryset = select(wider).order_by(*ordering).limit(5).skip(seed)
+            top = documents._top_documents(queryset)
+            assert documents._top_documents(queryset, candidates) == top
+            same(queryset.fetch(reports), normal(queryset))
+
+
+def test_within_reports_of_a_sliced_selection_reads_the_collection() -> None:
+    store(random_records(5, 20))
+    reports = Tracking.objects.order_by("-id").limit(3).reports()
+    assert reports._candidates() is None
+    queryset = Tracking.objects.order_by("-execution_time").limit(4)
+    same(queryset.fetch(reports), normal(queryset))

@@ -238,9 +238,11 @@ class _Pages:
                 BUCKETS[window.bucket],
             ),
             "slowest": [
-                list_row(r) for r in rows.order_by("-execution_time").limit(TOP_ROWS).fetch()
+                list_row(r) for r in rows.order_by("-execution_time").limit(TOP_ROWS).fetch(reports)
             ],
-            "errors": [list_row(r) for r in rows.errors().order_by("-id").limit(TOP_ROWS).fetch()],
+            "errors": [
+                list_row(r) for r in rows.errors().order_by("-id").limit(TOP_ROWS).fetch(reports)
+            ],
         }
         return render_template("flask_tracking/endpoint.html", **context), 200
 
