@@ -7,6 +7,7 @@ replayed.  Flask is imported lazily (only :meth:`Tracking.replay` needs it).
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import re
@@ -508,11 +509,11 @@ def _read_selected(queryset: TrackingQuerySet) -> list[dict[str, Any]]:
     """
     if queryset._none or queryset._empty:
         return []
-    collection = queryset._collection
-    from mongomock import filtering, helpers  # only ever called with mongomock installed
+    from mongomock import filtering  # only ever called with mongomock installed
 
-    spec = helpers.patch_datetime_awareness_in_document(queryset._query)
+    collection = queryset._collection
     iterate = getattr(collection, "_iter_documents", None)
+    spec = _mongomock_spec(queryset)
     documents = list(iterate(spec) if iterate is not None else collection.find(spec))
     skip, limit = queryset._skip, queryset._limit
     if skip is None and limit is None:
@@ -522,6 +523,156 @@ def _read_selected(queryset: TrackingQuerySet) -> list[dict[str, Any]]:
         documents.sort(key=lambda doc: filtering.resolve_sort_key(key, doc), reverse=direction < 0)
     start = skip or 0
     return documents[start : None if limit is None else start + limit]
+
+
+def _mongomock_spec(queryset: TrackingQuerySet) -> dict[str, Any]:
+    """``queryset``'s filter as mongomock's ``find`` matches it (mongomock only)."""
+    from mongomock import helpers
+
+    return helpers.patch_datetime_awareness_in_document(queryset._query)
+
+
+# --- first records in an order, on mongomock ----------------------------------------------
+# mongomock answers ``order_by(...).limit(n)`` by sorting and deep-copying every matching
+# document before keeping n (2 s for the newest page of 100,000 records). :func:`_fetch_top`
+# keeps the n with heapq over its stored documents, then lets mongomock copy and MongoEngine
+# load just those: the records, and their order, of the normal query.
+
+#: The most records (skip + limit) :func:`_fetch_top` picks; beyond, the normal query runs.
+_TOP_MAX = 1000
+
+#: BSON type ranks as mongomock's ``filtering._get_compare_type`` gives them.
+_RANK_NULL, _RANK_NUMBER, _RANK_STRING, _RANK_OBJECT_ID, _RANK_BOOL, _RANK_DATE = (
+    5,
+    10,
+    15,
+    35,
+    40,
+    45,
+)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    """A natively comparable key ordering ``value`` (a stored field, :data:`_MISSING` when
+    absent) as mongomock's sort does (``filtering.resolve_sort_key``): missing and null
+    lowest, then numbers, strings, ObjectIds, booleans, dates. Other values (arrays,
+    documents, NaN, aware dates...) raise :class:`_Unsupported`."""
+    if value is None or value is _MISSING:
+        return (_RANK_NULL, 0)
+    kind = type(value)
+    if kind is ObjectId:
+        return (_RANK_OBJECT_ID, value)
+    if kind is datetime and value.tzinfo is None:
+        return (_RANK_DATE, value)
+    if kind is str:
+        return (_RANK_STRING, value)
+    if isinstance(value, bool):
+        return (_RANK_BOOL, value)
+    if _is_number(value) and value == value:
+        return (_RANK_NUMBER, value)
+    raise _Unsupported
+
+
+class _Descending:
+    """Reverses the order of one sort key, for orderings that mix directions."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: tuple[int, Any]) -> None:
+        self.key = key
+
+    def __lt__(self, other: _Descending) -> bool:
+        return other.key < self.key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.key == other.key
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _top_documents(
+    queryset: TrackingQuerySet, candidates: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]] | None:
+    """The stored documents (mongomock's own: read only) ``queryset`` gives, in its order,
+    after its skip and limit: ``heapq.nsmallest``/``nlargest`` equal ``sorted(...)[:n]``,
+    ties in storage order as mongomock's stable sort leaves them. None when this is not such
+    a query (no limit, no explicit ordering, a dotted or ``$`` key, more than
+    :data:`_TOP_MAX` records...) or a sort value is not one :func:`_sort_key` mirrors.
+    ``candidates``: stored documents in storage order, among which are all those
+    ``queryset`` matches (a :class:`Reports`' read of a wider selection), matched instead of
+    the whole collection."""
+    ordering, skip, limit = queryset._ordering, queryset._skip or 0, queryset._limit
+    collection = queryset._collection
+    if (
+        not ordering
+        or limit is None
+        or limit <= 0
+        or skip < 0
+        or skip + limit > _TOP_MAX
+        or queryset._where_clause
+        or queryset._search_text
+        or queryset._collation is not None
+        or not hasattr(collection, "_iter_documents")
+        or not hasattr(collection, "_copy_only_fields")
+        or any("." in key or key.startswith("$") for key, _ in ordering)
+    ):
+        return None
+    fields = [key for key, _ in ordering]
+    directions = {direction > 0 for _, direction in ordering}
+    if len(directions) == 1:
+
+        def key_of(document: dict[str, Any]) -> Any:
+            return tuple([_sort_key(document.get(field, _MISSING)) for field in fields])
+
+        pick = heapq.nsmallest if directions == {True} else heapq.nlargest
+    else:
+        ascending = [direction > 0 for _, direction in ordering]
+
+        def key_of(document: dict[str, Any]) -> Any:
+            return tuple(
+                [
+                    key if up else _Descending(key)
+                    for key, up in zip(
+                        (_sort_key(document.get(field, _MISSING)) for field in fields), ascending
+                    )
+                ]
+            )
+
+        pick = heapq.nsmallest
+    spec = _mongomock_spec(queryset)
+    if candidates is None:
+        matching = collection._iter_documents(spec)
+    else:
+        from mongomock.filtering import filter_applies
+
+        matching = (document for document in candidates if filter_applies(spec, document))
+    try:
+        return pick(skip + limit, matching, key=key_of)[skip:]
+    except _Unsupported:
+        return None
+
+
+def _fetch_top(
+    queryset: TrackingQuerySet, candidates: list[dict[str, Any]] | None = None
+) -> list[Any] | None:
+    """``list(queryset)`` from :func:`_top_documents` (mongomock only), else None. A cursor
+    of ``queryset``'s own (projection, time zone awareness) hands out copies of just those
+    documents, and MongoEngine loads them as it loads any query's results (documents, or
+    dicts / scalars after ``as_pymongo`` / ``scalar``)."""
+    documents = _top_documents(queryset, candidates)
+    if documents is None:
+        return None
+    collection = queryset._collection
+    cursor = collection.find(queryset._query, **queryset._cursor_args)
+    projection = cursor._projection
+
+    def copies() -> Iterator[dict[str, Any]]:
+        return (collection._copy_only_fields(document, projection, dict) for document in documents)
+
+    cursor._factory = copies
+    loader = queryset.clone()
+    loader._cursor_obj = cursor
+    return list(loader)
 
 
 def _is_number(value: Any) -> bool:
@@ -900,6 +1051,23 @@ class TrackingQuerySet(QuerySet):
         """
         return self._report_order().aggregate(pipeline, allowDiskUse=True)
 
+    def fetch(self, within: Reports | None = None) -> list[Any]:
+        """``list(self)``, the same records in the same order; faster on mongomock for the
+        first records in an order (``order_by(...).limit(n)``, ``n`` up to 1,000, on fields
+        of plain values), which it would answer by sorting and copying every matching record.
+        With a MongoDB server (or any other query) it is ``list(self)``.
+
+        ``within``: the :class:`Reports` of a selection that contains every record this
+        QuerySet selects (``records.reports()`` for ``records.errors().order_by(...)``): on
+        mongomock the records it read are searched instead of the whole collection (and, like
+        it, records stored after its first report are not seen)."""
+        if _evaluates_in_process(self._collection):
+            candidates = None if within is None else within._candidates()
+            found = _fetch_top(self, candidates)
+            if found is not None:
+                return found
+        return list(self)
+
     # --- live ----------------------------------------------------------------------------
 
     def poll(
@@ -923,11 +1091,11 @@ class TrackingQuerySet(QuerySet):
         """
         settled = ObjectId.from_datetime(datetime.now(timezone.utc) - timedelta(seconds=settle))
         if after is None:
-            found = list(self.order_by("-id").limit(limit))[::-1]
+            found = self.order_by("-id").limit(limit).fetch()[::-1]
             full = len(found) == limit and limit > 0
             start = found[0].pk if full else None
             return found, max(settled, start) if start is not None else settled
-        found = list(self.filter(id__gt=after).order_by("id").limit(limit))
+        found = self.filter(id__gt=after).order_by("id").limit(limit).fetch()
         if found and len(found) == limit and found[-1].pk <= settled:
             return found, found[-1].pk  # more records before the settled point: go on there
         return found, max(after, settled)
@@ -1026,6 +1194,15 @@ class Reports:
         if self._documents is None:
             self._documents = _read_selected(self._queryset)
         return self._documents
+
+    def _candidates(self) -> list[dict[str, Any]] | None:
+        """The documents read, when they are the whole selection in storage order (for
+        :meth:`TrackingQuerySet.fetch`); None when the reports are not computed in process
+        or cover a skip/limit of it."""
+        queryset = self._queryset
+        if not self._in_process or queryset._skip is not None or queryset._limit is not None:
+            return None
+        return self._read()
 
     def _measures(self) -> list[_Measured]:
         if self._measured is None:

@@ -237,8 +237,12 @@ class _Pages:
                 window.bucket_starts(),
                 BUCKETS[window.bucket],
             ),
-            "slowest": [list_row(r) for r in rows.order_by("-execution_time").limit(TOP_ROWS)],
-            "errors": [list_row(r) for r in rows.errors().order_by("-id").limit(TOP_ROWS)],
+            "slowest": [
+                list_row(r) for r in rows.order_by("-execution_time").limit(TOP_ROWS).fetch(reports)
+            ],
+            "errors": [
+                list_row(r) for r in rows.errors().order_by("-id").limit(TOP_ROWS).fetch(reports)
+            ],
         }
         return render_template("flask_tracking/endpoint.html", **context), 200
 
@@ -256,13 +260,13 @@ class _Pages:
             ), 400
         page = records.only(*ROW_FIELDS)
         if after is not None:
-            found = list(page.filter(id__gt=after).order_by("id").limit(PAGE_RECORDS + 1))
+            found = page.filter(id__gt=after).order_by("id").limit(PAGE_RECORDS + 1).fetch()
             shown = found[:PAGE_RECORDS][::-1]
             has_newer, has_older = len(found) > PAGE_RECORDS, True
         else:
             if before is not None:
                 page = page.filter(id__lt=before)
-            found = list(page.order_by("-id").limit(PAGE_RECORDS + 1))
+            found = page.order_by("-id").limit(PAGE_RECORDS + 1).fetch()
             shown = found[:PAGE_RECORDS]
             has_newer, has_older = before is not None, len(found) > PAGE_RECORDS
         context["rows"] = [list_row(record) for record in shown]
