@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any, Callable
 
-import mongoengine
-import mongomock
 import pytest
 from bson import ObjectId
 from hypothesis import HealthCheck, given, settings
@@ -35,16 +32,9 @@ MISSING = object()
 
 
 @pytest.fixture(autouse=True)
-def db() -> Iterator[None]:
-    mongoengine.connect(
-        "test_reports",
-        alias="default",
-        mongo_client_class=mongomock.MongoClient,
-        uuidRepresentation="standard",
-    )
+def db(mongo: Any) -> None:
+    """Every test on a fresh mongomock database (conftest's ``mongo``)."""
     Tracking._get_collection().drop()
-    yield
-    mongoengine.disconnect()
 
 
 def store(records: list[dict[str, Any]]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import mongoengine
@@ -27,16 +26,9 @@ MISSING = object()
 
 
 @pytest.fixture(autouse=True)
-def db() -> Iterator[None]:
-    mongoengine.connect(
-        "test_top",
-        alias="default",
-        mongo_client_class=mongomock.MongoClient,
-        uuidRepresentation="standard",
-    )
+def db(mongo: Any) -> None:
+    """Every test on a fresh mongomock database (conftest's ``mongo``)."""
     Tracking._get_collection().drop()
-    yield
-    mongoengine.disconnect()
 
 
 def pick(rng: random.Random, *values: Any) -> Any:
