@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 import sys
 
 import mongoengine
@@ -19,6 +20,9 @@ import mongomock
 import mongomock.collection
 from flask import Flask
 from werkzeug.test import EnvironBuilder
+
+# Run from a checkout without installing: make the repository root importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flask_tracking import Tracking
 
