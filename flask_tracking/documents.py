@@ -1327,8 +1327,6 @@ class Tracking(Document):
     exception = StringField()
     request_id = StringField()
     sample_rate = FloatField()
-    request_id = StringField()
-    sample_rate = FloatField()
 
     meta: ClassVar[dict[str, Any]] = {
         "collection": "tracking",
