@@ -562,7 +562,7 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     kind = type(value)
     if kind is ObjectId:
         return (_RANK_OBJECT_ID, value)
-    if kind is datetime and value.tzinfo is None:
+    if isinstance(value, datetime) and value.tzinfo is None:
         return (_RANK_DATE, value)
     if kind is str:
         return (_RANK_STRING, value)
@@ -697,20 +697,6 @@ def _plain(value: Any) -> Any:
     raise _Unsupported
 
 
-def _bson_order(value: Any) -> tuple[int, Any]:
-    """Sort key of a :func:`_plain` value in BSON order: null, numbers, strings, ObjectIds,
-    dates."""
-    if value is None:
-        return (0, 0)
-    if isinstance(value, str):
-        return (2, value)
-    if isinstance(value, ObjectId):
-        return (3, value)
-    if isinstance(value, datetime):
-        return (4, value)
-    return (1, value)
-
-
 def _weight_of(document: dict[str, Any]) -> float:
     """``_WEIGHT``: 1 / sample_rate for a number in (0, 1], else 1."""
     rate = document.get("sample_rate")
@@ -812,7 +798,7 @@ def _summary_rows(
 
 def _by_count(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``{"$sort": {"count": -1, "_id": 1}}``."""
-    rows.sort(key=lambda row: _bson_order(row["_id"]))
+    rows.sort(key=lambda row: _sort_key(row["_id"]))  # group keys are _plain values
     rows.sort(key=lambda row: row["count"], reverse=True)
     return rows
 
