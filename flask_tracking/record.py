@@ -84,7 +84,8 @@ def to_document(
     bodies; with ``anonymize``, the client address is cut (see :func:`redact.anonymize_ip`).
     ``request_id_key`` is the environ key of the incoming request-id header: when nothing on
     the request thread needed the id, it is worked out here. Sets ``state.document_bytes``,
-    an upper bound of the document's BSON size when no hook changes it.
+    the document's size counted in characters of its text plus a fixed allowance, which the
+    store compares with half its record cap to skip a second encoding.
     """
     if redactor is not None and not state.scrubbed:  # normally done on the request thread
         scrub_request_side(state, redactor)
@@ -162,9 +163,9 @@ _FIXED_BYTES = 16 * 1024
 
 
 def _text_bytes(*texts: Iterable[Any] | str) -> int:
-    """Characters in strings and in tuples of strings (UTF-8 takes at most 3 bytes for each
-    character of a WSGI string, 4 for any other, which the fixed allowance covers); a value
-    that is not text counts for 1 KiB."""
+    """Characters in strings and in tuples of strings; a value that is not text counts for
+    1 KiB. Characters, not UTF-8 bytes: the store keeps its check at half the record cap, for
+    text that grows when encoded."""
     total = 0
     for text in texts:
         if type(text) is str:

@@ -112,14 +112,15 @@ class Redactor:
         # Field and header names repeat endlessly; remember each verdict (bounded).
         self.is_secret_field = lru_cache(maxsize=4096)(self._is_secret_field)
         self._header_verdicts: dict[str, bool] = {}
+        # The same verdicts for WSGI environ keys, as sets for C-level set operations.
         self._environ_keys_seen: set[str] = set()
+        self._environ_keys_secret: set[str] = set()
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
         kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
         self._term_search = (
             re.compile("|".join(map(re.escape, kept)).encode("ascii")).search if kept else None
         )
-        self._environ_keys_secret: set[str] = set()
 
     def is_secret_header(self, name: str) -> bool:
         """Whether the header ``name`` (or WSGI environ key ``HTTP_...``) is filtered."""
@@ -250,7 +251,7 @@ class Redactor:
             return self._multipart(body, content_type)
         if markup and b"<" in body[:1024]:
             return self._urls(body)
-        # (Flask answers a view's plain string as text/html: without markup, it is text.)
+        # Markup without a tag (Flask answers a view's plain string as text/html) is text.
         text = body.decode("utf-8", "replace")
         if "json" in kind or (not structured and text.lstrip()[:1] in ("{", "[")):
             return self._json(body, text)
