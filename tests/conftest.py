@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from typing import Any, Callable
 import bson
 import mongoengine
 import mongomock
+import pymongo
 import pytest
 from flask import Flask, Response, abort, request, send_file, stream_with_context
 
@@ -28,17 +30,156 @@ FAST_WRITER = {
 }
 
 
-@pytest.fixture
-def mongo() -> Iterator[Any]:
-    """A fresh mongomock database behind MongoEngine's default alias."""
-    mongoengine.connect(
-        "flask_tracking_test",
-        alias="default",
-        mongo_client_class=mongomock.MongoClient,
-        uuidRepresentation="standard",
+#: Marks a test that runs on the real wire-protocol server (the ``real`` backend).
+REAL = pytest.mark.real
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        choices=("both", "mongomock", "real"),
+        default=os.environ.get("TRACKING_TEST_BACKEND", "both"),
+        help="run the storing tests on mongomock, on the real server, or on both (default)",
     )
-    yield mongoengine.get_db("default")
-    mongoengine.disconnect("default")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real: runs against the real MongoDB-compatible server")
+    config.addinivalue_line("markers", "mongomock: runs against mongomock, in process")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--backend mongomock|real`` keeps the tests of one backend (and those of neither)."""
+    backend = config.getoption("--backend")
+    if backend == "both":
+        return
+    other = "real" if backend == "mongomock" else "mongomock"
+    kept = [item for item in items if item.get_closest_marker(other) is None]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI (``CI`` set) a skipped real-server test is a failure: a broken install of the
+    server must not pass silently."""
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and os.environ.get("CI")
+        and item.get_closest_marker("real") is not None
+        and not hasattr(report, "wasxfail")
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"real-server test skipped in CI: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def real_server() -> Iterator[Any]:
+    """The real server's URI: ``TRACKING_TEST_MONGODB_URI`` when set (a real mongod), else one
+    SecantusDB started for the whole test session, with fault injection enabled."""
+    uri = os.environ.get("TRACKING_TEST_MONGODB_URI")
+    if uri:
+        yield RealServer(uri, None)
+        return
+    from example_app.mongo_server import LocalServer, ServerError
+
+    server = LocalServer(test_commands=True)
+    try:
+        server.start()
+    except ServerError as error:
+        pytest.skip(f"could not start the real server: {error}")
+    try:
+        yield RealServer(server.uri, server)
+    finally:
+        server.stop()
+
+
+class RealServer:
+    """Where the real server listens; ``local`` is the process this test session started
+    (None for a server given by ``TRACKING_TEST_MONGODB_URI``)."""
+
+    def __init__(self, uri: str, local: Any) -> None:
+        self.uri = uri
+        self.local = local
+        client: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
+        try:
+            #: True when the server says it is SecantusDB (its replica set is named so).
+            self.is_secantus = client.admin.command("hello").get("setName") == "secantus"
+        finally:
+            client.close()
+
+
+def connect_backend(backend: str, request: pytest.FixtureRequest, alias: str = "default") -> Any:
+    """Connect ``alias`` to a fresh database on ``backend`` and return it; the database is
+    dropped (real server) and the alias disconnected when the test ends."""
+    if backend == "mongomock":
+        mongoengine.connect(
+            "flask_tracking_test",
+            alias=alias,
+            mongo_client_class=mongomock.MongoClient,
+            uuidRepresentation="standard",
+        )
+        request.addfinalizer(lambda: mongoengine.disconnect(alias))
+        return mongoengine.get_db(alias)
+    server = request.getfixturevalue("real_server")
+    mongoengine.connect(
+        f"flask_tracking_test_{uuid.uuid4().hex[:12]}",
+        alias=alias,
+        host=server.uri,
+        uuidRepresentation="standard",
+        serverSelectionTimeoutMS=5000,
+    )
+    database = mongoengine.get_db(alias)
+
+    def drop() -> None:
+        # The URI may name a database, which MongoEngine then uses whatever name was asked
+        # for: drop the database actually used.
+        try:
+            database.client.drop_database(database.name)
+        finally:
+            mongoengine.disconnect(alias)
+
+    request.addfinalizer(drop)
+    return database
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("mongomock", marks=pytest.mark.mongomock),
+        pytest.param("real", marks=REAL),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The storage backend of this test: ``"mongomock"`` or ``"real"``."""
+    return str(request.param)
+
+
+@pytest.fixture
+def mongo(backend: str, request: pytest.FixtureRequest) -> Any:
+    """A fresh database behind MongoEngine's default alias, on mongomock and on the real
+    server (the test runs once on each)."""
+    return connect_backend(backend, request)
+
+
+@pytest.fixture
+def mongomock_db(request: pytest.FixtureRequest) -> Any:
+    """A fresh mongomock database behind the default alias, for tests about mongomock itself."""
+    return connect_backend("mongomock", request)
+
+
+@pytest.fixture
+def real_db(real_server: Any, request: pytest.FixtureRequest) -> Any:
+    """A fresh database on the real server behind the default alias (real server only)."""
+    return connect_backend("real", request)
+
+
+def secantus_differs(server: Any, reason: str) -> None:
+    """Mark the running test xfail when the real server is SecantusDB, whose behaviour differs
+    from mongod's here (``reason`` says how); on a real mongod the test must pass."""
+    if server.is_secantus:
+        pytest.xfail(f"SecantusDB differs from mongod: {reason}")
 
 
 def add_routes(app: Flask) -> None:

@@ -1,4 +1,4 @@
-"""Against a real MongoDB (4.4+): runs only when TRACKING_TEST_MONGODB_URI is set.
+"""Against the real server (SecantusDB, or the mongod named by TRACKING_TEST_MONGODB_URI).
 
 mongomock cannot create capped collections, evict, fail or time out; this module checks those
 paths on a real server. Example: ``TRACKING_TEST_MONGODB_URI=mongodb://localhost:27017/ pytest``.
@@ -7,42 +7,18 @@ Each test uses a fresh database named ``flask_tracking_test_<random>`` and drops
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import bson
-import mongoengine
-import pytest
 from flask import Flask
 
 from flask_tracking import Tracking
 from flask_tracking.documents import Tracking as TrackingDocument
 
-from .conftest import FAST_WRITER, add_routes
+from .conftest import FAST_WRITER, REAL, add_routes, secantus_differs
 
-URI = os.environ.get("TRACKING_TEST_MONGODB_URI")
-
-pytestmark = pytest.mark.skipif(
-    not URI, reason="TRACKING_TEST_MONGODB_URI is not set (no real MongoDB server to test against)"
-)
-
-
-@pytest.fixture
-def real_db() -> Iterator[Any]:
-    name = f"flask_tracking_test_{uuid.uuid4().hex[:12]}"
-    mongoengine.connect(
-        name,
-        alias="default",
-        host=URI,
-        uuidRepresentation="standard",
-        serverSelectionTimeoutMS=5000,
-    )
-    database = mongoengine.get_db("default")
-    yield database
-    database.client.drop_database(name)
-    mongoengine.disconnect("default")
+pytestmark = REAL
 
 
 def tracked_app(**config: Any) -> Flask:
@@ -65,6 +41,17 @@ def test_collection_is_created_capped_with_the_configured_size(real_db: Any) -> 
 
 
 def test_capped_collection_evicts_the_oldest_records(real_db: Any) -> None:
+    app = tracked_app(TRACKING_TABLE_SIZE=64 * 1024, TRACKING_MAX_DOCUMENTS=20)
+    client = app.test_client()
+    for index in range(50):
+        client.get(f"/hello?i={index}")
+        assert app.extensions["tracking"].flush(10)
+    queries = [doc["query_params"] for doc in real_db["tracking"].find().sort("$natural", 1)]
+    assert queries == [f"i={index}" for index in range(30, 50)]
+
+
+def test_capped_collection_evicts_within_one_batch(real_db: Any, real_server: Any) -> None:
+    secantus_differs(real_server, "no eviction inside one insert_many batch")
     app = tracked_app(TRACKING_TABLE_SIZE=64 * 1024, TRACKING_MAX_DOCUMENTS=20)
     client = app.test_client()
     for index in range(50):
