@@ -156,6 +156,14 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+#: Pins a test that uses ``mongo`` (or ``make_app``) to mongomock: for what only an in-process
+#: double can express (a simulated fork, patched internals, a server without capped support).
+#: Each use says why.
+MONGOMOCK_ONLY = pytest.mark.parametrize(
+    "backend", [pytest.param("mongomock", marks=pytest.mark.mongomock)]
+)
+
+
 @pytest.fixture
 def mongo(backend: str, request: pytest.FixtureRequest) -> Any:
     """A fresh database behind MongoEngine's default alias, on mongomock and on the real

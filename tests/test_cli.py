@@ -34,6 +34,7 @@ from flask_tracking.documents import Tracking, TrackingQuerySet
 from flask_tracking.indexes import ensure_indexes
 from flask_tracking.redact import FILTERED
 
+from .conftest import MONGOMOCK_ONLY
 from .test_queries import BASE, insert, seeded_records, stored_record
 
 
@@ -769,6 +770,7 @@ def test_jsonable_handles_every_stored_type() -> None:
 # --- info, alias, connection ------------------------------------------------------------
 
 
+@MONGOMOCK_ONLY
 def test_info_on_mongomock(runner: FlaskCliRunner, mongo: Any) -> None:
     first, _, last = insert(
         stored_record(date_created=at(5)),

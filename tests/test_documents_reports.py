@@ -32,8 +32,8 @@ MISSING = object()
 
 
 @pytest.fixture(autouse=True)
-def db(mongo: Any) -> None:
-    """Every test on a fresh mongomock database (conftest's ``mongo``)."""
+def db(mongomock_db: Any) -> None:
+    """Every test on a fresh mongomock database: these are the mongomock-only reading paths."""
     Tracking._get_collection().drop()
 
 

@@ -38,6 +38,8 @@ from flask_tracking.store import (
 )
 from flask_tracking.writer import BatchOutcome, BatchWriter
 
+from .conftest import MONGOMOCK_ONLY
+
 LOGGER_NAME = "tests.store"
 SIZE = 1_048_576
 MAX_DOCS = 1000
@@ -251,6 +253,7 @@ def test_insert_is_unordered_insert_many_inside_pymongo_timeout(
         assert isinstance(args[0], list)
 
 
+@MONGOMOCK_ONLY
 def test_mongomock_collection_only_sees_insert_many(mongo: Any) -> None:
     real = mongo[COLLECTION_NAME]
     spy = mock.MagicMock(wraps=real)
@@ -727,6 +730,7 @@ def test_hooks_do_not_run_again_on_retry() -> None:
 # --------------------------------------------------------------------------- ensure_collection
 
 
+@MONGOMOCK_ONLY
 def test_mongomock_falls_back_to_a_plain_collection_with_one_warning(
     mongo: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -740,6 +744,7 @@ def test_mongomock_falls_back_to_a_plain_collection_with_one_warning(
     assert mongo[COLLECTION_NAME].count_documents({}) == 4
 
 
+@MONGOMOCK_ONLY
 def test_ensure_collection_on_mongomock_returns_the_plain_collection(
     mongo: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
