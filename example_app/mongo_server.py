@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -83,7 +84,9 @@ class LocalServer:
     """One SecantusDB process on 127.0.0.1.
 
     ``storage_path`` is a directory (kept across restarts) or ``":memory:"``;
-    ``test_commands`` enables ``configureFailPoint`` (fault injection). :meth:`start` may be
+    ``test_commands`` enables ``configureFailPoint`` (fault injection); ``ttl_sweep_seconds``
+    sets how often the server deletes the records TTL indexes expire (60 s by default, as
+    mongod's TTL monitor; tests set 1 s to see expiry without waiting). :meth:`start` may be
     called again after :meth:`stop` (or :meth:`kill`): the server comes back on the same port.
     """
 
@@ -94,11 +97,13 @@ class LocalServer:
         port: int | None = None,
         test_commands: bool = False,
         log_path: str | None = None,
+        ttl_sweep_seconds: float | None = None,
     ) -> None:
         self.storage_path = storage_path
         self.port = port or free_port()
         self.test_commands = test_commands
         self.log_path = log_path
+        self.ttl_sweep_seconds = ttl_sweep_seconds
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -128,6 +133,10 @@ class LocalServer:
         ]
         if self.test_commands:
             command.append("--enable-test-commands")
+        if self.ttl_sweep_seconds is not None:
+            settings = Path(tempfile.mkdtemp(prefix="secantus-")) / "secantusd.toml"
+            settings.write_text(f"[storage]\nttl_sweep_seconds = {float(self.ttl_sweep_seconds)}\n")
+            command += ["--config", str(settings)]
         output = open(self.log_path or os.devnull, "ab")  # noqa: SIM115 (the child keeps it)
         try:
             self.process = subprocess.Popen(

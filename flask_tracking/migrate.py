@@ -24,7 +24,14 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from .indexes import ensure_indexes
-from .storage import SERIES_FIELD, CollectionSpec, ensure_collection, mode_of, series_of
+from .storage import (
+    SERIES_FIELD,
+    CollectionSpec,
+    ensure_collection,
+    mode_of,
+    series_of,
+    ttl_indexes,
+)
 
 __all__ = ["CHECKPOINTS", "MigrationError", "MigrationResult", "migrate", "source_name"]
 
@@ -147,8 +154,7 @@ def _target(database: Database[Any], spec: CollectionSpec, log: logging.Logger) 
             f"(db.getCollection({spec.name!r}).renameCollection('{spec.name}_stray')), and "
             "run this again."
         )
-    skip = (spec.index_name,) if spec.mode == "ttl" else ()
-    ensure_indexes(target, log, skip=skip)
+    ensure_indexes(target, log, skip=ttl_indexes(target, spec))
     return target
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "mode_of",
     "series_of",
     "tracking_spec",
+    "ttl_indexes",
 ]
 
 #: The values of ``TRACKING_STORAGE``.
@@ -66,7 +67,6 @@ MAX_MEASUREMENT_BYTES = 4 * 1024 * 1024
 MAX_EXPIRE_SECONDS = 2**31 - 1
 
 _NAMESPACE_EXISTS = 48
-_INDEX_CONFLICT_CODES = frozenset({85, 86})  # IndexOptionsConflict, IndexKeySpecsConflict
 
 
 @dataclass(frozen=True)
@@ -210,35 +210,55 @@ def ensure_collection(
 def ensure_ttl_index(
     collection: Collection[Any], spec: CollectionSpec, logger: logging.Logger
 ) -> None:
-    """Create the TTL index of a ``ttl`` spec (a no-op when it is there already); warn with
-    the ``collMod`` that would fix it when an index of that name differs."""
+    """Create the TTL index of ``spec`` unless it is there; when an index of that name exists
+    with other options, leave it and warn with the ``collMod`` that would fix it."""
     try:
-        collection.create_index(
-            spec.ttl_keys, name=spec.index_name, expireAfterSeconds=spec.retention_seconds
-        )
+        existing = collection.index_information().get(spec.index_name)
+        if existing is None:
+            collection.create_index(
+                spec.ttl_keys, name=spec.index_name, expireAfterSeconds=spec.retention_seconds
+            )
+            return
     except ConnectionFailure:
         raise
     except OperationFailure as error:
         if error.timeout:
             raise
-        if error.code not in _INDEX_CONFLICT_CODES:
-            logger.warning(
-                "flask_tracking: could not create the TTL index %r on %r (%s); records will "
-                "not expire. Create it with: %s",
-                spec.index_name,
-                spec.name,
-                error,
-                spec.shell_create().split("; ", 1)[-1],
-            )
-            return
         logger.warning(
-            "flask_tracking: collection %r has an index %r that is not the TTL index wanted "
-            "(expireAfterSeconds=%d); records may not expire as configured. To fix it, run: %s",
+            "flask_tracking: could not create the TTL index %r on %r (%s); records will not "
+            "expire. Create it with: %s",
+            spec.index_name,
+            spec.name,
+            error,
+            spec.shell_create().split("; ", 1)[-1],
+        )
+        return
+    if existing.get("expireAfterSeconds") != spec.retention_seconds:
+        logger.warning(
+            "flask_tracking: collection %r has an index %r expiring records after %s seconds, "
+            "not %d; used as it is. To fix it, run: %s",
             spec.name,
             spec.index_name,
+            existing.get("expireAfterSeconds", "no"),
             spec.retention_seconds,
             _coll_mod_ttl(spec),
         )
+
+
+def ttl_indexes(collection: Collection[Any], spec: CollectionSpec) -> tuple[str, ...]:
+    """``(spec.index_name,)`` when ``collection`` has it as a TTL index (the ``ttl`` mode, or a
+    plain fallback of ``timeseries``), else ``()``: the reading indexes must leave it alone."""
+    if spec.mode == "capped":
+        return ()
+    if spec.mode == "ttl":
+        return (spec.index_name,)
+    try:
+        index = collection.index_information().get(spec.index_name) or {}
+    except ConnectionFailure:
+        raise
+    except Exception:
+        return ()
+    return (spec.index_name,) if index.get("expireAfterSeconds") is not None else ()
 
 
 def mode_of(options: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from .indexes import ensure_indexes
 from .record import to_document
 from .redact import Redactor
 from .sanitize import TRUNCATED
-from .storage import SERIES_FIELD, ensure_collection, series_of, tracking_spec
+from .storage import SERIES_FIELD, ensure_collection, series_of, tracking_spec, ttl_indexes
 from .writer import BatchOutcome
 
 #: The collection :class:`flask_tracking.documents.Tracking` reads.
@@ -196,10 +196,8 @@ class MongoSink:
         if self._collection is None:
             database = self._get_database()
             collection = ensure_collection(database, self._spec, self._logger)
-            # In ttl mode the TTL index is the date_created index.
-            skip = (self._spec.index_name,) if self._spec.mode == "ttl" else ()
             try:
-                ensure_indexes(collection, self._logger, skip=skip)
+                ensure_indexes(collection, self._logger, skip=ttl_indexes(collection, self._spec))
             except Exception as error:  # e.g. a long build on a big collection timed out
                 self._logger.warning(
                     "flask_tracking: could not create the reading indexes (%s: %s); records "
