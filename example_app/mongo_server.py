@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +24,21 @@ SECANTUS_VERSION = "0.7.0b3"
 
 #: Seconds to wait for a started server to answer a ping.
 START_TIMEOUT_SECONDS = 30.0
+
+
+#: Runs SecantusDB's server class with a TTL sweep interval: argv = storage path, port,
+#: seconds, "1" to enable the test commands.
+_SWEEPING_SERVER = """
+import signal, sys
+from secantus.server import SecantusDBServer
+path, port, sweep, test_commands = sys.argv[1:5]
+server = SecantusDBServer("127.0.0.1", int(port), path, ttl_sweep_seconds=float(sweep),
+                          enable_test_commands=bool(test_commands),
+                          oplog_max_entries=5000, oplog_retention_seconds=120)
+signal.signal(signal.SIGTERM, lambda *_: (server.stop(), sys.exit(0)))
+server.start()
+server.wait()
+"""
 
 
 class ServerError(RuntimeError):
@@ -134,9 +148,18 @@ class LocalServer:
         if self.test_commands:
             command.append("--enable-test-commands")
         if self.ttl_sweep_seconds is not None:
-            settings = Path(tempfile.mkdtemp(prefix="secantus-")) / "secantusd.toml"
-            settings.write_text(f"[storage]\nttl_sweep_seconds = {float(self.ttl_sweep_seconds)}\n")
-            command += ["--config", str(settings)]
+            # secantusd-py 0.7.0b3 reads ttl_sweep_seconds from its config file but does not
+            # pass it on to the server: start the server class with it instead (still in its
+            # own virtualenv and process).
+            command = [
+                str(launcher.parent / "python"),
+                "-c",
+                _SWEEPING_SERVER,
+                self.storage_path,
+                str(self.port),
+                str(float(self.ttl_sweep_seconds)),
+                "1" if self.test_commands else "",
+            ]
         output = open(self.log_path or os.devnull, "ab")  # noqa: SIM115 (the child keeps it)
         try:
             self.process = subprocess.Popen(

@@ -29,13 +29,13 @@ from pymongo.errors import (
 from flask_tracking import store
 from flask_tracking.capture import BodyCapture, RequestState
 from flask_tracking.redact import Redactor
+from flask_tracking.storage import CollectionSpec, ensure_collection
 from flask_tracking.store import (
     COLLECTION_NAME,
     CUSTOM_DATA_CUT,
     MongoSink,
     fit_document,
 )
-from flask_tracking.storage import CollectionSpec, ensure_collection
 from flask_tracking.writer import BatchOutcome, BatchWriter
 
 from .conftest import MONGOMOCK_ONLY
