@@ -95,23 +95,24 @@ def migrate(
         )
     existing = set(database.list_collection_names())
     if state is None:
+        current = _mode(database[name]) if name in existing else None
+        if current == spec.mode or (spec.mode == "ttl" and current == "plain"):
+            # A plain collection only lacks its TTL index. A server that does not say
+            # (mongomock) gets the copy: nothing is assumed about its collection.
+            ensure_collection(database, spec, log)
+            return MigrationResult(nothing_to_do=True)
         if name in existing and old in existing:
             raise MigrationError(
                 f"{old!r} holds the records of an earlier migration. Drop it once you no "
                 f"longer need them (db.getCollection({old!r}).drop()), then run this again."
             )
-        if name in existing:
-            current = _mode(database[name])
-            if current == spec.mode or (spec.mode == "ttl" and current == "plain"):
-                ensure_collection(database, spec, log)
-                return MigrationResult(nothing_to_do=True)
-            if current == "timeseries":
-                raise MigrationError(
-                    f"{name!r} is a time-series collection, which MongoDB cannot rename. Copy "
-                    f"its records out first: db.getCollection({name!r}).aggregate([{{$out: "
-                    f"{old!r}}}]); then db.getCollection({name!r}).drop(); then run this again."
-                )
-        elif old not in existing:
+        if current == "timeseries":
+            raise MigrationError(
+                f"{name!r} is a time-series collection, which MongoDB cannot rename. Copy "
+                f"its records out first: db.getCollection({name!r}).aggregate([{{$out: "
+                f"{old!r}}}]); then db.getCollection({name!r}).drop(); then run this again."
+            )
+        if name not in existing and old not in existing:
             ensure_collection(database, spec, log)
             return MigrationResult(nothing_to_do=True)
         checkpoints.insert_one({"_id": name, "to": spec.mode, "last_id": None, "copied": 0})
