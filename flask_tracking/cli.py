@@ -647,7 +647,8 @@ def tail_command(
 ) -> None:
     """Follow new records as they are stored, until Ctrl-C (or --max-records / --timeout).
 
-    A capped collection is followed with a tailable cursor; a plain one (mongomock) is polled.
+    A capped collection is followed with a tailable cursor; the others (TRACKING_STORAGE "ttl"
+    or "timeseries", mongomock) are polled every --interval seconds.
     """
     records = _filtered(app_records(), options)
     if lines > 0:
