@@ -31,10 +31,10 @@ from flask import Flask, Response, request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from example_app.mongo_server import LocalServer  # noqa: E402
-from flask_tracking import Tracking  # noqa: E402
-from flask_tracking.store import MongoSink  # noqa: E402
-from flask_tracking.writer import BatchOutcome  # noqa: E402
+from example_app.mongo_server import LocalServer
+from flask_tracking import Tracking
+from flask_tracking.store import MongoSink
+from flask_tracking.writer import BatchOutcome
 
 CHROME = {
     "User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "

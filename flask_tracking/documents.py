@@ -1090,9 +1090,9 @@ class TrackingQuerySet(QuerySet):
         """Yield the selected records stored from now on, in storage order (like ``tail -f``).
 
         On a capped collection a tailable cursor waits up to ``interval`` seconds for each new
-        batch; elsewhere (the ``ttl`` and ``timeseries`` storage modes, mongomock) the collection
-        is polled every ``interval`` seconds. Stops after ``timeout`` seconds if given; otherwise runs until
-        the caller stops iterating.
+        batch; elsewhere (the ``ttl`` and ``timeseries`` storage modes, mongomock) the
+        collection is polled every ``interval`` seconds. Stops after ``timeout`` seconds if
+        given; otherwise runs until the caller stops iterating.
         """
         if self._none or self._empty:
             return
