@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,7 +262,7 @@ def ttl_indexes(collection: Collection[Any], spec: CollectionSpec) -> tuple[str,
     return (spec.index_name,) if index.get("expireAfterSeconds") is not None else ()
 
 
-def mode_of(options: dict[str, Any]) -> str:
+def mode_of(options: Mapping[str, Any]) -> str:
     """``"capped"``, ``"timeseries"`` or ``"plain"``, from ``Collection.options()``."""
     if options.get("capped"):
         return "capped"
@@ -274,7 +275,7 @@ def _check_existing(
     collection: Collection[Any], spec: CollectionSpec, logger: logging.Logger
 ) -> None:
     try:
-        options: dict[str, Any] | None = collection.options()
+        options: Mapping[str, Any] | None = collection.options()
     except ConnectionFailure:
         raise
     except Exception:  # mongomock has no options(); nothing to compare
@@ -287,7 +288,7 @@ def _check_existing(
         logger.warning("flask_tracking: collection %r %s", spec.name, problem)
 
 
-def _difference(options: dict[str, Any], spec: CollectionSpec) -> str | None:
+def _difference(options: Mapping[str, Any], spec: CollectionSpec) -> str | None:
     """What differs between an existing collection's ``options`` and ``spec``, with the
     command that would fix it; None when they match."""
     actual = mode_of(options)
@@ -359,7 +360,7 @@ def _coll_mod_ttl(spec: CollectionSpec) -> str:
     )
 
 
-def _same_cap(options: dict[str, Any], size_bytes: int, max_documents: int) -> bool:
+def _same_cap(options: Mapping[str, Any], size_bytes: int, max_documents: int) -> bool:
     """Servers round sizes up (to 256 bytes, formerly 4096 minimum), so compare tolerantly."""
     size = options.get("size") or 0
     size_matches = size_bytes <= size <= max(4096, size_bytes + 256)
