@@ -251,8 +251,6 @@ def ttl_indexes(collection: Collection[Any], spec: CollectionSpec) -> tuple[str,
     plain fallback of ``timeseries``), else ``()``: the reading indexes must leave it alone."""
     if spec.mode == "capped":
         return ()
-    if spec.mode == "ttl":
-        return (spec.index_name,)
     try:
         index = collection.index_information().get(spec.index_name) or {}
     except ConnectionFailure:

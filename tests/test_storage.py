@@ -317,6 +317,7 @@ def test_real_server_warns_once_with_the_fixing_command(
     assert expected in warning
     assert real_db["tracking"].count_documents({}) == 3  # used as it is
     assert mode_of(real_db["tracking"].options()) == mode_of(create)  # never converted
+    assert "tracking_date_created" in real_db["tracking"].index_information()  # still read fast
 
 
 def test_ttl_index_with_another_retention_warns_with_coll_mod(
