@@ -26,6 +26,21 @@ SECANTUS_VERSION = "0.7.0b3"
 START_TIMEOUT_SECONDS = 30.0
 
 
+#: Runs SecantusDB's server class with a TTL sweep interval: argv = storage path, port,
+#: seconds, "1" to enable the test commands.
+_SWEEPING_SERVER = """
+import signal, sys
+from secantus.server import SecantusDBServer
+path, port, sweep, test_commands = sys.argv[1:5]
+server = SecantusDBServer("127.0.0.1", int(port), path, ttl_sweep_seconds=float(sweep),
+                          enable_test_commands=bool(test_commands),
+                          oplog_max_entries=5000, oplog_retention_seconds=120)
+signal.signal(signal.SIGTERM, lambda *_: (server.stop(), sys.exit(0)))
+server.start()
+server.wait()
+"""
+
+
 class ServerError(RuntimeError):
     """The server could not be installed or started."""
 
@@ -83,7 +98,9 @@ class LocalServer:
     """One SecantusDB process on 127.0.0.1.
 
     ``storage_path`` is a directory (kept across restarts) or ``":memory:"``;
-    ``test_commands`` enables ``configureFailPoint`` (fault injection). :meth:`start` may be
+    ``test_commands`` enables ``configureFailPoint`` (fault injection); ``ttl_sweep_seconds``
+    sets how often the server deletes the records TTL indexes expire (60 s by default, as
+    mongod's TTL monitor; tests set 1 s to see expiry without waiting). :meth:`start` may be
     called again after :meth:`stop` (or :meth:`kill`): the server comes back on the same port.
     """
 
@@ -94,11 +111,13 @@ class LocalServer:
         port: int | None = None,
         test_commands: bool = False,
         log_path: str | None = None,
+        ttl_sweep_seconds: float | None = None,
     ) -> None:
         self.storage_path = storage_path
         self.port = port or free_port()
         self.test_commands = test_commands
         self.log_path = log_path
+        self.ttl_sweep_seconds = ttl_sweep_seconds
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -128,6 +147,19 @@ class LocalServer:
         ]
         if self.test_commands:
             command.append("--enable-test-commands")
+        if self.ttl_sweep_seconds is not None:
+            # secantusd-py 0.7.0b3 reads ttl_sweep_seconds from its config file but does not
+            # pass it on to the server: start the server class with it instead (still in its
+            # own virtualenv and process).
+            command = [
+                str(launcher.parent / "python"),
+                "-c",
+                _SWEEPING_SERVER,
+                self.storage_path,
+                str(self.port),
+                str(float(self.ttl_sweep_seconds)),
+                "1" if self.test_commands else "",
+            ]
         output = open(self.log_path or os.devnull, "ab")  # noqa: SIM115 (the child keeps it)
         try:
             self.process = subprocess.Popen(

@@ -35,6 +35,7 @@ from flask.cli import AppGroup
 from mongoengine.connection import ConnectionFailure as NotConnected
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
+from .config import TrackingConfig, load_config
 from .documents import (
     STATS_GROUPS,
     TIMELINE_BUCKETS,
@@ -46,6 +47,8 @@ from .documents import (
     _status_line,
     parse_datetime,
 )
+from .migrate import MigrationError, migrate
+from .storage import MODES, mode_of, tracking_spec
 
 __all__ = ["app_records", "select_records", "tracking_cli"]
 
@@ -644,7 +647,8 @@ def tail_command(
 ) -> None:
     """Follow new records as they are stored, until Ctrl-C (or --max-records / --timeout).
 
-    A capped collection is followed with a tailable cursor; a plain one (mongomock) is polled.
+    A capped collection is followed with a tailable cursor; the others (TRACKING_STORAGE "ttl"
+    or "timeseries", mongomock) are polled every --interval seconds.
     """
     records = _filtered(app_records(), options)
     if lines > 0:
@@ -793,6 +797,82 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+# --- migrate ----------------------------------------------------------------------------
+
+
+@_command("migrate")
+@click.option(
+    "--to",
+    "mode",
+    type=click.Choice(MODES),
+    required=True,
+    help="The storage mode to move the records into (set TRACKING_STORAGE to it too).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Records per batch.",
+)
+@click.option(
+    "--drop-source",
+    is_flag=True,
+    help="Drop the old collection once every record is copied (it is kept by default).",
+)
+def migrate_command(mode: str, batch_size: int, drop_source: bool) -> None:
+    """Copy the stored records into a new collection in another storage mode.
+
+    The collection is renamed to <name>_before_migration, created again in MODE (with the
+    app's TRACKING_TABLE_SIZE, TRACKING_MAX_DOCUMENTS or TRACKING_RETENTION_HOURS), and the
+    records are copied over in batches. Interrupted, it resumes where it stopped when run again.
+    """
+    from mongoengine.connection import get_db
+
+    config = _app_config()
+    spec = tracking_spec(
+        mode,
+        name=Tracking._get_collection_name(),
+        size_bytes=config.table_size_bytes,
+        max_documents=config.max_documents,
+        retention_seconds=config.retention_seconds,
+    )
+
+    def progress(copied: int, total: int) -> None:
+        share = f" ({100 * copied // total}%)" if total else ""
+        click.echo(f"copied {copied} of {total} records{share}")
+
+    try:
+        result = migrate(
+            get_db(_alias()),
+            spec,
+            batch_size=batch_size,
+            drop_source=drop_source,
+            on_batch=progress,
+        )
+    except MigrationError as error:
+        raise click.ClickException(str(error)) from None
+    if result.nothing_to_do:
+        click.echo(f"{spec.name!r} is stored as {mode} already; nothing to copy.")
+        return
+    click.echo(f"Done: {result.copied} records copied into {spec.name!r} ({mode}).")
+    if result.source is not None:
+        click.echo(
+            f"The old records are still in {result.source!r}; drop it when you no longer need "
+            f"them: db.getCollection({result.source!r}).drop()"
+        )
+
+
+def _app_config() -> TrackingConfig:
+    """The current app's validated tracking settings (its extension's, else from its config)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    extension = app.extensions.get("tracking")
+    tracked = getattr(extension, "_apps", {}).get(app) if extension is not None else None
+    if tracked is not None:
+        return tracked.config  # type: ignore[no-any-return]
+    return load_config(dict(app.config))
+
+
 # --- info -------------------------------------------------------------------------------
 
 
@@ -806,6 +886,7 @@ def info_command() -> None:
     rows = [
         ("Collection", f"{collection.name} (database {database.name}, connection {_alias()!r})"),
         ("Capped", _capped_text(collection)),
+        ("Storage", _storage_text(collection)),
         ("Size", _size_text(database, collection.name)),
         ("Records", str(collection.estimated_document_count())),
         ("Oldest", _edge_text(records.filter(date_created__ne=None).order_by("date_created"))),
@@ -829,6 +910,29 @@ def _capped_text(collection: Any) -> str:
         return "no"
     maximum = f", at most {options['max']} records" if options.get("max") else ""
     return f"yes ({_bytes(int(options.get('size') or 0))}{maximum})"
+
+
+def _storage_text(collection: Any) -> str:
+    """The storage mode (TRACKING_STORAGE) the collection is in, and how records leave it."""
+    try:
+        options = collection.options()
+    except ConnectionFailure:
+        raise
+    except Exception:
+        options = None
+    mode = mode_of(options) if isinstance(options, dict) else None
+    if mode == "capped":
+        return "capped (the oldest records go when it is full)"
+    if mode == "timeseries":
+        return f"timeseries (records expire after {options.get('expireAfterSeconds')} s)"
+    expiry = [
+        f"{spec['expireAfterSeconds']} s ({name})"
+        for name, spec in collection.index_information().items()
+        if spec.get("expireAfterSeconds") is not None
+    ]
+    if expiry:
+        return f"ttl (records expire after {', '.join(expiry)})"
+    return "plain, no TTL index (records are never removed)" if mode else "unknown"
 
 
 def _size_text(database: Any, name: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .record import ALWAYS_STORED_FIELDS, FIELDS
 from .redact import DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_HEADERS, IP_HEADERS, Redactor
+from .storage import MAX_EXPIRE_SECONDS, MAX_MEASUREMENT_BYTES, MODES
 
 MiB = 1024 * 1024
 #: The windows TRACKING_DASHBOARD_DEFAULT_WINDOW may name (``flask_tracking.dashboard.windows``).
@@ -42,6 +43,14 @@ DEFAULTS: dict[str, Any] = {
     #: Milliseconds. A response whose status is excluded is still recorded when it took at least
     #: this long (slow errors are kept). ``0`` means excluded statuses are never recorded.
     "TRACKING_MIN_EXECUTION_TIME": 0,
+    #: How records are stored (``flask_tracking.storage``): ``"capped"`` (a capped collection
+    #: of TRACKING_TABLE_SIZE bytes, one server), ``"ttl"`` (a plain collection whose TTL index
+    #: deletes records older than TRACKING_RETENTION_HOURS; shardable) or ``"timeseries"`` (a
+    #: MongoDB 5.0+ time-series collection expiring after TRACKING_RETENTION_HOURS).
+    "TRACKING_STORAGE": "capped",
+    #: Hours. Age after which the server deletes a record, in the ``ttl`` and ``timeseries``
+    #: storage modes (unused by ``capped``).
+    "TRACKING_RETENTION_HOURS": 168,
     #: Bytes. Size of the capped collection, used when the writer creates it.
     "TRACKING_TABLE_SIZE": 100 * MiB,
     #: Documents. Document limit of the capped collection, used when the writer creates it.
@@ -140,6 +149,9 @@ class TrackingConfig:
     exclude_methods: frozenset[str]
     exclude_status_codes: frozenset[int]
     min_execution_time_ms: float
+    storage: str
+    #: TRACKING_RETENTION_HOURS in whole seconds (at least 1).
+    retention_seconds: int
     table_size_bytes: int
     max_documents: int
     db_alias: str
@@ -191,6 +203,8 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
         exclude_methods=frozenset(m.upper() for m in get.strings("TRACKING_EXCLUDE_METHODS")),
         exclude_status_codes=get.status_codes("TRACKING_EXCLUDE_STATUS_CODES"),
         min_execution_time_ms=get.number("TRACKING_MIN_EXECUTION_TIME", minimum=0),
+        storage=get.choice("TRACKING_STORAGE", MODES),
+        retention_seconds=_retention_seconds(get),
         table_size_bytes=get.integer("TRACKING_TABLE_SIZE", minimum=4096),
         max_documents=get.integer("TRACKING_MAX_DOCUMENTS", minimum=1, maximum=2**31 - 1),
         db_alias=get.text("TRACKING_DB_ALIAS"),
@@ -233,6 +247,12 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
     )
     _check_relations(config)
     return config
+
+
+def _retention_seconds(get: _Reader) -> int:
+    limit = MAX_EXPIRE_SECONDS / 3600
+    hours = get.number("TRACKING_RETENTION_HOURS", minimum=1 / 3600, maximum=limit)
+    return max(1, round(hours * 3600))
 
 
 def _redactor(get: _Reader) -> Redactor | None:
@@ -279,6 +299,12 @@ def _check_relations(config: TrackingConfig) -> None:
         raise ValueError(
             "TRACKING_ONLY_ERRORS and TRACKING_SKIP_ERRORS cannot both be True: together they "
             "would record nothing."
+        )
+    if config.storage == "timeseries" and config.max_record_bytes > MAX_MEASUREMENT_BYTES:
+        raise ValueError(
+            "TRACKING_MAX_RECORD_BYTES must be at most 4 MiB with TRACKING_STORAGE = "
+            f'"timeseries" (a time-series measurement is at most 4 MB), got '
+            f"{config.max_record_bytes}."
         )
     if 2 * config.max_body_length + 64 * 1024 > config.max_record_bytes:
         raise ValueError(

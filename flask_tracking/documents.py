@@ -1090,9 +1090,9 @@ class TrackingQuerySet(QuerySet):
         """Yield the selected records stored from now on, in storage order (like ``tail -f``).
 
         On a capped collection a tailable cursor waits up to ``interval`` seconds for each new
-        batch; elsewhere (a plain collection, mongomock) the collection is polled every
-        ``interval`` seconds. Stops after ``timeout`` seconds if given; otherwise runs until
-        the caller stops iterating.
+        batch; elsewhere (the ``ttl`` and ``timeseries`` storage modes, mongomock) the
+        collection is polled every ``interval`` seconds. Stops after ``timeout`` seconds if
+        given; otherwise runs until the caller stops iterating.
         """
         if self._none or self._empty:
             return
@@ -1244,7 +1244,7 @@ class Tracking(Document):
     """One recorded HTTP request/response, as stored in the ``tracking`` collection.
 
     This document is for *reading* only: records are inserted as plain dicts by
-    the background writer with pymongo (into a capped collection it creates), so
+    the background writer with pymongo (into the collection it creates), so
     nothing here validates or saves them.  Records may be partial, so every
     field may be missing/``None`` and every helper copes with that.
 
@@ -1275,7 +1275,7 @@ class Tracking(Document):
     writer owns the collection); ``queryset_class`` is :class:`TrackingQuerySet`;
     ``strict`` is off so records carrying fields added later still load.  There
     is deliberately no ``max_size``/``max_documents``: the writer creates the
-    capped collection itself.
+    collection itself, as TRACKING_STORAGE says (``flask_tracking.storage``).
 
     To read through a connection other than ``"default"`` use
     ``Tracking.objects.using(alias)`` or

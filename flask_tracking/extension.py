@@ -110,6 +110,8 @@ class Tracking:
             _database_getter(config.db_alias),
             capped_size_bytes=config.table_size_bytes,
             capped_max_documents=config.max_documents,
+            storage_mode=config.storage,
+            retention_seconds=config.retention_seconds,
             max_record_bytes=config.max_record_bytes,
             write_timeout_seconds=config.write_timeout_seconds,
             redactor=config.redactor,

@@ -8,17 +8,21 @@ insert, and every eviction from a full capped collection a B-tree delete.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection as Collection_
 from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, OperationFailure
 
-__all__ = ["INDEXES", "ensure_indexes"]
+__all__ = ["DATE_INDEX_NAME", "INDEXES", "ensure_indexes"]
+
+#: Name of the ``date_created`` index (the TTL index in the ``ttl`` storage mode).
+DATE_INDEX_NAME = "tracking_date_created"
 
 #: ``(name, keys)`` of each index. ``date_created`` descending serves the default newest-first
 #: order and time windows; the compound ones answer a filter on their first field in that order.
 INDEXES: tuple[tuple[str, list[tuple[str, int]]], ...] = (
-    ("tracking_date_created", [("date_created", -1)]),
+    (DATE_INDEX_NAME, [("date_created", -1)]),
     ("tracking_path", [("path", 1), ("date_created", -1)]),
     ("tracking_endpoint", [("endpoint", 1), ("date_created", -1)]),
     ("tracking_status_code", [("status_code", 1), ("date_created", -1)]),
@@ -32,8 +36,16 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]]], ...] = (
 _INDEX_EXISTS_CODES = frozenset({68, 85, 86})  # IndexAlreadyExists, OptionsConflict, KeySpecs
 
 
-def ensure_indexes(collection: Collection[Any], logger: logging.Logger | None = None) -> list[str]:
+def ensure_indexes(
+    collection: Collection[Any],
+    logger: logging.Logger | None = None,
+    *,
+    skip: Collection_[str] = (),
+) -> list[str]:
     """Create every index of :data:`INDEXES` that ``collection`` lacks; return the names ensured.
+
+    Indexes named in ``skip`` are left alone (the ``ttl`` storage mode makes its TTL index the
+    ``date_created`` one).
 
     Idempotent: ``create_index`` with the same keys and name is a no-op on the server. An index
     that cannot be created (an equivalent one under another name, a backend without indexes,
@@ -45,6 +57,8 @@ def ensure_indexes(collection: Collection[Any], logger: logging.Logger | None = 
     log = logger or logging.getLogger("flask_tracking")
     ensured = []
     for name, keys in INDEXES:
+        if name in skip:
+            continue
         try:
             collection.create_index(keys, name=name)
         except ConnectionFailure:

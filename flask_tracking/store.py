@@ -18,19 +18,14 @@ from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import (
-    BulkWriteError,
-    CollectionInvalid,
-    ConnectionFailure,
-    OperationFailure,
-    PyMongoError,
-)
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from .capture import RequestState
 from .indexes import ensure_indexes
 from .record import to_document
 from .redact import Redactor
 from .sanitize import TRUNCATED
+from .storage import SERIES_FIELD, ensure_collection, series_of, tracking_spec, ttl_indexes
 from .writer import BatchOutcome
 
 #: The collection :class:`flask_tracking.documents.Tracking` reads.
@@ -45,18 +40,20 @@ CUSTOM_DATA_CUT = "[cut: custom data could not be stored]"
 # that stores the app's own users can encode them, and they take 16 bytes either way.
 _SIZE_CHECK = CodecOptions(uuid_representation=UuidRepresentation.STANDARD)
 _DUPLICATE_KEY = 11000
-_NAMESPACE_EXISTS = 48
 #: A hook that sees each document before it is stored: return it (changed) or None to drop it.
 BeforeSave = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 
 class MongoSink:
-    """Prepares records and inserts them into the (capped) tracking collection.
+    """Prepares records and inserts them into the tracking collection.
 
-    The collection is set up once, on the writer thread, on the first batch: created capped
-    with ``size``/``max`` when missing; used as it is (with one warning) when it exists with
-    other options or uncapped; a plain collection where the server refuses capped options
-    (mongomock). Inserts are ``insert_many(ordered=False)`` bounded by ``pymongo.timeout``.
+    The collection is set up once, on the writer thread, on the first batch, by
+    :func:`flask_tracking.storage.ensure_collection` for ``storage_mode`` (capped with
+    ``size``/``max``, a TTL index, or time-series): created when missing; used as it is (with
+    one warning) when it exists otherwise; a plain collection where the server refuses the
+    options (mongomock). Inserts are ``insert_many(ordered=False)`` bounded by
+    ``pymongo.timeout``: unordered and retryable (pymongo's default ``retryWrites=true``), they
+    need no single primary and suit a sharded collection, where mongos splits the batch.
     """
 
     def __init__(
@@ -74,14 +71,16 @@ class MongoSink:
         request_id_key: str | None = None,
         logger: logging.Logger | None = None,
         collection_name: str = COLLECTION_NAME,
+        storage_mode: str = "capped",
+        retention_seconds: int = 7 * 24 * 3600,
     ) -> None:
         """``omitted_fields``: stored fields removed from every document after the
         ``before_save`` hooks (which see the whole document), from TRACKING_FIELDS or
         TRACKING_EXCLUDE_FIELDS; keys a hook adds are kept. ``request_id_key``: the environ key
-        of the incoming request-id header (see :func:`~flask_tracking.record.to_document`)."""
+        of the incoming request-id header (see :func:`~flask_tracking.record.to_document`).
+        ``storage_mode`` and ``retention_seconds``: TRACKING_STORAGE and the retention of the
+        ``ttl`` and ``timeseries`` modes (see :mod:`flask_tracking.storage`)."""
         self._get_database = get_database
-        self._capped_size = capped_size_bytes
-        self._capped_max = capped_max_documents
         self._max_record_bytes = max_record_bytes
         self._write_timeout = write_timeout_seconds
         self._redactor = redactor
@@ -90,7 +89,13 @@ class MongoSink:
         self._omitted_fields = omitted_fields
         self._request_id_key = request_id_key
         self._logger = logger or logging.getLogger("flask_tracking")
-        self._collection_name = collection_name
+        self._spec = tracking_spec(
+            storage_mode,
+            name=collection_name,
+            size_bytes=capped_size_bytes,
+            max_documents=capped_max_documents,
+            retention_seconds=retention_seconds,
+        )
         self._collection: Collection[Any] | None = None
         self._pid = os.getpid()
 
@@ -146,6 +151,8 @@ class MongoSink:
                 return None
         for name in self._omitted_fields:
             document.pop(name, None)
+        if self._spec.meta_field == SERIES_FIELD:
+            document[SERIES_FIELD] = series_of(document)
         if not hooks and 2 * record.document_bytes < self._max_record_bytes:
             # Built by us from strings, bytes and sanitised custom data, and far below the
             # cap: encoding it twice is wasted work. insert_many checks it anyway.
@@ -188,11 +195,9 @@ class MongoSink:
             self._collection, self._pid = None, os.getpid()
         if self._collection is None:
             database = self._get_database()
-            collection = ensure_collection(
-                database, self._collection_name, self._capped_size, self._capped_max, self._logger
-            )
+            collection = ensure_collection(database, self._spec, self._logger)
             try:
-                ensure_indexes(collection, self._logger)
+                ensure_indexes(collection, self._logger, skip=ttl_indexes(collection, self._spec))
             except Exception as error:  # e.g. a long build on a big collection timed out
                 self._logger.warning(
                     "flask_tracking: could not create the reading indexes (%s: %s); records "
@@ -266,79 +271,3 @@ def _cut_bodies(document: dict[str, Any]) -> None:
         if document.get(f"{prefix}_body"):
             document[f"{prefix}_body"] = None
             document[f"{prefix}_body_omitted"] = "too large for the record"
-
-
-def ensure_collection(
-    database: Database[Any],
-    name: str,
-    size_bytes: int,
-    max_documents: int,
-    logger: logging.Logger,
-) -> Collection[Any]:
-    """Create ``name`` capped when missing; otherwise use it as it is, warning once if it differs.
-
-    Raises only for network trouble (so the writer retries later).
-    """
-    try:
-        return database.create_collection(name, capped=True, size=size_bytes, max=max_documents)
-    except NotImplementedError:  # mongomock: "Special options not supported"
-        logger.warning(
-            "flask_tracking: this server does not support capped collections; "
-            "writing %r as a plain collection",
-            name,
-        )
-        return database[name]
-    except CollectionInvalid:
-        pass  # exists already (perhaps created by another worker a moment ago)
-    except OperationFailure as error:
-        if error.timeout:  # try again on the next batch; never fall back to an uncapped insert
-            raise
-        if error.code != _NAMESPACE_EXISTS:
-            logger.warning(
-                "flask_tracking: could not create the capped collection %r (%s); using it as is",
-                name,
-                error,
-            )
-            return database[name]
-    collection = database[name]
-    _check_existing(collection, size_bytes, max_documents, logger)
-    return collection
-
-
-def _check_existing(
-    collection: Collection[Any], size_bytes: int, max_documents: int, logger: logging.Logger
-) -> None:
-    try:
-        options = collection.options()
-    except ConnectionFailure:
-        raise
-    except Exception:  # mongomock has no options(); nothing to compare
-        return
-    name = collection.name
-    if not options.get("capped"):
-        logger.warning(
-            "flask_tracking: collection %r exists and is not capped; it will grow without bound. "
-            "It is used as it is and never converted automatically. To cap it, run in the shell: "
-            "db.runCommand({convertToCapped: %r, size: %d}) "
-            "(this locks the database while it runs and drops all indexes but _id).",
-            name,
-            name,
-            size_bytes,
-        )
-    elif not _same_cap(options, size_bytes, max_documents):
-        logger.warning(
-            "flask_tracking: collection %r is capped with size=%s max=%s, not size=%d max=%d; "
-            "used as it is",
-            name,
-            options.get("size"),
-            options.get("max"),
-            size_bytes,
-            max_documents,
-        )
-
-
-def _same_cap(options: dict[str, Any], size_bytes: int, max_documents: int) -> bool:
-    """Servers round sizes up (to 256 bytes, formerly 4096 minimum), so compare tolerantly."""
-    size = options.get("size") or 0
-    size_matches = size_bytes <= size <= max(4096, size_bytes + 256)
-    return size_matches and (options.get("max") or 0) == max_documents

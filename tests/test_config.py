@@ -122,6 +122,8 @@ INVALID: dict[str, list[Any]] = {
     "TRACKING_EXCLUDE_STATUS_CODES": [[99], [600], ["404"], "404", 404, [True], [404.0], None],
     "TRACKING_MIN_EXECUTION_TIME": [-1, -0.5, True, "5", NAN, None],
     "TRACKING_TABLE_SIZE": [4095, -1, True, 1e9, "1000000"],
+    "TRACKING_STORAGE": ["TTL", "plain", None, 1, ["ttl"]],
+    "TRACKING_RETENTION_HOURS": [0, -1, True, "24", NAN, None, 2**31],
     "TRACKING_MAX_DOCUMENTS": [0, 2**31, True, 10.0],
     "TRACKING_DB_ALIAS": ["", None, 1],
     "TRACKING_MONGODB_URI": ["", 1, b"mongodb://x"],
@@ -396,3 +398,22 @@ def test_every_default_has_a_doc_comment() -> None:
         assert comment, f"{key} has no comment above it"
         assert all(line.startswith("#: ") for line in comment), (key, comment)
         assert sum(len(line) for line in comment) > 15, (key, comment)
+
+
+@pytest.mark.parametrize(
+    ("hours", "seconds"), [(168, 604_800), (0.5, 1800), (1 / 3600, 1), (1e-3, 4)]
+)
+def test_retention_hours_become_whole_seconds(hours: float, seconds: int) -> None:
+    config = load(TRACKING_STORAGE="ttl", TRACKING_RETENTION_HOURS=hours)
+    assert (config.storage, config.retention_seconds) == ("ttl", seconds)
+
+
+def test_storage_defaults_to_capped_with_a_week_of_retention() -> None:
+    config = load()
+    assert (config.storage, config.retention_seconds) == ("capped", 7 * 24 * 3600)
+
+
+def test_timeseries_refuses_records_above_four_mebibytes() -> None:
+    with pytest.raises(ValueError, match="4 MB"):
+        load(TRACKING_STORAGE="timeseries", TRACKING_MAX_RECORD_BYTES=5 * 1024 * 1024)
+    assert load(TRACKING_STORAGE="timeseries").max_record_bytes == 2 * 1024 * 1024

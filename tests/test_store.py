@@ -29,11 +29,11 @@ from pymongo.errors import (
 from flask_tracking import store
 from flask_tracking.capture import BodyCapture, RequestState
 from flask_tracking.redact import Redactor
+from flask_tracking.storage import CollectionSpec, ensure_collection
 from flask_tracking.store import (
     COLLECTION_NAME,
     CUSTOM_DATA_CUT,
     MongoSink,
-    ensure_collection,
     fit_document,
 )
 from flask_tracking.writer import BatchOutcome, BatchWriter
@@ -49,6 +49,10 @@ CLIENT_CODEC = CodecOptions(uuid_representation=UuidRepresentation.STANDARD)
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def capped(name: str, size: int, maximum: int) -> CollectionSpec:
+    return CollectionSpec(name, "capped", size_bytes=size, max_documents=maximum)
 
 
 def make_state(i: int = 0, **attributes: Any) -> RequestState:
@@ -749,7 +753,9 @@ def test_ensure_collection_on_mongomock_returns_the_plain_collection(
     mongo: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, LOGGER_NAME)
-    collection = ensure_collection(mongo, "plain", SIZE, MAX_DOCS, logging.getLogger(LOGGER_NAME))
+    collection = ensure_collection(
+        mongo, capped("plain", SIZE, MAX_DOCS), logging.getLogger(LOGGER_NAME)
+    )
     assert collection.name == "plain"
     assert collection.database.name == mongo.name
     assert len(warnings_of(caplog)) == 1
@@ -792,7 +798,7 @@ def test_existing_capped_collection_with_same_options_is_used_quietly(
     database = FakeDatabase(FakeCollection(options={"capped": True, "size": size, "max": maximum}))
     database.create_plan = [exists]
     collection = ensure_collection(
-        database, COLLECTION_NAME, SIZE, MAX_DOCS, logging.getLogger(LOGGER_NAME)
+        database, capped(COLLECTION_NAME, SIZE, MAX_DOCS), logging.getLogger(LOGGER_NAME)
     )
     assert collection is database.collection
     assert warnings_of(caplog) == []
@@ -803,7 +809,7 @@ def test_small_size_rounded_up_to_4096_is_the_same_cap(caplog: pytest.LogCapture
     caplog.set_level(logging.WARNING, LOGGER_NAME)
     database = FakeDatabase(FakeCollection(options={"capped": True, "size": 4096, "max": 10}))
     database.create_plan = [EXISTS[0]]
-    ensure_collection(database, COLLECTION_NAME, 1000, 10, logging.getLogger(LOGGER_NAME))
+    ensure_collection(database, capped(COLLECTION_NAME, 1000, 10), logging.getLogger(LOGGER_NAME))
     assert warnings_of(caplog) == []
 
 
@@ -874,7 +880,7 @@ def test_create_refused_does_not_compare_options(
     database = FakeDatabase(FakeCollection(options={"capped": True, "size": SIZE, "max": MAX_DOCS}))
     database.create_plan = [OperationFailure("refused", code=code)]
     collection = ensure_collection(
-        database, COLLECTION_NAME, SIZE, MAX_DOCS, logging.getLogger(LOGGER_NAME)
+        database, capped(COLLECTION_NAME, SIZE, MAX_DOCS), logging.getLogger(LOGGER_NAME)
     )
     assert collection is database.collection
     assert database.collection.calls == []  # used as is: no options() round trip
@@ -903,7 +909,7 @@ def test_network_error_during_create_propagates(error: Exception) -> None:
     database = FakeDatabase()
     database.create_plan = [error]
     with pytest.raises(type(error)):
-        ensure_collection(database, COLLECTION_NAME, SIZE, MAX_DOCS, logging.getLogger("x"))
+        ensure_collection(database, capped(COLLECTION_NAME, SIZE, MAX_DOCS), logging.getLogger("x"))
 
 
 @pytest.mark.parametrize("error", NETWORK, ids=lambda e: type(e).__name__)
@@ -912,7 +918,7 @@ def test_network_error_during_options_propagates(error: Exception) -> None:
     database.exists = True
     database.collection.options_error = error
     with pytest.raises(type(error)):
-        ensure_collection(database, COLLECTION_NAME, SIZE, MAX_DOCS, logging.getLogger("x"))
+        ensure_collection(database, capped(COLLECTION_NAME, SIZE, MAX_DOCS), logging.getLogger("x"))
 
 
 @pytest.mark.parametrize("where", ["create", "options", "get_database"])

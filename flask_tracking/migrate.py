@@ -1,0 +1,208 @@
+"""Move the stored records into a collection of another storage mode, in batches, resumably.
+
+:func:`migrate` (the ``flask tracking migrate --to MODE`` command) renames the collection to
+``<name>_before_migration``, creates ``<name>`` in the new mode with
+:func:`~flask_tracking.storage.ensure_collection`, and copies the records over in ``_id``
+order, one batch at a time. After each batch it saves the last ``_id`` copied in the
+``tracking_migrations`` collection, so an interrupted run (Ctrl-C, a lost connection, a crash)
+resumes where it stopped when run again with the same ``--to``. A batch that was stored but not
+yet checkpointed is not stored twice: the ids already in the new collection are skipped (a
+time-series collection has no unique ``_id`` index to refuse them).
+
+New records keep arriving in ``<name>`` while it runs: the app writes by collection name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, ConnectionFailure
+
+from .indexes import ensure_indexes
+from .storage import (
+    SERIES_FIELD,
+    CollectionSpec,
+    ensure_collection,
+    mode_of,
+    series_of,
+    ttl_indexes,
+)
+
+__all__ = ["CHECKPOINTS", "MigrationError", "MigrationResult", "migrate", "source_name"]
+
+#: The collection holding one checkpoint document per migration under way.
+CHECKPOINTS = "tracking_migrations"
+_DUPLICATE_KEY = 11000
+
+#: ``on_batch(copied, total)``: called after each batch is stored.
+OnBatch = Callable[[int, int], None]
+
+
+class MigrationError(RuntimeError):
+    """The migration cannot start or go on; the message says why and what to do."""
+
+
+@dataclass
+class MigrationResult:
+    """What one run of :func:`migrate` did."""
+
+    #: Records copied by this run (not counting those a previous, interrupted run copied).
+    copied: int = 0
+    #: Records in the old collection when this run started copying.
+    total: int = 0
+    #: The collection the old records are in afterwards (None when dropped or there were none).
+    source: str | None = None
+    #: True when there was nothing to move (the collection was missing or already in the mode).
+    nothing_to_do: bool = False
+
+
+def source_name(name: str) -> str:
+    """The name the old collection ``name`` gets while (and after) it is migrated."""
+    return f"{name}_before_migration"
+
+
+def migrate(
+    database: Database[Any],
+    spec: CollectionSpec,
+    *,
+    batch_size: int = 1000,
+    drop_source: bool = False,
+    on_batch: OnBatch | None = None,
+    logger: logging.Logger | None = None,
+) -> MigrationResult:
+    """Move the records of ``spec.name`` into a new collection stored as ``spec`` says.
+
+    Resumable: run it again after an interruption (with the same spec) and it goes on after
+    the last batch it saved. Raises :class:`MigrationError` when it cannot start (another
+    migration is under way, an earlier one's old records are still there, the collection is
+    time-series and cannot be renamed, the new collection exists in another mode).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    log = logger or logging.getLogger("flask_tracking")
+    name, old = spec.name, source_name(spec.name)
+    checkpoints = database[CHECKPOINTS]
+    state = checkpoints.find_one({"_id": name})
+    if state is not None and state.get("to") != spec.mode:
+        raise MigrationError(
+            f"A migration of {name!r} to {state.get('to')!r} is under way; finish it with "
+            f"flask tracking migrate --to {state.get('to')}."
+        )
+    existing = set(database.list_collection_names())
+    if state is None:
+        current = _mode(database[name]) if name in existing else None
+        if current == spec.mode or (spec.mode == "ttl" and current == "plain"):
+            # A plain collection only lacks its TTL index. A server that does not say
+            # (mongomock) gets the copy: nothing is assumed about its collection.
+            ensure_collection(database, spec, log)
+            return MigrationResult(nothing_to_do=True)
+        if name in existing and old in existing:
+            raise MigrationError(
+                f"{old!r} holds the records of an earlier migration. Drop it once you no "
+                f"longer need them (db.getCollection({old!r}).drop()), then run this again."
+            )
+        if current == "timeseries":
+            raise MigrationError(
+                f"{name!r} is a time-series collection, which MongoDB cannot rename. Copy "
+                f"its records out first: db.getCollection({name!r}).aggregate([{{$out: "
+                f"{old!r}}}]); then db.getCollection({name!r}).drop(); then run this again."
+            )
+        if name not in existing and old not in existing:
+            ensure_collection(database, spec, log)
+            return MigrationResult(nothing_to_do=True)
+        checkpoints.insert_one({"_id": name, "to": spec.mode, "last_id": None, "copied": 0})
+        state = {"last_id": None, "copied": 0}
+    if name in existing and old not in existing:
+        database[name].rename(old)
+    target = _target(database, spec, log)
+    source = database[old]
+    result = _copy(source, target, spec, checkpoints, state, batch_size, on_batch)
+    checkpoints.delete_one({"_id": name})
+    if drop_source:
+        source.drop()
+    else:
+        result.source = old
+    return result
+
+
+def _mode(collection: Collection[Any]) -> str | None:
+    """The storage mode of an existing collection: capped, timeseries or plain; None when the
+    server does not say (mongomock has no ``options()``)."""
+    try:
+        return mode_of(collection.options())
+    except ConnectionFailure:
+        raise
+    except Exception:
+        return None
+
+
+def _target(database: Database[Any], spec: CollectionSpec, log: logging.Logger) -> Collection[Any]:
+    """The new collection, created as ``spec`` says; refuses one that exists otherwise (a
+    writer still configured for the old mode may have created it meanwhile)."""
+    target = ensure_collection(database, spec, log)
+    wanted = "plain" if spec.mode == "ttl" else spec.mode
+    actual = _mode(target)
+    if actual is not None and actual != wanted:
+        raise MigrationError(
+            f"{spec.name!r} exists as a {actual} collection, not {spec.mode}: something wrote "
+            f"to it before it could be created (an app still configured for another "
+            f"TRACKING_STORAGE?). Stop that writer, move its records aside "
+            f"(db.getCollection({spec.name!r}).renameCollection('{spec.name}_stray')), and "
+            "run this again."
+        )
+    ensure_indexes(target, log, skip=ttl_indexes(target, spec))
+    return target
+
+
+def _copy(
+    source: Collection[Any],
+    target: Collection[Any],
+    spec: CollectionSpec,
+    checkpoints: Collection[Any],
+    state: dict[str, Any],
+    batch_size: int,
+    on_batch: OnBatch | None,
+) -> MigrationResult:
+    last_id = state.get("last_id")
+    copied_before = int(state.get("copied") or 0)
+    total = source.count_documents({})
+    result = MigrationResult(total=total)
+    while True:
+        criteria = {} if last_id is None else {"_id": {"$gt": last_id}}
+        batch = list(source.find(criteria).sort("_id", 1).limit(batch_size))
+        if not batch:
+            return result
+        _store(target, batch, spec)
+        last_id = batch[-1]["_id"]
+        result.copied += len(batch)
+        if on_batch is not None:
+            on_batch(copied_before + result.copied, total)
+        checkpoints.update_one(
+            {"_id": spec.name},
+            {"$set": {"last_id": last_id, "copied": copied_before + result.copied}},
+        )
+
+
+def _store(target: Collection[Any], batch: list[dict[str, Any]], spec: CollectionSpec) -> None:
+    """Insert the records of ``batch`` that ``target`` does not hold yet."""
+    ids = [document["_id"] for document in batch]
+    present = {row["_id"] for row in target.find({"_id": {"$in": ids}}, {"_id": 1})}
+    fresh = [document for document in batch if document["_id"] not in present]
+    for document in fresh:
+        if spec.meta_field == SERIES_FIELD:
+            document[SERIES_FIELD] = series_of(document)
+        else:
+            document.pop(SERIES_FIELD, None)
+    if not fresh:
+        return
+    try:
+        target.insert_many(fresh, ordered=False)
+    except BulkWriteError as error:
+        errors = (error.details or {}).get("writeErrors", [])
+        if any(item.get("code") != _DUPLICATE_KEY for item in errors):
+            raise  # a duplicate was stored by an earlier run; anything else is a real failure

@@ -1,0 +1,365 @@
+"""Storage modes of the tracking collection, and the one place that creates collections.
+
+Three modes (``TRACKING_STORAGE``):
+
+- ``"capped"``: a capped collection of ``TRACKING_TABLE_SIZE`` bytes and at most
+  ``TRACKING_MAX_DOCUMENTS`` documents. Bounded by construction, insertion order, tailable; one
+  server only (a capped collection cannot be sharded) and its writes are serialized.
+- ``"ttl"``: a plain collection with a TTL index on ``date_created``: the server deletes
+  records older than ``TRACKING_RETENTION_HOURS``. Shardable; bounded by age, not by size.
+- ``"timeseries"``: a time-series collection (MongoDB 5.0+): timeField ``date_created``,
+  metaField ``series`` (what the reports group by: endpoint, method, status code),
+  granularity ``"seconds"``, and ``expireAfterSeconds`` for the retention. Compact, shardable
+  on 5.1+; a measurement is at most 4 MB.
+
+:func:`ensure_collection` creates a collection as a :class:`CollectionSpec` describes it, or,
+when it exists, compares it with the spec and logs one warning (with the shell command that
+would fix it) when they differ. It never converts, drops or renames anything. It runs on the
+writer thread (or in a CLI command), never on the request path. It knows nothing about what
+the collection holds, so any collection of the package can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import CollectionInvalid, ConnectionFailure, OperationFailure
+
+from .indexes import DATE_INDEX_NAME
+
+__all__ = [
+    "GRANULARITY",
+    "MODES",
+    "SERIES_FIELD",
+    "SERIES_KEYS",
+    "TIME_FIELD",
+    "CollectionSpec",
+    "ensure_collection",
+    "ensure_ttl_index",
+    "mode_of",
+    "series_of",
+    "tracking_spec",
+    "ttl_indexes",
+]
+
+#: The values of ``TRACKING_STORAGE``.
+MODES = ("capped", "ttl", "timeseries")
+#: The field every record's time is in (the TTL index's field, the time-series timeField).
+TIME_FIELD = "date_created"
+#: The time-series metaField: a small document naming the series a record belongs to.
+SERIES_FIELD = "series"
+#: The record fields copied into :data:`SERIES_FIELD`: the reports' low-cardinality groups.
+#: ``path`` and ``user_id`` stay out: one bucket per distinct value would defeat bucketing.
+SERIES_KEYS = ("endpoint", "method", "status_code")
+#: Time-series granularity. MongoDB advises the interval between two measurements of the same
+#: series; a busy endpoint sees a request every second or less, and "seconds" buckets span one
+#: hour, which is also the dashboard's shortest window. A quiet endpoint costs one small bucket
+#: per hour it is used.
+GRANULARITY = "seconds"
+#: Largest document a time-series collection accepts (a "measurement"): 4 MB.
+MAX_MEASUREMENT_BYTES = 4 * 1024 * 1024
+#: Largest ``expireAfterSeconds`` MongoDB accepts.
+MAX_EXPIRE_SECONDS = 2**31 - 1
+
+_NAMESPACE_EXISTS = 48
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """How one collection should be stored.
+
+    ``mode`` is one of :data:`MODES`. ``capped`` needs ``size_bytes`` (and takes
+    ``max_documents``); ``ttl`` and ``timeseries`` need ``retention_seconds`` and use
+    ``time_field``; ``timeseries`` also takes ``meta_field`` and ``granularity``.
+    ``ttl_index_keys`` and ``ttl_index_name`` name the TTL index of the ``ttl`` mode.
+    """
+
+    name: str
+    mode: str
+    size_bytes: int = 0
+    max_documents: int | None = None
+    retention_seconds: int = 0
+    time_field: str = TIME_FIELD
+    meta_field: str | None = None
+    granularity: str = GRANULARITY
+    ttl_index_name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"storage mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.mode == "capped" and self.size_bytes <= 0:
+            raise ValueError("a capped collection needs size_bytes > 0")
+        if self.mode != "capped" and not 0 < self.retention_seconds <= MAX_EXPIRE_SECONDS:
+            raise ValueError(f"retention_seconds must be within 1..{MAX_EXPIRE_SECONDS}")
+
+    @property
+    def ttl_keys(self) -> list[tuple[str, int]]:
+        """Keys of the TTL index (``ttl`` mode): the time field, newest first, so the same
+        index also serves newest-first reads and time windows."""
+        return [(self.time_field, -1)]
+
+    @property
+    def index_name(self) -> str:
+        """Name of the TTL index (``ttl`` mode)."""
+        return self.ttl_index_name or f"{self.name}_{self.time_field}"
+
+    def create_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``Database.create_collection`` for this spec."""
+        if self.mode == "capped":
+            options: dict[str, Any] = {"capped": True, "size": self.size_bytes}
+            if self.max_documents is not None:
+                options["max"] = self.max_documents
+            return options
+        if self.mode == "timeseries":
+            series: dict[str, Any] = {"timeField": self.time_field, "granularity": self.granularity}
+            if self.meta_field:
+                series["metaField"] = self.meta_field
+            return {"timeseries": series, "expireAfterSeconds": self.retention_seconds}
+        return {}
+
+    def shell_create(self) -> str:
+        """The ``mongosh`` command creating the collection as this spec says."""
+        options = json.dumps(self.create_options())
+        create = f"db.createCollection({json.dumps(self.name)}, {options})"
+        if self.mode == "ttl":
+            keys = json.dumps(dict(self.ttl_keys))
+            ttl = json.dumps(
+                {"name": self.index_name, "expireAfterSeconds": self.retention_seconds}
+            )
+            create += f"; db.getCollection({json.dumps(self.name)}).createIndex({keys}, {ttl})"
+        return create
+
+
+def tracking_spec(
+    mode: str,
+    *,
+    name: str,
+    size_bytes: int,
+    max_documents: int,
+    retention_seconds: int,
+) -> CollectionSpec:
+    """The spec of the tracking collection for ``TRACKING_STORAGE = mode``; in the ``ttl``
+    mode its TTL index is the reading index on ``date_created``."""
+    if mode == "capped":
+        return CollectionSpec(name, mode, size_bytes=size_bytes, max_documents=max_documents)
+    return CollectionSpec(
+        name,
+        mode,
+        retention_seconds=retention_seconds,
+        meta_field=SERIES_FIELD if mode == "timeseries" else None,
+        ttl_index_name=DATE_INDEX_NAME,
+    )
+
+
+def series_of(document: dict[str, Any]) -> dict[str, Any]:
+    """The time-series metaField value of a tracking ``document``: its :data:`SERIES_KEYS`."""
+    return {key: document.get(key) for key in SERIES_KEYS}
+
+
+def ensure_collection(
+    database: Database[Any], spec: CollectionSpec, logger: logging.Logger
+) -> Collection[Any]:
+    """Create ``spec.name`` as ``spec`` says when it is missing; otherwise use it as it is,
+    warning once (with the command that would fix it) when it differs from ``spec``.
+
+    Where the server refuses the options (mongomock raises NotImplementedError) the collection
+    is a plain one, with one warning. Raises only for network trouble and timeouts (so the
+    writer tries again later).
+    """
+    name = spec.name
+    try:
+        collection = database.create_collection(name, **spec.create_options())
+    except NotImplementedError:  # mongomock: "Special options not supported"
+        logger.warning(
+            "flask_tracking: this server does not support %s collections; writing %r as a "
+            "plain collection",
+            spec.mode,
+            name,
+        )
+        collection = database[name]
+        if spec.mode != "capped":
+            ensure_ttl_index(collection, spec, logger)
+        return collection
+    except CollectionInvalid:
+        pass  # exists already (perhaps created by another worker a moment ago)
+    except OperationFailure as error:
+        if error.timeout:  # try again on the next batch; never fall back silently
+            raise
+        if error.code != _NAMESPACE_EXISTS:
+            logger.warning(
+                "flask_tracking: could not create the %s collection %r (%s); using it as is",
+                spec.mode,
+                name,
+                error,
+            )
+            return database[name]
+    else:
+        if spec.mode == "ttl":
+            ensure_ttl_index(collection, spec, logger)
+        return collection
+    collection = database[name]
+    _check_existing(collection, spec, logger)
+    return collection
+
+
+def ensure_ttl_index(
+    collection: Collection[Any], spec: CollectionSpec, logger: logging.Logger
+) -> None:
+    """Create the TTL index of ``spec`` unless it is there; when an index of that name exists
+    with other options, leave it and warn with the ``collMod`` that would fix it."""
+    try:
+        existing = collection.index_information().get(spec.index_name)
+        if existing is None:
+            collection.create_index(
+                spec.ttl_keys, name=spec.index_name, expireAfterSeconds=spec.retention_seconds
+            )
+            return
+    except ConnectionFailure:
+        raise
+    except OperationFailure as error:
+        if error.timeout:
+            raise
+        logger.warning(
+            "flask_tracking: could not create the TTL index %r on %r (%s); records will not "
+            "expire. Create it with: %s",
+            spec.index_name,
+            spec.name,
+            error,
+            spec.shell_create().split("; ", 1)[-1],
+        )
+        return
+    if existing.get("expireAfterSeconds") != spec.retention_seconds:
+        logger.warning(
+            "flask_tracking: collection %r has an index %r expiring records after %s seconds, "
+            "not %d; used as it is. To fix it, run: %s",
+            spec.name,
+            spec.index_name,
+            existing.get("expireAfterSeconds", "no"),
+            spec.retention_seconds,
+            _coll_mod_ttl(spec),
+        )
+
+
+def ttl_indexes(collection: Collection[Any], spec: CollectionSpec) -> tuple[str, ...]:
+    """``(spec.index_name,)`` when ``collection`` has it as a TTL index (the ``ttl`` mode, or a
+    plain fallback of ``timeseries``), else ``()``: the reading indexes must leave it alone."""
+    if spec.mode == "capped":
+        return ()
+    try:
+        index = collection.index_information().get(spec.index_name) or {}
+    except ConnectionFailure:
+        raise
+    except Exception:
+        return ()
+    return (spec.index_name,) if index.get("expireAfterSeconds") is not None else ()
+
+
+def mode_of(options: Mapping[str, Any]) -> str:
+    """``"capped"``, ``"timeseries"`` or ``"plain"``, from ``Collection.options()``."""
+    if options.get("capped"):
+        return "capped"
+    if options.get("timeseries"):
+        return "timeseries"
+    return "plain"
+
+
+def _check_existing(
+    collection: Collection[Any], spec: CollectionSpec, logger: logging.Logger
+) -> None:
+    try:
+        options: Mapping[str, Any] | None = collection.options()
+    except ConnectionFailure:
+        raise
+    except Exception:  # mongomock has no options(); nothing to compare
+        options = None
+    plain = options is None or mode_of(options) == "plain"
+    if (spec.mode == "ttl" and plain) or (spec.mode == "timeseries" and options is None):
+        ensure_ttl_index(collection, spec, logger)  # a plain collection expires by its index
+    problem = None if options is None else _difference(options, spec)
+    if problem is not None:
+        logger.warning("flask_tracking: collection %r %s", spec.name, problem)
+
+
+def _difference(options: Mapping[str, Any], spec: CollectionSpec) -> str | None:
+    """What differs between an existing collection's ``options`` and ``spec``, with the
+    command that would fix it; None when they match."""
+    actual = mode_of(options)
+    name = spec.name
+    if spec.mode == "capped":
+        if actual != "capped":
+            if actual == "timeseries":
+                return (
+                    "is a time-series collection, not capped; it is used as it is. To move its "
+                    "records into a capped collection, run: flask tracking migrate --to capped"
+                )
+            return (
+                "exists and is not capped; it will grow without bound. It is used as it is "
+                "and never converted automatically. To cap it, run in the shell: "
+                f"db.runCommand({{convertToCapped: {json.dumps(name)}, size: {spec.size_bytes}}}) "
+                "(this locks the database while it runs and drops all indexes but _id), "
+                "or copy its records with: flask tracking migrate --to capped"
+            )
+        if not _same_cap(options, spec.size_bytes, spec.max_documents or 0):
+            return (
+                f"is capped with size={options.get('size')} max={options.get('max')}, not "
+                f"size={spec.size_bytes} max={spec.max_documents}; used as it is. To resize "
+                f"it (MongoDB 6.0+), run: db.runCommand({{collMod: {json.dumps(name)}, "
+                f"cappedSize: {spec.size_bytes}, cappedMax: {spec.max_documents or 0}}})"
+            )
+        return None
+    migrate = f"flask tracking migrate --to {spec.mode}"
+    if spec.mode == "ttl":
+        if actual != "plain":
+            return (
+                f"is a {actual} collection, which cannot expire records by age; it is used as "
+                f"it is. To move its records into a collection with a TTL index, run: {migrate}"
+            )
+        return None
+    if actual != "timeseries":
+        return (
+            f"is a {actual} collection, not a time-series one; it is used as it is. To move "
+            f"its records into a time-series collection, run: {migrate}"
+        )
+    series = options.get("timeseries") or {}
+    if series.get("timeField") != spec.time_field or series.get("metaField") != spec.meta_field:
+        return (
+            f"is a time-series collection with timeField={series.get('timeField')!r} "
+            f"metaField={series.get('metaField')!r}, not {spec.time_field!r} and "
+            f"{spec.meta_field!r}; they cannot be changed. It is used as it is; to copy its "
+            f"records into a new one, run: {migrate}"
+        )
+    if options.get("expireAfterSeconds") != spec.retention_seconds:
+        return (
+            f"expires records after {options.get('expireAfterSeconds')} seconds, not "
+            f"{spec.retention_seconds}; used as it is. To change it, run: "
+            f"db.runCommand({{collMod: {json.dumps(name)}, "
+            f"expireAfterSeconds: {spec.retention_seconds}}})"
+        )
+    if series.get("granularity") != spec.granularity:
+        return (
+            f"has time-series granularity {series.get('granularity')!r}, not "
+            f"{spec.granularity!r}; used as it is (granularity can only be raised: "
+            f"db.runCommand({{collMod: {json.dumps(name)}, timeseries: "
+            f"{{granularity: {json.dumps(spec.granularity)}}}}}))"
+        )
+    return None
+
+
+def _coll_mod_ttl(spec: CollectionSpec) -> str:
+    return (
+        f"db.runCommand({{collMod: {json.dumps(spec.name)}, index: {{name: "
+        f"{json.dumps(spec.index_name)}, expireAfterSeconds: {spec.retention_seconds}}}}})"
+    )
+
+
+def _same_cap(options: Mapping[str, Any], size_bytes: int, max_documents: int) -> bool:
+    """Servers round sizes up (to 256 bytes, formerly 4096 minimum), so compare tolerantly."""
+    size = options.get("size") or 0
+    size_matches = size_bytes <= size <= max(4096, size_bytes + 256)
+    return size_matches and (options.get("max") or 0) == max_documents

@@ -1,0 +1,211 @@
+"""flask_tracking.migrate and ``flask tracking migrate``: every pair of modes, an interruption in
+the middle and its resumption (no record lost, none stored twice), and the refusals."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from flask import Flask
+
+from flask_tracking import Tracking
+from flask_tracking.migrate import CHECKPOINTS, MigrationError, migrate, source_name
+from flask_tracking.storage import SERIES_FIELD, ensure_collection, tracking_spec
+
+from .conftest import FAST_WRITER, REAL, add_routes
+
+RECORDS = 25
+BATCH = 10
+LOGGER = logging.getLogger("tests.migrate")
+
+
+def spec(mode: str, name: str = "tracking") -> Any:
+    return tracking_spec(
+        mode, name=name, size_bytes=1 << 20, max_documents=10_000, retention_seconds=86_400
+    )
+
+
+def seed(database: Any, mode: str) -> list[ObjectId]:
+    """``RECORDS`` records in a ``mode`` collection, ids shuffled against insertion order."""
+    ensure_collection(database, spec(mode), LOGGER)
+    now = datetime.now(timezone.utc)
+    documents = [
+        {
+            "_id": ObjectId(),
+            "date_created": now - timedelta(minutes=i),
+            "path": f"/items/{i}",
+            "endpoint": "items",
+            "method": "GET",
+            "status_code": 200 if i % 5 else 500,
+        }
+        for i in range(RECORDS)
+    ]
+    database["tracking"].insert_many(documents[::2] + documents[1::2])
+    return sorted(document["_id"] for document in documents)
+
+
+def options_of(database: Any, name: str = "tracking") -> dict[str, Any] | None:
+    try:
+        return dict(database[name].options())
+    except Exception:  # mongomock has no options()
+        return None
+
+
+def assert_moved(database: Any, ids: list[ObjectId], mode: str) -> None:
+    stored = [document["_id"] for document in database["tracking"].find({}, {"_id": 1})]
+    assert Counter(stored) == Counter(ids)  # nothing lost, nothing twice
+    assert database[CHECKPOINTS].count_documents({}) == 0
+    options = options_of(database)
+    if options is not None:
+        assert bool(options.get("capped")) == (mode == "capped")
+        assert ("timeseries" in options) == (mode == "timeseries")
+    if mode == "timeseries":
+        document = database["tracking"].find_one({"status_code": 500})
+        assert document[SERIES_FIELD] == {"endpoint": "items", "method": "GET", "status_code": 500}
+    if mode == "ttl":
+        index = database["tracking"].index_information()["tracking_date_created"]
+        assert index["expireAfterSeconds"] == 86_400
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [("capped", "ttl"), ("capped", "timeseries"), ("ttl", "capped"), ("ttl", "timeseries")],
+)
+def test_migration_moves_every_record(mongo: Any, source: str, target: str) -> None:
+    ids = seed(mongo, source)
+    progress: list[tuple[int, int]] = []
+    result = migrate(
+        mongo, spec(target), batch_size=BATCH, on_batch=lambda *done: progress.append(done)
+    )
+    assert (result.copied, result.total, result.source) == (
+        RECORDS,
+        RECORDS,
+        source_name("tracking"),
+    )
+    assert progress == [(10, RECORDS), (20, RECORDS), (25, RECORDS)]
+    assert_moved(mongo, ids, target)
+    assert mongo[source_name("tracking")].count_documents({}) == RECORDS  # kept by default
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("target", ["ttl", "timeseries", "capped"])
+def test_interrupted_migration_resumes_without_loss_or_duplicates(mongo: Any, target: str) -> None:
+    ids = seed(mongo, "ttl" if target == "capped" else "capped")
+
+    def stop_after_two(copied: int, total: int) -> None:
+        if copied >= 2 * BATCH:  # the second batch is stored but not checkpointed yet
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        migrate(mongo, spec(target), batch_size=BATCH, on_batch=stop_after_two)
+    assert mongo["tracking"].count_documents({}) == 2 * BATCH
+    assert mongo[CHECKPOINTS].find_one({"_id": "tracking"})["copied"] == BATCH
+    result = migrate(mongo, spec(target), batch_size=BATCH, drop_source=True)
+    assert result.copied == RECORDS - BATCH  # resumed after the first batch
+    assert result.source is None
+    assert source_name("tracking") not in mongo.list_collection_names()
+    assert_moved(mongo, ids, target)
+
+
+def test_records_written_during_the_migration_stay(mongo: Any) -> None:
+    ids = seed(mongo, "capped")
+    fresh = {"_id": ObjectId(), "date_created": datetime.now(timezone.utc), "path": "/live"}
+
+    def live_write(copied: int, total: int) -> None:
+        if copied == BATCH:
+            mongo["tracking"].insert_one(dict(fresh))  # the app writes by name meanwhile
+
+    migrate(mongo, spec("ttl"), batch_size=BATCH, on_batch=live_write)
+    assert_moved(mongo, [*ids, fresh["_id"]], "ttl")
+
+
+def test_another_mode_cannot_start_while_one_is_under_way(mongo: Any) -> None:
+    seed(mongo, "capped")
+
+    def stop(copied: int, total: int) -> None:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        migrate(mongo, spec("ttl"), batch_size=BATCH, on_batch=stop)
+    with pytest.raises(MigrationError, match="--to ttl"):
+        migrate(mongo, spec("timeseries"), batch_size=BATCH)
+
+
+def test_old_records_of_an_earlier_migration_block_the_next(mongo: Any) -> None:
+    seed(mongo, "capped")
+    migrate(mongo, spec("ttl"), batch_size=BATCH)
+    with pytest.raises(MigrationError, match="earlier migration"):
+        migrate(mongo, spec("capped"), batch_size=BATCH)
+
+
+def test_nothing_to_do_when_the_collection_is_missing(mongo: Any) -> None:
+    assert migrate(mongo, spec("ttl")).nothing_to_do
+    assert "tracking" in mongo.list_collection_names()
+    index = mongo["tracking"].index_information()["tracking_date_created"]
+    assert index["expireAfterSeconds"] == 86_400
+
+
+@REAL
+@pytest.mark.parametrize(("current", "target"), [("ttl", "ttl"), ("capped", "capped")])
+def test_nothing_to_do_when_in_the_mode_already(real_db: Any, current: str, target: str) -> None:
+    seed(real_db, current)
+    if current == "ttl":
+        real_db["tracking"].drop_index("tracking_date_created")  # a plain collection
+    assert migrate(real_db, spec(target)).nothing_to_do
+    assert source_name("tracking") not in real_db.list_collection_names()
+    assert real_db["tracking"].count_documents({}) == RECORDS
+    if target == "ttl":  # a plain collection gets its TTL index
+        index = real_db["tracking"].index_information()["tracking_date_created"]
+        assert index["expireAfterSeconds"] == 86_400
+
+
+@REAL
+def test_timeseries_source_is_refused_with_the_way_out(real_db: Any) -> None:
+    seed(real_db, "timeseries")
+    with pytest.raises(MigrationError, match=r"\$out"):
+        migrate(real_db, spec("capped"))
+    assert real_db["tracking"].count_documents({}) == RECORDS
+
+
+@REAL
+def test_a_target_created_in_another_mode_meanwhile_is_refused(real_db: Any) -> None:
+    seed(real_db, "capped")
+    real_db[CHECKPOINTS].insert_one({"_id": "tracking", "to": "timeseries", "last_id": None})
+    real_db["tracking"].rename(source_name("tracking"))
+    real_db.create_collection("tracking")  # a writer inserted before the target was created
+    with pytest.raises(MigrationError, match="Stop that writer"):
+        migrate(real_db, spec("timeseries"))
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def test_cli_migrates_with_progress(mongo: Any, backend: str) -> None:
+    ids = seed(mongo, "capped")
+    app = Flask(f"migrate_{uuid.uuid4().hex[:6]}")
+    app.config.update(TESTING=True, TRACKING_RETENTION_HOURS=24, **FAST_WRITER)
+    add_routes(app)
+    Tracking(app)
+    try:
+        runner = app.test_cli_runner()
+        result = runner.invoke(args=["tracking", "migrate", "--to", "ttl", "--batch-size", "10"])
+        assert result.exit_code == 0, result.output
+        assert "copied 10 of 25 records (40%)" in result.output
+        assert "Done: 25 records copied into 'tracking' (ttl)." in result.output
+        assert "tracking_before_migration" in result.output
+        assert_moved(mongo, ids, "ttl")
+        if backend == "real":  # mongomock does not say a collection is plain
+            again = runner.invoke(args=["tracking", "migrate", "--to", "ttl"])
+            assert again.exit_code == 0 and "nothing to copy" in again.output
+        refused = runner.invoke(args=["tracking", "migrate", "--to", "capped"])
+        assert refused.exit_code == 1 and "earlier migration" in refused.output
+    finally:
+        app.extensions["tracking"]._apps[app].writer.shutdown(1.0)
