@@ -531,7 +531,7 @@ def test_a_full_queue_never_blocks_counts_exactly_the_overflow_and_stays_flat(
 
     def blocked(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
         entered.set()
-        gate.wait(10)
+        gate.wait(120)  # opened by the test; a shorter wait lets a slow machine write early
         return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
 
     client = app.test_client()
