@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # config imports this module, and capture imports config
     from .capture import RequestState
 from .policy import decode_wsgi, wsgi_path
 
-#: The keys of every stored document (besides ``_id``); TRACKING_FIELDS and
-#: TRACKING_EXCLUDE_FIELDS may leave some out.
+#: The keys of the stored documents (besides ``_id``), all in every document but the
+#: :data:`OPTIONAL_FIELDS`; TRACKING_FIELDS and TRACKING_EXCLUDE_FIELDS may leave some out.
 FIELDS = (
     "date_created",
     "host",
@@ -58,6 +58,9 @@ FIELDS = (
     "sample_rate",
     "db",
 )
+#: Fields stored only when there is something to say: ``db`` when the request ran a database
+#: command.
+OPTIONAL_FIELDS = ("db",)
 #: Fields every stored document keeps, whatever TRACKING_FIELDS or TRACKING_EXCLUDE_FIELDS say:
 #: the collection is read in ``date_created`` order, and counts are scaled by ``sample_rate``.
 ALWAYS_STORED_FIELDS = ("date_created", "sample_rate")

@@ -681,3 +681,45 @@ def test_debug_prints_the_database_section(mongo: Any, db_records: Any) -> None:
     assert '  slow: 30.0 ms find items {"sku":"?"}' in text
     assert '  repeated 12x: find items {"sku":"?"}' in text
     assert "Database" not in Record.objects.get(path="/a").debug()
+
+
+def test_list_db_adds_the_database_columns(make_app: Callable[..., Flask], db_records: Any) -> None:
+    runner = make_app().test_cli_runner()
+    plain = runner.invoke(args=["tracking", "list"])
+    assert plain.exit_code == 0 and " db " not in plain.output
+    result = runner.invoke(args=["tracking", "list", "--db"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[4]: line for line in result.output.splitlines()}
+    assert lines["/a"].endswith("db -")
+    assert lines["/b"].endswith("db 3 cmd 20.0ms")
+    assert lines["/c"].endswith("db 12 cmd 30.0ms repeated 12x find items")
+
+
+def test_show_prints_the_database_section(make_app: Callable[..., Flask], db_records: Any) -> None:
+    record = Record.objects.get(path="/c")
+    result = make_app().test_cli_runner().invoke(args=["tracking", "show", str(record.pk)])
+    assert result.exit_code == 0, result.output
+    assert "Database: 12 commands, 30.0 ms (find 12)" in result.output
+    assert '  repeated 12x: find items {"sku":"?"}' in result.output
+
+
+def test_the_dashboard_shows_database_time_and_count(
+    make_app: Callable[..., Flask], db_records: Any
+) -> None:
+    app = make_app(TRACKING_DASHBOARD=True, TRACKING_DASHBOARD_PUBLIC=True)
+    client = app.test_client()
+    listing = client.get("/tracking/requests").get_data(as_text=True)
+    assert '<th scope="col" class="num">DB time</th>' in listing
+    assert "30.0 ms" in listing and "(12x)" in listing
+    record = Record.objects.get(path="/c")
+    detail = client.get(f"/tracking/requests/{record.pk}").get_data(as_text=True)
+    assert "12 commands, 30.0 ms in the database (60% of the time in the app)" in detail
+    assert "<code>{&#34;sku&#34;:&#34;?&#34;}</code>" in detail
+    endpoint = client.get("/tracking/endpoints/a").get_data(as_text=True)
+    assert "Time in the database" in endpoint
+    assert "32 %" in endpoint  # 80 ms of 250 ms (the sampled record counts twice)
+    assert "6.8 commands, 20.0 ms per request" in endpoint
+    live = client.get("/tracking/live.json").get_json()
+    by_path = {row["target"]: row for row in live["records"]}
+    assert by_path["/c"]["db_count"] == "12" and by_path["/c"]["db_repeated"] == "12x"
+    assert by_path["/a"]["db_count"] == "-"
