@@ -37,7 +37,7 @@ from contextvars import ContextVar, Token
 from datetime import datetime
 from typing import Any
 
-from bson import ObjectId
+from bson import SON, ObjectId
 from pymongo import AsyncMongoClient, MongoClient, monitoring
 
 __all__ = [
@@ -223,26 +223,54 @@ def shape_of(value: Any) -> str:
     A list of plain values (``$in``) is one ``"?"`` whatever its length; a list of documents
     (``$or``, a pipeline) keeps the shape of each document.
     """
-    text = json.dumps(_shaped(value, 0), ensure_ascii=False, separators=(",", ":"))
+    text = _shape_text(value, 0)
     return text if len(text) <= MAX_SHAPE_CHARS else text[: MAX_SHAPE_CHARS - 3] + "..."
 
 
-def _shaped(value: Any, depth: int) -> Any:
+_MARK = '"?"'
+
+
+def _shape_text(value: Any, depth: int) -> str:
+    """:func:`shape_of` without the cut: JSON built in one pass (this runs on the request
+    thread for every command, so no intermediate document and no encoder)."""
     kind = type(value)
     if kind in _SCALARS:
-        return "?"
-    if isinstance(value, Mapping):
+        return _MARK
+    if kind is dict or kind is SON or isinstance(value, Mapping):
         if depth >= MAX_SHAPE_DEPTH:
-            return "?"
-        return {str(key): _shaped(item, depth + 1) for key, item in value.items()}
+            return _MARK
+        parts = []
+        for key, item in value.items():
+            quoted = _QUOTED_KEYS.get(key)
+            if quoted is None:
+                quoted = _quote_key(key)
+            parts.append(
+                quoted + (_MARK if type(item) in _SCALARS else _shape_text(item, depth + 1))
+            )
+        return "{" + ",".join(parts) + "}"
     if kind is list or kind is tuple:
+        if depth >= MAX_SHAPE_DEPTH:
+            return _MARK
         nested = [
-            _shaped(item, depth + 1)
+            _shape_text(item, depth + 1)
             for item in value
-            if isinstance(item, (Mapping, list, tuple)) and depth < MAX_SHAPE_DEPTH
+            if type(item) not in _SCALARS and isinstance(item, (Mapping, list, tuple))
         ]
-        return nested or "?"
-    return "?"
+        return "[" + ",".join(nested) + "]" if nested else _MARK
+    return _MARK
+
+
+#: Keys as they appear in shapes (JSON-quoted, with the colon): keys repeat, quoting costs.
+_QUOTED_KEYS: dict[Any, str] = {}
+_MAX_QUOTED_KEYS = 4096
+
+
+def _quote_key(key: Any) -> str:
+    quoted = json.dumps(str(key), ensure_ascii=False) + ":"
+    if len(_QUOTED_KEYS) >= _MAX_QUOTED_KEYS:
+        _QUOTED_KEYS.clear()
+    _QUOTED_KEYS[key] = quoted
+    return quoted
 
 
 def _command_target(name: str, command: Mapping[str, Any]) -> tuple[str | None, str | None]:

@@ -216,11 +216,14 @@ class DatabaseActivity(EmbeddedDocument):
         """The slowest and the repeated commands, one line each (for :meth:`Tracking.debug`)."""
         lines = []
         for entry in self.slowest or []:
+            if not isinstance(entry, dict):
+                continue
             ms = entry.get("ms")
             took = f"{ms:.1f} ms" if _is_number(ms) else "-"
             lines.append(f"  slow: {took} {_command_label(entry)}")
         for entry in self.repeated or []:
-            lines.append(f"  repeated {entry.get('count')}x: {_command_label(entry)}")
+            if isinstance(entry, dict):
+                lines.append(f"  repeated {entry.get('count')}x: {_command_label(entry)}")
         return lines
 
 
