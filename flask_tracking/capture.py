@@ -349,14 +349,14 @@ class TrackingMiddleware:
             return None
         state = RequestState()
         environ[ENVIRON_KEY] = state
-        if self._watch_db:
-            state.db_token = attach(state)
         if decision != TRACK_WITH_BODIES:
             state.request_body_omitted = state.response_body_omitted = "excluded"
         elif _may_have_body(environ):
             state.declared_length = _content_length(environ)
             state.request_body = BodyCapture(self._max_body_length)
             environ["wsgi.input"] = InputTee(environ["wsgi.input"], state.request_body)
+        if self._watch_db:  # last: a state that is returned is always closed, and detached
+            state.db_token = attach(state)
         return state
 
     def _close(self, state: RequestState, environ: dict[str, Any]) -> None:

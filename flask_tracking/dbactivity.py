@@ -360,21 +360,26 @@ _warned_aliases: set[str] = set()
 
 
 def _warn_unobserved_clients() -> None:
-    """Log once per alias the MongoEngine connections whose client cannot see the listener."""
+    """Name, in one warning, the MongoEngine connections whose client cannot see the listener
+    (each connection once per process)."""
     connections = getattr(sys.modules.get("mongoengine.connection"), "_connections", None)
     if not isinstance(connections, dict):
         return
-    for alias, client in list(connections.items()):
-        if alias in _warned_aliases or not _is_unobserved(client):
-            continue
-        _warned_aliases.add(alias)
-        _log.warning(
-            "flask_tracking: the MongoDB client of connection %r was created before "
-            "Tracking.init_app, so its commands are not counted in the requests' database "
-            "activity. Create it after init_app, or pass "
-            "event_listeners=[flask_tracking.dbactivity.LISTENER] to it.",
-            alias,
-        )
+    aliases = [
+        alias
+        for alias, client in list(connections.items())
+        if alias not in _warned_aliases and _is_unobserved(client)
+    ]
+    if not aliases:
+        return
+    _warned_aliases.update(aliases)
+    _log.warning(
+        "flask_tracking: the MongoDB client of connection %s was created before "
+        "Tracking.init_app, so its commands are not counted in the requests' database "
+        "activity. Create it after init_app, or pass "
+        "event_listeners=[flask_tracking.dbactivity.LISTENER] to it.",
+        ", ".join(repr(alias) for alias in aliases),
+    )
 
 
 def _is_unobserved(client: Any) -> bool:
