@@ -388,7 +388,8 @@ def _is_unobserved(client: Any) -> bool:
     if not isinstance(client, (MongoClient, AsyncMongoClient)):
         return False
     try:
-        return LISTENER not in client.options.event_listeners
+        listeners: list[Any] = list(client.options.event_listeners)
+        return LISTENER not in listeners
     except Exception:
         return False
 

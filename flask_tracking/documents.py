@@ -1355,7 +1355,8 @@ class Reports:
         return _user_agent_rows(rows, by)
 
     def _db_summary(self) -> dict[str, Any]:
-        totals = dict.fromkeys(("requests", "with_db", "commands", "time_ms", "app_time_ms"), 0)
+        keys = ("requests", "with_db", "commands", "time_ms", "app_time_ms")
+        totals: dict[str, float] = dict.fromkeys(keys, 0.0)
         for document in self._read():
             weight = _weight_of(document)
             commands = _db_measure(document, "count")
