@@ -1040,9 +1040,12 @@ class TrackingQuerySet(QuerySet):
         (their totals); ``app_time_ms`` (total execution time); ``share``: the part of the
         execution time spent in the database (0 to 1, None without execution time);
         ``mean_commands`` and ``mean_time_ms`` per request (None without requests). Sampled
-        records count for ``1 / sample_rate`` requests, as in :meth:`stats`.
+        records count for ``1 / sample_rate`` requests, as in :meth:`stats`. One aggregation
+        pipeline ($project, $group) that MongoDB 4.4 and mongomock accept.
         """
-        return self.reports().db_summary()
+        pipeline = [{"$project": {"_id": 0, **_DB_MEASURES}}, {"$group": _DB_TOTALS}]
+        rows = list(self._aggregate(pipeline))
+        return _db_summary(rows[0] if rows else {})
 
     def reports(self) -> Reports:
         """The reports of this selection (:class:`Reports`), to ask several questions of it.
@@ -1090,11 +1093,6 @@ class TrackingQuerySet(QuerySet):
             {"$sort": {"count": -1, "_id": 1}},
         ]
         return _user_agent_rows(list(self._aggregate(pipeline)), by)
-
-    def _pipeline_db_summary(self) -> dict[str, Any]:
-        pipeline = [{"$project": {"_id": 0, **_DB_MEASURES}}, {"$group": _DB_TOTALS}]
-        rows = list(self._aggregate(pipeline))
-        return _db_summary(rows[0] if rows else {})
 
     def _scalar_execution_times(self) -> list[float]:
         return _finite_sorted(self._report_order().no_cache().scalar("execution_time"))
@@ -1216,12 +1214,6 @@ def _db_summary(totals: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _db_measure(document: dict[str, Any], field: str) -> Any:
-    """``_number_or_zero("db.<field>")``."""
-    db = document.get("db")
-    return _size_of(db, field) if isinstance(db, dict) else 0
-
-
 def _check_choice(name: str, value: str, choices: Sequence[str] | dict[str, str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}.")
@@ -1287,10 +1279,6 @@ class Reports:
         """As :meth:`TrackingQuerySet.execution_times`."""
         return self._run(self._execution_times, self._queryset._scalar_execution_times)
 
-    def db_summary(self) -> dict[str, Any]:
-        """As :meth:`TrackingQuerySet.db_summary`."""
-        return self._run(self._db_summary, self._queryset._pipeline_db_summary)
-
     def _run(self, in_process: Callable[..., Any], pipeline: Callable[..., Any], *args: Any) -> Any:
         if self._in_process:
             try:
@@ -1353,19 +1341,6 @@ class Reports:
             counts[key] = counts.get(key, 0) + _weight_of(document)
         rows = _by_count([{"_id": key, "count": count} for key, count in counts.items()])
         return _user_agent_rows(rows, by)
-
-    def _db_summary(self) -> dict[str, Any]:
-        keys = ("requests", "with_db", "commands", "time_ms", "app_time_ms")
-        totals: dict[str, float] = dict.fromkeys(keys, 0.0)
-        for document in self._read():
-            weight = _weight_of(document)
-            commands = _db_measure(document, "count")
-            totals["requests"] += weight
-            totals["with_db"] += weight if commands > 0 else 0
-            totals["commands"] += commands * weight
-            totals["time_ms"] += _db_measure(document, "time_ms") * weight
-            totals["app_time_ms"] += _size_of(document, "execution_time") * weight
-        return _db_summary(totals)
 
     def _execution_times(self) -> list[float]:
         to_python = self._queryset._document._fields["execution_time"].to_python

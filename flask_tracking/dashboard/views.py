@@ -232,7 +232,7 @@ class _Pages:
             "window": window,
             "name": name,
             "summary": summary,
-            "db": reports.db_summary(),
+            "db": records.db_summary(),
             "histogram": histogram_chart(times),
             "timeline": timeline_chart(
                 reports.timeline(bucket=window.bucket),
