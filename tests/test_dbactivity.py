@@ -229,16 +229,13 @@ def test_a_client_created_before_init_app_is_named_in_a_warning(
 
 
 def test_a_request_without_database_work_has_no_db_field(mongo: Any) -> None:
-    app = Flask("no_db")
-    app.config.update(TESTING=True, **FAST_WRITER)
+    app = _app("no_db")
 
     @app.get("/plain")
     def plain() -> str:
         return "plain"
 
-    Tracking(app)
-    assert app.test_client().get("/plain").status_code == 200
-    (document,) = stored(app, mongo)
+    _, document = _tracked_once(app, "/plain", mongo)
     assert "db" not in document
     assert Record.objects.get().db is None
 
@@ -285,6 +282,19 @@ def _finish(app: Flask) -> None:
     app.extensions["tracking"]._apps[app].writer.shutdown(1.0)
 
 
+def _tracked_once(app: Flask, path: str, database: Any, **options: Any) -> tuple[bytes, Any]:
+    """Track ``app``, request ``path`` once (status 200), and return the response body and
+    the one stored document; the app's writer is shut down after."""
+    Tracking(app)
+    try:
+        response = app.test_client().get(path, **options)
+        assert response.status_code == 200
+        (document,) = stored(app, database)
+        return response.data, document
+    finally:
+        _finish(app)
+
+
 def test_twelve_finds_in_a_loop_are_twelve_commands_of_one_repeated_shape(
     watched: Any, real_db: Any
 ) -> None:
@@ -298,12 +308,7 @@ def test_twelve_finds_in_a_loop_are_twelve_commands_of_one_repeated_shape(
             total += watched.items.find_one({"sku": f"secret-sku-{i}", "price": {"$gte": 0}}) or 0
         return str(total)
 
-    Tracking(app)
-    try:
-        assert app.test_client().get("/cart").status_code == 200
-        (document,) = stored(app, real_db)
-    finally:
-        _finish(app)
+    _, document = _tracked_once(app, "/cart", real_db)
     db = document["db"]
     assert db["count"] == 12
     assert db["commands"] == {"find": 12}
@@ -452,12 +457,8 @@ def test_failed_commands_count_too(watched: Any, real_db: Any) -> None:
             return "failed"
         return "did not fail"
 
-    Tracking(app)
-    try:
-        assert app.test_client().get("/bad").data == b"failed"
-        (document,) = stored(app, real_db)
-    finally:
-        _finish(app)
+    body, document = _tracked_once(app, "/bad", real_db)
+    assert body == b"failed"
     assert document["db"]["commands"] == {"find": 1}
     assert document["db"]["slowest"][0]["shape"] == '{"a":{"$nosuchoperator":"?"}}'
 
@@ -473,12 +474,7 @@ def test_asyncio_views_and_their_tasks_are_attributed(watched: Any, real_db: Any
         )
         return "ok"
 
-    Tracking(app)
-    try:
-        assert app.test_client().get("/async").status_code == 200
-        (document,) = stored(app, real_db)
-    finally:
-        _finish(app)
+    _, document = _tracked_once(app, "/async", real_db)
     assert document["db"]["count"] == 4
 
 
@@ -494,12 +490,7 @@ def test_with_db_activity_off_nothing_is_watched(watched: Any, real_db: Any) -> 
         watched.items.find_one({"a": 1})
         return "ok"
 
-    Tracking(app)
-    try:
-        assert app.test_client().get("/off").status_code == 200
-        (document,) = stored(app, real_db)
-    finally:
-        _finish(app)
+    _, document = _tracked_once(app, "/off", real_db)
     assert "db" not in document
     assert states[0].db_token is None and states[0].db is None
 
@@ -520,13 +511,8 @@ def test_commands_of_a_streamed_response_count_until_it_is_closed(
 
         return Response(stream_with_context(rows()))
 
-    Tracking(app)
-    try:
-        assert app.test_client().get("/stream", buffered=True).data == b"0;1;2;"
-        (document,) = stored(app, real_db)
-        watched.items.find_one({})  # after the request: nobody's
-    finally:
-        _finish(app)
+    body, document = _tracked_once(app, "/stream", real_db, buffered=True)
+    assert body == b"0;1;2;"
     assert document["db"]["count"] == 3
 
 
@@ -546,7 +532,6 @@ def test_a_flask_sqlalchemy_apps_statements_are_counted(mongo: Any) -> None:
 
     app = _app(SQLALCHEMY_DATABASE_URI="sqlite:///:memory:")
     sql.init_app(app)
-    Tracking(app)
     with app.app_context():
         sql.create_all()
         sql.session.add(User(name="someone"))
@@ -561,10 +546,8 @@ def test_a_flask_sqlalchemy_apps_statements_are_counted(mongo: Any) -> None:
         return str(len(found))
 
     try:
-        assert app.test_client().get("/users").status_code == 200
-        (document,) = stored(app, mongo)
+        _, document = _tracked_once(app, "/users", mongo)
     finally:
-        _finish(app)
         with app.app_context():
             sql.engine.dispose()
     db = document["db"]
@@ -597,12 +580,7 @@ def test_nothing_breaks_and_nothing_is_imported_without_sqlalchemy(
     def hello() -> str:
         return "hello"
 
-    Tracking(app)
-    try:
-        assert app.test_client().get("/hello").status_code == 200
-        (document,) = stored(app, mongo)
-    finally:
-        _finish(app)
+    _, document = _tracked_once(app, "/hello", mongo)
     assert "sqlalchemy" not in sys.modules
     assert not dbactivity._watching_sqlalchemy
     assert document["path"] == "/hello" and "db" not in document
