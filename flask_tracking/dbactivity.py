@@ -99,11 +99,12 @@ class DbActivity:
 
     ``count`` commands took ``time_ms`` milliseconds in all; ``commands`` counts them by name;
     ``shapes`` counts them by (command, collection, shape); ``slowest`` is a heap of the
-    :data:`SLOWEST_KEPT` slowest. Only the request's own context adds to it; the writer thread
-    reads it once the request is finished (:meth:`to_document`).
+    :data:`SLOWEST_KEPT` slowest. The request's context adds to it, from one thread or from
+    several at once (``asyncio.to_thread`` carries the context along), under a lock; the writer
+    thread reads it once the request is finished (:meth:`to_document`).
     """
 
-    __slots__ = ("commands", "count", "pending", "shapes", "slowest", "time_ms")
+    __slots__ = ("commands", "count", "lock", "pending", "shapes", "slowest", "time_ms")
 
     def __init__(self) -> None:
         self.count = 0
@@ -112,39 +113,42 @@ class DbActivity:
         self.shapes: dict[tuple[str, str | None, str | None], int] = {}
         self.slowest: list[tuple[float, int, str, str | None, str | None]] = []
         self.pending: dict[Any, tuple[str, str | None, str | None]] = {}
+        self.lock = threading.Lock()
 
     def add(self, name: str, collection: str | None, shape: str | None, ms: float) -> None:
         """Count one finished command."""
-        self.count += 1
-        self.time_ms += ms
-        commands = self.commands
-        commands[name] = commands.get(name, 0) + 1
         key = (name, collection, shape)
-        shapes = self.shapes
-        seen = shapes.get(key)
-        if seen is not None:
-            shapes[key] = seen + 1
-        elif len(shapes) < MAX_SHAPES:
-            shapes[key] = 1
-        slowest = self.slowest
-        if len(slowest) < SLOWEST_KEPT:
-            heapq.heappush(slowest, (ms, self.count, name, collection, shape))
-        elif ms > slowest[0][0]:
-            heapq.heapreplace(slowest, (ms, self.count, name, collection, shape))
+        with self.lock:
+            self.count += 1
+            self.time_ms += ms
+            commands = self.commands
+            commands[name] = commands.get(name, 0) + 1
+            shapes = self.shapes
+            seen = shapes.get(key)
+            if seen is not None:
+                shapes[key] = seen + 1
+            elif len(shapes) < MAX_SHAPES:
+                shapes[key] = 1
+            slowest = self.slowest
+            if len(slowest) < SLOWEST_KEPT:
+                heapq.heappush(slowest, (ms, self.count, name, collection, shape))
+            elif ms > slowest[0][0]:
+                heapq.heapreplace(slowest, (ms, self.count, name, collection, shape))
 
     def to_document(self, repeat_threshold: int) -> dict[str, Any] | None:
         """The stored ``db`` sub-document, or None when no command finished.
 
         ``repeated`` lists the shapes run ``repeat_threshold`` times or more. Reads copies of
-        the counters (each copied in one step), so a command still being counted by another
-        thread cannot break the conversion.
+        the counters, taken under the lock, so a command still being counted by another thread
+        cannot break the conversion.
         """
-        count, time_ms = self.count, self.time_ms
+        with self.lock:
+            count, time_ms = self.count, self.time_ms
+            commands = dict(self.commands)
+            shapes = dict(self.shapes)
+            slowest = sorted(self.slowest, reverse=True)
         if not count:
             return None
-        commands = dict(self.commands)
-        shapes = dict(self.shapes)
-        slowest = sorted(list(self.slowest), reverse=True)
         repeated = sorted(
             (item for item in shapes.items() if item[1] >= repeat_threshold),
             key=lambda item: item[1],
@@ -172,7 +176,10 @@ def _activity() -> DbActivity | None:
         return None
     activity: DbActivity | None = state.db
     if activity is None:
-        activity = state.db = DbActivity()
+        with _REGISTER_LOCK:  # threads sharing the request's context may start together
+            activity = state.db
+            if activity is None:
+                activity = state.db = DbActivity()
     return activity
 
 
