@@ -495,6 +495,18 @@ def test_with_db_activity_off_nothing_is_watched(watched: Any, real_db: Any) -> 
     assert states[0].db_token is None and states[0].db is None
 
 
+def test_the_db_field_can_be_left_out_like_any_other(watched: Any, real_db: Any) -> None:
+    app = _app(TRACKING_EXCLUDE_FIELDS=["db"])
+
+    @app.get("/left-out")
+    def left_out() -> str:
+        watched.items.find_one({"a": 1})
+        return "ok"
+
+    _, document = _tracked_once(app, "/left-out", real_db)
+    assert "db" not in document and document["path"] == "/left-out"
+
+
 def test_commands_of_a_streamed_response_count_until_it_is_closed(
     watched: Any, real_db: Any
 ) -> None:
