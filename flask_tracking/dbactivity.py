@@ -77,6 +77,9 @@ _log = logging.getLogger("flask_tracking")
 _CURRENT: ContextVar[Any] = ContextVar("flask_tracking_db_activity", default=None)
 _UNCOUNTED = object()
 
+#: Made once per request that runs a command, by whichever thread runs the first one.
+_CREATE_LOCK = threading.Lock()
+
 #: Collections whose commands are never counted: collection name -> database names.
 _IGNORED: dict[str, set[str]] = {}
 
@@ -176,7 +179,7 @@ def _activity() -> DbActivity | None:
         return None
     activity: DbActivity | None = state.db
     if activity is None:
-        with _REGISTER_LOCK:  # threads sharing the request's context may start together
+        with _CREATE_LOCK:  # threads sharing the request's context may start together
             activity = state.db
             if activity is None:
                 activity = state.db = DbActivity()
