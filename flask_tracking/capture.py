@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable
 
+from .dbactivity import attach, detach
 from .policy import SKIP, TRACK_WITH_BODIES, Policy
 from .request_ids import environ_key, request_id_for
 from .sanitize import bson_safe
@@ -186,6 +187,10 @@ class RequestState:
     request_body_omitted: str | None = None
     response_body: BodyCapture | None = None
     response_body_omitted: str | None = None
+    # Database work (flask_tracking.dbactivity): made on the first command, None without one;
+    # the token that attributes the context's commands to this request until it is finished.
+    db: Any = None
+    db_token: Any = None
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
@@ -234,10 +239,13 @@ class TrackingMiddleware:
         *,
         request_id_header: str | None = None,
         request_id_response_header: str | None = None,
+        watch_db: bool = False,
     ) -> None:
         """``request_id_header``: the request header an incoming id is taken from (when valid);
         ``request_id_response_header``: the response header that echoes the id (unless the app
-        set that header itself). None: no incoming id, no echo."""
+        set that header itself). None: no incoming id, no echo. ``watch_db``: attribute the
+        database commands run while a tracked request is served to it
+        (:mod:`flask_tracking.dbactivity`)."""
         self.wsgi_app = wsgi_app
         self._policy = policy
         self._max_body_length = max_body_length
@@ -246,6 +254,7 @@ class TrackingMiddleware:
         self._request_id_key = None if request_id_header is None else environ_key(request_id_header)
         self._echo_header = request_id_response_header
         self._echo_header_lower = (request_id_response_header or "").lower()
+        self._watch_db = watch_db
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -346,12 +355,16 @@ class TrackingMiddleware:
             state.declared_length = _content_length(environ)
             state.request_body = BodyCapture(self._max_body_length)
             environ["wsgi.input"] = InputTee(environ["wsgi.input"], state.request_body)
+        if self._watch_db:  # last: a state that is returned is always closed, and detached
+            state.db_token = attach(state)
         return state
 
     def _close(self, state: RequestState, environ: dict[str, Any]) -> None:
         if state.finished:
             return
-        state.finished = True
+        state.finished = True  # from here on, no command counts for this request
+        if state.db_token is not None:
+            detach(state.db_token)
         try:
             state.total_time = (time.perf_counter() - state.started) * 1000.0
             if state.execution_time is None:

@@ -123,6 +123,14 @@ DEFAULTS: dict[str, Any] = {
     #: Response header that echoes the request id, e.g. ``"X-Request-ID"`` (not added when the
     #: app set it). None: responses stay exactly as the app made them.
     "TRACKING_REQUEST_ID_RESPONSE_HEADER": None,
+    #: Record the database work of each request in its ``db`` sub-document: the MongoDB
+    #: commands (pymongo's command monitoring) and, when the app uses SQLAlchemy, the SQL
+    #: statements it ran, with counts, time and query shapes (never values). False: nothing is
+    #: watched and requests pay nothing for it.
+    "TRACKING_DB_ACTIVITY": True,
+    #: Times. A query shape run this many times or more in one request is listed in
+    #: ``db.repeated`` (the N+1 pattern).
+    "TRACKING_DB_REPEAT_THRESHOLD": 5,
     #: Register the dashboard blueprint (``flask_tracking.dashboard``) at init_app. It refuses
     #: to start without an access check (``@tracking.dashboard_access``, registered before
     #: init_app) unless TRACKING_DASHBOARD_PUBLIC is True.
@@ -185,6 +193,8 @@ class TrackingConfig:
     dashboard_public: bool
     dashboard_default_window: str
     dashboard_live_interval_seconds: float
+    db_activity: bool
+    db_repeat_threshold: int
 
 
 def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
@@ -244,6 +254,8 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
         dashboard_live_interval_seconds=get.number(
             "TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS", minimum=0.1
         ),
+        db_activity=get.flag("TRACKING_DB_ACTIVITY"),
+        db_repeat_threshold=get.integer("TRACKING_DB_REPEAT_THRESHOLD", minimum=2),
     )
     _check_relations(config)
     return config

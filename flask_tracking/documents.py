@@ -23,6 +23,7 @@ from mongoengine import (
     BinaryField,
     BooleanField,
     DateTimeField,
+    DictField,
     Document,
     DynamicField,
     EmbeddedDocument,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from werkzeug.test import TestResponse
 
 __all__ = [
+    "DatabaseActivity",
     "Reports",
     "Tracking",
     "TrackingQuerySet",
@@ -182,6 +184,53 @@ class UserAgent(EmbeddedDocument):
         if self.platform:
             name = f"{name} on {self.platform}" if name else self.platform
         return _escape(name or self.string or "unknown")
+
+
+class DatabaseActivity(EmbeddedDocument):
+    """The database work of a request (the ``db`` field; absent when it ran no command).
+
+    Fields: ``count`` (commands, and SQL statements when the app uses SQLAlchemy),
+    ``time_ms`` (their total duration in ms), ``commands`` (command name -> count, such as
+    ``{"find": 12}``), ``slowest`` (the few slowest, slowest first: ``command``,
+    ``collection``, ``ms``, ``shape``) and ``repeated`` (``{"command", "collection", "shape",
+    "count"}`` for every shape run TRACKING_DB_REPEAT_THRESHOLD times or more, most first).
+    A shape is the filter with its keys and operators and every value replaced by ``"?"``.
+    """
+
+    count = IntField()
+    time_ms = FloatField()
+    commands = DictField()
+    slowest = ListField(DictField())
+    repeated = ListField(DictField())
+
+    meta: ClassVar[dict[str, Any]] = {"strict": False}
+
+    def __str__(self) -> str:
+        """``"12 commands, 3.4 ms (find 12)"``."""
+        names = ", ".join(f"{name} {count}" for name, count in (self.commands or {}).items())
+        took = f"{self.time_ms:.1f} ms" if self.time_ms is not None else "-"
+        text = f"{self.count or 0} commands, {took}"
+        return _escape(f"{text} ({names})" if names else text)
+
+    def lines(self) -> list[str]:
+        """The slowest and the repeated commands, one line each (for :meth:`Tracking.debug`)."""
+        lines = []
+        for entry in self.slowest or []:
+            if not isinstance(entry, dict):
+                continue
+            ms = entry.get("ms")
+            took = f"{ms:.1f} ms" if _is_number(ms) else "-"
+            lines.append(f"  slow: {took} {_command_label(entry)}")
+        for entry in self.repeated or []:
+            if isinstance(entry, dict):
+                lines.append(f"  repeated {entry.get('count')}x: {_command_label(entry)}")
+        return lines
+
+
+def _command_label(entry: dict[str, Any]) -> str:
+    """``find items {"sku":"?"}`` for a ``slowest`` or ``repeated`` entry."""
+    parts = (entry.get("command"), entry.get("collection"), entry.get("shape"))
+    return _escape(" ".join(str(part) for part in parts if part is not None))
 
 
 #: Fields :meth:`TrackingQuerySet.stats` can group by.
@@ -931,6 +980,19 @@ class TrackingQuerySet(QuerySet):
             else self.clone()
         )
 
+    def db_heavy(self, min_commands: int = 10, min_ms: float | None = None) -> TrackingQuerySet:
+        """Requests that ran at least ``min_commands`` database commands or, when ``min_ms``
+        is given, spent at least ``min_ms`` milliseconds in the database."""
+        heavy = Q(db__count__gte=min_commands)
+        if min_ms is not None:
+            heavy |= Q(db__time_ms__gte=min_ms)
+        return self.filter(heavy)
+
+    def repeated_queries(self) -> TrackingQuerySet:
+        """Requests that ran one query shape TRACKING_DB_REPEAT_THRESHOLD times or more (the
+        N+1 pattern): their ``db.repeated`` is not empty."""
+        return self.filter(__raw__={"db.repeated.0": {"$exists": True}})
+
     # --- reports -------------------------------------------------------------------------
 
     def stats(self, group_by: str = "endpoint") -> list[dict[str, Any]]:
@@ -970,6 +1032,20 @@ class TrackingQuerySet(QuerySet):
         """The execution times (ms) of the selected records, ascending, as floats: those that
         are finite numbers (for :func:`percentile` over a whole selection, or a histogram)."""
         return self.reports().execution_times()
+
+    def db_summary(self) -> dict[str, Any]:
+        """The database work of the selected requests, in one dict.
+
+        ``requests``; ``with_db`` (requests that ran a command); ``commands`` and ``time_ms``
+        (their totals); ``app_time_ms`` (total execution time); ``share``: the part of the
+        execution time spent in the database (0 to 1, None without execution time);
+        ``mean_commands`` and ``mean_time_ms`` per request (None without requests). Sampled
+        records count for ``1 / sample_rate`` requests, as in :meth:`stats`. One aggregation
+        pipeline ($project, $group) that MongoDB 4.4 and mongomock accept.
+        """
+        pipeline = [{"$project": {"_id": 0, **_DB_MEASURES}}, {"$group": _DB_TOTALS}]
+        rows = list(self._aggregate(pipeline))
+        return _db_summary(rows[0] if rows else {})
 
     def reports(self) -> Reports:
         """The reports of this selection (:class:`Reports`), to ask several questions of it.
@@ -1101,6 +1177,41 @@ class TrackingQuerySet(QuerySet):
         follow = _tail if _is_capped(collection) else _poll
         for document in follow(collection, self._query, interval, deadline):
             yield self._document._from_son(document)
+
+
+#: Per record: weight, database commands and time, execution time (0 when not a number).
+_DB_MEASURES = {
+    "w": _WEIGHT,
+    "n": _number_or_zero("db.count"),
+    "d": _number_or_zero("db.time_ms"),
+    "t": _number_or_zero("execution_time"),
+}
+_DB_TOTALS = {
+    "_id": None,
+    "requests": {"$sum": "$w"},
+    "with_db": {"$sum": {"$cond": [{"$gt": ["$n", 0]}, "$w", 0]}},
+    "commands": {"$sum": {"$multiply": ["$n", "$w"]}},
+    "time_ms": {"$sum": {"$multiply": ["$d", "$w"]}},
+    "app_time_ms": {"$sum": {"$multiply": ["$t", "$w"]}},
+}
+
+
+def _db_summary(totals: dict[str, Any]) -> dict[str, Any]:
+    """The :meth:`TrackingQuerySet.db_summary` of the ``_DB_TOTALS`` row (``{}``: none)."""
+    requests = round(totals.get("requests", 0))
+    commands = round(totals.get("commands", 0))
+    time_ms = float(totals.get("time_ms", 0))
+    app_time_ms = float(totals.get("app_time_ms", 0))
+    return {
+        "requests": requests,
+        "with_db": round(totals.get("with_db", 0)),
+        "commands": commands,
+        "time_ms": time_ms,
+        "app_time_ms": app_time_ms,
+        "share": time_ms / app_time_ms if app_time_ms > 0 else None,
+        "mean_commands": commands / requests if requests else None,
+        "mean_time_ms": time_ms / requests if requests else None,
+    }
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str] | dict[str, str]) -> None:
@@ -1270,6 +1381,8 @@ class Tracking(Document):
     - ``request_id``: the request's id; ``sample_rate``: the probability with which the
       record was kept (in ``(0, 1]``; 1.0 when every request is kept, missing in older
       records), by which the reports of :class:`TrackingQuerySet` scale their counts.
+    - ``db``: the database work of the request (:class:`DatabaseActivity`), absent when it
+      ran no command.
 
     Meta: ``collection`` is ``"tracking"``; ``auto_create_index`` is off (the
     writer owns the collection); ``queryset_class`` is :class:`TrackingQuerySet`;
@@ -1313,6 +1426,7 @@ class Tracking(Document):
     exception = StringField()
     request_id = StringField()
     sample_rate = FloatField()
+    db = EmbeddedDocumentField(DatabaseActivity)
 
     meta: ClassVar[dict[str, Any]] = {
         "collection": "tracking",
@@ -1405,6 +1519,8 @@ class Tracking(Document):
             ("Exception", self.exception),
         ]
         lines = [f"{label}: {_escape(value)}" for label, value in fields if value]
+        if self.db is not None:
+            lines += [f"Database: {self.db}", *self.db.lines()]
         if self.custom_data is not None:
             dumped = json.dumps(self.custom_data, indent=2, default=str, ensure_ascii=False)
             lines.append("Custom data: " + _escape(dumped, keep="\n"))

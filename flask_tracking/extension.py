@@ -32,13 +32,14 @@ from .capture import (
 )
 from .cli import tracking_cli
 from .config import TrackingConfig, load_config
+from .dbactivity import ignore_collection, register, watch_sqlalchemy
 from .logs import RateLimitedLog
 from .policy import Policy
 from .record import scrub_request_side, status_code_of
 from .request_ids import environ_key
 from .scope import EXCLUDE, INCLUDE, EndpointVerdicts, View, mark_view
 from .signals import record_dropped, record_written
-from .store import BeforeSave, MongoSink
+from .store import COLLECTION_NAME, BeforeSave, MongoSink
 from .writer import BatchWriter
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ class Tracking:
         config = load_config(app.config)
         self._check_dashboard_guard(config)
         _connect_if_configured(config)
+        if config.db_activity:
+            _watch_database_activity(config.db_alias)
         sink = MongoSink(
             _database_getter(config.db_alias),
             capped_size_bytes=config.table_size_bytes,
@@ -121,6 +124,7 @@ class Tracking:
             request_id_key=None
             if config.request_id_header is None
             else environ_key(config.request_id_header),
+            db_repeat_threshold=config.db_repeat_threshold,
         )
         writer = BatchWriter(
             sink,
@@ -151,6 +155,7 @@ class Tracking:
             on_error=lambda: self._count_error(tracked),
             request_id_header=config.request_id_header,
             request_id_response_header=config.request_id_response_header,
+            watch_db=config.db_activity,
         )
         app.after_request(self._after_request_hook(tracked))
         got_request_exception.connect(
@@ -461,6 +466,20 @@ def _database_getter(alias: str) -> Any:
         return get_db(alias)
 
     return get_database
+
+
+def _watch_database_activity(alias: str) -> None:
+    """Start counting each request's database work (:mod:`flask_tracking.dbactivity`): the
+    command listener for pymongo clients created from now on, SQLAlchemy's engine events when
+    the app imported SQLAlchemy, and the tracker's collection left out when its database is
+    known already (the writer adds it otherwise, before its first write)."""
+    from mongoengine.connection import _connection_settings
+
+    register()
+    watch_sqlalchemy()
+    database = _connection_settings.get(alias, {}).get("name")
+    if isinstance(database, str):
+        ignore_collection(database, COLLECTION_NAME)
 
 
 def _connect_if_configured(config: TrackingConfig) -> None:

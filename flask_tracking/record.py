@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # config imports this module, and capture imports config
     from .capture import RequestState
 from .policy import decode_wsgi, wsgi_path
 
-#: The keys of every stored document (besides ``_id``); TRACKING_FIELDS and
-#: TRACKING_EXCLUDE_FIELDS may leave some out.
+#: The keys of the stored documents (besides ``_id``), all in every document but the
+#: :data:`OPTIONAL_FIELDS`; TRACKING_FIELDS and TRACKING_EXCLUDE_FIELDS may leave some out.
 FIELDS = (
     "date_created",
     "host",
@@ -56,7 +56,11 @@ FIELDS = (
     "exception",
     "request_id",
     "sample_rate",
+    "db",
 )
+#: Fields stored only when there is something to say: ``db`` when the request ran a database
+#: command.
+OPTIONAL_FIELDS = ("db",)
 #: Fields every stored document keeps, whatever TRACKING_FIELDS or TRACKING_EXCLUDE_FIELDS say:
 #: the collection is read in ``date_created`` order, and counts are scaled by ``sample_rate``.
 ALWAYS_STORED_FIELDS = ("date_created", "sample_rate")
@@ -77,8 +81,13 @@ def to_document(
     redactor: Redactor | None = None,
     anonymize: bool = False,
     request_id_key: str | None = None,
+    db_repeat_threshold: int = 5,
 ) -> dict[str, Any]:
     """The document to insert for a finished request (a new dict with an ``_id``).
+
+    The ``db`` sub-document (:mod:`flask_tracking.dbactivity`) is there only when the request
+    ran a database command; it lists as repeated the shapes run ``db_repeat_threshold`` times
+    or more.
 
     With a ``redactor``, secrets are filtered from headers, query string, custom data and
     bodies; with ``anonymize``, the client address is cut (see :func:`redact.anonymize_ip`).
@@ -124,6 +133,15 @@ def to_document(
         "sample_rate": state.sample_rate,
     }
     body_bytes = _add_bodies(document, state)
+    db_bytes = 0
+    if state.db is not None:
+        try:
+            db = state.db.to_document(db_repeat_threshold)
+        except Exception:  # the record matters more than its database summary
+            db = None
+        if db is not None:
+            document["db"] = db
+            db_bytes = _db_bytes(db)
     if redactor is not None:
         if document["request_body"]:
             _scrub_body(document, "request", redactor, environ.get("CONTENT_TYPE", ""))
@@ -142,8 +160,19 @@ def to_document(
         + sum(len(name) + len(value) for name, value in response_headers)
         + body_bytes
         + state.custom_data_size
+        + db_bytes
     )
     return document
+
+
+def _db_bytes(db: dict[str, Any]) -> int:
+    """Room for the ``db`` sub-document: its shapes plus an allowance per entry."""
+    entries = [*db["slowest"], *db["repeated"]]
+    return (
+        1024
+        + 64 * (len(entries) + len(db["commands"]))
+        + sum(len(entry["shape"] or "") + len(entry["collection"] or "") for entry in entries)
+    )
 
 
 def scrub_request_side(state: RequestState, redactor: Redactor) -> None:

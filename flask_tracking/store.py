@@ -21,6 +21,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from .capture import RequestState
+from .dbactivity import ignore_collection, uncounted
 from .indexes import ensure_indexes
 from .record import to_document
 from .redact import Redactor
@@ -73,13 +74,16 @@ class MongoSink:
         collection_name: str = COLLECTION_NAME,
         storage_mode: str = "capped",
         retention_seconds: int = 7 * 24 * 3600,
+        db_repeat_threshold: int = 5,
     ) -> None:
         """``omitted_fields``: stored fields removed from every document after the
         ``before_save`` hooks (which see the whole document), from TRACKING_FIELDS or
         TRACKING_EXCLUDE_FIELDS; keys a hook adds are kept. ``request_id_key``: the environ key
-        of the incoming request-id header (see :func:`~flask_tracking.record.to_document`).
+        of the incoming request-id header and ``db_repeat_threshold`` the repetitions that make
+        a query shape repeated (see :func:`~flask_tracking.record.to_document`).
         ``storage_mode`` and ``retention_seconds``: TRACKING_STORAGE and the retention of the
-        ``ttl`` and ``timeseries`` modes (see :mod:`flask_tracking.storage`)."""
+        ``ttl`` and ``timeseries`` modes (see :mod:`flask_tracking.storage`). Its own database
+        work is never counted as a request's (:func:`~flask_tracking.dbactivity.uncounted`)."""
         self._get_database = get_database
         self._max_record_bytes = max_record_bytes
         self._write_timeout = write_timeout_seconds
@@ -96,11 +100,16 @@ class MongoSink:
             max_documents=capped_max_documents,
             retention_seconds=retention_seconds,
         )
+        self._db_repeat_threshold = db_repeat_threshold
         self._collection: Collection[Any] | None = None
         self._pid = os.getpid()
 
     def __call__(self, records: list[Any]) -> BatchOutcome:
         """Write one batch; see :class:`~flask_tracking.writer.BatchOutcome`."""
+        with uncounted():
+            return self._write(records)
+
+    def _write(self, records: list[Any]) -> BatchOutcome:
         dropped: Counter[str] = Counter()
         documents = []
         all_checked = True
@@ -124,7 +133,11 @@ class MongoSink:
             return record, True
         try:
             document: dict[str, Any] | None = to_document(
-                record, self._redactor, self._anonymize_ip, self._request_id_key
+                record,
+                self._redactor,
+                self._anonymize_ip,
+                self._request_id_key,
+                self._db_repeat_threshold,
             )
         except Exception:
             self._logger.exception("flask_tracking: could not convert a record; dropped")
@@ -195,6 +208,9 @@ class MongoSink:
             self._collection, self._pid = None, os.getpid()
         if self._collection is None:
             database = self._get_database()
+            database_name = getattr(database, "name", None)
+            if isinstance(database_name, str):  # never count the tracker's own commands
+                ignore_collection(database_name, self._spec.name)
             collection = ensure_collection(database, self._spec, self._logger)
             try:
                 ensure_indexes(collection, self._logger, skip=ttl_indexes(collection, self._spec))

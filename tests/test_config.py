@@ -167,6 +167,8 @@ INVALID: dict[str, list[Any]] = {
     "TRACKING_SAMPLE_KEEP_SLOWER_THAN_MS": [-1, True, NAN, "1000", math.inf],
     "TRACKING_REQUEST_ID_HEADER": ["", "X Request", "X-Id:", 1, b"X-Id", "Ä-Id", "x" * 129],
     "TRACKING_REQUEST_ID_RESPONSE_HEADER": ["", "X-Id\r\nSet-Cookie: a=b", 5, "-X"],
+    "TRACKING_DB_ACTIVITY": [1, "yes", None],
+    "TRACKING_DB_REPEAT_THRESHOLD": [1, 0, True, 2.5, "5", None],
     "TRACKING_DASHBOARD": [1, "yes", None],
     "TRACKING_DASHBOARD_URL_PREFIX": ["", "/", "tracking", "//evil", "/a b", "/x?y", None, 5],
     "TRACKING_DASHBOARD_PUBLIC": [1, "true", None],

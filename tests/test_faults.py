@@ -1134,6 +1134,8 @@ class FakeCollection:
 class FakeDatabase:
     """create_collection creates once and then raises CollectionInvalid, like a server."""
 
+    name = "fake"
+
     def __init__(self, exists_with: dict[str, Any] | None, parties: int = 1) -> None:
         self.inner = mongomock.MongoClient()["fake"]
         self.options: dict[str, Any] = dict(exists_with or {})

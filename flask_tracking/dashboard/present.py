@@ -40,6 +40,7 @@ ROW_FIELDS = (
     "ip",
     "endpoint",
     "exception",
+    "db",
 )
 
 
@@ -170,6 +171,55 @@ def list_row(record: Tracking) -> dict[str, Any]:
         "user": _escape(record.user_id or "-"),
         "ip": _escape(record.ip or "-"),
         "endpoint": _escape(record.endpoint or "-"),
+        **db_cells(record),
+    }
+
+
+def db_cells(record: Tracking) -> dict[str, str]:
+    """The database work of a request as list cells: ``db_count`` (commands), ``db_time``
+    and ``db_repeated`` (``"12x"`` for the most repeated query shape, or "")."""
+    db = record.db
+    if db is None:
+        return {"db_count": "-", "db_time": "-", "db_repeated": ""}
+    repeated = db.repeated[0].get("count") if db.repeated else None
+    return {
+        "db_count": str(db.count or 0),
+        "db_time": format_ms(db.time_ms),
+        "db_repeated": f"{repeated}x" if repeated is not None else "",
+    }
+
+
+def db_view(record: Tracking) -> dict[str, Any] | None:
+    """The database work of a request as the detail page shows it (all values text), or
+    None when it ran no command: ``summary`` (commands, time, share of the time in the app),
+    ``commands`` (name, count), ``slowest`` and ``repeated`` (command, collection, shape,
+    and ``ms`` or ``count``)."""
+    db = record.db
+    if db is None:
+        return None
+    summary = f"{db.count or 0} commands, {format_ms(db.time_ms)} in the database"
+    if db.time_ms is not None and record.execution_time:
+        summary += f" ({db.time_ms / record.execution_time:.0%} of the time in the app)"
+    commands = db.commands or {}
+    return {
+        "summary": summary,
+        "commands": [(_escape(name), str(count)) for name, count in commands.items()],
+        "slowest": [_db_entry(entry) for entry in db.slowest or []],
+        "repeated": [_db_entry(entry) for entry in db.repeated or []],
+    }
+
+
+def _db_entry(entry: Any) -> dict[str, str]:
+    """A ``slowest`` or ``repeated`` entry as text (what is malformed shows as "-")."""
+    if not isinstance(entry, dict):
+        entry = {}
+    ms = entry.get("ms")
+    return {
+        "ms": format_ms(ms if isinstance(ms, (int, float)) else None),
+        "count": _escape(entry.get("count", "-")),
+        "command": _escape(entry.get("command") or "-"),
+        "collection": _escape(entry.get("collection") or "-"),
+        "shape": _escape(entry.get("shape") or ""),
     }
 
 

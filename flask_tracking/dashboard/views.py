@@ -28,6 +28,7 @@ from .charts import format_ms, histogram_chart, shares, timeline_chart
 from .present import (
     ROW_FIELDS,
     custom_data_text,
+    db_view,
     headers,
     list_row,
     record_bodies,
@@ -231,6 +232,7 @@ class _Pages:
             "window": window,
             "name": name,
             "summary": summary,
+            "db": records.db_summary(),
             "histogram": histogram_chart(times),
             "timeline": timeline_chart(
                 reports.timeline(bucket=window.bucket),
@@ -292,6 +294,7 @@ class _Pages:
             response_headers=headers(record.response_headers),
             bodies=record_bodies(record),
             custom_data=custom_data_text(record.custom_data),
+            db=db_view(record),
             user=visible(record._user_label() or ""),
             user_agent=str(record.user_agent) if record.user_agent else None,
             curl=command,

@@ -40,6 +40,16 @@
     tr.appendChild(path);
     tr.appendChild(cell(record.status, "num status"));
     tr.appendChild(cell(record.time, "num nowrap"));
+    var db = cell(record.db_count, "num nowrap");
+    if (record.db_repeated) {
+      db.title = "a query shape repeated " + record.db_repeated;
+      var repeated = document.createElement("span");
+      repeated.className = "warn-text";
+      repeated.textContent = " (" + record.db_repeated + ")";
+      db.appendChild(repeated);
+    }
+    tr.appendChild(db);
+    tr.appendChild(cell(record.db_time, "num nowrap"));
     tr.appendChild(cell(record.user));
     tr.appendChild(cell(record.ip));
     tr.appendChild(cell(record.endpoint));
