@@ -378,10 +378,14 @@ class Tracking:
         if state.snapshot_failed:  # counted once already (after an exception it runs twice)
             return
         try:
-            login_user = None
+            login_user = session_user_id = None
             if "flask_login" in sys.modules:  # never load a user: read the one the app loaded
                 login_user = g._get_current_object().get("_login_user")  # type: ignore[attr-defined]
-            snapshot_request(state, current, login_user, tracked.max_custom_data_bytes)
+                if login_user is None:
+                    session_user_id = _session_user_id()
+            snapshot_request(
+                state, current, login_user, tracked.max_custom_data_bytes, session_user_id
+            )
         except Exception:
             state.snapshot_failed = True
             raise
@@ -451,6 +455,22 @@ def _signal_sender(
             signal.send(sender, **keywords(*args))
 
     return send
+
+
+def _session_user_id() -> Any:
+    """Flask-Login's user id in the session of the current request, or None.
+
+    Read from the session's own dict, around its accessors: ``session.get`` would mark the
+    session accessed, and Flask would then add ``Vary: Cookie`` to the response. Neither the
+    user loader nor the remember-me cookie is touched.
+    """
+    from flask import current_app
+    from flask.globals import request_ctx
+
+    if getattr(current_app, "login_manager", None) is None:
+        return None
+    session = getattr(request_ctx._get_current_object(), "session", None)  # type: ignore[attr-defined]
+    return dict.get(session, "_user_id") if isinstance(session, dict) else None
 
 
 def _has_app() -> bool:
