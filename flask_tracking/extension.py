@@ -72,6 +72,8 @@ class _AppTracking:
         self.writer = writer
         self.capture_errors = 0
         self.lock = threading.Lock()
+        #: The got_request_exception receiver, connected weakly: it lives as long as the app.
+        self.on_exception: Callable[..., None] | None = None
 
 
 class Tracking:
@@ -158,11 +160,13 @@ class Tracking:
             watch_db=config.db_activity,
         )
         app.after_request(self._after_request_hook(tracked))
-        got_request_exception.connect(
-            lambda sender, exception, **extra: self._on_exception(tracked, exception),
-            app,
-            weak=False,
+        tracked.on_exception = lambda sender, exception, **extra: self._on_exception(
+            tracked, exception
         )
+        got_request_exception.connect(tracked.on_exception, app)
+        # The writer serves this app only: once the app is garbage collected, it writes what
+        # is pending and its thread ends (stop_soon takes no lock: safe from any thread).
+        weakref.finalize(app, writer.stop_soon).atexit = False
         if config.dashboard:
             self._register_dashboard(app, config)
 
@@ -263,6 +267,22 @@ class Tracking:
         for tracked in list(self._apps.values()):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             done = tracked.writer.flush(remaining) and done
+        return done
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Write what is pending and stop the writer of every app of this instance.
+
+        Waits at most ``timeout`` seconds in all (None: each app's
+        TRACKING_SHUTDOWN_TIMEOUT_SECONDS); records still pending then are counted as
+        ``dropped_shutdown``. Returns True when nothing had to be dropped. Afterwards no
+        thread of the tracker runs; the apps keep answering, and their later requests are
+        counted as ``dropped_shutdown`` instead of being recorded. Idempotent; never raises.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = True
+        for tracked in list(self._apps.values()):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done = tracked.writer.shutdown(remaining) and done
         return done
 
     def stats(self, app: Flask | None = None) -> dict[str, int]:
