@@ -14,6 +14,7 @@ finisher applies the outcome rules (status codes, errors, sampling) and queues t
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -50,6 +51,14 @@ if TYPE_CHECKING:
 
 #: Fixed part of the estimated in-queue size of a record, in bytes (dicts, strings, numbers).
 RECORD_OVERHEAD_BYTES = 4096
+
+#: The dashboard's answer (and log line) while it has no access check.
+NO_DASHBOARD_ACCESS = (
+    "The tracking dashboard has no access check yet, so it serves no record. Register one: "
+    "@tracking.dashboard_access on a function returning True for the users allowed in (such as "
+    "current_user.is_authenticated), or set TRACKING_DASHBOARD_PUBLIC = True to open it to "
+    "anybody on purpose."
+)
 
 #: ``predicate(request) -> bool``: True leaves the request out (see :meth:`Tracking.skip_if`).
 SkipPredicate = Callable[[Request], bool]
@@ -91,6 +100,7 @@ class Tracking:
         self._skip_if: list[SkipPredicate] = []
         self._blueprint_rules: dict[object, str] = {}
         self._dashboard_access: AccessCheck | None = None
+        self._warned_no_dashboard_access = False
         self._log = RateLimitedLog()
         if app is not None:
             self.init_app(app)
@@ -107,7 +117,6 @@ class Tracking:
                 "app (create one Tracking, or one per app, and initialise each app once)."
             )
         config = load_config(app.config)
-        self._check_dashboard_guard(config)
         _connect_if_configured(config)
         if config.db_activity:
             _watch_database_activity(config.db_alias)
@@ -175,43 +184,41 @@ class Tracking:
 
         ``check()`` runs before every dashboard request, in its request context: True lets
         it in, a Response is sent instead (a redirect to the login page), anything else is
-        answered 403. Register it before ``init_app`` (``tracking = Tracking()``, the
-        decorator, then ``tracking.init_app(app)``). Usable as a decorator.
+        answered 403. Register it before or after ``init_app``; until one is registered the
+        dashboard answers every request 403, saying how to register one (unless
+        TRACKING_DASHBOARD_PUBLIC is True). Usable as a decorator.
         """
         if not callable(check):
             raise TypeError(f"dashboard_access takes a callable, not {check!r}")
         self._dashboard_access = check
         return check
 
-    def _check_dashboard_guard(self, config: TrackingConfig) -> None:
-        """Refuse a dashboard that would show every record to anybody by mistake."""
-        if config.dashboard and not config.dashboard_public and self._dashboard_access is None:
-            raise RuntimeError(
-                "TRACKING_DASHBOARD is True but the dashboard has no access check, so it would "
-                "show every recorded request to anybody. Register one before init_app: "
-                "tracking = Tracking(); @tracking.dashboard_access on a function returning "
-                "True for allowed users (such as current_user.is_authenticated); then "
-                "tracking.init_app(app). Or set TRACKING_DASHBOARD_PUBLIC = True to open it "
-                "on purpose."
-            )
-
     def _register_dashboard(self, app: Flask, config: TrackingConfig) -> None:
         from .dashboard import make_blueprint
 
+        public = config.dashboard_public
         app.register_blueprint(
             make_blueprint(
-                access=self._run_dashboard_access,
-                public=config.dashboard_public,
+                access=lambda: self._run_dashboard_access(public),
+                public=public,
                 url_prefix=config.dashboard_url_prefix,
                 default_window=config.dashboard_default_window,
                 live_interval_seconds=config.dashboard_live_interval_seconds,
             )
         )
 
-    def _run_dashboard_access(self) -> Any:
-        """The registered access check's verdict (True when there is none: a public one)."""
+    def _run_dashboard_access(self, public: bool) -> Any:
+        """The registered access check's verdict; without one, True for a public dashboard,
+        else a 403 answer saying how to register one (logged once)."""
         check = self._dashboard_access
-        return True if check is None else check()
+        if check is not None:
+            return check()
+        if public:
+            return True
+        if not self._warned_no_dashboard_access:
+            self._warned_no_dashboard_access = True
+            logging.getLogger("flask_tracking").warning(NO_DASHBOARD_ACCESS)
+        return Response(NO_DASHBOARD_ACCESS, status=403, mimetype="text/plain")
 
     def include(self, view: View) -> View:
         """Decorator: track this view, also with TRACKING_DEFAULT = "exclude" or inside an

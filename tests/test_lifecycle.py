@@ -42,7 +42,7 @@ def one_request_app(name: str) -> Flask:
 
 
 def live_apps(prefix: str) -> int:
-    return sum(1 for o in gc.get_objects() if isinstance(o, Flask) and o.name.startswith(prefix))
+    return sum(1 for o in gc.get_objects() if type(o) is Flask and o.name.startswith(prefix))
 
 
 def test_apps_created_and_dropped_leave_at_most_a_few_threads(mongo: Any) -> None:
