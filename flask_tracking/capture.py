@@ -8,9 +8,10 @@ The pieces:
 
 - :class:`TrackingMiddleware` wraps ``app.wsgi_app``: it starts the clock before Flask does
   anything, tees ``wsgi.input``, sees the final status and headers through ``start_response``,
-  sees exceptions that escape Flask (testing and debug mode), and finishes the record when the
-  app returned, or, for a streamed response, when the server closes the response iterable
-  (after the last byte went out, or the client left).
+  sees exceptions that escape Flask (testing and debug mode), accounts for a request body the
+  app left unread (:func:`settle_unread_body`, never blocking), and finishes the record when
+  the app returned, or, for a streamed response, when it was read to its end or closed (the
+  client left).
 - :func:`snapshot_request` runs in ``after_request`` (or, when the view raised, on the
   ``got_request_exception`` signal) and copies what only the request context knows
   (endpoint, rule, user, custom data) plus the request fields of the environ.
@@ -229,11 +230,11 @@ def describe_exception(error: BaseException) -> str:
 class TrackingMiddleware:
     """Wraps ``app.wsgi_app``; calls ``finish(state)`` once per tracked request.
 
-    ``finish`` runs on the request thread: for a streamed response when the server closes the
-    response iterable (after the last byte, or when the client left); otherwise as soon as the
-    app returned (or raised), so the response goes out unwrapped. ``on_error()`` is called
-    (inside ``except``) when the tracker's own code fails; the app's errors always propagate
-    untouched.
+    ``finish`` runs on the request thread: for a streamed response when it was read to its end
+    or the server closed the response iterable (when the client left), whichever comes first;
+    otherwise as soon as the app returned (or raised), so the response goes out unwrapped.
+    ``on_error()`` is called (inside ``except``) when the tracker's own code fails; the app's
+    errors always propagate untouched.
     """
 
     def __init__(

@@ -133,9 +133,9 @@ DEFAULTS: dict[str, Any] = {
     #: Times. A query shape run this many times or more in one request is listed in
     #: ``db.repeated`` (the N+1 pattern).
     "TRACKING_DB_REPEAT_THRESHOLD": 5,
-    #: Register the dashboard blueprint (``flask_tracking.dashboard``) at init_app. It refuses
-    #: to start without an access check (``@tracking.dashboard_access``, registered before
-    #: init_app) unless TRACKING_DASHBOARD_PUBLIC is True.
+    #: Register the dashboard blueprint (``flask_tracking.dashboard``) at init_app. Until an
+    #: access check is registered (``@tracking.dashboard_access``, before or after init_app) it
+    #: answers 403 saying how to register one, unless TRACKING_DASHBOARD_PUBLIC is True.
     "TRACKING_DASHBOARD": False,
     #: URL prefix of the dashboard: its pages, live feed and static files are under it.
     "TRACKING_DASHBOARD_URL_PREFIX": "/tracking",
