@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 
 from flask_tracking import Tracking
+from flask_tracking.extension import _AppTracking
 
 from .conftest import FAST_WRITER
 
@@ -51,7 +52,10 @@ def test_apps_created_and_dropped_leave_at_most_a_few_threads(mongo: Any) -> Non
         one_request_app(f"dropped-{number}")
     gc.collect()
     assert wait_for(lambda: len(writer_threads()) <= before + 3), len(writer_threads())
+    gc.collect()  # what the writers held while they wrote their last batch
     assert live_apps("dropped-") == 0  # nothing (a signal receiver, a thread) kept one alive
+    # Nor their tracking state (config, writer, queue): a signal receiver used to hold it.
+    assert not [o for o in gc.get_objects() if type(o) is _AppTracking and o.config is not None]
     assert mongo["tracking"].count_documents({}) == 150  # and every record was written
 
 
