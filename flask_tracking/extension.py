@@ -269,12 +269,7 @@ class Tracking:
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every record queued before the call is written or dropped (True), or
         ``timeout`` seconds passed (False). Never raises because the database is down."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        done = True
-        for tracked in list(self._apps.values()):
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done = tracked.writer.flush(remaining) and done
-        return done
+        return self._on_every_writer(BatchWriter.flush, timeout)
 
     def close(self, timeout: float | None = None) -> bool:
         """Write what is pending and stop the writer of every app of this instance.
@@ -285,11 +280,18 @@ class Tracking:
         thread of the tracker runs; the apps keep answering, and their later requests are
         counted as ``dropped_shutdown`` instead of being recorded. Idempotent; never raises.
         """
+        return self._on_every_writer(BatchWriter.shutdown, timeout)
+
+    def _on_every_writer(
+        self, action: Callable[[BatchWriter, float | None], bool], timeout: float | None
+    ) -> bool:
+        """``action(writer, seconds left)`` on the writer of every app, all within ``timeout``
+        seconds (None: no deadline); True when every call returned True."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done = True
         for tracked in list(self._apps.values()):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done = tracked.writer.shutdown(remaining) and done
+            done = action(tracked.writer, remaining) and done
         return done
 
     def stats(self, app: Flask | None = None) -> dict[str, int]:
