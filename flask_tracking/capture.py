@@ -8,9 +8,10 @@ The pieces:
 
 - :class:`TrackingMiddleware` wraps ``app.wsgi_app``: it starts the clock before Flask does
   anything, tees ``wsgi.input``, sees the final status and headers through ``start_response``,
-  sees exceptions that escape Flask (testing and debug mode), and finishes the record when the
-  app returned, or, for a streamed response, when the server closes the response iterable
-  (after the last byte went out, or the client left).
+  sees exceptions that escape Flask (testing and debug mode), accounts for a request body the
+  app left unread (:func:`settle_unread_body`, never blocking), and finishes the record when
+  the app returned, or, for a streamed response, when it was read to its end or closed (the
+  client left).
 - :func:`snapshot_request` runs in ``after_request`` (or, when the view raised, on the
   ``got_request_exception`` signal) and copies what only the request context knows
   (endpoint, rule, user, custom data) plus the request fields of the environ.
@@ -23,6 +24,9 @@ import inspect
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable
+
+from werkzeug.wrappers import Response as WerkzeugResponse
+from werkzeug.wsgi import ClosingIterator
 
 from .dbactivity import attach, detach
 from .policy import SKIP, TRACK_WITH_BODIES, Policy
@@ -40,7 +44,7 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 class BodyCapture:
     """The first ``limit`` bytes of a body, and how many bytes went by in all."""
 
-    __slots__ = ("buffer", "exhausted", "failed", "limit", "size")
+    __slots__ = ("buffer", "exhausted", "failed", "incomplete", "limit", "size")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -48,6 +52,7 @@ class BodyCapture:
         self.size = 0
         self.exhausted = False  # a read came back empty: the body has been read to its end
         self.failed = False  # copying raised once (e.g. MemoryError): stop, and say so
+        self.incomplete = False  # bytes of the body never went by (the app left them unread)
 
     def add(self, chunk: bytes | str | memoryview) -> None:
         """Count ``chunk`` and copy what still fits. Never raises: it sits in the data path
@@ -73,17 +78,17 @@ class BodyCapture:
         capture.buffer = body  # type: ignore[assignment]  # read-only from here on
         capture.size = len(body)
         capture.exhausted = True
-        capture.failed = False
+        capture.failed = capture.incomplete = False
         return capture
 
     @property
     def truncated(self) -> bool:
-        """Whether bytes went by that were not kept."""
-        return self.size > len(self.buffer)
+        """Whether the body has bytes that were not kept (went by, or were never read)."""
+        return self.incomplete or self.size > len(self.buffer)
 
     def wants_more(self, declared_length: int | None) -> bool:
         """Whether unread body bytes could still fill the buffer."""
-        if self.exhausted or len(self.buffer) >= self.limit:
+        if self.exhausted or self.failed or len(self.buffer) >= self.limit:
             return False
         return declared_length is None or self.size < declared_length
 
@@ -161,6 +166,9 @@ class RequestState:
     total_time: float | None = None
     finished = False
     streamed = False
+    stream_ended = False  # the streamed response was read to its end
+    # Set by the middleware for a streamed response: finishes the record (idempotent).
+    end_stream: Callable[[], None] | None = None
     declared_length: int | None = None
     # A copy of the WSGI environ without its objects (snapshot_environ); the writer reads it.
     environ: dict[str, Any] | None = None
@@ -222,11 +230,11 @@ def describe_exception(error: BaseException) -> str:
 class TrackingMiddleware:
     """Wraps ``app.wsgi_app``; calls ``finish(state)`` once per tracked request.
 
-    ``finish`` runs on the request thread: for a streamed response when the server closes the
-    response iterable (after the last byte, or when the client left); otherwise as soon as the
-    app returned (or raised), so the response goes out unwrapped. ``on_error()`` is called
-    (inside ``except``) when the tracker's own code fails; the app's errors always propagate
-    untouched.
+    ``finish`` runs on the request thread: for a streamed response when it was read to its end
+    or the server closed the response iterable (when the client left), whichever comes first;
+    otherwise as soon as the app returned (or raised), so the response goes out unwrapped.
+    ``on_error()`` is called (inside ``except``) when the tracker's own code fails; the app's
+    errors always propagate untouched.
     """
 
     def __init__(
@@ -282,53 +290,26 @@ class TrackingMiddleware:
             self._close(state, environ)
             raise
         state.execution_time = (time.perf_counter() - state.started) * 1000.0
-        top_up = (
-            None
-            if state.request_body is None or state.skipped
-            else self._top_up_after_response(state, environ)
-        )
-        if top_up is None and not state.streamed:  # nothing left to wait for: finish now
+        try:
+            if state.request_body is not None and not state.skipped:
+                settle_unread_body(state, environ)
+        except Exception:
+            self._on_error()
+        if not state.streamed or state.stream_ended:  # nothing left to wait for: finish now
             self._close(state, environ)
             return app_iter
 
         def on_close() -> None:
-            if top_up is not None:
-                top_up()
             self._close(state, environ)
 
-        return _ClosingIterable(app_iter, on_close)
-
-    def _top_up_after_response(
-        self, state: RequestState, environ: dict[str, Any]
-    ) -> Callable[[], None] | None:
-        """When the app left body bytes unread that would fit, a callable that reads at most
-        what fits, to run after the response went out (so it never delays the answer)."""
-        capture = state.request_body
-        if capture is None or not capture.wants_more(state.declared_length):
-            return None
-        if state.declared_length is None and "wsgi.input_terminated" not in environ:
-            return None  # chunked without server support: no way to find the end safely
-        if state.status[:3] == "413":
-            return None  # the app refused this body as too large
-        stream = environ["wsgi.input"]
-        if not isinstance(stream, InputTee) or stream._capture is not capture:
-            return None  # something inside the app replaced wsgi.input: leave it alone
-
-        def top_up() -> None:
-            missing = capture.limit - len(capture.buffer)
-            if state.declared_length is not None:
-                missing = min(missing, state.declared_length - capture.size)
+        def end_stream() -> None:  # runs inside the server's iteration: must not raise
             try:
-                while missing > 0 and not capture.exhausted:
-                    before = capture.size
-                    stream.read(missing)
-                    if capture.size == before:
-                        break  # no progress (the copy failed, or nothing came): stop
-                    missing -= capture.size - before
-            except Exception as error:  # a client gone: keep what was read
-                state.request_body_omitted = f"unreadable ({type(error).__name__})"
+                self._close(state, environ)
+            except Exception:
+                self._on_error()
 
-        return top_up
+        state.end_stream = end_stream
+        return _ClosingIterable(app_iter, on_close)
 
     def _with_request_id(self, headers: Any, state: RequestState, environ: dict[str, Any]) -> Any:
         """The response headers with the request id added, unless the app set that header."""
@@ -397,6 +378,59 @@ class _ClosingIterable:
             self._on_close()
 
 
+def settle_unread_body(state: RequestState, environ: dict[str, Any]) -> None:
+    """Once the app returned: account for the body bytes it left unread, never blocking.
+
+    The tracker never reads the input on its own, except when the stream can be read and put
+    back without waiting for a client: a seekable stream (the in-memory body of Werkzeug's test
+    client, or a body a server spooled to memory or disk). Then the missing bytes that fit are
+    copied and the position is restored, so the input is left exactly as the app left it.
+    Otherwise a body the app never touched is stored as None with ``request_body_omitted =
+    "unread"``, and one it read in part keeps those bytes, marked truncated.
+    """
+    capture = state.request_body
+    if capture is None or not capture.wants_more(state.declared_length):
+        return
+    stream = environ.get("wsgi.input")
+    raw = stream._stream if isinstance(stream, InputTee) and stream._capture is capture else None
+    if raw is not None and _seekable(raw):
+        _copy_and_rewind(raw, capture, state)
+    elif capture.size == 0:
+        state.request_body = None
+        state.request_body_omitted = "unread"
+    else:
+        capture.incomplete = True
+
+
+def _seekable(stream: Any) -> bool:
+    try:
+        return bool(stream.seekable())
+    except Exception:
+        return False  # no seekable() (a socket, gunicorn's Body): never read it
+
+
+def _copy_and_rewind(stream: Any, capture: BodyCapture, state: RequestState) -> None:
+    """Copy the unread bytes that fit from a seekable ``stream``, then seek back."""
+    missing = capture.limit - len(capture.buffer)
+    declared = state.declared_length
+    if declared is not None:
+        missing = min(missing, declared - capture.size)
+    try:
+        position = stream.tell()
+        try:
+            data = stream.read(missing)
+        finally:
+            stream.seek(position)
+    except Exception as error:
+        state.request_body_omitted = f"unreadable ({type(error).__name__})"
+        return
+    capture.add(data)
+    if len(data) < missing:
+        capture.exhausted = True
+    elif declared is None or capture.size < declared:
+        capture.incomplete = True  # more bytes follow that would not fit
+
+
 def _may_have_body(environ: dict[str, Any]) -> bool:
     length = environ.get("CONTENT_LENGTH")
     if length and length != "0":
@@ -444,13 +478,18 @@ _ENVIRON_OBJECTS = frozenset(
 
 
 def snapshot_request(
-    state: RequestState, request: Any, login_user: Any, custom_data_max_bytes: int
+    state: RequestState,
+    request: Any,
+    login_user: Any,
+    custom_data_max_bytes: int,
+    session_user_id: Any = None,
 ) -> None:
     """Copy what only the request context knows into ``state`` (after the view ran).
 
     ``login_user`` is Flask-Login's already loaded user (``g._login_user``) or None: the
     tracker never loads a user itself, which would run the app's user_loader (a database query)
-    and touch the session.
+    and touch the session. Without one, ``session_user_id`` (Flask-Login's ``_user_id`` in the
+    session, or None) is recorded as the user id.
     """
     snapshot_environ(state, request.environ)
     rule = request.url_rule
@@ -462,6 +501,8 @@ def snapshot_request(
         state.custom_data, state.custom_data_size = bson_safe(custom_data, custom_data_max_bytes)
     if login_user is not None:
         _snapshot_user(state, login_user)
+    elif session_user_id is not None:
+        state.user_id = str(session_user_id)
 
 
 def _snapshot_user(state: RequestState, user: Any) -> None:
@@ -488,8 +529,10 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
     state.response_body_omitted = None
     body = response.response
     if not isinstance(body, (list, tuple)):
+        body = _sequence_behind(body)
+    if body is None:
         capture = state.response_body = BodyCapture(limit)
-        response.response = _TeeStream(body, capture, state)
+        response.response = _TeeStream(response.response, capture, state)
         state.streamed = True
     elif len(body) == 1 and type(body[0]) is bytes and len(body[0]) <= limit:
         state.response_body = BodyCapture.whole(body[0], limit)  # the usual case: no copy
@@ -497,6 +540,27 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
         capture = state.response_body = BodyCapture(limit)
         for chunk in body:
             capture.add(chunk)
+
+
+def _sequence_behind(body: Any, depth: int = 3) -> list[Any] | tuple[Any, ...] | None:
+    """The complete body behind a Werkzeug ``ClosingIterator``, when it is known; else None.
+
+    Flask turns an ``abort()`` page, a 404/405 and its own 500 page into a response by running
+    the exception as a WSGI app (``Response.force_type``): the (already complete) body of the
+    exception's own response comes back wrapped in one or two ``ClosingIterator`` objects, whose
+    close callbacks lead to that response. Its chunks are copied without iterating anything,
+    so such a response is recorded when the app returns, like any other complete body, instead
+    of when the response is closed. Anything else (a real stream) gives None.
+    """
+    if depth == 0 or not isinstance(body, ClosingIterator):
+        return None
+    for callback in getattr(body, "_callbacks", ()):
+        owner = getattr(callback, "__self__", None)
+        if isinstance(owner, ClosingIterator):
+            return _sequence_behind(owner, depth - 1)
+        if isinstance(owner, WerkzeugResponse) and owner.is_sequence:
+            return owner.response  # type: ignore[return-value]
+    return None
 
 
 class _TeeStream:
@@ -538,3 +602,9 @@ def _tee_stream(
         close = getattr(iterable, "close", None)
         if close is not None:
             close()
+    # Read to the end: the record is complete, whether or not the response is ever closed
+    # (Flask's test client reads a response without closing it).
+    state.stream_ended = True
+    end_stream = state.end_stream
+    if end_stream is not None:
+        end_stream()

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+import warnings
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -131,9 +133,9 @@ DEFAULTS: dict[str, Any] = {
     #: Times. A query shape run this many times or more in one request is listed in
     #: ``db.repeated`` (the N+1 pattern).
     "TRACKING_DB_REPEAT_THRESHOLD": 5,
-    #: Register the dashboard blueprint (``flask_tracking.dashboard``) at init_app. It refuses
-    #: to start without an access check (``@tracking.dashboard_access``, registered before
-    #: init_app) unless TRACKING_DASHBOARD_PUBLIC is True.
+    #: Register the dashboard blueprint (``flask_tracking.dashboard``) at init_app. Until an
+    #: access check is registered (``@tracking.dashboard_access``, before or after init_app) it
+    #: answers 403 saying how to register one, unless TRACKING_DASHBOARD_PUBLIC is True.
     "TRACKING_DASHBOARD": False,
     #: URL prefix of the dashboard: its pages, live feed and static files are under it.
     "TRACKING_DASHBOARD_URL_PREFIX": "/tracking",
@@ -197,11 +199,27 @@ class TrackingConfig:
     db_repeat_threshold: int
 
 
+def _warn_about_unknown_keys(app_config: Mapping[str, Any]) -> None:
+    """A UserWarning for each ``TRACKING_*`` key that is no setting (a typo is silently
+    ignored otherwise), naming the closest known key."""
+    for key in app_config:
+        if isinstance(key, str) and key.startswith("TRACKING_") and key not in DEFAULTS:
+            prefix = len("TRACKING_")  # compared without it: every key shares it
+            closest = difflib.get_close_matches(key[prefix:], [k[prefix:] for k in DEFAULTS], n=1)
+            hint = f"; did you mean TRACKING_{closest[0]}?" if closest else "."
+            warnings.warn(
+                f"flask_tracking: {key} is not a setting and is ignored{hint}",
+                UserWarning,
+                stacklevel=4,
+            )
+
+
 def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
     """Apply :data:`DEFAULTS` to ``app_config`` and return the validated settings.
 
     Raises :class:`ValueError` naming the key for any value of the wrong type or range.
     """
+    _warn_about_unknown_keys(app_config)
     for key, value in DEFAULTS.items():
         app_config.setdefault(key, value.copy() if isinstance(value, list) else value)
     get = _Reader(app_config)

@@ -14,6 +14,7 @@ finisher applies the outcome rules (status codes, errors, sampling) and queues t
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -51,6 +52,14 @@ if TYPE_CHECKING:
 #: Fixed part of the estimated in-queue size of a record, in bytes (dicts, strings, numbers).
 RECORD_OVERHEAD_BYTES = 4096
 
+#: The dashboard's answer (and log line) while it has no access check.
+NO_DASHBOARD_ACCESS = (
+    "The tracking dashboard has no access check yet, so it serves no record. Register one: "
+    "@tracking.dashboard_access on a function returning True for the users allowed in (such as "
+    "current_user.is_authenticated), or set TRACKING_DASHBOARD_PUBLIC = True to open it to "
+    "anybody on purpose."
+)
+
 #: ``predicate(request) -> bool``: True leaves the request out (see :meth:`Tracking.skip_if`).
 SkipPredicate = Callable[[Request], bool]
 
@@ -72,6 +81,8 @@ class _AppTracking:
         self.writer = writer
         self.capture_errors = 0
         self.lock = threading.Lock()
+        #: The got_request_exception receiver, connected weakly: it lives as long as the app.
+        self.on_exception: Callable[..., None] | None = None
 
 
 class Tracking:
@@ -89,6 +100,7 @@ class Tracking:
         self._skip_if: list[SkipPredicate] = []
         self._blueprint_rules: dict[object, str] = {}
         self._dashboard_access: AccessCheck | None = None
+        self._warned_no_dashboard_access = False
         self._log = RateLimitedLog()
         if app is not None:
             self.init_app(app)
@@ -105,7 +117,6 @@ class Tracking:
                 "app (create one Tracking, or one per app, and initialise each app once)."
             )
         config = load_config(app.config)
-        self._check_dashboard_guard(config)
         _connect_if_configured(config)
         if config.db_activity:
             _watch_database_activity(config.db_alias)
@@ -158,11 +169,13 @@ class Tracking:
             watch_db=config.db_activity,
         )
         app.after_request(self._after_request_hook(tracked))
-        got_request_exception.connect(
-            lambda sender, exception, **extra: self._on_exception(tracked, exception),
-            app,
-            weak=False,
+        tracked.on_exception = lambda sender, exception, **extra: self._on_exception(
+            tracked, exception
         )
+        got_request_exception.connect(tracked.on_exception, app)
+        # The writer serves this app only: once the app is garbage collected, it writes what
+        # is pending and its thread ends (stop_soon takes no lock: safe from any thread).
+        weakref.finalize(app, writer.stop_soon).atexit = False
         if config.dashboard:
             self._register_dashboard(app, config)
 
@@ -171,43 +184,41 @@ class Tracking:
 
         ``check()`` runs before every dashboard request, in its request context: True lets
         it in, a Response is sent instead (a redirect to the login page), anything else is
-        answered 403. Register it before ``init_app`` (``tracking = Tracking()``, the
-        decorator, then ``tracking.init_app(app)``). Usable as a decorator.
+        answered 403. Register it before or after ``init_app``; until one is registered the
+        dashboard answers every request 403, saying how to register one (unless
+        TRACKING_DASHBOARD_PUBLIC is True). Usable as a decorator.
         """
         if not callable(check):
             raise TypeError(f"dashboard_access takes a callable, not {check!r}")
         self._dashboard_access = check
         return check
 
-    def _check_dashboard_guard(self, config: TrackingConfig) -> None:
-        """Refuse a dashboard that would show every record to anybody by mistake."""
-        if config.dashboard and not config.dashboard_public and self._dashboard_access is None:
-            raise RuntimeError(
-                "TRACKING_DASHBOARD is True but the dashboard has no access check, so it would "
-                "show every recorded request to anybody. Register one before init_app: "
-                "tracking = Tracking(); @tracking.dashboard_access on a function returning "
-                "True for allowed users (such as current_user.is_authenticated); then "
-                "tracking.init_app(app). Or set TRACKING_DASHBOARD_PUBLIC = True to open it "
-                "on purpose."
-            )
-
     def _register_dashboard(self, app: Flask, config: TrackingConfig) -> None:
         from .dashboard import make_blueprint
 
+        public = config.dashboard_public
         app.register_blueprint(
             make_blueprint(
-                access=self._run_dashboard_access,
-                public=config.dashboard_public,
+                access=lambda: self._run_dashboard_access(public),
+                public=public,
                 url_prefix=config.dashboard_url_prefix,
                 default_window=config.dashboard_default_window,
                 live_interval_seconds=config.dashboard_live_interval_seconds,
             )
         )
 
-    def _run_dashboard_access(self) -> Any:
-        """The registered access check's verdict (True when there is none: a public one)."""
+    def _run_dashboard_access(self, public: bool) -> Any:
+        """The registered access check's verdict; without one, True for a public dashboard,
+        else a 403 answer saying how to register one (logged once)."""
         check = self._dashboard_access
-        return True if check is None else check()
+        if check is not None:
+            return check()
+        if public:
+            return True
+        if not self._warned_no_dashboard_access:
+            self._warned_no_dashboard_access = True
+            logging.getLogger("flask_tracking").warning(NO_DASHBOARD_ACCESS)
+        return Response(NO_DASHBOARD_ACCESS, status=403, mimetype="text/plain")
 
     def include(self, view: View) -> View:
         """Decorator: track this view, also with TRACKING_DEFAULT = "exclude" or inside an
@@ -258,11 +269,29 @@ class Tracking:
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every record queued before the call is written or dropped (True), or
         ``timeout`` seconds passed (False). Never raises because the database is down."""
+        return self._on_every_writer(BatchWriter.flush, timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Write what is pending and stop the writer of every app of this instance.
+
+        Waits at most ``timeout`` seconds in all (None: each app's
+        TRACKING_SHUTDOWN_TIMEOUT_SECONDS); records still pending then are counted as
+        ``dropped_shutdown``. Returns True when nothing had to be dropped. Afterwards no
+        thread of the tracker runs; the apps keep answering, and their later requests are
+        counted as ``dropped_shutdown`` instead of being recorded. Idempotent; never raises.
+        """
+        return self._on_every_writer(BatchWriter.shutdown, timeout)
+
+    def _on_every_writer(
+        self, action: Callable[[BatchWriter, float | None], bool], timeout: float | None
+    ) -> bool:
+        """``action(writer, seconds left)`` on the writer of every app, all within ``timeout``
+        seconds (None: no deadline); True when every call returned True."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done = True
         for tracked in list(self._apps.values()):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done = tracked.writer.flush(remaining) and done
+            done = action(tracked.writer, remaining) and done
         return done
 
     def stats(self, app: Flask | None = None) -> dict[str, int]:
@@ -378,10 +407,14 @@ class Tracking:
         if state.snapshot_failed:  # counted once already (after an exception it runs twice)
             return
         try:
-            login_user = None
+            login_user = session_user_id = None
             if "flask_login" in sys.modules:  # never load a user: read the one the app loaded
                 login_user = g._get_current_object().get("_login_user")  # type: ignore[attr-defined]
-            snapshot_request(state, current, login_user, tracked.max_custom_data_bytes)
+                if login_user is None:
+                    session_user_id = _session_user_id()
+            snapshot_request(
+                state, current, login_user, tracked.max_custom_data_bytes, session_user_id
+            )
         except Exception:
             state.snapshot_failed = True
             raise
@@ -451,6 +484,22 @@ def _signal_sender(
             signal.send(sender, **keywords(*args))
 
     return send
+
+
+def _session_user_id() -> Any:
+    """Flask-Login's user id in the session of the current request, or None.
+
+    Read from the session's own dict, around its accessors: ``session.get`` would mark the
+    session accessed, and Flask would then add ``Vary: Cookie`` to the response. Neither the
+    user loader nor the remember-me cookie is touched.
+    """
+    from flask import current_app
+    from flask.globals import request_ctx
+
+    if getattr(current_app, "login_manager", None) is None:
+        return None
+    session = getattr(request_ctx._get_current_object(), "session", None)  # type: ignore[attr-defined]
+    return dict.get(session, "_user_id") if isinstance(session, dict) else None
 
 
 def _has_app() -> bool:

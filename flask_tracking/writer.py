@@ -206,6 +206,7 @@ class BatchWriter:
 
         # Shutdown state survives a fork: a writer closed in the parent stays closed.
         self._stopping = False
+        self._stop_requested = False  # stop_soon(): the worker turns it into a shutdown
         self._deadline = 0.0
         self._shutdown_result: bool | None = None
         self._reset_state()
@@ -337,6 +338,18 @@ class BatchWriter:
             self._log_limited("shutdown", "BatchWriter.shutdown failed", exc_info=True)
             return False
 
+    def stop_soon(self) -> None:
+        """Ask the writer to stop, without waiting and without taking a lock.
+
+        Safe from a garbage-collector callback (such as the finalizer of the app the writer
+        served), which may run on any thread, even one holding this writer's lock. At its next
+        wake-up (within ``flush_interval_seconds``) the worker stops accepting records as after
+        ``shutdown()``, writes what is pending within ``shutdown_timeout_seconds``, counts
+        anything left as ``dropped_shutdown`` and exits. A writer without a running worker has
+        nothing pending and simply stays idle.
+        """
+        self._stop_requested = True
+
     def stats(self) -> dict[str, int]:
         """Return a new dict of counters.
 
@@ -431,6 +444,8 @@ class BatchWriter:
             with cond:
                 entries = self._next_batch(cond, me)
             if entries is None:
+                if self._stopping and self._thread is me:
+                    self._drop_leftovers()  # a stop_soon() that ran out of time
                 return
             self._write(entries)
 
@@ -440,6 +455,9 @@ class BatchWriter:
             if self._thread is not me or self._work_cond is not cond:
                 return None  # a fork reset replaced the state this thread served
             now = time.monotonic()
+            if self._stop_requested and not self._stopping:
+                self._stopping = True
+                self._deadline = now + self._shutdown_timeout
             if self._stopping and (not self._queue or now >= self._deadline):
                 return None  # done, or out of time: shutdown() counts what is left
             if now < self._backoff_until:
@@ -524,9 +542,16 @@ class BatchWriter:
             self._stopping = True
             self._deadline = deadline
             thread = self._thread
+            dropped_before = self._dropped["shutdown"]
             self._work_cond.notify()
         if thread is not None and thread is not threading.current_thread():
             thread.join(min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX))
+        self._drop_leftovers()
+        with self._lock:  # the worker may have counted the leftovers itself, on its way out
+            return self._dropped["shutdown"] == dropped_before
+
+    def _drop_leftovers(self) -> int:
+        """Count what is still pending as dropped_shutdown (once stopping); how many."""
         with self._lock:
             left = len(self._queue) + len(self._in_flight)
             if left:
@@ -544,7 +569,7 @@ class BatchWriter:
                 left,
             )
             self._notify_dropped("shutdown", left, log=False)
-        return left == 0
+        return left
 
     # ------------------------------------------------------------------ callbacks and logs
 

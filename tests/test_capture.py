@@ -848,7 +848,7 @@ def test_middleware_tees_wsgi_input_only_when_a_body_may_come(
     finish = Finish()
     serve(middleware(simple_app(), finish=finish), environ)
     assert (environ["wsgi.input"] is not original) is wrapped
-    assert (finish.states[0].request_body is not None) is wrapped
+    assert (finish.states[0].request_body_omitted == "unread") is wrapped  # the app read none
 
 
 def test_middleware_bodies_excluded_by_policy() -> None:
@@ -1042,7 +1042,7 @@ def test_snapshot_request_anonymous_and_plain_users() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Reading the unread request body after the response
+# A request body the app left unread
 # --------------------------------------------------------------------------------------------
 
 
@@ -1061,86 +1061,109 @@ def body_app(read: int | None = 0, status: str = "200 OK") -> Callable[..., Any]
     return app
 
 
-class ShortReads(RecordingStream):
-    """A stream that returns at most ``chunk`` bytes per read, like a socket."""
+class SeekableStream(RecordingStream):
+    """An in-memory ``wsgi.input`` that can seek, like the test client's; records its calls."""
 
-    def __init__(self, data: bytes, chunk: int) -> None:
-        super().__init__(data)
-        self.chunk = chunk
+    def seekable(self) -> bool:
+        return True
 
-    def read(self, *args: Any) -> bytes:
-        size = args[0] if args and args[0] is not None and args[0] >= 0 else self.chunk
-        self.calls.append(("read", args[0] if args else None))
-        return self._io.read(min(size, self.chunk))
+    def tell(self) -> int:
+        return self._io.tell()
 
-
-class LookingFinish(Finish):
-    """Also records the request body copied when ``finish`` ran."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bodies: list[bytes] = []
-
-    def __call__(self, state: RequestState) -> None:
-        assert state.request_body is not None
-        self.bodies.append(bytes(state.request_body.buffer))
-        super().__call__(state)
+    def seek(self, position: int) -> int:
+        self.calls.append(("seek", position))
+        return self._io.seek(position)
 
 
-def test_top_up_reads_the_unread_body_only_after_the_response_went_out() -> None:
+def test_an_unread_body_on_a_stream_that_cannot_seek_is_never_read() -> None:
     environ = make_environ(method="POST", body=b"z" * 1000)
-    underlying = environ["wsgi.input"]
-    finish = LookingFinish()
+    environ["wsgi.input"] = underlying = RecordingStream(b"z" * 1000)
+    finish = Finish()
     result = middleware(body_app(), finish=finish, limit=10)(environ, StartResponse())
-    assert underlying.calls == []  # the answer is not delayed by the tracker
-    assert finish.states == []
-    assert list(result) == [b"done"]
+    assert result == [b"done"] and isinstance(result, list)  # finished at once, unwrapped
     assert underlying.calls == []
-    result.close()  # type: ignore[attr-defined]
-    assert underlying.calls == [("read", 10)]
-    assert finish.bodies == [b"z" * 10]  # read before finish ran
-    capture = finish.states[0].request_body
-    assert capture is not None and capture.size == 10 and capture.truncated is False
+    (state,) = finish.states
+    assert state.request_body is None and state.request_body_omitted == "unread"
 
 
-def test_top_up_reads_only_what_is_missing() -> None:
+def test_a_partly_read_body_keeps_what_the_app_read_marked_truncated() -> None:
     environ = make_environ(method="POST", body=b"0123456789abcdef")
-    underlying = environ["wsgi.input"]
+    environ["wsgi.input"] = underlying = RecordingStream(b"0123456789abcdef")
     finish = Finish()
     assert serve(middleware(body_app(read=4), finish=finish, limit=10), environ) == b"done"
-    assert underlying.calls == [("read", 4), ("read", 6)]
-    assert bytes(finish.states[0].request_body.buffer) == b"0123456789"
+    assert underlying.calls == [("read", 4)]
+    capture = finish.states[0].request_body
+    assert capture is not None and bytes(capture.buffer) == b"0123" and capture.truncated
+    assert finish.states[0].request_body_omitted is None
 
 
-def test_top_up_never_reads_past_the_declared_length() -> None:
+def test_an_unread_seekable_body_is_copied_and_the_position_put_back() -> None:
+    environ = make_environ(method="POST", body=b"0123456789abcdef")
+    environ["wsgi.input"] = underlying = SeekableStream(b"0123456789abcdef")
+    positions: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["wsgi.input"].read(4)
+        start_response("200 OK", [])
+        return [b"done"]
+
+    finish = Finish()
+    assert serve(middleware(app, finish=finish, limit=10), environ) == b"done"
+    positions.append(underlying.tell())
+    assert underlying.calls == [("read", 4), ("read", 6), ("seek", 4)]
+    assert positions == [4]  # where the app left it
+    capture = finish.states[0].request_body
+    assert capture is not None and bytes(capture.buffer) == b"0123456789"
+    assert capture.truncated  # 16 bytes declared, 10 kept
+
+
+def test_a_seekable_body_that_fits_is_whole_and_never_read_past_its_length() -> None:
     body = b"short"
     environ = make_environ(method="POST", body=body)
-    environ["wsgi.input"] = underlying = RecordingStream(body + b"NEXT REQUEST ON THE SOCKET")
+    environ["wsgi.input"] = underlying = SeekableStream(body + b"NEXT REQUEST")
     finish = Finish()
     serve(middleware(body_app(), finish=finish, limit=100), environ)
-    assert underlying.calls == [("read", 5)]
-    assert bytes(finish.states[0].request_body.buffer) == body
+    assert underlying.calls == [("read", 5), ("seek", 0)]
+    capture = finish.states[0].request_body
+    assert capture is not None and bytes(capture.buffer) == body and not capture.truncated
 
 
-def test_top_up_keeps_reading_after_short_reads() -> None:
-    body = bytes(range(100))
-    environ = make_environ(method="POST", body=body)
-    environ["wsgi.input"] = underlying = ShortReads(body, chunk=3)
-    finish = Finish()
-    serve(middleware(body_app(), finish=finish, limit=10), environ)
-    assert underlying.calls == [("read", 10), ("read", 7), ("read", 4), ("read", 1)]
-    assert bytes(finish.states[0].request_body.buffer) == body[:10]
-
-
-def test_top_up_chunked_body_with_input_terminated_reads_to_the_end_or_the_limit() -> None:
+def test_a_seekable_chunked_body_is_copied_up_to_the_limit() -> None:
     environ = make_environ(method="POST", HTTP_TRANSFER_ENCODING="chunked")
-    environ["wsgi.input_terminated"] = True
-    environ["wsgi.input"] = underlying = RecordingStream(b"7 bytes")
+    environ["wsgi.input"] = SeekableStream(b"7 bytes")
     finish = Finish()
     serve(middleware(body_app(), finish=finish, limit=100), environ)
-    assert underlying.calls == [("read", 100), ("read", 93)]
     capture = finish.states[0].request_body
     assert capture is not None and bytes(capture.buffer) == b"7 bytes" and capture.exhausted
+    assert not capture.truncated
+
+
+def test_a_seekable_read_error_is_noted_and_the_position_put_back() -> None:
+    class Failing(SeekableStream):
+        def read(self, *args: Any) -> bytes:
+            raise OSError("gone")
+
+    environ = make_environ(method="POST", body=b"x" * 50)
+    environ["wsgi.input"] = underlying = Failing(b"x" * 50)
+    finish = Finish()
+    on_error = OnError()
+    assert serve(middleware(body_app(), finish=finish, on_error=on_error), environ) == b"done"
+    assert finish.states[0].request_body_omitted == "unreadable (OSError)"
+    assert underlying.calls == [("seek", 0)]
+    assert on_error.errors == []
+
+
+def test_a_stream_whose_seekable_raises_is_not_read() -> None:
+    class Odd(RecordingStream):
+        def seekable(self) -> bool:
+            raise ValueError("I/O operation on closed file")
+
+    environ = make_environ(method="POST", body=b"x" * 50)
+    environ["wsgi.input"] = underlying = Odd(b"x" * 50)
+    finish = Finish()
+    serve(middleware(body_app(), finish=finish), environ)
+    assert underlying.calls == []
+    assert finish.states[0].request_body_omitted == "unread"
 
 
 @pytest.mark.parametrize(
@@ -1149,11 +1172,11 @@ def test_top_up_chunked_body_with_input_terminated_reads_to_the_end_or_the_limit
         ("100", b"x" * 100, 12, "200 OK", {}),  # the capture is full
         ("8", b"x" * 8, None, "200 OK", {}),  # the app read the whole body
         ("100", b"x" * 100, 0, "413 REQUEST ENTITY TOO LARGE", {}),  # the app refused it
-        (None, b"x" * 100, 0, "200 OK", {"HTTP_TRANSFER_ENCODING": "chunked"}),  # unsafe
+        (None, b"x" * 100, 0, "200 OK", {"HTTP_TRANSFER_ENCODING": "chunked"}),
     ],
-    ids=["capture-full", "whole-body-read", "413", "chunked-without-input-terminated"],
+    ids=["capture-full", "whole-body-read", "413", "chunked"],
 )
-def test_no_top_up_finishes_at_once_and_returns_the_apps_iterable(
+def test_the_tracker_never_reads_a_socket_like_input_and_finishes_at_once(
     content_length: str | None,
     body: bytes,
     read: int | None,
@@ -1176,31 +1199,15 @@ def test_no_top_up_finishes_at_once_and_returns_the_apps_iterable(
     result = middleware(app, finish=finish, limit=10)(environ, StartResponse())
     assert result == [b"done"] and isinstance(result, list)  # unwrapped
     assert len(finish.states) == 1
-    assert finish.states[0].request_body is not None
     assert len(underlying.calls) == calls_by_app[0]  # the tracker read nothing
 
 
-def test_top_up_read_error_is_noted_and_the_record_still_finishes() -> None:
-    class Disconnecting(RecordingStream):
-        def read(self, *args: Any) -> bytes:
-            raise OSError("client gone")
-
-    environ = make_environ(method="POST", body=b"x" * 50)
-    environ["wsgi.input"] = Disconnecting(b"")
-    finish = Finish()
-    on_error = OnError()
-    assert serve(middleware(body_app(), finish=finish, on_error=on_error), environ) == b"done"
-    assert len(finish.states) == 1
-    assert finish.states[0].request_body_omitted == "unreadable (OSError)"
-    assert on_error.errors == []
-
-
-def test_no_top_up_when_the_app_raised() -> None:
+def test_no_body_copy_when_the_app_raised() -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         raise ValueError("no")
 
     environ = make_environ(method="POST", body=b"x" * 50)
-    underlying = environ["wsgi.input"]
+    environ["wsgi.input"] = underlying = SeekableStream(b"x" * 50)
     finish = Finish()
     with pytest.raises(ValueError):
         middleware(app, finish=finish)(environ, StartResponse())
@@ -1208,19 +1215,19 @@ def test_no_top_up_when_the_app_raised() -> None:
     assert len(finish.states) == 1
 
 
-def test_top_up_and_streamed_response_finish_once_on_close() -> None:
+def test_an_unread_body_and_a_streamed_response_finish_once_on_close() -> None:
     body = Body([b"a", b"b"])
     environ = make_environ(method="POST", body=b"q" * 30)
-    underlying = environ["wsgi.input"]
+    environ["wsgi.input"] = underlying = RecordingStream(b"q" * 30)
     finish = Finish()
     result = middleware(streaming_app(body), finish=finish, limit=8)(environ, StartResponse())
     assert list(result) == [b"a", b"b"]
-    assert underlying.calls == [] and finish.states == []
+    assert finish.states == []
     result.close()  # type: ignore[attr-defined]
     result.close()  # type: ignore[attr-defined]
     assert body.closed == 2
-    assert underlying.calls == [("read", 8)]
-    assert len(finish.states) == 1
+    assert underlying.calls == []
+    assert len(finish.states) == 1 and finish.states[0].request_body_omitted == "unread"
 
 
 class ForeignStream:
@@ -1229,14 +1236,15 @@ class ForeignStream:
     def __init__(self) -> None:
         self.reads = 0
 
+    def seekable(self) -> bool:
+        return True
+
     def read(self, *args: Any) -> bytes:
         self.reads += 1
-        if self.reads > 20:
-            raise RuntimeError("still reading: the top-up loop never ends")
         return b""
 
 
-def test_top_up_leaves_a_replaced_wsgi_input_alone_and_ends() -> None:
+def test_a_replaced_wsgi_input_is_left_alone() -> None:
     foreign = ForeignStream()
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -1248,21 +1256,21 @@ def test_top_up_leaves_a_replaced_wsgi_input_alone_and_ends() -> None:
     finish = Finish()
     assert serve(middleware(app, finish=finish, limit=8), environ) == b"done"
     assert foreign.reads == 0
-    assert finish.states[0].request_body_omitted is None
+    assert finish.states[0].request_body_omitted == "unread"
 
 
-def test_top_up_never_reads_past_the_limit_after_a_failed_copy() -> None:
+def test_no_body_copy_after_a_failed_copy() -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         environ[ENVIRON_KEY].request_body.failed = True  # as after a MemoryError in add()
         start_response("200 OK", [])
         return [b"done"]
 
     environ = make_environ(method="POST", body=b"x" * 1000)
-    underlying = environ["wsgi.input"]
+    environ["wsgi.input"] = underlying = SeekableStream(b"x" * 1000)
     finish = Finish()
     assert serve(middleware(app, finish=finish, limit=10), environ) == b"done"
     assert len(finish.states) == 1
-    assert sum(size for _, size in underlying.calls) <= 10
+    assert underlying.calls == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -1412,3 +1420,52 @@ def test_tee_again_after_passthrough_clears_the_omitted_mark() -> None:
     assert state.response_body is not None
     assert bytes(state.response_body.buffer) == b"Internal S"
     assert state.response_body_omitted is None
+
+
+def test_a_tee_stream_read_to_the_end_ends_the_record_without_a_close() -> None:
+    ended: list[int] = []
+    state = RequestState()
+    state.end_stream = lambda: ended.append(1)
+    response = Response(iter([b"a", b"b"]))
+    tee_response_body(state, response, 10)
+    assert list(response.response) == [b"a", b"b"]
+    assert ended == [1] and state.stream_ended
+
+
+def test_a_tee_stream_closed_before_its_end_leaves_the_ending_to_the_close() -> None:
+    ended: list[int] = []
+    state = RequestState()
+    state.end_stream = lambda: ended.append(1)
+    response = Response(iter([b"a", b"b"]))
+    tee_response_body(state, response, 10)
+    iterator = iter(response.response)
+    assert next(iterator) == b"a"
+    response.response.close()
+    assert ended == [] and not state.stream_ended
+
+
+def test_an_error_page_wrapped_by_werkzeug_is_a_complete_body_not_a_stream() -> None:
+    from werkzeug.exceptions import Forbidden
+
+    environ = make_environ()
+    page = Response.force_type(Forbidden(), environ)  # what Flask does with abort(403)
+    assert not page.is_sequence
+    state = RequestState()
+    tee_response_body(state, page, 10_000)
+    assert state.streamed is False
+    assert state.response_body is not None
+    assert bytes(state.response_body.buffer) == page.get_data()
+
+
+def test_a_wsgi_app_response_that_streams_stays_a_stream() -> None:
+    def streaming(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"one"
+        yield b"two"
+
+    response = Response.force_type(streaming, make_environ())  # type: ignore[arg-type]
+    state = RequestState()
+    tee_response_body(state, response, 100)
+    assert state.streamed is True
+    assert list(response.response) == [b"one", b"two"]
+    assert state.response_body is not None and bytes(state.response_body.buffer) == b"onetwo"

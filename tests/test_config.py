@@ -7,11 +7,13 @@ import dataclasses
 import inspect
 import math
 import re
+import warnings
 from typing import Any
 
 import pytest
-from flask import Config
+from flask import Config, Flask
 
+from flask_tracking import Tracking
 from flask_tracking import config as config_module
 from flask_tracking.config import DEFAULTS, MiB, TrackingConfig, load_config
 from flask_tracking.policy import Policy
@@ -419,3 +421,22 @@ def test_timeseries_refuses_records_above_four_mebibytes() -> None:
     with pytest.raises(ValueError, match="4 MB"):
         load(TRACKING_STORAGE="timeseries", TRACKING_MAX_RECORD_BYTES=5 * 1024 * 1024)
     assert load(TRACKING_STORAGE="timeseries").max_record_bytes == 2 * 1024 * 1024
+
+
+def test_an_unknown_tracking_key_warns_naming_the_closest_setting() -> None:
+    app = Flask("typo")
+    app.config["TRACKING_MAX_BODY_LENGHT"] = 10
+    with pytest.warns(UserWarning, match="TRACKING_MAX_BODY_LENGHT .*TRACKING_MAX_BODY_LENGTH"):
+        Tracking(app)
+    assert app.extensions["tracking"] is not None  # a warning, not an error
+
+
+def test_an_unknown_tracking_key_with_nothing_close_warns_without_a_guess() -> None:
+    with pytest.warns(UserWarning, match=r"TRACKING_COFFEE is not a setting and is ignored\.$"):
+        load_config({"TRACKING_COFFEE": "black"})
+
+
+def test_known_keys_and_other_keys_do_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config({"TRACKING_MAX_BODY_LENGTH": 10, "SECRET_KEY": "x", "TRACKINGX": 1})

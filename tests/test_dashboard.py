@@ -884,12 +884,33 @@ def switched_app(mongo: Any) -> Iterator[Callable[..., Flask]]:
 
 
 @wiring
-def test_the_switch_refuses_without_an_access_check(mongo: Any) -> None:
-    app = Flask("refused")
-    app.config.update(TRACKING_DASHBOARD=True)
-    with pytest.raises(RuntimeError, match="dashboard_access"):
-        Tracking(app)
-    assert "tracking" not in app.extensions and "tracking_dashboard" not in app.blueprints
+def test_without_an_access_check_the_dashboard_answers_403_saying_how_to_register_one(
+    switched_app: Callable[..., Flask], seeded: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracking = Tracking()
+    app = switched_app(tracking, TRACKING_DASHBOARD=True)  # no check yet: no error either
+    client = app.test_client()
+    for url in PAGES:
+        response = client.get(url)
+        assert response.status_code == 403, url
+        assert "@tracking.dashboard_access" in response.get_data(as_text=True)
+    warnings = [r for r in caplog.records if "dashboard_access" in r.getMessage()]
+    assert len(warnings) == 1  # logged once, not per request
+
+
+@wiring
+def test_an_access_check_registered_after_init_app_opens_the_dashboard(
+    switched_app: Callable[..., Flask], seeded: Any
+) -> None:
+    tracking = Tracking()
+    app = switched_app(tracking, TRACKING_DASHBOARD=True)  # the natural order: Tracking(app)...
+
+    @tracking.dashboard_access  # ...then the check, as with Flask-Login's user_loader
+    def check() -> bool:
+        return True
+
+    for url in PAGES:
+        assert app.test_client().get(url).status_code == 200, url
 
 
 @wiring

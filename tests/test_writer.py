@@ -525,6 +525,36 @@ def test_shutdown_writes_pending_records_and_stops_the_thread(make_writer) -> No
     assert writer.shutdown(2) is True  # idempotent
 
 
+def test_stop_soon_writes_what_is_pending_then_the_thread_ends(make_writer) -> None:
+    sink = Sink()
+    writer = make_writer(sink, flush_interval_seconds=0.05, name="writer-stop-soon-test")
+    submit_all(writer, range(3))
+    writer.stop_soon()  # as the finalizer of a garbage-collected app does: no lock, no wait
+    assert wait_for(lambda: "writer-stop-soon-test" not in [t.name for t in threading.enumerate()])
+    assert sink.written == [0, 1, 2]
+    assert writer.submit({"id": 3}, 1) is False
+    assert writer.stats()["dropped_shutdown"] == 1
+    assert writer.shutdown(1) is True  # nothing left to drop
+
+
+def test_stop_soon_counts_what_it_could_not_write_in_time(make_writer) -> None:
+    sink = Sink(default="retry")
+    writer = make_writer(
+        sink,
+        flush_interval_seconds=0.05,
+        retry_initial_backoff_seconds=0.05,
+        retry_max_backoff_seconds=0.05,
+        shutdown_timeout_seconds=0.2,
+        name="writer-stop-soon-late",
+    )
+    submit_all(writer, range(2))
+    writer.stop_soon()
+    assert wait_for(lambda: "writer-stop-soon-late" not in [t.name for t in threading.enumerate()])
+    stats = writer.stats()
+    assert stats["dropped_shutdown"] == 2 and stats["pending"] == 0
+    check_invariant(stats)
+
+
 def test_shutdown_with_a_sink_that_keeps_retrying_gives_up_at_the_deadline(
     make_writer, caplog
 ) -> None:
