@@ -1508,9 +1508,10 @@ class Tracking(Document):
         return [_escape(first_line), *header_lines, "", *body]
 
     def _context_lines(self) -> list[str]:
-        """Date, client, endpoint, user, timing, exception and custom data."""
+        """Date, request id, client, endpoint, user, timing, exception and custom data."""
         fields = [
             ("Date", self.date_created.isoformat() if self.date_created else None),
+            ("Request id", self.request_id),
             ("Client IP", self.ip),
             ("Endpoint", f"{self.endpoint} ({self.url_rule})" if self.endpoint else None),
             ("Worker", self.hostname),
