@@ -293,7 +293,7 @@ def _record(records: TrackingQuerySet, record_id: str) -> Tracking:
             f"{record_id!r} is not a record id: ids are 24 hexadecimal characters, as "
             "'flask tracking list' prints them."
         )
-    record = records.filter(id=ObjectId(record_id)).first()
+    record: Tracking | None = records.filter(id=ObjectId(record_id)).first()
     if record is None:
         raise click.ClickException(
             f"No record has the id {record_id} (a full capped collection drops its oldest records)."

@@ -380,7 +380,7 @@ class Tracking:
         try:
             login_user = None
             if "flask_login" in sys.modules:  # never load a user: read the one the app loaded
-                login_user = g._get_current_object().get("_login_user")  # type: ignore[attr-defined]
+                login_user = g._get_current_object().get("_login_user")
             snapshot_request(state, current, login_user, tracked.max_custom_data_bytes)
         except Exception:
             state.snapshot_failed = True
@@ -463,7 +463,8 @@ def _database_getter(alias: str) -> Any:
     def get_database() -> Database[Any]:
         from mongoengine.connection import get_db
 
-        return get_db(alias)
+        database: Database[Any] = get_db(alias)
+        return database
 
     return get_database
 

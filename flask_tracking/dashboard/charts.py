@@ -84,7 +84,7 @@ def nice_ceiling(value: float) -> float:
     if value <= 0:
         return 1.0
     power = 10 ** math.floor(math.log10(value))
-    return next(step * power for step in (1, 2, 5, 10) if step * power >= value)
+    return float(next(step * power for step in (1, 2, 5, 10) if step * power >= value))
 
 
 def count_ceiling(value: float) -> int:
