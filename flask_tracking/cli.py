@@ -84,6 +84,8 @@ CSV_COLUMNS = (
     "response_body_truncated",
     "hostname",
     "exception",
+    "request_id",
+    "sample_rate",
     "custom_data",
 )
 _SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

@@ -720,7 +720,14 @@ def test_export_jsonl_to_stdout_with_base64_bodies(runner: FlaskCliRunner) -> No
 
 def test_export_csv_to_a_file_with_filters(runner: FlaskCliRunner, tmp_path: Path) -> None:
     insert(
-        stored_record(path="/a", status_code=500, custom_data={"order": 1}, date_created=at(1)),
+        stored_record(
+            path="/a",
+            status_code=500,
+            custom_data={"order": 1},
+            date_created=at(1),
+            request_id="req-1",
+            sample_rate=0.25,
+        ),
         stored_record(path="/b", date_created=at(2)),
         stored_record(path="/c", status_code=503, user_agent=None, date_created=at(3)),
     )
@@ -733,6 +740,7 @@ def test_export_csv_to_a_file_with_filters(runner: FlaskCliRunner, tmp_path: Pat
     assert [row["path"] for row in rows] == ["/a", "/c"]
     assert tuple(rows[0]) == cli.CSV_COLUMNS
     assert rows[0]["custom_data"] == '{"order": 1}'
+    assert (rows[0]["request_id"], rows[0]["sample_rate"]) == ("req-1", "0.25")
     assert rows[0]["user_agent.browser"] == "Firefox"
     assert rows[1]["user_agent.browser"] == ""
     assert rows[0]["date_created"] == "2024-05-01T10:01:00.000Z"

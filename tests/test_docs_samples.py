@@ -10,14 +10,17 @@ The README also keeps its two commands first, and its table of settings true.
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import mongoengine
 import pytest
 
 from flask_tracking import Tracking
+from flask_tracking.cli import tracking_cli
 from flask_tracking.config import DEFAULTS
 
 ROOT = Path(__file__).parent.parent
@@ -112,6 +115,29 @@ def test_every_python_sample_runs(page: Path, mongomock_db: Any) -> None:
 def test_every_fence_names_its_language(page: Path) -> None:
     unnamed = [line for line, language, _ in page_blocks(page) if not language]
     assert not unnamed, f"{page.name}: name the language of the blocks at lines {unnamed}"
+
+
+def command_lines() -> list[tuple[str, str]]:
+    """``(page, command line)`` of every ``$ flask tracking ...`` line of a shell block."""
+    lines = []
+    for page in PAGES:
+        for _, language, code in page_blocks(page):
+            if language in RUNNABLE:
+                continue
+            for line in code.splitlines():
+                if line.startswith("$ flask tracking "):
+                    lines.append((page.name, line[len("$ flask tracking ") :]))
+    return lines
+
+
+@pytest.mark.parametrize(("page", "line"), command_lines())
+def test_every_documented_command_line_parses(page: str, line: str) -> None:
+    """The commands and options shown in the documentation exist and take those values."""
+    words = shlex.split(line)
+    group_context = click.Context(tracking_cli)
+    command = tracking_cli.get_command(group_context, words[0])
+    assert command is not None, f"{page}: no command {words[0]!r}"
+    command.make_context(words[0], words[1:], parent=group_context)
 
 
 def test_the_blocks_are_found() -> None:
