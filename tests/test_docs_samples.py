@@ -25,8 +25,14 @@ from flask_tracking.config import DEFAULTS
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
-PAGES = [README, ROOT / "CHANGES.md", *sorted((ROOT / "docs").glob("*.md"))]
-PAGES += sorted((ROOT / "docs").glob("*.rst"))
+DOCS = ROOT / "docs"
+PAGES = [README, ROOT / "CHANGES.md"]
+PAGES += sorted(
+    page
+    for suffix in ("*.md", "*.rst")
+    for page in DOCS.rglob(suffix)
+    if "_build" not in page.relative_to(DOCS).parts
+)
 RUNNABLE = {"python", "py"}
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _RST_BLOCK = re.compile(r"^(?P<indent>[ \t]*)\.\. (?:code-block|code|sourcecode)::\s*(?P<lang>\S+)")
