@@ -1047,7 +1047,10 @@ class TrackingQuerySet(QuerySet):
         records count for ``1 / sample_rate`` requests, as in :meth:`stats`. One aggregation
         pipeline ($project, $group) that MongoDB 4.4 and mongomock accept.
         """
-        pipeline = [{"$project": {"_id": 0, **_DB_MEASURES}}, {"$group": _DB_TOTALS}]
+        pipeline: list[dict[str, Any]] = [
+            {"$project": {"_id": 0, **_DB_MEASURES}},
+            {"$group": _DB_TOTALS},
+        ]
         rows = list(self._aggregate(pipeline))
         return _db_summary(rows[0] if rows else {})
 
