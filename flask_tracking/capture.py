@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import Any, Callable
 
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -107,7 +107,7 @@ class InputTee:
         self._capture = capture
 
     def read(self, *args: Any) -> bytes:
-        data = self._stream.read(*args)
+        data: bytes = self._stream.read(*args)
         if data:
             self._capture.add(data)
         elif not args or args[0] != 0:
@@ -129,12 +129,12 @@ class InputTee:
         return count
 
     def readline(self, *args: Any) -> bytes:
-        data = self._stream.readline(*args)
+        data: bytes = self._stream.readline(*args)
         self._capture.add(data)
         return data
 
     def readlines(self, *args: Any) -> list[bytes]:
-        lines = self._stream.readlines(*args)
+        lines: list[bytes] = self._stream.readlines(*args)
         for line in lines:
             self._capture.add(line)
         return lines
@@ -589,7 +589,7 @@ class _TeeStream:
 
 def _tee_stream(
     iterable: Iterable[bytes | str], capture: BodyCapture, state: RequestState
-) -> Iterator[bytes | str]:
+) -> Generator[bytes | str, None, None]:
     """Yield the stream unchanged, copying its first bytes; note an exception mid-stream."""
     try:
         for chunk in iterable:

@@ -84,6 +84,8 @@ CSV_COLUMNS = (
     "response_body_truncated",
     "hostname",
     "exception",
+    "request_id",
+    "sample_rate",
     "custom_data",
 )
 _SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -293,7 +295,7 @@ def _record(records: TrackingQuerySet, record_id: str) -> Tracking:
             f"{record_id!r} is not a record id: ids are 24 hexadecimal characters, as "
             "'flask tracking list' prints them."
         )
-    record = records.filter(id=ObjectId(record_id)).first()
+    record: Tracking | None = records.filter(id=ObjectId(record_id)).first()
     if record is None:
         raise click.ClickException(
             f"No record has the id {record_id} (a full capped collection drops its oldest records)."
@@ -364,21 +366,33 @@ def show_command(record_id: str) -> None:
 
 @_command("curl")
 @click.argument("record_id")
-def curl_command(record_id: str) -> None:
+@click.option(
+    "--data-file",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the stored request body to this file and send it with --data-binary @FILE "
+    "(for binary bodies, which are otherwise inlined with printf or, when truncated, left out).",
+)
+def curl_command(record_id: str, data_file: str | None) -> None:
     """A curl command that sends the recorded request again (filtered headers left out)."""
     record = _record(app_records(), record_id)
-    command, notes = curl_for(record)
+    if data_file is not None:
+        with open(data_file, "wb") as stream:
+            stream.write(bytes(record.request_body or b""))
+    command, notes = curl_for(record, data_file)
     for note in notes:
         click.echo(f"# {note}", err=True)
     click.echo(command)
 
 
-def curl_for(record: Tracking) -> tuple[str, list[str]]:
+def curl_for(record: Tracking, data_file: str | None = None) -> tuple[str, list[str]]:
     """A shell command (POSIX quoting) re-sending ``record`` with curl, and notes about it.
 
     Headers stored as ``[Filtered]`` are left out, as are Host (in the URL), Content-Length
-    and Transfer-Encoding (curl sets them). A text body goes in ``--data-raw``; a binary one is
-    piped in by ``printf`` with octal escapes.
+    and Transfer-Encoding (curl sets them). With ``data_file`` (where the caller wrote the
+    stored body) the body is sent with ``--data-binary @data_file``. Otherwise a text body goes
+    in ``--data-raw``; a binary one is piped in by ``printf`` with octal escapes, unless it was
+    truncated: then it is left out and a note says so (a partial binary body is rarely worth
+    sending, and its printf would be tens of kilobytes of escapes).
     """
     method = (record.method or "GET").upper()
     body = bytes(record.request_body) if record.request_body is not None else b""
@@ -398,12 +412,17 @@ def curl_for(record: Tracking) -> tuple[str, list[str]]:
         for name, value in record.resendable_headers()
     ]
     prefix = ""
-    if body and _is_binary(body):
+    binary = bool(body) and _is_binary(body)
+    if data_file is not None:
+        lines.append(f"--data-binary {shlex.quote('@' + data_file)}")
+    elif binary and record.request_body_truncated:
+        pass  # left out; _curl_notes says why and how to get it
+    elif binary:
         prefix = f"printf {shlex.quote(_printf_format(body))} | "
         lines.append("--data-binary @-")
     elif body:
         lines.append(f"--data-raw {shlex.quote(body.decode('utf-8', 'replace'))}")
-    return prefix + " \\\n  ".join(lines), _curl_notes(record)
+    return prefix + " \\\n  ".join(lines), _curl_notes(record, binary, data_file)
 
 
 def _printf_format(body: bytes) -> str:
@@ -422,13 +441,20 @@ def _printf_format(body: bytes) -> str:
     return "".join(out)
 
 
-def _curl_notes(record: Tracking) -> list[str]:
+def _curl_notes(record: Tracking, binary: bool, data_file: str | None) -> list[str]:
     notes = []
     filtered = record.filtered_header_names()
     if filtered:
         notes.append(f"Left out filtered headers: {', '.join(filtered)}.")
-    if record.request_body_truncated:
-        kept = len(record.request_body or b"")
+    kept = len(record.request_body or b"")
+    if record.request_body_truncated and binary and data_file is None:
+        notes.append(
+            f"The stored request body is binary and truncated ({kept} of "
+            f"{record.request_body_size} bytes kept): it is left out. 'flask tracking curl "
+            f"{record.pk} --data-file FILE' writes the kept bytes to FILE and sends them with "
+            "--data-binary @FILE."
+        )
+    elif record.request_body_truncated:
         notes.append(
             f"The stored request body was truncated ({kept} of {record.request_body_size} "
             "bytes kept): this command sends only the kept part."
@@ -531,7 +557,13 @@ _STATS_SORTS = ("count", "errors", "error_rate", "mean", "p50", "p95", "p99", "m
 
 @_command("stats")
 @_filter_options
-@click.option("--by", type=click.Choice(STATS_GROUPS), default="endpoint", show_default=True)
+@click.option(
+    "--by",
+    type=click.Choice(STATS_GROUPS),
+    default="endpoint",
+    show_default=True,
+    help="Group the records by this field: one row per value.",
+)
 @click.option(
     "--sort",
     type=click.Choice(_STATS_SORTS),
@@ -573,7 +605,11 @@ def stats_command(by: str, sort: str, limit: int, **options: Any) -> None:
 @_command("timeline")
 @_filter_options
 @click.option(
-    "--bucket", type=click.Choice(list(TIMELINE_BUCKETS)), default="hour", show_default=True
+    "--bucket",
+    type=click.Choice(list(TIMELINE_BUCKETS)),
+    default="hour",
+    show_default=True,
+    help="Length of one row (UTC).",
 )
 def timeline_command(bucket: str, **options: Any) -> None:
     """Requests, errors and p95 (ms) per minute, hour or day (UTC), with a bar of the count."""
@@ -699,9 +735,16 @@ def tail_command(
     type=click.Choice(["jsonl", "csv"]),
     default="jsonl",
     show_default=True,
+    help="JSON Lines (every field, bodies in base64) or CSV (the scalar fields).",
 )
 @click.option("-o", "--output", default="-", show_default=True, help="File to write; - is stdout.")
-@click.option("--limit", type=int, default=0, help="At most this many records; 0: all.")
+@click.option(
+    "--limit",
+    type=int,
+    default=0,
+    help="At most this many records, taken in storage order: the OLDEST first (list shows the "
+    "newest first; add --since to export recent ones); 0: all.",
+)
 @click.option("--batch-size", type=int, default=500, show_default=True, help="Records per fetch.")
 def export_command(
     output_format: str, output: str, limit: int, batch_size: int, **options: Any

@@ -359,7 +359,7 @@ class _Reader:
         if isinstance(value, bool) or not in_range or (maximum is not None and value > maximum):
             bound = f" and at most {maximum}" if maximum is not None else ""
             raise self._fail(key, f"an integer of at least {minimum}{bound}")
-        return value
+        return int(value)
 
     def number(self, key: str, *, minimum: float, maximum: float | None = None) -> float:
         value = self._config[key]

@@ -12,10 +12,10 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import date, datetime, timedelta, timezone
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 from bson import ObjectId
@@ -24,25 +24,26 @@ from mongoengine import (
     BooleanField,
     DateTimeField,
     DictField,
-    Document,
     DynamicField,
-    EmbeddedDocument,
     EmbeddedDocumentField,
     FloatField,
     GenericReferenceField,
     IntField,
     ListField,
     Q,
-    QuerySet,
     StringField,
 )
 from pymongo import CursorType
 from pymongo.errors import ConnectionFailure
 
+from flask_tracking._mongoengine import Document, EmbeddedDocument, QuerySet
 from flask_tracking.redact import FILTERED
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeGuard
     from werkzeug.test import TestResponse
+
+_T = TypeVar("_T")
 
 __all__ = [
     "DatabaseActivity",
@@ -148,10 +149,12 @@ def _body_lines(
 
 
 def _status_line(status: int | None) -> str:
+    if status is None:
+        return "-"
     try:
         return f"{status} {HTTPStatus(status).phrase}"
     except ValueError:
-        return f"{status if status is not None else '-'}"
+        return f"{status}"
 
 
 def _replay_headers(stored: Any, overrides: Any) -> list[tuple[str, str]]:
@@ -578,7 +581,8 @@ def _mongomock_spec(queryset: TrackingQuerySet) -> dict[str, Any]:
     """``queryset``'s filter as mongomock's ``find`` matches it (mongomock only)."""
     from mongomock import helpers
 
-    return helpers.patch_datetime_awareness_in_document(queryset._query)
+    spec: dict[str, Any] = helpers.patch_datetime_awareness_in_document(queryset._query)
+    return spec
 
 
 # --- first records in an order, on mongomock ----------------------------------------------
@@ -724,7 +728,7 @@ def _fetch_top(
     return list(loader)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     """``$isNumber``: an int or a float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -1043,7 +1047,10 @@ class TrackingQuerySet(QuerySet):
         records count for ``1 / sample_rate`` requests, as in :meth:`stats`. One aggregation
         pipeline ($project, $group) that MongoDB 4.4 and mongomock accept.
         """
-        pipeline = [{"$project": {"_id": 0, **_DB_MEASURES}}, {"$group": _DB_TOTALS}]
+        pipeline: list[dict[str, Any]] = [
+            {"$project": {"_id": 0, **_DB_MEASURES}},
+            {"$group": _DB_TOTALS},
+        ]
         rows = list(self._aggregate(pipeline))
         return _db_summary(rows[0] if rows else {})
 
@@ -1088,7 +1095,7 @@ class TrackingQuerySet(QuerySet):
         return {key: counts[key][0]["n"] if counts.get(key) else 0 for key in facets}
 
     def _pipeline_user_agents(self, by: str) -> list[dict[str, Any]]:
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$group": {"_id": f"$user_agent.{by}", "count": {"$sum": _WEIGHT}}},
             {"$sort": {"count": -1, "_id": 1}},
         ]
@@ -1111,7 +1118,8 @@ class TrackingQuerySet(QuerySet):
 
         ``allowDiskUse`` lets the $sort and $group of a large window spill past 100 MB.
         """
-        return self._report_order().aggregate(pipeline, allowDiskUse=True)
+        rows: Iterator[dict[str, Any]] = self._report_order().aggregate(pipeline, allowDiskUse=True)
+        return rows
 
     def fetch(self, within: Reports | None = None) -> list[Any]:
         """``list(self)``, the same records in the same order; faster on mongomock for the
@@ -1162,7 +1170,9 @@ class TrackingQuerySet(QuerySet):
             return found, found[-1].pk  # more records before the settled point: go on there
         return found, max(after, settled)
 
-    def follow(self, *, interval: float = 1.0, timeout: float | None = None) -> Iterator[Tracking]:
+    def follow(
+        self, *, interval: float = 1.0, timeout: float | None = None
+    ) -> Generator[Tracking, None, None]:
         """Yield the selected records stored from now on, in storage order (like ``tail -f``).
 
         On a capped collection a tailable cursor waits up to ``interval`` seconds for each new
@@ -1279,7 +1289,7 @@ class Reports:
         """As :meth:`TrackingQuerySet.execution_times`."""
         return self._run(self._execution_times, self._queryset._scalar_execution_times)
 
-    def _run(self, in_process: Callable[..., Any], pipeline: Callable[..., Any], *args: Any) -> Any:
+    def _run(self, in_process: Callable[..., _T], pipeline: Callable[..., _T], *args: Any) -> _T:
         if self._in_process:
             try:
                 return in_process(*args)
@@ -1428,6 +1438,10 @@ class Tracking(Document):
     sample_rate = FloatField()
     db = EmbeddedDocumentField(DatabaseActivity)
 
+    if TYPE_CHECKING:
+        #: Set by MongoEngine's metaclass: a :class:`TrackingQuerySet` over the collection.
+        objects: ClassVar[TrackingQuerySet]
+
     meta: ClassVar[dict[str, Any]] = {
         "collection": "tracking",
         "auto_create_index": False,
@@ -1508,9 +1522,10 @@ class Tracking(Document):
         return [_escape(first_line), *header_lines, "", *body]
 
     def _context_lines(self) -> list[str]:
-        """Date, client, endpoint, user, timing, exception and custom data."""
+        """Date, request id, client, endpoint, user, timing, exception and custom data."""
         fields = [
             ("Date", self.date_created.isoformat() if self.date_created else None),
+            ("Request id", self.request_id),
             ("Client IP", self.ip),
             ("Endpoint", f"{self.endpoint} ({self.url_rule})" if self.endpoint else None),
             ("Worker", self.hostname),

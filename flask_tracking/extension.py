@@ -409,7 +409,7 @@ class Tracking:
         try:
             login_user = session_user_id = None
             if "flask_login" in sys.modules:  # never load a user: read the one the app loaded
-                login_user = g._get_current_object().get("_login_user")  # type: ignore[attr-defined]
+                login_user = g._get_current_object().get("_login_user")
                 if login_user is None:
                     session_user_id = _session_user_id()
             snapshot_request(
@@ -512,7 +512,8 @@ def _database_getter(alias: str) -> Any:
     def get_database() -> Database[Any]:
         from mongoengine.connection import get_db
 
-        return get_db(alias)
+        database: Database[Any] = get_db(alias)
+        return database
 
     return get_database
 

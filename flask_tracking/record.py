@@ -201,7 +201,7 @@ def _text_bytes(*texts: Iterable[Any] | str) -> int:
             total += len(text)
             continue
         try:
-            total += sum(map(len, text))  # type: ignore[arg-type]
+            total += sum(map(len, text))
         except TypeError:
             total += sum(len(item) if type(item) is str else 1024 for item in text)
     return total
@@ -216,9 +216,9 @@ def _request_headers(environ: dict[str, Any]) -> tuple[tuple[str, ...], tuple[An
     layout = tuple(environ)
     plan = _HEADER_PLANS.get(layout)
     if plan is None:
-        keys = [key for key in layout if key[:5] == "HTTP_" or key in _CONTENT_KEYS]
-        getter = itemgetter(*keys) if len(keys) > 1 else None
-        plan = (tuple(keys), tuple(_header_name(key) for key in keys), getter)
+        header_keys = [key for key in layout if key[:5] == "HTTP_" or key in _CONTENT_KEYS]
+        getter = itemgetter(*header_keys) if len(header_keys) > 1 else None
+        plan = (tuple(header_keys), tuple(_header_name(key) for key in header_keys), getter)
         if len(_HEADER_PLANS) >= _MAX_REMEMBERED_LAYOUTS:
             _HEADER_PLANS.clear()
         _HEADER_PLANS[layout] = plan

@@ -39,7 +39,9 @@ CUSTOM_DATA_CUT = "[cut: custom data could not be stored]"
 
 # Measure sizes with a codec that accepts UUIDs (e.g. a user's UUID primary key): the client
 # that stores the app's own users can encode them, and they take 16 bytes either way.
-_SIZE_CHECK = CodecOptions(uuid_representation=UuidRepresentation.STANDARD)
+_SIZE_CHECK: CodecOptions[dict[str, Any]] = CodecOptions(
+    uuid_representation=UuidRepresentation.STANDARD
+)
 _DUPLICATE_KEY = 11000
 #: A hook that sees each document before it is stored: return it (changed) or None to drop it.
 BeforeSave = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -132,7 +134,7 @@ class MongoSink:
         if not isinstance(record, RequestState):  # a document handed back for a retry
             return record, True
         try:
-            document: dict[str, Any] | None = to_document(
+            document: dict[str, Any] = to_document(
                 record,
                 self._redactor,
                 self._anonymize_ip,
@@ -146,22 +148,23 @@ class MongoSink:
         hooks = self._before_save()
         for hook in hooks:
             try:
-                document = hook(document)
+                changed = hook(document)
             except Exception:
                 self._logger.exception("flask_tracking: a before_save hook raised; record dropped")
                 dropped["hook_error"] += 1
                 return None
-            if document is None:
+            if changed is None:
                 dropped["by_hook"] += 1
                 return None
-            if not isinstance(document, dict):
+            if not isinstance(changed, dict):
                 self._logger.error(
                     "flask_tracking: a before_save hook returned %s, not a dict or None; "
                     "record dropped",
-                    type(document).__name__,
+                    type(changed).__name__,
                 )
                 dropped["hook_error"] += 1
                 return None
+            document = changed
         for name in self._omitted_fields:
             document.pop(name, None)
         if self._spec.meta_field == SERIES_FIELD:

@@ -18,6 +18,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["BatchOutcome", "BatchWriter"]
 
@@ -34,9 +35,10 @@ BASE_DROP_REASONS: tuple[str, ...] = (
 #: A warning about a given drop reason (or failing callback) is logged at most this often.
 LOG_INTERVAL_SECONDS = 60.0
 
-# One buffered record: (sequence number, record, size in bytes). The sequence number orders
+# One buffered record: (sequence number, record, size in bytes). Records are opaque here: the
+# writer hands them to write_batch as they came. The sequence number orders
 # records for flush() and lets retried records go back to the head of the queue in order.
-_Entry = tuple[int, dict, int]
+_Entry = tuple[int, Any, int]
 
 
 @dataclass
@@ -53,7 +55,7 @@ class BatchOutcome:
     dropped: dict[str, int] = field(default_factory=dict)
     """Records given up on, by reason, e.g. ``{"encode_error": 1, "db_error": 3}``."""
 
-    retry: list[dict] = field(default_factory=list)
+    retry: list[Any] = field(default_factory=list)
     """Records to try again later (transient failure, e.g. network), in batch order: normally the
     same dict objects that were passed in. A dict that is not one of them (e.g. the record
     already converted to its stored form) replaces a record of the batch: it takes the place,
@@ -93,7 +95,7 @@ class _ExitHook:
         self._ref = weakref.ref(writer, self._forget)
         atexit.register(self)
 
-    def _forget(self, _ref: weakref.ref) -> None:
+    def _forget(self, _ref: weakref.ref[BatchWriter]) -> None:
         # May run during interpreter teardown, when atexit can already be half gone.
         with contextlib.suppress(Exception):
             atexit.unregister(self)
@@ -145,9 +147,11 @@ class BatchWriter:
     thread keeps its writer alive until ``shutdown()``.
     """
 
+    _due_seq: int  # set with the rest of the state in _reset(); declared for flush()
+
     def __init__(
         self,
-        write_batch: Callable[[list[dict]], BatchOutcome],
+        write_batch: Callable[[list[Any]], BatchOutcome],
         *,
         max_queue_records: int = 10_000,
         max_queue_bytes: int = 64 * 1024 * 1024,
@@ -216,7 +220,7 @@ class BatchWriter:
 
     # ------------------------------------------------------------------ public API
 
-    def submit(self, record: dict, size_bytes: int) -> bool:
+    def submit(self, record: Any, size_bytes: int) -> bool:
         """Queue ``record`` (``size_bytes`` long once encoded) for writing; never blocks or raises.
 
         Returns False, and counts the record as ``dropped_queue_full``, when accepting it would

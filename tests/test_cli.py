@@ -241,6 +241,32 @@ def test_show_prints_the_debug_view(runner: FlaskCliRunner) -> None:
     assert '"item": 1' in result.stdout
 
 
+def test_show_prints_the_request_id(runner: FlaskCliRunner) -> None:
+    (record_id,) = insert(stored_record(request_id="4bf92f3577b34da6a3ce929d0e0e4736"))
+    result = run(runner, "show", str(record_id))
+    assert "Request id: 4bf92f3577b34da6a3ce929d0e0e4736\n" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "words"),
+    [
+        ("stats", "--by", "Group the records"),
+        ("timeline", "--bucket", "Length of one row"),
+        ("export", "--format", "JSON Lines"),
+        ("export", "--limit", "OLDEST first"),
+    ],
+)
+def test_help_describes_the_options(
+    runner: FlaskCliRunner, command: str, option: str, words: str
+) -> None:
+    result = run(runner, command, "--help")
+    assert result.exit_code == 0
+    described = " ".join(result.stdout.split())  # click wraps the help text
+    options = described[described.index("Options:") :]
+    after = options[options.index(f"{option} ") :]
+    assert words in after[:300], described
+
+
 def test_show_malformed_and_unknown_ids(runner: FlaskCliRunner) -> None:
     insert(stored_record())
     assert_clear_error(run(runner, "show", "12345"), "'12345' is not a record id")
@@ -317,6 +343,35 @@ def test_curl_pipes_a_binary_body_through_printf(runner: FlaskCliRunner) -> None
     assert shlex.split(curl_part)[-2:] == ["--data-binary", "@-"]
     printed = subprocess.run(["sh", "-c", printf], capture_output=True, check=True).stdout
     assert printed == body
+
+
+def test_curl_leaves_out_a_truncated_binary_body_and_offers_a_data_file(
+    runner: FlaskCliRunner, tmp_path: Any
+) -> None:
+    kept = bytes(range(256)) * 40
+    (record_id,) = insert(
+        stored_record(
+            method="POST",
+            path="/upload",
+            request_headers=[["Content-Type", "application/octet-stream"]],
+            request_body=kept,
+            request_body_size=1_000_000,
+            request_body_truncated=True,
+        )
+    )
+    result = run(runner, "curl", str(record_id))
+    assert result.exit_code == 0
+    assert "printf" not in result.stdout and "--data" not in result.stdout
+    assert len(result.stdout) < 500
+    assert f"binary and truncated ({len(kept)} of 1000000 bytes kept)" in result.stderr
+    assert f"flask tracking curl {record_id} --data-file FILE" in result.stderr
+
+    target = tmp_path / "body.bin"
+    result = run(runner, "curl", str(record_id), "--data-file", str(target))
+    assert result.exit_code == 0
+    assert target.read_bytes() == kept
+    assert shlex.split(result.stdout)[-2:] == ["--data-binary", f"@{target}"]
+    assert "truncated" in result.stderr and "--data-file FILE" not in result.stderr
 
 
 def test_curl_notes_truncated_and_missing_bodies(runner: FlaskCliRunner) -> None:
@@ -665,7 +720,14 @@ def test_export_jsonl_to_stdout_with_base64_bodies(runner: FlaskCliRunner) -> No
 
 def test_export_csv_to_a_file_with_filters(runner: FlaskCliRunner, tmp_path: Path) -> None:
     insert(
-        stored_record(path="/a", status_code=500, custom_data={"order": 1}, date_created=at(1)),
+        stored_record(
+            path="/a",
+            status_code=500,
+            custom_data={"order": 1},
+            date_created=at(1),
+            request_id="req-1",
+            sample_rate=0.25,
+        ),
         stored_record(path="/b", date_created=at(2)),
         stored_record(path="/c", status_code=503, user_agent=None, date_created=at(3)),
     )
@@ -678,6 +740,7 @@ def test_export_csv_to_a_file_with_filters(runner: FlaskCliRunner, tmp_path: Pat
     assert [row["path"] for row in rows] == ["/a", "/c"]
     assert tuple(rows[0]) == cli.CSV_COLUMNS
     assert rows[0]["custom_data"] == '{"order": 1}'
+    assert (rows[0]["request_id"], rows[0]["sample_rate"]) == ("req-1", "0.25")
     assert rows[0]["user_agent.browser"] == "Firefox"
     assert rows[1]["user_agent.browser"] == ""
     assert rows[0]["date_created"] == "2024-05-01T10:01:00.000Z"

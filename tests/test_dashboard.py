@@ -22,7 +22,13 @@ from flask_login import LoginManager, UserMixin, current_user, login_user
 
 from flask_tracking import Tracking
 from flask_tracking.dashboard import make_blueprint
-from flask_tracking.dashboard.charts import format_ms, nice_ceiling
+from flask_tracking.dashboard.charts import (
+    count_ceiling,
+    format_ms,
+    histogram_chart,
+    nice_ceiling,
+    timeline_chart,
+)
 from flask_tracking.dashboard.present import hexdump
 from flask_tracking.dashboard.windows import PRESETS, Window, utc_now
 from flask_tracking.documents import percentile
@@ -619,9 +625,33 @@ def test_copy_as_curl_works_without_javascript(client: Any, seeded: list[dict[st
     assert "flask_tracking/copy.js" in page
 
 
-@pytest.mark.parametrize("record_id", ["nope", "0" * 24])
-def test_unknown_record_is_404(client: Any, record_id: str) -> None:
-    assert client.get(f"/tracking/requests/{record_id}").status_code == 404
+@pytest.mark.parametrize(
+    ("record_id", "message"),
+    [
+        ("nope", "&#39;nope&#39; is not a record id"),
+        ("0" * 24, f"No record has the id {'0' * 24}"),
+    ],
+)
+def test_unknown_record_is_the_dashboards_own_404(
+    client: Any, record_id: str, message: str
+) -> None:
+    response = client.get(f"/tracking/requests/{record_id}")
+    assert response.status_code == 404
+    page = response.get_data(as_text=True)
+    assert "flask_tracking/dashboard.css" in page, "the dashboard's page, not Werkzeug's"
+    assert "<h1>Not found</h1>" in page and message in page
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_one_signed_in_user_is_singular(make_app: Callable[..., Flask], mongo: Any) -> None:
+    now = utc_now()
+    mongo["tracking"].insert_many(
+        [make_record(now - timedelta(minutes=5), user_id="7") for _ in range(2)]
+    )
+    app = make_app()
+    app.register_blueprint(make_blueprint(public=True))
+    page = app.test_client().get("/tracking/?window=1h").get_data(as_text=True)
+    assert "1 signed-in user<" in page and "1 signed-in users" not in page
 
 
 # --- escaping -----------------------------------------------------------------------------
@@ -827,6 +857,65 @@ def test_database_not_connected_is_a_503() -> None:
 
 
 # --- pure helpers -------------------------------------------------------------------------
+
+
+def test_count_axes_have_whole_steps() -> None:
+    assert [count_ceiling(value) for value in (0, 1, 2, 3, 5, 7, 10, 11, 45, 61, 999)] == [
+        2,
+        2,
+        2,
+        4,
+        6,
+        10,
+        10,
+        20,
+        60,
+        100,
+        1000,
+    ]
+    start = datetime(2024, 5, 1, 10)
+    chart = timeline_chart(
+        [{"start": start, "count": 1, "errors": 0, "p95": 3.0}], [start], timedelta(hours=1)
+    )
+    axis = [label.text for label in chart.labels if label.anchor == "end"]
+    assert axis == ["0", "1", "2"]
+    histogram = histogram_chart([4.0])
+    assert [label.text for label in histogram.labels if label.anchor == "end"] == ["0", "1", "2"]
+
+
+def test_a_lone_p95_point_gets_a_marker() -> None:
+    hours = [datetime(2024, 5, 1, hour) for hour in range(10, 15)]
+    rows = [
+        {"start": hours[0], "count": 3, "errors": 0, "p95": 10.0},
+        {"start": hours[1], "count": 2, "errors": 0, "p95": 20.0},
+        {"start": hours[3], "count": 1, "errors": 1, "p95": 40.0},  # alone between gaps
+    ]
+    chart = timeline_chart(rows, hours, timedelta(hours=1))
+    assert len(chart.lines) == 1 and len(chart.lines[0].split()) == 2
+    assert len(chart.markers) == 1
+    x, _ = chart.markers[0]
+    assert chart.plot_left < x < chart.plot_right
+
+
+def test_the_timeline_starts_at_the_first_data() -> None:
+    hours = [datetime(2024, 5, 1, hour) for hour in range(24)]
+    rows = [{"start": hours[hour], "count": 2, "errors": 0, "p95": 5.0} for hour in (13, 15)]
+    chart = timeline_chart(rows, hours, timedelta(hours=1))
+    times = [label.text for label in chart.labels if label.y == chart.height - 8]
+    assert times[0] == "05-01 13:00"
+    assert "11 buckets" in chart.description  # 13:00 to 23:00, the end of the window kept
+    first_bar = min(bar.x for bar in chart.bars)
+    assert first_bar < chart.plot_left + (chart.plot_right - chart.plot_left) / 11
+
+
+def test_timeline_page_draws_a_marker_for_one_point(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    mongo["tracking"].insert_one(make_record(utc_now() - timedelta(minutes=5)))
+    app = make_app()
+    app.register_blueprint(make_blueprint(public=True))
+    page = app.test_client().get("/tracking/?window=24h").get_data(as_text=True)
+    assert '<circle class="p95"' in page
 
 
 def test_nice_ceiling_and_formats() -> None:

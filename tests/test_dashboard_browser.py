@@ -355,6 +355,44 @@ def test_phone_and_dark_mode(browser: Any, server: str) -> None:
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
 
+#: For the first row of the request table: each cell's text, and whether it lies inside the
+#: viewport and inside its scroll container's visible part (no sideways scrolling to see it).
+FIRST_ROW_CELLS = """
+const width = document.documentElement.clientWidth;
+const row = document.querySelector("table.requests tbody tr");
+const scroller = row.closest(".scroll");
+return [...row.querySelectorAll("td")].filter(cell => cell.offsetParent !== null).map(cell => {
+  const box = cell.getBoundingClientRect();
+  return [cell.className, cell.textContent.trim(), box.left >= 0 && box.right <= width + 1,
+          scroller.scrollWidth <= scroller.clientWidth + 1];
+});
+"""
+
+
+def test_phone_request_tables_show_status_and_duration(browser: Any, server: str) -> None:
+    try:
+        browser.set_window_size(*PHONE)
+        for path, name in (
+            ("/tracking/requests", "requests-phone"),
+            ("/tracking/live", "live-phone"),
+        ):
+            load(browser, server + path)
+            if path.endswith("live"):
+                wait_for(
+                    browser, lambda: "Live:" in browser.find_element(By.ID, "live-status").text
+                )
+            cells = browser.execute_script(FIRST_ROW_CELLS)
+            status = [cell for cell in cells if "status" in cell[0].split()]
+            duration = [cell for cell in cells if cell[0].split() == ["num", "nowrap"]]
+            assert status and status[0][1].isdigit(), (path, cells)
+            assert duration and duration[0][1].endswith("s"), (path, cells)
+            assert all(inside and unscrolled for _, _, inside, unscrolled in cells), (path, cells)
+            assert no_horizontal_scroll(browser), path
+            screenshot(browser, name)
+    finally:
+        browser.set_window_size(*DESKTOP)
+
+
 def test_pages_work_without_javascript(server: str) -> None:
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         driver = make_driver(profile, javascript=False)

@@ -55,6 +55,8 @@ class Chart:
     height: int = HEIGHT
     bars: list[Bar] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    #: Points of a line that has no neighbour to join (a one-point polyline is invisible).
+    markers: list[tuple[float, float]] = field(default_factory=list)
     labels: list[Label] = field(default_factory=list)
     grid: list[float] = field(default_factory=list)
     description: str = ""
@@ -82,7 +84,16 @@ def nice_ceiling(value: float) -> float:
     if value <= 0:
         return 1.0
     power = 10 ** math.floor(math.log10(value))
-    return next(step * power for step in (1, 2, 5, 10) if step * power >= value)
+    return float(next(step * power for step in (1, 2, 5, 10) if step * power >= value))
+
+
+def count_ceiling(value: float) -> int:
+    """The top of a count axis: the smallest of 2, 4, 6, 10 times a power of ten (from 2) that
+    is at least ``value``, so that its half, the axis' middle label, is a whole number."""
+    if value <= 2:
+        return 2
+    power = 10 ** math.floor(math.log10(value))
+    return int(next(step * power for step in (1, 2, 4, 6, 10) if step * power >= value))
 
 
 def format_ms(value: float | None) -> str:
@@ -102,27 +113,28 @@ def timeline_chart(
     """Requests (bars), errors (red bars in front) and p95 (a line, right axis) per bucket.
 
     ``rows`` come from :meth:`TrackingQuerySet.timeline`; ``starts`` are the buckets of the
-    whole window, so empty buckets show as gaps rather than being left out.
+    window, so empty buckets between records show as gaps rather than being left out. The chart
+    begins at the first bucket with records: the empty start of a window says nothing.
     """
-    by_start = {row["start"]: row for row in rows}
-    starts = list(starts) or sorted(by_start)
+    by_start = {row["start"]: row for row in rows if row["count"]}
     chart = Chart()
-    if not starts or not rows:
+    if not by_start:
         return chart
-    most = nice_ceiling(max(row["count"] for row in rows))
+    first = min(by_start)
+    starts = [start for start in starts if start >= first] or sorted(by_start)
+    most = count_ceiling(max(row["count"] for row in rows))
     slowest = nice_ceiling(max((row["p95"] or 0) for row in rows))
     plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_width / len(starts)
     bar_width = max(slot * 0.8, 0.5)
     layout = _time_layout(bucket_size)
-    points: list[str] = []
+    points: list[tuple[float, float]] = []
     for index, start in enumerate(starts):
         row = by_start.get(start)
         x = LEFT + index * slot + (slot - bar_width) / 2
-        if row is None or not row["count"]:
-            if points:
-                chart.lines.append(" ".join(points))
-                points = []
+        if row is None:
+            _end_line(chart, points)
+            points = []
             continue
         title = (
             f"{start:{layout}} UTC: {row['count']} requests, {row['errors']} errors, "
@@ -137,9 +149,8 @@ def timeline_chart(
             )
         if row["p95"] is not None:
             y = TOP + plot_height - row["p95"] / slowest * plot_height
-            points.append(f"{x + bar_width / 2:.1f},{y:.1f}")
-    if points:
-        chart.lines.append(" ".join(points))
+            points.append((x + bar_width / 2, y))
+    _end_line(chart, points)
     chart.grid = [TOP + plot_height * fraction for fraction in (0, 0.5, 1)]
     for fraction in (0, 0.5, 1):
         y = TOP + plot_height * (1 - fraction) + 4
@@ -157,6 +168,14 @@ def timeline_chart(
     return chart
 
 
+def _end_line(chart: Chart, points: list[tuple[float, float]]) -> None:
+    """Add a finished run of p95 points: a polyline, or a marker for a lone point."""
+    if len(points) == 1:
+        chart.markers.append(points[0])
+    elif points:
+        chart.lines.append(" ".join(f"{x:.1f},{y:.1f}" for x, y in points))
+
+
 def histogram_chart(sorted_times: Sequence[float]) -> Chart:
     """How many requests took how long: bars over 1-2-5 bins (:data:`HISTOGRAM_EDGES_MS`),
     from the first non-empty bin to the last."""
@@ -168,7 +187,7 @@ def histogram_chart(sorted_times: Sequence[float]) -> Chart:
         counts[bisect.bisect_right(HISTOGRAM_EDGES_MS, value) - 1] += 1
     used = [index for index, count in enumerate(counts) if count]
     first, last = used[0], used[-1]
-    most = nice_ceiling(max(counts))
+    most = count_ceiling(max(counts))
     plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_width / (last - first + 1)
     for position, index in enumerate(range(first, last + 1)):

@@ -19,6 +19,7 @@ from bson import ObjectId
 from flask import Blueprint, Response, abort, jsonify, render_template, request, url_for
 from mongoengine.connection import ConnectionFailure as NotConnected
 from pymongo.errors import PyMongoError
+from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..cli import app_records, curl_for, select_records
@@ -126,6 +127,7 @@ def make_blueprint(
     blueprint.context_processor(_template_helpers)
     blueprint.register_error_handler(PyMongoError, _database_unavailable)
     blueprint.register_error_handler(NotConnected, _database_unavailable)
+    blueprint.register_error_handler(404, _not_found)
     blueprint.add_url_rule("/", "overview", pages.overview)
     blueprint.add_url_rule("/endpoints/<name>", "endpoint", pages.endpoint)
     blueprint.add_url_rule("/requests", "requests", pages.request_list)
@@ -175,6 +177,13 @@ def _database_unavailable(error: Exception) -> tuple[str, int]:
     return render_template(
         "flask_tracking/error.html", title="Database unavailable", message=message
     ), 503
+
+
+def _not_found(error: NotFound) -> tuple[str, int]:
+    """The dashboard's own page for an unknown record or endpoint, instead of Werkzeug's."""
+    return render_template(
+        "flask_tracking/error.html", title="Not found", message=error.description
+    ), 404
 
 
 @dataclass(frozen=True)
@@ -282,10 +291,14 @@ class _Pages:
     def request_detail(self, record_id: str) -> str:
         """Everything stored about one request, and a curl command that sends it again."""
         if not ObjectId.is_valid(record_id):
-            abort(404)
+            abort(404, f"{record_id!r} is not a record id: ids are 24 hexadecimal characters.")
         record: Tracking | None = app_records().filter(id=ObjectId(record_id)).first()
         if record is None:
-            abort(404)
+            abort(
+                404,
+                f"No record has the id {record_id} (a full capped collection drops its oldest "
+                "records).",
+            )
         command, notes = curl_for(record)
         return render_template(
             "flask_tracking/request.html",

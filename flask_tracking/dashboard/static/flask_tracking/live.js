@@ -30,7 +30,7 @@
   function row(record) {
     var tr = document.createElement("tr");
     tr.className = (record.status_class ? record.status_class + " " : "") + "fresh";
-    tr.appendChild(cell(record.date, "nowrap"));
+    tr.appendChild(cell(record.date, "nowrap when"));
     tr.appendChild(cell(record.method));
     var path = cell("", "path");
     var link = document.createElement("a");
@@ -40,7 +40,7 @@
     tr.appendChild(path);
     tr.appendChild(cell(record.status, "num status"));
     tr.appendChild(cell(record.time, "num nowrap"));
-    var db = cell(record.db_count, "num nowrap");
+    var db = cell(record.db_count, "num nowrap optional");
     if (record.db_repeated) {
       db.title = "a query shape repeated " + record.db_repeated;
       var repeated = document.createElement("span");
@@ -49,10 +49,10 @@
       db.appendChild(repeated);
     }
     tr.appendChild(db);
-    tr.appendChild(cell(record.db_time, "num nowrap"));
-    tr.appendChild(cell(record.user));
-    tr.appendChild(cell(record.ip));
-    tr.appendChild(cell(record.endpoint));
+    tr.appendChild(cell(record.db_time, "num nowrap optional"));
+    tr.appendChild(cell(record.user, "optional"));
+    tr.appendChild(cell(record.ip, "optional"));
+    tr.appendChild(cell(record.endpoint, "optional"));
     return tr;
   }
 
