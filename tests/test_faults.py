@@ -33,7 +33,7 @@ import mongomock
 import pymongo
 import pytest
 from flask import Flask
-from pymongo.errors import AutoReconnect, CollectionInvalid, OperationFailure
+from pymongo.errors import AutoReconnect, CollectionInvalid
 
 from flask_tracking import Tracking
 from flask_tracking.capture import BodyCapture
@@ -516,77 +516,6 @@ def test_a_full_queue_never_blocks_counts_exactly_the_overflow_and_stays_flat(
     assert stats["enqueued"] + stats["dropped_queue_full"] == 1 + 499 + 50 + 400
     check_invariant(stats)
     assert len(stored(app, mongo)) == 100
-
-
-# ---------------------------------------------------------------------------- insert-only
-
-FORBIDDEN_COLLECTION_METHODS = (
-    "update_one",
-    "update_many",
-    "replace_one",
-    "find_one_and_update",
-    "find_one_and_replace",
-    "find_one_and_delete",
-    "bulk_write",
-    "delete_one",
-    "delete_many",
-    "insert_one",
-    "drop",
-    "rename",
-)
-FORBIDDEN_DATABASE_METHODS = ("command", "drop_collection")
-
-
-def test_writes_are_insert_only_through_retries_and_errors(
-    make_app: Callable[..., Flask], mongo: Any
-) -> None:
-    forbidden: list[str] = []
-    inserts: list[int] = []
-
-    def spy(owner: type, name: str) -> Any:
-        original = getattr(owner, name)
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            forbidden.append(f"{owner.__name__}.{name}")
-            return original(*args, **kwargs)
-
-        return mock.patch.object(owner, name, new=wrapper)
-
-    faults: list[Exception | None] = [
-        AutoReconnect("down"),
-        OperationFailure("not authorized", code=13),
-        AutoReconnect("down again"),
-    ]
-
-    def insert(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
-        inserts.append(len(inserts))
-        fault = faults.pop(0) if faults else None
-        if fault is not None:
-            raise fault
-        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
-
-    app = make_app(TRACKING_FLUSH_INTERVAL_SECONDS=60)
-    tracking = app.extensions["tracking"]
-    with contextlib.ExitStack() as stack:
-        for owner in COLLECTION_CLASSES:
-            for name in FORBIDDEN_COLLECTION_METHODS:
-                stack.enter_context(spy(owner, name))
-        for owner in DATABASE_CLASSES:
-            for name in FORBIDDEN_DATABASE_METHODS:
-                stack.enter_context(spy(owner, name))
-        stack.enter_context(patch_insert_many(insert))
-        client = app.test_client()
-        for round_number in range(5):
-            for i in range(3):
-                client.get(f"/hello?r={round_number}&i={i}")
-            tracking.flush(2)
-        client.get("/missing", buffered=True)
-        tracking.flush(2)
-    assert forbidden == []
-    assert len(inserts) >= 6
-    stats = tracking.stats(app)
-    assert stats["written"] >= 1
-    check_invariant(stats)
 
 
 # ---------------------------------------------------------------------------- process exit
