@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -86,7 +86,9 @@ class ExampleApp:
 
 
 @pytest.fixture
-def start_app(instance: Path) -> Iterator[type[ExampleApp]]:
+def start_app(instance: Path) -> Iterator[Callable[[], ExampleApp]]:
+    """Start the example app; every app started is killed at the end if still running, and
+    no server is left behind."""
     started: list[ExampleApp] = []
 
     def start() -> ExampleApp:
@@ -94,7 +96,7 @@ def start_app(instance: Path) -> Iterator[type[ExampleApp]]:
         started.append(app)
         return app
 
-    yield start  # type: ignore[misc]
+    yield start
     for app in started:
         if app.process.poll() is None:
             app.process.kill()
@@ -127,7 +129,7 @@ def listed(instance: Path, text: str, timeout: float = 15.0) -> str:
 
 
 def test_the_cli_reads_the_example_apps_records_and_the_server_stops_with_the_app(
-    instance: Path, start_app: type[ExampleApp]
+    instance: Path, start_app: Callable[[], ExampleApp]
 ) -> None:
     missing = cli(instance, "list")
     assert missing.returncode != 0
@@ -168,7 +170,7 @@ def test_a_stale_address_file_gets_a_clear_message(instance: Path) -> None:
 
 
 def test_a_server_left_by_a_killed_app_is_stopped_by_the_next_start(
-    instance: Path, start_app: type[ExampleApp]
+    instance: Path, start_app: Callable[[], ExampleApp]
 ) -> None:
     first = start_app()
     orphan = json.loads((instance / local_db.ADDRESS_FILE).read_text())["server_pid"]
