@@ -143,6 +143,9 @@ def test_the_cli_reads_the_example_apps_records_and_the_server_stops_with_the_ap
     assert "/?first=run" in listed(instance, "/?first=run")
     assert cli(instance, "stats").returncode == 0  # every subcommand finds the server
 
+    # Still queued at the signal (the writer writes every second): flushed at exit, before
+    # the server stops.
+    assert app.get("/?just=before-exit") == 200
     assert app.stop() == 128 + signal.SIGTERM, app.output()
     assert not local_db._alive(info["server_pid"]), "the server outlived the app"
     assert not (instance / local_db.ADDRESS_FILE).exists()
@@ -153,6 +156,7 @@ def test_the_cli_reads_the_example_apps_records_and_the_server_stops_with_the_ap
     assert again.get("/?second=run") == 200
     output = listed(instance, "/?second=run")
     assert "/?first=run" in output and "/?second=run" in output, output
+    assert "/?just=before-exit" in output, output
     server_pid = json.loads((instance / local_db.ADDRESS_FILE).read_text())["server_pid"]
     assert again.stop(signal.SIGHUP) == 128 + signal.SIGHUP, again.output()
     assert not local_db._alive(server_pid), "the server outlived the app"
