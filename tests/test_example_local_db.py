@@ -47,13 +47,13 @@ def environment(instance: Path, port: int = 0) -> dict[str, str]:
 class ExampleApp:
     """``python -m example_app.app`` as a child process on a free port."""
 
-    def __init__(self, instance: Path) -> None:
+    def __init__(self, instance: Path, **env: str) -> None:
         self.port = free_port()
         self.log = (instance.parent / f"app-{self.port}.log").open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "example_app.app"],
             cwd=REPO_ROOT,
-            env=environment(instance, self.port),
+            env={**environment(instance, self.port), **env},
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -86,13 +86,13 @@ class ExampleApp:
 
 
 @pytest.fixture
-def start_app(instance: Path) -> Iterator[Callable[[], ExampleApp]]:
-    """Start the example app; every app started is killed at the end if still running, and
-    no server is left behind."""
+def start_app(instance: Path) -> Iterator[Callable[..., ExampleApp]]:
+    """Start the example app (keyword arguments: extra environment variables); every app
+    started is killed at the end if still running, and no server is left behind."""
     started: list[ExampleApp] = []
 
-    def start() -> ExampleApp:
-        app = ExampleApp(instance)
+    def start(**env: str) -> ExampleApp:
+        app = ExampleApp(instance, **env)
         started.append(app)
         return app
 
@@ -129,7 +129,7 @@ def listed(instance: Path, text: str, timeout: float = 15.0) -> str:
 
 
 def test_the_cli_reads_the_example_apps_records_and_the_server_stops_with_the_app(
-    instance: Path, start_app: Callable[[], ExampleApp]
+    instance: Path, start_app: Callable[..., ExampleApp]
 ) -> None:
     missing = cli(instance, "list")
     assert missing.returncode != 0
@@ -173,8 +173,9 @@ def test_a_stale_address_file_gets_a_clear_message(instance: Path) -> None:
     assert f"listens at mongodb://127.0.0.1:{port}/x, but nothing answers there" in done.stderr
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the app reads /proc")
 def test_a_server_left_by_a_killed_app_is_stopped_by_the_next_start(
-    instance: Path, start_app: Callable[[], ExampleApp]
+    instance: Path, start_app: Callable[..., ExampleApp]
 ) -> None:
     first = start_app()
     orphan = json.loads((instance / local_db.ADDRESS_FILE).read_text())["server_pid"]
@@ -185,3 +186,19 @@ def test_a_server_left_by_a_killed_app_is_stopped_by_the_next_start(
     assert second.get("/?after=kill") == 200
     assert "/?after=kill" in listed(instance, "/?after=kill")
     second.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_with_the_reloader_the_server_and_the_reloaded_app_stop_with_the_app(
+    instance: Path, start_app: Callable[..., ExampleApp]
+) -> None:
+    app = start_app(FLASK_DEBUG="1")  # the reloader: the app runs in a child process
+    server_pid = json.loads((instance / local_db.ADDRESS_FILE).read_text())["server_pid"]
+    children = Path(f"/proc/{app.process.pid}/task/{app.process.pid}/children").read_text()
+    [child] = [int(pid) for pid in children.split() if int(pid) != server_pid]
+    assert app.get("/?with=reloader") == 200
+    assert "/?with=reloader" in listed(instance, "/?with=reloader")
+    app.stop()
+    assert not local_db._alive(child), "the reloaded app outlived the reloader"
+    assert not local_db._alive(server_pid), "the server outlived the app"
+    assert not (instance / local_db.ADDRESS_FILE).exists()
