@@ -63,9 +63,9 @@ def _server(backend: str) -> Iterator[tuple[str | None, str]]:
         with _null_server() as uri:
             yield uri, "null server (benchmarks/null_mongo.py: acknowledges writes, stores nothing)"
     elif backend == "real":
-        uri = os.environ.get("TRACKING_BENCH_MONGODB_URI")
-        if uri:
-            yield uri, "the MongoDB server at $TRACKING_BENCH_MONGODB_URI"
+        given = os.environ.get("TRACKING_BENCH_MONGODB_URI")
+        if given:
+            yield given, "the MongoDB server at $TRACKING_BENCH_MONGODB_URI"
             return
         sys.path.insert(0, str(ROOT))
         from example_app.mongo_server import SECANTUS_VERSION, LocalServer

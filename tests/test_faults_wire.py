@@ -171,7 +171,7 @@ def settled(app: Flask, timeout: float = RECOVERY_SECONDS) -> dict[str, int]:
     tracking = app.extensions["tracking"]
     tracking.flush(0)
     assert wait_for(lambda: tracking.stats(app)["pending"] == 0, timeout), tracking.stats(app)
-    stats = tracking.stats(app)
+    stats: dict[str, int] = tracking.stats(app)
     check_invariant(stats)
     assert stats["capture_errors"] == 0, stats
     assert stats.get("dropped_unaccounted", 0) == 0, stats
@@ -213,7 +213,7 @@ def recovers(wire: Wire, app: Flask) -> None:
 
 # ---------------------------------------------------------------------------- transient faults
 
-TRANSIENT = {
+TRANSIENT: dict[str, dict[str, dict[str, Any]]] = {
     # pymongo retries a write once by itself: three failures defeat that and the writer's first
     # retry, so the tracker's own retry path is the one that gets the records through.
     "closeConnection": {"mode": {"times": 3}, "data": {"closeConnection": True}},
