@@ -213,13 +213,16 @@ def recovers(wire: Wire, app: Flask) -> None:
 
 # ---------------------------------------------------------------------------- transient faults
 
-TRANSIENT: dict[str, dict[str, dict[str, Any]]] = {
+TRANSIENT: dict[str, dict[str, Any]] = {
     # pymongo retries a write once by itself: three failures defeat that and the writer's first
     # retry, so the tracker's own retry path is the one that gets the records through.
     "closeConnection": {"mode": {"times": 3}, "data": {"closeConnection": True}},
     "91-ShutdownInProgress": {"mode": {"times": 3}, "data": {"errorCode": 91}},
     "10107-NotWritablePrimary": {"mode": {"times": 3}, "data": {"errorCode": 10107}},
     "11600-InterruptedAtShutdown": {"mode": {"times": 3}, "data": {"errorCode": 11600}},
+    # Under a timeout pymongo retries such an answer by itself until the timeout: this one
+    # lasts longer than the writer's timeout, and the writer retries after it.
+    "6-HostUnreachable-for-1.5s": {"mode": "alwaysOn", "data": {"errorCode": 6}, "hold": 1.5},
     # The insert runs, but only after the writer's timeout: the retry finds the records there.
     "blockConnection": {
         "mode": {"times": 1},
@@ -231,12 +234,18 @@ TRANSIENT: dict[str, dict[str, dict[str, Any]]] = {
 @pytest.mark.parametrize("fault", list(TRANSIENT))
 def test_a_transient_fault_delays_records_and_loses_none(wire: Wire, fault: str) -> None:
     app = warmed_up(wire)
-    wire.fail_point(TRANSIENT[fault]["mode"], **TRANSIENT[fault]["data"])
+    case = TRANSIENT[fault]
+    wire.fail_point(case["mode"], **case["data"])
+    started = time.monotonic()
     slowest = send(app, 14, "during")
+    if "hold" in case:
+        time.sleep(max(0.0, started + case["hold"] - time.monotonic()))
+        wire.fail_point_off()
     stats = settled(app)
     wire.fail_point_off()
     print(f"\n{fault}: slowest request {slowest * 1000:.1f} ms; {stats}")
-    assert wire.inserts.failures() >= TRANSIENT[fault]["mode"]["times"]  # the fault happened
+    times = case["mode"]["times"] if isinstance(case["mode"], dict) else 2
+    assert wire.inserts.failures() >= times  # the fault happened
     assert slowest < SLOWEST_REQUEST_SECONDS
     assert drops(stats) == {}
     assert stats["enqueued"] == stats["written"] == 1 + 2 * 14
@@ -246,6 +255,19 @@ def test_a_transient_fault_delays_records_and_loses_none(wire: Wire, fault: str)
     )
     assert queries == sorted(f"during={n}" for n in range(14))
     recovers(wire, app)
+
+
+def test_a_transient_error_creating_the_collection_is_retried_and_it_is_created_capped(
+    wire: Wire,
+) -> None:
+    app = wire.make_app(TRACKING_TABLE_SIZE=1024 * 1024, TRACKING_MAX_DOCUMENTS=1000)
+    wire.fail_point({"times": 1}, failCommands=["create"], errorCode=6)
+    send(app, 7, "first")
+    stats = settled(app)
+    assert drops(stats) == {} and stats["written"] == 2 * 7, stats
+    options = wire.admin[wire.database.name]["tracking"].options()
+    assert options.get("capped") is True and options.get("max") == 1000, options
+    assert_stored_once(wire, stats)
 
 
 # ---------------------------------------------------------------------------- refused writes
