@@ -24,10 +24,13 @@ live page 2.25 s):
 - request detail: 0.20 s
 - live page / live feed poll: 0.34 / 0.48 s
 
-No MongoDB server is needed. Usage::
+By default the records are read from a real server (``--backend real``: SecantusDB started in
+memory, or ``$TRACKING_BENCH_MONGODB_URI``); the two ways above are ``--backend mongomock``.
+Usage::
 
-    python benchmarks/bench_dashboard.py                       # 100,000 records, as is
-    python benchmarks/bench_dashboard.py --fixed-cursor        # the cursor fixed
+    python benchmarks/bench_dashboard.py                       # 100,000 records, real server
+    python benchmarks/bench_dashboard.py --backend mongomock   # mongomock, as is
+    python benchmarks/bench_dashboard.py --backend mongomock --fixed-cursor   # the cursor fixed
     python benchmarks/bench_dashboard.py --records 10000       # a quicker run
 
 Progress goes to stderr; the result is a Markdown table on stdout.
@@ -48,8 +51,8 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import mongoengine
 import mongomock
+from backends import connected
 from bench_reading import BATCH, make_record
 from flask import Flask
 
@@ -101,12 +104,17 @@ def progress(message: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--fixed-cursor", action="store_true")
+    parser.add_argument("--fixed-cursor", action="store_true", help="mongomock only")
+    parser.add_argument("--backend", choices=("real", "mongomock"), default="real")
     options = parser.parse_args()
+    if options.fixed_cursor and options.backend != "mongomock":
+        parser.error("--fixed-cursor fixes mongomock's cursor: use it with --backend mongomock")
+    with connected(options.backend, "bench_dashboard") as backend:
+        measure(options, backend)
 
-    mongoengine.connect(
-        "bench_dashboard", mongo_client_class=mongomock.MongoClient, uuidRepresentation="standard"
-    )
+
+def measure(options: argparse.Namespace, backend: str) -> None:
+    """Seed, time the pages and print the table (the backend is connected)."""
     collection = Tracking._get_collection()
     collection.drop()
     started = time.perf_counter()
@@ -148,9 +156,9 @@ def main() -> None:
             rows.append((label, took))
             progress(f"{label}: {took:.2f} s")
 
-    kind = "mongomock, cursor fixed" if options.fixed_cursor else "mongomock"
+    kind = f"{backend}, cursor fixed" if options.fixed_cursor else backend
     python = sys.version.split()[0]
-    print(f"{kind} {mongomock.__version__}, Python {python}, {options.records:,} records")
+    print(f"{kind}, Python {python}, {options.records:,} records")
     print()
     print("| page | time |")
     print("|---|---|")

@@ -11,9 +11,13 @@ round and the medians of the rounds are compared.
   and drained by ``flush()`` after it, untimed, so this is what a request pays itself.
 - Total CPU: ``time.process_time`` (every thread of the process) from before the requests until
   after ``Tracking.flush()`` returned, per request, with a writer configured as in production
-  (batches of 500, 1 s flush interval). The MongoDB insert is a no-op (mongomock's
-  ``Collection.insert_many`` is patched), so the figure is flask_tracking's own work: capture,
-  queueing, conversion to a document, user-agent parsing, BSON size check.
+  (batches of 500, 1 s flush interval). By default the records go over the wire protocol to
+  ``null_mongo.py`` (a server that acknowledges every write and stores nothing), so the figure
+  is flask_tracking's work plus pymongo's whole client cost (BSON encoding, the socket), without
+  a database's CPU on this machine. ``--backend real`` sends them to a real server (SecantusDB
+  or ``$TRACKING_BENCH_MONGODB_URI``) as an end-to-end check; ``--backend mongomock`` makes the
+  insert a no-op (mongomock's ``Collection.insert_many`` patched), which isolates the tracker's
+  own work: capture, queueing, conversion to a document, user-agent parsing, BSON size check.
 
 With ``--floor`` it also measures a reference app (:func:`make_floor_app`): the least a
 request-capturing middleware can do, which shows how much of the overhead is the price of
@@ -45,6 +49,7 @@ from typing import Any, Callable
 
 import mongoengine
 import mongomock
+from backends import BACKENDS, connected
 from flask import Flask, request
 from werkzeug.test import EnvironBuilder
 
@@ -346,7 +351,7 @@ def measure_total_cpu(
 
 
 def check_storage(cases: list[Case]) -> int:
-    """With the real (mongomock) insert, make sure tracked requests are actually stored."""
+    """With the backend's real insert, make sure tracked requests are actually stored."""
     app = make_app("storage_check", {})
     for case in cases:
         for _ in range(5):
@@ -432,6 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="a smoke run: 3 rounds of 1000 requests"
     )
     parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="null",
+        help="where the records go: null = over the wire to null_mongo.py, which stores "
+        "nothing (default); real = a real server (SecantusDB, or $TRACKING_BENCH_MONGODB_URI); "
+        "mongomock = an insert that does nothing, for the tracker's own cost alone",
+    )
+    parser.add_argument(
         "--floor",
         action="store_true",
         help="also measure a reference: the least a request-capturing middleware can do "
@@ -452,15 +465,21 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s"
     )
 
-    mongoengine.connect(
-        "flask_tracking_bench",
-        alias="default",
-        mongo_client_class=mongomock.MongoClient,
-        uuidRepresentation="standard",
-    )
+    with connected(args.backend, "flask_tracking_bench") as backend:
+        return run(args, rounds, requests, backend)
+
+
+def run(args: argparse.Namespace, rounds: int, requests: int, backend: str) -> int:
+    """Measure and print the report (the backend is connected)."""
     cases = build_cases()
     stored = check_storage(cases)
-    make_insert_a_no_op()
+    insert = {
+        "null": "insert over the wire, null server",
+        "real": "insert into the real server",
+        "mongomock": "insert no-op",
+    }[args.backend]
+    if args.backend == "mongomock":
+        make_insert_a_no_op()
 
     bare = make_app("bare", None)
     held_back = make_app("tracked_request_path", held_back_writer(requests))
@@ -483,8 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, Comparison, float | None]] = [
         (f"{get_case.name}: request path, wall", get_path.wall, 1.15),
         (f"{post_case.name}: request path, wall", post_path.wall, 1.10),
-        (f"{get_case.name}: total CPU incl. writer, insert no-op", get_cpu, 1.30),
-        (f"{post_case.name}: total CPU incl. writer, insert no-op", post_cpu, None),
+        (f"{get_case.name}: total CPU incl. writer, {insert}", get_cpu, 1.30),
+        (f"{post_case.name}: total CPU incl. writer, {insert}", post_cpu, None),
         (f"{get_case.name}: request path, request-thread CPU", get_path.thread_cpu, None),
         (f"{post_case.name}: request path, request-thread CPU", post_path.thread_cpu, None),
     ]
@@ -527,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
         print(f"- {app.name}: {shown}{'  <-- PROBLEM' if problem else ''}")
     print()
-    print(f"Storage check with the real mongomock insert: {stored} records stored as expected.")
+    print(f"Storage: {backend}; check before measuring: {stored} records stored as expected.")
     print(
         f"Python {platform.python_version()} ({platform.python_implementation()}), "
         f"Flask {version('flask')}, Werkzeug {version('werkzeug')}, "

@@ -1,11 +1,14 @@
-"""Reading benchmark: ``stats`` by endpoint and ``export`` of every record, on mongomock.
+"""Reading benchmark: ``stats`` by endpoint and ``export`` of every record.
 
 Seeds records in the stored schema (about 1.3 KB of BSON each; ``insert_many`` in batches of
-10,000) into mongomock, and at 50,000 records and at the full count (default 200,000) measures:
+10,000, the reading indexes created as the writer creates them) into a real server (default:
+SecantusDB started in memory, or ``$TRACKING_BENCH_MONGODB_URI``; ``--backend mongomock`` for
+mongomock), and at 50,000 records and at the full count (default 200,000) measures:
 
 - ``flask tracking export -o /dev/null`` (JSON Lines, bodies in base64) of every record: its
   time, and its peak memory with ``tracemalloc`` (allocations made during the export only; the
-  seeded store is not counted), two ways:
+  seeded store is not counted). On a server, through the server's cursor. On mongomock, two
+  ways:
 
   - ``streaming cursor``: ``Collection.find`` replaced by a cursor that hands out one copied
     document at a time, as a server's cursor does batch by batch. This is the export itself
@@ -20,12 +23,14 @@ Seeds records in the stored schema (about 1.3 KB of BSON each; ``insert_many`` i
   minutes here: mongomock evaluates it in Python after copying the whole collection through
   that same cursor).
 
-No MongoDB server is needed. Usage::
+- ``Tracking.objects.stats(group_by="endpoint")``: on a server, its aggregation pipeline.
 
-    python benchmarks/bench_reading.py                    # 200,000 records (about 15 minutes)
-    python benchmarks/bench_reading.py --records 20000    # a quicker run
+Usage::
+
+    python benchmarks/bench_reading.py                    # 200,000 records on SecantusDB
+    python benchmarks/bench_reading.py --records 50000    # a quicker run
     python benchmarks/bench_reading.py --rounds 3         # best of 3 for each time
-    python benchmarks/bench_reading.py --mongomock-cursor-up-to 200000   # the slow rows too
+    python benchmarks/bench_reading.py --backend mongomock --mongomock-cursor-up-to 200000
 
 Progress goes to stderr; the result is a Markdown table on stdout.
 """
@@ -33,8 +38,10 @@ Progress goes to stderr; the result is a Markdown table on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
+import logging
 import random
 import sys
 import time
@@ -47,14 +54,15 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import mongoengine
 import mongomock
+from backends import connected
 from bson import ObjectId
 from flask import Flask
 from mongomock.filtering import filter_applies
 
 from flask_tracking.cli import tracking_cli
 from flask_tracking.documents import Tracking
+from flask_tracking.indexes import ensure_indexes
 
 SMALL = 50_000
 BATCH = 10_000
@@ -217,15 +225,27 @@ def main() -> None:
         help="also export through mongomock's own cursor at counts up to N (its time grows "
         "with the square of the count: about 20 minutes at 200,000)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("real", "mongomock"),
+        default="real",
+        help="read from a real server (SecantusDB in memory, or $TRACKING_BENCH_MONGODB_URI; "
+        "default) or from mongomock",
+    )
     options = parser.parse_args()
+    with connected(options.backend, "bench_reading") as backend:
+        measure(options, backend)
+
+
+def measure(options: argparse.Namespace, backend: str) -> None:
+    """Seed, measure and print the table (the backend is connected)."""
+    on_mongomock = options.backend == "mongomock"
     total = options.records
     small = min(SMALL, total)
 
-    mongoengine.connect(
-        "bench_reading", mongo_client_class=mongomock.MongoClient, uuidRepresentation="standard"
-    )
     collection = Tracking._get_collection()
     collection.drop()
+    ensure_indexes(collection, logging.getLogger("bench_reading"))
     app = Flask("bench_reading")
     app.cli.add_command(tracking_cli)
     runner = app.test_cli_runner()
@@ -237,13 +257,14 @@ def main() -> None:
         if count > small:
             seeding += best_of(1, lambda: seed(collection, rng, small, total))
         progress(f"{count:,} records seeded ({seeding:.1f} s so far)")
-        with streaming():
+        cursor = "streaming cursor" if on_mongomock else "server cursor"
+        with streaming() if on_mongomock else contextlib.nullcontext():
             peak = peak_memory(lambda: export_all(runner))
             took = best_of(options.rounds, lambda: export_all(runner))
-        rows.append((f"export, {count:,} records, streaming cursor: time", seconds(took, count)))
-        rows.append((f"export, {count:,} records, streaming cursor: peak memory", mib(peak)))
+        rows.append((f"export, {count:,} records, {cursor}: time", seconds(took, count)))
+        rows.append((f"export, {count:,} records, {cursor}: peak memory", mib(peak)))
         progress(rows[-1][0])
-        if count <= options.mongomock_cursor_up_to:
+        if on_mongomock and count <= options.mongomock_cursor_up_to:
             peak = peak_memory(lambda: export_all(runner))
             took = best_of(options.rounds, lambda: export_all(runner))
             rows.append(
@@ -259,7 +280,7 @@ def main() -> None:
         )
         progress(rows[-1][0])
 
-    print(f"mongomock {mongomock.__version__}, Python {sys.version.split()[0]}, {total:,} records")
+    print(f"{backend}, Python {sys.version.split()[0]}, {total:,} records")
     print(f"seeded in {seeding:.1f} s (insert_many, batches of {BATCH:,})")
     print()
     print("| measurement | result |")

@@ -2,20 +2,26 @@
 
 The app's ``wsgi_app`` is called directly in a loop, the way a WSGI server calls it (iterate the
 response, then close it), from one or a few threads. The request mix: GET /hello, POST of a
-1 KB JSON body, a 404 page and a 500 page. Storage is mongomock.
+1 KB JSON body, a 404 page and a 500 page.
 
 Variants, each run in its own subprocess so that their memory does not mix:
 
+- ``null`` (default set): records go over the wire protocol to ``null_mongo.py``, which
+  acknowledges every write and stores nothing: pymongo's whole client cost is paid, no
+  database's CPU is spent on this machine;
+- ``noop`` (default set): mongomock's ``insert_many`` does nothing, which shows the tracker's
+  own cost and memory: RSS should stay flat after warm-up;
+- ``untracked`` (default set): the same app without Tracking, for the throughput baseline;
+- ``real``: records go to a real server (SecantusDB started in memory, or
+  ``$TRACKING_BENCH_MONGODB_URI``), an end-to-end check that every record is stored;
 - ``mongomock``: records are inserted into mongomock, which keeps every document in memory, so
-  RSS grows with the number of records stored (that growth is mongomock's, not the tracker's);
-- ``noop``: the collection's ``insert_many`` does nothing, which shows the tracker's own memory:
-  RSS should stay flat after warm-up;
-- ``untracked``: the same app without Tracking, for the throughput baseline.
+  RSS grows with the number of records stored (that growth is mongomock's, not the tracker's).
 
 Usage::
 
-    python benchmarks/bench_soak.py                 # 100,000 requests per variant
+    python benchmarks/bench_soak.py                 # 100,000 requests per default variant
     python benchmarks/bench_soak.py --quick         # 10,000 requests per variant
+    python benchmarks/bench_soak.py --variant real --requests 20000
     python benchmarks/bench_soak.py --requests 50000 --threads 4 --variant noop
 
 Prints a Markdown summary.
@@ -37,7 +43,11 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-VARIANTS = ("mongomock", "noop", "untracked")
+VARIANTS = ("null", "real", "mongomock", "noop", "untracked")
+#: What ``--variant all`` runs: the cost figures.
+DEFAULT_VARIANTS = ("null", "noop", "untracked")
+#: The backend (see backends.py) of each variant.
+BACKEND = {"null": "null", "real": "real"}
 JSON_BODY = json.dumps({"items": ["x" * 90] * 10}).encode()[:1024]
 JSON_BODY += b" " * (1024 - len(JSON_BODY))  # exactly 1 KB, still valid JSON
 
@@ -133,15 +143,20 @@ def drive(app: Any, count: int, offset: int, samples: list[Sample], every: int, 
 
 
 def run_variant(variant: str, requests: int, threads: int, every: int) -> dict[str, Any]:
+    from backends import connected
+
+    with connected(BACKEND.get(variant, "mongomock"), "flask_tracking_soak") as backend:
+        result = run_connected(variant, requests, threads, every)
+    if variant == "noop":
+        backend += ", its insert_many a no-op"
+    result["backend"] = "none (not tracked)" if variant == "untracked" else backend
+    return result
+
+
+def run_connected(variant: str, requests: int, threads: int, every: int) -> dict[str, Any]:
     import mongoengine
     import mongomock
 
-    mongoengine.connect(
-        "flask_tracking_soak",
-        alias="default",
-        mongo_client_class=mongomock.MongoClient,
-        uuidRepresentation="standard",
-    )
     logging.getLogger("flask_tracking").setLevel(logging.ERROR)  # the capped-collection notice
     patcher = None
     if variant == "noop":
@@ -234,6 +249,8 @@ def summarise(results: list[dict[str, Any]], warmup: int) -> str:
             f"| {result['seconds']:.1f} | {result['cpu_seconds']:.1f} | {tracking} "
             f"| {rss} | {(end_rss - warm_rss) / 1024:+.1f} MiB |"
         )
+    lines += ["", "Storage of each variant:", ""]
+    lines += [f"- {result['variant']}: {result['backend']}" for result in results]
     lines += ["", f"RSS over time (MiB; sampled every {results[0]['every']:,} requests):", ""]
     for result in results:
         points = result["samples"]
@@ -268,7 +285,7 @@ def main() -> None:
         return
 
     results = []
-    for variant in VARIANTS:
+    for variant in DEFAULT_VARIANTS:
         command = [
             sys.executable,
             __file__,

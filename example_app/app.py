@@ -5,8 +5,11 @@ Run it with ``python -m example_app.app`` (port from ``$PORT``, default 5000) or
 
 Storage: when ``$TRACKING_MONGODB_URI`` is set (for instance
 ``mongodb://localhost:27017/flask_tracking_example``) the extension connects to that server
-itself. Otherwise the app connects MongoEngine's alias to an in-memory mongomock database, so
-it runs without any MongoDB server (and forgets everything when it stops).
+itself. Otherwise ``python -m example_app.app`` starts a local SecantusDB server with its data in
+the instance folder (``instance/`` beside this package, or ``$EXAMPLE_INSTANCE_PATH``), kept
+between runs, and stops it when the app exits; ``flask --app example_app.app tracking list`` (or
+``flask --app example_app.app run``) in another shell finds that server through
+``instance/mongodb.json``. See :mod:`example_app.local_db`.
 
 Every view below exists to show one feature: Flask-Login users, custom data, slow requests,
 excluded paths, request bodies (a JSON API and an upload form), streamed responses, errors,
@@ -56,10 +59,10 @@ from flask_tracking import Tracking
 from flask_tracking.dashboard import make_blueprint
 from flask_tracking.documents import Tracking as TrackingRecord
 
+from . import local_db
+
 logger = logging.getLogger(__name__)
 
-#: The database the embedded (mongomock) storage uses.
-EMBEDDED_DATABASE = "flask_tracking_example"
 #: The demo account shown on the home page.
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo"
@@ -121,10 +124,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the example app.
 
     ``config`` overrides the defaults and ``$TRACKING_MONGODB_URI``. Without a
-    ``TRACKING_MONGODB_URI``, the ``TRACKING_DB_ALIAS`` connection (``"default"``) is connected
-    to mongomock, unless it is connected already (for instance by a test).
+    ``TRACKING_MONGODB_URI``, and unless the ``TRACKING_DB_ALIAS`` connection (``"default"``) is
+    connected already (for instance by a test), the app uses the server that
+    ``python -m example_app.app`` started; raises ``flask.cli.NoAppException`` saying so when
+    there is none.
     """
-    app = Flask(__name__)
+    app = Flask(__name__, instance_path=instance_path())
     app.config.update(default_config())
     uri = os.environ.get("TRACKING_MONGODB_URI")
     if uri:
@@ -157,34 +162,40 @@ def _dashboard_access() -> bool | Response:
     return current_app.login_manager.unauthorized()  # type: ignore[attr-defined,no-any-return]
 
 
+def instance_path() -> str:
+    """The app's instance folder: ``$EXAMPLE_INSTANCE_PATH``, else ``instance/`` beside the
+    ``example_app`` package (where Flask puts it for a package run from a checkout)."""
+    configured = os.environ.get("EXAMPLE_INSTANCE_PATH")
+    if configured:
+        return os.path.abspath(configured)
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "instance")
+
+
 def _prepare_storage(app: Flask) -> str:
-    """Connect the embedded mongomock database when no MongoDB URI is configured.
+    """Point the extension at the example's local server when no MongoDB URI is configured
+    and the alias is not connected yet.
 
     Returns a sentence describing the storage, shown on the home page and logged.
     """
     alias = app.config.get("TRACKING_DB_ALIAS", "default")
-    uri = app.config.get("TRACKING_MONGODB_URI")
-    if uri:
+    if app.config.get("TRACKING_MONGODB_URI"):
         description = "MongoDB at TRACKING_MONGODB_URI (connected by flask_tracking)"
         logger.info("example_app: tracking into %s", description)
         return description
     try:
         mongoengine.get_connection(alias)
     except ConnectionFailure:
-        import mongomock  # only needed for the embedded default
+        from flask.cli import NoAppException
 
-        mongoengine.connect(
-            EMBEDDED_DATABASE,
-            alias=alias,
-            mongo_client_class=mongomock.MongoClient,
-            uuidRepresentation="standard",
-        )
+        try:
+            app.config["TRACKING_MONGODB_URI"] = local_db.find(app.instance_path)
+        except local_db.NoLocalServer as error:
+            raise NoAppException(str(error)) from None
         description = (
-            "embedded in-memory mongomock database (set TRACKING_MONGODB_URI to use a real "
-            "MongoDB); records are lost when the app stops"
+            f"the local SecantusDB server at {app.config['TRACKING_MONGODB_URI']} "
+            f"(data in {os.path.join(app.instance_path, local_db.DATA_DIR)})"
         )
-        # A warning, so that it shows under ``flask run`` as well.
-        app.logger.warning("example_app: tracking into an %s", description)
+        logger.info("example_app: tracking into %s", description)
         return description
     description = f"the MongoEngine connection {alias!r} that was already connected"
     logger.info("example_app: tracking into %s", description)
@@ -340,9 +351,16 @@ def _records() -> Any:
 
 
 def main() -> None:
-    """Run the development server on 127.0.0.1 (port ``$PORT``, default 5000)."""
+    """Run the development server on 127.0.0.1 (port ``$PORT``, default 5000); without
+    ``$TRACKING_MONGODB_URI``, start the local server first (see :mod:`example_app.local_db`).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     port = int(os.environ.get("PORT", "5000"))
+    # The reloader's child (WERKZEUG_RUN_MAIN) finds the server its parent started and owns.
+    if not os.environ.get("TRACKING_MONGODB_URI") and not os.environ.get("WERKZEUG_RUN_MAIN"):
+        # Started before the app, so that at exit the tracking writer flushes its records
+        # before the server stops (atexit runs the hooks last-in first-out).
+        local_db.start(instance_path())
     create_app().run(host="127.0.0.1", port=port, threaded=True)
 
 

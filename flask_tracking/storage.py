@@ -42,6 +42,7 @@ __all__ = [
     "CollectionSpec",
     "ensure_collection",
     "ensure_ttl_index",
+    "is_transient",
     "mode_of",
     "series_of",
     "tracking_spec",
@@ -68,6 +69,11 @@ MAX_MEASUREMENT_BYTES = 4 * 1024 * 1024
 MAX_EXPIRE_SECONDS = 2**31 - 1
 
 _NAMESPACE_EXISTS = 48
+#: Server answers that mean "try again later" (the codes pymongo retries a write on: not
+#: primary, shutting down, host unreachable, network timeout, ...).
+_TRANSIENT_CODES = frozenset(
+    {6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436}
+)
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,16 @@ def series_of(document: dict[str, Any]) -> dict[str, Any]:
     return {key: document.get(key) for key in SERIES_KEYS}
 
 
+def is_transient(error: Exception) -> bool:
+    """Network trouble, a timeout or a server saying "try again later": the same operation
+    may succeed later."""
+    if isinstance(error, ConnectionFailure) or bool(getattr(error, "timeout", False)):
+        return True
+    return isinstance(error, OperationFailure) and (
+        error.code in _TRANSIENT_CODES or error.has_error_label("RetryableWriteError")
+    )
+
+
 def ensure_collection(
     database: Database[Any], spec: CollectionSpec, logger: logging.Logger
 ) -> Collection[Any]:
@@ -169,8 +185,9 @@ def ensure_collection(
     warning once (with the command that would fix it) when it differs from ``spec``.
 
     Where the server refuses the options (mongomock raises NotImplementedError) the collection
-    is a plain one, with one warning. Raises only for network trouble and timeouts (so the
-    writer tries again later).
+    is a plain one, with one warning. Raises only for network trouble, timeouts and "try again
+    later" answers (so the writer tries again later, and the collection is never left to an
+    insert to create).
     """
     name = spec.name
     try:
@@ -189,7 +206,7 @@ def ensure_collection(
     except CollectionInvalid:
         pass  # exists already (perhaps created by another worker a moment ago)
     except OperationFailure as error:
-        if error.timeout:  # try again on the next batch; never fall back silently
+        if is_transient(error):  # try again on the next batch; never fall back silently
             raise
         if error.code != _NAMESPACE_EXISTS:
             logger.warning(

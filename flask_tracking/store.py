@@ -18,7 +18,7 @@ from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from .capture import RequestState
 from .dbactivity import ignore_collection, uncounted
@@ -26,7 +26,14 @@ from .indexes import ensure_indexes
 from .record import to_document
 from .redact import Redactor
 from .sanitize import TRUNCATED
-from .storage import SERIES_FIELD, ensure_collection, series_of, tracking_spec, ttl_indexes
+from .storage import (
+    SERIES_FIELD,
+    ensure_collection,
+    is_transient,
+    series_of,
+    tracking_spec,
+    ttl_indexes,
+)
 from .writer import BatchOutcome
 
 #: The collection :class:`flask_tracking.documents.Tracking` reads.
@@ -188,7 +195,7 @@ class MongoSink:
         except BulkWriteError as error:
             return _partial_outcome(documents, error)
         except Exception as error:
-            if _is_transient(error):
+            if is_transient(error):
                 return BatchOutcome(retry=documents)
             if not checked and not isinstance(error, PyMongoError):
                 # A document failed to encode (that aborts the whole batch): check each one,
@@ -243,11 +250,6 @@ def _partial_outcome(documents: list[dict[str, Any]], error: BulkWriteError) -> 
     if failed:
         outcome.dropped["db_error"] = failed
     return outcome
-
-
-def _is_transient(error: Exception) -> bool:
-    """Network trouble or a timeout: the same batch may succeed later."""
-    return isinstance(error, ConnectionFailure) or bool(getattr(error, "timeout", False))
 
 
 def fit_document(document: dict[str, Any], max_bytes: int) -> bool:
