@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 #: The value stored in place of a secret.
 FILTERED = "[Filtered]"
@@ -86,6 +86,11 @@ IP_HEADERS: tuple[str, ...] = (
     "Fastly-Client-IP",
 )
 
+#: Names (of fields, parameters, headers, parts) longer than this many characters are not
+#: split into words: they are judged secret outright, so a name costs time linear in its length
+#: and bounded (no real form field or header is this long).
+MAX_NAME_LENGTH = 256
+
 _MAX_REMEMBERED_HEADERS = 4096
 _ATOMIC_TYPES = frozenset({str, int, float, bool, bytes})
 #: Body types scrubbed by their look (besides JSON, forms and multipart).
@@ -108,9 +113,17 @@ class Redactor:
 
     def __init__(self, headers: Iterable[str], fields: Iterable[str]) -> None:
         self._fields = frozenset(_normalise(term) for term in fields if _normalise(term))
+        # Every beginning of a term or of its plural: a run of words that is none of them
+        # cannot grow into a match, so joining stops there.
+        self._term_prefixes = frozenset(
+            spelled[:end]
+            for term in self._fields
+            for spelled in (term, term + "s")
+            for end in range(1, len(spelled) + 1)
+        )
         self._headers = frozenset(name.lower() for name in headers)
         # Field and header names repeat endlessly; remember each verdict (bounded).
-        self.is_secret_field = lru_cache(maxsize=4096)(self._is_secret_field)
+        self._field_verdict = lru_cache(maxsize=4096)(self._is_secret_field)
         self._header_verdicts: dict[str, bool] = {}
         # The same verdicts for WSGI environ keys, as sets for C-level set operations.
         self._environ_keys_seen: set[str] = set()
@@ -127,17 +140,30 @@ class Redactor:
         verdict = self._header_verdicts.get(name)
         if verdict is None:
             verdict = self._is_secret_header(name)
-            if len(self._header_verdicts) < _MAX_REMEMBERED_HEADERS:
+            if len(self._header_verdicts) < _MAX_REMEMBERED_HEADERS and len(name) <= 512:
                 self._header_verdicts[name] = verdict
         return verdict
 
+    def is_secret_field(self, name: str) -> bool:
+        """Whether a field named ``name`` (JSON key, form or query parameter, multipart part,
+        custom-data key) holds a secret; a name over :data:`MAX_NAME_LENGTH` always does."""
+        if len(name) > MAX_NAME_LENGTH:
+            return True
+        return self._field_verdict(name)
+
     def _is_secret_field(self, name: str) -> bool:
-        fields = self._fields
+        """Word-wise match. A run of words is joined only while it spells the beginning of a
+        term, so each word starts a run of at most as many words as the longest term has
+        letters: the time is linear in the length of the name."""
+        fields, prefixes = self._fields, self._term_prefixes
         words = [word.lower() for word in _WORD.findall(name)]
-        for start in range(len(words)):
+        count = len(words)
+        for start in range(count):
             joined = ""
-            for word in words[start:]:
-                joined += word
+            for end in range(start, count):
+                joined += words[end]
+                if joined not in prefixes:
+                    break
                 # A plural counts too: "passwords", "tokens", "api_keys".
                 if joined in fields or (joined[-1:] == "s" and joined[:-1] in fields):
                     return True
@@ -148,7 +174,7 @@ class Redactor:
         if name.startswith("HTTP_"):
             name = name[5:]
         dashed = name.replace("_", "-")
-        return dashed.lower() in self._headers or self._is_secret_field(dashed.replace("-", "_"))
+        return dashed.lower() in self._headers or self.is_secret_field(dashed.replace("-", "_"))
 
     def headers(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """A new list of ``(name, value)`` with secret header values filtered; URLs in
@@ -178,7 +204,7 @@ class Redactor:
                 filtered = key[:5] == "HTTP_" and self.is_secret_header(key)
                 if filtered:
                     environ[key] = FILTERED
-                if len(seen) < _MAX_REMEMBERED_HEADERS:
+                if len(seen) < _MAX_REMEMBERED_HEADERS and len(key) <= 512:
                     if filtered:  # before it counts as seen: another thread may look now
                         secret.add(key)
                     seen.add(key)
@@ -329,7 +355,8 @@ class Redactor:
         """Filter the content of every part whose field name is secret (text or file).
 
         Parts are split on the boundary of the Content-Type; a part cut at the body limit is
-        filtered to its end.
+        filtered to its end. Part heads are read as Werkzeug reads them: lines may end in LF
+        alone, ``name`` may be quoted or not, or given as ``name*=`` (RFC 2231).
         """
         boundary = _boundary(content_type)
         if boundary is None:
@@ -338,16 +365,57 @@ class Redactor:
         parts = body.split(delimiter)
         changed = False
         for index, part in enumerate(parts[1:], start=1):
-            head_end = part.find(b"\r\n\r\n")
+            head_end, content_start = _part_head_end(part)
             if head_end < 0:
                 continue  # an empty part without a blank line, the closing "--", or cut early
-            name = _PART_NAME.search(part, 0, head_end)
-            if name is None or not self.is_secret_field(name.group(1).decode("utf-8", "replace")):
+            if not any(map(self.is_secret_field, _part_names(part[:head_end]))):
                 continue
-            tail = b"\r\n" if part.endswith(b"\r\n") else b""
-            parts[index] = part[: head_end + 4] + FILTERED.encode() + tail
+            tail = b"\r\n" if part.endswith(b"\r\n") else b"\n" if part.endswith(b"\n") else b""
+            parts[index] = part[:content_start] + FILTERED.encode() + tail
             changed = True
         return delimiter.join(parts) if changed else body
+
+
+def _part_head_end(part: bytes) -> tuple[int, int]:
+    """Where the head of a multipart part ends and its content starts (-1, -1: no blank line).
+    The head ends at the first empty line, whether lines end in CRLF or in LF alone."""
+    crlf, lf = part.find(b"\r\n\r\n"), part.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf, crlf + 4
+    if lf >= 0:
+        return lf, lf + 2
+    return -1, -1
+
+
+def _part_names(head: bytes) -> list[str]:
+    """Every field name a part head gives in its Content-Disposition (``name="..."``, an
+    unquoted ``name=...``, an RFC 2231 ``name*=charset'lang'...``); linear in the head."""
+    names = []
+    for line in head.split(b"\n"):
+        header, colon, value = line.partition(b":")
+        if not colon or header.strip().lower() != b"content-disposition":
+            continue
+        for match in _PART_PARAMETER.finditer(value):
+            key = match.group(1).lower()
+            if key not in (b"name", b"name*"):
+                continue
+            raw = match.group(2).strip()
+            if raw[:1] == b'"':
+                raw = _BACKSLASH_ESCAPE.sub(rb"\1", raw[1:-1] if raw.endswith(b'"') else raw[1:])
+            text = raw.decode("utf-8", "replace")
+            if key == b"name*":
+                charset, _, rest = text.partition("'")
+                _, _, encoded = rest.partition("'")
+                text = _percent_decode(encoded if rest else text, charset)
+            names.append(text)
+    return names
+
+
+def _percent_decode(text: str, charset: str) -> str:
+    try:
+        return unquote(text, encoding=charset or "utf-8", errors="replace")
+    except LookupError:
+        return unquote(text, errors="replace")
 
 
 def _boundary(content_type: str) -> bytes | None:
@@ -358,7 +426,8 @@ def _boundary(content_type: str) -> bytes | None:
 # ?name=value / &name=value / &amp;name=value / #name=value inside markup.
 _URL_PARAMETER = re.compile(rb"([?&#;])([\w.%+-]{1,200})=([^&#\"'<>\s]*)")
 _BOUNDARY = re.compile(r"boundary=(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
-_PART_NAME = re.compile(rb'Content-Disposition:[^\r\n]*?\bname="([^"\r\n]*)"', re.IGNORECASE)
+_PART_PARAMETER = re.compile(rb';\s*([A-Za-z0-9_*.-]+)\s*=\s*("(?:[^"\\\r\n]|\\.)*"?|[^;\r\n]*)')
+_BACKSLASH_ESCAPE = re.compile(rb"\\(.)")
 
 
 # "key": value  |  'key': value  |  key=value  |  key: value   (in any text)
