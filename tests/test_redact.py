@@ -396,14 +396,25 @@ def test_json_is_detected_by_its_look_without_content_type(redactor: Redactor) -
         assert SECRET.encode() not in scrub(redactor, b"  \n" + body, content_type)
 
 
+@pytest.mark.parametrize("content_type", ["image/png", "audio/ogg", "video/mp4", "font/woff2"])
+def test_media_are_returned_as_they_are(redactor: Redactor, content_type: str) -> None:
+    body = json.dumps({"password": SECRET}).encode()
+    assert redactor.body(body, content_type) is body
+
+
 @pytest.mark.parametrize(
-    "content_type", ["image/png", "application/octet-stream", "application/pdf"]
+    "content_type",
+    ["application/octet-stream", "application/pdf", "application/yaml", "text/csv"],
 )
-def test_other_content_types_are_returned_as_they_are(
+def test_unscrubbable_formats_naming_a_secret_are_omitted(
     redactor: Redactor, content_type: str
 ) -> None:
     body = json.dumps({"password": SECRET}).encode()
-    assert redactor.body(body, content_type) is body
+    kept = redactor.scrub_body(body, content_type)
+    assert kept.body is None
+    assert kept.omitted == f"format not scrubbable ({content_type})"
+    innocent = b"name: Ada\ncity: Paris\n"
+    assert redactor.scrub_body(innocent, content_type) == (innocent, None)
 
 
 def test_json_vendor_content_type(redactor: Redactor) -> None:
