@@ -542,12 +542,20 @@ class Redactor:
         escaped (``"pass\\u0077ord"``) or percent-encoded (``pass%77ord=``)."""
         pieces = []
         position = 0
+        named_until = -1  # the end of an object that names a secret ({"name": "password", ...})
         for match in _LOOSE_PAIR.finditer(text):
             if match.start() < position:  # inside a value already filtered
                 continue
-            if not self.is_secret_field(_loose_key(match)):
-                continue
+            key = _loose_key(match)
             value_start = match.end()
+            if key.lower() in _NAMING_KEYS:
+                value_end = _value_end(text, value_start)
+                if self.is_secret_field(text[value_start:value_end].strip("\"' ")):
+                    closing = text.find("}", value_end)
+                    named_until = len(text) if closing < 0 else closing
+                continue
+            if match.start() > named_until and not self.is_secret_field(key):
+                continue
             value_end = _value_end(text, value_start)
             pieces.append(text[position:value_start])
             pieces.append(f'"{FILTERED}"' if match.group("quoted") else FILTERED)
