@@ -18,7 +18,7 @@ import ipaddress
 import json
 import re
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import unquote, unquote_plus
@@ -43,6 +43,11 @@ DEFAULT_REDACT_HEADERS: tuple[str, ...] = (
     "X-Auth-Token",
     "X-Access-Token",
     "X-Amz-Security-Token",
+    "Cf-Access-Jwt-Assertion",
+    "X-Goog-Iap-Jwt-Assertion",
+    "X-Hub-Signature",
+    "X-Hub-Signature-256",
+    "X-Signature",
 )
 
 #: Field-name terms whose values are stored as FILTERED, matched word-wise (see module doc).
@@ -79,6 +84,31 @@ DEFAULT_REDACT_FIELDS: tuple[str, ...] = (
     "privatekey",
     "phpsessid",
     "connect.sid",
+    "sig",
+    "signature",
+    "jwt",
+    "access_key",
+    "key",
+    "card",
+    "security code",
+    "iban",
+    "social security number",
+    "totp",
+    "passcode",
+    "mfa code",
+)
+
+#: Names that contain a deny-listed word but hold no secret, kept as they are (matched as the
+#: whole name, words joined and lowercased: ``token_type`` and ``tokenType`` alike).
+DEFAULT_ALLOWED_FIELDS: tuple[str, ...] = (
+    "token_type",
+    "token_type_hint",
+    "signature_method",
+    "oauth_signature_method",
+    "signature_version",
+    "signature_algorithm",
+    "key_type",
+    "auth_type",
 )
 
 #: Headers that carry the client address; filtered too when TRACKING_ANONYMIZE_IP is on.
@@ -142,8 +172,36 @@ _LOWERCASE = bytes.maketrans(_ALPHANUMERIC[10:36], _ALPHANUMERIC[36:])
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
+def _trie(words: Iterable[bytes]) -> bytes:
+    """A regex matching any of ``words``, as a trie (``p(?:ass|in)``): Python's regex engine
+    tries the branches of a flat alternation one by one at every position, a trie's by their
+    first byte."""
+    tree: dict[int, Any] = {}
+    for word in words:
+        node = tree
+        for byte in word:
+            node = node.setdefault(byte, {})
+        node[-1] = {}  # a word ends here
+
+    def pattern(node: dict[int, Any]) -> bytes:
+        branches = [
+            re.escape(bytes([byte])) + pattern(node[byte]) for byte in sorted(node) if byte >= 0
+        ]
+        if not branches:
+            return b""
+        group = b"(?:" + b"|".join(branches) + b")"
+        return group + b"?" if -1 in node else group
+
+    return pattern(tree)
+
+
 def _normalise(term: str) -> str:
     return "".join(_WORD.findall(term)).lower()
+
+
+_ALLOWED = frozenset(map(_normalise, DEFAULT_ALLOWED_FIELDS))
+# Paths an OAuth authorization response comes back to.
+_CALLBACK_PATH = re.compile(r"callback|oauth|authori[sz]|redirect|sso|signin|login", re.I)
 
 
 class Redactor:
@@ -169,9 +227,11 @@ class Redactor:
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
         kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
-        self._term_search = (
-            re.compile("|".join(map(re.escape, kept)).encode("ascii")).search if kept else None
-        )
+        self._term_search = re.compile(_trie([t.encode() for t in kept])).search if kept else None
+        # Terms and the words credentials begin with, in one pass for the common case.
+        self._word_search = re.compile(
+            _trie([*(t.encode() for t in kept), *_CREDENTIAL_WORDS])
+        ).search
 
     def is_secret_header(self, name: str) -> bool:
         """Whether the header ``name`` (or WSGI environ key ``HTTP_...``) is filtered."""
@@ -189,6 +249,13 @@ class Redactor:
             return True
         return self._field_verdict(name)
 
+    def _is_oauth_code(self, name: str, query: str, path: str) -> bool:
+        """``code`` of an OAuth authorization response: with a ``state`` beside it, or on a
+        callback-looking path (``/oauth/callback``, ``/login/authorized``, ...)."""
+        return unquote_plus(name) == "code" and (
+            "state=" in query or _CALLBACK_PATH.search(path) is not None
+        )
+
     def _is_secret_field(self, name: str) -> bool:
         """Word-wise match. A run of words is joined only while it spells the beginning of a
         term, so each word starts a run of at most as many words as the longest term has
@@ -196,6 +263,8 @@ class Redactor:
         fields, prefixes = self._fields, self._term_prefixes
         words = [word.lower() for word in _WORD.findall(name)]
         count = len(words)
+        if count < 8 and "".join(words) in _ALLOWED:
+            return False
         for start in range(count):
             joined = ""
             for end in range(start, count):
@@ -253,25 +322,29 @@ class Redactor:
             environ["HTTP_REFERER"] = self.url(referrer)
         query = environ.get("QUERY_STRING")
         if query:
-            environ["QUERY_STRING"] = self.query(query)
+            environ["QUERY_STRING"] = self.query(query, environ.get("PATH_INFO", ""))
 
     def url(self, url: str) -> str:
         """A URL with the values of secret parameters filtered, in its query string and in its
         fragment (where OAuth's implicit flow puts ``access_token``)."""
         url, hash_mark, fragment = url.partition("#")
+        base = url
         if "?" in url:
             base, _, query = url.partition("?")
-            url = f"{base}?{self.query(query)}"
-        return f"{url}#{self.query(fragment)}" if hash_mark else url
+            url = f"{base}?{self.query(query, base)}"
+        return f"{url}#{self.query(fragment, base)}" if hash_mark else url
 
-    def query(self, query: str) -> str:
-        """A query string (or form body) with the values of secret parameters filtered."""
+    def query(self, query: str, path: str = "") -> str:
+        """A query string (or form body) with the values of secret parameters filtered; on
+        ``path``, ``code`` is filtered too when it is an OAuth authorization code."""
         if not query:
             return query
         parts = query.split("&")
         for index, part in enumerate(parts):
             name, equals, _ = part.partition("=")
-            if equals and self.is_secret_field(unquote_plus(name)):
+            if equals and (
+                self.is_secret_field(unquote_plus(name)) or self._is_oauth_code(name, query, path)
+            ):
                 parts[index] = f"{name}={FILTERED}"
         return "&".join(parts)
 
@@ -434,9 +507,12 @@ class Redactor:
         if escapes and (b"\\" in body or b"%" in body):
             hints = _NAME_HINT
         words = body.translate(_LOWERCASE, _NOT_ALPHANUMERIC)
-        if not hints and self._term_search is not None and self._term_search(words):
-            hints = _NAME_HINT
-        if _CREDENTIAL_WORDS(words) or b"://" in body or _may_hold_card(body):
+        if self._word_search(words) is not None:
+            if not hints and self._term_search is not None and self._term_search(words):
+                hints = _NAME_HINT
+            if _CREDENTIAL_WORDS_SEARCH(words):
+                hints |= _VALUE_HINT
+        if b"://" in body or _may_hold_card(body):
             hints |= _VALUE_HINT
         return hints
 
@@ -803,16 +879,24 @@ def _credential_text(match: re.Match[str]) -> str:
 
 
 def _may_hold_card(body: bytes) -> bool:
-    """Whether ``body`` has a run of digits shaped like a card number (a cheap mask test)."""
+    """Whether ``body`` has a run of digits shaped like a card number: a few C-level searches
+    of a digit mask, the pattern only when one of them hits."""
     masked = body.translate(_DIGIT_MASK)
-    return b"0000" in masked and _CARD_SHAPE.search(masked) is not None
+    return any(shape in masked for shape in _CARD_RUNS) and any(_card_candidates(masked))
+
+
+def _card_candidates(masked: bytes) -> Iterator[re.Match[bytes]]:
+    """Digit runs of a card's length and grouping in a digit mask (not part of a longer run)."""
+    for match in _CARD_SHAPE.finditer(masked):
+        if masked[match.start() - 1 : match.start()] != b"0" or match.start() == 0:
+            yield match
 
 
 def _scrub_cards(body: bytes) -> bytes:
     masked = body.translate(_DIGIT_MASK)
     pieces = []
     position = 0
-    for match in _CARD_SHAPE.finditer(masked):
+    for match in _card_candidates(masked):
         if _is_card_number(body[match.start() : match.end()].decode("ascii")):
             pieces.append(body[position : match.start()])
             pieces.append(FILTERED_BYTES)
@@ -873,15 +957,22 @@ _CREDENTIAL_BYTES = re.compile(_CREDENTIAL_PATTERN.encode("ascii"))
 #: How the credentials recognised by their look begin (a cheap test before the pattern).
 _CREDENTIAL_STARTS = ("eyJ", "earer", "EARER", "asic", "ASIC", "AKIA", "ASIA", "PRIVATE", "://")
 #: The same, lowercased and with only letters and digits, as :meth:`Redactor._hints` sees them.
-_CREDENTIAL_WORDS = re.compile(rb"eyj|bearer|basic|akia|asia|privatekey").search
+_CREDENTIAL_WORDS = (b"eyj", b"bearer", b"basic", b"akia", b"asia", b"privatekey")
+_CREDENTIAL_WORDS_SEARCH = re.compile(b"|".join(_CREDENTIAL_WORDS)).search
 # Card numbers: 13-19 digits in a row, or in groups of 4 (4-4-4-1..7) or 4-6-5 (Amex) split
 # by single spaces or dashes; in a mask where every digit is "0".
 _DIGIT_MASK = bytes(
     ord("0") if chr(byte).isdigit() and byte < 128 else byte if byte in b" -" else ord("x")
     for byte in range(256)
 )
-_CARD_SHAPE = re.compile(
-    rb"(?<!0)0000(?:0{9,15}|[ -]0000[ -]0000[ -]0{1,7}|[ -]000000[ -]00000)(?!0)"
+_CARD_SHAPE = re.compile(rb"0000(?:0{9,15}|[ -]0000[ -]0000[ -]0{1,7}|[ -]000000[ -]00000)(?!0)")
+#: What every card-shaped run contains (13 digits in a row, or grouped by spaces or dashes).
+_CARD_RUNS = (
+    b"0" * 13,
+    b"0000 0000 0000 0",
+    b"0000-0000-0000-0",
+    b"0000 000000 0",
+    b"0000-000000-0",
 )
 _CARD_TEXT = re.compile(
     r"(?<![0-9])[0-9]{4}(?:[0-9]{9,15}|[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]{1,7}"

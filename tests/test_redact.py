@@ -85,6 +85,28 @@ def redactor() -> Redactor:
         "oauth2_token",
         "passphrase",
         "cookie",
+        "card",
+        "cards_count",
+        "sig",
+        "signature",
+        "X-Amz-Signature",
+        "jwt",
+        "access_key",
+        "AccessKey",
+        "key",
+        "securityCode",
+        "security_code",
+        "iban",
+        "IBAN",
+        "social_security_number",
+        "socialSecurityNumber",
+        "totp",
+        "passcode",
+        "mfa_code",
+        "mfaCode",
+        "Cf-Access-Jwt-Assertion",
+        "X-Hub-Signature-256",
+        "token_type_secret",
     ],
 )
 def test_secret_field_names(redactor: Redactor, name: str) -> None:
@@ -104,10 +126,18 @@ def test_secret_field_names(redactor: Redactor, name: str) -> None:
         "tokenizer",
         "username",
         "email",
-        "card",
         "number",
-        "cards_count",
+        "cardholder",
         "pinned",
+        "token_type",
+        "tokenType",
+        "token_type_hint",
+        "oauth_signature_method",
+        "signature_version",
+        "keyword",
+        "monkey",
+        "signal",
+        "design",
         "shopping",
         "secretary",
         "description",
@@ -224,7 +254,7 @@ def test_url_headers_get_their_query_scrubbed(redactor: Redactor, name: str) -> 
     [(_, value)] = redactor.headers([(name, url)])
     assert SECRET not in value
     assert value == (
-        f"https://example.com/cb?code=1&access_token={FILTERED}&state=x&password={FILTERED}"
+        f"https://example.com/cb?code={FILTERED}&access_token={FILTERED}&state=x&password={FILTERED}"
     )
 
 
@@ -335,7 +365,7 @@ def test_data_filters_nested_secret_keys_and_copies(redactor: Redactor) -> None:
         "user": {
             "name": "ada",
             "password": FILTERED,
-            "cards": [{"card_number": FILTERED, "id": 1}],
+            "cards": FILTERED,  # "card" is a deny-listed word
         },
         "auth": FILTERED,
         "items_count": 3,
@@ -959,3 +989,104 @@ def test_name_value_shapes_are_scrubbed(redactor: Redactor, value: Any) -> None:
 def test_name_value_shapes_keep_innocent_pairs(redactor: Redactor) -> None:
     value = [{"name": "user", "value": "ada"}]
     assert redactor.data(value) is value
+
+
+# --- deny-list additions and OAuth codes -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a&X-Amz-Signature={SECRET}",
+        f"sig={SECRET}&se=2030",
+        f"signature={SECRET}",
+        f"jwt={SECRET}",
+        f"access_key={SECRET}",
+        f"key={SECRET}",
+    ],
+)
+def test_signed_url_and_key_parameters_are_filtered(redactor: Redactor, query: str) -> None:
+    assert SECRET not in redactor.query(query)
+
+
+def test_oauth_codes_are_filtered_on_callbacks_only(redactor: Redactor) -> None:
+    assert redactor.query(f"code={SECRET}&state=xyz") == f"code={FILTERED}&state=xyz"
+    assert redactor.query(f"code={SECRET}", "/oauth/callback") == f"code={FILTERED}"
+    assert redactor.query(f"code={SECRET}", "/login/authorized") == f"code={FILTERED}"
+    assert redactor.query("code=US&q=zip", "/countries") == "code=US&q=zip"
+    environ = {"PATH_INFO": "/auth/google/callback", "QUERY_STRING": f"code={SECRET}"}
+    redactor.environ(environ)
+    assert environ["QUERY_STRING"] == f"code={FILTERED}"
+    url = f"https://app.example/sso/return?code={SECRET}"
+    assert redactor.url(url) == f"https://app.example/sso/return?code={FILTERED}"
+
+
+def test_allowed_names_are_documented_non_secrets(redactor: Redactor) -> None:
+    pairs = {"token_type": "Bearer", "expires_in": 3600, "access_token": SECRET}
+    assert redactor.data(pairs) == {
+        "token_type": "Bearer",
+        "expires_in": 3600,
+        "access_token": FILTERED,
+    }
+
+
+# --- credentials by their look -----------------------------------------------------------------
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx\n-----END RSA PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"token {JWT} end", f"token {FILTERED} end"),
+        ("Bearer abcdef123456", f"Bearer {FILTERED}"),
+        ("auth: basic dXNlcjpwYXNz==", f"auth: basic {FILTERED}"),
+        ("id AKIAIOSFODNN7EXAMPLE here", f"id {FILTERED} here"),
+        (f"key:\n{PEM}\nafter", f"key:\n{FILTERED}\nafter"),
+        ("card 4111 1111 1111 1111 ok", f"card {FILTERED} ok"),
+        ("card 4111-1111-1111-1111", f"card {FILTERED}"),
+        ("amex 378282246310005.", f"amex {FILTERED}."),
+        ("https://ada:hunter2@db.example/x", f"https://ada:{FILTERED}@db.example/x"),
+        ("<https://u:p@x.example/a>; rel=next", f"<https://u:{FILTERED}@x.example/a>; rel=next"),
+        ("5; url=ftp://bob:pw@files.example/", f"5; url=ftp://bob:{FILTERED}@files.example/"),
+    ],
+)
+def test_credentials_are_found_by_their_look(text: str, expected: str) -> None:
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order 4111 1111 1111 1112",  # Luhn fails
+        "ts 1733456789012 ms",  # a timestamp: no card prefix
+        "phone +1 555 123 4567",
+        "https://user@host.example/ no password",
+        "basic plan, bearer of news",
+        "eyJ alone",
+        "Asia/Tokyo",
+    ],
+)
+def test_look_alikes_are_kept(text: str) -> None:
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) is text
+
+
+def test_bodies_and_custom_data_lose_credentials_by_their_look(redactor: Redactor) -> None:
+    body = json.dumps({"note": f"use {JWT}", "n": "4111111111111111", "ok": "fine"}).encode()
+    kept = redactor.scrub_body(body, "application/json")
+    assert json.loads(kept.body) == {"note": f"use {FILTERED}", "n": FILTERED, "ok": "fine"}
+    assert redactor.body(f"hello {PEM}".encode(), "text/plain") == f"hello {FILTERED}".encode()
+    html = b'<a href="https://ada:pw@intranet.example/">x</a>'
+    assert redactor.body(html, "text/html") == (
+        b'<a href="https://ada:' + FILTERED.encode() + b'@intranet.example/">x</a>'
+    )
+    data = {"a": [f"Bearer {SECRET}"], "b": {"c": "AKIAIOSFODNN7EXAMPLE"}, "d": 1}
+    assert redactor.values(data) == {"a": [f"Bearer {FILTERED}"], "b": {"c": FILTERED}, "d": 1}
+    assert redactor.values({"x": "plain"}) == {"x": "plain"}
+    yaml = f"note: {JWT}\n".encode()
+    assert redactor.scrub_body(yaml, "application/yaml").body is None
