@@ -57,7 +57,9 @@ __all__ = [
 ]
 
 #: Control characters (C0, DEL, C1) and Unicode line/paragraph separators.
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters, line and paragraph separators, and the bidirectional controls that
+# can reorder what a terminal shows (Trojan Source).
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _NAMED_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
 #: Headers never resent by :meth:`Tracking.replay` (the test client sets them).
 # Stored bodies are decoded: a Content-Encoding would no longer describe them.
