@@ -252,7 +252,7 @@ class Redactor:
     def _is_oauth_code(self, name: str, query: str, path: str) -> bool:
         """``code`` of an OAuth authorization response: with a ``state`` beside it, or on a
         callback-looking path (``/oauth/callback``, ``/login/authorized``, ...)."""
-        return unquote_plus(name) == "code" and (
+        return (name == "code" or ("%" in name and unquote_plus(name) == "code")) and (
             "state=" in query or _CALLBACK_PATH.search(path) is not None
         )
 
@@ -931,13 +931,15 @@ def _xml_element_end(body: bytes, start: int, name: bytes) -> tuple[int, int]:
     where scanning goes on (after its end tag); the end of ``body`` for an element left
     open. Elements of the same name nested inside are counted."""
     depth = 1
-    pattern = re.compile(rb"<(/?)" + re.escape(name) + rb"(?=[\s/>])[^<>]*?(/?)>")
-    for match in pattern.finditer(body, start):
-        if match.group(1):
+    for match in _XML_TAG.finditer(body, start):
+        closing, prefix, local, _, empty = match.groups()
+        if (prefix or b"") + local != name:
+            continue
+        if closing:
             depth -= 1
             if depth == 0:
                 return match.start(), match.end()
-        elif not match.group(2):
+        elif not empty:
             depth += 1
     return len(body), len(body)
 

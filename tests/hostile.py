@@ -106,6 +106,12 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b"<password>x</password>", size, b"<a>", b"</a>"),
         "application/xml",
     ),
+    "xml: many distinct secret elements": lambda size: (
+        b"<a>"
+        + b"".join(b"<password%d>x</password%d>" % (i, i) for i in range(size // 32))
+        + b"</a>",
+        "application/xml",
+    ),
     "xml: unclosed secret elements": lambda size: (
         _fill(b"<password>", size, b"<a>"),
         "application/xml",
