@@ -1478,7 +1478,8 @@ class Tracking(Document):
 
     def resendable_headers(self) -> list[tuple[str, str]]:
         """The request headers :meth:`replay` resends: all but the ``FILTERED`` ones and
-        ``Host``, ``Content-Length`` and ``Transfer-Encoding``."""
+        ``Host``, ``Content-Length``, ``Transfer-Encoding`` and ``Content-Encoding`` (a stored
+        body is decoded)."""
         return _replay_headers(self.request_headers, None)
 
     def filtered_header_names(self) -> list[str]:

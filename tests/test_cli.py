@@ -1041,3 +1041,19 @@ def test_csv_cells_never_start_a_formula(
         assert row[column].endswith('HYPERLINK("http://evil.example")')
     assert row["endpoint"] == "ok"
     assert row["status_code"] == "200"
+
+
+def test_curl_does_not_resend_the_content_encoding_of_a_decoded_body(
+    runner: FlaskCliRunner,
+) -> None:
+    (record_id,) = insert(
+        stored_record(
+            method="POST",
+            request_headers=[["Content-Encoding", "gzip"], ["Content-Type", "application/json"]],
+            request_body=b'{"a": 1}',
+            request_body_size=28,
+        )
+    )
+    words = shell_words(run(runner, "curl", str(record_id)).stdout)
+    assert "Content-Type: application/json" in words
+    assert not any(word.lower().startswith("content-encoding") for word in words)
