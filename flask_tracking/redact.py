@@ -456,10 +456,14 @@ class Redactor:
             return body  # nothing in it can name a secret or look like a credential
         if not scrubbable:
             raise Unreadable(f"format not scrubbable ({kind})")
-        if multipart and not outer:
-            raise Unreadable("nested multipart")
+        if multipart:
+            if not outer:
+                raise Unreadable("nested multipart")
+            # Part by part, names and values: a boundary (often a long run of digits) is never
+            # mistaken for a credential.
+            return self._multipart(body, content_type, limit)
         if hints & _NAME_HINT:
-            body = self._by_name(body, content_type, kind, limit, (multipart, json_kind, form, xml))
+            body = self._by_name(body, content_type, kind, (json_kind, form, xml))
         if hints & _VALUE_HINT:
             body = scrub_values(body)
         return body
@@ -469,12 +473,9 @@ class Redactor:
         body: bytes,
         content_type: str,
         kind: str,
-        limit: int,
-        shape: tuple[bool, bool, bool, bool],
+        shape: tuple[bool, bool, bool],
     ) -> bytes:
-        multipart, json_kind, form, xml = shape
-        if multipart:
-            return self._multipart(body, content_type, limit)
+        json_kind, form, xml = shape
         head = body[:1024].lstrip()
         if xml or (kind in _TEXT_KINDS and head[:1] == b"<"):
             return self._urls(self._xml(body))
@@ -662,7 +663,7 @@ class Redactor:
         """
         boundary = _boundary(content_type)
         if boundary is None:
-            return self._loose(body, body.decode("utf-8", "replace"))
+            return scrub_values(self._loose(body, body.decode("utf-8", "replace")))
         delimiter = b"--" + boundary
         parts = body.split(delimiter)
         changed = False

@@ -1090,3 +1090,16 @@ def test_bodies_and_custom_data_lose_credentials_by_their_look(redactor: Redacto
     assert redactor.values({"x": "plain"}) == {"x": "plain"}
     yaml = f"note: {JWT}\n".encode()
     assert redactor.scrub_body(yaml, "application/yaml").body is None
+
+
+def test_a_multipart_boundary_is_never_taken_for_a_card_number(redactor: Redactor) -> None:
+    boundary = b"---------------WerkzeugFormPart_1765000000.4111111111111111"
+    body = (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="user"\r\n\r\nada\r\n'
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="pin"\r\n\r\n1234\r\n'
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="n"\r\n\r\n'
+        b"4111 1111 1111 1111\r\n--" + boundary + b"--\r\n"
+    )
+    kept = redactor.body(body, "multipart/form-data; boundary=" + boundary.decode())
+    assert kept is not None and kept.count(boundary) == 4
+    assert kept.count(FILTERED.encode()) == 2  # the pin by name, the card in a part by value
