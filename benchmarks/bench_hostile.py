@@ -65,14 +65,14 @@ def main() -> None:
     for name, shape in BODY_SHAPES.items():
         body, content_type = shape(options.size)
         rows.append((name, best_time(_redacting(body, content_type), options.rounds)))
-    print(f"Bodies of {options.size} bytes, least of {options.rounds} rounds")
+    print(f"Bodies of {options.size} bytes, least of {options.rounds} rounds:\n")
     print("| shape | ms | x plain |\n|---|---|---|")
     for name, seconds in rows:
         print(f"| {name} | {seconds * 1000:.2f} | {seconds / plain:.1f} |")
     worst = max(rows[1:], key=lambda row: row[1])
     print(f"| **worst body**: {worst[0]} | {worst[1] * 1000:.2f} | {worst[1] / plain:.1f} |")
 
-    print("\nRequest lines (Redactor.environ)")
+    print("\nRequest lines (Redactor.environ):\n")
     print("| shape | ms |\n|---|---|")
     line_rows = []
     for name, environ in request_lines().items():
