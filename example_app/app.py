@@ -322,6 +322,7 @@ def _add_routes(app: Flask) -> None:
         raise RuntimeError("boom: this view always fails (the record keeps the exception)")
 
     @app.get("/requests")
+    @login_required  # every recorded request is shown here: only to logged-in users
     def requests_list() -> str:
         # Records are written by a background thread; flush so the latest ones show up.
         _tracking().flush(timeout=1)
@@ -329,6 +330,7 @@ def _add_routes(app: Flask) -> None:
         return render_template("requests.html", records=list(records), count=LATEST_COUNT)
 
     @app.get("/requests/<record_id>")
+    @login_required
     def request_detail(record_id: str) -> str:
         if not ObjectId.is_valid(record_id):
             abort(404)

@@ -37,6 +37,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from .config import TrackingConfig, load_config
 from .documents import (
+    _CONTROL_RE,
     STATS_GROUPS,
     TIMELINE_BUCKETS,
     Tracking,
@@ -372,31 +373,50 @@ def show_command(record_id: str) -> None:
     help="Write the stored request body to this file and send it with --data-binary @FILE "
     "(for binary bodies, which are otherwise inlined with printf or, when truncated, left out).",
 )
-def curl_command(record_id: str, data_file: str | None) -> None:
+@click.option(
+    "--base-url",
+    help="Where to send it, e.g. http://localhost:5000 (default: the recorded scheme and Host, "
+    "which the client chose).",
+)
+def curl_command(record_id: str, data_file: str | None, base_url: str | None) -> None:
     """A curl command that sends the recorded request again (filtered headers left out)."""
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise click.BadParameter("must start with http:// or https://", param_hint="--base-url")
     record = _record(app_records(), record_id)
     if data_file is not None:
         with open(data_file, "wb") as stream:
             stream.write(bytes(record.request_body or b""))
-    command, notes = curl_for(record, data_file)
+    command, notes = curl_for(record, data_file, base_url)
+    if base_url is None:
+        target = _escape(f"{record.scheme or 'http'}://{record.host or 'localhost'}")
+        notes.insert(0, f"Target: the recorded host {target}; choose another with --base-url.")
     for note in notes:
         click.echo(f"# {note}", err=True)
     click.echo(command)
 
 
-def curl_for(record: Tracking, data_file: str | None = None) -> tuple[str, list[str]]:
+def curl_for(
+    record: Tracking, data_file: str | None = None, base_url: str | None = None
+) -> tuple[str, list[str]]:
     """A shell command (POSIX quoting) re-sending ``record`` with curl, and notes about it.
 
-    Headers stored as ``[Filtered]`` are left out, as are Host (in the URL), Content-Length
-    and Transfer-Encoding (curl sets them). With ``data_file`` (where the caller wrote the
-    stored body) the body is sent with ``--data-binary @data_file``. Otherwise a text body goes
-    in ``--data-raw``; a binary one is piped in by ``printf`` with octal escapes, unless it was
-    truncated: then it is left out and a note says so (a partial binary body is rarely worth
-    sending, and its printf would be tens of kilobytes of escapes).
+    The target is ``base_url`` (``http://localhost:5000``) or else the recorded scheme and
+    host. Headers stored as ``[Filtered]`` are left out, as are Host (in the URL),
+    Content-Length and Transfer-Encoding (curl sets them). With ``data_file`` (where the caller
+    wrote the stored body) the body is sent with ``--data-binary @data_file``. Otherwise a text
+    body goes in ``--data-raw``; a binary one (or one holding control or bidirectional
+    characters) is piped in by ``printf`` with octal escapes, unless it was truncated: then it
+    is left out and a note says so (a partial binary body is rarely worth sending, and its
+    printf would be tens of kilobytes of escapes). A word holding a control or bidirectional
+    character is given as ``"$(printf ...)"`` with octal escapes, so the printed command shows
+    none of them raw (nothing a terminal would act on).
     """
     method = (record.method or "GET").upper()
     body = bytes(record.request_body) if record.request_body is not None else b""
-    url = f"{record.scheme or 'http'}://{record.host or 'localhost'}"
+    if base_url is None:
+        url = f"{record.scheme or 'http'}://{record.host or 'localhost'}"
+    else:
+        url = base_url.rstrip("/")
     url += quote(record.path or "/", safe="/:@!$&'()*+,;=")
     if record.query_params:
         url += f"?{record.query_params}"
@@ -406,15 +426,17 @@ def curl_for(record: Tracking, data_file: str | None = None) -> tuple[str, list[
     elif method != "GET" or body:
         words += ["-X", method]
     words.append(url)
-    lines = [" ".join(shlex.quote(word) for word in words)]
+    lines = [" ".join(_shell_word(word) for word in words)]
     lines += [
-        f"-H {shlex.quote(f'{name}: {value}' if value else f'{name};')}"
+        f"-H {_shell_word(f'{name}: {value}' if value else f'{name};')}"
         for name, value in record.resendable_headers()
     ]
     prefix = ""
-    binary = bool(body) and _is_binary(body)
+    binary = bool(body) and (
+        _is_binary(body) or _CONTROL_RE.search(body.decode("utf-8", "replace")) is not None
+    )
     if data_file is not None:
-        lines.append(f"--data-binary {shlex.quote('@' + data_file)}")
+        lines.append(f"--data-binary {_shell_word('@' + data_file)}")
     elif binary and record.request_body_truncated:
         pass  # left out; _curl_notes says why and how to get it
     elif binary:
@@ -423,6 +445,14 @@ def curl_for(record: Tracking, data_file: str | None = None) -> tuple[str, list[
     elif body:
         lines.append(f"--data-raw {shlex.quote(body.decode('utf-8', 'replace'))}")
     return prefix + " \\\n  ".join(lines), _curl_notes(record, binary, data_file)
+
+
+def _shell_word(word: str) -> str:
+    """``word`` quoted for a POSIX shell; with control or bidirectional characters, as a
+    printf command substitution that prints them from octal escapes."""
+    if _CONTROL_RE.search(word) is None:
+        return shlex.quote(word)
+    return f'"$(printf {shlex.quote(_printf_format(word.encode("utf-8", "surrogateescape")))})"'
 
 
 def _printf_format(body: bytes) -> str:
@@ -445,7 +475,7 @@ def _curl_notes(record: Tracking, binary: bool, data_file: str | None) -> list[s
     notes = []
     filtered = record.filtered_header_names()
     if filtered:
-        notes.append(f"Left out filtered headers: {', '.join(filtered)}.")
+        notes.append(f"Left out filtered headers: {_escape(', '.join(filtered))}.")
     kept = len(record.request_body or b"")
     if record.request_body_truncated and binary and data_file is None:
         notes.append(
@@ -461,7 +491,7 @@ def _curl_notes(record: Tracking, binary: bool, data_file: str | None) -> list[s
         )
     elif record.request_body is None and record.request_body_omitted:
         notes.append(
-            f"The request body was not recorded ({record.request_body_omitted}): this "
+            f"The request body was not recorded ({_escape(record.request_body_omitted)}): this "
             "command sends none."
         )
     return notes
@@ -806,10 +836,16 @@ def _write_jsonl(documents: Iterable[dict[str, Any]], stream: Any) -> int:
     count = 0
     for document in documents:
         ordered = {"_id": document.get("_id"), **document}  # the id first, for readers
-        stream.write(json.dumps(jsonable(ordered), ensure_ascii=False, separators=(",", ":")))
+        line = json.dumps(jsonable(ordered), ensure_ascii=False, separators=(",", ":"))
+        # JSON escapes C0 controls itself; the rest (C1, bidi controls) only appear in strings.
+        stream.write(_CONTROL_RE.sub(_json_escape, line))
         stream.write("\n")
         count += 1
     return count
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def _write_csv(documents: Iterable[dict[str, Any]], stream: Any) -> int:
@@ -831,8 +867,20 @@ def _csv_cell(document: dict[str, Any], column: str) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        return json.dumps(jsonable(value), ensure_ascii=False, sort_keys=True)
-    return jsonable(value)
+        value = json.dumps(jsonable(value), ensure_ascii=False, sort_keys=True)
+    value = jsonable(value)
+    return _safe_cell(value) if isinstance(value, str) else value
+
+
+def _safe_cell(text: str) -> str:
+    """A CSV cell no spreadsheet runs as a formula (OWASP: a leading ``=``, ``+``, ``-``,
+    ``@``, tab or carriage return gets a ``'`` before it), with control and bidirectional
+    characters escaped."""
+    text = _escape(text)
+    return "'" + text if text[:1] in _FORMULA_STARTS else text
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def jsonable(value: Any) -> Any:

@@ -64,7 +64,9 @@ DEFAULTS: dict[str, Any] = {
     "TRACKING_MONGODB_URI": None,
     #: Records. The writer's queue refuses (and counts) records beyond this many pending.
     "TRACKING_QUEUE_MAX_RECORDS": 10_000,
-    #: Bytes. The writer's queue refuses (and counts) records beyond this estimated size pending.
+    #: Bytes. The writer's queue refuses (and counts) records beyond this size pending; a record
+    #: counts every byte it holds (all headers, path, query string, bodies, custom data) plus
+    #: what Python adds to each string.
     "TRACKING_QUEUE_MAX_BYTES": 64 * MiB,
     #: Records per ``insert_many``.
     "TRACKING_BATCH_MAX_RECORDS": 500,

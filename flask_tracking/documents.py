@@ -57,10 +57,15 @@ __all__ = [
 ]
 
 #: Control characters (C0, DEL, C1) and Unicode line/paragraph separators.
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters, line and paragraph separators, and the bidirectional controls that
+# can reorder what a terminal shows (Trojan Source).
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _NAMED_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
 #: Headers never resent by :meth:`Tracking.replay` (the test client sets them).
-_REPLAY_SKIPPED_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
+# Stored bodies are decoded: a Content-Encoding would no longer describe them.
+_REPLAY_SKIPPED_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "content-encoding"}
+)
 _HEX_PREVIEW_BYTES = 32
 
 
@@ -1473,7 +1478,8 @@ class Tracking(Document):
 
     def resendable_headers(self) -> list[tuple[str, str]]:
         """The request headers :meth:`replay` resends: all but the ``FILTERED`` ones and
-        ``Host``, ``Content-Length`` and ``Transfer-Encoding``."""
+        ``Host``, ``Content-Length``, ``Transfer-Encoding`` and ``Content-Encoding`` (a stored
+        body is decoded)."""
         return _replay_headers(self.request_headers, None)
 
     def filtered_header_names(self) -> list[str]:

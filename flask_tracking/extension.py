@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 
 #: Fixed part of the estimated in-queue size of a record, in bytes (dicts, strings, numbers).
 RECORD_OVERHEAD_BYTES = 4096
+#: What Python adds to each (name, value) pair a queued record keeps: two string objects and
+#: a slot of a dict or list, in bytes.
+ITEM_OVERHEAD_BYTES = 128
 
 #: The dashboard's answer (and log line) while it has no access check.
 NO_DASHBOARD_ACCESS = (
@@ -461,14 +464,20 @@ class Tracking:
 
 
 def _estimated_size(state: RequestState) -> int:
-    """Rough in-memory size of a queued record, for the queue's byte bound: the bodies, the
-    custom data, the cookie (the one header that grows large) and a fixed allowance."""
-    size = RECORD_OVERHEAD_BYTES + state.custom_data_size
+    """In-memory size of a queued record, for the queue's byte bound: every byte it holds
+    (each string of the environ copy: all headers, the path and the query string; the response
+    headers; the bodies; the custom data; the exception), each string with what Python adds to
+    it, and a fixed allowance for the rest."""
+    size = RECORD_OVERHEAD_BYTES + state.custom_data_size + len(state.exception or "")
     for capture in (state.request_body, state.response_body):
         if capture is not None:
             size += len(capture.buffer)
-    if state.environ is not None:
-        size += len(state.environ.get("HTTP_COOKIE", ""))
+    environ = state.environ
+    if environ is not None:
+        size += len(environ) * ITEM_OVERHEAD_BYTES + sum(map(len, environ))
+        size += sum([len(value) for value in environ.values() if type(value) is str])
+    headers = state.response_headers
+    size += len(headers) * ITEM_OVERHEAD_BYTES + sum([len(n) + len(v) for n, v in headers])
     return size
 
 

@@ -16,10 +16,16 @@ from typing import TYPE_CHECKING, Any
 from bson import DBRef, ObjectId
 from ua_parser import parse as parse_ua
 
-from .redact import Redactor, anonymize_ip
+from .redact import (
+    DEFAULT_MAX_DECODED_BYTES,
+    Redactor,
+    ScrubbedBody,
+    anonymize_ip,
+    scrub_text,
+)
 
 if TYPE_CHECKING:  # config imports this module, and capture imports config
-    from .capture import RequestState
+    from .capture import BodyCapture, RequestState
 from .policy import decode_wsgi, wsgi_path
 
 #: The keys of the stored documents (besides ``_id``), all in every document but the
@@ -143,15 +149,20 @@ def to_document(
             document["db"] = db
             db_bytes = _db_bytes(db)
     if redactor is not None:
+        scrub_values_by_look(document, redactor)
         if document["request_body"]:
-            _scrub_body(document, "request", redactor, environ.get("CONTENT_TYPE", ""))
+            kind = environ.get("CONTENT_TYPE", "")
+            coding = environ.get("HTTP_CONTENT_ENCODING", "")
+            _scrub_body(document, "request", redactor, kind, coding, state.request_body)
         if document["response_body"]:
-            response_type = ""
+            kind = coding = ""
             for name, value in response_headers:
-                if name.lower() == "content-type":
-                    response_type = value
-                    break
-            _scrub_body(document, "response", redactor, response_type)
+                lowered = name.lower()
+                if lowered == "content-type":
+                    kind = value
+                elif lowered == "content-encoding":
+                    coding = value
+            _scrub_body(document, "response", redactor, kind, coding, state.response_body)
     state.document_bytes = (
         _FIXED_BYTES
         + _text_bytes(names, values)
@@ -239,14 +250,44 @@ _HEADER_PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...], Any
 _MAX_REMEMBERED_LAYOUTS = 1024
 
 
-def _scrub_body(document: dict[str, Any], prefix: str, redactor: Redactor, kind: str) -> None:
-    """Filter secrets in one body; if scrubbing fails, keep no body at all (fail closed)."""
+def scrub_values_by_look(document: dict[str, Any], redactor: Redactor) -> None:
+    """Filter credentials recognised by their look (:func:`redact.scrub_text`) in the header
+    values, path, query string, referrer and custom data of ``document``, whatever their
+    names: a JWT in ``X-Debug``, a URL's password in ``Referer``, ``Location`` or ``Link``.
+    On the writer thread, like the bodies: a request never pays for it."""
+    for key in ("request_headers", "response_headers"):
+        pairs = document[key]
+        if any(scrub_text(value) is not value for _, value in pairs if type(value) is str):
+            document[key] = [
+                [name, scrub_text(value) if type(value) is str else value] for name, value in pairs
+            ]
+    for key in ("path", "query_params", "referrer"):
+        value = document[key]
+        if type(value) is str:
+            document[key] = scrub_text(value)
+    if document["custom_data"] is not None:
+        document["custom_data"] = redactor.values(document["custom_data"])
+
+
+def _scrub_body(
+    document: dict[str, Any],
+    prefix: str,
+    redactor: Redactor,
+    kind: str,
+    coding: str,
+    capture: BodyCapture | None,
+) -> None:
+    """Filter secrets in one body, or omit it with the reason; if scrubbing fails, keep no
+    body at all (fail closed)."""
     key = f"{prefix}_body"
+    limit = capture.limit if capture is not None else DEFAULT_MAX_DECODED_BYTES
     try:
-        document[key] = redactor.body(document[key], kind)
+        kept = redactor.scrub_body(document[key], kind, coding, max(limit, 1))
     except Exception:
-        document[key] = None
-        document[f"{prefix}_body_omitted"] = "redaction failed"
+        kept = ScrubbedBody(None, "redaction failed")
+    document[key] = kept.body
+    if kept.omitted is not None:
+        document[f"{prefix}_body_omitted"] = kept.omitted
 
 
 def _add_bodies(document: dict[str, Any], state: RequestState) -> int:

@@ -12,16 +12,22 @@ in the header deny-list or is a secret field name (``X-Auth-Token``).
 
 from __future__ import annotations
 
+import codecs
+import importlib
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
-from typing import Any
-from urllib.parse import unquote_plus
+from typing import Any, NamedTuple
+from urllib.parse import unquote, unquote_plus
 
 #: The value stored in place of a secret.
 FILTERED = "[Filtered]"
+FILTERED_BYTES = FILTERED.encode()
+#: Bytes a body encoded with Content-Encoding is decoded to at most, unless told otherwise.
+DEFAULT_MAX_DECODED_BYTES = 65536
 
 #: Headers always stored as FILTERED (case-insensitive), unless TRACKING_REDACT_HEADERS replaces
 #: the list.
@@ -37,6 +43,11 @@ DEFAULT_REDACT_HEADERS: tuple[str, ...] = (
     "X-Auth-Token",
     "X-Access-Token",
     "X-Amz-Security-Token",
+    "Cf-Access-Jwt-Assertion",
+    "X-Goog-Iap-Jwt-Assertion",
+    "X-Hub-Signature",
+    "X-Hub-Signature-256",
+    "X-Signature",
 )
 
 #: Field-name terms whose values are stored as FILTERED, matched word-wise (see module doc).
@@ -73,6 +84,31 @@ DEFAULT_REDACT_FIELDS: tuple[str, ...] = (
     "privatekey",
     "phpsessid",
     "connect.sid",
+    "sig",
+    "signature",
+    "jwt",
+    "access_key",
+    "key",
+    "card",
+    "security code",
+    "iban",
+    "social security number",
+    "totp",
+    "passcode",
+    "mfa code",
+)
+
+#: Names that contain a deny-listed word but hold no secret, kept as they are (matched as the
+#: whole name, words joined and lowercased: ``token_type`` and ``tokenType`` alike).
+DEFAULT_ALLOWED_FIELDS: tuple[str, ...] = (
+    "token_type",
+    "token_type_hint",
+    "signature_method",
+    "oauth_signature_method",
+    "signature_version",
+    "signature_algorithm",
+    "key_type",
+    "auth_type",
 )
 
 #: Headers that carry the client address; filtered too when TRACKING_ANONYMIZE_IP is on.
@@ -86,12 +122,49 @@ IP_HEADERS: tuple[str, ...] = (
     "Fastly-Client-IP",
 )
 
+#: Names (of fields, parameters, headers, parts) longer than this many characters are not
+#: split into words: they are judged secret outright, so a name costs time linear in its length
+#: and bounded (no real form field or header is this long).
+MAX_NAME_LENGTH = 256
+
 _MAX_REMEMBERED_HEADERS = 4096
 _ATOMIC_TYPES = frozenset({str, int, float, bool, bytes})
-#: Body types scrubbed by their look (besides JSON, forms and multipart).
-_TEXT_KINDS = frozenset({"", "text/plain"})
-#: Body types whose URLs are scrubbed (redirect pages, links with tokens).
-_MARKUP_KINDS = frozenset({"text/html", "application/xhtml+xml", "text/xml", "application/xml"})
+#: Body types scrubbed by their look (besides JSON, forms, multipart, XML and HTML).
+_TEXT_KINDS = frozenset({"", "text/plain", "application/graphql"})
+#: XML types (any ``+xml`` type too): elements and attributes scrubbed by name, and URLs.
+_XML_KINDS = frozenset({"text/xml", "application/xml"})
+#: HTML: the parameters of URLs are scrubbed (redirect pages, links with tokens).
+_HTML = frozenset({"text/html", "application/xhtml+xml"})
+#: Textual types (YAML, CSV, scripts...) where escapes can hide a name.
+_TEXT_PREFIXES = (
+    "text/",
+    "application/yaml",
+    "application/x-yaml",
+    "application/toml",
+    "application/javascript",
+)
+#: Media, kept as they are: they carry no named fields (SVG, an XML type, is scrubbed).
+_MEDIA_PREFIXES = ("image/", "audio/", "video/", "font/")
+#: Compressed archives: what is inside cannot be read within bounds, so they are omitted.
+_ARCHIVE_KINDS = frozenset(
+    {
+        "application/zip",
+        "application/gzip",
+        "application/x-gzip",
+        "application/x-bzip2",
+        "application/x-xz",
+        "application/zstd",
+        "application/x-7z-compressed",
+        "application/x-rar-compressed",
+        "application/vnd.rar",
+    }
+)
+#: Keys whose value names the field another key of the same object holds
+#: (``{"name": "password", "value": "..."}``); in XML, attributes naming their element.
+_NAMING_KEYS = frozenset({"name", "key", "field", "param", "parameter", "header"})
+#: Hints of :meth:`Redactor._hints`.
+_NAME_HINT = 1
+_VALUE_HINT = 2
 _URL_HEADERS = frozenset({"referer", "location", "http_referer"})
 _ALPHANUMERIC = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _NOT_ALPHANUMERIC = bytes(byte for byte in range(256) if byte not in _ALPHANUMERIC)
@@ -99,8 +172,36 @@ _LOWERCASE = bytes.maketrans(_ALPHANUMERIC[10:36], _ALPHANUMERIC[36:])
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
+def _trie(words: Iterable[bytes]) -> bytes:
+    """A regex matching any of ``words``, as a trie (``p(?:ass|in)``): Python's regex engine
+    tries the branches of a flat alternation one by one at every position, a trie's by their
+    first byte."""
+    tree: dict[int, Any] = {}
+    for word in words:
+        node = tree
+        for byte in word:
+            node = node.setdefault(byte, {})
+        node[-1] = {}  # a word ends here
+
+    def pattern(node: dict[int, Any]) -> bytes:
+        branches = [
+            re.escape(bytes([byte])) + pattern(node[byte]) for byte in sorted(node) if byte >= 0
+        ]
+        if not branches:
+            return b""
+        group = b"(?:" + b"|".join(branches) + b")"
+        return group + b"?" if -1 in node else group
+
+    return pattern(tree)
+
+
 def _normalise(term: str) -> str:
     return "".join(_WORD.findall(term)).lower()
+
+
+_ALLOWED = frozenset(map(_normalise, DEFAULT_ALLOWED_FIELDS))
+# Paths an OAuth authorization response comes back to.
+_CALLBACK_PATH = re.compile(r"callback|oauth|authori[sz]|redirect|sso|signin|login", re.I)
 
 
 class Redactor:
@@ -108,9 +209,17 @@ class Redactor:
 
     def __init__(self, headers: Iterable[str], fields: Iterable[str]) -> None:
         self._fields = frozenset(_normalise(term) for term in fields if _normalise(term))
+        # Every beginning of a term or of its plural: a run of words that is none of them
+        # cannot grow into a match, so joining stops there.
+        self._term_prefixes = frozenset(
+            spelled[:end]
+            for term in self._fields
+            for spelled in (term, term + "s")
+            for end in range(1, len(spelled) + 1)
+        )
         self._headers = frozenset(name.lower() for name in headers)
         # Field and header names repeat endlessly; remember each verdict (bounded).
-        self.is_secret_field = lru_cache(maxsize=4096)(self._is_secret_field)
+        self._field_verdict = lru_cache(maxsize=4096)(self._is_secret_field)
         self._header_verdicts: dict[str, bool] = {}
         # The same verdicts for WSGI environ keys, as sets for C-level set operations.
         self._environ_keys_seen: set[str] = set()
@@ -118,26 +227,50 @@ class Redactor:
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
         kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
-        self._term_search = (
-            re.compile("|".join(map(re.escape, kept)).encode("ascii")).search if kept else None
-        )
+        self._term_search = re.compile(_trie([t.encode() for t in kept])).search if kept else None
+        # Terms and the words credentials begin with, in one pass for the common case.
+        self._word_search = re.compile(
+            _trie([*(t.encode() for t in kept), *_CREDENTIAL_WORDS])
+        ).search
 
     def is_secret_header(self, name: str) -> bool:
         """Whether the header ``name`` (or WSGI environ key ``HTTP_...``) is filtered."""
         verdict = self._header_verdicts.get(name)
         if verdict is None:
             verdict = self._is_secret_header(name)
-            if len(self._header_verdicts) < _MAX_REMEMBERED_HEADERS:
+            if len(self._header_verdicts) < _MAX_REMEMBERED_HEADERS and len(name) <= 512:
                 self._header_verdicts[name] = verdict
         return verdict
 
+    def is_secret_field(self, name: str) -> bool:
+        """Whether a field named ``name`` (JSON key, form or query parameter, multipart part,
+        custom-data key) holds a secret; a name over :data:`MAX_NAME_LENGTH` always does."""
+        if len(name) > MAX_NAME_LENGTH:
+            return True
+        return self._field_verdict(name)
+
+    def _is_oauth_code(self, name: str, query: str, path: str) -> bool:
+        """``code`` of an OAuth authorization response: with a ``state`` beside it, or on a
+        callback-looking path (``/oauth/callback``, ``/login/authorized``, ...)."""
+        return (name == "code" or ("%" in name and unquote_plus(name) == "code")) and (
+            "state=" in query or _CALLBACK_PATH.search(path) is not None
+        )
+
     def _is_secret_field(self, name: str) -> bool:
-        fields = self._fields
+        """Word-wise match. A run of words is joined only while it spells the beginning of a
+        term, so each word starts a run of at most as many words as the longest term has
+        letters: the time is linear in the length of the name."""
+        fields, prefixes = self._fields, self._term_prefixes
         words = [word.lower() for word in _WORD.findall(name)]
-        for start in range(len(words)):
+        count = len(words)
+        if count < 8 and "".join(words) in _ALLOWED:
+            return False
+        for start in range(count):
             joined = ""
-            for word in words[start:]:
-                joined += word
+            for end in range(start, count):
+                joined += words[end]
+                if joined not in prefixes:
+                    break
                 # A plural counts too: "passwords", "tokens", "api_keys".
                 if joined in fields or (joined[-1:] == "s" and joined[:-1] in fields):
                     return True
@@ -148,7 +281,7 @@ class Redactor:
         if name.startswith("HTTP_"):
             name = name[5:]
         dashed = name.replace("_", "-")
-        return dashed.lower() in self._headers or self._is_secret_field(dashed.replace("-", "_"))
+        return dashed.lower() in self._headers or self.is_secret_field(dashed.replace("-", "_"))
 
     def headers(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """A new list of ``(name, value)`` with secret header values filtered; URLs in
@@ -178,7 +311,7 @@ class Redactor:
                 filtered = key[:5] == "HTTP_" and self.is_secret_header(key)
                 if filtered:
                     environ[key] = FILTERED
-                if len(seen) < _MAX_REMEMBERED_HEADERS:
+                if len(seen) < _MAX_REMEMBERED_HEADERS and len(key) <= 512:
                     if filtered:  # before it counts as seen: another thread may look now
                         secret.add(key)
                     seen.add(key)
@@ -189,40 +322,61 @@ class Redactor:
             environ["HTTP_REFERER"] = self.url(referrer)
         query = environ.get("QUERY_STRING")
         if query:
-            environ["QUERY_STRING"] = self.query(query)
+            environ["QUERY_STRING"] = self.query(query, environ.get("PATH_INFO", ""))
 
     def url(self, url: str) -> str:
         """A URL with the values of secret parameters filtered, in its query string and in its
         fragment (where OAuth's implicit flow puts ``access_token``)."""
         url, hash_mark, fragment = url.partition("#")
+        base = url
         if "?" in url:
             base, _, query = url.partition("?")
-            url = f"{base}?{self.query(query)}"
-        return f"{url}#{self.query(fragment)}" if hash_mark else url
+            url = f"{base}?{self.query(query, base)}"
+        return f"{url}#{self.query(fragment, base)}" if hash_mark else url
 
-    def query(self, query: str) -> str:
-        """A query string (or form body) with the values of secret parameters filtered."""
+    def query(self, query: str, path: str = "") -> str:
+        """A query string (or form body) with the values of secret parameters filtered; on
+        ``path``, ``code`` is filtered too when it is an OAuth authorization code."""
         if not query:
             return query
         parts = query.split("&")
         for index, part in enumerate(parts):
             name, equals, _ = part.partition("=")
-            if equals and self.is_secret_field(unquote_plus(name)):
+            if equals and (
+                self.is_secret_field(unquote_plus(name)) or self._is_oauth_code(name, query, path)
+            ):
                 parts[index] = f"{name}={FILTERED}"
         return "&".join(parts)
 
     def data(self, value: Any) -> Any:
         """Custom data or parsed JSON with the values of secret keys filtered.
 
-        Returns ``value`` itself when nothing in it is secret, else a filtered copy.
+        A mapping that names a secret field through a naming key (``{"name": "password",
+        "value": ...}``) keeps only its naming keys; a string of ``key: value`` or
+        ``key=value`` text has its secret pairs filtered (a GraphQL query with a password
+        literal). Returns ``value`` itself when nothing in it is secret, else a filtered copy.
         """
+        if type(value) is str:
+            if ("=" in value or ":" in value) and self._text_names_a_secret(value):
+                return self._loose_text(value)
+            return value
         if value is None or type(value) in _ATOMIC_TYPES:
             return value
         if type(value) is dict or isinstance(value, Mapping):
+            named = any(
+                type(item) is str
+                and str(key).lower() in _NAMING_KEYS
+                and self.is_secret_field(item)
+                for key, item in value.items()
+            )
             changed = False
             copy = {}
             for key, item in value.items():
-                new = FILTERED if self.is_secret_field(str(key)) else self.data(item)
+                name = str(key)
+                if (named and name.lower() not in _NAMING_KEYS) or self.is_secret_field(name):
+                    new = FILTERED
+                else:
+                    new = self.data(item)
                 changed = changed or new is not item
                 copy[key] = new
             return copy if changed else value
@@ -231,51 +385,141 @@ class Redactor:
             return items if any(a is not b for a, b in zip(items, value)) else value
         return value
 
-    def body(self, body: bytes | None, content_type: str) -> bytes | None:
-        """A body with secret fields filtered, by its content type (or, without one, its look).
+    def values(self, value: Any) -> Any:
+        """Custom data with every string scrubbed by its look (:func:`scrub_text`), nested
+        ones too; ``value`` itself when nothing was found, else a copy."""
+        if type(value) is str:
+            return scrub_text(value)
+        if type(value) is dict:
+            copy = {key: self.values(item) for key, item in value.items()}
+            return value if all(copy[k] is v for k, v in value.items()) else copy
+        if type(value) is list:
+            items = [self.values(item) for item in value]
+            return value if all(a is b for a, b in zip(items, value)) else items
+        return value
 
-        JSON, form, multipart and plain-text bodies are scrubbed field by field; in HTML and XML
-        the parameters of URLs are (redirect pages, links with tokens); other types (images,
-        ...) are returned as they are. JSON that does not parse (cut at the body limit, or
-        invalid) is scrubbed textually, so a truncated body keeps no secret either.
+    def body(
+        self, body: bytes | None, content_type: str, content_encoding: str = ""
+    ) -> bytes | None:
+        """The body as :meth:`scrub_body` stores it: scrubbed bytes, or None when omitted."""
+        return self.scrub_body(body, content_type, content_encoding).body
+
+    def scrub_body(
+        self,
+        body: bytes | None,
+        content_type: str,
+        content_encoding: str = "",
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    ) -> ScrubbedBody:
+        """A body with its secrets filtered, or omitted with the reason when it cannot be read
+        safely.
+
+        A ``Content-Encoding`` (gzip, deflate; br when a Brotli decoder is installed) is
+        decoded to at most ``max_decoded_bytes`` and the decoded body is what is kept; a
+        declared charset other than UTF-8 (``utf-16`` JSON) is decoded and kept as UTF-8.
+        JSON, form, multipart, plain-text, GraphQL and XML bodies are scrubbed field by field
+        (XML elements and attributes by name); in HTML the parameters of URLs are. Credentials
+        are then filtered by their look, whatever their name (:func:`scrub_values`). Media
+        (images, audio, video, fonts) are kept as they are. A body of any other format (YAML,
+        CSV, octet streams, ...), an unknown encoding or charset, or a compressed archive, is
+        kept only when nothing in it can name a secret or look like a credential; otherwise
+        it is omitted, with the reason.
         """
-        if not body or (b"=" not in body and b":" not in body):
-            return body  # no "key": value, key=value or name="..." in it: nothing to filter
+        if not body:
+            return ScrubbedBody(body, None)
+        try:
+            return ScrubbedBody(
+                self._scrub(body, content_type, content_encoding, max_decoded_bytes, True), None
+            )
+        except Unreadable as error:
+            return ScrubbedBody(None, error.reason)
+
+    def _scrub(
+        self, body: bytes, content_type: str, encoding: str, limit: int, outer: bool
+    ) -> bytes:
         kind = content_type.split(";", 1)[0].strip().lower()
-        multipart = kind.startswith("multipart/")
-        structured = "json" in kind or kind == "application/x-www-form-urlencoded"
-        markup = not (multipart or structured or kind in _TEXT_KINDS)
-        if (markup and kind not in _MARKUP_KINDS) or not self._may_name_a_secret(body):
+        if encoding:
+            body = decode_content(body, encoding, limit)
+        if kind.startswith(_MEDIA_PREFIXES) and not kind.endswith("+xml"):
             return body
+        if kind in _ARCHIVE_KINDS:
+            raise Unreadable(f"compressed archive ({kind})")
+        body = _as_utf8(body, content_type, kind)
+        multipart = kind.startswith("multipart/")
+        json_kind = "json" in kind
+        form = kind == "application/x-www-form-urlencoded"
+        xml = kind in _XML_KINDS or kind.endswith("+xml")
+        scrubbable = multipart or json_kind or form or xml or kind in _TEXT_KINDS or kind in _HTML
+        # Escapes can hide a name in text; binary formats are full of backslashes and "%".
+        hints = self._hints(body, escapes=scrubbable or kind.startswith(_TEXT_PREFIXES))
+        if not hints:
+            return body  # nothing in it can name a secret or look like a credential
+        if not scrubbable:
+            raise Unreadable(f"format not scrubbable ({kind})")
         if multipart:
-            return self._multipart(body, content_type)
-        if markup and b"<" in body[:1024]:
+            if not outer:
+                raise Unreadable("nested multipart")
+            # Part by part, names and values: a boundary (often a long run of digits) is never
+            # mistaken for a credential.
+            return self._multipart(body, content_type, limit)
+        if hints & _NAME_HINT:
+            body = self._by_name(body, content_type, kind, (json_kind, form, xml))
+        if hints & _VALUE_HINT:
+            body = scrub_values(body)
+        return body
+
+    def _by_name(
+        self,
+        body: bytes,
+        content_type: str,
+        kind: str,
+        shape: tuple[bool, bool, bool],
+    ) -> bytes:
+        json_kind, form, xml = shape
+        head = body[:1024].lstrip()
+        if xml or (kind in _TEXT_KINDS and head[:1] == b"<"):
+            return self._urls(self._xml(body))
+        if kind in _HTML and b"<" in body[:1024]:
             return self._urls(body)
         # Markup without a tag (Flask answers a view's plain string as text/html) is text.
         text = body.decode("utf-8", "replace")
-        if "json" in kind or (not structured and text.lstrip()[:1] in ("{", "[")):
+        if json_kind or (not form and text.lstrip()[:1] in ("{", "[")):
             return self._json(body, text)
-        if kind == "application/x-www-form-urlencoded" or (not kind and "=" in text):
+        if form or (not kind and "=" in text):
             scrubbed = self.query(text)
             return body if scrubbed == text else scrubbed.encode("utf-8")
         return self._loose(body, text)
 
-    def _may_name_a_secret(self, body: bytes) -> bool:
-        """False when no field name in ``body`` can be a secret one, found without parsing.
+    def _hints(self, body: bytes, escapes: bool = True) -> int:
+        """What ``body`` may hold, found without parsing: :data:`_NAME_HINT` when a field
+        name in it can be a secret one, :data:`_VALUE_HINT` when a value can look like a
+        credential (0: keep the body as it is).
 
         Every scrubbing path matches names word-wise (:meth:`is_secret_field`): the words of a
         matching name, lowercased and joined, spell a deny-listed term (or its plural). Those
         words are ASCII letters and digits, so with every other byte deleted and the rest
         lowercased (one C-level ``bytes.translate``) the term is a substring of the body. The
         shortcut does not hold when names can be escaped (``\\u0070assword`` in JSON,
-        ``pass%77ord`` in forms and URLs): bodies with a backslash or a percent sign are
-        always parsed.
+        ``pass%77ord`` in forms and URLs): with ``escapes``, bodies with a backslash or a
+        percent sign are always parsed. The same stream holds the words credentials begin
+        with (``eyJ``, ``Bearer``, ``AKIA``, ...); card numbers are looked for in a digit mask.
         """
-        if self._term_search is None:
-            return False
-        if b"\\" in body or b"%" in body:
-            return True
-        return self._term_search(body.translate(_LOWERCASE, _NOT_ALPHANUMERIC)) is not None
+        hints = 0
+        if escapes and (b"\\" in body or b"%" in body):
+            hints = _NAME_HINT
+        words = body.translate(_LOWERCASE, _NOT_ALPHANUMERIC)
+        if self._word_search(words) is not None:
+            if not hints and self._term_search is not None and self._term_search(words):
+                hints = _NAME_HINT
+            if _CREDENTIAL_WORDS_SEARCH(words):
+                hints |= _VALUE_HINT
+        if b"://" in body or _may_hold_card(body):
+            hints |= _VALUE_HINT
+        return hints
+
+    def _may_name_a_secret(self, body: bytes) -> bool:
+        """Whether a field name in ``body`` can be a secret one (see :meth:`_hints`)."""
+        return bool(self._hints(body) & _NAME_HINT)
 
     def _json(self, body: bytes, text: str) -> bytes:
         secret_seen = False
@@ -283,7 +527,10 @@ class Redactor:
         def check_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             nonlocal secret_seen
             if not secret_seen:
-                secret_seen = any(self.is_secret_field(key) for key, _ in pairs)
+                secret_seen = any(
+                    self.is_secret_field(key) or self._names_a_secret(key, value)
+                    for key, value in pairs
+                )
             return dict(pairs)
 
         try:
@@ -294,24 +541,106 @@ class Redactor:
             return body
         return json.dumps(self.data(parsed), ensure_ascii=False).encode("utf-8")
 
+    def _names_a_secret(self, key: str, value: Any) -> bool:
+        """Whether a JSON pair names a secret field by its value (``{"name": "password",
+        "value": ...}``) or is a string of ``key: value`` text naming one (a GraphQL query
+        with a password literal)."""
+        if type(value) is not str:
+            return False
+        if key.lower() in _NAMING_KEYS and self.is_secret_field(value):
+            return True
+        return (":" in value or "=" in value) and self._text_names_a_secret(value)
+
+    def _text_names_a_secret(self, text: str) -> bool:
+        return self._may_name_a_secret(text.encode("utf-8", "replace"))
+
+    def _xml(self, body: bytes) -> bytes:
+        """XML and SOAP: the content of every element whose (local) name is secret
+        (``<password>``, ``<wsse:Password>``), of every element whose ``name`` attribute is
+        (``<field name="password">``), and the value of every secret attribute are filtered.
+
+        A bounded hand scanner over the tags, in one pass: nothing is parsed as XML, so no
+        entity is expanded and no external entity is fetched. An element left open (a body
+        cut at the limit) is filtered to the end.
+        """
+        pieces: list[bytes] = []
+        position = 0
+        search = _XML_TAG.search
+        match = search(body)
+        while match is not None:
+            closing, prefix, local, attributes, empty = match.groups()
+            after = match.end()
+            if closing:
+                match = search(body, after)
+                continue
+            named = _XML_NAME_ATTRIBUTE.search(attributes)
+            secret_element = self.is_secret_field(local.decode("utf-8", "replace")) or (
+                named is not None
+                and self.is_secret_field(named.group(2).decode("utf-8", "replace"))
+            )
+            scrubbed = self._xml_attributes(attributes, filter_all=secret_element)
+            if scrubbed is not attributes:
+                pieces.append(body[position : match.start(4)])
+                pieces.append(scrubbed)
+                position = match.end(4)
+            if secret_element and not empty:
+                end, resume = _xml_element_end(body, after, (prefix or b"") + local)
+                pieces.append(body[position:after])
+                pieces.append(FILTERED_BYTES)
+                position = end
+                after = resume
+            match = search(body, after)
+        if not pieces:
+            return body
+        pieces.append(body[position:])
+        return b"".join(pieces)
+
+    def _xml_attributes(self, attributes: bytes, filter_all: bool) -> bytes:
+        if b"=" not in attributes:
+            return attributes
+
+        def scrub(match: re.Match[bytes]) -> bytes:
+            name = match.group(1).decode("utf-8", "replace")
+            if (filter_all and name.lower() not in _NAMING_KEYS) or self.is_secret_field(name):
+                quote = match.group(2)[:1]
+                return match.group(1) + b"=" + quote + FILTERED_BYTES + quote
+            return match.group(0)
+
+        scrubbed = _XML_ATTRIBUTE.sub(scrub, attributes)
+        return attributes if scrubbed == attributes else scrubbed
+
     def _loose(self, body: bytes, text: str) -> bytes:
         """Textual scrub of ``"key": value`` and ``key=value`` pairs (broken JSON, plain text)."""
+        scrubbed = self._loose_text(text)
+        return body if scrubbed is text else scrubbed.encode("utf-8")
+
+    def _loose_text(self, text: str) -> str:
+        """:meth:`_loose` on text; ``text`` itself when nothing was filtered. Keys may be
+        escaped (``"pass\\u0077ord"``) or percent-encoded (``pass%77ord=``)."""
         pieces = []
         position = 0
+        named_until = -1  # the end of an object that names a secret ({"name": "password", ...})
         for match in _LOOSE_PAIR.finditer(text):
             if match.start() < position:  # inside a value already filtered
                 continue
-            if not self.is_secret_field(match.group("key") or match.group("key2")):
-                continue
+            key = _loose_key(match)
             value_start = match.end()
+            if key.lower() in _NAMING_KEYS:
+                value_end = _value_end(text, value_start)
+                if self.is_secret_field(text[value_start:value_end].strip("\"' ")):
+                    closing = text.find("}", value_end)
+                    named_until = len(text) if closing < 0 else closing
+                continue
+            if match.start() > named_until and not self.is_secret_field(key):
+                continue
             value_end = _value_end(text, value_start)
             pieces.append(text[position:value_start])
             pieces.append(f'"{FILTERED}"' if match.group("quoted") else FILTERED)
             position = value_end
         if not pieces:
-            return body
+            return text
         pieces.append(text[position:])
-        return "".join(pieces).encode("utf-8")
+        return "".join(pieces)
 
     def _urls(self, body: bytes) -> bytes:
         """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),
@@ -325,29 +654,337 @@ class Redactor:
 
         return _URL_PARAMETER.sub(scrub, body)
 
-    def _multipart(self, body: bytes, content_type: str) -> bytes:
+    def _multipart(self, body: bytes, content_type: str, limit: int) -> bytes:
         """Filter the content of every part whose field name is secret (text or file).
 
         Parts are split on the boundary of the Content-Type; a part cut at the body limit is
-        filtered to its end.
+        filtered to its end. Part heads are read as Werkzeug reads them: lines may end in LF
+        alone, ``name`` may be quoted or not, or given as ``name*=`` (RFC 2231).
         """
         boundary = _boundary(content_type)
         if boundary is None:
-            return self._loose(body, body.decode("utf-8", "replace"))
+            return scrub_values(self._loose(body, body.decode("utf-8", "replace")))
         delimiter = b"--" + boundary
         parts = body.split(delimiter)
         changed = False
         for index, part in enumerate(parts[1:], start=1):
-            head_end = part.find(b"\r\n\r\n")
+            head_end, content_start = _part_head_end(part)
             if head_end < 0:
                 continue  # an empty part without a blank line, the closing "--", or cut early
-            name = _PART_NAME.search(part, 0, head_end)
-            if name is None or not self.is_secret_field(name.group(1).decode("utf-8", "replace")):
-                continue
-            tail = b"\r\n" if part.endswith(b"\r\n") else b""
-            parts[index] = part[: head_end + 4] + FILTERED.encode() + tail
+            head = part[:head_end]
+            tail = b"\r\n" if part.endswith(b"\r\n") else b"\n" if part.endswith(b"\n") else b""
+            content = part[content_start : len(part) - len(tail)]
+            if any(map(self.is_secret_field, _part_names(head))):
+                scrubbed = FILTERED_BYTES
+            else:
+                # The content of a part is a body of its own type (a JSON or XML file...).
+                part_type = _part_header(head, b"content-type") or "text/plain"
+                encoding = _part_header(head, b"content-encoding")
+                try:
+                    scrubbed = self._scrub(content, part_type, encoding, limit, False)
+                except Unreadable as error:
+                    scrubbed = f"[Omitted: {error.reason}]".encode()
+                if scrubbed is content:
+                    continue
+            parts[index] = part[:content_start] + scrubbed + tail
             changed = True
         return delimiter.join(parts) if changed else body
+
+
+def _part_header(head: bytes, wanted: bytes) -> str:
+    """The value of the header ``wanted`` (lowercase) of a part head, or ``""``."""
+    for line in head.split(b"\n"):
+        header, colon, value = line.partition(b":")
+        if colon and header.strip().lower() == wanted:
+            return value.strip().decode("latin-1")
+    return ""
+
+
+def _part_head_end(part: bytes) -> tuple[int, int]:
+    """Where the head of a multipart part ends and its content starts (-1, -1: no blank line).
+    The head ends at the first empty line, whether lines end in CRLF or in LF alone."""
+    crlf, lf = part.find(b"\r\n\r\n"), part.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf, crlf + 4
+    if lf >= 0:
+        return lf, lf + 2
+    return -1, -1
+
+
+def _part_names(head: bytes) -> list[str]:
+    """Every field name a part head gives in its Content-Disposition (``name="..."``, an
+    unquoted ``name=...``, an RFC 2231 ``name*=charset'lang'...``); linear in the head."""
+    names = []
+    for line in head.split(b"\n"):
+        header, colon, value = line.partition(b":")
+        if not colon or header.strip().lower() != b"content-disposition":
+            continue
+        for match in _PART_PARAMETER.finditer(value):
+            key = match.group(1).lower()
+            if key not in (b"name", b"name*"):
+                continue
+            raw = match.group(2).strip()
+            if raw[:1] == b'"':
+                raw = _BACKSLASH_ESCAPE.sub(rb"\1", raw[1:-1] if raw.endswith(b'"') else raw[1:])
+            text = raw.decode("utf-8", "replace")
+            if key == b"name*":
+                charset, _, rest = text.partition("'")
+                _, _, encoded = rest.partition("'")
+                text = _percent_decode(encoded if rest else text, charset)
+            names.append(text)
+    return names
+
+
+def _percent_decode(text: str, charset: str) -> str:
+    try:
+        return unquote(text, encoding=charset or "utf-8", errors="replace")
+    except LookupError:
+        return unquote(text, errors="replace")
+
+
+class ScrubbedBody(NamedTuple):
+    """What :meth:`Redactor.scrub_body` keeps of a body: the bytes to store, or None and the
+    reason it is omitted."""
+
+    body: bytes | None
+    omitted: str | None
+
+
+class Unreadable(Exception):
+    """A body the redactor cannot read safely; ``reason`` says why (stored as the omission)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_content(body: bytes, content_encoding: str, limit: int) -> bytes:
+    """``body`` with its ``Content-Encoding`` undone (the last coding applied first), at most
+    ``limit`` bytes of output per step: a decompression bomb costs no more than a body of
+    ``limit`` bytes. Raises :class:`Unreadable` for a coding that cannot be decoded."""
+    codings = [part.strip().lower() for part in content_encoding.split(",")]
+    for coding in reversed([part for part in codings if part and part != "identity"]):
+        if coding in ("gzip", "x-gzip"):
+            body = _inflate(body, 16 + zlib.MAX_WBITS, limit, coding)
+        elif coding == "deflate":  # zlib-wrapped as the RFC says, or raw as some servers send
+            try:
+                body = _inflate(body, zlib.MAX_WBITS, limit, coding)
+            except Unreadable:
+                body = _inflate(body, -zlib.MAX_WBITS, limit, coding)
+        elif coding == "br":
+            body = _unbrotli(body, limit)
+        else:
+            raise Unreadable(f"content-encoding {coding[:40]} cannot be decoded")
+    return body
+
+
+def _inflate(body: bytes, wbits: int, limit: int, coding: str) -> bytes:
+    try:
+        return zlib.decompressobj(wbits).decompress(body, limit)
+    except zlib.error:
+        raise Unreadable(f"content-encoding {coding}: invalid data") from None
+
+
+def _unbrotli(body: bytes, limit: int) -> bytes:
+    decompressor = _brotli_decompressor()
+    if decompressor is None:
+        raise Unreadable("content-encoding br: no Brotli decoder installed")
+    try:
+        return bytes(decompressor.process(body, output_buffer_limit=limit))[:limit]
+    except Exception:  # an old decoder without the limit, or invalid data: not readable
+        raise Unreadable("content-encoding br: cannot be decoded within bounds") from None
+
+
+def _brotli_decompressor() -> Any:
+    for module_name in ("brotli", "brotlicffi"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        factory = getattr(module, "Decompressor", None)
+        if factory is not None:
+            return factory()
+    return None
+
+
+def _as_utf8(body: bytes, content_type: str, kind: str) -> bytes:
+    """A text body in UTF-8: a declared charset other than UTF-8 or ASCII, or (without one) a
+    UTF-16/32 byte-order mark or JSON's NUL pattern, is decoded. Raises :class:`Unreadable`
+    for a charset Python does not know."""
+    charset = _CHARSET.search(content_type)
+    if charset is not None:
+        try:
+            codec = codecs.lookup(charset.group(1)).name
+        except LookupError:
+            raise Unreadable(f"unknown charset {charset.group(1)[:40]}") from None
+        if codec in _UTF8_COMPATIBLE:
+            return body
+    elif not ("json" in kind or kind in _TEXT_KINDS or kind in _XML_KINDS or "xml" in kind):
+        return body  # a binary type: its NUL bytes say nothing of a charset
+    elif _looks_wide(body[:4]):
+        codec = json.detect_encoding(body[:4])
+        if codec in _UTF8_COMPATIBLE:
+            return body
+    else:
+        return body
+    return body.decode(codec, "replace").encode("utf-8")
+
+
+def _looks_wide(start: bytes) -> bool:
+    """Whether a text body begins as UTF-16 or UTF-32 does: a byte-order mark, or ASCII
+    characters padded with NUL bytes."""
+    if start[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return True
+    others = start.replace(b"\x00", b"")
+    return b"\x00" in start and others != b"" and others.decode("latin-1").isprintable()
+
+
+def scrub_values(body: bytes) -> bytes:
+    """``body`` with every credential recognised by its look filtered (:func:`scrub_text`)."""
+    scrubbed = _CREDENTIAL_BYTES.sub(_credential_bytes, body)
+    return _scrub_cards(scrubbed) if _may_hold_card(scrubbed) else scrubbed
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with every credential recognised by its look filtered, whatever its name:
+    JSON Web Tokens, the credential of ``Bearer``/``Basic`` values, AWS access key ids, PEM
+    private keys, card numbers (13 to 19 digits, a card network's prefix, passing the Luhn
+    check) and the password of a URL's userinfo (``https://user:[Filtered]@host``).
+    Returns ``text`` itself when nothing was found."""
+    if len(text) < 8:
+        return text
+    scrubbed = text
+    if any(word in text for word in _CREDENTIAL_STARTS):
+        scrubbed = _CREDENTIAL_TEXT.sub(_credential_text, text)
+    if _CARD_TEXT.search(scrubbed) is not None:
+        scrubbed = _CARD_TEXT.sub(_card_text, scrubbed)
+    return text if scrubbed == text else scrubbed
+
+
+def _credential_bytes(match: re.Match[bytes]) -> bytes:
+    scheme, user = match.group("scheme"), match.group("user")
+    if scheme is not None:
+        return scheme + FILTERED_BYTES
+    if user is not None:
+        return user + b":" + FILTERED_BYTES + b"@"
+    return FILTERED_BYTES
+
+
+def _credential_text(match: re.Match[str]) -> str:
+    scheme, user = match.group("scheme"), match.group("user")
+    if scheme is not None:
+        return scheme + FILTERED
+    if user is not None:
+        return f"{user}:{FILTERED}@"
+    return FILTERED
+
+
+def _may_hold_card(body: bytes) -> bool:
+    """Whether ``body`` has a run of digits shaped like a card number: a few C-level searches
+    of a digit mask, the pattern only when one of them hits."""
+    masked = body.translate(_DIGIT_MASK)
+    return any(shape in masked for shape in _CARD_RUNS) and any(_card_candidates(masked))
+
+
+def _card_candidates(masked: bytes) -> Iterator[re.Match[bytes]]:
+    """Digit runs of a card's length and grouping in a digit mask (not part of a longer run)."""
+    for match in _CARD_SHAPE.finditer(masked):
+        if masked[match.start() - 1 : match.start()] != b"0" or match.start() == 0:
+            yield match
+
+
+def _scrub_cards(body: bytes) -> bytes:
+    masked = body.translate(_DIGIT_MASK)
+    pieces = []
+    position = 0
+    for match in _card_candidates(masked):
+        if _is_card_number(body[match.start() : match.end()].decode("ascii")):
+            pieces.append(body[position : match.start()])
+            pieces.append(FILTERED_BYTES)
+            position = match.end()
+    if not pieces:
+        return body
+    pieces.append(body[position:])
+    return b"".join(pieces)
+
+
+def _card_text(match: re.Match[str]) -> str:
+    return FILTERED if _is_card_number(match.group(0)) else match.group(0)
+
+
+def _is_card_number(candidate: str) -> bool:
+    """A card network's prefix and a valid Luhn check digit."""
+    digits = [int(char) for char in candidate if char.isdigit()]
+    if not 13 <= len(digits) <= 19 or not _CARD_PREFIX.match(candidate):
+        return False
+    total = 0
+    for index, digit in enumerate(reversed(digits)):
+        if index % 2:
+            digit *= 2
+            if digit > 9:
+                digit -= 9
+        total += digit
+    return total % 10 == 0
+
+
+def _xml_element_end(body: bytes, start: int, name: bytes) -> tuple[int, int]:
+    """Where the content of the element ``name`` opened just before ``start`` ends, and
+    where scanning goes on (after its end tag); the end of ``body`` for an element left
+    open. Elements of the same name nested inside are counted."""
+    depth = 1
+    for match in _XML_TAG.finditer(body, start):
+        closing, prefix, local, _, empty = match.groups()
+        if (prefix or b"") + local != name:
+            continue
+        if closing:
+            depth -= 1
+            if depth == 0:
+                return match.start(), match.end()
+        elif not empty:
+            depth += 1
+    return len(body), len(body)
+
+
+# Credentials by their look. A JWT: three base64url parts, the first a JSON object ("eyJ").
+_CREDENTIAL_PATTERN = (
+    r"(?P<jwt>(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)"
+    r"|(?P<scheme>(?<![A-Za-z0-9])(?:Bearer|bearer|BEARER|Basic|basic|BASIC)[ \t]+)"
+    r"(?=[A-Za-z0-9._~+/-]{6})[A-Za-z0-9._~+/-]+=*"
+    r"|(?P<aws>(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9]))"
+    r"|(?P<pem>-----BEGIN[A-Z ]{0,20}PRIVATE KEY-----"
+    r"(?:(?!-----END)[^\"'<])*(?:-----END[A-Z ]{0,20}PRIVATE KEY-----)?)"
+    r"|(?<=://)(?P<user>[^\s/?#@:\"'<>]{0,256}):[^\s/?#@\"'<>]{0,256}@"
+)
+_CREDENTIAL_TEXT = re.compile(_CREDENTIAL_PATTERN)
+_CREDENTIAL_BYTES = re.compile(_CREDENTIAL_PATTERN.encode("ascii"))
+#: How the credentials recognised by their look begin (a cheap test before the pattern).
+_CREDENTIAL_STARTS = ("eyJ", "earer", "EARER", "asic", "ASIC", "AKIA", "ASIA", "PRIVATE", "://")
+#: The same, lowercased and with only letters and digits, as :meth:`Redactor._hints` sees them.
+_CREDENTIAL_WORDS = (b"eyj", b"bearer", b"basic", b"akia", b"asia", b"privatekey")
+_CREDENTIAL_WORDS_SEARCH = re.compile(b"|".join(_CREDENTIAL_WORDS)).search
+# Card numbers: 13-19 digits in a row, or in groups of 4 (4-4-4-1..7) or 4-6-5 (Amex) split
+# by single spaces or dashes; in a mask where every digit is "0" and every separator " ".
+_DIGIT_MASK = bytes(
+    ord("0") if chr(byte).isdigit() and byte < 128 else ord(" ") if byte in b" -" else ord("x")
+    for byte in range(256)
+)
+_CARD_SHAPE = re.compile(rb"0000(?:0{9,15}| 0000 0000 0{1,7}| 000000 00000)(?!0)")
+#: What every card-shaped run contains (13 digits in a row, or grouped by spaces or dashes).
+_CARD_RUNS = (b"0" * 13, b"0000 0000 0000 0", b"0000 000000 0")
+_CARD_TEXT = re.compile(
+    r"(?<![0-9])[0-9]{4}(?:[0-9]{9,15}|[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]{1,7}"
+    r"|[ -][0-9]{6}[ -][0-9]{5})(?![0-9])"
+)
+# Visa, Mastercard, American Express, Diners, Discover, JCB, UnionPay, Maestro.
+_CARD_PREFIX = re.compile(r"4|5|6|2[2-7]|3[04-9]")
+_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:-]{1,40})", re.IGNORECASE)
+_UTF8_COMPATIBLE = frozenset({"utf-8", "ascii"})
+# XML: a tag (its prefix, local name and attributes), an attribute, a naming attribute.
+_XML_TAG = re.compile(
+    rb"<(/?)([A-Za-z_][\w.-]{0,100}:)?([A-Za-z_][\w.-]{0,200})((?:\s[^<>]*?)?)(/?)>"
+)
+_XML_ATTRIBUTE = re.compile(rb"""([A-Za-z_][\w.:-]{0,200})\s*=\s*("[^"]*"?|'[^']*'?)""")
+_XML_NAME_ATTRIBUTE = re.compile(rb"""(?:^|\s)(name|key|field)\s*=\s*["']([^"'<>]{0,256})""")
 
 
 def _boundary(content_type: str) -> bytes | None:
@@ -358,14 +995,29 @@ def _boundary(content_type: str) -> bytes | None:
 # ?name=value / &name=value / &amp;name=value / #name=value inside markup.
 _URL_PARAMETER = re.compile(rb"([?&#;])([\w.%+-]{1,200})=([^&#\"'<>\s]*)")
 _BOUNDARY = re.compile(r"boundary=(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
-_PART_NAME = re.compile(rb'Content-Disposition:[^\r\n]*?\bname="([^"\r\n]*)"', re.IGNORECASE)
+_PART_PARAMETER = re.compile(rb';\s*([A-Za-z0-9_*.-]+)\s*=\s*("(?:[^"\\\r\n]|\\.)*"?|[^;\r\n]*)')
+_BACKSLASH_ESCAPE = re.compile(rb"\\(.)")
 
 
 # "key": value  |  'key': value  |  key=value  |  key: value   (in any text)
 _LOOSE_PAIR = re.compile(
-    r"""(?P<quoted>["'])(?P<key>[^"'\\\n]{1,200})["']\s*:\s*"""
-    r"""|(?<![\w.-])(?P<key2>[A-Za-z_][\w.-]{0,199})\s*[=:]\s*"""
+    r"""(?P<quoted>["'])(?P<key>(?:[^"'\\\n]|\\[^\n]){1,200})["']\s*:\s*"""
+    r"""|(?<![\w.%-])(?P<key2>[A-Za-z_%][\w.%-]{0,199})\s*[=:]\s*"""
 )
+
+
+def _loose_key(match: re.Match[str]) -> str:
+    """The key of a :data:`_LOOSE_PAIR` match, its escapes decoded."""
+    key = match.group("key")
+    if key is None:
+        key = match.group("key2")
+        return unquote_plus(key) if "%" in key else key
+    if "\\" in key:
+        try:
+            return str(json.loads(f'"{key}"'))
+        except ValueError:
+            return key.encode("latin-1", "backslashreplace").decode("unicode_escape", "replace")
+    return key
 
 
 def _value_end(text: str, start: int) -> int:
@@ -387,6 +1039,10 @@ def _value_end(text: str, start: int) -> int:
         return len(text)
     if opener in "{[":
         return _bracket_end(text, start)
+    if opener == "\\" and text[start + 1 : start + 2] in ('"', "'"):
+        # A quoted value inside a JSON string: password:\"hunter2\" in a GraphQL query.
+        closing = text.find(text[start : start + 2], start + 2)
+        return len(text) if closing < 0 else closing + 2
     match = _BARE_VALUE.match(text, start)
     return match.end() if match else start
 

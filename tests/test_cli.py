@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -301,7 +302,10 @@ def test_curl_leaves_filtered_headers_out_and_quotes_everything(runner: FlaskCli
     )
     result = run(runner, "curl", str(record_id))
     assert result.exit_code == 0
-    assert result.stderr == "# Left out filtered headers: Authorization, Cookie.\n"
+    assert result.stderr == (
+        "# Target: the recorded host https://shop.example; choose another with --base-url.\n"
+        "# Left out filtered headers: Authorization, Cookie.\n"
+    )
     assert result.stdout.startswith("curl ")
     assert shell_words(result.stdout) == [
         "curl",
@@ -949,3 +953,107 @@ def test_select_records_filters_like_list(app: Flask, runner: FlaskCliRunner) ->
             select_records(status="5x")
         with pytest.raises(ValueError, match="--since"):
             select_records(since="yesterday")
+
+
+# --- safe output -------------------------------------------------------------------------------
+
+#: Characters a terminal acts on or that reorder what it shows (ESC, BEL, C1 CSI, RLO, RLI...).
+HOSTILE = "\x1b[2J\x07\x9b\u202e\u2066"
+RAW_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]"
+)
+
+
+def hostile_record(**overrides: Any) -> dict[str, Any]:
+    return stored_record(
+        method="POST",
+        path=f"/p{HOSTILE}",
+        query_params=f"q={HOSTILE}",
+        endpoint=f"e{HOSTILE}",
+        request_headers=[["X-Evil", f"v{HOSTILE}"], [f"X-{HOSTILE}", "1"]],
+        request_body=f"body{HOSTILE}".encode(),
+        request_body_size=20,
+        request_body_omitted=None,
+        custom_data={"k": HOSTILE},
+        exception=f"E: {HOSTILE}",
+        **overrides,
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list"],
+        ["show", "{id}"],
+        ["curl", "{id}"],
+        ["stats", "--by", "path"],
+        ["stats", "--by", "endpoint"],
+        ["export"],
+        ["export", "--format", "csv"],
+    ],
+)
+def test_no_command_prints_raw_control_or_bidi_characters(
+    runner: FlaskCliRunner, command: list[str]
+) -> None:
+    (record_id,) = insert(hostile_record())
+    result = run(runner, *(word.format(id=record_id) for word in command))
+    assert result.exit_code == 0, result.output
+    assert RAW_CONTROL.search(result.stdout) is None, result.stdout
+    assert RAW_CONTROL.search(result.stderr) is None, result.stderr
+
+
+def test_curl_words_with_control_characters_still_say_what_was_sent(
+    runner: FlaskCliRunner,
+) -> None:
+    (record_id,) = insert(hostile_record())
+    command = run(runner, "curl", str(record_id)).stdout
+    printf, _, curl_part = command.partition(" | ")
+    words = shell_words(curl_part)
+    assert f"X-Evil: v{HOSTILE}" in words
+    assert words[3].endswith("?q=" + HOSTILE)
+    printed = subprocess.run(["sh", "-c", printf], capture_output=True, check=True).stdout
+    assert printed == f"body{HOSTILE}".encode()
+
+
+def test_curl_base_url_chooses_the_target(runner: FlaskCliRunner) -> None:
+    (record_id,) = insert(stored_record(host="evil.example", path="/x", query_params="a=1"))
+    default = run(runner, "curl", str(record_id))
+    assert "# Target: the recorded host http://evil.example; choose another" in default.stderr
+    assert shell_words(default.stdout)[1] == "http://evil.example/x?a=1"
+    chosen = run(runner, "curl", str(record_id), "--base-url", "http://localhost:5000/")
+    assert "Target" not in chosen.stderr
+    assert shell_words(chosen.stdout)[1] == "http://localhost:5000/x?a=1"
+    refused = run(runner, "curl", str(record_id), "--base-url", "file:///etc/passwd")
+    assert refused.exit_code != 0 and "--base-url" in refused.output
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_csv_cells_never_start_a_formula(
+    runner: FlaskCliRunner, tmp_path: Path, start: str
+) -> None:
+    formula = f'{start}HYPERLINK("http://evil.example")'
+    insert(stored_record(path=formula, user_id=formula, endpoint="ok"))
+    target = tmp_path / "out.csv"
+    assert run(runner, "export", "--format", "csv", "-o", str(target)).exit_code == 0
+    [row] = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8"))))
+    for column in ("path", "user_id"):
+        assert row[column][:1] not in ("=", "+", "-", "@", "\t", "\r"), row[column]
+        assert row[column].endswith('HYPERLINK("http://evil.example")')
+    assert row["endpoint"] == "ok"
+    assert row["status_code"] == "200"
+
+
+def test_curl_does_not_resend_the_content_encoding_of_a_decoded_body(
+    runner: FlaskCliRunner,
+) -> None:
+    (record_id,) = insert(
+        stored_record(
+            method="POST",
+            request_headers=[["Content-Encoding", "gzip"], ["Content-Type", "application/json"]],
+            request_body=b'{"a": 1}',
+            request_body_size=28,
+        )
+    )
+    words = shell_words(run(runner, "curl", str(record_id)).stdout)
+    assert "Content-Type: application/json" in words
+    assert not any(word.lower().startswith("content-encoding") for word in words)

@@ -226,6 +226,15 @@ def test_arguments_are_checked() -> None:
         make_blueprint(access=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="window"):
         make_blueprint(public=True, default_window="2h")
+    for public in ("false", "", 1, None):
+        with pytest.raises(TypeError, match="public must be True or False"):
+            make_blueprint(public=public)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="url_prefix"):
+        make_blueprint(public=True, url_prefix=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="url_prefix"):
+        make_blueprint(public=True, url_prefix="tracking")
+    with pytest.raises(TypeError, match="name"):
+        make_blueprint(public=True, name=b"x")  # type: ignore[arg-type]
     for interval in (0, -1, math.inf, math.nan, "2", True):
         with pytest.raises(ValueError, match="live_interval_seconds"):
             make_blueprint(public=True, live_interval_seconds=interval)  # type: ignore[arg-type]

@@ -518,6 +518,51 @@ def test_a_full_queue_never_blocks_counts_exactly_the_overflow_and_stays_flat(
     assert len(stored(app, mongo)) == 100
 
 
+def test_the_queue_byte_bound_counts_every_header_while_the_database_hangs(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """1,000 requests with big headers while every write hangs: the memory the queue holds
+    stays within a small factor of TRACKING_QUEUE_MAX_BYTES, and the overflow is counted."""
+    bound = 1024 * 1024
+    app = make_app(TRACKING_QUEUE_MAX_BYTES=bound, TRACKING_BATCH_MAX_RECORDS=10)
+    tracking = app.extensions["tracking"]
+    gate = threading.Event()
+    entered = threading.Event()
+    original = MongoSink.__call__
+
+    def hanging(sink: MongoSink, records: list[Any]) -> Any:
+        entered.set()
+        gate.wait(30)
+        return original(sink, records)
+
+    client = app.test_client()
+    with mock.patch.object(MongoSink, "__call__", hanging):
+        try:
+            client.get("/hello")
+            assert entered.wait(3), "the writer never started writing"
+            tracemalloc.start()
+            try:
+                before, _ = tracemalloc.get_traced_memory()
+                for number in range(1000):
+                    # New strings per request, as a server makes them.
+                    headers = {f"X-Big-{index}": f"{number:08d}" * 1024 for index in range(10)}
+                    assert client.get("/hello", headers=headers).data == b"Hello"
+                del headers
+                gc.collect()  # what is left is held, not garbage waiting for a collection
+                after, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            held = after - before
+            stats = tracking.stats(app)
+            assert held < 3 * bound, f"the queue holds {held} bytes for a {bound}-byte bound"
+            assert stats["dropped_queue_full"] > 900, stats
+            assert stats["enqueued"] + stats["dropped_queue_full"] == 1001
+        finally:
+            gate.set()
+        assert tracking.flush(10)
+    check_invariant(tracking.stats(app))
+
+
 # ---------------------------------------------------------------------------- process exit
 
 EXIT_SCRIPT = textwrap.dedent(

@@ -227,7 +227,7 @@ def test_referer_and_location_query_secrets(app: Flask, mongo: Any) -> None:
     assert doc["referrer"] == expected_referer
     assert headers_of(doc)["referer"] == [expected_referer]
     assert headers_of(doc, "response_headers")["location"] == [
-        f"/next?code=1&access_token={FILTERED}&state=s"
+        f"/next?code={FILTERED}&access_token={FILTERED}&state=s"
     ]
     assert_absent(doc, referer_secret)
     doc["response_body"] = None  # the HTML page of redirect(): see the next test
@@ -994,3 +994,80 @@ def test_headers_query_and_custom_data_are_filtered_before_leaving_the_request_t
     assert state.custom_data == {"api_key": FILTERED, "plain": 1}
     [doc] = stored(app, mongo)
     assert_absent(doc, secret, cookie, query_secret, data_secret)
+
+
+# --- encodings, formats, credentials by their look ---------------------------------------------
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+
+
+def test_gzip_request_body_is_stored_decoded_and_scrubbed(
+    app: Flask, client: Any, mongo: Any
+) -> None:
+    import gzip
+
+    secret = token("gz")
+
+    @app.post("/raw")
+    def raw() -> str:
+        return str(len(request.get_data()))
+
+    body = gzip.compress(json.dumps({"user": "ada", "password": secret}).encode())
+    client.post(
+        "/raw",
+        data=body,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    [doc] = stored(app, mongo)
+    assert_absent(doc, secret)
+    assert json.loads(doc["request_body"]) == {"user": "ada", "password": FILTERED}
+
+
+def test_unreadable_bodies_are_omitted_with_the_reason(app: Flask, client: Any, mongo: Any) -> None:
+    secret = token("yaml")
+
+    @app.post("/raw")
+    def raw() -> str:
+        return str(len(request.get_data()))
+
+    client.post("/raw", data=f"password: {secret}\n", content_type="application/yaml")
+    client.post("/raw", data=b"\x1b\x00 password", headers={"Content-Encoding": "br"})
+    yaml_doc, br_doc = stored(app, mongo)
+    assert_absent(yaml_doc, secret)
+    assert yaml_doc["request_body"] is None
+    assert yaml_doc["request_body_omitted"] == "format not scrubbable (application/yaml)"
+    assert br_doc["request_body"] is None
+    assert br_doc["request_body_omitted"] == "content-encoding br: no Brotli decoder installed"
+
+
+def test_credentials_by_their_look_in_headers_query_and_custom_data(app: Flask, mongo: Any) -> None:
+    password = token("pw")
+
+    @app.get("/look")
+    def look() -> Any:
+        request._tracking_data = {"note": f"Bearer {password}", "n": 1}
+        response = redirect(f"https://ada:{password}@files.example/next")
+        response.headers["Link"] = f"<https://bob:{password}@cdn.example/a>; rel=preload"
+        response.headers["Refresh"] = f"5; url=https://eve:{password}@x.example/"
+        return response
+
+    app.test_client().get(
+        f"/look?next={JWT}&q=1",
+        headers={
+            "X-Debug-Context": JWT,
+            "Referer": f"https://carol:{password}@intranet.example/page",
+            "Cf-Access-Jwt-Assertion": "anything",
+            "X-Hub-Signature-256": "sha256=abc",
+        },
+    )
+    [doc] = stored(app, mongo)
+    assert_absent(doc, password, JWT)
+    request_headers = headers_of(doc)
+    assert request_headers["x-debug-context"] == [FILTERED]
+    assert request_headers["cf-access-jwt-assertion"] == [FILTERED]
+    assert request_headers["x-hub-signature-256"] == [FILTERED]
+    assert doc["referrer"] == f"https://carol:{FILTERED}@intranet.example/page"
+    response_headers = headers_of(doc, "response_headers")
+    assert response_headers["location"] == [f"https://ada:{FILTERED}@files.example/next"]
+    assert doc["query_params"] == f"next={FILTERED}&q=1"
+    assert doc["custom_data"] == {"note": f"Bearer {FILTERED}", "n": 1}

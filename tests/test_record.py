@@ -18,7 +18,7 @@ from flask_tracking.record import (
     status_code_of,
     to_document,
 )
-from flask_tracking.redact import Redactor
+from flask_tracking.redact import Redactor, ScrubbedBody
 
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -423,18 +423,18 @@ def test_very_long_user_agent_is_parsed_and_kept() -> None:
 
 
 class FakeRedactor(Redactor):
-    """A Redactor with empty deny-lists whose ``body`` records what it sees."""
+    """A Redactor with empty deny-lists whose ``scrub_body`` records what it sees."""
 
     def __init__(self, fail_on: bytes | None = None) -> None:
         super().__init__(headers=(), fields=())
         self.fail_on = fail_on
         self.seen: list[tuple[bytes, str]] = []
 
-    def body(self, body: bytes, content_type: str) -> bytes:
+    def scrub_body(self, body: Any, content_type: str, *args: Any) -> ScrubbedBody:
         self.seen.append((body, content_type))
         if body == self.fail_on:
             raise ValueError("cannot scrub")
-        return b"[scrubbed]"
+        return ScrubbedBody(b"[scrubbed]", None)
 
 
 def test_redactor_scrubs_bodies_by_their_content_type() -> None:

@@ -85,6 +85,28 @@ def redactor() -> Redactor:
         "oauth2_token",
         "passphrase",
         "cookie",
+        "card",
+        "cards_count",
+        "sig",
+        "signature",
+        "X-Amz-Signature",
+        "jwt",
+        "access_key",
+        "AccessKey",
+        "key",
+        "securityCode",
+        "security_code",
+        "iban",
+        "IBAN",
+        "social_security_number",
+        "socialSecurityNumber",
+        "totp",
+        "passcode",
+        "mfa_code",
+        "mfaCode",
+        "Cf-Access-Jwt-Assertion",
+        "X-Hub-Signature-256",
+        "token_type_secret",
     ],
 )
 def test_secret_field_names(redactor: Redactor, name: str) -> None:
@@ -104,10 +126,18 @@ def test_secret_field_names(redactor: Redactor, name: str) -> None:
         "tokenizer",
         "username",
         "email",
-        "card",
         "number",
-        "cards_count",
+        "cardholder",
         "pinned",
+        "token_type",
+        "tokenType",
+        "token_type_hint",
+        "oauth_signature_method",
+        "signature_version",
+        "keyword",
+        "monkey",
+        "signal",
+        "design",
         "shopping",
         "secretary",
         "description",
@@ -224,7 +254,7 @@ def test_url_headers_get_their_query_scrubbed(redactor: Redactor, name: str) -> 
     [(_, value)] = redactor.headers([(name, url)])
     assert SECRET not in value
     assert value == (
-        f"https://example.com/cb?code=1&access_token={FILTERED}&state=x&password={FILTERED}"
+        f"https://example.com/cb?code={FILTERED}&access_token={FILTERED}&state=x&password={FILTERED}"
     )
 
 
@@ -335,7 +365,7 @@ def test_data_filters_nested_secret_keys_and_copies(redactor: Redactor) -> None:
         "user": {
             "name": "ada",
             "password": FILTERED,
-            "cards": [{"card_number": FILTERED, "id": 1}],
+            "cards": FILTERED,  # "card" is a deny-listed word
         },
         "auth": FILTERED,
         "items_count": 3,
@@ -396,14 +426,25 @@ def test_json_is_detected_by_its_look_without_content_type(redactor: Redactor) -
         assert SECRET.encode() not in scrub(redactor, b"  \n" + body, content_type)
 
 
+@pytest.mark.parametrize("content_type", ["image/png", "audio/ogg", "video/mp4", "font/woff2"])
+def test_media_are_returned_as_they_are(redactor: Redactor, content_type: str) -> None:
+    body = json.dumps({"password": SECRET}).encode()
+    assert redactor.body(body, content_type) is body
+
+
 @pytest.mark.parametrize(
-    "content_type", ["image/png", "application/octet-stream", "application/pdf"]
+    "content_type",
+    ["application/octet-stream", "application/pdf", "application/yaml", "text/csv"],
 )
-def test_other_content_types_are_returned_as_they_are(
+def test_unscrubbable_formats_naming_a_secret_are_omitted(
     redactor: Redactor, content_type: str
 ) -> None:
     body = json.dumps({"password": SECRET}).encode()
-    assert redactor.body(body, content_type) is body
+    kept = redactor.scrub_body(body, content_type)
+    assert kept.body is None
+    assert kept.omitted == f"format not scrubbable ({content_type})"
+    innocent = b"name: Ada\ncity: Paris\n"
+    assert redactor.scrub_body(innocent, content_type) == (innocent, None)
 
 
 def test_json_vendor_content_type(redactor: Redactor) -> None:
@@ -727,3 +768,338 @@ def test_ip_headers_are_not_secret_by_default(redactor: Redactor) -> None:
     assert redactor.headers(pairs) == pairs
     anonymizing = Redactor(DEFAULT_REDACT_HEADERS + IP_HEADERS, DEFAULT_REDACT_FIELDS)
     assert anonymizing.headers(pairs) == [(name, FILTERED) for name in IP_HEADERS]
+
+
+# --- bodies the redactor must decode, or omit --------------------------------------------------
+
+
+def _secret_kept(kept: Any) -> bool:
+    return kept.body is not None and SECRET.encode() in kept.body
+
+
+@pytest.mark.parametrize("coding", ["gzip", "x-gzip", "deflate", "deflate-raw"])
+def test_compressed_bodies_are_decoded_then_scrubbed(redactor: Redactor, coding: str) -> None:
+    import gzip
+    import zlib
+
+    plain = json.dumps({"user": "ada", "password": SECRET}).encode()
+    if coding == "deflate-raw":
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        body, coding = packer.compress(plain) + packer.flush(), "deflate"
+    else:
+        body = gzip.compress(plain) if "gzip" in coding else zlib.compress(plain)
+    kept = redactor.scrub_body(body, "application/json", coding)
+    assert kept.omitted is None
+    assert json.loads(kept.body) == {"user": "ada", "password": FILTERED}
+
+
+def test_a_decompression_bomb_is_decoded_to_the_bound_only(redactor: Redactor) -> None:
+    import gzip
+
+    bomb = gzip.compress(b'{"password": "' + SECRET.encode() + b'", "pad": "' + b"0" * 50_000_000)
+    assert len(bomb) < 100_000
+    kept = redactor.scrub_body(bomb, "application/json", "gzip", max_decoded_bytes=4096)
+    assert kept.body is not None and len(kept.body) <= 4096 + 100
+    assert SECRET.encode() not in kept.body
+
+
+def test_stacked_and_unknown_codings(redactor: Redactor) -> None:
+    import gzip
+    import zlib
+
+    plain = b"password=" + SECRET.encode()
+    twice = gzip.compress(zlib.compress(plain))
+    kept = redactor.scrub_body(twice, "application/x-www-form-urlencoded", "deflate, gzip")
+    assert kept.body == b"password=" + FILTERED.encode()
+    for coding, reason in [
+        ("br", "content-encoding br: no Brotli decoder installed"),
+        ("zstd", "content-encoding zstd cannot be decoded"),
+        ("gzip", "content-encoding gzip: invalid data"),
+    ]:
+        kept = redactor.scrub_body(plain, "text/plain", coding)
+        assert kept == (None, reason)
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-7"])
+def test_declared_charsets_are_decoded(redactor: Redactor, charset: str) -> None:
+    text = json.dumps({"password": SECRET, "name": "Zoë"}, ensure_ascii=False)
+    kept = redactor.scrub_body(text.encode(charset), f"application/json; charset={charset}")
+    assert kept.omitted is None
+    assert json.loads(kept.body.decode("utf-8")) == {"password": FILTERED, "name": "Zoë"}
+
+
+def test_utf16_json_without_a_charset_is_recognised(redactor: Redactor) -> None:
+    body = json.dumps({"password": SECRET}).encode("utf-16-le")
+    assert not _secret_kept(redactor.scrub_body(body, "application/json"))
+    assert redactor.scrub_body(body, "application/json; charset=klingon") == (
+        None,
+        "unknown charset klingon",
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f"<login><user>ada</user><password>{SECRET}</password></login>",
+        f'<?xml version="1.0"?><a><b:Password xmlns:b="x" Type="t">{SECRET}</b:Password></a>',
+        f"<soap:Envelope><soap:Header><wsse:Security><wsse:UsernameToken>"
+        f"<wsse:Username>ada</wsse:Username><wsse:Password>{SECRET}</wsse:Password>"
+        f"</wsse:UsernameToken></wsse:Security></soap:Header></soap:Envelope>",
+        f'<user name="ada" password="{SECRET}"/>',
+        f"<user name='ada' api_key='{SECRET}'>x</user>",
+        f'<field name="password">{SECRET}</field>',
+        f'<param name="token" value="{SECRET}"/>',
+        f"<password><password>a</password>{SECRET}</password>",
+        f"<a><password>{SECRET}",  # cut at the limit
+        f"<password><![CDATA[{SECRET}]]></password>",
+    ],
+)
+def test_xml_elements_and_attributes_are_scrubbed_by_name(redactor: Redactor, body: str) -> None:
+    for kind in ("application/xml", "text/xml", "application/soap+xml", ""):
+        kept = redactor.scrub_body(body.encode(), kind)
+        assert kept.omitted is None and not _secret_kept(kept), (kind, kept)
+        assert FILTERED.encode() in kept.body
+
+
+def test_xml_entities_are_never_expanded(redactor: Redactor) -> None:
+    body = (
+        b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">'
+        b'<!ENTITY b "&e;&e;&e;">]><a><password>&b;</password><note>&e;</note></a>'
+    )
+    kept = redactor.scrub_body(body, "application/xml")
+    assert kept.body == body.replace(b"&b;</password>", FILTERED.encode() + b"</password>")
+
+
+def test_xml_without_a_secret_is_unchanged(redactor: Redactor) -> None:
+    body = b'<order id="7"><item sku="passport-holder">2</item></order>'
+    assert redactor.body(body, "application/xml") is body
+
+
+@pytest.mark.parametrize("kind", ["application/yaml", "application/x-yaml", "text/yaml"])
+def test_yaml_naming_a_secret_is_omitted(redactor: Redactor, kind: str) -> None:
+    body = f"user: ada\npassword: {SECRET}\n".encode()
+    assert redactor.scrub_body(body, kind) == (None, f"format not scrubbable ({kind})")
+    escaped = f'"pass\\x77ord": {SECRET}\n'.encode()
+    assert redactor.scrub_body(escaped, kind).body is None
+
+
+@pytest.mark.parametrize(
+    "kind", ["application/zip", "application/gzip", "application/x-7z-compressed"]
+)
+def test_archives_are_omitted(redactor: Redactor, kind: str) -> None:
+    assert redactor.scrub_body(b"PK\x03\x04 anything", kind) == (
+        None,
+        f"compressed archive ({kind})",
+    )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'Content-Disposition: form-data; name="password"',
+        b"Content-Disposition: form-data; name=password",
+        b"content-disposition: form-data; name = password ",
+        b"Content-Disposition: form-data; name*=UTF-8''pass%77ord",
+        b"Content-Disposition: form-data; name*=''password",
+        b'Content-Disposition: form-data; name="pass\\word"',
+        b'Content-Type: text/plain\r\nContent-Disposition: form-data; filename="a"; name="pin"',
+    ],
+)
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n"])
+def test_multipart_variants_werkzeug_reads_are_scrubbed(
+    redactor: Redactor, head: bytes, newline: bytes
+) -> None:
+    from werkzeug.formparser import parse_form_data
+    from werkzeug.test import EnvironBuilder
+
+    head = head.replace(b"\r\n", newline)
+    body = b"--xyz" + newline + head + newline + newline + SECRET.encode() + newline + b"--xyz--"
+    content_type = "multipart/form-data; boundary=xyz"
+    kept = redactor.scrub_body(body, content_type)
+    assert kept.omitted is None and not _secret_kept(kept), kept
+    environ = EnvironBuilder(method="POST", data=body, content_type=content_type).get_environ()
+    _, form, files = parse_form_data(environ)
+    parsed = form.to_dict()
+    for name, upload in files.items():
+        parsed[name] = upload.read().decode()
+        upload.close()
+    assert SECRET in parsed.values()  # Werkzeug does read the secret from this body
+
+
+def test_multipart_parts_are_scrubbed_as_bodies_of_their_own_type(redactor: Redactor) -> None:
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="doc"; filename="a.json"\r\n'
+        b'Content-Type: application/json\r\n\r\n{"token": "' + SECRET.encode() + b'"}\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\npin='
+        + SECRET.encode()
+        + b"\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="cfg"; filename="a.yml"\r\n'
+        b"Content-Type: application/yaml\r\n\r\nsecret: " + SECRET.encode() + b"\r\n--b--"
+    )
+    kept = redactor.scrub_body(body, "multipart/form-data; boundary=b")
+    assert kept.body is not None and SECRET.encode() not in kept.body
+    assert b"[Omitted: format not scrubbable (application/yaml)]" in kept.body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"user": "ada", "pass\\u0077ord": "' + SECRET + '", "x": "',  # truncated
+        '{"pass\\u0077ord": "' + SECRET + '",,}',  # invalid
+        "{'pass\\u0077ord': '" + SECRET + "'",
+        '{"pass\\/word": "' + SECRET,
+    ],
+)
+def test_escaped_keys_in_broken_json(redactor: Redactor, body: str) -> None:
+    assert not _secret_kept(redactor.scrub_body(body.encode(), "application/json"))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f'mutation {{ login(username: "ada", password: "{SECRET}") {{ token }} }}',
+        f'mutation {{ signUp(input: {{email: "a@b.c", password: "{SECRET}"}}) {{ id }} }}',
+        f"mutation {{ setPin(pin: {SECRET}) }}",
+    ],
+)
+def test_graphql_literals_are_scrubbed(redactor: Redactor, query: str) -> None:
+    whole = json.dumps({"query": query, "variables": {}}).encode()
+    assert not _secret_kept(redactor.scrub_body(whole, "application/json"))
+    assert not _secret_kept(redactor.scrub_body(whole[:-20], "application/json"))  # cut
+    assert not _secret_kept(redactor.scrub_body(query.encode(), "application/graphql"))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [{"name": "password", "value": SECRET}],
+        [{"name": "user", "value": "ada"}, {"Name": "api_key", "Value": SECRET}],
+        {"fields": [{"key": "cvv", "val": SECRET, "type": "hidden"}]},
+        {"headers": [{"header": "Authorization", "value": SECRET}]},
+    ],
+)
+def test_name_value_shapes_are_scrubbed(redactor: Redactor, value: Any) -> None:
+    body = json.dumps(value).encode()
+    kept = redactor.scrub_body(body, "application/json")
+    assert not _secret_kept(kept), kept
+    assert not _secret_kept(redactor.scrub_body(body[:-3], "application/json"))
+    assert SECRET not in json.dumps(redactor.data(value))
+
+
+def test_name_value_shapes_keep_innocent_pairs(redactor: Redactor) -> None:
+    value = [{"name": "user", "value": "ada"}]
+    assert redactor.data(value) is value
+
+
+# --- deny-list additions and OAuth codes -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a&X-Amz-Signature={SECRET}",
+        f"sig={SECRET}&se=2030",
+        f"signature={SECRET}",
+        f"jwt={SECRET}",
+        f"access_key={SECRET}",
+        f"key={SECRET}",
+    ],
+)
+def test_signed_url_and_key_parameters_are_filtered(redactor: Redactor, query: str) -> None:
+    assert SECRET not in redactor.query(query)
+
+
+def test_oauth_codes_are_filtered_on_callbacks_only(redactor: Redactor) -> None:
+    assert redactor.query(f"code={SECRET}&state=xyz") == f"code={FILTERED}&state=xyz"
+    assert redactor.query(f"code={SECRET}", "/oauth/callback") == f"code={FILTERED}"
+    assert redactor.query(f"code={SECRET}", "/login/authorized") == f"code={FILTERED}"
+    assert redactor.query("code=US&q=zip", "/countries") == "code=US&q=zip"
+    environ = {"PATH_INFO": "/auth/google/callback", "QUERY_STRING": f"code={SECRET}"}
+    redactor.environ(environ)
+    assert environ["QUERY_STRING"] == f"code={FILTERED}"
+    url = f"https://app.example/sso/return?code={SECRET}"
+    assert redactor.url(url) == f"https://app.example/sso/return?code={FILTERED}"
+
+
+def test_allowed_names_are_documented_non_secrets(redactor: Redactor) -> None:
+    pairs = {"token_type": "Bearer", "expires_in": 3600, "access_token": SECRET}
+    assert redactor.data(pairs) == {
+        "token_type": "Bearer",
+        "expires_in": 3600,
+        "access_token": FILTERED,
+    }
+
+
+# --- credentials by their look -----------------------------------------------------------------
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx\n-----END RSA PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"token {JWT} end", f"token {FILTERED} end"),
+        ("Bearer abcdef123456", f"Bearer {FILTERED}"),
+        ("auth: basic dXNlcjpwYXNz==", f"auth: basic {FILTERED}"),
+        ("id AKIAIOSFODNN7EXAMPLE here", f"id {FILTERED} here"),
+        (f"key:\n{PEM}\nafter", f"key:\n{FILTERED}\nafter"),
+        ("card 4111 1111 1111 1111 ok", f"card {FILTERED} ok"),
+        ("card 4111-1111-1111-1111", f"card {FILTERED}"),
+        ("amex 378282246310005.", f"amex {FILTERED}."),
+        ("https://ada:hunter2@db.example/x", f"https://ada:{FILTERED}@db.example/x"),
+        ("<https://u:p@x.example/a>; rel=next", f"<https://u:{FILTERED}@x.example/a>; rel=next"),
+        ("5; url=ftp://bob:pw@files.example/", f"5; url=ftp://bob:{FILTERED}@files.example/"),
+    ],
+)
+def test_credentials_are_found_by_their_look(text: str, expected: str) -> None:
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order 4111 1111 1111 1112",  # Luhn fails
+        "ts 1733456789012 ms",  # a timestamp: no card prefix
+        "phone +1 555 123 4567",
+        "https://user@host.example/ no password",
+        "basic plan, bearer of news",
+        "eyJ alone",
+        "Asia/Tokyo",
+    ],
+)
+def test_look_alikes_are_kept(text: str) -> None:
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) is text
+
+
+def test_bodies_and_custom_data_lose_credentials_by_their_look(redactor: Redactor) -> None:
+    body = json.dumps({"note": f"use {JWT}", "n": "4111111111111111", "ok": "fine"}).encode()
+    kept = redactor.scrub_body(body, "application/json")
+    assert json.loads(kept.body) == {"note": f"use {FILTERED}", "n": FILTERED, "ok": "fine"}
+    assert redactor.body(f"hello {PEM}".encode(), "text/plain") == f"hello {FILTERED}".encode()
+    html = b'<a href="https://ada:pw@intranet.example/">x</a>'
+    assert redactor.body(html, "text/html") == (
+        b'<a href="https://ada:' + FILTERED.encode() + b'@intranet.example/">x</a>'
+    )
+    data = {"a": [f"Bearer {SECRET}"], "b": {"c": "AKIAIOSFODNN7EXAMPLE"}, "d": 1}
+    assert redactor.values(data) == {"a": [f"Bearer {FILTERED}"], "b": {"c": FILTERED}, "d": 1}
+    assert redactor.values({"x": "plain"}) == {"x": "plain"}
+    yaml = f"note: {JWT}\n".encode()
+    assert redactor.scrub_body(yaml, "application/yaml").body is None
+
+
+def test_a_multipart_boundary_is_never_taken_for_a_card_number(redactor: Redactor) -> None:
+    boundary = b"---------------WerkzeugFormPart_1765000000.4111111111111111"
+    body = (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="user"\r\n\r\nada\r\n'
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="pin"\r\n\r\n1234\r\n'
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="n"\r\n\r\n'
+        b"4111 1111 1111 1111\r\n--" + boundary + b"--\r\n"
+    )
+    kept = redactor.body(body, "multipart/form-data; boundary=" + boundary.decode())
+    assert kept is not None and kept.count(boundary) == 4
+    assert kept.count(FILTERED.encode()) == 2  # the pin by name, the card in a part by value

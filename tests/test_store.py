@@ -28,7 +28,7 @@ from pymongo.errors import (
 
 from flask_tracking import store
 from flask_tracking.capture import BodyCapture, RequestState
-from flask_tracking.redact import Redactor
+from flask_tracking.redact import Redactor, ScrubbedBody
 from flask_tracking.storage import CollectionSpec, ensure_collection
 from flask_tracking.store import (
     COLLECTION_NAME,
@@ -545,9 +545,9 @@ def test_the_sink_passes_its_redactor_to_the_conversion(mongo: Any) -> None:
             super().__init__(headers=(), fields=())
             self.seen: list[tuple[bytes, str]] = []
 
-        def body(self, body: bytes, content_type: str) -> bytes:
+        def scrub_body(self, body: Any, content_type: str, *args: Any) -> ScrubbedBody:
             self.seen.append((body, content_type))
-            return b"[scrubbed]"
+            return ScrubbedBody(b"[scrubbed]", None)
 
     redactor = Scrubber()
     sink = make_sink(lambda: mongo, redactor=redactor)

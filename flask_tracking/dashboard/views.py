@@ -95,6 +95,14 @@ def make_blueprint(
     ``default_window`` is "1h", "24h" or "7d"; ``live_interval_seconds`` is how often the live
     view asks for new requests. The dashboard's own requests are never tracked.
     """
+    if type(public) is not bool:
+        raise TypeError(f"public must be True or False, not {public!r}.")
+    texts = (("name", name), ("url_prefix", url_prefix), ("default_window", default_window))
+    for label, text in texts:
+        if not isinstance(text, str) or not text:
+            raise TypeError(f"{label} must be a non-empty string, not {text!r}.")
+    if not url_prefix.startswith("/"):
+        raise ValueError(f"url_prefix must start with '/', not {url_prefix!r}.")
     if access is None and not public:
         raise RuntimeError(
             "The tracking dashboard shows every recorded request (headers, bodies, users): "

@@ -1,0 +1,158 @@
+"""What redaction costs on hostile input: names in linear time, bodies in bounded time.
+
+The time bounds are generous (a busy 2-core machine runs these); the shapes they guard against
+cost seconds to minutes without the bounds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flask_tracking.redact import (
+    DEFAULT_REDACT_FIELDS,
+    DEFAULT_REDACT_HEADERS,
+    FILTERED,
+    MAX_NAME_LENGTH,
+    Redactor,
+)
+
+from .hostile import BODY_SHAPES, long_header_name, long_query, plain_json
+
+
+def fresh() -> Redactor:
+    """A redactor with no remembered verdicts (an attacker sends names never seen before)."""
+    return Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+
+
+def best_time(run: Callable[[Redactor], object], rounds: int = 3) -> float:
+    """The least time of ``rounds`` runs, each on a fresh redactor, in seconds."""
+    best = float("inf")
+    for _ in range(rounds):
+        redactor = fresh()
+        started = time.perf_counter()
+        run(redactor)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def test_a_long_header_name_of_one_letter_words_is_classified_quickly() -> None:
+    name = long_header_name(8000)  # fits gunicorn's 8 KB field limit
+    assert best_time(lambda redactor: redactor.headers([(name, "v")])) < 0.2
+
+
+def test_a_long_query_parameter_name_is_classified_quickly() -> None:
+    query = long_query(16_000)
+    assert best_time(lambda redactor: redactor.query(query)) < 0.2
+
+
+def test_names_over_the_cap_are_secret_and_under_it_are_split() -> None:
+    redactor = fresh()
+    assert redactor.is_secret_field("a" * (MAX_NAME_LENGTH + 1))
+    assert not redactor.is_secret_field("a" * MAX_NAME_LENGTH)
+    assert redactor.headers([("X-" + "A" * MAX_NAME_LENGTH, "v")]) == [
+        ("X-" + "A" * MAX_NAME_LENGTH, FILTERED)
+    ]
+    assert redactor.query("b" * 300 + "=v") == "b" * 300 + "=" + FILTERED
+
+
+def test_name_classification_grows_linearly() -> None:
+    """Classifying a name twice as long costs about twice as much, not four times."""
+    redactor = fresh()
+
+    def cost(words: int) -> float:
+        names = [f"{'_'.join(['a'] * words)}_{index}" for index in range(1000)]
+        started = time.perf_counter()
+        for name in names:
+            redactor._is_secret_field(name)
+        return time.perf_counter() - started
+
+    small, large = min(cost(60) for _ in range(5)), min(cost(120) for _ in range(5))
+    assert large < 4 * small
+
+
+@pytest.mark.parametrize("shape", sorted(BODY_SHAPES))
+def test_hostile_64k_bodies_are_redacted_in_bounded_time(shape: str) -> None:
+    body, content_type = BODY_SHAPES[shape](65536)
+    assert best_time(lambda redactor: redactor.body(body, content_type), rounds=1) < 1.0
+
+
+def _plain_cost(size: int) -> float:
+    body, content_type = plain_json(size)
+    return best_time(lambda redactor: redactor.body(body, content_type))
+
+
+#: Pieces an attacker repeats to fill a body: separators, brackets, quotes, escapes, names of
+#: short words, markup, part heads, and the beginnings of credentials the values are scanned for.
+_PIECES = st.sampled_from(
+    [
+        "a_",
+        "a-",
+        "aB",
+        "pass",
+        "word",
+        "=",
+        ":",
+        "&",
+        ";",
+        ",",
+        " ",
+        "\n",
+        "\r\n",
+        "{",
+        "}",
+        "[",
+        "]",
+        '"',
+        "'",
+        "\\",
+        "\\u0070",
+        "%70",
+        "<",
+        ">",
+        "</",
+        "<password>",
+        'name="',
+        "name*=",
+        "--b",
+        "Content-Disposition: form-data; ",
+        "?",
+        "#",
+        "eyJ",
+        ".",
+        "4111 ",
+        "-----BEGIN PRIVATE KEY-----",
+        "Bearer ",
+        "AKIA",
+    ]
+)
+_TYPES = st.sampled_from(
+    [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=b",
+        "text/plain",
+        "text/html",
+        "application/xml",
+        "",
+    ]
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pieces=st.lists(_PIECES, min_size=1, max_size=6),
+    content_type=_TYPES,
+    size=st.sampled_from([8192, 32768, 65536]),
+)
+def test_no_body_shape_costs_more_than_a_fixed_multiple_of_a_plain_body(
+    pieces: list[str], content_type: str, size: int
+) -> None:
+    unit = "".join(pieces).encode()
+    body = (b"pass=" + unit * (size // len(unit) + 1))[:size]
+    cost = best_time(lambda redactor: redactor.body(body, content_type), rounds=2)
+    assert cost < 30 * _plain_cost(size) + 0.05, (pieces, content_type, size)
