@@ -475,7 +475,9 @@ def _tail(
     collection: Any, query: dict[str, Any], interval: float, deadline: float | None
 ) -> Iterator[dict[str, Any]]:
     """Raw records stored after the call, through a tailable (awaiting) cursor."""
-    newest = list(collection.find({}, {"_id": 1}).sort("$natural", -1).limit(1))
+    # The newest id, as the filter below compares ids (not the storage order, which not every
+    # server reports newest first).
+    newest = list(collection.find({}, {"_id": 1}).sort("_id", -1).limit(1))
     last = newest[0]["_id"] if newest else None
     while not _expired(deadline):
         criteria = query if last is None else _and(query, {"_id": {"$gt": last}})
