@@ -78,7 +78,7 @@ def bucket_value(index: int) -> float:
     of the bucket (half of :data:`LATENCY_BASE_MS` for bucket 0)."""
     if index <= 0:
         return LATENCY_BASE_MS / 2
-    return LATENCY_BASE_MS * LATENCY_GROWTH ** (index - 0.5)
+    return float(LATENCY_BASE_MS * LATENCY_GROWTH ** (index - 0.5))
 
 
 def bucket_upper_bound(index: int) -> float:

@@ -130,7 +130,7 @@ def app_rollups() -> RollupQuerySet:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     name = str(app.config.get("TRACKING_ROLLUP_COLLECTION") or ROLLUP_COLLECTION_NAME)
     if alias == "default" and name == ROLLUP_COLLECTION_NAME:
-        return Rollup.objects  # type: ignore[no-any-return]
+        return Rollup.objects
     from mongoengine.connection import get_db
 
     return RollupQuerySet(Rollup, get_db(alias)[name])

@@ -13,18 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from mongoengine import (
-    DateTimeField,
-    DictField,
-    Document,
-    FloatField,
-    IntField,
-    QuerySet,
-    StringField,
-)
+from mongoengine import DateTimeField, DictField, FloatField, IntField, StringField
 
+from ._mongoengine import Document, QuerySet
 from .aggregate import histogram_percentile
 from .documents import PERCENTILES, TIMELINE_BUCKETS, parse_datetime
 
@@ -54,7 +47,7 @@ class RollupQuerySet(QuerySet):
     _window: tuple[datetime | None, datetime | None] | None = None
 
     def _clone_into(self, new_qs: Any) -> Any:
-        new_qs = super()._clone_into(new_qs)
+        new_qs = super()._clone_into(new_qs)  # type: ignore[misc]
         new_qs._window = self._window
         return new_qs
 
@@ -196,7 +189,7 @@ class RollupQuerySet(QuerySet):
 
     def _histograms(self, key: Any) -> dict[Any, dict[int, int]]:
         """The latency histogram (bucket -> requests) per value of ``key``."""
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {
                 "$project": {
                     "key": {"$literal": None} if key is None else key,
@@ -240,7 +233,8 @@ class RollupQuerySet(QuerySet):
         return found
 
     def _aggregate(self, pipeline: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        return self.order_by().aggregate(pipeline, allowDiskUse=True)
+        rows: Iterator[dict[str, Any]] = self.order_by().aggregate(pipeline, allowDiskUse=True)
+        return rows
 
 
 def _ceil_hour(moment: datetime) -> datetime:
@@ -333,6 +327,10 @@ class Rollup(Document):
     bytes_out = IntField()
     status = DictField()
     histogram = DictField()
+
+    if TYPE_CHECKING:
+        #: Set by MongoEngine's metaclass: a :class:`RollupQuerySet` over the collection.
+        objects: ClassVar[RollupQuerySet]
 
     meta: ClassVar[dict[str, Any]] = {
         "collection": "tracking_rollups",
