@@ -252,7 +252,7 @@ def test_show_prints_the_request_id(runner: FlaskCliRunner) -> None:
 @pytest.mark.parametrize(
     ("command", "option", "words"),
     [
-        ("stats", "--by", "Group the records"),
+        ("stats", "--by", "Rollups group by endpoint, method or status_class"),
         ("timeline", "--bucket", "Length of one row"),
         ("export", "--format", "JSON Lines"),
         ("export", "--limit", "OLDEST first"),
