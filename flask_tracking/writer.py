@@ -446,6 +446,7 @@ class BatchWriter:
         self._rollup_started = 0
         self._rollup_done = 0
         self._rollups_due = False
+        self._batch_before_rollups = False  # a record batch was taken while rollups were due
         self._rollup_tick = math.inf if self._rollups is None else 0.0
         if self._rollups is not None:
             self._rollups.reset()
@@ -497,6 +498,8 @@ class BatchWriter:
             with cond:
                 entries = self._next_batch(cond, me)
                 rollups_due, self._rollups_due = self._rollups_due, False
+                if rollups_due:
+                    self._batch_before_rollups = False
             if rollups_due or (entries is None and self._stopping):
                 self._write_rollups()
             if entries is None:
@@ -538,11 +541,11 @@ class BatchWriter:
             if self._rollups is not None and now >= self._rollup_tick:
                 self._rollup_tick = now + self._interval
                 self._rollups_due = self._rollups_due or self._rollups.has_work()
-            if self._rollups_due:
-                return []  # the caller writes the rollups (also while records back off)
             if now < self._backoff_until:
                 if self._stopping and self._backoff_until >= self._deadline:
                     return None  # no retry can happen before the deadline
+                if self._rollups_due:
+                    return []  # the caller writes the rollups while the records back off
                 # Only the end of the backoff or a shutdown lets us continue; flush() and
                 # submit() wake-ups just come back here, so they cannot speed up retries.
                 cond.wait(min(self._backoff_until, self._rollup_tick) - now)
@@ -554,9 +557,15 @@ class BatchWriter:
             if queue and (
                 self._stopping or len(queue) >= self._batch_max or queue[0][0] <= self._due_seq
             ):
+                if self._rollups_due:
+                    if self._batch_before_rollups:
+                        return []  # one batch went first; now the rollups, so neither starves
+                    self._batch_before_rollups = True
                 batch = [queue.popleft() for _ in range(min(self._batch_max, len(queue)))]
                 self._in_flight = batch
                 return batch
+            if self._rollups_due:
+                return []  # no batch due: the caller writes the rollups, then comes back
             cond.wait(min(self._next_tick, self._rollup_tick) - now)
 
     def _write(self, entries: list[_Entry]) -> None:

@@ -988,3 +988,24 @@ def test_rollups_are_written_while_records_back_off() -> None:
         assert recorder.counted() == 1 and attempts == [1]
     finally:
         writer.shutdown(0.2)
+
+
+def test_rollups_are_not_starved_by_a_queue_always_full_of_records() -> None:
+    def slow(records: list[dict]) -> BatchOutcome:
+        time.sleep(0.01)
+        return BatchOutcome(written=len(records))
+
+    recorder = RollupRecorder()
+    aggregator = RollupAggregator(recorder)
+    writer = BatchWriter(slow, batch_max_records=1, flush_interval_seconds=0.02, rollups=aggregator)
+    try:
+        for index in range(300):  # far more than the writer writes in the time
+            writer.submit({"n": index}, 10)
+        aggregator.add(rollup_sample())
+        deadline = time.monotonic() + 2
+        while not recorder.rounds and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recorder.counted() == 1
+        assert writer.stats()["pending"] > 100  # the records were still queued meanwhile
+    finally:
+        writer.shutdown(0.2)
