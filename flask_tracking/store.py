@@ -365,7 +365,7 @@ class RollupSink:
                 written=len(aggregates) - len(retry) - dropped, dropped=dropped, retry=retry
             )
         except Exception as error:
-            if _is_transient(error):
+            if is_transient(error):
                 return RollupOutcome(retry=aggregates)
             self._logger.warning(
                 "flask_tracking: could not write %d rollup(s) (%s: %s); dropped",
