@@ -1,7 +1,8 @@
 """Requests for `valgrind --tool=callgrind`: instruction counts are stable where times are not.
 
-Runs ``N`` GET /hello requests through ``app.wsgi_app`` (bare or tracked, insert a no-op, the
-writer drained every 250 requests). Count the main thread's instructions for two values of N
+Runs ``N`` GET /hello requests through ``app.wsgi_app`` (bare, tracked, or tracked without
+rollups: ``tracked-no-rollups``; inserts and rollup writes are no-ops, the writer drained every
+250 requests). Count the main thread's instructions for two values of N
 and divide the difference by the difference of N (see benchmarks/README.md)::
 
     valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file=t500 \\
@@ -44,11 +45,12 @@ def main(kind: str, count: int) -> None:
         "bench", mongo_client_class=mongomock.MongoClient, uuidRepresentation="standard"
     )
     mongomock.collection.Collection.insert_many = lambda self, documents, *a, **k: None
+    mongomock.collection.Collection.bulk_write = lambda self, requests, *a, **k: None
     app = Flask("bench")
     app.add_url_rule("/hello", "hello", lambda: "Hello")
     flush = None
-    if kind == "tracked":
-        app.config.update(TRACKING_FLUSH_INTERVAL_SECONDS=3600)
+    if kind in ("tracked", "tracked-no-rollups"):
+        app.config.update(TRACKING_FLUSH_INTERVAL_SECONDS=3600, TRACKING_ROLLUPS=kind == "tracked")
         flush = Tracking(app).flush
     environ = EnvironBuilder(path="/hello", headers=HEADERS).get_environ()
 

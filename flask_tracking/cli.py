@@ -49,7 +49,9 @@ from .documents import (
     parse_datetime,
 )
 from .migrate import MigrationError, migrate
+from .rollups import ROLLUP_GROUPS, Rollup, RollupQuerySet
 from .storage import MODES, mode_of, tracking_spec
+from .store import ROLLUP_COLLECTION_NAME
 
 __all__ = ["app_records", "select_records", "tracking_cli"]
 
@@ -118,6 +120,70 @@ def app_records() -> TrackingQuerySet:
     (``TRACKING_DB_ALIAS``; ``"default"`` without the extension). Needs an application context."""
     alias = _alias()
     return Tracking.objects if alias == "default" else Tracking.objects.using(alias)
+
+
+def app_rollups() -> RollupQuerySet:
+    """``Rollup.objects`` on the connection alias and rollup collection the current app's
+    extension writes to (``TRACKING_DB_ALIAS``, ``TRACKING_ROLLUP_COLLECTION``). Needs an
+    application context."""
+    alias = _alias()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    name = str(app.config.get("TRACKING_ROLLUP_COLLECTION") or ROLLUP_COLLECTION_NAME)
+    if alias == "default" and name == ROLLUP_COLLECTION_NAME:
+        return Rollup.objects
+    from mongoengine.connection import get_db
+
+    return RollupQuerySet(Rollup, get_db(alias)[name])
+
+
+def select_rollups(
+    rollups: RollupQuerySet | None = None,
+    *,
+    endpoint: str | None = None,
+    method: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> RollupQuerySet:
+    """``rollups`` (default :func:`app_rollups`) narrowed by the options of ``flask tracking
+    stats`` that rollups know: endpoint, method, since and until (as :func:`select_records`).
+    Raises :class:`ValueError` with a sentence for a bad value."""
+    if rollups is None:
+        rollups = app_rollups()
+    if endpoint:
+        rollups = rollups.for_endpoint(endpoint)
+    if method:
+        rollups = rollups.for_method(method)
+    if since or until:
+        rollups = rollups.between(_moment(since, "--since"), _moment(until, "--until"))
+    return rollups
+
+
+def _reported(options: dict[str, Any], records: bool) -> TrackingQuerySet | RollupQuerySet:
+    """What ``stats`` and ``timeline`` report on: the rollups, or with ``--records`` the
+    stored records (popping the filter options)."""
+    if records:
+        return _filtered(app_records(), options)
+    only_records = [
+        f"--{name}" for name in _RECORD_ONLY_FILTERS if options.get(name) not in (None, False, ())
+    ]
+    if only_records:
+        raise click.ClickException(
+            f"{', '.join(only_records)} can only select stored records: add --records (the "
+            "rollups count every request by endpoint and method only)."
+        )
+    try:
+        return select_rollups(
+            endpoint=options.get("endpoint"),
+            method=options.get("method"),
+            since=options.get("since"),
+            until=options.get("until"),
+        )
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+
+
+#: Filter options only the stored records can answer.
+_RECORD_ONLY_FILTERS = ("path", "status", "user", "ip", "slow", "errors", "data")
 
 
 def _database_errors(command: F) -> F:
@@ -583,16 +649,24 @@ def _comparable(body: bytes, content_type: str) -> str:
 # --- stats, timeline --------------------------------------------------------------------
 
 _STATS_SORTS = ("count", "errors", "error_rate", "mean", "p50", "p95", "p99", "max", "name")
+_RECORDS_OPTION = click.option(
+    "--records",
+    is_flag=True,
+    help="Report on the stored records (sampled, evicted ones gone) instead of the rollups "
+    "(every request); needed for --path, --status, --user, --ip, --slow, --errors, --data.",
+)
 
 
 @_command("stats")
 @_filter_options
+@_RECORDS_OPTION
 @click.option(
     "--by",
-    type=click.Choice(STATS_GROUPS),
+    type=click.Choice(list(dict.fromkeys((*ROLLUP_GROUPS, *STATS_GROUPS)))),
     default="endpoint",
     show_default=True,
-    help="Group the records by this field: one row per value.",
+    help="Rollups group by endpoint, method or status_class; --records by endpoint, path, "
+    "status_code or user_id.",
 )
 @click.option(
     "--sort",
@@ -602,9 +676,17 @@ _STATS_SORTS = ("count", "errors", "error_rate", "mean", "p50", "p95", "p99", "m
     help="Column to sort on, largest first (name: alphabetical).",
 )
 @click.option("--limit", type=int, default=0, help="Show only the first N rows.")
-def stats_command(by: str, sort: str, limit: int, **options: Any) -> None:
-    """A table per endpoint (or --by): requests, errors and execution-time percentiles (ms)."""
-    rows = _filtered(app_records(), options).stats(group_by=by)
+def stats_command(by: str, sort: str, limit: int, records: bool, **options: Any) -> None:
+    """A table per endpoint (or --by): requests, errors and execution-time percentiles (ms),
+    from the rollups (every request; percentiles within 5 %) or, with --records, from the
+    stored records."""
+    groups = STATS_GROUPS if records else ROLLUP_GROUPS
+    if by not in groups:
+        source = "--records" if records else "the rollups (without --records)"
+        raise click.ClickException(
+            f"--by {by} is not available with {source}: {', '.join(groups)}."
+        )
+    rows = _reported(options, records).stats(group_by=by)
     if not rows:
         click.echo("No records match.", err=True)
         return
@@ -634,6 +716,7 @@ def stats_command(by: str, sort: str, limit: int, **options: Any) -> None:
 
 @_command("timeline")
 @_filter_options
+@_RECORDS_OPTION
 @click.option(
     "--bucket",
     type=click.Choice(list(TIMELINE_BUCKETS)),
@@ -641,9 +724,10 @@ def stats_command(by: str, sort: str, limit: int, **options: Any) -> None:
     show_default=True,
     help="Length of one row (UTC).",
 )
-def timeline_command(bucket: str, **options: Any) -> None:
-    """Requests, errors and p95 (ms) per minute, hour or day (UTC), with a bar of the count."""
-    rows = _filled(_filtered(app_records(), options).timeline(bucket=bucket), bucket)
+def timeline_command(bucket: str, records: bool, **options: Any) -> None:
+    """Requests, errors and p95 (ms) per minute, hour or day (UTC), with a bar of the count,
+    from the rollups or, with --records, from the stored records."""
+    rows = _filled(_reported(options, records).timeline(bucket=bucket), bucket)
     if not rows:
         click.echo("No records match.", err=True)
         return

@@ -62,6 +62,14 @@ DEFAULTS: dict[str, Any] = {
     #: When set and TRACKING_DB_ALIAS is not connected yet, init_app connects it to this URI with
     #: short timeouts. When unset, connect the alias yourself (``mongoengine.connect``).
     "TRACKING_MONGODB_URI": None,
+    #: Write per-minute rollups (counts, errors, latency histogram per endpoint and method) of
+    #: every request that passes the path, method and view rules, kept or not by sampling or
+    #: the outcome rules. The reports of ``flask_tracking.rollups.Rollup`` read them.
+    "TRACKING_ROLLUPS": True,
+    #: The collection the rollups are written to (``Rollup`` reads ``tracking_rollups``).
+    "TRACKING_ROLLUP_COLLECTION": "tracking_rollups",
+    #: Days. Rollups older than this are deleted by a TTL index on their ``minute``.
+    "TRACKING_ROLLUP_RETENTION_DAYS": 90,
     #: Records. The writer's queue refuses (and counts) records beyond this many pending.
     "TRACKING_QUEUE_MAX_RECORDS": 10_000,
     #: Bytes. The writer's queue refuses (and counts) records beyond this size pending; a record
@@ -166,6 +174,9 @@ class TrackingConfig:
     retention_seconds: int
     table_size_bytes: int
     max_documents: int
+    rollups: bool
+    rollup_collection: str
+    rollup_retention_days: int
     db_alias: str
     mongodb_uri: str | None
     queue_max_records: int
@@ -237,6 +248,11 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
         retention_seconds=_retention_seconds(get),
         table_size_bytes=get.integer("TRACKING_TABLE_SIZE", minimum=4096),
         max_documents=get.integer("TRACKING_MAX_DOCUMENTS", minimum=1, maximum=2**31 - 1),
+        rollups=get.flag("TRACKING_ROLLUPS"),
+        rollup_collection=get.text("TRACKING_ROLLUP_COLLECTION"),
+        rollup_retention_days=get.integer(
+            "TRACKING_ROLLUP_RETENTION_DAYS", minimum=1, maximum=2147483647 // 86400
+        ),
         db_alias=get.text("TRACKING_DB_ALIAS"),
         mongodb_uri=get.optional_text("TRACKING_MONGODB_URI"),
         queue_max_records=get.integer("TRACKING_QUEUE_MAX_RECORDS", minimum=1),

@@ -7,15 +7,14 @@ replayed.  Flask is imported lazily (only :meth:`Tracking.replay` needs it).
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
 import re
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from datetime import date, datetime, timedelta, timezone
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from bson import ObjectId
@@ -43,11 +42,9 @@ if TYPE_CHECKING:
     from typing_extensions import TypeGuard
     from werkzeug.test import TestResponse
 
-_T = TypeVar("_T")
 
 __all__ = [
     "DatabaseActivity",
-    "Reports",
     "Tracking",
     "TrackingQuerySet",
     "UserAgent",
@@ -534,364 +531,6 @@ def _poll(
         _wait(interval, deadline)
 
 
-# --- reports computed in this process (mongomock) ----------------------------------------
-#
-# mongomock evaluates an aggregation pipeline by copying the whole collection through its
-# cursor (whose cost grows with the square of the number of documents) and then every stage
-# in Python: minutes on 100,000 records. On mongomock the reports therefore read the selected
-# documents once and compute the very rows of the pipelines here; :class:`Reports` chooses.
-# Values the pipelines would order or group by BSON rules not mirrored here (a string
-# execution time, a NaN, an array...) raise _Unsupported, and that report runs its pipeline.
-
-
-class _Unsupported(Exception):
-    """A stored value the in-process reports do not mirror: run the pipeline instead."""
-
-
-_MISSING: Any = object()
-
-
-def _evaluates_in_process(collection: Any) -> bool:
-    """Whether the reports on ``collection`` are computed in this process rather than by
-    aggregation pipelines: True for a mongomock collection (its class comes from mongomock)."""
-    return type(collection).__module__.partition(".")[0] == "mongomock"
-
-
-def _read_selected(queryset: TrackingQuerySet) -> list[dict[str, Any]]:
-    """The stored documents ``queryset`` selects, as its pipelines see them (mongomock only).
-
-    The order and slice of :meth:`TrackingQuerySet._aggregate`: storage order for a whole
-    selection, else the QuerySet's ordering (the default one when it has none), then
-    skip/limit. The documents are mongomock's own (not copies, which cost more than the
-    whole report on a large collection): callers only read them. Without mongomock's
-    ``_iter_documents`` (another version) the matching documents are read with ``find``.
-    """
-    if queryset._none or queryset._empty:
-        return []
-    from mongomock import filtering  # only ever called with mongomock installed
-
-    collection = queryset._collection
-    iterate = getattr(collection, "_iter_documents", None)
-    spec = _mongomock_spec(queryset)
-    documents = list(iterate(spec) if iterate is not None else collection.find(spec))
-    skip, limit = queryset._skip, queryset._limit
-    if skip is None and limit is None:
-        return documents
-    # The ordering as mongomock's $sort applies it: one stable sort per key, the last key first.
-    for key, direction in reversed(queryset._report_order()._ordering or []):
-        documents.sort(key=lambda doc: filtering.resolve_sort_key(key, doc), reverse=direction < 0)
-    start = skip or 0
-    return documents[start : None if limit is None else start + limit]
-
-
-def _mongomock_spec(queryset: TrackingQuerySet) -> dict[str, Any]:
-    """``queryset``'s filter as mongomock's ``find`` matches it (mongomock only)."""
-    from mongomock import helpers
-
-    spec: dict[str, Any] = helpers.patch_datetime_awareness_in_document(queryset._query)
-    return spec
-
-
-# --- first records in an order, on mongomock ----------------------------------------------
-# mongomock answers ``order_by(...).limit(n)`` by sorting and deep-copying every matching
-# document before keeping n (2 s for the newest page of 100,000 records). :func:`_fetch_top`
-# keeps the n with heapq over its stored documents, then lets mongomock copy and MongoEngine
-# load just those: the records, and their order, of the normal query.
-
-#: The most records (skip + limit) :func:`_fetch_top` picks; beyond, the normal query runs.
-_TOP_MAX = 1000
-
-#: BSON type ranks as mongomock's ``filtering._get_compare_type`` gives them.
-_RANK_NULL, _RANK_NUMBER, _RANK_STRING, _RANK_OBJECT_ID, _RANK_BOOL, _RANK_DATE = (
-    5,
-    10,
-    15,
-    35,
-    40,
-    45,
-)
-
-
-def _sort_key(value: Any) -> tuple[int, Any]:
-    """A natively comparable key ordering ``value`` (a stored field, :data:`_MISSING` when
-    absent) as mongomock's sort does (``filtering.resolve_sort_key``): missing and null
-    lowest, then numbers, strings, ObjectIds, booleans, dates. Other values (arrays,
-    documents, NaN, aware dates...) raise :class:`_Unsupported`."""
-    if value is None or value is _MISSING:
-        return (_RANK_NULL, 0)
-    kind = type(value)
-    if kind is ObjectId:
-        return (_RANK_OBJECT_ID, value)
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return (_RANK_DATE, value)
-    if kind is str:
-        return (_RANK_STRING, value)
-    if isinstance(value, bool):
-        return (_RANK_BOOL, value)
-    if _is_number(value) and value == value:
-        return (_RANK_NUMBER, value)
-    raise _Unsupported
-
-
-class _Descending:
-    """Reverses the order of one sort key, for orderings that mix directions."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: tuple[int, Any]) -> None:
-        self.key = key
-
-    def __lt__(self, other: _Descending) -> bool:
-        return other.key < self.key
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Descending) and self.key == other.key
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-def _top_documents(
-    queryset: TrackingQuerySet, candidates: list[dict[str, Any]] | None = None
-) -> list[dict[str, Any]] | None:
-    """The stored documents (mongomock's own: read only) ``queryset`` gives, in its order,
-    after its skip and limit: ``heapq.nsmallest``/``nlargest`` equal ``sorted(...)[:n]``,
-    ties in storage order as mongomock's stable sort leaves them. None when this is not such
-    a query (no limit, no explicit ordering, a dotted or ``$`` key, more than
-    :data:`_TOP_MAX` records...) or a sort value is not one :func:`_sort_key` mirrors.
-    ``candidates``: stored documents in storage order, among which are all those
-    ``queryset`` matches (a :class:`Reports`' read of a wider selection), matched instead of
-    the whole collection."""
-    ordering, skip, limit = queryset._ordering, queryset._skip or 0, queryset._limit
-    collection = queryset._collection
-    if (
-        not ordering
-        or limit is None
-        or limit <= 0
-        or skip < 0
-        or skip + limit > _TOP_MAX
-        or queryset._where_clause
-        or queryset._search_text
-        or queryset._collation is not None
-        or not hasattr(collection, "_iter_documents")
-        or not hasattr(collection, "_copy_only_fields")
-        or any("." in key or key.startswith("$") for key, _ in ordering)
-    ):
-        return None
-    fields = [key for key, _ in ordering]
-    directions = {direction > 0 for _, direction in ordering}
-    if len(directions) == 1:
-
-        def key_of(document: dict[str, Any]) -> Any:
-            return tuple([_sort_key(document.get(field, _MISSING)) for field in fields])
-
-        pick = heapq.nsmallest if directions == {True} else heapq.nlargest
-    else:
-        ascending = [direction > 0 for _, direction in ordering]
-
-        def key_of(document: dict[str, Any]) -> Any:
-            return tuple(
-                [
-                    key if up else _Descending(key)
-                    for key, up in zip(
-                        (_sort_key(document.get(field, _MISSING)) for field in fields), ascending
-                    )
-                ]
-            )
-
-        pick = heapq.nsmallest
-    spec = _mongomock_spec(queryset)
-    if candidates is None:
-        matching = collection._iter_documents(spec)
-    else:
-        from mongomock.filtering import filter_applies
-
-        matching = (document for document in candidates if filter_applies(spec, document))
-    try:
-        return pick(skip + limit, matching, key=key_of)[skip:]
-    except _Unsupported:
-        return None
-
-
-def _fetch_top(
-    queryset: TrackingQuerySet, candidates: list[dict[str, Any]] | None = None
-) -> list[Any] | None:
-    """``list(queryset)`` from :func:`_top_documents` (mongomock only), else None. A cursor
-    of ``queryset``'s own (projection, time zone awareness) hands out copies of just those
-    documents, and MongoEngine loads them as it loads any query's results (documents, or
-    dicts / scalars after ``as_pymongo`` / ``scalar``)."""
-    documents = _top_documents(queryset, candidates)
-    if documents is None:
-        return None
-    collection = queryset._collection
-    cursor = collection.find(queryset._query, **queryset._cursor_args)
-    projection = cursor._projection
-
-    def copies() -> Iterator[dict[str, Any]]:
-        return (collection._copy_only_fields(document, projection, dict) for document in documents)
-
-    cursor._factory = copies
-    loader = queryset.clone()
-    loader._cursor_obj = cursor
-    return list(loader)
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    """``$isNumber``: an int or a float (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as a group key (None for missing), when it is null, a number, a string,
-    an ObjectId or a date; otherwise :class:`_Unsupported`."""
-    if value is None or value is _MISSING:
-        return None
-    kind = type(value)
-    if kind is str or kind is ObjectId:
-        return value
-    if kind is int or kind is float or _is_number(value):
-        if value != value:  # NaN
-            raise _Unsupported
-        return value
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value
-    raise _Unsupported
-
-
-def _weight_of(document: dict[str, Any]) -> float:
-    """``_WEIGHT``: 1 / sample_rate for a number in (0, 1], else 1."""
-    rate = document.get("sample_rate")
-    if _is_number(rate) and 0 < rate <= 1:
-        return 1 / rate
-    return 1
-
-
-def _is_error_record(document: dict[str, Any]) -> bool:
-    """``_IS_ERROR``: status_code >= 500 (any non-number but null sorts above numbers) or an
-    exception that is not null."""
-    status = document.get("status_code")
-    if status is not None:
-        if not _is_number(status):
-            raise _Unsupported  # a bool or a string status: BSON comparison rules
-        if status >= 500:
-            return True
-    exception = document.get("exception")
-    if exception is None:
-        return False
-    if not isinstance(exception, str):
-        raise _Unsupported
-    return True
-
-
-def _size_of(document: dict[str, Any], field: str) -> Any:
-    """``_number_or_zero``."""
-    value = document.get(field)
-    return value if _is_number(value) else 0
-
-
-#: One measured record: execution time (None when not a number), weight, error flag (0 or 1),
-#: body sizes, and the stored document.
-_Measured = tuple[Any, Any, int, Any, Any, dict[str, Any]]
-
-
-def _measure(documents: list[dict[str, Any]]) -> list[_Measured]:
-    """The ``_MEASURES`` of every document, ordered by execution time as the pipelines'
-    ``$sort`` on ``t`` leaves them (stable: records without a time first, in storage order)."""
-    measured = []
-    for document in documents:
-        time_ = document.get("execution_time")
-        if time_ is not None and (not _is_number(time_) or time_ != time_):
-            raise _Unsupported  # not a number, or NaN: BSON order and $max rules
-        measured.append(
-            (
-                time_,
-                _weight_of(document),
-                1 if _is_error_record(document) else 0,
-                _size_of(document, "request_body_size"),
-                _size_of(document, "response_body_size"),
-                document,
-            )
-        )
-    measured.sort(key=lambda row: (row[0] is not None, row[0] or 0))
-    return measured
-
-
-def _summary_rows(
-    measured: list[_Measured], key_of: Callable[[dict[str, Any]], Any]
-) -> list[dict[str, Any]]:
-    """The rows ``_summary_stages`` gives for the groups ``key_of(document)`` (in no order)."""
-    groups: dict[Any, list[Any]] = {}
-    for time_, weight, error, size_in, size_out, document in measured:
-        key = key_of(document)
-        group = groups.get(key)
-        if group is None:
-            # count, errors, times, weighted_time, timed_weight, max, bytes_in, bytes_out
-            group = groups[key] = [0, 0, [], 0, 0, None, 0, 0, key]
-        group[0] += weight
-        group[1] += error * weight
-        if time_ is not None:
-            group[2].append(time_)
-            group[3] += time_ * weight
-            group[4] += weight
-            if group[5] is None or time_ > group[5]:
-                group[5] = time_
-        else:
-            group[3] += 0
-            group[4] += 0
-        group[6] += size_in * weight
-        group[7] += size_out * weight
-    rows = []
-    for count, errors, times, weighted, timed, maximum, bytes_in, bytes_out, key in groups.values():
-        row = {
-            "_id": key,
-            "count": count,
-            "errors": errors,
-            "max": maximum,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_out,
-            "error_rate": errors / count if count > 0 else 0,
-            "mean": weighted / timed if timed > 0 else None,
-        }
-        row.update((name, percentile(times, p)) for name, p in PERCENTILES.items())
-        rows.append(row)
-    return rows
-
-
-def _by_count(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``{"$sort": {"count": -1, "_id": 1}}``."""
-    rows.sort(key=lambda row: _sort_key(row["_id"]))  # group keys are _plain values
-    rows.sort(key=lambda row: row["count"], reverse=True)
-    return rows
-
-
-def _bucket_start(moment: datetime, bucket: str) -> datetime:
-    """The start of the UTC ``bucket`` holding ``moment``, as ``$dateToString`` and
-    ``strptime`` with :data:`TIMELINE_BUCKETS` give it."""
-    if bucket == "minute":
-        return moment.replace(second=0, microsecond=0)
-    if bucket == "hour":
-        return moment.replace(minute=0, second=0, microsecond=0)
-    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def _field_key(field: str) -> Callable[[dict[str, Any]], Any]:
-    def key_of(document: dict[str, Any]) -> Any:
-        return _plain(document.get(field))
-
-    return key_of
-
-
-def _user_agent_key(field: str) -> Callable[[dict[str, Any]], Any]:
-    def key_of(document: dict[str, Any]) -> Any:
-        agent = document.get("user_agent")
-        if agent is None:
-            return None
-        if not isinstance(agent, dict):
-            raise _Unsupported
-        return _plain(agent.get(field))
-
-    return key_of
-
-
 class TrackingQuerySet(QuerySet):
     """QuerySet of :class:`Tracking` records, with helpers for the usual questions.
 
@@ -905,6 +544,9 @@ class TrackingQuerySet(QuerySet):
     :meth:`user_agents`) run one aggregation pipeline over the records the QuerySet selects.
     Records carrying a ``sample_rate`` (in ``(0, 1]``) count for ``1 / sample_rate`` requests
     in counts, errors, byte totals and means; percentiles and maxima are over the records kept.
+    These are statistics of the records still stored: sampling, the outcome rules and the
+    capped collection's eviction leave requests out. The count of every request is in the
+    rollups (:class:`flask_tracking.rollups.Rollup`).
     """
 
     # --- filters -------------------------------------------------------------------------
@@ -1016,7 +658,9 @@ class TrackingQuerySet(QuerySet):
         Percentiles follow :func:`percentile`. Computed by one aggregation pipeline
         ($project, $sort, $group with $push, $arrayElemAt) that MongoDB 4.4 accepts.
         """
-        return self.reports().stats(group_by)
+        _check_choice("group_by", group_by, STATS_GROUPS)
+        pipeline = [*_summary_stages(f"${group_by}"), {"$sort": {"count": -1, "_id": 1}}]
+        return [{group_by: row["_id"], **_summary(row)} for row in self._aggregate(pipeline)]
 
     def timeline(self, bucket: str = "hour") -> list[dict[str, Any]]:
         """One row per ``bucket`` ("minute", "hour" or "day", UTC) that has records, oldest first.
@@ -1025,24 +669,51 @@ class TrackingQuerySet(QuerySet):
         (count, errors, error_rate, mean, p50, p95, p99, max, bytes_in, bytes_out). Buckets
         come from ``$dateToString``; records without a date are left out.
         """
-        return self.reports().timeline(bucket)
+        _check_choice("bucket", bucket, TIMELINE_BUCKETS)
+        layout = TIMELINE_BUCKETS[bucket]
+        key = {"$dateToString": {"format": layout, "date": "$date_created"}}
+        pipeline = [
+            {"$match": {"date_created": {"$type": "date"}}},
+            *_summary_stages(key),
+            {"$sort": {"_id": 1}},
+        ]
+        return [
+            {"start": datetime.strptime(row["_id"], layout), **_summary(row)}
+            for row in self._aggregate(pipeline)
+        ]
 
     def unique_visitors(self) -> dict[str, int]:
         """Distinct client addresses and distinct users among the selected records:
         ``{"ips": n, "users": n}`` (records without an ip or a user_id are not counted)."""
-        return self.reports().unique_visitors()
+
+        def distinct(field: str) -> list[dict[str, Any]]:
+            return [
+                {"$match": {field: {"$ne": None}}},
+                {"$group": {"_id": f"${field}"}},
+                {"$count": "n"},
+            ]
+
+        facets = {"ips": distinct("ip"), "users": distinct("user_id")}
+        rows = list(self._aggregate([{"$facet": facets}]))
+        counts = rows[0] if rows else {}
+        return {key: counts[key][0]["n"] if counts.get(key) else 0 for key in facets}
 
     def user_agents(self, by: str = "browser") -> list[dict[str, Any]]:
         """How many requests came from each browser (or platform, device, language), most first.
 
         Rows: ``{by: name or None, "count": n, "share": fraction of all selected requests}``.
         """
-        return self.reports().user_agents(by)
+        _check_choice("by", by, USER_AGENT_FIELDS)
+        pipeline: list[dict[str, Any]] = [
+            {"$group": {"_id": f"$user_agent.{by}", "count": {"$sum": _WEIGHT}}},
+            {"$sort": {"count": -1, "_id": 1}},
+        ]
+        return _user_agent_rows(list(self._aggregate(pipeline)), by)
 
     def execution_times(self) -> list[float]:
         """The execution times (ms) of the selected records, ascending, as floats: those that
         are finite numbers (for :func:`percentile` over a whole selection, or a histogram)."""
-        return self.reports().execution_times()
+        return _finite_sorted(self._report_order().no_cache().scalar("execution_time"))
 
     def db_summary(self) -> dict[str, Any]:
         """The database work of the selected requests, in one dict.
@@ -1061,56 +732,6 @@ class TrackingQuerySet(QuerySet):
         rows = list(self._aggregate(pipeline))
         return _db_summary(rows[0] if rows else {})
 
-    def reports(self) -> Reports:
-        """The reports of this selection (:class:`Reports`), to ask several questions of it.
-
-        ``reports.stats()``, ``timeline()``, ``unique_visitors()``, ``user_agents()`` and
-        ``execution_times()`` give what the QuerySet's methods of the same names give. With a
-        MongoDB server each runs its own query; on mongomock the records are read once, by the
-        first of them, and every report is computed from that read.
-        """
-        return Reports(self)
-
-    def _pipeline_stats(self, group_by: str) -> list[dict[str, Any]]:
-        pipeline = [*_summary_stages(f"${group_by}"), {"$sort": {"count": -1, "_id": 1}}]
-        return [{group_by: row["_id"], **_summary(row)} for row in self._aggregate(pipeline)]
-
-    def _pipeline_timeline(self, bucket: str) -> list[dict[str, Any]]:
-        layout = TIMELINE_BUCKETS[bucket]
-        key = {"$dateToString": {"format": layout, "date": "$date_created"}}
-        pipeline = [
-            {"$match": {"date_created": {"$type": "date"}}},
-            *_summary_stages(key),
-            {"$sort": {"_id": 1}},
-        ]
-        return [
-            {"start": datetime.strptime(row["_id"], layout), **_summary(row)}
-            for row in self._aggregate(pipeline)
-        ]
-
-    def _pipeline_unique_visitors(self) -> dict[str, int]:
-        def distinct(field: str) -> list[dict[str, Any]]:
-            return [
-                {"$match": {field: {"$ne": None}}},
-                {"$group": {"_id": f"${field}"}},
-                {"$count": "n"},
-            ]
-
-        facets = {"ips": distinct("ip"), "users": distinct("user_id")}
-        rows = list(self._aggregate([{"$facet": facets}]))
-        counts = rows[0] if rows else {}
-        return {key: counts[key][0]["n"] if counts.get(key) else 0 for key in facets}
-
-    def _pipeline_user_agents(self, by: str) -> list[dict[str, Any]]:
-        pipeline: list[dict[str, Any]] = [
-            {"$group": {"_id": f"$user_agent.{by}", "count": {"$sum": _WEIGHT}}},
-            {"$sort": {"count": -1, "_id": 1}},
-        ]
-        return _user_agent_rows(list(self._aggregate(pipeline)), by)
-
-    def _scalar_execution_times(self) -> list[float]:
-        return _finite_sorted(self._report_order().no_cache().scalar("execution_time"))
-
     def _report_order(self) -> TrackingQuerySet:
         """This QuerySet without ordering when it is not sliced (a whole selection needs no
         sort), else with its ordering or the default one: the records a report covers."""
@@ -1127,23 +748,6 @@ class TrackingQuerySet(QuerySet):
         """
         rows: Iterator[dict[str, Any]] = self._report_order().aggregate(pipeline, allowDiskUse=True)
         return rows
-
-    def fetch(self, within: Reports | None = None) -> list[Any]:
-        """``list(self)``, the same records in the same order; faster on mongomock for the
-        first records in an order (``order_by(...).limit(n)``, ``n`` up to 1,000, on fields
-        of plain values), which it would answer by sorting and copying every matching record.
-        With a MongoDB server (or any other query) it is ``list(self)``.
-
-        ``within``: the :class:`Reports` of a selection that contains every record this
-        QuerySet selects (``records.reports()`` for ``records.errors().order_by(...)``): on
-        mongomock the records it read are searched instead of the whole collection (and, like
-        it, records stored after its first report are not seen)."""
-        if _evaluates_in_process(self._collection):
-            candidates = None if within is None else within._candidates()
-            found = _fetch_top(self, candidates)
-            if found is not None:
-                return found
-        return list(self)
 
     # --- live ----------------------------------------------------------------------------
 
@@ -1168,11 +772,11 @@ class TrackingQuerySet(QuerySet):
         """
         settled = ObjectId.from_datetime(datetime.now(timezone.utc) - timedelta(seconds=settle))
         if after is None:
-            found = self.order_by("-id").limit(limit).fetch()[::-1]
+            found = list(self.order_by("-id").limit(limit))[::-1]
             full = len(found) == limit and limit > 0
             start = found[0].pk if full else None
             return found, max(settled, start) if start is not None else settled
-        found = self.filter(id__gt=after).order_by("id").limit(limit).fetch()
+        found = list(self.filter(id__gt=after).order_by("id").limit(limit))
         if found and len(found) == limit and found[-1].pk <= settled:
             return found, found[-1].pk  # more records before the settled point: go on there
         return found, max(after, settled)
@@ -1245,127 +849,13 @@ def _user_agent_rows(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]
     ]
 
 
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    """``$isNumber``: an int or a float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _finite_sorted(values: Iterator[Any] | list[Any]) -> list[float]:
-    return sorted(
-        value
-        for value in values
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    )
-
-
-class Reports:
-    """The reports of one selection of records: ``Tracking.objects.last(hours=1).reports()``.
-
-    Its methods take the arguments and give the results of the :class:`TrackingQuerySet`
-    methods of the same names (:meth:`stats`, :meth:`timeline`, :meth:`unique_visitors`,
-    :meth:`user_agents`, :meth:`execution_times`). With a MongoDB server each call runs that
-    method's pipeline (or query). On mongomock, whose aggregation is too slow for a large
-    collection, the selected records are read once, by the first call, and every report is
-    computed from that read in Python, giving the same rows as the pipelines; the rare stored
-    value it does not mirror (a string execution time, a NaN, an array where a group key
-    belongs) makes that one report run its pipeline instead. A :class:`Reports` reflects the
-    records as they were at its first call: make a new one to see newer records.
-    """
-
-    def __init__(self, queryset: TrackingQuerySet) -> None:
-        self._queryset = queryset
-        self._in_process = _evaluates_in_process(queryset._collection)
-        self._documents: list[dict[str, Any]] | None = None
-        self._measured: list[_Measured] | None = None
-
-    def stats(self, group_by: str = "endpoint") -> list[dict[str, Any]]:
-        """As :meth:`TrackingQuerySet.stats`."""
-        _check_choice("group_by", group_by, STATS_GROUPS)
-        return self._run(self._stats, self._queryset._pipeline_stats, group_by)
-
-    def timeline(self, bucket: str = "hour") -> list[dict[str, Any]]:
-        """As :meth:`TrackingQuerySet.timeline`."""
-        _check_choice("bucket", bucket, TIMELINE_BUCKETS)
-        return self._run(self._timeline, self._queryset._pipeline_timeline, bucket)
-
-    def unique_visitors(self) -> dict[str, int]:
-        """As :meth:`TrackingQuerySet.unique_visitors`."""
-        return self._run(self._unique_visitors, self._queryset._pipeline_unique_visitors)
-
-    def user_agents(self, by: str = "browser") -> list[dict[str, Any]]:
-        """As :meth:`TrackingQuerySet.user_agents`."""
-        _check_choice("by", by, USER_AGENT_FIELDS)
-        return self._run(self._user_agents, self._queryset._pipeline_user_agents, by)
-
-    def execution_times(self) -> list[float]:
-        """As :meth:`TrackingQuerySet.execution_times`."""
-        return self._run(self._execution_times, self._queryset._scalar_execution_times)
-
-    def _run(self, in_process: Callable[..., _T], pipeline: Callable[..., _T], *args: Any) -> _T:
-        if self._in_process:
-            try:
-                return in_process(*args)
-            except _Unsupported:
-                pass
-        return pipeline(*args)
-
-    def _read(self) -> list[dict[str, Any]]:
-        if self._documents is None:
-            self._documents = _read_selected(self._queryset)
-        return self._documents
-
-    def _candidates(self) -> list[dict[str, Any]] | None:
-        """The documents read, when they are the whole selection in storage order (for
-        :meth:`TrackingQuerySet.fetch`); None when the reports are not computed in process
-        or cover a skip/limit of it."""
-        queryset = self._queryset
-        if not self._in_process or queryset._skip is not None or queryset._limit is not None:
-            return None
-        return self._read()
-
-    def _measures(self) -> list[_Measured]:
-        if self._measured is None:
-            self._measured = _measure(self._read())
-        return self._measured
-
-    def _stats(self, group_by: str) -> list[dict[str, Any]]:
-        rows = _by_count(_summary_rows(self._measures(), _field_key(group_by)))
-        return [{group_by: row["_id"], **_summary(row)} for row in rows]
-
-    def _timeline(self, bucket: str) -> list[dict[str, Any]]:
-        dated = []
-        for row in self._measures():
-            moment = row[5].get("date_created")
-            if isinstance(moment, datetime):
-                if moment.tzinfo is not None:
-                    raise _Unsupported
-                dated.append(row)
-        rows = _summary_rows(
-            dated, lambda document: _bucket_start(document["date_created"], bucket)
-        )
-        rows.sort(key=lambda row: row["_id"])
-        return [{"start": row["_id"], **_summary(row)} for row in rows]
-
-    def _unique_visitors(self) -> dict[str, int]:
-        found: dict[str, set[Any]] = {"ips": set(), "users": set()}
-        for document in self._read():
-            for key, field in (("ips", "ip"), ("users", "user_id")):
-                value = _plain(document.get(field))
-                if value is not None:
-                    found[key].add(value)
-        return {key: len(values) for key, values in found.items()}
-
-    def _user_agents(self, by: str) -> list[dict[str, Any]]:
-        key_of = _user_agent_key(by)
-        counts: dict[Any, Any] = {}
-        for document in self._read():
-            key = key_of(document)
-            counts[key] = counts.get(key, 0) + _weight_of(document)
-        rows = _by_count([{"_id": key, "count": count} for key, count in counts.items()])
-        return _user_agent_rows(rows, by)
-
-    def _execution_times(self) -> list[float]:
-        to_python = self._queryset._document._fields["execution_time"].to_python
-        return _finite_sorted(
-            to_python(document["execution_time"])
-            for document in self._read()
-            if document.get("execution_time") is not None
-        )
+    return sorted(value for value in values if _is_number(value) and math.isfinite(value))
 
 
 class Tracking(Document):

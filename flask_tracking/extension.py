@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Request, Response, g, got_request_exception, request
 
+from .aggregate import RollupAggregator, Sample
 from .capture import (
     ENVIRON_KEY,
     RequestState,
@@ -40,7 +41,7 @@ from .record import scrub_request_side, status_code_of
 from .request_ids import environ_key
 from .scope import EXCLUDE, INCLUDE, EndpointVerdicts, View, mark_view
 from .signals import record_dropped, record_written
-from .store import COLLECTION_NAME, BeforeSave, MongoSink
+from .store import COLLECTION_NAME, BeforeSave, MongoSink, RollupSink
 from .writer import BatchWriter
 
 if TYPE_CHECKING:
@@ -71,7 +72,11 @@ class _AppTracking:
     """Everything one app's tracking needs at run time."""
 
     def __init__(
-        self, config: TrackingConfig, writer: BatchWriter, verdicts: EndpointVerdicts
+        self,
+        config: TrackingConfig,
+        writer: BatchWriter,
+        verdicts: EndpointVerdicts,
+        rollups: RollupAggregator | None = None,
     ) -> None:
         self.config = config
         self.max_body_length = config.max_body_length
@@ -82,6 +87,8 @@ class _AppTracking:
         self.request_id_key = None if header is None else environ_key(header)
         self.verdicts = verdicts
         self.writer = writer
+        #: Per-minute aggregates of every request past the path, method and view rules.
+        self.rollups = rollups
         self.capture_errors = 0
         self.lock = threading.Lock()
         #: The got_request_exception receiver, connected weakly: it lives as long as the app.
@@ -140,6 +147,16 @@ class Tracking:
             else environ_key(config.request_id_header),
             db_repeat_threshold=config.db_repeat_threshold,
         )
+        rollups = None
+        if config.rollups:
+            rollups = RollupAggregator(
+                RollupSink(
+                    _database_getter(config.db_alias),
+                    retention_days=config.rollup_retention_days,
+                    write_timeout_seconds=config.write_timeout_seconds,
+                    collection_name=config.rollup_collection,
+                )
+            )
         writer = BatchWriter(
             sink,
             max_queue_records=config.queue_max_records,
@@ -154,9 +171,10 @@ class Tracking:
                 app, record_dropped, lambda reason, count: {"reason": reason, "count": count}
             ),
             name=f"flask-tracking-writer[{app.name}]",
+            rollups=rollups,
         )
         verdicts = EndpointVerdicts(app, self._blueprint_rules, config.track_by_default)
-        tracked = _AppTracking(config, writer, verdicts)
+        tracked = _AppTracking(config, writer, verdicts, rollups)
         verdicts.on_error = lambda: self._count_error(tracked)
         self._apps[app] = tracked
         app.extensions["tracking"] = self
@@ -301,7 +319,10 @@ class Tracking:
         """Counters of ``app`` (default: the current app, else all apps of this instance summed).
 
         Keys: enqueued, written, pending, dropped_<reason> for each reason (queue_full,
-        db_error, encode_error, hook_error, ...) and capture_errors.
+        db_error, encode_error, hook_error, ...) and capture_errors; with rollups on, also
+        rollup_requests (requests counted into rollups), rollup_writes (rollup updates
+        written), rollup_retries (updates to try again after a failed write), rollup_dropped
+        (updates the server refused) and rollup_pending.
         """
         apps = [self._tracked_for(app)] if app is not None or _has_app() else self._apps.values()
         totals: dict[str, int] = {}
@@ -432,11 +453,14 @@ class Tracking:
         """
         policy, writer, request_id_key = tracked.policy, tracked.writer, tracked.request_id_key
         redactor = tracked.config.redactor
+        rollups = tracked.rollups
 
         def finish(state: RequestState) -> None:
             try:
                 if state.skipped:
                     return
+                if rollups is not None:  # every request past the rules, kept or not
+                    rollups.add(_rollup_sample(state))
                 request_body, response_body = state.request_body, state.response_body
                 if (request_body is not None and request_body.failed) or (
                     response_body is not None and response_body.failed
@@ -452,6 +476,8 @@ class Tracking:
                         else None,
                     )
                     if sample_rate is None:
+                        if rollups is not None:
+                            writer.ensure_started()
                         return
                     state.sample_rate = sample_rate
                 if redactor is not None:
@@ -461,6 +487,25 @@ class Tracking:
                 self._count_error(tracked)
 
         return finish
+
+
+def _rollup_sample(state: RequestState) -> Sample:
+    """What the rollups need of a finished request (see :data:`~flask_tracking.aggregate.
+    Sample`): copied as one tuple, folded on the writer thread."""
+    request_body, response_body = state.request_body, state.response_body
+    return (
+        state.timestamp,
+        state.endpoint,
+        (state.environ or _NO_ENVIRON).get("REQUEST_METHOD"),
+        state.status,
+        state.execution_time,
+        state.exception is not None,
+        0 if request_body is None else request_body.size,
+        0 if response_body is None else response_body.size,
+    )
+
+
+_NO_ENVIRON: dict[str, Any] = {}
 
 
 def _estimated_size(state: RequestState) -> int:

@@ -16,10 +16,12 @@ import bson
 import pymongo
 from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
+from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
+from .aggregate import Aggregate, Key, RollupOutcome
 from .capture import RequestState
 from .dbactivity import ignore_collection, uncounted
 from .indexes import ensure_indexes
@@ -38,6 +40,13 @@ from .writer import BatchOutcome
 
 #: The collection :class:`flask_tracking.documents.Tracking` reads.
 COLLECTION_NAME = "tracking"
+#: The collection :class:`flask_tracking.rollups.Rollup` reads.
+ROLLUP_COLLECTION_NAME = "tracking_rollups"
+#: The index that makes each (period, start, endpoint, method) one document; the TTL index.
+ROLLUP_KEY_INDEX = "tracking_rollups_key"
+ROLLUP_TTL_INDEX = "tracking_rollups_ttl"
+#: Serves the reports of one endpoint over a window.
+ROLLUP_ENDPOINT_INDEX = "tracking_rollups_endpoint"
 #: Characters kept of a long text field (path, query, referrer, ...) when a record is too large.
 MAX_TEXT_CHARS = 8192
 _TEXT_FIELDS = ("path", "query_params", "referrer", "host", "exception", "url_rule", "user_id")
@@ -292,3 +301,168 @@ def _cut_bodies(document: dict[str, Any]) -> None:
         if document.get(f"{prefix}_body"):
             document[f"{prefix}_body"] = None
             document[f"{prefix}_body_omitted"] = "too large for the record"
+
+
+class RollupSink:
+    """The ``write_rollups`` callable of :class:`~flask_tracking.aggregate.RollupAggregator`:
+    adds each aggregate to its rollup document with one ``UpdateOne(..., upsert=True)`` of
+    ``$inc`` (and ``$max`` for the slowest time), all in one unordered ``bulk_write``.
+
+    No read-modify-write: any number of processes and hosts add to the same documents. The
+    collection gets, on the first write, a unique index on (period, start, endpoint, method),
+    an index on (endpoint, period, start) and a TTL index on ``start`` expiring rollups after
+    ``retention_days``. Network errors and timeouts hand every aggregate back for a retry;
+    a duplicate key (two processes creating the same rollup at once) hands back that one;
+    any other refusal drops it (counted). A network error in the middle of a ``bulk_write``
+    can leave some updates applied and retried again: rollups are exact unless that happens.
+    """
+
+    def __init__(
+        self,
+        get_database: Callable[[], Database[Any]],
+        *,
+        retention_days: int,
+        write_timeout_seconds: float,
+        collection_name: str = ROLLUP_COLLECTION_NAME,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._get_database = get_database
+        self._retention_seconds = retention_days * 86400
+        self._write_timeout = write_timeout_seconds
+        self._collection_name = collection_name
+        self._logger = logger or logging.getLogger("flask_tracking")
+        self._collection: Collection[Any] | None = None
+        self._pid = os.getpid()
+
+    def __call__(self, aggregates: list[tuple[Key, Aggregate]]) -> RollupOutcome:
+        """Write one round of aggregates; see :class:`~flask_tracking.aggregate.RollupOutcome`.
+        Its database work is never counted as a request's."""
+        with uncounted():
+            return self._write(aggregates)
+
+    def _write(self, aggregates: list[tuple[Key, Aggregate]]) -> RollupOutcome:
+        if not aggregates:
+            return RollupOutcome()
+        operations = [rollup_update(key, aggregate) for key, aggregate in aggregates]
+        try:
+            with pymongo.timeout(self._write_timeout):
+                self._rollup_collection().bulk_write(operations, ordered=False)
+        except BulkWriteError as error:
+            retry, dropped = [], 0
+            for write_error in (error.details or {}).get("writeErrors", []):
+                index = write_error.get("index")
+                if not isinstance(index, int) or not 0 <= index < len(aggregates):
+                    continue
+                if write_error.get("code") == _DUPLICATE_KEY:
+                    retry.append(aggregates[index])
+                else:
+                    dropped += 1
+            if dropped:
+                self._logger.warning(
+                    "flask_tracking: MongoDB refused %d rollup update(s); dropped", dropped
+                )
+            return RollupOutcome(
+                written=len(aggregates) - len(retry) - dropped, dropped=dropped, retry=retry
+            )
+        except Exception as error:
+            if is_transient(error):
+                return RollupOutcome(retry=aggregates)
+            self._logger.warning(
+                "flask_tracking: could not write %d rollup(s) (%s: %s); dropped",
+                len(aggregates),
+                type(error).__name__,
+                error,
+            )
+            return RollupOutcome(dropped=len(aggregates))
+        return RollupOutcome(written=len(aggregates))
+
+    def _rollup_collection(self) -> Collection[Any]:
+        if self._pid != os.getpid():
+            self._collection, self._pid = None, os.getpid()
+        if self._collection is None:
+            database = self._get_database()
+            database_name = getattr(database, "name", None)
+            if isinstance(database_name, str):  # never count the tracker's own commands
+                ignore_collection(database_name, self._collection_name)
+            collection = database[self._collection_name]
+            ensure_rollup_indexes(collection, self._retention_seconds, self._logger)
+            self._collection = collection
+        return self._collection
+
+
+def rollup_update(key: Key, aggregate: Aggregate) -> UpdateOne:
+    """The upsert that adds ``aggregate`` to the rollup of ``key`` (period, start, endpoint,
+    method)."""
+    period, start, endpoint, method = key
+    increments: dict[str, Any] = {
+        "count": aggregate.count,
+        "errors": aggregate.errors,
+        "client_errors": aggregate.client_errors,
+        "timed": aggregate.timed,
+        "time_sum": aggregate.time_sum,
+        "bytes_in": aggregate.bytes_in,
+        "bytes_out": aggregate.bytes_out,
+    }
+    for name, count in aggregate.status.items():
+        increments[f"status.{name}"] = count
+    for bucket, count in aggregate.histogram.items():
+        increments[f"histogram.{bucket}"] = count
+    update: dict[str, Any] = {"$inc": increments}
+    if aggregate.time_max is not None:
+        update["$max"] = {"time_max": aggregate.time_max}
+    return UpdateOne(
+        {"period": period, "start": start, "endpoint": endpoint, "method": method},
+        update,
+        upsert=True,
+    )
+
+
+def ensure_rollup_indexes(
+    collection: Collection[Any], retention_seconds: int, logger: logging.Logger
+) -> None:
+    """Create the rollup indexes; a TTL index with another expiry is changed with ``collMod``.
+
+    Raises only for network trouble or a timeout (the caller retries later).
+    """
+    wanted: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
+        (
+            ROLLUP_KEY_INDEX,
+            [("period", 1), ("start", 1), ("endpoint", 1), ("method", 1)],
+            {"unique": True},
+        ),
+        (ROLLUP_ENDPOINT_INDEX, [("endpoint", 1), ("period", 1), ("start", 1)], {}),
+        (ROLLUP_TTL_INDEX, [("start", 1)], {"expireAfterSeconds": retention_seconds}),
+    )
+    for name, keys, options in wanted:
+        try:
+            collection.create_index(keys, name=name, **options)
+        except ConnectionFailure:
+            raise
+        except OperationFailure as error:
+            if error.timeout:
+                raise
+            if name == ROLLUP_TTL_INDEX and error.code in (85, 86):
+                _change_expiry(collection, retention_seconds, logger)
+                continue
+            logger.warning("flask_tracking: could not create index %r: %s", name, error)
+        except Exception as error:
+            logger.warning("flask_tracking: could not create index %r: %r", name, error)
+
+
+def _change_expiry(collection: Collection[Any], seconds: int, logger: logging.Logger) -> None:
+    """Give the existing TTL index on ``start`` the configured expiry."""
+    try:
+        collection.database.command(
+            "collMod",
+            collection.name,
+            index={"keyPattern": {"start": 1}, "expireAfterSeconds": seconds},
+        )
+    except ConnectionFailure:
+        raise
+    except Exception as error:
+        logger.warning(
+            "flask_tracking: the TTL index of %r has another expiry and could not be changed "
+            "(%s); rollups expire as it says",
+            collection.name,
+            error,
+        )

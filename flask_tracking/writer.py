@@ -18,7 +18,10 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .aggregate import RollupAggregator
 
 __all__ = ["BatchOutcome", "BatchWriter"]
 
@@ -145,6 +148,12 @@ class BatchWriter:
     ``shutdown(shutdown_timeout_seconds)``, so process exit waits at most about that long.
     An unreferenced writer without a running thread is garbage collected; a running worker
     thread keeps its writer alive until ``shutdown()``.
+
+    Rollups: given a :class:`~flask_tracking.aggregate.RollupAggregator`, the same thread
+    writes its aggregates every ``flush_interval_seconds`` (when it has any), on ``flush()``
+    (which then also waits for them) and on ``shutdown()``; its counters join ``stats()``,
+    and it is emptied in a forked child like the queue. Request threads that add samples to
+    it without submitting a record call ``ensure_started()``.
     """
 
     _due_seq: int  # set with the rest of the state in _reset(); declared for flush()
@@ -164,6 +173,7 @@ class BatchWriter:
         on_dropped: Callable[[str, int], None] | None = None,
         logger: logging.Logger | None = None,
         name: str = "flask-tracking-writer",
+        rollups: RollupAggregator | None = None,
     ) -> None:
         """Configure the writer; no thread is started until the first ``submit``.
 
@@ -207,6 +217,7 @@ class BatchWriter:
         self._on_dropped = on_dropped
         self._logger = logger if logger is not None else logging.getLogger("flask_tracking")
         self._name = name
+        self._rollups = rollups
 
         # Shutdown state survives a fork: a writer closed in the parent stays closed.
         self._stopping = False
@@ -261,6 +272,19 @@ class BatchWriter:
             self._log_limited("submit", "BatchWriter.submit failed", exc_info=True)
         return False
 
+    def ensure_started(self) -> None:
+        """Start the worker thread if it is not running in this process (cheap when it is);
+        for request threads that hand the rollups a sample without submitting a record."""
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        try:
+            self._check_pid()
+            with self._lock:
+                if not self._stopping:
+                    self._ensure_thread()
+        except Exception:
+            self._log_limited("submit", "BatchWriter.ensure_started failed", exc_info=True)
+
     def count_dropped(self, reason: str, count: int = 1) -> None:
         """Count ``count`` records dropped for ``reason`` before they reached ``submit``.
 
@@ -276,7 +300,8 @@ class BatchWriter:
         self._notify_dropped(reason, count)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record submitted before this call is written or dropped.
+        """Wait until every record submitted before this call is written or dropped, and the
+        rollups (if any) of every request before this call are written.
 
         Wakes the worker at once, unless it is backing off before a retry (the backoff is kept).
         Returns True when those records are settled, False if ``timeout`` seconds passed first
@@ -286,9 +311,18 @@ class BatchWriter:
         try:
             self._check_pid()
             deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+            rollups = self._rollups
             with self._lock:
                 target = self._submitted_seq
-                if self._settled_through() >= target:
+                # Rollups: a write round started after this call must complete.
+                round_target = 0
+                if rollups is not None and rollups.has_work():
+                    round_target = self._rollup_started + 1
+
+                def settled() -> bool:
+                    return self._settled_through() >= target and self._rollup_done >= round_target
+
+                if settled():
                     return True
                 if self._thread is threading.current_thread():
                     return False
@@ -297,7 +331,10 @@ class BatchWriter:
                 if self._due_seq < target:
                     self._due_seq = target
                     self._work_cond.notify()
-                while self._settled_through() < target:
+                if round_target:
+                    self._rollups_due = True
+                    self._work_cond.notify()
+                while not settled():
                     if deadline is None:
                         self._settled_cond.wait()
                         continue
@@ -371,6 +408,8 @@ class BatchWriter:
             }
             for reason, count in self._dropped.items():
                 result["dropped_" + reason] = count
+        if self._rollups is not None:
+            result.update(self._rollups.stats())
         return result
 
     # ------------------------------------------------------------------ state and fork
@@ -402,6 +441,15 @@ class BatchWriter:
         self._next_tick = 0.0
         self._thread: threading.Thread | None = None
         self._log_limiter = _LogLimiter()
+        # Rollup write rounds: started and completed with nothing left to retry (flush()
+        # waits for a round started after its call); due: the worker should run one now.
+        self._rollup_started = 0
+        self._rollup_done = 0
+        self._rollups_due = False
+        self._batch_before_rollups = False  # a record batch was taken while rollups were due
+        self._rollup_tick = math.inf if self._rollups is None else 0.0
+        if self._rollups is not None:
+            self._rollups.reset()
 
     def _check_pid(self) -> None:
         # Fallback for a fork that skipped the register_at_fork hooks (e.g. a C-level fork).
@@ -419,6 +467,8 @@ class BatchWriter:
             return
         thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._next_tick = time.monotonic() + self._interval
+        if self._rollups is not None:
+            self._rollup_tick = self._next_tick
         try:
             thread.start()
         except RuntimeError:
@@ -447,11 +497,35 @@ class BatchWriter:
             cond = self._work_cond
             with cond:
                 entries = self._next_batch(cond, me)
+                rollups_due, self._rollups_due = self._rollups_due, False
+                if rollups_due:
+                    self._batch_before_rollups = False
+            if rollups_due or (entries is None and self._stopping):
+                self._write_rollups()
             if entries is None:
                 if self._stopping and self._thread is me:
                     self._drop_leftovers()  # a stop_soon() that ran out of time
                 return
-            self._write(entries)
+            if entries:
+                self._write(entries)
+
+    def _write_rollups(self) -> None:
+        """One rollup write round (lock not held): fold the samples, write the aggregates."""
+        rollups = self._rollups
+        if rollups is None:
+            return
+        with self._lock:
+            self._rollup_started += 1
+            number = self._rollup_started
+        try:
+            done = rollups.write()
+        except Exception:
+            done = False
+            self._log_limited("rollups", "writing the rollups failed", exc_info=True)
+        with self._lock:
+            if done and number > self._rollup_done:
+                self._rollup_done = number
+            self._settled_cond.notify_all()
 
     def _next_batch(self, cond: threading.Condition, me: threading.Thread) -> list[_Entry] | None:
         """Wait until a batch is due and take it (lock held); None tells the worker to exit."""
@@ -464,12 +538,17 @@ class BatchWriter:
                 self._deadline = now + self._shutdown_timeout
             if self._stopping and (not self._queue or now >= self._deadline):
                 return None  # done, or out of time: shutdown() counts what is left
+            if self._rollups is not None and now >= self._rollup_tick:
+                self._rollup_tick = now + self._interval
+                self._rollups_due = self._rollups_due or self._rollups.has_work()
             if now < self._backoff_until:
                 if self._stopping and self._backoff_until >= self._deadline:
                     return None  # no retry can happen before the deadline
+                if self._rollups_due:
+                    return []  # the caller writes the rollups while the records back off
                 # Only the end of the backoff or a shutdown lets us continue; flush() and
                 # submit() wake-ups just come back here, so they cannot speed up retries.
-                cond.wait(self._backoff_until - now)
+                cond.wait(min(self._backoff_until, self._rollup_tick) - now)
                 continue
             if now >= self._next_tick:
                 self._due_seq = max(self._due_seq, self._submitted_seq)
@@ -478,10 +557,16 @@ class BatchWriter:
             if queue and (
                 self._stopping or len(queue) >= self._batch_max or queue[0][0] <= self._due_seq
             ):
+                if self._rollups_due:
+                    if self._batch_before_rollups:
+                        return []  # one batch went first; now the rollups, so neither starves
+                    self._batch_before_rollups = True
                 batch = [queue.popleft() for _ in range(min(self._batch_max, len(queue)))]
                 self._in_flight = batch
                 return batch
-            cond.wait(self._next_tick - now)
+            if self._rollups_due:
+                return []  # no batch due: the caller writes the rollups, then comes back
+            cond.wait(min(self._next_tick, self._rollup_tick) - now)
 
     def _write(self, entries: list[_Entry]) -> None:
         """Hand one batch to write_batch (lock not held) and account for the outcome."""
@@ -550,6 +635,8 @@ class BatchWriter:
             self._work_cond.notify()
         if thread is not None and thread is not threading.current_thread():
             thread.join(min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX))
+        if thread is None and self._rollups is not None and time.monotonic() < deadline:
+            self._write_rollups()  # no worker ever ran: write what the request threads added
         self._drop_leftovers()
         with self._lock:  # the worker may have counted the leftovers itself, on its way out
             return self._dropped["shutdown"] == dropped_before

@@ -11,6 +11,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from datetime import timezone
 from typing import Any, Callable
 
 import bson
@@ -20,7 +21,12 @@ import pymongo
 import pytest
 from flask import Flask, Response, abort, request, send_file, stream_with_context
 
+from example_app.mongomock_compat import accept_pymongo_bulk_updates
 from flask_tracking import Tracking
+from flask_tracking.aggregate import RollupAggregator
+from flask_tracking.store import RollupSink
+
+accept_pymongo_bulk_updates()  # rollups are written with bulk_write(UpdateOne(...))
 
 FAST_WRITER = {
     "TRACKING_FLUSH_INTERVAL_SECONDS": 0.02,
@@ -285,6 +291,43 @@ def stored(app: Flask, mongo: Any, timeout: float = 5.0) -> list[dict[str, Any]]
     for document in documents:
         bson.encode(document)
     return documents
+
+
+def store_rollups(
+    database: Any,
+    records: list[dict[str, Any]],
+    collection: str = "tracking_rollups",
+    retention_days: int = 90,
+) -> None:
+    """Add ``records`` (stored-record dicts) to the rollups in ``database``, through the
+    writer's own aggregation and upserts, as if their requests had just been served (rollups
+    older than ``retention_days`` expire at once)."""
+    aggregator = RollupAggregator(
+        RollupSink(
+            lambda: database,
+            retention_days=retention_days,
+            write_timeout_seconds=10.0,
+            collection_name=collection,
+        )
+    )
+    for record in records:
+        moment = record["date_created"]
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        status = record.get("status_code")
+        aggregator.add(
+            (
+                moment.timestamp(),
+                record.get("endpoint"),
+                record.get("method"),
+                f"{status} STATUS" if status is not None else "",
+                record.get("execution_time"),
+                record.get("exception") is not None,
+                record.get("request_body_size") or 0,
+                record.get("response_body_size") or 0,
+            )
+        )
+    assert aggregator.write(), aggregator.stats()
 
 
 def fork_and_report(child: Callable[[], Any], timeout: float = 15.0) -> Any:

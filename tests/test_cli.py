@@ -35,7 +35,7 @@ from flask_tracking.documents import Tracking, TrackingQuerySet
 from flask_tracking.indexes import ensure_indexes
 from flask_tracking.redact import FILTERED
 
-from .conftest import MONGOMOCK_ONLY
+from .conftest import MONGOMOCK_ONLY, store_rollups
 from .test_queries import BASE, insert, seeded_records, stored_record
 
 
@@ -203,7 +203,8 @@ def test_bad_filters_are_one_sentence_and_exit_1(
 ) -> None:
     insert(stored_record())
     for command in ("list", "export", "stats", "timeline", "tail"):
-        assert_clear_error(run(runner, command, *args), message)
+        extra = ["--records"] if command in ("stats", "timeline") else []
+        assert_clear_error(run(runner, command, *args, *extra), message)
 
 
 def test_colour_only_on_a_terminal(runner: FlaskCliRunner) -> None:
@@ -251,7 +252,7 @@ def test_show_prints_the_request_id(runner: FlaskCliRunner) -> None:
 @pytest.mark.parametrize(
     ("command", "option", "words"),
     [
-        ("stats", "--by", "Group the records"),
+        ("stats", "--by", "Rollups group by endpoint, method or status_class"),
         ("timeline", "--bucket", "Length of one row"),
         ("export", "--format", "JSON Lines"),
         ("export", "--limit", "OLDEST first"),
@@ -515,14 +516,14 @@ def table(result: Result) -> list[list[str]]:
     return [line.split() for line in result.stdout.splitlines()]
 
 
-def test_stats_table_per_endpoint(runner: FlaskCliRunner) -> None:
+def test_stats_table_per_endpoint_of_the_records(runner: FlaskCliRunner) -> None:
     insert(
         *(stored_record(endpoint="fast", execution_time=float(ms)) for ms in range(1, 11)),
         stored_record(endpoint="slow", execution_time=900.0, status_code=500),
         stored_record(endpoint="slow", execution_time=100.0, request_body_size=2500),
         stored_record(endpoint=None, execution_time=5.0, status_code=404),
     )
-    result = run(runner, "stats")
+    result = run(runner, "stats", "--records")
     assert result.exit_code == 0
     rows = table(result)
     assert rows[0] == [
@@ -569,19 +570,64 @@ def test_stats_table_per_endpoint(runner: FlaskCliRunner) -> None:
         "B",
     ]
     assert rows[3][:3] == ["-", "1", "0"]
-    by_p95 = [row[0] for row in table(run(runner, "stats", "--sort", "p95"))[1:]]
+    by_p95 = [row[0] for row in table(run(runner, "stats", "--records", "--sort", "p95"))[1:]]
     assert by_p95 == ["slow", "fast", "-"]
-    assert [row[0] for row in table(run(runner, "stats", "--sort", "name"))[1:]] == [
+    assert [row[0] for row in table(run(runner, "stats", "--records", "--sort", "name"))[1:]] == [
         "-",
         "fast",
         "slow",
     ]
-    assert len(table(run(runner, "stats", "--limit", "1"))) == 2
+    assert len(table(run(runner, "stats", "--records", "--limit", "1"))) == 2
+
+
+def test_stats_and_timeline_read_the_rollups_by_default(runner: FlaskCliRunner, mongo: Any) -> None:
+    """The rollups count every request; the records only those still stored."""
+    served = [
+        *(stored_record(endpoint="fast", execution_time=float(ms)) for ms in range(1, 101)),
+        stored_record(endpoint="slow", execution_time=900.0, status_code=500),
+        stored_record(endpoint="slow", execution_time=100.0, method="POST", status_code=404),
+    ]
+    insert(*served[:5])  # the others were sampled out or evicted
+    store_rollups(mongo, served, retention_days=20000)  # served in 2024: keep them
+    rows = table(run(runner, "stats"))
+    assert [row[:4] for row in rows[1:]] == [
+        ["fast", "100", "0", "0.0"],
+        ["slow", "2", "1", "50.0"],
+    ]
+    assert abs(float(rows[1][6]) - 95.0) <= 0.05 * 95.0  # p95 within 5 %
+    assert table(run(runner, "stats", "--records"))[1][:2] == ["fast", "5"]
+    by_method = table(run(runner, "stats", "--by", "method"))
+    assert [row[:2] for row in by_method[1:]] == [["GET", "101"], ["POST", "1"]]
+    by_class = table(run(runner, "stats", "--by", "status_class"))
+    assert [row[:3] for row in by_class[1:]] == [
+        ["2xx", "100", "0"],
+        ["4xx", "1", "0"],
+        ["5xx", "1", "1"],
+    ]
+    assert table(run(runner, "stats", "--endpoint", "slow", "--method", "post"))[1][:2] == [
+        "slow",
+        "1",
+    ]
+    timeline = table(run(runner, "timeline", "--bucket", "day"))
+    assert timeline[1][:2] == ["2024-05-01", "102"]
+    assert table(run(runner, "timeline", "--bucket", "day", "--records"))[1][:2] == [
+        "2024-05-01",
+        "5",
+    ]
+
+
+def test_record_only_filters_and_groups_need_records(runner: FlaskCliRunner) -> None:
+    assert_clear_error(
+        run(runner, "stats", "--path", "/a", "--errors"), "--path, --errors", "--records"
+    )
+    assert_clear_error(run(runner, "timeline", "--user", "7"), "--user can only select stored")
+    assert_clear_error(run(runner, "stats", "--by", "path"), "--by path is not available")
+    assert_clear_error(run(runner, "stats", "--records", "--by", "method"), "--records")
 
 
 def test_stats_by_status_code_with_filters(runner: FlaskCliRunner) -> None:
     insert(*seeded_records(100))
-    result = run(runner, "stats", "--by", "status_code", "--path", "/users/")
+    result = run(runner, "stats", "--records", "--by", "status_code", "--path", "/users/")
     rows = table(result)
     assert rows[0][0] == "status_code"
     expected = {
@@ -599,7 +645,7 @@ def test_timeline_fills_empty_buckets(runner: FlaskCliRunner) -> None:
         stored_record(date_created=at(2), execution_time=30.0, status_code=500),
         stored_record(date_created=at(3 * 60 + 5), execution_time=7.0),
     )
-    result = run(runner, "timeline")
+    result = run(runner, "timeline", "--records")
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
         "start (UTC)       count  errors   p95",
@@ -608,9 +654,11 @@ def test_timeline_fills_empty_buckets(runner: FlaskCliRunner) -> None:
         "2024-05-01 12:00      0       0     -",
         "2024-05-01 13:00      1       0   7.0  " + "#" * 20,
     ]
-    minutes = table(run(runner, "timeline", "--bucket", "minute", "--until", "2024-05-01 11:00"))
+    minutes = table(
+        run(runner, "timeline", "--records", "--bucket", "minute", "--until", "2024-05-01 11:00")
+    )
     assert [row[1] for row in minutes[1:]] == ["10:01", "10:02"]
-    days = table(run(runner, "timeline", "--bucket", "day"))
+    days = table(run(runner, "timeline", "--records", "--bucket", "day"))
     assert days[1][:2] == ["2024-05-01", "3"]
 
 
@@ -986,8 +1034,8 @@ def hostile_record(**overrides: Any) -> dict[str, Any]:
         ["list"],
         ["show", "{id}"],
         ["curl", "{id}"],
-        ["stats", "--by", "path"],
-        ["stats", "--by", "endpoint"],
+        ["stats", "--records", "--by", "path"],
+        ["stats", "--records", "--by", "endpoint"],
         ["export"],
         ["export", "--format", "csv"],
     ],

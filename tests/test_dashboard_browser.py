@@ -33,6 +33,7 @@ from werkzeug.serving import make_server
 
 from flask_tracking.dashboard.windows import utc_now
 
+from .conftest import store_rollups
 from .test_dashboard import XSS, make_record, seed_records
 
 ROOT = Path(__file__).parent.parent
@@ -84,8 +85,10 @@ def server() -> Iterator[str]:
     try:
         now = utc_now()
         collection = mongoengine.get_db("default")["tracking"]
-        collection.insert_many(background_traffic(now))  # first: the seeds stay the newest ids
-        collection.insert_many(seed_records(now))
+        background, seeds = background_traffic(now), seed_records(now)
+        collection.insert_many(background)  # first: the seeds stay the newest ids
+        collection.insert_many(seeds)
+        store_rollups(mongoengine.get_db("default"), background + seeds)
         app = create_app({"SECRET_KEY": "browser-test", "TRACKING_FLUSH_INTERVAL_SECONDS": 0.05})
         http = make_server("127.0.0.1", 0, app, threaded=True)
         thread = threading.Thread(target=http.serve_forever, daemon=True)

@@ -455,7 +455,11 @@ def test_retrying_a_partly_written_batch_creates_no_duplicates(
 def test_a_full_queue_never_blocks_counts_exactly_the_overflow_and_stays_flat(
     make_app: Callable[..., Flask], mongo: Any
 ) -> None:
-    app = make_app(TRACKING_QUEUE_MAX_RECORDS=100, TRACKING_BATCH_MAX_RECORDS=10)
+    # Without rollups: their samples wait for the writer thread, which this test blocks
+    # (in service a write ends within TRACKING_WRITE_TIMEOUT_SECONDS).
+    app = make_app(
+        TRACKING_QUEUE_MAX_RECORDS=100, TRACKING_BATCH_MAX_RECORDS=10, TRACKING_ROLLUPS=False
+    )
     tracking = app.extensions["tracking"]
     gate = threading.Event()
     entered = threading.Event()
@@ -730,9 +734,9 @@ def test_forked_child_has_its_own_queue_thread_and_client(
         assert report["flushed"] is True
         assert report["mine"] == [["child=1"]]  # none of the parent's records
         assert report["after"]["enqueued"] == report["after"]["written"] == 1
-        # The sink resolved the database again (twice when a real client's first use after
-        # the fork failed and was retried).
-        assert report["resolved_in_child"] >= 1
+        # The records' and the rollups' sinks each resolved the database again (a sink twice
+        # when a real client's first use after the fork failed and was retried).
+        assert report["resolved_in_child"] >= 2
         # Threads do not survive a fork: this one was started by the child's first record.
         assert report["writers"] == [f"flask-tracking-writer[{app.name}]"]
 
@@ -840,7 +844,8 @@ def test_fork_that_skips_the_at_fork_hooks_is_caught_by_the_pid_check() -> None:
     assert child["status"] == 200 and child["flushed"] is True
     assert child["mine"] == [["child=1"]]  # none of the parent's pending records
     assert child["after"]["enqueued"] == child["after"]["written"] == 1
-    assert child["resolved_in_child"] == 1  # the sink resolved the database again
+    # The records' and the rollups' sinks each resolved the database again, once.
+    assert child["resolved_in_child"] == 2
     assert sorted(report["parent_inserts"]) == [f"parent={i}" for i in range(4)]
     assert report["parent_stats"]["written"] == 4
 
@@ -888,7 +893,7 @@ def test_pid_change_without_fork_hooks_resets_queue_thread_and_client(
             client.get("/hello?p=d")
             assert tracking.flush(3)
             assert written == ["p=d"]  # b and c were the "parent's": never written here
-            assert resolved.count(child_pid) == 1  # a new client in the "child"
+            assert resolved.count(child_pid) == 2  # new clients (records, rollups) in the "child"
             new_writers = {t for t in threading.enumerate() if t.name.startswith("flask-tr")}
             assert new_writers - old_writers, "no new writer thread"
         finally:
@@ -1149,7 +1154,7 @@ def test_capped_collection_with_other_options_is_used_as_is_with_one_warning(
     caplog.set_level(logging.WARNING, logger="flask_tracking")
     database = FakeDatabase(exists_with={"capped": True, "size": 5_000_192, "max": 7})
     with fake_alias(database) as alias:
-        app = tracked_app("other_options", alias)
+        app = tracked_app("other_options", alias, TRACKING_ROLLUPS=False)
         try:
             client = app.test_client()
             for i in range(3):
@@ -1171,7 +1176,7 @@ def test_uncapped_collection_is_never_converted_and_warns_about_convert_to_cappe
     caplog.set_level(logging.WARNING, logger="flask_tracking")
     database = FakeDatabase(exists_with={})
     with fake_alias(database) as alias:
-        app = tracked_app("uncapped", alias)
+        app = tracked_app("uncapped", alias, TRACKING_ROLLUPS=False)
         try:
             client = app.test_client()
             for i in range(3):

@@ -611,7 +611,6 @@ def test_report_pipelines_use_only_operators_of_mongodb_4_4(
         return original(self, pipeline, **kwargs)
 
     monkeypatch.setattr(collection_class, "aggregate", spy)
-    monkeypatch.setattr(documents, "_evaluates_in_process", lambda collection: False)
     insert(*seeded_records(50))
     queryset = Tracking.objects.last(days=100000).for_path("/users/").errors()
     queryset.stats()

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from flask_tracking.aggregate import RollupAggregator, RollupOutcome
 from flask_tracking.writer import BASE_DROP_REASONS, BatchOutcome, BatchWriter
 
 from .conftest import fork_and_report
@@ -851,3 +852,160 @@ def test_real_atexit_registration_goes_away_with_the_writer() -> None:
     del writer
     gc.collect()
     assert hook_ref() is None  # atexit no longer holds the writer's hook
+
+
+# --- rollups on the writer thread -------------------------------------------------------
+
+
+class RollupRecorder:
+    """A ``write_rollups`` that records each round (and can be told to fail)."""
+
+    def __init__(self) -> None:
+        self.rounds: list[list] = []
+        self.threads: set[str] = set()
+        self.fail = 0
+
+    def __call__(self, aggregates: list) -> RollupOutcome:
+        self.threads.add(threading.current_thread().name)
+        self.rounds.append(aggregates)
+        if self.fail:
+            self.fail -= 1
+            return RollupOutcome(retry=aggregates)
+        return RollupOutcome(written=len(aggregates))
+
+    def counted(self) -> int:
+        """Requests written (each is in a minute and an hour rollup: counted once)."""
+        return sum(
+            aggregate.count
+            for aggregates in self.rounds
+            for key, aggregate in aggregates
+            if key[0] == "minute"
+        )
+
+
+def rollup_sample(at: float = 1_714_557_600.0) -> tuple:
+    return (at, "index", "GET", "200 OK", 5.0, False, 0, 2)
+
+
+def rollup_writer(interval: float = 0.05) -> tuple[BatchWriter, RollupAggregator, RollupRecorder]:
+    recorder = RollupRecorder()
+    aggregator = RollupAggregator(recorder)
+    writer = BatchWriter(
+        lambda records: BatchOutcome(written=len(records)),
+        flush_interval_seconds=interval,
+        retry_initial_backoff_seconds=0.01,
+        retry_max_backoff_seconds=0.02,
+        rollups=aggregator,
+        name="rollup-test-writer",
+    )
+    return writer, aggregator, recorder
+
+
+def test_rollups_are_written_every_interval_from_the_writer_thread() -> None:
+    writer, aggregator, recorder = rollup_writer()
+    try:
+        for _ in range(3):
+            aggregator.add(rollup_sample())
+        writer.ensure_started()  # no record submitted: the request path starts the thread
+        deadline = time.monotonic() + 5
+        while not recorder.rounds and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recorder.counted() == 3
+        assert recorder.threads == {"rollup-test-writer"}
+        assert writer.stats()["rollup_requests"] == 3
+    finally:
+        writer.shutdown(1.0)
+
+
+def test_flush_waits_for_the_rollups() -> None:
+    writer, aggregator, recorder = rollup_writer(interval=60.0)
+    try:
+        writer.submit({"n": 1}, 10)
+        aggregator.add(rollup_sample())
+        assert writer.flush(5.0)
+        assert recorder.counted() == 1
+        assert writer.flush(5.0)  # nothing new: no round
+        assert len(recorder.rounds) == 1
+    finally:
+        writer.shutdown(1.0)
+
+
+def test_flush_times_out_while_rollups_fail_and_they_are_retried() -> None:
+    writer, aggregator, recorder = rollup_writer(interval=0.02)
+    recorder.fail = 3
+    try:
+        aggregator.add(rollup_sample())
+        writer.ensure_started()
+        assert writer.flush(5.0)  # the fourth round succeeds
+        assert len(recorder.rounds) == 4
+        assert recorder.counted() == 4  # the same aggregate, four tries
+        stats = writer.stats()
+        assert stats["rollup_retries"] == 6 and stats["rollup_writes"] == 2  # minute + hour
+        assert stats["written"] == 0 and stats["dropped_db_error"] == 0  # records apart
+    finally:
+        writer.shutdown(1.0)
+
+
+def test_shutdown_writes_the_rollups_even_without_a_thread() -> None:
+    writer, aggregator, recorder = rollup_writer(interval=60.0)
+    aggregator.add(rollup_sample())
+    assert writer.shutdown(1.0)
+    assert recorder.counted() == 1
+
+
+def test_shutdown_writes_the_last_rollups_of_a_running_thread() -> None:
+    writer, aggregator, recorder = rollup_writer(interval=60.0)
+    writer.submit({"n": 1}, 10)
+    aggregator.add(rollup_sample())
+    assert writer.shutdown(1.0)
+    assert recorder.counted() == 1
+
+
+def test_rollups_are_written_while_records_back_off() -> None:
+    attempts = []
+
+    def failing(records: list[dict]) -> BatchOutcome:
+        attempts.append(len(records))
+        return BatchOutcome(retry=records)
+
+    recorder = RollupRecorder()
+    aggregator = RollupAggregator(recorder)
+    writer = BatchWriter(
+        failing,
+        flush_interval_seconds=0.02,
+        retry_initial_backoff_seconds=5.0,
+        retry_max_backoff_seconds=5.0,
+        rollups=aggregator,
+    )
+    try:
+        writer.submit({"n": 1}, 10)
+        deadline = time.monotonic() + 5
+        while not attempts and time.monotonic() < deadline:
+            time.sleep(0.01)
+        aggregator.add(rollup_sample())
+        while not recorder.rounds and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recorder.counted() == 1 and attempts == [1]
+    finally:
+        writer.shutdown(0.2)
+
+
+def test_rollups_are_not_starved_by_a_queue_always_full_of_records() -> None:
+    def slow(records: list[dict]) -> BatchOutcome:
+        time.sleep(0.01)
+        return BatchOutcome(written=len(records))
+
+    recorder = RollupRecorder()
+    aggregator = RollupAggregator(recorder)
+    writer = BatchWriter(slow, batch_max_records=1, flush_interval_seconds=0.02, rollups=aggregator)
+    try:
+        for index in range(300):  # far more than the writer writes in the time
+            writer.submit({"n": index}, 10)
+        aggregator.add(rollup_sample())
+        deadline = time.monotonic() + 2
+        while not recorder.rounds and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recorder.counted() == 1
+        assert writer.stats()["pending"] > 100  # the records were still queued meanwhile
+    finally:
+        writer.shutdown(0.2)

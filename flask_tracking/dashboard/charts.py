@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -176,15 +176,17 @@ def _end_line(chart: Chart, points: list[tuple[float, float]]) -> None:
         chart.lines.append(" ".join(f"{x:.1f},{y:.1f}" for x, y in points))
 
 
-def histogram_chart(sorted_times: Sequence[float]) -> Chart:
+def histogram_chart(times: Iterable[tuple[float, int]]) -> Chart:
     """How many requests took how long: bars over 1-2-5 bins (:data:`HISTOGRAM_EDGES_MS`),
-    from the first non-empty bin to the last."""
+    from the first non-empty bin to the last. ``times``: (milliseconds, requests) pairs, such
+    as a rollup latency histogram's bucket values and counts."""
     chart = Chart()
-    if not sorted_times:
-        return chart
     counts = [0] * len(HISTOGRAM_EDGES_MS)
-    for value in sorted_times:
-        counts[bisect.bisect_right(HISTOGRAM_EDGES_MS, value) - 1] += 1
+    for value, count in times:
+        counts[max(0, bisect.bisect_right(HISTOGRAM_EDGES_MS, value) - 1)] += count
+    total = sum(counts)
+    if not total:
+        return chart
     used = [index for index, count in enumerate(counts) if count]
     first, last = used[0], used[-1]
     most = count_ceiling(max(counts))
@@ -201,7 +203,7 @@ def histogram_chart(sorted_times: Sequence[float]) -> Chart:
     for fraction in (0, 0.5, 1):
         y = TOP + plot_height * (1 - fraction) + 4
         chart.labels.append(Label(LEFT - 6, y, _count_text(most * fraction), "end"))
-    chart.description = f"latency of {len(sorted_times)} requests, by bins of milliseconds"
+    chart.description = f"latency of {total} requests, by bins of milliseconds"
     return chart
 
 
@@ -215,13 +217,16 @@ def shares(rows: Sequence[dict[str, Any]], key: str, *, limit: int = 10) -> list
             "(unknown)" if row[key] is None else str(row[key]),
             row["count"],
             round(row["count"] / most * 100, 1),
-            _status_class(row[key]) if key == "status_code" else "bar",
+            _status_class(row[key]) if key in ("status_code", "status_class") else "bar",
         )
         for row in kept
     ]
 
 
 def _status_class(status: Any) -> str:
+    """The bar style of a status code (404) or class ("4xx")."""
+    if isinstance(status, str) and status[:1].isdigit():
+        status = int(status[0]) * 100
     if isinstance(status, int) and status >= 500:
         return "error"
     if isinstance(status, int) and status >= 400:

@@ -1,9 +1,11 @@
 """The dashboard blueprint: overview, endpoint, request list and detail, live view.
 
-Every figure comes from the helpers of :class:`~flask_tracking.documents.TrackingQuerySet`
-(one ``reports()`` per page for ``stats``, ``timeline``, ``unique_visitors``, ``user_agents``,
-``execution_times``; ``errors``, ``for_endpoint``, ``last``, ``between``, ``poll``) and the
-request list uses the very filters of ``flask tracking list`` (``cli.select_records``).
+Counts, error rates, percentiles, timelines and status classes come from the rollups
+(:class:`~flask_tracking.rollups.RollupQuerySet`: ``summary``, ``stats``, ``timeline``,
+``latency_histogram``): every request, also those whose record was not kept or was evicted.
+Visitors, browsers, platforms and every list of requests come from the stored records
+(:class:`~flask_tracking.documents.TrackingQuerySet`), and the request list uses the very
+filters of ``flask tracking list`` (``cli.select_records``). Each page says which is which.
 The pages are server-rendered Jinja with inline SVG charts; only the live view uses
 JavaScript. Records are read through the connection alias the app's extension writes to.
 """
@@ -22,9 +24,10 @@ from pymongo.errors import PyMongoError
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..cli import app_records, curl_for, select_records
+from ..aggregate import bucket_upper_bound
+from ..cli import app_records, app_rollups, curl_for, select_records
 from ..context import skip
-from ..documents import PERCENTILES, Tracking, TrackingQuerySet, percentile
+from ..documents import Tracking, TrackingQuerySet
 from .charts import format_ms, histogram_chart, shares, timeline_chart
 from .present import (
     ROW_FIELDS,
@@ -206,32 +209,25 @@ class _Pages:
         window, problem = self._window()
         if problem:
             return _page_error(window, problem)
-        reports = window.select(app_records()).reports()
-        by_status = reports.stats(group_by="status_code")
-        by_endpoint = reports.stats(group_by="endpoint")
-        count = sum(row["count"] for row in by_status)
-        errors = sum(row["errors"] for row in by_status)
-        times = reports.execution_times()
+        rollups = window.select(app_rollups())
+        records = window.select(app_records())
+        totals = rollups.summary()
+        by_endpoint = rollups.stats(group_by="endpoint")
         context = {
             "window": window,
-            "totals": {
-                "requests": count,
-                "errors": errors,
-                "error_rate": errors / count if count else 0.0,
-                **{key: percentile(times, fraction) for key, fraction in PERCENTILES.items()},
-            },
-            "visitors": reports.unique_visitors(),
+            "totals": {**totals, "requests": totals["count"]},
+            "visitors": records.unique_visitors(),
             "timeline": timeline_chart(
-                reports.timeline(bucket=window.bucket),
+                rollups.timeline(bucket=window.bucket),
                 window.bucket_starts(),
                 BUCKETS[window.bucket],
             ),
-            "statuses": shares(by_status, "status_code"),
+            "statuses": shares(rollups.stats(group_by="status_class"), "status_class"),
             "top_by_count": by_endpoint[:TOP_ROWS],
             "top_by_p95": _largest(by_endpoint, "p95"),
             "top_by_errors": _largest([row for row in by_endpoint if row["errors"]], "errors"),
-            "browsers": shares(reports.user_agents(by="browser"), "browser"),
-            "platforms": shares(reports.user_agents(by="platform"), "platform"),
+            "browsers": shares(records.user_agents(by="browser"), "browser"),
+            "platforms": shares(records.user_agents(by="platform"), "platform"),
         }
         return render_template("flask_tracking/overview.html", **context), 200
 
@@ -240,28 +236,26 @@ class _Pages:
         window, problem = self._window()
         if problem:
             return _page_error(window, problem)
+        rollups = window.select(app_rollups()).for_endpoint(name)
         records = window.select(app_records()).for_endpoint(name)
-        reports = records.reports()
-        summary = next(iter(reports.stats(group_by="endpoint")), None)
-        times = reports.execution_times()
         rows = records.only(*ROW_FIELDS)
+        summary = rollups.summary()
+        histogram = rollups.latency_histogram()
         context = {
             "window": window,
             "name": name,
-            "summary": summary,
+            "summary": summary if summary["count"] else None,
             "db": records.db_summary(),
-            "histogram": histogram_chart(times),
+            "histogram": histogram_chart(
+                (bucket_upper_bound(bucket), count) for bucket, count in histogram.items()
+            ),
             "timeline": timeline_chart(
-                reports.timeline(bucket=window.bucket),
+                rollups.timeline(bucket=window.bucket),
                 window.bucket_starts(),
                 BUCKETS[window.bucket],
             ),
-            "slowest": [
-                list_row(r) for r in rows.order_by("-execution_time").limit(TOP_ROWS).fetch(reports)
-            ],
-            "errors": [
-                list_row(r) for r in rows.errors().order_by("-id").limit(TOP_ROWS).fetch(reports)
-            ],
+            "slowest": [list_row(r) for r in rows.order_by("-execution_time").limit(TOP_ROWS)],
+            "errors": [list_row(r) for r in rows.errors().order_by("-id").limit(TOP_ROWS)],
         }
         return render_template("flask_tracking/endpoint.html", **context), 200
 
@@ -279,13 +273,13 @@ class _Pages:
             ), 400
         page = records.only(*ROW_FIELDS)
         if after is not None:
-            found = page.filter(id__gt=after).order_by("id").limit(PAGE_RECORDS + 1).fetch()
+            found = list(page.filter(id__gt=after).order_by("id").limit(PAGE_RECORDS + 1))
             shown = found[:PAGE_RECORDS][::-1]
             has_newer, has_older = len(found) > PAGE_RECORDS, True
         else:
             if before is not None:
                 page = page.filter(id__lt=before)
-            found = page.order_by("-id").limit(PAGE_RECORDS + 1).fetch()
+            found = list(page.order_by("-id").limit(PAGE_RECORDS + 1))
             shown = found[:PAGE_RECORDS]
             has_newer, has_older = before is not None, len(found) > PAGE_RECORDS
         context["rows"] = [list_row(record) for record in shown]

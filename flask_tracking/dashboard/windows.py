@@ -11,8 +11,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 from ..documents import TrackingQuerySet, parse_datetime
+from ..rollups import RollupQuerySet
+
+_Selection = TypeVar("_Selection", TrackingQuerySet, RollupQuerySet)
 
 #: The preset windows, by the name used in URLs and in TRACKING_DASHBOARD_DEFAULT_WINDOW.
 PRESETS: dict[str, timedelta] = {
@@ -78,8 +82,9 @@ class Window:
         """The end as an ``<input type="datetime-local">`` value."""
         return _input_value(self.end)
 
-    def select(self, records: TrackingQuerySet) -> TrackingQuerySet:
-        """``records`` within this window (``last()`` for presets, ``between()`` otherwise)."""
+    def select(self, records: _Selection) -> _Selection:
+        """``records`` (stored records or rollups) within this window (``last()`` for
+        presets, ``between()`` otherwise)."""
         if self.preset is not None:
             return records.last(minutes=PRESETS[self.preset].total_seconds() / 60)
         return records.between(self.start, self.end)
