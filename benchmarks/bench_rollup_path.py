@@ -31,11 +31,11 @@ import mongoengine
 import mongomock
 from flask import Flask
 
-from example_app.mongomock_compat import accept_pymongo_bulk_updates
 from flask_tracking import Tracking
 from flask_tracking.aggregate import RollupAggregator, RollupOutcome
 from flask_tracking.capture import BodyCapture, RequestState
 from flask_tracking.extension import _rollup_sample
+from flask_tracking.testing import accept_pymongo_bulk_updates
 
 
 def finished_state() -> RequestState:

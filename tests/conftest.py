@@ -21,10 +21,10 @@ import pymongo
 import pytest
 from flask import Flask, Response, abort, request, send_file, stream_with_context
 
-from example_app.mongomock_compat import accept_pymongo_bulk_updates
 from flask_tracking import Tracking
 from flask_tracking.aggregate import RollupAggregator
 from flask_tracking.store import RollupSink
+from flask_tracking.testing import accept_pymongo_bulk_updates
 
 accept_pymongo_bulk_updates()  # rollups are written with bulk_write(UpdateOne(...))
 
