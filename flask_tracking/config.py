@@ -15,7 +15,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from .record import ALWAYS_STORED_FIELDS, FIELDS
+from .fields import ALWAYS_STORED_FIELDS, FIELDS
 from .redact import DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_HEADERS, IP_HEADERS, Redactor
 from .storage import MAX_EXPIRE_SECONDS, MAX_MEASUREMENT_BYTES, MODES
 
@@ -117,10 +117,10 @@ DEFAULTS: dict[str, Any] = {
     "TRACKING_ONLY_ERRORS": False,
     #: Do not record requests that raised an unhandled exception.
     "TRACKING_SKIP_ERRORS": False,
-    #: Field names (see ``record.FIELDS``): store only these, plus ``_id``, ``date_created`` and
+    #: Field names (see ``fields.FIELDS``): store only these, plus ``_id``, ``date_created`` and
     #: ``sample_rate``, which are always stored. None stores every field.
     "TRACKING_FIELDS": None,
-    #: Field names (see ``record.FIELDS``) not to store; every other field is stored. Not
+    #: Field names (see ``fields.FIELDS``) not to store; every other field is stored. Not
     #: together with TRACKING_FIELDS.
     "TRACKING_EXCLUDE_FIELDS": [],
     #: Fraction (0 to 1) of ordinary requests stored, decided by a hash of the request id.
@@ -420,7 +420,7 @@ class _Reader:
         return value.rstrip("/")
 
     def field_names(self, key: str, *, allow_always_stored: bool) -> tuple[str, ...]:
-        """A list of stored field names (``record.FIELDS``), each checked."""
+        """A list of stored field names (``fields.FIELDS``), each checked."""
         names = self.strings(key)
         unknown = [name for name in names if name not in FIELDS]
         if unknown:

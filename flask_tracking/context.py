@@ -13,7 +13,6 @@ from typing import Any
 from flask import current_app, has_request_context, request
 
 from .capture import ENVIRON_KEY, RequestState
-from .extension import Tracking
 
 
 def add_data(**values: Any) -> None:
@@ -63,8 +62,10 @@ def request_id() -> str | None:
         return None
     if state.request_id is None:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        tracking = app.extensions.get("tracking")
-        key = tracking._request_id_key(app) if isinstance(tracking, Tracking) else None
+        # The extension is found through the app, not imported: it imports this module's
+        # neighbours (the dashboard uses skip()), and an import back would make a circle.
+        lookup = getattr(app.extensions.get("tracking"), "_request_id_key", None)
+        key = lookup(app) if callable(lookup) else None
         return state.resolve_request_id(current.environ, key)
     return state.request_id
 

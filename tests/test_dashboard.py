@@ -1,6 +1,6 @@
 """The dashboard blueprint through Flask's test client: every page, every filter, the guard.
 
-Records are seeded as raw dicts in the stored schema (``record.FIELDS``) into mongomock, at
+Records are seeded as raw dicts in the stored schema (``fields.FIELDS``) into mongomock, at
 known times before now, so each window, filter and figure has a known answer.
 """
 
@@ -32,7 +32,7 @@ from flask_tracking.dashboard.charts import (
 from flask_tracking.dashboard.present import hexdump
 from flask_tracking.dashboard.windows import PRESETS, Window, utc_now
 from flask_tracking.documents import percentile
-from flask_tracking.record import FIELDS
+from flask_tracking.fields import FIELDS
 
 from .conftest import FAST_WRITER, add_routes, store_rollups, stored
 
@@ -55,7 +55,7 @@ PAGES = (
 
 
 def make_record(when: datetime, **fields: Any) -> dict[str, Any]:
-    """A stored record (every field of ``record.FIELDS``) of a GET at ``when``."""
+    """A stored record (every field of ``fields.FIELDS``) of a GET at ``when``."""
     browser, version, platform, agent = fields.pop("agent", FIREFOX)
     document: dict[str, Any] = dict.fromkeys(FIELDS)
     document.update(

@@ -1,4 +1,4 @@
-"""What is stored: TRACKING_FIELDS and TRACKING_EXCLUDE_FIELDS, validated against record.FIELDS
+"""What is stored: TRACKING_FIELDS and TRACKING_EXCLUDE_FIELDS, validated against fields.FIELDS
 at init_app and applied on the writer thread; read back through the MongoEngine document."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from flask import Flask
 from flask_tracking import Tracking
 from flask_tracking.config import load_config
 from flask_tracking.documents import Tracking as TrackingDocument
-from flask_tracking.record import ALWAYS_STORED_FIELDS, FIELDS, OPTIONAL_FIELDS
+from flask_tracking.fields import ALWAYS_STORED_FIELDS, FIELDS, OPTIONAL_FIELDS
 
 from .conftest import stored
 

@@ -1,6 +1,6 @@
 """Tests for the query helpers and reports of TrackingQuerySet, on mongomock.
 
-Records are inserted as raw dicts in the stored schema (record.FIELDS), as the writer does. The
+Records are inserted as raw dicts in the stored schema (fields.FIELDS), as the writer does. The
 reports are checked against a brute-force computation in Python over the same records, with
 the one percentile formula (documents.percentile) used by both sides.
 """
@@ -33,7 +33,7 @@ from flask_tracking.documents import (
     percentile,
     percentile_index,
 )
-from flask_tracking.record import FIELDS, OPTIONAL_FIELDS
+from flask_tracking.fields import FIELDS, OPTIONAL_FIELDS
 
 BASE = dt.datetime(2024, 5, 1, 10, 0)
 
@@ -45,7 +45,7 @@ pytestmark = pytest.mark.usefixtures("mongo")  # a fresh mongomock database per 
 
 
 def stored_record(**overrides: Any) -> dict[str, Any]:
-    """One record with every stored field (record.FIELDS), as the writer inserts it."""
+    """One record with every stored field (fields.FIELDS), as the writer inserts it."""
     record: dict[str, Any] = {
         "date_created": BASE,
         "host": "localhost",

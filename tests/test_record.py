@@ -11,13 +11,8 @@ from bson import DBRef, ObjectId
 
 from flask_tracking import record
 from flask_tracking.capture import BodyCapture, RequestState
-from flask_tracking.record import (
-    FIELDS,
-    OPTIONAL_FIELDS,
-    parse_user_agent,
-    status_code_of,
-    to_document,
-)
+from flask_tracking.fields import FIELDS, OPTIONAL_FIELDS
+from flask_tracking.record import parse_user_agent, status_code_of, to_document
 from flask_tracking.redact import Redactor, ScrubbedBody
 
 CHROME = (
