@@ -127,9 +127,14 @@ class Tracking:
                 "app (create one Tracking, or one per app, and initialise each app once)."
             )
         config = load_config(app.config)
+        if config.db_activity:
+            # Before connecting: the client TRACKING_MONGODB_URI makes (which the app may use
+            # too) is then watched like any client created after init_app.
+            register()
+            watch_sqlalchemy()
         _connect_if_configured(config)
         if config.db_activity:
-            _watch_database_activity(config.db_alias)
+            _ignore_own_collection(config.db_alias)
         sink = MongoSink(
             _database_getter(config.db_alias),
             capped_size_bytes=config.table_size_bytes,
@@ -572,15 +577,11 @@ def _database_getter(alias: str) -> Any:
     return get_database
 
 
-def _watch_database_activity(alias: str) -> None:
-    """Start counting each request's database work (:mod:`flask_tracking.dbactivity`): the
-    command listener for pymongo clients created from now on, SQLAlchemy's engine events when
-    the app imported SQLAlchemy, and the tracker's collection left out when its database is
-    known already (the writer adds it otherwise, before its first write)."""
+def _ignore_own_collection(alias: str) -> None:
+    """Leave the tracker's collection out of the database activity when its database is known
+    already (the writer adds it otherwise, before its first write)."""
     from mongoengine.connection import _connection_settings
 
-    register()
-    watch_sqlalchemy()
     database = _connection_settings.get(alias, {}).get("name")
     if isinstance(database, str):
         ignore_collection(database, COLLECTION_NAME)

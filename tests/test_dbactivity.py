@@ -12,7 +12,9 @@ import asyncio
 import importlib.abc
 import json
 import logging
+import subprocess
 import sys
+import textwrap
 import threading
 import uuid
 from collections.abc import Iterator
@@ -714,3 +716,46 @@ def test_the_dashboard_shows_database_time_and_count(
     by_path = {row["target"]: row for row in live["records"]}
     assert by_path["/c"]["db_count"] == "12" and by_path["/c"]["db_repeated"] == "12x"
     assert by_path["/a"]["db_count"] == "-"
+
+
+def test_the_connection_init_app_makes_is_watched_and_not_warned_about(real_server: Any) -> None:
+    """TRACKING_MONGODB_URI: init_app registers the listener before it connects, so the
+    client it makes (which the app may use too) reports, and no warning names it. In a fresh
+    interpreter: this session registered the listener long ago."""
+    script = textwrap.dedent(
+        """
+        import json, logging, sys
+        import mongoengine
+        from flask import Flask
+        from flask_tracking import Tracking
+
+        records = []
+        logging.getLogger("flask_tracking").addHandler(logging.Handler())
+        logging.getLogger("flask_tracking").handlers[0].emit = records.append
+        app = Flask("uri_app")
+        app.config.update(TRACKING_MONGODB_URI=sys.argv[1], TRACKING_DB_ALIAS="uri_alias")
+        tracking = Tracking(app)
+
+        @app.get("/find")
+        def find():
+            mongoengine.get_db("uri_alias")["things"].find_one({"a": 1})
+            return "ok"
+
+        app.test_client().get("/find")
+        assert tracking.flush(10)
+        database = mongoengine.get_db("uri_alias")
+        document = database["tracking"].find_one({"path": "/find"})
+        database.client.drop_database(database.name)
+        print(json.dumps({
+            "db": (document or {}).get("db", {}).get("commands"),
+            "warnings": [r.getMessage() for r in records if "created before" in r.getMessage()],
+        }))
+        """
+    )
+    uri = f"{real_server.uri.rstrip('/')}/flask_tracking_test_{uuid.uuid4().hex[:12]}"
+    done = subprocess.run(
+        [sys.executable, "-c", script, uri], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"db": {"find": 1}, "warnings": []}
