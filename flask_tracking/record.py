@@ -8,12 +8,13 @@ result is the schema that :class:`flask_tracking.documents.Tracking` reads.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from bson import DBRef, ObjectId
+from ua_parser import Domain, Parser, Result
 from ua_parser import parse as parse_ua
 
 from .redact import (
@@ -330,7 +331,7 @@ _MAX_PARSED_AGENT_LENGTH = 512
 
 
 def _parse_agent(user_agent: str) -> dict[str, str | None]:
-    result = parse_ua(user_agent) if user_agent else None
+    result = _resolve_agent(user_agent) if user_agent else None
     browser = result.user_agent if result else None
     os = result.os if result else None
     device = result.device if result else None
@@ -340,6 +341,31 @@ def _parse_agent(user_agent: str) -> dict[str, str | None]:
         "platform": os.family if os else None,
         "device": device.family if device else None,
     }
+
+
+def _pick_resolver(user_agent: str) -> Result:
+    """ua-parser's answer for ``user_agent``, through its Rust resolver (``ua-parser-rs``)
+    when it is installed, else its pure-Python one; the first call picks the resolver for the
+    next ones (:data:`_resolve_agent`). No ua-parser cache in between:
+    :func:`parse_user_agent` keeps its own."""
+    global _resolve_agent
+    try:
+        from ua_parser.loaders import load_lazy_builtins
+        from ua_parser.regex import Resolver
+    except ImportError:  # no ua-parser-rs wheel for this platform: the pure-Python resolver
+        _resolve_agent = parse_ua
+    else:
+        parser = Parser(Resolver(load_lazy_builtins()))
+
+        def resolve(user_agent: str) -> Result:
+            return parser(user_agent, Domain.ALL).complete()
+
+        _resolve_agent = resolve
+    return _resolve_agent(user_agent)
+
+
+#: Resolves a User-Agent with the resolver :func:`_pick_resolver` picked on the first call.
+_resolve_agent: Callable[[str], Result] = _pick_resolver
 
 
 def _version(*parts: str | None) -> str | None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from typing import Any
 
 import bson
 import pytest
+import ua_parser
 from bson import DBRef, ObjectId
 
 from flask_tracking import record
@@ -488,3 +490,27 @@ def test_parse_user_agent_many_distinct_agents(monkeypatch: pytest.MonkeyPatch) 
         for i in range(50):
             assert parse_user_agent(f"curl/{i}.0")["version"] == f"{i}.0"
     assert parse_user_agent(IPHONE)["device"] == "iPhone"
+
+
+@pytest.mark.parametrize("resolver", ["rust", "pure_python"])
+def test_user_agents_parse_alike_with_either_resolver(
+    resolver: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if resolver == "rust":
+        pytest.importorskip("ua_parser_rs")
+    else:  # as where no ua-parser-rs wheel exists
+        monkeypatch.setitem(sys.modules, "ua_parser.regex", None)
+    monkeypatch.setattr(record, "_resolve_agent", record._pick_resolver)
+    monkeypatch.setattr(record, "_PARSED_AGENTS", {})
+    assert parse_user_agent(CHROME)["version"] == "120.0.6099"
+    assert (record._resolve_agent is ua_parser.parse) == (resolver == "pure_python")
+    assert parse_user_agent(IPHONE) == {
+        "browser": "Mobile Safari",
+        "version": "17.1",
+        "platform": "iOS",
+        "device": "iPhone",
+        "string": IPHONE,
+        "language": None,
+    }
+    assert parse_user_agent(GOOGLEBOT)["device"] == "Spider"
+    assert parse_user_agent("curl/8.4.0")["browser"] == "curl"
