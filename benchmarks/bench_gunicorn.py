@@ -80,10 +80,12 @@ def served(port: int) -> dict[str, Any]:
 
 
 @contextmanager
-def gunicorn(kind: str, uri: str) -> Iterator[int]:
+def gunicorn(kind: str, uri: str, gc_freeze: bool) -> Iterator[int]:
     """A gunicorn server (1 sync worker) of ``gunicorn_app:app`` as ``kind``; yields its port."""
     port = free_port()
     environ = {**os.environ, "BENCH_KIND": kind, "BENCH_MONGODB_URI": uri}
+    if gc_freeze:
+        environ["BENCH_GC_FREEZE"] = "1"
     command = [
         sys.executable,
         "-m",
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--seconds", type=int, default=8, help="seconds per run (default 8)")
     parser.add_argument("--uri", help="a MongoDB server to write to (default: null_mongo.py)")
+    parser.add_argument(
+        "--gc-freeze", action="store_true", help="gc.freeze() in each worker after start-up"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -156,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     rps: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
+    collector: dict[tuple[str, str], list[float]] = {}
     started = time.perf_counter()
     with ExitStack() as stack:
         uri = args.uri or stack.enter_context(null_server())
-        ports = {kind: stack.enter_context(gunicorn(kind, uri)) for kind in KINDS}
+        ports = {kind: stack.enter_context(gunicorn(kind, uri, args.gc_freeze)) for kind in KINDS}
         for kind in KINDS:  # warm-up
             for _, path, lua in cases:
                 wrk(ports[kind], path, 1, lua)
@@ -176,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                     cpu.setdefault((name, kind), []).append(
                         (after["cpu"] - before["cpu"]) / count * 1e6
                     )
+                    collector.setdefault((name, kind), []).append(
+                        (after["gc"] - before["gc"]) / count * 1e6
+                    )
                     print(
                         f"round {round_number + 1} {name} {LABELS[kind]}: "
                         f"{rps[(name, kind)][-1]:.0f} req/s, {cpu[(name, kind)][-1]:.1f} µs CPU",
@@ -187,21 +196,23 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"gunicorn, 1 sync worker; wrk -t1 -c2, {args.rounds} interleaved rounds of "
-        f"{args.seconds:g} s; medians of the rounds"
+        f"{args.seconds} s; medians of the rounds; CPU and GC: the worker process's, per request"
+        f"{'; gc.freeze() after start-up' if args.gc_freeze else ''}"
     )
     print()
     print(
         "| case | bare req/s | flask_tracking req/s | of bare | minimal tracker req/s | of bare "
-        "| CPU µs/req bare / flask_tracking / minimal |"
+        "| CPU µs/req bare / flask_tracking / minimal | of which GC |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---|---|")
     for name, _, _ in cases:
         median = {kind: statistics.median(rps[(name, kind)]) for kind in KINDS}
         cpus = " / ".join(f"{statistics.median(cpu[(name, kind)]):.0f}" for kind in KINDS)
+        gcs = " / ".join(f"{statistics.median(collector[(name, kind)]):.1f}" for kind in KINDS)
         print(
             f"| {name} | {median['bare']:.0f} | {median['tracked']:.0f} "
             f"| {median['tracked'] / median['bare']:.2f} | {median['minimal']:.0f} "
-            f"| {median['minimal'] / median['bare']:.2f} | {cpus} |"
+            f"| {median['minimal'] / median['bare']:.2f} | {cpus} | {gcs} |"
         )
     print()
     print("Per round, req/s (bare / flask_tracking / minimal):")

@@ -2,14 +2,17 @@
 
 ``BENCH_KIND`` picks the tracker: ``bare`` (none), ``tracked`` (flask_tracking, default
 settings) or ``minimal`` (the minimal tracker of ``floor_tracker.py``); records go to the
-server at ``BENCH_MONGODB_URI``. Besides ``GET /hello`` and ``POST /echo`` (the cases of
+server at ``BENCH_MONGODB_URI``. With ``BENCH_GC_FREEZE`` set, ``gc.freeze()`` runs once the
+app is set up. Besides ``GET /hello`` and ``POST /echo`` (the cases of
 ``bench_overhead.py``), ``GET /_served`` is answered before the app is reached (never tracked):
 it waits until the writer wrote everything queued, then returns, as JSON, the requests served,
-the records written, the process CPU time and the tracker's counters.
+the records written, the process CPU time, the time spent in the garbage collector and the
+tracker's counters.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -57,6 +60,22 @@ elif KIND != "bare":
 
 tracked_wsgi_app = flask_app.wsgi_app
 served = 0
+gc_seconds = 0.0
+_gc_started = 0.0
+
+
+def _time_gc(phase: str, info: dict[str, Any]) -> None:
+    """Adds up the time the garbage collector runs (``gc.callbacks``)."""
+    global gc_seconds, _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        gc_seconds += time.perf_counter() - _gc_started
+
+
+gc.callbacks.append(_time_gc)
+if os.environ.get("BENCH_GC_FREEZE"):
+    gc.freeze()  # what is alive after start-up is never examined again
 
 
 def report() -> dict[str, Any]:
@@ -75,6 +94,7 @@ def report() -> dict[str, Any]:
         "served": served,
         "written": written,
         "cpu": time.process_time(),
+        "gc": gc_seconds,
         "pid": os.getpid(),
         "counters": counters,
     }
