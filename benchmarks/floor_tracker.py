@@ -33,6 +33,11 @@ BODY_LIMIT = 65536
 
 WSGIEnviron = dict[str, Any]
 
+#: Environ keys holding objects, not request data: a queued record does not keep them alive.
+_OBJECTS = frozenset(
+    ("wsgi.input", "wsgi.errors", "wsgi.file_wrapper", "werkzeug.request", "gunicorn.socket")
+)
+
 
 class _InputTee:
     """``wsgi.input`` for the app, keeping the first ``BODY_LIMIT`` bytes it reads."""
@@ -129,12 +134,23 @@ class FloorTracker:
 
         result = self._wrapped(environ, capture_start_response)
         copy = environ.copy()
+        for key in _OBJECTS.intersection(copy):  # keep no streams, sockets or request objects
+            del copy[key]
         queue = self.queue
         batch = self.batch
 
         def finish(response: _Response) -> None:
             queue.append(
-                (copy, started, time.perf_counter() - clock, seen, tee.kept, tee.size, response)
+                (
+                    copy,
+                    started,
+                    time.perf_counter() - clock,
+                    seen,
+                    tee.kept,
+                    tee.size,
+                    response.kept,
+                    response.size,
+                )
             )
             if len(queue) >= batch:
                 self._wake.set()
@@ -168,7 +184,9 @@ class FloorTracker:
 
 def _flat(record: tuple[Any, ...]) -> dict[str, Any]:
     """One flat dict: the request line, every header of the environ, bodies, status, timing."""
-    environ, started, duration, seen, request_body, request_size, response = record
+    environ, started, duration, seen, request_body, request_size, response_body, response_size = (
+        record
+    )
     document: dict[str, Any] = {
         key: value
         for key, value in environ.items()
@@ -184,7 +202,7 @@ def _flat(record: tuple[Any, ...]) -> dict[str, Any]:
     document["response_headers"] = seen[1] if seen else None
     document["request_body"] = bytes(request_body)
     document["request_body_size"] = request_size
-    document["response_body"] = bytes(response.kept)
-    document["response_body_size"] = response.size
+    document["response_body"] = bytes(response_body)
+    document["response_body_size"] = response_size
     document["duration"] = duration
     return document
