@@ -325,6 +325,18 @@ def parse_user_agent(user_agent: str, accept_language: str = "") -> dict[str, st
     return {**parsed, "string": user_agent, "language": language}
 
 
+def prepare_user_agent_parser() -> None:
+    """Build the user-agent parser now, at start-up. Its first use compiles ua-parser's
+    expressions (a tenth of a second or more), and the Rust resolver does so without letting
+    other threads run: done on the writer thread while the app serves requests, it would stall
+    them once."""
+    _resolve_agent(_WARM_UP_AGENT)
+
+
+_WARM_UP_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36"
+)
 _PARSED_AGENTS: dict[str, dict[str, str | None]] = {}
 _MAX_PARSED_AGENTS = 4096
 _MAX_PARSED_AGENT_LENGTH = 512

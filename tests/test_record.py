@@ -514,3 +514,11 @@ def test_user_agents_parse_alike_with_either_resolver(
     }
     assert parse_user_agent(GOOGLEBOT)["device"] == "Spider"
     assert parse_user_agent("curl/8.4.0")["browser"] == "curl"
+
+
+def test_init_app_prepares_the_user_agent_parser(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(record, "_resolve_agent", record._pick_resolver)
+    make_app()
+    assert record._resolve_agent is not record._pick_resolver  # built before any request
