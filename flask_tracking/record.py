@@ -208,21 +208,37 @@ _HEADER_PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...], Any
 _MAX_REMEMBERED_LAYOUTS = 1024
 
 
+_LOOKED_AT = ("path", "query_params", "referrer")
+
+
 def scrub_values_by_look(document: dict[str, Any], redactor: Redactor) -> None:
     """Filter credentials recognised by their look (:func:`redact.scrub_text`) in the header
     values, path, query string, referrer and custom data of ``document``, whatever their
     names: a JWT in ``X-Debug``, a URL's password in ``Referer``, ``Location`` or ``Link``.
-    On the writer thread, like the bodies: a request never pays for it."""
-    for key in ("request_headers", "response_headers"):
-        pairs = document[key]
-        if any(scrub_text(value) is not value for _, value in pairs if type(value) is str):
-            document[key] = [
-                [name, scrub_text(value) if type(value) is str else value] for name, value in pairs
-            ]
-    for key in ("path", "query_params", "referrer"):
-        value = document[key]
-        if type(value) is str:
-            document[key] = scrub_text(value)
+    On the writer thread, like the bodies: a request never pays for it.
+
+    All those texts are first looked at at once, joined by line breaks (which no credential
+    spans): what is found in one of them is found in the whole, and most records hold none."""
+    texts = [
+        value
+        for key in ("request_headers", "response_headers")
+        for _, value in document[key]
+        if type(value) is str
+    ]
+    texts.extend(value for value in map(document.__getitem__, _LOOKED_AT) if type(value) is str)
+    joined = "\n".join(texts)
+    if scrub_text(joined) is not joined:  # something may be there: value by value
+        for key in ("request_headers", "response_headers"):
+            pairs = document[key]
+            if any(scrub_text(value) is not value for _, value in pairs if type(value) is str):
+                document[key] = [
+                    [name, scrub_text(value) if type(value) is str else value]
+                    for name, value in pairs
+                ]
+        for key in _LOOKED_AT:
+            value = document[key]
+            if type(value) is str:
+                document[key] = scrub_text(value)
     if document["custom_data"] is not None:
         document["custom_data"] = redactor.values(document["custom_data"])
 
