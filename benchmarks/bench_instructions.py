@@ -20,6 +20,7 @@ import mongoengine
 import mongomock
 import mongomock.collection
 from flask import Flask
+from floor_tracker import FloorTracker
 from werkzeug.test import EnvironBuilder
 
 # Run from a checkout without installing: make the repository root importable.
@@ -53,6 +54,8 @@ def main(kind: str, count: int) -> None:
         app.config.update(TRACKING_FLUSH_INTERVAL_SECONDS=3600, TRACKING_ROLLUPS=kind == "tracked")
         flush = Tracking(app).flush
     environ = EnvironBuilder(path="/hello", headers=HEADERS).get_environ()
+    if kind == "minimal":  # the floor: the minimal tracker of floor_tracker.py
+        flush = FloorTracker(app, mongoengine.get_db()["floor"]).flush
 
     def one() -> None:
         request = dict(environ, **{"wsgi.input": io.BytesIO(b"")})

@@ -51,6 +51,7 @@ import mongoengine
 import mongomock
 from backends import BACKENDS, connected
 from flask import Flask, request
+from floor_tracker import FloorTracker
 from werkzeug.test import EnvironBuilder
 
 # Run from a checkout without installing: make the repository root importable.
@@ -96,6 +97,8 @@ class Comparison:
 
     bare: list[float] = field(default_factory=list)
     tracked: list[float] = field(default_factory=list)
+    #: The minimal tracker (benchmarks/floor_tracker.py), when measured.
+    minimal: list[float] = field(default_factory=list)
 
     @property
     def bare_median(self) -> float:
@@ -330,24 +333,41 @@ def _drain_floor(timeout: float) -> bool:
 
 
 def measure_total_cpu(
-    bare: Flask, tracked: Flask, case: Case, rounds: int, requests: int
+    bare: Flask,
+    tracked: Flask,
+    case: Case,
+    rounds: int,
+    requests: int,
+    minimal: Flask | None = None,
 ) -> Comparison:
-    """Process CPU µs per request, for the tracked app until after ``flush()`` returned."""
+    """Process CPU µs per request, for a tracked app until after its writer wrote everything
+    (``flush()`` returned). With ``minimal`` (an app with a :class:`FloorTracker`), the
+    minimal tracker too, the three apps taking turns round by round."""
     result = Comparison()
-    tracking = tracking_of(tracked)
+    apps = [bare, tracked] if minimal is None else [bare, tracked, minimal]
+    flushes = {tracked: tracking_of(tracked).flush}
+    if minimal is not None:
+        flushes[minimal] = minimal.extensions["floor_tracker"].flush
+    series = {bare: result.bare, tracked: result.tracked, minimal: result.minimal}
     for round_number in range(rounds):
-        order = (bare, tracked) if round_number % 2 == 0 else (tracked, bare)
-        for app in order:
+        shift = round_number % len(apps)
+        for app in apps[shift:] + apps[:shift]:
             gc.collect()
             started = time.process_time()
             run_requests(app, case, requests)
-            if app is tracked:
-                if not tracking.flush(timeout=120):
-                    raise SystemExit("the tracking writer did not drain its queue in time")
-                result.tracked.append((time.process_time() - started) / requests * 1e6)
-            else:
-                result.bare.append((time.process_time() - started) / requests * 1e6)
+            flush = flushes.get(app)
+            if flush is not None and not flush(timeout=120):
+                raise SystemExit(f"the writer of {app.name} did not drain its queue in time")
+            series[app].append((time.process_time() - started) / requests * 1e6)
     return result
+
+
+def make_minimal_tracker_app(name: str) -> Flask:
+    """The app with the minimal tracker (:mod:`floor_tracker`) writing to the connected
+    database, collection ``floor``."""
+    app = make_app(name, None)
+    app.extensions["floor_tracker"] = FloorTracker(app, mongoengine.get_db("default")["floor"])
+    return app
 
 
 def check_storage(cases: list[Case]) -> int:
@@ -497,8 +517,13 @@ def run(args: argparse.Namespace, rounds: int, requests: int, backend: str) -> i
     started = time.perf_counter()
     get_path = measure_request_path(bare, held_back, get_case, rounds, requests, args.chunk)
     post_path = measure_request_path(bare, held_back, post_case, rounds, requests, args.chunk)
-    get_cpu = measure_total_cpu(bare, production, get_case, rounds, requests)
-    post_cpu = measure_total_cpu(bare, production, post_case, rounds, requests)
+    minimal = make_minimal_tracker_app("minimal_tracker")
+    for case in cases:
+        check_response(minimal, case)
+        run_requests(minimal, case, min(requests, 1000))
+    minimal.extensions["floor_tracker"].flush()
+    get_cpu = measure_total_cpu(bare, production, get_case, rounds, requests, minimal)
+    post_cpu = measure_total_cpu(bare, production, post_case, rounds, requests, minimal)
     rows: list[tuple[str, Comparison, float | None]] = [
         (f"{get_case.name}: request path, wall", get_path.wall, 1.15),
         (f"{post_case.name}: request path, wall", post_path.wall, 1.10),
@@ -535,6 +560,25 @@ def run(args: argparse.Namespace, rounds: int, requests: int, backend: str) -> i
     for name, comparison, _ in rows:
         pairs = ", ".join(f"{b:.1f}/{t:.1f}" for b, t in zip(comparison.bare, comparison.tracked))
         print(f"- {name}: {pairs}")
+    print()
+    print("Total CPU per request incl. the writer: bare, flask_tracking, and the minimal tracker")
+    print("(benchmarks/floor_tracker.py: same capture, flat dict, deque, insert_many of 1,000):")
+    print()
+    print(
+        "| case | bare µs | flask_tracking µs | ratio | minimal tracker µs | ratio "
+        "| flask_tracking above minimal |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for case, comparison in ((get_case, get_cpu), (post_case, post_cpu)):
+        bare_us = comparison.bare_median
+        tracked_us, minimal_us = comparison.tracked_median, statistics.median(comparison.minimal)
+        print(
+            f"| {case.name} | {bare_us:.1f} | {tracked_us:.1f} | {tracked_us / bare_us:.2f}x "
+            f"| {minimal_us:.1f} | {minimal_us / bare_us:.2f}x | {tracked_us - minimal_us:+.1f} |"
+        )
+        print(f"  minimal tracker per round: {', '.join(f'{m:.1f}' for m in comparison.minimal)}")
+    written = minimal.extensions["floor_tracker"].written
+    print(f"Minimal tracker: {written} records written.")
     print()
     print("Writer counters (nothing may be dropped or pending):")
     failed_writer = False

@@ -65,6 +65,10 @@ def answer(state, body, sequences):
         n = sequences.get("documents", len(body.get("documents", [])))
         state.counts[ns] = state.counts.get(ns, 0) + n
         return {"n": n, "ok": 1.0}
+    if name in ("update", "delete"):  # acknowledged, nothing changes
+        key = "updates" if name == "update" else "deletes"
+        n = sequences.get(key, len(body.get(key, [])))
+        return {"n": n, "nModified": n, "ok": 1.0} if name == "update" else {"n": n, "ok": 1.0}
     if name == "create":
         state.options[ns] = {
             k: v for k, v in body.items() if k not in ("create", "$db", "lsid", "$clusterTime")

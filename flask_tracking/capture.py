@@ -346,6 +346,7 @@ class TrackingMiddleware:
         state.finished = True  # from here on, no command counts for this request
         if state.db_token is not None:
             detach(state.db_token)
+            state.db_token = None  # a queued record keeps no context (fewer objects for the GC)
         try:
             state.total_time = (time.perf_counter() - state.started) * 1000.0
             if state.execution_time is None:

@@ -37,7 +37,7 @@ from .config import TrackingConfig, load_config
 from .dbactivity import ignore_collection, register, watch_sqlalchemy
 from .logs import RateLimitedLog
 from .policy import Policy
-from .record import scrub_request_side, status_code_of
+from .record import prepare_user_agent_parser, scrub_request_side, status_code_of
 from .request_ids import environ_key
 from .scope import EXCLUDE, INCLUDE, EndpointVerdicts, View, mark_view
 from .signals import record_dropped, record_written
@@ -133,6 +133,7 @@ class Tracking:
             register()
             watch_sqlalchemy()
         _connect_if_configured(config)
+        prepare_user_agent_parser()  # now, not while the app serves its first requests
         if config.db_activity:
             _ignore_own_collection(config.db_alias)
         sink = MongoSink(

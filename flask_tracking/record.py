@@ -8,12 +8,13 @@ result is the schema that :class:`flask_tracking.documents.Tracking` reads.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from bson import DBRef, ObjectId
+from ua_parser import Domain, Parser, Result
 from ua_parser import parse as parse_ua
 
 from .redact import (
@@ -207,21 +208,37 @@ _HEADER_PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...], Any
 _MAX_REMEMBERED_LAYOUTS = 1024
 
 
+_LOOKED_AT = ("path", "query_params", "referrer")
+
+
 def scrub_values_by_look(document: dict[str, Any], redactor: Redactor) -> None:
     """Filter credentials recognised by their look (:func:`redact.scrub_text`) in the header
     values, path, query string, referrer and custom data of ``document``, whatever their
     names: a JWT in ``X-Debug``, a URL's password in ``Referer``, ``Location`` or ``Link``.
-    On the writer thread, like the bodies: a request never pays for it."""
-    for key in ("request_headers", "response_headers"):
-        pairs = document[key]
-        if any(scrub_text(value) is not value for _, value in pairs if type(value) is str):
-            document[key] = [
-                [name, scrub_text(value) if type(value) is str else value] for name, value in pairs
-            ]
-    for key in ("path", "query_params", "referrer"):
-        value = document[key]
-        if type(value) is str:
-            document[key] = scrub_text(value)
+    On the writer thread, like the bodies: a request never pays for it.
+
+    All those texts are first looked at at once, joined by line breaks (which no credential
+    spans): what is found in one of them is found in the whole, and most records hold none."""
+    texts = [
+        value
+        for key in ("request_headers", "response_headers")
+        for _, value in document[key]
+        if type(value) is str
+    ]
+    texts.extend(value for value in map(document.__getitem__, _LOOKED_AT) if type(value) is str)
+    joined = "\n".join(texts)
+    if scrub_text(joined) is not joined:  # something may be there: value by value
+        for key in ("request_headers", "response_headers"):
+            pairs = document[key]
+            if any(scrub_text(value) is not value for _, value in pairs if type(value) is str):
+                document[key] = [
+                    [name, scrub_text(value) if type(value) is str else value]
+                    for name, value in pairs
+                ]
+        for key in _LOOKED_AT:
+            value = document[key]
+            if type(value) is str:
+                document[key] = scrub_text(value)
     if document["custom_data"] is not None:
         document["custom_data"] = redactor.values(document["custom_data"])
 
@@ -324,13 +341,25 @@ def parse_user_agent(user_agent: str, accept_language: str = "") -> dict[str, st
     return {**parsed, "string": user_agent, "language": language}
 
 
+def prepare_user_agent_parser() -> None:
+    """Build the user-agent parser now, at start-up. Its first use compiles ua-parser's
+    expressions (a tenth of a second or more), and the Rust resolver does so without letting
+    other threads run: done on the writer thread while the app serves requests, it would stall
+    them once."""
+    _resolve_agent(_WARM_UP_AGENT)
+
+
+_WARM_UP_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36"
+)
 _PARSED_AGENTS: dict[str, dict[str, str | None]] = {}
 _MAX_PARSED_AGENTS = 4096
 _MAX_PARSED_AGENT_LENGTH = 512
 
 
 def _parse_agent(user_agent: str) -> dict[str, str | None]:
-    result = parse_ua(user_agent) if user_agent else None
+    result = _resolve_agent(user_agent) if user_agent else None
     browser = result.user_agent if result else None
     os = result.os if result else None
     device = result.device if result else None
@@ -340,6 +369,31 @@ def _parse_agent(user_agent: str) -> dict[str, str | None]:
         "platform": os.family if os else None,
         "device": device.family if device else None,
     }
+
+
+def _pick_resolver(user_agent: str) -> Result:
+    """ua-parser's answer for ``user_agent``, through its Rust resolver (``ua-parser-rs``)
+    when it is installed, else its pure-Python one; the first call picks the resolver for the
+    next ones (:data:`_resolve_agent`). No ua-parser cache in between:
+    :func:`parse_user_agent` keeps its own."""
+    global _resolve_agent
+    try:
+        from ua_parser.loaders import load_lazy_builtins
+        from ua_parser.regex import Resolver
+    except ImportError:  # no ua-parser-rs wheel for this platform: the pure-Python resolver
+        _resolve_agent = parse_ua
+    else:
+        parser = Parser(Resolver(load_lazy_builtins()))
+
+        def resolve(user_agent: str) -> Result:
+            return parser(user_agent, Domain.ALL).complete()
+
+        _resolve_agent = resolve
+    return _resolve_agent(user_agent)
+
+
+#: Resolves a User-Agent with the resolver :func:`_pick_resolver` picked on the first call.
+_resolve_agent: Callable[[str], Result] = _pick_resolver
 
 
 def _version(*parts: str | None) -> str | None:

@@ -18,7 +18,7 @@ import ipaddress
 import json
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import unquote, unquote_plus
@@ -195,6 +195,20 @@ def _trie(words: Iterable[bytes]) -> bytes:
     return pattern(tree)
 
 
+def _any_of(words: list[bytes]) -> Callable[[bytes], Any]:
+    """A search for any of ``words`` in a body (a match, or None): with google-re2 installed,
+    its linear-time C++ engine (a few µs for 4 KB); else Python's, over a :func:`_trie`."""
+    if _re2 is not None:
+        return _re2.compile(b"|".join(map(_re2.escape, words))).search  # type: ignore[no-any-return]
+    return re.compile(_trie(words)).search
+
+
+try:  # google-re2, where a wheel exists for the platform
+    _re2: Any = importlib.import_module("re2")
+except ImportError:
+    _re2 = None
+
+
 def _normalise(term: str) -> str:
     return "".join(_WORD.findall(term)).lower()
 
@@ -227,11 +241,9 @@ class Redactor:
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
         kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
-        self._term_search = re.compile(_trie([t.encode() for t in kept])).search if kept else None
+        self._term_search = _any_of([t.encode() for t in kept]) if kept else None
         # Terms and the words credentials begin with, in one pass for the common case.
-        self._word_search = re.compile(
-            _trie([*(t.encode() for t in kept), *_CREDENTIAL_WORDS])
-        ).search
+        self._word_search = _any_of([*(t.encode() for t in kept), *_CREDENTIAL_WORDS])
 
     def is_secret_header(self, name: str) -> bool:
         """Whether the header ``name`` (or WSGI environ key ``HTTP_...``) is filtered."""
@@ -856,9 +868,17 @@ def scrub_text(text: str) -> str:
     scrubbed = text
     if any(word in text for word in _CREDENTIAL_STARTS):
         scrubbed = _CREDENTIAL_TEXT.sub(_credential_text, text)
-    if _CARD_TEXT.search(scrubbed) is not None:
+    if _may_hold_card_run(scrubbed) and _CARD_TEXT.search(scrubbed) is not None:
         scrubbed = _CARD_TEXT.sub(_card_text, scrubbed)
     return text if scrubbed == text else scrubbed
+
+
+def _may_hold_card_run(text: str) -> bool:
+    """Whether ``text`` has a run of digits shaped like a card number's, which
+    :data:`_CARD_TEXT` needs: a few C-level searches of a digit mask, much cheaper than the
+    pattern's search over every position."""
+    masked = text.encode("utf-8", "surrogatepass").translate(_DIGIT_MASK)
+    return any(shape in masked for shape in _CARD_RUNS)
 
 
 def _credential_bytes(match: re.Match[bytes]) -> bytes:

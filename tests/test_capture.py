@@ -1469,3 +1469,17 @@ def test_a_wsgi_app_response_that_streams_stays_a_stream() -> None:
     assert state.streamed is True
     assert list(response.response) == [b"one", b"two"]
     assert state.response_body is not None and bytes(state.response_body.buffer) == b"onetwo"
+
+
+def test_a_finished_record_keeps_no_database_context_token() -> None:
+    finish = Finish()
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ[ENVIRON_KEY].db_token)
+        return simple_app()(environ, start_response)
+
+    tracked = TrackingMiddleware(app, FakePolicy(), 100, finish, OnError(), watch_db=True)
+    serve(tracked, make_environ())
+    assert seen[0] is not None  # attributed while it ran
+    assert finish.states[0].db_token is None  # the queued record no longer holds the context

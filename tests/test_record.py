@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from typing import Any
 
 import bson
 import pytest
+import ua_parser
 from bson import DBRef, ObjectId
 
 from flask_tracking import record
 from flask_tracking.capture import BodyCapture, RequestState
 from flask_tracking.fields import FIELDS, OPTIONAL_FIELDS
 from flask_tracking.record import parse_user_agent, status_code_of, to_document
-from flask_tracking.redact import Redactor, ScrubbedBody
+from flask_tracking.redact import DEFAULT_REDACT_FIELDS, Redactor, ScrubbedBody
 
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -488,3 +490,56 @@ def test_parse_user_agent_many_distinct_agents(monkeypatch: pytest.MonkeyPatch) 
         for i in range(50):
             assert parse_user_agent(f"curl/{i}.0")["version"] == f"{i}.0"
     assert parse_user_agent(IPHONE)["device"] == "iPhone"
+
+
+@pytest.mark.parametrize("resolver", ["rust", "pure_python"])
+def test_user_agents_parse_alike_with_either_resolver(
+    resolver: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if resolver == "rust":
+        pytest.importorskip("ua_parser_rs")
+    else:  # as where no ua-parser-rs wheel exists
+        monkeypatch.setitem(sys.modules, "ua_parser.regex", None)
+    monkeypatch.setattr(record, "_resolve_agent", record._pick_resolver)
+    monkeypatch.setattr(record, "_PARSED_AGENTS", {})
+    assert parse_user_agent(CHROME)["version"] == "120.0.6099"
+    assert (record._resolve_agent is ua_parser.parse) == (resolver == "pure_python")
+    assert parse_user_agent(IPHONE) == {
+        "browser": "Mobile Safari",
+        "version": "17.1",
+        "platform": "iOS",
+        "device": "iPhone",
+        "string": IPHONE,
+        "language": None,
+    }
+    assert parse_user_agent(GOOGLEBOT)["device"] == "Spider"
+    assert parse_user_agent("curl/8.4.0")["browser"] == "curl"
+
+
+def test_init_app_prepares_the_user_agent_parser(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(record, "_resolve_agent", record._pick_resolver)
+    make_app()
+    assert record._resolve_agent is not record._pick_resolver  # built before any request
+
+
+def test_values_by_look_are_filtered_value_by_value_after_one_look_at_all() -> None:
+    redactor = Redactor(headers=(), fields=DEFAULT_REDACT_FIELDS)
+    clean = [["Accept", "text/html"], ["X-Id", "4111 1111"], ["X-Next", "1111 1111"]]
+    document: dict[str, Any] = {
+        "request_headers": clean,
+        "response_headers": [["X-Card", "card 4111 1111 1111 1111"]],
+        "path": "/a",
+        "query_params": "q=1",
+        "referrer": None,
+        "custom_data": None,
+    }
+    record.scrub_values_by_look(document, redactor)
+    # a card split over two values is no card: those values stay as they are
+    assert document["request_headers"] is clean
+    assert document["response_headers"] == [["X-Card", "card [Filtered]"]]
+    untouched = [["X-Card-Less", "4111 1111 1111"]]
+    document["response_headers"] = untouched
+    record.scrub_values_by_look(document, redactor)
+    assert document["response_headers"] is untouched and document["path"] == "/a"

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flask_tracking import redact as redact_module
 from flask_tracking.redact import (
     DEFAULT_REDACT_FIELDS,
     DEFAULT_REDACT_HEADERS,
@@ -1103,3 +1104,22 @@ def test_a_multipart_boundary_is_never_taken_for_a_card_number(redactor: Redacto
     kept = redactor.body(body, "multipart/form-data; boundary=" + boundary.decode())
     assert kept is not None and kept.count(boundary) == 4
     assert kept.count(FILTERED.encode()) == 2  # the pin by name, the card in a part by value
+
+
+@pytest.mark.parametrize("engine", ["re2", "python"])
+def test_body_prefilter_finds_the_same_with_either_engine(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if engine == "re2":
+        pytest.importorskip("re2")
+    else:  # as where no google-re2 wheel exists
+        monkeypatch.setattr(redact_module, "_re2", None)
+    redactor = Redactor(headers=(), fields=DEFAULT_REDACT_FIELDS)
+    plain = json.dumps({"items": [{"id": n, "name": f"item-{n}"} for n in range(50)]}).encode()
+    assert redactor.scrub_body(plain, "application/json", "", 65536).body is plain
+    for name in ("password", "userPassword", "api_key", "AccessToken"):
+        body = plain[:-1] + f', "{name}": "hunter2"}}'.encode()
+        kept = redactor.scrub_body(body, "application/json", "", 65536).body
+        assert kept is not None and b"hunter2" not in kept, name
+    assert redactor._word_search(b"itemsidnamebearerabc") is not None  # a credential's word
+    assert redactor._word_search(b"itemsidnameitem0") is None

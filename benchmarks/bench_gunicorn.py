@@ -1,0 +1,245 @@
+"""Requests per second under gunicorn: bare Flask, flask_tracking and the minimal tracker.
+
+Three gunicorn servers (one sync worker each, ``gunicorn_app.py``) serve the same app: bare,
+with ``Tracking(app)`` (default settings), and with the minimal tracker of
+``floor_tracker.py``. ``wrk -t1 -c2`` on 127.0.0.1 loads one server at a time, for
+``GET /hello`` and for ``POST /echo`` with 4 KB of JSON, the servers taking turns round by round;
+the medians of the rounds are compared. The records go over the wire to ``null_mongo.py`` (a
+server that acknowledges every write and stores nothing), started for the run, unless
+``--uri`` names a server. After each run the worker's writer is flushed and its counters read
+through ``GET /_served`` (never tracked): the process CPU per request (worker process, all its
+threads, writer included) is reported beside the throughput, and at the end the records
+written must equal the requests served.
+
+Needs gunicorn (``pip install -e ".[test]"``) and wrk (Debian: ``apt-get install wrk``)::
+
+    python benchmarks/bench_gunicorn.py                   # 3 rounds of 8 s per server and case
+    python benchmarks/bench_gunicorn.py --rounds 5 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench_overhead import BODY_BYTES, BROWSER_HEADERS, json_body
+
+HERE = Path(__file__).resolve().parent
+KINDS = ("bare", "tracked", "minimal")
+LABELS = {"bare": "bare", "tracked": "flask_tracking", "minimal": "minimal tracker"}
+
+
+def free_port() -> int:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port: int = listener.getsockname()[1]
+        return port
+
+
+@contextmanager
+def null_server() -> Iterator[str]:
+    """``null_mongo.py`` in a child process; yields its URI."""
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "null_mongo.py")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        uri = process.stdout.readline().strip()
+        if not uri.startswith("mongodb://"):
+            raise SystemExit(f"null_mongo.py did not start (it said {uri!r})")
+        yield uri
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def served(port: int) -> dict[str, Any]:
+    """The worker's report (``GET /_served``: flushes its writer first)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_served", timeout=120) as answer:
+        report: dict[str, Any] = json.load(answer)
+        return report
+
+
+@contextmanager
+def gunicorn(kind: str, uri: str, gc_freeze: bool) -> Iterator[int]:
+    """A gunicorn server (1 sync worker) of ``gunicorn_app:app`` as ``kind``; yields its port."""
+    port = free_port()
+    environ = {**os.environ, "BENCH_KIND": kind, "BENCH_MONGODB_URI": uri}
+    if gc_freeze:
+        environ["BENCH_GC_FREEZE"] = "1"
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers=1",
+        "--worker-class=sync",
+        f"--bind=127.0.0.1:{port}",
+        "--log-level=warning",
+        f"--chdir={HERE}",
+        "gunicorn_app:app",
+    ]
+    process = subprocess.Popen(command, env=environ)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                served(port)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"gunicorn ({kind}) did not start") from None
+                time.sleep(0.2)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def wrk(port: int, path: str, seconds: int, script: str | None) -> float:
+    """Run wrk -t1 -c2 against ``path``; its requests per second."""
+    command = ["wrk", "-t1", "-c2", f"-d{max(1, seconds)}s"]
+    for name, value in BROWSER_HEADERS.items():
+        if name not in ("Host", "Connection"):
+            command += ["-H", f"{name}: {value}"]
+    if script is not None:
+        command += ["-s", script]
+    command.append(f"http://127.0.0.1:{port}{path}")
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if errors:
+        raise SystemExit(f"wrk got errors from {path}:\n{output}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if match is None:
+        raise SystemExit(f"no Requests/sec in wrk's output:\n{output}")
+    return float(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--seconds", type=int, default=8, help="seconds per run (default 8)")
+    parser.add_argument("--uri", help="a MongoDB server to write to (default: null_mongo.py)")
+    parser.add_argument(
+        "--gc-freeze", action="store_true", help="gc.freeze() in each worker after start-up"
+    )
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+
+    body = json_body(BODY_BYTES)
+    scratch = tempfile.TemporaryDirectory()
+    script = os.path.join(scratch.name, "echo.lua")
+    with open(script, "w") as lua:
+        lua.write(
+            'wrk.method = "POST"\n'
+            f"wrk.body = {json.dumps(body.decode())}\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            'wrk.headers["Accept"] = "application/json"\n'
+        )
+    cases = (
+        ("GET /hello", "/hello", None),
+        (f"POST /echo {BODY_BYTES // 1024} KB JSON", "/echo", script),
+    )
+    rps: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
+    collector: dict[tuple[str, str], list[float]] = {}
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        uri = args.uri or stack.enter_context(null_server())
+        ports = {kind: stack.enter_context(gunicorn(kind, uri, args.gc_freeze)) for kind in KINDS}
+        for kind in KINDS:  # warm-up
+            for _, path, lua in cases:
+                wrk(ports[kind], path, 1, lua)
+        for round_number in range(args.rounds):
+            for name, path, lua in cases:
+                shift = round_number % len(KINDS)
+                for kind in KINDS[shift:] + KINDS[:shift]:
+                    before = served(ports[kind])
+                    rps.setdefault((name, kind), []).append(
+                        wrk(ports[kind], path, args.seconds, lua)
+                    )
+                    after = served(ports[kind])
+                    count = after["served"] - before["served"]
+                    cpu.setdefault((name, kind), []).append(
+                        (after["cpu"] - before["cpu"]) / count * 1e6
+                    )
+                    collector.setdefault((name, kind), []).append(
+                        (after["gc"] - before["gc"]) / count * 1e6
+                    )
+                    print(
+                        f"round {round_number + 1} {name} {LABELS[kind]}: "
+                        f"{rps[(name, kind)][-1]:.0f} req/s, {cpu[(name, kind)][-1]:.1f} µs CPU",
+                        flush=True,
+                    )
+        reports = {kind: served(ports[kind]) for kind in KINDS}
+    duration = time.perf_counter() - started
+
+    print()
+    print(
+        f"gunicorn, 1 sync worker; wrk -t1 -c2, {args.rounds} interleaved rounds of "
+        f"{args.seconds} s; medians of the rounds; CPU and GC: the worker process's, per request"
+        f"{'; gc.freeze() after start-up' if args.gc_freeze else ''}"
+    )
+    print()
+    print(
+        "| case | bare req/s | flask_tracking req/s | of bare | minimal tracker req/s | of bare "
+        "| CPU µs/req bare / flask_tracking / minimal | of which GC |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|---|")
+    for name, _, _ in cases:
+        median = {kind: statistics.median(rps[(name, kind)]) for kind in KINDS}
+        cpus = " / ".join(f"{statistics.median(cpu[(name, kind)]):.0f}" for kind in KINDS)
+        gcs = " / ".join(f"{statistics.median(collector[(name, kind)]):.1f}" for kind in KINDS)
+        print(
+            f"| {name} | {median['bare']:.0f} | {median['tracked']:.0f} "
+            f"| {median['tracked'] / median['bare']:.2f} | {median['minimal']:.0f} "
+            f"| {median['minimal'] / median['bare']:.2f} | {cpus} | {gcs} |"
+        )
+    print()
+    print("Per round, req/s (bare / flask_tracking / minimal):")
+    for name, _, _ in cases:
+        rounds = zip(*(rps[(name, kind)] for kind in KINDS))
+        print(f"- {name}: " + ", ".join(" / ".join(f"{v:.0f}" for v in r) for r in rounds))
+    print()
+    failed = False
+    for kind in ("tracked", "minimal"):
+        report = reports[kind]
+        drops = {k: v for k, v in report["counters"].items() if k.startswith("dropped_") and v}
+        problem = report["written"] != report["served"] or bool(drops)
+        failed = failed or problem
+        print(
+            f"{LABELS[kind]}: {report['served']} requests served, {report['written']} records "
+            f"written{', drops: ' + str(drops) if drops else ''}"
+            f"{'  <-- PROBLEM' if problem else ''}"
+        )
+    print(
+        f"Records to: {'null_mongo.py' if args.uri is None else 'the server at --uri'}. "
+        f"Python {platform.python_version()}, gunicorn {version('gunicorn')}, "
+        f"Flask {version('flask')}, pymongo {version('pymongo')}; {os.cpu_count()} CPUs; "
+        f"load average before the end: {os.getloadavg()[0]:.1f}."
+    )
+    print(f"Command: python {shlex.join(sys.argv)}  ({duration:.0f} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
