@@ -60,7 +60,7 @@ def _server(backend: str) -> Iterator[tuple[str | None, str]]:
     if backend == "mongomock":
         yield None, f"mongomock {version('mongomock')}, in process"
     elif backend == "null":
-        with _null_server() as uri:
+        with null_server() as uri:
             yield uri, "null server (benchmarks/null_mongo.py: acknowledges writes, stores nothing)"
     elif backend == "real":
         given = os.environ.get("TRACKING_BENCH_MONGODB_URI")
@@ -77,7 +77,7 @@ def _server(backend: str) -> Iterator[tuple[str | None, str]]:
 
 
 @contextlib.contextmanager
-def _null_server() -> Iterator[str]:
+def null_server() -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("null_mongo.py"))],
         stdout=subprocess.PIPE,

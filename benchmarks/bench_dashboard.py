@@ -28,7 +28,6 @@ import argparse
 import logging
 import math
 import random
-import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -42,7 +41,7 @@ import mongoengine
 from bench_reading import BATCH, ENDPOINTS, make_record
 from flask import Flask
 
-from example_app.mongo_server import ensure_installed, free_port
+from example_app.mongo_server import LocalServer
 from flask_tracking.aggregate import RollupAggregator, RollupOutcome
 from flask_tracking.dashboard import make_blueprint
 from flask_tracking.documents import Tracking
@@ -59,30 +58,6 @@ WEIGHTS = [1 / rank for rank in range(1, len(ENDPOINTS) + 1)]
 
 def progress(message: str) -> None:
     print(f"  {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
-
-
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    """A SecantusDB process with the settings FACTS.md recommends for long write-heavy runs."""
-    port = free_port()
-    command = [
-        str(ensure_installed()),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--storage-path",
-        ":memory:",
-        "--log-level",
-        "WARNING",
-        "--cache-size",
-        "4G",
-        "--oplog-max-entries",
-        "5000",
-        "--oplog-retention-seconds",
-        "120",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    return process, f"mongodb://127.0.0.1:{port}/"
 
 
 def rollup_documents(requests: int, now: datetime) -> list[dict[str, Any]]:
@@ -179,10 +154,12 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     options = parser.parse_args()
 
-    process = None
+    server = None
     uri = options.uri
     if uri is None:
-        process, uri = start_server()
+        # A bigger cache than the default, as FACTS.md recommends for long write-heavy runs.
+        server = LocalServer(cache_size="4G").start()
+        uri = server.uri
     try:
         mongoengine.connect(DATABASE, host=uri, uuidRepresentation="standard", tz_aware=False)
         database = mongoengine.get_db()
@@ -252,9 +229,8 @@ def main() -> None:
             print(f"| {label} | {took:.2f} s | {rollups:.2f} s |")
     finally:
         mongoengine.disconnect()
-        if process is not None:
-            process.terminate()
-            process.wait(10)
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

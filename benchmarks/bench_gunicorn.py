@@ -26,7 +26,6 @@ import platform
 import re
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,37 +38,14 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from backends import null_server
 from bench_overhead import BODY_BYTES, BROWSER_HEADERS, json_body
+
+from example_app.mongo_server import free_port
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("bare", "tracked", "minimal")
 LABELS = {"bare": "bare", "tracked": "flask_tracking", "minimal": "minimal tracker"}
-
-
-def free_port() -> int:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        port: int = listener.getsockname()[1]
-        return port
-
-
-@contextmanager
-def null_server() -> Iterator[str]:
-    """``null_mongo.py`` in a child process; yields its URI."""
-    process = subprocess.Popen(
-        [sys.executable, str(HERE / "null_mongo.py")], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert process.stdout is not None
-        uri = process.stdout.readline().strip()
-        if not uri.startswith("mongodb://"):
-            raise SystemExit(f"null_mongo.py did not start (it said {uri!r})")
-        yield uri
-    finally:
-        process.terminate()
-        process.wait(10)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def served(port: int) -> dict[str, Any]:

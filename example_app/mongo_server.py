@@ -112,12 +112,14 @@ class LocalServer:
         test_commands: bool = False,
         log_path: str | None = None,
         ttl_sweep_seconds: float | None = None,
+        cache_size: str | None = None,
     ) -> None:
         self.storage_path = storage_path
         self.port = port or free_port()
         self.test_commands = test_commands
         self.log_path = log_path
         self.ttl_sweep_seconds = ttl_sweep_seconds
+        self.cache_size = cache_size
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -147,6 +149,8 @@ class LocalServer:
         ]
         if self.test_commands:
             command.append("--enable-test-commands")
+        if self.cache_size is not None:
+            command += ["--cache-size", self.cache_size]
         if self.ttl_sweep_seconds is not None:
             # secantusd-py 0.7.0b3 reads ttl_sweep_seconds from its config file but does not
             # pass it on to the server: start the server class with it instead (still in its
