@@ -174,8 +174,6 @@ class RequestState:
     environ: dict[str, Any] | None = None
     snapshot_failed = False
     scrubbed = False  # headers, query and custom data already filtered on the request thread
-    # Set by record.to_document on the writer thread: the document's size estimate.
-    document_bytes = 0
     # Known only inside the request context (snapshot_request).
     endpoint: str | None = None
     url_rule: str | None = None

@@ -1,13 +1,14 @@
 """The Flask extension: wires config, capture, policy and the background writer into an app.
 
-This is the only module that touches Flask hooks: a WSGI middleware around ``app.wsgi_app``,
-one ``after_request`` hook and the ``got_request_exception`` signal. Each catches every error of
-the tracker's own code, so nothing the tracker does can raise into the app; such an error is
+This is the only module that touches Flask hooks: a WSGI middleware around ``app.wsgi_app``, a
+wrapper around ``app.process_response`` (it runs once Flask ran every ``after_request`` hook and
+saved the session) and the ``got_request_exception`` signal. Each catches every error of the
+tracker's own code, so nothing the tracker does can raise into the app; such an error is
 logged (rate-limited) and counted in ``stats()["capture_errors"]``.
 
 Who decides what, on the request thread: the middleware applies the path, method and
 Do-Not-Track rules before Flask runs (a request they exclude costs next to nothing); the
-after_request hook (or the exception signal) applies the view and blueprint rules and the
+response hook (or the exception signal) applies the view and blueprint rules and the
 ``skip_if`` predicates once the request is routed, and stops copying an excluded request; the
 finisher applies the outcome rules (status codes, errors, sampling) and queues the record.
 """
@@ -195,7 +196,12 @@ class Tracking:
             request_id_response_header=config.request_id_response_header,
             watch_db=config.db_activity,
         )
-        app.after_request(self._after_request_hook(tracked))
+        # Wrapped rather than registered as an after_request hook: Flask checks every hook for
+        # a coroutine on every request, and the response is then the one that is sent, after
+        # every hook of the app (whatever their order of registration) and the session.
+        app.process_response = self._response_hook(  # type: ignore[method-assign,assignment]
+            tracked, app.process_response
+        )
         tracked.on_exception = lambda sender, exception, **extra: self._on_exception(
             tracked, exception
         )
@@ -362,15 +368,19 @@ class Tracking:
             "capture_error", "flask_tracking: error while tracking a request", exc_info=True
         )
 
-    def _after_request_hook(self, tracked: _AppTracking) -> Callable[[Response], Response]:
-        """The app's after_request hook: apply the view, blueprint and ``skip_if`` rules, then
-        copy what the request context knows and tee the body."""
+    def _response_hook(
+        self, tracked: _AppTracking, process_response: Callable[[Response], Response]
+    ) -> Callable[[Response], Response]:
+        """``app.process_response`` wrapped: once Flask has run the ``after_request`` hooks and
+        saved the session, apply the view, blueprint and ``skip_if`` rules, then copy what the
+        request context knows and tee the body of the response that is sent."""
         max_body_length = tracked.max_body_length
         verdicts = tracked.verdicts.cache
         resolve = tracked.verdicts.resolve_and_cache
         predicates = self._skip_if
 
-        def after_request(response: Response) -> Response:
+        def tracked_process_response(response: Response) -> Response:
+            response = process_response(response)
             try:
                 current = request._get_current_object()  # type: ignore[attr-defined]
                 state: RequestState | None = current.environ.get(ENVIRON_KEY)
@@ -391,10 +401,10 @@ class Tracking:
                 self._count_error(tracked)
             return response
 
-        return after_request
+        return tracked_process_response
 
     def _on_exception(self, tracked: _AppTracking, exception: BaseException) -> None:
-        """got_request_exception: in testing/debug mode after_request will not run."""
+        """got_request_exception: in testing/debug mode no response will be processed."""
         try:
             current = request._get_current_object()  # type: ignore[attr-defined]
             state: RequestState | None = current.environ.get(ENVIRON_KEY)
@@ -452,10 +462,12 @@ class Tracking:
     def _finisher(self, tracked: _AppTracking) -> Callable[[RequestState], None]:
         """The middleware's ``finish``: keep the finished request or not, and queue it.
 
-        It runs on the request thread and does little: it filters the secrets of the headers,
-        the query string and the custom data (on the tracker's own copies), and queues the
-        record. Everything else (bodies' redaction, header names, user agent, encoding) happens
-        on the writer thread, before any hook or the database sees the record.
+        It runs on the request thread and does little: it hands the rollups their sample,
+        applies the outcome rules, filters the secrets of the headers, the query string and the
+        custom data by their names (on the tracker's own copies) and queues the record.
+        Everything else (bodies' redaction, credentials by their look, header names, user
+        agent, encoding) happens on the writer thread, before any hook or the database sees
+        the record.
         """
         policy, writer, request_id_key = tracked.policy, tracked.writer, tracked.request_id_key
         redactor = tracked.config.redactor
@@ -526,7 +538,9 @@ def _estimated_size(state: RequestState) -> int:
     environ = state.environ
     if environ is not None:
         size += len(environ) * ITEM_OVERHEAD_BYTES + sum(map(len, environ))
-        size += sum([len(value) for value in environ.values() if type(value) is str])
+        for value in environ.values():
+            if type(value) is str:
+                size += len(value)
     headers = state.response_headers
     size += len(headers) * ITEM_OVERHEAD_BYTES + sum([len(n) + len(v) for n, v in headers])
     return size

@@ -8,7 +8,7 @@ result is the schema that :class:`flask_tracking.documents.Tracking` reads.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -56,9 +56,7 @@ def to_document(
     With a ``redactor``, secrets are filtered from headers, query string, custom data and
     bodies; with ``anonymize``, the client address is cut (see :func:`redact.anonymize_ip`).
     ``request_id_key`` is the environ key of the incoming request-id header: when nothing on
-    the request thread needed the id, it is worked out here. Sets ``state.document_bytes``,
-    the document's size counted in characters of its text plus a fixed allowance, which the
-    store compares with half its record cap to skip a second encoding.
+    the request thread needed the id, it is worked out here.
     """
     if redactor is not None and not state.scrubbed:  # normally done on the request thread
         scrub_request_side(state, redactor)
@@ -96,8 +94,7 @@ def to_document(
         "request_id": state.resolve_request_id(environ, request_id_key),
         "sample_rate": state.sample_rate,
     }
-    body_bytes = _add_bodies(document, state)
-    db_bytes = 0
+    _add_bodies(document, state)
     if state.db is not None:
         try:
             db = state.db.to_document(db_repeat_threshold)
@@ -105,7 +102,6 @@ def to_document(
             db = None
         if db is not None:
             document["db"] = db
-            db_bytes = _db_bytes(db)
     if redactor is not None:
         scrub_values_by_look(document, redactor)
         if document["request_body"]:
@@ -121,27 +117,7 @@ def to_document(
                 elif lowered == "content-encoding":
                     coding = value
             _scrub_body(document, "response", redactor, kind, coding, state.response_body)
-    state.document_bytes = (
-        _FIXED_BYTES
-        + _text_bytes(names, values)
-        + _text_bytes(document["path"], document["query_params"], state.exception or "")
-        + _text_bytes(document["referrer"] or "", document["user_agent"]["string"])
-        + sum(len(name) + len(value) for name, value in response_headers)
-        + body_bytes
-        + state.custom_data_size
-        + db_bytes
-    )
     return document
-
-
-def _db_bytes(db: dict[str, Any]) -> int:
-    """Room for the ``db`` sub-document: its shapes plus an allowance per entry."""
-    entries = [*db["slowest"], *db["repeated"]]
-    return (
-        1024
-        + 64 * (len(entries) + len(db["commands"]))
-        + sum(len(entry["shape"] or "") + len(entry["collection"] or "") for entry in entries)
-    )
 
 
 def scrub_request_side(state: RequestState, redactor: Redactor) -> None:
@@ -154,26 +130,6 @@ def scrub_request_side(state: RequestState, redactor: Redactor) -> None:
     if state.custom_data is not None:
         state.custom_data = redactor.data(state.custom_data)
     state.scrubbed = True
-
-
-#: Room in :attr:`RequestState.document_bytes` for the fixed fields, names and BSON framing.
-_FIXED_BYTES = 16 * 1024
-
-
-def _text_bytes(*texts: Iterable[Any] | str) -> int:
-    """Characters in strings and in tuples of strings; a value that is not text counts for
-    1 KiB. Characters, not UTF-8 bytes: the store keeps its check at half the record cap, for
-    text that grows when encoded."""
-    total = 0
-    for text in texts:
-        if type(text) is str:
-            total += len(text)
-            continue
-        try:
-            total += sum(map(len, text))
-        except TypeError:
-            total += sum(len(item) if type(item) is str else 1024 for item in text)
-    return total
 
 
 def _request_headers(environ: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
@@ -217,30 +173,36 @@ def scrub_values_by_look(document: dict[str, Any], redactor: Redactor) -> None:
     names: a JWT in ``X-Debug``, a URL's password in ``Referer``, ``Location`` or ``Link``.
     On the writer thread, like the bodies: a request never pays for it.
 
-    All those texts are first looked at at once, joined by line breaks (which no credential
-    spans): what is found in one of them is found in the whole, and most records hold none."""
-    texts = [
-        value
-        for key in ("request_headers", "response_headers")
-        for _, value in document[key]
-        if type(value) is str
-    ]
-    texts.extend(value for value in map(document.__getitem__, _LOOKED_AT) if type(value) is str)
-    joined = "\n".join(texts)
-    if scrub_text(joined) is not joined:  # something may be there: value by value
-        for key in ("request_headers", "response_headers"):
-            pairs = document[key]
-            if any(scrub_text(value) is not value for _, value in pairs if type(value) is str):
-                document[key] = [
-                    [name, scrub_text(value) if type(value) is str else value]
-                    for name, value in pairs
-                ]
-        for key in _LOOKED_AT:
-            value = document[key]
-            if type(value) is str:
-                document[key] = scrub_text(value)
+    Header values, paths and query strings repeat from request to request: the texts found
+    clean are remembered (a few thousand, each at most 1 KiB), and only new ones are looked
+    at."""
+    for key in ("request_headers", "response_headers"):
+        for pair in document[key]:
+            value = pair[1]
+            if type(value) is str and value not in _CLEAN_TEXTS:
+                pair[1] = _looked_at(value)
+    for key in _LOOKED_AT:
+        value = document[key]
+        if type(value) is str and value not in _CLEAN_TEXTS:
+            document[key] = _looked_at(value)
     if document["custom_data"] is not None:
         document["custom_data"] = redactor.values(document["custom_data"])
+
+
+def _looked_at(text: str) -> str:
+    """:func:`redact.scrub_text` of ``text``, remembering a clean one."""
+    scrubbed = scrub_text(text)
+    if scrubbed is text and len(text) <= _MAX_CLEAN_TEXT_LENGTH:
+        if len(_CLEAN_TEXTS) >= _MAX_CLEAN_TEXTS:
+            _CLEAN_TEXTS.clear()
+        _CLEAN_TEXTS.add(text)
+    return scrubbed
+
+
+#: Texts :func:`redact.scrub_text` found nothing in (shared by every writer thread).
+_CLEAN_TEXTS: set[str] = set()
+_MAX_CLEAN_TEXTS = 4096
+_MAX_CLEAN_TEXT_LENGTH = 1024
 
 
 def _scrub_body(
@@ -264,9 +226,8 @@ def _scrub_body(
         document[f"{prefix}_body_omitted"] = kept.omitted
 
 
-def _add_bodies(document: dict[str, Any], state: RequestState) -> int:
-    """Set the body fields of ``document``; returns how many body bytes it holds."""
-    kept = 0
+def _add_bodies(document: dict[str, Any], state: RequestState) -> None:
+    """Set the body fields of ``document``."""
     for keys, capture, omitted in (
         (_REQUEST_BODY_KEYS, state.request_body, state.request_body_omitted),
         (_RESPONSE_BODY_KEYS, state.response_body, state.response_body_omitted),
@@ -277,13 +238,11 @@ def _add_bodies(document: dict[str, Any], state: RequestState) -> int:
             body, size, truncated, omitted = None, None, False, "capture failed"
         else:
             body, size, truncated = bytes(capture.buffer), capture.size, capture.truncated
-            kept += len(body)
         body_key, size_key, truncated_key, omitted_key = keys
         document[body_key] = body
         document[size_key] = size
         document[truncated_key] = truncated
         document[omitted_key] = omitted
-    return kept
 
 
 _REQUEST_BODY_KEYS = (

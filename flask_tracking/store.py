@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import bson
 import pymongo
 from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
 from .aggregate import Aggregate, Key, RollupOutcome
 from .capture import RequestState
@@ -36,6 +39,7 @@ from .storage import (
     tracking_spec,
     ttl_indexes,
 )
+from .testing import adapt_mongomock
 from .writer import BatchOutcome
 
 #: The collection :class:`flask_tracking.documents.Tracking` reads.
@@ -128,27 +132,34 @@ class MongoSink:
             return self._write(records)
 
     def _write(self, records: list[Any]) -> BatchOutcome:
+        if not records:
+            return BatchOutcome()
+        try:
+            collection = self._get_collection()
+        except Exception as error:
+            return self._refused(records, error)
         dropped: Counter[str] = Counter()
+        codec_options = _encoding_options(collection.codec_options)
         documents = []
-        all_checked = True
         for record in records:
-            prepared = self._prepare(record, dropped)
-            if prepared is not None:
-                document, checked = prepared
+            document = self._prepare(record, dropped, codec_options)
+            if document is not None:
                 documents.append(document)
-                all_checked = all_checked and checked
-        outcome = self._insert(documents, all_checked, dropped) if documents else BatchOutcome()
+        outcome = self._insert(collection, documents) if documents else BatchOutcome()
         for reason, count in dropped.items():
             outcome.dropped[reason] = outcome.dropped.get(reason, 0) + count
         return outcome
 
     def _prepare(
-        self, record: RequestState | dict[str, Any], dropped: Counter[str]
-    ) -> tuple[dict[str, Any], bool] | None:
-        """The document to insert and whether it was checked with ``bson.encode``, or None
-        when it is dropped (counted in ``dropped``)."""
+        self,
+        record: RequestState | Mapping[str, Any],
+        dropped: Counter[str],
+        codec_options: CodecOptions[Any],
+    ) -> Mapping[str, Any] | None:
+        """The document to insert, encoded once (a :class:`~bson.raw_bson.RawBSONDocument`
+        that pymongo sends as it is), or None when it is dropped (counted in ``dropped``)."""
         if not isinstance(record, RequestState):  # a document handed back for a retry
-            return record, True
+            return record
         try:
             document: dict[str, Any] = to_document(
                 record,
@@ -161,8 +172,7 @@ class MongoSink:
             self._logger.exception("flask_tracking: could not convert a record; dropped")
             dropped["encode_error"] += 1
             return None
-        hooks = self._before_save()
-        for hook in hooks:
+        for hook in self._before_save():
             try:
                 changed = hook(document)
             except Exception:
@@ -185,67 +195,82 @@ class MongoSink:
             document.pop(name, None)
         if self._spec.meta_field == SERIES_FIELD:
             document[SERIES_FIELD] = series_of(document)
-        if not hooks and 2 * record.document_bytes < self._max_record_bytes:
-            # Built by us from strings, bytes and sanitised custom data, and far below the
-            # cap: encoding it twice is wasted work. insert_many checks it anyway.
-            return document, False
-        if fit_document(document, self._max_record_bytes):
-            return document, True
-        dropped["encode_error"] += 1
-        return None
+        encoded = encode_document(document, self._max_record_bytes, codec_options)
+        if encoded is None:
+            dropped["encode_error"] += 1
+        return encoded
 
-    def _insert(
-        self, documents: list[dict[str, Any]], checked: bool, dropped: Counter[str]
-    ) -> BatchOutcome:
+    def _insert(self, collection: Collection[Any], documents: list[Any]) -> BatchOutcome:
         try:
-            with pymongo.timeout(self._write_timeout):  # bounds the collection setup too
-                collection = self._get_collection()
+            with pymongo.timeout(self._write_timeout):
                 collection.insert_many(documents, ordered=False)
         except BulkWriteError as error:
-            return _partial_outcome(documents, error)
+            return _partial_outcome(error)
         except Exception as error:
-            if is_transient(error):
-                return BatchOutcome(retry=documents)
-            if not checked and not isinstance(error, PyMongoError):
-                # A document failed to encode (that aborts the whole batch): check each one,
-                # drop what cannot be stored, insert the rest (a duplicate _id counts as written).
-                fitting = [doc for doc in documents if fit_document(doc, self._max_record_bytes)]
-                if len(fitting) < len(documents):
-                    dropped["encode_error"] += len(documents) - len(fitting)
-                return self._insert(fitting, True, dropped) if fitting else BatchOutcome()
-            self._logger.warning(
-                "flask_tracking: MongoDB refused a batch of %d records (%s: %s); dropped",
-                len(documents),
-                type(error).__name__,
-                error,
-            )
-            return BatchOutcome(dropped={"db_error": len(documents)})
+            return self._refused(documents, error)
         return BatchOutcome(written=len(documents))
+
+    def _refused(self, entries: list[Any], error: Exception) -> BatchOutcome:
+        """The outcome of a batch whose collection setup or insert raised ``error``: handed
+        back for a retry when the error is transient, else dropped (logged)."""
+        if is_transient(error):
+            return BatchOutcome(retry=entries)
+        self._logger.warning(
+            "flask_tracking: MongoDB refused a batch of %d records (%s: %s); dropped",
+            len(entries),
+            type(error).__name__,
+            error,
+        )
+        return BatchOutcome(dropped={"db_error": len(entries)})
 
     def _get_collection(self) -> Collection[Any]:
         if self._pid != os.getpid():  # forked: resolve the client again in this process
             self._collection, self._pid = None, os.getpid()
         if self._collection is None:
-            database = self._get_database()
-            database_name = getattr(database, "name", None)
-            if isinstance(database_name, str):  # never count the tracker's own commands
-                ignore_collection(database_name, self._spec.name)
-            collection = ensure_collection(database, self._spec, self._logger)
-            try:
-                ensure_indexes(collection, self._logger, skip=ttl_indexes(collection, self._spec))
-            except Exception as error:  # e.g. a long build on a big collection timed out
-                self._logger.warning(
-                    "flask_tracking: could not create the reading indexes (%s: %s); records "
-                    "are written without them (create them with flask_tracking.indexes."
-                    "ensure_indexes)",
-                    type(error).__name__,
-                    error,
-                )
-            self._collection = collection
+            with pymongo.timeout(self._write_timeout):
+                self._collection = self._set_up_collection()
         return self._collection
 
+    def _set_up_collection(self) -> Collection[Any]:
+        """The collection, created in its storage mode when missing, with its indexes."""
+        _adapt_test_double()
+        database = self._get_database()
+        database_name = getattr(database, "name", None)
+        if isinstance(database_name, str):  # never count the tracker's own commands
+            ignore_collection(database_name, self._spec.name)
+        collection = ensure_collection(database, self._spec, self._logger)
+        try:
+            ensure_indexes(collection, self._logger, skip=ttl_indexes(collection, self._spec))
+        except Exception as error:  # e.g. a long build on a big collection timed out
+            self._logger.warning(
+                "flask_tracking: could not create the reading indexes (%s: %s); records "
+                "are written without them (create them with flask_tracking.indexes."
+                "ensure_indexes)",
+                type(error).__name__,
+                error,
+            )
+        return collection
 
-def _partial_outcome(documents: list[dict[str, Any]], error: BulkWriteError) -> BatchOutcome:
+
+def _adapt_test_double() -> None:
+    """When mongomock is imported, teach it what pymongo accepts and it does not (raw
+    documents, the bulk updates of the rollups): see :func:`flask_tracking.testing.
+    adapt_mongomock`. Never imports mongomock."""
+    if "mongomock" in sys.modules:
+        adapt_mongomock()
+
+
+def _encoding_options(options: Any) -> CodecOptions[Any]:
+    """How to encode documents as the collection's client would (its UUID representation and
+    type registry), with UUIDs in the standard representation when the client names none
+    (pymongo would refuse a user's UUID primary key otherwise)."""
+    representation = options.uuid_representation
+    if representation == UuidRepresentation.UNSPECIFIED:
+        representation = UuidRepresentation.STANDARD
+    return CodecOptions(uuid_representation=representation, type_registry=options.type_registry)
+
+
+def _partial_outcome(error: BulkWriteError) -> BatchOutcome:
     """Count what an unordered insert_many stored; a duplicate _id on a retry was stored before."""
     details = error.details or {}
     written = int(details.get("nInserted", 0))
@@ -261,8 +286,11 @@ def _partial_outcome(documents: list[dict[str, Any]], error: BulkWriteError) -> 
     return outcome
 
 
-def fit_document(document: dict[str, Any], max_bytes: int) -> bool:
-    """Make ``document`` encodable and at most ``max_bytes``; False when impossible.
+def fit_document(
+    document: dict[str, Any], max_bytes: int, codec_options: CodecOptions[Any] = _SIZE_CHECK
+) -> bool:
+    """Make ``document`` encodable (with ``codec_options``) and at most ``max_bytes``; False
+    when impossible.
 
     What gives way, in order: custom data, header values, long text fields, then the bodies.
     """
@@ -270,11 +298,29 @@ def fit_document(document: dict[str, Any], max_bytes: int) -> bool:
         if shrink is not None:
             shrink(document)
         try:
-            if len(bson.encode(document, codec_options=_SIZE_CHECK)) <= max_bytes:
+            if len(bson.encode(document, codec_options=codec_options)) <= max_bytes:
                 return True
         except Exception:  # only custom data can be odd; the next step replaces it
             continue
     return False
+
+
+def encode_document(
+    document: dict[str, Any], max_bytes: int, codec_options: CodecOptions[Any]
+) -> RawBSONDocument | None:
+    """``document`` encoded with the collection's ``codec_options``, at most ``max_bytes`` long
+    (shrunk by :func:`fit_document` when it is larger or cannot be encoded as it is); None when
+    it cannot be stored. Encoding each document once, here, gives its exact size, and the
+    batch holds bytes instead of the documents' dicts and lists."""
+    try:
+        encoded = bson.encode(document, codec_options=codec_options)
+    except Exception:
+        encoded = None
+    if encoded is None or len(encoded) > max_bytes:
+        if not fit_document(document, max_bytes, codec_options):
+            return None
+        encoded = bson.encode(document, codec_options=codec_options)
+    return RawBSONDocument(encoded)
 
 
 def _cut_custom_data(document: dict[str, Any]) -> None:
@@ -380,6 +426,7 @@ class RollupSink:
         if self._pid != os.getpid():
             self._collection, self._pid = None, os.getpid()
         if self._collection is None:
+            _adapt_test_double()
             database = self._get_database()
             database_name = getattr(database, "name", None)
             if isinstance(database_name, str):  # never count the tracker's own commands

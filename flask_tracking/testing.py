@@ -1,16 +1,67 @@
 """Helpers for testing an app that uses flask_tracking without a MongoDB server.
 
 :func:`connect_mongomock` connects a MongoEngine alias to an in-process mongomock database, as
-``mongoengine.connect(..., mongo_client_class=mongomock.MongoClient)`` does, after teaching
-mongomock 4.3 the bulk updates of current pymongo releases: pymongo's ``UpdateOne`` hands the bulk
-builder a ``sort`` argument that mongomock does not know, so every ``bulk_write`` of updates (the
-writer's rollup upserts) fails on an unpatched mongomock with a ``TypeError``. mongomock is not a
-dependency of flask_tracking: install it with your tests.
+``mongoengine.connect(..., mongo_client_class=mongomock.MongoClient)`` does, after
+:func:`adapt_mongomock` taught mongomock two things pymongo and MongoDB accept and mongomock 4.3
+does not: the bulk updates of current pymongo releases (pymongo's ``UpdateOne`` hands the bulk
+builder a ``sort`` argument mongomock does not know, so every ``bulk_write`` of the writer's
+rollup upserts would fail with a ``TypeError``), and documents already encoded to BSON
+(:class:`~bson.raw_bson.RawBSONDocument`, how the writer hands its records to ``insert_many``).
+The writer adapts mongomock itself when it finds it imported, so an app connected to mongomock
+without this helper is recorded the same way. mongomock is not a dependency of flask_tracking:
+install it with your tests.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import bson
+from bson.binary import UuidRepresentation
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+
+#: How :func:`accept_raw_documents` decodes an encoded document for mongomock: UUIDs as the
+#: writer encodes them when the client names no representation.
+_DECODING: CodecOptions[dict[str, Any]] = CodecOptions(
+    uuid_representation=UuidRepresentation.STANDARD
+)
+
+
+def adapt_mongomock() -> None:
+    """Apply :func:`accept_pymongo_bulk_updates` and :func:`accept_raw_documents` (idempotent;
+    the writer calls it on its first write when mongomock is imported)."""
+    accept_pymongo_bulk_updates()
+    accept_raw_documents()
+
+
+def accept_raw_documents() -> None:
+    """Let mongomock's ``insert_one`` and ``insert_many`` take documents encoded to BSON
+    (:class:`~bson.raw_bson.RawBSONDocument`), as pymongo does: each is decoded to a dict
+    first. Idempotent; other documents pass through untouched."""
+    from mongomock.collection import Collection
+
+    if getattr(Collection.insert_many, "accepts_raw", False):
+        return
+    insert_one, insert_many = Collection.insert_one, Collection.insert_many
+
+    def insert_one_raw(self: Any, document: Any, *args: Any, **kwargs: Any) -> Any:
+        return insert_one(self, _decoded(document), *args, **kwargs)
+
+    def insert_many_raw(self: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(documents, (list, tuple)):
+            documents = [_decoded(document) for document in documents]
+        return insert_many(self, documents, *args, **kwargs)
+
+    insert_many_raw.accepts_raw = True  # type: ignore[attr-defined]
+    Collection.insert_one = insert_one_raw
+    Collection.insert_many = insert_many_raw
+
+
+def _decoded(document: Any) -> Any:
+    if isinstance(document, RawBSONDocument):
+        return bson.decode(document.raw, codec_options=_DECODING)
+    return document
 
 
 def accept_pymongo_bulk_updates() -> None:
@@ -38,7 +89,7 @@ def connect_mongomock(db: str = "test", alias: str = "default") -> Any:
     import mongoengine
     import mongomock
 
-    accept_pymongo_bulk_updates()
+    adapt_mongomock()
     mongoengine.connect(
         db, alias=alias, mongo_client_class=mongomock.MongoClient, uuidRepresentation="standard"
     )

@@ -1028,6 +1028,11 @@ class FakeCollection:
     def options(self) -> dict[str, Any]:
         return dict(self._database.options)
 
+    @property
+    def codec_options(self) -> Any:
+        """How the writer encodes its documents: reading it changes nothing."""
+        return self._inner.codec_options
+
     def insert_many(self, documents: Any, **kwargs: Any) -> Any:
         return self._inner.insert_many(documents, **kwargs)
 
