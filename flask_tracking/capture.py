@@ -459,13 +459,18 @@ def snapshot_environ(state: RequestState, environ: dict[str, Any]) -> None:
     state.environ = copy
 
 
-#: Environ keys holding objects (not request data) that a queued record must not keep alive.
+#: Environ keys holding objects (not request data) that a queued record must not keep alive,
+#: and the WSGI flags that are not text (so that every value of a copy is normally a string).
 _ENVIRON_OBJECTS = frozenset(
     (
         ENVIRON_KEY,
         "wsgi.input",
         "wsgi.errors",
         "wsgi.file_wrapper",
+        "wsgi.version",
+        "wsgi.multithread",
+        "wsgi.multiprocess",
+        "wsgi.run_once",
         "werkzeug.request",
         "werkzeug.socket",
         "werkzeug.server.shutdown",

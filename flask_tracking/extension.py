@@ -537,10 +537,11 @@ def _estimated_size(state: RequestState) -> int:
             size += len(capture.buffer)
     environ = state.environ
     if environ is not None:
-        size += len(environ) * ITEM_OVERHEAD_BYTES + sum(map(len, environ))
-        for value in environ.values():
-            if type(value) is str:
-                size += len(value)
+        size += len(environ) * ITEM_OVERHEAD_BYTES + len("".join(environ))
+        try:  # every value is a string, but for what some servers add
+            size += len("".join(environ.values()))
+        except TypeError:
+            size += sum([len(value) for value in environ.values() if type(value) is str])
     headers = state.response_headers
     size += len(headers) * ITEM_OVERHEAD_BYTES + sum([len(n) + len(v) for n, v in headers])
     return size

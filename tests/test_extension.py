@@ -479,3 +479,27 @@ def test_flask_login_user_is_recorded(app: Flask, mongo: Any) -> None:
     assert me_doc["user_id"] == str(user.id)
     assert me_doc["user"]["_ref"].id == user.id
     assert TrackingDocument.objects.get(id=me_doc["_id"]).user == user
+
+
+def test_queued_size_counts_every_string_of_the_environ_copy() -> None:
+    from flask_tracking.capture import RequestState
+    from flask_tracking.extension import ITEM_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES, _estimated_size
+
+    state = RequestState()
+    state.environ = {"PATH_INFO": "/p", "HTTP_X_BIG": "x" * 10_000}
+    state.response_headers = [("Content-Type", "text/plain")]
+    expected = (
+        RECORD_OVERHEAD_BYTES
+        + 2 * ITEM_OVERHEAD_BYTES
+        + len("PATH_INFO")
+        + len("HTTP_X_BIG")
+        + 2
+        + 10_000
+        + ITEM_OVERHEAD_BYTES
+        + len("Content-Type")
+        + len("text/plain")
+    )
+    assert _estimated_size(state) == expected
+    # A server's value that is not text (uwsgi puts bytes in the environ) is counted apart.
+    state.environ["uwsgi.node"] = b"host"
+    assert _estimated_size(state) == expected + ITEM_OVERHEAD_BYTES + len("uwsgi.node")
