@@ -4,9 +4,13 @@ A crawler sending a new User-Agent with every request defeats the caches (flask_
 and ua-parser's): each record then pays a full parse. This times
 :func:`flask_tracking.record.parse_user_agent` on strings never seen before, of four kinds:
 real browsers with random version numbers, bot-like strings, random printable garbage of 100
-characters and of 512 (the longest part of a User-Agent that is parsed). It reports µs per
+characters and of 1,024, and "token soup" of 1,024 characters: the words real agents are made of
+(``Mozilla/5.0``, ``Android``, ``Build/``, ``Chrome/``, ...) in random order, the costliest input
+found for ua-parser's Rust resolver, whose prefilter then lets many expressions run. flask_tracking
+parses the first 256 characters of an agent (the whole header is stored). It reports µs per
 distinct agent with the resolver ua-parser picked (the Rust one when ``ua-parser-rs`` is
-installed) and, for comparison, with ua-parser's pure-Python resolver.
+installed), the Rust resolver alone on the whole string, and, for comparison, ua-parser's
+pure-Python resolver.
 
     python benchmarks/bench_user_agents.py            # 2,000 agents of each kind, 5 rounds
 """
@@ -42,6 +46,35 @@ BROWSERS = (
     "Mozilla/5.0 (Linux; Android 14; SM-S9{a}B) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/{b}.0.0.{c} Mobile Safari/537.36",
 )
+#: The words real User-Agents are made of: in random order, the costliest input found.
+TOKENS = (
+    "Mozilla/5.0 ",
+    "(Linux; Android 10; ",
+    "Chrome/",
+    "Safari/",
+    "Firefox/",
+    "Build/",
+    "iPhone OS ",
+    "Windows NT ",
+    "bot",
+    "Mobile ",
+    "AppleWebKit/",
+    "Version/",
+    "MSIE ",
+    "Opera ",
+    "UCBrowser/",
+    "SM-",
+    "HTC ",
+    "; wv)",
+    "FBAN/",
+    "Instagram ",
+    "-",
+    ":",
+    "_",
+    " 1.2.3",
+)
+#: Characters of the long agents: four times what is parsed, to show the bound.
+LONG = 1024
 BOTS = (
     "Mozilla/5.0 (compatible; Googlebot/2.{a}; +http://www.google.com/bot.html) r{b}.{c}",
     "python-requests/2.{a}.{b}-{c}",
@@ -60,8 +93,10 @@ def agents(kind: str, count: int, rng: random.Random) -> list[str]:
             agent = template.format(
                 a=rng.randrange(10, 130), b=rng.randrange(0, 9999), c=rng.randrange(0, 999)
             )
+        elif kind == "tokens-1024":
+            agent = "".join(rng.choices(TOKENS, k=LONG))[:LONG]
         else:
-            length = 100 if kind == "garbage-100" else record._MAX_PARSED_AGENT_LENGTH
+            length = 100 if kind == "garbage-100" else LONG
             agent = "".join(rng.choices(printable, k=length))
         seen.add(agent)
     return list(seen)
@@ -83,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pure", action="store_true", help="skip the pure-Python resolver")
     args = parser.parse_args(argv)
     rng = random.Random(15)
-    kinds = ("browser", "bot", "garbage-100", "garbage-512")
+    kinds = ("browser", "bot", "garbage-100", "garbage-1024", "tokens-1024")
     pure = Parser(BasicResolver(load_builtins()))
     try:
         from ua_parser.loaders import load_lazy_builtins

@@ -46,6 +46,9 @@ def echo() -> Any:
     return request.get_json()
 
 
+# Settings for the tracker from the environment: BENCH_TRACKING_BATCH_MAX_RECORDS=100 sets
+# TRACKING_BATCH_MAX_RECORDS (values parsed as JSON, see Flask's Config.from_prefixed_env).
+flask_app.config.from_prefixed_env("BENCH")
 tracking: Tracking | None = None
 floor: FloorTracker | None = None
 if KIND == "tracked":

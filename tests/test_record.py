@@ -527,3 +527,18 @@ def test_values_by_look_are_filtered_value_by_value_after_one_look_at_all() -> N
     document["response_headers"] = untouched
     record.scrub_values_by_look(document, redactor)
     assert document["response_headers"] is untouched and document["path"] == "/a"
+
+
+def test_only_the_first_256_characters_of_a_user_agent_are_parsed() -> None:
+    # TikTok's in-app browser (from ua-parser's test suite): its name is past character 256.
+    tiktok = (
+        "Mozilla/5.0 (Linux; Android 10; moto g(7) Build/QP6_S30.52-23-13-4; wv) AppleWebKit/"
+        "537.36 (KHTML, like Gecko) Version/4.0 Chrome/108.0.5359.128 Mobile Safari/537.36 "
+        "musical_ly_2022704050 JsSdk/1.0 NetType/WIFI Channel/googleplay AppName/musical_ly "
+        "app_version/27.4.5 ByteLocale/en ByteFullLocale/en Region/US Spark/1.2.4-alpha.5 "
+        "AppVersion/27.4.5 PIA/1.5.10 BytedanceWebview/d8a21c6"
+    )
+    parsed = parse_user_agent(tiktok)
+    assert parsed["string"] == tiktok  # stored whole
+    assert parsed["browser"] == "Chrome Mobile WebView"  # what the first 256 characters say
+    assert parse_user_agent(tiktok.replace("Channel/googleplay ", ""))["browser"] == "TikTok"
