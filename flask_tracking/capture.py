@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable
 
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -161,7 +161,7 @@ class RequestState:
     # or else on the writer thread, so a request that needs none of them never pays for it.
     request_id: str | None = None
     status = "500 INTERNAL SERVER ERROR"
-    response_headers: list[tuple[str, str]] = []  # noqa: RUF012 (replaced, never mutated)
+    response_headers: Sequence[tuple[str, str]] = ()
     execution_time: float | None = None
     total_time: float | None = None
     finished = False

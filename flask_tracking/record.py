@@ -126,7 +126,8 @@ def scrub_request_side(state: RequestState, redactor: Redactor) -> None:
     :func:`to_document`. Runs on the request thread before a record is queued."""
     if state.environ is not None:
         redactor.environ(state.environ)
-    state.response_headers = redactor.headers(state.response_headers)
+    # A tuple: the garbage collector stops tracking it, so a queued record holds one object less.
+    state.response_headers = tuple(redactor.headers(state.response_headers))
     if state.custom_data is not None:
         state.custom_data = redactor.data(state.custom_data)
     state.scrubbed = True
