@@ -244,7 +244,7 @@ def _re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
     options = _re2.Options()
     options.encoding = _re2.Options.Encoding.LATIN1  # a byte is a character, valid UTF-8 or not
     found = _re2.Set.SearchSet(options)
-    flags: list[int] = []  # by the index of the pattern in the set
+    flags: dict[int, int] = {}  # what the pattern of each index in the set finds
     for flag, pattern in (
         (_FOUND_TERM, b"|".join(map(_spaced, terms))),
         (_FOUND_CREDENTIAL, b"|".join(map(_spaced, _CREDENTIAL_WORDS))),
@@ -253,8 +253,7 @@ def _re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
         (_FOUND_CARD, _CARD_RUN),
     ):
         if pattern:
-            index = found.Add(pattern)
-            flags[index:] = [flag]
+            flags[found.Add(pattern)] = flag
     found.Compile()
     match = found.Match
 
@@ -946,7 +945,7 @@ def _describe(content_type: str) -> _Described:
         wide=json_kind or kind in _TEXT_KINDS or kind in _XML_KINDS or "xml" in kind,
         shape=(multipart, json_kind, form, xml),
         scrubbable=scrubbable,
-        # Binary formats are full of backslashes and "%".
+        # Escapes can hide a name in text; binary formats are full of backslashes and "%".
         escapes=scrubbable or kind.startswith(_TEXT_PREFIXES),
     )
 

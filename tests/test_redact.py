@@ -19,6 +19,8 @@ from flask_tracking.redact import (
     anonymize_ip,
 )
 
+from .hostile import BODY_SHAPES
+
 SECRET = "s3cr3t-VALUE-9f8e7d"
 
 
@@ -1320,6 +1322,18 @@ def test_the_prefilter_answers_as_its_definition_with_either_engine(
     # The engines find the same, but for the card shape (a different necessary condition).
     exact = ~redact_module._FOUND_CARD
     assert len({redactor._scan(body) & exact for redactor in _PREFILTER_REDACTORS}) == 1
+
+
+def test_the_prefilter_answers_as_its_definition_on_large_hostile_bodies() -> None:
+    """Bodies of the limit's size and more, made to cost (hostile.py), with either engine."""
+    bodies = [shape(65536)[0] for shape in BODY_SHAPES.values()]
+    pieces = [b"to-", b"KE", b"n\xff", b"4111 ", b"1111-", b":/", b"/", b"eyJ", b"%", b"\x00", b"7"]
+    bodies.append(b"".join(pieces[(i * i + 3 * i) % len(pieces)] for i in range(60000)))
+    for body in bodies:
+        for escapes in (True, False):
+            expected = _reference_hints(_PREFILTER_REDACTORS[0], body, escapes)
+            for redactor in _PREFILTER_REDACTORS:
+                assert redactor._hints(body, escapes) == expected
 
 
 _PREFILTER_REDACTORS = [
