@@ -1340,3 +1340,63 @@ _PREFILTER_REDACTORS = [
     _with_engine("python"),
     *([] if redact_module._re2 is None else [_with_engine("re2")]),
 ]
+
+
+# Pieces of credentials (and of near misses) as they are looked for by their look.
+_CREDENTIAL_PIECES = st.sampled_from(
+    [
+        "eyJ",
+        "hbGci",
+        "OiJ9",
+        ".",
+        "-",
+        "_",
+        "Bearer",
+        "bearer ",
+        "BASIC\t",
+        "Basic ",
+        "abcdef",
+        "QWxh=",
+        "AKIA",
+        "ASIA",
+        "IOSFODNN7EXAMPLE",
+        "-----BEGIN",
+        " RSA",
+        " PRIVATE KEY-----",
+        "-----END PRIVATE KEY-----",
+        "://",
+        "//",
+        ":",
+        "/",
+        "@",
+        "ada",
+        "pw",
+        "https",
+        " ",
+        "\n",
+        '"',
+        "x",
+        "7",
+    ]
+)
+_CREDENTIAL_TEXTS = st.lists(_CREDENTIAL_PIECES | st.text(max_size=3), max_size=30).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=_CREDENTIAL_TEXTS)
+def test_credentials_are_filtered_as_by_the_pattern_everywhere(text: str) -> None:
+    """The pattern is tried only where a credential can begin: the same as trying it at every
+    position (``re.sub``), for text and for bytes."""
+    expected = redact_module._CREDENTIAL_TEXT.sub(redact_module._credential_text, text)
+    found = redact_module._sub_credentials(
+        text,
+        redact_module._CREDENTIAL_TEXT,
+        redact_module._CREDENTIAL_TEXT_BEGIN,
+        redact_module._credential_text,
+    )
+    assert found == expected
+    body = text.encode("utf-8", "surrogatepass")
+    expected_bytes = redact_module._CREDENTIAL_BYTES.sub(redact_module._credential_bytes, body)
+    assert redact_module.scrub_values(body) == redact_module._scrub_cards(expected_bytes)
+    if expected == text:
+        assert found is text
