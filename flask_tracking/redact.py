@@ -1208,8 +1208,32 @@ def _loose_key(match: re.Match[str]) -> str:
         try:
             return str(json.loads(f'"{key}"'))
         except ValueError:
-            return key.encode("latin-1", "backslashreplace").decode("unicode_escape", "replace")
+            return _unescape(key)
     return key
+
+
+def _unescape(key: str) -> str:
+    """``key`` with its backslash escapes decoded as in a Python string (``\\x41``,
+    ``\\u0041``, ``\\101``, ``\\n``); an unknown escape (``\\p``) is kept as it is, as Python
+    keeps it, but without the DeprecationWarning Python emits (an error where warnings are)."""
+    escaped = _ESCAPE.sub(_warningless, key.encode("latin-1", "backslashreplace"))
+    return escaped.decode("unicode_escape", "replace")
+
+
+def _warningless(match: re.Match[bytes]) -> bytes:
+    """An escape the decoder reads without a warning, meaning the same: an unknown one with its
+    backslash escaped, an octal one over 0o377 (a warning from Python 3.12) as ``\\u``."""
+    octal, unknown = match.groups()
+    if unknown is not None:
+        return b"\\" + match.group(0)
+    if octal is not None and int(octal, 8) > 0o377:
+        return b"\\u%04x" % int(octal, 8)
+    return match.group(0)
+
+
+# An escape, read left to right as the decoder reads it: octal digits, a known letter, or
+# (group 2) an unknown escape.
+_ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|[\n\\'\"abfnrtvxNuU]|(.))", re.DOTALL)
 
 
 def _value_end(text: str, start: int) -> int:

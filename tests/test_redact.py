@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import pytest
@@ -1400,3 +1401,20 @@ def test_credentials_are_filtered_as_by_the_pattern_everywhere(text: str) -> Non
     assert redact_module.scrub_values(body) == redact_module._scrub_cards(expected_bytes)
     if expected == text:
         assert found is text
+
+
+def test_an_unknown_escape_in_a_loose_key_is_kept_without_a_warning(redactor: Redactor) -> None:
+    """Warnings are errors in these tests: Python warns of ``\\p`` when decoding escapes."""
+    body = b'"pa\\pss": "hunter2", "pa\\u0073s": "hunter3", "n\\777": 1'
+    assert redactor.body(body, "text/plain") == (
+        b'"pa\\pss": "hunter2", "pa\\u0073s": "' + FILTERED.encode() + b'", "n\\777": 1'
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(key=st.text(alphabet="\\pxuUN{}0123478abn'\"\n é€", max_size=16))
+def test_escapes_are_decoded_as_python_decodes_them(key: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        expected = key.encode("latin-1", "backslashreplace").decode("unicode_escape", "replace")
+    assert redact_module._unescape(key) == expected
