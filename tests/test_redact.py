@@ -1337,6 +1337,16 @@ def test_the_prefilter_answers_as_its_definition_on_large_hostile_bodies() -> No
                 assert redactor._hints(body, escapes) == expected
 
 
+def test_a_google_re2_that_finds_nothing_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RE2 answers "no match" when it cannot build its automaton: such a pre-filter would keep
+    every body as it is, so the redactor checks it on a probe and uses Python's re instead."""
+    pytest.importorskip("re2")
+    monkeypatch.setattr(redact_module, "_re2_scanner", lambda terms: lambda body: 0)
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    kept = redactor.body(b'{"password": "hunter2"}', "application/json")
+    assert kept == b'{"password": "' + FILTERED.encode() + b'"}'
+
+
 _PREFILTER_REDACTORS = [
     _with_engine("python"),
     *([] if redact_module._re2 is None else [_with_engine("re2")]),
