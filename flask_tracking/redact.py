@@ -20,7 +20,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, AnyStr, NamedTuple
 from urllib.parse import unquote, unquote_plus
 
 #: The value stored in place of a secret.
@@ -169,6 +169,9 @@ _URL_HEADERS = frozenset({"referer", "location", "http_referer"})
 _ALPHANUMERIC = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _NOT_ALPHANUMERIC = bytes(byte for byte in range(256) if byte not in _ALPHANUMERIC)
 _LOWERCASE = bytes.maketrans(_ALPHANUMERIC[10:36], _ALPHANUMERIC[36:])
+_LOWER_LETTERS = frozenset(_ALPHANUMERIC[36:])
+#: Between the letters of a word in :func:`_spaced`: what the translation to words deletes.
+_GAP = rb"[^0-9A-Za-z]*"
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
@@ -195,18 +198,112 @@ def _trie(words: Iterable[bytes]) -> bytes:
     return pattern(tree)
 
 
-def _any_of(words: list[bytes]) -> Callable[[bytes], Any]:
-    """A search for any of ``words`` in a body (a match, or None): with google-re2 installed,
-    its linear-time C++ engine (a few µs for 4 KB); else Python's, over a :func:`_trie`."""
-    if _re2 is not None:
-        return _re2.compile(b"|".join(map(_re2.escape, words))).search  # type: ignore[no-any-return]
-    return re.compile(_trie(words)).search
-
-
 try:  # google-re2, where a wheel exists for the platform
     _re2: Any = importlib.import_module("re2")
 except ImportError:
     _re2 = None
+
+#: What the pre-filter of a body found (:meth:`Redactor._hints` makes hints of them): the words
+#: of a deny-listed term, a word credentials begin with, ``://``, a backslash or a percent sign,
+#: a run of digits shaped like a card number's (needed for one, not enough).
+_FOUND_TERM = 1
+_FOUND_CREDENTIAL = 2
+_FOUND_URL = 4
+_FOUND_ESCAPE = 8
+_FOUND_CARD = 16
+
+
+def _body_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
+    """The pre-filter of bodies: a function telling which ``_FOUND_*`` things a body holds
+    (0 for most bodies). ``terms`` are the deny-listed terms to look for, as
+    :meth:`Redactor._hints` sees them (lowercase letters and digits).
+
+    With google-re2 installed: one pass of its linear-time C++ engine over the raw bytes (an
+    ``RE2::Set``, which tells the patterns that matched and computes no positions). Else:
+    Python's ``re`` over the translated words, and C-level substring searches. Both find the
+    same, but for card-shaped digits, which each finds by a different necessary condition (the
+    card check that follows decides).
+    """
+    if _re2 is not None:
+        scan = _re2_scanner(terms)
+        # An automaton RE2 could not build would find nothing in any body: check it does.
+        probe = b" ".join([*terms[:1], b"eyJ", b"://", b"%", b"4111 1111 1111 1111"])
+        everything = _FOUND_CREDENTIAL | _FOUND_URL | _FOUND_ESCAPE | _FOUND_CARD
+        if scan(probe) == (everything | _FOUND_TERM if terms else everything):
+            return scan
+    return _python_scanner(terms)
+
+
+def _spaced(word: bytes) -> bytes:
+    """A pattern finding ``word`` (lowercase letters and digits) in a body where
+    :meth:`Redactor._hints` finds it in the translated words: ASCII letters in either case, any
+    bytes but ASCII letters and digits between them (``Pass-Word``, ``pass\\nword``)."""
+    return _GAP.join(
+        b"[" + bytes([byte]) + bytes([byte]).upper() + b"]"
+        if byte in _LOWER_LETTERS
+        else bytes([byte])
+        for byte in word
+    )
+
+
+def _re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
+    options = _re2.Options()
+    options.encoding = _re2.Options.Encoding.LATIN1  # a byte is a character, valid UTF-8 or not
+    found = _re2.Set.SearchSet(options)
+    flags: dict[int, int] = {}  # what the pattern of each index in the set finds
+    for flag, pattern in (
+        (_FOUND_TERM, b"|".join(map(_spaced, terms))),
+        (_FOUND_CREDENTIAL, b"|".join(map(_spaced, _CREDENTIAL_WORDS))),
+        (_FOUND_URL, b"://"),
+        (_FOUND_ESCAPE, rb"[\\%]"),
+        (_FOUND_CARD, _CARD_RUN),
+    ):
+        if pattern:
+            flags[found.Add(pattern)] = flag
+    found.Compile()
+    match = found.Match
+
+    def scan(body: bytes) -> int:
+        indices = match(body)
+        if indices is None:  # most bodies
+            return 0
+        result = 0
+        for index in indices:
+            result |= flags[index]
+        return result
+
+    return scan
+
+
+def _python_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
+    word_search = re.compile(_trie([*terms, *_CREDENTIAL_WORDS])).search
+    term_search = re.compile(_trie(terms)).search if terms else None
+
+    def scan(body: bytes) -> int:
+        # Bytes as integers: "in" then looks for a byte, with no detour through a bytes search.
+        result = _FOUND_ESCAPE if 92 in body or 37 in body else 0  # a backslash, "%"
+        if 47 in body and b"://" in body:  # a slash is found much faster than three bytes
+            result |= _FOUND_URL
+        words = body.translate(_LOWERCASE, _NOT_ALPHANUMERIC)
+        if word_search(words) is not None:
+            if term_search is not None and term_search(words) is not None:
+                result |= _FOUND_TERM
+            if _CREDENTIAL_WORDS_SEARCH(words) is not None:
+                result |= _FOUND_CREDENTIAL
+        # Separators are deleted from the words: a card number leaves 13 digits in a row there.
+        if _CARD_DIGITS in words.translate(_DIGITS_ONLY):
+            result |= _FOUND_CARD
+        return result
+
+    return scan
+
+
+def _hints_of(found: int, body: bytes, escapes: bool) -> int:
+    """The hints (:meth:`Redactor._hints`) given what the pre-filter found in ``body``."""
+    hints = _NAME_HINT if found & _FOUND_TERM or (escapes and found & _FOUND_ESCAPE) else 0
+    if found & (_FOUND_CREDENTIAL | _FOUND_URL) or (found & _FOUND_CARD and _may_hold_card(body)):
+        hints |= _VALUE_HINT
+    return hints
 
 
 def _normalise(term: str) -> str:
@@ -241,9 +338,7 @@ class Redactor:
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
         kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
-        self._term_search = _any_of([t.encode() for t in kept]) if kept else None
-        # Terms and the words credentials begin with, in one pass for the common case.
-        self._word_search = _any_of([*(t.encode() for t in kept), *_CREDENTIAL_WORDS])
+        self._scan = _body_scanner([term.encode() for term in kept])
 
     def is_secret_header(self, name: str) -> bool:
         """Whether the header ``name`` (or WSGI environ key ``HTTP_...``) is filtered."""
@@ -449,24 +544,21 @@ class Redactor:
     def _scrub(
         self, body: bytes, content_type: str, encoding: str, limit: int, outer: bool
     ) -> bytes:
-        kind = content_type.split(";", 1)[0].strip().lower()
+        described = _describe(content_type)
+        kind = described.kind
         if encoding:
             body = decode_content(body, encoding, limit)
-        if kind.startswith(_MEDIA_PREFIXES) and not kind.endswith("+xml"):
+        if described.media:
             return body
-        if kind in _ARCHIVE_KINDS:
+        if described.archive:
             raise Unreadable(f"compressed archive ({kind})")
-        body = _as_utf8(body, content_type, kind)
-        multipart = kind.startswith("multipart/")
-        json_kind = "json" in kind
-        form = kind == "application/x-www-form-urlencoded"
-        xml = kind in _XML_KINDS or kind.endswith("+xml")
-        scrubbable = multipart or json_kind or form or xml or kind in _TEXT_KINDS or kind in _HTML
-        # Escapes can hide a name in text; binary formats are full of backslashes and "%".
-        hints = self._hints(body, escapes=scrubbable or kind.startswith(_TEXT_PREFIXES))
+        body = _as_utf8(body, described)
+        found = self._scan(body)
+        hints = _hints_of(found, body, described.escapes) if found else 0
         if not hints:
             return body  # nothing in it can name a secret or look like a credential
-        if not scrubbable:
+        multipart, json_kind, form, xml = described.shape
+        if not described.scrubbable:
             raise Unreadable(f"format not scrubbable ({kind})")
         if multipart:
             if not outer:
@@ -510,24 +602,16 @@ class Redactor:
         Every scrubbing path matches names word-wise (:meth:`is_secret_field`): the words of a
         matching name, lowercased and joined, spell a deny-listed term (or its plural). Those
         words are ASCII letters and digits, so with every other byte deleted and the rest
-        lowercased (one C-level ``bytes.translate``) the term is a substring of the body. The
+        lowercased the term is a substring of the body (google-re2 finds the same in the
+        body itself, any bytes but letters and digits allowed between the letters). The
         shortcut does not hold when names can be escaped (``\\u0070assword`` in JSON,
         ``pass%77ord`` in forms and URLs): with ``escapes``, bodies with a backslash or a
-        percent sign are always parsed. The same stream holds the words credentials begin
-        with (``eyJ``, ``Bearer``, ``AKIA``, ...); card numbers are looked for in a digit mask.
+        percent sign are always parsed. The same pass finds the words credentials begin with
+        (``eyJ``, ``Bearer``, ``AKIA``, ...), ``://`` (a URL's password) and digits shaped like
+        a card number's; only the last needs a closer look (:func:`_may_hold_card`).
         """
-        hints = 0
-        if escapes and (b"\\" in body or b"%" in body):
-            hints = _NAME_HINT
-        words = body.translate(_LOWERCASE, _NOT_ALPHANUMERIC)
-        if self._word_search(words) is not None:
-            if not hints and self._term_search is not None and self._term_search(words):
-                hints = _NAME_HINT
-            if _CREDENTIAL_WORDS_SEARCH(words):
-                hints |= _VALUE_HINT
-        if b"://" in body or _may_hold_card(body):
-            hints |= _VALUE_HINT
-        return hints
+        found = self._scan(body)
+        return _hints_of(found, body, escapes) if found else 0
 
     def _may_name_a_secret(self, body: bytes) -> bool:
         """Whether a field name in ``body`` can be a secret one (see :meth:`_hints`)."""
@@ -819,25 +903,76 @@ def _brotli_decompressor() -> Any:
     return None
 
 
-def _as_utf8(body: bytes, content_type: str, kind: str) -> bytes:
-    """A text body in UTF-8: a declared charset other than UTF-8 or ASCII, or (without one) a
-    UTF-16/32 byte-order mark or JSON's NUL pattern, is decoded. Raises :class:`Unreadable`
-    for a charset Python does not know."""
+class _Described(NamedTuple):
+    """What a Content-Type says of how a body is read (:func:`_describe`)."""
+
+    #: The media type, lowercase, without its parameters.
+    kind: str
+    #: Media (images, audio, video, fonts; not SVG): kept as they are.
+    media: bool
+    #: A compressed archive: omitted.
+    archive: bool
+    #: The codec of the declared charset (None: none declared).
+    codec: str | None
+    #: A declared charset Python does not know (the body is omitted).
+    unknown_charset: str | None
+    #: Without a declared charset, may be UTF-16 or UTF-32 (JSON, text, XML).
+    wide: bool
+    #: Multipart, JSON, form, XML.
+    shape: tuple[bool, bool, bool, bool]
+    #: Scrubbed field by field (else kept only when nothing in it can be a secret).
+    scrubbable: bool
+    #: Escapes (a backslash, a percent sign) can hide a name in it.
+    escapes: bool
+
+
+@lru_cache(maxsize=256)
+def _describe(content_type: str) -> _Described:
+    """What ``content_type`` says of how a body is read; remembered, as types repeat."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    codec = unknown = None
     charset = _CHARSET.search(content_type)
     if charset is not None:
         try:
             codec = codecs.lookup(charset.group(1)).name
         except LookupError:
-            raise Unreadable(f"unknown charset {charset.group(1)[:40]}") from None
-        if codec in _UTF8_COMPATIBLE:
+            unknown = charset.group(1)[:40]
+    multipart = kind.startswith("multipart/")
+    json_kind = "json" in kind
+    form = kind == "application/x-www-form-urlencoded"
+    xml = kind in _XML_KINDS or kind.endswith("+xml")
+    scrubbable = multipart or json_kind or form or xml or kind in _TEXT_KINDS or kind in _HTML
+    return _Described(
+        kind=kind,
+        media=kind.startswith(_MEDIA_PREFIXES) and not kind.endswith("+xml"),
+        archive=kind in _ARCHIVE_KINDS,
+        codec=codec,
+        unknown_charset=unknown,
+        wide=json_kind or kind in _TEXT_KINDS or kind in _XML_KINDS or "xml" in kind,
+        shape=(multipart, json_kind, form, xml),
+        scrubbable=scrubbable,
+        # Escapes can hide a name in text; binary formats are full of backslashes and "%".
+        escapes=scrubbable or kind.startswith(_TEXT_PREFIXES),
+    )
+
+
+def _as_utf8(body: bytes, described: _Described) -> bytes:
+    """A text body in UTF-8: a declared charset other than UTF-8 or ASCII, or (without one) a
+    UTF-16/32 byte-order mark or JSON's NUL pattern, is decoded. Raises :class:`Unreadable`
+    for a charset Python does not know."""
+    if described.unknown_charset is not None:
+        raise Unreadable(f"unknown charset {described.unknown_charset}")
+    codec = described.codec
+    if codec is None:
+        # Without a declared charset: a binary type's NUL bytes say nothing of one, and most
+        # text begins with neither a NUL byte nor the first byte of a byte-order mark.
+        start = body[:4]
+        if not described.wide or not (
+            (0 in start or start[:1] in (b"\xfe", b"\xff")) and _looks_wide(start)
+        ):
             return body
-    elif not ("json" in kind or kind in _TEXT_KINDS or kind in _XML_KINDS or "xml" in kind):
-        return body  # a binary type: its NUL bytes say nothing of a charset
-    elif _looks_wide(body[:4]):
-        codec = json.detect_encoding(body[:4])
-        if codec in _UTF8_COMPATIBLE:
-            return body
-    else:
+        codec = json.detect_encoding(start)
+    if codec in _UTF8_COMPATIBLE:
         return body
     return body.decode(codec, "replace").encode("utf-8")
 
@@ -847,13 +982,15 @@ def _looks_wide(start: bytes) -> bool:
     characters padded with NUL bytes."""
     if start[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         return True
+    if b"\x00" not in start:
+        return False
     others = start.replace(b"\x00", b"")
-    return b"\x00" in start and others != b"" and others.decode("latin-1").isprintable()
+    return others != b"" and others.decode("latin-1").isprintable()
 
 
 def scrub_values(body: bytes) -> bytes:
     """``body`` with every credential recognised by its look filtered (:func:`scrub_text`)."""
-    scrubbed = _CREDENTIAL_BYTES.sub(_credential_bytes, body)
+    scrubbed = _sub_credentials(body, _CREDENTIAL_BYTES, _CREDENTIAL_BYTES_BEGIN, _credential_bytes)
     return _scrub_cards(scrubbed) if _may_hold_card(scrubbed) else scrubbed
 
 
@@ -867,10 +1004,42 @@ def scrub_text(text: str) -> str:
         return text
     scrubbed = text
     if any(word in text for word in _CREDENTIAL_STARTS):
-        scrubbed = _CREDENTIAL_TEXT.sub(_credential_text, text)
+        scrubbed = _sub_credentials(
+            text, _CREDENTIAL_TEXT, _CREDENTIAL_TEXT_BEGIN, _credential_text
+        )
     if _may_hold_card_run(scrubbed) and _CARD_TEXT.search(scrubbed) is not None:
         scrubbed = _CARD_TEXT.sub(_card_text, scrubbed)
     return text if scrubbed == text else scrubbed
+
+
+def _sub_credentials(
+    text: AnyStr,
+    pattern: re.Pattern[AnyStr],
+    begin: re.Pattern[AnyStr],
+    replace: Callable[[re.Match[AnyStr]], AnyStr],
+) -> AnyStr:
+    """``pattern.sub(replace, text)``, with the credential pattern tried only where one of its
+    branches can match: where ``begin`` finds how one begins (a URL's userinfo: after ``//``).
+    Every branch of the pattern starts with a lookbehind, so a plain ``sub`` runs the whole
+    pattern at every position (about 130 ms per MB); every branch of ``begin`` starts with a
+    literal, which Python's engine skips to. Returns ``text`` itself when nothing was found."""
+    pieces: list[AnyStr] = []
+    kept_from = start = 0
+    search, match = begin.search, pattern.match
+    while (candidate := search(text, start)) is not None:
+        at = candidate.start()
+        # "//" (the only two-character beginning): a userinfo would begin after it.
+        found = match(text, at + 2 if candidate.end() - at == 2 else at)
+        if found is None:
+            start = at + 1
+            continue
+        pieces.append(text[kept_from : found.start()])
+        pieces.append(replace(found))
+        kept_from = start = found.end()
+    if not pieces:
+        return text
+    pieces.append(text[kept_from:])
+    return text[:0].join(pieces)
 
 
 def _may_hold_card_run(text: str) -> bool:
@@ -977,6 +1146,11 @@ _CREDENTIAL_PATTERN = (
 )
 _CREDENTIAL_TEXT = re.compile(_CREDENTIAL_PATTERN)
 _CREDENTIAL_BYTES = re.compile(_CREDENTIAL_PATTERN.encode("ascii"))
+#: Where a branch of :data:`_CREDENTIAL_PATTERN` can match: how each begins (a userinfo right
+#: after the ``//`` of ``://``), every branch a literal (see :func:`_sub_credentials`).
+_CREDENTIAL_BEGINNINGS = r"eyJ|Bearer|bearer|BEARER|Basic|basic|BASIC|AKIA|ASIA|-----BEGIN|//"
+_CREDENTIAL_TEXT_BEGIN = re.compile(_CREDENTIAL_BEGINNINGS)
+_CREDENTIAL_BYTES_BEGIN = re.compile(_CREDENTIAL_BEGINNINGS.encode("ascii"))
 #: How the credentials recognised by their look begin (a cheap test before the pattern).
 _CREDENTIAL_STARTS = ("eyJ", "earer", "EARER", "asic", "ASIC", "AKIA", "ASIA", "PRIVATE", "://")
 #: The same, lowercased and with only letters and digits, as :meth:`Redactor._hints` sees them.
@@ -988,6 +1162,10 @@ _DIGIT_MASK = bytes(
     ord("0") if chr(byte).isdigit() and byte < 128 else ord(" ") if byte in b" -" else ord("x")
     for byte in range(256)
 )
+#: What every card-shaped run is (in a body, for google-re2), and leaves in the words.
+_CARD_RUN = rb"[0-9]{13}|[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[0-9]{4}[ -][0-9]{6}[ -][0-9]{5}"
+_CARD_DIGITS = b"0" * 13
+_DIGITS_ONLY = bytes(ord("0") if byte in b"0123456789" else ord("x") for byte in range(256))
 _CARD_SHAPE = re.compile(rb"0000(?:0{9,15}| 0000 0000 0{1,7}| 000000 00000)(?!0)")
 #: What every card-shaped run contains (13 digits in a row, or grouped by spaces or dashes).
 _CARD_RUNS = (b"0" * 13, b"0000 0000 0000 0", b"0000 000000 0")
@@ -1036,8 +1214,32 @@ def _loose_key(match: re.Match[str]) -> str:
         try:
             return str(json.loads(f'"{key}"'))
         except ValueError:
-            return key.encode("latin-1", "backslashreplace").decode("unicode_escape", "replace")
+            return _unescape(key)
     return key
+
+
+def _unescape(key: str) -> str:
+    """``key`` with its backslash escapes decoded as in a Python string (``\\x41``,
+    ``\\u0041``, ``\\101``, ``\\n``); an unknown escape (``\\p``) is kept as it is, as Python
+    keeps it, but without the DeprecationWarning Python emits (an error where warnings are)."""
+    escaped = _ESCAPE.sub(_warningless, key.encode("latin-1", "backslashreplace"))
+    return escaped.decode("unicode_escape", "replace")
+
+
+def _warningless(match: re.Match[bytes]) -> bytes:
+    """An escape the decoder reads without a warning, meaning the same: an unknown one with its
+    backslash escaped, an octal one over 0o377 (a warning from Python 3.12) as ``\\u``."""
+    octal, unknown = match.groups()
+    if unknown is not None:
+        return b"\\" + match.group(0)
+    if octal is not None and int(octal, 8) > 0o377:
+        return b"\\u%04x" % int(octal, 8)
+    return match.group(0)
+
+
+# An escape, read left to right as the decoder reads it: octal digits, a known letter, or
+# (group 2) an unknown escape.
+_ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|[\n\\'\"abfnrtvxNuU]|(.))", re.DOTALL)
 
 
 def _value_end(text: str, start: int) -> int:

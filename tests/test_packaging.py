@@ -9,6 +9,9 @@ import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
+import pytest
+from packaging.requirements import Requirement
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -43,3 +46,53 @@ def test_every_imported_distribution_is_declared() -> None:
     needed = {normalize(distributions[name][0]) for name in third_party}
     assert "blinker" in needed  # flask_tracking.signals
     assert needed <= declared_requirements(), needed - declared_requirements()
+
+
+def install_requirement(name: str) -> Requirement:
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg", encoding="utf-8")
+    for line in parser["options"]["install_requires"].split("\n"):
+        if line.strip() and normalize(Requirement(line.strip()).name) == name:
+            return Requirement(line.strip())
+    raise AssertionError(f"{name} is not in install_requires")
+
+
+def environment(
+    system: str, machine: str, python: str, implementation: str = "CPython"
+) -> dict[str, str]:
+    return {
+        "sys_platform": system,
+        "platform_machine": machine,
+        "python_version": python,
+        "python_full_version": python + ".0",
+        "platform_python_implementation": implementation,
+        "implementation_name": implementation.lower(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("system", "machine", "python", "implementation", "required"),
+    [
+        ("linux", "x86_64", "3.10", "CPython", True),
+        ("linux", "x86_64", "3.14", "CPython", True),
+        ("linux", "aarch64", "3.12", "CPython", True),
+        ("win32", "AMD64", "3.13", "CPython", True),
+        # No wheel: pip would build it from source, which needs a C++ toolchain and libraries.
+        ("linux", "x86_64", "3.9", "CPython", False),
+        ("linux", "x86_64", "3.15", "CPython", False),
+        ("linux", "i686", "3.12", "CPython", False),
+        ("linux", "ppc64le", "3.12", "CPython", False),
+        ("linux", "x86_64", "3.10", "PyPy", False),
+        ("win32", "ARM64", "3.12", "CPython", False),
+        ("darwin", "arm64", "3.12", "CPython", False),  # wheels for macOS 13+ only: the extra
+    ],
+)
+def test_google_re2_is_required_where_its_wheels_exist(
+    system: str, machine: str, python: str, implementation: str, required: bool
+) -> None:
+    requirement = install_requirement("google-re2")
+    assert requirement.marker is not None
+    assert (
+        requirement.marker.evaluate(environment(system, machine, python, implementation))
+        is required
+    )

@@ -1,0 +1,96 @@
+"""What redacting one body costs (``Redactor.scrub_body``), with google-re2 and with Python's re.
+
+    python benchmarks/bench_redact.py                  # 9 repeats of at least 0.2 s per body
+    python benchmarks/bench_redact.py --repeat 5 --number 5000
+
+The default redactor (``load_config({}).redactor``) redacts everyday bodies: the 4 KB JSON
+document of bench_overhead.py (no secret in it), the 5-byte page of GET /hello, and a few
+bodies that make the pre-filter look closer (a secret field, a URL, digits). Each body is
+redacted by a redactor whose pre-filter runs on google-re2 (when installed) and by one that
+runs on Python's ``re`` (as where no google-re2 wheel exists). The table gives the least time
+per call of the repeats, in µs (``timeit``'s advice: the least is the least disturbed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import timeit
+from importlib.metadata import PackageNotFoundError, version
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench_overhead import json_body
+
+from flask_tracking import redact
+from flask_tracking.config import load_config
+from flask_tracking.redact import Redactor
+
+
+def bodies() -> dict[str, tuple[bytes, str]]:
+    """The bodies measured, with their Content-Type."""
+    plain = json_body(4096)
+    with_url = plain.replace(b'"item-0001"', b'"https://example.org/1"')
+    numbers = json.dumps({"ids": list(range(100000, 100000 + 510))}).encode()
+    return {
+        "4 KB JSON, no secret (bench_overhead.py)": (plain, "application/json"),
+        "b'Hello', text/html; charset=utf-8": (b"Hello", "text/html; charset=utf-8"),
+        "4 KB JSON with a URL": (with_url, "application/json"),
+        "4 KB JSON, a list of numbers": (numbers, "application/json"),
+        "4 KB JSON with a password field": (
+            plain[:-1] + b', "password": "hunter2"}',
+            "application/json",
+        ),
+    }
+
+
+def redactor_on(engine: str) -> Redactor:
+    """The default redactor, its body pre-filter on ``engine`` ("re2" or "re")."""
+    if engine == "re2":
+        return load_config({}).redactor
+    saved = redact._re2
+    redact._re2 = None  # the pre-filter's engine is chosen when the redactor is built
+    try:
+        return load_config({}).redactor
+    finally:
+        redact._re2 = saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument(
+        "--number", type=int, default=0, help="calls per repeat (default: enough for 0.2 s)"
+    )
+    options = parser.parse_args()
+    engines = ["re2", "re"] if redact._re2 is not None else ["re"]
+    try:
+        re2_version = version("google-re2")
+    except PackageNotFoundError:
+        re2_version = "not installed"
+    print(
+        f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs;"
+        f" google-re2 {re2_version}; least of {options.repeat} repeats, µs per call\n"
+    )
+    print("| body | " + " | ".join(engines) + " |")
+    print("|---|" + "---:|" * len(engines))
+    redactors = {engine: redactor_on(engine) for engine in engines}
+    for name, (body, content_type) in bodies().items():
+        cells = []
+        for engine in engines:
+            names = {"redactor": redactors[engine], "body": body, "content_type": content_type}
+            timer = timeit.Timer(
+                'redactor.scrub_body(body, content_type, "", 65536)', globals=names
+            )
+            number = options.number or timer.autorange()[0]
+            best = min(timer.repeat(number=number, repeat=options.repeat))
+            cells.append(f"{best / number * 1e6:.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
