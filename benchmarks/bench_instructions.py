@@ -1,9 +1,14 @@
 """Requests for `valgrind --tool=callgrind`: instruction counts are stable where times are not.
 
-Runs ``N`` GET /hello requests through ``app.wsgi_app`` (bare, tracked, or tracked without
-rollups: ``tracked-no-rollups``; inserts and rollup writes are no-ops, the writer drained every
-250 requests). Count the main thread's instructions for two values of N
-and divide the difference by the difference of N (see benchmarks/README.md)::
+Runs ``N`` requests through ``app.wsgi_app``: ``GET /hello``, or with a third argument ``echo``
+``POST /echo`` with the 4 KB JSON body of ``bench_overhead.py``. The app is bare, tracked,
+tracked without rollups (``tracked-no-rollups``) or wrapped by the minimal tracker
+(``minimal``, ``floor_tracker.py``). Nothing is sent anywhere: ``insert_many`` does what
+pymongo does on the client before it writes to its socket (an ``_id`` for a document without
+one, the BSON encoding; a document flask_tracking encoded already is copied as it is) and
+rollup writes are no-ops; the writer is drained every 250 requests. Count each thread's
+instructions for two values of N and divide the difference by the difference of N (see
+benchmarks/README.md)::
 
     valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file=t500 \\
         python benchmarks/bench_instructions.py tracked 500
@@ -17,10 +22,14 @@ import os
 import sys
 from typing import Any
 
+import bson
 import mongoengine
 import mongomock
 import mongomock.collection
-from flask import Flask
+from bench_overhead import BODY_BYTES, json_body
+from bson import ObjectId
+from bson.raw_bson import RawBSONDocument
+from flask import Flask, request
 from floor_tracker import FloorTracker
 from werkzeug.test import EnvironBuilder
 
@@ -42,35 +51,53 @@ HEADERS = {
 }
 
 
-def main(kind: str, count: int) -> None:
-    """Warm up, then run ``count`` requests of the ``kind`` ("bare" or "tracked") app."""
+def insert_many(self: Any, documents: Any, *args: Any, **kwargs: Any) -> None:
+    """What pymongo's ``insert_many`` does before its socket: an ``_id`` where missing, then
+    the BSON encoding of each document (an encoded one is copied as it is)."""
+    for document in documents:
+        if not isinstance(document, RawBSONDocument):
+            if "_id" not in document:
+                document["_id"] = ObjectId()
+            bson.encode(document)
+
+
+def main(kind: str, count: int, case: str = "hello") -> None:
+    """Warm up, then run ``count`` requests of ``case`` ("hello" or "echo") through the
+    ``kind`` ("bare", "tracked", "tracked-no-rollups" or "minimal") app."""
     mongoengine.connect(
         "bench", mongo_client_class=mongomock.MongoClient, uuidRepresentation="standard"
     )
-    adapt_mongomock()  # first: it would wrap the no-ops below in a decoding of each document
-
-    def insert_many(self: Any, documents: Any, *args: Any, **kwargs: Any) -> None:
-        return None
-
+    adapt_mongomock()  # first: it would wrap the insert below in a decoding of each document
     insert_many.accepts_raw = True  # type: ignore[attr-defined]
     mongomock.collection.Collection.insert_many = insert_many  # type: ignore[method-assign]
     mongomock.collection.Collection.bulk_write = lambda self, requests, *a, **k: None
     app = Flask("bench")
     app.add_url_rule("/hello", "hello", lambda: "Hello")
+    app.add_url_rule("/echo", "echo", lambda: request.get_json(), methods=["POST"])
     flush = None
     if kind in ("tracked", "tracked-no-rollups"):
         app.config.update(TRACKING_FLUSH_INTERVAL_SECONDS=3600, TRACKING_ROLLUPS=kind == "tracked")
         flush = Tracking(app).flush
-    environ = EnvironBuilder(path="/hello", headers=HEADERS).get_environ()
+    body = json_body(BODY_BYTES) if case == "echo" else b""
+    if case == "echo":
+        environ = EnvironBuilder(
+            path="/echo",
+            method="POST",
+            headers={**HEADERS, "Accept": "application/json"},
+            data=body,
+            content_type="application/json",
+        ).get_environ()
+    else:
+        environ = EnvironBuilder(path="/hello", headers=HEADERS).get_environ()
     if kind == "minimal":  # the floor: the minimal tracker of floor_tracker.py
         flush = FloorTracker(app, mongoengine.get_db()["floor"]).flush
 
     def one() -> None:
-        request = dict(environ, **{"wsgi.input": io.BytesIO(b"")})
-        body = app.wsgi_app(request, lambda status, headers, exc_info=None: None)
-        for _ in body:
+        incoming = dict(environ, **{"wsgi.input": io.BytesIO(body)})
+        answer = app.wsgi_app(incoming, lambda status, headers, exc_info=None: None)
+        for _ in answer:
             pass
-        close = getattr(body, "close", None)
+        close = getattr(answer, "close", None)
         if close is not None:
             close()
 
@@ -84,4 +111,4 @@ def main(kind: str, count: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:4])
