@@ -16,6 +16,7 @@ import gc
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -81,6 +82,18 @@ if os.environ.get("BENCH_GC_FREEZE"):
     gc.freeze()  # what is alive after start-up is never examined again
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this worker, by thread name (Linux)."""
+    seconds = {}
+    for thread in threading.enumerate():
+        try:
+            clock = time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
+            seconds[thread.name] = time.clock_gettime(clock)
+        except (AttributeError, OSError, TypeError):
+            continue
+    return seconds
+
+
 def report() -> dict[str, Any]:
     """Flush the writer; the counters of this worker."""
     counters: dict[str, int] = {}
@@ -97,6 +110,7 @@ def report() -> dict[str, Any]:
         "served": served,
         "written": written,
         "cpu": time.process_time(),
+        "threads": thread_cpu(),
         "gc": gc_seconds,
         "pid": os.getpid(),
         "counters": counters,

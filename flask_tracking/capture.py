@@ -471,6 +471,7 @@ _ENVIRON_OBJECTS = frozenset(
         "wsgi.multithread",
         "wsgi.multiprocess",
         "wsgi.run_once",
+        "wsgi.input_terminated",
         "werkzeug.request",
         "werkzeug.socket",
         "werkzeug.server.shutdown",
