@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_overhead import json_body
 
-from flask_tracking import redact
+from flask_tracking import prefilter
 from flask_tracking.config import load_config
 from flask_tracking.redact import Redactor
 
@@ -52,12 +52,12 @@ def redactor_on(engine: str) -> Redactor:
     """The default redactor, its body pre-filter on ``engine`` ("re2" or "re")."""
     if engine == "re2":
         return load_config({}).redactor
-    saved = redact._re2
-    redact._re2 = None  # the pre-filter's engine is chosen when the redactor is built
+    saved = prefilter._re2
+    prefilter._re2 = None  # the pre-filter's engine is chosen when the redactor is built
     try:
         return load_config({}).redactor
     finally:
-        redact._re2 = saved
+        prefilter._re2 = saved
 
 
 def main() -> None:
@@ -67,7 +67,7 @@ def main() -> None:
         "--number", type=int, default=0, help="calls per repeat (default: enough for 0.2 s)"
     )
     options = parser.parse_args()
-    engines = ["re2", "re"] if redact._re2 is not None else ["re"]
+    engines = ["re2", "re"] if prefilter._re2 is not None else ["re"]
     try:
         re2_version = version("google-re2")
     except PackageNotFoundError:

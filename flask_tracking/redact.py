@@ -12,20 +12,36 @@ in the header deny-list or is a secret field name (``X-Auth-Token``).
 
 from __future__ import annotations
 
-import codecs
-import importlib
 import ipaddress
 import json
 import re
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from typing import Any, AnyStr, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import unquote, unquote_plus
 
-#: The value stored in place of a secret.
-FILTERED = "[Filtered]"
-FILTERED_BYTES = FILTERED.encode()
+from .content import _HTML, _TEXT_KINDS, Unreadable, _as_utf8, _describe, decode_content
+from .credentials import FILTERED, FILTERED_BYTES, scrub_text, scrub_values
+from .prefilter import _NAME_HINT, _VALUE_HINT, _body_scanner, _hints_of
+
+__all__ = [
+    "DEFAULT_ALLOWED_FIELDS",
+    "DEFAULT_MAX_DECODED_BYTES",
+    "DEFAULT_REDACT_FIELDS",
+    "DEFAULT_REDACT_HEADERS",
+    "FILTERED",
+    "FILTERED_BYTES",
+    "IP_HEADERS",
+    "MAX_NAME_LENGTH",
+    "Redactor",
+    "ScrubbedBody",
+    "Unreadable",
+    "anonymize_ip",
+    "decode_content",
+    "scrub_text",
+    "scrub_values",
+]
+
 #: Bytes a body encoded with Content-Encoding is decoded to at most, unless told otherwise.
 DEFAULT_MAX_DECODED_BYTES = 65536
 
@@ -129,181 +145,14 @@ MAX_NAME_LENGTH = 256
 
 _MAX_REMEMBERED_HEADERS = 4096
 _ATOMIC_TYPES = frozenset({str, int, float, bool, bytes})
-#: Body types scrubbed by their look (besides JSON, forms, multipart, XML and HTML).
-_TEXT_KINDS = frozenset({"", "text/plain", "application/graphql"})
-#: XML types (any ``+xml`` type too): elements and attributes scrubbed by name, and URLs.
-_XML_KINDS = frozenset({"text/xml", "application/xml"})
-#: HTML: the parameters of URLs are scrubbed (redirect pages, links with tokens).
-_HTML = frozenset({"text/html", "application/xhtml+xml"})
-#: Textual types (YAML, CSV, scripts...) where escapes can hide a name.
-_TEXT_PREFIXES = (
-    "text/",
-    "application/yaml",
-    "application/x-yaml",
-    "application/toml",
-    "application/javascript",
-)
-#: Media, kept as they are: they carry no named fields (SVG, an XML type, is scrubbed).
-_MEDIA_PREFIXES = ("image/", "audio/", "video/", "font/")
-#: Compressed archives: what is inside cannot be read within bounds, so they are omitted.
-_ARCHIVE_KINDS = frozenset(
-    {
-        "application/zip",
-        "application/gzip",
-        "application/x-gzip",
-        "application/x-bzip2",
-        "application/x-xz",
-        "application/zstd",
-        "application/x-7z-compressed",
-        "application/x-rar-compressed",
-        "application/vnd.rar",
-    }
-)
+
 #: Keys whose value names the field another key of the same object holds
 #: (``{"name": "password", "value": "..."}``); in XML, attributes naming their element.
 _NAMING_KEYS = frozenset({"name", "key", "field", "param", "parameter", "header"})
-#: Hints of :meth:`Redactor._hints`.
-_NAME_HINT = 1
-_VALUE_HINT = 2
+
 _URL_HEADERS = frozenset({"referer", "location", "http_referer"})
-_ALPHANUMERIC = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_NOT_ALPHANUMERIC = bytes(byte for byte in range(256) if byte not in _ALPHANUMERIC)
-_LOWERCASE = bytes.maketrans(_ALPHANUMERIC[10:36], _ALPHANUMERIC[36:])
-_LOWER_LETTERS = frozenset(_ALPHANUMERIC[36:])
-#: Between the letters of a word in :func:`_spaced`: what the translation to words deletes.
-_GAP = rb"[^0-9A-Za-z]*"
+
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
-
-
-def _trie(words: Iterable[bytes]) -> bytes:
-    """A regex matching any of ``words``, as a trie (``p(?:ass|in)``): Python's regex engine
-    tries the branches of a flat alternation one by one at every position, a trie's by their
-    first byte."""
-    tree: dict[int, Any] = {}
-    for word in words:
-        node = tree
-        for byte in word:
-            node = node.setdefault(byte, {})
-        node[-1] = {}  # a word ends here
-
-    def pattern(node: dict[int, Any]) -> bytes:
-        branches = [
-            re.escape(bytes([byte])) + pattern(node[byte]) for byte in sorted(node) if byte >= 0
-        ]
-        if not branches:
-            return b""
-        group = b"(?:" + b"|".join(branches) + b")"
-        return group + b"?" if -1 in node else group
-
-    return pattern(tree)
-
-
-try:  # google-re2, where a wheel exists for the platform
-    _re2: Any = importlib.import_module("re2")
-except ImportError:
-    _re2 = None
-
-#: What the pre-filter of a body found (:meth:`Redactor._hints` makes hints of them): the words
-#: of a deny-listed term, a word credentials begin with, ``://``, a backslash or a percent sign,
-#: a run of digits shaped like a card number's (needed for one, not enough).
-_FOUND_TERM = 1
-_FOUND_CREDENTIAL = 2
-_FOUND_URL = 4
-_FOUND_ESCAPE = 8
-_FOUND_CARD = 16
-
-
-def _body_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
-    """The pre-filter of bodies: a function telling which ``_FOUND_*`` things a body holds
-    (0 for most bodies). ``terms`` are the deny-listed terms to look for, as
-    :meth:`Redactor._hints` sees them (lowercase letters and digits).
-
-    With google-re2 installed: one pass of its linear-time C++ engine over the raw bytes (an
-    ``RE2::Set``, which tells the patterns that matched and computes no positions). Else:
-    Python's ``re`` over the translated words, and C-level substring searches. Both find the
-    same, but for card-shaped digits, which each finds by a different necessary condition (the
-    card check that follows decides).
-    """
-    if _re2 is not None:
-        scan = _re2_scanner(terms)
-        # An automaton RE2 could not build would find nothing in any body: check it does.
-        probe = b" ".join([*terms[:1], b"eyJ", b"://", b"%", b"4111 1111 1111 1111"])
-        everything = _FOUND_CREDENTIAL | _FOUND_URL | _FOUND_ESCAPE | _FOUND_CARD
-        if scan(probe) == (everything | _FOUND_TERM if terms else everything):
-            return scan
-    return _python_scanner(terms)
-
-
-def _spaced(word: bytes) -> bytes:
-    """A pattern finding ``word`` (lowercase letters and digits) in a body where
-    :meth:`Redactor._hints` finds it in the translated words: ASCII letters in either case, any
-    bytes but ASCII letters and digits between them (``Pass-Word``, ``pass\\nword``)."""
-    return _GAP.join(
-        b"[" + bytes([byte]) + bytes([byte]).upper() + b"]"
-        if byte in _LOWER_LETTERS
-        else bytes([byte])
-        for byte in word
-    )
-
-
-def _re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
-    options = _re2.Options()
-    options.encoding = _re2.Options.Encoding.LATIN1  # a byte is a character, valid UTF-8 or not
-    found = _re2.Set.SearchSet(options)
-    flags: dict[int, int] = {}  # what the pattern of each index in the set finds
-    for flag, pattern in (
-        (_FOUND_TERM, b"|".join(map(_spaced, terms))),
-        (_FOUND_CREDENTIAL, b"|".join(map(_spaced, _CREDENTIAL_WORDS))),
-        (_FOUND_URL, b"://"),
-        (_FOUND_ESCAPE, rb"[\\%]"),
-        (_FOUND_CARD, _CARD_RUN),
-    ):
-        if pattern:
-            flags[found.Add(pattern)] = flag
-    found.Compile()
-    match = found.Match
-
-    def scan(body: bytes) -> int:
-        indices = match(body)
-        if indices is None:  # most bodies
-            return 0
-        result = 0
-        for index in indices:
-            result |= flags[index]
-        return result
-
-    return scan
-
-
-def _python_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
-    word_search = re.compile(_trie([*terms, *_CREDENTIAL_WORDS])).search
-    term_search = re.compile(_trie(terms)).search if terms else None
-
-    def scan(body: bytes) -> int:
-        # Bytes as integers: "in" then looks for a byte, with no detour through a bytes search.
-        result = _FOUND_ESCAPE if 92 in body or 37 in body else 0  # a backslash, "%"
-        if 47 in body and b"://" in body:  # a slash is found much faster than three bytes
-            result |= _FOUND_URL
-        words = body.translate(_LOWERCASE, _NOT_ALPHANUMERIC)
-        if word_search(words) is not None:
-            if term_search is not None and term_search(words) is not None:
-                result |= _FOUND_TERM
-            if _CREDENTIAL_WORDS_SEARCH(words) is not None:
-                result |= _FOUND_CREDENTIAL
-        # Separators are deleted from the words: a card number leaves 13 digits in a row there.
-        if _CARD_DIGITS in words.translate(_DIGITS_ONLY):
-            result |= _FOUND_CARD
-        return result
-
-    return scan
-
-
-def _hints_of(found: int, body: bytes, escapes: bool) -> int:
-    """The hints (:meth:`Redactor._hints`) given what the pre-filter found in ``body``."""
-    hints = _NAME_HINT if found & _FOUND_TERM or (escapes and found & _FOUND_ESCAPE) else 0
-    if found & (_FOUND_CREDENTIAL | _FOUND_URL) or (found & _FOUND_CARD and _may_hold_card(body)):
-        hints |= _VALUE_HINT
-    return hints
 
 
 def _normalise(term: str) -> str:
@@ -846,276 +695,6 @@ class ScrubbedBody(NamedTuple):
     omitted: str | None
 
 
-class Unreadable(Exception):
-    """A body the redactor cannot read safely; ``reason`` says why (stored as the omission)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def decode_content(body: bytes, content_encoding: str, limit: int) -> bytes:
-    """``body`` with its ``Content-Encoding`` undone (the last coding applied first), at most
-    ``limit`` bytes of output per step: a decompression bomb costs no more than a body of
-    ``limit`` bytes. Raises :class:`Unreadable` for a coding that cannot be decoded."""
-    codings = [part.strip().lower() for part in content_encoding.split(",")]
-    for coding in reversed([part for part in codings if part and part != "identity"]):
-        if coding in ("gzip", "x-gzip"):
-            body = _inflate(body, 16 + zlib.MAX_WBITS, limit, coding)
-        elif coding == "deflate":  # zlib-wrapped as the RFC says, or raw as some servers send
-            try:
-                body = _inflate(body, zlib.MAX_WBITS, limit, coding)
-            except Unreadable:
-                body = _inflate(body, -zlib.MAX_WBITS, limit, coding)
-        elif coding == "br":
-            body = _unbrotli(body, limit)
-        else:
-            raise Unreadable(f"content-encoding {coding[:40]} cannot be decoded")
-    return body
-
-
-def _inflate(body: bytes, wbits: int, limit: int, coding: str) -> bytes:
-    try:
-        return zlib.decompressobj(wbits).decompress(body, limit)
-    except zlib.error:
-        raise Unreadable(f"content-encoding {coding}: invalid data") from None
-
-
-def _unbrotli(body: bytes, limit: int) -> bytes:
-    decompressor = _brotli_decompressor()
-    if decompressor is None:
-        raise Unreadable("content-encoding br: no Brotli decoder installed")
-    try:
-        return bytes(decompressor.process(body, output_buffer_limit=limit))[:limit]
-    except Exception:  # an old decoder without the limit, or invalid data: not readable
-        raise Unreadable("content-encoding br: cannot be decoded within bounds") from None
-
-
-def _brotli_decompressor() -> Any:
-    for module_name in ("brotli", "brotlicffi"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        factory = getattr(module, "Decompressor", None)
-        if factory is not None:
-            return factory()
-    return None
-
-
-class _Described(NamedTuple):
-    """What a Content-Type says of how a body is read (:func:`_describe`)."""
-
-    #: The media type, lowercase, without its parameters.
-    kind: str
-    #: Media (images, audio, video, fonts; not SVG): kept as they are.
-    media: bool
-    #: A compressed archive: omitted.
-    archive: bool
-    #: The codec of the declared charset (None: none declared).
-    codec: str | None
-    #: A declared charset Python does not know (the body is omitted).
-    unknown_charset: str | None
-    #: Without a declared charset, may be UTF-16 or UTF-32 (JSON, text, XML).
-    wide: bool
-    #: Multipart, JSON, form, XML.
-    shape: tuple[bool, bool, bool, bool]
-    #: Scrubbed field by field (else kept only when nothing in it can be a secret).
-    scrubbable: bool
-    #: Escapes (a backslash, a percent sign) can hide a name in it.
-    escapes: bool
-
-
-@lru_cache(maxsize=256)
-def _describe(content_type: str) -> _Described:
-    """What ``content_type`` says of how a body is read; remembered, as types repeat."""
-    kind = content_type.split(";", 1)[0].strip().lower()
-    codec = unknown = None
-    charset = _CHARSET.search(content_type)
-    if charset is not None:
-        try:
-            codec = codecs.lookup(charset.group(1)).name
-        except LookupError:
-            unknown = charset.group(1)[:40]
-    multipart = kind.startswith("multipart/")
-    json_kind = "json" in kind
-    form = kind == "application/x-www-form-urlencoded"
-    xml = kind in _XML_KINDS or kind.endswith("+xml")
-    scrubbable = multipart or json_kind or form or xml or kind in _TEXT_KINDS or kind in _HTML
-    return _Described(
-        kind=kind,
-        media=kind.startswith(_MEDIA_PREFIXES) and not kind.endswith("+xml"),
-        archive=kind in _ARCHIVE_KINDS,
-        codec=codec,
-        unknown_charset=unknown,
-        wide=json_kind or kind in _TEXT_KINDS or kind in _XML_KINDS or "xml" in kind,
-        shape=(multipart, json_kind, form, xml),
-        scrubbable=scrubbable,
-        # Escapes can hide a name in text; binary formats are full of backslashes and "%".
-        escapes=scrubbable or kind.startswith(_TEXT_PREFIXES),
-    )
-
-
-def _as_utf8(body: bytes, described: _Described) -> bytes:
-    """A text body in UTF-8: a declared charset other than UTF-8 or ASCII, or (without one) a
-    UTF-16/32 byte-order mark or JSON's NUL pattern, is decoded. Raises :class:`Unreadable`
-    for a charset Python does not know."""
-    if described.unknown_charset is not None:
-        raise Unreadable(f"unknown charset {described.unknown_charset}")
-    codec = described.codec
-    if codec is None:
-        # Without a declared charset: a binary type's NUL bytes say nothing of one, and most
-        # text begins with neither a NUL byte nor the first byte of a byte-order mark.
-        start = body[:4]
-        if not described.wide or not (
-            (0 in start or start[:1] in (b"\xfe", b"\xff")) and _looks_wide(start)
-        ):
-            return body
-        codec = json.detect_encoding(start)
-    if codec in _UTF8_COMPATIBLE:
-        return body
-    return body.decode(codec, "replace").encode("utf-8")
-
-
-def _looks_wide(start: bytes) -> bool:
-    """Whether a text body begins as UTF-16 or UTF-32 does: a byte-order mark, or ASCII
-    characters padded with NUL bytes."""
-    if start[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
-        return True
-    if b"\x00" not in start:
-        return False
-    others = start.replace(b"\x00", b"")
-    return others != b"" and others.decode("latin-1").isprintable()
-
-
-def scrub_values(body: bytes) -> bytes:
-    """``body`` with every credential recognised by its look filtered (:func:`scrub_text`)."""
-    scrubbed = _sub_credentials(body, _CREDENTIAL_BYTES, _CREDENTIAL_BYTES_BEGIN, _credential_bytes)
-    return _scrub_cards(scrubbed) if _may_hold_card(scrubbed) else scrubbed
-
-
-def scrub_text(text: str) -> str:
-    """``text`` with every credential recognised by its look filtered, whatever its name:
-    JSON Web Tokens, the credential of ``Bearer``/``Basic`` values, AWS access key ids, PEM
-    private keys, card numbers (13 to 19 digits, a card network's prefix, passing the Luhn
-    check) and the password of a URL's userinfo (``https://user:[Filtered]@host``).
-    Returns ``text`` itself when nothing was found."""
-    if len(text) < 8:
-        return text
-    scrubbed = text
-    if any(word in text for word in _CREDENTIAL_STARTS):
-        scrubbed = _sub_credentials(
-            text, _CREDENTIAL_TEXT, _CREDENTIAL_TEXT_BEGIN, _credential_text
-        )
-    if _may_hold_card_run(scrubbed) and _CARD_TEXT.search(scrubbed) is not None:
-        scrubbed = _CARD_TEXT.sub(_card_text, scrubbed)
-    return text if scrubbed == text else scrubbed
-
-
-def _sub_credentials(
-    text: AnyStr,
-    pattern: re.Pattern[AnyStr],
-    begin: re.Pattern[AnyStr],
-    replace: Callable[[re.Match[AnyStr]], AnyStr],
-) -> AnyStr:
-    """``pattern.sub(replace, text)``, with the credential pattern tried only where one of its
-    branches can match: where ``begin`` finds how one begins (a URL's userinfo: after ``//``).
-    Every branch of the pattern starts with a lookbehind, so a plain ``sub`` runs the whole
-    pattern at every position (about 130 ms per MB); every branch of ``begin`` starts with a
-    literal, which Python's engine skips to. Returns ``text`` itself when nothing was found."""
-    pieces: list[AnyStr] = []
-    kept_from = start = 0
-    search, match = begin.search, pattern.match
-    while (candidate := search(text, start)) is not None:
-        at = candidate.start()
-        # "//" (the only two-character beginning): a userinfo would begin after it.
-        found = match(text, at + 2 if candidate.end() - at == 2 else at)
-        if found is None:
-            start = at + 1
-            continue
-        pieces.append(text[kept_from : found.start()])
-        pieces.append(replace(found))
-        kept_from = start = found.end()
-    if not pieces:
-        return text
-    pieces.append(text[kept_from:])
-    return text[:0].join(pieces)
-
-
-def _may_hold_card_run(text: str) -> bool:
-    """Whether ``text`` has a run of digits shaped like a card number's, which
-    :data:`_CARD_TEXT` needs: a few C-level searches of a digit mask, much cheaper than the
-    pattern's search over every position."""
-    masked = text.encode("utf-8", "surrogatepass").translate(_DIGIT_MASK)
-    return any(shape in masked for shape in _CARD_RUNS)
-
-
-def _credential_bytes(match: re.Match[bytes]) -> bytes:
-    scheme, user = match.group("scheme"), match.group("user")
-    if scheme is not None:
-        return scheme + FILTERED_BYTES
-    if user is not None:
-        return user + b":" + FILTERED_BYTES + b"@"
-    return FILTERED_BYTES
-
-
-def _credential_text(match: re.Match[str]) -> str:
-    scheme, user = match.group("scheme"), match.group("user")
-    if scheme is not None:
-        return scheme + FILTERED
-    if user is not None:
-        return f"{user}:{FILTERED}@"
-    return FILTERED
-
-
-def _may_hold_card(body: bytes) -> bool:
-    """Whether ``body`` has a run of digits shaped like a card number: a few C-level searches
-    of a digit mask, the pattern only when one of them hits."""
-    masked = body.translate(_DIGIT_MASK)
-    return any(shape in masked for shape in _CARD_RUNS) and any(_card_candidates(masked))
-
-
-def _card_candidates(masked: bytes) -> Iterator[re.Match[bytes]]:
-    """Digit runs of a card's length and grouping in a digit mask (not part of a longer run)."""
-    for match in _CARD_SHAPE.finditer(masked):
-        if masked[match.start() - 1 : match.start()] != b"0" or match.start() == 0:
-            yield match
-
-
-def _scrub_cards(body: bytes) -> bytes:
-    masked = body.translate(_DIGIT_MASK)
-    pieces = []
-    position = 0
-    for match in _card_candidates(masked):
-        if _is_card_number(body[match.start() : match.end()].decode("ascii")):
-            pieces.append(body[position : match.start()])
-            pieces.append(FILTERED_BYTES)
-            position = match.end()
-    if not pieces:
-        return body
-    pieces.append(body[position:])
-    return b"".join(pieces)
-
-
-def _card_text(match: re.Match[str]) -> str:
-    return FILTERED if _is_card_number(match.group(0)) else match.group(0)
-
-
-def _is_card_number(candidate: str) -> bool:
-    """A card network's prefix and a valid Luhn check digit."""
-    digits = [int(char) for char in candidate if char.isdigit()]
-    if not 13 <= len(digits) <= 19 or not _CARD_PREFIX.match(candidate):
-        return False
-    total = 0
-    for index, digit in enumerate(reversed(digits)):
-        if index % 2:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return total % 10 == 0
-
-
 def _xml_element_end(body: bytes, start: int, name: bytes) -> tuple[int, int]:
     """Where the content of the element ``name`` opened just before ``start`` ends, and
     where scanning goes on (after its end tag); the end of ``body`` for an element left
@@ -1134,49 +713,6 @@ def _xml_element_end(body: bytes, start: int, name: bytes) -> tuple[int, int]:
     return len(body), len(body)
 
 
-# Credentials by their look. A JWT: three base64url parts, the first a JSON object ("eyJ").
-_CREDENTIAL_PATTERN = (
-    r"(?P<jwt>(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)"
-    r"|(?P<scheme>(?<![A-Za-z0-9])(?:Bearer|bearer|BEARER|Basic|basic|BASIC)[ \t]+)"
-    r"(?=[A-Za-z0-9._~+/-]{6})[A-Za-z0-9._~+/-]+=*"
-    r"|(?P<aws>(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9]))"
-    r"|(?P<pem>-----BEGIN[A-Z ]{0,20}PRIVATE KEY-----"
-    r"(?:(?!-----END)[^\"'<])*(?:-----END[A-Z ]{0,20}PRIVATE KEY-----)?)"
-    r"|(?<=://)(?P<user>[^\s/?#@:\"'<>]{0,256}):[^\s/?#@\"'<>]{0,256}@"
-)
-_CREDENTIAL_TEXT = re.compile(_CREDENTIAL_PATTERN)
-_CREDENTIAL_BYTES = re.compile(_CREDENTIAL_PATTERN.encode("ascii"))
-#: Where a branch of :data:`_CREDENTIAL_PATTERN` can match: how each begins (a userinfo right
-#: after the ``//`` of ``://``), every branch a literal (see :func:`_sub_credentials`).
-_CREDENTIAL_BEGINNINGS = r"eyJ|Bearer|bearer|BEARER|Basic|basic|BASIC|AKIA|ASIA|-----BEGIN|//"
-_CREDENTIAL_TEXT_BEGIN = re.compile(_CREDENTIAL_BEGINNINGS)
-_CREDENTIAL_BYTES_BEGIN = re.compile(_CREDENTIAL_BEGINNINGS.encode("ascii"))
-#: How the credentials recognised by their look begin (a cheap test before the pattern).
-_CREDENTIAL_STARTS = ("eyJ", "earer", "EARER", "asic", "ASIC", "AKIA", "ASIA", "PRIVATE", "://")
-#: The same, lowercased and with only letters and digits, as :meth:`Redactor._hints` sees them.
-_CREDENTIAL_WORDS = (b"eyj", b"bearer", b"basic", b"akia", b"asia", b"privatekey")
-_CREDENTIAL_WORDS_SEARCH = re.compile(b"|".join(_CREDENTIAL_WORDS)).search
-# Card numbers: 13-19 digits in a row, or in groups of 4 (4-4-4-1..7) or 4-6-5 (Amex) split
-# by single spaces or dashes; in a mask where every digit is "0" and every separator " ".
-_DIGIT_MASK = bytes(
-    ord("0") if chr(byte).isdigit() and byte < 128 else ord(" ") if byte in b" -" else ord("x")
-    for byte in range(256)
-)
-#: What every card-shaped run is (in a body, for google-re2), and leaves in the words.
-_CARD_RUN = rb"[0-9]{13}|[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[0-9]{4}[ -][0-9]{6}[ -][0-9]{5}"
-_CARD_DIGITS = b"0" * 13
-_DIGITS_ONLY = bytes(ord("0") if byte in b"0123456789" else ord("x") for byte in range(256))
-_CARD_SHAPE = re.compile(rb"0000(?:0{9,15}| 0000 0000 0{1,7}| 000000 00000)(?!0)")
-#: What every card-shaped run contains (13 digits in a row, or grouped by spaces or dashes).
-_CARD_RUNS = (b"0" * 13, b"0000 0000 0000 0", b"0000 000000 0")
-_CARD_TEXT = re.compile(
-    r"(?<![0-9])[0-9]{4}(?:[0-9]{9,15}|[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]{1,7}"
-    r"|[ -][0-9]{6}[ -][0-9]{5})(?![0-9])"
-)
-# Visa, Mastercard, American Express, Diners, Discover, JCB, UnionPay, Maestro.
-_CARD_PREFIX = re.compile(r"4|5|6|2[2-7]|3[04-9]")
-_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:-]{1,40})", re.IGNORECASE)
-_UTF8_COMPATIBLE = frozenset({"utf-8", "ascii"})
 # XML: a tag (its prefix, local name and attributes), an attribute, a naming attribute.
 _XML_TAG = re.compile(
     rb"<(/?)([A-Za-z_][\w.-]{0,100}:)?([A-Za-z_][\w.-]{0,200})((?:\s[^<>]*?)?)(/?)>"

@@ -1,0 +1,165 @@
+"""The one-pass pre-filter of bodies: what a body may hold (the words of a deny-listed term, a
+credential's beginning, a URL, an escape, card-shaped digits), found without parsing it, so that
+most bodies are kept as they are after one pass.
+
+With google-re2 installed (where a wheel exists for the platform), the pass is one ``RE2::Set``
+over the raw bytes; else Python's ``re`` over the body's words and C-level substring searches.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .credentials import (
+    _CARD_DIGITS,
+    _CARD_RUN,
+    _CREDENTIAL_WORDS,
+    _CREDENTIAL_WORDS_SEARCH,
+    _DIGITS_ONLY,
+    _may_hold_card,
+)
+
+#: Hints of :meth:`Redactor._hints`.
+_NAME_HINT = 1
+_VALUE_HINT = 2
+
+_ALPHANUMERIC = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_NOT_ALPHANUMERIC = bytes(byte for byte in range(256) if byte not in _ALPHANUMERIC)
+_LOWERCASE = bytes.maketrans(_ALPHANUMERIC[10:36], _ALPHANUMERIC[36:])
+_LOWER_LETTERS = frozenset(_ALPHANUMERIC[36:])
+#: Between the letters of a word in :func:`_spaced`: what the translation to words deletes.
+_GAP = rb"[^0-9A-Za-z]*"
+
+
+def _trie(words: Iterable[bytes]) -> bytes:
+    """A regex matching any of ``words``, as a trie (``p(?:ass|in)``): Python's regex engine
+    tries the branches of a flat alternation one by one at every position, a trie's by their
+    first byte."""
+    tree: dict[int, Any] = {}
+    for word in words:
+        node = tree
+        for byte in word:
+            node = node.setdefault(byte, {})
+        node[-1] = {}  # a word ends here
+
+    def pattern(node: dict[int, Any]) -> bytes:
+        branches = [
+            re.escape(bytes([byte])) + pattern(node[byte]) for byte in sorted(node) if byte >= 0
+        ]
+        if not branches:
+            return b""
+        group = b"(?:" + b"|".join(branches) + b")"
+        return group + b"?" if -1 in node else group
+
+    return pattern(tree)
+
+
+try:  # google-re2, where a wheel exists for the platform
+    _re2: Any = importlib.import_module("re2")
+except ImportError:
+    _re2 = None
+
+#: What the pre-filter of a body found (:meth:`Redactor._hints` makes hints of them): the words
+#: of a deny-listed term, a word credentials begin with, ``://``, a backslash or a percent sign,
+#: a run of digits shaped like a card number's (needed for one, not enough).
+_FOUND_TERM = 1
+_FOUND_CREDENTIAL = 2
+_FOUND_URL = 4
+_FOUND_ESCAPE = 8
+_FOUND_CARD = 16
+
+
+def _body_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
+    """The pre-filter of bodies: a function telling which ``_FOUND_*`` things a body holds
+    (0 for most bodies). ``terms`` are the deny-listed terms to look for, as
+    :meth:`Redactor._hints` sees them (lowercase letters and digits).
+
+    With google-re2 installed: one pass of its linear-time C++ engine over the raw bytes (an
+    ``RE2::Set``, which tells the patterns that matched and computes no positions). Else:
+    Python's ``re`` over the translated words, and C-level substring searches. Both find the
+    same, but for card-shaped digits, which each finds by a different necessary condition (the
+    card check that follows decides).
+    """
+    if _re2 is not None:
+        scan = _re2_scanner(terms)
+        # An automaton RE2 could not build would find nothing in any body: check it does.
+        probe = b" ".join([*terms[:1], b"eyJ", b"://", b"%", b"4111 1111 1111 1111"])
+        everything = _FOUND_CREDENTIAL | _FOUND_URL | _FOUND_ESCAPE | _FOUND_CARD
+        if scan(probe) == (everything | _FOUND_TERM if terms else everything):
+            return scan
+    return _python_scanner(terms)
+
+
+def _spaced(word: bytes) -> bytes:
+    """A pattern finding ``word`` (lowercase letters and digits) in a body where
+    :meth:`Redactor._hints` finds it in the translated words: ASCII letters in either case, any
+    bytes but ASCII letters and digits between them (``Pass-Word``, ``pass\\nword``)."""
+    return _GAP.join(
+        b"[" + bytes([byte]) + bytes([byte]).upper() + b"]"
+        if byte in _LOWER_LETTERS
+        else bytes([byte])
+        for byte in word
+    )
+
+
+def _re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
+    options = _re2.Options()
+    options.encoding = _re2.Options.Encoding.LATIN1  # a byte is a character, valid UTF-8 or not
+    found = _re2.Set.SearchSet(options)
+    flags: dict[int, int] = {}  # what the pattern of each index in the set finds
+    for flag, pattern in (
+        (_FOUND_TERM, b"|".join(map(_spaced, terms))),
+        (_FOUND_CREDENTIAL, b"|".join(map(_spaced, _CREDENTIAL_WORDS))),
+        (_FOUND_URL, b"://"),
+        (_FOUND_ESCAPE, rb"[\\%]"),
+        (_FOUND_CARD, _CARD_RUN),
+    ):
+        if pattern:
+            flags[found.Add(pattern)] = flag
+    found.Compile()
+    match = found.Match
+
+    def scan(body: bytes) -> int:
+        indices = match(body)
+        if indices is None:  # most bodies
+            return 0
+        result = 0
+        for index in indices:
+            result |= flags[index]
+        return result
+
+    return scan
+
+
+def _python_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
+    word_search = re.compile(_trie([*terms, *_CREDENTIAL_WORDS])).search
+    term_search = re.compile(_trie(terms)).search if terms else None
+
+    def scan(body: bytes) -> int:
+        # Bytes as integers: "in" then looks for a byte, with no detour through a bytes search.
+        result = _FOUND_ESCAPE if 92 in body or 37 in body else 0  # a backslash, "%"
+        if 47 in body and b"://" in body:  # a slash is found much faster than three bytes
+            result |= _FOUND_URL
+        words = body.translate(_LOWERCASE, _NOT_ALPHANUMERIC)
+        if word_search(words) is not None:
+            if term_search is not None and term_search(words) is not None:
+                result |= _FOUND_TERM
+            if _CREDENTIAL_WORDS_SEARCH(words) is not None:
+                result |= _FOUND_CREDENTIAL
+        # Separators are deleted from the words: a card number leaves 13 digits in a row there.
+        if _CARD_DIGITS in words.translate(_DIGITS_ONLY):
+            result |= _FOUND_CARD
+        return result
+
+    return scan
+
+
+def _hints_of(found: int, body: bytes, escapes: bool) -> int:
+    """The hints (:meth:`Redactor._hints`) given what the pre-filter found in ``body``."""
+    hints = _NAME_HINT if found & _FOUND_TERM or (escapes and found & _FOUND_ESCAPE) else 0
+    if found & (_FOUND_CREDENTIAL | _FOUND_URL) or (found & _FOUND_CARD and _may_hold_card(body)):
+        hints |= _VALUE_HINT
+    return hints

@@ -1,0 +1,115 @@
+"""Unit tests of :mod:`flask_tracking.credentials`: credentials recognised by their look."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flask_tracking import credentials
+from flask_tracking.credentials import FILTERED
+
+# --- credentials by their look -----------------------------------------------------------------
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx\n-----END RSA PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"token {JWT} end", f"token {FILTERED} end"),
+        ("Bearer abcdef123456", f"Bearer {FILTERED}"),
+        ("auth: basic dXNlcjpwYXNz==", f"auth: basic {FILTERED}"),
+        ("id AKIAIOSFODNN7EXAMPLE here", f"id {FILTERED} here"),
+        (f"key:\n{PEM}\nafter", f"key:\n{FILTERED}\nafter"),
+        ("card 4111 1111 1111 1111 ok", f"card {FILTERED} ok"),
+        ("card 4111-1111-1111-1111", f"card {FILTERED}"),
+        ("amex 378282246310005.", f"amex {FILTERED}."),
+        ("https://ada:hunter2@db.example/x", f"https://ada:{FILTERED}@db.example/x"),
+        ("<https://u:p@x.example/a>; rel=next", f"<https://u:{FILTERED}@x.example/a>; rel=next"),
+        ("5; url=ftp://bob:pw@files.example/", f"5; url=ftp://bob:{FILTERED}@files.example/"),
+    ],
+)
+def test_credentials_are_found_by_their_look(text: str, expected: str) -> None:
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order 4111 1111 1111 1112",  # Luhn fails
+        "ts 1733456789012 ms",  # a timestamp: no card prefix
+        "phone +1 555 123 4567",
+        "https://user@host.example/ no password",
+        "basic plan, bearer of news",
+        "eyJ alone",
+        "Asia/Tokyo",
+    ],
+)
+def test_look_alikes_are_kept(text: str) -> None:
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) is text
+
+
+# Pieces of credentials (and of near misses) as they are looked for by their look.
+_CREDENTIAL_PIECES = st.sampled_from(
+    [
+        "eyJ",
+        "hbGci",
+        "OiJ9",
+        ".",
+        "-",
+        "_",
+        "Bearer",
+        "bearer ",
+        "BASIC\t",
+        "Basic ",
+        "abcdef",
+        "QWxh=",
+        "AKIA",
+        "ASIA",
+        "IOSFODNN7EXAMPLE",
+        "-----BEGIN",
+        " RSA",
+        " PRIVATE KEY-----",
+        "-----END PRIVATE KEY-----",
+        "://",
+        "//",
+        ":",
+        "/",
+        "@",
+        "ada",
+        "pw",
+        "https",
+        " ",
+        "\n",
+        '"',
+        "x",
+        "7",
+    ]
+)
+_CREDENTIAL_TEXTS = st.lists(_CREDENTIAL_PIECES | st.text(max_size=3), max_size=30).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=_CREDENTIAL_TEXTS)
+def test_credentials_are_filtered_as_by_the_pattern_everywhere(text: str) -> None:
+    """The pattern is tried only where a credential can begin: the same as trying it at every
+    position (``re.sub``), for text and for bytes."""
+    expected = credentials._CREDENTIAL_TEXT.sub(credentials._credential_text, text)
+    found = credentials._sub_credentials(
+        text,
+        credentials._CREDENTIAL_TEXT,
+        credentials._CREDENTIAL_TEXT_BEGIN,
+        credentials._credential_text,
+    )
+    assert found == expected
+    body = text.encode("utf-8", "surrogatepass")
+    expected_bytes = credentials._CREDENTIAL_BYTES.sub(credentials._credential_bytes, body)
+    assert credentials.scrub_values(body) == credentials._scrub_cards(expected_bytes)
+    if expected == text:
+        assert found is text

@@ -1,0 +1,267 @@
+"""Unit tests of :mod:`flask_tracking.prefilter`: the pre-filter of bodies, with google-re2 and
+with Python's re, through the redactor that builds it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flask_tracking import credentials, prefilter
+from flask_tracking.redact import (
+    DEFAULT_REDACT_FIELDS,
+    DEFAULT_REDACT_HEADERS,
+    FILTERED,
+    Redactor,
+)
+
+from .hostile import BODY_SHAPES
+from .test_credentials import JWT, PEM
+
+SECRET = "s3cr3t-VALUE-9f8e7d"
+
+
+@pytest.mark.parametrize("engine", ["re2", "python"])
+def test_body_prefilter_finds_the_same_with_either_engine(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if engine == "re2":
+        pytest.importorskip("re2")
+    else:  # as where no google-re2 wheel exists
+        monkeypatch.setattr(prefilter, "_re2", None)
+    redactor = Redactor(headers=(), fields=DEFAULT_REDACT_FIELDS)
+    plain = json.dumps({"items": [{"id": n, "name": f"item-{n}"} for n in range(50)]}).encode()
+    assert redactor.scrub_body(plain, "application/json", "", 65536).body is plain
+    for name in ("password", "userPassword", "api_key", "AccessToken"):
+        body = plain[:-1] + f', "{name}": "hunter2"}}'.encode()
+        kept = redactor.scrub_body(body, "application/json", "", 65536).body
+        assert kept is not None and b"hunter2" not in kept, name
+    assert redactor._scan(b'{"items": [], "auth": "Bearer abc"}') != 0
+    assert redactor._scan(plain) == 0
+
+
+# --- the pre-filter of bodies, with google-re2 and with Python's re ----------------------------
+
+
+def _with_engine(engine: str, fields: tuple[str, ...] = DEFAULT_REDACT_FIELDS) -> Redactor:
+    """A redactor whose body pre-filter runs on ``engine``: google-re2, or Python's ``re`` (as
+    where no google-re2 wheel exists)."""
+    if engine == "re2":
+        pytest.importorskip("re2")
+        return Redactor(DEFAULT_REDACT_HEADERS, fields)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prefilter, "_re2", None)
+        return Redactor(DEFAULT_REDACT_HEADERS, fields)
+
+
+def _reference_hints(redactor: Redactor, body: bytes, escapes: bool = True) -> int:
+    """What the pre-filter must answer, by its definition, with plain substring searches: the
+    terms and the words credentials begin with in the translated words, ``://``, escapes, and
+    the full card check."""
+    words = body.translate(prefilter._LOWERCASE, prefilter._NOT_ALPHANUMERIC)
+    hints = 0
+    if (escapes and (b"\\" in body or b"%" in body)) or any(
+        term.encode() in words for term in redactor._fields
+    ):
+        hints = prefilter._NAME_HINT
+    if (
+        any(word in words for word in credentials._CREDENTIAL_WORDS)
+        or b"://" in body
+        or credentials._may_hold_card(body)
+    ):
+        hints |= prefilter._VALUE_HINT
+    return hints
+
+
+ENGINES = ["re2", "python"]
+CARD = "4111111111111111"  # a Visa test number (passes the Luhn check)
+AMEX = "378282246310005"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "number",
+    [CARD, "4111 1111 1111 1111", "4111-1111-1111-1111", "3782 822463 10005", "3782-822463-10005"],
+)
+def test_a_card_number_split_by_spaces_or_dashes_is_found(engine: str, number: str) -> None:
+    redactor = _with_engine(engine)
+    body = json.dumps({"note": "paid", "n": number}).encode()
+    kept = redactor.body(body, "application/json")
+    assert kept is not None and json.loads(kept) == {"note": "paid", "n": FILTERED}
+    assert redactor.body(f"paid with {number} today".encode(), "text/plain") == (
+        f"paid with {FILTERED} today".encode()
+    )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_card_number_among_other_digits_is_found(engine: str) -> None:
+    redactor = _with_engine(engine)
+    body = json.dumps(
+        {
+            "at": "2026-12-06 10:11:12",
+            "ids": list(range(1000, 1040)),
+            "phone": "+33 1 23 45 67 89",
+            "n": AMEX,
+            "order": 12345678901234567,
+        }
+    ).encode()
+    kept = redactor.body(body, "application/json")
+    assert kept is not None
+    assert json.loads(kept) == {**json.loads(body), "n": FILTERED}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_digits_that_are_no_card_number_keep_the_body(engine: str) -> None:
+    redactor = _with_engine(engine)
+    for body, content_type in [
+        (json.dumps({"ids": list(range(1000, 1300)), "at": "2026-12-06 10:11:12"}), "text/csv"),
+        ("id,n\n1,123456789012\n2,12 34 56 78 90 12 34\n", "text/csv"),
+        ("order: 4111111111111112\n", "text/plain"),  # fails the Luhn check
+        ("1234 5678 9012 3456 7\n", "text/plain"),  # no card network's prefix
+    ]:
+        kept = redactor.scrub_body(body.encode(), content_type)
+        assert kept == (body.encode(), None), body
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_credential_words_and_url_userinfo_are_found(engine: str) -> None:
+    redactor = _with_engine(engine)
+    cases = {
+        f"token is {JWT}": f"token is {FILTERED}",
+        f"Authorization: Bearer {SECRET}": f"Authorization: {FILTERED}",
+        f"seen BASIC {SECRET} here": f"seen BASIC {FILTERED} here",
+        "keys AKIAIOSFODNN7EXAMPLE end": f"keys {FILTERED} end",
+        f"see {PEM}": f"see {FILTERED}",
+        "fetch https://ada:hunter2@intranet.example/x": f"fetch https://ada:{FILTERED}@intranet.example/x",
+    }
+    for text, expected in cases.items():
+        body = json.dumps({"note": text}).encode()
+        kept = redactor.body(body, "application/json")
+        assert kept is not None and json.loads(kept) == {"note": expected}, text
+    html = b'<a href="ftp://ada:hunter2@files.example/">x</a>'
+    assert redactor.body(html, "text/html") == (
+        b'<a href="ftp://ada:' + FILTERED.encode() + b'@files.example/">x</a>'
+    )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_names_split_by_any_byte_are_found(engine: str) -> None:
+    """The words of a name are ASCII letters and digits, whatever is between them: bytes that
+    are not UTF-8, NUL, line breaks."""
+    redactor = _with_engine(engine)
+    assert redactor._hints(b"to\r\nKEN") & prefilter._NAME_HINT
+    for separator in [b"\xff", b"\x00", b"\t", b"\xc3\xa9", b"-_. "]:
+        body = b'{"note": "hi", "TO' + separator + b'ken": "hunter2"}'
+        assert redactor._hints(body) & prefilter._NAME_HINT, separator
+        kept = redactor.body(body, "application/json")
+        assert kept is not None and b"hunter2" not in kept, separator
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_custom_terms_with_digits_and_no_terms_at_all(engine: str) -> None:
+    redactor = _with_engine(engine, fields=("x509",))
+    assert redactor._hints(b'{"X-509": 1}') == prefilter._NAME_HINT
+    assert redactor._hints(b'{"password": 1}') == 0
+    nothing = _with_engine(engine, fields=())
+    assert nothing._hints(b'{"password": 1}') == 0
+    assert nothing._hints(f'{{"a": "{CARD}"}}'.encode()) == prefilter._VALUE_HINT
+
+
+# Fragments that the pre-filter looks for, cut and joined in every way.
+_FRAGMENTS = st.sampled_from(
+    [
+        b"pass",
+        b"Pass",
+        b"word",
+        b"TOKEN",
+        b"to",
+        b"ken",
+        b"key",
+        b"s",
+        b"eyJ",
+        b"Bear",
+        b"er ",
+        b"AKIA",
+        b"asia",
+        b"private",
+        b"Key",
+        b":",
+        b"/",
+        b"//",
+        b"\\",
+        b"%",
+        b"4111",
+        b"1111",
+        b"378282",
+        b"246310005",
+        b"0",
+        b"12",
+        b" ",
+        b"-",
+        b",",
+        b'"',
+        b"\n",
+        b"\x00",
+        b"\xff",
+        b"\xc3\xa9",
+        b"x",
+    ]
+)
+_SEPARATORS = st.sampled_from([b"", b"", b"-", b" ", b"_", b"\n", b"\x00", b"\xff", b"\xc3\xa9"])
+
+
+@st.composite
+def _spread_words(draw: st.DrawFn) -> bytes:
+    """A deny-listed term or a credential's first word, in any case, bytes between letters."""
+    word = draw(st.sampled_from(["token", "secret", "cvv", "apikey", "eyj", "akia", "bearer"]))
+    spread = b""
+    for letter in word.encode():
+        upper = draw(st.booleans())
+        spread += bytes([letter]).upper() if upper else bytes([letter])
+        spread += draw(_SEPARATORS)
+    return spread
+
+
+_BODIES = st.lists(_FRAGMENTS | _spread_words() | st.binary(max_size=4), max_size=40).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(body=_BODIES, escapes=st.booleans())
+def test_the_prefilter_answers_as_its_definition_with_either_engine(
+    body: bytes, escapes: bool
+) -> None:
+    for redactor in _PREFILTER_REDACTORS:
+        assert redactor._hints(body, escapes) == _reference_hints(redactor, body, escapes)
+    # The engines find the same, but for the card shape (a different necessary condition).
+    exact = ~prefilter._FOUND_CARD
+    assert len({redactor._scan(body) & exact for redactor in _PREFILTER_REDACTORS}) == 1
+
+
+def test_the_prefilter_answers_as_its_definition_on_large_hostile_bodies() -> None:
+    """Bodies of the limit's size and more, made to cost (hostile.py), with either engine."""
+    bodies = [shape(65536)[0] for shape in BODY_SHAPES.values()]
+    pieces = [b"to-", b"KE", b"n\xff", b"4111 ", b"1111-", b":/", b"/", b"eyJ", b"%", b"\x00", b"7"]
+    bodies.append(b"".join(pieces[(i * i + 3 * i) % len(pieces)] for i in range(60000)))
+    for body in bodies:
+        for escapes in (True, False):
+            expected = _reference_hints(_PREFILTER_REDACTORS[0], body, escapes)
+            for redactor in _PREFILTER_REDACTORS:
+                assert redactor._hints(body, escapes) == expected
+
+
+def test_a_google_re2_that_finds_nothing_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RE2 answers "no match" when it cannot build its automaton: such a pre-filter would keep
+    every body as it is, so the redactor checks it on a probe and uses Python's re instead."""
+    pytest.importorskip("re2")
+    monkeypatch.setattr(prefilter, "_re2_scanner", lambda terms: lambda body: 0)
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    kept = redactor.body(b'{"password": "hunter2"}', "application/json")
+    assert kept == b'{"password": "' + FILTERED.encode() + b'"}'
+
+
+_PREFILTER_REDACTORS = [
+    _with_engine("python"),
+    *([] if prefilter._re2 is None else [_with_engine("re2")]),
+]
