@@ -503,3 +503,37 @@ def test_queued_size_counts_every_string_of_the_environ_copy() -> None:
     # A server's value that is not text (uwsgi puts bytes in the environ) is counted apart.
     state.environ["uwsgi.node"] = b"host"
     assert _estimated_size(state) == expected + ITEM_OVERHEAD_BYTES + len("uwsgi.node")
+
+
+def test_the_response_is_copied_after_every_after_request_hook_whatever_their_order(
+    mongo: Any,
+) -> None:
+    import gzip
+
+    import flask_tracking
+
+    app = Flask("hooks_before_and_after")
+    app.config.update(FAST_WRITER)
+
+    @app.after_request
+    def compress(response: Any) -> Any:  # registered before Tracking: runs after its hooks
+        flask_tracking.add_data(compressed=True)
+        response.set_data(gzip.compress(response.get_data()))
+        response.headers["Content-Encoding"] = "gzip"
+        return response
+
+    Tracking(app)
+
+    @app.after_request
+    def stamp(response: Any) -> Any:  # registered after Tracking: runs first
+        response.set_data(response.get_data() + b"!")
+        return response
+
+    app.add_url_rule("/hello", "hello", lambda: "Hello")
+    response = app.test_client().get("/hello")
+    assert gzip.decompress(response.data) == b"Hello!"
+    [doc] = stored(app, mongo)
+    assert doc["response_body"] == b"Hello!"  # what was sent, stored decoded
+    assert doc["response_body_size"] == len(response.data)
+    assert ["Content-Encoding", "gzip"] in doc["response_headers"]
+    assert doc["custom_data"] == {"compressed": True}
