@@ -233,11 +233,7 @@ class MongoSink:
 
     def _set_up_collection(self) -> Collection[Any]:
         """The collection, created in its storage mode when missing, with its indexes."""
-        _adapt_test_double()
-        database = self._get_database()
-        database_name = getattr(database, "name", None)
-        if isinstance(database_name, str):  # never count the tracker's own commands
-            ignore_collection(database_name, self._spec.name)
+        database = _own_database(self._get_database, self._spec.name)
         collection = ensure_collection(database, self._spec, self._logger)
         try:
             ensure_indexes(collection, self._logger, skip=ttl_indexes(collection, self._spec))
@@ -252,12 +248,18 @@ class MongoSink:
         return collection
 
 
-def _adapt_test_double() -> None:
-    """When mongomock is imported, teach it what pymongo accepts and it does not (raw
-    documents, the bulk updates of the rollups): see :func:`flask_tracking.testing.
-    adapt_mongomock`. Never imports mongomock."""
+def _own_database(get_database: Callable[[], Database[Any]], collection: str) -> Database[Any]:
+    """The database of one of the tracker's own collections, ready for its first write: the
+    collection is left out of the requests' database activity, and when mongomock is imported
+    it is taught what pymongo sends and it does not take (raw documents, the rollups' bulk
+    updates; see :func:`flask_tracking.testing.adapt_mongomock`). Never imports mongomock."""
     if "mongomock" in sys.modules:
         adapt_mongomock()
+    database = get_database()
+    database_name = getattr(database, "name", None)
+    if isinstance(database_name, str):  # never count the tracker's own commands
+        ignore_collection(database_name, collection)
+    return database
 
 
 def _encoding_options(options: Any) -> CodecOptions[Any]:
@@ -426,11 +428,7 @@ class RollupSink:
         if self._pid != os.getpid():
             self._collection, self._pid = None, os.getpid()
         if self._collection is None:
-            _adapt_test_double()
-            database = self._get_database()
-            database_name = getattr(database, "name", None)
-            if isinstance(database_name, str):  # never count the tracker's own commands
-                ignore_collection(database_name, self._collection_name)
+            database = _own_database(self._get_database, self._collection_name)
             collection = database[self._collection_name]
             ensure_rollup_indexes(collection, self._retention_seconds, self._logger)
             self._collection = collection
