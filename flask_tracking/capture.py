@@ -477,7 +477,11 @@ _ENVIRON_OBJECTS = frozenset(
         "werkzeug.server.shutdown",
         "werkzeug.debug.preserve_context",
         "gunicorn.socket",
+        "wsgi.early_hints",  # gunicorn's (a function bound to the connection)
+        "waitress.client_disconnected",
         "uwsgi.core",
+        "uwsgi.node",
+        "uwsgi.version",
     )
 )
 
