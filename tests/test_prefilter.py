@@ -4,6 +4,7 @@ with Python's re, through the redactor that builds it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -48,11 +49,12 @@ def test_body_prefilter_finds_the_same_with_either_engine(
 def _with_engine(engine: str, fields: tuple[str, ...] = DEFAULT_REDACT_FIELDS) -> Redactor:
     """A redactor whose body pre-filter runs on ``engine``: google-re2, or Python's ``re`` (as
     where no google-re2 wheel exists)."""
-    if engine == "re2":
-        pytest.importorskip("re2")
-        return Redactor(DEFAULT_REDACT_HEADERS, fields)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(prefilter, "_re2", None)
+        if engine == "re2":
+            pytest.importorskip("re2")
+            patch.setattr(prefilter, "_RE2_MIN_LENGTH", 0)  # every body, however short
+        else:
+            patch.setattr(prefilter, "_re2", None)
         return Redactor(DEFAULT_REDACT_HEADERS, fields)
 
 
@@ -249,6 +251,39 @@ def test_the_prefilter_answers_as_its_definition_on_large_hostile_bodies() -> No
             expected = _reference_hints(_PREFILTER_REDACTORS[0], body, escapes)
             for redactor in _PREFILTER_REDACTORS:
                 assert redactor._hints(body, escapes) == expected
+
+
+def test_short_bodies_are_pre_filtered_by_python_re_even_with_google_re2(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """google-re2 lets go of the GIL for every match, which costs more than Python's engine
+    takes for a short body when another thread wants the GIL: only bodies of at least
+    ``_RE2_MIN_LENGTH`` bytes go to RE2."""
+    pytest.importorskip("re2")
+    scanned: list[int] = []
+
+    def recording_re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
+        scan = real_re2_scanner(terms)
+
+        def recorded(body: bytes) -> int:
+            scanned.append(len(body))
+            return scan(body)
+
+        return recorded
+
+    real_re2_scanner = prefilter._re2_scanner
+    monkeypatch.setattr(prefilter, "_re2_scanner", recording_re2_scanner)
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    scanned.clear()  # the probe of the automaton
+    shortest = prefilter._RE2_MIN_LENGTH
+    short = b'{"password": "hunter2"}'
+    assert redactor.body(short, "application/json") == b'{"password": "' + FILTERED.encode() + b'"}'
+    long = b'{"password": "hunter2", "pad": "' + b"x" * shortest + b'"}'
+    kept = redactor.body(long, "application/json")
+    assert kept is not None and b"hunter2" not in kept
+    assert redactor._scan(b"x" * (shortest - 1)) == 0
+    assert redactor._scan(b"x" * shortest) == 0
+    assert scanned == [len(long), shortest]
 
 
 def test_a_google_re2_that_finds_nothing_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
