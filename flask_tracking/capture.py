@@ -29,8 +29,8 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from werkzeug.wsgi import ClosingIterator
 
 from .dbactivity import attach, detach
+from .ids import environ_key, request_id_for
 from .policy import SKIP, TRACK_WITH_BODIES, Policy
-from .request_ids import environ_key, request_id_for
 from .sanitize import bson_safe
 
 #: WSGI environ key holding the :class:`RequestState` of a tracked request.

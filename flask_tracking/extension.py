@@ -36,10 +36,10 @@ from .capture import (
 from .cli import tracking_cli
 from .config import TrackingConfig, load_config
 from .dbactivity import ignore_collection, register, watch_sqlalchemy
+from .ids import environ_key
 from .logs import RateLimitedLog
 from .policy import Policy
 from .record import prepare_user_agent_parser, scrub_request_side, status_code_of
-from .request_ids import environ_key
 from .scope import EXCLUDE, INCLUDE, EndpointVerdicts, View, mark_view
 from .signals import record_dropped, record_written
 from .store import COLLECTION_NAME, BeforeSave, MongoSink, RollupSink

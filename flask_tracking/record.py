@@ -7,19 +7,17 @@ result is the schema that :class:`flask_tracking.documents.Tracking` reads.
 
 from __future__ import annotations
 
-import itertools
-import os
 import socket
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from bson import DBRef, ObjectId
+from bson import DBRef
 from ua_parser import Domain, PartialResult, Result
 from ua_parser import parse as parse_ua
 
+from .ids import new_object_id
 from .redact import (
     DEFAULT_MAX_DECODED_BYTES,
     Redactor,
@@ -33,25 +31,6 @@ if TYPE_CHECKING:  # config imports this module, and capture imports config
 from .policy import decode_wsgi, wsgi_path
 
 _HOSTNAME = socket.gethostname()
-
-
-def new_object_id() -> ObjectId:
-    """A new ObjectId, made as the driver makes one (the current second, five random bytes per
-    process, a counter of 24 bits starting at a random value), in a third of its time."""
-    count = next(_ID_COUNTER) & 0xFFFFFF
-    return ObjectId(((int(time.time()) << 64) | _ID_RANDOM[0] | count).to_bytes(12, "big"))
-
-
-def _reseed_ids() -> None:
-    """New random bytes for this process (at import, and in every forked child)."""
-    _ID_RANDOM[0] = int.from_bytes(os.urandom(5), "big") << 24
-
-
-_ID_RANDOM = [0]
-_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(3), "big"))
-_reseed_ids()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reseed_ids)
 
 
 def status_code_of(status: str) -> int:

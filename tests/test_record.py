@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sys
 from typing import Any
 
@@ -543,34 +542,3 @@ def test_only_the_first_256_characters_of_a_user_agent_are_parsed() -> None:
     assert parsed["string"] == tiktok  # stored whole
     assert parsed["browser"] == "Chrome Mobile WebView"  # what the first 256 characters say
     assert parse_user_agent(tiktok.replace("Channel/googleplay ", ""))["browser"] == "TikTok"
-
-
-def test_new_object_ids_are_unique_current_and_counted() -> None:
-    from datetime import datetime, timedelta, timezone
-
-    from flask_tracking.record import new_object_id
-
-    ids = [new_object_id() for _ in range(2000)]
-    assert len(set(ids)) == 2000
-    now = datetime.now(timezone.utc)
-    assert all(now - oid.generation_time < timedelta(seconds=2) for oid in ids)
-    randoms = {oid.binary[4:9] for oid in ids}
-    assert len(randoms) == 1  # one process: the same five random bytes
-    counters = [int.from_bytes(oid.binary[9:], "big") for oid in ids]
-    assert all((b - a) % (1 << 24) == 1 for a, b in zip(counters, counters[1:]))
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_makes_object_ids_of_its_own() -> None:
-    from flask_tracking.record import new_object_id
-
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: send one id to the parent, then leave at once
-        os.write(write, new_object_id().binary)
-        os._exit(0)
-    os.close(write)
-    child = os.read(read, 12)
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert child[4:9] != new_object_id().binary[4:9]

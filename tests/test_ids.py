@@ -1,5 +1,6 @@
-"""Request ids (flask_tracking.request_ids and flask_tracking.request_id()): made or taken from
-the incoming header, validated, available during the request, echoed, stored."""
+"""Ids (flask_tracking.ids): request ids (and flask_tracking.request_id()), made or taken from
+the incoming header, validated, available during the request, echoed, stored; records'
+ObjectIds."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import pytest
 from flask import Flask, Response
 
 from flask_tracking import request_id
-from flask_tracking.request_ids import (
+from flask_tracking.ids import (
     REQUEST_ID_MAX_LENGTH,
-    _reseed_after_fork,
+    _reseed,
     environ_key,
     is_valid_request_id,
+    new_object_id,
     new_request_id,
 )
 
@@ -78,13 +80,15 @@ def test_environ_key() -> None:
 
 
 def test_reseeding_changes_the_sequence() -> None:
-    from flask_tracking import request_ids
+    from flask_tracking import ids
 
-    state = request_ids._GENERATOR.getstate()
+    state = ids._GENERATOR.getstate()
     expected = [new_request_id() for _ in range(3)]
-    request_ids._GENERATOR.setstate(state)
-    _reseed_after_fork()
+    ids._GENERATOR.setstate(state)
+    before = new_object_id().binary[4:9]
+    _reseed()
     assert [new_request_id() for _ in range(3)] != expected
+    assert new_object_id().binary[4:9] != before  # new random bytes for record ids too
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -253,16 +257,16 @@ def test_the_id_is_made_where_it_is_first_needed(
     on_request_thread: bool,
 ) -> None:
     """Nothing on the request thread needs the id by default: the writer makes it."""
-    from flask_tracking import request_ids
+    from flask_tracking import ids
 
     threads: list[int] = []
-    real_new_request_id = request_ids.new_request_id
+    real_new_request_id = ids.new_request_id
 
     def recording_new_request_id() -> str:
         threads.append(threading.get_ident())
         return real_new_request_id()
 
-    monkeypatch.setattr(request_ids, "new_request_id", recording_new_request_id)
+    monkeypatch.setattr(ids, "new_request_id", recording_new_request_id)
     app = make_app(**config)
     response = app.test_client().get("/hello")
     [doc] = stored(app, mongo)
@@ -271,3 +275,33 @@ def test_the_id_is_made_where_it_is_first_needed(
     assert HEX_32.fullmatch(doc["request_id"])
     if on_request_thread and "TRACKING_REQUEST_ID_RESPONSE_HEADER" in config:
         assert response.headers["X-Request-ID"] == doc["request_id"]
+
+
+# ---------------------------------------------------------------------------- record ids
+
+
+def test_new_object_ids_are_unique_current_and_counted() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    made = [new_object_id() for _ in range(2000)]
+    assert len(set(made)) == 2000
+    now = datetime.now(timezone.utc)
+    assert all(now - oid.generation_time < timedelta(seconds=2) for oid in made)
+    randoms = {oid.binary[4:9] for oid in made}
+    assert len(randoms) == 1  # one process: the same five random bytes
+    counters = [int.from_bytes(oid.binary[9:], "big") for oid in made]
+    assert all((b - a) % (1 << 24) == 1 for a, b in zip(counters, counters[1:]))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_makes_object_ids_of_its_own() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send one id to the parent, then leave at once
+        os.write(write, new_object_id().binary)
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 12)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child[4:9] != new_object_id().binary[4:9]
