@@ -476,6 +476,7 @@ _ENVIRON_OBJECTS = frozenset(
         "werkzeug.socket",
         "werkzeug.server.shutdown",
         "werkzeug.debug.preserve_context",
+        "werkzeug.proxy_fix.orig",  # ProxyFix's dict of the values it replaced
         "gunicorn.socket",
         "wsgi.early_hints",  # gunicorn's (a function bound to the connection)
         "waitress.client_disconnected",
