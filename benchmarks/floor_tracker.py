@@ -35,7 +35,14 @@ WSGIEnviron = dict[str, Any]
 
 #: Environ keys holding objects, not request data: a queued record does not keep them alive.
 _OBJECTS = frozenset(
-    ("wsgi.input", "wsgi.errors", "wsgi.file_wrapper", "werkzeug.request", "gunicorn.socket")
+    (
+        "wsgi.input",
+        "wsgi.errors",
+        "wsgi.file_wrapper",
+        "werkzeug.request",
+        "gunicorn.socket",
+        "wsgi.early_hints",  # gunicorn's function bound to the connection
+    )
 )
 
 
