@@ -6,10 +6,11 @@
 The default redactor (``load_config({}).redactor``) redacts everyday bodies: the 4 KB JSON
 document of bench_overhead.py (no secret in it), the 5-byte page of GET /hello, and a few
 bodies that make the pre-filter look closer (a secret field, a URL, digits). Each body is
-redacted by the default redactor with google-re2 installed (the pre-filter runs on google-re2
-for bodies of ``prefilter._RE2_MIN_LENGTH`` bytes and more, on Python's ``re`` below), by one
-whose pre-filter runs on google-re2 for every body, and by one that runs on Python's ``re``
-only (as where no google-re2 wheel exists). The table gives the least time
+redacted by the default redactor (with google-re2 and pyahocorasick installed, the pre-filter
+runs on google-re2 for bodies of ``prefilter._RE2_MIN_LENGTH`` bytes and more, over the
+body's words with pyahocorasick below), by one whose pre-filter runs on google-re2 for every
+body, by one that runs over the words with pyahocorasick for every body, and by one that runs
+over the words with Python's ``re`` (as where neither is installed). The table gives the least time
 per call of the repeats, in µs (``timeit``'s advice: the least is the least disturbed).
 """
 
@@ -52,19 +53,22 @@ def bodies() -> dict[str, tuple[bytes, str]]:
 
 def redactor_on(engine: str) -> Redactor:
     """The default redactor, its body pre-filter as by default (``"default"``), on google-re2
-    for every body (``"re2"``) or on Python's ``re`` (``"re"``)."""
+    for every body (``"re2"``), over the words with pyahocorasick (``"ahocorasick"``) or with
+    Python's ``re`` (``"re"``)."""
     if engine == "default":
         return load_config({}).redactor
-    saved = prefilter._re2, prefilter._RE2_MIN_LENGTH
+    saved = prefilter._re2, prefilter._ahocorasick, prefilter._RE2_MIN_LENGTH
     # The pre-filter's engine is chosen when the redactor is built.
     if engine == "re2":
         prefilter._RE2_MIN_LENGTH = 0
     else:
         prefilter._re2 = None
+    if engine == "re":
+        prefilter._ahocorasick = None
     try:
         return load_config({}).redactor
     finally:
-        prefilter._re2, prefilter._RE2_MIN_LENGTH = saved
+        prefilter._re2, prefilter._ahocorasick, prefilter._RE2_MIN_LENGTH = saved
 
 
 def main() -> None:
@@ -74,14 +78,21 @@ def main() -> None:
         "--number", type=int, default=0, help="calls per repeat (default: enough for 0.2 s)"
     )
     options = parser.parse_args()
-    engines = ["default", "re2", "re"] if prefilter._re2 is not None else ["re"]
-    try:
-        re2_version = version("google-re2")
-    except PackageNotFoundError:
-        re2_version = "not installed"
+    engines = [
+        "default",
+        *(["re2"] if prefilter._re2 is not None else []),
+        *(["ahocorasick"] if prefilter._ahocorasick is not None else []),
+        "re",
+    ]
+    versions = []
+    for name in ("google-re2", "pyahocorasick"):
+        try:
+            versions.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            versions.append(f"{name} not installed")
     print(
         f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs;"
-        f" google-re2 {re2_version}; least of {options.repeat} repeats, µs per call\n"
+        f" {', '.join(versions)}; least of {options.repeat} repeats, µs per call\n"
     )
     print("| body | " + " | ".join(engines) + " |")
     print("|---|" + "---:|" * len(engines))

@@ -96,3 +96,32 @@ def test_google_re2_is_required_where_its_wheels_exist(
         requirement.marker.evaluate(environment(system, machine, python, implementation))
         is required
     )
+
+
+@pytest.mark.parametrize(
+    ("system", "machine", "python", "implementation", "required"),
+    [
+        ("linux", "x86_64", "3.9", "CPython", True),
+        ("linux", "x86_64", "3.14", "CPython", True),
+        ("linux", "aarch64", "3.10", "CPython", True),
+        ("darwin", "arm64", "3.12", "CPython", True),
+        ("darwin", "x86_64", "3.9", "CPython", True),
+        ("win32", "AMD64", "3.13", "CPython", True),
+        # No wheel: pip would build it from source, which needs a C compiler.
+        ("linux", "aarch64", "3.9", "CPython", False),
+        ("linux", "x86_64", "3.15", "CPython", False),
+        ("linux", "i686", "3.12", "CPython", False),
+        ("linux", "ppc64le", "3.12", "CPython", False),
+        ("win32", "ARM64", "3.12", "CPython", False),
+        ("linux", "x86_64", "3.10", "PyPy", False),
+    ],
+)
+def test_pyahocorasick_is_required_where_its_wheels_exist(
+    system: str, machine: str, python: str, implementation: str, required: bool
+) -> None:
+    requirement = install_requirement("pyahocorasick")
+    assert requirement.marker is not None
+    assert (
+        requirement.marker.evaluate(environment(system, machine, python, implementation))
+        is required
+    )
