@@ -70,14 +70,15 @@ def environment(
     }
 
 
-@pytest.mark.parametrize(
-    ("system", "machine", "python", "implementation", "required"),
-    [
+#: Where each C extension is installed by default: (system, machine, Python, implementation,
+#: installed). Elsewhere pip would build it from source, which needs a C or C++ toolchain (and,
+#: for google-re2, the RE2 and Abseil libraries): the dependency is left out.
+WHEELS = {
+    "google-re2": [
         ("linux", "x86_64", "3.10", "CPython", True),
         ("linux", "x86_64", "3.14", "CPython", True),
         ("linux", "aarch64", "3.12", "CPython", True),
         ("win32", "AMD64", "3.13", "CPython", True),
-        # No wheel: pip would build it from source, which needs a C++ toolchain and libraries.
         ("linux", "x86_64", "3.9", "CPython", False),
         ("linux", "x86_64", "3.15", "CPython", False),
         ("linux", "i686", "3.12", "CPython", False),
@@ -86,28 +87,13 @@ def environment(
         ("win32", "ARM64", "3.12", "CPython", False),
         ("darwin", "arm64", "3.12", "CPython", False),  # wheels for macOS 13+ only: the extra
     ],
-)
-def test_google_re2_is_required_where_its_wheels_exist(
-    system: str, machine: str, python: str, implementation: str, required: bool
-) -> None:
-    requirement = install_requirement("google-re2")
-    assert requirement.marker is not None
-    assert (
-        requirement.marker.evaluate(environment(system, machine, python, implementation))
-        is required
-    )
-
-
-@pytest.mark.parametrize(
-    ("system", "machine", "python", "implementation", "required"),
-    [
+    "pyahocorasick": [
         ("linux", "x86_64", "3.9", "CPython", True),
         ("linux", "x86_64", "3.14", "CPython", True),
         ("linux", "aarch64", "3.10", "CPython", True),
         ("darwin", "arm64", "3.12", "CPython", True),
         ("darwin", "x86_64", "3.9", "CPython", True),
         ("win32", "AMD64", "3.13", "CPython", True),
-        # No wheel: pip would build it from source, which needs a C compiler.
         ("linux", "aarch64", "3.9", "CPython", False),
         ("linux", "x86_64", "3.15", "CPython", False),
         ("linux", "i686", "3.12", "CPython", False),
@@ -115,11 +101,17 @@ def test_google_re2_is_required_where_its_wheels_exist(
         ("win32", "ARM64", "3.12", "CPython", False),
         ("linux", "x86_64", "3.10", "PyPy", False),
     ],
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "system", "machine", "python", "implementation", "required"),
+    [(name, *case) for name, cases in WHEELS.items() for case in cases],
 )
-def test_pyahocorasick_is_required_where_its_wheels_exist(
-    system: str, machine: str, python: str, implementation: str, required: bool
+def test_c_extensions_are_required_where_their_wheels_exist(
+    name: str, system: str, machine: str, python: str, implementation: str, required: bool
 ) -> None:
-    requirement = install_requirement("pyahocorasick")
+    requirement = install_requirement(name)
     assert requirement.marker is not None
     assert (
         requirement.marker.evaluate(environment(system, machine, python, implementation))
