@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .credentials import (
@@ -181,28 +181,45 @@ def _words_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
 
 def _aho_finder(terms: list[bytes]) -> Callable[[bytes], int]:
     """``_FOUND_TERM`` and ``_FOUND_CREDENTIAL`` for the words of a body, by one pass of
-    pyahocorasick's automaton of every term and credential word (C; it keeps the GIL)."""
-    automaton = _ahocorasick.Automaton(_ahocorasick.STORE_INTS)
+    pyahocorasick's automaton of every term and credential word (C; it keeps the GIL).
+
+    The pass stops at the first match; the kind of word it did not find is then looked for by
+    the automaton of that kind alone, so a body full of matches ("key key key...") costs two
+    passes, not a Python loop over every match.
+    """
     flags: dict[bytes, int] = {}
     for word in terms:
         flags[word] = flags.get(word, 0) | _FOUND_TERM
     for word in _CREDENTIAL_WORDS:
         flags[word] = flags.get(word, 0) | _FOUND_CREDENTIAL
-    for word, flag in flags.items():
-        automaton.add_word(word.decode("latin-1"), flag)  # one character per byte, as the words
-    automaton.make_automaton()
-    matches = automaton.iter
+    matches = _automaton(flags)
+    others = {  # after a match of one kind only: the automaton of the other kind
+        _FOUND_TERM: _automaton(dict.fromkeys(_CREDENTIAL_WORDS, _FOUND_CREDENTIAL)),
+        _FOUND_CREDENTIAL: _automaton(dict.fromkeys(terms, _FOUND_TERM)) if terms else None,
+    }
     everything = _FOUND_TERM | _FOUND_CREDENTIAL
 
     def find(words: bytes) -> int:
-        found = 0
-        for _end, flag in matches(words.decode("latin-1")):
-            found |= flag
-            if found == everything:
-                break
-        return found
+        text = words.decode("latin-1")  # one character per byte, as the automata's words
+        for _end, found in matches(text):
+            other = None if found == everything else others[found]
+            if other is not None:
+                for _ in other(text):
+                    return everything
+            return found
+        return 0
 
     return find
+
+
+def _automaton(flags: dict[bytes, int]) -> Callable[[str], Iterator[tuple[int, int]]]:
+    """The ``iter`` of a pyahocorasick automaton of the words in ``flags``, each of which it
+    answers with its flags."""
+    automaton = _ahocorasick.Automaton(_ahocorasick.STORE_INTS)
+    for word, flag in flags.items():
+        automaton.add_word(word.decode("latin-1"), flag)
+    automaton.make_automaton()
+    return automaton.iter  # type: ignore[no-any-return]
 
 
 def _re_finder(terms: list[bytes]) -> Callable[[bytes], int]:

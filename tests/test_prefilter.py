@@ -244,6 +244,26 @@ def test_the_prefilter_answers_as_its_definition_with_every_engine(
     assert len({redactor._scan(body) & exact for redactor in _PREFILTER_REDACTORS}) == 1
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"key " * 2000 + b"Bearer",  # many terms, a credential word last
+        b"Bearer " + b"key " * 2000,
+        b"eyJ." * 2000 + b"password",  # many credential words, a term last
+        b"key " * 2000,
+        b"basic " * 1000,
+    ],
+)
+def test_bodies_full_of_matches_get_every_kind_found(body: bytes) -> None:
+    """The words' pass stops at its first match and looks for the other kind of word alone:
+    a kind found only after thousands of matches of the other is still found."""
+    for redactor in _PREFILTER_REDACTORS:
+        assert redactor._hints(body, True) == _reference_hints(redactor, body, True)
+        assert redactor._scan(body) & ~prefilter._FOUND_CARD == (
+            _PREFILTER_REDACTORS[0]._scan(body) & ~prefilter._FOUND_CARD
+        )
+
+
 def test_the_prefilter_answers_as_its_definition_on_large_hostile_bodies() -> None:
     """Bodies of the limit's size and more, made to cost (hostile.py), with every engine."""
     bodies = [shape(65536)[0] for shape in BODY_SHAPES.values()]
