@@ -102,7 +102,10 @@ def _body_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
     """
     words_scan = _words_scanner(terms)
     if _re2 is not None:
-        re2_scan = _re2_scanner(terms)
+        try:
+            re2_scan = _re2_scanner(terms)
+        except Exception:  # RE2 refuses a set too large for its memory budget (many terms)
+            return words_scan
         # An automaton RE2 could not build would find nothing in any body: check it does.
         probe = b" ".join([*terms[:1], b"eyJ", b"://", b"%", b"4111 1111 1111 1111"])
         everything = _FOUND_CREDENTIAL | _FOUND_URL | _FOUND_ESCAPE | _FOUND_CARD

@@ -4,6 +4,8 @@ with Python's re, through the redactor that builds it."""
 from __future__ import annotations
 
 import json
+import random
+import string
 from collections.abc import Callable
 
 import pytest
@@ -315,6 +317,18 @@ def test_a_google_re2_that_finds_nothing_is_not_used(monkeypatch: pytest.MonkeyP
     pytest.importorskip("re2")
     monkeypatch.setattr(prefilter, "_re2_scanner", lambda terms: lambda body: 0)
     redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    pad = b"x" * prefilter._RE2_MIN_LENGTH  # long enough for RE2
+    kept = redactor.body(b'{"pad": "' + pad + b'", "password": "hunter2"}', "application/json")
+    assert kept == b'{"pad": "' + pad + b'", "password": "' + FILTERED.encode() + b'"}'
+
+
+def test_terms_too_many_for_google_re2_leave_the_words_pass_to_every_body() -> None:
+    """RE2 refuses to compile a set beyond its memory budget (10,000 terms; 5,000 compile):
+    the redactor is still built, and pre-filters every body over its words."""
+    pytest.importorskip("re2")
+    letters = random.Random(7).choices
+    terms = ["".join(letters(string.ascii_lowercase, k=8)) for _ in range(10_000)]
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, (*DEFAULT_REDACT_FIELDS, *terms))
     pad = b"x" * prefilter._RE2_MIN_LENGTH  # long enough for RE2
     kept = redactor.body(b'{"pad": "' + pad + b'", "password": "hunter2"}', "application/json")
     assert kept == b'{"pad": "' + pad + b'", "password": "' + FILTERED.encode() + b'"}'
