@@ -479,6 +479,8 @@ _ENVIRON_OBJECTS = frozenset(
         "werkzeug.proxy_fix.orig",  # ProxyFix's dict of the values it replaced
         "gunicorn.socket",
         "wsgi.early_hints",  # gunicorn's (a function bound to the connection)
+        "gunicorn.http2.priority_weight",  # integers, under HTTP/2
+        "gunicorn.http2.priority_depends_on",
         "waitress.client_disconnected",
         "uwsgi.core",
         "uwsgi.node",
