@@ -57,11 +57,6 @@ _TEXT_FIELDS = ("path", "query_params", "referrer", "host", "exception", "url_ru
 #: Stored in place of custom data that could not be encoded or did not fit.
 CUSTOM_DATA_CUT = "[cut: custom data could not be stored]"
 
-# Measure sizes with a codec that accepts UUIDs (e.g. a user's UUID primary key): the client
-# that stores the app's own users can encode them, and they take 16 bytes either way.
-_SIZE_CHECK: CodecOptions[dict[str, Any]] = CodecOptions(
-    uuid_representation=UuidRepresentation.STANDARD
-)
 _DUPLICATE_KEY = 11000
 #: A hook that sees each document before it is stored: return it (changed) or None to drop it.
 BeforeSave = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -288,41 +283,26 @@ def _partial_outcome(error: BulkWriteError) -> BatchOutcome:
     return outcome
 
 
-def fit_document(
-    document: dict[str, Any], max_bytes: int, codec_options: CodecOptions[Any] = _SIZE_CHECK
-) -> bool:
-    """Make ``document`` encodable (with ``codec_options``) and at most ``max_bytes``; False
-    when impossible.
+def encode_document(
+    document: dict[str, Any], max_bytes: int, codec_options: CodecOptions[Any]
+) -> RawBSONDocument | None:
+    """``document`` encoded with the collection's ``codec_options``, at most ``max_bytes`` long;
+    None when it cannot be stored. Encoding each document once, here, gives its exact size, and
+    the batch holds bytes instead of the documents' dicts and lists.
 
-    What gives way, in order: custom data, header values, long text fields, then the bodies.
+    A document that is larger or cannot be encoded as it is gives way, step by step (in place),
+    until it fits: custom data, header values, long text fields, then the bodies.
     """
     for shrink in (None, _cut_custom_data, _cut_headers, _cut_text, _cut_bodies):
         if shrink is not None:
             shrink(document)
         try:
-            if len(bson.encode(document, codec_options=codec_options)) <= max_bytes:
-                return True
+            encoded = bson.encode(document, codec_options=codec_options)
         except Exception:  # only custom data can be odd; the next step replaces it
             continue
-    return False
-
-
-def encode_document(
-    document: dict[str, Any], max_bytes: int, codec_options: CodecOptions[Any]
-) -> RawBSONDocument | None:
-    """``document`` encoded with the collection's ``codec_options``, at most ``max_bytes`` long
-    (shrunk by :func:`fit_document` when it is larger or cannot be encoded as it is); None when
-    it cannot be stored. Encoding each document once, here, gives its exact size, and the
-    batch holds bytes instead of the documents' dicts and lists."""
-    try:
-        encoded = bson.encode(document, codec_options=codec_options)
-    except Exception:
-        encoded = None
-    if encoded is None or len(encoded) > max_bytes:
-        if not fit_document(document, max_bytes, codec_options):
-            return None
-        encoded = bson.encode(document, codec_options=codec_options)
-    return RawBSONDocument(encoded)
+        if len(encoded) <= max_bytes:
+            return RawBSONDocument(encoded)
+    return None
 
 
 def _cut_custom_data(document: dict[str, Any]) -> None:

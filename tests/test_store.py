@@ -35,7 +35,7 @@ from flask_tracking.store import (
     COLLECTION_NAME,
     CUSTOM_DATA_CUT,
     MongoSink,
-    fit_document,
+    encode_document,
 )
 from flask_tracking.writer import BatchOutcome, BatchWriter
 
@@ -559,7 +559,15 @@ def test_the_sink_passes_its_redactor_to_the_conversion(mongo: Any) -> None:
     assert mongo[COLLECTION_NAME].find_one()["request_body"] == b"[scrubbed]"
 
 
-# --------------------------------------------------------------------------- fit_document
+# ------------------------------------------------------------------------ encode_document
+
+# The codec the writer uses when the client names no UUID representation.
+STANDARD_UUIDS: CodecOptions[Any] = CodecOptions(uuid_representation=UuidRepresentation.STANDARD)
+
+
+def fits(document: dict[str, Any]) -> bool:
+    """Whether ``document`` could be encoded within MAX_RECORD (shrunk in place as needed)."""
+    return encode_document(document, MAX_RECORD, STANDARD_UUIDS) is not None
 
 
 def base_document(**fields: Any) -> dict[str, Any]:
@@ -568,10 +576,10 @@ def base_document(**fields: Any) -> dict[str, Any]:
     return document
 
 
-def test_fit_document_leaves_a_small_document_alone() -> None:
+def test_encode_document_leaves_a_small_document_alone() -> None:
     document = base_document(custom_data={"a": 1})
     before = dict(document)
-    assert fit_document(document, MAX_RECORD)
+    assert fits(document)
     assert document == before
 
 
@@ -582,7 +590,7 @@ def test_fit_stage_one_custom_data_only() -> None:
         request_headers=headers,
         request_body=b"b" * 1000,
     )
-    assert fit_document(document, MAX_RECORD)
+    assert fits(document)
     assert document["custom_data"] == CUSTOM_DATA_CUT
     assert document["request_headers"] == headers
     assert document["request_body"] == b"b" * 1000
@@ -599,7 +607,7 @@ def test_fit_stage_two_headers_10000() -> None:
         response_body=b"r" * 1000,
     )
     assert len(bson.encode(document)) > MAX_RECORD
-    assert fit_document(document, MAX_RECORD)
+    assert fits(document)
     assert document["custom_data"] == CUSTOM_DATA_CUT  # it gives way first, even when small
     assert document["request_headers"] == headers[:200]
     assert document["response_headers"] == [["Set-Cookie", "c" * 1024]] * 10
@@ -610,7 +618,7 @@ def test_fit_stage_two_headers_10000() -> None:
 
 def test_fit_headers_cut_names_and_values() -> None:
     document = base_document(request_headers=[["N" * 1000, "v" * 200_000]])
-    assert fit_document(document, MAX_RECORD)
+    assert fits(document)
     assert document["request_headers"] == [["N" * 256, "v" * 1024]]
     assert document["custom_data"] is None  # nothing to replace
 
@@ -624,7 +632,7 @@ def test_fit_stage_three_bodies() -> None:
         response_body=b"r" * (MAX_RECORD // 2 + 10),
         response_body_size=MAX_RECORD // 2 + 10,
     )
-    assert fit_document(document, MAX_RECORD)
+    assert fits(document)
     assert document["custom_data"] == CUSTOM_DATA_CUT
     assert len(document["request_headers"]) == 200
     for prefix in ("request", "response"):
@@ -636,12 +644,12 @@ def test_fit_stage_three_bodies() -> None:
 
 def test_fit_impossible_returns_false() -> None:
     document = base_document(request_headers=[[f"X-H{i}", "v" * 2000] for i in range(300)])
-    assert not fit_document(document, MAX_RECORD)
+    assert not fits(document)
 
 
 def test_fit_unencodable_custom_data_even_when_small() -> None:
     document = base_document(custom_data={"s": {1}})
-    assert fit_document(document, MAX_RECORD)
+    assert fits(document)
     assert document["custom_data"] == CUSTOM_DATA_CUT
     bson.encode(document)
 
@@ -649,7 +657,7 @@ def test_fit_unencodable_custom_data_even_when_small() -> None:
 def test_user_with_uuid_primary_key_is_stored() -> None:
     pk = uuid.uuid4()
     document = store.to_document(make_state(user_ref=("User", "user", pk), user_id=str(pk)))
-    assert fit_document(document, MAX_RECORD)
+    assert fits(document)
     database = FakeDatabase()
     outcome = make_sink(lambda: database)([make_state(user_ref=("User", "user", pk))])
     assert outcome.dropped == {}
