@@ -8,7 +8,7 @@ result is the schema that :class:`flask_tracking.documents.Tracking` reads.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,8 @@ def to_document(
     anonymize: bool = False,
     request_id_key: str | None = None,
     db_repeat_threshold: int = 5,
+    *,
+    bodies: tuple[ScrubbedBody | None, ScrubbedBody | None] | None = None,
 ) -> dict[str, Any]:
     """The document to insert for a finished request (a new dict with an ``_id``).
 
@@ -57,7 +59,8 @@ def to_document(
     With a ``redactor``, secrets are filtered from headers, query string, custom data and
     bodies; with ``anonymize``, the client address is cut (see :func:`redact.anonymize_ip`).
     ``request_id_key`` is the environ key of the incoming request-id header: when nothing on
-    the request thread needed the id, it is worked out here.
+    the request thread needed the id, it is worked out here. ``bodies``: the request's and
+    the response's bodies as :func:`scrub_bodies` filtered them (for many records at once).
     """
     if redactor is not None and not state.scrubbed:  # normally done on the request thread
         scrub_request_side(state, redactor)
@@ -95,7 +98,9 @@ def to_document(
         "request_id": state.resolve_request_id(environ, request_id_key),
         "sample_rate": state.sample_rate,
     }
-    _add_bodies(document, state)
+    if redactor is not None and bodies is None:
+        bodies = scrub_bodies([state], redactor)[0]
+    _add_bodies(document, state, bodies or (None, None))
     if state.db is not None:
         try:
             db = state.db.to_document(db_repeat_threshold)
@@ -105,20 +110,51 @@ def to_document(
             document["db"] = db
     if redactor is not None:
         scrub_values_by_look(document, redactor)
-        if document["request_body"]:
+    return document
+
+
+def scrub_bodies(
+    states: Sequence[RequestState], redactor: Redactor
+) -> list[tuple[ScrubbedBody | None, ScrubbedBody | None]]:
+    """The request's and the response's bodies of each request with their secrets filtered,
+    or omitted with the reason (None: no body to filter), for :func:`to_document`. The
+    pre-filter reads the bodies of all the requests together (:meth:`Redactor.scrub_bodies`);
+    a body whose scrubbing fails is not kept at all (fail closed)."""
+    bodies: list[tuple[bytes, str, str, int]] = []
+    places: list[tuple[int, int]] = []
+    for index, state in enumerate(states):
+        body = _captured(state.request_body)
+        if body:
+            environ = state.environ or {}
             kind = environ.get("CONTENT_TYPE", "")
             coding = environ.get("HTTP_CONTENT_ENCODING", "")
-            _scrub_body(document, "request", redactor, kind, coding, state.request_body)
-        if document["response_body"]:
+            bodies.append((body, kind, coding, _limit(state.request_body)))
+            places.append((index, 0))
+        body = _captured(state.response_body)
+        if body:
             kind = coding = ""
-            for name, value in response_headers:
+            for name, value in state.response_headers:
                 lowered = name.lower()
                 if lowered == "content-type":
                     kind = value
                 elif lowered == "content-encoding":
                     coding = value
-            _scrub_body(document, "response", redactor, kind, coding, state.response_body)
-    return document
+            bodies.append((body, kind, coding, _limit(state.response_body)))
+            places.append((index, 1))
+    filtered: list[list[ScrubbedBody | None]] = [[None, None] for _ in states]
+    for (index, side), kept in zip(places, redactor.scrub_bodies(bodies)):
+        filtered[index][side] = kept
+    return [(request, response) for request, response in filtered]
+
+
+def _captured(capture: BodyCapture | None) -> bytes | None:
+    """The bytes of a body as captured (None: not captured, or the capture failed)."""
+    return None if capture is None or capture.failed else bytes(capture.buffer)
+
+
+def _limit(capture: BodyCapture | None) -> int:
+    """The most bytes a body's Content-Encoding is decoded to: its capture limit."""
+    return max(capture.limit if capture is not None else DEFAULT_MAX_DECODED_BYTES, 1)
 
 
 def scrub_request_side(state: RequestState, redactor: Redactor) -> None:
@@ -207,39 +243,27 @@ _MAX_CLEAN_TEXTS = 4096
 _MAX_CLEAN_TEXT_LENGTH = 1024
 
 
-def _scrub_body(
+def _add_bodies(
     document: dict[str, Any],
-    prefix: str,
-    redactor: Redactor,
-    kind: str,
-    coding: str,
-    capture: BodyCapture | None,
+    state: RequestState,
+    filtered: tuple[ScrubbedBody | None, ScrubbedBody | None],
 ) -> None:
-    """Filter secrets in one body, or omit it with the reason; if scrubbing fails, keep no
-    body at all (fail closed)."""
-    key = f"{prefix}_body"
-    limit = capture.limit if capture is not None else DEFAULT_MAX_DECODED_BYTES
-    try:
-        kept = redactor.scrub_body(document[key], kind, coding, max(limit, 1))
-    except Exception:
-        kept = ScrubbedBody(None, "redaction failed")
-    document[key] = kept.body
-    if kept.omitted is not None:
-        document[f"{prefix}_body_omitted"] = kept.omitted
-
-
-def _add_bodies(document: dict[str, Any], state: RequestState) -> None:
-    """Set the body fields of ``document``."""
-    for keys, capture, omitted in (
-        (_REQUEST_BODY_KEYS, state.request_body, state.request_body_omitted),
-        (_RESPONSE_BODY_KEYS, state.response_body, state.response_body_omitted),
+    """Set the body fields of ``document``, with the bodies as filtered where they were."""
+    for keys, capture, omitted, kept in (
+        (_REQUEST_BODY_KEYS, state.request_body, state.request_body_omitted, filtered[0]),
+        (_RESPONSE_BODY_KEYS, state.response_body, state.response_body_omitted, filtered[1]),
     ):
         if capture is None:
             body, size, truncated = None, None, False
         elif capture.failed:
             body, size, truncated, omitted = None, None, False, "capture failed"
         else:
-            body, size, truncated = bytes(capture.buffer), capture.size, capture.truncated
+            size, truncated = capture.size, capture.truncated
+            if kept is None:
+                body = bytes(capture.buffer)
+            else:
+                body = kept.body
+                omitted = kept.omitted if kept.omitted is not None else omitted
         body_key, size_key, truncated_key, omitted_key = keys
         document[body_key] = body
         document[size_key] = size

@@ -15,14 +15,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import unquote, unquote_plus
 
 from .content import _HTML, _TEXT_KINDS, Unreadable, _as_utf8, _describe, decode_content
 from .credentials import FILTERED, FILTERED_BYTES, scrub_text, scrub_values
-from .prefilter import _NAME_HINT, _VALUE_HINT, _body_scanner, _hints_of
+from .prefilter import _NAME_HINT, _VALUE_HINT, _body_scanners, _hints_of
 
 __all__ = [
     "DEFAULT_ALLOWED_FIELDS",
@@ -187,7 +187,7 @@ class Redactor:
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
         kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
-        self._scan = _body_scanner([term.encode() for term in kept])
+        self._scan, self._scan_many = _body_scanners([term.encode() for term in kept])
 
     def is_secret_header(self, name: str) -> bool:
         """Whether the header ``name`` (or WSGI environ key ``HTTP_...``) is filtered."""
@@ -381,20 +381,54 @@ class Redactor:
         kept only when nothing in it can name a secret or look like a credential; otherwise
         it is omitted, with the reason.
         """
+        return self._scrub_body(body, content_type, content_encoding, max_decoded_bytes, None)
+
+    def scrub_bodies(self, bodies: Sequence[tuple[bytes, str, str, int]]) -> list[ScrubbedBody]:
+        """:meth:`scrub_body` of each ``(body, content type, content encoding, max decoded
+        bytes)``, at less cost than one by one: the pre-filter runs over the bodies together.
+        Never raises: a body whose filtering fails is omitted as ``redaction failed`` (fail
+        closed)."""
+        try:
+            scanned = []  # bodies the pre-filter reads as they are (unless a charset is decoded)
+            for index, (body, content_type, encoding, _) in enumerate(bodies):
+                described = _describe(content_type)
+                if body and not encoding and not described.media and not described.archive:
+                    scanned.append(index)
+            found = dict(zip(scanned, self._scan_many([bodies[index][0] for index in scanned])))
+        except Exception:  # each body is then pre-filtered on its own
+            found = {}
+        results = []
+        for index, (body, content_type, encoding, limit) in enumerate(bodies):
+            try:
+                kept = self._scrub_body(body, content_type, encoding, limit, found.get(index))
+            except Exception:
+                kept = ScrubbedBody(None, "redaction failed")
+            results.append(kept)
+        return results
+
+    def _scrub_body(
+        self, body: bytes | None, content_type: str, encoding: str, limit: int, found: int | None
+    ) -> ScrubbedBody:
         if not body:
             return ScrubbedBody(body, None)
         try:
-            return ScrubbedBody(
-                self._scrub(body, content_type, content_encoding, max_decoded_bytes, True), None
-            )
+            return ScrubbedBody(self._scrub(body, content_type, encoding, limit, True, found), None)
         except Unreadable as error:
             return ScrubbedBody(None, error.reason)
 
     def _scrub(
-        self, body: bytes, content_type: str, encoding: str, limit: int, outer: bool
+        self,
+        body: bytes,
+        content_type: str,
+        encoding: str,
+        limit: int,
+        outer: bool,
+        found: int | None = None,
     ) -> bytes:
+        """``found``: what the pre-filter found in ``body`` (None: not run yet)."""
         described = _describe(content_type)
         kind = described.kind
+        read = body
         if encoding:
             body = decode_content(body, encoding, limit)
         if described.media:
@@ -402,7 +436,8 @@ class Redactor:
         if described.archive:
             raise Unreadable(f"compressed archive ({kind})")
         body = _as_utf8(body, described)
-        found = self._scan(body)
+        if found is None or body is not read:  # decoded: not what the pre-filter read
+            found = self._scan(body)
         hints = _hints_of(found, body, described.escapes) if found else 0
         if not hints:
             return body  # nothing in it can name a secret or look like a credential

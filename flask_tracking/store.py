@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import bson
@@ -28,8 +28,8 @@ from .aggregate import Aggregate, Key, RollupOutcome
 from .capture import RequestState
 from .dbactivity import ignore_collection, uncounted
 from .indexes import ensure_indexes
-from .record import to_document
-from .redact import Redactor
+from .record import scrub_bodies, to_document
+from .redact import Redactor, ScrubbedBody
 from .sanitize import TRUNCATED
 from .storage import (
     SERIES_FIELD,
@@ -135,9 +135,15 @@ class MongoSink:
             return self._refused(records, error)
         dropped: Counter[str] = Counter()
         codec_options = _encoding_options(collection.codec_options)
+        bodies = iter(self._filtered_bodies(records))
         documents = []
         for record in records:
-            document = self._prepare(record, dropped, codec_options)
+            # A document handed back for a retry is inserted as it is.
+            document = (
+                self._prepare(record, next(bodies), dropped, codec_options)
+                if isinstance(record, RequestState)
+                else record
+            )
             if document is not None:
                 documents.append(document)
         outcome = self._insert(collection, documents) if documents else BatchOutcome()
@@ -145,16 +151,28 @@ class MongoSink:
             outcome.dropped[reason] = outcome.dropped.get(reason, 0) + count
         return outcome
 
+    def _filtered_bodies(
+        self, records: list[Any]
+    ) -> Sequence[tuple[ScrubbedBody | None, ScrubbedBody | None] | None]:
+        """The filtered bodies of the batch's new records, in order (None: not filtered yet),
+        all at once: the pre-filter then reads them together, in one pass."""
+        states = [record for record in records if isinstance(record, RequestState)]
+        if self._redactor is not None:
+            try:
+                return scrub_bodies(states, self._redactor)
+            except Exception:  # each record's bodies are then filtered on their own
+                self._logger.exception("flask_tracking: could not filter the bodies of a batch")
+        return [None] * len(states)
+
     def _prepare(
         self,
-        record: RequestState | Mapping[str, Any],
+        record: RequestState,
+        bodies: tuple[ScrubbedBody | None, ScrubbedBody | None] | None,
         dropped: Counter[str],
         codec_options: CodecOptions[Any],
     ) -> Mapping[str, Any] | None:
         """The document to insert, encoded once (a :class:`~bson.raw_bson.RawBSONDocument`
         that pymongo sends as it is), or None when it is dropped (counted in ``dropped``)."""
-        if not isinstance(record, RequestState):  # a document handed back for a retry
-            return record
         try:
             document: dict[str, Any] = to_document(
                 record,
@@ -162,6 +180,7 @@ class MongoSink:
                 self._anonymize_ip,
                 self._request_id_key,
                 self._db_repeat_threshold,
+                bodies=bodies,
             )
         except Exception:
             self._logger.exception("flask_tracking: could not convert a record; dropped")

@@ -278,6 +278,70 @@ def test_the_prefilter_answers_as_its_definition_on_large_hostile_bodies() -> No
                 assert redactor._hints(body, escapes) == expected
 
 
+def _default_redactor() -> Redactor:
+    return Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(bodies=st.lists(_BODIES, max_size=12), escapes=st.booleans())
+def test_bodies_pre_filtered_together_get_the_hints_each_gets_alone(
+    bodies: list[bytes], escapes: bool
+) -> None:
+    """``many`` joins bodies for one RE2 pass per group (several groups here): what it tells of
+    each body gives that body's own hints."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prefilter, "_GROUP_BYTES", 64)
+        for redactor in [*_PREFILTER_REDACTORS, _default_redactor()]:
+            found = redactor._scan_many(bodies)
+            assert [prefilter._hints_of(f, b, escapes) for f, b in zip(found, bodies)] == [
+                redactor._hints(body, escapes) for body in bodies
+            ]
+
+
+@pytest.mark.parametrize(
+    "bodies",
+    [
+        [b'{"a": "pass', b'word"}'],  # a term across two bodies
+        [b"4111 1111 ", b"1111 1111"],  # card-shaped digits across two bodies
+        [b"see http:", b"//example.org"],
+        [b"", b"Bearer", b"", b"plain"],
+    ],
+)
+def test_nothing_is_found_across_the_bodies_pre_filtered_together(bodies: list[bytes]) -> None:
+    for redactor in [*_PREFILTER_REDACTORS, _default_redactor()]:
+        assert redactor._scan_many(bodies) == [redactor._scan(body) for body in bodies]
+
+
+def test_bodies_pre_filtered_together_take_one_re2_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bodies of a batch (many of them short) take one RE2 pass together: a pass costs
+    less over one long text than over many short ones, and lets go of the GIL once. A URL or an
+    escape in one body is then looked for in each by a substring search."""
+    pytest.importorskip("re2")
+    scanned: list[int] = []
+    real_re2_scanner = prefilter._re2_scanner
+
+    def recording_re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
+        scan = real_re2_scanner(terms)
+
+        def recorded(body: bytes) -> int:
+            scanned.append(len(body))
+            return scan(body)
+
+        return recorded
+
+    monkeypatch.setattr(prefilter, "_re2_scanner", recording_re2_scanner)
+    redactor = _default_redactor()
+    bodies = [b"Hello, World!"] * 100 + [b"a=50%", b'{"next": "https://example.org/2"}']
+    scanned.clear()  # the probe of the automaton
+    url, escape = prefilter._FOUND_URL, prefilter._FOUND_ESCAPE
+    assert redactor._scan_many(bodies) == [0] * 100 + [escape, url]
+    assert scanned == [len(prefilter._SEPARATOR.join(bodies))]
+    scanned.clear()
+    monkeypatch.setattr(prefilter, "_GROUP_BYTES", 13 * 50)
+    assert redactor._scan_many(bodies) == [0] * 100 + [escape, url]
+    assert len(scanned) == 3  # groups of about _GROUP_BYTES
+
+
 def test_short_bodies_are_pre_filtered_over_their_words_even_with_google_re2(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -404,14 +404,14 @@ def test_very_long_user_agent_is_parsed_and_kept() -> None:
 
 
 class FakeRedactor(Redactor):
-    """A Redactor with empty deny-lists whose ``scrub_body`` records what it sees."""
+    """A Redactor with empty deny-lists that records the bodies it filters."""
 
     def __init__(self, fail_on: bytes | None = None) -> None:
         super().__init__(headers=(), fields=())
         self.fail_on = fail_on
         self.seen: list[tuple[bytes, str]] = []
 
-    def scrub_body(self, body: Any, content_type: str, *args: Any) -> ScrubbedBody:
+    def _scrub_body(self, body: Any, content_type: str, *args: Any) -> ScrubbedBody:
         self.seen.append((body, content_type))
         if body == self.fail_on:
             raise ValueError("cannot scrub")

@@ -17,6 +17,7 @@ from flask_tracking.redact import (
     FILTERED,
     IP_HEADERS,
     Redactor,
+    ScrubbedBody,
     anonymize_ip,
 )
 
@@ -1081,3 +1082,39 @@ def test_escapes_are_decoded_as_python_decodes_them(key: str) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         expected = key.encode("latin-1", "backslashreplace").decode("unicode_escape", "replace")
     assert redact_module._unescape(key) == expected
+
+
+def test_bodies_filtered_together_are_filtered_as_each_alone() -> None:
+    import gzip
+
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    secret = f'{{"password": "{SECRET}"}}'.encode()
+    bodies = [
+        (b'{"items": [1, 2, 3]}', "application/json", "", 65536),
+        (secret, "application/json", "", 65536),
+        (gzip.compress(secret), "application/json", "gzip", 65536),
+        (secret.decode().encode("utf-16"), "application/json; charset=utf-16", "", 65536),
+        (b"\x89PNG password", "image/png", "", 65536),
+        (b"password=" + SECRET.encode(), "application/x-www-form-urlencoded", "", 65536),
+        (b"", "text/plain", "", 65536),
+        (b"token: " + SECRET.encode(), "application/yaml", "", 65536),
+        (b"not gzip", "application/json", "gzip", 65536),
+        (b'<a href="https://u:' + SECRET.encode() + b'@example.org/">', "text/html", "", 65536),
+    ]
+    together = redactor.scrub_bodies(bodies)
+    assert together == [redactor.scrub_body(*body) for body in bodies]
+    assert not any(SECRET.encode() in (kept.body or b"") for kept in together)
+
+
+def test_a_body_whose_filtering_fails_is_omitted_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    real = redactor._scrub
+
+    def failing(body: bytes, *args: Any) -> bytes:
+        if body == b"x=1":
+            raise ValueError("a bug")
+        return real(body, *args)
+
+    monkeypatch.setattr(redactor, "_scrub", failing)
+    kept = redactor.scrub_bodies([(b"x=1", "text/plain", "", 100), (b"y=2", "text/plain", "", 100)])
+    assert kept == [ScrubbedBody(None, "redaction failed"), ScrubbedBody(b"y=2", None)]

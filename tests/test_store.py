@@ -359,8 +359,8 @@ def test_retry_of_a_fully_stored_batch_counts_all_written(mongo: Any) -> None:
     documents: list[dict[str, Any]] = []
     convert = store.to_document
 
-    def keep(*args: Any) -> dict[str, Any]:
-        documents.append(convert(*args))
+    def keep(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        documents.append(convert(*args, **kwargs))
         return documents[-1]
 
     with mock.patch.object(store, "to_document", keep):
@@ -542,21 +542,38 @@ def test_a_record_that_cannot_fit_is_dropped(mongo: Any) -> None:
     assert [d["path"] for d in mongo[COLLECTION_NAME].find()] == ["/items/1"]
 
 
-def test_the_sink_passes_its_redactor_to_the_conversion(mongo: Any) -> None:
+def test_the_sink_filters_the_bodies_of_a_batch_together(mongo: Any) -> None:
     class Scrubber(Redactor):
         def __init__(self) -> None:
             super().__init__(headers=(), fields=())
-            self.seen: list[tuple[bytes, str]] = []
+            self.calls: list[list[tuple[bytes, str]]] = []
 
-        def scrub_body(self, body: Any, content_type: str, *args: Any) -> ScrubbedBody:
-            self.seen.append((body, content_type))
-            return ScrubbedBody(b"[scrubbed]", None)
+        def scrub_bodies(self, bodies: Any) -> list[ScrubbedBody]:
+            self.calls.append([(body, content_type) for body, content_type, *_ in bodies])
+            return [ScrubbedBody(b"[scrubbed]", None)] * len(bodies)
 
     redactor = Scrubber()
     sink = make_sink(lambda: mongo, redactor=redactor)
-    assert sink(items(1, request_body=capture(b"password=x", 100))).written == 1
-    assert redactor.seen == [(b"password=x", "")]
-    assert mongo[COLLECTION_NAME].find_one()["request_body"] == b"[scrubbed]"
+    assert sink(items(3, request_body=capture(b"password=x", 100))).written == 3
+    assert redactor.calls == [[(b"password=x", "")] * 3]  # one call for the batch
+    assert [d["request_body"] for d in mongo[COLLECTION_NAME].find()] == [b"[scrubbed]"] * 3
+
+
+def test_bodies_the_batch_could_not_filter_are_filtered_record_by_record(
+    mongo: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, LOGGER_NAME)
+
+    def failing(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(store, "scrub_bodies", failing)
+    sink = make_sink(lambda: mongo, redactor=Redactor((), ("password",)))
+    body = capture(b"password=hunter2", 100)
+    assert sink(items(2, request_body=body)).written == 2
+    stored = [d["request_body"] for d in mongo[COLLECTION_NAME].find()]
+    assert stored == [b"password=[Filtered]"] * 2
+    assert "could not filter the bodies of a batch" in caplog.text
 
 
 # ------------------------------------------------------------------------ encode_document
