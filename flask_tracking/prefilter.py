@@ -16,6 +16,7 @@ over each, and lets go of the GIL once rather than once per body.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -206,10 +207,34 @@ def _spaced(word: bytes) -> bytes:
 
 
 def _re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
+    """One pass of an ``RE2::Set`` over the raw bytes. A process forked since the set was
+    compiled compiles it again before its first pass: RE2 locks a set while it adds states to
+    its automaton, and a thread of the parent that held that lock when another thread forked
+    would leave it held for good in the child (whose writer would then wait forever)."""
+    compiled: list[Any] = [_FORKS[0], *_re2_set(terms)]  # forks seen, Match, flags by index
+
+    def scan(body: bytes) -> int:
+        if compiled[0] != _FORKS[0]:
+            compiled[:] = [_FORKS[0], *_re2_set(terms)]
+        indices = compiled[1](body)
+        if indices is None:  # most bodies
+            return 0
+        flags = compiled[2]
+        result = 0
+        for index in indices:
+            result |= flags[index]
+        return result
+
+    return scan
+
+
+def _re2_set(terms: list[bytes]) -> tuple[Callable[[bytes], list[int] | None], dict[int, int]]:
+    """The ``Match`` of a compiled ``RE2::Set`` of what the pre-filter looks for, and the
+    ``_FOUND_*`` flag of each of its patterns by index."""
     options = _re2.Options()
     options.encoding = _re2.Options.Encoding.LATIN1  # a byte is a character, valid UTF-8 or not
     found = _re2.Set.SearchSet(options)
-    flags: dict[int, int] = {}  # what the pattern of each index in the set finds
+    flags: dict[int, int] = {}
     for flag, pattern in (
         (_FOUND_TERM, b"|".join(map(_spaced, terms))),
         (_FOUND_CREDENTIAL, b"|".join(map(_spaced, _CREDENTIAL_WORDS))),
@@ -220,18 +245,19 @@ def _re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
         if pattern:
             flags[found.Add(pattern)] = flag
     found.Compile()
-    match = found.Match
+    return found.Match, flags
 
-    def scan(body: bytes) -> int:
-        indices = match(body)
-        if indices is None:  # most bodies
-            return 0
-        result = 0
-        for index in indices:
-            result |= flags[index]
-        return result
 
-    return scan
+#: Forks of this process (counted in the child): see :func:`_re2_scanner`.
+_FORKS = [0]
+
+
+def _count_fork() -> None:
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
 
 
 def _words_scanner(terms: list[bytes]) -> Callable[[bytes], int]:

@@ -4,9 +4,11 @@ with Python's re, through the redactor that builds it."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import string
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -20,6 +22,7 @@ from flask_tracking.redact import (
     Redactor,
 )
 
+from .conftest import fork_and_report
 from .hostile import BODY_SHAPES
 from .test_credentials import JWT, PEM
 
@@ -340,6 +343,34 @@ def test_bodies_pre_filtered_together_take_one_re2_pass(monkeypatch: pytest.Monk
     monkeypatch.setattr(prefilter, "_GROUP_BYTES", 13 * 50)
     assert redactor._scan_many(bodies) == [0] * 100 + [escape, url]
     assert len(scanned) == 3  # groups of about _GROUP_BYTES
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_compiles_its_own_re2_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RE2 locks a set while it adds states to its automaton: a child forked while a thread of
+    the parent held that lock would wait for it forever (measured: 1 child in 100 hung when the
+    parent forked while a thread pre-filtered new bodies). Each process compiles its own set."""
+    pytest.importorskip("re2")
+    compiled_in: list[int] = []
+    real_re2_set = prefilter._re2_set
+
+    def recording_re2_set(terms: list[bytes]) -> Any:
+        compiled_in.append(os.getpid())
+        return real_re2_set(terms)
+
+    monkeypatch.setattr(prefilter, "_re2_set", recording_re2_set)
+    redactor = _default_redactor()
+    bodies = [b"Hello", b"Bearer abc"]
+    expected = [0, prefilter._FOUND_CREDENTIAL]
+    assert redactor._scan_many(bodies) == expected
+    before = list(compiled_in)
+
+    def child() -> Any:
+        return [redactor._scan_many(bodies), compiled_in[-1] == os.getpid()]
+
+    assert fork_and_report(child) == [expected, True]
+    assert compiled_in == before  # the parent keeps its set
+    assert redactor._scan_many(bodies) == expected
 
 
 def test_short_bodies_are_pre_filtered_over_their_words_even_with_google_re2(
