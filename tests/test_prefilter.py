@@ -285,6 +285,24 @@ def _default_redactor() -> Redactor:
     return Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
 
 
+def _recorded_re2_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lengths of what each RE2 pass of the redactors built from now on reads, in order."""
+    scanned: list[int] = []
+    real_re2_scanner = prefilter._re2_scanner
+
+    def recording_re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
+        scan = real_re2_scanner(terms)
+
+        def recorded(body: bytes) -> int:
+            scanned.append(len(body))
+            return scan(body)
+
+        return recorded
+
+    monkeypatch.setattr(prefilter, "_re2_scanner", recording_re2_scanner)
+    return scanned
+
+
 @settings(max_examples=300, deadline=None)
 @given(bodies=st.lists(_BODIES, max_size=12), escapes=st.booleans())
 def test_bodies_pre_filtered_together_get_the_hints_each_gets_alone(
@@ -320,19 +338,7 @@ def test_bodies_pre_filtered_together_take_one_re2_pass(monkeypatch: pytest.Monk
     less over one long text than over many short ones, and lets go of the GIL once. A URL or an
     escape in one body is then looked for in each by a substring search."""
     pytest.importorskip("re2")
-    scanned: list[int] = []
-    real_re2_scanner = prefilter._re2_scanner
-
-    def recording_re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
-        scan = real_re2_scanner(terms)
-
-        def recorded(body: bytes) -> int:
-            scanned.append(len(body))
-            return scan(body)
-
-        return recorded
-
-    monkeypatch.setattr(prefilter, "_re2_scanner", recording_re2_scanner)
+    scanned = _recorded_re2_passes(monkeypatch)
     redactor = _default_redactor()
     bodies = [b"Hello, World!"] * 100 + [b"a=50%", b'{"next": "https://example.org/2"}']
     scanned.clear()  # the probe of the automaton
@@ -380,20 +386,8 @@ def test_short_bodies_are_pre_filtered_over_their_words_even_with_google_re2(
     takes for a short body when another thread wants the GIL: only bodies of at least
     ``_RE2_MIN_LENGTH`` bytes go to RE2."""
     pytest.importorskip("re2")
-    scanned: list[int] = []
-
-    def recording_re2_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
-        scan = real_re2_scanner(terms)
-
-        def recorded(body: bytes) -> int:
-            scanned.append(len(body))
-            return scan(body)
-
-        return recorded
-
-    real_re2_scanner = prefilter._re2_scanner
-    monkeypatch.setattr(prefilter, "_re2_scanner", recording_re2_scanner)
-    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    scanned = _recorded_re2_passes(monkeypatch)
+    redactor = _default_redactor()
     scanned.clear()  # the probe of the automaton
     shortest = prefilter._RE2_MIN_LENGTH
     short = b'{"password": "hunter2"}'
