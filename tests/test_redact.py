@@ -1118,3 +1118,18 @@ def test_a_body_whose_filtering_fails_is_omitted_alone(monkeypatch: pytest.Monke
     monkeypatch.setattr(redactor, "_scrub", failing)
     kept = redactor.scrub_bodies([(b"x=1", "text/plain", "", 100), (b"y=2", "text/plain", "", 100)])
     assert kept == [ScrubbedBody(None, "redaction failed"), ScrubbedBody(b"y=2", None)]
+
+
+@pytest.mark.parametrize("charset", ["cp500", "utf-16"])
+def test_bodies_filtered_together_are_pre_filtered_again_once_their_charset_is_decoded(
+    charset: str,
+) -> None:
+    """The pre-filter of a batch reads each body as it came; a body whose declared charset is
+    decoded is pre-filtered again: in EBCDIC (cp500) no name is readable in the bytes as they
+    came."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    body = f'{{"password": "{SECRET}"}}'.encode(charset)
+    bodies = [(body, f"application/json; charset={charset}", "", 65536), (b"{}", "", "", 1)]
+    together = redactor.scrub_bodies(bodies)
+    assert together == [redactor.scrub_body(*item) for item in bodies]
+    assert together[0].body == b'{"password": "[Filtered]"}'

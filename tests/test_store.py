@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 import os
 import threading
@@ -12,12 +13,15 @@ from typing import Any, Callable
 from unittest import mock
 
 import bson
+import mongomock
 import pymongo
 import pytest
 from bson import ObjectId
 from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -27,9 +31,15 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from flask_tracking import store
+from flask_tracking import prefilter, store
 from flask_tracking.capture import BodyCapture, RequestState
-from flask_tracking.redact import Redactor, ScrubbedBody
+from flask_tracking.record import scrub_request_side
+from flask_tracking.redact import (
+    DEFAULT_REDACT_FIELDS,
+    DEFAULT_REDACT_HEADERS,
+    Redactor,
+    ScrubbedBody,
+)
 from flask_tracking.storage import CollectionSpec, ensure_collection
 from flask_tracking.store import (
     COLLECTION_NAME,
@@ -574,6 +584,82 @@ def test_bodies_the_batch_could_not_filter_are_filtered_record_by_record(
     stored = [d["request_body"] for d in mongo[COLLECTION_NAME].find()]
     assert stored == [b"password=[Filtered]"] * 2
     assert "could not filter the bodies of a batch" in caplog.text
+
+
+_BODY_PIECES = [
+    b"password", b"pass", b"word", b"Bearer ", b"eyJhbGciOi", b"://", b"https://ada:pw@x.org/",
+    b"%70assword", b"\\u0070assword", b"%", b"4111 1111 1111 1111", b"\nQ\n", b"=", b"&", b"{",
+    b"}", b'"', b":", b" ", b"x", b"AKIAIOSFODNN7EXAMPLE", b"\x00",
+]  # fmt: skip
+_BODY_KINDS = [
+    "", "application/json", "text/plain", "application/x-www-form-urlencoded", "text/html",
+    "application/yaml", "image/png", "application/zip", "application/json; charset=utf-16",
+    "text/plain; charset=cp500",
+    "multipart/form-data; boundary=x", "application/xml",
+]  # fmt: skip
+#: One side of a record: body, content type, gzip or not, capture limit.
+_SIDES = st.tuples(
+    st.lists(st.sampled_from(_BODY_PIECES) | st.binary(max_size=3), max_size=20).map(b"".join),
+    st.sampled_from(_BODY_KINDS),
+    st.booleans(),
+    st.sampled_from([1, 50, 65536]),
+)
+
+
+def _record_with_bodies(index: int, request: Any, response: Any, redactor: Redactor) -> Any:
+    def side(body: bytes, gzipped: bool, limit: int) -> BodyCapture:
+        return capture(gzip.compress(body) if gzipped else body, limit)
+
+    headers = [("Content-Type", response[1])]
+    if response[2]:
+        headers.append(("Content-Encoding", "gzip"))
+    state = make_state(
+        index,
+        request_body=side(request[0], request[2], request[3]),
+        response_body=side(response[0], response[2], response[3]),
+        response_headers=headers,
+    )
+    state.environ["CONTENT_TYPE"] = request[1]
+    if request[2]:
+        state.environ["HTTP_CONTENT_ENCODING"] = "gzip"
+    scrub_request_side(state, redactor)
+    return state
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sides=st.lists(st.tuples(_SIDES, _SIDES), min_size=1, max_size=8),
+    group_bytes=st.sampled_from([1, 16, 262144]),
+)
+def test_the_bodies_of_a_batch_are_stored_as_each_is_filtered_alone(
+    sides: list[tuple[Any, Any]], group_bytes: int
+) -> None:
+    """The sink pre-filters the bodies of a batch together (in groups of about
+    ``group_bytes``): each body is stored as :meth:`Redactor.scrub_body` filters it alone."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    records = [_record_with_bodies(i, *pair, redactor) for i, pair in enumerate(sides)]
+    expected = {}
+    for state in records:
+        row = []
+        kinds = (state.environ["CONTENT_TYPE"], dict(state.response_headers)["Content-Type"])
+        codings = (state.environ.get("HTTP_CONTENT_ENCODING", ""),)
+        codings += (dict(state.response_headers).get("Content-Encoding", ""),)
+        for body, kind, coding in zip((state.request_body, state.response_body), kinds, codings):
+            kept = ScrubbedBody(bytes(body.buffer), None)
+            if kept.body:
+                try:
+                    kept = redactor.scrub_body(kept.body, kind, coding, body.limit)
+                except Exception:
+                    kept = ScrubbedBody(None, "redaction failed")
+            row += [kept.body, kept.omitted]
+        expected[state.environ["PATH_INFO"]] = row
+    database = mongomock.MongoClient()["tracking"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prefilter, "_GROUP_BYTES", group_bytes)
+        assert make_sink(lambda: database, redactor=redactor)(records).written == len(records)
+    keys = ("request_body", "request_body_omitted", "response_body", "response_body_omitted")
+    stored = {d["path"]: [d.get(key) for key in keys] for d in database[COLLECTION_NAME].find()}
+    assert stored == expected
 
 
 # ------------------------------------------------------------------------ encode_document
