@@ -20,6 +20,7 @@ from ua_parser import parse as parse_ua
 from .ids import new_object_id
 from .redact import (
     DEFAULT_MAX_DECODED_BYTES,
+    REDACTION_FAILED,
     Redactor,
     ScrubbedBody,
     anonymize_ip,
@@ -122,16 +123,19 @@ def scrub_bodies(
     a body whose scrubbing fails is not kept at all (fail closed)."""
     bodies: list[tuple[bytes, str, str, int]] = []
     places: list[tuple[int, int]] = []
+    filtered: list[list[ScrubbedBody | None]] = []
     for index, state in enumerate(states):
-        body = _captured(state.request_body)
-        if body:
+        if not state.scrubbed:  # normally done on the request thread
+            scrub_request_side(state, redactor)
+        request, response = _captured(state.request_body), _captured(state.response_body)
+        filtered.append([_until_filtered(request), _until_filtered(response)])
+        if request:
             environ = state.environ or {}
             kind = environ.get("CONTENT_TYPE", "")
             coding = environ.get("HTTP_CONTENT_ENCODING", "")
-            bodies.append((body, kind, coding, _limit(state.request_body)))
+            bodies.append((request, kind, coding, _limit(state.request_body)))
             places.append((index, 0))
-        body = _captured(state.response_body)
-        if body:
+        if response:
             kind = coding = ""
             for name, value in state.response_headers:
                 lowered = name.lower()
@@ -139,12 +143,22 @@ def scrub_bodies(
                     kind = value
                 elif lowered == "content-encoding":
                     coding = value
-            bodies.append((body, kind, coding, _limit(state.response_body)))
+            bodies.append((response, kind, coding, _limit(state.response_body)))
             places.append((index, 1))
-    filtered: list[list[ScrubbedBody | None]] = [[None, None] for _ in states]
-    for (index, side), kept in zip(places, redactor.scrub_bodies(bodies)):
+    results = redactor.scrub_bodies(bodies)
+    if len(results) != len(bodies):  # a redactor that lost count: keep none of them
+        results = [REDACTION_FAILED] * len(bodies)
+    for (index, side), kept in zip(places, results):
         filtered[index][side] = kept
     return [(request, response) for request, response in filtered]
+
+
+def _until_filtered(body: bytes | None) -> ScrubbedBody | None:
+    """What is kept of a body until its filtering says otherwise: nothing (fail closed), but
+    an empty body, kept as the copy made here (the bytes filtered are the bytes stored)."""
+    if body is None:
+        return None
+    return REDACTION_FAILED if body else ScrubbedBody(body, None)
 
 
 def _captured(capture: BodyCapture | None) -> bytes | None:

@@ -33,6 +33,7 @@ __all__ = [
     "FILTERED_BYTES",
     "IP_HEADERS",
     "MAX_NAME_LENGTH",
+    "REDACTION_FAILED",
     "Redactor",
     "ScrubbedBody",
     "Unreadable",
@@ -398,11 +399,12 @@ class Redactor:
         except Exception:  # each body is then pre-filtered on its own
             found = {}
         results = []
-        for index, (body, content_type, encoding, limit) in enumerate(bodies):
+        for index, item in enumerate(bodies):
             try:
+                body, content_type, encoding, limit = item
                 kept = self._scrub_body(body, content_type, encoding, limit, found.get(index))
             except Exception:
-                kept = ScrubbedBody(None, "redaction failed")
+                kept = REDACTION_FAILED
             results.append(kept)
         return results
 
@@ -728,6 +730,10 @@ class ScrubbedBody(NamedTuple):
 
     body: bytes | None
     omitted: str | None
+
+
+#: What :meth:`Redactor.scrub_bodies` gives for a body whose filtering failed (fail closed).
+REDACTION_FAILED = ScrubbedBody(None, "redaction failed")
 
 
 def _xml_element_end(body: bytes, start: int, name: bytes) -> tuple[int, int]:

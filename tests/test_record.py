@@ -449,6 +449,43 @@ def test_redactor_failure_keeps_no_body() -> None:
     assert document["response_body_omitted"] is None
 
 
+def test_the_bytes_filtered_are_the_bytes_stored() -> None:
+    """The bodies filtered for a batch are the copies stored: a capture's buffer is not read
+    again when the document is made (an empty body included)."""
+    redactor = Redactor((), DEFAULT_REDACT_FIELDS)
+    state = make_state(request_body=capture(b"", 100), response_body=capture(b"a=1", 100))
+    bodies = record.scrub_bodies([state], redactor)[0]
+    assert state.request_body is not None and state.response_body is not None
+    state.request_body.buffer += b"password=hunter2"
+    state.response_body.buffer += b"&password=hunter2"
+    document = to_document(state, redactor, bodies=bodies)
+    assert (document["request_body"], document["response_body"]) == (b"", b"a=1")
+
+
+def test_a_redactor_that_loses_count_keeps_no_body() -> None:
+    class Miscounting(Redactor):
+        def scrub_bodies(self, bodies: Any) -> list[ScrubbedBody]:
+            return [ScrubbedBody(b"[kept]", None)] * (len(bodies) - 1)
+
+    redactor = Miscounting((), ())
+    state = make_state(request_body=capture(b"a=1", 100), response_body=capture(b"b=2", 100))
+    document = to_document(state, redactor)
+    assert document["request_body"] is None and document["response_body"] is None
+    assert (
+        document["request_body_omitted"]
+        == document["response_body_omitted"]
+        == ("redaction failed")
+    )
+
+
+def test_bodies_are_filtered_after_the_headers_of_their_request() -> None:
+    redactor = Redactor((), DEFAULT_REDACT_FIELDS)
+    state = make_state(request_body=capture(b"a=1", 100))
+    assert not state.scrubbed
+    record.scrub_bodies([state], redactor)
+    assert state.scrubbed
+
+
 def test_redactor_is_not_called_without_bodies() -> None:
     redactor = FakeRedactor()
     document = to_document(make_state(request_body=capture(b"", 100)), redactor)  # type: ignore[arg-type]

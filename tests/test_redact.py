@@ -1133,3 +1133,13 @@ def test_bodies_filtered_together_are_pre_filtered_again_once_their_charset_is_d
     together = redactor.scrub_bodies(bodies)
     assert together == [redactor.scrub_body(*item) for item in bodies]
     assert together[0].body == b'{"password": "[Filtered]"}'
+
+
+def test_a_malformed_item_is_omitted_alone() -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    items: list[Any] = [(b"x=1", "text/plain"), (b"y=2", "text/plain", "", 100), None]
+    assert redactor.scrub_bodies(items) == [
+        ScrubbedBody(None, "redaction failed"),
+        ScrubbedBody(b"y=2", None),
+        ScrubbedBody(None, "redaction failed"),
+    ]
