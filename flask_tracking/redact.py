@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import unquote, unquote_plus
@@ -320,27 +320,31 @@ class Redactor:
         if value is None or type(value) in _ATOMIC_TYPES:
             return value
         if type(value) is dict or isinstance(value, Mapping):
-            named = any(
-                type(item) is str
-                and str(key).lower() in _NAMING_KEYS
-                and self.is_secret_field(item)
-                for key, item in value.items()
-            )
-            changed = False
-            copy = {}
-            for key, item in value.items():
-                name = str(key)
-                if (named and name.lower() not in _NAMING_KEYS) or self.is_secret_field(name):
-                    new = FILTERED
-                else:
-                    new = self.data(item)
-                changed = changed or new is not item
-                copy[key] = new
-            return copy if changed else value
+            return self._object(value, self.data)
         if type(value) is list or isinstance(value, list):
             items = [self.data(item) for item in value]
             return items if any(a is not b for a, b in zip(items, value)) else value
         return value
+
+    def _object(self, value: Mapping[Any, Any], inner: Callable[[Any], Any]) -> Any:
+        """A mapping with the values of secret keys filtered and ``inner`` of the others;
+        ``value`` itself when nothing changed. One that names a secret field through a naming
+        key keeps only its naming keys."""
+        named = any(
+            type(item) is str and str(key).lower() in _NAMING_KEYS and self.is_secret_field(item)
+            for key, item in value.items()
+        )
+        changed = False
+        copy = {}
+        for key, item in value.items():
+            name = str(key)
+            if (named and name.lower() not in _NAMING_KEYS) or self.is_secret_field(name):
+                new = FILTERED
+            else:
+                new = inner(item)
+            changed = changed or new is not item
+            copy[key] = new
+        return copy if changed else value
 
     def values(self, value: Any) -> Any:
         """Custom data with every string scrubbed by its look (:func:`scrub_text`), nested
@@ -504,34 +508,38 @@ class Redactor:
         return bool(self._hints(body) & _NAME_HINT)
 
     def _json(self, body: bytes, text: str) -> bytes:
-        secret_seen = False
+        """JSON filtered as :meth:`data` filters it, while it is parsed: each object as the
+        parser makes it (its objects inside are done by then), in one pass over the body."""
+        changed = False
 
-        def check_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-            nonlocal secret_seen
-            if not secret_seen:
-                secret_seen = any(
-                    self.is_secret_field(key) or self._names_a_secret(key, value)
-                    for key, value in pairs
-                )
-            return dict(pairs)
+        def filtered(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            nonlocal changed
+            parsed = dict(pairs)
+            kept: dict[str, Any] = self._object(parsed, self._json_value)
+            if kept is not parsed:
+                changed = True
+            return kept
 
         try:
-            parsed = json.loads(text, object_pairs_hook=check_keys)
+            parsed = json.loads(text, object_pairs_hook=filtered)
         except (ValueError, RecursionError):
             return self._loose(body, text)
-        if not secret_seen:  # most bodies: keep the bytes exactly as they were
+        if type(parsed) is not dict:  # an array or a string at the top
+            kept = self._json_value(parsed)
+            changed = changed or kept is not parsed
+            parsed = kept
+        if not changed:  # most bodies: keep the bytes exactly as they were
             return body
-        return json.dumps(self.data(parsed), ensure_ascii=False).encode("utf-8")
+        return json.dumps(parsed, ensure_ascii=False).encode("utf-8")
 
-    def _names_a_secret(self, key: str, value: Any) -> bool:
-        """Whether a JSON pair names a secret field by its value (``{"name": "password",
-        "value": ...}``) or is a string of ``key: value`` text naming one (a GraphQL query
-        with a password literal)."""
-        if type(value) is not str:
-            return False
-        if key.lower() in _NAMING_KEYS and self.is_secret_field(value):
-            return True
-        return (":" in value or "=" in value) and self._text_names_a_secret(value)
+    def _json_value(self, value: Any) -> Any:
+        """:meth:`data` of a parsed JSON value whose objects are filtered already."""
+        if type(value) is str:
+            return self.data(value)
+        if type(value) is list:
+            items = [self._json_value(item) for item in value]
+            return items if any(a is not b for a, b in zip(items, value)) else value
+        return value
 
     def _text_names_a_secret(self, text: str) -> bool:
         return self._may_name_a_secret(text.encode("utf-8", "replace"))

@@ -1143,3 +1143,43 @@ def test_a_malformed_item_is_omitted_alone() -> None:
         ScrubbedBody(b"y=2", None),
         ScrubbedBody(None, "redaction failed"),
     ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": ["password=" + SECRET]},
+        ["password=" + SECRET],
+        "password=" + SECRET,
+        [["note", {"items": ["token: " + SECRET]}]],
+    ],
+)
+def test_key_value_text_in_json_arrays_is_filtered(value: Any) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    kept = redactor.body(json.dumps(value).encode(), "application/json")
+    assert kept is not None and SECRET.encode() not in kept
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.integers()
+    | st.sampled_from(["x", "password=hunter2", "a: b", "token", "user=bob&pwd=1", "password"]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["id", "password", "name", "value", "items", "note", "api_key"]),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_JSON_VALUES)
+def test_a_json_body_is_filtered_as_data_filters_its_parsed_value(value: Any) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    kept = redactor.body(json.dumps(value).encode(), "application/json")
+    assert kept is not None
+    assert json.loads(kept) == redactor.data(value)
