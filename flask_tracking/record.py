@@ -7,6 +7,7 @@ result is the schema that :class:`flask_tracking.documents.Tracking` reads.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -14,8 +15,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from bson import DBRef
-from ua_parser import Domain, PartialResult, Result
-from ua_parser import parse as parse_ua
+from ua_parser import Domain, Parser, PartialResult, Result, load_builtins
 
 from .ids import new_object_id
 from .redact import (
@@ -364,12 +364,12 @@ _MAX_PARSED_AGENT_LENGTH = 256
 def _parse_agent(user_agent: str) -> dict[str, str | None]:
     result = _resolve_agent(user_agent) if user_agent else None
     browser = result.user_agent if result else None
-    os = result.os if result else None
+    system = result.os if result else None
     device = result.device if result else None
     return {
         "browser": browser.family if browser else None,
         "version": _version(browser.major, browser.minor, browser.patch) if browser else None,
-        "platform": os.family if os else None,
+        "platform": system.family if system else None,
         "device": device.family if device else None,
     }
 
@@ -380,12 +380,13 @@ def _pick_resolver(user_agent: str) -> Result | PartialResult:
     next ones (:data:`_resolve_agent`). The Rust resolver is called directly: its partial
     result for all domains holds the same families as a completed one, and no ua-parser cache
     sits in between (:func:`parse_user_agent` keeps its own)."""
-    global _resolve_agent
+    global _resolve_agent, _rebuild_after_fork
     try:
         from ua_parser.loaders import load_lazy_builtins
         from ua_parser.regex import Resolver
     except ImportError:  # no ua-parser-rs wheel for this platform: the pure-Python resolver
-        _resolve_agent = parse_ua
+        _resolve_agent = Parser.from_matchers(load_builtins()).parse
+        _rebuild_after_fork = True
     else:
         resolver = Resolver(load_lazy_builtins())
 
@@ -393,11 +394,27 @@ def _pick_resolver(user_agent: str) -> Result | PartialResult:
             return resolver(user_agent, Domain.ALL)
 
         _resolve_agent = resolve
+        _rebuild_after_fork = False
     return _resolve_agent(user_agent)
 
 
 #: Resolves a User-Agent with the resolver :func:`_pick_resolver` picked on the first call.
 _resolve_agent: Callable[[str], Result | PartialResult] = _pick_resolver
+#: Whether a forked child builds its own resolver. The Rust resolver keeps the GIL while it
+#: runs, so no thread is inside it when another forks. ua-parser's other resolvers take a lock
+#: (its cache's; google-re2's) that a thread of the parent may hold when another forks: the
+#: child's writer would wait for it forever.
+_rebuild_after_fork = False
+
+
+def _after_fork_in_child() -> None:
+    global _resolve_agent
+    if _rebuild_after_fork:
+        _resolve_agent = _pick_resolver
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _version(*parts: str | None) -> str | None:

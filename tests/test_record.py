@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from typing import Any
 
 import bson
 import pytest
-import ua_parser
 from bson import DBRef, ObjectId
 
 from flask_tracking import record
@@ -16,6 +16,8 @@ from flask_tracking.capture import BodyCapture, RequestState
 from flask_tracking.fields import FIELDS, OPTIONAL_FIELDS
 from flask_tracking.record import parse_user_agent, status_code_of, to_document
 from flask_tracking.redact import DEFAULT_REDACT_FIELDS, Redactor, ScrubbedBody
+
+from .conftest import fork_and_report
 
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -522,9 +524,10 @@ def test_user_agents_parse_alike_with_either_resolver(
     else:  # as where no ua-parser-rs wheel exists
         monkeypatch.setitem(sys.modules, "ua_parser.regex", None)
     monkeypatch.setattr(record, "_resolve_agent", record._pick_resolver)
+    monkeypatch.setattr(record, "_rebuild_after_fork", False)
     monkeypatch.setattr(record, "_PARSED_AGENTS", {})
     assert parse_user_agent(CHROME)["version"] == "120.0.6099"
-    assert (record._resolve_agent is ua_parser.parse) == (resolver == "pure_python")
+    assert record._rebuild_after_fork == (resolver == "pure_python")
     assert parse_user_agent(IPHONE) == {
         "browser": "Mobile Safari",
         "version": "17.1",
@@ -535,6 +538,32 @@ def test_user_agents_parse_alike_with_either_resolver(
     }
     assert parse_user_agent(GOOGLEBOT)["device"] == "Spider"
     assert parse_user_agent("curl/8.4.0")["browser"] == "curl"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("resolver", ["rust", "pure_python"])
+def test_a_forked_child_builds_its_own_pure_python_resolver(
+    resolver: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ua-parser's pure-Python resolvers take locks (its cache's, google-re2's) that a thread
+    of the parent may hold when another forks: a child builds its own. The Rust resolver keeps
+    the GIL while it runs, and building it again would stall the child's threads: it is kept."""
+    if resolver == "rust":
+        pytest.importorskip("ua_parser_rs")
+    else:
+        monkeypatch.setitem(sys.modules, "ua_parser.regex", None)
+    monkeypatch.setattr(record, "_resolve_agent", record._pick_resolver)
+    monkeypatch.setattr(record, "_rebuild_after_fork", False)
+    monkeypatch.setattr(record, "_PARSED_AGENTS", {})
+    assert parse_user_agent(CHROME)["version"] == "120.0.6099"
+    parents = record._resolve_agent
+
+    def child() -> Any:
+        rebuilt = record._resolve_agent is record._pick_resolver
+        return [rebuilt, record._parse_agent(IPHONE)["device"]]
+
+    assert fork_and_report(child) == [resolver == "pure_python", "iPhone"]
+    assert record._resolve_agent is parents
 
 
 def test_init_app_prepares_the_user_agent_parser(
