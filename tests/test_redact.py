@@ -1185,3 +1185,49 @@ def test_a_json_body_is_filtered_as_data_filters_its_parsed_value(value: Any) ->
     kept = redactor.body(json.dumps(value).encode(), "application/json")
     assert kept is not None
     assert json.loads(kept) == redactor.data(value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"a": "password=%s", "a": "x"}',
+        '[{"note": "token: %s", "note": null}]',
+        '{"query": "mutation { login(password: \\"%s\\") }", "query": "{ me }"}',
+        '{"a": ["pwd=%s"], "a": 1}',
+    ],
+)
+def test_a_json_body_with_a_key_repeated_keeps_no_secret_of_the_value_dropped(body: str) -> None:
+    """JSON parsers keep the last value of a repeated key; the earlier ones are in the bytes
+    only, so the bytes are not kept as they came."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    raw = (body % SECRET).encode()
+    kept = redactor.body(raw, "application/json")
+    assert kept is not None and SECRET.encode() not in kept
+    assert json.loads(kept) == redactor.data(json.loads(raw))
+
+
+@pytest.mark.parametrize("depth", range(100, 1500, 50))
+@pytest.mark.parametrize("inner", ['"password=%s"', '{"password": "%s"}', '"token", "%s"'])
+def test_a_deeply_nested_json_array_never_raises(depth: int, inner: str) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    body = ("[" * depth + inner % SECRET + "]" * depth).encode()
+    kept = redactor.scrub_body(body, "application/json")
+    assert kept.body is not None and (
+        inner.startswith('"token"') or SECRET.encode() not in kept.body
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"password": "%s", "note": "\\ud800"}',
+        b'["\\udfff", "password=%s"]',
+        b'{"\\ud83d": {"api_key": "%s"}}',
+    ],
+)
+def test_a_json_body_with_a_lone_surrogate_escape_is_filtered(body: bytes) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    raw = body % SECRET.encode()
+    kept = redactor.scrub_body(raw, "application/json").body
+    assert kept is not None and SECRET.encode() not in kept
+    assert json.loads(kept) == redactor.data(json.loads(raw))
