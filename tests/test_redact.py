@@ -1231,3 +1231,42 @@ def test_a_json_body_with_a_lone_surrogate_escape_is_filtered(body: bytes) -> No
     kept = redactor.scrub_body(raw, "application/json").body
     assert kept is not None and SECRET.encode() not in kept
     assert json.loads(kept) == redactor.data(json.loads(raw))
+
+
+def _json_text(value: Any) -> str:
+    """JSON text of a value whose objects are lists of pairs (keys may repeat)."""
+    if isinstance(value, tuple):
+        return "{" + ", ".join(f"{json.dumps(k)}: {_json_text(v)}" for k, v in value[0]) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_json_text(item) for item in value) + "]"
+    return json.dumps(value)
+
+
+_JSON_PAIRS = st.recursive(
+    st.none() | st.sampled_from(["x", "password=hunter2", "a: b", "token", "password"]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(
+            st.lists(
+                st.tuples(st.sampled_from(["id", "password", "name", "value", "note"]), children),
+                max_size=5,
+            )
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_JSON_PAIRS)
+def test_a_json_body_with_keys_repeated_is_filtered_as_data_filters_its_parsed_value(
+    value: Any,
+) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    raw = _json_text(value).encode()
+    kept = redactor.body(raw, "application/json")
+    assert kept is not None
+    filtered = redactor.data(json.loads(raw))
+    assert json.loads(kept) == filtered
+    if "hunter2" not in json.dumps(filtered):  # nor in a value the parser dropped
+        assert b"hunter2" not in kept
