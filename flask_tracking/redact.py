@@ -516,21 +516,25 @@ class Redactor:
             nonlocal changed
             parsed = dict(pairs)
             kept: dict[str, Any] = self._object(parsed, self._json_value)
-            if kept is not parsed:
+            # A key repeated: the values dropped (the last one is kept) are in the bytes only.
+            if kept is not parsed or len(parsed) < len(pairs):
                 changed = True
             return kept
 
         try:
             parsed = json.loads(text, object_pairs_hook=filtered)
-        except (ValueError, RecursionError):
+            if type(parsed) is not dict:  # an array or a string at the top
+                kept = self._json_value(parsed)
+                changed = changed or kept is not parsed
+                parsed = kept
+            if not changed:  # most bodies: keep the bytes exactly as they were
+                return body
+            try:
+                return json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (from an escape): kept escaped
+                return json.dumps(parsed).encode("ascii")
+        except (ValueError, RecursionError):  # nested deeper than Python recurses
             return self._loose(body, text)
-        if type(parsed) is not dict:  # an array or a string at the top
-            kept = self._json_value(parsed)
-            changed = changed or kept is not parsed
-            parsed = kept
-        if not changed:  # most bodies: keep the bytes exactly as they were
-            return body
-        return json.dumps(parsed, ensure_ascii=False).encode("utf-8")
 
     def _json_value(self, value: Any) -> Any:
         """:meth:`data` of a parsed JSON value whose objects are filtered already."""
