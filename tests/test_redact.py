@@ -1270,3 +1270,38 @@ def test_a_json_body_with_keys_repeated_is_filtered_as_data_filters_its_parsed_v
     assert json.loads(kept) == filtered
     if "hunter2" not in json.dumps(filtered):  # nor in a value the parser dropped
         assert b"hunter2" not in kept
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ('{"key": "%s", "note": "cut at the li', "application/json"),
+        ('{"Key": "%s"', "application/json"),
+        ("key=%s", "text/plain"),
+        ("key: %s", "text/plain"),
+        ('["key=%s"]', "application/json"),
+        ('{"key": "password", "value": "%s", "x', "application/json"),
+    ],
+)
+def test_key_is_filtered_in_loose_text_as_in_parsed_json(body: str, content_type: str) -> None:
+    """``key`` is a deny-listed field name as well as a naming key: its value is filtered
+    wherever the body is read as text (cut JSON, plain text, strings inside JSON), as in
+    parsed JSON and forms."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    kept = redactor.body((body % SECRET).encode(), content_type)
+    assert kept is not None and SECRET.encode() not in kept
+
+
+@pytest.mark.parametrize(
+    "unit", ['{"name": [', '{"name": {', "name=[", "name=x ", '"field": "', "header: ("]
+)
+def test_loose_text_with_many_naming_keys_takes_linear_time(unit: str) -> None:
+    """A naming key's value is read only as far as a name can run: a body of many naming keys
+    whose values run to its end (cut JSON, plain text) is not scanned once per key."""
+    import time
+
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    body = (unit * (60000 // len(unit)) + " token").encode()
+    start = time.process_time()
+    assert redactor.body(body, "text/plain") is not None
+    assert time.process_time() - start < 2.0  # about 20 s when scanned once per key
