@@ -620,12 +620,20 @@ class Redactor:
             key = _loose_key(match)
             value_start = match.end()
             if key.lower() in _NAMING_KEYS:
-                value_end = _value_end(text, value_start)
-                if self.is_secret_field(text[value_start:value_end].strip("\"' ")):
-                    closing = text.find("}", value_end)
+                # Read only as far as a name can run: a value running past that names a
+                # secret (a name over MAX_NAME_LENGTH does), and the body is not scanned to
+                # its end once for each naming key in it.
+                window = text[value_start : value_start + _NAMING_VALUE_WINDOW]
+                value_end = _value_end(window, 0)
+                if (
+                    value_end == len(window) and value_start + value_end < len(text)
+                ) or self.is_secret_field(window[:value_end].strip("\"' ")):
+                    closing = text.find("}", value_start + value_end)
                     named_until = len(text) if closing < 0 else closing
-                continue
-            if match.start() > named_until and not self.is_secret_field(key):
+                if not self.is_secret_field(key):
+                    continue
+                # "key" is a secret field name too: its value is filtered, as in parsed JSON
+            elif match.start() > named_until and not self.is_secret_field(key):
                 continue
             value_end = _value_end(text, value_start)
             pieces.append(text[position:value_start])
@@ -857,6 +865,10 @@ def _value_end(text: str, start: int) -> int:
     match = _BARE_VALUE.match(text, start)
     return match.end() if match else start
 
+
+#: Characters of a naming key's value read in loose text: a name (:data:`MAX_NAME_LENGTH`) and
+#: its quotes and spaces.
+_NAMING_VALUE_WINDOW = MAX_NAME_LENGTH + 64
 
 # A bare value runs to the end of its line or pair: "password: correct horse battery" keeps
 # nothing of the passphrase, "Authorization: Bearer x" nothing of the token.

@@ -93,11 +93,11 @@ def test_json_post_bodies_are_kept(app: Flask, client: Any, mongo: Any) -> None:
 
 def test_bodies_are_cut_at_max_body_length(make_app: Callable[..., Flask], mongo: Any) -> None:
     app = make_app(TRACKING_MAX_BODY_LENGTH=10)
-    response = app.test_client().post("/echo", json={"key": "a long value"})
+    response = app.test_client().post("/echo", json={"msg": "a long value"})
     [doc] = stored(app, mongo)
-    assert doc["request_body"] == b'{"key": "a'
+    assert doc["request_body"] == b'{"msg": "a'
     assert doc["request_body_truncated"] is True
-    assert doc["request_body_size"] == len(b'{"key": "a long value"}')
+    assert doc["request_body_size"] == len(b'{"msg": "a long value"}')
     assert doc["response_body"] == response.data[:10]
     assert doc["response_body_truncated"] is True
 
