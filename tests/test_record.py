@@ -540,6 +540,29 @@ def test_user_agents_parse_alike_with_either_resolver(
     assert parse_user_agent("curl/8.4.0")["browser"] == "curl"
 
 
+@pytest.mark.parametrize("resolver", ["re2", "basic"])
+def test_the_pure_python_resolver_parses_as_ua_parser_parse(
+    resolver: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no ua-parser-rs wheel exists, ua-parser's best resolver is google-re2's, or its
+    basic one: each parses as ua_parser.parse does (here, where the Rust resolver may be
+    installed, ua-parser's choice is made again without it)."""
+    import ua_parser
+
+    chosen = ua_parser.Re2Resolver if resolver == "re2" else ua_parser.BasicResolver
+    if chosen is None:
+        pytest.skip("google-re2 is not installed")
+    monkeypatch.setitem(sys.modules, "ua_parser.regex", None)
+    monkeypatch.setattr(ua_parser, "BestAvailableResolver", chosen)
+    monkeypatch.setattr(record, "_resolve_agent", record._pick_resolver)
+    monkeypatch.setattr(record, "_rebuild_after_fork", False)
+    agents = [CHROME, IPHONE, GOOGLEBOT, "curl/8.4.0", "python-requests/2.31.0", "x", "\xe9\x00"]
+    for agent in agents:
+        assert record._resolve_agent(agent) == ua_parser.parse(agent)
+    assert record._rebuild_after_fork is True
+    assert isinstance(record._resolve_agent.__self__.resolver.parser, chosen)  # type: ignore[attr-defined]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.parametrize("resolver", ["rust", "pure_python"])
 def test_a_forked_child_builds_its_own_pure_python_resolver(
@@ -564,6 +587,40 @@ def test_a_forked_child_builds_its_own_pure_python_resolver(
 
     assert fork_and_report(child) == [resolver == "pure_python", "iPhone"]
     assert record._resolve_agent is parents
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_a_thread_holds_the_resolver_cache_lock_parses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    import ua_parser
+
+    monkeypatch.setitem(sys.modules, "ua_parser.regex", None)
+    monkeypatch.setattr(
+        ua_parser, "BestAvailableResolver", ua_parser.Re2Resolver or ua_parser.BasicResolver
+    )
+    monkeypatch.setattr(record, "_resolve_agent", record._pick_resolver)
+    monkeypatch.setattr(record, "_rebuild_after_fork", False)
+    monkeypatch.setattr(record, "_PARSED_AGENTS", {})
+    assert parse_user_agent(CHROME)["version"] == "120.0.6099"
+    lock = record._resolve_agent.__self__.resolver.cache.lock  # type: ignore[attr-defined]
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(20)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(5)
+        assert fork_and_report(lambda: parse_user_agent(IPHONE)["device"], timeout=10) == "iPhone"
+    finally:
+        release.set()
+        holder.join()
 
 
 def test_init_app_prepares_the_user_agent_parser(
