@@ -620,16 +620,11 @@ class Redactor:
             key = _loose_key(match)
             value_start = match.end()
             if key.lower() in _NAMING_KEYS:
-                # Read only as far as a name can run: a value running past that names a
-                # secret (a name over MAX_NAME_LENGTH does), and the body is not scanned to
-                # its end once for each naming key in it.
-                window = text[value_start : value_start + _NAMING_VALUE_WINDOW]
-                value_end = _value_end(window, 0)
-                if (
-                    value_end == len(window) and value_start + value_end < len(text)
-                ) or self.is_secret_field(window[:value_end].strip("\"' ")):
-                    closing = text.find("}", value_start + value_end)
-                    named_until = len(text) if closing < 0 else closing
+                if match.start() > named_until:  # not in an object that names a secret yet
+                    value_end = self._naming_value_end(text, value_start)
+                    if value_end >= 0:
+                        closing = text.find("}", value_end)
+                        named_until = len(text) if closing < 0 else closing
                 if not self.is_secret_field(key):
                     continue
                 # "key" is a secret field name too: its value is filtered, as in parsed JSON
@@ -643,6 +638,19 @@ class Redactor:
             return text
         pieces.append(text[position:])
         return "".join(pieces)
+
+    def _naming_value_end(self, text: str, start: int) -> int:
+        """Where the value of a naming key at ``start`` ends when it names a secret field,
+        else -1. Only as far as a name can run is read: a value running past that names one
+        (a name over :data:`MAX_NAME_LENGTH` does), and a text of many naming keys is not read
+        to its end once for each of them."""
+        window = text[start : start + _NAMING_VALUE_WINDOW]
+        end = _value_end(window, 0)
+        if (end == len(window) and start + end < len(text)) or self.is_secret_field(
+            window[:end].strip("\"' ")
+        ):
+            return start + end
+        return -1
 
     def _urls(self, body: bytes) -> bytes:
         """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),

@@ -77,6 +77,14 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b'"pass\\u0077ord_\\u0061": "x", ', size, b"{"),
         "application/json",
     ),
+    "json: naming keys, values unclosed": lambda size: (
+        _fill(b'{"name": [', size, b"", b" token"),
+        "application/json",
+    ),
+    "text: naming keys, values unclosed": lambda size: (
+        _fill(b'"field": "', size, b"", b" token"),
+        "text/plain",
+    ),
     "form: many keys of one-letter words": lambda size: (
         b"pass=1&" + b"&".join(_distinct_keys(size, b"", b"=1")),
         "application/x-www-form-urlencoded",

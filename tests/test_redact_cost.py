@@ -156,3 +156,16 @@ def test_no_body_shape_costs_more_than_a_fixed_multiple_of_a_plain_body(
     body = (b"pass=" + unit * (size // len(unit) + 1))[:size]
     cost = best_time(lambda redactor: redactor.body(body, content_type), rounds=2)
     assert cost < 30 * _plain_cost(size) + 0.05, (pieces, content_type, size)
+
+
+@pytest.mark.parametrize(
+    "unit", ['{"name": [', '{"name": {', "name=[", "name=x ", '"field": "', "header: ("]
+)
+def test_loose_text_with_many_naming_keys_takes_linear_time(unit: str) -> None:
+    """A naming key's value is read only as far as a name can run: a body of many naming keys
+    whose values run to its end (cut JSON, plain text) is not scanned once per key."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    body = (unit * (60000 // len(unit)) + " token").encode()
+    start = time.process_time()
+    assert redactor.body(body, "text/plain") is not None
+    assert time.process_time() - start < 2.0  # about 20 s when scanned once per key
