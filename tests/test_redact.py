@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import warnings
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flask_tracking import redact as redact_module
 from flask_tracking.redact import (
     DEFAULT_REDACT_FIELDS,
     DEFAULT_REDACT_HEADERS,
@@ -1073,15 +1071,6 @@ def test_an_unknown_escape_in_a_loose_key_is_kept_without_a_warning(redactor: Re
     assert redactor.body(body, "text/plain") == (
         b'"pa\\pss": "hunter2", "pa\\u0073s": "' + FILTERED.encode() + b'", "n\\777": 1'
     )
-
-
-@settings(max_examples=500, deadline=None)
-@given(key=st.text(alphabet="\\pxuUN{}0123478abn'\"\n é€", max_size=16))
-def test_escapes_are_decoded_as_python_decodes_them(key: str) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        expected = key.encode("latin-1", "backslashreplace").decode("unicode_escape", "replace")
-    assert redact_module._unescape(key) == expected
 
 
 def test_bodies_filtered_together_are_filtered_as_each_alone() -> None:

@@ -1,0 +1,202 @@
+"""Where names and values are in the text of a body, found without parsing it: the heads of
+multipart parts, XML elements and attributes, URL parameters, and loose ``key=value`` or
+``key: value`` text (cut JSON, plain text, strings inside JSON).
+
+Pure functions and patterns over bytes and text, for :mod:`flask_tracking.redact`: no names are
+judged here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import unquote, unquote_plus
+
+
+def _part_header(head: bytes, wanted: bytes) -> str:
+    """The value of the header ``wanted`` (lowercase) of a part head, or ``""``."""
+    for line in head.split(b"\n"):
+        header, colon, value = line.partition(b":")
+        if colon and header.strip().lower() == wanted:
+            return value.strip().decode("latin-1")
+    return ""
+
+
+def _part_head_end(part: bytes) -> tuple[int, int]:
+    """Where the head of a multipart part ends and its content starts (-1, -1: no blank line).
+    The head ends at the first empty line, whether lines end in CRLF or in LF alone."""
+    crlf, lf = part.find(b"\r\n\r\n"), part.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf, crlf + 4
+    if lf >= 0:
+        return lf, lf + 2
+    return -1, -1
+
+
+def _part_names(head: bytes) -> list[str]:
+    """Every field name a part head gives in its Content-Disposition (``name="..."``, an
+    unquoted ``name=...``, an RFC 2231 ``name*=charset'lang'...``); linear in the head."""
+    names = []
+    for line in head.split(b"\n"):
+        header, colon, value = line.partition(b":")
+        if not colon or header.strip().lower() != b"content-disposition":
+            continue
+        for match in _PART_PARAMETER.finditer(value):
+            key = match.group(1).lower()
+            if key not in (b"name", b"name*"):
+                continue
+            raw = match.group(2).strip()
+            if raw[:1] == b'"':
+                raw = _BACKSLASH_ESCAPE.sub(rb"\1", raw[1:-1] if raw.endswith(b'"') else raw[1:])
+            text = raw.decode("utf-8", "replace")
+            if key == b"name*":
+                charset, _, rest = text.partition("'")
+                _, _, encoded = rest.partition("'")
+                text = _percent_decode(encoded if rest else text, charset)
+            names.append(text)
+    return names
+
+
+def _percent_decode(text: str, charset: str) -> str:
+    try:
+        return unquote(text, encoding=charset or "utf-8", errors="replace")
+    except LookupError:
+        return unquote(text, errors="replace")
+
+
+def _xml_element_end(body: bytes, start: int, name: bytes) -> tuple[int, int]:
+    """Where the content of the element ``name`` opened just before ``start`` ends, and
+    where scanning goes on (after its end tag); the end of ``body`` for an element left
+    open. Elements of the same name nested inside are counted."""
+    depth = 1
+    for match in _XML_TAG.finditer(body, start):
+        closing, prefix, local, _, empty = match.groups()
+        if (prefix or b"") + local != name:
+            continue
+        if closing:
+            depth -= 1
+            if depth == 0:
+                return match.start(), match.end()
+        elif not empty:
+            depth += 1
+    return len(body), len(body)
+
+
+# XML: a tag (its prefix, local name and attributes), an attribute, a naming attribute.
+_XML_TAG = re.compile(
+    rb"<(/?)([A-Za-z_][\w.-]{0,100}:)?([A-Za-z_][\w.-]{0,200})((?:\s[^<>]*?)?)(/?)>"
+)
+_XML_ATTRIBUTE = re.compile(rb"""([A-Za-z_][\w.:-]{0,200})\s*=\s*("[^"]*"?|'[^']*'?)""")
+_XML_NAME_ATTRIBUTE = re.compile(rb"""(?:^|\s)(name|key|field)\s*=\s*["']([^"'<>]{0,256})""")
+
+
+def _boundary(content_type: str) -> bytes | None:
+    match = _BOUNDARY.search(content_type)
+    return match.group(1).strip('"').encode("latin-1", "replace") if match else None
+
+
+# ?name=value / &name=value / &amp;name=value / #name=value inside markup.
+_URL_PARAMETER = re.compile(rb"([?&#;])([\w.%+-]{1,200})=([^&#\"'<>\s]*)")
+_BOUNDARY = re.compile(r"boundary=(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
+_PART_PARAMETER = re.compile(rb';\s*([A-Za-z0-9_*.-]+)\s*=\s*("(?:[^"\\\r\n]|\\.)*"?|[^;\r\n]*)')
+_BACKSLASH_ESCAPE = re.compile(rb"\\(.)")
+
+
+# "key": value  |  'key': value  |  key=value  |  key: value   (in any text)
+_LOOSE_PAIR = re.compile(
+    r"""(?P<quoted>["'])(?P<key>(?:[^"'\\\n]|\\[^\n]){1,200})["']\s*:\s*"""
+    r"""|(?<![\w.%-])(?P<key2>[A-Za-z_%][\w.%-]{0,199})\s*[=:]\s*"""
+)
+
+
+def _loose_key(match: re.Match[str]) -> str:
+    """The key of a :data:`_LOOSE_PAIR` match, its escapes decoded."""
+    key = match.group("key")
+    if key is None:
+        key = match.group("key2")
+        return unquote_plus(key) if "%" in key else key
+    if "\\" in key:
+        try:
+            return str(json.loads(f'"{key}"'))
+        except ValueError:
+            return _unescape(key)
+    return key
+
+
+def _unescape(key: str) -> str:
+    """``key`` with its backslash escapes decoded as in a Python string (``\\x41``,
+    ``\\u0041``, ``\\101``, ``\\n``); an unknown escape (``\\p``) is kept as it is, as Python
+    keeps it, but without the DeprecationWarning Python emits (an error where warnings are)."""
+    escaped = _ESCAPE.sub(_warningless, key.encode("latin-1", "backslashreplace"))
+    return escaped.decode("unicode_escape", "replace")
+
+
+def _warningless(match: re.Match[bytes]) -> bytes:
+    """An escape the decoder reads without a warning, meaning the same: an unknown one with its
+    backslash escaped, an octal one over 0o377 (a warning from Python 3.12) as ``\\u``."""
+    octal, unknown = match.groups()
+    if unknown is not None:
+        return b"\\" + match.group(0)
+    if octal is not None and int(octal, 8) > 0o377:
+        return b"\\u%04x" % int(octal, 8)
+    return match.group(0)
+
+
+# An escape, read left to right as the decoder reads it: octal digits, a known letter, or
+# (group 2) an unknown escape.
+_ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|[\n\\'\"abfnrtvxNuU]|(.))", re.DOTALL)
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the value starting at ``start`` ends: a quoted string, a bracketed structure (to
+    its matching bracket or the end of a cut body), or a bare token."""
+    if start >= len(text):
+        return start
+    opener = text[start]
+    if opener in "\"'":
+        index = start + 1
+        while index < len(text):
+            char = text[index]
+            if char == "\\":
+                index += 2
+                continue
+            if char == opener:
+                return index + 1
+            index += 1
+        return len(text)
+    if opener in "{[":
+        return _bracket_end(text, start)
+    if opener == "\\" and text[start + 1 : start + 2] in ('"', "'"):
+        # A quoted value inside a JSON string: password:\"hunter2\" in a GraphQL query.
+        closing = text.find(text[start : start + 2], start + 2)
+        return len(text) if closing < 0 else closing + 2
+    match = _BARE_VALUE.match(text, start)
+    return match.end() if match else start
+
+
+# A bare value runs to the end of its line or pair: "password: correct horse battery" keeps
+# nothing of the passphrase, "Authorization: Bearer x" nothing of the token.
+_BARE_VALUE = re.compile(r"[^\r\n,;&}\]\"']*")
+
+
+def _bracket_end(text: str, start: int) -> int:
+    depth = 0
+    in_string = None
+    index = start
+    while index < len(text):
+        char = text[index]
+        if in_string:
+            if char == "\\":
+                index += 1
+            elif char == in_string:
+                in_string = None
+        elif char in "\"'":
+            in_string = char
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+        index += 1
+    return len(text)

@@ -1,0 +1,32 @@
+"""Unit tests of :mod:`flask_tracking.syntax`: finding names and values in a body's text."""
+
+from __future__ import annotations
+
+import warnings
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flask_tracking import syntax
+
+
+@settings(max_examples=500, deadline=None)
+@given(key=st.text(alphabet="\\pxuUN{}0123478abn'\"\n é€", max_size=16))
+def test_escapes_are_decoded_as_python_decodes_them(key: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        expected = key.encode("latin-1", "backslashreplace").decode("unicode_escape", "replace")
+    assert syntax._unescape(key) == expected
+
+
+def test_a_value_ends_where_its_quotes_brackets_or_pair_end() -> None:
+    text = 'a="x\\"y", b=[1, [2], "]"], c=plain value; d'
+    starts = [text.index(marker) + len(marker) for marker in ("a=", "b=", "c=")]
+    ends = [syntax._value_end(text, start) for start in starts]
+    assert [text[start:end] for start, end in zip(starts, ends)] == [
+        '"x\\"y"',
+        '[1, [2], "]"]',
+        "plain value",
+    ]
+    assert syntax._value_end(text, len(text)) == len(text)
+    assert syntax._value_end("[1, [2", 0) == len("[1, [2")  # a cut body: to its end
