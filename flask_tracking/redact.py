@@ -336,8 +336,7 @@ class Redactor:
         if type(value) is dict or isinstance(value, Mapping):
             return self._object(value, self.data)
         if type(value) is list or isinstance(value, list):
-            items = [self.data(item) for item in value]
-            return items if any(a is not b for a, b in zip(items, value)) else value
+            return _items(value, self.data)
         return value
 
     def _object(self, value: Mapping[Any, Any], inner: Callable[[Any], Any]) -> Any:
@@ -369,8 +368,7 @@ class Redactor:
             copy = {key: self.values(item) for key, item in value.items()}
             return value if all(copy[k] is v for k, v in value.items()) else copy
         if type(value) is list:
-            items = [self.values(item) for item in value]
-            return value if all(a is b for a, b in zip(items, value)) else items
+            return _items(value, self.values)
         return value
 
     def body(
@@ -555,8 +553,7 @@ class Redactor:
         if type(value) is str:
             return self.data(value)
         if type(value) is list:
-            items = [self._json_value(item) for item in value]
-            return items if any(a is not b for a, b in zip(items, value)) else value
+            return _items(value, self._json_value)
         return value
 
     def _text_names_a_secret(self, text: str) -> bool:
@@ -713,6 +710,12 @@ class Redactor:
             parts[index] = part[:content_start] + scrubbed + tail
             changed = True
         return delimiter.join(parts) if changed else body
+
+
+def _items(value: list[Any], inner: Callable[[Any], Any]) -> list[Any]:
+    """``inner`` of each item of a list; ``value`` itself when nothing changed."""
+    items = [inner(item) for item in value]
+    return items if any(a is not b for a, b in zip(items, value)) else value
 
 
 class ScrubbedBody(NamedTuple):
