@@ -471,8 +471,36 @@ class Redactor:
         if hints & _NAME_HINT:
             body = self._by_name(body, content_type, kind, (json_kind, form, xml))
         if hints & _VALUE_HINT:
-            body = scrub_values(body)
+            json_shaped = json_kind or (not form and not xml and body.lstrip()[:1] in b"{[")
+            body = self._by_look(body, json_shaped)
         return body
+
+    def _by_look(self, body: bytes, json_shaped: bool) -> bytes:
+        """``body`` with every credential recognised by its look filtered (:func:`scrub_values`),
+        as bytes, so the rest of the body is kept exactly. A JSON body that is no longer JSON
+        after that (a card number written as a JSON number, replaced by a bare ``[Filtered]``)
+        is parsed instead and its values filtered one by one: such a number becomes the string
+        ``"[Filtered]"``."""
+        scrubbed = scrub_values(body)
+        if scrubbed is body or not json_shaped:
+            return scrubbed
+        try:
+            json.loads(scrubbed)
+            return scrubbed  # the credentials were inside strings
+        except ValueError:
+            pass
+        except RecursionError:  # nested deeper than Python recurses: kept as filtered text
+            return scrubbed
+        try:
+            parsed = json.loads(
+                body,
+                object_pairs_hook=_keys_by_look,
+                parse_int=_number_by_look(int),
+                parse_float=_number_by_look(float),
+            )
+        except (ValueError, RecursionError):  # not JSON before either: kept as filtered text
+            return scrubbed
+        return _dumps(self.values(parsed))
 
     def _by_name(
         self,
@@ -541,10 +569,7 @@ class Redactor:
                 parsed = kept
             if not changed:  # most bodies: keep the bytes exactly as they were
                 return body
-            try:
-                return json.dumps(parsed, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate (from an escape): kept escaped
-                return json.dumps(parsed).encode("ascii")
+            return _dumps(parsed)
         except (ValueError, RecursionError):  # nested deeper than Python recurses
             return self._loose(body, text)
 
@@ -710,6 +735,29 @@ class Redactor:
             parts[index] = part[:content_start] + scrubbed + tail
             changed = True
         return delimiter.join(parts) if changed else body
+
+
+def _dumps(value: Any) -> bytes:
+    """A filtered JSON value serialized again, as UTF-8."""
+    try:
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (from an escape): kept escaped
+        return json.dumps(value).encode("ascii")
+
+
+def _keys_by_look(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A parsed JSON object with its keys filtered by their look (:func:`scrub_text`)."""
+    return {scrub_text(key): value for key, value in pairs}
+
+
+def _number_by_look(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A ``parse_int``/``parse_float`` hook of ``json.loads``: a number that looks like a card
+    number's (:func:`scrub_text`) is read as the string :data:`FILTERED`."""
+
+    def number(token: str) -> Any:
+        return FILTERED if scrub_text(token) is not token else kind(token)
+
+    return number
 
 
 def _items(value: list[Any], inner: Callable[[Any], Any]) -> list[Any]:

@@ -17,6 +17,7 @@ from flask_tracking.redact import (
     Redactor,
     ScrubbedBody,
     anonymize_ip,
+    scrub_text,
 )
 
 from .test_credentials import JWT, PEM
@@ -1050,6 +1051,82 @@ def test_bodies_and_custom_data_lose_credentials_by_their_look(redactor: Redacto
     assert redactor.values({"x": "plain"}) == {"x": "plain"}
     yaml = f"note: {JWT}\n".encode()
     assert redactor.scrub_body(yaml, "application/yaml").body is None
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"order": 4111111111111111, "x": 1}', {"order": FILTERED, "x": 1}),
+        (b'{"a": [4111111111111111, 2]}', {"a": [FILTERED, 2]}),
+        (b"4111111111111111", FILTERED),
+        (b'{"n": 4111111111111111.5}', {"n": FILTERED}),
+        (b'{"n": -4111111111111111}', {"n": FILTERED}),
+        (
+            b'{"password": "x", "order": 4111111111111111}',
+            {"password": FILTERED, "order": FILTERED},
+        ),
+        (b'{"4111111111111111": 1, "ok": 12}', {FILTERED: 1, "ok": 12}),
+    ],
+)
+def test_a_card_number_written_as_a_json_number_leaves_valid_json(
+    redactor: Redactor, body: bytes, expected: Any
+) -> None:
+    """A card number found by its look where JSON has a number is stored as the string
+    "[Filtered]": the body stays JSON."""
+    kept = redactor.scrub_body(body, "application/json").body
+    assert kept is not None
+    assert json.loads(kept) == expected
+
+
+_CARDS = (4111111111111111, 5500005555555559, 378282246310005, 6011111111111117)
+_LOOK_VALUES = st.recursive(
+    st.sampled_from(_CARDS)
+    | st.integers()
+    | st.sampled_from(["plain", f"Bearer {SECRET}", "4111 1111 1111 1111", "a=b"])
+    | st.booleans()
+    | st.none(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(["id", "n", "note"]), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def _by_look(value: Any) -> Any:
+    """What filtering by look makes of a parsed JSON value."""
+    if type(value) is int and scrub_text(str(value)) != str(value):  # a card number
+        return FILTERED
+    if type(value) is str:
+        return scrub_text(value)
+    if type(value) is list:
+        return [_by_look(item) for item in value]
+    if type(value) is dict:
+        return {key: _by_look(item) for key, item in value.items()}
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_LOOK_VALUES, indent=st.sampled_from([None, 2]))
+def test_a_json_body_filtered_by_look_stays_json(value: Any, indent: int | None) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    kept = redactor.body(json.dumps(value, indent=indent).encode(), "application/json")
+    assert kept is not None
+    assert json.loads(kept) == _by_look(value)
+
+
+def test_a_json_body_filtered_by_look_keeps_its_bytes_when_it_stays_json(
+    redactor: Redactor,
+) -> None:
+    body = b'{"n" :  "4111 1111 1111 1111",\n "u": "https://ada:pw@example.com/"}'
+    kept = redactor.scrub_body(body, "application/json").body
+    assert kept == (
+        b'{"n" :  "'
+        + FILTERED.encode()
+        + b'",\n "u": "https://ada:'
+        + FILTERED.encode()
+        + b'@example.com/"}'
+    )
 
 
 def test_a_multipart_boundary_is_never_taken_for_a_card_number(redactor: Redactor) -> None:
