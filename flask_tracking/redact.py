@@ -339,13 +339,19 @@ class Redactor:
             return _items(value, self.data)
         return value
 
-    def _object(self, value: Mapping[Any, Any], inner: Callable[[Any], Any]) -> Any:
+    def _object(
+        self,
+        value: Mapping[Any, Any],
+        inner: Callable[[Any], Any],
+        pairs: Iterable[tuple[Any, Any]] | None = None,
+    ) -> Any:
         """A mapping with the values of secret keys filtered and ``inner`` of the others;
         ``value`` itself when nothing changed. One that names a secret field through a naming
-        key keeps only its naming keys."""
+        key keeps only its naming keys; ``pairs``: every key and value the mapping was made of,
+        when a key was repeated (a name given twice names what either names)."""
         named = any(
             type(item) is str and str(key).lower() in _NAMING_KEYS and self.is_secret_field(item)
-            for key, item in value.items()
+            for key, item in (value.items() if pairs is None else pairs)
         )
         changed = False
         copy = {}
@@ -555,9 +561,12 @@ class Redactor:
         def filtered(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             nonlocal changed
             parsed = dict(pairs)
-            kept: dict[str, Any] = self._object(parsed, self._json_value)
             # A key repeated: the values dropped (the last one is kept) are in the bytes only.
-            if kept is not parsed or len(parsed) < len(pairs):
+            repeated = len(parsed) < len(pairs)
+            kept: dict[str, Any] = self._object(
+                parsed, self._json_value, pairs if repeated else None
+            )
+            if kept is not parsed or repeated:
                 changed = True
             return kept
 

@@ -1272,6 +1272,23 @@ def test_a_json_body_with_a_key_repeated_keeps_no_secret_of_the_value_dropped(bo
     assert json.loads(kept) == redactor.data(json.loads(raw))
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"name": "password", "name": "x", "value": "%s"}',
+        '[{"field": "api_key", "field": "note", "value": "%s"}]',
+        '{"key": "token", "key": "a", "key": "b", "data": {"v": "%s"}}',
+    ],
+)
+def test_a_name_given_twice_names_what_either_names(body: str) -> None:
+    """Which of a repeated naming key's values counts depends on the parser that reads it:
+    either naming a secret field keeps the object's other values out of the record."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    kept = redactor.body((body % SECRET).encode(), "application/json")
+    assert kept is not None and SECRET.encode() not in kept
+    assert b"[Filtered]" in kept
+
+
 @pytest.mark.parametrize("depth", range(100, 1500, 50))
 @pytest.mark.parametrize("inner", ['"password=%s"', '{"password": "%s"}', '"token", "%s"'])
 def test_a_deeply_nested_json_array_never_raises(depth: int, inner: str) -> None:
@@ -1332,7 +1349,18 @@ def test_a_json_body_with_keys_repeated_is_filtered_as_data_filters_its_parsed_v
     raw = _json_text(value).encode()
     kept = redactor.body(raw, "application/json")
     assert kept is not None
-    filtered = redactor.data(json.loads(raw))
+
+    def named_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        """A name given twice names what either names: its object keeps only its names."""
+        parsed = dict(pairs)
+        if any(
+            key == "name" and type(item) is str and redactor.is_secret_field(item)
+            for key, item in pairs
+        ):
+            return {key: item if key == "name" else FILTERED for key, item in parsed.items()}
+        return parsed
+
+    filtered = redactor.data(json.loads(raw, object_pairs_hook=named_twice))
     assert json.loads(kept) == filtered
     if "hunter2" not in json.dumps(filtered):  # nor in a value the parser dropped
         assert b"hunter2" not in kept
