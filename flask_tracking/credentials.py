@@ -2,8 +2,11 @@
 ``Bearer``/``Basic`` values, AWS access key ids, PEM private keys, card numbers and the password
 of a URL's userinfo.
 
-A leaf module: it imports only the standard library. Every function returns its input itself
-when nothing was found, else a copy with :data:`FILTERED` in place of each credential.
+A leaf module: it imports only the standard library. Every ``scrub_*`` function returns its
+input itself when nothing was found, else a copy with :data:`FILTERED` in place of each
+credential. The pre-filter of bodies (:mod:`flask_tracking.prefilter`) looks for credentials with
+what is here too: the words they begin with (:data:`CREDENTIAL_WORDS`), the shapes of card
+numbers (:data:`CARD_RUN_PATTERN`, :data:`MASKED_CARD_DIGITS`) and :func:`may_hold_card`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ FILTERED_BYTES = FILTERED.encode()
 def scrub_values(body: bytes) -> bytes:
     """``body`` with every credential recognised by its look filtered (:func:`scrub_text`)."""
     scrubbed = _sub_credentials(body, _CREDENTIAL_BYTES, _CREDENTIAL_BYTES_BEGIN, _credential_bytes)
-    return _scrub_cards(scrubbed) if _may_hold_card(scrubbed) else scrubbed
+    return _scrub_cards(scrubbed) if may_hold_card(scrubbed) else scrubbed
 
 
 def scrub_text(text: str) -> str:
@@ -97,7 +100,7 @@ def _credential_text(match: re.Match[str]) -> str:
     return FILTERED
 
 
-def _may_hold_card(body: bytes) -> bool:
+def may_hold_card(body: bytes) -> bool:
     """Whether ``body`` has a run of digits shaped like a card number: a few C-level searches
     of a digit mask, the pattern only when one of them hits."""
     masked = body.translate(_DIGIT_MASK)
@@ -164,19 +167,27 @@ _CREDENTIAL_TEXT_BEGIN = re.compile(_CREDENTIAL_BEGINNINGS)
 _CREDENTIAL_BYTES_BEGIN = re.compile(_CREDENTIAL_BEGINNINGS.encode("ascii"))
 #: How the credentials recognised by their look begin (a cheap test before the pattern).
 _CREDENTIAL_STARTS = ("eyJ", "earer", "EARER", "asic", "ASIC", "AKIA", "ASIA", "PRIVATE", "://")
-#: The same, lowercased and with only letters and digits, as :meth:`Redactor._hints` sees them.
-_CREDENTIAL_WORDS = (b"eyj", b"bearer", b"basic", b"akia", b"asia", b"privatekey")
-_CREDENTIAL_WORDS_SEARCH = re.compile(b"|".join(_CREDENTIAL_WORDS)).search
+#: The same, lowercased and with only letters and digits, as :meth:`Redactor._hints` sees them
+#: (the words the pre-filter of bodies looks for, :mod:`flask_tracking.prefilter`).
+CREDENTIAL_WORDS = (b"eyj", b"bearer", b"basic", b"akia", b"asia", b"privatekey")
+#: The ``search`` of a pattern finding any of :data:`CREDENTIAL_WORDS` in a body's words.
+CREDENTIAL_WORDS_SEARCH = re.compile(b"|".join(CREDENTIAL_WORDS)).search
 # Card numbers: 13-19 digits in a row, or in groups of 4 (4-4-4-1..7) or 4-6-5 (Amex) split
 # by single spaces or dashes; in a mask where every digit is "0" and every separator " ".
 _DIGIT_MASK = bytes(
     ord("0") if chr(byte).isdigit() and byte < 128 else ord(" ") if byte in b" -" else ord("x")
     for byte in range(256)
 )
-#: What every card-shaped run is (in a body, for google-re2), and leaves in the words.
-_CARD_RUN = rb"[0-9]{13}|[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[0-9]{4}[ -][0-9]{6}[ -][0-9]{5}"
-_CARD_DIGITS = b"0" * 13
-_DIGITS_ONLY = bytes(ord("0") if byte in b"0123456789" else ord("x") for byte in range(256))
+#: What every card-shaped run of digits in a body begins with (13 digits in a row, or grouped
+#: by single spaces or dashes): a regex over bytes, for the google-re2 pre-filter of bodies.
+CARD_RUN_PATTERN = (
+    rb"[0-9]{13}|[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[0-9]{4}[ -][0-9]{6}[ -][0-9]{5}"
+)
+#: What every card-shaped run leaves in a body's words (separators deleted) translated by
+#: :data:`DIGITS_ONLY_MASK`: 13 ``0`` in a row.
+MASKED_CARD_DIGITS = b"0" * 13
+#: A ``bytes.translate`` table: every ASCII digit to ``0``, every other byte to ``x``.
+DIGITS_ONLY_MASK = bytes(ord("0") if byte in b"0123456789" else ord("x") for byte in range(256))
 _CARD_SHAPE = re.compile(rb"0000(?:0{9,15}| 0000 0000 0{1,7}| 000000 00000)(?!0)")
 #: What every card-shaped run contains (13 digits in a row, or grouped by spaces or dashes).
 _CARD_RUNS = (b"0" * 13, b"0000 0000 0000 0", b"0000 000000 0")

@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from .credentials import (
-    _CARD_DIGITS,
-    _CARD_RUN,
-    _CREDENTIAL_WORDS,
-    _CREDENTIAL_WORDS_SEARCH,
-    _DIGITS_ONLY,
-    _may_hold_card,
+    CARD_RUN_PATTERN,
+    CREDENTIAL_WORDS,
+    CREDENTIAL_WORDS_SEARCH,
+    DIGITS_ONLY_MASK,
+    MASKED_CARD_DIGITS,
+    may_hold_card,
 )
 
 #: Hints of :meth:`Redactor._hints`.
@@ -237,10 +237,10 @@ def _re2_set(terms: list[bytes]) -> tuple[Callable[[bytes], list[int] | None], d
     flags: dict[int, int] = {}
     for flag, pattern in (
         (_FOUND_TERM, b"|".join(map(_spaced, terms))),
-        (_FOUND_CREDENTIAL, b"|".join(map(_spaced, _CREDENTIAL_WORDS))),
+        (_FOUND_CREDENTIAL, b"|".join(map(_spaced, CREDENTIAL_WORDS))),
         (_FOUND_URL, b"://"),
         (_FOUND_ESCAPE, rb"[\\%]"),
-        (_FOUND_CARD, _CARD_RUN),
+        (_FOUND_CARD, CARD_RUN_PATTERN),
     ):
         if pattern:
             flags[found.Add(pattern)] = flag
@@ -271,7 +271,7 @@ def _words_scanner(terms: list[bytes]) -> Callable[[bytes], int]:
         words = body.translate(_LOWERCASE, _NOT_ALPHANUMERIC)
         result |= find_words(words)
         # Separators are deleted from the words: a card number leaves 13 digits in a row there.
-        if _CARD_DIGITS in words.translate(_DIGITS_ONLY):
+        if MASKED_CARD_DIGITS in words.translate(DIGITS_ONLY_MASK):
             result |= _FOUND_CARD
         return result
 
@@ -289,11 +289,11 @@ def _aho_finder(terms: list[bytes]) -> Callable[[bytes], int]:
     flags: dict[bytes, int] = {}
     for word in terms:
         flags[word] = flags.get(word, 0) | _FOUND_TERM
-    for word in _CREDENTIAL_WORDS:
+    for word in CREDENTIAL_WORDS:
         flags[word] = flags.get(word, 0) | _FOUND_CREDENTIAL
     matches = _automaton(flags)
     others = {  # after a match of one kind only: the automaton of the other kind
-        _FOUND_TERM: _automaton(dict.fromkeys(_CREDENTIAL_WORDS, _FOUND_CREDENTIAL)),
+        _FOUND_TERM: _automaton(dict.fromkeys(CREDENTIAL_WORDS, _FOUND_CREDENTIAL)),
         _FOUND_CREDENTIAL: _automaton(dict.fromkeys(terms, _FOUND_TERM)) if terms else None,
     }
     everything = _FOUND_TERM | _FOUND_CREDENTIAL
@@ -323,7 +323,7 @@ def _automaton(flags: dict[bytes, int]) -> Callable[[str], Iterator[tuple[int, i
 
 def _re_finder(terms: list[bytes]) -> Callable[[bytes], int]:
     """What :func:`_aho_finder` finds, with Python's ``re`` (tries of the words)."""
-    word_search = re.compile(_trie([*terms, *_CREDENTIAL_WORDS])).search
+    word_search = re.compile(_trie([*terms, *CREDENTIAL_WORDS])).search
     term_search = re.compile(_trie(terms)).search if terms else None
 
     def find(words: bytes) -> int:
@@ -332,7 +332,7 @@ def _re_finder(terms: list[bytes]) -> Callable[[bytes], int]:
         found = 0
         if term_search is not None and term_search(words) is not None:
             found = _FOUND_TERM
-        if _CREDENTIAL_WORDS_SEARCH(words) is not None:
+        if CREDENTIAL_WORDS_SEARCH(words) is not None:
             found |= _FOUND_CREDENTIAL
         return found
 
@@ -342,6 +342,6 @@ def _re_finder(terms: list[bytes]) -> Callable[[bytes], int]:
 def _hints_of(found: int, body: bytes, escapes: bool) -> int:
     """The hints (:meth:`Redactor._hints`) given what the pre-filter found in ``body``."""
     hints = _NAME_HINT if found & _FOUND_TERM or (escapes and found & _FOUND_ESCAPE) else 0
-    if found & (_FOUND_CREDENTIAL | _FOUND_URL) or (found & _FOUND_CARD and _may_hold_card(body)):
+    if found & (_FOUND_CREDENTIAL | _FOUND_URL) or (found & _FOUND_CARD and may_hold_card(body)):
         hints |= _VALUE_HINT
     return hints

@@ -544,7 +544,7 @@ class Redactor:
         ``pass%77ord`` in forms and URLs): with ``escapes``, bodies with a backslash or a
         percent sign are always parsed. The same pass finds the words credentials begin with
         (``eyJ``, ``Bearer``, ``AKIA``, ...), ``://`` (a URL's password) and digits shaped like
-        a card number's; only the last needs a closer look (:func:`_may_hold_card`).
+        a card number's; only the last needs a closer look (:func:`may_hold_card`).
         """
         found = self._scan(body)
         return _hints_of(found, body, escapes) if found else 0

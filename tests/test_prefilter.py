@@ -77,9 +77,9 @@ def _reference_hints(redactor: Redactor, body: bytes, escapes: bool = True) -> i
     ):
         hints = prefilter._NAME_HINT
     if (
-        any(word in words for word in credentials._CREDENTIAL_WORDS)
+        any(word in words for word in credentials.CREDENTIAL_WORDS)
         or b"://" in body
-        or credentials._may_hold_card(body)
+        or credentials.may_hold_card(body)
     ):
         hints |= prefilter._VALUE_HINT
     return hints
