@@ -1,6 +1,8 @@
 """Content decoding of bodies: what a Content-Type says of how a body is read
-(:func:`_describe`), the ``Content-Encoding`` undone within bounds (:func:`decode_content`) and
-a declared or detected charset other than UTF-8 decoded (:func:`_as_utf8`).
+(:func:`describe_content_type`, and the kinds of body the redactor reads as text,
+:data:`TEXT_KINDS` and :data:`HTML_KINDS`), the ``Content-Encoding`` undone within bounds
+(:func:`decode_content`) and a declared or detected charset other than UTF-8 decoded
+(:func:`as_utf8`). A body that cannot be read safely raises :class:`Unreadable`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 #: Body types scrubbed by their look (besides JSON, forms, multipart, XML and HTML).
-_TEXT_KINDS = frozenset({"", "text/plain", "application/graphql"})
+TEXT_KINDS = frozenset({"", "text/plain", "application/graphql"})
 #: XML types (any ``+xml`` type too): elements and attributes scrubbed by name, and URLs.
 _XML_KINDS = frozenset({"text/xml", "application/xml"})
 #: HTML: the parameters of URLs are scrubbed (redirect pages, links with tokens).
-_HTML = frozenset({"text/html", "application/xhtml+xml"})
+HTML_KINDS = frozenset({"text/html", "application/xhtml+xml"})
 #: Textual types (YAML, CSV, scripts...) where escapes can hide a name.
 _TEXT_PREFIXES = (
     "text/",
@@ -103,7 +105,7 @@ def _brotli_decompressor() -> Any:
 
 
 class _Described(NamedTuple):
-    """What a Content-Type says of how a body is read (:func:`_describe`)."""
+    """What a Content-Type says of how a body is read (:func:`describe_content_type`)."""
 
     #: The media type, lowercase, without its parameters.
     kind: str
@@ -126,7 +128,7 @@ class _Described(NamedTuple):
 
 
 @lru_cache(maxsize=256)
-def _describe(content_type: str) -> _Described:
+def describe_content_type(content_type: str) -> _Described:
     """What ``content_type`` says of how a body is read; remembered, as types repeat."""
     kind = content_type.split(";", 1)[0].strip().lower()
     codec = unknown = None
@@ -140,14 +142,14 @@ def _describe(content_type: str) -> _Described:
     json_kind = "json" in kind
     form = kind == "application/x-www-form-urlencoded"
     xml = kind in _XML_KINDS or kind.endswith("+xml")
-    scrubbable = multipart or json_kind or form or xml or kind in _TEXT_KINDS or kind in _HTML
+    scrubbable = multipart or json_kind or form or xml or kind in TEXT_KINDS or kind in HTML_KINDS
     return _Described(
         kind=kind,
         media=kind.startswith(_MEDIA_PREFIXES) and not kind.endswith("+xml"),
         archive=kind in _ARCHIVE_KINDS,
         codec=codec,
         unknown_charset=unknown,
-        wide=json_kind or kind in _TEXT_KINDS or kind in _XML_KINDS or "xml" in kind,
+        wide=json_kind or kind in TEXT_KINDS or kind in _XML_KINDS or "xml" in kind,
         shape=(multipart, json_kind, form, xml),
         scrubbable=scrubbable,
         # Escapes can hide a name in text; binary formats are full of backslashes and "%".
@@ -155,7 +157,7 @@ def _describe(content_type: str) -> _Described:
     )
 
 
-def _as_utf8(body: bytes, described: _Described) -> bytes:
+def as_utf8(body: bytes, described: _Described) -> bytes:
     """A text body in UTF-8: a declared charset other than UTF-8 or ASCII, or (without one) a
     UTF-16/32 byte-order mark or JSON's NUL pattern, is decoded. Raises :class:`Unreadable`
     for a charset Python does not know."""

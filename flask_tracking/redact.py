@@ -20,7 +20,14 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
-from .content import _HTML, _TEXT_KINDS, Unreadable, _as_utf8, _describe, decode_content
+from .content import (
+    HTML_KINDS,
+    TEXT_KINDS,
+    Unreadable,
+    as_utf8,
+    decode_content,
+    describe_content_type,
+)
 from .credentials import FILTERED, FILTERED_BYTES, scrub_text, scrub_values
 from .prefilter import _NAME_HINT, _VALUE_HINT, _body_scanners, _hints_of
 from .syntax import (
@@ -414,7 +421,7 @@ class Redactor:
         try:
             scanned = []  # bodies the pre-filter reads as they are (unless a charset is decoded)
             for index, (body, content_type, encoding, _) in enumerate(bodies):
-                described = _describe(content_type)
+                described = describe_content_type(content_type)
                 if body and not encoding and not described.media and not described.archive:
                     scanned.append(index)
             found = dict(zip(scanned, self._scan_many([bodies[index][0] for index in scanned])))
@@ -450,7 +457,7 @@ class Redactor:
         found: int | None = None,
     ) -> bytes:
         """``found``: what the pre-filter found in ``body`` (None: not run yet)."""
-        described = _describe(content_type)
+        described = describe_content_type(content_type)
         kind = described.kind
         read = body
         if encoding:
@@ -459,7 +466,7 @@ class Redactor:
             return body
         if described.archive:
             raise Unreadable(f"compressed archive ({kind})")
-        body = _as_utf8(body, described)
+        body = as_utf8(body, described)
         if found is None or body is not read:  # decoded: not what the pre-filter read
             found = self._scan(body)
         hints = _hints_of(found, body, described.escapes) if found else 0
@@ -517,9 +524,9 @@ class Redactor:
     ) -> bytes:
         json_kind, form, xml = shape
         head = body[:1024].lstrip()
-        if xml or (kind in _TEXT_KINDS and head[:1] == b"<"):
+        if xml or (kind in TEXT_KINDS and head[:1] == b"<"):
             return self._urls(self._xml(body))
-        if kind in _HTML and b"<" in body[:1024]:
+        if kind in HTML_KINDS and b"<" in body[:1024]:
             return self._urls(body)
         # Markup without a tag (Flask answers a view's plain string as text/html) is text.
         text = body.decode("utf-8", "replace")
