@@ -9,8 +9,12 @@ one ``RE2::Set`` pass over the raw bytes where google-re2 is installed. Every en
 same.
 
 The bodies of a batch of records are pre-filtered together where google-re2 is installed: one
-RE2 pass over many bodies joined (:func:`_body_scanners`' ``many``) costs a fraction of a pass
+RE2 pass over many bodies joined (:func:`body_scanners`' ``many``) costs a fraction of a pass
 over each, and lets go of the GIL once rather than once per body.
+
+For :class:`~flask_tracking.redact.Redactor`: :func:`body_scanners` builds the pre-filter for
+its deny-listed terms, and :func:`hints_of` turns what it found in a body into the hints
+:data:`NAME_HINT` and :data:`VALUE_HINT`.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from .credentials import (
     may_hold_card,
 )
 
-#: Hints of :meth:`Redactor._hints`.
-_NAME_HINT = 1
-_VALUE_HINT = 2
+#: A hint of :meth:`Redactor._hints` (:func:`hints_of`): a field name in the body can be a secret
+#: one (the words of a deny-listed term, or an escape that can hide them).
+NAME_HINT = 1
+#: A hint of :meth:`Redactor._hints` (:func:`hints_of`): a value in the body can look like a
+#: credential (a word credentials begin with, a URL, a card number).
+VALUE_HINT = 2
 
 _ALPHANUMERIC = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _NOT_ALPHANUMERIC = bytes(byte for byte in range(256) if byte not in _ALPHANUMERIC)
@@ -103,7 +110,7 @@ _SEPARATOR = b"\nQ\n"
 
 
 class _Scanners(NamedTuple):
-    """The pre-filter of bodies (:func:`_body_scanners`)."""
+    """The pre-filter of bodies (:func:`body_scanners`)."""
 
     #: Which ``_FOUND_*`` things a body holds (0 for most bodies).
     one: Callable[[bytes], int]
@@ -111,7 +118,7 @@ class _Scanners(NamedTuple):
     many: Callable[[list[bytes]], list[int]]
 
 
-def _body_scanners(terms: list[bytes]) -> _Scanners:
+def body_scanners(terms: list[bytes]) -> _Scanners:
     """The pre-filter of bodies. ``terms`` are the deny-listed terms to look for, as
     :meth:`Redactor._hints` sees them (lowercase letters and digits).
 
@@ -155,7 +162,7 @@ def _each(scan: Callable[[bytes], int]) -> Callable[[list[bytes]], list[int]]:
 def _grouped(
     scan: Callable[[bytes], int], re2_scan: Callable[[bytes], int]
 ) -> Callable[[list[bytes]], list[int]]:
-    """``many`` of :func:`_body_scanners` with google-re2."""
+    """``many`` of :func:`body_scanners` with google-re2."""
     punctuation = _FOUND_URL | _FOUND_ESCAPE
 
     def scan_group(group: list[bytes]) -> list[int]:
@@ -339,9 +346,9 @@ def _re_finder(terms: list[bytes]) -> Callable[[bytes], int]:
     return find
 
 
-def _hints_of(found: int, body: bytes, escapes: bool) -> int:
+def hints_of(found: int, body: bytes, escapes: bool) -> int:
     """The hints (:meth:`Redactor._hints`) given what the pre-filter found in ``body``."""
-    hints = _NAME_HINT if found & _FOUND_TERM or (escapes and found & _FOUND_ESCAPE) else 0
+    hints = NAME_HINT if found & _FOUND_TERM or (escapes and found & _FOUND_ESCAPE) else 0
     if found & (_FOUND_CREDENTIAL | _FOUND_URL) or (found & _FOUND_CARD and may_hold_card(body)):
-        hints |= _VALUE_HINT
+        hints |= VALUE_HINT
     return hints

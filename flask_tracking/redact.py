@@ -29,7 +29,7 @@ from .content import (
     describe_content_type,
 )
 from .credentials import FILTERED, FILTERED_BYTES, scrub_text, scrub_values
-from .prefilter import _NAME_HINT, _VALUE_HINT, _body_scanners, _hints_of
+from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
 from .syntax import (
     _LOOSE_PAIR,
     _URL_PARAMETER,
@@ -209,7 +209,7 @@ class Redactor:
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
         kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
-        self._scan, self._scan_many = _body_scanners([term.encode() for term in kept])
+        self._scan, self._scan_many = body_scanners([term.encode() for term in kept])
 
     def is_secret_header(self, name: str) -> bool:
         """Whether the header ``name`` (or WSGI environ key ``HTTP_...``) is filtered."""
@@ -469,7 +469,7 @@ class Redactor:
         body = as_utf8(body, described)
         if found is None or body is not read:  # decoded: not what the pre-filter read
             found = self._scan(body)
-        hints = _hints_of(found, body, described.escapes) if found else 0
+        hints = hints_of(found, body, described.escapes) if found else 0
         if not hints:
             return body  # nothing in it can name a secret or look like a credential
         multipart, json_kind, form, xml = described.shape
@@ -481,9 +481,9 @@ class Redactor:
             # Part by part, names and values: a boundary (often a long run of digits) is never
             # mistaken for a credential.
             return self._multipart(body, content_type, limit)
-        if hints & _NAME_HINT:
+        if hints & NAME_HINT:
             body = self._by_name(body, content_type, kind, (json_kind, form, xml))
-        if hints & _VALUE_HINT:
+        if hints & VALUE_HINT:
             json_shaped = json_kind or (not form and not xml and body.lstrip()[:1] in b"{[")
             body = self._by_look(body, json_shaped)
         return body
@@ -538,8 +538,8 @@ class Redactor:
         return self._loose(body, text)
 
     def _hints(self, body: bytes, escapes: bool = True) -> int:
-        """What ``body`` may hold, found without parsing: :data:`_NAME_HINT` when a field
-        name in it can be a secret one, :data:`_VALUE_HINT` when a value can look like a
+        """What ``body`` may hold, found without parsing: :data:`NAME_HINT` when a field
+        name in it can be a secret one, :data:`VALUE_HINT` when a value can look like a
         credential (0: keep the body as it is).
 
         Every scrubbing path matches names word-wise (:meth:`is_secret_field`): the words of a
@@ -554,11 +554,11 @@ class Redactor:
         a card number's; only the last needs a closer look (:func:`may_hold_card`).
         """
         found = self._scan(body)
-        return _hints_of(found, body, escapes) if found else 0
+        return hints_of(found, body, escapes) if found else 0
 
     def _may_name_a_secret(self, body: bytes) -> bool:
         """Whether a field name in ``body`` can be a secret one (see :meth:`_hints`)."""
-        return bool(self._hints(body) & _NAME_HINT)
+        return bool(self._hints(body) & NAME_HINT)
 
     def _json(self, body: bytes, text: str) -> bytes:
         """JSON filtered as :meth:`data` filters it, while it is parsed: each object as the

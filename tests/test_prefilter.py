@@ -75,13 +75,13 @@ def _reference_hints(redactor: Redactor, body: bytes, escapes: bool = True) -> i
     if (escapes and (b"\\" in body or b"%" in body)) or any(
         term.encode() in words for term in redactor._fields
     ):
-        hints = prefilter._NAME_HINT
+        hints = prefilter.NAME_HINT
     if (
         any(word in words for word in credentials.CREDENTIAL_WORDS)
         or b"://" in body
         or credentials.may_hold_card(body)
     ):
-        hints |= prefilter._VALUE_HINT
+        hints |= prefilter.VALUE_HINT
     return hints
 
 
@@ -161,10 +161,10 @@ def test_names_split_by_any_byte_are_found(engine: str) -> None:
     """The words of a name are ASCII letters and digits, whatever is between them: bytes that
     are not UTF-8, NUL, line breaks."""
     redactor = _with_engine(engine)
-    assert redactor._hints(b"to\r\nKEN") & prefilter._NAME_HINT
+    assert redactor._hints(b"to\r\nKEN") & prefilter.NAME_HINT
     for separator in [b"\xff", b"\x00", b"\t", b"\xc3\xa9", b"-_. "]:
         body = b'{"note": "hi", "TO' + separator + b'ken": "hunter2"}'
-        assert redactor._hints(body) & prefilter._NAME_HINT, separator
+        assert redactor._hints(body) & prefilter.NAME_HINT, separator
         kept = redactor.body(body, "application/json")
         assert kept is not None and b"hunter2" not in kept, separator
 
@@ -172,11 +172,11 @@ def test_names_split_by_any_byte_are_found(engine: str) -> None:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_custom_terms_with_digits_and_no_terms_at_all(engine: str) -> None:
     redactor = _with_engine(engine, fields=("x509",))
-    assert redactor._hints(b'{"X-509": 1}') == prefilter._NAME_HINT
+    assert redactor._hints(b'{"X-509": 1}') == prefilter.NAME_HINT
     assert redactor._hints(b'{"password": 1}') == 0
     nothing = _with_engine(engine, fields=())
     assert nothing._hints(b'{"password": 1}') == 0
-    assert nothing._hints(f'{{"a": "{CARD}"}}'.encode()) == prefilter._VALUE_HINT
+    assert nothing._hints(f'{{"a": "{CARD}"}}'.encode()) == prefilter.VALUE_HINT
 
 
 # Fragments that the pre-filter looks for, cut and joined in every way.
@@ -314,7 +314,7 @@ def test_bodies_pre_filtered_together_get_the_hints_each_gets_alone(
         patch.setattr(prefilter, "_GROUP_BYTES", 64)
         for redactor in [*_PREFILTER_REDACTORS, _default_redactor()]:
             found = redactor._scan_many(bodies)
-            assert [prefilter._hints_of(f, b, escapes) for f, b in zip(found, bodies)] == [
+            assert [prefilter.hints_of(f, b, escapes) for f, b in zip(found, bodies)] == [
                 redactor._hints(body, escapes) for body in bodies
             ]
 
