@@ -31,18 +31,18 @@ from .content import (
 from .credentials import FILTERED, FILTERED_BYTES, scrub_text, scrub_values
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
 from .syntax import (
-    _LOOSE_PAIR,
-    _URL_PARAMETER,
-    _XML_ATTRIBUTE,
-    _XML_NAME_ATTRIBUTE,
-    _XML_TAG,
-    _boundary,
-    _loose_key,
-    _part_head_end,
-    _part_header,
-    _part_names,
-    _value_end,
-    _xml_element_end,
+    LOOSE_PAIR,
+    URL_PARAMETER,
+    XML_ATTRIBUTE,
+    XML_NAME_ATTRIBUTE,
+    XML_TAG,
+    loose_key,
+    loose_value_end,
+    multipart_boundary,
+    part_head_end,
+    part_header,
+    part_names,
+    xml_element_end,
 )
 
 __all__ = [
@@ -611,7 +611,7 @@ class Redactor:
         """
         pieces: list[bytes] = []
         position = 0
-        search = _XML_TAG.search
+        search = XML_TAG.search
         match = search(body)
         while match is not None:
             closing, prefix, local, attributes, empty = match.groups()
@@ -619,7 +619,7 @@ class Redactor:
             if closing:
                 match = search(body, after)
                 continue
-            named = _XML_NAME_ATTRIBUTE.search(attributes)
+            named = XML_NAME_ATTRIBUTE.search(attributes)
             secret_element = self.is_secret_field(local.decode("utf-8", "replace")) or (
                 named is not None
                 and self.is_secret_field(named.group(2).decode("utf-8", "replace"))
@@ -630,7 +630,7 @@ class Redactor:
                 pieces.append(scrubbed)
                 position = match.end(4)
             if secret_element and not empty:
-                end, resume = _xml_element_end(body, after, (prefix or b"") + local)
+                end, resume = xml_element_end(body, after, (prefix or b"") + local)
                 pieces.append(body[position:after])
                 pieces.append(FILTERED_BYTES)
                 position = end
@@ -652,7 +652,7 @@ class Redactor:
                 return match.group(1) + b"=" + quote + FILTERED_BYTES + quote
             return match.group(0)
 
-        scrubbed = _XML_ATTRIBUTE.sub(scrub, attributes)
+        scrubbed = XML_ATTRIBUTE.sub(scrub, attributes)
         return attributes if scrubbed == attributes else scrubbed
 
     def _loose(self, body: bytes, text: str) -> bytes:
@@ -666,10 +666,10 @@ class Redactor:
         pieces = []
         position = 0
         named_until = -1  # the end of an object that names a secret ({"name": "password", ...})
-        for match in _LOOSE_PAIR.finditer(text):
+        for match in LOOSE_PAIR.finditer(text):
             if match.start() < position:  # inside a value already filtered
                 continue
-            key = _loose_key(match)
+            key = loose_key(match)
             value_start = match.end()
             if key.lower() in _NAMING_KEYS:
                 if match.start() > named_until:  # not in an object that names a secret yet
@@ -682,7 +682,7 @@ class Redactor:
                 # "key" is a secret field name too: its value is filtered, as in parsed JSON
             elif match.start() > named_until and not self.is_secret_field(key):
                 continue
-            value_end = _value_end(text, value_start)
+            value_end = loose_value_end(text, value_start)
             pieces.append(text[position:value_start])
             pieces.append(f'"{FILTERED}"' if match.group("quoted") else FILTERED)
             position = value_end
@@ -697,7 +697,7 @@ class Redactor:
         (a name over :data:`MAX_NAME_LENGTH` does), and a text of many naming keys is not read
         to its end once for each of them."""
         window = text[start : start + _NAMING_VALUE_WINDOW]
-        end = _value_end(window, 0)
+        end = loose_value_end(window, 0)
         if (end == len(window) and start + end < len(text)) or self.is_secret_field(
             window[:end].strip("\"' ")
         ):
@@ -714,7 +714,7 @@ class Redactor:
                 return match.group(0)
             return match.group(1) + match.group(2) + b"=" + FILTERED.encode()
 
-        return _URL_PARAMETER.sub(scrub, body)
+        return URL_PARAMETER.sub(scrub, body)
 
     def _multipart(self, body: bytes, content_type: str, limit: int) -> bytes:
         """Filter the content of every part whose field name is secret (text or file).
@@ -723,25 +723,25 @@ class Redactor:
         filtered to its end. Part heads are read as Werkzeug reads them: lines may end in LF
         alone, ``name`` may be quoted or not, or given as ``name*=`` (RFC 2231).
         """
-        boundary = _boundary(content_type)
+        boundary = multipart_boundary(content_type)
         if boundary is None:
             return scrub_values(self._loose(body, body.decode("utf-8", "replace")))
         delimiter = b"--" + boundary
         parts = body.split(delimiter)
         changed = False
         for index, part in enumerate(parts[1:], start=1):
-            head_end, content_start = _part_head_end(part)
+            head_end, content_start = part_head_end(part)
             if head_end < 0:
                 continue  # an empty part without a blank line, the closing "--", or cut early
             head = part[:head_end]
             tail = b"\r\n" if part.endswith(b"\r\n") else b"\n" if part.endswith(b"\n") else b""
             content = part[content_start : len(part) - len(tail)]
-            if any(map(self.is_secret_field, _part_names(head))):
+            if any(map(self.is_secret_field, part_names(head))):
                 scrubbed = FILTERED_BYTES
             else:
                 # The content of a part is a body of its own type (a JSON or XML file...).
-                part_type = _part_header(head, b"content-type") or "text/plain"
-                encoding = _part_header(head, b"content-encoding")
+                part_type = part_header(head, b"content-type") or "text/plain"
+                encoding = part_header(head, b"content-encoding")
                 try:
                     scrubbed = self._scrub(content, part_type, encoding, limit, False)
                 except Unreadable as error:

@@ -3,7 +3,10 @@ multipart parts, XML elements and attributes, URL parameters, and loose ``key=va
 ``key: value`` text (cut JSON, plain text, strings inside JSON).
 
 Pure functions and patterns over bytes and text, for :mod:`flask_tracking.redact`: no names are
-judged here.
+judged here. Multipart: :func:`multipart_boundary`, :func:`part_head_end`, :func:`part_header`,
+:func:`part_names`. XML: :data:`XML_TAG`, :data:`XML_ATTRIBUTE`, :data:`XML_NAME_ATTRIBUTE`,
+:func:`xml_element_end`. URLs in markup: :data:`URL_PARAMETER`. Loose text: :data:`LOOSE_PAIR`,
+:func:`loose_key`, :func:`loose_value_end`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import re
 from urllib.parse import unquote, unquote_plus
 
 
-def _part_header(head: bytes, wanted: bytes) -> str:
+def part_header(head: bytes, wanted: bytes) -> str:
     """The value of the header ``wanted`` (lowercase) of a part head, or ``""``."""
     for line in head.split(b"\n"):
         header, colon, value = line.partition(b":")
@@ -22,7 +25,7 @@ def _part_header(head: bytes, wanted: bytes) -> str:
     return ""
 
 
-def _part_head_end(part: bytes) -> tuple[int, int]:
+def part_head_end(part: bytes) -> tuple[int, int]:
     """Where the head of a multipart part ends and its content starts (-1, -1: no blank line).
     The head ends at the first empty line, whether lines end in CRLF or in LF alone."""
     crlf, lf = part.find(b"\r\n\r\n"), part.find(b"\n\n")
@@ -33,7 +36,7 @@ def _part_head_end(part: bytes) -> tuple[int, int]:
     return -1, -1
 
 
-def _part_names(head: bytes) -> list[str]:
+def part_names(head: bytes) -> list[str]:
     """Every field name a part head gives in its Content-Disposition (``name="..."``, an
     unquoted ``name=...``, an RFC 2231 ``name*=charset'lang'...``); linear in the head."""
     names = []
@@ -64,12 +67,12 @@ def _percent_decode(text: str, charset: str) -> str:
         return unquote(text, errors="replace")
 
 
-def _xml_element_end(body: bytes, start: int, name: bytes) -> tuple[int, int]:
+def xml_element_end(body: bytes, start: int, name: bytes) -> tuple[int, int]:
     """Where the content of the element ``name`` opened just before ``start`` ends, and
     where scanning goes on (after its end tag); the end of ``body`` for an element left
     open. Elements of the same name nested inside are counted."""
     depth = 1
-    for match in _XML_TAG.finditer(body, start):
+    for match in XML_TAG.finditer(body, start):
         closing, prefix, local, _, empty = match.groups()
         if (prefix or b"") + local != name:
             continue
@@ -82,35 +85,43 @@ def _xml_element_end(body: bytes, start: int, name: bytes) -> tuple[int, int]:
     return len(body), len(body)
 
 
-# XML: a tag (its prefix, local name and attributes), an attribute, a naming attribute.
-_XML_TAG = re.compile(
+#: An XML tag; its groups: the ``/`` of an end tag, the prefix (with its colon), the local name,
+#: the attributes and the ``/`` of an empty element.
+XML_TAG = re.compile(
     rb"<(/?)([A-Za-z_][\w.-]{0,100}:)?([A-Za-z_][\w.-]{0,200})((?:\s[^<>]*?)?)(/?)>"
 )
-_XML_ATTRIBUTE = re.compile(rb"""([A-Za-z_][\w.:-]{0,200})\s*=\s*("[^"]*"?|'[^']*'?)""")
-_XML_NAME_ATTRIBUTE = re.compile(rb"""(?:^|\s)(name|key|field)\s*=\s*["']([^"'<>]{0,256})""")
+#: An attribute among a tag's attributes: its name and its quoted value (the closing quote may
+#: be missing in a cut body).
+XML_ATTRIBUTE = re.compile(rb"""([A-Za-z_][\w.:-]{0,200})\s*=\s*("[^"]*"?|'[^']*'?)""")
+#: An attribute naming the element's field (``name``, ``key`` or ``field``) and its value.
+XML_NAME_ATTRIBUTE = re.compile(rb"""(?:^|\s)(name|key|field)\s*=\s*["']([^"'<>]{0,256})""")
 
 
-def _boundary(content_type: str) -> bytes | None:
+def multipart_boundary(content_type: str) -> bytes | None:
+    """The ``boundary`` parameter of a multipart Content-Type (None: it has none)."""
     match = _BOUNDARY.search(content_type)
     return match.group(1).strip('"').encode("latin-1", "replace") if match else None
 
 
-# ?name=value / &name=value / &amp;name=value / #name=value inside markup.
-_URL_PARAMETER = re.compile(rb"([?&#;])([\w.%+-]{1,200})=([^&#\"'<>\s]*)")
+#: A URL parameter inside markup (``?name=value``, ``&name=value``, ``&amp;name=value``,
+#: ``#name=value``); its groups: the separator, the name and the value.
+URL_PARAMETER = re.compile(rb"([?&#;])([\w.%+-]{1,200})=([^&#\"'<>\s]*)")
 _BOUNDARY = re.compile(r"boundary=(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
 _PART_PARAMETER = re.compile(rb';\s*([A-Za-z0-9_*.-]+)\s*=\s*("(?:[^"\\\r\n]|\\.)*"?|[^;\r\n]*)')
 _BACKSLASH_ESCAPE = re.compile(rb"\\(.)")
 
 
-# "key": value  |  'key': value  |  key=value  |  key: value   (in any text)
-_LOOSE_PAIR = re.compile(
+#: A key and what follows it up to its value, in any text: ``"key": value``, ``'key': value``,
+#: ``key=value``, ``key: value`` (:func:`loose_key` reads the key, :func:`loose_value_end`
+#: finds where the value ends).
+LOOSE_PAIR = re.compile(
     r"""(?P<quoted>["'])(?P<key>(?:[^"'\\\n]|\\[^\n]){1,200})["']\s*:\s*"""
     r"""|(?<![\w.%-])(?P<key2>[A-Za-z_%][\w.%-]{0,199})\s*[=:]\s*"""
 )
 
 
-def _loose_key(match: re.Match[str]) -> str:
-    """The key of a :data:`_LOOSE_PAIR` match, its escapes decoded."""
+def loose_key(match: re.Match[str]) -> str:
+    """The key of a :data:`LOOSE_PAIR` match, its escapes decoded."""
     key = match.group("key")
     if key is None:
         key = match.group("key2")
@@ -147,9 +158,10 @@ def _warningless(match: re.Match[bytes]) -> bytes:
 _ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|[\n\\'\"abfnrtvxNuU]|(.))", re.DOTALL)
 
 
-def _value_end(text: str, start: int) -> int:
-    """Where the value starting at ``start`` ends: a quoted string, a bracketed structure (to
-    its matching bracket or the end of a cut body), or a bare token."""
+def loose_value_end(text: str, start: int) -> int:
+    """Where the value starting at ``start`` in loose text (after a :data:`LOOSE_PAIR` match)
+    ends: a quoted string, a bracketed structure (to its matching bracket or the end of a cut
+    body), or a bare token."""
     if start >= len(text):
         return start
     opener = text[start]

@@ -22,11 +22,11 @@ def test_escapes_are_decoded_as_python_decodes_them(key: str) -> None:
 def test_a_value_ends_where_its_quotes_brackets_or_pair_end() -> None:
     text = 'a="x\\"y", b=[1, [2], "]"], c=plain value; d'
     starts = [text.index(marker) + len(marker) for marker in ("a=", "b=", "c=")]
-    ends = [syntax._value_end(text, start) for start in starts]
+    ends = [syntax.loose_value_end(text, start) for start in starts]
     assert [text[start:end] for start, end in zip(starts, ends)] == [
         '"x\\"y"',
         '[1, [2], "]"]',
         "plain value",
     ]
-    assert syntax._value_end(text, len(text)) == len(text)
-    assert syntax._value_end("[1, [2", 0) == len("[1, [2")  # a cut body: to its end
+    assert syntax.loose_value_end(text, len(text)) == len(text)
+    assert syntax.loose_value_end("[1, [2", 0) == len("[1, [2")  # a cut body: to its end
