@@ -104,7 +104,7 @@ def _brotli_decompressor() -> Any:
     return None
 
 
-class _Described(NamedTuple):
+class ContentKind(NamedTuple):
     """What a Content-Type says of how a body is read (:func:`describe_content_type`)."""
 
     #: The media type, lowercase, without its parameters.
@@ -128,7 +128,7 @@ class _Described(NamedTuple):
 
 
 @lru_cache(maxsize=256)
-def describe_content_type(content_type: str) -> _Described:
+def describe_content_type(content_type: str) -> ContentKind:
     """What ``content_type`` says of how a body is read; remembered, as types repeat."""
     kind = content_type.split(";", 1)[0].strip().lower()
     codec = unknown = None
@@ -143,7 +143,7 @@ def describe_content_type(content_type: str) -> _Described:
     form = kind == "application/x-www-form-urlencoded"
     xml = kind in _XML_KINDS or kind.endswith("+xml")
     scrubbable = multipart or json_kind or form or xml or kind in TEXT_KINDS or kind in HTML_KINDS
-    return _Described(
+    return ContentKind(
         kind=kind,
         media=kind.startswith(_MEDIA_PREFIXES) and not kind.endswith("+xml"),
         archive=kind in _ARCHIVE_KINDS,
@@ -157,7 +157,7 @@ def describe_content_type(content_type: str) -> _Described:
     )
 
 
-def as_utf8(body: bytes, described: _Described) -> bytes:
+def as_utf8(body: bytes, described: ContentKind) -> bytes:
     """A text body in UTF-8: a declared charset other than UTF-8 or ASCII, or (without one) a
     UTF-16/32 byte-order mark or JSON's NUL pattern, is decoded. Raises :class:`Unreadable`
     for a charset Python does not know."""

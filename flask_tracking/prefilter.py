@@ -109,7 +109,7 @@ _GROUP_BYTES = 262144
 _SEPARATOR = b"\nQ\n"
 
 
-class _Scanners(NamedTuple):
+class Scanners(NamedTuple):
     """The pre-filter of bodies (:func:`body_scanners`)."""
 
     #: Which ``_FOUND_*`` things a body holds (0 for most bodies).
@@ -118,7 +118,7 @@ class _Scanners(NamedTuple):
     many: Callable[[list[bytes]], list[int]]
 
 
-def body_scanners(terms: list[bytes]) -> _Scanners:
+def body_scanners(terms: list[bytes]) -> Scanners:
     """The pre-filter of bodies. ``terms`` are the deny-listed terms to look for, as
     :meth:`Redactor._hints` sees them (lowercase letters and digits).
 
@@ -138,7 +138,7 @@ def body_scanners(terms: list[bytes]) -> _Scanners:
         try:
             re2_scan = _re2_scanner(terms)
         except Exception:  # RE2 refuses a set too large for its memory budget (many terms)
-            return _Scanners(words_scan, _each(words_scan))
+            return Scanners(words_scan, _each(words_scan))
         # An automaton RE2 could not build would find nothing in any body: check it does.
         probe = b" ".join([*terms[:1], b"eyJ", b"://", b"%", b"4111 1111 1111 1111"])
         everything = _FOUND_CREDENTIAL | _FOUND_URL | _FOUND_ESCAPE | _FOUND_CARD
@@ -148,8 +148,8 @@ def body_scanners(terms: list[bytes]) -> _Scanners:
             def scan(body: bytes) -> int:
                 return re2_scan(body) if len(body) >= shortest else words_scan(body)
 
-            return _Scanners(scan, _grouped(scan, re2_scan))
-    return _Scanners(words_scan, _each(words_scan))
+            return Scanners(scan, _grouped(scan, re2_scan))
+    return Scanners(words_scan, _each(words_scan))
 
 
 def _each(scan: Callable[[bytes], int]) -> Callable[[list[bytes]], list[int]]:
