@@ -419,7 +419,11 @@ class Redactor:
         Never raises: a body whose filtering fails is omitted as ``redaction failed`` (fail
         closed)."""
         try:
-            scanned = []  # bodies the pre-filter reads as they are (unless a charset is decoded)
+            # The batch pass reads the bodies as they came. One with a Content-Encoding (or a
+            # charset, see _scrub) is decoded and pre-filtered on its own, when its turn comes:
+            # the writer never holds more than one decoded body (each can be up to
+            # max_decoded_bytes) at a time.
+            scanned = []
             for index, (body, content_type, encoding, _) in enumerate(bodies):
                 described = describe_content_type(content_type)
                 if body and not encoding and not described.media and not described.archive:
