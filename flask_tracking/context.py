@@ -64,7 +64,7 @@ def request_id() -> str | None:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         # The extension is found through the app, not imported: it imports this module's
         # neighbours (the dashboard uses skip()), and an import back would make a circle.
-        lookup = getattr(app.extensions.get("tracking"), "_request_id_key", None)
+        lookup = getattr(app.extensions.get("tracking"), "request_id_environ_key", None)
         key = lookup(app) if callable(lookup) else None
         return state.resolve_request_id(current.environ, key)
     return state.request_id

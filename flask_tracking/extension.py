@@ -345,9 +345,11 @@ class Tracking:
                 totals[key] = totals.get(key, 0) + value
         return totals
 
-    def _request_id_key(self, app: Flask) -> str | None:
-        """Environ key of the incoming request-id header of ``app`` (for ``request_id()``);
-        None when this instance does not track ``app``."""
+    def request_id_environ_key(self, app: Flask) -> str | None:
+        """The WSGI environ key of the incoming request-id header ``app`` is tracked with
+        (``TRACKING_REQUEST_ID_HEADER``, e.g. ``HTTP_X_REQUEST_ID``); None when there is none,
+        or when this instance does not track ``app``. :func:`flask_tracking.request_id` reads
+        an incoming id through it."""
         tracked = self._apps.get(app)
         return None if tracked is None else tracked.request_id_key
 

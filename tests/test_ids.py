@@ -179,6 +179,15 @@ def test_custom_header_names_and_echo(make_app: Callable[..., Flask], mongo: Any
     assert ["X-Trace", "corr-1"] in docs[0]["response_headers"]  # stored as sent
 
 
+def test_the_request_id_environ_key_of_an_app(make_app: Callable[..., Flask]) -> None:
+    app, _ = id_app(make_app, TRACKING_REQUEST_ID_HEADER="X-Correlation-ID")
+    tracking = app.extensions["tracking"]
+    assert tracking.request_id_environ_key(app) == "HTTP_X_CORRELATION_ID"
+    assert tracking.request_id_environ_key(Flask("untracked")) is None
+    other, _ = id_app(make_app, TRACKING_REQUEST_ID_HEADER=None)
+    assert other.extensions["tracking"].request_id_environ_key(other) is None
+
+
 def test_no_incoming_header_always_makes_a_new_id(
     make_app: Callable[..., Flask], mongo: Any
 ) -> None:
