@@ -36,19 +36,14 @@ from mongoengine.connection import ConnectionFailure as NotConnected
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from .config import TrackingConfig, load_config
-from .documents import (
-    _CONTROL_RE,
-    STATS_GROUPS,
-    TIMELINE_BUCKETS,
-    Tracking,
-    TrackingQuerySet,
-    _escape,
-    _is_binary,
-    _pretty_json,
-    _status_line,
-    parse_datetime,
-)
+from .display import CONTROL_RE as _CONTROL_RE
+from .display import escape as _escape
+from .display import is_binary as _is_binary
+from .display import pretty_json as _pretty_json
+from .display import status_line as _status_line
+from .documents import Tracking, TrackingQuerySet, parse_datetime
 from .migrate import MigrationError, migrate
+from .reports import STATS_GROUPS, TIMELINE_BUCKETS
 from .rollups import ROLLUP_GROUPS, Rollup, RollupQuerySet
 from .storage import MODES, mode_of, tracking_spec
 from .store import ROLLUP_COLLECTION_NAME

@@ -2,20 +2,20 @@
 
 The background writer inserts plain dicts with pymongo; this module only maps
 them onto :class:`Tracking` so they can be queried, printed, inspected and
-replayed.  Flask is imported lazily (only :meth:`Tracking.replay` needs it).
+replayed, and gives :class:`TrackingQuerySet` its filters, reports and live views.
+How a record is shown is :mod:`flask_tracking.display`, how a report is computed
+:mod:`flask_tracking.reports` and how a request is sent again :mod:`flask_tracking.replay`
+(Flask is imported only then). :func:`percentile` and :func:`percentile_index` live in
+:mod:`flask_tracking.reports` and are importable from here too, as documented.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator
 from datetime import date, datetime, timedelta, timezone
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
 
 from bson import ObjectId
 from mongoengine import (
@@ -35,11 +35,20 @@ from mongoengine import (
 from pymongo import CursorType
 from pymongo.errors import ConnectionFailure
 
+from flask_tracking import display, reports
 from flask_tracking._mongoengine import Document, EmbeddedDocument, QuerySet
-from flask_tracking.redact import FILTERED
+from flask_tracking.credentials import FILTERED
+from flask_tracking.replay import check_replayable, replay_request, resendable_headers
+from flask_tracking.reports import (
+    STATS_GROUPS,
+    TIMELINE_BUCKETS,
+    USER_AGENT_FIELDS,
+    check_choice,
+    percentile,
+    percentile_index,
+)
 
 if TYPE_CHECKING:
-    from typing_extensions import TypeGuard
     from werkzeug.test import TestResponse
 
 
@@ -52,119 +61,6 @@ __all__ = [
     "percentile",
     "percentile_index",
 ]
-
-#: Control characters (C0, DEL, C1) and Unicode line/paragraph separators.
-# Control characters, line and paragraph separators, and the bidirectional controls that
-# can reorder what a terminal shows (Trojan Source).
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
-_NAMED_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
-#: Headers never resent by :meth:`Tracking.replay` (the test client sets them).
-# Stored bodies are decoded: a Content-Encoding would no longer describe them.
-_REPLAY_SKIPPED_HEADERS = frozenset(
-    {"host", "content-length", "transfer-encoding", "content-encoding"}
-)
-_HEX_PREVIEW_BYTES = 32
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    char = match.group()
-    if char in _NAMED_ESCAPES:
-        return _NAMED_ESCAPES[char]
-    code = ord(char)
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-
-def _escape(value: object, keep: str = "") -> str:
-    """Render ``value`` as text with control characters escaped.
-
-    CR becomes the two characters ``\\r``, LF ``\\n``, TAB ``\\t`` and any other
-    control character ``\\xNN``, so that untrusted values cannot forge log lines.
-    Characters listed in ``keep`` are left untouched.
-    """
-    text = "" if value is None else str(value)
-    return _CONTROL_RE.sub(lambda m: m.group() if m.group() in keep else _escape_char(m), text)
-
-
-def _header_pairs(headers: Any) -> Iterator[tuple[str, str]]:
-    """Yield ``(name, value)`` from a stored header list, skipping malformed entries."""
-    for pair in headers or ():
-        if isinstance(pair, (list, tuple)) and len(pair) == 2:
-            yield str(pair[0]), "" if pair[1] is None else str(pair[1])
-
-
-def _find_header(headers: Any, name: str, default: str) -> str:
-    wanted = name.lower()
-    return next((v for k, v in _header_pairs(headers) if k.lower() == wanted), default)
-
-
-def _decode(body: bytes | None) -> str | None:
-    return None if body is None else bytes(body).decode("utf-8", errors="replace")
-
-
-def _is_binary(body: bytes) -> bool:
-    """True when ``body`` has NUL bytes or is not UTF-8 (a cut at the very end is fine)."""
-    if b"\x00" in body:
-        return True
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        cut_at_end = exc.reason == "unexpected end of data" and exc.start >= len(body) - 3
-        return not cut_at_end
-    return False
-
-
-def _pretty_json(text: str, content_type: str) -> str | None:
-    """Pretty-print ``text`` when it is JSON (declared, or looking like an object/array)."""
-    looks_like_json = text.lstrip()[:1] in ("{", "[")
-    if "json" not in content_type.lower() and not looks_like_json:
-        return None
-    try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
-        return None
-
-
-def _body_lines(
-    body: bytes | None,
-    *,
-    content_type: str,
-    truncated: bool,
-    omitted: str | None,
-    size: int | None,
-) -> list[str]:
-    """Human-readable rendering of a stored request or response body."""
-    if body is None:
-        return [f"(body not recorded: {_escape(omitted)})" if omitted else "(no body)"]
-    body = bytes(body)
-    if not body:
-        lines = ["(empty body)"]
-    elif _is_binary(body):
-        more = " ..." if len(body) > _HEX_PREVIEW_BYTES else ""
-        preview = body[:_HEX_PREVIEW_BYTES].hex(" ")
-        lines = [f"(binary, {len(body)} bytes) {preview}{more}"]
-    else:
-        text = (_decode(body) or "").replace("\r\n", "\n")
-        lines = [_escape(_pretty_json(text, content_type) or text, keep="\n\t")]
-    if truncated:
-        lines.append(f"(truncated, {size} bytes in all)" if size is not None else "(truncated)")
-    return lines
-
-
-def _status_line(status: int | None) -> str:
-    if status is None:
-        return "-"
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"{status}"
-
-
-def _replay_headers(stored: Any, overrides: Any) -> list[tuple[str, str]]:
-    """Stored headers fit to resend, with ``overrides`` replacing same-named ones."""
-    extra = list(overrides.items() if hasattr(overrides, "items") else overrides or ())
-    replaced = {str(name).lower() for name, _ in extra} | _REPLAY_SKIPPED_HEADERS
-    kept = [(k, v) for k, v in _header_pairs(stored) if k.lower() not in replaced]
-    return [(k, v) for k, v in kept if v != FILTERED] + extra
 
 
 class UserAgent(EmbeddedDocument):
@@ -185,10 +81,7 @@ class UserAgent(EmbeddedDocument):
 
     def __str__(self) -> str:
         """Short form such as ``"Firefox 120.0 on Linux"``; the raw string as a fallback."""
-        name = " ".join(part for part in (self.browser, self.version) if part)
-        if self.platform:
-            name = f"{name} on {self.platform}" if name else self.platform
-        return _escape(name or self.string or "unknown")
+        return display.user_agent_label(self.browser, self.version, self.platform, self.string)
 
 
 class DatabaseActivity(EmbeddedDocument):
@@ -212,10 +105,7 @@ class DatabaseActivity(EmbeddedDocument):
 
     def __str__(self) -> str:
         """``"12 commands, 3.4 ms (find 12)"``."""
-        names = ", ".join(f"{name} {count}" for name, count in (self.commands or {}).items())
-        took = f"{self.time_ms:.1f} ms" if self.time_ms is not None else "-"
-        text = f"{self.count or 0} commands, {took}"
-        return _escape(f"{text} ({names})" if names else text)
+        return display.db_activity_label(self.count, self.time_ms, self.commands)
 
     def lines(self) -> list[str]:
         """The slowest and the repeated commands, one line each (for :meth:`Tracking.debug`)."""
@@ -224,150 +114,17 @@ class DatabaseActivity(EmbeddedDocument):
             if not isinstance(entry, dict):
                 continue
             ms = entry.get("ms")
-            took = f"{ms:.1f} ms" if _is_number(ms) else "-"
-            lines.append(f"  slow: {took} {_command_label(entry)}")
+            took = f"{ms:.1f} ms" if reports.is_number(ms) else "-"
+            lines.append(f"  slow: {took} {display.command_label(entry)}")
         for entry in self.repeated or []:
             if isinstance(entry, dict):
-                lines.append(f"  repeated {entry.get('count')}x: {_command_label(entry)}")
+                lines.append(f"  repeated {entry.get('count')}x: {display.command_label(entry)}")
         return lines
 
 
-def _command_label(entry: dict[str, Any]) -> str:
-    """``find items {"sku":"?"}`` for a ``slowest`` or ``repeated`` entry."""
-    parts = (entry.get("command"), entry.get("collection"), entry.get("shape"))
-    return _escape(" ".join(str(part) for part in parts if part is not None))
-
-
-#: Fields :meth:`TrackingQuerySet.stats` can group by.
-STATS_GROUPS = ("endpoint", "path", "status_code", "user_id")
-#: Buckets of :meth:`TrackingQuerySet.timeline`, as ``$dateToString`` (and ``strptime``) formats.
-TIMELINE_BUCKETS = {"minute": "%Y-%m-%dT%H:%M", "hour": "%Y-%m-%dT%H", "day": "%Y-%m-%d"}
-#: User-agent fields :meth:`TrackingQuerySet.user_agents` can break the records down by.
-USER_AGENT_FIELDS = ("browser", "platform", "device", "language")
-#: The percentiles every report gives, by key, as fractions.
-PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 #: How far back :meth:`TrackingQuerySet.follow` looks again when polling, in seconds: records
 #: from several workers do not arrive in ``_id`` order, and a batch may wait in a writer's queue.
 POLL_OVERLAP_SECONDS = 10.0
-
-# Aggregation expressions shared by the reports (operators of MongoDB 4.4 that mongomock also
-# evaluates: $isNumber, $cond, $divide, $multiply, $floor, $arrayElemAt, $filter, $let, $size).
-_VALID_SAMPLE_RATE = {
-    "$and": [
-        {"$isNumber": "$sample_rate"},
-        {"$gt": ["$sample_rate", 0]},
-        {"$lte": ["$sample_rate", 1]},
-    ]
-}
-#: How many requests a stored record stands for: 1 / sample_rate when sampled, else 1.
-_WEIGHT = {"$cond": [_VALID_SAMPLE_RATE, {"$divide": [1, "$sample_rate"]}, 1]}
-#: A server error: status >= 500 or an exception (a string sorts above null; missing does not).
-_IS_ERROR = {"$or": [{"$gte": ["$status_code", 500]}, {"$gt": ["$exception", None]}]}
-
-
-def _number_or_zero(field: str) -> dict[str, Any]:
-    return {"$cond": [{"$isNumber": f"${field}"}, f"${field}", 0]}
-
-
-#: One row per record: its execution time, weight, error flag and body sizes.
-_MEASURES = {
-    "t": "$execution_time",
-    "w": _WEIGHT,
-    "e": {"$cond": [_IS_ERROR, 1, 0]},
-    "bi": _number_or_zero("request_body_size"),
-    "bo": _number_or_zero("response_body_size"),
-}
-#: Per group; ``times`` keeps the order of the preceding ``$sort`` on ``t``.
-_ACCUMULATORS = {
-    "count": {"$sum": "$w"},
-    "errors": {"$sum": {"$multiply": ["$e", "$w"]}},
-    "times": {"$push": "$t"},
-    "weighted_time": {"$sum": {"$cond": [{"$isNumber": "$t"}, {"$multiply": ["$t", "$w"]}, 0]}},
-    "timed_weight": {"$sum": {"$cond": [{"$isNumber": "$t"}, "$w", 0]}},
-    "max": {"$max": "$t"},
-    "bytes_in": {"$sum": {"$multiply": ["$bi", "$w"]}},
-    "bytes_out": {"$sum": {"$multiply": ["$bo", "$w"]}},
-}
-_SUMMARY_FIELDS = ("count", "errors", "error_rate", "mean", "max", "bytes_in", "bytes_out")
-
-
-def _percentile_expression(fraction: float) -> dict[str, Any]:
-    """``times[floor(fraction * (size - 1))]``, or null for no times: :func:`percentile_index`."""
-    position = {"$floor": {"$multiply": [fraction, {"$subtract": ["$$n", 1]}]}}
-    return {
-        "$let": {
-            "vars": {"n": {"$size": "$times"}},
-            "in": {"$cond": [{"$eq": ["$$n", 0]}, None, {"$arrayElemAt": ["$times", position]}]},
-        }
-    }
-
-
-def _summary_stages(key: Any) -> list[dict[str, Any]]:
-    """Pipeline stages grouping the matched records by ``key`` into one summary each."""
-    return [
-        {"$project": {"_id": 0, "key": key, **_MEASURES}},
-        {"$sort": {"t": 1}},
-        {"$group": {"_id": "$key", **_ACCUMULATORS}},
-        {
-            "$project": {
-                "count": 1,
-                "errors": 1,
-                "max": 1,
-                "bytes_in": 1,
-                "bytes_out": 1,
-                "error_rate": {
-                    "$cond": [{"$gt": ["$count", 0]}, {"$divide": ["$errors", "$count"]}, 0]
-                },
-                "mean": {
-                    "$cond": [
-                        {"$gt": ["$timed_weight", 0]},
-                        {"$divide": ["$weighted_time", "$timed_weight"]},
-                        None,
-                    ]
-                },
-                "times": {"$filter": {"input": "$times", "as": "v", "cond": {"$isNumber": "$$v"}}},
-            }
-        },
-        {
-            "$project": {
-                **dict.fromkeys(_SUMMARY_FIELDS, 1),
-                **{key: _percentile_expression(p) for key, p in PERCENTILES.items()},
-            }
-        },
-    ]
-
-
-def _summary(row: dict[str, Any]) -> dict[str, Any]:
-    """A pipeline summary row as returned to callers: estimated counts rounded to integers."""
-    summary: dict[str, Any] = {
-        "count": round(row["count"]),
-        "errors": round(row["errors"]),
-        "error_rate": row["error_rate"],
-        "mean": row.get("mean"),
-    }
-    summary.update((key, row.get(key)) for key in PERCENTILES)
-    summary["max"] = row.get("max")
-    summary["bytes_in"] = round(row["bytes_in"])
-    summary["bytes_out"] = round(row["bytes_out"])
-    return summary
-
-
-def percentile_index(fraction: float, count: int) -> int:
-    """Position of the ``fraction`` percentile (0 to 1) among ``count`` sorted values.
-
-    ``floor(fraction * (count - 1))``: the lower of the two values linear interpolation would
-    blend (NumPy's ``method="lower"``), so a percentile is always a recorded value. The reports
-    compute the same position in MongoDB with ``$floor``, ``$multiply`` and ``$arrayElemAt``.
-    """
-    return math.floor(fraction * (count - 1))
-
-
-def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
-    """The ``fraction`` percentile of ascending ``sorted_values`` (see :func:`percentile_index`);
-    None when there are no values."""
-    if not sorted_values:
-        return None
-    return sorted_values[percentile_index(fraction, len(sorted_values))]
 
 
 def parse_datetime(value: datetime | date | str) -> datetime:
@@ -658,9 +415,8 @@ class TrackingQuerySet(QuerySet):
         Percentiles follow :func:`percentile`. Computed by one aggregation pipeline
         ($project, $sort, $group with $push, $arrayElemAt) that MongoDB 4.4 accepts.
         """
-        _check_choice("group_by", group_by, STATS_GROUPS)
-        pipeline = [*_summary_stages(f"${group_by}"), {"$sort": {"count": -1, "_id": 1}}]
-        return [{group_by: row["_id"], **_summary(row)} for row in self._aggregate(pipeline)]
+        check_choice("group_by", group_by, STATS_GROUPS)
+        return reports.stats_rows(self._aggregate(reports.stats_pipeline(group_by)), group_by)
 
     def timeline(self, bucket: str = "hour") -> list[dict[str, Any]]:
         """One row per ``bucket`` ("minute", "hour" or "day", UTC) that has records, oldest first.
@@ -669,51 +425,26 @@ class TrackingQuerySet(QuerySet):
         (count, errors, error_rate, mean, p50, p95, p99, max, bytes_in, bytes_out). Buckets
         come from ``$dateToString``; records without a date are left out.
         """
-        _check_choice("bucket", bucket, TIMELINE_BUCKETS)
-        layout = TIMELINE_BUCKETS[bucket]
-        key = {"$dateToString": {"format": layout, "date": "$date_created"}}
-        pipeline = [
-            {"$match": {"date_created": {"$type": "date"}}},
-            *_summary_stages(key),
-            {"$sort": {"_id": 1}},
-        ]
-        return [
-            {"start": datetime.strptime(row["_id"], layout), **_summary(row)}
-            for row in self._aggregate(pipeline)
-        ]
+        check_choice("bucket", bucket, TIMELINE_BUCKETS)
+        return reports.timeline_rows(self._aggregate(reports.timeline_pipeline(bucket)), bucket)
 
     def unique_visitors(self) -> dict[str, int]:
         """Distinct client addresses and distinct users among the selected records:
         ``{"ips": n, "users": n}`` (records without an ip or a user_id are not counted)."""
-
-        def distinct(field: str) -> list[dict[str, Any]]:
-            return [
-                {"$match": {field: {"$ne": None}}},
-                {"$group": {"_id": f"${field}"}},
-                {"$count": "n"},
-            ]
-
-        facets = {"ips": distinct("ip"), "users": distinct("user_id")}
-        rows = list(self._aggregate([{"$facet": facets}]))
-        counts = rows[0] if rows else {}
-        return {key: counts[key][0]["n"] if counts.get(key) else 0 for key in facets}
+        return reports.unique_visitors(self._aggregate(reports.unique_visitors_pipeline()))
 
     def user_agents(self, by: str = "browser") -> list[dict[str, Any]]:
         """How many requests came from each browser (or platform, device, language), most first.
 
         Rows: ``{by: name or None, "count": n, "share": fraction of all selected requests}``.
         """
-        _check_choice("by", by, USER_AGENT_FIELDS)
-        pipeline: list[dict[str, Any]] = [
-            {"$group": {"_id": f"$user_agent.{by}", "count": {"$sum": _WEIGHT}}},
-            {"$sort": {"count": -1, "_id": 1}},
-        ]
-        return _user_agent_rows(list(self._aggregate(pipeline)), by)
+        check_choice("by", by, USER_AGENT_FIELDS)
+        return reports.user_agent_rows(list(self._aggregate(reports.user_agents_pipeline(by))), by)
 
     def execution_times(self) -> list[float]:
         """The execution times (ms) of the selected records, ascending, as floats: those that
         are finite numbers (for :func:`percentile` over a whole selection, or a histogram)."""
-        return _finite_sorted(self._report_order().no_cache().scalar("execution_time"))
+        return reports.finite_sorted(self._report_order().no_cache().scalar("execution_time"))
 
     def db_summary(self) -> dict[str, Any]:
         """The database work of the selected requests, in one dict.
@@ -725,12 +456,7 @@ class TrackingQuerySet(QuerySet):
         records count for ``1 / sample_rate`` requests, as in :meth:`stats`. One aggregation
         pipeline ($project, $group) that MongoDB 4.4 and mongomock accept.
         """
-        pipeline: list[dict[str, Any]] = [
-            {"$project": {"_id": 0, **_DB_MEASURES}},
-            {"$group": _DB_TOTALS},
-        ]
-        rows = list(self._aggregate(pipeline))
-        return _db_summary(rows[0] if rows else {})
+        return reports.db_summary(self._aggregate(reports.db_summary_pipeline()))
 
     def _report_order(self) -> TrackingQuerySet:
         """This QuerySet without ordering when it is not sliced (a whole selection needs no
@@ -798,64 +524,6 @@ class TrackingQuerySet(QuerySet):
         follow = _tail if _is_capped(collection) else _poll
         for document in follow(collection, self._query, interval, deadline):
             yield self._document._from_son(document)
-
-
-#: Per record: weight, database commands and time, execution time (0 when not a number).
-_DB_MEASURES = {
-    "w": _WEIGHT,
-    "n": _number_or_zero("db.count"),
-    "d": _number_or_zero("db.time_ms"),
-    "t": _number_or_zero("execution_time"),
-}
-_DB_TOTALS = {
-    "_id": None,
-    "requests": {"$sum": "$w"},
-    "with_db": {"$sum": {"$cond": [{"$gt": ["$n", 0]}, "$w", 0]}},
-    "commands": {"$sum": {"$multiply": ["$n", "$w"]}},
-    "time_ms": {"$sum": {"$multiply": ["$d", "$w"]}},
-    "app_time_ms": {"$sum": {"$multiply": ["$t", "$w"]}},
-}
-
-
-def _db_summary(totals: dict[str, Any]) -> dict[str, Any]:
-    """The :meth:`TrackingQuerySet.db_summary` of the ``_DB_TOTALS`` row (``{}``: none)."""
-    requests = round(totals.get("requests", 0))
-    commands = round(totals.get("commands", 0))
-    time_ms = float(totals.get("time_ms", 0))
-    app_time_ms = float(totals.get("app_time_ms", 0))
-    return {
-        "requests": requests,
-        "with_db": round(totals.get("with_db", 0)),
-        "commands": commands,
-        "time_ms": time_ms,
-        "app_time_ms": app_time_ms,
-        "share": time_ms / app_time_ms if app_time_ms > 0 else None,
-        "mean_commands": commands / requests if requests else None,
-        "mean_time_ms": time_ms / requests if requests else None,
-    }
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str] | dict[str, str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}.")
-
-
-def _user_agent_rows(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
-    """``{"_id": value, "count": weight}`` rows (most first) as ``user_agents`` returns them."""
-    total = sum(row["count"] for row in rows)
-    return [
-        {by: row["_id"], "count": round(row["count"]), "share": row["count"] / total}
-        for row in rows
-    ]
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    """``$isNumber``: an int or a float (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _finite_sorted(values: Iterator[Any] | list[Any]) -> list[float]:
-    return sorted(value for value in values if _is_number(value) and math.isfinite(value))
 
 
 class Tracking(Document):
@@ -949,43 +617,47 @@ class Tracking(Document):
 
     def __str__(self) -> str:
         """One log line: ``"<date> <METHOD> <user id or -> <path>[?query] <status> <ms>ms"``."""
-        date = self.date_created.isoformat(timespec="seconds") if self.date_created else "-"
-        took = f"{self.execution_time:.1f}ms" if self.execution_time is not None else "-"
-        status = self.status_code if self.status_code is not None else "-"
-        parts = (date, self.method or "-", self.user_id or "-", self._target(), status, took)
-        return " ".join(_escape(part) for part in parts)
+        return display.log_line(
+            self.date_created,
+            self.method,
+            self.user_id,
+            self._target(),
+            self.status_code,
+            self.execution_time,
+        )
 
     def _target(self) -> str:
         """``path[?query]`` (unescaped)."""
-        path = self.path or "/"
-        return f"{path}?{self.query_params}" if self.query_params else path
+        return display.target(self.path, self.query_params)
 
     def get_header(self, name: str, default: str = "") -> str:
         """Value of the first request header called ``name`` (case-insensitive)."""
-        return _find_header(self.request_headers, name, default)
+        return display.find_header(self.request_headers, name, default)
 
     def get_response_header(self, name: str, default: str = "") -> str:
         """Value of the first response header called ``name`` (case-insensitive)."""
-        return _find_header(self.response_headers, name, default)
+        return display.find_header(self.response_headers, name, default)
 
     def resendable_headers(self) -> list[tuple[str, str]]:
         """The request headers :meth:`replay` resends: all but the ``FILTERED`` ones and
         ``Host``, ``Content-Length``, ``Transfer-Encoding`` and ``Content-Encoding`` (a stored
         body is decoded)."""
-        return _replay_headers(self.request_headers, None)
+        return resendable_headers(self.request_headers, None)
 
     def filtered_header_names(self) -> list[str]:
         """Names of the request headers stored as ``FILTERED`` (in order, once each)."""
-        names = (name for name, value in _header_pairs(self.request_headers) if value == FILTERED)
+        names = (
+            name for name, value in display.header_pairs(self.request_headers) if value == FILTERED
+        )
         return list(dict.fromkeys(names))
 
     def request_body_text(self) -> str | None:
         """The stored request body decoded as UTF-8 (with replacement), or ``None``."""
-        return _decode(self.request_body)
+        return display.decode_body(self.request_body)
 
     def response_body_text(self) -> str | None:
         """The stored response body decoded as UTF-8 (with replacement), or ``None``."""
-        return _decode(self.response_body)
+        return display.decode_body(self.response_body)
 
     def debug(self) -> str:
         """Multi-line dump of the request, the response and the context, for humans.
@@ -994,13 +666,12 @@ class Tracking(Document):
         their control characters escaped; only the layout's own newlines (and
         newlines inside bodies) are real ones.
         """
-        origin = f"{self.scheme or 'http'}://{self.host}" if self.host else ""
-        request_line = f"{self.method or '-'} {origin}{self._target()}"
+        request_line = display.request_line(self.method, self.scheme, self.host, self._target())
         return "\n".join(
             [
                 *self._message_lines("request", request_line),
                 "",
-                *self._message_lines("response", _status_line(self.status_code)),
+                *self._message_lines("response", display.status_line(self.status_code)),
                 "",
                 *self._context_lines(),
             ]
@@ -1008,16 +679,14 @@ class Tracking(Document):
 
     def _message_lines(self, prefix: str, first_line: str) -> list[str]:
         """First line, headers, blank line and body of the request or the response."""
-        headers = getattr(self, f"{prefix}_headers")
-        body = _body_lines(
+        return display.message_lines(
+            first_line,
+            getattr(self, f"{prefix}_headers"),
             getattr(self, f"{prefix}_body"),
-            content_type=_find_header(headers, "content-type", ""),
             truncated=bool(getattr(self, f"{prefix}_body_truncated")),
             omitted=getattr(self, f"{prefix}_body_omitted"),
             size=getattr(self, f"{prefix}_body_size"),
         )
-        header_lines = [f"{_escape(k)}: {_escape(v)}" for k, v in _header_pairs(headers)]
-        return [_escape(first_line), *header_lines, "", *body]
 
     def _context_lines(self) -> list[str]:
         """Date, request id, client, endpoint, user, timing, exception and custom data."""
@@ -1028,16 +697,11 @@ class Tracking(Document):
             ("Endpoint", f"{self.endpoint} ({self.url_rule})" if self.endpoint else None),
             ("Worker", self.hostname),
             ("User", self._user_label()),
-            ("Timing", self._timing_label()),
+            ("Timing", display.timing_label(self.execution_time, self.total_time)),
             ("Exception", self.exception),
         ]
-        lines = [f"{label}: {_escape(value)}" for label, value in fields if value]
-        if self.db is not None:
-            lines += [f"Database: {self.db}", *self.db.lines()]
-        if self.custom_data is not None:
-            dumped = json.dumps(self.custom_data, indent=2, default=str, ensure_ascii=False)
-            lines.append("Custom data: " + _escape(dumped, keep="\n"))
-        return lines
+        database = [f"Database: {self.db}", *self.db.lines()] if self.db is not None else []
+        return display.context_lines(fields, database, self.custom_data)
 
     def _user_label(self) -> str | None:
         """User id plus the stored reference, read raw so printing never dereferences."""
@@ -1048,11 +712,6 @@ class Tracking(Document):
             ref = f"{ref._class_name} {ref.pk}"
         parts = [part for part in (self.user_id, f"({ref})" if ref else None) if part]
         return " ".join(parts) or None
-
-    def _timing_label(self) -> str | None:
-        timings = ((self.execution_time, "in the app"), (self.total_time, "in all"))
-        parts = [f"{ms:.1f} ms {label}" for ms, label in timings if ms is not None]
-        return ", ".join(parts) or None
 
     def replay(self, *, allow_truncated: bool = False, **kwargs: Any) -> TestResponse:
         """Re-issue this request through ``flask.current_app.test_client()``.
@@ -1067,32 +726,8 @@ class Tracking(Document):
         recorded although the request had one, unless ``allow_truncated``.
         Must run inside an application context.
         """
-        self._check_replayable(allow_truncated)
-        from flask import current_app
-
-        environ = {"flask_tracking.skip": True, **(kwargs.pop("environ_overrides", None) or {})}
-        options: dict[str, Any] = {
-            "method": self.method or "GET",
-            "query_string": self.query_params or "",
-            "headers": _replay_headers(self.request_headers, kwargs.pop("headers", None)),
-            "environ_overrides": environ,
-        }
-        if "json" not in kwargs:
-            options["data"] = bytes(self.request_body or b"")
-        options.update(kwargs)
-        path = options.pop("path", quote(self.path or "/", safe="/:@!$&'()*+,;="))
-        return current_app.test_client().open(path, **options)
+        return replay_request(self, allow_truncated=allow_truncated, **kwargs)
 
     def _check_replayable(self, allow_truncated: bool) -> None:
-        if allow_truncated:
-            return
-        if self.request_body_truncated:
-            raise ValueError(
-                "The stored request body was truncated; the replay would not be faithful "
-                "(pass allow_truncated=True to replay it anyway)."
-            )
-        if self.request_body is None and self.request_body_omitted and self.request_body_size != 0:
-            raise ValueError(
-                f"The request body was not recorded ({self.request_body_omitted}); the replay "
-                "would not be faithful (pass allow_truncated=True to replay it anyway)."
-            )
+        """Raise :class:`ValueError` when :meth:`replay` would not be faithful (see there)."""
+        check_replayable(self, allow_truncated)

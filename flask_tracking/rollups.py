@@ -19,7 +19,8 @@ from mongoengine import DateTimeField, DictField, FloatField, IntField, StringFi
 
 from ._mongoengine import Document, QuerySet
 from .aggregate import histogram_percentile
-from .documents import PERCENTILES, TIMELINE_BUCKETS, parse_datetime
+from .documents import parse_datetime
+from .reports import PERCENTILES, TIMELINE_BUCKETS, check_choice
 
 __all__ = ["ROLLUP_GROUPS", "STATUS_CLASSES", "Rollup", "RollupQuerySet"]
 
@@ -98,9 +99,7 @@ class RollupQuerySet(QuerySet):
         exact value). By status class, a row counts the requests of that class: ``errors``
         are its 5xx requests, and no times are known per class (None).
         """
-        if group_by not in ROLLUP_GROUPS:
-            choices = ", ".join(ROLLUP_GROUPS)
-            raise ValueError(f"group_by must be one of {choices}, not {group_by!r}.")
+        check_choice("group_by", group_by, ROLLUP_GROUPS)
         if group_by == "status_class":
             return self._by_status_class()
         rows = self._summaries(f"${group_by}")
@@ -117,9 +116,7 @@ class RollupQuerySet(QuerySet):
     def timeline(self, bucket: str = "hour") -> list[dict[str, Any]]:
         """One row per ``bucket`` ("minute", "hour" or "day", UTC) that had requests, oldest
         first: ``start`` (naive UTC datetime) and the fields of :meth:`stats`."""
-        if bucket not in TIMELINE_BUCKETS:
-            choices = ", ".join(TIMELINE_BUCKETS)
-            raise ValueError(f"bucket must be one of {choices}, not {bucket!r}.")
+        check_choice("bucket", bucket, TIMELINE_BUCKETS)
         layout = TIMELINE_BUCKETS[bucket]
         key = {"$dateToString": {"format": layout, "date": "$start"}}
         rows = self._summaries(key, minutes_only=bucket == "minute")

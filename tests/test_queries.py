@@ -2,7 +2,7 @@
 
 Records are inserted as raw dicts in the stored schema (fields.FIELDS), as the writer does. The
 reports are checked against a brute-force computation in Python over the same records, with
-the one percentile formula (documents.percentile) used by both sides.
+the one percentile formula (reports.percentile) used by both sides.
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ from pymongo.errors import ServerSelectionTimeoutError
 
 from flask_tracking import documents
 from flask_tracking.documents import (
-    PERCENTILES,
     STATS_GROUPS,
     Tracking,
     TrackingQuerySet,
     parse_datetime,
     percentile,
-    percentile_index,
 )
 from flask_tracking.fields import FIELDS, OPTIONAL_FIELDS
+from flask_tracking.reports import PERCENTILES
 
 BASE = dt.datetime(2024, 5, 1, 10, 0)
 
@@ -187,21 +186,6 @@ def assert_same_summary(actual: dict[str, Any], expected: dict[str, Any]) -> Non
             assert actual[key] == pytest.approx(value), key
         else:
             assert actual[key] == value, key
-
-
-# --- the percentile formula -------------------------------------------------------------
-
-
-def test_percentile_formula() -> None:
-    assert percentile_index(0.5, 4) == 1  # floor(0.5 * 3)
-    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 0.5) == 50.0
-    assert percentile(values, 0.95) == 95.0
-    assert percentile(values, 0.99) == 99.0
-    assert percentile(values, 1.0) == 100.0
-    assert percentile([7.0], 0.99) == 7.0
-    assert percentile([], 0.5) is None
 
 
 # --- filters ----------------------------------------------------------------------------

@@ -13,15 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .. import display
 from ..cli import jsonable
-from ..documents import (
-    Tracking,
-    _escape,
-    _header_pairs,
-    _is_binary,
-    _pretty_json,
-    _status_line,
-)
+from ..display import escape, find_header, header_pairs, is_binary, pretty_json, status_line
+from ..documents import Tracking
 from .charts import format_ms
 
 #: Bytes of a binary body shown as a hex dump.
@@ -60,12 +55,12 @@ class BodyView:
 
 def visible(value: Any) -> str:
     """``value`` as text with control characters escaped (``None`` is "")."""
-    return _escape(value)
+    return escape(value)
 
 
 def headers(pairs: Any) -> list[tuple[str, str]]:
     """Stored ``[name, value]`` pairs, malformed entries left out, control characters escaped."""
-    return [(_escape(name), _escape(value)) for name, value in _header_pairs(pairs)]
+    return [(escape(name), escape(value)) for name, value in header_pairs(pairs)]
 
 
 def body_view(
@@ -90,15 +85,15 @@ def body_view(
         )
     if not data:
         return BodyView("empty", "", tuple(notes))
-    if _is_binary(data):
+    if is_binary(data):
         if len(data) > HEX_PREVIEW_BYTES:
             notes.append(f"binary: hex preview of the first {HEX_PREVIEW_BYTES} bytes")
         return BodyView("binary", hexdump(data[:HEX_PREVIEW_BYTES]), tuple(notes))
     text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
-    pretty = _pretty_json(text, content_type)
+    pretty = pretty_json(text, content_type)
     if pretty is not None:
-        return BodyView("json", _escape(pretty, keep="\n\t"), tuple(notes))
-    return BodyView("text", _escape(text, keep="\n\t"), tuple(notes))
+        return BodyView("json", escape(pretty, keep="\n\t"), tuple(notes))
+    return BodyView("text", escape(text, keep="\n\t"), tuple(notes))
 
 
 def hexdump(data: bytes) -> str:
@@ -130,18 +125,17 @@ def custom_data_text(value: Any) -> str | None:
     if value is None:
         return None
     dumped = json.dumps(jsonable(value), indent=2, ensure_ascii=False, sort_keys=True)
-    return _escape(dumped, keep="\n")
+    return escape(dumped, keep="\n")
 
 
 def target(record: Tracking) -> str:
     """``path?query`` with control characters escaped."""
-    path = record.path or "/"
-    return _escape(f"{path}?{record.query_params}" if record.query_params else path)
+    return escape(display.target(record.path, record.query_params))
 
 
 def status_text(status: int | None) -> str:
     """``"404 Not Found"``, or the bare number for unknown codes, or "-"."""
-    return _status_line(status)
+    return status_line(status)
 
 
 def status_class(record: Tracking) -> str:
@@ -163,14 +157,14 @@ def list_row(record: Tracking) -> dict[str, Any]:
         "date": record.date_created.isoformat(sep=" ", timespec="seconds")
         if record.date_created
         else "-",
-        "method": _escape(record.method or "-"),
+        "method": escape(record.method or "-"),
         "target": target(record),
         "status": "-" if record.status_code is None else str(record.status_code),
         "status_class": status_class(record),
         "time": format_ms(record.execution_time),
-        "user": _escape(record.user_id or "-"),
-        "ip": _escape(record.ip or "-"),
-        "endpoint": _escape(record.endpoint or "-"),
+        "user": escape(record.user_id or "-"),
+        "ip": escape(record.ip or "-"),
+        "endpoint": escape(record.endpoint or "-"),
         **db_cells(record),
     }
 
@@ -203,7 +197,7 @@ def db_view(record: Tracking) -> dict[str, Any] | None:
     commands = db.commands or {}
     return {
         "summary": summary,
-        "commands": [(_escape(name), str(count)) for name, count in commands.items()],
+        "commands": [(escape(name), str(count)) for name, count in commands.items()],
         "slowest": [_db_entry(entry) for entry in db.slowest or []],
         "repeated": [_db_entry(entry) for entry in db.repeated or []],
     }
@@ -216,15 +210,12 @@ def _db_entry(entry: Any) -> dict[str, str]:
     ms = entry.get("ms")
     return {
         "ms": format_ms(ms if isinstance(ms, (int, float)) else None),
-        "count": _escape(entry.get("count", "-")),
-        "command": _escape(entry.get("command") or "-"),
-        "collection": _escape(entry.get("collection") or "-"),
-        "shape": _escape(entry.get("shape") or ""),
+        "count": escape(entry.get("count", "-")),
+        "command": escape(entry.get("command") or "-"),
+        "collection": escape(entry.get("collection") or "-"),
+        "shape": escape(entry.get("shape") or ""),
     }
 
 
 def _content_type(stored_headers: Any) -> str:
-    return next(
-        (value for name, value in _header_pairs(stored_headers) if name.lower() == "content-type"),
-        "",
-    )
+    return find_header(stored_headers, "content-type", "")
