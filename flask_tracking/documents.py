@@ -38,7 +38,7 @@ from pymongo.errors import ConnectionFailure
 from flask_tracking import display, reports
 from flask_tracking._mongoengine import Document, EmbeddedDocument, QuerySet
 from flask_tracking.credentials import FILTERED
-from flask_tracking.replay import check_replayable, replay_request, resendable_headers
+from flask_tracking.replay import replay_request, resendable_headers
 from flask_tracking.reports import (
     STATS_GROUPS,
     TIMELINE_BUCKETS,
@@ -696,15 +696,17 @@ class Tracking(Document):
             ("Client IP", self.ip),
             ("Endpoint", f"{self.endpoint} ({self.url_rule})" if self.endpoint else None),
             ("Worker", self.hostname),
-            ("User", self._user_label()),
+            ("User", self.user_label()),
             ("Timing", display.timing_label(self.execution_time, self.total_time)),
             ("Exception", self.exception),
         ]
         database = [f"Database: {self.db}", *self.db.lines()] if self.db is not None else []
         return display.context_lines(fields, database, self.custom_data)
 
-    def _user_label(self) -> str | None:
-        """User id plus the stored reference, read raw so printing never dereferences."""
+    def user_label(self) -> str | None:
+        """Who made the request, as printed by ``debug()`` and the dashboard: the user id and
+        the stored user reference (``"42 (User 42)"``), read raw so that printing never loads
+        the user; None when neither was recorded."""
         ref = self._data.get("user")
         if isinstance(ref, dict) and "_ref" in ref:
             ref = f"{ref.get('_cls')} {getattr(ref['_ref'], 'id', ref['_ref'])}"
@@ -727,7 +729,3 @@ class Tracking(Document):
         Must run inside an application context.
         """
         return replay_request(self, allow_truncated=allow_truncated, **kwargs)
-
-    def _check_replayable(self, allow_truncated: bool) -> None:
-        """Raise :class:`ValueError` when :meth:`replay` would not be faithful (see there)."""
-        check_replayable(self, allow_truncated)

@@ -28,9 +28,10 @@ from bson import ObjectId
 from click.testing import Result
 from flask import Flask, jsonify, request
 from flask.testing import FlaskCliRunner
+from pymongo.errors import ConnectionFailure
 
 from flask_tracking import cli
-from flask_tracking.cli import tracking_cli
+from flask_tracking.cli import collection, export, tracking_cli
 from flask_tracking.documents import Tracking, TrackingQuerySet
 from flask_tracking.indexes import ensure_indexes
 from flask_tracking.redact import FILTERED
@@ -829,9 +830,9 @@ def test_a_failed_export_leaves_no_partial_file(
 
     def failing(documents: Any, stream: Any) -> int:
         stream.write("half a line")
-        raise cli.ConnectionFailure("connection reset")
+        raise ConnectionFailure("connection reset")
 
-    monkeypatch.setattr(cli, "_write_jsonl", failing)
+    monkeypatch.setattr(export, "_write_jsonl", failing)
     assert_clear_error(run(runner, "export", "-o", str(target)), "Cannot reach MongoDB")
     assert target.read_text() == "previous export\n"
     assert [path.name for path in tmp_path.iterdir()] == ["out.jsonl"]
@@ -842,13 +843,13 @@ def test_export_streams_without_caching(
 ) -> None:
     insert(*(stored_record(path=f"/{index}") for index in range(30)))
     seen: dict[str, Any] = {}
-    original = cli._write_jsonl
+    original = export._write_jsonl
 
     def spy(documents: Any, stream: Any) -> int:
         seen["documents"] = documents
         return original(documents, stream)
 
-    monkeypatch.setattr(cli, "_write_jsonl", spy)
+    monkeypatch.setattr(export, "_write_jsonl", spy)
     result = run(runner, "export", "--batch-size", "7")
     assert len(result.stdout.splitlines()) == 30
     documents = seen["documents"]
@@ -916,8 +917,8 @@ def test_info_capped_and_sizes_from_a_server(monkeypatch: pytest.MonkeyPatch) ->
         def command(self, name: str, collection: str) -> dict[str, Any]:
             return {"size": 2_500_000, "storageSize": 4_096_000, "totalIndexSize": 300_000}
 
-    assert cli._capped_text(Server()) == "yes (104.9 MB, at most 1000000 records)"
-    assert cli._size_text(Server(), "tracking") == (
+    assert collection._capped_text(Server()) == "yes (104.9 MB, at most 1000000 records)"
+    assert collection._size_text(Server(), "tracking") == (
         "2.5 MB of data, 4.1 MB on disk, 300.0 kB of indexes"
     )
 

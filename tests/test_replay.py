@@ -72,8 +72,8 @@ def test_check_replayable() -> None:
     check_replayable(unknown, allow_truncated=True)
     cut = load(request_body=b"{", request_body_truncated=True, request_body_size=2)
     with pytest.raises(ValueError, match="truncated"):
-        cut._check_replayable(False)
-    cut._check_replayable(True)
+        check_replayable(cut, allow_truncated=False)
+    check_replayable(cut, allow_truncated=True)
 
 
 # --- replay() --------------------------------------------------------------------------

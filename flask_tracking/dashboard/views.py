@@ -25,7 +25,8 @@ from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..aggregate import bucket_upper_bound
-from ..cli import app_records, app_rollups, curl_for, select_records
+from ..cli import app_records, app_rollups, select_records
+from ..cli.resend import curl_for
 from ..context import skip
 from ..documents import Tracking, TrackingQuerySet
 from .charts import format_ms, histogram_chart, shares, timeline_chart
@@ -310,7 +311,7 @@ class _Pages:
             bodies=record_bodies(record),
             custom_data=custom_data_text(record.custom_data),
             db=db_view(record),
-            user=visible(record._user_label() or ""),
+            user=visible(record.user_label() or ""),
             user_agent=str(record.user_agent) if record.user_agent else None,
             curl=command,
             curl_notes=notes,
