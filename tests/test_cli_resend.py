@@ -1,0 +1,288 @@
+"""Tests for flask_tracking.cli.resend: ``flask tracking curl`` and ``replay``."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from typing import Any
+
+import pytest
+from flask.testing import FlaskCliRunner
+
+from flask_tracking.redact import FILTERED
+
+from .cli_support import HOSTILE, assert_clear_error, cli_app, hostile_record, run
+from .test_queries import insert, stored_record
+
+
+@pytest.fixture
+def runner(mongo: Any) -> FlaskCliRunner:
+    return cli_app().test_cli_runner()
+
+
+def test_curl_leaves_filtered_headers_out_and_quotes_everything(runner: FlaskCliRunner) -> None:
+    body = '{"note": "it\'s $HOME; `rm -rf /`"}'
+    (record_id,) = insert(
+        stored_record(
+            method="POST",
+            scheme="https",
+            host="shop.example",
+            path="/a b/100%",
+            query_params="q=a%20b&token=[Filtered]",
+            request_headers=[
+                ["Host", "shop.example"],
+                ["Content-Type", "application/json"],
+                ["Content-Length", "33"],
+                ["Authorization", FILTERED],
+                ["Cookie", FILTERED],
+                ["X-Quote", "it's"],
+                ["X-Empty", ""],
+            ],
+            request_body=body.encode(),
+            request_body_size=len(body),
+        )
+    )
+    result = run(runner, "curl", str(record_id))
+    assert result.exit_code == 0
+    assert result.stderr == (
+        "# Target: the recorded host https://shop.example; choose another with --base-url.\n"
+        "# Left out filtered headers: Authorization, Cookie.\n"
+    )
+    assert result.stdout.startswith("curl ")
+    assert shell_words(result.stdout) == [
+        "curl",
+        "-X",
+        "POST",
+        "https://shop.example/a%20b/100%25?q=a%20b&token=[Filtered]",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "X-Quote: it's",
+        "-H",
+        "X-Empty;",
+        "--data-raw",
+        body,
+    ]
+
+
+def shell_words(command: str) -> list[str]:
+    """The arguments ``sh`` passes to curl for ``command`` (a printed curl command)."""
+    assert command.startswith("curl ")
+    script = "printf '%s\\0' " + command[len("curl ") :]
+    printed = subprocess.run(["sh", "-c", script], capture_output=True, check=True).stdout
+    return ["curl", *printed.decode().split("\0")[:-1]]
+
+
+def test_curl_pipes_a_binary_body_through_printf(runner: FlaskCliRunner) -> None:
+    body = bytes(range(256)) + b"%s%%\\n'\""
+    (record_id,) = insert(
+        stored_record(
+            method="PUT",
+            path="/upload",
+            request_headers=[["Content-Type", "application/octet-stream"]],
+            request_body=body,
+            request_body_size=len(body),
+        )
+    )
+    command = run(runner, "curl", str(record_id)).stdout
+    printf, _, curl_part = command.partition(" | ")
+    assert shlex.split(curl_part)[-2:] == ["--data-binary", "@-"]
+    printed = subprocess.run(["sh", "-c", printf], capture_output=True, check=True).stdout
+    assert printed == body
+
+
+def test_curl_leaves_out_a_truncated_binary_body_and_offers_a_data_file(
+    runner: FlaskCliRunner, tmp_path: Any
+) -> None:
+    kept = bytes(range(256)) * 40
+    (record_id,) = insert(
+        stored_record(
+            method="POST",
+            path="/upload",
+            request_headers=[["Content-Type", "application/octet-stream"]],
+            request_body=kept,
+            request_body_size=1_000_000,
+            request_body_truncated=True,
+        )
+    )
+    result = run(runner, "curl", str(record_id))
+    assert result.exit_code == 0
+    assert "printf" not in result.stdout and "--data" not in result.stdout
+    assert len(result.stdout) < 500
+    assert f"binary and truncated ({len(kept)} of 1000000 bytes kept)" in result.stderr
+    assert f"flask tracking curl {record_id} --data-file FILE" in result.stderr
+
+    target = tmp_path / "body.bin"
+    result = run(runner, "curl", str(record_id), "--data-file", str(target))
+    assert result.exit_code == 0
+    assert target.read_bytes() == kept
+    assert shlex.split(result.stdout)[-2:] == ["--data-binary", f"@{target}"]
+    assert "truncated" in result.stderr and "--data-file FILE" not in result.stderr
+
+
+def test_curl_notes_truncated_and_missing_bodies(runner: FlaskCliRunner) -> None:
+    truncated, omitted, head = insert(
+        stored_record(
+            method="POST",
+            request_body=b"x" * 10,
+            request_body_size=5000,
+            request_body_truncated=True,
+        ),
+        stored_record(method="POST", request_body_omitted="excluded", request_body_size=None),
+        stored_record(method="HEAD"),
+    )
+    result = run(runner, "curl", str(truncated))
+    assert "truncated (10 of 5000 bytes kept)" in result.stderr
+    assert shlex.split(result.stdout)[-1] == "x" * 10
+    result = run(runner, "curl", str(omitted))
+    assert "not recorded (excluded)" in result.stderr
+    assert "--data" not in result.stdout
+    assert shlex.split(run(runner, "curl", str(head)).stdout)[:2] == ["curl", "--head"]
+
+
+def test_curl_words_with_control_characters_still_say_what_was_sent(
+    runner: FlaskCliRunner,
+) -> None:
+    (record_id,) = insert(hostile_record())
+    command = run(runner, "curl", str(record_id)).stdout
+    printf, _, curl_part = command.partition(" | ")
+    words = shell_words(curl_part)
+    assert f"X-Evil: v{HOSTILE}" in words
+    assert words[3].endswith("?q=" + HOSTILE)
+    printed = subprocess.run(["sh", "-c", printf], capture_output=True, check=True).stdout
+    assert printed == f"body{HOSTILE}".encode()
+
+
+def test_curl_base_url_chooses_the_target(runner: FlaskCliRunner) -> None:
+    (record_id,) = insert(stored_record(host="evil.example", path="/x", query_params="a=1"))
+    default = run(runner, "curl", str(record_id))
+    assert "# Target: the recorded host http://evil.example; choose another" in default.stderr
+    assert shell_words(default.stdout)[1] == "http://evil.example/x?a=1"
+    chosen = run(runner, "curl", str(record_id), "--base-url", "http://localhost:5000/")
+    assert "Target" not in chosen.stderr
+    assert shell_words(chosen.stdout)[1] == "http://localhost:5000/x?a=1"
+    refused = run(runner, "curl", str(record_id), "--base-url", "file:///etc/passwd")
+    assert refused.exit_code != 0 and "--base-url" in refused.output
+
+
+def test_curl_does_not_resend_the_content_encoding_of_a_decoded_body(
+    runner: FlaskCliRunner,
+) -> None:
+    (record_id,) = insert(
+        stored_record(
+            method="POST",
+            request_headers=[["Content-Encoding", "gzip"], ["Content-Type", "application/json"]],
+            request_body=b'{"a": 1}',
+            request_body_size=28,
+        )
+    )
+    words = shell_words(run(runner, "curl", str(record_id)).stdout)
+    assert "Content-Type: application/json" in words
+    assert not any(word.lower().startswith("content-encoding") for word in words)
+
+
+def recorded_user(**overrides: Any) -> dict[str, Any]:
+    record = stored_record(
+        path="/users/3",
+        endpoint="user",
+        response_headers=[["Content-Type", "application/json"]],
+        response_body=b'{"id":3,"name":"user 3"}',
+        response_body_size=24,
+    )
+    record.update(overrides)
+    return record
+
+
+def test_replay_identical_response(runner: FlaskCliRunner) -> None:
+    (record_id,) = insert(recorded_user())
+    result = run(runner, "replay", str(record_id))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "GET /users/3 -> 200 OK (recorded: 200 OK)",
+        "Response body identical to the recorded one.",
+    ]
+
+
+def test_replay_prints_a_unified_diff(runner: FlaskCliRunner) -> None:
+    (record_id,) = insert(
+        recorded_user(status_code=500, response_body=b'{"id":3,"name":"old name"}')
+    )
+    result = run(runner, "replay", str(record_id))
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == "GET /users/3 -> 200 OK (recorded: 500 Internal Server Error)"
+    assert lines[1:3] == ["--- recorded", "+++ replayed"]
+    assert '-  "name": "old name"' in lines
+    assert '+  "name": "user 3"' in lines
+
+
+def test_replay_binary_and_missing_recorded_bodies(runner: FlaskCliRunner) -> None:
+    same, other, missing = insert(
+        stored_record(path="/bytes", response_body=b"\x00\x01\x02", response_body_size=3),
+        stored_record(path="/bytes", response_body=b"\x00\x09", response_body_size=2),
+        stored_record(path="/bytes", response_body=None, response_body_omitted="passthrough"),
+    )
+    assert "Binary response body identical" in run(runner, "replay", str(same)).stdout
+    assert "Binary response bodies differ: 2 bytes recorded, 3 now" in (
+        run(runner, "replay", str(other)).stdout
+    )
+    assert "not available (passthrough)" in run(runner, "replay", str(missing)).stdout
+
+
+def test_replay_compares_only_the_kept_part_of_a_truncated_response(
+    runner: FlaskCliRunner,
+) -> None:
+    (record_id,) = insert(recorded_user(response_body=b'{"id":3,"na', response_body_truncated=True))
+    result = run(runner, "replay", str(record_id))
+    assert "comparing the first 11 bytes" in result.stdout
+    assert "Response body identical" in result.stdout
+
+
+def test_replay_refuses_methods_that_change_data_without_force(runner: FlaskCliRunner) -> None:
+    (record_id,) = insert(
+        stored_record(
+            method="POST",
+            path="/orders",
+            request_headers=[["Content-Type", "application/json"]],
+            request_body=b'{"item": 1}',
+            request_body_size=11,
+            response_body=b'{"created": {"item": 1}}',
+        )
+    )
+    assert_clear_error(
+        run(runner, "replay", str(record_id)), "Not replaying a POST request", "--force"
+    )
+    for method in ("PUT", "PATCH", "DELETE"):
+        (other,) = insert(stored_record(method=method, path="/orders"))
+        assert_clear_error(run(runner, "replay", str(other)), f"Not replaying a {method}")
+    forced = run(runner, "replay", "--force", str(record_id))
+    assert forced.exit_code == 0, forced.output
+    assert forced.stdout.startswith("POST /orders -> 200 OK")
+
+
+def test_replay_refuses_a_truncated_request_body(runner: FlaskCliRunner) -> None:
+    (record_id,) = insert(
+        stored_record(
+            method="POST",
+            path="/orders",
+            request_body=b'{"item"',
+            request_body_size=11,
+            request_body_truncated=True,
+        )
+    )
+    assert_clear_error(
+        run(runner, "replay", "--force", str(record_id)),
+        "The stored request body was truncated",
+        "pass --allow-truncated",
+    )
+    result = run(runner, "replay", "--force", "--allow-truncated", str(record_id))
+    assert result.exit_code == 0
+    assert result.stdout.startswith("POST /orders -> 200 OK")
+
+
+def test_replay_reports_an_exception_of_the_app(runner: FlaskCliRunner) -> None:
+    (record_id,) = insert(stored_record(path="/boom"))
+    assert_clear_error(
+        run(runner, "replay", str(record_id)),
+        "The app raised ValueError while handling the replayed request: kaboom",
+    )
