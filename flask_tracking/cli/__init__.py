@@ -10,9 +10,9 @@ This package holds the ``tracking`` group (:data:`tracking_cli`, which ``Trackin
 adds to ``app.cli``) and its commands, one module each: ``browse`` (list, show, tail),
 ``resend`` (curl, replay), ``reports`` (stats, timeline), ``export``, ``collection`` (info,
 migrate), and ``selection`` (what they read, chosen from their options). The names the
-documentation gives as ``flask_tracking.cli.<name>`` stay importable from here:
-:func:`select_records`, :func:`app_records`, :func:`select_rollups`, :func:`app_rollups`,
-``CSV_COLUMNS`` and ``jsonable``.
+documentation gives as ``flask_tracking.cli.<name>`` are importable from here:
+:func:`select_records`, :func:`app_records`, :func:`select_rollups`, :func:`app_rollups` and
+``CSV_COLUMNS``; so is ``jsonable`` (of ``export``), which the dashboard uses.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from flask.cli import AppGroup
 
 from .browse import list_command, show_command, tail_command
 from .collection import info_command, migrate_command
-from .export import CSV_COLUMNS, export_command, jsonable
+from .export import CSV_COLUMNS, export_command
+from .export import jsonable as jsonable  # the dashboard imports it from here
 from .reports import stats_command, timeline_command
 from .resend import curl_command, replay_command
 from .selection import app_records, app_rollups, select_records, select_rollups
@@ -30,23 +31,24 @@ __all__ = [
     "CSV_COLUMNS",
     "app_records",
     "app_rollups",
-    "jsonable",
     "select_records",
     "select_rollups",
     "tracking_cli",
 ]
 
-tracking_cli = AppGroup("tracking", help="Read the requests flask_tracking recorded.")
-for _command in (
-    list_command,
-    show_command,
-    tail_command,
-    curl_command,
-    replay_command,
-    stats_command,
-    timeline_command,
-    export_command,
-    info_command,
-    migrate_command,
-):
-    tracking_cli.add_command(_command)
+tracking_cli = AppGroup(
+    "tracking",
+    help="Read the requests flask_tracking recorded.",
+    commands=[
+        list_command,
+        show_command,
+        tail_command,
+        curl_command,
+        replay_command,
+        stats_command,
+        timeline_command,
+        export_command,
+        info_command,
+        migrate_command,
+    ],
+)
