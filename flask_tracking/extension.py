@@ -345,6 +345,12 @@ class Tracking:
                 totals[key] = totals.get(key, 0) + value
         return totals
 
+    def config_of(self, app: Flask) -> TrackingConfig | None:
+        """The validated settings this instance tracks ``app`` with (read from its
+        ``TRACKING_*`` keys at :meth:`init_app`); None when it does not track ``app``."""
+        tracked = self._apps.get(app)
+        return None if tracked is None else tracked.config
+
     def request_id_environ_key(self, app: Flask) -> str | None:
         """The WSGI environ key of the incoming request-id header ``app`` is tracked with
         (``TRACKING_REQUEST_ID_HEADER``, e.g. ``HTTP_X_REQUEST_ID``); None when there is none,

@@ -538,3 +538,14 @@ def test_the_response_is_copied_after_every_after_request_hook_whatever_their_or
     assert doc["response_body_size"] == len(response.data)
     assert ["Content-Encoding", "gzip"] in doc["response_headers"]
     assert doc["custom_data"] == {"compressed": True}
+
+
+def test_config_of_gives_the_settings_an_app_is_tracked_with(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app(TRACKING_DB_ALIAS="records", TRACKING_MAX_BODY_LENGTH=1234)
+    tracking = app.extensions["tracking"]
+    config = tracking.config_of(app)
+    assert config is not None
+    assert (config.db_alias, config.max_body_length) == ("records", 1234)
+    assert tracking.config_of(Flask("untracked")) is None

@@ -13,7 +13,7 @@ from ..documents import Tracking, TrackingQuerySet
 from ..migrate import MigrationError, migrate
 from ..storage import MODES, mode_of, tracking_spec
 from .reports import bytes_text
-from .selection import app_records, command, connection_alias
+from .selection import app_records, command, connection_alias, tracked_config
 
 
 @command("info")
@@ -187,9 +187,4 @@ def migrate_command(mode: str, batch_size: int, drop_source: bool) -> None:
 
 def _app_config() -> TrackingConfig:
     """The current app's validated tracking settings (its extension's, else from its config)."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    extension = app.extensions.get("tracking")
-    tracked = getattr(extension, "_apps", {}).get(app) if extension is not None else None
-    if tracked is not None:
-        return tracked.config  # type: ignore[no-any-return]
-    return load_config(dict(app.config))
+    return tracked_config() or load_config(dict(current_app.config))

@@ -23,6 +23,7 @@ from flask.cli import with_appcontext
 from mongoengine.connection import ConnectionFailure as NotConnected
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
+from ..config import TrackingConfig
 from ..documents import Tracking, TrackingQuerySet, parse_datetime
 from ..rollups import Rollup, RollupQuerySet
 from ..store import ROLLUP_COLLECTION_NAME
@@ -34,14 +35,21 @@ _STATUS_RE = re.compile(r"^\s*([1-5])(?:xx|XX)\s*$")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def connection_alias() -> str:
-    """The connection alias the app's Tracking extension writes through, else "default"."""
+def tracked_config() -> TrackingConfig | None:
+    """The validated settings the current app's Tracking extension tracks it with; None
+    without the extension."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    extension = app.extensions.get("tracking")
-    tracked = getattr(extension, "_apps", {}).get(app) if extension is not None else None
-    if tracked is not None:
-        return str(tracked.config.db_alias)
-    return str(app.config.get("TRACKING_DB_ALIAS") or "default")
+    config_of = getattr(app.extensions.get("tracking"), "config_of", None)
+    return config_of(app) if callable(config_of) else None
+
+
+def connection_alias() -> str:
+    """The connection alias the app's Tracking extension writes through, else
+    ``TRACKING_DB_ALIAS`` or "default"."""
+    config = tracked_config()
+    if config is not None:
+        return str(config.db_alias)
+    return str(current_app.config.get("TRACKING_DB_ALIAS") or "default")
 
 
 def app_records() -> TrackingQuerySet:
