@@ -18,6 +18,7 @@ from flask_tracking.redact import (
     ScrubbedBody,
     anonymize_ip,
     scrub_text,
+    scrub_values,
 )
 
 from .test_credentials import JWT, PEM
@@ -1127,6 +1128,119 @@ def test_a_json_body_filtered_by_look_keeps_its_bytes_when_it_stays_json(
         + FILTERED.encode()
         + b'@example.com/"}'
     )
+
+
+@pytest.mark.parametrize(
+    ("escaped", "secret"),
+    [
+        ('"AKIAIOSFODNN7EXAMPLE\\u0041"', b"IOSFODNN7EXAMPLE"),
+        ('"5500005555555559\\u0030"', b"5500005555555559"),
+        ('"https://ada:s3cr\\u0022et@example.com/"', b"s3cr"),
+        ('"https://ada:s3cr\\net@example.com/"', b"s3cr"),
+        ('"' + PEM.replace("\n", "\\u003c") + '"', PEM.splitlines()[1].encode()),
+        ('"://u:p@"', b":p@"),
+    ],
+)
+def test_a_json_number_card_keeps_every_credential_the_bytes_filter_finds_filtered(
+    redactor: Redactor, escaped: str, secret: bytes
+) -> None:
+    """A card written as a JSON number beside a credential the filter finds in the bytes but
+    not in the string they spell (an escape next to it): the credential stays filtered."""
+    body = b'{"order": 4111111111111111, "s": %s}' % escaped.encode()
+    json.loads(body)
+    kept = redactor.scrub_body(body, "application/json").body
+    assert kept is not None and secret not in kept and b"4111" not in kept
+    assert secret.decode() not in json.loads(kept)["s"]
+    assert json.loads(kept)["order"] == FILTERED
+
+
+@pytest.mark.parametrize("depth", range(100, 1500, 100))
+@pytest.mark.parametrize("container", ["[%s]", '{"a": %s}'])
+def test_a_deeply_nested_json_number_card_never_raises(depth: int, container: str) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    head, tail = container.split("%s")
+    body = (head * depth + "4111111111111111" + tail * depth).encode()
+    kept = redactor.scrub_body(body, "application/json")
+    assert kept.body is not None and b"4111" not in kept.body
+    assert redactor.scrub_bodies([(body, "application/json", "", 65536)]) == [kept]
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"not JSON: {name}")
+
+
+@pytest.mark.parametrize(
+    "number", ["1e999", "-1E400", "0.10000000000000000555", "-0", "1.0", "1E5", "12345678e-3"]
+)
+def test_a_json_number_card_leaves_the_other_numbers_as_they_were(
+    redactor: Redactor, number: str
+) -> None:
+    """Numbers beside the card are kept as written: one too large for a float stays JSON
+    (not ``Infinity``), one more precise than a float keeps its digits."""
+    body = b'{"order": 4111111111111111, "n": %s}' % number.encode()
+    kept = redactor.scrub_body(body, "application/json").body
+    assert kept == b'{"order": "[Filtered]", "n": %s}' % number.encode()
+    json.loads(kept, parse_constant=_no_constant)
+
+
+_PLANTED = (
+    "4111111111111111",
+    "AKIAIOSFODNN7EXAMPLE",
+    "https://ada:pw12@example.com/",
+    f"Bearer {SECRET}",
+    JWT,
+)
+#: Characters put around them: letters and digits a credential can go on with, characters
+#: that end one, and others.
+_NEIGHBOURS = st.sampled_from('A0-." \n<@/éx')
+
+
+def _escaped(text: str, escape: list[bool]) -> str:
+    """``text`` as a JSON string's content, the characters flagged written as ``\\uXXXX``."""
+    return "".join(
+        f"\\u{ord(char):04x}" if flag else json.dumps(char)[1:-1]
+        for char, flag in zip(text, escape + [False] * len(text))
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    planted=st.lists(
+        st.tuples(
+            st.sampled_from(_PLANTED),
+            st.text(_NEIGHBOURS, max_size=3),
+            st.text(_NEIGHBOURS, max_size=3),
+            st.lists(st.booleans(), max_size=3),
+            st.lists(st.booleans(), max_size=3),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    number=st.sampled_from(["4111111111111111", "-5500005555555559", "378282246310005.5", "7"]),
+)
+def test_a_json_body_keeps_every_credential_the_bytes_filter_finds_filtered(
+    planted: list[tuple[str, str, str, list[bool], list[bool]]], number: str
+) -> None:
+    """Credentials with escaped characters around them, beside a number (a card or not): what
+    the filter finds in the bytes is never stored, and the body stays JSON."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    strings = [
+        f'"{_escaped(before, flags_before)}{secret}{_escaped(after, flags_after)}"'
+        for secret, before, after, flags_before, flags_after in planted
+    ]
+    body = f'{{"n": {number}, "s": [{", ".join(strings)}]}}'.encode()
+    parsed = json.loads(body)
+    filtered = scrub_values(body)
+    kept = redactor.scrub_body(body, "application/json").body
+    assert kept is not None
+    stored = json.loads(kept, parse_constant=_no_constant)
+    for secret, *_ in planted:
+        if secret.encode() not in filtered:
+            assert secret.encode() not in kept and secret not in json.dumps(stored)
+    if filtered == body:
+        assert kept == body
+    elif len(stored["s"]) == len(parsed["s"]):
+        assert stored["n"] == (parsed["n"] if number == "7" else FILTERED)
 
 
 def test_a_multipart_boundary_is_never_taken_for_a_card_number(redactor: Redactor) -> None:
