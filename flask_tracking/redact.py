@@ -572,7 +572,7 @@ class Redactor:
             return kept
 
         try:
-            parsed = json.loads(text, object_pairs_hook=filtered)
+            parsed = json.loads(text, object_pairs_hook=filtered, parse_float=_finite_float)
             if type(parsed) is not dict:  # an array or a string at the top
                 kept = self._json_value(parsed)
                 changed = changed or kept is not parsed
@@ -753,6 +753,13 @@ def _dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate (from an escape): kept escaped
         return json.dumps(value).encode("ascii")
+
+
+def _finite_float(token: str) -> Any:
+    """A ``parse_float`` hook of ``json.loads``: a number beyond a float's range (``1e999``)
+    is read as its text, serialized again as a JSON string (``Infinity`` is not JSON)."""
+    number = float(token)
+    return number if number - number == 0 else token
 
 
 #: A JSON string (left as it is; one cut at the end of the body too) or a number with a card

@@ -1183,6 +1183,26 @@ def test_a_json_number_card_leaves_the_other_numbers_as_they_were(
     json.loads(kept, parse_constant=_no_constant)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"password": "%s", "n": 1e999}',
+        b'{"a": 1, "a": 2, "n": -1E400, "token": "%s", "c": 4111111111111111, "pin": 1}',
+        b'[{"name": "password", "value": "%s"}, 1e999]',
+        b'[{"value": "%s", "name": "x", "name": "password"}, 1e999]',
+    ],
+)
+def test_a_json_body_filtered_by_name_keeps_a_number_too_large_for_a_float(
+    redactor: Redactor, body: bytes
+) -> None:
+    """A number beyond a float's range is JSON (``1e999``); ``Infinity`` is not. It is kept
+    as its text."""
+    kept = redactor.scrub_body(body.replace(b"%s", SECRET.encode()), "application/json").body
+    assert kept is not None and SECRET.encode() not in kept and b"4111" not in kept
+    assert b"1e999" in kept.lower() or b"1e400" in kept.lower()
+    json.loads(kept, parse_constant=_no_constant)
+
+
 _PLANTED = (
     "4111111111111111",
     "AKIAIOSFODNN7EXAMPLE",
