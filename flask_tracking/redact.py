@@ -767,7 +767,8 @@ def _finite_float(token: str) -> Any:
 #: each byte is read once, so the time is linear in the body.
 _JSON_STRING_OR_FILTERED_NUMBER = re.compile(
     rb'"[^"\\]*(?:\\.[^"\\]*)*"?'
-    rb"|(?<![-+.0-9eE])[-+.0-9eE]*\[Filtered\](?:[-+.0-9eE]|\[Filtered\])*",
+    rb"|(?<![-+.0-9eE])[-+.0-9eE]*%(filtered)s(?:[-+.0-9eE]|%(filtered)s)*"
+    % {b"filtered": re.escape(FILTERED_BYTES)},
     re.DOTALL,
 )
 
