@@ -496,9 +496,17 @@ class Redactor:
         """``body`` with every credential recognised by its look filtered (:func:`scrub_values`),
         as bytes, so the rest of the body is kept exactly. In a JSON body, a card number written
         as a JSON number (replaced by a bare ``[Filtered]``, which is not JSON) becomes the
-        string ``"[Filtered]"``; the rest of its bytes are kept too."""
-        scrubbed = scrub_values(body)
-        if scrubbed is body or not json_shaped or FILTERED_BYTES not in scrubbed:
+        string ``"[Filtered]"``; the rest of its bytes are kept too. JSON that escapes its
+        slashes (``https:\\/\\/user:password@host``, as PHP's ``json_encode`` writes it) is
+        read with them unescaped, and stored so when something was filtered.
+        """
+        readable = body
+        if json_shaped and b"\\/" in body:
+            readable = _JSON_SLASH_OR_BACKSLASH.sub(_unescape_slash, body)
+        scrubbed = scrub_values(readable)
+        if scrubbed is readable:
+            return body  # nothing found: the bytes as they came
+        if not json_shaped or FILTERED_BYTES not in scrubbed:
             return scrubbed
         quoted = _JSON_STRING_OR_FILTERED_NUMBER.sub(_quote_filtered_number, scrubbed)
         if quoted == scrubbed:
@@ -771,6 +779,16 @@ _JSON_STRING_OR_FILTERED_NUMBER = re.compile(
     % {b"filtered": re.escape(FILTERED_BYTES)},
     re.DOTALL,
 )
+
+
+#: An escaped slash or backslash in JSON text (``\\`` is matched first, so the slash of
+#: ``\\/`` is not taken for an escaped one).
+_JSON_SLASH_OR_BACKSLASH = re.compile(rb"\\[\\/]")
+
+
+def _unescape_slash(match: re.Match[bytes]) -> bytes:
+    """``\\/`` as ``/`` (the same character in a JSON string); ``\\\\`` as it is."""
+    return b"/" if match.group(0) == b"\\/" else match.group(0)
 
 
 def _quote_filtered_number(match: re.Match[bytes]) -> bytes:

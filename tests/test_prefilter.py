@@ -157,6 +157,24 @@ def test_credential_words_and_url_userinfo_are_found(engine: str) -> None:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_credentials_behind_escaped_slashes_are_found(engine: str) -> None:
+    """JSON may escape every slash (PHP's json_encode does): ``https:\\/\\/user:pw@host``."""
+    redactor = _with_engine(engine)
+    cases = {
+        "fetch https://ada:hunter2@intranet.example/x": f"fetch https://ada:{FILTERED}@intranet.example/x",
+        f"Authorization: Bearer {SECRET}/more+/x==": f"Authorization: {FILTERED}",
+        f"see {PEM}": f"see {FILTERED}",
+        "a\\/b https://ada:hunter2@x/": f"a\\/b https://ada:{FILTERED}@x/",
+    }
+    for text, expected in cases.items():
+        body = json.dumps({"note": text}).encode().replace(b"/", b"\\/")
+        kept = redactor.body(body, "application/json")
+        assert kept is not None and json.loads(kept) == {"note": expected}, text
+    clean = json.dumps({"see": "https://example.com/a/b"}).encode().replace(b"/", b"\\/")
+    assert redactor.body(clean, "application/json") is clean
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_names_split_by_any_byte_are_found(engine: str) -> None:
     """The words of a name are ASCII letters and digits, whatever is between them: bytes that
     are not UTF-8, NUL, line breaks."""
