@@ -996,6 +996,98 @@ def test_name_value_shapes_keep_innocent_pairs(redactor: Redactor) -> None:
     assert redactor.data(value) is value
 
 
+# --- objects naming a secret, in JSON read as text (cut or invalid) ------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # values before the naming key
+        '{"value": "%s", "name": "password"',
+        '{"value": "%s", "name": "password", ',
+        '{"value": "%s", "name": "password",}',  # invalid, not cut
+        '[{"value": "%s", "name": "password"}, ',
+        '[{"value": "%s", "name": "password"}, {"name": "x", "value": "y"',
+        '{"data": {"value": "%s", "field": "api_key"}, "x": "',
+        # nested objects and arrays before the naming key
+        '{"v": {"a": "%s", "b": {"c": 1}}, "name": "password", "x": 1',
+        '{"v": ["%s", [1, [2]]], "field": "api_key", "x": "',
+        '{"v": [{"w": "%s"}], "param": "token"',
+        # strings holding braces and escaped quotes before the naming key
+        '{"note": "a}b", "value": "%s", "name": "password"',
+        '{"note": "say \\"}\\" {", "value": "%s", "key": "token"',
+        '{"note": "}}}", "value": "%s", "note2": "{\\"", "header": "Authorization", ',
+        # several named objects in one array
+        '[{"name": "a", "value": 1}, {"value": "%s", "name": "password"}, {"value": 2, "na',
+        '[{"value": "%s", "name": "pin"}, {"value": "%s", "name": "password"}, {"value": "',
+        # an object named twice
+        '{"value": "%s", "name": "x", "name": "password"',
+        '{"value": "%s", "name": "password", "name": "token"',
+        # values after a nested object, after the naming key
+        '{"name": "password", "x": {"v": 1}, "value": "%s"}, ',
+        '{"name": "password", "x": {"v": 1}, "value": "%s", "y": "',
+        '[{"name": "password", "x": {"v": 1}, "value": "%s"}, {"a": 1',
+        '{"name": "password", "x": {"v": {"w": "}"}}, "value": "%s", "y": "',
+        '{"name": "password", "x": {"v": 1, "w": [{"u": 2}]}, "value": "%s"',
+        '{"name": "password", "x": "}", "value": "%s", "y": 1',
+        '{"name": "password", "x": "\\"}", "value": "%s", "y": 1',
+        # cut in the middle of a nested object
+        '{"name": "password", "x": {"v": "%s',
+        '{"name": "password", "x": {"v": 1, "w": "%s',
+        '{"value": "%s", "x": {"v": 1}, "name": "password", "y": {"w": ',
+        # in single quotes (not JSON)
+        "{'value': '%s', 'name': 'password'",
+    ],
+)
+def test_cut_json_object_naming_a_secret_keeps_no_other_value(body: str) -> None:
+    """An object that names a secret field keeps only its naming keys when the body is read
+    as text, as in parsed JSON: its values before the naming key too, and after its nested
+    objects."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    raw = body.replace("%s", SECRET).encode()
+    kept = redactor.body(raw, "application/json")
+    assert kept is not None and SECRET.encode() not in kept, kept
+    assert FILTERED.encode() in kept
+
+
+@pytest.mark.parametrize(
+    ("body", "kept_values"),
+    [
+        (
+            '[{"value": "ada", "name": "user"}, {"value": "%s", "name": "password"}, ',
+            ["ada"],
+        ),
+        (
+            '{"a": "keep1", "b": {"value": "%s", "name": "password"}, "c": "keep2',
+            ["keep1", "keep2"],
+        ),
+        ('{"x": {"name": "password", "y": {"z": 1}, "value": "%s"}, "after": "keep"', ["keep"]),
+        (
+            '{"value": "keep1", "x": {"name": "password", "v": "%s"}, "after": "keep2"',
+            ["keep1", "keep2"],
+        ),
+        ('{"note": "{", "x": {"value": "%s", "name": "token"}, "after": "keep"', ["keep"]),
+    ],
+)
+def test_cut_json_keeps_the_values_outside_an_object_naming_a_secret(
+    body: str, kept_values: list[str]
+) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    kept = redactor.body(body.replace("%s", SECRET).encode(), "application/json")
+    assert kept is not None and SECRET.encode() not in kept, kept
+    for value in kept_values:
+        assert f'"{value}'.encode() in kept, kept
+
+
+def test_cut_json_keeps_the_naming_keys_of_an_object_naming_a_secret() -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    body = '[{"value": "%s", "x": {"v": 1}, "name": "password", "n": 2}, '.replace("%s", SECRET)
+    body = body.encode()
+    assert redactor.body(body, "application/json") == (
+        b'[{"value": "[Filtered]", "x": [Filtered], "name": "password", "n": [Filtered]}, '
+    )
+
+
 # --- deny-list additions and OAuth codes -------------------------------------------------------
 
 
