@@ -36,6 +36,7 @@ from .syntax import (
     XML_ATTRIBUTE,
     XML_NAME_ATTRIBUTE,
     XML_TAG,
+    LooseObjects,
     loose_key,
     loose_value_end,
     multipart_boundary,
@@ -664,34 +665,69 @@ class Redactor:
 
     def _loose_text(self, text: str) -> str:
         """:meth:`_loose` on text; ``text`` itself when nothing was filtered. Keys may be
-        escaped (``"pass\\u0077ord"``) or percent-encoded (``pass%77ord=``)."""
+        escaped (``"pass\\u0077ord"``) or percent-encoded (``pass%77ord=``).
+
+        An object that names a secret field (``{"value": ..., "name": "password"}``) keeps
+        only its naming keys, as in parsed JSON: its values before the naming key too (the
+        text is then read again, knowing which objects are named), and its values after a
+        nested object (an object runs to its own closing brace, or to the end of a cut text).
+        """
+        objects = LooseObjects(text)
+        named: list[tuple[int, int]] = []
+        scrubbed, again = self._loose_pass(text, objects, named, ())
+        if again:  # a named object held a value kept before its naming key was read
+            scrubbed, _ = self._loose_pass(text, objects, [], _union(named))
+        return scrubbed
+
+    def _loose_pass(
+        self,
+        text: str,
+        objects: LooseObjects,
+        named: list[tuple[int, int]],
+        known: Sequence[tuple[int, int]],
+    ) -> tuple[str, bool]:
+        """One pass of :meth:`_loose_text`: the text filtered, and whether an object found to
+        name a secret (appended to ``named``) held a value kept before; ``known``: the objects
+        that name a secret, from an earlier pass (sorted, apart)."""
         pieces = []
         position = 0
-        named_until = -1  # the end of an object that names a secret ({"name": "password", ...})
+        named_until = -1  # the end of the objects found naming a secret so far
+        known_index = 0
+        kept = -1  # where the last pair kept starts
+        again = False
         for match in LOOSE_PAIR.finditer(text):
-            if match.start() < position:  # inside a value already filtered
+            start = match.start()
+            if start < position:  # inside a value already filtered
                 continue
+            while known_index < len(known) and known[known_index][1] <= start:
+                known_index += 1
+            in_named = start < named_until or (
+                known_index < len(known) and known[known_index][0] <= start
+            )
             key = loose_key(match)
             value_start = match.end()
             if key.lower() in _NAMING_KEYS:
-                if match.start() > named_until:  # not in an object that names a secret yet
+                if not in_named:  # not in an object that names a secret yet
                     value_end = self._naming_value_end(text, value_start)
                     if value_end >= 0:
-                        closing = text.find("}", value_end)
-                        named_until = len(text) if closing < 0 else closing
+                        first, last = _named_object(text, objects, start, value_end)
+                        named.append((first, last))
+                        named_until = max(named_until, last)
+                        again = again or kept >= first
                 if not self.is_secret_field(key):
                     continue
                 # "key" is a secret field name too: its value is filtered, as in parsed JSON
-            elif match.start() > named_until and not self.is_secret_field(key):
+            elif not in_named and not self.is_secret_field(key):
+                kept = start
                 continue
             value_end = loose_value_end(text, value_start)
             pieces.append(text[position:value_start])
             pieces.append(f'"{FILTERED}"' if match.group("quoted") else FILTERED)
             position = value_end
         if not pieces:
-            return text
+            return text, again
         pieces.append(text[position:])
-        return "".join(pieces)
+        return "".join(pieces), again
 
     def _naming_value_end(self, text: str, start: int) -> int:
         """Where the value of a naming key at ``start`` ends when it names a secret field,
@@ -753,6 +789,29 @@ class Redactor:
             parts[index] = part[:content_start] + scrubbed + tail
             changed = True
         return delimiter.join(parts) if changed else body
+
+
+def _named_object(text: str, objects: LooseObjects, start: int, value_end: int) -> tuple[int, int]:
+    """Where the object named by the naming key at ``start`` (its value ending at
+    ``value_end``) starts and ends in loose text: its braces, strings skipped. Never less than
+    from the key to the first ``}`` after its value (or the end of the text): a naming key
+    inside a string (GraphQL text in JSON) names from the string's start to there."""
+    closing = text.find("}", value_end)
+    first, last = objects.around(start)
+    if first < 0:
+        first = start
+    return first, max(last, len(text) if closing < 0 else closing + 1)
+
+
+def _union(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` (start, end) sorted, those that overlap joined."""
+    joined: list[tuple[int, int]] = []
+    for first, last in sorted(spans):
+        if joined and first <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(joined[-1][1], last))
+        else:
+            joined.append((first, last))
+    return joined
 
 
 def _dumps(value: Any) -> bytes:

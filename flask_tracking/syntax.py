@@ -6,13 +6,14 @@ Pure functions and patterns over bytes and text, for :mod:`flask_tracking.redact
 judged here. Multipart: :func:`multipart_boundary`, :func:`part_head_end`, :func:`part_header`,
 :func:`part_names`. XML: :data:`XML_TAG`, :data:`XML_ATTRIBUTE`, :data:`XML_NAME_ATTRIBUTE`,
 :func:`xml_element_end`. URLs in markup: :data:`URL_PARAMETER`. Loose text: :data:`LOOSE_PAIR`,
-:func:`loose_key`, :func:`loose_value_end`.
+:func:`loose_key`, :func:`loose_value_end`, :class:`LooseObjects`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_right
 from urllib.parse import unquote, unquote_plus
 
 
@@ -212,3 +213,73 @@ def _bracket_end(text: str, start: int) -> int:
                 return index + 1
         index += 1
     return len(text)
+
+
+# What the objects of loose text are made of: a quoted string (to its closing quote, escapes
+# skipped, or to the end of a cut text), an opening or a closing brace.
+_OBJECT_TOKEN = re.compile(
+    r""""[^"\\]*(?:\\.[^"\\]*)*"?|'[^'\\]*(?:\\.[^'\\]*)*'?|[{}]""", re.DOTALL
+)
+
+
+class LooseObjects:
+    """The objects (``{...}``) of loose text, for :meth:`around`: braces inside quoted strings
+    (``"a}"``, ``"\\"}"``) do not count, an object left open (a text cut short) runs to the
+    end of the text. The text is read once, and only as far as the questions asked need,
+    however many are asked."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._tokens = _OBJECT_TOKEN.finditer(text)
+        self._last_brace = text.rfind("}")
+        self._starts: list[int] = []  # where each token read starts
+        self._string_ends: list[int] = []  # where a string token ends; -1 for a brace
+        self._holders: list[int] = []  # the innermost object open after each token, or -1
+        self._open: list[int] = []
+        self._ends: dict[int, int] = {}  # where each object closed so far ends
+        self._read_all = False
+
+    def around(self, position: int) -> tuple[int, int]:
+        """``(start, end)`` of the innermost object holding ``position``: from its ``{`` to
+        just after its ``}``, or to the end of the text when it is left open. ``(start, -1)``
+        when ``position`` is inside a quoted string (``start``: its quote), ``(-1, -1)`` when
+        it is in no object (text without a brace before ``position`` is not read)."""
+        if self._text.find("{", 0, position) < 0:
+            return -1, -1
+        if not self._read_all and (not self._starts or self._starts[-1] < position):
+            self._read(position, -1)
+        index = bisect_right(self._starts, position) - 1
+        if index < 0:
+            return -1, -1
+        if self._starts[index] < position < self._string_ends[index]:
+            return self._starts[index], -1
+        start = self._holders[index]
+        if start < 0:
+            return -1, -1
+        if position > self._last_brace:  # no brace after it: left open
+            return start, len(self._text)
+        if start not in self._ends and not self._read_all:
+            self._read(-1, start)
+        return start, self._ends.get(start, len(self._text))
+
+    def _read(self, position: int, start: int) -> None:
+        """Read tokens up to the first starting at or after ``position``, or (``position``
+        -1) up to the ``}`` of the object at ``start``; to the end of the text if need be."""
+        text = self._text
+        starts, string_ends, holders = self._starts, self._string_ends, self._holders
+        opened, ends = self._open, self._ends
+        for token in self._tokens:
+            at = token.start()
+            char = text[at]
+            closed = -1
+            if char == "{":
+                opened.append(at)
+            elif char == "}" and opened:
+                closed = opened.pop()
+                ends[closed] = at + 1
+            starts.append(at)
+            string_ends.append(-1 if char in "{}" else token.end())
+            holders.append(opened[-1] if opened else -1)
+            if 0 <= position <= at or 0 <= start == closed:
+                return
+        self._read_all = True

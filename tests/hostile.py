@@ -81,6 +81,18 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b'{"name": [', size, b"", b" token"),
         "application/json",
     ),
+    "json: objects named after their values": lambda size: (
+        _fill(b'{"v": 1, "name": "password"}, ', size, b"["),
+        "application/json",
+    ),
+    "json: objects named outward, nested": lambda size: (
+        b"{" * (size // 40) + b'"v": 1, "name": "pwd"}, "name": "pwd"' * (size // 40),
+        "application/json",
+    ),
+    "json: a named object after many strings": lambda size: (
+        _fill(b'"a", ', size, b"[", b'{"v": 1, "name": "password"'),
+        "application/json",
+    ),
     "text: naming keys, values unclosed": lambda size: (
         _fill(b'"field": "', size, b"", b" token"),
         "text/plain",

@@ -1084,7 +1084,7 @@ def test_cut_json_keeps_the_naming_keys_of_an_object_naming_a_secret() -> None:
     body = '[{"value": "%s", "x": {"v": 1}, "name": "password", "n": 2}, '.replace("%s", SECRET)
     body = body.encode()
     assert redactor.body(body, "application/json") == (
-        b'[{"value": "[Filtered]", "x": [Filtered], "name": "password", "n": [Filtered]}, '
+        b'[{"value": "[Filtered]", "x": "[Filtered]", "name": "password", "n": "[Filtered]"}, '
     )
 
 
