@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -1610,3 +1611,89 @@ def test_key_is_filtered_in_loose_text_as_in_parsed_json(body: str, content_type
     redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
     kept = redactor.body((body % SECRET).encode(), content_type)
     assert kept is not None and SECRET.encode() not in kept
+
+
+_NAMING = ("name", "key", "field", "param", "parameter", "header")
+_MARK = "MARK"
+
+_NAMED_VALUES = st.recursive(
+    st.sampled_from([_MARK, _MARK, "password", "token", "ada", 'a}"{\\', 1]),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["name", "field", "key", "value", "v", "note", "pin"]),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+def _marked(value: Any, count: list[int]) -> Any:
+    """``value`` with each leaf ``MARK`` replaced by a marker of its own (``Qx007xQ``)."""
+    if value == _MARK:
+        count[0] += 1
+        return f"Qx{count[0]:03d}xQ"
+    if isinstance(value, list):
+        return [_marked(item, count) for item in value]
+    if isinstance(value, dict):
+        return {key: _marked(item, count) for key, item in value.items()}
+    return value
+
+
+def _json_with_markers(redactor: Redactor, value: Any) -> tuple[str, dict[str, float]]:
+    """The JSON text of ``value`` and, for each marker in it, where in the text the reason
+    :meth:`Redactor.data` filters it is complete (infinity: kept): the end of the value of a
+    naming key naming a secret field in its object (or an object around it), or the start of
+    the value of a key with a secret name."""
+    if not isinstance(value, (list, dict)):
+        return json.dumps(value), ({value: math.inf} if str(value).startswith("Qx") else {})
+    if isinstance(value, list):
+        text, marks = "[", {}
+        for index, item in enumerate(value):
+            text += ", " if index else ""
+            item_text, item_marks = _json_with_markers(redactor, item)
+            marks.update({m: len(text) + at for m, at in item_marks.items()})
+            text += item_text
+        return text + "]", marks
+    text, members = "{", []
+    for index, (key, item) in enumerate(value.items()):
+        text += (", " if index else "") + json.dumps(key) + ": "
+        item_text, item_marks = _json_with_markers(redactor, item)
+        members.append((key, item, len(text), len(text) + len(item_text), item_marks))
+        text += item_text
+    named_at = min(
+        (
+            end
+            for key, item, _, end, _ in members
+            if key in _NAMING and isinstance(item, str) and redactor.is_secret_field(item)
+        ),
+        default=math.inf,
+    )
+    marks = {}
+    for key, _, start, _, item_marks in members:
+        limit = start if redactor.is_secret_field(key) else math.inf
+        if key not in _NAMING:
+            limit = min(limit, named_at)
+        for marker, at in item_marks.items():
+            marks[marker] = min(start + at, limit)
+    return text + "}", marks
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=_NAMED_VALUES)
+def test_no_prefix_of_a_json_body_keeps_a_value_its_whole_filters(value: Any) -> None:
+    """A JSON body cut anywhere (read as text) keeps no value that the whole body (parsed)
+    filters, once what makes it filtered is in the cut: the name of a secret field in its
+    object, before or after it, or a secret key above it."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    value = _marked(value, [0])
+    text, marks = _json_with_markers(redactor, value)
+    whole = json.dumps(redactor.data(value))
+    assert {m for m, at in marks.items() if at < math.inf} == {m for m in marks if m not in whole}
+    for length in range(1, len(text)):
+        kept = redactor.scrub_body(text[:length].encode(), "application/json").body
+        assert kept is not None
+        for marker, at in marks.items():
+            assert at > length or marker.encode() not in kept, (text[:length], kept)

@@ -30,3 +30,17 @@ def test_a_value_ends_where_its_quotes_brackets_or_pair_end() -> None:
     ]
     assert syntax.loose_value_end(text, len(text)) == len(text)
     assert syntax.loose_value_end("[1, [2", 0) == len("[1, [2")  # a cut body: to its end
+
+
+def test_loose_objects_skip_braces_in_strings_and_run_to_the_end_when_open() -> None:
+    text = '[{"a": "x}\\"}", "b": {"c": "{"}, "name": 1}, {"d": {"e": 2'
+    objects = syntax.LooseObjects(text)
+    first = text.index("{")
+    assert objects.around(text.index('"name"')) == (first, text.index("}, {") + 1)
+    assert objects.around(text.index('"c"')) == (text.index('{"c"'), text.index('"{"}') + 4)
+    assert objects.around(text.index("x}")) == (text.index('"x}'), -1)  # inside a string
+    assert objects.around(text.index('"e"')) == (text.index('{"e"'), len(text))  # left open
+    assert objects.around(text.index('"d"')) == (text.index('{"d"'), len(text))
+    assert objects.around(0) == (-1, -1)
+    assert syntax.LooseObjects('"a": 1, "name": 2}').around(8) == (-1, -1)
+    assert syntax.LooseObjects("{'a': '}', 'b': 1").around(10) == (0, 17)
