@@ -231,6 +231,7 @@ class LooseObjects:
     def __init__(self, text: str) -> None:
         self._text = text
         self._tokens = _OBJECT_TOKEN.finditer(text)
+        self._first_brace = text.find("{")
         self._last_brace = text.rfind("}")
         self._starts: list[int] = []  # where each token read starts
         self._string_ends: list[int] = []  # where a string token ends; -1 for a brace
@@ -244,7 +245,7 @@ class LooseObjects:
         just after its ``}``, or to the end of the text when it is left open. ``(start, -1)``
         when ``position`` is inside a quoted string (``start``: its quote), ``(-1, -1)`` when
         it is in no object (text without a brace before ``position`` is not read)."""
-        if self._text.find("{", 0, position) < 0:
+        if not 0 <= self._first_brace < position:
             return -1, -1
         if not self._read_all and (not self._starts or self._starts[-1] < position):
             self._read(position, -1)
