@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -692,18 +693,18 @@ class Redactor:
         pieces = []
         position = 0
         named_until = -1  # the end of the objects found naming a secret so far
-        known_index = 0
+        regions = iter(known)
+        next_start, next_end = next(regions, _NO_REGION)
         kept = -1  # where the last pair kept starts
         again = False
         for match in LOOSE_PAIR.finditer(text):
             start = match.start()
             if start < position:  # inside a value already filtered
                 continue
-            while known_index < len(known) and known[known_index][1] <= start:
-                known_index += 1
-            in_named = start < named_until or (
-                known_index < len(known) and known[known_index][0] <= start
-            )
+            while start >= next_start:  # in (or past) the next object known to be named
+                named_until = max(named_until, next_end)
+                next_start, next_end = next(regions, _NO_REGION)
+            in_named = start < named_until
             key = loose_key(match)
             value_start = match.end()
             if key.lower() in _NAMING_KEYS:
@@ -877,6 +878,7 @@ REDACTION_FAILED = ScrubbedBody(None, "redaction failed")
 #: Characters of a naming key's value read in loose text: a name (:data:`MAX_NAME_LENGTH`) and
 #: its quotes and spaces.
 _NAMING_VALUE_WINDOW = MAX_NAME_LENGTH + 64
+_NO_REGION = (sys.maxsize, sys.maxsize)
 
 
 def anonymize_ip(address: str | None) -> str | None:
