@@ -878,7 +878,7 @@ REDACTION_FAILED = ScrubbedBody(None, "redaction failed")
 #: Characters of a naming key's value read in loose text: a name (:data:`MAX_NAME_LENGTH`) and
 #: its quotes and spaces.
 _NAMING_VALUE_WINDOW = MAX_NAME_LENGTH + 64
-_NO_REGION = (sys.maxsize, sys.maxsize)
+_NO_REGION = (sys.maxsize, sys.maxsize)  # past the last object known to name a secret
 
 
 def anonymize_ip(address: str | None) -> str | None:
