@@ -95,4 +95,3 @@ def test_the_names_the_documentation_gives_are_importable_from_the_package() -> 
     assert cli.select_rollups is selection.select_rollups
     assert cli.app_rollups is selection.app_rollups
     assert cli.CSV_COLUMNS is export.CSV_COLUMNS
-    assert cli.jsonable is export.jsonable

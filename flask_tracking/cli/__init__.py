@@ -12,7 +12,7 @@ adds to ``app.cli``) and its commands, one module each: ``browse`` (list, show, 
 migrate), and ``selection`` (what they read, chosen from their options). The names the
 documentation gives as ``flask_tracking.cli.<name>`` are importable from here:
 :func:`select_records`, :func:`app_records`, :func:`select_rollups`, :func:`app_rollups` and
-``CSV_COLUMNS``; so is ``jsonable`` (of ``export``), which the dashboard uses.
+``CSV_COLUMNS``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from flask.cli import AppGroup
 from .browse import list_command, show_command, tail_command
 from .collection import info_command, migrate_command
 from .export import CSV_COLUMNS, export_command
-from .export import jsonable as jsonable  # the dashboard imports it from here
 from .reports import stats_command, timeline_command
 from .resend import curl_command, replay_command
 from .selection import app_records, app_rollups, select_records, select_rollups

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import display
-from ..cli import jsonable
+from ..cli.export import jsonable
 from ..display import escape, find_header, header_pairs, is_binary, pretty_json, status_line
 from ..documents import Tracking
 from .charts import format_ms
