@@ -8,44 +8,25 @@ when its name, split into words (``user_password`` and ``userPassword`` give ``u
 ``password``), contains a deny-listed term as one word or as consecutive words joined
 (``card_number`` and ``cardNumber`` match ``cardnumber``). A *header* is secret when its name is
 in the header deny-list or is a secret field name (``X-Auth-Token``).
+
+A body is read by its format (JSON, loose text, XML and HTML, multipart) in
+:mod:`flask_tracking.bodies`, given these verdicts, only when the pre-filter finds something
+in it that can name a secret or look like a credential.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
-from .content import (
-    HTML_KINDS,
-    TEXT_KINDS,
-    Unreadable,
-    as_utf8,
-    decode_content,
-    describe_content_type,
-)
+from .bodies import NAMING_KEYS, BodyFilters, by_look, map_items
+from .content import Unreadable, as_utf8, decode_content, describe_content_type
 from .credentials import FILTERED, FILTERED_BYTES, scrub_text, scrub_values
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
-from .syntax import (
-    LOOSE_PAIR,
-    URL_PARAMETER,
-    XML_ATTRIBUTE,
-    XML_NAME_ATTRIBUTE,
-    XML_TAG,
-    LooseObjects,
-    loose_key,
-    loose_value_end,
-    multipart_boundary,
-    part_head_end,
-    part_header,
-    part_names,
-    xml_element_end,
-)
 
 __all__ = [
     "DEFAULT_ALLOWED_FIELDS",
@@ -170,10 +151,6 @@ MAX_NAME_LENGTH = 256
 _MAX_REMEMBERED_HEADERS = 4096
 _ATOMIC_TYPES = frozenset({str, int, float, bool, bytes})
 
-#: Keys whose value names the field another key of the same object holds
-#: (``{"name": "password", "value": "..."}``); in XML, attributes naming their element.
-_NAMING_KEYS = frozenset({"name", "key", "field", "param", "parameter", "header"})
-
 _URL_HEADERS = frozenset({"referer", "location", "http_referer"})
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -212,6 +189,10 @@ class Redactor:
         terms = sorted(self._fields, key=len)
         kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
         self._scan, self._scan_many = body_scanners([term.encode() for term in kept])
+        # The body formats, given these verdicts; reached only by a body the pre-filter flags.
+        self._formats = BodyFilters(
+            self.is_secret_field, self.query, self.data, self._object, self._scrub, MAX_NAME_LENGTH
+        )
 
     def is_secret_header(self, name: str) -> bool:
         """Whether the header ``name`` (or WSGI environ key ``HTTP_...``) is filtered."""
@@ -338,14 +319,14 @@ class Redactor:
         """
         if type(value) is str:
             if ("=" in value or ":" in value) and self._text_names_a_secret(value):
-                return self._loose_text(value)
+                return self._formats.loose_text(value)
             return value
         if value is None or type(value) in _ATOMIC_TYPES:
             return value
         if type(value) is dict or isinstance(value, Mapping):
             return self._object(value, self.data)
         if type(value) is list or isinstance(value, list):
-            return _items(value, self.data)
+            return map_items(value, self.data)
         return value
 
     def _object(
@@ -359,14 +340,14 @@ class Redactor:
         key keeps only its naming keys; ``pairs``: every key and value the mapping was made of,
         when a key was repeated (a name given twice names what either names)."""
         named = any(
-            type(item) is str and str(key).lower() in _NAMING_KEYS and self.is_secret_field(item)
+            type(item) is str and str(key).lower() in NAMING_KEYS and self.is_secret_field(item)
             for key, item in (value.items() if pairs is None else pairs)
         )
         changed = False
         copy = {}
         for key, item in value.items():
             name = str(key)
-            if (named and name.lower() not in _NAMING_KEYS) or self.is_secret_field(name):
+            if (named and name.lower() not in NAMING_KEYS) or self.is_secret_field(name):
                 new = FILTERED
             else:
                 new = inner(item)
@@ -383,7 +364,7 @@ class Redactor:
             copy = {key: self.values(item) for key, item in value.items()}
             return value if all(copy[k] is v for k, v in value.items()) else copy
         if type(value) is list:
-            return _items(value, self.values)
+            return map_items(value, self.values)
         return value
 
     def body(
@@ -486,60 +467,13 @@ class Redactor:
                 raise Unreadable("nested multipart")
             # Part by part, names and values: a boundary (often a long run of digits) is never
             # mistaken for a credential.
-            return self._multipart(body, content_type, limit)
+            return self._formats.multipart(body, content_type, limit)
         if hints & NAME_HINT:
-            body = self._by_name(body, content_type, kind, (json_kind, form, xml))
+            body = self._formats.by_name(body, kind, (json_kind, form, xml))
         if hints & VALUE_HINT:
             json_shaped = json_kind or (not form and not xml and body.lstrip()[:1] in b"{[")
-            body = self._by_look(body, json_shaped)
+            body = by_look(body, json_shaped)
         return body
-
-    def _by_look(self, body: bytes, json_shaped: bool) -> bytes:
-        """``body`` with every credential recognised by its look filtered (:func:`scrub_values`),
-        as bytes, so the rest of the body is kept exactly. In a JSON body, a card number written
-        as a JSON number (replaced by a bare ``[Filtered]``, which is not JSON) becomes the
-        string ``"[Filtered]"``; the rest of its bytes are kept too. JSON that escapes its
-        slashes (``https:\\/\\/user:password@host``, as PHP's ``json_encode`` writes it) is
-        read with them unescaped, and stored so when something was filtered.
-        """
-        readable = body
-        if json_shaped and b"\\/" in body:
-            readable = _JSON_SLASH_OR_BACKSLASH.sub(_unescape_slash, body)
-        scrubbed = scrub_values(readable)
-        if scrubbed is readable:
-            return body  # nothing found: the bytes as they came
-        if not json_shaped or FILTERED_BYTES not in scrubbed:
-            return scrubbed
-        quoted = _JSON_STRING_OR_FILTERED_NUMBER.sub(_quote_filtered_number, scrubbed)
-        if quoted == scrubbed:
-            return scrubbed
-        try:
-            json.loads(quoted)
-        except (ValueError, RecursionError):  # not JSON before either: kept as filtered text
-            return scrubbed
-        return quoted
-
-    def _by_name(
-        self,
-        body: bytes,
-        content_type: str,
-        kind: str,
-        shape: tuple[bool, bool, bool],
-    ) -> bytes:
-        json_kind, form, xml = shape
-        head = body[:1024].lstrip()
-        if xml or (kind in TEXT_KINDS and head[:1] == b"<"):
-            return self._urls(self._xml(body))
-        if kind in HTML_KINDS and b"<" in body[:1024]:
-            return self._urls(body)
-        # Markup without a tag (Flask answers a view's plain string as text/html) is text.
-        text = body.decode("utf-8", "replace")
-        if json_kind or (not form and text.lstrip()[:1] in ("{", "[")):
-            return self._json(body, text)
-        if form or (not kind and "=" in text):
-            scrubbed = self.query(text)
-            return body if scrubbed == text else scrubbed.encode("utf-8")
-        return self._loose(body, text)
 
     def _hints(self, body: bytes, escapes: bool = True) -> int:
         """What ``body`` may hold, found without parsing: :data:`NAME_HINT` when a field
@@ -564,303 +498,8 @@ class Redactor:
         """Whether a field name in ``body`` can be a secret one (see :meth:`_hints`)."""
         return bool(self._hints(body) & NAME_HINT)
 
-    def _json(self, body: bytes, text: str) -> bytes:
-        """JSON filtered as :meth:`data` filters it, while it is parsed: each object as the
-        parser makes it (its objects inside are done by then), in one pass over the body."""
-        changed = False
-
-        def filtered(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-            nonlocal changed
-            parsed = dict(pairs)
-            # A key repeated: the values dropped (the last one is kept) are in the bytes only.
-            repeated = len(parsed) < len(pairs)
-            kept: dict[str, Any] = self._object(
-                parsed, self._json_value, pairs if repeated else None
-            )
-            if kept is not parsed or repeated:
-                changed = True
-            return kept
-
-        try:
-            parsed = json.loads(text, object_pairs_hook=filtered, parse_float=_finite_float)
-            if type(parsed) is not dict:  # an array or a string at the top
-                kept = self._json_value(parsed)
-                changed = changed or kept is not parsed
-                parsed = kept
-            if not changed:  # most bodies: keep the bytes exactly as they were
-                return body
-            return _dumps(parsed)
-        except (ValueError, RecursionError):  # nested deeper than Python recurses
-            return self._loose(body, text)
-
-    def _json_value(self, value: Any) -> Any:
-        """:meth:`data` of a parsed JSON value whose objects are filtered already."""
-        if type(value) is str:
-            return self.data(value)
-        if type(value) is list:
-            return _items(value, self._json_value)
-        return value
-
     def _text_names_a_secret(self, text: str) -> bool:
         return self._may_name_a_secret(text.encode("utf-8", "replace"))
-
-    def _xml(self, body: bytes) -> bytes:
-        """XML and SOAP: the content of every element whose (local) name is secret
-        (``<password>``, ``<wsse:Password>``), of every element whose ``name`` attribute is
-        (``<field name="password">``), and the value of every secret attribute are filtered.
-
-        A bounded hand scanner over the tags, in one pass: nothing is parsed as XML, so no
-        entity is expanded and no external entity is fetched. An element left open (a body
-        cut at the limit) is filtered to the end.
-        """
-        pieces: list[bytes] = []
-        position = 0
-        search = XML_TAG.search
-        match = search(body)
-        while match is not None:
-            closing, prefix, local, attributes, empty = match.groups()
-            after = match.end()
-            if closing:
-                match = search(body, after)
-                continue
-            named = XML_NAME_ATTRIBUTE.search(attributes)
-            secret_element = self.is_secret_field(local.decode("utf-8", "replace")) or (
-                named is not None
-                and self.is_secret_field(named.group(2).decode("utf-8", "replace"))
-            )
-            scrubbed = self._xml_attributes(attributes, filter_all=secret_element)
-            if scrubbed is not attributes:
-                pieces.append(body[position : match.start(4)])
-                pieces.append(scrubbed)
-                position = match.end(4)
-            if secret_element and not empty:
-                end, resume = xml_element_end(body, after, (prefix or b"") + local)
-                pieces.append(body[position:after])
-                pieces.append(FILTERED_BYTES)
-                position = end
-                after = resume
-            match = search(body, after)
-        if not pieces:
-            return body
-        pieces.append(body[position:])
-        return b"".join(pieces)
-
-    def _xml_attributes(self, attributes: bytes, filter_all: bool) -> bytes:
-        if b"=" not in attributes:
-            return attributes
-
-        def scrub(match: re.Match[bytes]) -> bytes:
-            name = match.group(1).decode("utf-8", "replace")
-            if (filter_all and name.lower() not in _NAMING_KEYS) or self.is_secret_field(name):
-                quote = match.group(2)[:1]
-                return match.group(1) + b"=" + quote + FILTERED_BYTES + quote
-            return match.group(0)
-
-        scrubbed = XML_ATTRIBUTE.sub(scrub, attributes)
-        return attributes if scrubbed == attributes else scrubbed
-
-    def _loose(self, body: bytes, text: str) -> bytes:
-        """Textual scrub of ``"key": value`` and ``key=value`` pairs (broken JSON, plain text)."""
-        scrubbed = self._loose_text(text)
-        return body if scrubbed is text else scrubbed.encode("utf-8")
-
-    def _loose_text(self, text: str) -> str:
-        """:meth:`_loose` on text; ``text`` itself when nothing was filtered. Keys may be
-        escaped (``"pass\\u0077ord"``) or percent-encoded (``pass%77ord=``).
-
-        An object that names a secret field (``{"value": ..., "name": "password"}``) keeps
-        only its naming keys, as in parsed JSON: its values before the naming key too (the
-        text is then read again, knowing which objects are named), and its values after a
-        nested object (an object runs to its own closing brace, or to the end of a cut text).
-        """
-        objects = LooseObjects(text)
-        named: list[tuple[int, int]] = []
-        scrubbed, again = self._loose_pass(text, objects, named, ())
-        if again:  # a named object held a value kept before its naming key was read
-            scrubbed, _ = self._loose_pass(text, objects, [], _union(named))
-        return scrubbed
-
-    def _loose_pass(
-        self,
-        text: str,
-        objects: LooseObjects,
-        named: list[tuple[int, int]],
-        known: Sequence[tuple[int, int]],
-    ) -> tuple[str, bool]:
-        """One pass of :meth:`_loose_text`: the text filtered, and whether an object found to
-        name a secret (appended to ``named``) held a value kept before; ``known``: the objects
-        that name a secret, from an earlier pass (sorted, apart)."""
-        pieces = []
-        position = 0
-        named_until = -1  # the end of the objects found naming a secret so far
-        regions = iter(known)
-        next_start, next_end = next(regions, _NO_REGION)
-        kept = -1  # where the last pair kept starts
-        again = False
-        for match in LOOSE_PAIR.finditer(text):
-            start = match.start()
-            if start < position:  # inside a value already filtered
-                continue
-            while start >= next_start:  # in (or past) the next object known to be named
-                named_until = max(named_until, next_end)
-                next_start, next_end = next(regions, _NO_REGION)
-            in_named = start < named_until
-            key = loose_key(match)
-            value_start = match.end()
-            if key.lower() in _NAMING_KEYS:
-                if not in_named:  # not in an object that names a secret yet
-                    value_end = self._naming_value_end(text, value_start)
-                    if value_end >= 0:
-                        first, last = _named_object(text, objects, start, value_end)
-                        named.append((first, last))
-                        named_until = max(named_until, last)
-                        again = again or kept >= first
-                if not self.is_secret_field(key):
-                    continue
-                # "key" is a secret field name too: its value is filtered, as in parsed JSON
-            elif not in_named and not self.is_secret_field(key):
-                kept = start
-                continue
-            value_end = loose_value_end(text, value_start)
-            pieces.append(text[position:value_start])
-            pieces.append(f'"{FILTERED}"' if match.group("quoted") else FILTERED)
-            position = value_end
-        if not pieces:
-            return text, again
-        pieces.append(text[position:])
-        return "".join(pieces), again
-
-    def _naming_value_end(self, text: str, start: int) -> int:
-        """Where the value of a naming key at ``start`` ends when it names a secret field,
-        else -1. Only as far as a name can run is read: a value running past that names one
-        (a name over :data:`MAX_NAME_LENGTH` does), and a text of many naming keys is not read
-        to its end once for each of them."""
-        window = text[start : start + _NAMING_VALUE_WINDOW]
-        end = loose_value_end(window, 0)
-        if (end == len(window) and start + end < len(text)) or self.is_secret_field(
-            window[:end].strip("\"' ")
-        ):
-            return start + end
-        return -1
-
-    def _urls(self, body: bytes) -> bytes:
-        """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),
-        with one regex pass that only stops at ``?``, ``&`` and ``#``."""
-
-        def scrub(match: re.Match[bytes]) -> bytes:
-            name = match.group(2).decode("utf-8", "replace")
-            if not self.is_secret_field(unquote_plus(name)):
-                return match.group(0)
-            return match.group(1) + match.group(2) + b"=" + FILTERED.encode()
-
-        return URL_PARAMETER.sub(scrub, body)
-
-    def _multipart(self, body: bytes, content_type: str, limit: int) -> bytes:
-        """Filter the content of every part whose field name is secret (text or file).
-
-        Parts are split on the boundary of the Content-Type; a part cut at the body limit is
-        filtered to its end. Part heads are read as Werkzeug reads them: lines may end in LF
-        alone, ``name`` may be quoted or not, or given as ``name*=`` (RFC 2231).
-        """
-        boundary = multipart_boundary(content_type)
-        if boundary is None:
-            return scrub_values(self._loose(body, body.decode("utf-8", "replace")))
-        delimiter = b"--" + boundary
-        parts = body.split(delimiter)
-        changed = False
-        for index, part in enumerate(parts[1:], start=1):
-            head_end, content_start = part_head_end(part)
-            if head_end < 0:
-                continue  # an empty part without a blank line, the closing "--", or cut early
-            head = part[:head_end]
-            tail = b"\r\n" if part.endswith(b"\r\n") else b"\n" if part.endswith(b"\n") else b""
-            content = part[content_start : len(part) - len(tail)]
-            if any(map(self.is_secret_field, part_names(head))):
-                scrubbed = FILTERED_BYTES
-            else:
-                # The content of a part is a body of its own type (a JSON or XML file...).
-                part_type = part_header(head, b"content-type") or "text/plain"
-                encoding = part_header(head, b"content-encoding")
-                try:
-                    scrubbed = self._scrub(content, part_type, encoding, limit, False)
-                except Unreadable as error:
-                    scrubbed = f"[Omitted: {error.reason}]".encode()
-                if scrubbed is content:
-                    continue
-            parts[index] = part[:content_start] + scrubbed + tail
-            changed = True
-        return delimiter.join(parts) if changed else body
-
-
-def _named_object(text: str, objects: LooseObjects, start: int, value_end: int) -> tuple[int, int]:
-    """Where the object named by the naming key at ``start`` (its value ending at
-    ``value_end``) starts and ends in loose text: its braces, strings skipped. Never less than
-    from the key to the first ``}`` after its value (or the end of the text): a naming key
-    inside a string (GraphQL text in JSON) names from the string's start to there."""
-    closing = text.find("}", value_end)
-    first, last = objects.around(start)
-    if first < 0:
-        first = start
-    return first, max(last, len(text) if closing < 0 else closing + 1)
-
-
-def _union(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``spans`` (start, end) sorted, those that overlap joined."""
-    joined: list[tuple[int, int]] = []
-    for first, last in sorted(spans):
-        if joined and first <= joined[-1][1]:
-            joined[-1] = (joined[-1][0], max(joined[-1][1], last))
-        else:
-            joined.append((first, last))
-    return joined
-
-
-def _dumps(value: Any) -> bytes:
-    """A filtered JSON value serialized again, as UTF-8."""
-    try:
-        return json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate (from an escape): kept escaped
-        return json.dumps(value).encode("ascii")
-
-
-def _finite_float(token: str) -> Any:
-    """A ``parse_float`` hook of ``json.loads``: a number beyond a float's range (``1e999``)
-    is read as its text, serialized again as a JSON string (``Infinity`` is not JSON)."""
-    number = float(token)
-    return number if number - number == 0 else token
-
-
-#: A JSON string (left as it is; one cut at the end of the body too) or a number with a card
-#: number in it filtered (``[Filtered]``, ``-[Filtered]``, ``[Filtered].5``, ``1e[Filtered]``):
-#: each byte is read once, so the time is linear in the body.
-_JSON_STRING_OR_FILTERED_NUMBER = re.compile(
-    rb'"[^"\\]*(?:\\.[^"\\]*)*"?'
-    rb"|(?<![-+.0-9eE])[-+.0-9eE]*%(filtered)s(?:[-+.0-9eE]|%(filtered)s)*"
-    % {b"filtered": re.escape(FILTERED_BYTES)},
-    re.DOTALL,
-)
-
-
-#: An escaped slash or backslash in JSON text (``\\`` is matched first, so the slash of
-#: ``\\/`` is not taken for an escaped one).
-_JSON_SLASH_OR_BACKSLASH = re.compile(rb"\\[\\/]")
-
-
-def _unescape_slash(match: re.Match[bytes]) -> bytes:
-    """``\\/`` as ``/`` (the same character in a JSON string); ``\\\\`` as it is."""
-    return b"/" if match.group(0) == b"\\/" else match.group(0)
-
-
-def _quote_filtered_number(match: re.Match[bytes]) -> bytes:
-    """A JSON number with a card number filtered in it, as the string ``"[Filtered]"``."""
-    found = match.group(0)
-    return found if found[:1] == b'"' else b'"' + FILTERED_BYTES + b'"'
-
-
-def _items(value: list[Any], inner: Callable[[Any], Any]) -> list[Any]:
-    """``inner`` of each item of a list; ``value`` itself when nothing changed."""
-    items = [inner(item) for item in value]
-    return items if any(a is not b for a, b in zip(items, value)) else value
 
 
 class ScrubbedBody(NamedTuple):
@@ -873,12 +512,6 @@ class ScrubbedBody(NamedTuple):
 
 #: What :meth:`Redactor.scrub_bodies` gives for a body whose filtering failed (fail closed).
 REDACTION_FAILED = ScrubbedBody(None, "redaction failed")
-
-
-#: Characters of a naming key's value read in loose text: a name (:data:`MAX_NAME_LENGTH`) and
-#: its quotes and spaces.
-_NAMING_VALUE_WINDOW = MAX_NAME_LENGTH + 64
-_NO_REGION = (sys.maxsize, sys.maxsize)  # past the last object known to name a secret
 
 
 def anonymize_ip(address: str | None) -> str | None:

@@ -2,7 +2,7 @@
 multipart parts, XML elements and attributes, URL parameters, and loose ``key=value`` or
 ``key: value`` text (cut JSON, plain text, strings inside JSON).
 
-Pure functions and patterns over bytes and text, for :mod:`flask_tracking.redact`: no names are
+Pure functions and patterns over bytes and text, for :mod:`flask_tracking.bodies`: no names are
 judged here. Multipart: :func:`multipart_boundary`, :func:`part_head_end`, :func:`part_header`,
 :func:`part_names`. XML: :data:`XML_TAG`, :data:`XML_ATTRIBUTE`, :data:`XML_NAME_ATTRIBUTE`,
 :func:`xml_element_end`. URLs in markup: :data:`URL_PARAMETER`. Loose text: :data:`LOOSE_PAIR`,

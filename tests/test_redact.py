@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flask_tracking.bodies import BodyFilters
 from flask_tracking.redact import (
     DEFAULT_REDACT_FIELDS,
     DEFAULT_REDACT_HEADERS,
@@ -678,7 +679,7 @@ def test_a_body_without_a_pair_is_returned_as_it_is(redactor: Redactor) -> None:
 def test_a_body_naming_no_term_is_not_parsed(
     redactor: Redactor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Redactor, "_json", lambda *args: pytest.fail("parsed"))
+    monkeypatch.setattr(BodyFilters, "json_body", lambda *args: pytest.fail("parsed"))
     body = json.dumps({"items": [{"id": 1, "name": "shoe"}], "total": 3}).encode()
     assert redactor.body(body, "application/json") is body
 

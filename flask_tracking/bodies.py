@@ -1,0 +1,439 @@
+"""The formats of bodies, filtered by the names of their fields: JSON, loose text (cut JSON,
+plain text, strings inside JSON), XML and HTML markup, multipart; and JSON's credentials
+filtered by their look with its bytes kept.
+
+What a name is worth is not judged here: :class:`BodyFilters` is built once by
+:class:`~flask_tracking.redact.Redactor` with its verdicts (:meth:`Redactor.is_secret_field
+<flask_tracking.redact.Redactor.is_secret_field>`, its query-string, custom-data and mapping
+filters, and its scrubbing of a body of a given type, for the parts of a multipart body). The
+pre-filter, the content types and the public body API stay in :mod:`flask_tracking.redact`,
+which only calls in here for a body that may name a secret or hold a credential.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+from urllib.parse import unquote_plus
+
+from .content import HTML_KINDS, TEXT_KINDS, Unreadable
+from .credentials import FILTERED, FILTERED_BYTES, scrub_values
+from .syntax import (
+    LOOSE_PAIR,
+    URL_PARAMETER,
+    XML_ATTRIBUTE,
+    XML_NAME_ATTRIBUTE,
+    XML_TAG,
+    LooseObjects,
+    loose_key,
+    loose_value_end,
+    multipart_boundary,
+    part_head_end,
+    part_header,
+    part_names,
+    xml_element_end,
+)
+
+__all__ = ["NAMING_KEYS", "BodyFilters", "ObjectFilter", "PartScrubber", "by_look", "map_items"]
+
+#: Keys whose value names the field another key of the same object holds
+#: (``{"name": "password", "value": "..."}``); in XML, attributes naming their element.
+NAMING_KEYS = frozenset({"name", "key", "field", "param", "parameter", "header"})
+
+_NO_REGION = (sys.maxsize, sys.maxsize)  # past the last object known to name a secret
+
+
+class ObjectFilter(Protocol):
+    """A mapping filtered by the names of its keys (the redactor's, for custom data too): the
+    values of secret keys filtered, ``inner`` of the others; ``pairs``, when a key was
+    repeated: every key and value the mapping was made of."""
+
+    def __call__(
+        self,
+        value: Mapping[Any, Any],
+        inner: Callable[[Any], Any],
+        pairs: Iterable[tuple[Any, Any]] | None = None,
+    ) -> Any: ...
+
+
+class PartScrubber(Protocol):
+    """The content of a multipart part scrubbed as a body of its own type: ``(content, content
+    type, content encoding, max decoded bytes, outer)``; raises
+    :class:`~flask_tracking.content.Unreadable` when it cannot be kept."""
+
+    def __call__(
+        self, body: bytes, content_type: str, encoding: str, limit: int, outer: bool
+    ) -> bytes: ...
+
+
+class BodyFilters:
+    """The filters of bodies by format, given the redactor's verdicts; built once per
+    redactor. Each filter returns its body itself when nothing in it was filtered."""
+
+    def __init__(
+        self,
+        is_secret_field: Callable[[str], bool],
+        query: Callable[[str], str],
+        data: Callable[[Any], Any],
+        filter_object: ObjectFilter,
+        scrub_part: PartScrubber,
+        max_name_length: int,
+    ) -> None:
+        """``is_secret_field``: whether a field name is secret; ``query``: a form body (query
+        string) filtered; ``data``: a string value of parsed JSON filtered; ``filter_object``:
+        a parsed JSON object filtered; ``scrub_part``: the content of a multipart part
+        scrubbed; ``max_name_length``: names longer than this are secret whatever they say."""
+        self._is_secret_field = is_secret_field
+        self._query = query
+        self._data = data
+        self._filter_object = filter_object
+        self._scrub_part = scrub_part
+        # Characters of a naming key's value read in loose text: a name and its quotes and
+        # spaces.
+        self._naming_value_window = max_name_length + 64
+
+    def by_name(self, body: bytes, kind: str, shape: tuple[bool, bool, bool]) -> bytes:
+        """``body`` (UTF-8) with the values of its secret fields filtered, read as its format:
+        ``kind`` is its content type's kind (:class:`~flask_tracking.content.ContentKind`),
+        ``shape`` whether it is declared JSON, a form, XML. Markup goes to :meth:`xml_body` and
+        :meth:`markup_urls`, JSON to :meth:`json_body`, forms to the query filter, the rest to
+        :meth:`loose`."""
+        json_kind, form, xml = shape
+        head = body[:1024].lstrip()
+        if xml or (kind in TEXT_KINDS and head[:1] == b"<"):
+            return self.markup_urls(self.xml_body(body))
+        if kind in HTML_KINDS and b"<" in body[:1024]:
+            return self.markup_urls(body)
+        # Markup without a tag (Flask answers a view's plain string as text/html) is text.
+        text = body.decode("utf-8", "replace")
+        if json_kind or (not form and text.lstrip()[:1] in ("{", "[")):
+            return self.json_body(body, text)
+        if form or (not kind and "=" in text):
+            scrubbed = self._query(text)
+            return body if scrubbed == text else scrubbed.encode("utf-8")
+        return self.loose(body, text)
+
+    def json_body(self, body: bytes, text: str) -> bytes:
+        """JSON filtered as :meth:`Redactor.data <flask_tracking.redact.Redactor.data>`
+        filters it, while it is parsed: each object as the
+        parser makes it (its objects inside are done by then), in one pass over the body."""
+        changed = False
+
+        def filtered(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            nonlocal changed
+            parsed = dict(pairs)
+            # A key repeated: the values dropped (the last one is kept) are in the bytes only.
+            repeated = len(parsed) < len(pairs)
+            kept: dict[str, Any] = self._filter_object(
+                parsed, self._json_value, pairs if repeated else None
+            )
+            if kept is not parsed or repeated:
+                changed = True
+            return kept
+
+        try:
+            parsed = json.loads(text, object_pairs_hook=filtered, parse_float=_finite_float)
+            if type(parsed) is not dict:  # an array or a string at the top
+                kept = self._json_value(parsed)
+                changed = changed or kept is not parsed
+                parsed = kept
+            if not changed:  # most bodies: keep the bytes exactly as they were
+                return body
+            return _dumps(parsed)
+        except (ValueError, RecursionError):  # nested deeper than Python recurses
+            return self.loose(body, text)
+
+    def _json_value(self, value: Any) -> Any:
+        """The data filter of a parsed JSON value whose objects are filtered already."""
+        if type(value) is str:
+            return self._data(value)
+        if type(value) is list:
+            return map_items(value, self._json_value)
+        return value
+
+    def xml_body(self, body: bytes) -> bytes:
+        """XML and SOAP: the content of every element whose (local) name is secret
+        (``<password>``, ``<wsse:Password>``), of every element whose ``name`` attribute is
+        (``<field name="password">``), and the value of every secret attribute are filtered.
+
+        A bounded hand scanner over the tags, in one pass: nothing is parsed as XML, so no
+        entity is expanded and no external entity is fetched. An element left open (a body
+        cut at the limit) is filtered to the end.
+        """
+        pieces: list[bytes] = []
+        position = 0
+        search = XML_TAG.search
+        match = search(body)
+        while match is not None:
+            closing, prefix, local, attributes, empty = match.groups()
+            after = match.end()
+            if closing:
+                match = search(body, after)
+                continue
+            named = XML_NAME_ATTRIBUTE.search(attributes)
+            secret_element = self._is_secret_field(local.decode("utf-8", "replace")) or (
+                named is not None
+                and self._is_secret_field(named.group(2).decode("utf-8", "replace"))
+            )
+            scrubbed = self._xml_attributes(attributes, filter_all=secret_element)
+            if scrubbed is not attributes:
+                pieces.append(body[position : match.start(4)])
+                pieces.append(scrubbed)
+                position = match.end(4)
+            if secret_element and not empty:
+                end, resume = xml_element_end(body, after, (prefix or b"") + local)
+                pieces.append(body[position:after])
+                pieces.append(FILTERED_BYTES)
+                position = end
+                after = resume
+            match = search(body, after)
+        if not pieces:
+            return body
+        pieces.append(body[position:])
+        return b"".join(pieces)
+
+    def _xml_attributes(self, attributes: bytes, filter_all: bool) -> bytes:
+        if b"=" not in attributes:
+            return attributes
+
+        def scrub(match: re.Match[bytes]) -> bytes:
+            name = match.group(1).decode("utf-8", "replace")
+            if (filter_all and name.lower() not in NAMING_KEYS) or self._is_secret_field(name):
+                quote = match.group(2)[:1]
+                return match.group(1) + b"=" + quote + FILTERED_BYTES + quote
+            return match.group(0)
+
+        scrubbed = XML_ATTRIBUTE.sub(scrub, attributes)
+        return attributes if scrubbed == attributes else scrubbed
+
+    def loose(self, body: bytes, text: str) -> bytes:
+        """Textual scrub of ``"key": value`` and ``key=value`` pairs (broken JSON, plain text)."""
+        scrubbed = self.loose_text(text)
+        return body if scrubbed is text else scrubbed.encode("utf-8")
+
+    def loose_text(self, text: str) -> str:
+        """:meth:`loose` on text; ``text`` itself when nothing was filtered. Keys may be
+        escaped (``"pass\\u0077ord"``) or percent-encoded (``pass%77ord=``).
+
+        An object that names a secret field (``{"value": ..., "name": "password"}``) keeps
+        only its naming keys, as in parsed JSON: its values before the naming key too (the
+        text is then read again, knowing which objects are named), and its values after a
+        nested object (an object runs to its own closing brace, or to the end of a cut text).
+        """
+        objects = LooseObjects(text)
+        named: list[tuple[int, int]] = []
+        scrubbed, again = self._loose_pass(text, objects, named, ())
+        if again:  # a named object held a value kept before its naming key was read
+            scrubbed, _ = self._loose_pass(text, objects, [], _union(named))
+        return scrubbed
+
+    def _loose_pass(
+        self,
+        text: str,
+        objects: LooseObjects,
+        named: list[tuple[int, int]],
+        known: Sequence[tuple[int, int]],
+    ) -> tuple[str, bool]:
+        """One pass of :meth:`loose_text`: the text filtered, and whether an object found to
+        name a secret (appended to ``named``) held a value kept before; ``known``: the objects
+        that name a secret, from an earlier pass (sorted, apart)."""
+        pieces = []
+        position = 0
+        named_until = -1  # the end of the objects found naming a secret so far
+        regions = iter(known)
+        next_start, next_end = next(regions, _NO_REGION)
+        kept = -1  # where the last pair kept starts
+        again = False
+        for match in LOOSE_PAIR.finditer(text):
+            start = match.start()
+            if start < position:  # inside a value already filtered
+                continue
+            while start >= next_start:  # in (or past) the next object known to be named
+                named_until = max(named_until, next_end)
+                next_start, next_end = next(regions, _NO_REGION)
+            in_named = start < named_until
+            key = loose_key(match)
+            value_start = match.end()
+            if key.lower() in NAMING_KEYS:
+                if not in_named:  # not in an object that names a secret yet
+                    value_end = self._naming_value_end(text, value_start)
+                    if value_end >= 0:
+                        first, last = _named_object(text, objects, start, value_end)
+                        named.append((first, last))
+                        named_until = max(named_until, last)
+                        again = again or kept >= first
+                if not self._is_secret_field(key):
+                    continue
+                # "key" is a secret field name too: its value is filtered, as in parsed JSON
+            elif not in_named and not self._is_secret_field(key):
+                kept = start
+                continue
+            value_end = loose_value_end(text, value_start)
+            pieces.append(text[position:value_start])
+            pieces.append(f'"{FILTERED}"' if match.group("quoted") else FILTERED)
+            position = value_end
+        if not pieces:
+            return text, again
+        pieces.append(text[position:])
+        return "".join(pieces), again
+
+    def _naming_value_end(self, text: str, start: int) -> int:
+        """Where the value of a naming key at ``start`` ends when it names a secret field,
+        else -1. Only as far as a name can run is read: a value running past that names one
+        (a name over ``max_name_length`` does), and a text of many naming keys is not read
+        to its end once for each of them."""
+        window = text[start : start + self._naming_value_window]
+        end = loose_value_end(window, 0)
+        if (end == len(window) and start + end < len(text)) or self._is_secret_field(
+            window[:end].strip("\"' ")
+        ):
+            return start + end
+        return -1
+
+    def markup_urls(self, body: bytes) -> bytes:
+        """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),
+        with one regex pass that only stops at ``?``, ``&`` and ``#``."""
+
+        def scrub(match: re.Match[bytes]) -> bytes:
+            name = match.group(2).decode("utf-8", "replace")
+            if not self._is_secret_field(unquote_plus(name)):
+                return match.group(0)
+            return match.group(1) + match.group(2) + b"=" + FILTERED.encode()
+
+        return URL_PARAMETER.sub(scrub, body)
+
+    def multipart(self, body: bytes, content_type: str, limit: int) -> bytes:
+        """Filter the content of every part whose field name is secret (text or file).
+
+        Parts are split on the boundary of the Content-Type; a part cut at the body limit is
+        filtered to its end. Part heads are read as Werkzeug reads them: lines may end in LF
+        alone, ``name`` may be quoted or not, or given as ``name*=`` (RFC 2231).
+        """
+        boundary = multipart_boundary(content_type)
+        if boundary is None:
+            return scrub_values(self.loose(body, body.decode("utf-8", "replace")))
+        delimiter = b"--" + boundary
+        parts = body.split(delimiter)
+        changed = False
+        for index, part in enumerate(parts[1:], start=1):
+            head_end, content_start = part_head_end(part)
+            if head_end < 0:
+                continue  # an empty part without a blank line, the closing "--", or cut early
+            head = part[:head_end]
+            tail = b"\r\n" if part.endswith(b"\r\n") else b"\n" if part.endswith(b"\n") else b""
+            content = part[content_start : len(part) - len(tail)]
+            if any(map(self._is_secret_field, part_names(head))):
+                scrubbed = FILTERED_BYTES
+            else:
+                # The content of a part is a body of its own type (a JSON or XML file...).
+                part_type = part_header(head, b"content-type") or "text/plain"
+                encoding = part_header(head, b"content-encoding")
+                try:
+                    scrubbed = self._scrub_part(content, part_type, encoding, limit, False)
+                except Unreadable as error:
+                    scrubbed = f"[Omitted: {error.reason}]".encode()
+                if scrubbed is content:
+                    continue
+            parts[index] = part[:content_start] + scrubbed + tail
+            changed = True
+        return delimiter.join(parts) if changed else body
+
+
+def _named_object(text: str, objects: LooseObjects, start: int, value_end: int) -> tuple[int, int]:
+    """Where the object named by the naming key at ``start`` (its value ending at
+    ``value_end``) starts and ends in loose text: its braces, strings skipped. Never less than
+    from the key to the first ``}`` after its value (or the end of the text): a naming key
+    inside a string (GraphQL text in JSON) names from the string's start to there."""
+    closing = text.find("}", value_end)
+    first, last = objects.around(start)
+    if first < 0:
+        first = start
+    return first, max(last, len(text) if closing < 0 else closing + 1)
+
+
+def _union(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` (start, end) sorted, those that overlap joined."""
+    joined: list[tuple[int, int]] = []
+    for first, last in sorted(spans):
+        if joined and first <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(joined[-1][1], last))
+        else:
+            joined.append((first, last))
+    return joined
+
+
+def _dumps(value: Any) -> bytes:
+    """A filtered JSON value serialized again, as UTF-8."""
+    try:
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (from an escape): kept escaped
+        return json.dumps(value).encode("ascii")
+
+
+def _finite_float(token: str) -> Any:
+    """A ``parse_float`` hook of ``json.loads``: a number beyond a float's range (``1e999``)
+    is read as its text, serialized again as a JSON string (``Infinity`` is not JSON)."""
+    number = float(token)
+    return number if number - number == 0 else token
+
+
+#: A JSON string (left as it is; one cut at the end of the body too) or a number with a card
+#: number in it filtered (``[Filtered]``, ``-[Filtered]``, ``[Filtered].5``, ``1e[Filtered]``):
+#: each byte is read once, so the time is linear in the body.
+_JSON_STRING_OR_FILTERED_NUMBER = re.compile(
+    rb'"[^"\\]*(?:\\.[^"\\]*)*"?'
+    rb"|(?<![-+.0-9eE])[-+.0-9eE]*%(filtered)s(?:[-+.0-9eE]|%(filtered)s)*"
+    % {b"filtered": re.escape(FILTERED_BYTES)},
+    re.DOTALL,
+)
+
+
+#: An escaped slash or backslash in JSON text (``\\`` is matched first, so the slash of
+#: ``\\/`` is not taken for an escaped one).
+_JSON_SLASH_OR_BACKSLASH = re.compile(rb"\\[\\/]")
+
+
+def _unescape_slash(match: re.Match[bytes]) -> bytes:
+    """``\\/`` as ``/`` (the same character in a JSON string); ``\\\\`` as it is."""
+    return b"/" if match.group(0) == b"\\/" else match.group(0)
+
+
+def _quote_filtered_number(match: re.Match[bytes]) -> bytes:
+    """A JSON number with a card number filtered in it, as the string ``"[Filtered]"``."""
+    found = match.group(0)
+    return found if found[:1] == b'"' else b'"' + FILTERED_BYTES + b'"'
+
+
+def map_items(value: list[Any], inner: Callable[[Any], Any]) -> list[Any]:
+    """``inner`` of each item of a list; ``value`` itself when nothing changed."""
+    items = [inner(item) for item in value]
+    return items if any(a is not b for a, b in zip(items, value)) else value
+
+
+def by_look(body: bytes, json_shaped: bool) -> bytes:
+    """``body`` with every credential recognised by its look filtered (:func:`scrub_values`),
+    as bytes, so the rest of the body is kept exactly. In a JSON body, a card number written
+    as a JSON number (replaced by a bare ``[Filtered]``, which is not JSON) becomes the
+    string ``"[Filtered]"``; the rest of its bytes are kept too. JSON that escapes its
+    slashes (``https:\\/\\/user:password@host``, as PHP's ``json_encode`` writes it) is
+    read with them unescaped, and stored so when something was filtered.
+    """
+    readable = body
+    if json_shaped and b"\\/" in body:
+        readable = _JSON_SLASH_OR_BACKSLASH.sub(_unescape_slash, body)
+    scrubbed = scrub_values(readable)
+    if scrubbed is readable:
+        return body  # nothing found: the bytes as they came
+    if not json_shaped or FILTERED_BYTES not in scrubbed:
+        return scrubbed
+    quoted = _JSON_STRING_OR_FILTERED_NUMBER.sub(_quote_filtered_number, scrubbed)
+    if quoted == scrubbed:
+        return scrubbed
+    try:
+        json.loads(quoted)
+    except (ValueError, RecursionError):  # not JSON before either: kept as filtered text
+        return scrubbed
+    return quoted
