@@ -46,6 +46,12 @@ NAMING_KEYS = frozenset({"name", "key", "field", "param", "parameter", "header"}
 _NO_REGION = (sys.maxsize, sys.maxsize)  # past the last object known to name a secret
 
 
+def map_items(value: list[Any], inner: Callable[[Any], Any]) -> list[Any]:
+    """``inner`` of each item of a list; ``value`` itself when nothing changed."""
+    items = [inner(item) for item in value]
+    return items if any(a is not b for a, b in zip(items, value)) else value
+
+
 class ObjectFilter(Protocol):
     """A mapping filtered by the names of its keys (the redactor's, for custom data too): the
     values of secret keys filtered, ``inner`` of the others; ``pairs``, when a key was
@@ -405,12 +411,6 @@ def _quote_filtered_number(match: re.Match[bytes]) -> bytes:
     """A JSON number with a card number filtered in it, as the string ``"[Filtered]"``."""
     found = match.group(0)
     return found if found[:1] == b'"' else b'"' + FILTERED_BYTES + b'"'
-
-
-def map_items(value: list[Any], inner: Callable[[Any], Any]) -> list[Any]:
-    """``inner`` of each item of a list; ``value`` itself when nothing changed."""
-    items = [inner(item) for item in value]
-    return items if any(a is not b for a, b in zip(items, value)) else value
 
 
 def by_look(body: bytes, json_shaped: bool) -> bytes:

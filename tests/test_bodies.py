@@ -1,0 +1,190 @@
+"""Unit tests of :mod:`flask_tracking.bodies`, the body formats, called directly.
+
+Most of their behaviour is tested through the redactor in tests/test_redact.py; here, what the
+module does with the verdicts it is given, and its functions of their own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pytest
+
+from flask_tracking.bodies import NAMING_KEYS, BodyFilters, by_look, map_items
+from flask_tracking.content import Unreadable
+from flask_tracking.credentials import FILTERED
+
+CARD = "4111111111111111"
+
+
+class Calls:
+    """Plain verdicts (only ``pin`` is secret) and a record of what the filters asked for."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+        self.parts: list[tuple[bytes, str, str, int, bool]] = []
+
+    def is_secret_field(self, name: str) -> bool:
+        return name.lower() == "pin"
+
+    def query(self, text: str) -> str:
+        self.queries.append(text)
+        return text.replace("pin=1", f"pin={FILTERED}")
+
+    def data(self, value: Any) -> Any:
+        return value
+
+    def filter_object(
+        self,
+        value: Mapping[Any, Any],
+        inner: Callable[[Any], Any],
+        pairs: Iterable[tuple[Any, Any]] | None = None,
+    ) -> Any:
+        if "pin" not in value:
+            return value
+        return {key: FILTERED if key == "pin" else item for key, item in value.items()}
+
+    def scrub_part(
+        self, body: bytes, content_type: str, encoding: str, limit: int, outer: bool
+    ) -> bytes:
+        self.parts.append((body, content_type, encoding, limit, outer))
+        if content_type == "application/x-unreadable":
+            raise Unreadable("format not scrubbable (test)")
+        return body.replace(b"pin", b"PIN")
+
+    def filters(self, max_name_length: int = 256) -> BodyFilters:
+        return BodyFilters(
+            self.is_secret_field,
+            self.query,
+            self.data,
+            self.filter_object,
+            self.scrub_part,
+            max_name_length,
+        )
+
+
+def test_naming_keys() -> None:
+    assert {"name", "key", "field", "param", "parameter", "header"} == NAMING_KEYS
+
+
+def test_map_items_returns_the_list_itself_when_nothing_changed() -> None:
+    items = ["a", "b"]
+    assert map_items(items, lambda item: item) is items
+    assert map_items(items, lambda item: item.upper()) == ["A", "B"]
+    assert items == ["a", "b"]
+
+
+def test_by_look_keeps_the_bytes_when_nothing_looks_like_a_credential() -> None:
+    body = b'{"a": "plain", "n": 12}'
+    assert by_look(body, json_shaped=True) is body
+
+
+def test_by_look_writes_a_card_number_in_a_json_number_as_a_string() -> None:
+    kept = by_look(f'{{"n": {CARD}, "m": 1.5}}'.encode(), json_shaped=True)
+    assert json.loads(kept) == {"n": FILTERED, "m": 1.5}
+    # Not read as JSON: the bare filtered number stays.
+    assert by_look(f"n={CARD}".encode(), json_shaped=False) == f"n={FILTERED}".encode()
+
+
+def test_by_look_reads_escaped_slashes_only_in_json() -> None:
+    url = b'{"u": "https:\\/\\/user:hunter2@example.org\\/x"}'
+    kept = by_look(url, json_shaped=True)
+    assert b"hunter2" not in kept
+    assert json.loads(kept)["u"].startswith("https://")
+    assert by_look(url, json_shaped=False) is url
+
+
+def test_the_filters_judge_names_only_by_the_verdict_given() -> None:
+    filters = Calls().filters()
+    text = "password=a pin=b"
+    assert filters.loose_text(text) == f"password=a pin={FILTERED}"
+    assert filters.loose_text("password=a") == "password=a"
+    body = b"<r><pin>1</pin><password>2</password></r>"
+    assert filters.xml_body(body) == f"<r><pin>{FILTERED}</pin><password>2</password></r>".encode()
+    assert filters.markup_urls(b'<a href="/x?pin=1&a=2">') == (
+        f'<a href="/x?pin={FILTERED}&a=2">'.encode()
+    )
+
+
+def test_loose_text_returns_the_text_itself_when_nothing_is_filtered() -> None:
+    text = "a=1 b: 2"
+    assert Calls().filters().loose_text(text) is text
+
+
+def test_an_object_naming_a_secret_keeps_only_its_naming_keys_in_loose_text() -> None:
+    kept = Calls().filters().loose_text('{"value": "1234", "name": "pin", "other": 5}')
+    # A quoted key's value is filtered as a JSON string, whatever it was.
+    assert kept == f'{{"value": "{FILTERED}", "name": "pin", "other": "{FILTERED}"}}'
+
+
+def test_a_naming_value_longer_than_a_name_can_be_names_a_secret() -> None:
+    """The value of a naming key is read as far as a name can run (``max_name_length``); one
+    running past that names a secret, as a name that long is judged secret."""
+    text = '{"name": "' + "a" * 100 + '", "value": "v"}'
+    assert Calls().filters(max_name_length=256).loose_text(text) is text
+    assert f'"value": "{FILTERED}"' in Calls().filters(max_name_length=4).loose_text(text)
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "shape", "expected"),
+    [
+        (b"a=1&pin=1", "application/x-www-form-urlencoded", (False, True, False), "a=1&pin=*"),
+        (b'{"pin": 1}', "application/json", (True, False, False), '{"pin": "*"}'),
+        (b"<r><pin>1</pin></r>", "application/xml", (False, False, True), "<r><pin>*</pin></r>"),
+        (b"<r><pin>1</pin></r>", "text/plain", (False, False, False), "<r><pin>*</pin></r>"),
+        (b'<a href="?pin=1">', "text/html", (False, False, False), '<a href="?pin=*">'),
+        (b"pin: 1", "text/plain", (False, False, False), "pin: *"),
+        (b"pin: 1", "text/html", (False, False, False), "pin: *"),
+    ],
+)
+def test_by_name_reads_a_body_as_its_format(
+    body: bytes, kind: str, shape: tuple[bool, bool, bool], expected: str
+) -> None:
+    calls = Calls()
+    kept = calls.filters().by_name(body, kind, shape)
+    assert kept == expected.replace("*", FILTERED).encode()
+    assert calls.queries == ([body.decode()] if shape[1] else [])
+
+
+def _multipart(*parts: tuple[str, str, str]) -> bytes:
+    return (
+        "".join(
+            f'--B\r\nContent-Disposition: form-data; name="{name}"\r\n{head}\r\n{content}\r\n'
+            for name, head, content in parts
+        )
+        + "--B--\r\n"
+    ).encode()
+
+
+def test_multipart_filters_secret_parts_and_hands_the_others_to_the_part_scrubber() -> None:
+    calls = Calls()
+    body = _multipart(
+        ("pin", "", "1234"),
+        ("doc", "Content-Type: application/json\r\n", '{"pin": 1}'),
+        ("other", "", "plain"),
+    )
+    kept = calls.filters().multipart(body, "multipart/form-data; boundary=B", 100)
+    assert b"1234" not in kept and FILTERED.encode() in kept
+    assert b'{"PIN": 1}' in kept
+    assert calls.parts == [
+        (b'{"pin": 1}', "application/json", "", 100, False),
+        (b"plain", "text/plain", "", 100, False),
+    ]
+
+
+def test_multipart_omits_a_part_its_scrubber_cannot_read() -> None:
+    body = _multipart(("doc", "Content-Type: application/x-unreadable\r\n", "pin"))
+    kept = Calls().filters().multipart(body, "multipart/form-data; boundary=B", 100)
+    assert b"[Omitted: format not scrubbable (test)]" in kept
+
+
+def test_multipart_returns_the_body_itself_when_nothing_is_filtered() -> None:
+    body = _multipart(("a", "", "1"))
+    assert Calls().filters().multipart(body, "multipart/form-data; boundary=B", 100) is body
+
+
+def test_multipart_without_a_boundary_is_read_as_loose_text() -> None:
+    kept = Calls().filters().multipart(b"pin=1234", "multipart/form-data", 100)
+    assert kept == f"pin={FILTERED}".encode()
