@@ -1,4 +1,4 @@
-"""The package logger, and warnings limited to one per reason per interval."""
+"""The package logger, and reports limited to one per reason per interval."""
 
 from __future__ import annotations
 
@@ -11,6 +11,30 @@ from typing import Any
 logger = logging.getLogger("flask_tracking")
 
 
+class EventLimiter:
+    """Lets one report per key through every ``interval_seconds`` and counts the events held
+    back in between, so that the next report can say how many there were (thread-safe)."""
+
+    def __init__(self, interval_seconds: float = 60.0) -> None:
+        self._interval = interval_seconds
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def take(self, key: str, count: int = 1) -> int:
+        """Add ``count`` events for ``key``; return how many to report now, those held back
+        since the last report included (0: stay quiet)."""
+        now = time.monotonic()
+        with self._lock:
+            total = self._held.pop(key, 0) + count
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._held[key] = total
+                return 0
+            self._last[key] = now
+            return total
+
+
 class RateLimitedLog:
     """Logs a warning for a reason at most once per ``interval_seconds`` (thread-safe).
 
@@ -20,21 +44,14 @@ class RateLimitedLog:
 
     def __init__(self, log: logging.Logger = logger, interval_seconds: float = 60.0) -> None:
         self._log = log
-        self._interval = interval_seconds
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._limiter = EventLimiter(interval_seconds)
 
     def warning(self, reason: str, message: str, *args: Any, exc_info: bool = False) -> bool:
         """Log ``message % args`` unless ``reason`` was logged within the interval."""
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(reason)
-            if last is not None and now - last < self._interval:
-                self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-                return False
-            self._last[reason] = now
-            folded = self._suppressed.pop(reason, 0)
+        reported = self._limiter.take(reason)
+        if not reported:
+            return False
+        folded = reported - 1  # the messages held back since the last one logged
         if folded:
             if not args:  # logging %-formats a message only when it has args
                 message = message.replace("%", "%%")

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .logs import EventLimiter
+
 if TYPE_CHECKING:
     from .aggregate import RollupAggregator
 
@@ -63,28 +65,6 @@ class BatchOutcome:
     same dict objects that were passed in. A dict that is not one of them (e.g. the record
     already converted to its stored form) replaces a record of the batch: it takes the place,
     and size, of the earliest batch record not otherwise accounted for as retried."""
-
-
-class _LogLimiter:
-    """Lets one log line per key through every ``interval`` seconds and counts the rest."""
-
-    def __init__(self, interval: float = LOG_INTERVAL_SECONDS) -> None:
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._quiet: dict[str, int] = {}
-
-    def take(self, key: str, count: int = 1) -> int:
-        """Add ``count`` events for ``key``; return how many to report now (0: stay quiet)."""
-        now = time.monotonic()
-        with self._lock:
-            total = self._quiet.pop(key, 0) + count
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                self._quiet[key] = total
-                return 0
-            self._last[key] = now
-            return total
 
 
 class _ExitHook:
@@ -440,7 +420,7 @@ class BatchWriter:
         self._backoff_until = 0.0
         self._next_tick = 0.0
         self._thread: threading.Thread | None = None
-        self._log_limiter = _LogLimiter()
+        self._log_limiter = EventLimiter(LOG_INTERVAL_SECONDS)
         # Rollup write rounds: started and completed with nothing left to retry (flush()
         # waits for a round started after its call); due: the worker should run one now.
         self._rollup_started = 0

@@ -1,4 +1,5 @@
-"""Unit tests of flask_tracking.logs.RateLimitedLog (a fake clock; no sleeping)."""
+"""Unit tests of flask_tracking.logs: EventLimiter and RateLimitedLog (a fake clock; no
+sleeping)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from flask_tracking import logs
-from flask_tracking.logs import RateLimitedLog
+from flask_tracking.logs import EventLimiter, RateLimitedLog
 
 
 class Clock:
@@ -60,7 +61,22 @@ def rate_limited(interval: float = 60.0) -> RateLimitedLog:
 def test_defaults_to_the_package_logger_and_one_minute() -> None:
     log = RateLimitedLog()
     assert log._log is logging.getLogger("flask_tracking")
-    assert log._interval == 60.0
+    assert log._limiter._interval == 60.0
+
+
+def test_the_events_held_back_are_counted_into_the_next_report(clock: Clock) -> None:
+    limiter = EventLimiter(interval_seconds=10)
+    assert limiter.take("drop", 3) == 3  # the first report goes through at once
+    assert limiter.take("drop", 2) == 0
+    assert limiter.take("drop") == 0
+    assert limiter.take("other", 5) == 5  # each key on its own
+    clock.now += 9.999
+    assert limiter.take("drop", 4) == 0
+    clock.now += 0.001
+    assert limiter.take("drop") == 2 + 1 + 4 + 1  # everything since the last report
+    assert limiter.take("drop") == 0
+    clock.now += 10
+    assert limiter.take("drop", 0) == 1  # the one held back just before
 
 
 def test_one_line_per_reason_per_interval(clock: Clock, handler: ListHandler) -> None:
