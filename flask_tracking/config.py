@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .fields import ALWAYS_STORED_FIELDS, FIELDS
+from .ids import environ_key
 from .redact import DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_HEADERS, IP_HEADERS, Redactor
 from .storage import MAX_EXPIRE_SECONDS, MAX_MEASUREMENT_BYTES, MODES
 
@@ -210,6 +211,12 @@ class TrackingConfig:
     dashboard_live_interval_seconds: float
     db_activity: bool
     db_repeat_threshold: int
+
+    @property
+    def request_id_environ_key(self) -> str | None:
+        """The WSGI environ key of ``request_id_header`` (``HTTP_X_REQUEST_ID``), or None."""
+        header = self.request_id_header
+        return None if header is None else environ_key(header)
 
 
 def _warn_about_unknown_keys(app_config: Mapping[str, Any]) -> None:

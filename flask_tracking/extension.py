@@ -36,7 +36,6 @@ from .capture import (
 from .cli import tracking_cli
 from .config import TrackingConfig, load_config
 from .dbactivity import ignore_collection, register, watch_sqlalchemy
-from .ids import environ_key
 from .logs import RateLimitedLog
 from .policy import Policy
 from .record import prepare_user_agent_parser, scrub_request_side, status_code_of
@@ -83,9 +82,8 @@ class _AppTracking:
         self.max_body_length = config.max_body_length
         self.max_custom_data_bytes = config.max_custom_data_bytes
         self.policy = Policy(config)
-        header = config.request_id_header
         #: Environ key of the incoming request-id header, or None.
-        self.request_id_key = None if header is None else environ_key(header)
+        self.request_id_key = config.request_id_environ_key
         self.verdicts = verdicts
         self.writer = writer
         #: Per-minute aggregates of every request past the path, method and view rules.
@@ -149,9 +147,7 @@ class Tracking:
             anonymize_ip=config.anonymize_ip,
             before_save=lambda: self._before_save,
             omitted_fields=config.omitted_fields,
-            request_id_key=None
-            if config.request_id_header is None
-            else environ_key(config.request_id_header),
+            request_id_key=config.request_id_environ_key,
             db_repeat_threshold=config.db_repeat_threshold,
         )
         rollups = None

@@ -443,3 +443,10 @@ def test_known_keys_and_other_keys_do_not_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_config({"TRACKING_MAX_BODY_LENGTH": 10, "SECRET_KEY": "x", "TRACKINGX": 1})
+
+
+def test_the_request_id_header_as_an_environ_key() -> None:
+    assert load().request_id_environ_key == "HTTP_X_REQUEST_ID"
+    custom = load(TRACKING_REQUEST_ID_HEADER="X-Correlation-ID")
+    assert custom.request_id_environ_key == "HTTP_X_CORRELATION_ID"
+    assert load(TRACKING_REQUEST_ID_HEADER=None).request_id_environ_key is None
