@@ -397,14 +397,22 @@ _JSON_STRING_OR_FILTERED_NUMBER = re.compile(
 )
 
 
-#: An escaped slash or backslash in JSON text (``\\`` is matched first, so the slash of
-#: ``\\/`` is not taken for an escaped one).
-_JSON_SLASH_OR_BACKSLASH = re.compile(rb"\\[\\/]")
+#: An escaped slash, printable ASCII character (``\\u002f``) or backslash in JSON text
+#: (``\\\\`` is matched first, so the slash of ``\\\\/`` is not taken for an escaped one).
+_JSON_SLASH_OR_BACKSLASH = re.compile(rb"\\(?:[\\/]|u00[2-7][0-9a-fA-F])")
 
 
 def _unescape_slash(match: re.Match[bytes]) -> bytes:
-    """``\\/`` as ``/`` (the same character in a JSON string); ``\\\\`` as it is."""
-    return b"/" if match.group(0) == b"\\/" else match.group(0)
+    """``\\/`` as ``/`` and ``\\u002f`` as ``/`` (the same character in a JSON string), any
+    printable ASCII character but ``"`` and ``\\`` likewise; ``\\\\`` as it is."""
+    found = match.group(0)
+    if found == b"\\/":
+        return b"/"
+    if len(found) == 6:
+        code = int(found[2:], 16)
+        if code < 0x7F and code not in (0x22, 0x5C):  # a quote or backslash stays escaped
+            return bytes((code,))
+    return found
 
 
 def _quote_filtered_number(match: re.Match[bytes]) -> bytes:
@@ -422,7 +430,7 @@ def by_look(body: bytes, json_shaped: bool) -> bytes:
     read with them unescaped, and stored so when something was filtered.
     """
     readable = body
-    if json_shaped and b"\\/" in body:
+    if json_shaped and (b"\\/" in body or b"\\u00" in body):
         readable = _JSON_SLASH_OR_BACKSLASH.sub(_unescape_slash, body)
     scrubbed = scrub_values(readable)
     if scrubbed is readable:

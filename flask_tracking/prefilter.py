@@ -192,16 +192,18 @@ def _grouped(
     return many
 
 
-#: ``://`` in JSON that escapes its slashes (PHP's ``json_encode`` does).
-_ESCAPED_URL = b":\\/\\/"
+#: How ``://`` begins in JSON that escapes its slashes, as ``\\/`` (PHP's ``json_encode``)
+#: or ``\\u002f``, all of them or some.
+_ESCAPED_URL = (b":\\/", b":/\\", b":\\u002f", b":\\u002F")
 
 
 def _punctuation(body: bytes) -> int:
     """``_FOUND_ESCAPE`` and ``_FOUND_URL`` of ``body``, by C-level searches."""
     # Bytes as integers: "in" then looks for a byte, with no detour through a bytes search.
-    result = _FOUND_ESCAPE if 92 in body or 37 in body else 0  # a backslash, "%"
+    escape = 92 in body  # a backslash
+    result = _FOUND_ESCAPE if escape or 37 in body else 0  # or "%"
     # A slash is found much faster than three bytes. JSON may escape slashes (":\/\/").
-    if 47 in body and (b"://" in body or _ESCAPED_URL in body):
+    if (47 in body and b"://" in body) or (escape and any(u in body for u in _ESCAPED_URL)):
         result |= _FOUND_URL
     return result
 
@@ -250,7 +252,7 @@ def _re2_set(terms: list[bytes]) -> tuple[Callable[[bytes], list[int] | None], d
     for flag, pattern in (
         (_FOUND_TERM, b"|".join(map(_spaced, terms))),
         (_FOUND_CREDENTIAL, b"|".join(map(_spaced, CREDENTIAL_WORDS))),
-        (_FOUND_URL, rb":(?://|\\/\\/)"),
+        (_FOUND_URL, rb":(?://|/\\|\\/|\\u002[fF])"),
         (_FOUND_ESCAPE, rb"[\\%]"),
         (_FOUND_CARD, CARD_RUN_PATTERN),
     ):

@@ -69,7 +69,7 @@ def _with_engine(
 def _reference_hints(redactor: Redactor, body: bytes, escapes: bool = True) -> int:
     """What the pre-filter must answer, by its definition, with plain substring searches: the
     terms and the words credentials begin with in the translated words, ``://``, escapes, and
-    the full card check."""
+    the full card check.  ``://`` may have its slashes escaped: ``:\\/``, ``:\\u002f``."""
     words = body.translate(prefilter._LOWERCASE, prefilter._NOT_ALPHANUMERIC)
     hints = 0
     if (escapes and (b"\\" in body or b"%" in body)) or any(
@@ -78,7 +78,7 @@ def _reference_hints(redactor: Redactor, body: bytes, escapes: bool = True) -> i
         hints = prefilter.NAME_HINT
     if (
         any(word in words for word in credentials.CREDENTIAL_WORDS)
-        or b"://" in body
+        or any(url in body for url in (b"://", b":\\/", b":/\\", b":\\u002f", b":\\u002F"))
         or credentials.may_hold_card(body)
     ):
         hints |= prefilter.VALUE_HINT
@@ -175,6 +175,26 @@ def test_credentials_behind_escaped_slashes_are_found(engine: str) -> None:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_credentials_behind_unicode_escapes_are_found(engine: str) -> None:
+    """JSON may write a printable character as ``\\u00XX``: ``/`` as ``\\u002f``, ``+`` as
+    ``\\u002B`` (.NET's System.Text.Json does), also mixed with ``\\/``."""
+    redactor = _with_engine(engine)
+    cases = {
+        "https:\\u002f\\u002fada:hunter2@x\\u002fy": f"https://ada:{FILTERED}@x/y",
+        "https:\\u002F\\/ada:hunter2@x": f"https://ada:{FILTERED}@x",
+        "https:/\\/ada:hunter2@x": f"https://ada:{FILTERED}@x",
+        f"Bearer {SECRET}\\u002fmore\\u002Bx==": f"Bearer {FILTERED}",
+    }
+    for text, expected in cases.items():
+        body = ('{"note": "' + text + '"}').encode()
+        assert json.loads(body)["note"] != expected
+        kept = redactor.body(body, "application/json")
+        assert kept is not None and json.loads(kept) == {"note": expected}, text
+    clean = b'{"see": "https:\\u002f\\u002fexample.com\\u002fa", "a": "\\\\u002f"}'
+    assert redactor.body(clean, "application/json") is clean
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_names_split_by_any_byte_are_found(engine: str) -> None:
     """The words of a name are ASCII letters and digits, whatever is between them: bytes that
     are not UTF-8, NUL, line breaks."""
@@ -219,6 +239,8 @@ _FRAGMENTS = st.sampled_from(
         b"/",
         b"//",
         b"\\",
+        b"u002f",
+        b"u002F",
         b"%",
         b"4111",
         b"1111",
