@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flask_tracking.bodies import NAMING_KEYS, BodyFilters, by_look, map_items
 from flask_tracking.content import Unreadable
@@ -94,6 +96,46 @@ def test_by_look_reads_escaped_slashes_only_in_json() -> None:
     assert b"hunter2" not in kept
     assert json.loads(kept)["u"].startswith("https://")
     assert by_look(url, json_shaped=False) is url
+
+
+def test_by_look_unescapes_printable_characters_but_quotes_and_backslashes() -> None:
+    body = b'{"u": "https:\\u002f\\u002Fada:hunter2@h\\u002fx", "q": "\\u0022\\u005c\\\\u002f"}'
+    kept = by_look(body, json_shaped=True)
+    assert json.loads(kept) == {"u": f"https://ada:{FILTERED}@h/x", "q": '"\\\\u002f'}
+    assert kept.endswith(b'"q": "\\u0022\\u005c\\\\u002f"}')
+
+
+_ESCAPED_SLASHES = {
+    "as it is": lambda text: text,
+    "\\/": lambda text: text.replace("/", "\\/"),
+    "\\u002f": lambda text: text.replace("/", "\\u002f"),
+    "\\u002F and \\/": lambda text: text.replace("//", "\\u002F\\/"),
+}
+_TEXTS = st.lists(
+    st.sampled_from(["a", "/", "//", ":", "@", " ", '"', "\\", "\\/", "https://", "x:y@", "é"]),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.lists(_TEXTS, max_size=4),
+    escaping=st.sampled_from(sorted(_ESCAPED_SLASHES)),
+    ascii_only=st.booleans(),
+)
+def test_by_look_of_json_with_escaped_slashes(
+    texts: list[str], escaping: str, ascii_only: bool
+) -> None:
+    """JSON however it escapes its slashes: kept as it came when nothing is filtered, still
+    the same JSON when a URL's password is."""
+    escape = _ESCAPED_SLASHES[escaping]
+    clean = escape(json.dumps(texts, ensure_ascii=ascii_only)).encode()
+    if b"@" not in clean:
+        assert by_look(clean, json_shaped=True) is clean
+    with_password = escape(json.dumps([*texts, "https://ada:hunter2@h/x"])).encode()
+    kept = json.loads(by_look(with_password, json_shaped=True))
+    assert kept[-1] == f"https://ada:{FILTERED}@h/x"
+    assert len(kept) == len(texts) + 1
 
 
 def test_the_filters_judge_names_only_by_the_verdict_given() -> None:
