@@ -397,22 +397,20 @@ _JSON_STRING_OR_FILTERED_NUMBER = re.compile(
 )
 
 
-#: An escaped slash, printable ASCII character (``\\u002f``) or backslash in JSON text
-#: (``\\\\`` is matched first, so the slash of ``\\\\/`` is not taken for an escaped one).
-_JSON_SLASH_OR_BACKSLASH = re.compile(rb"\\(?:[\\/]|u00[2-7][0-9a-fA-F])")
+#: An escaped slash (``\\/``, ``\\u002f``), plus (``\\u002B``, .NET's System.Text.Json
+#: writes it) or backslash in JSON text (``\\\\`` is matched first, so the slash of
+#: ``\\\\/`` is not taken for an escaped one). No other escape: unescaped, a letter or digit
+#: (``AKIA...\\u0041``) would hide the credential it ends in the bytes.
+_JSON_SLASH_OR_BACKSLASH = re.compile(rb"\\(?:[\\/]|u00(?:2[fFbB]))")
 
 
 def _unescape_slash(match: re.Match[bytes]) -> bytes:
-    """``\\/`` as ``/`` and ``\\u002f`` as ``/`` (the same character in a JSON string), any
-    printable ASCII character but ``"`` and ``\\`` likewise; ``\\\\`` as it is."""
+    """``\\/`` and ``\\u002f`` as ``/``, ``\\u002b`` as ``+`` (the same character in a JSON
+    string); ``\\\\`` as it is."""
     found = match.group(0)
-    if found == b"\\/":
-        return b"/"
-    if len(found) == 6:
-        code = int(found[2:], 16)
-        if code < 0x7F and code not in (0x22, 0x5C):  # a quote or backslash stays escaped
-            return bytes((code,))
-    return found
+    if found == b"\\\\":
+        return found
+    return b"/" if found[-1] in b"/fF" else b"+"
 
 
 def _quote_filtered_number(match: re.Match[bytes]) -> bytes:
@@ -426,11 +424,12 @@ def by_look(body: bytes, json_shaped: bool) -> bytes:
     as bytes, so the rest of the body is kept exactly. In a JSON body, a card number written
     as a JSON number (replaced by a bare ``[Filtered]``, which is not JSON) becomes the
     string ``"[Filtered]"``; the rest of its bytes are kept too. JSON that escapes its
-    slashes (``https:\\/\\/user:password@host``, as PHP's ``json_encode`` writes it) is
-    read with them unescaped, and stored so when something was filtered.
+    slashes (``https:\\/\\/user:password@host``, as PHP's ``json_encode`` writes it), also
+    when written into other text (a page's script, a log line), is read with them unescaped,
+    and stored so when something was filtered.
     """
     readable = body
-    if json_shaped and (b"\\/" in body or b"\\u00" in body):
+    if b"\\/" in body or b"\\u00" in body:  # JSON, or JSON written into other text
         readable = _JSON_SLASH_OR_BACKSLASH.sub(_unescape_slash, body)
     scrubbed = scrub_values(readable)
     if scrubbed is readable:

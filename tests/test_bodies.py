@@ -90,19 +90,21 @@ def test_by_look_writes_a_card_number_in_a_json_number_as_a_string() -> None:
     assert by_look(f"n={CARD}".encode(), json_shaped=False) == f"n={FILTERED}".encode()
 
 
-def test_by_look_reads_escaped_slashes_only_in_json() -> None:
+def test_by_look_reads_escaped_slashes_in_json_and_in_other_text() -> None:
     url = b'{"u": "https:\\/\\/user:hunter2@example.org\\/x"}'
     kept = by_look(url, json_shaped=True)
     assert b"hunter2" not in kept
     assert json.loads(kept)["u"].startswith("https://")
-    assert by_look(url, json_shaped=False) is url
+    assert by_look(b"log " + url, json_shaped=False) == b"log " + kept
+    clean = url.replace(b"user:hunter2@", b"")
+    assert by_look(clean, json_shaped=False) is clean
 
 
-def test_by_look_unescapes_printable_characters_but_quotes_and_backslashes() -> None:
-    body = b'{"u": "https:\\u002f\\u002Fada:hunter2@h\\u002fx", "q": "\\u0022\\u005c\\\\u002f"}'
+def test_by_look_unescapes_slashes_and_plus_signs_only() -> None:
+    body = b'{"u": "https:\\u002f\\u002Fada:hunter2@h\\u002b", "q": "\\u0022\\u0041\\\\u002f"}'
     kept = by_look(body, json_shaped=True)
-    assert json.loads(kept) == {"u": f"https://ada:{FILTERED}@h/x", "q": '"\\\\u002f'}
-    assert kept.endswith(b'"q": "\\u0022\\u005c\\\\u002f"}')
+    assert json.loads(kept) == {"u": f"https://ada:{FILTERED}@h+", "q": '"A\\u002f'}
+    assert kept.endswith(b'"q": "\\u0022\\u0041\\\\u002f"}')
 
 
 _ESCAPED_SLASHES = {

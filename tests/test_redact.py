@@ -476,6 +476,26 @@ def test_json_escaped_key_is_decoded(redactor: Redactor) -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'<script>var c = {"u": "https:\\/\\/ada:hunter2@h\\/"};</script>', "text/html"),
+        (b'event={"u": "https:\\/\\/ada:hunter2@h\\/"}', "text/plain"),
+        (b'"https:\\u002f\\u002fada:hunter2@h"', "text/plain"),
+        (b'<r>{"t": "Bearer ab\\/cd\\/hunter2"}</r>', "application/xml"),
+    ],
+)
+def test_json_with_escaped_slashes_inside_other_text_is_filtered(
+    redactor: Redactor, body: bytes, content_type: str
+) -> None:
+    """JSON written into a page, a log line or an XML element (PHP's json_encode escapes its
+    slashes) is not JSON-shaped, yet read with its slashes unescaped too."""
+    kept = redactor.scrub_body(body, content_type).body
+    assert kept is not None and b"hunter2" not in kept and FILTERED.encode() in kept
+    clean = body.replace(b"ada:hunter2@", b"").replace(b"Bearer", b"Bear")
+    assert redactor.scrub_body(clean, content_type).body == clean
+
+
+@pytest.mark.parametrize(
     "body",
     [
         # cut inside a secret value
@@ -1229,6 +1249,9 @@ def test_a_json_body_filtered_by_look_keeps_its_bytes_when_it_stays_json(
     [
         ('"AKIAIOSFODNN7EXAMPLE\\u0041"', b"IOSFODNN7EXAMPLE"),
         ('"5500005555555559\\u0030"', b"5500005555555559"),
+        ('"AKIAIOSFODNN7EXAMPLE\\u002B"', b"IOSFODNN7EXAMPLE"),
+        ('"5500005555555559\\u002f"', b"5500005555555559"),
+        ('"' + PEM.replace("\n", "\\/") + '"', PEM.splitlines()[1].encode()),
         ('"https://ada:s3cr\\u0022et@example.com/"', b"s3cr"),
         ('"https://ada:s3cr\\net@example.com/"', b"s3cr"),
         ('"' + PEM.replace("\n", "\\u003c") + '"', PEM.splitlines()[1].encode()),
