@@ -29,7 +29,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from werkzeug.wsgi import ClosingIterator
 
 from .dbactivity import attach, detach
-from .ids import environ_key, request_id_for
+from .ids import request_id_for
 from .policy import SKIP, TRACK_WITH_BODIES, Policy
 from .sanitize import bson_safe
 
@@ -243,11 +243,12 @@ class TrackingMiddleware:
         finish: Callable[[RequestState], None],
         on_error: Callable[[], None],
         *,
-        request_id_header: str | None = None,
+        request_id_key: str | None = None,
         request_id_response_header: str | None = None,
         watch_db: bool = False,
     ) -> None:
-        """``request_id_header``: the request header an incoming id is taken from (when valid);
+        """``request_id_key``: the WSGI environ key of the request header an incoming id is
+        taken from (when valid; ``TrackingConfig.request_id_environ_key``);
         ``request_id_response_header``: the response header that echoes the id (unless the app
         set that header itself). None: no incoming id, no echo. ``watch_db``: attribute the
         database commands run while a tracked request is served to it
@@ -257,7 +258,7 @@ class TrackingMiddleware:
         self._max_body_length = max_body_length
         self._finish = finish
         self._on_error = on_error
-        self._request_id_key = None if request_id_header is None else environ_key(request_id_header)
+        self._request_id_key = request_id_key
         self._echo_header = request_id_response_header
         self._echo_header_lower = (request_id_response_header or "").lower()
         self._watch_db = watch_db

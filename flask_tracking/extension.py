@@ -188,7 +188,7 @@ class Tracking:
             config.max_body_length,
             finish=self._finisher(tracked),
             on_error=lambda: self._count_error(tracked),
-            request_id_header=config.request_id_header,
+            request_id_key=config.request_id_environ_key,
             request_id_response_header=config.request_id_response_header,
             watch_db=config.db_activity,
         )
