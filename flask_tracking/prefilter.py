@@ -195,6 +195,8 @@ def _grouped(
 #: How ``://`` begins in JSON that escapes its slashes, as ``\\/`` (PHP's ``json_encode``)
 #: or ``\\u002f``, all of them or some.
 _ESCAPED_URL = (b":\\/", b":/\\", b":\\u002f", b":\\u002F")
+#: Every beginning of a URL the pre-filter looks for (as a pattern for google-re2).
+_URL_PATTERN = b"|".join(map(re.escape, (b"://", *_ESCAPED_URL)))
 
 
 def _punctuation(body: bytes) -> int:
@@ -252,7 +254,7 @@ def _re2_set(terms: list[bytes]) -> tuple[Callable[[bytes], list[int] | None], d
     for flag, pattern in (
         (_FOUND_TERM, b"|".join(map(_spaced, terms))),
         (_FOUND_CREDENTIAL, b"|".join(map(_spaced, CREDENTIAL_WORDS))),
-        (_FOUND_URL, rb":(?://|/\\|\\/|\\u002[fF])"),
+        (_FOUND_URL, _URL_PATTERN),
         (_FOUND_ESCAPE, rb"[\\%]"),
         (_FOUND_CARD, CARD_RUN_PATTERN),
     ):
