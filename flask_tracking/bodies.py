@@ -307,7 +307,7 @@ class BodyFilters:
             name = match.group(2).decode("utf-8", "replace")
             if not self._is_secret_field(unquote_plus(name)):
                 return match.group(0)
-            return match.group(1) + match.group(2) + b"=" + FILTERED.encode()
+            return match.group(1) + match.group(2) + b"=" + FILTERED_BYTES
 
         return URL_PARAMETER.sub(scrub, body)
 
