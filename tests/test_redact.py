@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from flask_tracking.bodies import BodyFilters
@@ -1332,6 +1333,17 @@ _PLANTED = (
 _NEIGHBOURS = st.sampled_from('A0-." \n<@/éx')
 
 
+#: ``\\`` (kept), ``\/``, ``\u002f`` and ``\u002b`` in JSON text, either case.
+_SLASH_AND_PLUS_ESCAPES = re.compile(rb"\\\\|\\/|\\u002[fFbB]")
+
+
+def _unescaped(match: re.Match[bytes]) -> bytes:
+    escape = match.group(0)
+    if escape == b"\\\\":
+        return escape
+    return b"+" if escape[-1:] in b"bB" else b"/"
+
+
 def _escaped(text: str, escape: list[bool]) -> str:
     """``text`` as a JSON string's content, the characters flagged written as ``\\uXXXX``."""
     return "".join(
@@ -1355,6 +1367,10 @@ def _escaped(text: str, escape: list[bool]) -> str:
     ),
     number=st.sampled_from(["4111111111111111", "-5500005555555559", "378282246310005.5", "7"]),
 )
+@example(  # a token behind an escaped slash: found once the slash is read as one
+    planted=[("4111111111111111", "", "0", [], []), (f"Bearer {SECRET}", "/", "", [True], [])],
+    number="7",
+)
 def test_a_json_body_keeps_every_credential_the_bytes_filter_finds_filtered(
     planted: list[tuple[str, str, str, list[bool], list[bool]]], number: str
 ) -> None:
@@ -1367,7 +1383,9 @@ def test_a_json_body_keeps_every_credential_the_bytes_filter_finds_filtered(
     ]
     body = f'{{"n": {number}, "s": [{", ".join(strings)}]}}'.encode()
     parsed = json.loads(body)
-    filtered = scrub_values(body)
+    # The filter reads JSON's escaped slashes and plus signs as they are meant (\/, \u002f,
+    # \u002b), and finds what the bytes filter finds in the body read so.
+    filtered = scrub_values(_SLASH_AND_PLUS_ESCAPES.sub(_unescaped, body))
     kept = redactor.scrub_body(body, "application/json").body
     assert kept is not None
     stored = json.loads(kept, parse_constant=_no_constant)
