@@ -52,7 +52,26 @@ def test_info_capped_and_sizes_from_a_server(monkeypatch: pytest.MonkeyPatch) ->
         def command(self, name: str, collection: str) -> dict[str, Any]:
             return {"size": 2_500_000, "storageSize": 4_096_000, "totalIndexSize": 300_000}
 
-    assert collection._capped_text(Server()) == "yes (104.9 MB, at most 1000000 records)"
+    assert collection._capped_text(collection._options(Server())) == (
+        "yes (104.9 MB, at most 1000000 records)"
+    )
     assert collection._size_text(Server(), "tracking") == (
         "2.5 MB of data, 4.1 MB on disk, 300.0 kB of indexes"
     )
+
+
+def test_info_storage_mode_and_how_records_leave() -> None:
+    ttl = {"_id_": {"key": [("_id", 1)]}, "expiry": {"expireAfterSeconds": 86400}}
+    assert collection._storage_text({"capped": True}, {}) == (
+        "capped (the oldest records go when it is full)"
+    )
+    series = {"timeseries": {"timeField": "date_created"}, "expireAfterSeconds": 3600}
+    assert collection._storage_text(series, {}) == ("timeseries (records expire after 3600 s)")
+    assert collection._storage_text({}, ttl) == "ttl (records expire after 86400 s (expiry))"
+    assert collection._storage_text({}, {"_id_": {"key": [("_id", 1)]}}) == (
+        "plain, no TTL index (records are never removed)"
+    )
+    assert collection._storage_text(collection._UNREPORTED, ttl) == (
+        "ttl (records expire after 86400 s (expiry))"
+    )
+    assert collection._storage_text(collection._UNREPORTED, {}) == "unknown"

@@ -23,18 +23,20 @@ def info_command() -> None:
     records = app_records()
     collection = records._collection
     database = collection.database
+    options = _options(collection)
+    indexes = collection.index_information()
     rows = [
         (
             "Collection",
             f"{collection.name} (database {database.name}, connection {connection_alias()!r})",
         ),
-        ("Capped", _capped_text(collection)),
-        ("Storage", _storage_text(collection)),
+        ("Capped", _capped_text(options)),
+        ("Storage", _storage_text(options, indexes)),
         ("Size", _size_text(database, collection.name)),
         ("Records", str(collection.estimated_document_count())),
         ("Oldest", _edge_text(records.filter(date_created__ne=None).order_by("date_created"))),
         ("Newest", _edge_text(records.filter(date_created__ne=None).order_by("-date_created"))),
-        ("Indexes", _indexes_text(collection)),
+        ("Indexes", _indexes_text(indexes)),
         ("Writer", _writer_text()),
     ]
     width = max(len(label) for label, _ in rows) + 1
@@ -42,12 +44,22 @@ def info_command() -> None:
         click.echo(f"{click.style((label + ':').ljust(width), bold=True)} {text}")
 
 
-def _capped_text(collection: Any) -> str:
+#: What :func:`_options` gives for a server that does not report collection options.
+_UNREPORTED = object()
+
+
+def _options(collection: Any) -> Any:
+    """The collection's options (one round trip for the rows that read them)."""
     try:
-        options = collection.options()
+        return collection.options()
     except ConnectionFailure:
         raise
     except Exception:
+        return _UNREPORTED
+
+
+def _capped_text(options: Any) -> str:
+    if options is _UNREPORTED:
         return "unknown (this server does not report collection options)"
     if not isinstance(options, dict) or not options.get("capped"):
         return "no"
@@ -55,14 +67,8 @@ def _capped_text(collection: Any) -> str:
     return f"yes ({bytes_text(int(options.get('size') or 0))}{maximum})"
 
 
-def _storage_text(collection: Any) -> str:
+def _storage_text(options: Any, indexes: dict[str, Any]) -> str:
     """The storage mode (TRACKING_STORAGE) the collection is in, and how records leave it."""
-    try:
-        options = collection.options()
-    except ConnectionFailure:
-        raise
-    except Exception:
-        options = None
     mode = mode_of(options) if isinstance(options, dict) else None
     if mode == "capped":
         return "capped (the oldest records go when it is full)"
@@ -70,7 +76,7 @@ def _storage_text(collection: Any) -> str:
         return f"timeseries (records expire after {options.get('expireAfterSeconds')} s)"
     expiry = [
         f"{spec['expireAfterSeconds']} s ({name})"
-        for name, spec in collection.index_information().items()
+        for name, spec in indexes.items()
         if spec.get("expireAfterSeconds") is not None
     ]
     if expiry:
@@ -102,9 +108,9 @@ def _edge_text(records: TrackingQuerySet) -> str:
     return f"{when} UTC ({record.pk})"
 
 
-def _indexes_text(collection: Any) -> str:
+def _indexes_text(indexes: dict[str, Any]) -> str:
     names = []
-    for name, spec in collection.index_information().items():
+    for name, spec in indexes.items():
         keys = ", ".join(f"{field} {direction}" for field, direction in spec.get("key", []))
         names.append(f"{name} ({keys})")
     return "; ".join(names) or "-"
