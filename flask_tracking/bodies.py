@@ -399,8 +399,9 @@ _JSON_STRING_OR_FILTERED_NUMBER = re.compile(
 
 #: An escaped slash (``\\/``, ``\\u002f``), plus (``\\u002B``, .NET's System.Text.Json
 #: writes it) or backslash in JSON text (``\\\\`` is matched first, so the slash of
-#: ``\\\\/`` is not taken for an escaped one). No other escape: unescaped, a letter or digit
-#: (``AKIA...\\u0041``) would hide the credential it ends in the bytes.
+#: ``\\\\/`` is not taken for an escaped one): the first reading of :func:`by_look`. Not the
+#: escapes of letters and digits: unescaped, ``AKIA...\\u0041`` would hide the credential
+#: that the bytes show ending at the backslash; they are read in a second reading.
 _JSON_SLASH_OR_BACKSLASH = re.compile(rb"\\(?:[\\/]|u00(?:2[fFbB]))")
 
 
@@ -411,6 +412,27 @@ def _unescape_slash(match: re.Match[bytes]) -> bytes:
     if found == b"\\\\":
         return found
     return b"/" if found[-1] in b"/fF" else b"+"
+
+
+#: A JSON escape of a printable ASCII character (``\\u0041``), or an escaped backslash (matched
+#: first, so the ``u0041`` of ``\\\\u0041`` is not taken for an escape).
+_JSON_PRINTABLE_OR_BACKSLASH = re.compile(rb"\\(?:\\|u00[2-7][0-9A-Fa-f])")
+
+
+def _unescape_printable(match: re.Match[bytes]) -> bytes:
+    """A printable ASCII character for its JSON escape; ``"`` and ``\\`` as their short escapes
+    (``\\"``, ``\\\\``: unescaped, they would end or escape the string), DEL as it is;
+    ``\\\\`` as it is."""
+    found = match.group(0)
+    if len(found) == 2:
+        return found
+    character = int(found[4:], 16)
+    if character == 0x7F:
+        return found
+    return _SHORT_ESCAPES.get(character) or bytes([character])
+
+
+_SHORT_ESCAPES = {0x22: b'\\"', 0x5C: b"\\\\"}
 
 
 def _quote_filtered_number(match: re.Match[bytes]) -> bytes:
@@ -426,12 +448,21 @@ def by_look(body: bytes, json_shaped: bool) -> bytes:
     string ``"[Filtered]"``; the rest of its bytes are kept too. JSON that escapes its
     slashes (``https:\\/\\/user:password@host``, as PHP's ``json_encode`` writes it), also
     when written into other text (a page's script, a log line), is read with them unescaped,
-    and stored so when something was filtered.
+    and stored so when something was filtered. What is left is read a second time with every
+    JSON escape of a printable character unescaped (``\\u0034111...``, ``https\\u003a//``):
+    when that shows a credential, the body is stored so, filtered. URL encoding is read
+    through by :func:`scrub_values` itself.
     """
     readable = body
     if b"\\/" in body or b"\\u00" in body:  # JSON, or JSON written into other text
         readable = _JSON_SLASH_OR_BACKSLASH.sub(_unescape_slash, body)
     scrubbed = scrub_values(readable)
+    if b"\\u00" in scrubbed:  # a second reading, with every printable character unescaped
+        unescaped = _JSON_PRINTABLE_OR_BACKSLASH.sub(_unescape_printable, scrubbed)
+        if unescaped != scrubbed:
+            filtered = scrub_values(unescaped)
+            if filtered != unescaped:  # more than what was filtered already
+                scrubbed = filtered
     if scrubbed is readable:
         return body  # nothing found: the bytes as they came
     if not json_shaped or FILTERED_BYTES not in scrubbed:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from typing import AnyStr
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 #: The value stored in place of a secret.
 FILTERED = "[Filtered]"
@@ -22,8 +23,71 @@ FILTERED_BYTES = FILTERED.encode()
 
 def scrub_values(body: bytes) -> bytes:
     """``body`` with every credential recognised by its look filtered (:func:`scrub_text`)."""
+    scrubbed = _scrub_plain(body)
+    if 37 in scrubbed or 43 in scrubbed:  # "%" or "+": URL encoding may hide one
+        scrubbed = _scrub_url_encoded(scrubbed)
+    return scrubbed
+
+
+def _scrub_plain(body: bytes) -> bytes:
+    """``body`` with every credential filtered that its bytes show as they are."""
     scrubbed = _sub_credentials(body, _CREDENTIAL_BYTES, _CREDENTIAL_BYTES_BEGIN, _credential_bytes)
     return _scrub_cards(scrubbed) if may_hold_card(scrubbed) else scrubbed
+
+
+def _scrub_url_encoded(text: bytes) -> bytes:
+    """``text`` with the credentials filtered that URL encoding hides: a URL in a query string
+    or a form (``https%3A%2F%2Fada%3Ahunter2%40host``), a card number whose spaces are
+    ``%20``, a value encoded twice. Each run of text between separators (whitespace, quotes,
+    ``<>``, ``&``, ``=``, ``?``, ``#``) that holds a ``%`` or a ``+`` is read decoded (``+`` as
+    a space, up to :data:`_MAX_DECODINGS` times while that changes it); when a credential shows,
+    the run is written encoded again, once, with ``[Filtered]`` in its place. A run that is
+    still encoded after that many decodings is filtered whole. Each byte is looked at a bounded
+    number of times: the time is linear in the text."""
+    mask = text.translate(_RUN_MASK)
+    pieces: list[bytes] = []
+    kept_from = position = 0
+    while (at := mask.find(b"%", position)) != -1:
+        start = mask.rfind(b" ", 0, at) + 1
+        end = mask.find(b" ", at)
+        position = end = len(text) if end == -1 else end
+        run = decoded = text[start:end]
+        for _ in range(_MAX_DECODINGS + 1):
+            plainer = unquote_to_bytes(decoded.replace(b"+", b" "))
+            if plainer == decoded:
+                break
+            decoded = plainer
+        else:  # encoded more times than anything but an attempt to hide something: not kept
+            decoded = scrubbed = FILTERED_BYTES
+        if decoded == run:
+            continue
+        if decoded is not FILTERED_BYTES:
+            scrubbed = _scrub_plain(decoded)
+            if scrubbed == decoded:  # nothing, or only what was filtered already
+                continue
+        pieces.append(text[kept_from:start])
+        pieces.append(
+            FILTERED_BYTES.join(
+                quote_from_bytes(piece, safe=" ").replace(" ", "+").encode("ascii")
+                for piece in scrubbed.split(FILTERED_BYTES)
+            )
+        )
+        kept_from = end
+    if not pieces:
+        return text
+    pieces.append(text[kept_from:])
+    return b"".join(pieces)
+
+
+#: How many layers of URL encoding :func:`_scrub_url_encoded` reads through (a URL in a query
+#: parameter of a URL in a query parameter is encoded twice).
+_MAX_DECODINGS = 4
+#: A ``bytes.translate`` table for :func:`_scrub_url_encoded`: what separates runs of URL-encoded
+#: text to ``" "``, ``%`` and ``+`` to ``%``, every other byte to ``x``.
+_RUN_MASK = bytes(
+    ord(" ") if byte in b" \t\n\r\x0b\x0c\"'<>&=?#" else ord("%") if byte in b"%+" else ord("x")
+    for byte in range(256)
+)
 
 
 def scrub_text(text: str) -> str:
@@ -41,6 +105,11 @@ def scrub_text(text: str) -> str:
         )
     if _may_hold_card_run(scrubbed) and _CARD_TEXT.search(scrubbed) is not None:
         scrubbed = _CARD_TEXT.sub(_card_text, scrubbed)
+    if "%" in scrubbed or "+" in scrubbed:  # URL encoding may hide one
+        encoded = scrubbed.encode("utf-8", "surrogatepass")
+        decoded = _scrub_url_encoded(encoded)
+        if decoded is not encoded:
+            scrubbed = decoded.decode("utf-8", "surrogatepass")
     return text if scrubbed == text else scrubbed
 
 
@@ -149,10 +218,14 @@ def _is_card_number(candidate: str) -> bool:
 
 
 # Credentials by their look. A JWT: three base64url parts, the first a JSON object ("eyJ").
+# A token's characters may be escaped (``%41``, ``\u0041``): a token read on to its end, so
+# that no part of it is left to show once the escapes are read (see :func:`scrub_values`).
+_JWT_PART = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
+_TOKEN_CHARACTER = r"(?:[A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 _CREDENTIAL_PATTERN = (
-    r"(?P<jwt>(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)"
+    rf"(?P<jwt>(?<![A-Za-z0-9_-])eyJ{_JWT_PART}{{4,}}\.{_JWT_PART}{{4,}}\.{_JWT_PART}*)"
     r"|(?P<scheme>(?<![A-Za-z0-9])(?:Bearer|bearer|BEARER|Basic|basic|BASIC)[ \t]+)"
-    r"(?=[A-Za-z0-9._~+/-]{6})[A-Za-z0-9._~+/-]+=*"
+    rf"(?=[A-Za-z0-9._~+/-]{{6}}){_TOKEN_CHARACTER}+=*"
     r"|(?P<aws>(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9]))"
     r"|(?P<pem>-----BEGIN[A-Z ]{0,20}PRIVATE KEY-----"
     r"(?:(?!-----END)[^\"'<])*(?:-----END[A-Z ]{0,20}PRIVATE KEY-----)?)"
@@ -173,15 +246,17 @@ CREDENTIAL_WORDS = (b"eyj", b"bearer", b"basic", b"akia", b"asia", b"privatekey"
 #: The ``search`` of a pattern finding any of :data:`CREDENTIAL_WORDS` in a body's words.
 CREDENTIAL_WORDS_SEARCH = re.compile(b"|".join(CREDENTIAL_WORDS)).search
 # Card numbers: 13-19 digits in a row, or in groups of 4 (4-4-4-1..7) or 4-6-5 (Amex) split
-# by single spaces or dashes; in a mask where every digit is "0" and every separator " ".
+# by single spaces, dashes or plus signs (a form's spaces); in a mask where every digit is "0"
+# and every separator " ".
 _DIGIT_MASK = bytes(
-    ord("0") if chr(byte).isdigit() and byte < 128 else ord(" ") if byte in b" -" else ord("x")
+    ord("0") if chr(byte).isdigit() and byte < 128 else ord(" ") if byte in b" +-" else ord("x")
     for byte in range(256)
 )
 #: What every card-shaped run of digits in a body begins with (13 digits in a row, or grouped
-#: by single spaces or dashes): a regex over bytes, for the google-re2 pre-filter of bodies.
+#: by single spaces, dashes or plus signs): a regex over bytes, for the google-re2 pre-filter
+#: of bodies.
 CARD_RUN_PATTERN = (
-    rb"[0-9]{13}|[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[0-9]{4}[ -][0-9]{6}[ -][0-9]{5}"
+    rb"[0-9]{13}|[0-9]{4}[ +-][0-9]{4}[ +-][0-9]{4}[ +-][0-9]|[0-9]{4}[ +-][0-9]{6}[ +-][0-9]{5}"
 )
 #: What every card-shaped run leaves in a body's words (separators deleted) translated by
 #: :data:`DIGITS_ONLY_MASK`: 13 ``0`` in a row.
@@ -192,8 +267,8 @@ _CARD_SHAPE = re.compile(rb"0000(?:0{9,15}| 0000 0000 0{1,7}| 000000 00000)(?!0)
 #: What every card-shaped run contains (13 digits in a row, or grouped by spaces or dashes).
 _CARD_RUNS = (b"0" * 13, b"0000 0000 0000 0", b"0000 000000 0")
 _CARD_TEXT = re.compile(
-    r"(?<![0-9])[0-9]{4}(?:[0-9]{9,15}|[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]{1,7}"
-    r"|[ -][0-9]{6}[ -][0-9]{5})(?![0-9])"
+    r"(?<![0-9])[0-9]{4}(?:[0-9]{9,15}|[ +-][0-9]{4}[ +-][0-9]{4}[ +-][0-9]{1,7}"
+    r"|[ +-][0-9]{6}[ +-][0-9]{5})(?![0-9])"
 )
 # Visa, Mastercard, American Express, Diners, Discover, JCB, UnionPay, Maestro.
 _CARD_PREFIX = re.compile(r"4|5|6|2[2-7]|3[04-9]")

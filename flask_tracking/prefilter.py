@@ -358,6 +358,35 @@ def _re_finder(terms: list[bytes]) -> Callable[[bytes], int]:
 def hints_of(found: int, body: bytes, escapes: bool) -> int:
     """The hints (:meth:`Redactor._hints`) given what the pre-filter found in ``body``."""
     hints = NAME_HINT if found & _FOUND_TERM or (escapes and found & _FOUND_ESCAPE) else 0
-    if found & (_FOUND_CREDENTIAL | _FOUND_URL) or (found & _FOUND_CARD and may_hold_card(body)):
+    if (
+        found & (_FOUND_CREDENTIAL | _FOUND_URL)
+        or (found & _FOUND_CARD and may_hold_card(body))
+        or (found & _FOUND_ESCAPE and escape_may_hide_a_value(body))
+    ):
         hints |= VALUE_HINT
     return hints
+
+
+def escape_may_hide_a_value(body: bytes) -> bool:
+    """Whether an escape in ``body`` can hide the look of a credential: a JSON escape of a
+    printable character (``\\u0041``; not those of ``"'<>&\\``, which encoders write for
+    HTML's sake and no credential is recognised by), a percent escape of a letter or digit
+    (``%41``), a URL's ``://`` percent-encoded (``%3A%2F%2F``, ``%3A//``, ``:%2F%2F``), or a
+    percent-encoded space, plus or dash between digits (a card number's separators). Each
+    search begins with a literal (``\\u00``, ``%``, ``:``): C-level scans."""
+    if 92 in body and _JSON_HIDING_ESCAPE.search(body) is not None:
+        return True
+    return 37 in body and (
+        _PERCENT_HIDING_ESCAPE.search(body) is not None
+        or ((b":%2" in body or b":/%2" in body) and _PERCENT_SLASHES.search(body) is not None)
+    )
+
+
+_JSON_HIDING_ESCAPE = re.compile(
+    rb"\\u00(?:2[013-589A-Fa-f]|3[0-9ABDFabdf]|[46][0-9A-Fa-f]|5[0-9ABD-Fabd-f]|7[0-9A-Ea-e])"
+)
+_PERCENT_HIDING_ESCAPE = re.compile(
+    rb"%(?:3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|3[Aa](?:/|%2[Ff])(?:/|%2[Ff])"
+    rb"|(?<=[0-9]%)2[0BDbd](?=[0-9]))"
+)
+_PERCENT_SLASHES = re.compile(rb":(?:/|%2[Ff])%2[Ff]|:%2[Ff]/")

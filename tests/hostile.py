@@ -146,6 +146,22 @@ BODY_SHAPES: dict[str, BodyShape] = {
     ),
     "value: digit runs": lambda size: (_fill(b"4111 1111 1111 111 ", size, b"pass "), "text/plain"),
     "value: almost-JWTs": lambda size: (_fill(b"eyJhbGciOi.eyJ", size, b"pass "), "text/plain"),
+    "value: encoded runs": lambda size: (
+        _fill(b"a%41+", size, b"https%3A%2F%2F"),
+        "application/x-www-form-urlencoded",
+    ),
+    "value: encoded runs, many": lambda size: (
+        _fill(b"%3A%2F%2Fa%3Ab%40 ", size),
+        "text/plain",
+    ),
+    "value: encoded many times": lambda size: (
+        b"u=https" + b"%25" * (size // 3 - 8) + b"3A//a:b@h",
+        "application/x-www-form-urlencoded",
+    ),
+    "value: escaped characters": lambda size: (
+        _fill(b"\\u0041KIA\\u0030 ", size, b'{"a": "', b'"}'),
+        "application/json",
+    ),
     "value: PEM headers": lambda size: (
         _fill(b"-----BEGIN PRIVATE KEY-----", size, b"pass "),
         "text/plain",

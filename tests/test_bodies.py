@@ -119,6 +119,39 @@ _TEXTS = st.lists(
 ).map("".join)
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"n": "\\u0034111111111111111"}', {"n": FILTERED}),
+        (b'{"n": "4111\\u002d1111\\u002D1111\\u00201111"}', {"n": FILTERED}),
+        (b'{"k": "\\u0041KIAIOSFODNN7EXAMPLE"}', {"k": FILTERED}),
+        (
+            b'{"u": "https\\u003a//ada:pw@db\\u002eexample"}',
+            {"u": f"https://ada:{FILTERED}@db.example"},
+        ),
+        (b'{"u": "https://ada:pw\\u0040db"}', {"u": f"https://ada:{FILTERED}@db"}),
+        (b'{"m": "\\u0022Bearer abcdef123\\u0022, \\u005c"}', {"m": f'"Bearer {FILTERED}", \\'}),
+    ],
+)
+def test_by_look_reads_json_escapes_of_printable_characters_a_second_time(
+    body: bytes, expected: dict[str, str]
+) -> None:
+    """Escaped letters, digits and separators hide a credential from the bytes; read with them
+    unescaped (``"`` and ``\\`` as their short escapes) it is found, and the body is stored
+    so, still JSON."""
+    kept = by_look(body, json_shaped=True)
+    assert json.loads(kept) == expected
+
+
+def test_by_look_keeps_json_escapes_when_the_second_reading_finds_nothing_new() -> None:
+    clean = b'{"a": "caf\\u00e9 \\u003cb\\u003e \\u0041"}'
+    assert by_look(clean, json_shaped=True) is clean
+    found_first = b'{"k": "AKIAIOSFODNN7EXAMPLE\\u0041", "b": "\\u0042"}'
+    assert by_look(found_first, json_shaped=True) == (
+        b'{"k": "' + FILTERED.encode() + b'\\u0041", "b": "\\u0042"}'
+    )
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     texts=st.lists(_TEXTS, max_size=4),

@@ -55,6 +55,55 @@ def test_look_alikes_are_kept(text: str) -> None:
     assert scrub_text(text) is text
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "u=https%3A%2F%2Fada%3Ahunter2%40db.example%2Fx&p=2",
+            f"u=https%3A%2F%2Fada%3A{FILTERED}%40db.example%2Fx&p=2",
+        ),
+        ("n=https%3A//ada%3Ahunter2%40db/", f"n=https%3A%2F%2Fada%3A{FILTERED}%40db%2F"),
+        ("r=https%253A%252F%252Fada%253Ahunter2%2540db", f"r=https%3A%2F%2Fada%3A{FILTERED}%40db"),
+        ("card=4111+1111+1111+1111", f"card={FILTERED}"),
+        ("card=4111%201111%201111%201111&x=1", f"card={FILTERED}&x=1"),
+        ("card=4111%2D1111%2D1111%2D1111", f"card={FILTERED}"),
+        ("a=Bearer+abcdef123456", f"a=Bearer+{FILTERED}"),
+        ("k=%41KIAIOSFODNN7EXAMPLE", f"k={FILTERED}"),
+        ("Bearer abcdef%41rest tail", f"Bearer {FILTERED} tail"),
+        ('"Bearer abcdef\\u0041rest"', f'"Bearer {FILTERED}"'),
+        ("https://ada:pw%40x@db.example/", f"https://ada:{FILTERED}@db.example/"),
+        ("a=%2525252525252541x&b=1", f"a={FILTERED}&b=1"),  # encoded past reading: not kept
+    ],
+)
+def test_credentials_behind_url_encoding_are_found(text: str, expected: str) -> None:
+    """A run of URL-encoded text is read decoded too (``+`` a space, as in forms, and up to a
+    few layers of encoding); where that shows a credential it is written encoded again, once,
+    with the credential filtered. A token is read on through escapes in it."""
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) == expected
+    assert credentials.scrub_values(text.encode()) == expected.encode()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "q=hello+world%21&page=2",
+        "email=ada%40example.com",
+        "next=https%3A%2F%2Fexample.com%2Fa%3Fb%3D1",
+        "order=4111+1111+1111+1112",
+        "t=1733456789012%2B1",
+        "Accept: application/xhtml+xml",
+        "50%+off, 100%",
+    ],
+)
+def test_url_encoded_look_alikes_are_kept(text: str) -> None:
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) is text
+    assert credentials.scrub_values(text.encode()) == text.encode()
+
+
 # Pieces of credentials (and of near misses) as they are looked for by their look.
 _CREDENTIAL_PIECES = st.sampled_from(
     [

@@ -80,9 +80,45 @@ def _reference_hints(redactor: Redactor, body: bytes, escapes: bool = True) -> i
         any(word in words for word in credentials.CREDENTIAL_WORDS)
         or any(url in body for url in (b"://", b":\\/", b":/\\", b":\\u002f", b":\\u002F"))
         or credentials.may_hold_card(body)
+        or any(escape in body for escape in _HIDING_ESCAPES)
     ):
         hints |= prefilter.VALUE_HINT
     return hints
+
+
+def _both_cases(escape: str) -> set[bytes]:
+    return {escape.encode(), escape.upper().replace("\\U", "\\u").encode()}
+
+
+#: The escapes that can hide the look of a credential, written out: JSON's of a printable
+#: character but ``"'<>&\\`` (HTML's), percent escapes of letters and digits, ``://``
+#: percent-encoded, and a percent-encoded space, plus or dash between digits.
+_HIDING_ESCAPES = (
+    {
+        escape
+        for character in map(chr, range(0x20, 0x7F))
+        for escape in _both_cases(f"\\u{ord(character):04x}")
+        if character not in "\"'<>&\\"
+    }
+    | {
+        escape
+        for character in string.ascii_letters + string.digits
+        for escape in _both_cases(f"%{ord(character):02x}")
+    }
+    | {
+        (colon + first + second).encode()
+        for colon in (":", "%3a", "%3A")
+        for first in ("/", "%2f", "%2F")
+        for second in ("/", "%2f", "%2F")
+        if colon + first + second != "://"
+    }
+    | {
+        f"{before}%2{code}{after}".encode()
+        for before in string.digits
+        for after in string.digits
+        for code in "0BDbd"
+    }
+)
 
 
 ENGINES = ["re2", "ahocorasick", "python"]
@@ -195,6 +231,30 @@ def test_credentials_behind_unicode_escapes_are_found(engine: str) -> None:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_escapes_that_can_hide_a_credential_send_the_body_to_the_look(engine: str) -> None:
+    """A body whose escapes may hide a credential's look is looked at closely; the escapes
+    encoders write for other reasons (HTML's in JSON, a form's spaces and ``@``) are not
+    enough."""
+    redactor = _with_engine(engine)
+    hiding = [
+        b'{"n": "\\u0034111111111111111"}',
+        b'{"k": "\\u0041KIAIOSFODNN7EXAMPLE"}',
+        b"k=%41KIAIOSFODNN7EXAMPLE",
+        b"next=https%3A%2F%2Fada%3Apw%40db",
+        b"next=https%3a//ada%3Apw%40db",
+        b"next=https:%2f%2fada%3Apw%40db",
+        b"card=4111%201111%201111%201111",
+    ]
+    for body in hiding:
+        assert redactor._hints(body, escapes=False) & prefilter.VALUE_HINT, body
+    for body in (
+        b'{"html": "\\u003cb\\u003e \\u0026 \\u0022 \\u0027 caf\\u00e9 \\n"}',
+        b"email=ada%40example.com&q=hello%20world&p=50%25",
+    ):
+        assert not redactor._hints(body, escapes=False) & prefilter.VALUE_HINT, body
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_names_split_by_any_byte_are_found(engine: str) -> None:
     """The words of a name are ASCII letters and digits, whatever is between them: bytes that
     are not UTF-8, NUL, line breaks."""
@@ -241,7 +301,14 @@ _FRAGMENTS = st.sampled_from(
         b"\\",
         b"u002f",
         b"u002F",
+        b"u0034",
+        b"u003c",
+        b"u0022",
         b"%",
+        b"3A",
+        b"2f",
+        b"41",
+        b"20",
         b"4111",
         b"1111",
         b"378282",

@@ -10,6 +10,7 @@ import io
 import json
 import uuid
 from typing import Any, Callable
+from urllib.parse import quote
 
 import bson
 import pytest
@@ -358,6 +359,36 @@ def test_form_urlencoded_body(app: Flask, client: Any, mongo: Any) -> None:
     [doc] = stored(app, mongo)
     assert_absent(doc, secret)
     assert doc["request_body"] == f"user=ada&password={FILTERED}".encode()
+
+
+def test_credentials_in_a_form_and_a_query_string_as_a_browser_encodes_them(
+    app: Flask, client: Any, mongo: Any
+) -> None:
+    """A form sends a card number's spaces as ``+`` and a URL's ``:``, ``/`` and ``@``
+    percent-encoded; JavaScript's ``encodeURIComponent`` writes spaces as ``%20``."""
+    password = "hunter2" + token("pw")[-6:]
+    url = f"https://ada:{password}@db.example/x"
+    seen: list[dict[str, str]] = []
+
+    @app.route("/checkout", methods=["GET", "POST"])
+    def checkout() -> str:
+        seen.append({**request.args.to_dict(), **request.form.to_dict()})
+        return "ok"
+
+    browser = f"card=4111+1111+1111+1111&next={quote(url, safe='')}"  # as browsers encode
+    client.post("/checkout", data=browser, content_type="application/x-www-form-urlencoded")
+    client.get(f"/checkout?{browser}", headers={"Referer": f"https://shop.example/?{browser}"})
+    client.get("/checkout?card=4111%201111%201111%201111&pin=1")
+    assert seen[:2] == [{"card": "4111 1111 1111 1111", "next": url}] * 2
+    assert seen[2]["card"] == "4111 1111 1111 1111"
+    post, get, script = sorted(stored(app, mongo), key=lambda doc: doc["date_created"])
+    encoded_url = f"https%3A%2F%2Fada%3A{FILTERED}%40db.example%2Fx"
+    assert post["request_body"] == f"card={FILTERED}&next={encoded_url}".encode()
+    assert get["query_params"] == f"card={FILTERED}&next={encoded_url}"
+    assert get["referrer"] == f"https://shop.example/?card={FILTERED}&next={encoded_url}"
+    assert script["query_params"] == f"card={FILTERED}&pin={FILTERED}"
+    for doc in (post, get, script):
+        assert_absent(doc, password, "4111")
 
 
 def test_form_urlencoded_response_body(app: Flask, client: Any, mongo: Any) -> None:
