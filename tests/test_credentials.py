@@ -47,12 +47,21 @@ def test_credentials_are_found_by_their_look(text: str, expected: str) -> None:
         "basic plan, bearer of news",
         "eyJ alone",
         "Asia/Tokyo",
+        # URL-encoded, read decoded too
+        "q=hello+world%21&page=2",
+        "email=ada%40example.com",
+        "next=https%3A%2F%2Fexample.com%2Fa%3Fb%3D1",
+        "order=4111+1111+1111+1112",
+        "t=1733456789012%2B1",
+        "Accept: application/xhtml+xml",
+        "50%+off, 100%",
     ],
 )
 def test_look_alikes_are_kept(text: str) -> None:
     from flask_tracking.redact import scrub_text
 
     assert scrub_text(text) is text
+    assert credentials.scrub_values(text.encode()) == text.encode()
 
 
 @pytest.mark.parametrize(
@@ -83,25 +92,6 @@ def test_credentials_behind_url_encoding_are_found(text: str, expected: str) -> 
 
     assert scrub_text(text) == expected
     assert credentials.scrub_values(text.encode()) == expected.encode()
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "q=hello+world%21&page=2",
-        "email=ada%40example.com",
-        "next=https%3A%2F%2Fexample.com%2Fa%3Fb%3D1",
-        "order=4111+1111+1111+1112",
-        "t=1733456789012%2B1",
-        "Accept: application/xhtml+xml",
-        "50%+off, 100%",
-    ],
-)
-def test_url_encoded_look_alikes_are_kept(text: str) -> None:
-    from flask_tracking.redact import scrub_text
-
-    assert scrub_text(text) is text
-    assert credentials.scrub_values(text.encode()) == text.encode()
 
 
 # Pieces of credentials (and of near misses) as they are looked for by their look.
