@@ -218,14 +218,15 @@ def _is_card_number(candidate: str) -> bool:
 
 
 # Credentials by their look. A JWT: three base64url parts, the first a JSON object ("eyJ").
-# A token's characters may be escaped (``%41``, ``\u0041``): a token read on to its end, so
-# that no part of it is left to show once the escapes are read (see :func:`scrub_values`).
+# A token's characters may be escaped (``%41``, ``\u0041``), its first six too: a token read on
+# to its end, so that no part of it is left to show once the escapes are read (see
+# :func:`scrub_values`).
 _JWT_PART = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 _TOKEN_CHARACTER = r"(?:[A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 _CREDENTIAL_PATTERN = (
     rf"(?P<jwt>(?<![A-Za-z0-9_-])eyJ{_JWT_PART}{{4,}}\.{_JWT_PART}{{4,}}\.{_JWT_PART}*)"
     r"|(?P<scheme>(?<![A-Za-z0-9])(?:Bearer|bearer|BEARER|Basic|basic|BASIC)[ \t]+)"
-    rf"(?=[A-Za-z0-9._~+/-]{{6}}){_TOKEN_CHARACTER}+=*"
+    rf"(?={_TOKEN_CHARACTER}{{6}}){_TOKEN_CHARACTER}+=*"
     r"|(?P<aws>(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9]))"
     r"|(?P<pem>-----BEGIN[A-Z ]{0,20}PRIVATE KEY-----"
     r"(?:(?!-----END)[^\"'<])*(?:-----END[A-Z ]{0,20}PRIVATE KEY-----)?)"

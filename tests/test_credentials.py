@@ -94,6 +94,24 @@ def test_credentials_behind_url_encoding_are_found(text: str, expected: str) -> 
     assert credentials.scrub_values(text.encode()) == expected.encode()
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Bearer ab%2Bcdefghijkl tail", f"Bearer {FILTERED} tail"),
+        ("Bearer %61%62%63%64%65%66%67%68", f"Bearer {FILTERED}"),
+        ("basic %41BCDEFGH=", f"basic {FILTERED}"),
+        ('"Bearer a\\u002Fbcdefgh"', f'"Bearer {FILTERED}"'),
+    ],
+)
+def test_a_token_with_escapes_among_its_first_characters_is_found(text: str, expected: str) -> None:
+    """The six characters a token must begin with may be escaped too: a base64 token whose
+    ``+`` or ``/`` is percent-encoded early was stored as it came."""
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) == expected
+    assert credentials.scrub_values(text.encode()) == expected.encode()
+
+
 # Pieces of credentials (and of near misses) as they are looked for by their look.
 _CREDENTIAL_PIECES = st.sampled_from(
     [
