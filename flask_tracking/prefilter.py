@@ -372,7 +372,8 @@ def escape_may_hide_a_value(body: bytes) -> bool:
     printable character (``\\u0041``; not those of ``"'<>&\\``, which encoders write for
     HTML's sake and no credential is recognised by), a percent escape of a letter or digit
     (``%41``), a URL's ``://`` percent-encoded (``%3A%2F%2F``, ``%3A//``, ``:%2F%2F``), or a
-    percent-encoded space, plus or dash between digits (a card number's separators). Each
+    percent-encoded space, plus or dash between digits (a card number's separators); the
+    percent escapes also encoded again (``%2541``, ``%253A%252F%252F``). Each
     search begins with a literal (``\\u00``, ``%``, ``:``): C-level scans."""
     if 92 in body and _JSON_HIDING_ESCAPE.search(body) is not None:
         return True
@@ -385,8 +386,12 @@ def escape_may_hide_a_value(body: bytes) -> bool:
 _JSON_HIDING_ESCAPE = re.compile(
     rb"\\u00(?:2[013-589A-Fa-f]|3[0-9ABDFabdf]|[46][0-9A-Fa-f]|5[0-9ABD-Fabd-f]|7[0-9A-Ea-e])"
 )
+#: A percent escape's ``%``, itself encoded any number of times (``%`` ``%25`` ``%2525``: a value
+#: encoded twice or more, which the look reads through).
+_PERCENT = rb"%(?:25)*"
+_SLASH = rb"(?:/|" + _PERCENT + rb"2[Ff])"
 _PERCENT_HIDING_ESCAPE = re.compile(
-    rb"%(?:3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|3[Aa](?:/|%2[Ff])(?:/|%2[Ff])"
-    rb"|(?<=[0-9]%)2[0BDbd](?=[0-9]))"
+    rb"%(?:(?:25)*(?:3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|3[Aa]" + _SLASH + _SLASH + rb")"
+    rb"|(?<=[0-9]%)(?:25)*2[0BDbd](?=[0-9]))"
 )
-_PERCENT_SLASHES = re.compile(rb":(?:/|%2[Ff])%2[Ff]|:%2[Ff]/")
+_PERCENT_SLASHES = re.compile(rb":" + _SLASH + _PERCENT + rb"2[Ff]|:" + _PERCENT + rb"2[Ff]/")

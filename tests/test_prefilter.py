@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import string
 from collections.abc import Callable
 from typing import Any
@@ -81,6 +82,7 @@ def _reference_hints(redactor: Redactor, body: bytes, escapes: bool = True) -> i
         or any(url in body for url in (b"://", b":\\/", b":/\\", b":\\u002f", b":\\u002F"))
         or credentials.may_hold_card(body)
         or any(escape in body for escape in _HIDING_ESCAPES)
+        or any(escape in re.sub(rb"%(?:25)+", b"%", body) for escape in _HIDING_ESCAPES)
     ):
         hints |= prefilter.VALUE_HINT
     return hints
@@ -92,7 +94,8 @@ def _both_cases(escape: str) -> set[bytes]:
 
 #: The escapes that can hide the look of a credential, written out: JSON's of a printable
 #: character but ``"'<>&\\`` (HTML's), percent escapes of letters and digits, ``://``
-#: percent-encoded, and a percent-encoded space, plus or dash between digits.
+#: percent-encoded, and a percent-encoded space, plus or dash between digits; each percent escape
+#: also encoded again any number of times (``%2541``, ``%252541``: their ``%(25)+`` read as ``%``).
 _HIDING_ESCAPES = (
     {
         escape
@@ -244,12 +247,19 @@ def test_escapes_that_can_hide_a_credential_send_the_body_to_the_look(engine: st
         b"next=https%3a//ada%3Apw%40db",
         b"next=https:%2f%2fada%3Apw%40db",
         b"card=4111%201111%201111%201111",
+        # encoded twice or more: the escapes' own "%" encoded as "%25"
+        b"next=https%253A%252F%252Fada%253Ahunter2%2540db",
+        b"next=https%253A//ada%253Ahunter2%2540db",
+        b"next=https:%252F%25252Fada%253Ahunter2%2540db",
+        b"n=4111%25201111%25201111%25201111",
+        b"k=%252541KIAIOSFODNN7EXAMPLE",
     ]
     for body in hiding:
         assert redactor._hints(body, escapes=False) & prefilter.VALUE_HINT, body
     for body in (
         b'{"html": "\\u003cb\\u003e \\u0026 \\u0022 \\u0027 caf\\u00e9 \\n"}',
         b"email=ada%40example.com&q=hello%20world&p=50%25",
+        b"p=50%25&q=100%25%20off&e=ada%2540example.com",
     ):
         assert not redactor._hints(body, escapes=False) & prefilter.VALUE_HINT, body
 
@@ -309,6 +319,7 @@ _FRAGMENTS = st.sampled_from(
         b"2f",
         b"41",
         b"20",
+        b"25",
         b"4111",
         b"1111",
         b"378282",

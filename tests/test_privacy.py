@@ -391,6 +391,19 @@ def test_credentials_in_a_form_and_a_query_string_as_a_browser_encodes_them(
         assert_absent(doc, password, "4111")
 
 
+def test_a_url_encoded_twice_in_a_body_is_filtered(app: Flask, client: Any, mongo: Any) -> None:
+    """A value encoded twice (``%253A%252F%252F``, a URL in a parameter of a URL in a
+    parameter once the outer one is decoded): the body holds no other hint of a credential,
+    and is still looked at."""
+    password = "hunter2" + token("pw")[-6:]
+    body = "next=" + quote(quote(f"https://ada:{password}@db.example/x", safe=""), safe="")
+    client.post("/echo", data=body, content_type="application/x-www-form-urlencoded")
+    client.post("/echo", data=body, content_type="text/plain")
+    for doc in stored(app, mongo):
+        assert_absent(doc, password)
+        assert FILTERED.encode() in doc["request_body"]
+
+
 def test_form_urlencoded_response_body(app: Flask, client: Any, mongo: Any) -> None:
     secret = token("form")
 
