@@ -42,8 +42,9 @@ def _scrub_url_encoded(text: bytes) -> bytes:
     ``<>``, ``&``, ``=``, ``?``, ``#``) that holds a ``%`` or a ``+`` is read decoded (``+`` as
     a space, up to :data:`_MAX_DECODINGS` times while that changes it); when a credential shows,
     the run is written encoded again, once, with ``[Filtered]`` in its place. A run that is
-    still encoded after that many decodings is filtered whole. Each byte is looked at a bounded
-    number of times: the time is linear in the text."""
+    still encoded after that many decodings is filtered whole. The backslashes a run ends in
+    are kept as they are (in JSON, ``\\"`` ends a run at an escaped quote). Each byte is looked
+    at a bounded number of times: the time is linear in the text."""
     mask = text.translate(_RUN_MASK)
     pieces: list[bytes] = []
     kept_from = position = 0
@@ -51,6 +52,8 @@ def _scrub_url_encoded(text: bytes) -> bytes:
         start = mask.rfind(b" ", 0, at) + 1
         end = mask.find(b" ", at)
         position = end = len(text) if end == -1 else end
+        while text[end - 1] == 92:  # a backslash: JSON's escape of the quote that ends the run
+            end -= 1  # (or an escaped backslash before it) is kept as it is, and still escapes
         run = decoded = text[start:end]
         for _ in range(_MAX_DECODINGS + 1):
             plainer = unquote_to_bytes(decoded.replace(b"+", b" "))

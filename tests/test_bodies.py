@@ -143,6 +143,26 @@ def test_by_look_reads_json_escapes_of_printable_characters_a_second_time(
     assert json.loads(kept) == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('see https://ada:pw%40db\\" here', f'see https%3A%2F%2Fada%3A{FILTERED}%40db" here'),
+        ("https://ada:pw%40db\\\\", f"https%3A%2F%2Fada%3A{FILTERED}%40db\\"),
+        ('https://ada:pw%40db\\\\\\"', f'https%3A%2F%2Fada%3A{FILTERED}%40db\\"'),
+        ('a%2525252525252541\\" b', f'{FILTERED}" b'),
+    ],
+)
+def test_by_look_keeps_json_valid_when_a_url_encoded_run_ends_in_an_escape(
+    value: str, expected: str
+) -> None:
+    """A URL-encoded run ends at a quote: in a JSON string, the backslash before an escaped
+    quote (or an escaped backslash before the closing quote) is the run's last byte. Written
+    encoded again, it would leave the quote unescaped and the body no JSON."""
+    body = b'{"m": "' + value.encode() + b'"}'
+    json.loads(body)
+    assert json.loads(by_look(body, json_shaped=True)) == {"m": expected}
+
+
 def test_by_look_keeps_json_escapes_when_the_second_reading_finds_nothing_new() -> None:
     clean = b'{"a": "caf\\u00e9 \\u003cb\\u003e \\u0041"}'
     assert by_look(clean, json_shaped=True) is clean
