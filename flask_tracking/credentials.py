@@ -226,11 +226,17 @@ def _is_card_number(candidate: str) -> bool:
 # :func:`scrub_values`).
 _JWT_PART = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 _TOKEN_CHARACTER = r"(?:[A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
+# A credential begins a word; right after an escape of a line break or another control
+# character (``\n``, ``\u000A``: a line of a JSON string) too, though the escape ends in a
+# letter or digit.
+_AFTER_ESCAPE = r"(?<=\\[nrtbf])|(?<=\\u00[01][0-9A-Fa-f])"
 _CREDENTIAL_PATTERN = (
-    rf"(?P<jwt>(?<![A-Za-z0-9_-])eyJ{_JWT_PART}{{4,}}\.{_JWT_PART}{{4,}}\.{_JWT_PART}*)"
-    r"|(?P<scheme>(?<![A-Za-z0-9])(?:Bearer|bearer|BEARER|Basic|basic|BASIC)[ \t]+)"
+    rf"(?P<jwt>(?:(?<![A-Za-z0-9_-])|{_AFTER_ESCAPE})"
+    rf"eyJ{_JWT_PART}{{4,}}\.{_JWT_PART}{{4,}}\.{_JWT_PART}*)"
+    rf"|(?P<scheme>(?:(?<![A-Za-z0-9])|{_AFTER_ESCAPE})"
+    r"(?:Bearer|bearer|BEARER|Basic|basic|BASIC)[ \t]+)"
     rf"(?={_TOKEN_CHARACTER}{{6}}){_TOKEN_CHARACTER}+=*"
-    r"|(?P<aws>(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9]))"
+    rf"|(?P<aws>(?:(?<![A-Z0-9])|{_AFTER_ESCAPE})(?:AKIA|ASIA)[A-Z0-9]{{16}}(?![A-Z0-9]))"
     r"|(?P<pem>-----BEGIN[A-Z ]{0,20}PRIVATE KEY-----"
     r"(?:(?!-----END)[^\"'<])*(?:-----END[A-Z ]{0,20}PRIVATE KEY-----)?)"
     r"|(?<=://)(?P<user>[^\s/?#@:\"'<>]{0,256}):[^\s/?#@\"'<>]{0,256}@"

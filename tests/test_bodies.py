@@ -18,6 +18,8 @@ from flask_tracking.bodies import NAMING_KEYS, BodyFilters, by_look, map_items
 from flask_tracking.content import Unreadable
 from flask_tracking.credentials import FILTERED
 
+from .test_credentials import JWT
+
 CARD = "4111111111111111"
 
 
@@ -161,6 +163,28 @@ def test_by_look_keeps_json_valid_when_a_url_encoded_run_ends_in_an_escape(
     body = b'{"m": "' + value.encode() + b'"}'
     json.loads(body)
     assert json.loads(by_look(body, json_shaped=True)) == {"m": expected}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "line\\n" + JWT,
+        "a\\r\\nBearer abcdef123456",
+        "a\\tBasic dXNlcjpwYXNzd29yZA==",
+        "x\\u000AAKIAIOSFODNN7EXAMPLE",
+        "x\\u0009ASIAIOSFODNN7EXAMPLE y",
+        "\\u000Bbearer abcdef123456",
+        "x\\f" + JWT,
+    ],
+)
+def test_by_look_finds_a_credential_right_after_a_json_escape(value: str) -> None:
+    """A credential at the start of a line of a JSON string follows an escape (``\\n``,
+    ``\\u000a``) whose last character is a letter or digit, not a word's end."""
+    body = b'{"log": "' + value.encode() + b'"}'
+    kept = json.loads(by_look(body, json_shaped=True))["log"]
+    assert FILTERED in kept
+    for part in ("abcdef123456", "dXNlcjpwYXNz", "IOSFODNN7EXAMPLE", JWT[-20:]):
+        assert part not in kept
 
 
 def test_by_look_keeps_json_escapes_when_the_second_reading_finds_nothing_new() -> None:
