@@ -228,7 +228,8 @@ _JWT_PART = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 _TOKEN_CHARACTER = r"(?:[A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 # A credential begins a word; right after an escape of a line break or another control
 # character (``\n``, ``\u000A``: a line of a JSON string) too, though the escape ends in a
-# letter or digit.
+# letter or digit. A private key runs to its end line, or else to a quote or a tag, and not into
+# the backslash that escapes a quote (in JSON, ``\\"`` ends no string).
 _AFTER_ESCAPE = r"(?<=\\[nrtbf])|(?<=\\u00[01][0-9A-Fa-f])"
 _CREDENTIAL_PATTERN = (
     rf"(?P<jwt>(?:(?<![A-Za-z0-9_-])|{_AFTER_ESCAPE})"
@@ -238,7 +239,7 @@ _CREDENTIAL_PATTERN = (
     rf"(?={_TOKEN_CHARACTER}{{6}}){_TOKEN_CHARACTER}+=*"
     rf"|(?P<aws>(?:(?<![A-Z0-9])|{_AFTER_ESCAPE})(?:AKIA|ASIA)[A-Z0-9]{{16}}(?![A-Z0-9]))"
     r"|(?P<pem>-----BEGIN[A-Z ]{0,20}PRIVATE KEY-----"
-    r"(?:(?!-----END)[^\"'<])*(?:-----END[A-Z ]{0,20}PRIVATE KEY-----)?)"
+    r"(?:(?!-----END)(?:[^\"'<\\]|\\[^\"'<]))*(?:-----END[A-Z ]{0,20}PRIVATE KEY-----)?)"
     r"|(?<=://)(?P<user>[^\s/?#@:\"'<>]{0,256}):[^\s/?#@\"'<>]{0,256}@"
 )
 _CREDENTIAL_TEXT = re.compile(_CREDENTIAL_PATTERN)

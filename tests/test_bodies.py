@@ -187,6 +187,23 @@ def test_by_look_finds_a_credential_right_after_a_json_escape(value: str) -> Non
         assert part not in kept
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('-----BEGIN PRIVATE KEY-----MIIEvQ\\" cut', f'{FILTERED}" cut'),
+        ("key: -----BEGIN PRIVATE KEY-----MIIEvQ\\\\", f"key: {FILTERED}"),
+        ('-----BEGIN PRIVATE KEY-----\\nMIIE\\\\\\"', f'{FILTERED}"'),
+    ],
+)
+def test_by_look_keeps_json_valid_when_a_private_key_runs_to_an_escaped_quote(
+    value: str, expected: str
+) -> None:
+    """A private key without its end line runs to a quote: in a JSON string, not into the
+    backslash that escapes a quote (stored as ``[Filtered]"``, the quote ended the string)."""
+    body = b'{"k": "' + value.encode() + b'"}'
+    assert json.loads(by_look(body, json_shaped=True)) == {"k": expected}
+
+
 def test_by_look_keeps_json_escapes_when_the_second_reading_finds_nothing_new() -> None:
     clean = b'{"a": "caf\\u00e9 \\u003cb\\u003e \\u0041"}'
     assert by_look(clean, json_shaped=True) is clean
