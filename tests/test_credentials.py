@@ -97,6 +97,26 @@ def test_credentials_behind_url_encoding_are_found(text: str, expected: str) -> 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
+        ("order 2024 4111 1111 1111 1111", f"order 2024 {FILTERED}"),
+        ("x 1234-4111-1111-1111-1111 y", f"x 1234-{FILTERED} y"),
+        ("q=2024+4111+1111+1111+1111", f"q=2024+{FILTERED}"),
+        ("1234 5678 4111 1111 1111 1111", f"1234 5678 {FILTERED}"),
+        ('"\\u0009 4111 1111 1111 1111"', f'"\\u0009 {FILTERED}"'),
+    ],
+)
+def test_a_card_number_after_a_group_of_digits_is_found(text: str, expected: str) -> None:
+    """A card number's groups may follow other digits grouped alike (a year, a quantity):
+    the digits that look like a card's are read from each group on, not only from the first
+    (the first four groups were read, were no card, and the card was stored as it came)."""
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) == expected
+    assert credentials.scrub_values(text.encode()) == expected.encode()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
         ("Bearer ab%2Bcdefghijkl tail", f"Bearer {FILTERED} tail"),
         ("Bearer %61%62%63%64%65%66%67%68", f"Bearer {FILTERED}"),
         ("basic %41BCDEFGH=", f"basic {FILTERED}"),
