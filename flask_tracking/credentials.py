@@ -24,13 +24,16 @@ FILTERED_BYTES = FILTERED.encode()
 def scrub_values(body: bytes) -> bytes:
     """``body`` with every credential recognised by its look filtered (:func:`scrub_text`)."""
     scrubbed = _scrub_plain(body)
-    if 37 in scrubbed or 43 in scrubbed:  # "%" or "+": URL encoding may hide one
+    if 37 in scrubbed:  # "%": URL encoding may hide one
         scrubbed = _scrub_url_encoded(scrubbed)
     return scrubbed
 
 
 def _scrub_plain(body: bytes) -> bytes:
-    """``body`` with every credential filtered that its bytes show as they are."""
+    """``body`` with every credential filtered that its bytes show as they are. A form's ``+``
+    is read as the space it stands for wherever a credential's look has a space (a card's
+    groups, a token's scheme, a private key's header): a run of ``+`` and no ``%`` shows
+    nothing once decoded that it does not show as it is."""
     scrubbed = _sub_credentials(body, _CREDENTIAL_BYTES, _CREDENTIAL_BYTES_BEGIN, _credential_bytes)
     return _scrub_cards(scrubbed) if may_hold_card(scrubbed) else scrubbed
 
@@ -39,8 +42,8 @@ def _scrub_url_encoded(text: bytes) -> bytes:
     """``text`` with the credentials filtered that URL encoding hides: a URL in a query string
     or a form (``https%3A%2F%2Fada%3Ahunter2%40host``), a card number whose spaces are
     ``%20``, a value encoded twice. Each run of text between separators (whitespace, quotes,
-    ``<>``, ``&``, ``=``, ``?``, ``#``) that holds a ``%`` or a ``+`` is read decoded (``+`` as
-    a space, up to :data:`_MAX_DECODINGS` times while that changes it); when a credential shows,
+    ``<>``, ``&``, ``=``, ``?``, ``#``) that holds a ``%`` is read decoded (``+`` as a space,
+    up to :data:`_MAX_DECODINGS` times while that changes it); when a credential shows,
     the run is written encoded again, once, with ``[Filtered]`` in its place. A run that is
     still encoded after that many decodings is filtered whole. The backslashes a run ends in
     are kept as they are (in JSON, ``\\"`` ends a run at an escaped quote). Each byte is looked
@@ -86,9 +89,9 @@ def _scrub_url_encoded(text: bytes) -> bytes:
 #: parameter of a URL in a query parameter is encoded twice).
 _MAX_DECODINGS = 4
 #: A ``bytes.translate`` table for :func:`_scrub_url_encoded`: what separates runs of URL-encoded
-#: text to ``" "``, ``%`` and ``+`` to ``%``, every other byte to ``x``.
+#: text to ``" "``, ``%`` as it is, every other byte to ``x``.
 _RUN_MASK = bytes(
-    ord(" ") if byte in b" \t\n\r\x0b\x0c\"'<>&=?#" else ord("%") if byte in b"%+" else ord("x")
+    ord(" ") if byte in b" \t\n\r\x0b\x0c\"'<>&=?#" else ord("%") if byte == 37 else ord("x")
     for byte in range(256)
 )
 
@@ -111,7 +114,7 @@ def scrub_text(text: str) -> str:
         cards = _scrub_cards(encoded)
         if cards is not encoded:
             scrubbed = cards.decode("utf-8", "surrogatepass")
-    if "%" in scrubbed or "+" in scrubbed:  # URL encoding may hide one
+    if "%" in scrubbed:  # URL encoding may hide one
         encoded = scrubbed.encode("utf-8", "surrogatepass")
         decoded = _scrub_url_encoded(encoded)
         if decoded is not encoded:
@@ -237,18 +240,18 @@ _JWT_PART = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 _TOKEN_CHARACTER = r"(?:[A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 # A credential begins a word; right after an escape of a line break or another control
 # character (``\n``, ``\u000A``: a line of a JSON string) too, though the escape ends in a
-# letter or digit. A private key runs to its end line, or else to a quote or a tag, and not into
-# the backslash that escapes a quote (in JSON, ``\"`` ends no string).
+# letter or digit. A private key runs to its end line, or else to a quote, a tag or a form's
+# ``&``, and not into the backslash that escapes a quote (in JSON, ``\"`` ends no string).
 _AFTER_ESCAPE = r"(?<=\\[nrtbf])|(?<=\\u00[01][0-9A-Fa-f])"
 _CREDENTIAL_PATTERN = (
     rf"(?P<jwt>(?:(?<![A-Za-z0-9_-])|{_AFTER_ESCAPE})"
     rf"eyJ{_JWT_PART}{{4,}}\.{_JWT_PART}{{4,}}\.{_JWT_PART}*)"
     rf"|(?P<scheme>(?:(?<![A-Za-z0-9])|{_AFTER_ESCAPE})"
-    r"(?:Bearer|bearer|BEARER|Basic|basic|BASIC)[ \t]+)"
+    r"(?:Bearer|bearer|BEARER|Basic|basic|BASIC)[ \t+]+)"
     rf"(?={_TOKEN_CHARACTER}{{6}}){_TOKEN_CHARACTER}+=*"
     rf"|(?P<aws>(?:(?<![A-Z0-9])|{_AFTER_ESCAPE})(?:AKIA|ASIA)[A-Z0-9]{{16}}(?![A-Z0-9]))"
-    r"|(?P<pem>-----BEGIN[A-Z ]{0,20}PRIVATE KEY-----"
-    r"(?:(?!-----END)(?:[^\"'<\\]|\\[^\"'<]))*(?:-----END[A-Z ]{0,20}PRIVATE KEY-----)?)"
+    r"|(?P<pem>-----BEGIN[A-Z +]{0,20}PRIVATE[ +]KEY-----"
+    r"(?:(?!-----END)(?:[^\"'<&\\]|\\[^\"'<&]))*(?:-----END[A-Z +]{0,20}PRIVATE[ +]KEY-----)?)"
     r"|(?<=://)(?P<user>[^\s/?#@:\"'<>]{0,256}):[^\s/?#@\"'<>]{0,256}@"
 )
 _CREDENTIAL_TEXT = re.compile(_CREDENTIAL_PATTERN)

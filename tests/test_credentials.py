@@ -77,6 +77,11 @@ def test_look_alikes_are_kept(text: str) -> None:
         ("card=4111%201111%201111%201111&x=1", f"card={FILTERED}&x=1"),
         ("card=4111%2D1111%2D1111%2D1111", f"card={FILTERED}"),
         ("a=Bearer+abcdef123456", f"a=Bearer+{FILTERED}"),
+        ("k=-----BEGIN+PRIVATE+KEY-----%0AMIIEvQ%2B&x=1", f"k={FILTERED}&x=1"),
+        (
+            "k=-----BEGIN+RSA+PRIVATE+KEY-----+MIIE+-----END+RSA+PRIVATE+KEY-----&x",
+            f"k={FILTERED}&x",
+        ),
         ("k=%41KIAIOSFODNN7EXAMPLE", f"k={FILTERED}"),
         ("Bearer abcdef%41rest tail", f"Bearer {FILTERED} tail"),
         ('"Bearer abcdef\\u0041rest"', f'"Bearer {FILTERED}"'),
