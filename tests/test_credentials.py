@@ -195,3 +195,67 @@ def test_credentials_are_filtered_as_by_the_pattern_everywhere(text: str) -> Non
     assert credentials.scrub_values(body) == credentials._scrub_cards(expected_bytes)
     if expected == text:
         assert found is text
+
+
+# Pieces of URL-encoded text: escapes (of separators too), encoded twice, separators, and the
+# pieces of credentials.
+_URL_PIECES = st.sampled_from(
+    [
+        "https%3A%2F%2F",
+        "https%253A//",
+        "ada%3Apw%40h",
+        "4111%201111%201111%201111",
+        "4111+1111%2B1111",
+        "Bearer%20abcdef12",
+        "%2541KIAIOSFODNN7EXAMPLE",
+        "%",
+        "%2",
+        "%25",
+        "%20",
+        "%2B",
+        "%3A",
+        "%2F",
+        "%40",
+        "%41",
+        "%26",
+        "%3D",
+        "%5C",
+        "+",
+        "\\",
+        "\\n",
+        "https",
+        "ada",
+        "pw",
+        "4111",
+        "1111",
+        "Bearer",
+        "abcdef",
+        "AKIA",
+        "IOSFODNN7EXAMPLE",
+        "eyJhbGciOiJIUzI1NiJ9",
+        ".",
+        "-----BEGIN PRIVATE KEY-----",
+        "[Filtered]",
+        ":",
+        "/",
+        "@",
+        " ",
+        "&",
+        "=",
+        "?",
+        '"',
+        "x",
+        "7",
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.lists(_URL_PIECES | st.text(max_size=2), max_size=30).map("".join))
+def test_url_encoded_text_is_read_whole_only_to_know_that_no_run_shows_a_credential(
+    text: str,
+) -> None:
+    """Where the whole text decoded shows no credential, it is kept without being read run
+    by run: the same as reading it run by run."""
+    body = text.encode("utf-8", "surrogatepass")
+    assert credentials._scrub_url_encoded(body) == credentials._scrub_url_runs(body)
