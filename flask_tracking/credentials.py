@@ -206,17 +206,23 @@ def may_hold_card(body: bytes) -> bool:
 
 def _card_candidates(masked: bytes) -> Iterator[re.Match[bytes]]:
     """Digit runs of a card's length and grouping in a digit mask (not part of a longer run),
-    in order of their start; they may overlap: a run of groups is read from each group on
-    (``2024 4111 1111 1111 1111`` holds a card from its second group). Each search begins at
-    a group a run has not been read from: the time is linear in the mask."""
-    position = 0
-    search = _CARD_SHAPE.search
-    while (match := search(masked, position)) is not None:
-        start, end = match.span()
+    in order of their start. Grouped digits are read from each of their groups on too: they
+    may overlap (``2024 4111 1111 1111 1111`` holds a card from its second group). At most
+    four groups in each: the time is linear in the mask."""
+    shape = _CARD_SHAPE.match
+    for match in _CARD_SHAPE.finditer(masked):
+        start = match.start()
         if start == 0 or masked[start - 1] != 48:  # not after a digit ("0")
             yield match
-        separator = masked.find(b" ", start, end)
-        position = end if separator == -1 else separator + 1
+        if match.lastindex is None:  # 13 to 19 digits in a row
+            continue
+        end = match.end()
+        group = masked.find(b" ", start, end)
+        while group != -1:
+            inner = shape(masked, group + 1)
+            if inner is not None:
+                yield inner
+            group = masked.find(b" ", group + 1, end)
 
 
 def _scrub_cards(body: bytes) -> bytes:
@@ -224,12 +230,11 @@ def _scrub_cards(body: bytes) -> bytes:
     pieces = []
     position = 0
     for match in _card_candidates(masked):
-        if match.start() < position:  # inside a card filtered already
-            continue
-        if _is_card_number(body[match.start() : match.end()].decode("ascii")):
-            pieces.append(body[position : match.start()])
+        start, end = match.span()
+        if start >= position and _is_card_number(body[start:end].decode("ascii")):
+            pieces.append(body[position:start])  # (one starting before: in a card filtered)
             pieces.append(FILTERED_BYTES)
-            position = match.end()
+            position = end
     if not pieces:
         return body
     pieces.append(body[position:])
@@ -305,7 +310,7 @@ CARD_RUN_PATTERN = (
 MASKED_CARD_DIGITS = b"0" * 13
 #: A ``bytes.translate`` table: every ASCII digit to ``0``, every other byte to ``x``.
 DIGITS_ONLY_MASK = bytes(ord("0") if byte in b"0123456789" else ord("x") for byte in range(256))
-_CARD_SHAPE = re.compile(rb"0000(?:0{9,15}| 0000 0000 0{1,7}| 000000 00000)(?!0)")
+_CARD_SHAPE = re.compile(rb"0000(?:0{9,15}|( 0000 0000 0{1,7}| 000000 00000))(?!0)")
 #: What every card-shaped run contains (13 digits in a row, or grouped by spaces or dashes).
 _CARD_RUNS = (b"0" * 13, b"0000 0000 0000 0", b"0000 000000 0")
 # Visa, Mastercard, American Express, Diners, Discover, JCB, UnionPay, Maestro.
