@@ -82,10 +82,20 @@ def _reference_hints(redactor: Redactor, body: bytes, escapes: bool = True) -> i
         or any(url in body for url in (b"://", b":\\/", b":/\\", b":\\u002f", b":\\u002F"))
         or credentials.may_hold_card(body)
         or any(escape in body for escape in _HIDING_ESCAPES)
-        or any(escape in re.sub(rb"%(?:25)+", b"%", body) for escape in _HIDING_ESCAPES)
+        or any(escape in _decoded_percents(body) for escape in _HIDING_ESCAPES)
     ):
         hints |= prefilter.VALUE_HINT
     return hints
+
+
+def _decoded_percents(body: bytes) -> bytes:
+    """``body`` with every percent escape encoded again (``%2541``, ``%252541``) read as the
+    escape (``%41``)."""
+    while True:
+        decoded = re.sub(rb"%25(?=[0-9A-Fa-f]{2})", b"%", body)
+        if decoded == body:
+            return body
+        body = decoded
 
 
 def _both_cases(escape: str) -> set[bytes]:
@@ -95,7 +105,7 @@ def _both_cases(escape: str) -> set[bytes]:
 #: The escapes that can hide the look of a credential, written out: JSON's of a printable
 #: character but ``"'<>&\\`` (HTML's), percent escapes of letters and digits, ``://``
 #: percent-encoded, and a percent-encoded space, plus or dash between digits; each percent escape
-#: also encoded again any number of times (``%2541``, ``%252541``: their ``%(25)+`` read as ``%``).
+#: also encoded again any number of times (``%2541``, ``%252541``: see :func:`_decoded_percents`).
 _HIDING_ESCAPES = (
     {
         escape
