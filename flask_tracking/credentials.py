@@ -42,7 +42,7 @@ def _scrub_url_encoded(text: bytes) -> bytes:
     """``text`` with the credentials filtered that URL encoding hides: a URL in a query string
     or a form (``https%3A%2F%2Fada%3Ahunter2%40host``), a card number whose spaces are
     ``%20``, a value encoded twice. Each run of text between separators (whitespace, quotes,
-    ``<>``, ``&``, ``=``, ``?``, ``#``) that holds a ``%`` is read decoded (``+`` as a space,
+    ``<>``, ``&``, ``=``, ``?``, ``#``) that holds a ``%`` is read decoded (:func:`_url_decoded`:
     up to :data:`_MAX_DECODINGS` times while that changes it); when a credential shows,
     the run is written encoded again, once, with ``[Filtered]`` in its place. A run that is
     still encoded after that many decodings is filtered whole. The backslashes a run ends in
@@ -59,14 +59,16 @@ def _scrub_url_encoded(text: bytes) -> bytes:
 
 
 def _url_decoded(text: bytes) -> bytes | None:
-    """``text`` URL-decoded (``+`` as a space) as many times as that changes it, or None when
-    it still changes after :data:`_MAX_DECODINGS` decodings."""
-    for _ in range(_MAX_DECODINGS + 1):
-        plainer = unquote_to_bytes(text.replace(b"+", b" "))
+    """``text`` URL-decoded as many times as that changes it, or None when it still changes
+    after :data:`_MAX_DECODINGS` decodings. ``+`` is a space in the text as it came, as forms
+    write it; a ``+`` that a decoding shows was encoded (``%2B``) is a plus sign (``C%2B%2B``
+    is ``C++``), which the look reads as a space where a credential has one."""
+    plainer = unquote_to_bytes(text.replace(b"+", b" "))
+    for _ in range(_MAX_DECODINGS):
         if plainer == text:
             return text
-        text = plainer
-    return None
+        text, plainer = plainer, unquote_to_bytes(plainer)
+    return text if plainer == text else None
 
 
 def _scrub_url_runs(text: bytes) -> bytes:

@@ -87,6 +87,9 @@ def test_look_alikes_are_kept(text: str) -> None:
         ('"Bearer abcdef\\u0041rest"', f'"Bearer {FILTERED}"'),
         ("https://ada:pw%40x@db.example/", f"https://ada:{FILTERED}@db.example/"),
         ("a=%2525252525252541x&b=1", f"a={FILTERED}&b=1"),  # encoded past reading: not kept
+        ("card=4111%252B1111%252B1111%252B1111", f"card={FILTERED}"),
+        ("q=C%2B%2B+Bearer%20abcdef12", f"q=C%2B%2B+Bearer+{FILTERED}"),  # C++ stays C++
+        ("q=C%252B%252B+Bearer%2520abcdef12", f"q=C%2B%2B+Bearer+{FILTERED}"),
     ],
 )
 def test_credentials_behind_url_encoding_are_found(text: str, expected: str) -> None:
