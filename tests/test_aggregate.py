@@ -107,6 +107,86 @@ def test_an_aggregate_counts_and_merges() -> None:
     assert sum(first.histogram.values()) == 3
 
 
+def one_by_one(samples: list) -> dict:
+    """The aggregates of ``samples`` worked out one request at a time, as written out in the
+    docs of Aggregate (the oracle for the aggregator's batched fold)."""
+    found: dict = {}
+    for at, endpoint, method, status, elapsed, raised, bytes_in, bytes_out in samples:
+        key = (int(at // 60), endpoint, method)
+        fields = found.setdefault(
+            key,
+            {
+                "count": 0,
+                "errors": 0,
+                "client_errors": 0,
+                "timed": 0,
+                "time_sum": 0.0,
+                "time_max": None,
+                "bytes_in": 0,
+                "bytes_out": 0,
+                "status": {},
+                "histogram": {},
+            },
+        )
+        code = int(status[:3]) if status[:3].isdigit() else None
+        fields["count"] += 1
+        if raised or (code is not None and code >= 500):
+            fields["errors"] += 1
+        elif code is not None and 400 <= code < 500:
+            fields["client_errors"] += 1
+        klass = status_class(code)
+        fields["status"][klass] = fields["status"].get(klass, 0) + 1
+        if elapsed is not None and math.isfinite(elapsed):
+            fields["timed"] += 1
+            fields["time_sum"] += elapsed
+            if fields["time_max"] is None or elapsed > fields["time_max"]:
+                fields["time_max"] = elapsed
+            bucket = latency_bucket(elapsed)
+            fields["histogram"][bucket] = fields["histogram"].get(bucket, 0) + 1
+        fields["bytes_in"] += bytes_in
+        fields["bytes_out"] += bytes_out
+    return found
+
+
+def test_a_round_folds_exactly_as_one_request_at_a_time() -> None:
+    """Float sums added in the same order, the same first maximum, dicts in the same order,
+    runs of one key broken by another key, odd times and statuses."""
+    rng = random.Random(7)
+    statuses = ["200 OK", "404 NOT FOUND", "503 SERVICE UNAVAILABLE", "302 FOUND", "bogus"]
+    times = [None, math.nan, math.inf, -1.0, 0.0, LATENCY_BASE_MS, 0.1, 1e9]
+    samples = [
+        sample(
+            at=T0 + rng.choice((0, 0, 0, 30, 61, 3600.5)),
+            endpoint=rng.choice(("index", "index", None)),
+            method=rng.choice(("GET", "GET", "POST")),
+            status=rng.choice(statuses),
+            elapsed=rng.choice(times) if rng.random() < 0.3 else rng.uniform(0, 500),
+            raised=rng.random() < 0.1,
+            bytes_in=rng.randrange(100),
+            bytes_out=rng.randrange(100),
+        )
+        for _ in range(2000)
+    ]
+    aggregator = RollupAggregator(lambda aggregates: RollupOutcome())
+    for item in samples[:700]:
+        aggregator.add(item)
+    assert aggregator.fold() == 700
+    for item in samples[700:]:
+        aggregator.add(item)
+    assert aggregator.fold() == 1300
+    folded = {
+        key: {name: getattr(aggregate, name) for name in one_by_one(samples)[key]}
+        for key, aggregate in aggregator._fresh.items()
+    }
+    expected = one_by_one(samples)
+    assert list(folded) == list(expected)
+    for key, fields in expected.items():
+        got = folded[key]
+        assert repr(got) == repr(fields)  # every float bit for bit, every dict in its order
+        assert list(got["status"]) == list(fields["status"])
+        assert list(got["histogram"]) == list(fields["histogram"])
+
+
 def recorder(outcomes: list[RollupOutcome] | None = None) -> tuple[RollupAggregator, list]:
     rounds: list = []
 
