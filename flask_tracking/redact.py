@@ -276,7 +276,9 @@ class Redactor:
                     if filtered:  # before it counts as seen: another thread may look now
                         secret.add(key)
                     seen.add(key)
-        for key in secret.intersection(environ):
+        # The keys view's "&" looks up each filtered key in the environ (usually none, or
+        # one: Cookie); secret.intersection(environ) would hash every key of the environ.
+        for key in environ.keys() & secret:
             environ[key] = FILTERED
         referrer = environ.get("HTTP_REFERER")
         if referrer and ("?" in referrer or "#" in referrer) and referrer != FILTERED:
