@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
 from .content import HTML_KINDS, TEXT_KINDS, Unreadable
-from .credentials import FILTERED, FILTERED_BYTES, scrub_values
+from .credentials import FILTERED, FILTERED_BYTES, json_slashes_unescaped, scrub_values
 from .syntax import (
     LOOSE_PAIR,
     URL_PARAMETER,
@@ -397,32 +397,17 @@ _JSON_STRING_OR_FILTERED_NUMBER = re.compile(
 )
 
 
-#: An escaped slash (``\\/``, ``\\u002f``), plus (``\\u002B``, .NET's System.Text.Json
-#: writes it) or backslash in JSON text (``\\\\`` is matched first, so the slash of
-#: ``\\\\/`` is not taken for an escaped one): the first reading of :func:`by_look`. Not the
-#: escapes of letters and digits: unescaped, ``AKIA...\\u0041`` would hide the credential
-#: that the bytes show ending at the backslash; they are read in a second reading.
-_JSON_SLASH_OR_BACKSLASH = re.compile(rb"\\(?:[\\/]|u00(?:2[fFbB]))")
-
-
-def _unescape_slash(match: re.Match[bytes]) -> bytes:
-    """``\\/`` and ``\\u002f`` as ``/``, ``\\u002b`` as ``+`` (the same character in a JSON
-    string); ``\\\\`` as it is."""
-    found = match.group(0)
-    if found == b"\\\\":
-        return found
-    return b"/" if found[-1] in b"/fF" else b"+"
-
-
-#: A JSON escape of a printable ASCII character (``\\u0041``), or an escaped backslash (matched
-#: first, so the ``u0041`` of ``\\\\u0041`` is not taken for an escape).
-_JSON_PRINTABLE_OR_BACKSLASH = re.compile(rb"\\(?:\\|u00[2-7][0-9A-Fa-f])")
+#: A JSON escape of a printable ASCII character (``\\u0041``) or of a control character that
+#: has a short escape (``\\u0009``), or an escaped backslash (matched first, so the ``u0041`` of
+#: ``\\\\u0041`` is not taken for an escape).
+_JSON_PRINTABLE_OR_BACKSLASH = re.compile(rb"\\(?:\\|u00(?:[2-7][0-9A-Fa-f]|0[89ACDacd]))")
 
 
 def _unescape_printable(match: re.Match[bytes]) -> bytes:
     """A printable ASCII character for its JSON escape; ``"`` and ``\\`` as their short escapes
-    (``\\"``, ``\\\\``: unescaped, they would end or escape the string), DEL as it is;
-    ``\\\\`` as it is."""
+    (``\\"``, ``\\\\``: unescaped, they would end or escape the string), and so the control
+    characters that have one (``\\u0009`` as ``\\t``: its hex digits no longer join the
+    digits after it); DEL as it is; ``\\\\`` as it is."""
     found = match.group(0)
     if len(found) == 2:
         return found
@@ -432,7 +417,15 @@ def _unescape_printable(match: re.Match[bytes]) -> bytes:
     return _SHORT_ESCAPES.get(character) or bytes([character])
 
 
-_SHORT_ESCAPES = {0x22: b'\\"', 0x5C: b"\\\\"}
+_SHORT_ESCAPES = {
+    0x08: b"\\b",
+    0x09: b"\\t",
+    0x0A: b"\\n",
+    0x0C: b"\\f",
+    0x0D: b"\\r",
+    0x22: b'\\"',
+    0x5C: b"\\\\",
+}
 
 
 def _quote_filtered_number(match: re.Match[bytes]) -> bytes:
@@ -455,7 +448,7 @@ def by_look(body: bytes, json_shaped: bool) -> bytes:
     """
     readable = body
     if b"\\/" in body or b"\\u00" in body:  # JSON, or JSON written into other text
-        readable = _JSON_SLASH_OR_BACKSLASH.sub(_unescape_slash, body)
+        readable = json_slashes_unescaped(body)
     scrubbed = scrub_values(readable)
     if b"\\u00" in scrubbed:  # a second reading, with every printable character unescaped
         unescaped = _JSON_PRINTABLE_OR_BACKSLASH.sub(_unescape_printable, scrubbed)

@@ -62,7 +62,17 @@ def _url_decoded(text: bytes) -> bytes | None:
     """``text`` URL-decoded as many times as that changes it, or None when it still changes
     after :data:`_MAX_DECODINGS` decodings. ``+`` is a space in the text as it came, as forms
     write it; a ``+`` that a decoding shows was encoded (``%2B``) is a plus sign (``C%2B%2B``
-    is ``C++``), which the look reads as a space where a credential has one."""
+    is ``C++``), which the look reads as a space where a credential has one. JSON that the
+    decoding shows (a form's field holding JSON) is read with its escaped slashes as slashes
+    (:func:`json_slashes_unescaped`)."""
+    decoded = _percent_decoded(text)
+    if decoded is None or decoded is text or 92 not in decoded:  # no backslash
+        return decoded
+    return json_slashes_unescaped(decoded)
+
+
+def _percent_decoded(text: bytes) -> bytes | None:
+    """:func:`_url_decoded` but for JSON's escapes: ``text`` itself when nothing changes."""
     plainer = unquote_to_bytes(text.replace(b"+", b" "))
     for _ in range(_MAX_DECODINGS):
         if plainer == text:
@@ -104,6 +114,30 @@ def _scrub_url_runs(text: bytes) -> bytes:
         return text
     pieces.append(text[kept_from:])
     return b"".join(pieces)
+
+
+def json_slashes_unescaped(text: bytes) -> bytes:
+    """``text`` with JSON's escaped slashes (``\\/``, ``\\u002f``) as ``/`` and its escaped
+    plus signs (``\\u002B``, as .NET's System.Text.Json writes them) as ``+``: the same
+    characters in a JSON string, as a URL's look needs them (``https:\\/\\/ada:pw@host``, as
+    PHP's ``json_encode`` writes it). ``\\\\`` is kept as it is (the slash of ``\\\\/`` is
+    not an escaped one). ``text`` itself when there is nothing to unescape."""
+    return _JSON_SLASH_OR_BACKSLASH.sub(_unescape_slash, text)
+
+
+#: An escaped slash (``\\/``, ``\\u002f``), plus or backslash in JSON text (``\\\\`` is
+#: matched first). Not the escapes of letters and digits: unescaped, ``AKIA...\\u0041`` would
+#: hide the credential that the bytes show ending at the backslash (a JSON body's second
+#: reading, :func:`flask_tracking.bodies.by_look`, reads them).
+_JSON_SLASH_OR_BACKSLASH = re.compile(rb"\\(?:[\\/]|u00(?:2[fFbB]))")
+
+
+def _unescape_slash(match: re.Match[bytes]) -> bytes:
+    """``\\/`` and ``\\u002f`` as ``/``, ``\\u002b`` as ``+``; ``\\\\`` as it is."""
+    found = match.group(0)
+    if found == b"\\\\":
+        return found
+    return b"/" if found[-1] in b"/fF" else b"+"
 
 
 #: How many layers of URL encoding :func:`_scrub_url_encoded` reads through (a URL in a query
@@ -264,6 +298,8 @@ def _is_card_number(candidate: str) -> bool:
 # :func:`scrub_values`).
 _JWT_PART = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 _TOKEN_CHARACTER = r"(?:[A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
+# A token's scheme is followed by spaces, tabs or a form's ``+``; a tab may be written as
+# JSON's escape ``\t`` (also in text: JSON written into a string keeps its escapes).
 # A credential begins a word; right after an escape of a line break or another control
 # character (``\n``, ``\u000A``: a line of a JSON string) too, though the escape ends in a
 # letter or digit. A private key runs to its end line, or else to a quote, a tag or a form's
@@ -273,7 +309,7 @@ _CREDENTIAL_PATTERN = (
     rf"(?P<jwt>(?:(?<![A-Za-z0-9_-])|{_AFTER_ESCAPE})"
     rf"eyJ{_JWT_PART}{{4,}}\.{_JWT_PART}{{4,}}\.{_JWT_PART}*)"
     rf"|(?P<scheme>(?:(?<![A-Za-z0-9])|{_AFTER_ESCAPE})"
-    r"(?:Bearer|bearer|BEARER|Basic|basic|BASIC)[ \t+]+)"
+    r"(?:Bearer|bearer|BEARER|Basic|basic|BASIC)(?:[ \t+]|\\t)+)"
     rf"(?={_TOKEN_CHARACTER}{{6}}){_TOKEN_CHARACTER}+=*"
     rf"|(?P<aws>(?:(?<![A-Z0-9])|{_AFTER_ESCAPE})(?:AKIA|ASIA)[A-Z0-9]{{16}}(?![A-Z0-9]))"
     r"|(?P<pem>-----BEGIN[A-Z +]{0,20}PRIVATE[ +]KEY-----"

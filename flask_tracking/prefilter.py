@@ -370,28 +370,45 @@ def hints_of(found: int, body: bytes, escapes: bool) -> int:
 def escape_may_hide_a_value(body: bytes) -> bool:
     """Whether an escape in ``body`` can hide the look of a credential: a JSON escape of a
     printable character (``\\u0041``; not those of ``"'<>&\\``, which encoders write for
-    HTML's sake and no credential is recognised by), a percent escape of a letter or digit
-    (``%41``), a URL's ``://`` percent-encoded (``%3A%2F%2F``, ``%3A//``, ``:%2F%2F``), or a
-    percent-encoded space, plus or dash between digits (a card number's separators); the
-    percent escapes also encoded again (``%2541``, ``%253A%252F%252F``). Each
-    search begins with a literal (``\\u00``, ``%``, ``:``): C-level scans."""
+    HTML's sake and no credential is recognised by), a JSON escape of a control character that
+    has a short one followed by a digit (``\\u00094111...``: its hex digits join a card
+    number's), a percent escape of a letter or digit (``%41``), a URL's ``://`` percent-encoded
+    (``%3A%2F%2F``, ``%3A//``, ``:%2F%2F``) also with its slashes escaped by JSON
+    (``%3A%5C%2F%5C%2F``, ``:%5C/``: JSON in a form's field), or a percent-encoded space, plus
+    or dash between digits (a card number's separators); the percent escapes also encoded
+    again (``%2541``, ``%253A%252F%252F``). Each search begins with a literal (``\\u00``,
+    ``%``, ``:``): C-level scans."""
     if 92 in body and _JSON_HIDING_ESCAPE.search(body) is not None:
         return True
     return 37 in body and (
         _PERCENT_HIDING_ESCAPE.search(body) is not None
-        or ((b":%2" in body or b":/%2" in body) and _PERCENT_SLASHES.search(body) is not None)
+        or (
+            (b":%" in body or b":\\" in body or b":/%" in body or b":/\\" in body)
+            and _PERCENT_SLASHES.search(body) is not None
+        )
     )
 
 
 _JSON_HIDING_ESCAPE = re.compile(
-    rb"\\u00(?:2[013-589A-Fa-f]|3[0-9ABDFabdf]|[46][0-9A-Fa-f]|5[0-9ABD-Fabd-f]|7[0-9A-Ea-e])"
+    rb"\\u00(?:2[013-589A-Fa-f]|3[0-9ABDFabdf]|[46][0-9A-Fa-f]|5[0-9ABD-Fabd-f]|7[0-9A-Ea-e]"
+    rb"|0[89ACDacd](?=[0-9]))"
 )
 #: A percent escape's ``%``, itself encoded any number of times (``%`` ``%25`` ``%2525``: a value
 #: encoded twice or more, which the look reads through).
 _PERCENT = rb"%(?:25)*"
-_SLASH = rb"(?:/|" + _PERCENT + rb"2[Ff])"
+#: A slash as it is, or as JSON escapes it (``\\/``, ``\\u002f``).
+_PLAIN_SLASH = rb"(?:\\?/|\\u002[Ff])"
+#: A slash percent-encoded, or escaped by JSON with its backslash or slash percent-encoded.
+_ENCODED_SLASH = (
+    rb"(?:" + _PERCENT + rb"2[Ff]|" + _PERCENT + rb"5[Cc](?:/|u002[Ff]|" + _PERCENT + rb"2[Ff])"
+    rb"|\\" + _PERCENT + rb"2[Ff])"
+)
+_SLASH = rb"(?:" + _PLAIN_SLASH + rb"|" + _ENCODED_SLASH + rb")"
 _PERCENT_HIDING_ESCAPE = re.compile(
     rb"%(?:(?:25)*(?:3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|3[Aa]" + _SLASH + _SLASH + rb")"
     rb"|(?<=[0-9]%)(?:25)*2[0BDbd](?=[0-9]))"
 )
-_PERCENT_SLASHES = re.compile(rb":" + _SLASH + _PERCENT + rb"2[Ff]|:" + _PERCENT + rb"2[Ff]/")
+#: ``://`` after a colon as it is: one of its slashes at least percent-encoded.
+_PERCENT_SLASHES = re.compile(
+    rb":(?:" + _ENCODED_SLASH + _SLASH + rb"|" + _PLAIN_SLASH + _ENCODED_SLASH + rb")"
+)

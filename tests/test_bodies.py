@@ -204,6 +204,32 @@ def test_by_look_keeps_json_valid_when_a_private_key_runs_to_an_escaped_quote(
     assert json.loads(by_look(body, json_shaped=True)) == {"k": expected}
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\\u00094111111111111111",
+        "\\u000a4111 1111 1111 1111",
+        "x\\u000D\\u000A4111-1111-1111-1111 y",
+        "\\u0008378282246310005",
+        "\\u000c4111111111111111",
+        "Bearer\\tabcdef123456",
+        "Bearer\\u0009abcdef123456",
+    ],
+)
+def test_by_look_finds_a_credential_after_a_json_escape_of_a_control_character(
+    value: str,
+) -> None:
+    """The hex digits of ``\\u0009`` joined a card number's digits that follows it (20 digits
+    in a row, no card); a tab written ``\\t`` between a token's scheme and the token is a tab.
+    Filtered, the body is the same JSON but for the credential."""
+    body = b'{"n": "' + value.encode() + b'"}'
+    kept = json.loads(by_look(body, json_shaped=True))["n"]
+    assert FILTERED in kept, value
+    assert "1111" not in kept and "2246" not in kept and "abcdef" not in kept, value
+    controls = [c for c in json.loads(body)["n"] if c < " "]
+    assert [c for c in kept if c < " "] == controls, value
+
+
 def test_by_look_keeps_json_escapes_when_the_second_reading_finds_nothing_new() -> None:
     clean = b'{"a": "caf\\u00e9 \\u003cb\\u003e \\u0041"}'
     assert by_look(clean, json_shaped=True) is clean

@@ -90,6 +90,16 @@ def test_look_alikes_are_kept(text: str) -> None:
         ("card=4111%252B1111%252B1111%252B1111", f"card={FILTERED}"),
         ("q=C%2B%2B+Bearer%20abcdef12", f"q=C%2B%2B+Bearer+{FILTERED}"),  # C++ stays C++
         ("q=C%252B%252B+Bearer%2520abcdef12", f"q=C%2B%2B+Bearer+{FILTERED}"),
+        # JSON in a parameter: its escaped slashes read as slashes once decoded
+        (
+            "data=%7B%22url%22%3A%22https%3A%5C%2F%5C%2Fada%3Ahunter2%40host%22%7D",
+            f"data=%7B%22url%22%3A%22https%3A%2F%2Fada%3A{FILTERED}%40host%22%7D",
+        ),
+        (
+            "data=%7B%22u%22%3A%22https%3A%5Cu002f%5Cu002Fada%3Ahunter2%40host%22%7D",
+            f"data=%7B%22u%22%3A%22https%3A%2F%2Fada%3A{FILTERED}%40host%22%7D",
+        ),
+        ("u=https:%5C/%5C/ada:hunter2@host", f"u=https%3A%2F%2Fada%3A{FILTERED}%40host"),
     ],
 )
 def test_credentials_behind_url_encoding_are_found(text: str, expected: str) -> None:
@@ -134,6 +144,23 @@ def test_a_card_number_after_a_group_of_digits_is_found(text: str, expected: str
 def test_a_token_with_escapes_among_its_first_characters_is_found(text: str, expected: str) -> None:
     """The six characters a token must begin with may be escaped too: a base64 token whose
     ``+`` or ``/`` is percent-encoded early was stored as it came."""
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) == expected
+    assert credentials.scrub_values(text.encode()) == expected.encode()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('"Bearer\\tabcdef123456"', f'"Bearer\\t{FILTERED}"'),
+        ('"x\\nbasic\\t\\tdXNlcjpwYXNz"', f'"x\\nbasic\\t\\t{FILTERED}"'),
+        ('"Bearer \\tabcdef123456 tail"', f'"Bearer \\t{FILTERED} tail"'),
+    ],
+)
+def test_a_token_after_a_json_escaped_tab_is_found(text: str, expected: str) -> None:
+    """JSON writes a tab between a token's scheme and the token as ``\\t``: in bytes (a JSON
+    body) and in text (JSON written into a string), the escape separates them as a tab does."""
     from flask_tracking.redact import scrub_text
 
     assert scrub_text(text) == expected

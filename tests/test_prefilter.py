@@ -102,10 +102,21 @@ def _both_cases(escape: str) -> set[bytes]:
     return {escape.encode(), escape.upper().replace("\\U", "\\u").encode()}
 
 
+#: A slash in a URL's ``://``: as it is, percent-encoded, escaped by JSON (``\\/``, ``\\u002f``)
+#: and that percent-encoded in part or whole (``%5C%2F``, ``%5C/``, ``\\%2F``, ``%5Cu002f``).
+_SLASHES = tuple(
+    backslash + slash
+    for backslash in ("", "\\", "%5c", "%5C")
+    for slash in ("/", "%2f", "%2F", "u002f", "u002F")
+    if backslash or not slash.startswith("u")
+)
+
 #: The escapes that can hide the look of a credential, written out: JSON's of a printable
-#: character but ``"'<>&\\`` (HTML's), percent escapes of letters and digits, ``://``
-#: percent-encoded, and a percent-encoded space, plus or dash between digits; each percent escape
-#: also encoded again any number of times (``%2541``, ``%252541``: see :func:`_decoded_percents`).
+#: character but ``"'<>&\\`` (HTML's), JSON's of a control character that has a short escape
+#: followed by a digit, percent escapes of letters and digits, ``://`` percent-encoded (its
+#: slashes also escaped by JSON), and a percent-encoded space, plus or dash between digits; each
+#: percent escape also encoded again any number of times (``%2541``, ``%252541``: see
+#: :func:`_decoded_percents`).
 _HIDING_ESCAPES = (
     {
         escape
@@ -121,9 +132,14 @@ _HIDING_ESCAPES = (
     | {
         (colon + first + second).encode()
         for colon in (":", "%3a", "%3A")
-        for first in ("/", "%2f", "%2F")
-        for second in ("/", "%2f", "%2F")
-        if colon + first + second != "://"
+        for first in _SLASHES
+        for second in _SLASHES
+        if "%" in colon + first + second
+    }
+    | {
+        f"\\u00{code}{digit}".encode()
+        for code in ("08", "09", "0a", "0A", "0c", "0C", "0d", "0D")
+        for digit in string.digits
     }
     | {
         f"{before}%2{code}{after}".encode()
@@ -263,6 +279,14 @@ def test_escapes_that_can_hide_a_credential_send_the_body_to_the_look(engine: st
         b"next=https:%252F%25252Fada%253Ahunter2%2540db",
         b"n=4111%25201111%25201111%25201111",
         b"k=%252541KIAIOSFODNN7EXAMPLE",
+        # JSON in a URL-encoded value: its slashes escaped (\\/ encoded as %5C%2F)
+        b"data=%7B%22url%22%3A%22https%3A%5C%2F%5C%2Fada%3Ahunter2%40host%22%7D",
+        b"u=https:%5C/%5C/ada:hunter2@host",
+        b"u=https%3A%5Cu002f%5Cu002fada%3Ahunter2%40host",
+        b"u=https%253A%255C%252F%255C%252Fada%253Ahunter2%2540host",
+        # a card number after a control character's escape, its hex digits before the card's
+        b'{"n": "\\u00094111111111111111"}',
+        b'{"n": "\\u00084111 1111 1111 1111"}',
     ]
     for body in hiding:
         assert redactor._hints(body, escapes=False) & prefilter.VALUE_HINT, body
@@ -270,6 +294,7 @@ def test_escapes_that_can_hide_a_credential_send_the_body_to_the_look(engine: st
         b'{"html": "\\u003cb\\u003e \\u0026 \\u0022 \\u0027 caf\\u00e9 \\n"}',
         b"email=ada%40example.com&q=hello%20world&p=50%25",
         b"p=50%25&q=100%25%20off&e=ada%2540example.com",
+        b'{"t": "a\\u0009b\\u000Ac \\u00013", "p": "C:%5C%2Fx"}',
     ):
         assert not redactor._hints(body, escapes=False) & prefilter.VALUE_HINT, body
 
@@ -321,6 +346,9 @@ _FRAGMENTS = st.sampled_from(
         b"\\",
         b"u002f",
         b"u002F",
+        b"5C",
+        b"u0009",
+        b"u000a",
         b"u0034",
         b"u003c",
         b"u0022",

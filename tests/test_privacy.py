@@ -404,6 +404,30 @@ def test_a_url_encoded_twice_in_a_body_is_filtered(app: Flask, client: Any, mong
         assert FILTERED.encode() in doc["request_body"]
 
 
+def test_escapes_inside_escapes_do_not_hide_a_credential(
+    app: Flask, client: Any, mongo: Any
+) -> None:
+    """JSON sent in a form's field (its slashes escaped, then URL-encoded), a tab written as
+    JSON's ``\\t`` after ``Bearer``, a card number after JSON's ``\\u0009``: each body holds
+    no other hint of a credential, and is still looked at; a JSON body stays JSON."""
+    password = "hunter2" + token("pw")[-6:]
+    inner = json.dumps({"url": f"https://ada:{password}@db.example/x"}).replace("/", "\\/")
+    form = "data=" + quote(inner, safe="")
+    assert "%5C%2F" in form
+    client.post("/echo", data=form, content_type="application/x-www-form-urlencoded")
+    tab = b'{"h": "Bearer\\t' + password.encode() + b'"}'
+    client.post("/echo", data=tab, content_type="application/json")
+    card = b'{"n": "\\u00094111111111111111"}'
+    client.post("/echo", data=card, content_type="application/json")
+    docs = sorted(stored(app, mongo), key=lambda doc: doc["date_created"])
+    assert len(docs) == 3
+    for doc in docs:
+        assert_absent(doc, password, "4111")
+        assert FILTERED.encode() in doc["request_body"]
+    assert json.loads(docs[1]["request_body"]) == {"h": f"Bearer\t{FILTERED}"}
+    assert json.loads(docs[2]["request_body"]) == {"n": f"\t{FILTERED}"}
+
+
 def test_form_urlencoded_response_body(app: Flask, client: Any, mongo: Any) -> None:
     secret = token("form")
 
