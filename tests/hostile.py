@@ -162,6 +162,26 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b"\\u0041KIA\\u0030 ", size, b'{"a": "', b'"}'),
         "application/json",
     ),
+    "value: JSON in encoded runs": lambda size: (
+        _fill(b"%3A%5C%2F%5C%2Fa%3Ab%40%5C", size, b"data=%7B%22u%22%3A%22", b"%22%7D"),
+        "application/x-www-form-urlencoded",
+    ),
+    "value: escaped slashes, encoded": lambda size: (
+        _fill(b"%5C%2F", size, b"u=https%3A"),
+        "application/x-www-form-urlencoded",
+    ),
+    "value: schemes and escaped tabs": lambda size: (
+        _fill(b"Bearer\\t\\t\\t ", size, b'{"a": "', b'"}'),
+        "application/json",
+    ),
+    "value: a scheme, then escaped tabs": lambda size: (
+        _fill(b"\\t", size, b'{"a": "Bearer', b'"}'),
+        "application/json",
+    ),
+    "value: control escapes before digits": lambda size: (
+        _fill(b"\\u00094111 1111 1111 111\\u0008", size, b'{"a": "', b'"}'),
+        "application/json",
+    ),
     "value: PEM headers": lambda size: (
         _fill(b"-----BEGIN PRIVATE KEY-----", size, b"pass "),
         "text/plain",
