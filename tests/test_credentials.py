@@ -153,6 +153,34 @@ def test_a_token_with_escapes_among_its_first_characters_is_found(text: str, exp
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
+        # a JSON escape whose hex ends in a digit: a no-break space (Python's and PHP's
+        # json encoders escape it), a thin space, a letter, a control character
+        ('"Card:\\u00a04111 1111 1111 1111"', f'"Card:\\u00a0{FILTERED}"'),
+        ('"\\u20094111111111111111"', f'"\\u2009{FILTERED}"'),
+        ('"caf\\u00e94111-1111-1111-1111"', f'"caf\\u00e9{FILTERED}"'),
+        ('"x\\u00014111 1111 1111 1111"', f'"x\\u0001{FILTERED}"'),
+        # a percent escape whose hex ends in a digit: a quote (JSON in a form's field), a
+        # tab, the last byte of an "é", also encoded again
+        ("d=%7B%22c%22%3A%224111+1111+1111+1111%22%7D", f"d=%7B%22c%22%3A%22{FILTERED}%22%7D"),
+        ("v=%094111+1111+1111+1111", f"v=%09{FILTERED}"),
+        ("v=%C3%A94111-1111-1111-1111", f"v=%C3%A9{FILTERED}"),
+        ("v=%25224111+1111+1111+1111", f"v=%2522{FILTERED}"),
+    ],
+)
+def test_a_card_number_right_after_an_escape_ending_in_a_digit_is_found(
+    text: str, expected: str
+) -> None:
+    """The hex digits of an escape (``\\u00a0``, ``%22``) are no digits of the text: a card
+    number right after one is read apart from them, whatever character the escape stands for."""
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) == expected
+    assert credentials.scrub_values(text.encode()) == expected.encode()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
         ('"Bearer\\tabcdef123456"', f'"Bearer\\t{FILTERED}"'),
         ('"x\\nbasic\\t\\tdXNlcjpwYXNz"', f'"x\\nbasic\\t\\t{FILTERED}"'),
         ('"Bearer \\tabcdef123456 tail"', f'"Bearer \\t{FILTERED} tail"'),

@@ -287,6 +287,13 @@ def test_escapes_that_can_hide_a_credential_send_the_body_to_the_look(engine: st
         # a card number after a control character's escape, its hex digits before the card's
         b'{"n": "\\u00094111111111111111"}',
         b'{"n": "\\u00084111 1111 1111 1111"}',
+        # a card number after any escape whose hex ends in a digit
+        b'{"n": "Card:\\u00a04111 1111 1111 1111"}',
+        b"d=%7B%22c%22%3A%224111+1111+1111+1111%22%7D",
+        b"v=%094111+1111+1111+1111",
+        b"v=%C3%A94111-1111-1111-1111",
+        b"v=%25224111+1111+1111+1111",
+        b"d=%5Cu00a04111+1111+1111+1111",
     ]
     for body in hiding:
         assert redactor._hints(body, escapes=False) & prefilter.VALUE_HINT, body
