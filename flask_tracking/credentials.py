@@ -237,7 +237,38 @@ def may_hold_card(body: bytes) -> bool:
     """Whether ``body`` has a run of digits shaped like a card number: a few C-level searches
     of a digit mask, the pattern only when one of them hits."""
     masked = body.translate(_DIGIT_MASK)
-    return any(shape in masked for shape in _CARD_RUNS) and any(_card_candidates(masked))
+    if not any(shape in masked for shape in _CARD_RUNS):
+        return False
+    return any(_card_candidates(_escapes_masked(body, masked)))
+
+
+def _escapes_masked(body: bytes, masked: bytes) -> bytes:
+    """``masked`` (``body`` translated by :data:`_DIGIT_MASK`) with the hex digits of each
+    escape right before a digit masked as no digits: a JSON escape (``\\u00a0``, a no-break
+    space, as Python's and PHP's encoders write it; ``%5Cu00a0``) or a percent escape
+    (``%22``, a quote of JSON in a form's field; ``%2522``, encoded again). Whatever character
+    it stands for, an escape's hex digits are no digits of a card number after it. The same
+    length as ``masked``: a card's position in it is its position in ``body``. Two C-level
+    substitutions, each of a fixed length."""
+    percent = 37 in body
+    if not percent and 92 not in body:  # no "%", no backslash: most bodies
+        return masked
+    body = _JSON_HEX_BEFORE_DIGIT.sub(b"xxxxx", body)
+    if percent:
+        body = _PERCENT_HEX_BEFORE_DIGIT.sub(b"xx", body)
+    return body.translate(_DIGIT_MASK)
+
+
+#: The ``u`` and hex digits of a JSON escape right before a digit, its backslash also
+#: percent-encoded (see :func:`_escapes_masked`).
+_JSON_HEX_BEFORE_DIGIT = re.compile(
+    rb"(?:(?<=\\)|(?<=%5[Cc])|(?<=%255[Cc]))u[0-9A-Fa-f]{4}(?=[0-9])"
+)
+#: The hex digits of a percent escape right before a digit, also of each layer of one encoded
+#: again (``%2522``: ``25`` and ``22``), up to :data:`_MAX_DECODINGS` layers.
+_PERCENT_HEX_BEFORE_DIGIT = re.compile(
+    rb"(?:(?<=%)|(?<=%25)|(?<=%2525)|(?<=%252525))[0-9A-Fa-f]{2}(?=[0-9])"
+)
 
 
 def _card_candidates(masked: bytes) -> Iterator[re.Match[bytes]]:
@@ -262,7 +293,7 @@ def _card_candidates(masked: bytes) -> Iterator[re.Match[bytes]]:
 
 
 def _scrub_cards(body: bytes) -> bytes:
-    masked = body.translate(_DIGIT_MASK)
+    masked = _escapes_masked(body, body.translate(_DIGIT_MASK))
     pieces = []
     position = 0
     for match in _card_candidates(masked):

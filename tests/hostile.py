@@ -182,6 +182,14 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b"\\u00094111 1111 1111 111\\u0008", size, b'{"a": "', b'"}'),
         "application/json",
     ),
+    "value: escapes ending in a digit before digits": lambda size: (
+        _fill(b"\\u00a04111 1111 1111 111\\u2009", size, b'{"a": "', b'"}'),
+        "application/json",
+    ),
+    "value: percent escapes ending in a digit before digits": lambda size: (
+        _fill(b"%224111+1111+1111+111%2522", size, b"d="),
+        "application/x-www-form-urlencoded",
+    ),
     "value: PEM headers": lambda size: (
         _fill(b"-----BEGIN PRIVATE KEY-----", size, b"pass "),
         "text/plain",
