@@ -102,6 +102,24 @@ def test_by_look_reads_escaped_slashes_in_json_and_in_other_text() -> None:
     assert by_look(clean, json_shaped=False) is clean
 
 
+def test_by_look_reads_escaped_slashes_of_json_inside_a_json_string() -> None:
+    """JSON written into a JSON string (a log line, a payload kept as text) has the
+    backslashes of its escaped slashes escaped again: ``https:\\\\/\\\\/`` as Python writes
+    PHP's JSON, ``https:\\\\\\/\\\\\\/`` as PHP writes it. A reader decoding the string
+    twice sees the URL: it is read with those slashes as slashes."""
+    inner = json.dumps({"u": "https://ada:hunter2@db.example/x"}).replace("/", "\\/")
+    for outer in (json.dumps({"p": inner}), json.dumps({"p": inner}).replace("/", "\\/")):
+        body = outer.encode()
+        kept = by_look(body, json_shaped=True)
+        assert b"hunter2" not in kept, body
+        assert json.loads(json.loads(kept)["p"]) == {"u": f"https://ada:{FILTERED}@db.example/x"}
+    clean = json.dumps({"p": inner.replace("ada:hunter2@", "")}).encode()
+    assert by_look(clean, json_shaped=True) is clean
+    # read so only when that shows something more: a backslash before a slash is kept
+    body = b'{"re": "a\\\\/b", "u": "https:\\/\\/ada:hunter2@h"}'
+    assert by_look(body, json_shaped=True) == b'{"re": "a\\\\/b", "u": "https://ada:[Filtered]@h"}'
+
+
 def test_by_look_unescapes_slashes_and_plus_signs_only() -> None:
     body = b'{"u": "https:\\u002f\\u002Fada:hunter2@h\\u002b", "q": "\\u0022\\u0041\\\\u002f"}'
     kept = by_look(body, json_shaped=True)

@@ -83,6 +83,7 @@ def _reference_hints(redactor: Redactor, body: bytes, escapes: bool = True) -> i
         or credentials.may_hold_card(body)
         or any(escape in body for escape in _HIDING_ESCAPES)
         or any(escape in _decoded_percents(body) for escape in _HIDING_ESCAPES)
+        or re.search(rb":(?:\\+(?:/|u002[fF])){2}", body) is not None
     ):
         hints |= prefilter.VALUE_HINT
     return hints
@@ -287,6 +288,10 @@ def test_escapes_that_can_hide_a_credential_send_the_body_to_the_look(engine: st
         # a card number after a control character's escape, its hex digits before the card's
         b'{"n": "\\u00094111111111111111"}',
         b'{"n": "\\u00084111 1111 1111 1111"}',
+        # JSON that escapes its slashes, written into a JSON string
+        b'{"p": "{\\"u\\": \\"https:\\\\\\/\\\\\\/ada:hunter2@h\\"}"}',
+        b'{"p": "{\\"u\\": \\"https:\\\\/\\\\/ada:hunter2@h\\"}"}',
+        b'{"p": "{\\"u\\": \\"https:\\\\u002f\\\\u002fada:hunter2@h\\"}"}',
         # a card number after any escape whose hex ends in a digit
         b'{"n": "Card:\\u00a04111 1111 1111 1111"}',
         b"d=%7B%22c%22%3A%224111+1111+1111+1111%22%7D",
