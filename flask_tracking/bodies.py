@@ -397,6 +397,19 @@ _JSON_STRING_OR_FILTERED_NUMBER = re.compile(
 )
 
 
+#: A slash or plus sign escaped by JSON with any number of backslashes before it
+#: (``\\\\/``, ``\\\\\\/``: JSON that escapes its slashes, written into a JSON string),
+#: the whole run of backslashes (a run is matched from its start only: linear time).
+_ESCAPED_SLASH_RUN = re.compile(rb"(?<!\\)\\+(?:/|u00(?:2[fFbB]))")
+
+
+def _unescape_slash_run(match: re.Match[bytes]) -> bytes:
+    """``/`` or ``+`` for an escaped one whatever the backslashes before it: the same
+    character at every level of JSON written into JSON. The backslashes of a run are escapes
+    or escaped backslashes: dropped whole, the string stays JSON."""
+    return b"/" if match.group(0)[-1] in b"/fF" else b"+"
+
+
 #: A JSON escape of a printable ASCII character (``\\u0041``) or of a control character that
 #: has a short escape (``\\u0009``), or an escaped backslash (matched first, so the ``u0041`` of
 #: ``\\\\u0041`` is not taken for an escape).
@@ -441,15 +454,23 @@ def by_look(body: bytes, json_shaped: bool) -> bytes:
     string ``"[Filtered]"``; the rest of its bytes are kept too. JSON that escapes its
     slashes (``https:\\/\\/user:password@host``, as PHP's ``json_encode`` writes it), also
     when written into other text (a page's script, a log line), is read with them unescaped,
-    and stored so when something was filtered. What is left is read a second time with every
-    JSON escape of a printable character unescaped (``\\u0034111...``, ``https\\u003a//``):
-    when that shows a credential, the body is stored so, filtered. URL encoding is read
-    through by :func:`scrub_values` itself.
+    and stored so when something was filtered; JSON written into a JSON string, with the
+    backslashes of its escaped slashes escaped again (``https:\\\\/\\\\/``), is read with
+    them as slashes too, and stored so when that shows more. What is left is read a second
+    time with every JSON escape of a printable character unescaped (``\\u0034111...``,
+    ``https\\u003a//``): when that shows a credential, the body is stored so, filtered. URL
+    encoding is read through by :func:`scrub_values` itself.
     """
     readable = body
     if b"\\/" in body or b"\\u00" in body:  # JSON, or JSON written into other text
         readable = json_slashes_unescaped(body)
     scrubbed = scrub_values(readable)
+    if b"\\\\" in scrubbed:  # JSON written into a JSON string: its escapes escaped again
+        nested = _ESCAPED_SLASH_RUN.sub(_unescape_slash_run, scrubbed)
+        if nested != scrubbed:
+            filtered = scrub_values(nested)
+            if filtered != nested:  # more than what was filtered already
+                scrubbed = filtered
     if b"\\u00" in scrubbed:  # a second reading, with every printable character unescaped
         unescaped = _JSON_PRINTABLE_OR_BACKSLASH.sub(_unescape_printable, scrubbed)
         if unescaped != scrubbed:

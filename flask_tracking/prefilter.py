@@ -374,11 +374,15 @@ def escape_may_hide_a_value(body: bytes) -> bool:
     has a short one followed by a digit (``\\u00094111...``: its hex digits join a card
     number's), a percent escape of a letter or digit (``%41``), a URL's ``://`` percent-encoded
     (``%3A%2F%2F``, ``%3A//``, ``:%2F%2F``) also with its slashes escaped by JSON
-    (``%3A%5C%2F%5C%2F``, ``:%5C/``: JSON in a form's field), or a percent-encoded space, plus
+    (``%3A%5C%2F%5C%2F``, ``:%5C/``: JSON in a form's field) or with their backslashes escaped
+    again (``:\\\\/\\\\/``: such JSON in a JSON string), or a percent-encoded space, plus
     or dash between digits (a card number's separators); the percent escapes also encoded
     again (``%2541``, ``%253A%252F%252F``). Each search begins with a literal (``\\u00``,
     ``%``, ``:``): C-level scans."""
-    if 92 in body and _JSON_HIDING_ESCAPE.search(body) is not None:
+    if 92 in body and (
+        _JSON_HIDING_ESCAPE.search(body) is not None
+        or (b":\\\\" in body and _NESTED_ESCAPED_URL.search(body) is not None)
+    ):
         return True
     return 37 in body and (
         _PERCENT_HIDING_ESCAPE.search(body) is not None
@@ -393,6 +397,9 @@ _JSON_HIDING_ESCAPE = re.compile(
     rb"\\u00(?:2[013-589A-Fa-f]|3[0-9ABDFabdf]|[46][0-9A-Fa-f]|5[0-9ABD-Fabd-f]|7[0-9A-Ea-e]"
     rb"|0[89ACDacd](?=[0-9]))"
 )
+#: ``://`` in JSON that escapes its slashes written into a JSON string: each slash's backslash
+#: escaped again (``:\\\\/\\\\/``, ``:\\\\\\/``, ``:\\\\u002f``).
+_NESTED_ESCAPED_URL = re.compile(rb":(?:\\+(?:/|u002[Ff])){2}")
 #: A percent escape's ``%``, itself encoded any number of times (``%`` ``%25`` ``%2525``: a value
 #: encoded twice or more, which the look reads through).
 _PERCENT = rb"%(?:25)*"

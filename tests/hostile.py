@@ -190,6 +190,14 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b"%224111+1111+1111+111%2522", size, b"d="),
         "application/x-www-form-urlencoded",
     ),
+    "value: escaped slashes escaped again": lambda size: (
+        _fill(b":\\\\\\/\\\\/a:b@\\\\", size, b'{"a": "', b'"}'),
+        "application/json",
+    ),
+    "value: a run of backslashes after a URL": lambda size: (
+        _fill(b"\\\\", size, b'{"a": "https:\\\\/\\\\/a:b@h ', b'"}'),
+        "application/json",
+    ),
     "value: PEM headers": lambda size: (
         _fill(b"-----BEGIN PRIVATE KEY-----", size, b"pass "),
         "text/plain",
