@@ -150,6 +150,18 @@ def test_a_token_with_escapes_among_its_first_characters_is_found(text: str, exp
     assert credentials.scrub_values(text.encode()) == expected.encode()
 
 
+def test_json_escaped_slashes_in_text_are_read_as_slashes() -> None:
+    """Text may hold JSON written as it is (a log line in custom data, a header): its escaped
+    slashes are read as slashes, as in a body, and the text is stored with them unescaped
+    when that shows a credential."""
+    from flask_tracking.redact import scrub_text
+
+    text = 'sent {"u":"https:\\/\\/ada:hunter2@db.example\\/x", "v": "a\\u002Fb"}'
+    assert scrub_text(text) == f'sent {{"u":"https://ada:{FILTERED}@db.example/x", "v": "a/b"}}'
+    clean = 'sent {"u":"https:\\/\\/db.example\\/x"}'
+    assert scrub_text(clean) is clean
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
