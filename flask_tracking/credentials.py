@@ -156,9 +156,17 @@ def scrub_text(text: str) -> str:
     JSON Web Tokens, the credential of ``Bearer``/``Basic`` values, AWS access key ids, PEM
     private keys, card numbers (13 to 19 digits, a card network's prefix, passing the Luhn
     check) and the password of a URL's userinfo (``https://user:[Filtered]@host``).
-    Returns ``text`` itself when nothing was found."""
+    Returns ``text`` itself when nothing was found. Text may hold JSON written as it is (a
+    log line): its escaped slashes are read as slashes (:func:`json_slashes_unescaped`), and
+    the text is returned with them unescaped when that shows a credential, as a body is."""
     if len(text) < 8:
         return text
+    if "\\/" in text or "\\u00" in text:  # JSON's escaped slashes (the rare case)
+        encoded = text.encode("utf-8", "surrogatepass")
+        readable = json_slashes_unescaped(encoded)
+        if readable != encoded:
+            filtered = scrub_values(readable)
+            return text if filtered is readable else filtered.decode("utf-8", "surrogatepass")
     scrubbed = text
     if any(word in text for word in _CREDENTIAL_STARTS):
         scrubbed = _sub_credentials(
