@@ -161,7 +161,7 @@ def scrub_text(text: str) -> str:
     the text is returned with them unescaped when that shows a credential, as a body is."""
     if len(text) < 8:
         return text
-    if "\\/" in text or "\\u00" in text:  # JSON's escaped slashes (the rare case)
+    if "\\" in text and ("\\/" in text or "\\u00" in text):  # JSON's escaped slashes (rare)
         encoded = text.encode("utf-8", "surrogatepass")
         readable = json_slashes_unescaped(encoded)
         if readable != encoded:
