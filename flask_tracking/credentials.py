@@ -34,8 +34,9 @@ def _scrub_plain(body: bytes) -> bytes:
     is read as the space it stands for wherever a credential's look has a space (a card's
     groups, a token's scheme, a private key's header): a run of ``+`` and no ``%`` shows
     nothing once decoded that it does not show as it is."""
-    scrubbed = _sub_credentials(body, _CREDENTIAL_BYTES, _CREDENTIAL_BYTES_BEGIN, _credential_bytes)
-    return _scrub_cards(scrubbed) if may_hold_card(scrubbed) else scrubbed
+    return _scrub_cards(
+        _sub_credentials(body, _CREDENTIAL_BYTES, _CREDENTIAL_BYTES_BEGIN, _credential_bytes)
+    )
 
 
 def _scrub_url_encoded(text: bytes) -> bytes:
@@ -172,11 +173,10 @@ def scrub_text(text: str) -> str:
         scrubbed = _sub_credentials(
             text, _CREDENTIAL_TEXT, _CREDENTIAL_TEXT_BEGIN, _credential_text
         )
-    if _may_hold_card_run(scrubbed):  # read as bytes: one reading of card numbers
-        encoded = scrubbed.encode("utf-8", "surrogatepass")
-        cards = _scrub_cards(encoded)
-        if cards is not encoded:
-            scrubbed = cards.decode("utf-8", "surrogatepass")
+    encoded = scrubbed.encode("utf-8", "surrogatepass")  # card numbers: one reading, of bytes
+    cards = _scrub_cards(encoded)
+    if cards is not encoded:
+        scrubbed = cards.decode("utf-8", "surrogatepass")
     if "%" in scrubbed:  # URL encoding may hide one
         encoded = scrubbed.encode("utf-8", "surrogatepass")
         decoded = _scrub_url_encoded(encoded)
@@ -215,14 +215,6 @@ def _sub_credentials(
     return text[:0].join(pieces)
 
 
-def _may_hold_card_run(text: str) -> bool:
-    """Whether ``text`` has a run of digits shaped like a card number's, which
-    :func:`_scrub_cards` needs: a few C-level searches of a digit mask, much cheaper than the
-    pattern's search."""
-    masked = text.encode("utf-8", "surrogatepass").translate(_DIGIT_MASK)
-    return any(shape in masked for shape in _CARD_RUNS)
-
-
 def _credential_bytes(match: re.Match[bytes]) -> bytes:
     scheme, user = match.group("scheme"), match.group("user")
     if scheme is not None:
@@ -244,10 +236,7 @@ def _credential_text(match: re.Match[str]) -> str:
 def may_hold_card(body: bytes) -> bool:
     """Whether ``body`` has a run of digits shaped like a card number: a few C-level searches
     of a digit mask, the pattern only when one of them hits."""
-    masked = body.translate(_DIGIT_MASK)
-    if not any(shape in masked for shape in _CARD_RUNS):
-        return False
-    return any(_card_candidates(_escapes_masked(body, masked)))
+    return any(_card_candidates(body))
 
 
 def _escapes_masked(body: bytes, masked: bytes) -> bytes:
@@ -279,11 +268,17 @@ _PERCENT_HEX_BEFORE_DIGIT = re.compile(
 )
 
 
-def _card_candidates(masked: bytes) -> Iterator[re.Match[bytes]]:
-    """Digit runs of a card's length and grouping in a digit mask (not part of a longer run),
-    in order of their start. Grouped digits are read from each of their groups on too: they
-    may overlap (``2024 4111 1111 1111 1111`` holds a card from its second group). At most
-    four groups in each: the time is linear in the mask."""
+def _card_candidates(body: bytes) -> Iterator[re.Match[bytes]]:
+    """The spans of ``body`` shaped like a card number, as matches in its digit mask: digit
+    runs of a card's length and grouping (not part of a longer run), in order of their start.
+    A few C-level searches of the mask first, the pattern only when one of them hits. Grouped
+    digits are read from each of their groups on too: they may overlap (``2024 4111 1111 1111
+    1111`` holds a card from its second group). At most four groups in each: the time is
+    linear in the body."""
+    masked = body.translate(_DIGIT_MASK)
+    if not any(shape in masked for shape in _CARD_RUNS):
+        return
+    masked = _escapes_masked(body, masked)
     shape = _CARD_SHAPE.match
     for match in _CARD_SHAPE.finditer(masked):
         start = match.start()
@@ -301,10 +296,9 @@ def _card_candidates(masked: bytes) -> Iterator[re.Match[bytes]]:
 
 
 def _scrub_cards(body: bytes) -> bytes:
-    masked = _escapes_masked(body, body.translate(_DIGIT_MASK))
     pieces = []
     position = 0
-    for match in _card_candidates(masked):
+    for match in _card_candidates(body):
         start, end = match.span()
         if start >= position and _is_card_number(body[start:end].decode("ascii")):
             pieces.append(body[position:start])  # (one starting before: in a card filtered)
