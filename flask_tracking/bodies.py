@@ -447,6 +447,19 @@ def _quote_filtered_number(match: re.Match[bytes]) -> bytes:
     return found if found[:1] == b'"' else b'"' + FILTERED_BYTES + b'"'
 
 
+def _read_again(
+    scrubbed: bytes, escapes: re.Pattern[bytes], unescape: Callable[[re.Match[bytes]], bytes]
+) -> bytes:
+    """``scrubbed`` read again with ``escapes`` unescaped: that reading, filtered, when it
+    shows more than what was filtered already; else ``scrubbed`` as it is."""
+    read = escapes.sub(unescape, scrubbed)
+    if read != scrubbed:
+        filtered = scrub_values(read)
+        if filtered != read:
+            return filtered
+    return scrubbed
+
+
 def by_look(body: bytes, json_shaped: bool) -> bytes:
     """``body`` with every credential recognised by its look filtered (:func:`scrub_values`),
     as bytes, so the rest of the body is kept exactly. In a JSON body, a card number written
@@ -469,17 +482,9 @@ def by_look(body: bytes, json_shaped: bool) -> bytes:
         readable = json_slashes_unescaped(body)
     scrubbed = scrub_values(readable)
     if escaped and b"\\\\" in scrubbed:  # JSON in a JSON string: its escapes escaped again
-        nested = _ESCAPED_SLASH_RUN.sub(_unescape_slash_run, scrubbed)
-        if nested != scrubbed:
-            filtered = scrub_values(nested)
-            if filtered != nested:  # more than what was filtered already
-                scrubbed = filtered
+        scrubbed = _read_again(scrubbed, _ESCAPED_SLASH_RUN, _unescape_slash_run)
     if escaped and b"\\u00" in scrubbed:  # a second reading, every printable one unescaped
-        unescaped = _JSON_PRINTABLE_OR_BACKSLASH.sub(_unescape_printable, scrubbed)
-        if unescaped != scrubbed:
-            filtered = scrub_values(unescaped)
-            if filtered != unescaped:  # more than what was filtered already
-                scrubbed = filtered
+        scrubbed = _read_again(scrubbed, _JSON_PRINTABLE_OR_BACKSLASH, _unescape_printable)
     if scrubbed is readable:
         return body  # nothing found: the bytes as they came
     if not json_shaped or FILTERED_BYTES not in scrubbed:
