@@ -11,6 +11,7 @@ numbers (:data:`CARD_RUN_PATTERN`, :data:`MASKED_CARD_DIGITS`) and :func:`may_ho
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Callable, Iterator
 from typing import AnyStr
@@ -189,7 +190,7 @@ def _sub_credentials(
     text: AnyStr,
     pattern: re.Pattern[AnyStr],
     begin: re.Pattern[AnyStr],
-    replace: Callable[[re.Match[AnyStr]], AnyStr],
+    replace: Callable[[re.Match[AnyStr]], AnyStr | None],
 ) -> AnyStr:
     """``pattern.sub(replace, text)``, with the credential pattern tried only where one of its
     branches can match: where ``begin`` finds how one begins (a URL's userinfo: after ``//``).
@@ -203,11 +204,11 @@ def _sub_credentials(
         at = candidate.start()
         # "//" (the only two-character beginning): a userinfo would begin after it.
         found = match(text, at + 2 if candidate.end() - at == 2 else at)
-        if found is None:
+        if found is None or (replacement := replace(found)) is None:  # None: prose, kept
             start = at + 1
             continue
         pieces.append(text[kept_from : found.start()])
-        pieces.append(replace(found))
+        pieces.append(replacement)
         kept_from = start = found.end()
     if not pieces:
         return text
@@ -215,22 +216,46 @@ def _sub_credentials(
     return text[:0].join(pieces)
 
 
-def _credential_bytes(match: re.Match[bytes]) -> bytes:
+def _credential_bytes(match: re.Match[bytes]) -> bytes | None:
     scheme, user = match.group("scheme"), match.group("user")
     if scheme is not None:
-        return scheme + FILTERED_BYTES
+        token = match.string[match.end("scheme") : match.end()]
+        basic = scheme[1:2].lower() == b"a"
+        return None if _is_prose(token.decode("ascii"), basic) else scheme + FILTERED_BYTES
     if user is not None:
         return user + b":" + FILTERED_BYTES + b"@"
     return FILTERED_BYTES
 
 
-def _credential_text(match: re.Match[str]) -> str:
+def _credential_text(match: re.Match[str]) -> str | None:
     scheme, user = match.group("scheme"), match.group("user")
     if scheme is not None:
-        return scheme + FILTERED
+        token = match.string[match.end("scheme") : match.end()]
+        basic = scheme[1:2].lower() == "a"
+        return None if _is_prose(token, basic) else scheme + FILTERED
     if user is not None:
         return f"{user}:{FILTERED}@"
     return FILTERED
+
+
+def _is_prose(token: str, basic: bool) -> bool:
+    """Whether the ``token`` after a ``Bearer`` or ``Basic`` is a word of prose ("Basic
+    information", "Bearer tokens"), not a credential: letters alone, in one case or
+    capitalized (words joined by hyphens, a full stop after). Tokens and the base64 of a Basic
+    credential mix cases, digits and signs; a word whose base64 decodes to ``user:password``
+    (it holds a colon) is still a Basic credential."""
+    if _PROSE(token) is None:
+        return False
+    if not basic:  # Bearer
+        return True
+    letters = token.rstrip(".")
+    if "-" in letters or len(letters) % 4 == 1:  # no base64 a decoder would take
+        return True
+    return b":" not in binascii.a2b_base64(letters + "=" * (-len(letters) % 4))
+
+
+#: A word of letters, lowercase, capitalized or capitals; words joined by hyphens; a full stop.
+_PROSE = re.compile(r"(?:[A-Z]?[a-z]+|[A-Z]+)(?:-(?:[A-Z]?[a-z]+|[A-Z]+))*\.?").fullmatch
 
 
 def may_hold_card(body: bytes) -> bool:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from typing import AnyStr
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,6 +66,49 @@ def test_look_alikes_are_kept(text: str) -> None:
 
     assert scrub_text(text) is text
     assert credentials.scrub_values(text.encode()) == text.encode()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Basic information about the plan",
+        "Choose Basic Membership today",
+        "plan=Basic+Membership&x=1",
+        "<h2>BASIC FEATURES</h2>",
+        "Bearer tokens are short-lived.",
+        "bearer securities",
+        "Basic self-service.",
+        '{"title": "Basic settings"}',
+    ],
+)
+def test_a_word_after_basic_or_bearer_is_prose_and_kept(text: str) -> None:
+    # Letters alone, in one case or capitalized, are no token: tokens and the base64 of a
+    # Basic credential mix cases and digits.
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) is text
+    assert credentials.scrub_values(text.encode()) == text.encode()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Basic dXNlcjpwYXNz", f"Basic {FILTERED}"),
+        ("Bearer abcdefgh1", f"Bearer {FILTERED}"),
+        ("Bearer abcDefgh", f"Bearer {FILTERED}"),
+        ("Bearer abcdefgh==", f"Bearer {FILTERED}"),
+        ("Bearer abc_defgh", f"Bearer {FILTERED}"),
+        ("Bearer %61%62%63%64%65%66%67%68", f"Bearer {FILTERED}"),
+        # Letters alone, but their base64 decodes to "user:password" (a colon): a credential.
+        ("Basic zgjjwjrl", f"Basic {FILTERED}"),
+        ("a=Basic+zgjjwjrl", f"a=Basic+{FILTERED}"),
+    ],
+)
+def test_a_token_that_is_no_plain_word_is_filtered(text: str, expected: str) -> None:
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) == expected
+    assert credentials.scrub_values(text.encode()) == expected.encode()
 
 
 @pytest.mark.parametrize(
@@ -222,6 +269,7 @@ _CREDENTIAL_PIECES = st.sampled_from(
         "Basic ",
         "abcdef",
         "QWxh=",
+        "zgjjwjrl",
         "AKIA",
         "ASIA",
         "IOSFODNN7EXAMPLE",
@@ -247,12 +295,29 @@ _CREDENTIAL_PIECES = st.sampled_from(
 _CREDENTIAL_TEXTS = st.lists(_CREDENTIAL_PIECES | st.text(max_size=3), max_size=30).map("".join)
 
 
+def _tried_everywhere(
+    pattern: re.Pattern[AnyStr], replace: Callable[[re.Match[AnyStr]], AnyStr | None], text: AnyStr
+) -> AnyStr:
+    """The reference: the pattern tried at every position, left to right (like ``re.sub``),
+    but a match ``replace`` declines (None: prose after ``Basic``) is no match there."""
+    pieces = []
+    kept_from = position = 0
+    while position < len(text):
+        found = pattern.match(text, position)
+        if found is not None and (replacement := replace(found)) is not None:
+            pieces += [text[kept_from : found.start()], replacement]
+            kept_from = position = found.end()
+        else:
+            position += 1
+    return text[:0].join([*pieces, text[kept_from:]])
+
+
 @settings(max_examples=500, deadline=None)
 @given(text=_CREDENTIAL_TEXTS)
 def test_credentials_are_filtered_as_by_the_pattern_everywhere(text: str) -> None:
     """The pattern is tried only where a credential can begin: the same as trying it at every
-    position (``re.sub``), for text and for bytes."""
-    expected = credentials._CREDENTIAL_TEXT.sub(credentials._credential_text, text)
+    position, for text and for bytes."""
+    expected = _tried_everywhere(credentials._CREDENTIAL_TEXT, credentials._credential_text, text)
     found = credentials._sub_credentials(
         text,
         credentials._CREDENTIAL_TEXT,
@@ -261,7 +326,9 @@ def test_credentials_are_filtered_as_by_the_pattern_everywhere(text: str) -> Non
     )
     assert found == expected
     body = text.encode("utf-8", "surrogatepass")
-    expected_bytes = credentials._CREDENTIAL_BYTES.sub(credentials._credential_bytes, body)
+    expected_bytes = _tried_everywhere(
+        credentials._CREDENTIAL_BYTES, credentials._credential_bytes, body
+    )
     assert credentials.scrub_values(body) == credentials._scrub_cards(expected_bytes)
     if expected == text:
         assert found is text

@@ -493,6 +493,23 @@ def test_text_plain_values_with_spaces(app: Flask, client: Any, mongo: Any) -> N
     assert_absent(doc, secret, bearer)
 
 
+def test_prose_after_basic_or_bearer_is_kept_in_a_page(app: Flask, mongo: Any) -> None:
+    bearer = token("bearer")
+    page = (
+        "<h2>Basic features</h2><p>Bearer tokens expire.</p>"
+        f"<pre>curl -H 'Authorization: Bearer {bearer}'</pre>"
+    )
+
+    @app.get("/pricing")
+    def pricing() -> str:
+        return page
+
+    assert app.test_client().get("/pricing").get_data(as_text=True) == page
+    [doc] = stored(app, mongo)
+    assert_absent(doc, bearer)
+    assert doc["response_body"] == page.replace(bearer, FILTERED).encode()
+
+
 def test_streamed_response_body_with_secrets(app: Flask, mongo: Any) -> None:
     secret = token("stream")
 
