@@ -22,6 +22,10 @@ from urllib.parse import unquote_plus
 from .content import HTML_KINDS, TEXT_KINDS, Unreadable
 from .credentials import FILTERED, FILTERED_BYTES, json_slashes_unescaped, scrub_values
 from .syntax import (
+    HTML_NAME_ATTRIBUTE,
+    HTML_START_TAG,
+    HTML_TEXTAREA_END,
+    HTML_VALUE_ATTRIBUTE,
     LOOSE_PAIR,
     URL_PARAMETER,
     XML_ATTRIBUTE,
@@ -112,7 +116,7 @@ class BodyFilters:
         if xml or (kind in TEXT_KINDS and head[:1] == b"<"):
             return self.markup_urls(self.xml_body(body))
         if kind in HTML_KINDS and b"<" in body[:1024]:
-            return self.markup_urls(body)
+            return self.markup_urls(self.html_fields(body))
         # Markup without a tag (Flask answers a view's plain string as text/html) is text.
         text = body.decode("utf-8", "replace")
         if json_kind or (not form and text.lstrip()[:1] in ("{", "[")):
@@ -299,6 +303,42 @@ class BodyFilters:
             return start + end
         return -1
 
+    def html_fields(self, body: bytes) -> bytes:
+        """HTML: the ``value`` and ``content`` of every element named secret by its ``name``
+        (``<input name="csrf_token" value="...">``, ``<meta name="csrf-token" content="...">``)
+        and the text of such a ``<textarea>`` are filtered; an empty value is kept.
+
+        Only the ``name`` attributes are looked for (one C-level pass); the tag around a secret
+        one is then read, from its ``<``. No part of the body is read twice: the time is linear
+        in its length. A tag that cannot be read (a ``<`` inside a value) is left as it is."""
+        pieces: list[bytes] = []
+        position = done = 0  # copied up to; no tag before ``done`` is read again
+        for named in HTML_NAME_ATTRIBUTE.finditer(body):
+            if named.start() < done:
+                continue
+            name = named.group(1).strip(b"\"'").decode("utf-8", "replace")
+            if not self._is_secret_field(name):
+                continue
+            start = body.rfind(b"<", done, named.start())
+            tag = HTML_START_TAG.match(body, start) if start >= 0 else None
+            done = named.end()
+            if tag is None or tag.end() < done:
+                continue
+            done = tag.end()
+            attributes = HTML_VALUE_ATTRIBUTE.sub(_filtered_attribute, tag.group(2))
+            pieces += [body[position : tag.start(2)], attributes, body[tag.end(2) : done]]
+            position = done
+            if tag.group(1).lower() == b"textarea":
+                end = HTML_TEXTAREA_END.search(body, done)
+                done = len(body) if end is None else end.start()
+                if done > position:
+                    pieces.append(FILTERED_BYTES)
+                position = done
+        if not pieces:
+            return body
+        pieces.append(body[position:])
+        return b"".join(pieces)
+
     def markup_urls(self, body: bytes) -> bytes:
         """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),
         with one regex pass that only stops at ``?``, ``&`` and ``#``."""
@@ -346,6 +386,14 @@ class BodyFilters:
             parts[index] = part[:content_start] + scrubbed + tail
             changed = True
         return delimiter.join(parts) if changed else body
+
+
+def _filtered_attribute(match: re.Match[bytes]) -> bytes:
+    """A ``value=`` or ``content=`` attribute of :data:`HTML_VALUE_ATTRIBUTE` filtered, its
+    quotes kept."""
+    value = match.group(2)
+    quote = value[:1] if value[:1] in (b'"', b"'") else b""
+    return match.group(1) + quote + FILTERED_BYTES + quote
 
 
 def _named_object(text: str, objects: LooseObjects, start: int, value_end: int) -> tuple[int, int]:

@@ -98,6 +98,27 @@ XML_ATTRIBUTE = re.compile(rb"""([A-Za-z_][\w.:-]{0,200})\s*=\s*("[^"]*"?|'[^']*
 XML_NAME_ATTRIBUTE = re.compile(rb"""(?:^|\s)(name|key|field)\s*=\s*["']([^"'<>]{0,256})""")
 
 
+#: A ``name`` attribute in HTML (``name``, ``Name`` or ``NAME``) and its value, quoted or not.
+#: The pattern begins with the literals, which the engine finds quickly.
+HTML_NAME_ATTRIBUTE = re.compile(
+    rb"""(?:name|Name|NAME)(?<=[\s"'][NnAaMmEe]{4})\s*=\s*"""
+    rb"""("[^"<>]{0,256}"|'[^'<>]{0,256}'|[^\s"'<>`=]{1,256})"""
+)
+#: An HTML start tag: its name and its attributes, values quoted or not (a value holding a
+#: ``<`` ends the tag's reading there: the match fails, and no tag is read past a ``<``).
+HTML_START_TAG = re.compile(
+    rb"""<([A-Za-z][^\s/<>]{0,100})"""
+    rb"""((?:\s+[^\s"'<>/=]+(?:\s*=\s*(?:"[^"<]*"|'[^'<]*'|[^\s"'<>`]+))?)*)\s*/?>"""
+)
+#: A ``value`` or ``content`` attribute among a tag's attributes, and its value.
+HTML_VALUE_ATTRIBUTE = re.compile(
+    rb"""(\s(?:[Vv][Aa][Ll][Uu][Ee]|[Cc][Oo][Nn][Tt][Ee][Nn][Tt])\s*=\s*)"""
+    rb"""("[^"]+"|'[^']+'|[^\s"'<>`]+)"""
+)
+#: Where a ``<textarea>``'s text ends.
+HTML_TEXTAREA_END = re.compile(rb"</[Tt][Ee][Xx][Tt][Aa][Rr][Ee][Aa]")
+
+
 def multipart_boundary(content_type: str) -> bytes | None:
     """The ``boundary`` parameter of a multipart Content-Type (None: it has none)."""
     match = _BOUNDARY.search(content_type)

@@ -144,6 +144,19 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b"?password=x&", size, b"<a href='", b"'>"),
         "text/html",
     ),
+    "html: many secret fields": lambda size: (
+        _fill(b'<input name="password" value="x">', size, b"<form>"),
+        "text/html",
+    ),
+    "html: one tag of many secret names, unclosed": lambda size: (
+        _fill(b' name="password"', size, b"<input"),
+        "text/html",
+    ),
+    "html: secret names in tags never closed": lambda size: (
+        _fill(b"<a name=password value=x a=b ", size),
+        "text/html",
+    ),
+    "html: unclosed text areas": lambda size: (_fill(b"<textarea name=pin>", size), "text/html"),
     "value: digit runs": lambda size: (_fill(b"4111 1111 1111 111 ", size, b"pass "), "text/plain"),
     "value: almost-JWTs": lambda size: (_fill(b"eyJhbGciOi.eyJ", size, b"pass "), "text/plain"),
     "value: encoded runs": lambda size: (

@@ -330,6 +330,46 @@ def test_by_name_reads_a_body_as_its_format(
     assert calls.queries == ([body.decode()] if shape[1] else [])
 
 
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        # Flask-WTF's hidden field, a <meta> as htmx and Rails read it, a settings page.
+        (
+            '<input id="csrf" name="pin" type="hidden" value="IjQ5YzEx.Zx">',
+            '<input id="csrf" name="pin" type="hidden" value="*">',
+        ),
+        ('<meta name="pin" content="abc123">', '<meta name="pin" content="*">'),
+        ("<input value='1234' name='pin' readonly>", "<input value='*' name='pin' readonly>"),
+        ("<input name=pin value=1234>", "<input name=pin value=*>"),
+        ('<INPUT NAME="PIN" VALUE="1234"/>', '<INPUT NAME="PIN" VALUE="*"/>'),
+        ('<input\nname="pin"\nvalue="1234">', '<input\nname="pin"\nvalue="*">'),
+        (
+            '<textarea name="pin" rows=2>12\n34</textarea><p>',
+            '<textarea name="pin" rows=2>*</textarea><p>',
+        ),
+        ('<textarea name="pin">1234', '<textarea name="pin">*'),  # cut at the limit
+        # A value with nothing in it is kept; so is every field not named secret.
+        ('<input name="pin" value="">', '<input name="pin" value="">'),
+        ('<input type="password" name="pin">', '<input type="password" name="pin">'),
+        (
+            '<input name="user" value="1234"><a href="?pin=1">',
+            '<input name="user" value="1234"><a href="?pin=*">',
+        ),
+        ('<meta name="description" content="pin">', '<meta name="description" content="pin">'),
+        ('<label for="pin">pin</label>', '<label for="pin">pin</label>'),
+        ('<p data-name="pin" title="1234">', '<p data-name="pin" title="1234">'),
+    ],
+)
+def test_fields_named_secret_in_a_page_are_filtered(page: str, expected: str) -> None:
+    kept = Calls().filters().by_name(page.encode(), "text/html", (False, False, False))
+    assert kept == expected.replace("*", FILTERED).encode()
+
+
+def test_a_page_without_a_secret_field_is_returned_as_it_is() -> None:
+    page = b'<form><input name="user" value="ada"><input name=q></form>'
+    assert Calls().filters().by_name(page, "text/html", (False, False, False)) is page
+
+
 def _multipart(*parts: tuple[str, str, str]) -> bytes:
     return (
         "".join(
