@@ -23,6 +23,8 @@ from .content import HTML_KINDS, TEXT_KINDS, Unreadable
 from .credentials import FILTERED, FILTERED_BYTES, json_slashes_unescaped, scrub_values
 from .syntax import (
     HTML_NAME_ATTRIBUTE,
+    HTML_SCRIPT_END,
+    HTML_SCRIPT_START,
     HTML_START_TAG,
     HTML_TEXTAREA_END,
     HTML_VALUE_ATTRIBUTE,
@@ -116,7 +118,7 @@ class BodyFilters:
         if xml or (kind in TEXT_KINDS and head[:1] == b"<"):
             return self.markup_urls(self.xml_body(body))
         if kind in HTML_KINDS and b"<" in body[:1024]:
-            return self.markup_urls(self.html_fields(body))
+            return self.markup_urls(self.html_scripts(self.html_fields(body)))
         # Markup without a tag (Flask answers a view's plain string as text/html) is text.
         text = body.decode("utf-8", "replace")
         if json_kind or (not form and text.lstrip()[:1] in ("{", "[")):
@@ -337,6 +339,29 @@ class BodyFilters:
         if not pieces:
             return body
         pieces.append(body[position:])
+        return b"".join(pieces)
+
+    def html_scripts(self, body: bytes) -> bytes:
+        """HTML: the text of every ``<script>`` read as :meth:`loose_text` reads text, so that
+        ``var csrfToken = "..."`` and a state object's ``"apiToken": "..."`` are filtered.
+        The page's own text is left to :meth:`markup_urls`; a script cut at the limit runs to
+        the end of the body."""
+        pieces: list[bytes] = []
+        copied = searched = 0
+        while (start := HTML_SCRIPT_START.search(body, searched)) is not None:
+            end_tag = HTML_SCRIPT_END.search(body, start.end())
+            end = len(body) if end_tag is None else end_tag.start()
+            text = body[start.end() : end].decode("utf-8", "replace")
+            scrubbed = self.loose_text(text)
+            if scrubbed is not text:
+                pieces += [body[copied : start.end()], scrubbed.encode("utf-8")]
+                copied = end
+            if end_tag is None:
+                break
+            searched = end_tag.end()
+        if not pieces:
+            return body
+        pieces.append(body[copied:])
         return b"".join(pieces)
 
     def markup_urls(self, body: bytes) -> bytes:

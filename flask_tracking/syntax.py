@@ -116,7 +116,10 @@ HTML_VALUE_ATTRIBUTE = re.compile(
     rb"""("[^"]+"|'[^']+'|[^\s"'<>`]+)"""
 )
 #: Where a ``<textarea>``'s text ends.
-HTML_TEXTAREA_END = re.compile(rb"</[Tt][Ee][Xx][Tt][Aa][Rr][Ee][Aa]")
+HTML_TEXTAREA_END = re.compile(rb"</textarea", re.IGNORECASE)
+#: A ``<script>`` start tag (read no further than the next ``<``), and where its text ends.
+HTML_SCRIPT_START = re.compile(rb"<script\b[^<>]*>", re.IGNORECASE)
+HTML_SCRIPT_END = re.compile(rb"</script", re.IGNORECASE)
 
 
 def multipart_boundary(content_type: str) -> bytes | None:

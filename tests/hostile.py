@@ -157,6 +157,15 @@ BODY_SHAPES: dict[str, BodyShape] = {
         "text/html",
     ),
     "html: unclosed text areas": lambda size: (_fill(b"<textarea name=pin>", size), "text/html"),
+    "html: many scripts": lambda size: (_fill(b"<script>pin=1</script>", size), "text/html"),
+    "html: script tags never closed": lambda size: (
+        _fill(b"<script a=b ", size, b"<p>password: "),
+        "text/html",
+    ),
+    "html: one script of naming keys": lambda size: (
+        _fill(b'{"name": "', size, b"<script>", b"token"),
+        "text/html",
+    ),
     "value: digit runs": lambda size: (_fill(b"4111 1111 1111 111 ", size, b"pass "), "text/plain"),
     "value: almost-JWTs": lambda size: (_fill(b"eyJhbGciOi.eyJ", size, b"pass "), "text/plain"),
     "value: encoded runs": lambda size: (

@@ -365,6 +365,24 @@ def test_fields_named_secret_in_a_page_are_filtered(page: str, expected: str) ->
     assert kept == expected.replace("*", FILTERED).encode()
 
 
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        ('<script>var pin = "1234";</script>', "<script>var pin = *;</script>"),
+        (
+            '<SCRIPT type="application/json">{"user": {"pin": "1234"}}</SCRIPT><p>pin: 1</p>',
+            '<SCRIPT type="application/json">{"user": {"pin": "*"}}</SCRIPT><p>pin: 1</p>',
+        ),
+        ("<script>headers = {pin: 'abc'}", "<script>headers = {pin: *}"),  # cut at the limit
+        # Text outside scripts is the page's own words: kept.
+        ("<p>pin: 1234</p><script>go()</script>", "<p>pin: 1234</p><script>go()</script>"),
+    ],
+)
+def test_secret_pairs_in_a_page_s_scripts_are_filtered(page: str, expected: str) -> None:
+    kept = Calls().filters().by_name(page.encode(), "text/html", (False, False, False))
+    assert kept == expected.replace("*", FILTERED).encode()
+
+
 def test_a_page_without_a_secret_field_is_returned_as_it_is() -> None:
     page = b'<form><input name="user" value="ada"><input name=q></form>'
     assert Calls().filters().by_name(page, "text/html", (False, False, False)) is page

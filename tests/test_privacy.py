@@ -510,13 +510,15 @@ def test_prose_after_basic_or_bearer_is_kept_in_a_page(app: Flask, mongo: Any) -
     assert doc["response_body"] == page.replace(bearer, FILTERED).encode()
 
 
-def test_form_fields_named_secret_in_a_page_are_filtered(app: Flask, mongo: Any) -> None:
+def test_form_fields_and_script_values_named_secret_in_a_page_are_filtered(
+    app: Flask, mongo: Any
+) -> None:
     csrf, key = token("csrf"), token("key")
     page = (
         f'<head><meta name="csrf-token" content="{csrf}"></head><form method="post">'
         f'<input id="csrf_token" name="csrf_token" type="hidden" value="{csrf}">'
         f'<input name="api_key" value="{key}" readonly><input name="email" value="ada@x.org">'
-        "</form>"
+        f'</form><script>const csrfToken = "{csrf}"; fetch("/x", {{method: "POST"}});</script>'
     )
 
     @app.get("/settings")
@@ -526,7 +528,9 @@ def test_form_fields_named_secret_in_a_page_are_filtered(app: Flask, mongo: Any)
     assert app.test_client().get("/settings").get_data(as_text=True) == page
     [doc] = stored(app, mongo)
     assert_absent(doc, csrf, key)
-    assert doc["response_body"] == page.replace(csrf, FILTERED).replace(key, FILTERED).encode()
+    script = f'const csrfToken = "{csrf}";'
+    expected = page.replace(script, f"const csrfToken = {FILTERED};")
+    assert doc["response_body"] == expected.replace(csrf, FILTERED).replace(key, FILTERED).encode()
 
 
 def test_streamed_response_body_with_secrets(app: Flask, mongo: Any) -> None:

@@ -736,7 +736,7 @@ _NAME_PARTS = st.sampled_from(
     ]
 )
 _NAMES = st.lists(_NAME_PARTS, min_size=1, max_size=6).map("".join)
-_SHAPES = st.sampled_from(["json", "form", "text", "html", "html form", "multipart"])
+_SHAPES = st.sampled_from(["json", "form", "text", "html", "html form", "html script", "multipart"])
 
 
 def _body_of(shape: str, pairs: list[tuple[str, str]]) -> tuple[bytes, str]:
@@ -751,6 +751,9 @@ def _body_of(shape: str, pairs: list[tuple[str, str]]) -> tuple[bytes, str]:
     if shape == "html":
         links = "".join(f'<a href="/p?{name}={value}">x</a>' for name, value in pairs)
         return links.encode(), "text/html"
+    if shape == "html script":
+        members = ", ".join(f'"{name}": "{value}"' for name, value in pairs)
+        return f"<p>x</p><script>var state = {{{members}}};</script>".encode(), "text/html"
     if shape == "html form":
         fields = "".join(f'<input name="{name}" value="{value}">' for name, value in pairs)
         return f"<form>{fields}</form>".encode(), "text/html"

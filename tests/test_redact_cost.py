@@ -146,6 +146,8 @@ _PIECES = st.sampled_from(
         "<input name=pin ",
         "value=",
         "<textarea name=pin>",
+        "<script>",
+        "</script>",
         "name*=",
         "--b",
         "Content-Disposition: form-data; ",
