@@ -47,6 +47,7 @@ from .writer import BatchWriter
 if TYPE_CHECKING:
     from blinker import NamedSignal
     from pymongo.database import Database
+    from werkzeug.routing import Map
 
     from .dashboard import AccessCheck
 
@@ -196,7 +197,7 @@ class Tracking:
         # a coroutine on every request, and the response is then the one that is sent, after
         # every hook of the app (whatever their order of registration) and the session.
         app.process_response = self._response_hook(  # type: ignore[method-assign,assignment]
-            tracked, app.process_response
+            tracked, app.process_response, app.url_map
         )
         tracked.on_exception = lambda sender, exception, **extra: self._on_exception(
             tracked, exception
@@ -373,19 +374,30 @@ class Tracking:
         )
 
     def _response_hook(
-        self, tracked: _AppTracking, process_response: Callable[[Response], Response]
+        self,
+        tracked: _AppTracking,
+        process_response: Callable[[Response], Response],
+        url_map: Map,
     ) -> Callable[[Response], Response]:
         """``app.process_response`` wrapped: once Flask has run the ``after_request`` hooks and
         saved the session, apply the view, blueprint and ``skip_if`` rules, then copy what the
-        request context knows and tee the body of the response that is sent."""
+        request context knows and tee the body of the response that is sent.
+
+        The first time, the redactor learns the app's URL rules (Flask takes no new one once
+        it has handled a request): see :meth:`Redactor.learn_rules`."""
         max_body_length = tracked.max_body_length
         verdicts = tracked.verdicts.cache
         resolve = tracked.verdicts.resolve_and_cache
         predicates = self._skip_if
+        redactor = tracked.config.redactor
 
         def tracked_process_response(response: Response) -> Response:
+            nonlocal redactor
             response = process_response(response)
             try:
+                if redactor is not None:  # once
+                    learning, redactor = redactor, None
+                    learning.learn_rules([rule.rule for rule in url_map.iter_rules()])
                 current = request._get_current_object()  # type: ignore[attr-defined]
                 state: RequestState | None = current.environ.get(ENVIRON_KEY)
                 if state is None or state.skipped:

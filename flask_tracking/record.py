@@ -172,11 +172,15 @@ def _limit(capture: BodyCapture | None) -> int:
 
 
 def scrub_request_side(state: RequestState, redactor: Redactor) -> None:
-    """Filter the secrets of the headers, the query string and the custom data, on the
-    tracker's own copies (the view saw the original request); bodies are left to
-    :func:`to_document`. Runs on the request thread before a record is queued."""
-    if state.environ is not None:
-        redactor.environ(state.environ)
+    """Filter the secrets of the headers, the query string, the path (the values of the URL
+    rule's secret variables) and the custom data, on the tracker's own copies (the view saw
+    the original request); bodies are left to :func:`to_document`. Runs on the request thread
+    before a record is queued."""
+    environ = state.environ
+    if environ is not None:
+        redactor.environ(environ)
+        if state.url_rule is not None and "PATH_INFO" in environ:
+            environ["PATH_INFO"] = redactor.path(environ["PATH_INFO"], state.url_rule)
     # A tuple: the garbage collector stops tracking it, so a queued record holds one object less.
     state.response_headers = tuple(redactor.headers(state.response_headers))
     if state.custom_data is not None:

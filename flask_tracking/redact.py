@@ -27,6 +27,7 @@ from .bodies import NAMING_KEYS, BodyFilters, by_look, map_items
 from .content import Unreadable, as_utf8, decode_content, describe_content_type
 from .credentials import FILTERED, FILTERED_BYTES, scrub_text, scrub_values
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
+from .rules import SecretVariables, secret_variables
 
 __all__ = [
     "DEFAULT_ALLOWED_FIELDS",
@@ -184,6 +185,10 @@ class Redactor:
         self._header_verdicts: dict[str, bool] = {}
         # The same verdicts for WSGI environ keys, as sets for C-level set operations.
         self._environ_keys_seen: set[str] = set()
+        # URL rules (an app has a fixed number): each one's secret variables (None: none), and
+        # those of the rules that have some, for the URLs of Referer and Location.
+        self._rule_variables: dict[str, SecretVariables | None] = {}
+        self._secret_rules: tuple[SecretVariables, ...] = ()
         self._environ_keys_secret: set[str] = set()
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
@@ -254,7 +259,9 @@ class Redactor:
             secret = verdicts.get(name)
             if secret or (secret is None and self.is_secret_header(name)):
                 value = FILTERED
-            elif ("?" in value or "#" in value) and name.lower() in _URL_HEADERS:
+            elif (
+                self._secret_rules or "?" in value or "#" in value
+            ) and name.lower() in _URL_HEADERS:
                 value = self.url(value)
             scrubbed.append((name, value))
         return scrubbed
@@ -281,20 +288,72 @@ class Redactor:
         for key in environ.keys() & secret:
             environ[key] = FILTERED
         referrer = environ.get("HTTP_REFERER")
-        if referrer and ("?" in referrer or "#" in referrer) and referrer != FILTERED:
+        if (
+            referrer
+            and (self._secret_rules or "?" in referrer or "#" in referrer)
+            and referrer != FILTERED
+        ):
             environ["HTTP_REFERER"] = self.url(referrer)
         query = environ.get("QUERY_STRING")
         if query:
             environ["QUERY_STRING"] = self.query(query, environ.get("PATH_INFO", ""))
 
+    def path(self, path: str, rule: str) -> str:
+        """``path`` (the WSGI ``PATH_INFO``) with the value of every variable of ``rule`` (the
+        URL rule it matched, ``/reset/<token>``) whose name is secret filtered
+        (``/reset/[Filtered]``); see :class:`flask_tracking.rules.SecretVariables`."""
+        variables = self._variables_of(rule)
+        return path if variables is None else variables.filter(path, FILTERED)
+
+    def learn_rules(self, rules: Iterable[str]) -> None:
+        """Know an app's URL rules, so that a URL naming one of its pages with a secret
+        variable (``Referer: https://host/reset/<the token>``, a ``Location``) has its path
+        filtered as :meth:`path` filters the page's own (see :meth:`url`)."""
+        for rule in rules:
+            self._variables_of(rule)
+
+    def _variables_of(self, rule: str) -> SecretVariables | None:
+        known = self._rule_variables
+        try:
+            return known[rule]
+        except KeyError:
+            pass
+        variables = secret_variables(rule, self.is_secret_field)
+        if len(known) >= _MAX_REMEMBERED_HEADERS:
+            known.clear()
+        known[rule] = variables
+        if variables is not None:
+            self._secret_rules = (*self._secret_rules, variables)[-_MAX_REMEMBERED_HEADERS:]
+        return variables
+
+    def _url_path(self, url: str) -> str:
+        """``url`` (without query and fragment) with its path filtered when it has the shape
+        of a known rule with secret variables (:meth:`learn_rules`)."""
+        scheme_end = url.find("://")
+        if scheme_end >= 0:
+            start = url.find("/", scheme_end + 3)
+        else:
+            start = 0 if url.startswith("/") else -1
+        if start < 0:
+            return url
+        path = url[start:]
+        for variables in self._secret_rules:
+            filtered = variables.filter_if_matching(path, FILTERED)
+            if filtered is not None:
+                return url[:start] + filtered
+        return url
+
     def url(self, url: str) -> str:
         """A URL with the values of secret parameters filtered, in its query string and in its
-        fragment (where OAuth's implicit flow puts ``access_token``)."""
+        fragment (where OAuth's implicit flow puts ``access_token``), and in its path when it
+        names a page of the app whose rule has secret variables (:meth:`learn_rules`)."""
         url, hash_mark, fragment = url.partition("#")
         base = url
         if "?" in url:
             base, _, query = url.partition("?")
             url = f"{base}?{self.query(query, base)}"
+        if self._secret_rules:
+            url = self._url_path(base) + url[len(base) :]
         return f"{url}#{self.query(fragment, base)}" if hash_mark else url
 
     def query(self, query: str, path: str = "") -> str:

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import bson
 import pytest
-from flask import Flask, jsonify, redirect, request
+from flask import Flask, Response, jsonify, redirect, request
 from flask.testing import FlaskClient
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -531,6 +531,57 @@ def test_form_fields_and_script_values_named_secret_in_a_page_are_filtered(
     script = f'const csrfToken = "{csrf}";'
     expected = page.replace(script, f"const csrfToken = {FILTERED};")
     assert doc["response_body"] == expected.replace(csrf, FILTERED).replace(key, FILTERED).encode()
+
+
+def test_a_path_segment_bound_to_a_secret_variable_is_filtered(app: Flask, mongo: Any) -> None:
+    reset, item = token("reset"), token("item")
+
+    @app.get("/reset/<token>")
+    def reset_password(token: str) -> str:
+        return f"reset {len(token)}"
+
+    @app.get("/items/<name>/<uuid:access_key>")
+    def item_page(name: str, access_key: Any) -> str:
+        return name
+
+    client = app.test_client()
+    assert client.get(f"/reset/{reset}").get_data(as_text=True) == f"reset {len(reset)}"
+    key = "5f0c9c9e-8c6a-4c0e-9d0e-1b2c3d4e5f60"
+    assert client.get(f"/items/{item}/{key}?page=2").get_data(as_text=True) == item
+    first, second = stored(app, mongo)
+    assert first["path"] == f"/reset/{FILTERED}"
+    assert first["url_rule"] == "/reset/<token>"
+    assert second["path"] == f"/items/{item}/{FILTERED}"
+    assert second["query_params"] == "page=2"
+    assert_absent(first, reset)
+    assert key not in str(second)
+
+
+def test_a_url_naming_a_page_with_a_secret_variable_is_filtered(app: Flask, mongo: Any) -> None:
+    """The page's form posts back to its own URL, the browser naming it in Referer; the
+    app then redirects to another page of the same kind."""
+    reset, other = token("reset"), token("other")
+
+    @app.route("/reset/<token>", methods=["GET", "POST"])
+    def reset_password(token: str) -> Any:
+        if request.method == "GET":
+            return "form"
+        # No body: a redirect page's link is body text, filtered only by names and looks.
+        return Response(status=303, headers={"Location": f"/reset/{other}?step=2"})
+
+    client = app.test_client()
+    client.get("/about")  # the first request: no page with a secret variable seen yet
+    page = f"http://localhost/reset/{reset}"
+    response = client.post(f"/reset/{reset}", headers={"Referer": f"{page}?from=mail#top"})
+    assert response.headers["Location"] == f"/reset/{other}?step=2"
+    client.get("/about", headers={"Referer": page})
+    client.get("/about", headers={"Referer": "https://elsewhere.example/reset"})
+    _, posted, about, elsewhere = stored(app, mongo)
+    assert_absent(posted, reset, other)
+    assert posted["referrer"] == f"http://localhost/reset/{FILTERED}?from=mail#top"
+    assert headers_of(posted, "response_headers")["location"] == [f"/reset/{FILTERED}?step=2"]
+    assert about["referrer"] == f"http://localhost/reset/{FILTERED}"
+    assert elsewhere["referrer"] == "https://elsewhere.example/reset"
 
 
 def test_streamed_response_body_with_secrets(app: Flask, mongo: Any) -> None:

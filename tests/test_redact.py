@@ -774,6 +774,36 @@ def test_the_shortcut_never_changes_what_is_filtered(shape: str, names: list[str
     assert redactor.body(body, content_type) == always_parsed.body(body, content_type)
 
 
+# --- paths: URL rules' secret variables --------------------------------------------------------
+
+
+def test_a_path_keeps_no_value_of_a_secret_rule_variable(redactor: Redactor) -> None:
+    assert redactor.path("/reset/abc123", "/reset/<token>") == f"/reset/{FILTERED}"
+    assert redactor.path("/u/7/keys/k1", "/u/<int:user_id>/keys/<key>") == f"/u/7/keys/{FILTERED}"
+    assert redactor.path("/items/shoe", "/items/<name>") == "/items/shoe"
+
+
+def test_urls_naming_a_learned_rule_have_their_path_filtered() -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    before = redactor.url("https://app.example/reset/abc123")
+    assert before == "https://app.example/reset/abc123"  # no rule known yet
+    redactor.learn_rules(["/", "/items/<name>", "/reset/<token>", "/static/<path:filename>"])
+    assert redactor.url("https://app.example/reset/abc123?a=1#x") == (
+        f"https://app.example/reset/{FILTERED}?a=1#x"
+    )
+    assert redactor.url("/reset/abc123") == f"/reset/{FILTERED}"
+    assert redactor.url("https://app.example/items/abc123") == "https://app.example/items/abc123"
+    assert redactor.url("https://app.example") == "https://app.example"
+    headers = [("Location", "/reset/abc123"), ("Content-Location", "/reset/abc123")]
+    assert redactor.headers(headers) == [
+        ("Location", f"/reset/{FILTERED}"),
+        ("Content-Location", "/reset/abc123"),
+    ]
+    environ = {"HTTP_REFERER": "http://localhost/reset/abc123", "PATH_INFO": "/"}
+    redactor.environ(environ)
+    assert environ["HTTP_REFERER"] == f"http://localhost/reset/{FILTERED}"
+
+
 # --- IP addresses ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,46 @@
+"""Unit tests of :mod:`flask_tracking.rules`: where a URL rule's variables are in a path."""
+
+from __future__ import annotations
+
+import pytest
+
+from flask_tracking.rules import secret_variables
+
+
+def secret(name: str) -> bool:
+    return name in ("token", "key")
+
+
+@pytest.mark.parametrize(
+    ("rule", "path", "expected"),
+    [
+        ("/reset/<token>", "/reset/abc123", "/reset/*"),
+        ("/reset/<string(length=6):token>/done", "/reset/abc123/done", "/reset/*/done"),
+        ("/u/<int:id>/keys/<key>", "/u/7/keys/k-1", "/u/7/keys/*"),
+        ("/f/<path:key>", "/f/a/b/c.txt", "/f/*"),
+        ("/t/<uuid:token>.json", "/t/5f0c9c9e-8c6a-4c0e-9d0e-1b2c3d4e5f60.json", "/t/*.json"),
+        ("/<token>/<token2>", "/a/b", "/*/b"),
+        # The path does not follow the rule (merged slashes): filtered from the first secret.
+        ("/reset/<token>", "/reset//abc", "/reset/*"),
+        ("/reset/<token>", "/other", "*"),
+        # Text of a rule's static parts is matched as written, UTF-8 as WSGI carries it.
+        ("/é/<token>", "/\u00c3\u00a9/abc", "/\u00c3\u00a9/*"),
+    ],
+)
+def test_a_path_keeps_no_value_of_a_secret_variable(rule: str, path: str, expected: str) -> None:
+    variables = secret_variables(rule, secret)
+    assert variables is not None
+    assert variables.filter(path, "*") == expected
+
+
+@pytest.mark.parametrize("rule", ["/items/<int:id>", "/static/<path:filename>", "/about", ""])
+def test_a_rule_without_a_secret_variable_needs_no_filter(rule: str) -> None:
+    assert secret_variables(rule, secret) is None
+
+
+def test_any_path_is_filtered_only_when_it_has_the_rule_s_shape() -> None:
+    variables = secret_variables("/reset/<token>/<int:step>", secret)
+    assert variables is not None
+    assert variables.filter_if_matching("/reset/abc/2", "*") == "/reset/*/2"
+    assert variables.filter_if_matching("/reset/abc", "*") is None
+    assert variables.filter_if_matching("/other/abc/2", "*") is None
