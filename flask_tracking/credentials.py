@@ -240,20 +240,58 @@ def _credential_text(match: re.Match[str]) -> str | None:
 
 def _is_prose(token: str, basic: bool) -> bool:
     """Whether the ``token`` after a ``Bearer`` or ``Basic`` is a word of prose ("Basic
-    information", "Bearer tokens"), not a credential: letters alone, in one case or
-    capitalized (words joined by hyphens, a full stop after). Tokens and the base64 of a Basic
-    credential mix cases, digits and signs; a word whose base64 decodes to ``user:password``
-    (it holds a colon) is still a Basic credential."""
+    information", "Bearer tokens"), not a credential. After ``Bearer``, one of the few words
+    prose puts there (:data:`_BEARER_PROSE`): a static token chosen by hand can be any other
+    word. After ``Basic``, letters alone, in one case or capitalized (words joined by hyphens,
+    a full stop after): the base64 of a Basic credential mixes cases and digits, and a word
+    whose base64 decodes to ``user:password`` (it holds a colon) is still one."""
+    if not basic:
+        return token.rstrip(".").lower() in _BEARER_PROSE
     if _PROSE(token) is None:
         return False
-    if not basic:  # Bearer
-        return True
     letters = token.rstrip(".")
     if "-" in letters or len(letters) % 4 == 1:  # no base64 a decoder would take
         return True
     return b":" not in binascii.a2b_base64(letters + "=" * (-len(letters) % 4))
 
 
+#: The words prose puts after "Bearer" (in any case): "Bearer tokens", "bearer bonds".
+_BEARER_PROSE = frozenset(
+    {
+        "token",
+        "tokens",
+        "authentication",
+        "authorization",
+        "auth",
+        "scheme",
+        "schemes",
+        "header",
+        "headers",
+        "credential",
+        "credentials",
+        "format",
+        "type",
+        "value",
+        "values",
+        "string",
+        "prefix",
+        "keyword",
+        "bond",
+        "bonds",
+        "share",
+        "shares",
+        "security",
+        "securities",
+        "instrument",
+        "instruments",
+        "cheque",
+        "cheques",
+        "check",
+        "checks",
+        "paper",
+        "papers",
+    }
+)
 #: A word of letters, lowercase, capitalized or capitals; words joined by hyphens; a full stop.
 _PROSE = re.compile(r"(?:[A-Z]?[a-z]+|[A-Z]+)(?:-(?:[A-Z]?[a-z]+|[A-Z]+))*\.?").fullmatch
 
@@ -356,6 +394,8 @@ def _is_card_number(candidate: str) -> bool:
 # :func:`scrub_values`).
 _JWT_PART = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 _TOKEN_CHARACTER = r"(?:[A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
+#: Signs a token chosen by hand holds between its characters (none of a token's own).
+_TOKEN_SIGN = r"[!#$()*,:;?@\[\]^{|}]"
 # A token's scheme is followed by spaces, tabs or a form's ``+``; a tab may be written as
 # JSON's escape ``\t`` (also in text: JSON written into a string keeps its escapes).
 # A credential begins a word; right after an escape of a line break or another control
@@ -363,16 +403,20 @@ _TOKEN_CHARACTER = r"(?:[A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 # letter or digit. A private key runs to its end line, or else to a quote, a tag or a form's
 # ``&``, and not into the backslash that escapes a quote (in JSON, ``\"`` ends no string).
 _AFTER_ESCAPE = r"(?<=\\[nrtbf])|(?<=\\u00[01][0-9A-Fa-f])"
+# A URL's userinfo is tried first: right after ``://`` it is one, whatever it begins with.
+# A token runs on over signs between its characters (``hunter!two``; a raw ``user:password``
+# after ``Basic``): the word is one credential.
 _CREDENTIAL_PATTERN = (
-    rf"(?P<jwt>(?:(?<![A-Za-z0-9_-])|{_AFTER_ESCAPE})"
+    r"(?<=://)(?P<user>[^\s/?#@:\"'<>]{0,256}):[^\s/?#@\"'<>]{0,256}@"
+    rf"|(?P<jwt>(?:(?<![A-Za-z0-9_-])|{_AFTER_ESCAPE})"
     rf"eyJ{_JWT_PART}{{4,}}\.{_JWT_PART}{{4,}}\.{_JWT_PART}*)"
     rf"|(?P<scheme>(?:(?<![A-Za-z0-9])|{_AFTER_ESCAPE})"
     r"(?:Bearer|bearer|BEARER|Basic|basic|BASIC)(?:[ \t+]|\\t)+)"
-    rf"(?={_TOKEN_CHARACTER}{{6}}){_TOKEN_CHARACTER}+=*"
+    rf"(?=(?:{_TOKEN_CHARACTER}|{_TOKEN_SIGN}){{6}})"
+    rf"{_TOKEN_CHARACTER}+=*(?:{_TOKEN_SIGN}+{_TOKEN_CHARACTER}+=*)*"
     rf"|(?P<aws>(?:(?<![A-Z0-9])|{_AFTER_ESCAPE})(?:AKIA|ASIA)[A-Z0-9]{{16}}(?![A-Z0-9]))"
     r"|(?P<pem>-----BEGIN[A-Z +]{0,20}PRIVATE[ +]KEY-----"
     r"(?:(?!-----END)(?:[^\"'<&\\]|\\[^\"'<&]))*(?:-----END[A-Z +]{0,20}PRIVATE[ +]KEY-----)?)"
-    r"|(?<=://)(?P<user>[^\s/?#@:\"'<>]{0,256}):[^\s/?#@\"'<>]{0,256}@"
 )
 _CREDENTIAL_TEXT = re.compile(_CREDENTIAL_PATTERN)
 _CREDENTIAL_BYTES = re.compile(_CREDENTIAL_PATTERN.encode("ascii"))

@@ -76,8 +76,10 @@ def test_look_alikes_are_kept(text: str) -> None:
         "plan=Basic+Membership&x=1",
         "<h2>BASIC FEATURES</h2>",
         "Bearer tokens are short-lived.",
+        "Bearer Authentication: see below",
         "bearer securities",
         "Basic self-service.",
+        "Basic information: see below",
         '{"title": "Basic settings"}',
     ],
 )
@@ -102,6 +104,18 @@ def test_a_word_after_basic_or_bearer_is_prose_and_kept(text: str) -> None:
         # Letters alone, but their base64 decodes to "user:password" (a colon): a credential.
         ("Basic zgjjwjrl", f"Basic {FILTERED}"),
         ("a=Basic+zgjjwjrl", f"a=Basic+{FILTERED}"),
+        # After Bearer, only a word of prose's few known words is kept: a static token chosen
+        # by hand is a word too.
+        ("Bearer changeme", f"Bearer {FILTERED}"),
+        ("X-Upstream: Bearer MYSECRETTOKEN", f"X-Upstream: Bearer {FILTERED}"),
+        ("Bearer my-secret-token", f"Bearer {FILTERED}"),
+        # A sign inside the word: one credential (raw user:password after Basic too).
+        ("Bearer hunter!two x", f"Bearer {FILTERED} x"),
+        ("Basic ada:hunter2", f"Basic {FILTERED}"),
+        ("Basic information:hunter2", f"Basic {FILTERED}"),
+        ('{"h": "Bearer abcdef!ghi\\"}', f'{{"h": "Bearer {FILTERED}\\"}}'),
+        # A URL's userinfo that begins like a scheme's name is still a URL's userinfo.
+        ("https://basic+deploy:hunter2@host/", f"https://basic+deploy:{FILTERED}@host/"),
     ],
 )
 def test_a_token_that_is_no_plain_word_is_filtered(text: str, expected: str) -> None:
