@@ -23,12 +23,14 @@ from .content import HTML_KINDS, TEXT_KINDS, Unreadable
 from .credentials import FILTERED, FILTERED_BYTES, json_slashes_unescaped, scrub_values
 from .syntax import (
     HTML_NAME_ATTRIBUTE,
+    HTML_QUOTED_PAIR,
     HTML_SCRIPT_END,
     HTML_SCRIPT_START,
     HTML_START_TAG,
     HTML_TEXTAREA_END,
     HTML_VALUE_ATTRIBUTE,
     LOOSE_PAIR,
+    SCRIPT_NAMED_PAIR,
     URL_PARAMETER,
     XML_ATTRIBUTE,
     XML_NAME_ATTRIBUTE,
@@ -116,9 +118,12 @@ class BodyFilters:
         json_kind, form, xml = shape
         head = body[:1024].lstrip()
         if xml or (kind in TEXT_KINDS and head[:1] == b"<"):
-            return self.markup_urls(self.xml_body(body))
+            body = self.xml_body(body)
+            if kind in HTML_KINDS:  # XHTML: its scripts and attributes as a page's
+                body = self.html_values(body)
+            return self.markup_urls(body)
         if kind in HTML_KINDS and b"<" in body[:1024]:
-            return self.markup_urls(self.html_scripts(self.html_fields(body)))
+            return self.markup_urls(self.html_values(self.html_fields(body)))
         # Markup without a tag (Flask answers a view's plain string as text/html) is text.
         text = body.decode("utf-8", "replace")
         if json_kind or (not form and text.lstrip()[:1] in ("{", "[")):
@@ -310,15 +315,16 @@ class BodyFilters:
         (``<input name="csrf_token" value="...">``, ``<meta name="csrf-token" content="...">``)
         and the text of such a ``<textarea>`` are filtered; an empty value is kept.
 
-        Only the ``name`` attributes are looked for (one C-level pass); the tag around a secret
-        one is then read, from its ``<``. No part of the body is read twice: the time is linear
-        in its length. A tag that cannot be read (a ``<`` inside a value) is left as it is."""
+        Only the ``name`` attributes are looked for (one C-level pass over the page lowercased);
+        the tag around a secret one is then read, from its ``<``. No part of the body is read
+        twice: the time is linear in its length. A tag cut by the end of the body is read to
+        there; one that cannot be read (a ``<`` inside a value) is left as it is."""
         pieces: list[bytes] = []
         position = done = 0  # copied up to; no tag before ``done`` is read again
-        for named in HTML_NAME_ATTRIBUTE.finditer(body):
+        for named in HTML_NAME_ATTRIBUTE.finditer(body.lower()):
             if named.start() < done:
                 continue
-            name = named.group(1).strip(b"\"'").decode("utf-8", "replace")
+            name = body[named.start(1) : named.end(1)].strip(b"\"'").decode("utf-8", "replace")
             if not self._is_secret_field(name):
                 continue
             start = body.rfind(b"<", done, named.start())
@@ -341,28 +347,42 @@ class BodyFilters:
         pieces.append(body[position:])
         return b"".join(pieces)
 
-    def html_scripts(self, body: bytes) -> bytes:
-        """HTML: the text of every ``<script>`` read as :meth:`loose_text` reads text, so that
-        ``var csrfToken = "..."`` and a state object's ``"apiToken": "..."`` are filtered.
-        The page's own text is left to :meth:`markup_urls`; a script cut at the limit runs to
-        the end of the body."""
+    def html_values(self, body: bytes) -> bytes:
+        """HTML: the string and number values of secret keys in a page's scripts and in JSON
+        written into its attributes: ``"apiToken": "..."`` anywhere (a state object, htmx's
+        ``hx-headers='{"X-CSRFToken": "..."}'``, quotes written ``&quot;`` too), and in scripts
+        ``var csrfToken = "..."``, ``headers['X-CSRFToken'] = '...'``,
+        ``setRequestHeader("X-CSRFToken", "...")``. Code is no value (``token == null``,
+        ``key = e.key`` are kept), and the page's own text is not read for ``key: value``."""
+        scrubbed = HTML_QUOTED_PAIR.sub(self._secret_value, body)
         pieces: list[bytes] = []
         copied = searched = 0
-        while (start := HTML_SCRIPT_START.search(body, searched)) is not None:
-            end_tag = HTML_SCRIPT_END.search(body, start.end())
-            end = len(body) if end_tag is None else end_tag.start()
-            text = body[start.end() : end].decode("utf-8", "replace")
-            scrubbed = self.loose_text(text)
-            if scrubbed is not text:
-                pieces += [body[copied : start.end()], scrubbed.encode("utf-8")]
+        while (start := HTML_SCRIPT_START.search(scrubbed, searched)) is not None:
+            end_tag = HTML_SCRIPT_END.search(scrubbed, start.end())
+            end = len(scrubbed) if end_tag is None else end_tag.start()
+            script = scrubbed[start.end() : end]
+            named = SCRIPT_NAMED_PAIR.sub(self._secret_value, script)
+            if named != script:
+                pieces += [scrubbed[copied : start.end()], named]
                 copied = end
             if end_tag is None:
                 break
             searched = end_tag.end()
-        if not pieces:
-            return body
-        pieces.append(body[copied:])
-        return b"".join(pieces)
+        if pieces:
+            pieces.append(scrubbed[copied:])
+            scrubbed = b"".join(pieces)
+        return body if scrubbed == body else scrubbed
+
+    def _secret_value(self, match: re.Match[bytes]) -> bytes:
+        """A pair of :data:`HTML_QUOTED_PAIR` or :data:`SCRIPT_NAMED_PAIR` with its value
+        filtered when its key is secret (an empty string is kept)."""
+        value = "text" if match.group("quote") is not None else "number"
+        start, end = match.span(value)
+        if start == end or not self._is_secret_field(match.group("key").decode("utf-8", "replace")):
+            return match.group(0)
+        at = match.start()
+        whole = match.group(0)
+        return whole[: start - at] + FILTERED_BYTES + whole[end - at :]
 
     def markup_urls(self, body: bytes) -> bytes:
         """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),

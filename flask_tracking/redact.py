@@ -131,6 +131,7 @@ DEFAULT_ALLOWED_FIELDS: tuple[str, ...] = (
     "signature_algorithm",
     "key_type",
     "auth_type",
+    "twitter_card",  # <meta name="twitter:card" content="summary">, on most public pages
 )
 
 #: Headers that carry the client address; filtered too when TRACKING_ANONYMIZE_IP is on.

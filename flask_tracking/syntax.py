@@ -98,28 +98,46 @@ XML_ATTRIBUTE = re.compile(rb"""([A-Za-z_][\w.:-]{0,200})\s*=\s*("[^"]*"?|'[^']*
 XML_NAME_ATTRIBUTE = re.compile(rb"""(?:^|\s)(name|key|field)\s*=\s*["']([^"'<>]{0,256})""")
 
 
-#: A ``name`` attribute in HTML (``name``, ``Name`` or ``NAME``) and its value, quoted or not.
-#: The pattern begins with the literals, which the engine finds quickly.
+#: A ``name`` attribute in HTML and its value, quoted or not, found in the page lowercased.
 HTML_NAME_ATTRIBUTE = re.compile(
-    rb"""(?:name|Name|NAME)(?<=[\s"'][NnAaMmEe]{4})\s*=\s*"""
-    rb"""("[^"<>]{0,256}"|'[^'<>]{0,256}'|[^\s"'<>`=]{1,256})"""
+    rb"""name(?<=[\s"']name)\s*=\s*("[^"<>]{0,256}"|'[^'<>]{0,256}'|[^\s"'<>`=]{1,256})"""
 )
 #: An HTML start tag: its name and its attributes, values quoted or not (a value holding a
-#: ``<`` ends the tag's reading there: the match fails, and no tag is read past a ``<``).
+#: ``<`` ends the tag's reading there: the match fails, and no tag is read past a ``<``). A
+#: tag cut by the end of the body (at the capture limit) is read to there.
 HTML_START_TAG = re.compile(
-    rb"""<([A-Za-z][^\s/<>]{0,100})"""
-    rb"""((?:\s+[^\s"'<>/=]+(?:\s*=\s*(?:"[^"<]*"|'[^'<]*'|[^\s"'<>`]+))?)*)\s*/?>"""
+    rb"""<([A-Za-z][^\s/<>]{0,100})((?:\s+[^\s"'<>/=]+"""
+    rb"""(?:\s*=\s*(?:"[^"<]*(?:"|\Z)|'[^'<]*(?:'|\Z)|[^\s"'<>`]+))?)*)\s*(?:/?>|\Z)"""
 )
-#: A ``value`` or ``content`` attribute among a tag's attributes, and its value.
+#: A ``value`` or ``content`` attribute among a tag's attributes, and its value (the closing
+#: quote may be missing in a cut tag).
 HTML_VALUE_ATTRIBUTE = re.compile(
     rb"""(\s(?:[Vv][Aa][Ll][Uu][Ee]|[Cc][Oo][Nn][Tt][Ee][Nn][Tt])\s*=\s*)"""
-    rb"""("[^"]+"|'[^']+'|[^\s"'<>`]+)"""
+    rb"""("[^"]+"?|'[^']+'?|[^\s"'<>`]+)"""
 )
 #: Where a ``<textarea>``'s text ends.
 HTML_TEXTAREA_END = re.compile(rb"</textarea", re.IGNORECASE)
 #: A ``<script>`` start tag (read no further than the next ``<``), and where its text ends.
 HTML_SCRIPT_START = re.compile(rb"<script\b[^<>]*>", re.IGNORECASE)
 HTML_SCRIPT_END = re.compile(rb"</script", re.IGNORECASE)
+# A value in a script or in JSON written into an attribute: a string (its quotes may be
+# written as entities, ``&quot;``) or a number. Code (``e.key``, ``null``) is no value.
+_SCRIPT_VALUE = (
+    rb"""(?:(?P<quote>"|'|`|&quot;|&\#3[49];)(?P<text>(?:\\.|(?!(?P=quote))[^\\\r\n])*)(?P=quote)"""
+    rb"""|(?P<number>-?[0-9][0-9.]*)(?![\w$.]))"""
+)
+#: A quoted key and its value, anywhere in a page: ``"apiToken": "..."`` (JSON in a script or
+#: in an attribute, htmx's ``hx-headers``), ``['X-CSRFToken'] = '...'``, and a call's first
+#: two arguments, ``setRequestHeader("X-CSRFToken", "...")``.
+HTML_QUOTED_PAIR = re.compile(
+    rb"""(?P<call>\(\s*)?(?P<keyquote>"|'|&quot;|&\#3[49];)(?P<key>[^"'<>&\\\s]{1,256}?)"""
+    rb"""(?P=keyquote)\s*\]?\s*(?(call),|[:=](?![=>]))\s*""" + _SCRIPT_VALUE
+)
+#: A key written as a name in a script, and its value: ``csrfToken: '...'``,
+#: ``var pin = 1234``, ``config.apiKey = "..."``.
+SCRIPT_NAMED_PAIR = re.compile(
+    rb"""(?<![\w$])(?P<key>[A-Za-z_$][\w$]{0,255})\s*[:=](?![=>])\s*""" + _SCRIPT_VALUE
+)
 
 
 def multipart_boundary(content_type: str) -> bytes | None:

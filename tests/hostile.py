@@ -162,8 +162,20 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b"<script a=b ", size, b"<p>password: "),
         "text/html",
     ),
-    "html: one script of naming keys": lambda size: (
+    "html: one script of quoted keys": lambda size: (
         _fill(b'{"name": "', size, b"<script>", b"token"),
+        "text/html",
+    ),
+    "html: quoted pairs, values unclosed": lambda size: (
+        _fill(b'"pin": \'', size, b"<p>password</p>"),
+        "text/html",
+    ),
+    "html: a script of named pairs": lambda size: (
+        _fill(b'pin = "1234"; ', size, b"<script>"),
+        "text/html",
+    ),
+    "html: a value of backslashes": lambda size: (
+        _fill(b"\\", size, b'<p>password</p><script>pin = "'),
         "text/html",
     ),
     "value: digit runs": lambda size: (_fill(b"4111 1111 1111 111 ", size, b"pass "), "text/plain"),

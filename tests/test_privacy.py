@@ -519,6 +519,8 @@ def test_form_fields_and_script_values_named_secret_in_a_page_are_filtered(
         f'<input id="csrf_token" name="csrf_token" type="hidden" value="{csrf}">'
         f'<input name="api_key" value="{key}" readonly><input name="email" value="ada@x.org">'
         f'</form><script>const csrfToken = "{csrf}"; fetch("/x", {{method: "POST"}});</script>'
+        f'<div hx-headers=\'{{"X-CSRFToken": "{csrf}"}}\'></div>'
+        '<meta name="twitter:card" content="summary">'
     )
 
     @app.get("/settings")
@@ -528,9 +530,7 @@ def test_form_fields_and_script_values_named_secret_in_a_page_are_filtered(
     assert app.test_client().get("/settings").get_data(as_text=True) == page
     [doc] = stored(app, mongo)
     assert_absent(doc, csrf, key)
-    script = f'const csrfToken = "{csrf}";'
-    expected = page.replace(script, f"const csrfToken = {FILTERED};")
-    assert doc["response_body"] == expected.replace(csrf, FILTERED).replace(key, FILTERED).encode()
+    assert doc["response_body"] == page.replace(csrf, FILTERED).replace(key, FILTERED).encode()
 
 
 def test_a_path_segment_bound_to_a_secret_variable_is_filtered(app: Flask, mongo: Any) -> None:
