@@ -86,6 +86,11 @@ def xml_element_end(body: bytes, start: int, name: bytes) -> tuple[int, int]:
     return len(body), len(body)
 
 
+#: Keys whose value names the field another key of the same object holds
+#: (``{"name": "password", "value": "..."}``); in XML, attributes naming their element.
+NAMING_KEYS = frozenset({"name", "key", "field", "param", "parameter", "header"})
+
+
 #: An XML tag; its groups: the ``/`` of an end tag, the prefix (with its colon), the local name,
 #: the attributes and the ``/`` of an empty element.
 XML_TAG = re.compile(

@@ -1,0 +1,205 @@
+"""XML and HTML bodies, filtered by the names of their fields: XML elements and attributes,
+the fields of a page's forms, the values in its scripts, the parameters of the URLs in both.
+
+Bounded hand scanners over bytes, in linear time: nothing is parsed as XML or HTML, so no
+entity is expanded and no external entity is fetched. What a name is worth is not judged
+here: :class:`MarkupFilters` is given the redactor's verdicts by
+:class:`~flask_tracking.bodies.BodyFilters`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from urllib.parse import unquote_plus
+
+from .credentials import FILTERED_BYTES
+from .syntax import (
+    HTML_NAME_ATTRIBUTE,
+    HTML_QUOTED_PAIR,
+    HTML_SCRIPT_END,
+    HTML_SCRIPT_START,
+    HTML_START_TAG,
+    HTML_TEXTAREA_END,
+    HTML_VALUE_ATTRIBUTE,
+    NAMING_KEYS,
+    SCRIPT_NAMED_PAIR,
+    URL_PARAMETER,
+    XML_ATTRIBUTE,
+    XML_NAME_ATTRIBUTE,
+    XML_TAG,
+    xml_element_end,
+)
+
+__all__ = ["MarkupFilters"]
+
+
+class MarkupFilters:
+    """The filters of XML and HTML, given the redactor's verdicts. Each filter returns its
+    body itself when nothing in it was filtered."""
+
+    def __init__(self, is_secret_field: Callable[[str], bool]) -> None:
+        """``is_secret_field``: whether a field name is secret."""
+        self._is_secret_field = is_secret_field
+
+    def xml(self, body: bytes, xhtml: bool = False) -> bytes:
+        """XML and SOAP (:meth:`xml_elements`), then the URLs' parameters (:meth:`urls`); an
+        XHTML page's values too (:meth:`html_values`)."""
+        body = self.xml_elements(body)
+        if xhtml:
+            body = self.html_values(body)
+        return self.urls(body)
+
+    def html(self, body: bytes) -> bytes:
+        """An HTML page: its fields (:meth:`html_fields`), the values of its scripts and of
+        JSON in its attributes (:meth:`html_values`), its URLs' parameters (:meth:`urls`)."""
+        return self.urls(self.html_values(self.html_fields(body)))
+
+    def xml_elements(self, body: bytes) -> bytes:
+        """XML and SOAP: the content of every element whose (local) name is secret
+        (``<password>``, ``<wsse:Password>``), of every element whose ``name`` attribute is
+        (``<field name="password">``), and the value of every secret attribute are filtered.
+
+        A bounded hand scanner over the tags, in one pass: nothing is parsed as XML, so no
+        entity is expanded and no external entity is fetched. An element left open (a body
+        cut at the limit) is filtered to the end.
+        """
+        pieces: list[bytes] = []
+        position = 0
+        search = XML_TAG.search
+        match = search(body)
+        while match is not None:
+            closing, prefix, local, attributes, empty = match.groups()
+            after = match.end()
+            if closing:
+                match = search(body, after)
+                continue
+            named = XML_NAME_ATTRIBUTE.search(attributes)
+            secret_element = self._is_secret_field(local.decode("utf-8", "replace")) or (
+                named is not None
+                and self._is_secret_field(named.group(2).decode("utf-8", "replace"))
+            )
+            scrubbed = self._xml_attributes(attributes, filter_all=secret_element)
+            if scrubbed is not attributes:
+                pieces.append(body[position : match.start(4)])
+                pieces.append(scrubbed)
+                position = match.end(4)
+            if secret_element and not empty:
+                end, resume = xml_element_end(body, after, (prefix or b"") + local)
+                pieces.append(body[position:after])
+                pieces.append(FILTERED_BYTES)
+                position = end
+                after = resume
+            match = search(body, after)
+        if not pieces:
+            return body
+        pieces.append(body[position:])
+        return b"".join(pieces)
+
+    def _xml_attributes(self, attributes: bytes, filter_all: bool) -> bytes:
+        if b"=" not in attributes:
+            return attributes
+
+        def scrub(match: re.Match[bytes]) -> bytes:
+            name = match.group(1).decode("utf-8", "replace")
+            if (filter_all and name.lower() not in NAMING_KEYS) or self._is_secret_field(name):
+                quote = match.group(2)[:1]
+                return match.group(1) + b"=" + quote + FILTERED_BYTES + quote
+            return match.group(0)
+
+        scrubbed = XML_ATTRIBUTE.sub(scrub, attributes)
+        return attributes if scrubbed == attributes else scrubbed
+
+    def html_fields(self, body: bytes) -> bytes:
+        """HTML: the ``value`` and ``content`` of every element named secret by its ``name``
+        (``<input name="csrf_token" value="...">``, ``<meta name="csrf-token" content="...">``)
+        and the text of such a ``<textarea>`` are filtered; an empty value is kept.
+
+        Only the ``name`` attributes are looked for (one C-level pass over the page lowercased);
+        the tag around a secret one is then read, from its ``<``. No part of the body is read
+        twice: the time is linear in its length. A tag cut by the end of the body is read to
+        there; one that cannot be read (a ``<`` inside a value) is left as it is."""
+        pieces: list[bytes] = []
+        position = done = 0  # copied up to; no tag before ``done`` is read again
+        for named in HTML_NAME_ATTRIBUTE.finditer(body.lower()):
+            if named.start() < done:
+                continue
+            name = body[named.start(1) : named.end(1)].strip(b"\"'").decode("utf-8", "replace")
+            if not self._is_secret_field(name):
+                continue
+            start = body.rfind(b"<", done, named.start())
+            tag = HTML_START_TAG.match(body, start) if start >= 0 else None
+            done = named.end()
+            if tag is None or tag.end() < done:
+                continue
+            done = tag.end()
+            attributes = HTML_VALUE_ATTRIBUTE.sub(_filtered_attribute, tag.group(2))
+            pieces += [body[position : tag.start(2)], attributes, body[tag.end(2) : done]]
+            position = done
+            if tag.group(1).lower() == b"textarea":
+                end = HTML_TEXTAREA_END.search(body, done)
+                done = len(body) if end is None else end.start()
+                if done > position:
+                    pieces.append(FILTERED_BYTES)
+                position = done
+        if not pieces:
+            return body
+        pieces.append(body[position:])
+        return b"".join(pieces)
+
+    def html_values(self, body: bytes) -> bytes:
+        """HTML: the string and number values of secret keys in a page's scripts and in JSON
+        written into its attributes: ``"apiToken": "..."`` anywhere (a state object, htmx's
+        ``hx-headers='{"X-CSRFToken": "..."}'``, quotes written ``&quot;`` too), and in scripts
+        ``var csrfToken = "..."``, ``headers['X-CSRFToken'] = '...'``,
+        ``setRequestHeader("X-CSRFToken", "...")``. Code is no value (``token == null``,
+        ``key = e.key`` are kept), and the page's own text is not read for ``key: value``."""
+        scrubbed = HTML_QUOTED_PAIR.sub(self._secret_value, body)
+        pieces: list[bytes] = []
+        copied = searched = 0
+        while (start := HTML_SCRIPT_START.search(scrubbed, searched)) is not None:
+            end_tag = HTML_SCRIPT_END.search(scrubbed, start.end())
+            end = len(scrubbed) if end_tag is None else end_tag.start()
+            script = scrubbed[start.end() : end]
+            named = SCRIPT_NAMED_PAIR.sub(self._secret_value, script)
+            if named != script:
+                pieces += [scrubbed[copied : start.end()], named]
+                copied = end
+            if end_tag is None:
+                break
+            searched = end_tag.end()
+        if pieces:
+            pieces.append(scrubbed[copied:])
+            scrubbed = b"".join(pieces)
+        return body if scrubbed == body else scrubbed
+
+    def _secret_value(self, match: re.Match[bytes]) -> bytes:
+        """A pair of :data:`HTML_QUOTED_PAIR` or :data:`SCRIPT_NAMED_PAIR` with its value
+        filtered when its key is secret (an empty string is kept)."""
+        value = "text" if match.group("quote") is not None else "number"
+        start, end = match.span(value)
+        if start == end or not self._is_secret_field(match.group("key").decode("utf-8", "replace")):
+            return match.group(0)
+        at = match.start()
+        whole = match.group(0)
+        return whole[: start - at] + FILTERED_BYTES + whole[end - at :]
+
+    def urls(self, body: bytes) -> bytes:
+        """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),
+        with one regex pass that only stops at ``?``, ``&`` and ``#``."""
+
+        def scrub(match: re.Match[bytes]) -> bytes:
+            name = match.group(2).decode("utf-8", "replace")
+            if not self._is_secret_field(unquote_plus(name)):
+                return match.group(0)
+            return match.group(1) + match.group(2) + b"=" + FILTERED_BYTES
+
+        return URL_PARAMETER.sub(scrub, body)
+
+
+def _filtered_attribute(match: re.Match[bytes]) -> bytes:
+    """A ``value=`` or ``content=`` attribute of :data:`HTML_VALUE_ATTRIBUTE` filtered, its
+    quotes kept."""
+    value = match.group(2)
+    quote = value[:1] if value[:1] in (b'"', b"'") else b""
+    return match.group(1) + quote + FILTERED_BYTES + quote

@@ -1,0 +1,95 @@
+"""Unit tests of :mod:`flask_tracking.markup`: XML and HTML filtered by names.
+
+Most of XML's behaviour is tested through the redactor in tests/test_redact.py; here, a page's
+fields and values, with a verdict of names of its own (only ``pin`` is secret).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from flask_tracking.credentials import FILTERED
+from flask_tracking.markup import MarkupFilters
+
+MARKUP = MarkupFilters(lambda name: name.lower() == "pin")
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        # Flask-WTF's hidden field, a <meta> as htmx and Rails read it, a settings page.
+        (
+            '<input id="csrf" name="pin" type="hidden" value="IjQ5YzEx.Zx">',
+            '<input id="csrf" name="pin" type="hidden" value="*">',
+        ),
+        ('<meta name="pin" content="abc123">', '<meta name="pin" content="*">'),
+        ("<input value='1234' name='pin' readonly>", "<input value='*' name='pin' readonly>"),
+        ("<input name=pin value=1234>", "<input name=pin value=*>"),
+        ('<INPUT NAME="PIN" VALUE="1234"/>', '<INPUT NAME="PIN" VALUE="*"/>'),
+        ('<input\nname="pin"\nvalue="1234">', '<input\nname="pin"\nvalue="*">'),
+        (
+            '<textarea name="pin" rows=2>12\n34</textarea><p>',
+            '<textarea name="pin" rows=2>*</textarea><p>',
+        ),
+        ('<textarea name="pin">1234', '<textarea name="pin">*'),  # cut at the limit
+        # A tag cut at the limit, or its name written in mixed case.
+        ('<input name="pin" type="hidden" value="12', '<input name="pin" type="hidden" value="*"'),
+        ('<input value="1234" nAmE="pin"', '<input value="*" nAmE="pin"'),
+        ('<input nAmE="pin" value="1234">', '<input nAmE="pin" value="*">'),
+        # A value with nothing in it is kept; so is every field not named secret.
+        ('<input name="pin" value="">', '<input name="pin" value="">'),
+        ('<input type="password" name="pin">', '<input type="password" name="pin">'),
+        (
+            '<input name="user" value="1234"><a href="?pin=1">',
+            '<input name="user" value="1234"><a href="?pin=*">',
+        ),
+        ('<meta name="description" content="pin">', '<meta name="description" content="pin">'),
+        ('<label for="pin">pin</label>', '<label for="pin">pin</label>'),
+        ('<p data-name="pin" title="1234">', '<p data-name="pin" title="1234">'),
+    ],
+)
+def test_fields_named_secret_in_a_page_are_filtered(page: str, expected: str) -> None:
+    kept = MARKUP.html(page.encode())
+    assert kept == expected.replace("*", FILTERED).encode()
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        ('<script>var pin = "1234";</script>', '<script>var pin = "*";</script>'),
+        ("<script>config.pin = 1234, x = 2</script>", "<script>config.pin = *, x = 2</script>"),
+        (
+            '<SCRIPT type="application/json">{"user": {"pin": "1234"}}</SCRIPT><p>pin: 1</p>',
+            '<SCRIPT type="application/json">{"user": {"pin": "*"}}</SCRIPT><p>pin: 1</p>',
+        ),
+        ("<script>headers = {pin: 'abc'}", "<script>headers = {pin: '*'}"),  # cut at the limit
+        (
+            """<script>xhr.setRequestHeader("pin", "1234"); h['pin'] = '1234';</script>""",
+            """<script>xhr.setRequestHeader("pin", "*"); h['pin'] = '*';</script>""",
+        ),
+        # JSON in an attribute (htmx's hx-headers and hx-vals), its quotes as entities too.
+        ("""<body hx-headers='{"pin": "1234"}'>""", """<body hx-headers='{"pin": "*"}'>"""),
+        (
+            '<div hx-vals="{&quot;pin&quot;: &quot;1234&quot;}">',
+            '<div hx-vals="{&quot;pin&quot;: &quot;*&quot;}">',
+        ),
+        # Code is no value: selectors, comparisons, reads of other names are kept.
+        (
+            """<script>const el = document.querySelector('input[name="pin"]');"""
+            """ const mode = "dark"; if (pin == null) { go("/login"); } pin = e.pin;</script>""",
+            """<script>const el = document.querySelector('input[name="pin"]');"""
+            """ const mode = "dark"; if (pin == null) { go("/login"); } pin = e.pin;</script>""",
+        ),
+        ('<script>const f = (pin) => "x"; v = {pin: ""}</script>', None),
+        # Text outside scripts is the page's own words: kept.
+        ("<p>pin: 1234</p><script>go()</script>", "<p>pin: 1234</p><script>go()</script>"),
+    ],
+)
+def test_secret_values_in_a_page_s_scripts_are_filtered(page: str, expected: str | None) -> None:
+    kept = MARKUP.html(page.encode())
+    assert kept == (page if expected is None else expected).replace("*", FILTERED).encode()
+
+
+def test_a_page_without_a_secret_field_is_returned_as_it_is() -> None:
+    page = b'<form><input name="user" value="ada"><input name=q></form>'
+    assert MARKUP.html(page) is page
