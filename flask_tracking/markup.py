@@ -15,6 +15,7 @@ from urllib.parse import unquote_plus
 
 from .credentials import FILTERED_BYTES
 from .syntax import (
+    HTML_DATA_ATTRIBUTE,
     HTML_NAME_ATTRIBUTE,
     HTML_QUOTED_PAIR,
     HTML_SCRIPT_END,
@@ -51,9 +52,10 @@ class MarkupFilters:
         return self.urls(body)
 
     def html(self, body: bytes) -> bytes:
-        """An HTML page: its fields (:meth:`html_fields`), the values of its scripts and of
-        JSON in its attributes (:meth:`html_values`), its URLs' parameters (:meth:`urls`)."""
-        return self.urls(self.html_values(self.html_fields(body)))
+        """An HTML page: its fields (:meth:`html_fields`), its ``data-*`` attributes
+        (:meth:`html_data`), the values of its scripts and of JSON in its attributes
+        (:meth:`html_values`), its URLs' parameters (:meth:`urls`)."""
+        return self.urls(self.html_values(self.html_data(self.html_fields(body))))
 
     def xml_elements(self, body: bytes) -> bytes:
         """XML and SOAP: the content of every element whose (local) name is secret
@@ -142,6 +144,24 @@ class MarkupFilters:
                 if done > position:
                     pieces.append(FILTERED_BYTES)
                 position = done
+        if not pieces:
+            return body
+        pieces.append(body[position:])
+        return b"".join(pieces)
+
+    def html_data(self, body: bytes) -> bytes:
+        """HTML: the value of every ``data-*`` attribute named secret (``data-csrf-token``,
+        ``data-api-key``; an empty value is kept). One C-level pass over the page lowercased."""
+        pieces: list[bytes] = []
+        position = 0
+        for attribute in HTML_DATA_ATTRIBUTE.finditer(body.lower()):
+            name = body[attribute.start(1) : attribute.end(1)].decode("utf-8", "replace")
+            start, end = attribute.span(2)
+            if body[start : start + 1] in (b'"', b"'"):
+                start, end = start + 1, end - 1
+            if start < end and self._is_secret_field(name):
+                pieces += [body[position:start], FILTERED_BYTES]
+                position = end
         if not pieces:
             return body
         pieces.append(body[position:])

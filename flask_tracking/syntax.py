@@ -120,6 +120,10 @@ HTML_VALUE_ATTRIBUTE = re.compile(
     rb"""(\s(?:[Vv][Aa][Ll][Uu][Ee]|[Cc][Oo][Nn][Tt][Ee][Nn][Tt])\s*=\s*)"""
     rb"""("[^"]+"?|'[^']+'?|[^\s"'<>`]+)"""
 )
+#: A ``data-*`` attribute (found in the page lowercased): the rest of its name and its value.
+HTML_DATA_ATTRIBUTE = re.compile(
+    rb"""data-(?<=[\s"']data-)([\w.:-]{1,256})\s*=\s*("[^"]*"|'[^']*'|[^\s"'<>`=]+)"""
+)
 #: Where a ``<textarea>``'s text ends.
 HTML_TEXTAREA_END = re.compile(rb"</textarea", re.IGNORECASE)
 #: A ``<script>`` start tag (read no further than the next ``<``), and where its text ends.
@@ -127,15 +131,18 @@ HTML_SCRIPT_START = re.compile(rb"<script\b[^<>]*>", re.IGNORECASE)
 HTML_SCRIPT_END = re.compile(rb"</script", re.IGNORECASE)
 # A value in a script or in JSON written into an attribute: a string (its quotes may be
 # written as entities, ``&quot;``) or a number. Code (``e.key``, ``null``) is no value.
+# A string's quotes may be escaped themselves (JSON written into a JS string: ``\"``).
 _SCRIPT_VALUE = (
-    rb"""(?:(?P<quote>"|'|`|&quot;|&\#3[49];)(?P<text>(?:\\.|(?!(?P=quote))[^\\\r\n])*)(?P=quote)"""
+    rb"""(?:(?P<quote>\\"|\\'|"|'|`|&quot;|&\#3[49];)"""
+    rb"""(?P<text>(?:(?!(?P=quote))(?:\\.|[^\\\r\n]))*)(?P=quote)"""
     rb"""|(?P<number>-?[0-9][0-9.]*)(?![\w$.]))"""
 )
 #: A quoted key and its value, anywhere in a page: ``"apiToken": "..."`` (JSON in a script or
 #: in an attribute, htmx's ``hx-headers``), ``['X-CSRFToken'] = '...'``, and a call's first
 #: two arguments, ``setRequestHeader("X-CSRFToken", "...")``.
 HTML_QUOTED_PAIR = re.compile(
-    rb"""(?P<call>\(\s*)?(?P<keyquote>"|'|&quot;|&\#3[49];)(?P<key>[^"'<>&\\\s]{1,256}?)"""
+    rb"""(?P<call>\(\s*)?(?P<keyquote>\\"|\\'|"|'|&quot;|&\#3[49];)"""
+    rb"""(?P<key>[^"'<>&\\\s]{1,256}?)"""
     rb"""(?P=keyquote)\s*\]?\s*(?(call),|[:=](?![=>]))\s*""" + _SCRIPT_VALUE
 )
 #: A key written as a name in a script, and its value: ``csrfToken: '...'``,

@@ -174,6 +174,14 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b'pin = "1234"; ', size, b"<script>"),
         "text/html",
     ),
+    "html: data attributes named secret": lambda size: (
+        _fill(b'<div data-pin="1" data-x=', size, b"<p>password</p>"),
+        "text/html",
+    ),
+    "html: escaped quotes, values unclosed": lambda size: (
+        _fill(b'\\"pin\\": \\"', size, b"<p>password</p><script>"),
+        "text/html",
+    ),
     "html: a value of backslashes": lambda size: (
         _fill(b"\\", size, b'<p>password</p><script>pin = "'),
         "text/html",

@@ -73,6 +73,14 @@ def test_fields_named_secret_in_a_page_are_filtered(page: str, expected: str) ->
             '<div hx-vals="{&quot;pin&quot;: &quot;1234&quot;}">',
             '<div hx-vals="{&quot;pin&quot;: &quot;*&quot;}">',
         ),
+        # JSON written into a JS string (Jinja's tojson twice): its quotes escaped.
+        (
+            '<script>JSON.parse("{\\"user\\": {\\"pin\\": \\"1234\\"}}")</script>',
+            '<script>JSON.parse("{\\"user\\": {\\"pin\\": \\"*\\"}}")</script>',
+        ),
+        # data-* attributes named secret.
+        ('<div data-pin="1234" data-x="1">', '<div data-pin="*" data-x="1">'),
+        ("<div DATA-PIN=1234>", "<div DATA-PIN=*>"),
         # Code is no value: selectors, comparisons, reads of other names are kept.
         (
             """<script>const el = document.querySelector('input[name="pin"]');"""
