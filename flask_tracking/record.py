@@ -176,11 +176,8 @@ def scrub_request_side(state: RequestState, redactor: Redactor) -> None:
     rule's secret variables) and the custom data, on the tracker's own copies (the view saw
     the original request); bodies are left to :func:`to_document`. Runs on the request thread
     before a record is queued."""
-    environ = state.environ
-    if environ is not None:
-        redactor.environ(environ)
-        if state.url_rule is not None and "PATH_INFO" in environ:
-            environ["PATH_INFO"] = redactor.path(environ["PATH_INFO"], state.url_rule)
+    if state.environ is not None:
+        redactor.environ(state.environ, state.url_rule)
     # A tuple: the garbage collector stops tracking it, so a queued record holds one object less.
     state.response_headers = tuple(redactor.headers(state.response_headers))
     if state.custom_data is not None:

@@ -267,8 +267,11 @@ class Redactor:
             scrubbed.append((name, value))
         return scrubbed
 
-    def environ(self, environ: dict[str, Any]) -> None:
-        """Filter, in place, the secret headers and query parameters of a WSGI environ copy.
+    def environ(self, environ: dict[str, Any], rule: str | None = None) -> None:
+        """Filter, in place, the secret headers and query parameters of a WSGI environ copy,
+        and its path when ``rule`` (the URL rule the request matched, ``/reset/<token>``) has
+        secret variables: their values are filtered (``/reset/[Filtered]``; see
+        :class:`flask_tracking.rules.SecretVariables`).
 
         Environ keys repeat from request to request, so their verdicts are remembered as two
         sets (keys seen, keys filtered) and a request with only known keys costs two C-level
@@ -298,18 +301,18 @@ class Redactor:
         query = environ.get("QUERY_STRING")
         if query:
             environ["QUERY_STRING"] = self.query(query, environ.get("PATH_INFO", ""))
-
-    def path(self, path: str, rule: str) -> str:
-        """``path`` (the WSGI ``PATH_INFO``) with the value of every variable of ``rule`` (the
-        URL rule it matched, ``/reset/<token>``) whose name is secret filtered
-        (``/reset/[Filtered]``); see :class:`flask_tracking.rules.SecretVariables`."""
-        variables = self._variables_of(rule)
-        return path if variables is None else variables.filter(path, FILTERED)
+        if rule is not None:
+            try:
+                variables = self._rule_variables[rule]
+            except KeyError:
+                variables = self._variables_of(rule)
+            if variables is not None and "PATH_INFO" in environ:
+                environ["PATH_INFO"] = variables.filter(environ["PATH_INFO"], FILTERED)
 
     def learn_rules(self, rules: Iterable[str]) -> None:
         """Know an app's URL rules, so that a URL naming one of its pages with a secret
         variable (``Referer: https://host/reset/<the token>``, a ``Location``) has its path
-        filtered as :meth:`path` filters the page's own (see :meth:`url`)."""
+        filtered as :meth:`environ` filters the page's own (see :meth:`url`)."""
         for rule in rules:
             self._variables_of(rule)
 

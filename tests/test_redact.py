@@ -777,10 +777,21 @@ def test_the_shortcut_never_changes_what_is_filtered(shape: str, names: list[str
 # --- paths: URL rules' secret variables --------------------------------------------------------
 
 
-def test_a_path_keeps_no_value_of_a_secret_rule_variable(redactor: Redactor) -> None:
-    assert redactor.path("/reset/abc123", "/reset/<token>") == f"/reset/{FILTERED}"
-    assert redactor.path("/u/7/keys/k1", "/u/<int:user_id>/keys/<key>") == f"/u/7/keys/{FILTERED}"
-    assert redactor.path("/items/shoe", "/items/<name>") == "/items/shoe"
+@pytest.mark.parametrize(
+    ("path", "rule", "expected"),
+    [
+        ("/reset/abc123", "/reset/<token>", f"/reset/{FILTERED}"),
+        ("/u/7/keys/k1", "/u/<int:user_id>/keys/<key>", f"/u/7/keys/{FILTERED}"),
+        ("/items/shoe", "/items/<name>", "/items/shoe"),
+        ("/items/shoe", None, "/items/shoe"),
+    ],
+)
+def test_a_path_keeps_no_value_of_a_secret_rule_variable(
+    redactor: Redactor, path: str, rule: str | None, expected: str
+) -> None:
+    environ = {"PATH_INFO": path}
+    redactor.environ(environ, rule)
+    assert environ == {"PATH_INFO": expected}
 
 
 def test_urls_naming_a_learned_rule_have_their_path_filtered() -> None:
