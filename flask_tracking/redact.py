@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -190,6 +191,7 @@ class Redactor:
         # those of the rules that have some, for the URLs of Referer and Location.
         self._rule_variables: dict[str, SecretVariables | None] = {}
         self._secret_rules: tuple[SecretVariables, ...] = ()
+        self._rules_lock = threading.Lock()
         self._environ_keys_secret: set[str] = set()
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
@@ -317,18 +319,19 @@ class Redactor:
             self._variables_of(rule)
 
     def _variables_of(self, rule: str) -> SecretVariables | None:
-        known = self._rule_variables
-        try:
-            return known[rule]
-        except KeyError:
-            pass
-        variables = secret_variables(rule, self.is_secret_field)
-        if len(known) >= _MAX_REMEMBERED_HEADERS:
-            known.clear()
-        known[rule] = variables
-        if variables is not None:
-            self._secret_rules = (*self._secret_rules, variables)[-_MAX_REMEMBERED_HEADERS:]
-        return variables
+        """The secret variables of ``rule``, worked out once (request threads may ask for the
+        same new rule at once: the first one learns it)."""
+        with self._rules_lock:
+            known = self._rule_variables
+            if rule in known:
+                return known[rule]
+            variables = secret_variables(rule, self.is_secret_field)
+            if len(known) >= _MAX_REMEMBERED_HEADERS:
+                known.clear()
+            known[rule] = variables
+            if variables is not None:
+                self._secret_rules = (*self._secret_rules, variables)[-_MAX_REMEMBERED_HEADERS:]
+            return variables
 
     def _url_path(self, url: str) -> str:
         """``url`` (without query and fragment) with its path filtered when it has the shape
