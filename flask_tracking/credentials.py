@@ -13,13 +13,28 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import AnyStr
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 #: The value stored in place of a secret.
 FILTERED = "[Filtered]"
 FILTERED_BYTES = FILTERED.encode()
+
+
+def splice(text: AnyStr, replacements: Iterable[tuple[int, int, AnyStr]]) -> AnyStr:
+    """``text`` with each ``(start, end, replacement)`` span replaced, the spans in order (one
+    that begins inside a span replaced already is skipped); ``text`` itself when none is."""
+    pieces: list[AnyStr] = []
+    position = 0
+    for start, end, replacement in replacements:
+        if start >= position:
+            pieces += [text[position:start], replacement]
+            position = end
+    if not pieces:
+        return text
+    pieces.append(text[position:])
+    return text[:0].join(pieces)
 
 
 def scrub_values(body: bytes) -> bytes:
@@ -85,9 +100,14 @@ def _percent_decoded(text: bytes) -> bytes | None:
 
 def _scrub_url_runs(text: bytes) -> bytes:
     """:func:`_scrub_url_encoded` run by run."""
+    return splice(text, _url_runs_filtered(text))
+
+
+def _url_runs_filtered(text: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """The runs of ``text`` that :func:`_scrub_url_runs` replaces, encoded again with their
+    credentials filtered, left to right."""
     mask = text.translate(_RUN_MASK)
-    pieces: list[bytes] = []
-    kept_from = position = 0
+    position = 0
     while (at := mask.find(b"%", position)) != -1:
         start = mask.rfind(b" ", 0, at) + 1
         end = mask.find(b" ", at)
@@ -97,25 +117,18 @@ def _scrub_url_runs(text: bytes) -> bytes:
         run = text[start:end]
         decoded = _url_decoded(run)
         if decoded is None:  # encoded more times than anything but an attempt to hide something
-            scrubbed = FILTERED_BYTES  # not kept
-        elif decoded == run:
+            yield start, end, FILTERED_BYTES  # not kept
             continue
-        else:
-            scrubbed = _scrub_plain(decoded)
-            if scrubbed == decoded:  # nothing, or only what was filtered already
-                continue
-        pieces.append(text[kept_from:start])
-        pieces.append(
-            FILTERED_BYTES.join(
-                quote_from_bytes(piece, safe=" ").replace(" ", "+").encode("ascii")
-                for piece in scrubbed.split(FILTERED_BYTES)
+        scrubbed = decoded if decoded == run else _scrub_plain(decoded)
+        if scrubbed != decoded:  # (nothing, or only what was filtered already: kept)
+            yield (
+                start,
+                end,
+                FILTERED_BYTES.join(
+                    quote_from_bytes(piece, safe=" ").replace(" ", "+").encode("ascii")
+                    for piece in scrubbed.split(FILTERED_BYTES)
+                ),
             )
-        )
-        kept_from = end
-    if not pieces:
-        return text
-    pieces.append(text[kept_from:])
-    return b"".join(pieces)
 
 
 def json_slashes_unescaped(text: bytes) -> bytes:
@@ -197,8 +210,17 @@ def _sub_credentials(
     Every branch of the pattern starts with a lookbehind, so a plain ``sub`` runs the whole
     pattern at every position (about 130 ms per MB); every branch of ``begin`` starts with a
     literal, which Python's engine skips to. Returns ``text`` itself when nothing was found."""
-    pieces: list[AnyStr] = []
-    kept_from = start = 0
+    return splice(text, _credentials_found(text, pattern, begin, replace))
+
+
+def _credentials_found(
+    text: AnyStr,
+    pattern: re.Pattern[AnyStr],
+    begin: re.Pattern[AnyStr],
+    replace: Callable[[re.Match[AnyStr]], AnyStr | None],
+) -> Iterator[tuple[int, int, AnyStr]]:
+    """The spans :func:`_sub_credentials` replaces, and with what, left to right."""
+    start = 0
     search, match = begin.search, pattern.match
     while (candidate := search(text, start)) is not None:
         at = candidate.start()
@@ -207,13 +229,8 @@ def _sub_credentials(
         if found is None or (replacement := replace(found)) is None:  # None: prose, kept
             start = at + 1
             continue
-        pieces.append(text[kept_from : found.start()])
-        pieces.append(replacement)
-        kept_from = start = found.end()
-    if not pieces:
-        return text
-    pieces.append(text[kept_from:])
-    return text[:0].join(pieces)
+        yield found.start(), found.end(), replacement
+        start = found.end()
 
 
 def _credential_bytes(match: re.Match[bytes]) -> bytes | None:
@@ -359,18 +376,14 @@ def _card_candidates(body: bytes) -> Iterator[re.Match[bytes]]:
 
 
 def _scrub_cards(body: bytes) -> bytes:
-    pieces = []
-    position = 0
-    for match in _card_candidates(body):
-        start, end = match.span()
-        if start >= position and _is_card_number(body[start:end].decode("ascii")):
-            pieces.append(body[position:start])  # (one starting before: in a card filtered)
-            pieces.append(FILTERED_BYTES)
-            position = end
-    if not pieces:
-        return body
-    pieces.append(body[position:])
-    return b"".join(pieces)
+    return splice(
+        body,
+        (
+            (match.start(), match.end(), FILTERED_BYTES)
+            for match in _card_candidates(body)  # (matches in a mask of the body)
+            if _is_card_number(body[match.start() : match.end()].decode("ascii"))
+        ),
+    )
 
 
 def _is_card_number(candidate: str) -> bool:

@@ -10,10 +10,10 @@ here: :class:`MarkupFilters` is given the redactor's verdicts by
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.parse import unquote_plus
 
-from .credentials import FILTERED_BYTES
+from .credentials import FILTERED_BYTES, splice
 from .syntax import (
     HTML_DATA_ATTRIBUTE,
     HTML_NAME_ATTRIBUTE,
@@ -121,8 +121,11 @@ class MarkupFilters:
         the tag around a secret one is then read, from its ``<``. No part of the body is read
         twice: the time is linear in its length. A tag cut by the end of the body is read to
         there; one that cannot be read (a ``<`` inside a value) is left as it is."""
-        pieces: list[bytes] = []
-        position = done = 0  # copied up to; no tag before ``done`` is read again
+        return splice(body, self._secret_fields(body))
+
+    def _secret_fields(self, body: bytes) -> Iterator[tuple[int, int, bytes]]:
+        """The spans :meth:`html_fields` replaces, and with what, left to right."""
+        done = 0  # no tag before it is read again
         for named in HTML_NAME_ATTRIBUTE.finditer(body.lower()):
             if named.start() < done:
                 continue
@@ -135,37 +138,31 @@ class MarkupFilters:
             if tag is None or tag.end() < done:
                 continue
             done = tag.end()
-            attributes = HTML_VALUE_ATTRIBUTE.sub(_filtered_attribute, tag.group(2))
-            pieces += [body[position : tag.start(2)], attributes, body[tag.end(2) : done]]
-            position = done
+            attributes = tag.group(2)
+            scrubbed = HTML_VALUE_ATTRIBUTE.sub(_filtered_attribute, attributes)
+            if scrubbed != attributes:
+                yield tag.start(2), tag.end(2), scrubbed
             if tag.group(1).lower() == b"textarea":
                 end = HTML_TEXTAREA_END.search(body, done)
-                done = len(body) if end is None else end.start()
-                if done > position:
-                    pieces.append(FILTERED_BYTES)
-                position = done
-        if not pieces:
-            return body
-        pieces.append(body[position:])
-        return b"".join(pieces)
+                text_end = len(body) if end is None else end.start()
+                if text_end > done:
+                    yield done, text_end, FILTERED_BYTES
+                done = text_end
 
     def html_data(self, body: bytes) -> bytes:
         """HTML: the value of every ``data-*`` attribute named secret (``data-csrf-token``,
         ``data-api-key``; an empty value is kept). One C-level pass over the page lowercased."""
-        pieces: list[bytes] = []
-        position = 0
+        return splice(body, self._secret_data(body))
+
+    def _secret_data(self, body: bytes) -> Iterator[tuple[int, int, bytes]]:
+        """The values :meth:`html_data` filters, left to right."""
         for attribute in HTML_DATA_ATTRIBUTE.finditer(body.lower()):
-            name = body[attribute.start(1) : attribute.end(1)].decode("utf-8", "replace")
             start, end = attribute.span(2)
             if body[start : start + 1] in (b'"', b"'"):
                 start, end = start + 1, end - 1
+            name = body[attribute.start(1) : attribute.end(1)].decode("utf-8", "replace")
             if start < end and self._is_secret_field(name):
-                pieces += [body[position:start], FILTERED_BYTES]
-                position = end
-        if not pieces:
-            return body
-        pieces.append(body[position:])
-        return b"".join(pieces)
+                yield start, end, FILTERED_BYTES
 
     def html_values(self, body: bytes) -> bytes:
         """HTML: the string and number values of secret keys in a page's scripts and in JSON
@@ -175,23 +172,22 @@ class MarkupFilters:
         ``setRequestHeader("X-CSRFToken", "...")``. Code is no value (``token == null``,
         ``key = e.key`` are kept), and the page's own text is not read for ``key: value``."""
         scrubbed = HTML_QUOTED_PAIR.sub(self._secret_value, body)
-        pieces: list[bytes] = []
-        copied = searched = 0
-        while (start := HTML_SCRIPT_START.search(scrubbed, searched)) is not None:
-            end_tag = HTML_SCRIPT_END.search(scrubbed, start.end())
-            end = len(scrubbed) if end_tag is None else end_tag.start()
-            script = scrubbed[start.end() : end]
+        scrubbed = splice(scrubbed, self._scripts_filtered(scrubbed))
+        return body if scrubbed == body else scrubbed
+
+    def _scripts_filtered(self, body: bytes) -> Iterator[tuple[int, int, bytes]]:
+        """The text of each script whose named pairs :meth:`html_values` filters, filtered."""
+        searched = 0
+        while (start := HTML_SCRIPT_START.search(body, searched)) is not None:
+            end_tag = HTML_SCRIPT_END.search(body, start.end())
+            end = len(body) if end_tag is None else end_tag.start()
+            script = body[start.end() : end]
             named = SCRIPT_NAMED_PAIR.sub(self._secret_value, script)
             if named != script:
-                pieces += [scrubbed[copied : start.end()], named]
-                copied = end
+                yield start.end(), end, named
             if end_tag is None:
-                break
+                return
             searched = end_tag.end()
-        if pieces:
-            pieces.append(scrubbed[copied:])
-            scrubbed = b"".join(pieces)
-        return body if scrubbed == body else scrubbed
 
     def _secret_value(self, match: re.Match[bytes]) -> bytes:
         """A pair of :data:`HTML_QUOTED_PAIR` or :data:`SCRIPT_NAMED_PAIR` with its value
