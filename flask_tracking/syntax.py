@@ -143,7 +143,7 @@ _SCRIPT_VALUE = (
 HTML_QUOTED_PAIR = re.compile(
     rb"""(?P<call>\(\s*)?(?P<keyquote>\\"|\\'|"|'|&quot;|&\#3[49];)"""
     rb"""(?P<key>[^"'<>&\\\s]{1,256}?)"""
-    rb"""(?P=keyquote)\s*\]?\s*(?(call),|[:=](?![=>]))\s*""" + _SCRIPT_VALUE
+    rb"""(?P=keyquote)\s*(?:\]\s*)?(?(call),|[:=](?![=>]))\s*""" + _SCRIPT_VALUE
 )
 #: A key written as a name in a script, and its value: ``csrfToken: '...'``,
 #: ``var pin = 1234``, ``config.apiKey = "..."``.

@@ -174,6 +174,14 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b'pin = "1234"; ', size, b"<script>"),
         "text/html",
     ),
+    "html: a quoted key before a run of spaces": lambda size: (
+        _fill(b" ", size, b'<p>token</p>"k"', b"x"),
+        "text/html",
+    ),
+    "html: an entity-quoted key before a run of line breaks": lambda size: (
+        _fill(b"\n", size, b"<p>token</p>(&quot;k&quot;", b"x"),
+        "text/html",
+    ),
     "html: data attributes named secret": lambda size: (
         _fill(b'<div data-pin="1" data-x=', size, b"<p>password</p>"),
         "text/html",
