@@ -80,18 +80,20 @@ class BodyFilters:
         filter_object: ObjectFilter,
         scrub_part: PartScrubber,
         max_name_length: int,
+        markup: MarkupFilters,
     ) -> None:
         """``is_secret_field``: whether a field name is secret; ``query``: a form body (query
         string) filtered; ``data``: a string value of parsed JSON filtered; ``filter_object``:
         a parsed JSON object filtered; ``scrub_part``: the content of a multipart part
-        scrubbed; ``max_name_length``: names longer than this are secret whatever they say."""
+        scrubbed; ``max_name_length``: names longer than this are secret whatever they say;
+        ``markup``: the filters of XML and HTML."""
         self._is_secret_field = is_secret_field
         self._query = query
         self._data = data
         self._filter_object = filter_object
         self._scrub_part = scrub_part
         #: XML and HTML.
-        self.markup = MarkupFilters(is_secret_field)
+        self.markup = markup
         # Characters of a naming key's value read in loose text: a name and its quotes and
         # spaces.
         self._naming_value_window = max_name_length + 64

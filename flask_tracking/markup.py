@@ -39,9 +39,13 @@ class MarkupFilters:
     """The filters of XML and HTML, given the redactor's verdicts. Each filter returns its
     body itself when nothing in it was filtered."""
 
-    def __init__(self, is_secret_field: Callable[[str], bool]) -> None:
-        """``is_secret_field``: whether a field name is secret."""
+    def __init__(
+        self, is_secret_field: Callable[[str], bool], is_secret_in_code: Callable[[str], bool]
+    ) -> None:
+        """``is_secret_field``: whether a field name is secret; ``is_secret_in_code``: whether
+        a name in a script is (narrower: ``sortKey`` is code's own)."""
         self._is_secret_field = is_secret_field
+        self._is_secret_in_code = is_secret_in_code
 
     def xml(self, body: bytes, xhtml: bool = False) -> bytes:
         """XML and SOAP (:meth:`xml_elements`), then the URLs' parameters (:meth:`urls`); an
@@ -171,7 +175,7 @@ class MarkupFilters:
         ``var csrfToken = "..."``, ``headers['X-CSRFToken'] = '...'``,
         ``setRequestHeader("X-CSRFToken", "...")``. Code is no value (``token == null``,
         ``key = e.key`` are kept), and the page's own text is not read for ``key: value``."""
-        scrubbed = HTML_QUOTED_PAIR.sub(self._secret_value, body)
+        scrubbed = HTML_QUOTED_PAIR.sub(self._quoted_value, body)
         scrubbed = splice(scrubbed, self._scripts_filtered(scrubbed))
         return body if scrubbed == body else scrubbed
 
@@ -182,23 +186,21 @@ class MarkupFilters:
             end_tag = HTML_SCRIPT_END.search(body, start.end())
             end = len(body) if end_tag is None else end_tag.start()
             script = body[start.end() : end]
-            named = SCRIPT_NAMED_PAIR.sub(self._secret_value, script)
+            named = SCRIPT_NAMED_PAIR.sub(self._named_value, script)
             if named != script:
                 yield start.end(), end, named
             if end_tag is None:
                 return
             searched = end_tag.end()
 
-    def _secret_value(self, match: re.Match[bytes]) -> bytes:
-        """A pair of :data:`HTML_QUOTED_PAIR` or :data:`SCRIPT_NAMED_PAIR` with its value
-        filtered when its key is secret (an empty string is kept)."""
-        value = "text" if match.group("quote") is not None else "number"
-        start, end = match.span(value)
-        if start == end or not self._is_secret_field(match.group("key").decode("utf-8", "replace")):
-            return match.group(0)
-        at = match.start()
-        whole = match.group(0)
-        return whole[: start - at] + FILTERED_BYTES + whole[end - at :]
+    def _quoted_value(self, match: re.Match[bytes]) -> bytes:
+        """A pair of :data:`HTML_QUOTED_PAIR`, its value filtered when its key is secret."""
+        return _value_filtered(match, self._is_secret_field)
+
+    def _named_value(self, match: re.Match[bytes]) -> bytes:
+        """A pair of :data:`SCRIPT_NAMED_PAIR`, its value filtered when its name is secret in
+        code."""
+        return _value_filtered(match, self._is_secret_in_code)
 
     def urls(self, body: bytes) -> bytes:
         """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),
@@ -219,3 +221,14 @@ def _filtered_attribute(match: re.Match[bytes]) -> bytes:
     value = match.group(2)
     quote = value[:1] if value[:1] in (b'"', b"'") else b""
     return match.group(1) + quote + FILTERED_BYTES + quote
+
+
+def _value_filtered(match: re.Match[bytes], is_secret: Callable[[str], bool]) -> bytes:
+    """A pair's text with its value filtered when ``is_secret`` says so of its key (an empty
+    string is kept)."""
+    start, end = match.span("text")
+    if start == end or not is_secret(match.group("key").decode("utf-8", "replace")):
+        return match.group(0)
+    at = match.start()
+    whole = match.group(0)
+    return whole[: start - at] + FILTERED_BYTES + whole[end - at :]

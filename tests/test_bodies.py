@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from flask_tracking.bodies import NAMING_KEYS, BodyFilters, by_look, map_items
 from flask_tracking.content import Unreadable
 from flask_tracking.credentials import FILTERED
+from flask_tracking.markup import MarkupFilters
 
 from .test_credentials import JWT
 
@@ -66,6 +67,7 @@ class Calls:
             self.filter_object,
             self.scrub_part,
             max_name_length,
+            MarkupFilters(self.is_secret_field, self.is_secret_field),
         )
 
 

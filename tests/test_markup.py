@@ -11,7 +11,10 @@ import pytest
 from flask_tracking.credentials import FILTERED
 from flask_tracking.markup import MarkupFilters
 
-MARKUP = MarkupFilters(lambda name: name.lower() == "pin")
+# Only "pin" is secret; in a script only "pin" and "pin_code" ("code" alone is code's own).
+MARKUP = MarkupFilters(
+    lambda name: name.lower() in ("pin", "code"), lambda name: name.lower() == "pin"
+)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +60,14 @@ def test_fields_named_secret_in_a_page_are_filtered(page: str, expected: str) ->
     ("page", "expected"),
     [
         ('<script>var pin = "1234";</script>', '<script>var pin = "*";</script>'),
-        ("<script>config.pin = 1234, x = 2</script>", "<script>config.pin = *, x = 2</script>"),
+        ("<script>config.pin = '1234', x = 2</script>", "<script>config.pin = '*', x = 2</script>"),
+        # Numbers are no secret in a page (a minimum length, a timeout, a count).
+        ("<script>config.pin = 1234; v = {pin: 8}</script>", None),
+        # A name secret among fields but code's own in a script ("code" here).
+        (
+            '<script>var code = \'Enter\'; m = {"code": "1"}</script>',
+            '<script>var code = \'Enter\'; m = {"code": "*"}</script>',
+        ),
         (
             '<SCRIPT type="application/json">{"user": {"pin": "1234"}}</SCRIPT><p>pin: 1</p>',
             '<SCRIPT type="application/json">{"user": {"pin": "*"}}</SCRIPT><p>pin: 1</p>',

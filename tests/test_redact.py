@@ -16,6 +16,7 @@ from flask_tracking.redact import (
     DEFAULT_REDACT_FIELDS,
     DEFAULT_REDACT_HEADERS,
     FILTERED,
+    FILTERED_BYTES,
     IP_HEADERS,
     Redactor,
     ScrubbedBody,
@@ -772,6 +773,22 @@ def test_the_shortcut_never_changes_what_is_filtered(shape: str, names: list[str
     always_parsed = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
     always_parsed._may_name_a_secret = lambda body: True  # type: ignore[method-assign]
     assert redactor.body(body, content_type) == always_parsed.body(body, content_type)
+
+
+def test_names_in_a_page_s_scripts_are_judged_as_code(redactor: Redactor) -> None:
+    """A broad term alone (key, session, card, code...) names code's own things in a script;
+    a name with a narrower term is still secret."""
+    page = (
+        b"<p>Forgot password?</p><script>const ESCAPE_KEY = 'Escape'; let sortKey = 'name';"
+        b" const opts = {key: 'Enter', sessionTimeout: '30m', cardTitle: 'Plans'};"
+        b" const apiKey = 'sk_live_1'; var sessionId = 'abc'; csrfToken = 'tok';</script>"
+    )
+    expected = (
+        page.replace(b"sk_live_1", FILTERED_BYTES)
+        .replace(b"'abc'", b"'" + FILTERED_BYTES + b"'")
+        .replace(b"'tok'", b"'" + FILTERED_BYTES + b"'")
+    )
+    assert redactor.body(page, "text/html") == expected
 
 
 # --- paths: URL rules' secret variables --------------------------------------------------------
