@@ -29,7 +29,7 @@ from .content import Unreadable, as_utf8, decode_content, describe_content_type
 from .credentials import FILTERED, FILTERED_BYTES, scrub_text, scrub_values
 from .markup import MarkupFilters
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
-from .rules import SecretVariables, secret_variables
+from .rules import SecretRules, SecretVariables, secret_variables
 
 __all__ = [
     "DEFAULT_ALLOWED_FIELDS",
@@ -155,7 +155,22 @@ MAX_NAME_LENGTH = 256
 _MAX_REMEMBERED_HEADERS = 4096
 _ATOMIC_TYPES = frozenset({str, int, float, bool, bytes})
 
-_URL_HEADERS = frozenset({"referer", "location", "http_referer"})
+# Headers whose value is a URL (htmx's too: the page a request came from, where it sends the
+# browser), and the WSGI environ keys of those a request may hold.
+_URL_HEADERS = frozenset(
+    {
+        "referer",
+        "location",
+        "content-location",
+        "hx-current-url",
+        "hx-redirect",
+        "hx-location",
+        "hx-push-url",
+        "hx-replace-url",
+        "http_referer",
+    }
+)
+_URL_ENVIRON_KEYS = ("HTTP_REFERER", "HTTP_HX_CURRENT_URL")
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
@@ -170,6 +185,7 @@ _ALLOWED = frozenset(map(_normalise, DEFAULT_ALLOWED_FIELDS))
 _BROAD_TERMS = frozenset(
     {"key", "card", "number", "code", "session", "pin", "security", "sig", "signature"}
 )
+_SLASHES = re.compile(r"//+")
 # Paths an OAuth authorization response comes back to.
 _CALLBACK_PATH = re.compile(r"callback|oauth|authori[sz]|redirect|sso|signin|login", re.I)
 
@@ -206,7 +222,7 @@ class Redactor:
         # URL rules (an app has a fixed number): each one's secret variables (None: none), and
         # those of the rules that have some, for the URLs of Referer and Location.
         self._rule_variables: dict[str, SecretVariables | None] = {}
-        self._secret_rules: tuple[SecretVariables, ...] = ()
+        self._secret_rules = SecretRules()
         self._rules_lock = threading.Lock()
         self._environ_keys_secret: set[str] = set()
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
@@ -326,23 +342,26 @@ class Redactor:
         # one: Cookie); secret.intersection(environ) would hash every key of the environ.
         for key in environ.keys() & secret:
             environ[key] = FILTERED
-        referrer = environ.get("HTTP_REFERER")
-        if (
-            referrer
-            and (self._secret_rules or "?" in referrer or "#" in referrer)
-            and referrer != FILTERED
-        ):
-            environ["HTTP_REFERER"] = self.url(referrer)
+        secret_rules = self._secret_rules
+        for key in _URL_ENVIRON_KEYS:
+            url = environ.get(key)
+            if url and (secret_rules or "?" in url or "#" in url) and url != FILTERED:
+                environ[key] = self.url(url)
         query = environ.get("QUERY_STRING")
         if query:
             environ["QUERY_STRING"] = self.query(query, environ.get("PATH_INFO", ""))
+        path = environ.get("PATH_INFO")
+        if path is None:
+            return
         if rule is not None:
             try:
                 variables = self._rule_variables[rule]
             except KeyError:
                 variables = self._variables_of(rule)
-            if variables is not None and "PATH_INFO" in environ:
-                environ["PATH_INFO"] = variables.filter(environ["PATH_INFO"], FILTERED)
+            if variables is not None:
+                environ["PATH_INFO"] = variables.filter(path, FILTERED)
+        elif secret_rules:  # no rule matched (404, 405, a slash redirect): any known one?
+            environ["PATH_INFO"] = self._path_of_no_rule(path)
 
     def learn_rules(self, rules: Iterable[str]) -> None:
         """Know an app's URL rules, so that a URL naming one of its pages with a secret
@@ -363,8 +382,24 @@ class Redactor:
                 known.clear()
             known[rule] = variables
             if variables is not None:
-                self._secret_rules = (*self._secret_rules, variables)[-_MAX_REMEMBERED_HEADERS:]
+                self._secret_rules = self._secret_rules.with_rule(variables)
             return variables
+
+    def _path_of_no_rule(self, path: str) -> str:
+        """A path no rule matched, filtered as the rule with secret variables it has the
+        shape of would filter it, if any: as it is, with its slashes merged and a last one
+        dropped, or with one added (``/reset//<token>/``, ``/confirm/<token>`` for a rule
+        ending in a slash: the router answers those with a redirect or not found)."""
+        rules = self._secret_rules
+        filtered = rules.filter_if_matching(path, FILTERED)
+        if filtered is not None:
+            return filtered
+        merged = _SLASHES.sub("/", path).rstrip("/") or "/"
+        filtered = rules.filter_if_matching(merged, FILTERED)
+        if filtered is None:
+            filtered = rules.filter_if_matching(merged + "/", FILTERED)
+            filtered = None if filtered is None else filtered[:-1]
+        return path if filtered is None else filtered
 
     def _url_path(self, url: str) -> str:
         """``url`` (without query and fragment) with its path filtered when it has the shape
@@ -376,12 +411,8 @@ class Redactor:
             start = 0 if url.startswith("/") else -1
         if start < 0:
             return url
-        path = url[start:]
-        for variables in self._secret_rules:
-            filtered = variables.filter_if_matching(path, FILTERED)
-            if filtered is not None:
-                return url[:start] + filtered
-        return url
+        filtered = self._secret_rules.filter_if_matching(url[start:], FILTERED)
+        return url if filtered is None else url[:start] + filtered
 
     def url(self, url: str) -> str:
         """A URL with the values of secret parameters filtered, in its query string and in its

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-__all__ = ["SecretVariables", "secret_variables"]
+__all__ = ["SecretRules", "SecretVariables", "secret_variables"]
 
 #: A variable of a rule: ``<name>``, ``<converter:name>``, ``<converter(arguments):name>``
 #: (Werkzeug's syntax).
@@ -24,10 +24,14 @@ _VARIABLE = re.compile(
 class SecretVariables:
     """The secret variables of one URL rule, found in the paths it matches."""
 
-    __slots__ = ("_groups", "_matcher", "_prefix")
+    __slots__ = ("_groups", "_matcher", "_prefix", "shape")
 
-    def __init__(self, matcher: re.Pattern[str], groups: list[str], prefix: str) -> None:
-        self._matcher = matcher
+    def __init__(self, pattern: str, shape: str, groups: list[str], prefix: str) -> None:
+        """``pattern``: the rule as a regex, each variable a named group; ``shape``: the same
+        without groups (to be matched with others); ``groups``: the secret variables'
+        groups; ``prefix``: the rule's text before its first secret variable."""
+        self._matcher = re.compile(f"\\A{pattern}\\Z", re.DOTALL)
+        self.shape = shape
         self._groups = groups
         self._prefix = prefix
 
@@ -61,28 +65,57 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     paths; None when there is none.
 
     A path is matched as the WSGI ``PATH_INFO`` carries it (UTF-8 as latin-1 characters), and
-    the rule's text is read in the same form. A ``path`` variable runs over slashes; every other
-    converter stops at one (an ``int`` is read as any text: a secret must not be kept for
-    a converter's sake).
+    the rule's text is read in the same form. A ``path`` variable runs over slashes; every
+    other converter stops at one. A number (``<int:card_id>``, ``<float:...>``) is no secret:
+    ids are not credentials.
     """
-    pattern = ["\\A"]
+    pattern, shape = [], []
     groups = []
     prefix = None
     position = 0
     for index, variable in enumerate(_VARIABLE.finditer(rule)):
-        pattern.append(re.escape(_wsgi(rule[position : variable.start()])))
+        static = re.escape(_wsgi(rule[position : variable.start()]))
+        converter = variable.group("converter")
+        body = ".+?" if converter == "path" else "[^/]+"
         group = f"v{index}"
-        body = ".+?" if variable.group("converter") == "path" else "[^/]+"
-        pattern.append(f"(?P<{group}>{body})")
-        if is_secret(variable.group("name")):
+        pattern += [static, f"(?P<{group}>{body})"]
+        shape += [static, body]
+        if converter not in ("int", "float") and is_secret(variable.group("name")):
             groups.append(group)
             if prefix is None:
                 prefix = _wsgi(rule[: variable.start()])
         position = variable.end()
     if prefix is None:
         return None
-    pattern.append(re.escape(_wsgi(rule[position:])) + "\\Z")
-    return SecretVariables(re.compile("".join(pattern), re.DOTALL), groups, prefix)
+    static = re.escape(_wsgi(rule[position:]))
+    return SecretVariables("".join([*pattern, static]), "".join([*shape, static]), groups, prefix)
+
+
+class SecretRules:
+    """The rules with secret variables an app has, matched together: a URL is tried against
+    all of them in one regex match, however many there are."""
+
+    __slots__ = ("_matcher", "_rules")
+
+    def __init__(self, rules: tuple[SecretVariables, ...] = ()) -> None:
+        self._rules = rules
+        alternatives = "|".join(f"(?P<r{index}>{rule.shape})" for index, rule in enumerate(rules))
+        self._matcher = re.compile(f"\\A(?:{alternatives})\\Z", re.DOTALL) if rules else None
+
+    def __bool__(self) -> bool:
+        return bool(self._rules)
+
+    def with_rule(self, rule: SecretVariables) -> SecretRules:
+        """These rules and ``rule`` (a new object: the matcher is compiled again)."""
+        return SecretRules((*self._rules, rule))
+
+    def filter_if_matching(self, path: str, replacement: str) -> str | None:
+        """``path`` with the secret variables of the rule it has the shape of replaced, or
+        None when it has the shape of none (:meth:`SecretVariables.filter_if_matching`)."""
+        found = None if self._matcher is None else self._matcher.match(path)
+        if found is None or found.lastgroup is None:
+            return None
+        return self._rules[int(found.lastgroup[1:])].filter_if_matching(path, replacement)
 
 
 def _wsgi(text: str) -> str:

@@ -557,6 +557,34 @@ def test_a_path_segment_bound_to_a_secret_variable_is_filtered(app: Flask, mongo
     assert key not in str(second)
 
 
+def test_a_path_no_rule_matched_is_filtered_by_the_rule_it_looks_like(
+    app: Flask, mongo: Any
+) -> None:
+    reset = token("reset")
+
+    @app.get("/reset/<token>")
+    def reset_password(token: str) -> str:
+        return "form"
+
+    @app.get("/cards/<int:card_id>")
+    def card(card_id: int) -> str:
+        return "card"
+
+    client = app.test_client()
+    client.get("/cards/7")  # an id, kept; the rules are learnt
+    assert client.put(f"/reset/{reset}").status_code == 405
+    assert client.get(f"/reset//{reset}").status_code in (308, 404)
+    assert client.get(f"/reset/{reset}/").status_code == 404
+    cards, put, merged, slash = stored(app, mongo)
+    assert cards["path"] == "/cards/7"
+    assert [record["path"] for record in (put, merged, slash)] == [f"/reset/{FILTERED}"] * 3
+    assert_absent(put, reset)
+    assert_absent(slash, reset)
+    # A redirect's page writes the link: a body, filtered by names and looks only.
+    for location in headers_of(merged, "response_headers").get("location", []):
+        assert reset not in location
+
+
 def test_a_url_naming_a_page_with_a_secret_variable_is_filtered(app: Flask, mongo: Any) -> None:
     """The page's form posts back to its own URL, the browser naming it in Referer; the
     app then redirects to another page of the same kind."""

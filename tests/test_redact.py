@@ -822,14 +822,43 @@ def test_urls_naming_a_learned_rule_have_their_path_filtered() -> None:
     assert redactor.url("/reset/abc123") == f"/reset/{FILTERED}"
     assert redactor.url("https://app.example/items/abc123") == "https://app.example/items/abc123"
     assert redactor.url("https://app.example") == "https://app.example"
-    headers = [("Location", "/reset/abc123"), ("Content-Location", "/reset/abc123")]
+    headers = [("Location", "/reset/abc1"), ("HX-Redirect", "/reset/abc2"), ("X-Next", "/reset/a")]
     assert redactor.headers(headers) == [
         ("Location", f"/reset/{FILTERED}"),
-        ("Content-Location", "/reset/abc123"),
+        ("HX-Redirect", f"/reset/{FILTERED}"),
+        ("X-Next", "/reset/a"),
     ]
-    environ = {"HTTP_REFERER": "http://localhost/reset/abc123", "PATH_INFO": "/"}
-    redactor.environ(environ)
-    assert environ["HTTP_REFERER"] == f"http://localhost/reset/{FILTERED}"
+    environ = {
+        "HTTP_REFERER": "http://localhost/reset/abc123",
+        "HTTP_HX_CURRENT_URL": "http://localhost/reset/abc123?sig=1",
+        "PATH_INFO": "/",
+    }
+    redactor.environ(environ, "/")
+    assert environ == {
+        "HTTP_REFERER": f"http://localhost/reset/{FILTERED}",
+        "HTTP_HX_CURRENT_URL": f"http://localhost/reset/{FILTERED}?sig={FILTERED}",
+        "PATH_INFO": "/",
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/reset/abc123", f"/reset/{FILTERED}"),  # a method the rule does not take (405)
+        ("/reset//abc123/", f"/reset/{FILTERED}"),  # the router redirects it, or not found
+        ("/confirm/abc123", f"/confirm/{FILTERED}"),  # the rule ends in a slash (308)
+        ("/reset/abc/more", "/reset/abc/more"),
+        ("/items/7", "/items/7"),
+    ],
+)
+def test_a_path_no_rule_matched_is_filtered_by_the_rule_it_looks_like(
+    path: str, expected: str
+) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    redactor.learn_rules(["/reset/<token>", "/confirm/<token>/", "/items/<int:id>"])
+    environ = {"PATH_INFO": path}
+    redactor.environ(environ, None)
+    assert environ == {"PATH_INFO": expected}
 
 
 # --- IP addresses ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flask_tracking.rules import secret_variables
+from flask_tracking.rules import SecretRules, secret_variables
 
 
 def secret(name: str) -> bool:
@@ -17,6 +17,7 @@ def secret(name: str) -> bool:
         ("/reset/<token>", "/reset/abc123", "/reset/*"),
         ("/reset/<string(length=6):token>/done", "/reset/abc123/done", "/reset/*/done"),
         ("/u/<int:id>/keys/<key>", "/u/7/keys/k-1", "/u/7/keys/*"),
+        ("/k/<int:key>/<key2>/<key>", "/k/7/a/b", "/k/7/a/*"),  # a number is no secret
         ("/f/<path:key>", "/f/a/b/c.txt", "/f/*"),
         ("/t/<uuid:token>.json", "/t/5f0c9c9e-8c6a-4c0e-9d0e-1b2c3d4e5f60.json", "/t/*.json"),
         ("/<token>/<token2>", "/a/b", "/*/b"),
@@ -33,7 +34,9 @@ def test_a_path_keeps_no_value_of_a_secret_variable(rule: str, path: str, expect
     assert variables.filter(path, "*") == expected
 
 
-@pytest.mark.parametrize("rule", ["/items/<int:id>", "/static/<path:filename>", "/about", ""])
+@pytest.mark.parametrize(
+    "rule", ["/items/<int:id>", "/static/<path:filename>", "/about", "", "/k/<float:key>"]
+)
 def test_a_rule_without_a_secret_variable_needs_no_filter(rule: str) -> None:
     assert secret_variables(rule, secret) is None
 
@@ -44,3 +47,18 @@ def test_any_path_is_filtered_only_when_it_has_the_rule_s_shape() -> None:
     assert variables.filter_if_matching("/reset/abc/2", "*") == "/reset/*/2"
     assert variables.filter_if_matching("/reset/abc", "*") is None
     assert variables.filter_if_matching("/other/abc/2", "*") is None
+
+
+def test_several_rules_are_matched_together() -> None:
+    rules = SecretRules()
+    assert not rules
+    assert rules.filter_if_matching("/reset/abc", "*") is None
+    for rule in ("/reset/<token>", "/files/<path:key>/raw", "/t/<token>/<int:step>"):
+        variables = secret_variables(rule, secret)
+        assert variables is not None
+        rules = rules.with_rule(variables)
+    assert rules
+    assert rules.filter_if_matching("/reset/abc", "*") == "/reset/*"
+    assert rules.filter_if_matching("/files/a/b/raw", "*") == "/files/*/raw"
+    assert rules.filter_if_matching("/t/abc/2", "*") == "/t/*/2"
+    assert rules.filter_if_matching("/t/abc", "*") is None
