@@ -186,6 +186,7 @@ _BROAD_TERMS = frozenset(
     {"key", "card", "number", "code", "session", "pin", "security", "sig", "signature"}
 )
 _SLASHES = re.compile(r"//+")
+_MAX_SCRIPT_NAMES = 8
 # Paths an OAuth authorization response comes back to.
 _CALLBACK_PATH = re.compile(r"callback|oauth|authori[sz]|redirect|sso|signin|login", re.I)
 
@@ -224,6 +225,7 @@ class Redactor:
         self._rule_variables: dict[str, SecretVariables | None] = {}
         self._secret_rules = SecretRules()
         self._rules_lock = threading.Lock()
+        self._script_names: tuple[str, ...] = ()  # where the app is mounted, when not at /
         self._environ_keys_secret: set[str] = set()
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
@@ -343,6 +345,9 @@ class Redactor:
         for key in environ.keys() & secret:
             environ[key] = FILTERED
         secret_rules = self._secret_rules
+        script_name = environ.get("SCRIPT_NAME")
+        if script_name and script_name not in self._script_names and script_name != "/":
+            self._learn_script_name(script_name)
         for key in _URL_ENVIRON_KEYS:
             url = environ.get(key)
             if url and (secret_rules or "?" in url or "#" in url) and url != FILTERED:
@@ -411,8 +416,25 @@ class Redactor:
             start = 0 if url.startswith("/") else -1
         if start < 0:
             return url
-        filtered = self._secret_rules.filter_if_matching(url[start:], FILTERED)
+        path = url[start:]
+        filtered = self._secret_rules.filter_if_matching(path, FILTERED)
+        if filtered is None:  # a URL of the app under the prefix it is mounted at?
+            for prefix in self._script_names:
+                if path.startswith(prefix) and path[len(prefix.rstrip("/")) :][:1] == "/":
+                    mounted = prefix.rstrip("/")
+                    filtered = self._secret_rules.filter_if_matching(path[len(mounted) :], FILTERED)
+                    if filtered is not None:
+                        filtered = mounted + filtered
+                        break
         return url if filtered is None else url[:start] + filtered
+
+    def _learn_script_name(self, script_name: str) -> None:
+        """Remember a prefix the app is mounted at (``SCRIPT_NAME``): its URLs begin with it
+        (a few at most; more are not remembered)."""
+        with self._rules_lock:
+            known = self._script_names
+            if len(known) < _MAX_SCRIPT_NAMES and len(script_name) <= 256:
+                self._script_names = (*known, script_name) if script_name not in known else known
 
     def url(self, url: str) -> str:
         """A URL with the values of secret parameters filtered, in its query string and in its

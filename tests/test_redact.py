@@ -841,6 +841,16 @@ def test_urls_naming_a_learned_rule_have_their_path_filtered() -> None:
     }
 
 
+def test_urls_of_an_app_mounted_under_a_prefix_have_their_path_filtered() -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    redactor.learn_rules(["/reset/<token>"])
+    environ = {"SCRIPT_NAME": "/app", "PATH_INFO": "/", "HTTP_REFERER": "https://h/app/reset/a1"}
+    redactor.environ(environ, "/")
+    assert environ["HTTP_REFERER"] == f"https://h/app/reset/{FILTERED}"
+    assert redactor.url("/app/reset/a1") == f"/app/reset/{FILTERED}"
+    assert redactor.url("/application/reset/a1") == "/application/reset/a1"
+
+
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
