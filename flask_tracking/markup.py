@@ -16,6 +16,7 @@ from urllib.parse import unquote_plus
 from .credentials import FILTERED_BYTES, splice
 from .syntax import (
     HTML_DATA_ATTRIBUTE,
+    HTML_LINK_ATTRIBUTE,
     HTML_NAME_ATTRIBUTE,
     HTML_QUOTED_PAIR,
     HTML_SCRIPT_END,
@@ -40,12 +41,18 @@ class MarkupFilters:
     body itself when nothing in it was filtered."""
 
     def __init__(
-        self, is_secret_field: Callable[[str], bool], is_secret_in_code: Callable[[str], bool]
+        self,
+        is_secret_field: Callable[[str], bool],
+        is_secret_in_code: Callable[[str], bool],
+        url_paths: Callable[[], Callable[[str], str] | None],
     ) -> None:
         """``is_secret_field``: whether a field name is secret; ``is_secret_in_code``: whether
-        a name in a script is (narrower: ``sortKey`` is code's own)."""
+        a name in a script is (narrower: ``sortKey`` is code's own); ``url_paths``: the
+        filter of URLs' paths of the moment (the app's rules with secret variables), or None
+        while there is nothing to filter."""
         self._is_secret_field = is_secret_field
         self._is_secret_in_code = is_secret_in_code
+        self._url_paths = url_paths
 
     def xml(self, body: bytes, xhtml: bool = False) -> bytes:
         """XML and SOAP (:meth:`xml_elements`), then the URLs' parameters (:meth:`urls`); an
@@ -58,8 +65,9 @@ class MarkupFilters:
     def html(self, body: bytes) -> bytes:
         """An HTML page: its fields (:meth:`html_fields`), its ``data-*`` attributes
         (:meth:`html_data`), the values of its scripts and of JSON in its attributes
-        (:meth:`html_values`), its URLs' parameters (:meth:`urls`)."""
-        return self.urls(self.html_values(self.html_data(self.html_fields(body))))
+        (:meth:`html_values`), its URLs' parameters (:meth:`urls`) and paths
+        (:meth:`html_links`)."""
+        return self.html_links(self.urls(self.html_values(self.html_data(self.html_fields(body)))))
 
     def xml_elements(self, body: bytes) -> bytes:
         """XML and SOAP: the content of every element whose (local) name is secret
@@ -202,6 +210,15 @@ class MarkupFilters:
         code."""
         return _value_filtered(match, self._is_secret_in_code)
 
+    def html_links(self, body: bytes) -> bytes:
+        """HTML: the path of every link, form action and source (``href``, ``action``,
+        ``formaction``, ``src``) filtered as the app's rules with secret variables filter a
+        URL naming one of its pages (``<form action="/reset/<the token>">``)."""
+        url_path = self._url_paths()
+        if url_path is None:
+            return body
+        return splice(body, _links_filtered(body, url_path))
+
     def urls(self, body: bytes) -> bytes:
         """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),
         with one regex pass that only stops at ``?``, ``&`` and ``#``."""
@@ -232,3 +249,27 @@ def _value_filtered(match: re.Match[bytes], is_secret: Callable[[str], bool]) ->
     at = match.start()
     whole = match.group(0)
     return whole[: start - at] + FILTERED_BYTES + whole[end - at :]
+
+
+def _links_filtered(
+    body: bytes, url_path: Callable[[str], str]
+) -> Iterator[tuple[int, int, bytes]]:
+    """The URLs of :meth:`MarkupFilters.html_links` whose path ``url_path`` filters."""
+    lowered = body.lower()
+    for link in HTML_LINK_ATTRIBUTE.finditer(lowered):
+        name_start = link.start()
+        if lowered[name_start - 4 : name_start] == b"form":  # formaction
+            name_start -= 4
+        if lowered[name_start - 1 : name_start] not in _BEFORE_AN_ATTRIBUTE:
+            continue
+        start, end = link.span(1)
+        if body[start : start + 1] in (b'"', b"'"):
+            start, end = start + 1, end - 1
+        url = body[start:end].decode("utf-8", "surrogateescape")
+        filtered = url_path(url)
+        if filtered != url:
+            yield start, end, filtered.encode("utf-8", "surrogateescape")
+
+
+#: What comes before an attribute's name in a tag.
+_BEFORE_AN_ATTRIBUTE = frozenset((b" ", b"\t", b"\n", b"\r", b"\f", b'"', b"'"))

@@ -239,7 +239,7 @@ class Redactor:
             self._object,
             self._scrub,
             MAX_NAME_LENGTH,
-            MarkupFilters(self.is_secret_field, self._code_verdict),
+            MarkupFilters(self.is_secret_field, self._code_verdict, self._url_path_filter),
         )
 
     def is_secret_header(self, name: str) -> bool:
@@ -405,6 +405,10 @@ class Redactor:
             filtered = rules.filter_if_matching(merged + "/", FILTERED)
             filtered = None if filtered is None else filtered[:-1]
         return path if filtered is None else filtered
+
+    def _url_path_filter(self) -> Callable[[str], str] | None:
+        """:meth:`_url_path` while the app has rules with secret variables, else None."""
+        return self._url_path if self._secret_rules else None
 
     def _url_path(self, url: str) -> str:
         """``url`` (without query and fragment) with its path filtered when it has the shape

@@ -124,6 +124,12 @@ HTML_VALUE_ATTRIBUTE = re.compile(
 HTML_DATA_ATTRIBUTE = re.compile(
     rb"""data-(?<=[\s"']data-)([\w.:-]{1,256})\s*=\s*("[^"]*"|'[^']*'|[^\s"'<>`=]+)"""
 )
+#: A link, a form's action or a source (found in the page lowercased; ``formaction`` too),
+#: and its URL. What comes before the name is checked apart (it is an attribute's name when
+#: a space or a quote does).
+HTML_LINK_ATTRIBUTE = re.compile(
+    rb"""(?:href|action|src)\s*=\s*("[^"<>]*"|'[^'<>]*'|[^\s"'<>`=]+)"""
+)
 #: Where a ``<textarea>``'s text ends.
 HTML_TEXTAREA_END = re.compile(rb"</textarea", re.IGNORECASE)
 #: A ``<script>`` start tag (read no further than the next ``<``), and where its text ends.

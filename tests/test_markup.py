@@ -13,7 +13,7 @@ from flask_tracking.markup import MarkupFilters
 
 # Only "pin" is secret; in a script only "pin" and "pin_code" ("code" alone is code's own).
 MARKUP = MarkupFilters(
-    lambda name: name.lower() in ("pin", "code"), lambda name: name.lower() == "pin"
+    lambda name: name.lower() in ("pin", "code"), lambda name: name.lower() == "pin", lambda: None
 )
 
 
@@ -111,3 +111,22 @@ def test_secret_values_in_a_page_s_scripts_are_filtered(page: str, expected: str
 def test_a_page_without_a_secret_field_is_returned_as_it_is() -> None:
     page = b'<form><input name="user" value="ada"><input name=q></form>'
     assert MARKUP.html(page) is page
+
+
+def test_links_to_pages_with_secret_variables_are_filtered() -> None:
+    """The path of a link, a form's action, a source, as the redactor's URL rules filter it
+    (here: any path under /reset/)."""
+
+    def url_path(url: str) -> str:
+        return url.split("/reset/")[0] + "/reset/*" if "/reset/" in url else url
+
+    markup = MarkupFilters(lambda name: False, lambda name: False, lambda: url_path)
+    page = (
+        b'<form action="/reset/abc" method="post"><a HREF=/reset/def>again</a>'
+        b"<img src='https://h/reset/ghi'><button formaction=\"/x\">x</button></form>"
+    )
+    assert markup.html(page) == (
+        b'<form action="/reset/*" method="post"><a HREF=/reset/*>again</a>'
+        b"<img src='https://h/reset/*'><button formaction=\"/x\">x</button></form>"
+    )
+    assert MarkupFilters(lambda name: False, lambda name: False, lambda: None).html(page) is page

@@ -557,6 +557,23 @@ def test_a_path_segment_bound_to_a_secret_variable_is_filtered(app: Flask, mongo
     assert key not in str(second)
 
 
+def test_a_reset_page_s_form_keeps_no_token_in_its_action(app: Flask, mongo: Any) -> None:
+    reset = token("reset")
+
+    @app.get("/reset/<token>")
+    def reset_page(token: str) -> str:
+        return (
+            f'<form action="/reset/{token}" method="post">'
+            '<input type="password" name="password"><button>Save</button></form>'
+        )
+
+    page = app.test_client().get(f"/reset/{reset}").get_data(as_text=True)
+    assert reset in page  # the client got its link
+    [record] = stored(app, mongo)
+    assert_absent(record, reset)
+    assert record["response_body"] == page.replace(reset, FILTERED).encode()
+
+
 def test_a_path_no_rule_matched_is_filtered_by_the_rule_it_looks_like(
     app: Flask, mongo: Any
 ) -> None:
