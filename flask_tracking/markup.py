@@ -16,6 +16,7 @@ from urllib.parse import unquote_plus
 from .credentials import FILTERED_BYTES, splice
 from .syntax import (
     HTML_DATA_ATTRIBUTE,
+    HTML_JSON_ATTRIBUTE,
     HTML_LINK_ATTRIBUTE,
     HTML_NAME_ATTRIBUTE,
     HTML_QUOTED_PAIR,
@@ -182,24 +183,20 @@ class MarkupFilters:
         ``hx-headers='{"X-CSRFToken": "..."}'``, quotes written ``&quot;`` too), and in scripts
         ``var csrfToken = "..."``, ``headers['X-CSRFToken'] = '...'``,
         ``setRequestHeader("X-CSRFToken", "...")``. Code is no value (``token == null``,
-        ``key = e.key`` are kept), and the page's own text is not read for ``key: value``."""
-        scrubbed = HTML_QUOTED_PAIR.sub(self._quoted_value, body)
-        scrubbed = splice(scrubbed, self._scripts_filtered(scrubbed))
-        return body if scrubbed == body else scrubbed
+        ``key = e.key`` are kept), and the page's own text is not read for pairs: only its
+        scripts and the attributes whose value holds a ``{``."""
+        return splice(body, self._values_filtered(body))
 
-    def _scripts_filtered(self, body: bytes) -> Iterator[tuple[int, int, bytes]]:
-        """The text of each script whose named pairs :meth:`html_values` filters, filtered."""
-        searched = 0
-        while (start := HTML_SCRIPT_START.search(body, searched)) is not None:
-            end_tag = HTML_SCRIPT_END.search(body, start.end())
-            end = len(body) if end_tag is None else end_tag.start()
-            script = body[start.end() : end]
-            named = SCRIPT_NAMED_PAIR.sub(self._named_value, script)
-            if named != script:
-                yield start.end(), end, named
-            if end_tag is None:
-                return
-            searched = end_tag.end()
+    def _values_filtered(self, body: bytes) -> Iterator[tuple[int, int, bytes]]:
+        """Each region :meth:`html_values` reads (a script's text, an attribute's JSON), with
+        its values filtered, when that changes it."""
+        for start, end, script in _value_regions(body):
+            region = body[start:end]
+            scrubbed = HTML_QUOTED_PAIR.sub(self._quoted_value, region)
+            if script:
+                scrubbed = SCRIPT_NAMED_PAIR.sub(self._named_value, scrubbed)
+            if scrubbed != region:
+                yield start, end, scrubbed
 
     def _quoted_value(self, match: re.Match[bytes]) -> bytes:
         """A pair of :data:`HTML_QUOTED_PAIR`, its value filtered when its key is secret."""
@@ -273,3 +270,17 @@ def _links_filtered(
 
 #: What comes before an attribute's name in a tag.
 _BEFORE_AN_ATTRIBUTE = frozenset((b" ", b"\t", b"\n", b"\r", b"\f", b'"', b"'"))
+
+
+def _value_regions(body: bytes) -> list[tuple[int, int, bool]]:
+    """Where a page holds values, in order: the text of each script (True) and each
+    attribute's value holding a ``{`` (JSON: htmx's ``hx-headers``, ``data-props``)."""
+    regions = [(*attribute.span(1), False) for attribute in HTML_JSON_ATTRIBUTE.finditer(body)]
+    searched = 0
+    while (start := HTML_SCRIPT_START.search(body, searched)) is not None:
+        end_tag = HTML_SCRIPT_END.search(body, start.end())
+        regions.append((start.end(), len(body) if end_tag is None else end_tag.start(), True))
+        if end_tag is None:
+            break
+        searched = end_tag.end()
+    return sorted(regions)

@@ -130,6 +130,8 @@ HTML_DATA_ATTRIBUTE = re.compile(
 HTML_LINK_ATTRIBUTE = re.compile(
     rb"""(?:href|action|src)\s*=\s*("[^"<>]*"|'[^'<>]*'|[^\s"'<>`=]+)"""
 )
+#: An attribute's value holding a ``{`` (JSON written into an attribute), quotes and all.
+HTML_JSON_ATTRIBUTE = re.compile(rb"""=\s*("[^"<>{]*\{[^"<>]*"|'[^'<>{]*\{[^'<>]*')""")
 #: Where a ``<textarea>``'s text ends.
 HTML_TEXTAREA_END = re.compile(rb"</textarea", re.IGNORECASE)
 #: A ``<script>`` start tag (read no further than the next ``<``), and where its text ends.

@@ -167,7 +167,7 @@ BODY_SHAPES: dict[str, BodyShape] = {
         "text/html",
     ),
     "html: quoted pairs, values unclosed": lambda size: (
-        _fill(b'"pin": \'', size, b"<p>password</p>"),
+        _fill(b'"pin": \'', size, b"<p>password</p><script>"),
         "text/html",
     ),
     "html: a script of named pairs": lambda size: (
@@ -175,11 +175,11 @@ BODY_SHAPES: dict[str, BodyShape] = {
         "text/html",
     ),
     "html: a quoted key before a run of spaces": lambda size: (
-        _fill(b" ", size, b'<p>token</p>"k"', b"x"),
+        _fill(b" ", size, b'<p>token</p><script>"k"', b"x"),
         "text/html",
     ),
     "html: an entity-quoted key before a run of line breaks": lambda size: (
-        _fill(b"\n", size, b"<p>token</p>(&quot;k&quot;", b"x"),
+        _fill(b"\n", size, b"<p>token</p><p data-x='{(&quot;k&quot;", b"x'>"),
         "text/html",
     ),
     "html: data attributes named secret": lambda size: (
