@@ -5,7 +5,8 @@
 
 The default redactor (``load_config({}).redactor``) redacts everyday bodies: the 4 KB JSON
 document of bench_overhead.py (no secret in it), the 5-byte page of GET /hello, and a few
-bodies that make the pre-filter look closer (a secret field, a URL, digits). Each body is
+bodies that make the pre-filter look closer (a secret field, a URL, digits), and a 64 KB page
+of the kind a Flask app renders, which names secrets (a sign-in form). Each body is
 redacted by the default redactor (with google-re2 and pyahocorasick installed, the pre-filter
 runs on google-re2 for bodies of ``prefilter._RE2_MIN_LENGTH`` bytes and more, over the
 body's words with pyahocorasick below), by one whose pre-filter runs on google-re2 for every
@@ -54,7 +55,56 @@ def bodies() -> dict[str, tuple[bytes, str]]:
             plain[:-1] + b', "password": "hunter2"}',
             "application/json",
         ),
+        "64 KB page: cards, a sign-in form, an inline script": (
+            page_body(65536),
+            "text/html; charset=utf-8",
+        ),
     }
+
+
+def page_body(size: int) -> bytes:
+    """A page as a Flask app renders one, ``size`` bytes: a head with a CSRF ``<meta>`` and
+    an analytics snippet, rows of Bootstrap cards with links, a sign-in form with Flask-WTF's
+    hidden CSRF field, and an inline script holding the page's state (JSON) and its handlers."""
+    head = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="csrf-token" content="IjBkZGQ1YjE0ZjM3NzM0.ZmYwMA.abcDEF123">'
+        "<script>window.dataLayer = window.dataLayer || [];"
+        ' gtag("config", "G-ABC123");</script></head>'
+        "<body hx-headers='{\"X-CSRFToken\": \"IjBkZGQ1YjE0ZjM3NzM0\"}'>"
+    )
+    form = (
+        '<form method="post" action="/login"><input id="csrf_token" name="csrf_token"'
+        ' type="hidden" value="IjBkZGQ1YjE0ZjM3NzM0.ZmYwMA.abc"><label for="password">Password'
+        '</label><input id="password" name="password" type="password" value=""></form>'
+    )
+    state = {
+        "user": {"id": 42, "name": "Ada", "apiToken": "tok_abcdef123456"},
+        "items": [{"id": k, "title": f"Item {k}", "key": f"item-{k}"} for k in range(100)],
+    }
+    script = (
+        f"<script>const state = {json.dumps(state)};\n"
+        'var csrftoken = document.querySelector(\'meta[name="csrf-token"]\').content;\n'
+        + "".join(
+            f"function handler{k}(ev) {{ if (ev.target.dataset.id == {k})"
+            f' {{ return post("/api/items/{k}", {{qty: 1}}); }} }}\n'
+            for k in range(60)
+        )
+        + "</script>"
+    )
+    rows = []
+    filled = len(head) + len(form) + len(script) + 16
+    for k in range(100000):
+        row = (
+            f'<div class="card mb-3" data-id="{k}"><div class="card-body"><h5>Item {k}</h5>'
+            f'<p class="card-text">Some text to build on the card title.</p>'
+            f'<a href="/items/{k}?ref=list&amp;page=2" class="btn btn-primary">Go</a></div></div>'
+        )
+        if filled + len(row) > size:
+            break
+        rows.append(row)
+        filled += len(row)
+    return (head + "".join(rows) + form + script + "</body></html>").encode()
 
 
 def redactor_on(engine: str) -> Redactor:
