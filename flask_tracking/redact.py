@@ -223,7 +223,8 @@ class Redactor:
         # URL rules (an app has a fixed number): each one's secret variables (None: none), and
         # those of the rules that have some, for the URLs of Referer and Location.
         self._rule_variables: dict[str, SecretVariables | None] = {}
-        self._secret_rules = SecretRules()
+        # None until a rule with secret variables is known (a test of None costs no call).
+        self._secret_rules: SecretRules | None = None
         self._rules_lock = threading.Lock()
         self._script_names: tuple[str, ...] = ()  # where the app is mounted, when not at /
         self._environ_keys_secret: set[str] = set()
@@ -314,7 +315,7 @@ class Redactor:
             if secret or (secret is None and self.is_secret_header(name)):
                 value = FILTERED
             elif (
-                self._secret_rules or "?" in value or "#" in value
+                self._secret_rules is not None or "?" in value or "#" in value
             ) and name.lower() in _URL_HEADERS:
                 value = self.url(value)
             scrubbed.append((name, value))
@@ -350,7 +351,7 @@ class Redactor:
             self._learn_script_name(script_name)
         for key in _URL_ENVIRON_KEYS:
             url = environ.get(key)
-            if url and (secret_rules or "?" in url or "#" in url) and url != FILTERED:
+            if url and (secret_rules is not None or "?" in url or "#" in url) and url != FILTERED:
                 environ[key] = self.url(url)
         query = environ.get("QUERY_STRING")
         if query:
@@ -365,8 +366,8 @@ class Redactor:
                 variables = self._variables_of(rule)
             if variables is not None:
                 environ["PATH_INFO"] = variables.filter(path, FILTERED)
-        elif secret_rules:  # no rule matched (404, 405, a slash redirect): any known one?
-            environ["PATH_INFO"] = self._path_of_no_rule(path)
+        elif secret_rules is not None:  # no rule matched (404, 405, a slash redirect)
+            environ["PATH_INFO"] = _path_of_no_rule(path, secret_rules)
 
     def learn_rules(self, rules: Iterable[str]) -> None:
         """Know an app's URL rules, so that a URL naming one of its pages with a secret
@@ -387,28 +388,13 @@ class Redactor:
                 known.clear()
             known[rule] = variables
             if variables is not None:
-                self._secret_rules = self._secret_rules.with_rule(variables)
+                known_rules = self._secret_rules or SecretRules()
+                self._secret_rules = known_rules.with_rule(variables)
             return variables
-
-    def _path_of_no_rule(self, path: str) -> str:
-        """A path no rule matched, filtered as the rule with secret variables it has the
-        shape of would filter it, if any: as it is, with its slashes merged and a last one
-        dropped, or with one added (``/reset//<token>/``, ``/confirm/<token>`` for a rule
-        ending in a slash: the router answers those with a redirect or not found)."""
-        rules = self._secret_rules
-        filtered = rules.filter_if_matching(path, FILTERED)
-        if filtered is not None:
-            return filtered
-        merged = _SLASHES.sub("/", path).rstrip("/") or "/"
-        filtered = rules.filter_if_matching(merged, FILTERED)
-        if filtered is None:
-            filtered = rules.filter_if_matching(merged + "/", FILTERED)
-            filtered = None if filtered is None else filtered[:-1]
-        return path if filtered is None else filtered
 
     def _url_path_filter(self) -> Callable[[str], str] | None:
         """:meth:`_url_path` while the app has rules with secret variables, else None."""
-        return self._url_path if self._secret_rules else None
+        return self._url_path if self._secret_rules is not None else None
 
     def _url_path(self, url: str) -> str:
         """``url`` (without query and fragment) with its path filtered when it has the shape
@@ -420,13 +406,16 @@ class Redactor:
             start = 0 if url.startswith("/") else -1
         if start < 0:
             return url
+        rules = self._secret_rules
+        if rules is None:
+            return url
         path = url[start:]
-        filtered = self._secret_rules.filter_if_matching(path, FILTERED)
+        filtered = rules.filter_if_matching(path, FILTERED)
         if filtered is None:  # a URL of the app under the prefix it is mounted at?
             for prefix in self._script_names:
                 if path.startswith(prefix) and path[len(prefix.rstrip("/")) :][:1] == "/":
                     mounted = prefix.rstrip("/")
-                    filtered = self._secret_rules.filter_if_matching(path[len(mounted) :], FILTERED)
+                    filtered = rules.filter_if_matching(path[len(mounted) :], FILTERED)
                     if filtered is not None:
                         filtered = mounted + filtered
                         break
@@ -449,7 +438,7 @@ class Redactor:
         if "?" in url:
             base, _, query = url.partition("?")
             url = f"{base}?{self.query(query, base)}"
-        if self._secret_rules:
+        if self._secret_rules is not None:
             url = self._url_path(base) + url[len(base) :]
         return f"{url}#{self.query(fragment, base)}" if hash_mark else url
 
@@ -682,3 +671,19 @@ def anonymize_ip(address: str | None) -> str | None:
         return FILTERED  # not an address we can trim: keep none of it
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+
+
+def _path_of_no_rule(path: str, rules: SecretRules) -> str:
+    """A path no rule matched, filtered as the rule with secret variables it has the
+    shape of would filter it, if any: as it is, with its slashes merged and a last one
+    dropped, or with one added (``/reset//<token>/``, ``/confirm/<token>`` for a rule
+    ending in a slash: the router answers those with a redirect or not found)."""
+    filtered = rules.filter_if_matching(path, FILTERED)
+    if filtered is not None:
+        return filtered
+    merged = _SLASHES.sub("/", path).rstrip("/") or "/"
+    filtered = rules.filter_if_matching(merged, FILTERED)
+    if filtered is None:
+        filtered = rules.filter_if_matching(merged + "/", FILTERED)
+        filtered = None if filtered is None else filtered[:-1]
+    return path if filtered is None else filtered

@@ -102,9 +102,6 @@ class SecretRules:
         alternatives = "|".join(f"(?P<r{index}>{rule.shape})" for index, rule in enumerate(rules))
         self._matcher = re.compile(f"\\A(?:{alternatives})\\Z", re.DOTALL) if rules else None
 
-    def __bool__(self) -> bool:
-        return bool(self._rules)
-
     def with_rule(self, rule: SecretVariables) -> SecretRules:
         """These rules and ``rule`` (a new object: the matcher is compiled again)."""
         return SecretRules((*self._rules, rule))
