@@ -71,7 +71,7 @@ def page_body(size: int) -> bytes:
         '<meta name="csrf-token" content="IjBkZGQ1YjE0ZjM3NzM0.ZmYwMA.abcDEF123">'
         "<script>window.dataLayer = window.dataLayer || [];"
         ' gtag("config", "G-ABC123");</script></head>'
-        "<body hx-headers='{\"X-CSRFToken\": \"IjBkZGQ1YjE0ZjM3NzM0\"}'>"
+        '<body hx-headers=\'{"X-CSRFToken": "IjBkZGQ1YjE0ZjM3NzM0"}\'>'
     )
     form = (
         '<form method="post" action="/login"><input id="csrf_token" name="csrf_token"'
@@ -84,7 +84,7 @@ def page_body(size: int) -> bytes:
     }
     script = (
         f"<script>const state = {json.dumps(state)};\n"
-        'var csrftoken = document.querySelector(\'meta[name="csrf-token"]\').content;\n'
+        "var csrftoken = document.querySelector('meta[name=\"csrf-token\"]').content;\n"
         + "".join(
             f"function handler{k}(ev) {{ if (ev.target.dataset.id == {k})"
             f' {{ return post("/api/items/{k}", {{qty: 1}}); }} }}\n'

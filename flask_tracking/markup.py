@@ -226,7 +226,8 @@ class MarkupFilters:
                 return match.group(0)
             return match.group(1) + match.group(2) + b"=" + FILTERED_BYTES
 
-        return URL_PARAMETER.sub(scrub, body)
+        scrubbed = URL_PARAMETER.sub(scrub, body)
+        return body if scrubbed == body else scrubbed
 
 
 def _filtered_attribute(match: re.Match[bytes]) -> bytes:

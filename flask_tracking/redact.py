@@ -29,7 +29,7 @@ from .content import Unreadable, as_utf8, decode_content, describe_content_type
 from .credentials import FILTERED, FILTERED_BYTES, scrub_text, scrub_values
 from .markup import MarkupFilters
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
-from .rules import SecretRules, SecretVariables, secret_variables
+from .rules import SecretRules, SecretVariables, secret_variables, wsgi_text
 
 __all__ = [
     "DEFAULT_ALLOWED_FIELDS",
@@ -171,6 +171,9 @@ _URL_HEADERS = frozenset(
     }
 )
 _URL_ENVIRON_KEYS = ("HTTP_REFERER", "HTTP_HX_CURRENT_URL")
+# Headers holding URLs among other text, and where those URLs are.
+_HEADERS_WITH_URLS = frozenset({"refresh", "link"})
+_EMBEDDED_URL = re.compile(r"(?<=<)[^<>]*(?=>)|(?<=url=)[^\s;,]+|(?<=URL=)[^\s;,]+")
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
@@ -227,6 +230,7 @@ class Redactor:
         self._secret_rules: SecretRules | None = None
         self._rules_lock = threading.Lock()
         self._script_names: tuple[str, ...] = ()  # where the app is mounted, when not at /
+        self._static_paths: frozenset[str] = frozenset()  # the rules without variables
         self._environ_keys_secret: set[str] = set()
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
@@ -314,10 +318,12 @@ class Redactor:
             secret = verdicts.get(name)
             if secret or (secret is None and self.is_secret_header(name)):
                 value = FILTERED
-            elif (
-                self._secret_rules is not None or "?" in value or "#" in value
-            ) and name.lower() in _URL_HEADERS:
-                value = self.url(value)
+            elif self._secret_rules is not None or "?" in value or "#" in value:
+                lowered = name.lower()
+                if lowered in _URL_HEADERS:
+                    value = self.url(value)
+                elif lowered in _HEADERS_WITH_URLS:  # Refresh: 0; url=..., Link: <...>; rel
+                    value = _EMBEDDED_URL.sub(lambda found: self.url(found.group()), value)
             scrubbed.append((name, value))
         return scrubbed
 
@@ -372,54 +378,70 @@ class Redactor:
     def learn_rules(self, rules: Iterable[str]) -> None:
         """Know an app's URL rules, so that a URL naming one of its pages with a secret
         variable (``Referer: https://host/reset/<the token>``, a ``Location``) has its path
-        filtered as :meth:`environ` filters the page's own (see :meth:`url`)."""
-        for rule in rules:
-            self._variables_of(rule)
+        filtered as :meth:`environ` filters the page's own (see :meth:`url`). A rule without
+        variables names a page of its own: a URL of exactly its path is kept."""
+        with self._rules_lock:
+            for rule in rules:
+                self._learn(rule)
+            self._gather_secret_rules()
 
     def _variables_of(self, rule: str) -> SecretVariables | None:
         """The secret variables of ``rule``, worked out once (request threads may ask for the
         same new rule at once: the first one learns it)."""
         with self._rules_lock:
-            known = self._rule_variables
-            if rule in known:
-                return known[rule]
-            variables = secret_variables(rule, self.is_secret_field)
-            if len(known) >= _MAX_REMEMBERED_HEADERS:
-                known.clear()
-            known[rule] = variables
+            if rule in self._rule_variables:
+                return self._rule_variables[rule]
+            variables = self._learn(rule)
             if variables is not None:
-                known_rules = self._secret_rules or SecretRules()
-                self._secret_rules = known_rules.with_rule(variables)
+                self._gather_secret_rules()
             return variables
+
+    def _learn(self, rule: str) -> SecretVariables | None:
+        """``rule``'s secret variables, remembered (under the rules' lock)."""
+        known = self._rule_variables
+        if rule in known:
+            return known[rule]
+        if len(known) >= _MAX_REMEMBERED_HEADERS:
+            known.clear()
+        variables = known[rule] = secret_variables(rule, self.is_secret_field)
+        if "<" not in rule and len(self._static_paths) < _MAX_REMEMBERED_HEADERS:
+            self._static_paths = self._static_paths | {wsgi_text(rule)}
+        return variables
+
+    def _gather_secret_rules(self) -> None:
+        """The rules with secret variables, matched together (under the rules' lock)."""
+        found = [found for found in self._rule_variables.values() if found is not None]
+        self._secret_rules = SecretRules(found) if found else None
 
     def _url_path_filter(self) -> Callable[[str], str] | None:
         """:meth:`_url_path` while the app has rules with secret variables, else None."""
         return self._url_path if self._secret_rules is not None else None
 
     def _url_path(self, url: str) -> str:
-        """``url`` (without query and fragment) with its path filtered when it has the shape
-        of a known rule with secret variables (:meth:`learn_rules`)."""
-        scheme_end = url.find("://")
-        if scheme_end >= 0:
-            start = url.find("/", scheme_end + 3)
+        """``url`` with its path filtered when it has the shape of a known rule with secret
+        variables (:meth:`learn_rules`): an absolute URL, one without its scheme (``//host/...``)
+        or a path; its query and fragment are kept as they are (see :meth:`url`). A last
+        slash the rule does not have is allowed, and a prefix the app is mounted at."""
+        rules = self._secret_rules
+        if rules is None:
+            return url
+        double = url.find("//")
+        if double == 0 or (double > 0 and url[double - 1] == ":" and url[: double - 1].isalnum()):
+            start = url.find("/", double + 2)  # after the host
         else:
             start = 0 if url.startswith("/") else -1
         if start < 0:
             return url
-        rules = self._secret_rules
-        if rules is None:
+        end = len(url)
+        for mark in ("?", "#"):
+            at = url.find(mark, start)
+            if 0 <= at < end:
+                end = at
+        path = url[start:end]
+        if path in self._static_paths:  # a page of its own (/about beside /<key>)
             return url
-        path = url[start:]
-        filtered = rules.filter_if_matching(path, FILTERED)
-        if filtered is None:  # a URL of the app under the prefix it is mounted at?
-            for prefix in self._script_names:
-                if path.startswith(prefix) and path[len(prefix.rstrip("/")) :][:1] == "/":
-                    mounted = prefix.rstrip("/")
-                    filtered = rules.filter_if_matching(path[len(mounted) :], FILTERED)
-                    if filtered is not None:
-                        filtered = mounted + filtered
-                        break
-        return url if filtered is None else url[:start] + filtered
+        filtered = _path_filtered(path, rules, self._script_names)
+        return url if filtered is None else url[:start] + filtered + url[end:]
 
     def _learn_script_name(self, script_name: str) -> None:
         """Remember a prefix the app is mounted at (``SCRIPT_NAME``): its URLs begin with it
@@ -685,5 +707,23 @@ def _path_of_no_rule(path: str, rules: SecretRules) -> str:
     filtered = rules.filter_if_matching(merged, FILTERED)
     if filtered is None:
         filtered = rules.filter_if_matching(merged + "/", FILTERED)
-        filtered = None if filtered is None else filtered[:-1]
+        # The slash added is taken back; one a variable took in shows nothing of the path.
+        filtered = filtered[:-1] if filtered is not None and filtered.endswith("/") else None
     return path if filtered is None else filtered
+
+
+def _path_filtered(path: str, rules: SecretRules, script_names: tuple[str, ...]) -> str | None:
+    """:meth:`Redactor._url_path` of a path: as it is, without a last slash, or after one of
+    the prefixes the app is mounted at; None when no rule has its shape."""
+    filtered = rules.filter_if_matching(path, FILTERED)
+    if filtered is None and path.endswith("/") and len(path) > 1:
+        filtered = rules.filter_if_matching(path[:-1], FILTERED)
+        filtered = None if filtered is None else filtered + "/"
+    if filtered is None:  # a URL of the app under the prefix it is mounted at?
+        for prefix in script_names:
+            mounted = prefix.rstrip("/")
+            if path.startswith(mounted) and path[len(mounted) : len(mounted) + 1] == "/":
+                filtered = _path_filtered(path[len(mounted) :], rules, ())
+                if filtered is not None:
+                    return mounted + filtered
+    return filtered

@@ -9,9 +9,12 @@ filtered on the request thread from the rule's text alone.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-__all__ = ["SecretRules", "SecretVariables", "secret_variables"]
+__all__ = ["MAX_PATH_LENGTH", "SecretRules", "SecretVariables", "secret_variables", "wsgi_text"]
+
+#: Longest path (in characters) read for a rule's variables; a longer one is not matched.
+MAX_PATH_LENGTH = 4096
 
 #: A variable of a rule: ``<name>``, ``<converter:name>``, ``<converter(arguments):name>``
 #: (Werkzeug's syntax).
@@ -37,27 +40,21 @@ class SecretVariables:
 
     def filter(self, path: str, replacement: str) -> str:
         """``path``, which the rule matched, with each secret variable's value replaced. A
-        path that does not follow the rule as written (a server merged or kept slashes) keeps
-        its text up to the first secret variable, and the replacement stands for the rest; a
-        path not even beginning so is replaced whole."""
-        filtered = self.filter_if_matching(path, replacement)
+        path that does not follow the rule as written (a server merged or kept slashes), or
+        longer than :data:`MAX_PATH_LENGTH`, keeps its text up to the first secret variable,
+        and the replacement stands for the rest; a path not even beginning so is replaced
+        whole."""
+        filtered = _replaced(path, self.secret_spans(path), replacement)
         if filtered is not None:
             return filtered
         return self._prefix + replacement if path.startswith(self._prefix) else replacement
 
-    def filter_if_matching(self, path: str, replacement: str) -> str | None:
-        """``path`` with each secret variable's value replaced when it has the rule's shape
-        (any path: a ``Referer``'s), else None."""
-        found = self._matcher.match(path)
-        if found is None:
-            return None
-        pieces = []
-        kept_from = 0
-        for group in self._groups:
-            pieces += [path[kept_from : found.start(group)], replacement]
-            kept_from = found.end(group)
-        pieces.append(path[kept_from:])
-        return "".join(pieces)
+    def secret_spans(self, path: str) -> list[tuple[int, int]]:
+        """Where the secret variables' values are in ``path`` when it has the rule's shape
+        (any path: a ``Referer``'s), else nothing. A path longer than :data:`MAX_PATH_LENGTH`
+        is not read (two ``path`` variables make a match cost the square of its length)."""
+        found = self._matcher.match(path) if len(path) <= MAX_PATH_LENGTH else None
+        return [] if found is None else [found.span(group) for group in self._groups]
 
 
 def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVariables | None:
@@ -74,7 +71,7 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     prefix = None
     position = 0
     for index, variable in enumerate(_VARIABLE.finditer(rule)):
-        static = re.escape(_wsgi(rule[position : variable.start()]))
+        static = re.escape(wsgi_text(rule[position : variable.start()]))
         converter = variable.group("converter")
         body = ".+?" if converter == "path" else "[^/]+"
         group = f"v{index}"
@@ -83,38 +80,55 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
         if converter not in ("int", "float") and is_secret(variable.group("name")):
             groups.append(group)
             if prefix is None:
-                prefix = _wsgi(rule[: variable.start()])
+                prefix = wsgi_text(rule[: variable.start()])
         position = variable.end()
     if prefix is None:
         return None
-    static = re.escape(_wsgi(rule[position:]))
+    static = re.escape(wsgi_text(rule[position:]))
     return SecretVariables("".join([*pattern, static]), "".join([*shape, static]), groups, prefix)
 
 
 class SecretRules:
-    """The rules with secret variables an app has, matched together: a URL is tried against
-    all of them in one regex match, however many there are."""
+    """The rules with secret variables an app has, matched together: a URL is first tried
+    against all of them in one regex (without groups, so that the compiler merges what their
+    beginnings share), and only a URL of their shape is read rule by rule: every rule it has
+    the shape of filters its secret variables (two rules may overlap)."""
 
-    __slots__ = ("_matcher", "_rules")
+    __slots__ = ("_any", "_rules")
 
-    def __init__(self, rules: tuple[SecretVariables, ...] = ()) -> None:
-        self._rules = rules
-        alternatives = "|".join(f"(?P<r{index}>{rule.shape})" for index, rule in enumerate(rules))
-        self._matcher = re.compile(f"\\A(?:{alternatives})\\Z", re.DOTALL) if rules else None
-
-    def with_rule(self, rule: SecretVariables) -> SecretRules:
-        """These rules and ``rule`` (a new object: the matcher is compiled again)."""
-        return SecretRules((*self._rules, rule))
+    def __init__(self, rules: Sequence[SecretVariables]) -> None:
+        self._rules = tuple(rules)
+        shapes = "|".join(rule.shape for rule in self._rules)
+        self._any = re.compile(f"\\A(?:{shapes})\\Z", re.DOTALL)
 
     def filter_if_matching(self, path: str, replacement: str) -> str | None:
-        """``path`` with the secret variables of the rule it has the shape of replaced, or
-        None when it has the shape of none (:meth:`SecretVariables.filter_if_matching`)."""
-        found = None if self._matcher is None else self._matcher.match(path)
-        if found is None or found.lastgroup is None:
+        """``path`` with the secret variables of every rule it has the shape of replaced, or
+        None when it has the shape of none (or is longer than :data:`MAX_PATH_LENGTH`)."""
+        if len(path) > MAX_PATH_LENGTH or self._any.match(path) is None:
             return None
-        return self._rules[int(found.lastgroup[1:])].filter_if_matching(path, replacement)
+        spans = [span for rule in self._rules for span in rule.secret_spans(path)]
+        return _replaced(path, spans, replacement)
 
 
-def _wsgi(text: str) -> str:
+def _replaced(path: str, spans: list[tuple[int, int]], replacement: str) -> str | None:
+    """``path`` with the text of ``spans`` (overlapping or not) replaced, each run of joined
+    spans by one ``replacement``; None without a span."""
+    if not spans:
+        return None
+    pieces = []
+    kept_from = 0
+    start, end = -1, -1
+    for span_start, span_end in sorted(spans):
+        if span_start > end:  # a new run
+            if end >= 0:
+                pieces += [path[kept_from:start], replacement]
+                kept_from = end
+            start = span_start
+        end = max(end, span_end)
+    pieces += [path[kept_from:start], replacement, path[end:]]
+    return "".join(pieces)
+
+
+def wsgi_text(text: str) -> str:
     """``text`` as a WSGI string carries it: its UTF-8 bytes as latin-1 characters."""
     return text if text.isascii() else text.encode("utf-8").decode("latin-1")

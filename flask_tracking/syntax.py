@@ -124,11 +124,12 @@ HTML_VALUE_ATTRIBUTE = re.compile(
 HTML_DATA_ATTRIBUTE = re.compile(
     rb"""data-(?<=[\s"']data-)([\w.:-]{1,256})\s*=\s*("[^"]*"|'[^']*'|[^\s"'<>`=]+)"""
 )
-#: A link, a form's action or a source (found in the page lowercased; ``formaction`` too),
-#: and its URL. What comes before the name is checked apart (it is an attribute's name when
-#: a space or a quote does).
+#: A link, a form's action or a source, htmx's requests (found in the page lowercased;
+#: ``formaction`` too), and its URL. What comes before the name is checked apart (it is an
+#: attribute's name when a space or a quote does).
 HTML_LINK_ATTRIBUTE = re.compile(
-    rb"""(?:href|action|src)\s*=\s*("[^"<>]*"|'[^'<>]*'|[^\s"'<>`=]+)"""
+    rb"""(?:href|action|src|hx-get|hx-post|hx-put|hx-patch|hx-delete)\s*=\s*"""
+    rb"""("[^"<>]*"|'[^'<>]*'|[^\s"'<>`=]+)"""
 )
 #: An attribute's value holding a ``{`` (JSON written into an attribute), quotes and all.
 HTML_JSON_ATTRIBUTE = re.compile(rb"""=\s*("[^"<>{]*\{[^"<>]*"|'[^'<>{]*\{[^'<>]*')""")

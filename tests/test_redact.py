@@ -841,6 +841,38 @@ def test_urls_naming_a_learned_rule_have_their_path_filtered() -> None:
     }
 
 
+def test_a_slash_added_for_a_rule_is_never_taken_for_a_value() -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    redactor.learn_rules(["/<path:key>"])
+    environ = {"PATH_INFO": "/"}
+    redactor.environ(environ, None)
+    assert environ == {"PATH_INFO": "/"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("Location", "/reset/a1?next=/account#top", f"/reset/{FILTERED}?next=/account#top"),
+        ("Location", "//h.example/reset/a1", f"//h.example/reset/{FILTERED}"),
+        ("Location", "https://h.example/reset/a1/", f"https://h.example/reset/{FILTERED}/"),
+        ("Refresh", "0; url=/reset/a1", f"0; url=/reset/{FILTERED}"),
+        ("Link", "</reset/a1>; rel=canonical", f"</reset/{FILTERED}>; rel=canonical"),
+        ("Location", "/other/a1", "/other/a1"),
+    ],
+)
+def test_urls_in_headers_have_their_path_filtered(name: str, value: str, expected: str) -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    redactor.learn_rules(["/reset/<token>"])
+    assert redactor.headers([(name, value)]) == [(name, expected)]
+
+
+def test_a_url_of_a_rule_without_variables_is_kept() -> None:
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    redactor.learn_rules(["/<key>", "/about"])
+    assert redactor.url("https://h/about") == "https://h/about"
+    assert redactor.url("https://h/a1b2") == f"https://h/{FILTERED}"
+
+
 def test_urls_of_an_app_mounted_under_a_prefix_have_their_path_filtered() -> None:
     redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
     redactor.learn_rules(["/reset/<token>"])

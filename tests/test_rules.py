@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flask_tracking.rules import SecretRules, secret_variables
+from flask_tracking.rules import MAX_PATH_LENGTH, SecretRules, secret_variables
 
 
 def secret(name: str) -> bool:
@@ -41,22 +41,35 @@ def test_a_rule_without_a_secret_variable_needs_no_filter(rule: str) -> None:
     assert secret_variables(rule, secret) is None
 
 
+def rules_of(*rules: str) -> SecretRules:
+    found = [secret_variables(rule, secret) for rule in rules]
+    return SecretRules([variables for variables in found if variables is not None])
+
+
 def test_any_path_is_filtered_only_when_it_has_the_rule_s_shape() -> None:
-    variables = secret_variables("/reset/<token>/<int:step>", secret)
-    assert variables is not None
-    assert variables.filter_if_matching("/reset/abc/2", "*") == "/reset/*/2"
-    assert variables.filter_if_matching("/reset/abc", "*") is None
-    assert variables.filter_if_matching("/other/abc/2", "*") is None
+    rules = rules_of("/reset/<token>/<int:step>")
+    assert rules.filter_if_matching("/reset/abc/2", "*") == "/reset/*/2"
+    assert rules.filter_if_matching("/reset/abc", "*") is None
+    assert rules.filter_if_matching("/other/abc/2", "*") is None
 
 
 def test_several_rules_are_matched_together() -> None:
-    rules = SecretRules()
-    assert rules.filter_if_matching("/reset/abc", "*") is None
-    for rule in ("/reset/<token>", "/files/<path:key>/raw", "/t/<token>/<int:step>"):
-        variables = secret_variables(rule, secret)
-        assert variables is not None
-        rules = rules.with_rule(variables)
+    rules = rules_of("/reset/<token>", "/files/<path:key>/raw", "/t/<token>/<int:step>")
     assert rules.filter_if_matching("/reset/abc", "*") == "/reset/*"
     assert rules.filter_if_matching("/files/a/b/raw", "*") == "/files/*/raw"
     assert rules.filter_if_matching("/t/abc/2", "*") == "/t/*/2"
     assert rules.filter_if_matching("/t/abc", "*") is None
+
+
+def test_every_rule_a_path_has_the_shape_of_filters_it() -> None:
+    rules = rules_of("/invite/<team>/<token>", "/invite/<token>/accept", "/u/<key>/<key2>")
+    assert rules.filter_if_matching("/invite/abc/accept", "*") == "/invite/*/*"
+    assert rules.filter_if_matching("/invite/team/xyz", "*") == "/invite/team/*"
+
+
+def test_a_path_too_long_to_read_is_not_matched_but_the_rule_s_own_is_cut() -> None:
+    long = "/reset/" + "a" * MAX_PATH_LENGTH
+    assert rules_of("/reset/<token>").filter_if_matching(long, "*") is None
+    variables = secret_variables("/reset/<token>", secret)
+    assert variables is not None
+    assert variables.filter(long, "*") == "/reset/*"
