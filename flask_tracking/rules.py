@@ -27,16 +27,18 @@ _VARIABLE = re.compile(
 class SecretVariables:
     """The secret variables of one URL rule, found in the paths it matches."""
 
-    __slots__ = ("_groups", "_matcher", "_prefix", "shape")
+    __slots__ = ("_groups", "_lead", "_matcher", "_prefix", "shape")
 
-    def __init__(self, pattern: str, shape: str, groups: list[str], prefix: str) -> None:
+    def __init__(self, pattern: str, shape: str, groups: list[str], prefix: str, lead: str) -> None:
         """``pattern``: the rule as a regex, each variable a named group; ``shape``: the same
         without groups (to be matched with others); ``groups``: the secret variables'
-        groups; ``prefix``: the rule's text before its first secret variable."""
+        groups; ``prefix``: the rule's text before its first secret variable; ``lead``:
+        before its first variable."""
         self._matcher = re.compile(f"\\A{pattern}\\Z", re.DOTALL)
         self.shape = shape
         self._groups = groups
         self._prefix = prefix
+        self._lead = lead
 
     def filter(self, path: str, replacement: str) -> str:
         """``path``, which the rule matched, with each secret variable's value replaced. A
@@ -53,7 +55,9 @@ class SecretVariables:
         """Where the secret variables' values are in ``path`` when it has the rule's shape
         (any path: a ``Referer``'s), else nothing. A path longer than :data:`MAX_PATH_LENGTH`
         is not read (two ``path`` variables make a match cost the square of its length)."""
-        found = self._matcher.match(path) if len(path) <= MAX_PATH_LENGTH else None
+        if len(path) > MAX_PATH_LENGTH or not path.startswith(self._lead):
+            return []
+        found = self._matcher.match(path)
         return [] if found is None else [found.span(group) for group in self._groups]
 
 
@@ -85,7 +89,11 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     if prefix is None:
         return None
     static = re.escape(wsgi_text(rule[position:]))
-    return SecretVariables("".join([*pattern, static]), "".join([*shape, static]), groups, prefix)
+    first = _VARIABLE.search(rule)
+    lead = wsgi_text(rule[: first.start()]) if first is not None else ""
+    return SecretVariables(
+        "".join([*pattern, static]), "".join([*shape, static]), groups, prefix, lead
+    )
 
 
 class SecretRules:
