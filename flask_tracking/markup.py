@@ -23,6 +23,8 @@ from .syntax import (
     HTML_SCRIPT_END,
     HTML_SCRIPT_START,
     HTML_START_TAG,
+    HTML_TEXT_END,
+    HTML_TEXT_START,
     HTML_TEXTAREA_END,
     HTML_VALUE_ATTRIBUTE,
     NAMING_KEYS,
@@ -44,15 +46,12 @@ class MarkupFilters:
     def __init__(
         self,
         is_secret_field: Callable[[str], bool],
-        is_secret_in_code: Callable[[str], bool],
         url_paths: Callable[[], Callable[[str], str] | None],
     ) -> None:
-        """``is_secret_field``: whether a field name is secret; ``is_secret_in_code``: whether
-        a name in a script is (narrower: ``sortKey`` is code's own); ``url_paths``: the
-        filter of URLs' paths of the moment (the app's rules with secret variables), or None
-        while there is nothing to filter."""
+        """``is_secret_field``: whether a field name is secret; ``url_paths``: the filter of
+        URLs' paths of the moment (the app's rules with secret variables), or None while
+        there is nothing to filter."""
         self._is_secret_field = is_secret_field
-        self._is_secret_in_code = is_secret_in_code
         self._url_paths = url_paths
 
     def xml(self, body: bytes, xhtml: bool = False) -> bytes:
@@ -192,20 +191,22 @@ class MarkupFilters:
         its values filtered, when that changes it."""
         for start, end, script in _value_regions(body):
             region = body[start:end]
-            scrubbed = HTML_QUOTED_PAIR.sub(self._quoted_value, region)
+            scrubbed = HTML_QUOTED_PAIR.sub(self._value, region)
             if script:
-                scrubbed = SCRIPT_NAMED_PAIR.sub(self._named_value, scrubbed)
+                scrubbed = SCRIPT_NAMED_PAIR.sub(self._value, scrubbed)
             if scrubbed != region:
                 yield start, end, scrubbed
 
-    def _quoted_value(self, match: re.Match[bytes]) -> bytes:
-        """A pair of :data:`HTML_QUOTED_PAIR`, its value filtered when its key is secret."""
-        return _value_filtered(match, self._is_secret_field)
-
-    def _named_value(self, match: re.Match[bytes]) -> bytes:
-        """A pair of :data:`SCRIPT_NAMED_PAIR`, its value filtered when its name is secret in
-        code."""
-        return _value_filtered(match, self._is_secret_in_code)
+    def _value(self, match: re.Match[bytes]) -> bytes:
+        """A pair of :data:`HTML_QUOTED_PAIR` or :data:`SCRIPT_NAMED_PAIR`, its value filtered
+        when its key is secret (an empty string is kept)."""
+        value = "text" if match.group("quote") is not None else "number"
+        start, end = match.span(value)
+        if start == end or not self._is_secret_field(match.group("key").decode("utf-8", "replace")):
+            return match.group(0)
+        at = match.start()
+        whole = match.group(0)
+        return whole[: start - at] + FILTERED_BYTES + whole[end - at :]
 
     def html_links(self, body: bytes) -> bytes:
         """HTML: the path of every link, form action and source (``href``, ``action``,
@@ -238,17 +239,6 @@ def _filtered_attribute(match: re.Match[bytes]) -> bytes:
     return match.group(1) + quote + FILTERED_BYTES + quote
 
 
-def _value_filtered(match: re.Match[bytes], is_secret: Callable[[str], bool]) -> bytes:
-    """A pair's text with its value filtered when ``is_secret`` says so of its key (an empty
-    string is kept)."""
-    start, end = match.span("text")
-    if start == end or not is_secret(match.group("key").decode("utf-8", "replace")):
-        return match.group(0)
-    at = match.start()
-    whole = match.group(0)
-    return whole[: start - at] + FILTERED_BYTES + whole[end - at :]
-
-
 def _links_filtered(
     body: bytes, url_path: Callable[[str], str]
 ) -> Iterator[tuple[int, int, bytes]]:
@@ -274,14 +264,24 @@ _BEFORE_AN_ATTRIBUTE = frozenset((b" ", b"\t", b"\n", b"\r", b"\f", b'"', b"'"))
 
 
 def _value_regions(body: bytes) -> list[tuple[int, int, bool]]:
-    """Where a page holds values, in order: the text of each script (True) and each
-    attribute's value holding a ``{`` (JSON: htmx's ``hx-headers``, ``data-props``)."""
+    """Where a page holds values, in order: the text of each script (True), of each
+    ``<pre>`` and ``<code>`` (a page showing JSON), and each attribute's value holding a
+    ``{`` (JSON: htmx's ``hx-headers``, ``data-props``)."""
     regions = [(*attribute.span(1), False) for attribute in HTML_JSON_ATTRIBUTE.finditer(body)]
-    searched = 0
-    while (start := HTML_SCRIPT_START.search(body, searched)) is not None:
-        end_tag = HTML_SCRIPT_END.search(body, start.end())
-        regions.append((start.end(), len(body) if end_tag is None else end_tag.start(), True))
-        if end_tag is None:
-            break
-        searched = end_tag.end()
+    regions += [(*span, True) for span in _element_texts(body, HTML_SCRIPT_START, HTML_SCRIPT_END)]
+    regions += [(*span, False) for span in _element_texts(body, HTML_TEXT_START, HTML_TEXT_END)]
     return sorted(regions)
+
+
+def _element_texts(
+    body: bytes, start_tag: re.Pattern[bytes], end_tag: re.Pattern[bytes]
+) -> Iterator[tuple[int, int]]:
+    """Where the text of each element opened by ``start_tag`` is, to ``end_tag`` or to the end
+    of the body (cut at the capture limit); each byte is read once."""
+    searched = 0
+    while (start := start_tag.search(body, searched)) is not None:
+        end = end_tag.search(body, start.end())
+        yield start.end(), len(body) if end is None else end.start()
+        if end is None:
+            return
+        searched = end.end()

@@ -183,11 +183,6 @@ def _normalise(term: str) -> str:
 
 
 _ALLOWED = frozenset(map(_normalise, DEFAULT_ALLOWED_FIELDS))
-#: Terms that, alone, make a name secret among fields but not in a page's code, where they
-#: name keyboard keys, sort keys, cards of a layout, timeouts and the like.
-_BROAD_TERMS = frozenset(
-    {"key", "card", "number", "code", "session", "pin", "security", "sig", "signature"}
-)
 _SLASHES = re.compile(r"//+")
 _MAX_SCRIPT_NAMES = 8
 # Paths an OAuth authorization response comes back to.
@@ -207,19 +202,9 @@ class Redactor:
             for spelled in (term, term + "s")
             for end in range(1, len(spelled) + 1)
         )
-        # In a page's code, a name that only a broad term makes secret (sortKey, ESCAPE_KEY,
-        # sessionTimeout) names no secret: the terms and their beginnings without those.
-        self._code_fields = self._fields - _BROAD_TERMS
-        self._code_prefixes = frozenset(
-            spelled[:end]
-            for term in self._code_fields
-            for spelled in (term, term + "s")
-            for end in range(1, len(spelled) + 1)
-        )
         self._headers = frozenset(name.lower() for name in headers)
         # Field and header names repeat endlessly; remember each verdict (bounded).
         self._field_verdict = lru_cache(maxsize=4096)(self._is_secret_field)
-        self._code_verdict = lru_cache(maxsize=4096)(self._is_secret_in_code)
         self._header_verdicts: dict[str, bool] = {}
         # The same verdicts for WSGI environ keys, as sets for C-level set operations.
         self._environ_keys_seen: set[str] = set()
@@ -244,7 +229,7 @@ class Redactor:
             self._object,
             self._scrub,
             MAX_NAME_LENGTH,
-            MarkupFilters(self.is_secret_field, self._code_verdict, self._url_path_filter),
+            MarkupFilters(self.is_secret_field, self._url_path_filter),
         )
 
     def is_secret_header(self, name: str) -> bool:
@@ -271,21 +256,10 @@ class Redactor:
         )
 
     def _is_secret_field(self, name: str) -> bool:
-        return self._spells_a_term(name, self._fields, self._term_prefixes)
-
-    def _is_secret_in_code(self, name: str) -> bool:
-        """Whether a name in a page's script (``csrfToken``, ``apiKey``) holds a secret: a
-        name that only a broad term makes secret (:data:`_BROAD_TERMS`: ``sortKey``,
-        ``sessionTimeout``) is code's own. A name over :data:`MAX_NAME_LENGTH` is secret."""
-        if len(name) > MAX_NAME_LENGTH:
-            return True
-        return self._spells_a_term(name, self._code_fields, self._code_prefixes)
-
-    @staticmethod
-    def _spells_a_term(name: str, fields: frozenset[str], prefixes: frozenset[str]) -> bool:
         """Word-wise match. A run of words is joined only while it spells the beginning of a
         term, so each word starts a run of at most as many words as the longest term has
         letters: the time is linear in the length of the name."""
+        fields, prefixes = self._fields, self._term_prefixes
         words = [word.lower() for word in _WORD.findall(name)]
         count = len(words)
         if count < 8 and "".join(words) in _ALLOWED:

@@ -135,15 +135,20 @@ HTML_LINK_ATTRIBUTE = re.compile(
 HTML_JSON_ATTRIBUTE = re.compile(rb"""=\s*("[^"<>{]*\{[^"<>]*"|'[^'<>{]*\{[^'<>]*')""")
 #: Where a ``<textarea>``'s text ends.
 HTML_TEXTAREA_END = re.compile(rb"</textarea", re.IGNORECASE)
+#: A ``<pre>`` or ``<code>`` start tag (text shown as written: JSON a page shows), and where
+#: such an element's text ends.
+HTML_TEXT_START = re.compile(rb"<(?:pre|code)\b[^<>]*>", re.IGNORECASE)
+HTML_TEXT_END = re.compile(rb"</(?:pre|code)", re.IGNORECASE)
 #: A ``<script>`` start tag (read no further than the next ``<``), and where its text ends.
 HTML_SCRIPT_START = re.compile(rb"<script\b[^<>]*>", re.IGNORECASE)
 HTML_SCRIPT_END = re.compile(rb"</script", re.IGNORECASE)
-# A value in a script or in JSON written into an attribute: a string, its quotes written as
-# entities (``&quot;``) or escaped themselves (JSON written into a JS string: ``\"``). Code
-# (``e.key``, ``null``) and numbers (``passwordMinLength: 8``) are no secret.
+# A value in a script or in JSON written into an attribute: a string (its quotes written as
+# entities, ``&quot;``, or escaped themselves: JSON written into a JS string, ``\"``) or a
+# number. Code (``e.key``, ``null``) is no value.
 _SCRIPT_VALUE = (
-    rb"""(?P<quote>\\"|\\'|"|'|`|&quot;|&\#3[49];)"""
+    rb"""(?:(?P<quote>\\"|\\'|"|'|`|&quot;|&\#3[49];)"""
     rb"""(?P<text>(?:(?!(?P=quote))(?:\\.|[^\\\r\n]))*)(?P=quote)"""
+    rb"""|(?P<number>-?[0-9][0-9.]*)(?![\w$.]))"""
 )
 #: A quoted key and its value, anywhere in a page: ``"apiToken": "..."`` (JSON in a script or
 #: in an attribute, htmx's ``hx-headers``), ``['X-CSRFToken'] = '...'``, and a call's first

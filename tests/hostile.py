@@ -182,6 +182,10 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b"\n", size, b"<p>token</p><p data-x='{(&quot;k&quot;", b"x'>"),
         "text/html",
     ),
+    "html: code elements never closed": lambda size: (
+        _fill(b'<code>"pin": "1", ', size, b"<p>password</p>"),
+        "text/html",
+    ),
     "html: data attributes named secret": lambda size: (
         _fill(b'<div data-pin="1" data-x=', size, b"<p>password</p>"),
         "text/html",

@@ -67,7 +67,7 @@ class Calls:
             self.filter_object,
             self.scrub_part,
             max_name_length,
-            MarkupFilters(self.is_secret_field, self.is_secret_field, lambda: None),
+            MarkupFilters(self.is_secret_field, lambda: None),
         )
 
 

@@ -13,10 +13,8 @@ import pytest
 from flask_tracking.credentials import FILTERED
 from flask_tracking.markup import MarkupFilters
 
-# Only "pin" is secret; in a script only "pin" and "pin_code" ("code" alone is code's own).
-MARKUP = MarkupFilters(
-    lambda name: name.lower() in ("pin", "code"), lambda name: name.lower() == "pin", lambda: None
-)
+# Only "pin" is secret.
+MARKUP = MarkupFilters(lambda name: name.lower() == "pin", lambda: None)
 
 
 @pytest.mark.parametrize(
@@ -63,12 +61,14 @@ def test_fields_named_secret_in_a_page_are_filtered(page: str, expected: str) ->
     [
         ('<script>var pin = "1234";</script>', '<script>var pin = "*";</script>'),
         ("<script>config.pin = '1234', x = 2</script>", "<script>config.pin = '*', x = 2</script>"),
-        # Numbers are no secret in a page (a minimum length, a timeout, a count).
-        ("<script>config.pin = 1234; v = {pin: 8}</script>", None),
-        # A name secret among fields but code's own in a script ("code" here).
         (
-            '<script>var code = \'Enter\'; m = {"code": "1"}</script>',
-            '<script>var code = \'Enter\'; m = {"code": "*"}</script>',
+            "<script>config.pin = 1234; v = {pin: 8}</script>",
+            "<script>config.pin = *; v = {pin: *}</script>",
+        ),
+        # JSON a page shows, in <pre> and <code>; not its other text.
+        (
+            '<pre>{"pin": "1234"}</pre><p>"pin": "1234"</p>',
+            '<pre>{"pin": "*"}</pre><p>"pin": "1234"</p>',
         ),
         (
             '<SCRIPT type="application/json">{"user": {"pin": "1234"}}</SCRIPT><p>pin: 1</p>',
@@ -122,7 +122,7 @@ def test_links_to_pages_with_secret_variables_are_filtered() -> None:
     def url_path(url: str) -> str:
         return re.sub("/reset/[^/?#]+", "/reset/*", url)
 
-    markup = MarkupFilters(lambda name: False, lambda name: False, lambda: url_path)
+    markup = MarkupFilters(lambda name: False, lambda: url_path)
     page = (
         b'<form action="/reset/abc" method="post"><a HREF=/reset/def>again</a>'
         b"<img src='https://h/reset/ghi'><button formaction=\"/reset/j?a=/b\">x</button>"
@@ -133,4 +133,4 @@ def test_links_to_pages_with_secret_variables_are_filtered() -> None:
         b"<img src='https://h/reset/*'><button formaction=\"/reset/*?a=/b\">x</button>"
         b'<button hx-post="/reset/*">y</button><p title="see /reset/nop">z</p></form>'
     )
-    assert MarkupFilters(lambda name: False, lambda name: False, lambda: None).html(page) is page
+    assert MarkupFilters(lambda name: False, lambda: None).html(page) is page
