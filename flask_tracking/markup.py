@@ -19,6 +19,7 @@ from .syntax import (
     HTML_JSON_ATTRIBUTE,
     HTML_LINK_ATTRIBUTE,
     HTML_NAME_ATTRIBUTE,
+    HTML_PAIR_COLON,
     HTML_QUOTED_PAIR,
     HTML_SCRIPT_END,
     HTML_SCRIPT_START,
@@ -265,12 +266,41 @@ _BEFORE_AN_ATTRIBUTE = frozenset((b" ", b"\t", b"\n", b"\r", b"\f", b'"', b"'"))
 
 def _value_regions(body: bytes) -> list[tuple[int, int, bool]]:
     """Where a page holds values, in order: the text of each script (True), of each
-    ``<pre>`` and ``<code>`` (a page showing JSON), and each attribute's value holding a
-    ``{`` (JSON: htmx's ``hx-headers``, ``data-props``)."""
-    regions = [(*attribute.span(1), False) for attribute in HTML_JSON_ATTRIBUTE.finditer(body)]
-    regions += [(*span, True) for span in _element_texts(body, HTML_SCRIPT_START, HTML_SCRIPT_END)]
+    ``<pre>`` and ``<code>`` (a page showing JSON), each attribute's value holding a ``{``
+    (JSON: htmx's ``hx-headers``, ``data-props``), and any other text with a quoted key and
+    its value."""
+    scripts = list(_element_texts(body, HTML_SCRIPT_START, HTML_SCRIPT_END))
+    regions = [(*span, True) for span in scripts]
+    regions += [(*attribute.span(1), False) for attribute in HTML_JSON_ATTRIBUTE.finditer(body)]
     regions += [(*span, False) for span in _element_texts(body, HTML_TEXT_START, HTML_TEXT_END)]
+    regions += [(*span, False) for span in _texts_with_pairs(body, scripts)]
     return sorted(regions)
+
+
+def _texts_with_pairs(body: bytes, scripts: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """The text between two tags (or in an attribute) that holds a quoted key and its value
+    outside the scripts (``<td>"api_key": "..."</td>``, JSON shown as it is): found by its
+    colon (a C-level search), a quote before it."""
+    done = script = 0
+    for colon in HTML_PAIR_COLON.finditer(body):
+        at = colon.start()
+        if at < done:
+            continue
+        while script < len(scripts) and scripts[script][1] <= at:
+            script += 1
+        if script < len(scripts) and scripts[script][0] <= at:  # a script's: read as such
+            done = scripts[script][1]
+            continue
+        key_end = at
+        while key_end > done and body[key_end - 1] in b" \t\r\n":
+            key_end -= 1
+        if key_end == done or body[key_end - 1] not in b"\"';":  # no quoted key (";": &quot;)
+            done = colon.end()
+            continue
+        end = body.find(b"<", colon.end())
+        end = len(body) if end < 0 else end
+        yield max(done, body.rfind(b">", done, at) + 1), end
+        done = end
 
 
 def _element_texts(

@@ -173,7 +173,11 @@ _URL_HEADERS = frozenset(
 _URL_ENVIRON_KEYS = ("HTTP_REFERER", "HTTP_HX_CURRENT_URL")
 # Headers holding URLs among other text, and where those URLs are.
 _HEADERS_WITH_URLS = frozenset({"refresh", "link"})
-_EMBEDDED_URL = re.compile(r"(?<=<)[^<>]*(?=>)|(?<=url=)[^\s;,]+|(?<=URL=)[^\s;,]+")
+_EMBEDDED_URL = re.compile(
+    r"<([^<>]*)>"  # Link: <...>; rel=...
+    r"|\b[Uu][Rr][Ll]\s*=\s*['\"]?([^'\"\s;,<>]+)"  # Refresh: 0; url=...
+    r'|"path"\s*:\s*"([^"\\]*)"'  # HX-Location: {"path": ...}
+)
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
@@ -294,10 +298,11 @@ class Redactor:
                 value = FILTERED
             elif self._secret_rules is not None or "?" in value or "#" in value:
                 lowered = name.lower()
-                if lowered in _URL_HEADERS:
+                if lowered in _URL_HEADERS and value[:1] != "{":
                     value = self.url(value)
-                elif lowered in _HEADERS_WITH_URLS:  # Refresh: 0; url=..., Link: <...>; rel
-                    value = _EMBEDDED_URL.sub(lambda found: self.url(found.group()), value)
+                elif lowered in _URL_HEADERS or lowered in _HEADERS_WITH_URLS:
+                    # Refresh: 0; url=..., Link: <...>; rel=..., HX-Location: {"path": ...}
+                    value = _EMBEDDED_URL.sub(self._embedded_url, value)
             scrubbed.append((name, value))
         return scrubbed
 
@@ -348,6 +353,14 @@ class Redactor:
                 environ["PATH_INFO"] = variables.filter(path, FILTERED)
         elif secret_rules is not None:  # no rule matched (404, 405, a slash redirect)
             environ["PATH_INFO"] = _path_of_no_rule(path, secret_rules)
+
+    def _embedded_url(self, match: re.Match[str]) -> str:
+        """A URL of :data:`_EMBEDDED_URL` (whichever group holds it) filtered by :meth:`url`."""
+        group = match.lastindex or 0
+        start, end = match.span(group)
+        at = match.start()
+        whole = match.group()
+        return whole[: start - at] + self.url(match.group(group)) + whole[end - at :]
 
     def learn_rules(self, rules: Iterable[str]) -> None:
         """Know an app's URL rules, so that a URL naming one of its pages with a secret

@@ -11,10 +11,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-__all__ = ["MAX_PATH_LENGTH", "SecretRules", "SecretVariables", "secret_variables", "wsgi_text"]
+__all__ = [
+    "MAX_MULTI_PATH_LENGTH",
+    "MAX_PATH_LENGTH",
+    "SecretRules",
+    "SecretVariables",
+    "secret_variables",
+    "wsgi_text",
+]
 
 #: Longest path (in characters) read for a rule's variables; a longer one is not matched.
 MAX_PATH_LENGTH = 4096
+#: The same for a rule with two ``path`` variables or more.
+MAX_MULTI_PATH_LENGTH = 256
 
 #: A variable of a rule: ``<name>``, ``<converter:name>``, ``<converter(arguments):name>``
 #: (Werkzeug's syntax).
@@ -27,23 +36,28 @@ _VARIABLE = re.compile(
 class SecretVariables:
     """The secret variables of one URL rule, found in the paths it matches."""
 
-    __slots__ = ("_groups", "_lead", "_matcher", "_prefix", "shape")
+    __slots__ = ("_groups", "_lead", "_matcher", "_prefix", "max_length", "shape")
 
-    def __init__(self, pattern: str, shape: str, groups: list[str], prefix: str, lead: str) -> None:
+    def __init__(
+        self, pattern: str, shape: str, groups: list[str], prefix: str, lead: str, paths: int
+    ) -> None:
         """``pattern``: the rule as a regex, each variable a named group; ``shape``: the same
         without groups (to be matched with others); ``groups``: the secret variables'
         groups; ``prefix``: the rule's text before its first secret variable; ``lead``:
-        before its first variable."""
+        before its first variable; ``paths``: how many ``path`` variables it has."""
         self._matcher = re.compile(f"\\A{pattern}\\Z", re.DOTALL)
         self.shape = shape
         self._groups = groups
         self._prefix = prefix
         self._lead = lead
+        #: The longest path read: two ``path`` variables make a match cost the square of the
+        #: path's length, so such a rule reads no more than :data:`MAX_MULTI_PATH_LENGTH`.
+        self.max_length = MAX_PATH_LENGTH if paths < 2 else MAX_MULTI_PATH_LENGTH
 
     def filter(self, path: str, replacement: str) -> str:
         """``path``, which the rule matched, with each secret variable's value replaced. A
         path that does not follow the rule as written (a server merged or kept slashes), or
-        longer than :data:`MAX_PATH_LENGTH`, keeps its text up to the first secret variable,
+        longer than it reads (:attr:`max_length`), keeps its text up to the first secret variable,
         and the replacement stands for the rest; a path not even beginning so is replaced
         whole."""
         filtered = _replaced(path, self.secret_spans(path), replacement)
@@ -53,9 +67,9 @@ class SecretVariables:
 
     def secret_spans(self, path: str) -> list[tuple[int, int]]:
         """Where the secret variables' values are in ``path`` when it has the rule's shape
-        (any path: a ``Referer``'s), else nothing. A path longer than :data:`MAX_PATH_LENGTH`
-        is not read (two ``path`` variables make a match cost the square of its length)."""
-        if len(path) > MAX_PATH_LENGTH or not path.startswith(self._lead):
+        (any path: a ``Referer``'s), else nothing. A path longer than :attr:`max_length` is
+        not read."""
+        if len(path) > self.max_length or not path.startswith(self._lead):
             return []
         found = self._matcher.match(path)
         return [] if found is None else [found.span(group) for group in self._groups]
@@ -73,10 +87,11 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     pattern, shape = [], []
     groups = []
     prefix = None
-    position = 0
+    position = paths = 0
     for index, variable in enumerate(_VARIABLE.finditer(rule)):
         static = re.escape(wsgi_text(rule[position : variable.start()]))
         converter = variable.group("converter")
+        paths += converter == "path"
         body = ".+?" if converter == "path" else "[^/]+"
         group = f"v{index}"
         pattern += [static, f"(?P<{group}>{body})"]
@@ -92,7 +107,7 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     first = _VARIABLE.search(rule)
     lead = wsgi_text(rule[: first.start()]) if first is not None else ""
     return SecretVariables(
-        "".join([*pattern, static]), "".join([*shape, static]), groups, prefix, lead
+        "".join([*pattern, static]), "".join([*shape, static]), groups, prefix, lead, paths
     )
 
 
@@ -102,17 +117,21 @@ class SecretRules:
     beginnings share), and only a URL of their shape is read rule by rule: every rule it has
     the shape of filters its secret variables (two rules may overlap)."""
 
-    __slots__ = ("_any", "_rules")
+    __slots__ = ("_any", "_rules", "_slow")
 
     def __init__(self, rules: Sequence[SecretVariables]) -> None:
         self._rules = tuple(rules)
-        shapes = "|".join(rule.shape for rule in self._rules)
-        self._any = re.compile(f"\\A(?:{shapes})\\Z", re.DOTALL)
+        # A rule with two path variables is read alone, within its shorter length.
+        fast = [rule.shape for rule in self._rules if rule.max_length == MAX_PATH_LENGTH]
+        self._any = re.compile(f"\\A(?:{'|'.join(fast)})\\Z", re.DOTALL) if fast else None
+        self._slow = len(fast) < len(self._rules)
 
     def filter_if_matching(self, path: str, replacement: str) -> str | None:
         """``path`` with the secret variables of every rule it has the shape of replaced, or
-        None when it has the shape of none (or is longer than :data:`MAX_PATH_LENGTH`)."""
-        if len(path) > MAX_PATH_LENGTH or self._any.match(path) is None:
+        None when it has the shape of none (or is longer than the rules read)."""
+        if len(path) > MAX_PATH_LENGTH:
+            return None
+        if not self._slow and (self._any is None or self._any.match(path) is None):
             return None
         spans = [span for rule in self._rules for span in rule.secret_spans(path)]
         return _replaced(path, spans, replacement)

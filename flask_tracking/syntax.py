@@ -133,6 +133,9 @@ HTML_LINK_ATTRIBUTE = re.compile(
 )
 #: An attribute's value holding a ``{`` (JSON written into an attribute), quotes and all.
 HTML_JSON_ATTRIBUTE = re.compile(rb"""=\s*("[^"<>{]*\{[^"<>]*"|'[^'<>{]*\{[^'<>]*')""")
+#: The colon between a key and its value (a quote or a number after it), looked for first:
+#: the search begins with a literal.
+HTML_PAIR_COLON = re.compile(rb""":\s*(?:"|'|&quot;|&\#3[49];|-?[0-9])""")
 #: Where a ``<textarea>``'s text ends.
 HTML_TEXTAREA_END = re.compile(rb"</textarea", re.IGNORECASE)
 #: A ``<pre>`` or ``<code>`` start tag (text shown as written: JSON a page shows), and where

@@ -186,6 +186,14 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b'<code>"pin": "1", ', size, b"<p>password</p>"),
         "text/html",
     ),
+    "html: quoted keys in text, values unclosed": lambda size: (
+        _fill(b'"pin":  "', size, b"<p>password</p><p>"),
+        "text/html",
+    ),
+    "html: colons after runs of spaces": lambda size: (
+        _fill(b'"' + b" " * 60 + b': "', size, b"<p>password</p>"),
+        "text/html",
+    ),
     "html: data attributes named secret": lambda size: (
         _fill(b'<div data-pin="1" data-x=', size, b"<p>password</p>"),
         "text/html",

@@ -65,10 +65,14 @@ def test_fields_named_secret_in_a_page_are_filtered(page: str, expected: str) ->
             "<script>config.pin = 1234; v = {pin: 8}</script>",
             "<script>config.pin = *; v = {pin: *}</script>",
         ),
-        # JSON a page shows, in <pre> and <code>; not its other text.
+        # JSON a page shows, in <pre>, <code> or any text, and in an attribute with a ">".
         (
-            '<pre>{"pin": "1234"}</pre><p>"pin": "1234"</p>',
-            '<pre>{"pin": "*"}</pre><p>"pin": "1234"</p>',
+            '<pre>{"pin": "1234"}</pre><td>"pin": "1234"</td><p>a: "b"</p>',
+            '<pre>{"pin": "*"}</pre><td>"pin": "*"</td><p>a: "b"</p>',
+        ),
+        (
+            """<div data-x='{"q": "a > b", "pin": "1"}'>""",
+            """<div data-x='{"q": "a > b", "pin": "*"}'>""",
         ),
         (
             '<SCRIPT type="application/json">{"user": {"pin": "1234"}}</SCRIPT><p>pin: 1</p>',

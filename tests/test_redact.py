@@ -851,6 +851,12 @@ def test_a_slash_added_for_a_rule_is_never_taken_for_a_value() -> None:
         ("Location", "//h.example/reset/a1", f"//h.example/reset/{FILTERED}"),
         ("Location", "https://h.example/reset/a1/", f"https://h.example/reset/{FILTERED}/"),
         ("Refresh", "0; url=/reset/a1", f"0; url=/reset/{FILTERED}"),
+        ("Refresh", "0; URL = '/reset/a1'", f"0; URL = '/reset/{FILTERED}'"),
+        (
+            "HX-Location",
+            '{"path": "/reset/a1?x=1", "target": "#main"}',
+            f'{{"path": "/reset/{FILTERED}?x=1", "target": "#main"}}',
+        ),
         ("Link", "</reset/a1>; rel=canonical", f"</reset/{FILTERED}>; rel=canonical"),
         ("Location", "/other/a1", "/other/a1"),
     ],

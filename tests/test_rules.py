@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from flask_tracking.rules import MAX_PATH_LENGTH, SecretRules, secret_variables
+from flask_tracking.rules import (
+    MAX_MULTI_PATH_LENGTH,
+    MAX_PATH_LENGTH,
+    SecretRules,
+    secret_variables,
+)
 
 
 def secret(name: str) -> bool:
@@ -73,3 +78,11 @@ def test_a_path_too_long_to_read_is_not_matched_but_the_rule_s_own_is_cut() -> N
     variables = secret_variables("/reset/<token>", secret)
     assert variables is not None
     assert variables.filter(long, "*") == "/reset/*"
+
+
+def test_a_rule_with_two_path_variables_reads_short_paths_only() -> None:
+    """Two path variables make a match cost the square of the path's length."""
+    rules = rules_of("/<path:a>/s/<path:key>/e")
+    assert rules.filter_if_matching("/x/y/s/k1/k2/e", "*") == "/x/y/s/*/e"
+    long = "/" + "x/" * MAX_MULTI_PATH_LENGTH + "s/k/e"
+    assert rules.filter_if_matching(long, "*") is None
