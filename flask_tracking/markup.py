@@ -30,6 +30,7 @@ from .syntax import (
     HTML_VALUE_ATTRIBUTE,
     NAMING_KEYS,
     SCRIPT_NAMED_PAIR,
+    SCRIPT_URL_STRING,
     URL_PARAMETER,
     XML_ATTRIBUTE,
     XML_NAME_ATTRIBUTE,
@@ -178,23 +179,26 @@ class MarkupFilters:
                 yield start, end, FILTERED_BYTES
 
     def html_values(self, body: bytes) -> bytes:
-        """HTML: the string and number values of secret keys in a page's scripts and in JSON
-        written into its attributes: ``"apiToken": "..."`` anywhere (a state object, htmx's
+        """HTML: the string and number values of secret keys in a page's scripts and wherever
+        it writes JSON (:func:`_value_regions`): ``"apiToken": "..."`` (a state object, htmx's
         ``hx-headers='{"X-CSRFToken": "..."}'``, quotes written ``&quot;`` too), and in scripts
         ``var csrfToken = "..."``, ``headers['X-CSRFToken'] = '...'``,
         ``setRequestHeader("X-CSRFToken", "...")``. Code is no value (``token == null``,
-        ``key = e.key`` are kept), and the page's own text is not read for pairs: only its
-        scripts and the attributes whose value holds a ``{``."""
+        ``key = e.key`` are kept). In scripts, a string that is a URL naming a page with
+        secret rule variables has its path filtered as :meth:`html_links` filters links."""
         return splice(body, self._values_filtered(body))
 
     def _values_filtered(self, body: bytes) -> Iterator[tuple[int, int, bytes]]:
         """Each region :meth:`html_values` reads (a script's text, an attribute's JSON), with
         its values filtered, when that changes it."""
+        url_path = self._url_paths()
         for start, end, script in _value_regions(body):
             region = body[start:end]
             scrubbed = HTML_QUOTED_PAIR.sub(self._value, region)
             if script:
                 scrubbed = SCRIPT_NAMED_PAIR.sub(self._value, scrubbed)
+                if url_path is not None:  # location.href = "/confirm/<token>"
+                    scrubbed = splice(scrubbed, _script_urls_filtered(scrubbed, url_path))
             if scrubbed != region:
                 yield start, end, scrubbed
 
@@ -315,3 +319,16 @@ def _element_texts(
         if end is None:
             return
         searched = end.end()
+
+
+def _script_urls_filtered(
+    script: bytes, url_path: Callable[[str], str]
+) -> Iterator[tuple[int, int, bytes]]:
+    """The strings of a script that are URLs (``"/confirm/..."``, ``"https://..."``) whose
+    path ``url_path`` filters."""
+    for string in SCRIPT_URL_STRING.finditer(script):
+        start, end = string.span(2)
+        url = script[start:end].decode("utf-8", "surrogateescape")
+        filtered = url_path(url)
+        if filtered != url:
+            yield start, end, filtered.encode("utf-8", "surrogateescape")

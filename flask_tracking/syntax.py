@@ -136,6 +136,8 @@ HTML_JSON_ATTRIBUTE = re.compile(rb"""=\s*("[^"<>{]*\{[^"<>]*"|'[^'<>{]*\{[^'<>]
 #: The colon between a key and its value (a quote or a number after it), looked for first:
 #: the search begins with a literal.
 HTML_PAIR_COLON = re.compile(rb""":\s*(?:"|'|&quot;|&\#3[49];|-?[0-9])""")
+#: A string in a script that is a URL (a path or an absolute URL), its quotes around it.
+SCRIPT_URL_STRING = re.compile(rb"""(["'`])((?:https?:)?/[^"'`\s<>\\]{0,4096})\1""")
 #: Where a ``<textarea>``'s text ends.
 HTML_TEXTAREA_END = re.compile(rb"</textarea", re.IGNORECASE)
 #: A ``<pre>`` or ``<code>`` start tag (text shown as written: JSON a page shows), and where

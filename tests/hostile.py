@@ -194,6 +194,10 @@ BODY_SHAPES: dict[str, BodyShape] = {
         _fill(b'"' + b" " * 60 + b': "', size, b"<p>password</p>"),
         "text/html",
     ),
+    "html: a script of URL strings": lambda size: (
+        _fill(b'"/reset/' + b"a" * 40 + b'", ', size, b"<p>password</p><script>"),
+        "text/html",
+    ),
     "html: data attributes named secret": lambda size: (
         _fill(b'<div data-pin="1" data-x=', size, b"<p>password</p>"),
         "text/html",

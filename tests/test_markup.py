@@ -138,3 +138,7 @@ def test_links_to_pages_with_secret_variables_are_filtered() -> None:
         b'<button hx-post="/reset/*">y</button><p title="see /reset/nop">z</p></form>'
     )
     assert MarkupFilters(lambda name: False, lambda: None).html(page) is page
+    script = b"<script>location.href = '/reset/abc?x=1'; go(\"https://h/reset/d\", '/a')</script>"
+    assert markup.html(script) == (
+        b"<script>location.href = '/reset/*?x=1'; go(\"https://h/reset/*\", '/a')</script>"
+    )

@@ -565,6 +565,7 @@ def test_a_reset_page_s_form_keeps_no_token_in_its_action(app: Flask, mongo: Any
         return (
             f'<form action="/reset/{token}" method="post">'
             '<input type="password" name="password"><button>Save</button></form>'
+            f'<script>const again = "/reset/{token}?step=2";</script>'
         )
 
     page = app.test_client().get(f"/reset/{reset}").get_data(as_text=True)
