@@ -10,7 +10,7 @@ here: :class:`MarkupFilters` is given the redactor's verdicts by
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import unquote_plus
 
 from .credentials import FILTERED_BYTES, splice
@@ -171,9 +171,7 @@ class MarkupFilters:
     def _secret_data(self, body: bytes) -> Iterator[tuple[int, int, bytes]]:
         """The values :meth:`html_data` filters, left to right."""
         for attribute in HTML_DATA_ATTRIBUTE.finditer(body.lower()):
-            start, end = attribute.span(2)
-            if body[start : start + 1] in (b'"', b"'"):
-                start, end = start + 1, end - 1
+            start, end = _unquoted(body, attribute.span(2))
             name = body[attribute.start(1) : attribute.end(1)].decode("utf-8", "replace")
             if start < end and self._is_secret_field(name):
                 yield start, end, FILTERED_BYTES
@@ -198,7 +196,8 @@ class MarkupFilters:
             if script:
                 scrubbed = SCRIPT_NAMED_PAIR.sub(self._value, scrubbed)
                 if url_path is not None:  # location.href = "/confirm/<token>"
-                    scrubbed = splice(scrubbed, _script_urls_filtered(scrubbed, url_path))
+                    urls = (string.span(2) for string in SCRIPT_URL_STRING.finditer(scrubbed))
+                    scrubbed = splice(scrubbed, _urls_filtered(scrubbed, urls, url_path))
             if scrubbed != region:
                 yield start, end, scrubbed
 
@@ -220,7 +219,7 @@ class MarkupFilters:
         url_path = self._url_paths()
         if url_path is None:
             return body
-        return splice(body, _links_filtered(body, url_path))
+        return splice(body, _urls_filtered(body, _link_spans(body), url_path))
 
     def urls(self, body: bytes) -> bytes:
         """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),
@@ -244,24 +243,33 @@ def _filtered_attribute(match: re.Match[bytes]) -> bytes:
     return match.group(1) + quote + FILTERED_BYTES + quote
 
 
-def _links_filtered(
-    body: bytes, url_path: Callable[[str], str]
-) -> Iterator[tuple[int, int, bytes]]:
-    """The URLs of :meth:`MarkupFilters.html_links` whose path ``url_path`` filters."""
+def _link_spans(body: bytes) -> Iterator[tuple[int, int]]:
+    """Where the URLs of :meth:`MarkupFilters.html_links` are (links, form actions, sources,
+    htmx's requests), inside their quotes."""
     lowered = body.lower()
     for link in HTML_LINK_ATTRIBUTE.finditer(lowered):
         name_start = link.start()
         if lowered[name_start - 4 : name_start] == b"form":  # formaction
             name_start -= 4
-        if lowered[name_start - 1 : name_start] not in _BEFORE_AN_ATTRIBUTE:
-            continue
-        start, end = link.span(1)
-        if body[start : start + 1] in (b'"', b"'"):
-            start, end = start + 1, end - 1
-        url = body[start:end].decode("utf-8", "surrogateescape")
+        if lowered[name_start - 1 : name_start] in _BEFORE_AN_ATTRIBUTE:
+            yield _unquoted(body, link.span(1))
+
+
+def _urls_filtered(
+    text: bytes, spans: Iterable[tuple[int, int]], url_path: Callable[[str], str]
+) -> Iterator[tuple[int, int, bytes]]:
+    """The URLs at ``spans`` of ``text`` whose path ``url_path`` filters, filtered."""
+    for start, end in spans:
+        url = text[start:end].decode("utf-8", "surrogateescape")
         filtered = url_path(url)
         if filtered != url:
             yield start, end, filtered.encode("utf-8", "surrogateescape")
+
+
+def _unquoted(body: bytes, span: tuple[int, int]) -> tuple[int, int]:
+    """The span of an attribute's value without its quotes, if it has them."""
+    start, end = span
+    return (start + 1, end - 1) if body[start : start + 1] in (b'"', b"'") else (start, end)
 
 
 #: What comes before an attribute's name in a tag.
@@ -319,16 +327,3 @@ def _element_texts(
         if end is None:
             return
         searched = end.end()
-
-
-def _script_urls_filtered(
-    script: bytes, url_path: Callable[[str], str]
-) -> Iterator[tuple[int, int, bytes]]:
-    """The strings of a script that are URLs (``"/confirm/..."``, ``"https://..."``) whose
-    path ``url_path`` filters."""
-    for string in SCRIPT_URL_STRING.finditer(script):
-        start, end = string.span(2)
-        url = script[start:end].decode("utf-8", "surrogateescape")
-        filtered = url_path(url)
-        if filtered != url:
-            yield start, end, filtered.encode("utf-8", "surrogateescape")
