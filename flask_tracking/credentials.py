@@ -37,6 +37,14 @@ def splice(text: AnyStr, replacements: Iterable[tuple[int, int, AnyStr]]) -> Any
     return text[:0].join(pieces)
 
 
+def group_replaced(match: re.Match[AnyStr], group: int | str, replacement: AnyStr) -> AnyStr:
+    """The text ``match`` matched, with what its ``group`` matched replaced."""
+    start, end = match.span(group)
+    at = match.start()
+    whole = match.group()
+    return whole[: start - at] + replacement + whole[end - at :]
+
+
 def scrub_values(body: bytes) -> bytes:
     """``body`` with every credential recognised by its look filtered (:func:`scrub_text`)."""
     scrubbed = _scrub_plain(body)

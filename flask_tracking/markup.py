@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import unquote_plus
 
-from .credentials import FILTERED_BYTES, splice
+from .credentials import FILTERED_BYTES, group_replaced, splice
 from .syntax import (
     HTML_DATA_ATTRIBUTE,
     HTML_JSON_ATTRIBUTE,
@@ -208,9 +208,7 @@ class MarkupFilters:
         start, end = match.span(value)
         if start == end or not self._is_secret_field(match.group("key").decode("utf-8", "replace")):
             return match.group(0)
-        at = match.start()
-        whole = match.group(0)
-        return whole[: start - at] + FILTERED_BYTES + whole[end - at :]
+        return group_replaced(match, value, FILTERED_BYTES)
 
     def html_links(self, body: bytes) -> bytes:
         """HTML: the path of every link, form action and source (``href``, ``action``,
@@ -229,7 +227,7 @@ class MarkupFilters:
             name = match.group(2).decode("utf-8", "replace")
             if not self._is_secret_field(unquote_plus(name)):
                 return match.group(0)
-            return match.group(1) + match.group(2) + b"=" + FILTERED_BYTES
+            return group_replaced(match, 3, FILTERED_BYTES)
 
         scrubbed = URL_PARAMETER.sub(scrub, body)
         return body if scrubbed == body else scrubbed
@@ -238,9 +236,9 @@ class MarkupFilters:
 def _filtered_attribute(match: re.Match[bytes]) -> bytes:
     """A ``value=`` or ``content=`` attribute of :data:`HTML_VALUE_ATTRIBUTE` filtered, its
     quotes kept."""
-    value = match.group(2)
-    quote = value[:1] if value[:1] in (b'"', b"'") else b""
-    return match.group(1) + quote + FILTERED_BYTES + quote
+    quote = match.group(2)[:1]
+    quote = quote if quote in (b'"', b"'") else b""
+    return group_replaced(match, 2, quote + FILTERED_BYTES + quote)
 
 
 def _link_spans(body: bytes) -> Iterator[tuple[int, int]]:

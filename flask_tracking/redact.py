@@ -26,7 +26,7 @@ from urllib.parse import unquote_plus
 
 from .bodies import NAMING_KEYS, BodyFilters, by_look, map_items
 from .content import Unreadable, as_utf8, decode_content, describe_content_type
-from .credentials import FILTERED, FILTERED_BYTES, scrub_text, scrub_values
+from .credentials import FILTERED, FILTERED_BYTES, group_replaced, scrub_text, scrub_values
 from .markup import MarkupFilters
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
 from .rules import SecretRules, SecretVariables, secret_variables, wsgi_text
@@ -357,10 +357,7 @@ class Redactor:
     def _embedded_url(self, match: re.Match[str]) -> str:
         """A URL of :data:`_EMBEDDED_URL` (whichever group holds it) filtered by :meth:`url`."""
         group = match.lastindex or 0
-        start, end = match.span(group)
-        at = match.start()
-        whole = match.group()
-        return whole[: start - at] + self.url(match.group(group)) + whole[end - at :]
+        return group_replaced(match, group, self.url(match.group(group)))
 
     def learn_rules(self, rules: Iterable[str]) -> None:
         """Know an app's URL rules, so that a URL naming one of its pages with a secret
