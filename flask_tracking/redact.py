@@ -373,10 +373,9 @@ class Redactor:
         """The secret variables of ``rule``, worked out once (request threads may ask for the
         same new rule at once: the first one learns it)."""
         with self._rules_lock:
-            if rule in self._rule_variables:
-                return self._rule_variables[rule]
+            new = rule not in self._rule_variables
             variables = self._learn(rule)
-            if variables is not None:
+            if new and variables is not None:
                 self._gather_secret_rules()
             return variables
 

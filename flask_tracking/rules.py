@@ -117,23 +117,24 @@ class SecretRules:
     beginnings share), and only a URL of their shape is read rule by rule: every rule it has
     the shape of filters its secret variables (two rules may overlap)."""
 
-    __slots__ = ("_any", "_rules", "_slow")
+    __slots__ = ("_any", "_rules", "_slow_rules")
 
     def __init__(self, rules: Sequence[SecretVariables]) -> None:
         self._rules = tuple(rules)
         # A rule with two path variables is read alone, within its shorter length.
         fast = [rule.shape for rule in self._rules if rule.max_length == MAX_PATH_LENGTH]
         self._any = re.compile(f"\\A(?:{'|'.join(fast)})\\Z", re.DOTALL) if fast else None
-        self._slow = len(fast) < len(self._rules)
+        self._slow_rules = tuple(rule for rule in self._rules if rule.max_length < MAX_PATH_LENGTH)
 
     def filter_if_matching(self, path: str, replacement: str) -> str | None:
         """``path`` with the secret variables of every rule it has the shape of replaced, or
         None when it has the shape of none (or is longer than the rules read)."""
         if len(path) > MAX_PATH_LENGTH:
             return None
-        if not self._slow and (self._any is None or self._any.match(path) is None):
-            return None
-        spans = [span for rule in self._rules for span in rule.secret_spans(path)]
+        # A path of none of the fast rules' shapes can only have a slow rule's.
+        fits = self._any is not None and self._any.match(path) is not None
+        candidates = self._rules if fits else self._slow_rules
+        spans = [span for rule in candidates for span in rule.secret_spans(path)]
         return _replaced(path, spans, replacement)
 
 
