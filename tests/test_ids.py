@@ -4,12 +4,16 @@ ObjectIds."""
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import re
 import threading
 from typing import Any, Callable
 
+import bson
 import pytest
+from bson import ObjectId
 from flask import Flask, Response
 
 from flask_tracking import request_id
@@ -300,6 +304,16 @@ def test_new_object_ids_are_unique_current_and_counted() -> None:
     assert len(randoms) == 1  # one process: the same five random bytes
     counters = [int.from_bytes(oid.binary[9:], "big") for oid in made]
     assert all((b - a) % (1 << 24) == 1 for a, b in zip(counters, counters[1:]))
+
+
+def test_new_object_ids_behave_as_the_drivers_own() -> None:
+    made = new_object_id()
+    same = ObjectId(made.binary)
+    assert made == same and hash(made) == hash(same) and str(made) == str(same)
+    assert ObjectId(str(made)) == made and repr(made) == f"ObjectId('{made}')"
+    assert pickle.loads(pickle.dumps(made)) == made and copy.deepcopy(made) == made
+    assert bson.decode(bson.encode({"_id": made}))["_id"] == made
+    assert made < new_object_id()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
