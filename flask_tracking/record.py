@@ -35,11 +35,22 @@ _HOSTNAME = socket.gethostname()
 
 
 def status_code_of(status: str) -> int:
-    """The integer code of a WSGI status line such as ``"404 NOT FOUND"``."""
-    try:
-        return int(status.split(None, 1)[0])
-    except (ValueError, IndexError):
-        return 0
+    """The integer code of a WSGI status line such as ``"404 NOT FOUND"`` (0 without one).
+    An app answers with a few status lines: each is read once and remembered."""
+    code = _STATUS_CODES.get(status)
+    if code is None:
+        try:
+            code = int(status.split(None, 1)[0])
+        except (ValueError, IndexError):
+            code = 0
+        if len(_STATUS_CODES) >= _MAX_STATUS_LINES:
+            _STATUS_CODES.clear()
+        _STATUS_CODES[status] = code
+    return code
+
+
+_STATUS_CODES: dict[str, int] = {}
+_MAX_STATUS_LINES = 256
 
 
 def to_document(

@@ -240,6 +240,16 @@ def test_query_string_latin1_wsgi_to_utf8(wsgi: str, expected: str) -> None:
 )
 def test_status_code_of(status: str, code: int) -> None:
     assert status_code_of(status) == code
+    assert status_code_of(status) == code  # remembered
+
+
+def test_status_codes_remembered_are_bounded() -> None:
+    from flask_tracking import record
+
+    lines = [f"{code} Reason {index}" for index, code in enumerate(range(100, 1100))]
+    assert [status_code_of(line) for line in lines] == list(range(100, 1100))
+    assert len(record._STATUS_CODES) <= record._MAX_STATUS_LINES
+    assert status_code_of("201 CREATED") == 201
 
 
 def test_status_code_in_document() -> None:
