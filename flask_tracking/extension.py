@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Request, Response, g, got_request_exception, request
@@ -551,15 +552,14 @@ def _estimated_size(state: RequestState) -> int:
     for capture in (state.request_body, state.response_body):
         if capture is not None:
             size += len(capture.buffer)
-    environ = state.environ
-    if environ is not None:
-        size += len(environ) * ITEM_OVERHEAD_BYTES + len("".join(environ))
-        try:  # every value is a string, but for what some servers add
-            size += len("".join(environ.values()))
-        except TypeError:
-            size += sum([len(value) for value in environ.values() if type(value) is str])
+    environ = state.environ or _NO_ENVIRON
     headers = state.response_headers
-    size += len(headers) * ITEM_OVERHEAD_BYTES + sum([len(n) + len(v) for n, v in headers])
+    size += (len(environ) + len(headers)) * ITEM_OVERHEAD_BYTES
+    texts = [*environ, *environ.values(), *chain.from_iterable(headers)]
+    try:  # one C-level join: every key, value and header is a string...
+        size += len("".join(texts))
+    except TypeError:  # ...but for what some servers or apps add
+        size += sum([len(text) for text in texts if type(text) is str])
     return size
 
 

@@ -504,6 +504,10 @@ def test_queued_size_counts_every_string_of_the_environ_copy() -> None:
     # counted apart.
     state.environ["someserver.node"] = b"host"
     assert _estimated_size(state) == expected + ITEM_OVERHEAD_BYTES + len("someserver.node")
+    state.response_headers = [("Content-Type", "text/plain"), ("X-Count", 3)]  # type: ignore[list-item]
+    assert _estimated_size(state) == (
+        expected + 2 * ITEM_OVERHEAD_BYTES + len("someserver.node") + len("X-Count")
+    )
 
 
 def test_the_response_is_copied_after_every_after_request_hook_whatever_their_order(
