@@ -39,20 +39,28 @@ class SecretVariables:
     __slots__ = ("_groups", "_lead", "_matcher", "_prefix", "max_length", "shape")
 
     def __init__(
-        self, pattern: str, shape: str, groups: list[str], prefix: str, lead: str, paths: int
+        self,
+        pattern: str,
+        shape: str | None,
+        groups: list[str],
+        prefix: str,
+        lead: str,
+        ambiguous: bool,
     ) -> None:
-        """``pattern``: the rule as a regex, each variable a named group; ``shape``: the same
-        without groups (to be matched with others); ``groups``: the secret variables'
-        groups; ``prefix``: the rule's text before its first secret variable; ``lead``:
-        before its first variable; ``paths``: how many ``path`` variables it has."""
+        """``pattern``: the rule as a regex, each variable (or run of variables side by side)
+        a named group; ``shape``: the same without groups, to be matched with others (None:
+        the rule is matched alone); ``groups``: the secret ones' groups; ``prefix``: the
+        rule's text before its first secret variable; ``lead``: before its first variable;
+        ``ambiguous``: whether two of its variables can share text (two ``path`` variables,
+        or a ``path`` variable side by side with another)."""
         self._matcher = re.compile(f"\\A{pattern}\\Z", re.DOTALL)
         self.shape = shape
         self._groups = groups
         self._prefix = prefix
         self._lead = lead
-        #: The longest path read: two ``path`` variables make a match cost the square of the
-        #: path's length, so such a rule reads no more than :data:`MAX_MULTI_PATH_LENGTH`.
-        self.max_length = MAX_PATH_LENGTH if paths < 2 else MAX_MULTI_PATH_LENGTH
+        #: The longest path read: variables that can share text make a match cost the square
+        #: of the path's length, so such a rule reads no more than :data:`MAX_MULTI_PATH_LENGTH`.
+        self.max_length = MAX_MULTI_PATH_LENGTH if ambiguous else MAX_PATH_LENGTH
 
     def filter(self, path: str, replacement: str) -> str:
         """``path``, which the rule matched, with each secret variable's value replaced. A
@@ -82,33 +90,74 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     A path is matched as the WSGI ``PATH_INFO`` carries it (UTF-8 as latin-1 characters), and
     the rule's text is read in the same form. A ``path`` variable runs over slashes; every
     other converter stops at one. A number (``<int:card_id>``, ``<float:...>``) is no secret:
-    ids are not credentials.
+    ids are not credentials. Variables side by side in one segment (``/<uid>-<token>``,
+    ``/<token>.<format>``) are one value: where one ends depends on the router's choice, so
+    the run is filtered whole when one of them is secret, and it is matched in linear time
+    (:func:`_run_pattern`).
     """
-    pattern, shape = [], []
+    found = list(_VARIABLE.finditer(rule))
+    statics = [
+        wsgi_text(rule[end:start])
+        for end, start in zip(
+            [0] + [v.end() for v in found], [v.start() for v in found] + [len(rule)]
+        )
+    ]
+    pattern: list[str] = []
+    shape: list[str] | None = []
     groups = []
     prefix = None
-    position = paths = 0
-    for index, variable in enumerate(_VARIABLE.finditer(rule)):
-        static = re.escape(wsgi_text(rule[position : variable.start()]))
-        converter = variable.group("converter")
-        paths += converter == "path"
-        body = ".+?" if converter == "path" else "[^/]+"
+    ambiguous = sum(variable.group("converter") == "path" for variable in found) > 1
+    index = 0
+    while index < len(found):
+        run = index + 1  # the variables side by side from index to run
+        while run < len(found) and "/" not in statics[run]:
+            if "path" in (found[run - 1].group("converter"), found[run].group("converter")):
+                ambiguous = True
+                break
+            run += 1
+        if run - index == 1:
+            body = ".+?" if found[index].group("converter") == "path" else "[^/]+"
+            if shape is not None:
+                shape += [re.escape(statics[index]), body]
+        else:
+            body = _run_pattern(index, statics[index + 1 : run])
+            shape = None  # its groups would clash with another rule's
         group = f"v{index}"
-        pattern += [static, f"(?P<{group}>{body})"]
-        shape += [static, body]
-        if converter not in ("int", "float") and is_secret(variable.group("name")):
+        pattern += [re.escape(statics[index]), f"(?P<{group}>{body})"]
+        if any(
+            variable.group("converter") not in ("int", "float")
+            and is_secret(variable.group("name"))
+            for variable in found[index:run]
+        ):
             groups.append(group)
             if prefix is None:
-                prefix = wsgi_text(rule[: variable.start()])
-        position = variable.end()
+                prefix = wsgi_text(rule[: found[index].start()])
+        index = run
     if prefix is None:
         return None
-    static = re.escape(wsgi_text(rule[position:]))
-    first = _VARIABLE.search(rule)
-    lead = wsgi_text(rule[: first.start()]) if first is not None else ""
+    tail = re.escape(statics[-1])
+    lead = statics[0]
     return SecretVariables(
-        "".join([*pattern, static]), "".join([*shape, static]), groups, prefix, lead, paths
+        "".join([*pattern, tail]),
+        None if shape is None else "".join([*shape, tail]),
+        groups,
+        prefix,
+        lead,
+        ambiguous,
     )
+
+
+def _run_pattern(index: int, between: list[str]) -> str:
+    """A run of variables side by side (none a ``path``), with the static text ``between``
+    them: each variable takes the fewest characters it can, in a lookahead (the engine never
+    goes back into one) read again by a backreference, so a run is matched in linear time. The
+    shortest variables leave the last one all the room there is: a segment of the run's shape
+    is matched whatever the router's split."""
+    pieces = []
+    for number, static in enumerate(between):
+        group = f"r{index}_{number}"
+        pieces.append(f"(?=(?P<{group}>[^/]+?{re.escape(static)}))(?P={group})")
+    return "".join(pieces) + "[^/]+"
 
 
 class SecretRules:
@@ -121,10 +170,17 @@ class SecretRules:
 
     def __init__(self, rules: Sequence[SecretVariables]) -> None:
         self._rules = tuple(rules)
-        # A rule with two path variables is read alone, within its shorter length.
-        fast = [rule.shape for rule in self._rules if rule.max_length == MAX_PATH_LENGTH]
+        # A rule whose variables can share text is read alone, within its shorter length; so
+        # is one with variables side by side (its groups are its own).
+        fast = [
+            rule.shape
+            for rule in self._rules
+            if rule.shape is not None and rule.max_length == MAX_PATH_LENGTH
+        ]
         self._any = re.compile(f"\\A(?:{'|'.join(fast)})\\Z", re.DOTALL) if fast else None
-        self._slow_rules = tuple(rule for rule in self._rules if rule.max_length < MAX_PATH_LENGTH)
+        self._slow_rules = tuple(
+            rule for rule in self._rules if rule.shape is None or rule.max_length < MAX_PATH_LENGTH
+        )
 
     def filter_if_matching(self, path: str, replacement: str) -> str | None:
         """``path`` with the secret variables of every rule it has the shape of replaced, or
