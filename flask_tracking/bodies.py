@@ -104,10 +104,11 @@ class BodyFilters:
         ``shape`` whether it is declared JSON, a form, XML. Markup goes to :attr:`markup`, JSON
         to :meth:`json_body`, forms to the query filter, the rest to :meth:`loose`."""
         json_kind, form, xml = shape
-        head = body[:1024].lstrip()
+        # The first KB of text, after blank lines (a template's sets and macros leave them).
+        head = body[:1024].lstrip() or body.lstrip()[:1024]
         if xml or (kind in TEXT_KINDS and head[:1] == b"<"):
             return self.markup.xml(body, xhtml=kind in HTML_KINDS)
-        if kind in HTML_KINDS and b"<" in body[:1024]:
+        if kind in HTML_KINDS and b"<" in head:
             return self.markup.html(body)
         # Markup without a tag (Flask answers a view's plain string as text/html) is text.
         text = body.decode("utf-8", "replace")

@@ -22,6 +22,7 @@ from flask_tracking.markup import MarkupFilters
 from .test_credentials import JWT
 
 CARD = "4111111111111111"
+BLANK_LINES = b"\n" + b"    \n" * 300
 
 
 class Calls:
@@ -324,6 +325,20 @@ def test_a_naming_value_longer_than_a_name_can_be_names_a_secret() -> None:
         (b'<a href="?pin=1">', "text/html", (False, False, False), '<a href="?pin=*">'),
         (b"pin: 1", "text/plain", (False, False, False), "pin: *"),
         (b"pin: 1", "text/html", (False, False, False), "pin: *"),
+        # A page rendered with over 1 KB of blank lines before its first tag (a template's
+        # macros and sets) is a page all the same, and so is XML after them.
+        (
+            BLANK_LINES + b'<input name="pin" value="1">',
+            "text/html",
+            (False, False, False),
+            BLANK_LINES.decode() + '<input name="pin" value="*">',
+        ),
+        (
+            BLANK_LINES + b"<r><pin>1</pin></r>",
+            "text/plain",
+            (False, False, False),
+            BLANK_LINES.decode() + "<r><pin>*</pin></r>",
+        ),
     ],
 )
 def test_by_name_reads_a_body_as_its_format(
