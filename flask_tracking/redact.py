@@ -679,29 +679,34 @@ def anonymize_ip(address: str | None) -> str | None:
 
 
 def _path_of_no_rule(path: str, rules: SecretRules) -> str:
-    """A path no rule matched, filtered as the rule with secret variables it has the
-    shape of would filter it, if any: as it is, with its slashes merged and a last one
-    dropped, or with one added (``/reset//<token>/``, ``/confirm/<token>`` for a rule
-    ending in a slash: the router answers those with a redirect or not found)."""
-    filtered = rules.filter_if_matching(path, FILTERED)
-    if filtered is not None:
-        return filtered
-    merged = _SLASHES.sub("/", path).rstrip("/") or "/"
-    filtered = rules.filter_if_matching(merged, FILTERED)
-    if filtered is None:
-        filtered = rules.filter_if_matching(merged + "/", FILTERED)
-        # The slash added is taken back; one a variable took in shows nothing of the path.
-        filtered = filtered[:-1] if filtered is not None and filtered.endswith("/") else None
+    """A path no rule matched (a 404, 405, or a slash redirect), filtered by the rule with
+    secret variables it has the shape of (:func:`_shape_filtered`), if any."""
+    filtered = _shape_filtered(path, rules)
     return path if filtered is None else filtered
 
 
-def _path_filtered(path: str, rules: SecretRules, script_names: tuple[str, ...]) -> str | None:
-    """:meth:`Redactor._url_path` of a path: as it is, without a last slash, or after one of
-    the prefixes the app is mounted at; None when no rule has its shape."""
+def _shape_filtered(path: str, rules: SecretRules) -> str | None:
+    """``path`` filtered as the rule with secret variables it has the shape of would filter
+    it, read as the router reads it: as it is, with its slashes merged (a last one kept), or
+    with one added (``/reset//<token>/``, ``/confirm/<token>`` for a rule ending in a slash:
+    the router answers those with a redirect); None when it has no rule's shape."""
     filtered = rules.filter_if_matching(path, FILTERED)
-    if filtered is None and path.endswith("/") and len(path) > 1:
-        filtered = rules.filter_if_matching(path[:-1], FILTERED)
-        filtered = None if filtered is None else filtered + "/"
+    if filtered is not None:
+        return filtered
+    merged = _SLASHES.sub("/", path) if "//" in path else path
+    stripped = merged.rstrip("/") or "/"
+    filtered = None if stripped == path else rules.filter_if_matching(stripped, FILTERED)
+    if filtered is not None:
+        return filtered + merged[len(stripped) :]
+    filtered = rules.filter_if_matching(stripped + "/", FILTERED)
+    # The slash added is taken back; one a variable took in shows nothing of the path.
+    return filtered[:-1] if filtered is not None and filtered.endswith("/") else None
+
+
+def _path_filtered(path: str, rules: SecretRules, script_names: tuple[str, ...]) -> str | None:
+    """:meth:`Redactor._url_path` of a path: as the router reads it (:func:`_shape_filtered`),
+    or after one of the prefixes the app is mounted at; None when no rule has its shape."""
+    filtered = _shape_filtered(path, rules)
     if filtered is None:  # a URL of the app under the prefix it is mounted at?
         for prefix in script_names:
             mounted = prefix.rstrip("/")

@@ -867,6 +867,27 @@ def test_urls_in_headers_have_their_path_filtered(name: str, value: str, expecte
     assert redactor.headers([(name, value)]) == [(name, expected)]
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # A link or a redirect written by hand, without the slash the rule ends in (the
+        # router redirects it), or with a slash doubled.
+        ("https://h/confirm/abc123", f"https://h/confirm/{FILTERED}"),
+        ("/confirm/abc123?next=/", f"/confirm/{FILTERED}?next=/"),
+        ("https://h/reset//abc123", f"https://h/reset/{FILTERED}"),
+        ("https://h/reset/abc123//", f"https://h/reset/{FILTERED}/"),
+        ("https://h/confirm/", "https://h/confirm/"),
+    ],
+)
+def test_urls_are_filtered_as_the_router_reads_their_slashes(url: str, expected: str) -> None:
+    """A URL is filtered by the rule it has the shape of as a request to it is: slashes
+    merged, a last one added or taken back."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    redactor.learn_rules(["/reset/<token>", "/confirm/<token>/"])
+    assert redactor.url(url) == expected
+    assert redactor.headers([("Location", url)]) == [("Location", expected)]
+
+
 def test_a_url_of_a_rule_without_variables_is_kept() -> None:
     redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
     redactor.learn_rules(["/<key>", "/about"])
@@ -888,7 +909,7 @@ def test_urls_of_an_app_mounted_under_a_prefix_have_their_path_filtered() -> Non
     ("path", "expected"),
     [
         ("/reset/abc123", f"/reset/{FILTERED}"),  # a method the rule does not take (405)
-        ("/reset//abc123/", f"/reset/{FILTERED}"),  # the router redirects it, or not found
+        ("/reset//abc123/", f"/reset/{FILTERED}/"),  # the router redirects it, or not found
         ("/confirm/abc123", f"/confirm/{FILTERED}"),  # the rule ends in a slash (308)
         ("/reset/abc/more", "/reset/abc/more"),
         ("/items/7", "/items/7"),
