@@ -252,13 +252,6 @@ class Redactor:
             return True
         return self._field_verdict(name)
 
-    def _is_oauth_code(self, name: str, query: str, path: str) -> bool:
-        """``code`` of an OAuth authorization response: with a ``state`` beside it, or on a
-        callback-looking path (``/oauth/callback``, ``/login/authorized``, ...)."""
-        return (name == "code" or ("%" in name and unquote_plus(name) == "code")) and (
-            "state=" in query or _CALLBACK_PATH.search(path) is not None
-        )
-
     def _is_secret_field(self, name: str) -> bool:
         """Word-wise match. A run of words is joined only while it spells the beginning of a
         term, so each word starts a run of at most as many words as the longest term has
@@ -453,11 +446,17 @@ class Redactor:
         if not query:
             return query
         parts = query.split("&")
+        oauth = None  # whether the query is an OAuth authorization response (asked once)
         for index, part in enumerate(parts):
             name, equals, _ = part.partition("=")
-            if equals and (
-                self.is_secret_field(unquote_plus(name)) or self._is_oauth_code(name, query, path)
-            ):
+            if not equals:
+                continue
+            secret = self.is_secret_field(unquote_plus(name))
+            if not secret and (name == "code" or ("%" in name and unquote_plus(name) == "code")):
+                if oauth is None:  # a state beside the code, or a callback-looking path
+                    oauth = "state=" in query or _CALLBACK_PATH.search(path) is not None
+                secret = oauth
+            if secret:
                 parts[index] = f"{name}={FILTERED}"
         return "&".join(parts)
 
