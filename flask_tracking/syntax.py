@@ -109,15 +109,16 @@ HTML_NAME_ATTRIBUTE = re.compile(
 )
 #: An HTML start tag: its name and its attributes, values quoted or not (a value holding a
 #: ``<`` ends the tag's reading there: the match fails, and no tag is read past a ``<``). A
-#: tag cut by the end of the body (at the capture limit) is read to there.
+#: tag cut by the end of the body (at the capture limit) is read to there. An attribute may
+#: follow a quoted value without a space, as browsers read it (``name="pin"value="..."``).
 HTML_START_TAG = re.compile(
-    rb"""<([A-Za-z][^\s/<>]{0,100})((?:\s+[^\s"'<>/=]+"""
+    rb"""<([A-Za-z][^\s/<>]{0,100})((?:(?:\s+|(?<=["']))[^\s"'<>/=]+"""
     rb"""(?:\s*=\s*(?:"[^"<]*(?:"|\Z)|'[^'<]*(?:'|\Z)|[^\s"'<>`]+))?)*)\s*(?:/?>|\Z)"""
 )
-#: A ``value`` or ``content`` attribute among a tag's attributes, and its value (the closing
-#: quote may be missing in a cut tag).
+#: A ``value`` or ``content`` attribute among a tag's attributes (after a space, or right
+#: after a quoted value), and its value (the closing quote may be missing in a cut tag).
 HTML_VALUE_ATTRIBUTE = re.compile(
-    rb"""(\s(?:[Vv][Aa][Ll][Uu][Ee]|[Cc][Oo][Nn][Tt][Ee][Nn][Tt])\s*=\s*)"""
+    rb"""((?:\s|(?<=["']))(?:[Vv][Aa][Ll][Uu][Ee]|[Cc][Oo][Nn][Tt][Ee][Nn][Tt])\s*=\s*)"""
     rb"""("[^"]+"?|'[^']+'?|[^\s"'<>`]+)"""
 )
 #: A ``data-*`` attribute (found in the page lowercased): the rest of its name and its value.

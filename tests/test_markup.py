@@ -30,6 +30,9 @@ MARKUP = MarkupFilters(lambda name: name.lower() == "pin", lambda: None)
         ("<input name=pin value=1234>", "<input name=pin value=*>"),
         ('<INPUT NAME="PIN" VALUE="1234"/>', '<INPUT NAME="PIN" VALUE="*"/>'),
         ('<input\nname="pin"\nvalue="1234">', '<input\nname="pin"\nvalue="*">'),
+        # No space after a quoted value: browsers read the next attribute all the same.
+        ('<input name="pin"value="1234">', '<input name="pin"value="*">'),
+        ("<input value='1234'name='pin'/>", "<input value='*'name='pin'/>"),
         (
             '<textarea name="pin" rows=2>12\n34</textarea><p>',
             '<textarea name="pin" rows=2>*</textarea><p>',
