@@ -249,6 +249,8 @@ def _link_spans(body: bytes) -> Iterator[tuple[int, int]]:
         name_start = link.start()
         if lowered[name_start - 4 : name_start] == b"form":  # formaction
             name_start -= 4
+        elif lowered[name_start - 5 : name_start] == b"data-":  # htmx's data-hx-post
+            name_start -= 5
         if lowered[name_start - 1 : name_start] in _BEFORE_AN_ATTRIBUTE:
             yield _unquoted(body, link.span(1))
 

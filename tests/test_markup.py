@@ -122,13 +122,15 @@ def test_a_page_without_a_secret_field_is_returned_as_it_is() -> None:
     assert MARKUP.html(page) is page
 
 
+def reset_paths(url: str) -> str:
+    """The URL filter of an app whose rule ``/reset/<token>`` is secret, roughly."""
+    return re.sub("/reset/[^/?#]+", "/reset/*", url)
+
+
 def test_links_to_pages_with_secret_variables_are_filtered() -> None:
     """The path of a link, a form's action, a source, as the redactor's URL rules filter it
     (here: any path under /reset/)."""
-
-    def url_path(url: str) -> str:
-        return re.sub("/reset/[^/?#]+", "/reset/*", url)
-
+    url_path = reset_paths
     markup = MarkupFilters(lambda name: False, lambda: url_path)
     page = (
         b'<form action="/reset/abc" method="post"><a HREF=/reset/def>again</a>'
@@ -144,4 +146,13 @@ def test_links_to_pages_with_secret_variables_are_filtered() -> None:
     script = b"<script>location.href = '/reset/abc?x=1'; go(\"https://h/reset/d\", '/a')</script>"
     assert markup.html(script) == (
         b"<script>location.href = '/reset/*?x=1'; go(\"https://h/reset/*\", '/a')</script>"
+    )
+
+
+def test_htmx_requests_written_as_data_attributes_are_filtered() -> None:
+    """htmx reads ``data-hx-post`` as ``hx-post``."""
+    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
+    page = b"<button data-hx-post=\"/reset/abc\" DATA-HX-GET='/reset/def'>x</button>"
+    assert markup.html(page) == (
+        b"<button data-hx-post=\"/reset/*\" DATA-HX-GET='/reset/*'>x</button>"
     )
