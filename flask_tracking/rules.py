@@ -22,9 +22,11 @@ __all__ = [
 
 #: Longest path (in characters) read for a rule's variables; a longer one is not matched.
 MAX_PATH_LENGTH = 4096
-#: The same for a rule with two ``path`` variables or more.
+#: The same for a rule whose variables can share text (:attr:`SecretVariables.max_length`).
 MAX_MULTI_PATH_LENGTH = 256
 
+#: A character beyond ASCII (written in more than one form in URLs, :func:`_static`).
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]")
 #: A variable of a rule: ``<name>``, ``<converter:name>``, ``<converter(arguments):name>``
 #: (Werkzeug's syntax).
 _VARIABLE = re.compile(
@@ -88,7 +90,8 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     paths; None when there is none.
 
     A path is matched as the WSGI ``PATH_INFO`` carries it (UTF-8 as latin-1 characters), and
-    the rule's text is read in the same form. A ``path`` variable runs over slashes; every
+    the rule's text is read in the same form, or percent-encoded as in a URL, or as a page's
+    text has it (:func:`_static`). A ``path`` variable runs over slashes; every
     other converter stops at one. A number (``<int:card_id>``, ``<float:...>``) is no secret:
     ids are not credentials. Variables side by side in one segment (``/<uid>-<token>``,
     ``/<token>.<format>``) are one value: where one ends depends on the router's choice, so
@@ -97,7 +100,7 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     """
     found = list(_VARIABLE.finditer(rule))
     statics = [
-        wsgi_text(rule[end:start])
+        rule[end:start]
         for end, start in zip(
             [0] + [v.end() for v in found], [v.start() for v in found] + [len(rule)]
         )
@@ -118,12 +121,12 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
         if run - index == 1:
             body = ".+?" if found[index].group("converter") == "path" else "[^/]+"
             if shape is not None:
-                shape += [re.escape(statics[index]), body]
+                shape += [_static(statics[index]), body]
         else:
             body = _run_pattern(index, statics[index + 1 : run])
             shape = None  # its groups would clash with another rule's
         group = f"v{index}"
-        pattern += [re.escape(statics[index]), f"(?P<{group}>{body})"]
+        pattern += [_static(statics[index]), f"(?P<{group}>{body})"]
         if any(
             variable.group("converter") not in ("int", "float")
             and is_secret(variable.group("name"))
@@ -135,8 +138,8 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
         index = run
     if prefix is None:
         return None
-    tail = re.escape(statics[-1])
-    lead = statics[0]
+    tail = _static(statics[-1])
+    lead = _NOT_ASCII.split(statics[0], 1)[0]  # (what every form of the URL begins with)
     return SecretVariables(
         "".join([*pattern, tail]),
         None if shape is None else "".join([*shape, tail]),
@@ -156,8 +159,27 @@ def _run_pattern(index: int, between: list[str]) -> str:
     pieces = []
     for number, static in enumerate(between):
         group = f"r{index}_{number}"
-        pieces.append(f"(?=(?P<{group}>[^/]+?{re.escape(static)}))(?P={group})")
+        pieces.append(f"(?=(?P<{group}>[^/]+?{_static(static)}))(?P={group})")
     return "".join(pieces) + "[^/]+"
+
+
+def _static(text: str) -> str:
+    """The regex of a rule's static ``text``. A character beyond ASCII is matched in each form
+    a URL writes it: as WSGI carries it (UTF-8 as latin-1 characters: ``PATH_INFO``, a
+    ``Referer``), percent-encoded in either case (as ``url_for`` writes a link and a browser
+    sends it), or as it is (a page's text)."""
+    if text.isascii():
+        return re.escape(text)
+    return "".join(re.escape(char) if char.isascii() else _forms(char) for char in text)
+
+
+def _forms(char: str) -> str:
+    """:func:`_static` of one character beyond ASCII."""
+    encoded = char.encode("utf-8")
+    percent = "".join(
+        f"%[{byte >> 4:X}{byte >> 4:x}][{byte & 15:X}{byte & 15:x}]" for byte in encoded
+    )
+    return f"(?:{re.escape(encoded.decode('latin-1'))}|{percent}|{re.escape(char)})"
 
 
 class SecretRules:

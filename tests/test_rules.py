@@ -142,3 +142,17 @@ def test_a_path_is_read_for_variables_side_by_side_in_linear_time(rule: str, uni
     small = _cost(rules, "/c/" + unit * (1000 // len(unit)) + "/z")
     large = _cost(rules, "/c/" + unit * (4000 // len(unit)) + "/z")
     assert large < 8 * small + 0.002
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/r\u00c3\u00a9initialiser/abc",  # as WSGI carries it (PATH_INFO, a Referer's text)
+        "/r%C3%A9initialiser/abc",  # as url_for writes a link and a browser sends it
+        "/r%c3%a9initialiser/abc",
+        "/réinitialiser/abc",  # as a page's text reads
+    ],
+)
+def test_a_rule_s_text_beyond_ascii_is_matched_in_every_form_a_url_writes_it(path: str) -> None:
+    rules = rules_of("/réinitialiser/<token>")
+    assert rules.filter_if_matching(path, "*") == path[: path.rindex("/")] + "/*"
