@@ -43,15 +43,15 @@ class SecretVariables:
     def __init__(
         self,
         pattern: str,
-        shape: str | None,
+        shape: str,
         groups: list[str],
         prefix: str,
         lead: str,
         ambiguous: bool,
     ) -> None:
         """``pattern``: the rule as a regex, each variable (or run of variables side by side)
-        a named group; ``shape``: the same without groups, to be matched with others (None:
-        the rule is matched alone); ``groups``: the secret ones' groups; ``prefix``: the
+        a named group; ``shape``: the same without groups, to be matched with others (a run
+        of variables only roughly); ``groups``: the secret ones' groups; ``prefix``: the
         rule's text before its first secret variable; ``lead``: before its first variable;
         ``ambiguous``: whether two of its variables can share text (two ``path`` variables,
         or a ``path`` variable side by side with another)."""
@@ -96,17 +96,13 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     ids are not credentials. Variables side by side in one segment (``/<uid>-<token>``,
     ``/<token>.<format>``) are one value: where one ends depends on the router's choice, so
     the run is filtered whole when one of them is secret, and it is matched in linear time
-    (:func:`_run_pattern`).
+    (:func:`_run_patterns`).
     """
     found = list(_VARIABLE.finditer(rule))
-    statics = [
-        rule[end:start]
-        for end, start in zip(
-            [0] + [v.end() for v in found], [v.start() for v in found] + [len(rule)]
-        )
-    ]
+    edges = [0, *(edge for variable in found for edge in variable.span()), len(rule)]
+    statics = [rule[edges[at] : edges[at + 1]] for at in range(0, len(edges), 2)]
     pattern: list[str] = []
-    shape: list[str] | None = []
+    shape: list[str] = []
     groups = []
     prefix = None
     ambiguous = sum(variable.group("converter") == "path" for variable in found) > 1
@@ -119,12 +115,10 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
                 break
             run += 1
         if run - index == 1:
-            body = ".+?" if found[index].group("converter") == "path" else "[^/]+"
-            if shape is not None:
-                shape += [_static(statics[index]), body]
+            body = rough = ".+?" if found[index].group("converter") == "path" else "[^/]+"
         else:
-            body = _run_pattern(index, statics[index + 1 : run])
-            shape = None  # its groups would clash with another rule's
+            body, rough = _run_patterns(index, statics[index + 1 : run])
+        shape += [_static(statics[index]), rough]
         group = f"v{index}"
         pattern += [_static(statics[index]), f"(?P<{group}>{body})"]
         if any(
@@ -142,7 +136,7 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     lead = _NOT_ASCII.split(statics[0], 1)[0]  # (what every form of the URL begins with)
     return SecretVariables(
         "".join([*pattern, tail]),
-        None if shape is None else "".join([*shape, tail]),
+        "".join([*shape, tail]),
         groups,
         prefix,
         lead,
@@ -150,17 +144,22 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     )
 
 
-def _run_pattern(index: int, between: list[str]) -> str:
+def _run_patterns(index: int, between: list[str]) -> tuple[str, str]:
     """A run of variables side by side (none a ``path``), with the static text ``between``
-    them: each variable takes the fewest characters it can, in a lookahead (the engine never
-    goes back into one) read again by a backreference, so a run is matched in linear time. The
-    shortest variables leave the last one all the room there is: a segment of the run's shape
-    is matched whatever the router's split."""
-    pieces = []
-    for number, static in enumerate(between):
-        group = f"r{index}_{number}"
-        pieces.append(f"(?=(?P<{group}>[^/]+?{_static(static)}))(?P={group})")
-    return "".join(pieces) + "[^/]+"
+    them, as a regex matched in linear time, and roughly, without groups (for
+    :attr:`SecretVariables.shape`: each static text somewhere in the segment).
+
+    Each variable takes the fewest characters it can, in a lookahead (the engine never goes
+    back into one) read again by a backreference. The shortest variables leave the last one
+    all the room there is: a segment of the run's shape is matched whatever the router's
+    split."""
+    statics = [_static(static) for static in between]
+    exact = "".join(
+        f"(?=(?P<r{index}_{number}>[^/]+?{static}))(?P=r{index}_{number})"
+        for number, static in enumerate(statics)
+    )
+    rough = "".join(f"(?=[^/]+?{static})" for static in statics)
+    return f"{exact}[^/]+", f"{rough}[^/]+"
 
 
 def _static(text: str) -> str:
@@ -192,17 +191,10 @@ class SecretRules:
 
     def __init__(self, rules: Sequence[SecretVariables]) -> None:
         self._rules = tuple(rules)
-        # A rule whose variables can share text is read alone, within its shorter length; so
-        # is one with variables side by side (its groups are its own).
-        fast = [
-            rule.shape
-            for rule in self._rules
-            if rule.shape is not None and rule.max_length == MAX_PATH_LENGTH
-        ]
+        # A rule whose variables can share text is read alone, within its shorter length.
+        fast = [rule.shape for rule in self._rules if rule.max_length == MAX_PATH_LENGTH]
         self._any = re.compile(f"\\A(?:{'|'.join(fast)})\\Z", re.DOTALL) if fast else None
-        self._slow_rules = tuple(
-            rule for rule in self._rules if rule.shape is None or rule.max_length < MAX_PATH_LENGTH
-        )
+        self._slow_rules = tuple(rule for rule in self._rules if rule.max_length < MAX_PATH_LENGTH)
 
     def filter_if_matching(self, path: str, replacement: str) -> str | None:
         """``path`` with the secret variables of every rule it has the shape of replaced, or
