@@ -134,9 +134,12 @@ HTML_LINK_ATTRIBUTE = re.compile(
 )
 #: An attribute's value holding a ``{`` (JSON written into an attribute), quotes and all.
 HTML_JSON_ATTRIBUTE = re.compile(rb"""=\s*("[^"<>{]*\{[^"<>]*"|'[^'<>{]*\{[^'<>]*')""")
+# A quote written as an entity: ``&quot;``, ``&#34;`` and ``&#39;`` (markupsafe's, Jinja's),
+# ``&#x22;`` and ``&#x27;`` (Python's html.escape).
+_QUOTE_ENTITY = rb"""&quot;|&\#3[49];|&\#[xX]2[27];"""
 #: The colon between a key and its value (a quote or a number after it), looked for first:
 #: the search begins with a literal.
-HTML_PAIR_COLON = re.compile(rb""":\s*(?:"|'|&quot;|&\#3[49];|-?[0-9])""")
+HTML_PAIR_COLON = re.compile(rb""":\s*(?:"|'|""" + _QUOTE_ENTITY + rb"""|-?[0-9])""")
 #: A string in a script that is a URL (a path or an absolute URL), its quotes around it.
 SCRIPT_URL_STRING = re.compile(rb"""(["'`])((?:https?:)?/[^"'`\s<>\\]{0,4096})\1""")
 #: Where a ``<textarea>``'s text ends.
@@ -152,7 +155,7 @@ HTML_SCRIPT_END = re.compile(rb"</script", re.IGNORECASE)
 # entities, ``&quot;``, or escaped themselves: JSON written into a JS string, ``\"``) or a
 # number. Code (``e.key``, ``null``) is no value.
 _SCRIPT_VALUE = (
-    rb"""(?:(?P<quote>\\"|\\'|"|'|`|&quot;|&\#3[49];)"""
+    rb"""(?:(?P<quote>\\"|\\'|"|'|`|""" + _QUOTE_ENTITY + rb""")"""
     rb"""(?P<text>(?:(?!(?P=quote))(?:\\.|[^\\\r\n]))*)(?P=quote)"""
     rb"""|(?P<number>-?[0-9][0-9.]*)(?![\w$.]))"""
 )
@@ -160,7 +163,7 @@ _SCRIPT_VALUE = (
 #: in an attribute, htmx's ``hx-headers``), ``['X-CSRFToken'] = '...'``, and a call's first
 #: two arguments, ``setRequestHeader("X-CSRFToken", "...")``.
 HTML_QUOTED_PAIR = re.compile(
-    rb"""(?P<call>\(\s*)?(?P<keyquote>\\"|\\'|"|'|&quot;|&\#3[49];)"""
+    rb"""(?P<call>\(\s*)?(?P<keyquote>\\"|\\'|"|'|""" + _QUOTE_ENTITY + rb""")"""
     rb"""(?P<key>[^"'<>&\\\s]{1,256}?)"""
     rb"""(?P=keyquote)\s*(?:\]\s*)?(?(call),|[:=](?![=>]))\s*""" + _SCRIPT_VALUE
 )

@@ -92,6 +92,15 @@ def test_fields_named_secret_in_a_page_are_filtered(page: str, expected: str) ->
             '<div hx-vals="{&quot;pin&quot;: &quot;1234&quot;}">',
             '<div hx-vals="{&quot;pin&quot;: &quot;*&quot;}">',
         ),
+        # Quotes as Python's html.escape writes them (a dict shown as it prints), and in hex.
+        (
+            "<pre>{&#x27;pin&#x27;: &#x27;1234&#x27;}</pre>",
+            "<pre>{&#x27;pin&#x27;: &#x27;*&#x27;}</pre>",
+        ),
+        (
+            '<div hx-vals="{&#X22;pin&#X22;: &#X22;1234&#X22;}">',
+            '<div hx-vals="{&#X22;pin&#X22;: &#X22;*&#X22;}">',
+        ),
         # JSON written into a JS string (Jinja's tojson twice): its quotes escaped.
         (
             '<script>JSON.parse("{\\"user\\": {\\"pin\\": \\"1234\\"}}")</script>',
