@@ -412,8 +412,10 @@ def _is_card_number(candidate: str) -> bool:
 # Credentials by their look. A JWT: three base64url parts, the first a JSON object ("eyJ").
 # A token's characters may be escaped (``%41``, ``\u0041``), its first six too: a token read on
 # to its end, so that no part of it is left to show once the escapes are read (see
-# :func:`scrub_values`).
-_JWT_PART = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
+# :func:`scrub_values`). A JWT is read through JSON escapes of printable characters only: one
+# may begin right after the escape of a control character (:data:`_AFTER_ESCAPE`), and each
+# beginning would be read again to the end of a text of them (``\u0001eyJ`` repeated).
+_JWT_PART = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2}|\\u00[2-7][0-9A-Fa-f])"
 _TOKEN_CHARACTER = r"(?:[A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2}|\\u00[0-9A-Fa-f]{2})"
 #: Signs a token chosen by hand holds between its characters (none of a token's own).
 _TOKEN_SIGN = r"[!#$()*,:;?@\[\]^{|}]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import AnyStr
 
@@ -410,3 +411,40 @@ def test_url_encoded_text_is_read_whole_only_to_know_that_no_run_shows_a_credent
     by run: the same as reading it run by run."""
     body = text.encode("utf-8", "surrogatepass")
     assert credentials._scrub_url_encoded(body) == credentials._scrub_url_runs(body)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f'"x\\u000a{JWT}"', f'"x\\u000a{FILTERED}"'),  # a line of a JSON string
+        (f'"{JWT[:30]}\\u0041{JWT[30:]}"', f'"{FILTERED}"'),  # read on through an escape
+    ],
+)
+def test_a_web_token_is_read_through_escapes_of_printable_characters_only(
+    text: str, expected: str
+) -> None:
+    """An escaped letter is read as part of a token; an escaped line break before one begins
+    a line, as the line break does."""
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) == expected
+    assert credentials.scrub_values(text.encode()) == expected.encode()
+
+
+def test_web_token_beginnings_after_control_escapes_are_read_in_linear_time() -> None:
+    """A token may begin right after an escaped control character (``\\u0001eyJ``), and was
+    read on through such escapes: each beginning read to the end of the text (64 KB of
+    ``\\u0001eyJ`` cost 4.7 s)."""
+    from flask_tracking.redact import scrub_text
+
+    def cost(size: int) -> float:
+        text = "\\u0001eyJ" * (size // 9)
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            scrub_text(text)
+            credentials.scrub_values(text.encode())
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    assert cost(16384) < 8 * cost(4096) + 0.002
