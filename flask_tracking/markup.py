@@ -252,7 +252,7 @@ def _link_spans(body: bytes) -> Iterator[tuple[int, int]]:
         elif lowered[name_start - 5 : name_start] == b"data-":  # htmx's data-hx-post
             name_start -= 5
         if lowered[name_start - 1 : name_start] in _BEFORE_AN_ATTRIBUTE:
-            yield _unquoted(body, link.span(1))
+            yield _trimmed(body, _unquoted(body, link.span(1)))
 
 
 def _urls_filtered(
@@ -270,6 +270,15 @@ def _unquoted(body: bytes, span: tuple[int, int]) -> tuple[int, int]:
     """The span of an attribute's value without its quotes, if it has them."""
     start, end = span
     return (start + 1, end - 1) if body[start : start + 1] in (b'"', b"'") else (start, end)
+
+
+def _trimmed(body: bytes, span: tuple[int, int]) -> tuple[int, int]:
+    """The span of a URL without the spaces around it, which browsers drop."""
+    start, end = span
+    text = body[start:end]
+    kept = text.lstrip()
+    start += len(text) - len(kept)
+    return start, start + len(kept.rstrip())
 
 
 #: What comes before an attribute's name in a tag.

@@ -165,3 +165,10 @@ def test_htmx_requests_written_as_data_attributes_are_filtered() -> None:
     assert markup.html(page) == (
         b"<button data-hx-post=\"/reset/*\" DATA-HX-GET='/reset/*'>x</button>"
     )
+
+
+def test_links_are_read_without_the_spaces_around_them() -> None:
+    """Browsers drop the spaces around a link's URL (a template wrapping a long url_for)."""
+    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
+    page = b'<a href="\n  /reset/abc\n">x</a><form action=" /reset/def ">'
+    assert markup.html(page) == b'<a href="\n  /reset/*\n">x</a><form action=" /reset/* ">'
