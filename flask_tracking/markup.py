@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
+from heapq import merge
 from urllib.parse import unquote_plus
 
 from .credentials import FILTERED_BYTES, group_replaced, splice
@@ -26,6 +27,7 @@ from .syntax import (
     HTML_START_TAG,
     HTML_TEXT_END,
     HTML_TEXT_START,
+    HTML_TEXT_URL,
     HTML_TEXTAREA_END,
     HTML_VALUE_ATTRIBUTE,
     NAMING_KEYS,
@@ -212,12 +214,15 @@ class MarkupFilters:
 
     def html_links(self, body: bytes) -> bytes:
         """HTML: the path of every link, form action and source (``href``, ``action``,
-        ``formaction``, ``src``) filtered as the app's rules with secret variables filter a
-        URL naming one of its pages (``<form action="/reset/<the token>">``)."""
+        ``formaction``, ``src``, htmx's requests), and of every URL written alone as an
+        element's text (a redirect's page writes its target so), filtered as the app's rules
+        with secret variables filter a URL naming one of its pages (``<form
+        action="/reset/<the token>">``)."""
         url_path = self._url_paths()
         if url_path is None:
             return body
-        return splice(body, _urls_filtered(body, _link_spans(body), url_path))
+        spans = merge(_link_spans(body), (text.span(1) for text in HTML_TEXT_URL.finditer(body)))
+        return splice(body, _urls_filtered(body, spans, url_path))
 
     def urls(self, body: bytes) -> bytes:
         """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from .bodies import NAMING_KEYS, BodyFilters, by_look, map_items
-from .content import Unreadable, as_utf8, decode_content, describe_content_type
+from .content import HTML_KINDS, Unreadable, as_utf8, decode_content, describe_content_type
 from .credentials import FILTERED, FILTERED_BYTES, group_replaced, scrub_text, scrub_values
 from .markup import MarkupFilters
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
@@ -608,6 +608,8 @@ class Redactor:
         if found is None or body is not read:  # decoded: not what the pre-filter read
             found = self._scan(body)
         hints = hints_of(found, body, described.escapes) if found else 0
+        if kind in HTML_KINDS and not hints & NAME_HINT:
+            body = self._page_links(body)
         if not hints:
             return body  # nothing in it can name a secret or look like a credential
         multipart, json_kind, form, xml = described.shape
@@ -625,6 +627,16 @@ class Redactor:
             json_shaped = json_kind or (not form and not xml and body.lstrip()[:1] in b"{[")
             body = by_look(body, json_shaped)
         return body
+
+    def _page_links(self, page: bytes) -> bytes:
+        """A page naming no secret field may still link to a page with secret rule variables
+        (a redirect's page names its target, ``/reset/<the token>``): its links are read
+        (:meth:`MarkupFilters.html_links`) when it holds the beginning of such a rule's
+        paths."""
+        rules = self._secret_rules
+        if rules is None or not rules.named_in(page):
+            return page
+        return self._formats.markup.html_links(page)
 
     def _hints(self, body: bytes, escapes: bool = True) -> int:
         """What ``body`` may hold, found without parsing: :data:`NAME_HINT` when a field

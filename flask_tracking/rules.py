@@ -38,7 +38,7 @@ _VARIABLE = re.compile(
 class SecretVariables:
     """The secret variables of one URL rule, found in the paths it matches."""
 
-    __slots__ = ("_groups", "_lead", "_matcher", "_prefix", "max_length", "shape")
+    __slots__ = ("_groups", "_matcher", "_prefix", "lead", "max_length", "shape")
 
     def __init__(
         self,
@@ -59,7 +59,9 @@ class SecretVariables:
         self.shape = shape
         self._groups = groups
         self._prefix = prefix
-        self._lead = lead
+        #: The rule's text before its first variable, up to a character beyond ASCII: every
+        #: form of a URL of the rule begins with it.
+        self.lead = lead
         #: The longest path read: variables that can share text make a match cost the square
         #: of the path's length, so such a rule reads no more than :data:`MAX_MULTI_PATH_LENGTH`.
         self.max_length = MAX_MULTI_PATH_LENGTH if ambiguous else MAX_PATH_LENGTH
@@ -79,7 +81,7 @@ class SecretVariables:
         """Where the secret variables' values are in ``path`` when it has the rule's shape
         (any path: a ``Referer``'s), else nothing. A path longer than :attr:`max_length` is
         not read."""
-        if len(path) > self.max_length or not path.startswith(self._lead):
+        if len(path) > self.max_length or not path.startswith(self.lead):
             return []
         found = self._matcher.match(path)
         return [] if found is None else [found.span(group) for group in self._groups]
@@ -187,14 +189,21 @@ class SecretRules:
     beginnings share), and only a URL of their shape is read rule by rule: every rule it has
     the shape of filters its secret variables (two rules may overlap)."""
 
-    __slots__ = ("_any", "_rules", "_slow_rules")
+    __slots__ = ("_any", "_leads", "_rules", "_slow_rules")
 
     def __init__(self, rules: Sequence[SecretVariables]) -> None:
         self._rules = tuple(rules)
+        leads = sorted({rule.lead.encode("ascii") for rule in self._rules})
+        self._leads = re.compile(b"|".join(re.escape(lead) for lead in leads)).search
         # A rule whose variables can share text is read alone, within its shorter length.
         fast = [rule.shape for rule in self._rules if rule.max_length == MAX_PATH_LENGTH]
         self._any = re.compile(f"\\A(?:{'|'.join(fast)})\\Z", re.DOTALL) if fast else None
         self._slow_rules = tuple(rule for rule in self._rules if rule.max_length < MAX_PATH_LENGTH)
+
+    def named_in(self, text: bytes) -> bool:
+        """Whether ``text`` (a page) holds what the paths of one of the rules begin with (the
+        text before its first variable): a link to one of their pages may be in it."""
+        return self._leads(text) is not None
 
     def filter_if_matching(self, path: str, replacement: str) -> str | None:
         """``path`` with the secret variables of every rule it has the shape of replaced, or

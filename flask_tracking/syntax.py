@@ -132,6 +132,9 @@ HTML_LINK_ATTRIBUTE = re.compile(
     rb"""(?:href|action|src|hx-get|hx-post|hx-put|hx-patch|hx-delete)\s*=\s*"""
     rb"""("[^"<>]*"|'[^'<>]*'|[^\s"'<>`=]+)"""
 )
+#: An element's text that is one URL alone, a path or an absolute URL (a redirect's page writes
+#: its target as its link's text), the spaces around it apart.
+HTML_TEXT_URL = re.compile(rb""">\s*((?:https?:)?/[^\s"'<>`]{0,4096})\s*<""")
 #: An attribute's value holding a ``{`` (JSON written into an attribute), quotes and all.
 HTML_JSON_ATTRIBUTE = re.compile(rb"""=\s*("[^"<>{]*\{[^"<>]*"|'[^'<>{]*\{[^'<>]*')""")
 # A quote written as an entity: ``&quot;``, ``&#34;`` and ``&#39;`` (markupsafe's, Jinja's),

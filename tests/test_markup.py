@@ -167,6 +167,19 @@ def test_htmx_requests_written_as_data_attributes_are_filtered() -> None:
     )
 
 
+def test_a_url_written_as_an_element_s_text_is_filtered() -> None:
+    """A redirect's page writes its target as the link's text too; a list of links may."""
+    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
+    page = (
+        b'<a href="/reset/abc">/reset/abc</a>. <li> https://h/reset/def?x=1 </li>'
+        b"<p>see /reset/ghi for more</p><td>/about</td>"
+    )
+    assert markup.html_links(page) == (
+        b'<a href="/reset/*">/reset/*</a>. <li> https://h/reset/*?x=1 </li>'
+        b"<p>see /reset/ghi for more</p><td>/about</td>"
+    )
+
+
 def test_links_are_read_without_the_spaces_around_them() -> None:
     """Browsers drop the spaces around a link's URL (a template wrapping a long url_for)."""
     markup = MarkupFilters(lambda name: False, lambda: reset_paths)

@@ -203,3 +203,36 @@ def test_loose_text_with_many_naming_keys_takes_linear_time(unit: str) -> None:
     start = time.process_time()
     assert redactor.body(body, "text/plain") is not None
     assert time.process_time() - start < 2.0  # about 20 s when scanned once per key
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        b">/reset/abcdef<",
+        b"<a href=/reset/abc>",
+        b">https://h/reset/a/b/c/d",
+        b">/reset/" + b"/" * 100,
+        b"> /reset/x" + b" " * 3000 + b"y",
+        b"> /" + b"a" * 5000 + b" x",
+        b">/c/" + b"a-" * 2000 + b"<",
+        b">/files/" + b"a/" * 2000 + b"<",
+    ],
+)
+def test_pages_linking_to_pages_with_secret_rule_variables_are_read_in_linear_time(
+    unit: bytes,
+) -> None:
+    """A page naming no secret field has its links and text URLs read when it names a page
+    of a rule with secret variables: 64 KB of links or URLs costs about twice 32 KB."""
+
+    def cost(size: int) -> float:
+        body = (unit * (size // len(unit) + 1))[:size]
+
+        def run(redactor: Redactor) -> object:
+            redactor.learn_rules(["/reset/<token>", "/c/<uid>-<token>/y", "/files/<path:key>"])
+            return redactor.body(body, "text/html")
+
+        return best_time(run)
+
+    small, large = cost(16384), cost(65536)
+    assert large < 1.0
+    assert large < 8 * small + 0.01  # four times the size: linear, with room for noise
