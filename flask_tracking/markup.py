@@ -272,9 +272,13 @@ def _urls_filtered(
 
 
 def _unquoted(body: bytes, span: tuple[int, int]) -> tuple[int, int]:
-    """The span of an attribute's value without its quotes, if it has them."""
+    """The span of an attribute's value without its quotes, if it has them (the closing one
+    may be missing: a value cut by the end of the body)."""
     start, end = span
-    return (start + 1, end - 1) if body[start : start + 1] in (b'"', b"'") else (start, end)
+    quote = body[start : start + 1]
+    if quote not in (b'"', b"'"):
+        return start, end
+    return start + 1, end - 1 if end - start > 1 and body[end - 1 : end] == quote else end
 
 
 def _trimmed(body: bytes, span: tuple[int, int]) -> tuple[int, int]:

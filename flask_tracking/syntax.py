@@ -127,14 +127,15 @@ HTML_DATA_ATTRIBUTE = re.compile(
 )
 #: A link, a form's action or a source, htmx's requests (found in the page lowercased;
 #: ``formaction`` too), and its URL. What comes before the name is checked apart (it is an
-#: attribute's name when a space or a quote does).
+#: attribute's name when a space or a quote does). A quoted URL cut by the end of the body (at
+#: the capture limit) is read to there.
 HTML_LINK_ATTRIBUTE = re.compile(
     rb"""(?:href|action|src|hx-get|hx-post|hx-put|hx-patch|hx-delete)\s*=\s*"""
-    rb"""("[^"<>]*"|'[^'<>]*'|[^\s"'<>`=]+)"""
+    rb"""("[^"<>]*(?:"|\Z)|'[^'<>]*(?:'|\Z)|[^\s"'<>`=]+)"""
 )
 #: An element's text that is one URL alone, a path or an absolute URL (a redirect's page writes
-#: its target as its link's text), the spaces around it apart.
-HTML_TEXT_URL = re.compile(rb""">\s*((?:https?:)?/[^\s"'<>`]{0,4096})\s*<""")
+#: its target as its link's text), the spaces around it apart; or cut by the end of the body.
+HTML_TEXT_URL = re.compile(rb""">\s*((?:https?:)?/[^\s"'<>`]{0,4096})\s*(?:<|\Z)""")
 #: An attribute's value holding a ``{`` (JSON written into an attribute), quotes and all.
 HTML_JSON_ATTRIBUTE = re.compile(rb"""=\s*("[^"<>{]*\{[^"<>]*"|'[^'<>{]*\{[^'<>]*')""")
 # A quote written as an entity: ``&quot;``, ``&#34;`` and ``&#39;`` (markupsafe's, Jinja's),

@@ -180,6 +180,23 @@ def test_a_url_written_as_an_element_s_text_is_filtered() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        (b'<a href="/reset/abc', b'<a href="/reset/*'),
+        (b"<a href='https://h/reset/abc", b"<a href='https://h/reset/*"),
+        (b'<a href="/reset/abc">/reset/ab', b'<a href="/reset/*">/reset/*'),
+        (b"<li>\n  /reset/abc", b"<li>\n  /reset/*"),
+        (b'<a href="/reset/abc>x</a>', b'<a href="/reset/abc>x</a>'),  # no URL: no quote ends it
+    ],
+)
+def test_a_link_cut_by_the_end_of_the_body_is_filtered(page: bytes, expected: bytes) -> None:
+    """A page cut at the capture limit inside a link, or inside a URL written as an
+    element's text (a redirect's page), keeps no part of its token."""
+    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
+    assert markup.html_links(page) == expected
+
+
 def test_links_are_read_without_the_spaces_around_them() -> None:
     """Browsers drop the spaces around a link's URL (a template wrapping a long url_for)."""
     markup = MarkupFilters(lambda name: False, lambda: reset_paths)

@@ -634,6 +634,28 @@ def test_a_redirect_to_a_page_with_a_secret_variable_keeps_no_token_in_its_page(
     assert slash_record["path"] == f"/confirm/{FILTERED}"
 
 
+@pytest.mark.parametrize("kept", [20, 70])  # cut in the link, or in its text
+def test_a_redirect_s_page_cut_inside_its_link_keeps_no_part_of_the_token(
+    make_app: Callable[..., Flask], mongo: Any, kept: int
+) -> None:
+    reset = token("reset")
+    page = redirect(f"/reset/{reset}").get_data()
+    app = make_app(TRACKING_MAX_BODY_LENGTH=page.index(reset.encode()) + kept)
+
+    @app.get("/reset/<token>")
+    def reset_password(token: str) -> str:
+        return "form"
+
+    @app.post("/forgot")
+    def forgot() -> Any:
+        return redirect(url_for("reset_password", token=reset))
+
+    assert app.test_client().post("/forgot").get_data() == page
+    [record] = stored(app, mongo)
+    assert_absent(record, reset[:12])
+    assert f"/reset/{FILTERED}".encode() in record["response_body"]
+
+
 def test_a_url_naming_a_page_with_a_secret_variable_is_filtered(app: Flask, mongo: Any) -> None:
     """The page's form posts back to its own URL, the browser naming it in Referer; the
     app then redirects to another page of the same kind."""
