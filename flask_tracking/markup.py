@@ -60,10 +60,10 @@ class MarkupFilters:
 
     def xml(self, body: bytes, xhtml: bool = False) -> bytes:
         """XML and SOAP (:meth:`xml_elements`), then the URLs' parameters (:meth:`urls`); an
-        XHTML page's values too (:meth:`html_values`)."""
+        XHTML page's values and links too (:meth:`html_values`, :meth:`html_links`)."""
         body = self.xml_elements(body)
         if xhtml:
-            body = self.html_values(body)
+            body = self.html_links(self.html_values(body))
         return self.urls(body)
 
     def html(self, body: bytes) -> bytes:

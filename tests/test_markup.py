@@ -197,6 +197,20 @@ def test_a_link_cut_by_the_end_of_the_body_is_filtered(page: bytes, expected: by
     assert markup.html_links(page) == expected
 
 
+def test_an_xhtml_page_s_links_are_filtered() -> None:
+    """An XHTML reset page (read as XML, for its secret field) has its form's action filtered
+    as an HTML page's is."""
+    markup = MarkupFilters(lambda name: name == "password", lambda: reset_paths)
+    page = (
+        b'<html xmlns="http://www.w3.org/1999/xhtml"><form action="/reset/abc" method="post">'
+        b'<input name="password"/></form><a href="/reset/def">/reset/def</a></html>'
+    )
+    assert markup.xml(page, xhtml=True) == (
+        b'<html xmlns="http://www.w3.org/1999/xhtml"><form action="/reset/*" method="post">'
+        b'<input name="password"/></form><a href="/reset/*">/reset/*</a></html>'
+    )
+
+
 def test_links_are_read_without_the_spaces_around_them() -> None:
     """Browsers drop the spaces around a link's URL (a template wrapping a long url_for)."""
     markup = MarkupFilters(lambda name: False, lambda: reset_paths)
