@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from itertools import groupby
 
 __all__ = [
     "MAX_MULTI_PATH_LENGTH",
@@ -25,6 +26,9 @@ MAX_PATH_LENGTH = 4096
 #: The same for a rule whose variables can share text (:attr:`SecretVariables.max_length`).
 MAX_MULTI_PATH_LENGTH = 256
 
+#: The length of a rule's lead (:attr:`SecretVariables.lead`) searched for in a page: enough to
+#: tell rules apart, and a bound on the depth of :func:`_alternation`.
+_LEAD_SEARCHED = 64
 #: A character beyond ASCII (written in more than one form in URLs, :func:`_static`).
 _NOT_ASCII = re.compile(r"[^\x00-\x7f]")
 #: A variable of a rule: ``<name>``, ``<converter:name>``, ``<converter(arguments):name>``
@@ -193,8 +197,7 @@ class SecretRules:
 
     def __init__(self, rules: Sequence[SecretVariables]) -> None:
         self._rules = tuple(rules)
-        leads = sorted({rule.lead.encode("ascii") for rule in self._rules})
-        self._leads = re.compile(b"|".join(re.escape(lead) for lead in leads)).search
+        self._leads = re.compile(_alternation(_shortest([rule.lead for rule in rules]))).search
         # A rule whose variables can share text is read alone, within its shorter length.
         fast = [rule.shape for rule in self._rules if rule.max_length == MAX_PATH_LENGTH]
         self._any = re.compile(f"\\A(?:{'|'.join(fast)})\\Z", re.DOTALL) if fast else None
@@ -215,6 +218,32 @@ class SecretRules:
         candidates = self._rules if fits else self._slow_rules
         spans = [span for rule in candidates for span in rule.secret_spans(path)]
         return _replaced(path, spans, replacement)
+
+
+def _shortest(leads: list[str]) -> list[bytes]:
+    """The beginnings of ``leads`` a search needs, sorted: none that another begins (where a
+    lead is, so is each of its beginnings), each no longer than :data:`_LEAD_SEARCHED`."""
+    kept: list[bytes] = []
+    for lead in sorted({lead[:_LEAD_SEARCHED].encode("ascii") for lead in leads}):
+        if not kept or not lead.startswith(kept[-1]):
+            kept.append(lead)
+    return kept
+
+
+def _alternation(words: list[bytes]) -> bytes:
+    """A regex finding any of ``words`` (sorted, none beginning another) as a trie: at each
+    character a search tries one branch per character that can follow, not one per word."""
+    branches = []
+    for _, grouped in groupby(words, key=lambda word: word[:1]):
+        group = list(grouped)
+        if len(group) == 1:
+            branches.append(re.escape(group[0]))
+            continue
+        first, last = group[0], group[-1]  # sorted: what they share, all of the group shares
+        shared = next(at for at, (a, b) in enumerate(zip(first, last)) if a != b)
+        rest = _alternation([word[shared:] for word in group])
+        branches.append(re.escape(first[:shared]) + b"(?:" + rest + b")")
+    return b"|".join(branches)
 
 
 def _replaced(path: str, spans: list[tuple[int, int]], replacement: str) -> str | None:

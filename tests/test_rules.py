@@ -156,3 +156,16 @@ def test_a_path_is_read_for_variables_side_by_side_in_linear_time(rule: str, uni
 def test_a_rule_s_text_beyond_ascii_is_matched_in_every_form_a_url_writes_it(path: str) -> None:
     rules = rules_of("/réinitialiser/<token>")
     assert rules.filter_if_matching(path, "*") == path[: path.rindex("/")] + "/*"
+
+
+def test_a_page_holds_a_rule_s_lead_wherever_one_is_in_it() -> None:
+    """:meth:`SecretRules.named_in` finds any rule's text before its first variable, leads
+    sharing their beginnings or one beginning another included (a long one by its first 64
+    characters: a page holding them is read)."""
+    leads = ["/a/", "/ab/", "/abc/", "/b/x/", "/b/y/", "/b/xy/", "/ba/", "/c" + "d" * 100 + "/"]
+    found = [secret_variables(f"{lead}<token>", secret) for lead in leads]
+    rules = SecretRules([variables for variables in found if variables is not None])
+    for text in ["/a/", "x/ab/", "/abc/", "/b/y/z", "/b/xy/", "/ba/", "x/c" + "d" * 62 + "x"]:
+        assert rules.named_in(text.encode()), text
+    for text in ["/b/", "/b/z/", "/bb/", "/ab", "/c" + "d" * 61, "/a", ""]:
+        assert not rules.named_in(text.encode()), text
