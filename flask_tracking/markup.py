@@ -22,6 +22,7 @@ from .syntax import (
     HTML_NAME_ATTRIBUTE,
     HTML_PAIR_COLON,
     HTML_QUOTED_PAIR,
+    HTML_REFRESH_URL,
     HTML_SCRIPT_END,
     HTML_SCRIPT_START,
     HTML_START_TAG,
@@ -184,22 +185,17 @@ class MarkupFilters:
         ``hx-headers='{"X-CSRFToken": "..."}'``, quotes written ``&quot;`` too), and in scripts
         ``var csrfToken = "..."``, ``headers['X-CSRFToken'] = '...'``,
         ``setRequestHeader("X-CSRFToken", "...")``. Code is no value (``token == null``,
-        ``key = e.key`` are kept). In scripts, a string that is a URL naming a page with
-        secret rule variables has its path filtered as :meth:`html_links` filters links."""
+        ``key = e.key`` are kept)."""
         return splice(body, self._values_filtered(body))
 
     def _values_filtered(self, body: bytes) -> Iterator[tuple[int, int, bytes]]:
         """Each region :meth:`html_values` reads (a script's text, an attribute's JSON), with
         its values filtered, when that changes it."""
-        url_path = self._url_paths()
         for start, end, script in _value_regions(body):
             region = body[start:end]
             scrubbed = HTML_QUOTED_PAIR.sub(self._value, region)
             if script:
                 scrubbed = SCRIPT_NAMED_PAIR.sub(self._value, scrubbed)
-                if url_path is not None:  # location.href = "/confirm/<token>"
-                    urls = (string.span(2) for string in SCRIPT_URL_STRING.finditer(scrubbed))
-                    scrubbed = splice(scrubbed, _urls_filtered(scrubbed, urls, url_path))
             if scrubbed != region:
                 yield start, end, scrubbed
 
@@ -214,14 +210,18 @@ class MarkupFilters:
 
     def html_links(self, body: bytes) -> bytes:
         """HTML: the path of every link, form action and source (``href``, ``action``,
-        ``formaction``, ``src``, htmx's requests), and of every URL written alone as an
-        element's text (a redirect's page writes its target so), filtered as the app's rules
-        with secret variables filter a URL naming one of its pages (``<form
+        ``formaction``, ``src``, htmx's requests), of every URL written alone as an
+        element's text (a redirect's page writes its target so), of a refresh's URL
+        (``<meta http-equiv="refresh" content="0; url=...">``) and of a script's strings that
+        are URLs (``location.href = "/confirm/<token>"``), filtered as the app's rules with
+        secret variables filter a URL naming one of its pages (``<form
         action="/reset/<the token>">``)."""
         url_path = self._url_paths()
         if url_path is None:
             return body
-        spans = merge(_link_spans(body), (text.span(1) for text in HTML_TEXT_URL.finditer(body)))
+        texts = (text.span(1) for text in HTML_TEXT_URL.finditer(body))
+        refreshes = (refresh.span(1) for refresh in HTML_REFRESH_URL.finditer(body))
+        spans = merge(_link_spans(body), texts, refreshes, _script_urls(body))
         return splice(body, _urls_filtered(body, spans, url_path))
 
     def urls(self, body: bytes) -> bytes:
@@ -244,6 +244,13 @@ def _filtered_attribute(match: re.Match[bytes]) -> bytes:
     quote = match.group(2)[:1]
     quote = quote if quote in (b'"', b"'") else b""
     return group_replaced(match, 2, quote + FILTERED_BYTES + quote)
+
+
+def _script_urls(body: bytes) -> Iterator[tuple[int, int]]:
+    """Where the strings of a page's scripts that are URLs are, inside their quotes."""
+    for start, end in _element_texts(body, HTML_SCRIPT_START, HTML_SCRIPT_END):
+        for string in SCRIPT_URL_STRING.finditer(body, start, end):
+            yield string.span(2)
 
 
 def _link_spans(body: bytes) -> Iterator[tuple[int, int]]:

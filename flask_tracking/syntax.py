@@ -136,6 +136,13 @@ HTML_LINK_ATTRIBUTE = re.compile(
 #: An element's text that is one URL alone, a path or an absolute URL (a redirect's page writes
 #: its target as its link's text), the spaces around it apart; or cut by the end of the body.
 HTML_TEXT_URL = re.compile(rb""">\s*((?:https?:)?/[^\s"'<>`]{0,4096})\s*(?:<|\Z)""")
+#: The URL of a refresh (``<meta http-equiv="refresh" content="0; url=/next">``: a redirect
+#: written in the page), its quotes apart.
+HTML_REFRESH_URL = re.compile(
+    rb"""content\s*=\s*["']?\s*[0-9.]*\s*[;,]\s*(?:url\s*=\s*)?['"]?"""
+    rb"""((?:https?:)?/[^\s"'<>`]{0,4096})""",
+    re.IGNORECASE,
+)
 #: An attribute's value holding a ``{`` (JSON written into an attribute), quotes and all.
 HTML_JSON_ATTRIBUTE = re.compile(rb"""=\s*("[^"<>{]*\{[^"<>]*"|'[^'<>{]*\{[^'<>]*')""")
 # A quote written as an entity: ``&quot;``, ``&#34;`` and ``&#39;`` (markupsafe's, Jinja's),

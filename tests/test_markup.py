@@ -211,6 +211,22 @@ def test_an_xhtml_page_s_links_are_filtered() -> None:
     )
 
 
+def test_a_redirect_written_as_a_refresh_or_a_script_is_filtered() -> None:
+    """A page of its own may redirect by ``<meta http-equiv="refresh">`` or a script; it is
+    read for links when it names no secret field."""
+    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
+    page = (
+        b'<meta http-equiv="refresh" content="0; url=/reset/abc"><meta http-equiv=Refresh '
+        b"CONTENT=\"5;URL='https://h/reset/def?x=1'\"><meta name=x content='/reset/ghi'>"
+        b'<script>location.replace("/reset/jkl"); go(`/reset/mno`)</script><p>"/reset/pqr"</p>'
+    )
+    assert markup.html_links(page) == (
+        b'<meta http-equiv="refresh" content="0; url=/reset/*"><meta http-equiv=Refresh '
+        b"CONTENT=\"5;URL='https://h/reset/*?x=1'\"><meta name=x content='/reset/ghi'>"
+        b'<script>location.replace("/reset/*"); go(`/reset/*`)</script><p>"/reset/pqr"</p>'
+    )
+
+
 def test_links_are_read_without_the_spaces_around_them() -> None:
     """Browsers drop the spaces around a link's URL (a template wrapping a long url_for)."""
     markup = MarkupFilters(lambda name: False, lambda: reset_paths)

@@ -634,6 +634,29 @@ def test_a_redirect_to_a_page_with_a_secret_variable_keeps_no_token_in_its_page(
     assert slash_record["path"] == f"/confirm/{FILTERED}"
 
 
+def test_a_page_redirecting_by_a_refresh_or_a_script_keeps_no_token(app: Flask, mongo: Any) -> None:
+    """A page naming no secret field that sends the browser on to a page with a secret
+    variable, without Werkzeug's redirect."""
+    reset = token("reset")
+
+    @app.get("/reset/<token>")
+    def reset_password(token: str) -> str:
+        return "form"
+
+    @app.post("/forgot")
+    def forgot() -> str:
+        url = url_for("reset_password", token=reset)
+        return (
+            f'<meta http-equiv="refresh" content="3; url={url}"><p>Sent!</p>'
+            f'<script>setTimeout(() => location.assign("{url}"), 3000)</script>'
+        )
+
+    page = app.test_client().post("/forgot").get_data(as_text=True)
+    [record] = stored(app, mongo)
+    assert_absent(record, reset)
+    assert record["response_body"] == page.replace(reset, FILTERED).encode()
+
+
 @pytest.mark.parametrize("kept", [20, 70])  # cut in the link, or in its text
 def test_a_redirect_s_page_cut_inside_its_link_keeps_no_part_of_the_token(
     make_app: Callable[..., Flask], mongo: Any, kept: int

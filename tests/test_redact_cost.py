@@ -216,6 +216,9 @@ def test_loose_text_with_many_naming_keys_takes_linear_time(unit: str) -> None:
         b"> /" + b"a" * 5000 + b" x",
         b">/c/" + b"a-" * 2000 + b"<",
         b">/files/" + b"a/" * 2000 + b"<",
+        b"<script>'/reset/a', \"/reset/b\"",
+        b'<meta content="0; url=/reset/abc">',
+        b"content=0;url=/reset/" + b" " * 100,
     ],
 )
 def test_pages_linking_to_pages_with_secret_rule_variables_are_read_in_linear_time(
