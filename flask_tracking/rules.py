@@ -42,7 +42,7 @@ _VARIABLE = re.compile(
 class SecretVariables:
     """The secret variables of one URL rule, found in the paths it matches."""
 
-    __slots__ = ("_groups", "_matcher", "_prefix", "lead", "max_length", "shape")
+    __slots__ = ("_groups", "_matcher", "_prefix", "lead", "max_length", "shape", "slashes")
 
     def __init__(
         self,
@@ -52,13 +52,15 @@ class SecretVariables:
         prefix: str,
         lead: str,
         ambiguous: bool,
+        slashes: int | None,
     ) -> None:
         """``pattern``: the rule as a regex, each variable (or run of variables side by side)
         a named group; ``shape``: the same without groups, to be matched with others (a run
         of variables only roughly); ``groups``: the secret ones' groups; ``prefix``: the
         rule's text before its first secret variable; ``lead``: before its first variable;
         ``ambiguous``: whether two of its variables can share text (two ``path`` variables,
-        or a ``path`` variable side by side with another)."""
+        or a ``path`` variable side by side with another); ``slashes``: the number of slashes
+        in every path the rule matches (None: it has a ``path`` variable)."""
         self._matcher = re.compile(f"\\A{pattern}\\Z", re.DOTALL)
         self.shape = shape
         self._groups = groups
@@ -69,6 +71,9 @@ class SecretVariables:
         #: The longest path read: variables that can share text make a match cost the square
         #: of the path's length, so such a rule reads no more than :data:`MAX_MULTI_PATH_LENGTH`.
         self.max_length = MAX_MULTI_PATH_LENGTH if ambiguous else MAX_PATH_LENGTH
+        #: How many slashes every path of the rule has (a variable holds none), None when a
+        #: ``path`` variable can hold some.
+        self.slashes = slashes
 
     def filter(self, path: str, replacement: str) -> str:
         """``path``, which the rule matched, with each secret variable's value replaced. A
@@ -139,6 +144,7 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     if prefix is None:
         return None
     tail = _static(statics[-1])
+    rule_slashes = sum(static.count("/") for static in statics)
     lead = _NOT_ASCII.split(statics[0], 1)[0]  # (what every form of the URL begins with)
     return SecretVariables(
         "".join([*pattern, tail]),
@@ -147,6 +153,7 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
         prefix,
         lead,
         ambiguous,
+        None if any(v.group("converter") == "path" for v in found) else rule_slashes,
     )
 
 
@@ -190,10 +197,11 @@ def _forms(char: str) -> str:
 class SecretRules:
     """The rules with secret variables an app has, matched together: a URL is first tried
     against all of them in one regex (without groups, so that the compiler merges what their
-    beginnings share), and only a URL of their shape is read rule by rule: every rule it has
-    the shape of filters its secret variables (two rules may overlap)."""
+    beginnings share), and only a URL of their shape is read rule by rule, by the rules whose
+    paths have as many slashes as it has: every rule it has the shape of filters its secret
+    variables (two rules may overlap)."""
 
-    __slots__ = ("_any", "_leads", "_rules", "_slow_rules")
+    __slots__ = ("_any", "_by_slashes", "_leads", "_open_rules", "_rules", "_slow_rules")
 
     def __init__(self, rules: Sequence[SecretVariables]) -> None:
         self._rules = tuple(rules)
@@ -202,6 +210,17 @@ class SecretRules:
         fast = [rule.shape for rule in self._rules if rule.max_length == MAX_PATH_LENGTH]
         self._any = re.compile(f"\\A(?:{'|'.join(fast)})\\Z", re.DOTALL) if fast else None
         self._slow_rules = tuple(rule for rule in self._rules if rule.max_length < MAX_PATH_LENGTH)
+        # A path of their shape is read by the rules whose paths have as many slashes as it has,
+        # and by those with a ``path`` variable.
+        self._open_rules = tuple(rule for rule in self._rules if rule.slashes is None)
+        by_slashes: dict[int, list[SecretVariables]] = {}
+        for rule in self._rules:
+            if rule.slashes is not None:
+                by_slashes.setdefault(rule.slashes, []).append(rule)
+        self._by_slashes = {
+            count: (*rules_of_count, *self._open_rules)
+            for count, rules_of_count in by_slashes.items()
+        }
 
     def named_in(self, text: bytes) -> bool:
         """Whether ``text`` (a page) holds what the paths of one of the rules begin with (the
@@ -215,7 +234,10 @@ class SecretRules:
             return None
         # A path of none of the fast rules' shapes can only have a slow rule's.
         fits = self._any is not None and self._any.match(path) is not None
-        candidates = self._rules if fits else self._slow_rules
+        if fits:
+            candidates = self._by_slashes.get(path.count("/"), self._open_rules)
+        else:
+            candidates = self._slow_rules
         spans = [span for rule in candidates for span in rule.secret_spans(path)]
         return _replaced(path, spans, replacement)
 

@@ -169,3 +169,17 @@ def test_a_page_holds_a_rule_s_lead_wherever_one_is_in_it() -> None:
         assert rules.named_in(text.encode()), text
     for text in ["/b/", "/b/z/", "/bb/", "/ab", "/c" + "d" * 61, "/a", ""]:
         assert not rules.named_in(text.encode()), text
+
+
+def test_a_path_is_read_by_every_rule_of_its_shape_whatever_their_slashes() -> None:
+    """Rules are read by the slashes of a path: a ``path`` variable holds any number."""
+    found = [
+        secret_variables(rule, secret)
+        for rule in ("/<token>", "/<a>/<key>", "/f/<path:key>", "/<a>/<path:key>", "/g/<key>")
+    ]
+    rules = SecretRules([variables for variables in found if variables is not None])
+    assert rules.filter_if_matching("/x", "*") == "/*"
+    assert rules.filter_if_matching("/g/x", "*") == "/g/*"  # /<a>/<key> and /g/<key>
+    assert rules.filter_if_matching("/f/x/y", "*") == "/f/*"  # /<a>/<path:key> and /f/<path:key>
+    assert rules.filter_if_matching("/a/b/c/d", "*") == "/a/*"
+    assert rules.filter_if_matching("/", "*") is None
