@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus
 
 from .bodies import NAMING_KEYS, BodyFilters, by_look, map_items
 from .content import HTML_KINDS, Unreadable, as_utf8, decode_content, describe_content_type
@@ -189,6 +189,10 @@ def _normalise(term: str) -> str:
 _ALLOWED = frozenset(map(_normalise, DEFAULT_ALLOWED_FIELDS))
 _SLASHES = re.compile(r"//+")
 _MAX_SCRIPT_NAMES = 8
+# How a query parameter's value that may be a URL begins: a path, a scheme, or either encoded.
+_URL_VALUE_STARTS = frozenset("/%hH")
+# What a URL written again as a parameter's value keeps as it is (FILTERED's brackets too).
+_URL_VALUE_SAFE = "/:@!$'()*,;[]"
 # Paths an OAuth authorization response comes back to.
 _CALLBACK_PATH = re.compile(r"callback|oauth|authori[sz]|redirect|sso|signin|login", re.I)
 
@@ -390,8 +394,9 @@ class Redactor:
         self._secret_rules = SecretRules(found) if found else None
 
     def _url_path_filter(self) -> Callable[[str], str] | None:
-        """:meth:`_url_path` while the app has rules with secret variables, else None."""
-        return self._url_path if self._secret_rules is not None else None
+        """:meth:`url` (a page's link: its path and its query's values) while the app has
+        rules with secret variables, else None."""
+        return self.url if self._secret_rules is not None else None
 
     def _url_path(self, url: str) -> str:
         """``url`` with its path filtered when it has the shape of a known rule with secret
@@ -447,8 +452,9 @@ class Redactor:
             return query
         parts = query.split("&")
         oauth = None  # whether the query is an OAuth authorization response (asked once)
+        rules = self._secret_rules
         for index, part in enumerate(parts):
-            name, equals, _ = part.partition("=")
+            name, equals, value = part.partition("=")
             if not equals:
                 continue
             secret = self.is_secret_field(unquote_plus(name))
@@ -458,7 +464,19 @@ class Redactor:
                 secret = oauth
             if secret:
                 parts[index] = f"{name}={FILTERED}"
+            elif rules is not None and value[:1] in _URL_VALUE_STARTS:
+                parts[index] = f"{name}={self._url_value(value)}"
         return "&".join(parts)
+
+    def _url_value(self, value: str) -> str:
+        """A parameter's value (as sent) that is a URL naming a page with secret rule variables
+        (a sign-in page's ``next=/confirm/<token>``, percent-encoded or not), its path filtered
+        (:meth:`_url_path`) and written percent-encoded; any other value as it is."""
+        url = unquote_plus(value)
+        filtered = self._url_path(url)
+        return (
+            value if filtered == url else quote(filtered, _URL_VALUE_SAFE, errors="surrogateescape")
+        )
 
     def data(self, value: Any) -> Any:
         """Custom data or parsed JSON with the values of secret keys filtered.

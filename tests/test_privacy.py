@@ -10,7 +10,7 @@ import io
 import json
 import uuid
 from typing import Any, Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import bson
 import pytest
@@ -655,6 +655,54 @@ def test_a_page_redirecting_by_a_refresh_or_a_script_keeps_no_token(app: Flask, 
     [record] = stored(app, mongo)
     assert_absent(record, reset)
     assert record["response_body"] == page.replace(reset, FILTERED).encode()
+
+
+def test_a_sign_in_page_s_next_url_keeps_no_token(app: Flask, mongo: Any) -> None:
+    """A page with a secret variable that asks to sign in first sends the browser on with
+    its own URL in ``next`` (as Flask-Login does): the query of the redirect, of its page's
+    link, of the sign-in page's request and form, of a Referer."""
+    confirm = token("confirm")
+
+    @app.get("/confirm/<token>")
+    def confirm_email(token: str) -> Any:
+        return redirect(url_for("login", next=request.full_path))
+
+    @app.get("/login")
+    def login() -> str:
+        return f'<form method=post action="{url_for("login", next=request.args["next"])}">'
+
+    client = app.test_client()
+    location = client.get(f"/confirm/{confirm}").headers["Location"]
+    assert confirm in location
+    client.get(location)
+    client.get("/hello", headers={"Referer": f"http://localhost{location}"})
+    records = stored(app, mongo)
+    for record in records:
+        assert_absent(record, confirm)
+    assert headers_of(records[0], "response_headers")["location"] == [
+        f"/login?next=/confirm/{FILTERED}%3F"
+    ]
+    assert records[1]["query_params"] == f"next=/confirm/{FILTERED}%3F"
+    assert f'action="/login?next=/confirm/{FILTERED}%3F"'.encode() in records[1]["response_body"]
+    assert records[2]["referrer"] == f"http://localhost/login?next=/confirm/{FILTERED}%3F"
+
+
+def test_a_redirect_s_page_with_a_percent_encoded_next_url_keeps_no_token(
+    app: Flask, mongo: Any
+) -> None:
+    """Flask-Login writes ``next`` with its slashes percent-encoded: the redirect's page,
+    naming no secret field, holds the page's path only so."""
+    confirm = token("confirm")
+
+    @app.get("/confirm/<token>")
+    def confirm_email(token: str) -> Any:
+        return redirect("/login?" + urlencode({"next": request.full_path}))
+
+    client = app.test_client()
+    assert "%2Fconfirm%2F" in client.get(f"/confirm/{confirm}").get_data(as_text=True)
+    [record] = stored(app, mongo)
+    assert_absent(record, confirm)
+    assert f"/login?next=/confirm/{FILTERED}%3F".encode() in record["response_body"]
 
 
 @pytest.mark.parametrize("kept", [20, 70])  # cut in the link, or in its text

@@ -889,6 +889,37 @@ def test_urls_are_filtered_as_the_router_reads_their_slashes(url: str, expected:
     assert redactor.headers([("Location", url)]) == [("Location", expected)]
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("next=/reset/abc", f"next=/reset/{FILTERED}"),
+        ("next=%2Freset%2Fabc%3Fx%3D1&a=b", f"next=/reset/{FILTERED}%3Fx%3D1&a=b"),
+        ("next=https%3A%2F%2Fh%2Freset%2Fabc", f"next=https://h/reset/{FILTERED}"),
+        ("next=/reset/&back=/about&p=%2F&h=hello", "next=/reset/&back=/about&p=%2F&h=hello"),
+    ],
+)
+def test_a_query_value_naming_a_page_with_a_secret_variable_is_filtered(
+    query: str, expected: str
+) -> None:
+    """A sign-in page's ``next`` (Flask-Login writes it percent-encoded): its path filtered,
+    written percent-encoded; any other value kept as it came."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    redactor.learn_rules(["/reset/<token>", "/about"])
+    assert redactor.query(query) == expected
+    assert redactor.url(f"/login?{query}") == f"/login?{expected}"
+
+
+def test_a_page_s_link_with_a_next_url_not_in_utf_8_is_filtered() -> None:
+    """A byte that is no UTF-8 in a link's ``next`` is written back as it came, not the
+    reason the page is omitted."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    redactor.learn_rules(["/reset/<token>"])
+    page = b'<a href="/login?next=/reset/abc%3Fx%3D\xff">x</a>'
+    assert redactor.body(page, "text/html") == (
+        b'<a href="/login?next=/reset/' + FILTERED.encode() + b'%3Fx%3D%FF">x</a>'
+    )
+
+
 def test_a_url_of_a_rule_without_variables_is_kept() -> None:
     redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
     redactor.learn_rules(["/<key>", "/about"])
