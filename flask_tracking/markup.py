@@ -210,7 +210,8 @@ class MarkupFilters:
 
     def html_links(self, body: bytes) -> bytes:
         """HTML: the path of every link, form action and source (``href``, ``action``,
-        ``formaction``, ``src``, htmx's requests), of every URL written alone as an
+        ``formaction``, ``src``, htmx's requests), of a field's value that is a URL (a sign-in
+        form's ``next``), of every URL written alone as an
         element's text (a redirect's page writes its target so), of a refresh's URL
         (``<meta http-equiv="refresh" content="0; url=...">``) and of a script's strings that
         are URLs (``location.href = "/confirm/<token>"``), filtered as the app's rules with

@@ -125,12 +125,12 @@ HTML_VALUE_ATTRIBUTE = re.compile(
 HTML_DATA_ATTRIBUTE = re.compile(
     rb"""data-(?<=[\s"']data-)([\w.:-]{1,256})\s*=\s*("[^"]*"|'[^']*'|[^\s"'<>`=]+)"""
 )
-#: A link, a form's action or a source, htmx's requests (found in the page lowercased;
-#: ``formaction`` too), and its URL. What comes before the name is checked apart (it is an
-#: attribute's name when a space or a quote does). A quoted URL cut by the end of the body (at
-#: the capture limit) is read to there.
+#: A link, a form's action or a source, htmx's requests, a field's value (a sign-in form's
+#: ``next``), found in the page lowercased (``formaction`` too), and its URL. What comes
+#: before the name is checked apart (it is an attribute's name when a space or a quote does).
+#: A quoted URL cut by the end of the body (at the capture limit) is read to there.
 HTML_LINK_ATTRIBUTE = re.compile(
-    rb"""(?:href|action|src|hx-get|hx-post|hx-put|hx-patch|hx-delete)\s*=\s*"""
+    rb"""(?:href|action|src|hx-get|hx-post|hx-put|hx-patch|hx-delete|value)\s*=\s*"""
     rb"""("[^"<>]*(?:"|\Z)|'[^'<>]*(?:'|\Z)|[^\s"'<>`=]+)"""
 )
 #: An element's text that is one URL alone, a path or an absolute URL (a redirect's page writes

@@ -227,6 +227,15 @@ def test_a_redirect_written_as_a_refresh_or_a_script_is_filtered() -> None:
     )
 
 
+def test_a_field_s_value_that_is_a_url_is_filtered_as_a_link() -> None:
+    """A sign-in form keeps where to go next in a hidden field."""
+    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
+    page = b'<input type=hidden name=next value="/reset/abc"><input VALUE=/reset/def data-value=x>'
+    assert markup.html_links(page) == (
+        b'<input type=hidden name=next value="/reset/*"><input VALUE=/reset/* data-value=x>'
+    )
+
+
 def test_links_are_read_without_the_spaces_around_them() -> None:
     """Browsers drop the spaces around a link's URL (a template wrapping a long url_for)."""
     markup = MarkupFilters(lambda name: False, lambda: reset_paths)

@@ -660,7 +660,8 @@ def test_a_page_redirecting_by_a_refresh_or_a_script_keeps_no_token(app: Flask, 
 def test_a_sign_in_page_s_next_url_keeps_no_token(app: Flask, mongo: Any) -> None:
     """A page with a secret variable that asks to sign in first sends the browser on with
     its own URL in ``next`` (as Flask-Login does): the query of the redirect, of its page's
-    link, of the sign-in page's request and form, of a Referer."""
+    link, of the sign-in page's request and form (its action, a hidden field), of a
+    Referer."""
     confirm = token("confirm")
 
     @app.get("/confirm/<token>")
@@ -669,7 +670,11 @@ def test_a_sign_in_page_s_next_url_keeps_no_token(app: Flask, mongo: Any) -> Non
 
     @app.get("/login")
     def login() -> str:
-        return f'<form method=post action="{url_for("login", next=request.args["next"])}">'
+        back = request.args["next"]
+        return (
+            f'<form method=post action="{url_for("login", next=back)}">'
+            f'<input type=hidden name=next value="{back}"><input type=password name=password>'
+        )
 
     client = app.test_client()
     location = client.get(f"/confirm/{confirm}").headers["Location"]
