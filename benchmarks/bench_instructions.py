@@ -3,7 +3,9 @@
 Runs ``N`` requests through ``app.wsgi_app``: ``GET /hello``, or with a third argument ``echo``
 ``POST /echo`` with the 4 KB JSON body of ``bench_overhead.py``. The app is bare, tracked,
 tracked without rollups (``tracked-no-rollups``) or wrapped by the minimal tracker
-(``minimal``, ``floor_tracker.py``). Nothing is sent anywhere: ``insert_many`` does what
+(``minimal``, ``floor_tracker.py``; ``minimal-schema``: writing flask_tracking's documented
+schema instead of a flat dict); a fourth argument gives a tracked app more settings, as
+JSON (``'{"TRACKING_REDACT": false}'``). Nothing is sent anywhere: ``insert_many`` does what
 pymongo does on the client before it writes to its socket (an ``_id`` for a document without
 one, the BSON encoding; a document flask_tracking encoded already is copied as it is) and
 rollup writes are no-ops; the writer is drained every 250 requests. Count each thread's
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import os
 import sys
 from typing import Any
@@ -61,9 +64,11 @@ def insert_many(self: Any, documents: Any, *args: Any, **kwargs: Any) -> None:
             bson.encode(document)
 
 
-def main(kind: str, count: int, case: str = "hello") -> None:
+def main(kind: str, count: int, case: str = "hello", settings: str = "{}") -> None:
     """Warm up, then run ``count`` requests of ``case`` ("hello" or "echo") through the
-    ``kind`` ("bare", "tracked", "tracked-no-rollups" or "minimal") app."""
+    ``kind`` ("bare", "tracked", "tracked-no-rollups", "minimal" or "minimal-schema") app;
+    ``settings``: more ``TRACKING_*`` settings of a tracked app, as JSON
+    (``{"TRACKING_REDACT": false}``)."""
     mongoengine.connect(
         "bench", mongo_client_class=mongomock.MongoClient, uuidRepresentation="standard"
     )
@@ -77,6 +82,7 @@ def main(kind: str, count: int, case: str = "hello") -> None:
     flush = None
     if kind in ("tracked", "tracked-no-rollups"):
         app.config.update(TRACKING_FLUSH_INTERVAL_SECONDS=3600, TRACKING_ROLLUPS=kind == "tracked")
+        app.config.update(json.loads(settings))
         flush = Tracking(app).flush
     body = json_body(BODY_BYTES) if case == "echo" else b""
     if case == "echo":
@@ -89,8 +95,9 @@ def main(kind: str, count: int, case: str = "hello") -> None:
         ).get_environ()
     else:
         environ = EnvironBuilder(path="/hello", headers=HEADERS).get_environ()
-    if kind == "minimal":  # the floor: the minimal tracker of floor_tracker.py
-        flush = FloorTracker(app, mongoengine.get_db()["floor"]).flush
+    if kind in ("minimal", "minimal-schema"):  # the floor: the minimal tracker
+        schema = kind == "minimal-schema"  # writing flask_tracking's documented schema
+        flush = FloorTracker(app, mongoengine.get_db()["floor"], schema=schema).flush
 
     def one() -> None:
         incoming = dict(environ, **{"wsgi.input": io.BytesIO(body)})
@@ -111,4 +118,4 @@ def main(kind: str, count: int, case: str = "hello") -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:4])
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:5])

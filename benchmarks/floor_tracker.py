@@ -13,10 +13,17 @@ safety, not of capturing at all. Used by ``bench_overhead.py`` and ``bench_gunic
     tracker = FloorTracker(app, collection)  # a pymongo Collection
     ...
     tracker.flush()
+
+With ``schema=True`` the thread writes flask_tracking's documented schema instead of the flat
+dict (the same fields, header pairs, the user agent parsed by ua-parser's Rust resolver and
+remembered per string, an ObjectId and a request id): the floor of storing that document,
+written as plainly (``bench_instructions.py minimal-schema``).
 """
 
 from __future__ import annotations
 
+import random
+import socket
 import threading
 import time
 from collections import deque
@@ -24,6 +31,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from bson import ObjectId
 from flask import Flask, request
 
 #: Records per ``insert_many``.
@@ -109,9 +117,14 @@ class _Response:
 class FloorTracker:
     """Wraps ``app.wsgi_app`` and ``app.process_response``; writes to ``collection``."""
 
-    def __init__(self, app: Flask, collection: Any, batch: int = BATCH) -> None:
+    def __init__(
+        self, app: Flask, collection: Any, batch: int = BATCH, schema: bool = False
+    ) -> None:
         self.collection = collection
         self.batch = batch
+        self._document = _documented if schema else _flat
+        if schema and not _RESOLVER:
+            _RESOLVER.append(_rust_resolver())
         self.queue: deque[tuple[Any, ...]] = deque()
         self.written = 0
         self._wake = threading.Event()
@@ -125,7 +138,16 @@ class FloorTracker:
             request.environ["floor.endpoint"] = request.endpoint
             return process_response(response)
 
-        app.process_response = keep_endpoint  # type: ignore[method-assign]
+        def keep_endpoint_and_rule(response: Any) -> Any:  # the document has the URL rule too
+            current = request._get_current_object()  # type: ignore[attr-defined]
+            rule = current.url_rule
+            current.environ["floor.endpoint"] = None if rule is None else rule.endpoint
+            current.environ["floor.rule"] = None if rule is None else rule.rule
+            return process_response(response)
+
+        app.process_response = (  # type: ignore[method-assign]
+            keep_endpoint_and_rule if schema else keep_endpoint
+        )
         threading.Thread(target=self._run, name="floor-writer", daemon=True).start()
 
     def __call__(self, environ: WSGIEnviron, start_response: Any) -> Iterable[bytes]:
@@ -173,7 +195,7 @@ class FloorTracker:
                 self._idle.clear()
                 records = []
                 while queue and len(records) < self.batch:
-                    records.append(_flat(queue.popleft()))
+                    records.append(self._document(queue.popleft()))
                 self.collection.insert_many(records, ordered=False)
                 self.written += len(records)
             self._idle.set()
@@ -213,3 +235,101 @@ def _flat(record: tuple[Any, ...]) -> dict[str, Any]:
     document["response_body_size"] = response_size
     document["duration"] = duration
     return document
+
+
+_HOSTNAME = socket.gethostname()
+_AGENTS: dict[str, dict[str, str | None]] = {}
+_HEADER_NAMES: dict[str, str] = {}
+_random_bits = random.Random().getrandbits
+
+
+def _documented(record: tuple[Any, ...]) -> dict[str, Any]:
+    """flask_tracking's documented schema, as plainly as :func:`_flat` builds its dict."""
+    environ, started, duration, seen, request_body, request_size, response_body, response_size = (
+        record
+    )
+    agent = environ.get("HTTP_USER_AGENT", "")
+    language = environ.get("HTTP_ACCEPT_LANGUAGE", "").split(",", 1)[0].split(";", 1)[0]
+    return {
+        "_id": ObjectId(),
+        "date_created": datetime.fromtimestamp(started, timezone.utc),
+        "host": environ.get("HTTP_HOST"),
+        "scheme": environ.get("wsgi.url_scheme"),
+        "method": environ.get("REQUEST_METHOD"),
+        "path": environ.get("PATH_INFO"),
+        "query_params": environ.get("QUERY_STRING"),
+        "ip": environ.get("REMOTE_ADDR"),
+        "endpoint": environ.get("floor.endpoint"),
+        "url_rule": environ.get("floor.rule"),
+        "referrer": environ.get("HTTP_REFERER"),
+        "user": None,
+        "user_id": None,
+        "user_agent": {
+            **_agent(agent[:256]),
+            "string": agent,
+            "language": language.strip() or None,
+        },
+        "request_headers": [
+            [_header_name(key), value]
+            for key, value in environ.items()
+            if key[:5] == "HTTP_" or key == "CONTENT_TYPE" or key == "CONTENT_LENGTH"
+        ],
+        "response_headers": [[name, value] for name, value in seen[1]] if seen else [],
+        "status_code": int(seen[0][:3]) if seen else None,
+        "execution_time": duration * 1000.0,
+        "total_time": duration * 1000.0,
+        "hostname": _HOSTNAME,
+        "custom_data": None,
+        "exception": None,
+        "request_id": _random_bits(128).to_bytes(16, "big").hex(),
+        "sample_rate": 1.0,
+        "request_body": bytes(request_body),
+        "request_body_size": request_size,
+        "request_body_truncated": request_size > len(request_body),
+        "request_body_omitted": None,
+        "response_body": bytes(response_body),
+        "response_body_size": response_size,
+        "response_body_truncated": response_size > len(response_body),
+        "response_body_omitted": None,
+    }
+
+
+def _agent(agent: str) -> dict[str, str | None]:
+    """Browser, version, platform and device of a User-Agent, remembered per string."""
+    parsed = _AGENTS.get(agent)
+    if parsed is None:
+        result = _RESOLVER[0](agent)
+        browser, system, device = result.user_agent, result.os, result.device
+        version = (
+            [part for part in (browser.major, browser.minor, browser.patch) if part]
+            if browser
+            else []
+        )
+        parsed = _AGENTS[agent] = {
+            "browser": browser.family if browser else None,
+            "version": ".".join(version) or None,
+            "platform": system.family if system else None,
+            "device": device.family if device else None,
+        }
+    return parsed
+
+
+def _header_name(key: str) -> str:
+    """``HTTP_ACCEPT_LANGUAGE`` -> ``Accept-Language``, remembered per key."""
+    name = _HEADER_NAMES.get(key)
+    if name is None:
+        name = _HEADER_NAMES[key] = key.removeprefix("HTTP_").replace("_", "-").title()
+    return name
+
+
+def _rust_resolver() -> Callable[[str], Any]:
+    """ua-parser's Rust resolver (ua-parser-rs), as flask_tracking calls it."""
+    from ua_parser import Domain
+    from ua_parser.loaders import load_lazy_builtins
+    from ua_parser.regex import Resolver
+
+    resolver = Resolver(load_lazy_builtins())
+    return lambda agent: resolver(agent, Domain.ALL)
+
+
+_RESOLVER: list[Callable[[str], Any]] = []
