@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
-from urllib.parse import quote, unquote_plus
+from urllib.parse import unquote_plus
 
 from .bodies import NAMING_KEYS, BodyFilters, by_look, map_items
 from .content import HTML_KINDS, Unreadable, as_utf8, decode_content, describe_content_type
 from .credentials import FILTERED, FILTERED_BYTES, group_replaced, scrub_text, scrub_values
 from .markup import MarkupFilters
+from .paths import URL_VALUE_STARTS, SecretPaths
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
-from .rules import SecretRules, SecretVariables, secret_variables, wsgi_text
 
 __all__ = [
     "DEFAULT_ALLOWED_FIELDS",
@@ -187,12 +186,6 @@ def _normalise(term: str) -> str:
 
 
 _ALLOWED = frozenset(map(_normalise, DEFAULT_ALLOWED_FIELDS))
-_SLASHES = re.compile(r"//+")
-_MAX_SCRIPT_NAMES = 8
-# How a query parameter's value that may be a URL begins: a path, a scheme, or either encoded.
-_URL_VALUE_STARTS = frozenset("/%hH")
-# What a URL written again as a parameter's value keeps as it is (FILTERED's brackets too).
-_URL_VALUE_SAFE = "/:@!$'()*,;[]"
 # Paths an OAuth authorization response comes back to.
 _CALLBACK_PATH = re.compile(r"callback|oauth|authori[sz]|redirect|sso|signin|login", re.I)
 
@@ -216,14 +209,8 @@ class Redactor:
         self._header_verdicts: dict[str, bool] = {}
         # The same verdicts for WSGI environ keys, as sets for C-level set operations.
         self._environ_keys_seen: set[str] = set()
-        # URL rules (an app has a fixed number): each one's secret variables (None: none), and
-        # those of the rules that have some, for the URLs of Referer and Location.
-        self._rule_variables: dict[str, SecretVariables | None] = {}
-        # None until a rule with secret variables is known (a test of None costs no call).
-        self._secret_rules: SecretRules | None = None
-        self._rules_lock = threading.Lock()
-        self._script_names: tuple[str, ...] = ()  # where the app is mounted, when not at /
-        self._static_paths: frozenset[str] = frozenset()  # the rules without variables
+        # The app's URL rules with secret variables, for its paths and the URLs naming them.
+        self._paths = SecretPaths(self.is_secret_field, FILTERED)
         self._environ_keys_secret: set[str] = set()
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
@@ -288,12 +275,13 @@ class Redactor:
         ``Referer`` and ``Location`` get their query strings scrubbed. Names may be header
         names or WSGI environ keys."""
         verdicts = self._header_verdicts
+        rules = self._paths.rules
         scrubbed = []
         for name, value in pairs:
             secret = verdicts.get(name)
             if secret or (secret is None and self.is_secret_header(name)):
                 value = FILTERED
-            elif self._secret_rules is not None or "?" in value or "#" in value:
+            elif rules is not None or "?" in value or "#" in value:
                 lowered = name.lower()
                 if lowered in _URL_HEADERS and value[:1] != "{":
                     value = self.url(value)
@@ -327,10 +315,11 @@ class Redactor:
         # one: Cookie); secret.intersection(environ) would hash every key of the environ.
         for key in environ.keys() & secret:
             environ[key] = FILTERED
-        secret_rules = self._secret_rules
+        paths = self._paths
+        secret_rules = paths.rules
         script_name = environ.get("SCRIPT_NAME")
-        if script_name and script_name not in self._script_names and script_name != "/":
-            self._learn_script_name(script_name)
+        if script_name and script_name not in paths.script_names and script_name != "/":
+            paths.learn_script_name(script_name)
         for key in _URL_ENVIRON_KEYS:
             url = environ.get(key)
             if url and (secret_rules is not None or "?" in url or "#" in url) and url != FILTERED:
@@ -343,13 +332,13 @@ class Redactor:
             return
         if rule is not None:
             try:
-                variables = self._rule_variables[rule]
+                variables = paths.variables[rule]
             except KeyError:
-                variables = self._variables_of(rule)
+                variables = paths.variables_of(rule)
             if variables is not None:
                 environ["PATH_INFO"] = variables.filter(path, FILTERED)
         elif secret_rules is not None:  # no rule matched (404, 405, a slash redirect)
-            environ["PATH_INFO"] = _path_of_no_rule(path, secret_rules)
+            environ["PATH_INFO"] = paths.path_of_no_rule(path)
 
     def _embedded_url(self, match: re.Match[str]) -> str:
         """A URL of :data:`_EMBEDDED_URL` (whichever group holds it) filtered by :meth:`url`."""
@@ -359,78 +348,14 @@ class Redactor:
     def learn_rules(self, rules: Iterable[str]) -> None:
         """Know an app's URL rules, so that a URL naming one of its pages with a secret
         variable (``Referer: https://host/reset/<the token>``, a ``Location``) has its path
-        filtered as :meth:`environ` filters the page's own (see :meth:`url`). A rule without
-        variables names a page of its own: a URL of exactly its path is kept."""
-        with self._rules_lock:
-            for rule in rules:
-                self._learn(rule)
-            self._gather_secret_rules()
-
-    def _variables_of(self, rule: str) -> SecretVariables | None:
-        """The secret variables of ``rule``, worked out once (request threads may ask for the
-        same new rule at once: the first one learns it)."""
-        with self._rules_lock:
-            new = rule not in self._rule_variables
-            variables = self._learn(rule)
-            if new and variables is not None:
-                self._gather_secret_rules()
-            return variables
-
-    def _learn(self, rule: str) -> SecretVariables | None:
-        """``rule``'s secret variables, remembered (under the rules' lock)."""
-        known = self._rule_variables
-        if rule in known:
-            return known[rule]
-        if len(known) >= _MAX_REMEMBERED_HEADERS:
-            known.clear()
-        variables = known[rule] = secret_variables(rule, self.is_secret_field)
-        if "<" not in rule and len(self._static_paths) < _MAX_REMEMBERED_HEADERS:
-            self._static_paths = self._static_paths | {wsgi_text(rule)}
-        return variables
-
-    def _gather_secret_rules(self) -> None:
-        """The rules with secret variables, matched together (under the rules' lock)."""
-        found = [found for found in self._rule_variables.values() if found is not None]
-        self._secret_rules = SecretRules(found) if found else None
+        filtered as :meth:`environ` filters the page's own (see :meth:`url` and
+        :class:`flask_tracking.paths.SecretPaths`)."""
+        self._paths.learn_rules(rules)
 
     def _url_path_filter(self) -> Callable[[str], str] | None:
         """:meth:`url` (a page's link: its path and its query's values) while the app has
         rules with secret variables, else None."""
-        return self.url if self._secret_rules is not None else None
-
-    def _url_path(self, url: str) -> str:
-        """``url`` with its path filtered when it has the shape of a known rule with secret
-        variables (:meth:`learn_rules`): an absolute URL, one without its scheme (``//host/...``)
-        or a path; its query and fragment are kept as they are (see :meth:`url`). A last
-        slash the rule does not have is allowed, and a prefix the app is mounted at."""
-        rules = self._secret_rules
-        if rules is None:
-            return url
-        double = url.find("//")
-        if double == 0 or (double > 0 and url[double - 1] == ":" and url[: double - 1].isalnum()):
-            start = url.find("/", double + 2)  # after the host
-        else:
-            start = 0 if url.startswith("/") else -1
-        if start < 0:
-            return url
-        end = len(url)
-        for mark in ("?", "#"):
-            at = url.find(mark, start)
-            if 0 <= at < end:
-                end = at
-        path = url[start:end]
-        if path in self._static_paths:  # a page of its own (/about beside /<key>)
-            return url
-        filtered = _path_filtered(path, rules, self._script_names)
-        return url if filtered is None else url[:start] + filtered + url[end:]
-
-    def _learn_script_name(self, script_name: str) -> None:
-        """Remember a prefix the app is mounted at (``SCRIPT_NAME``): its URLs begin with it
-        (a few at most; more are not remembered)."""
-        with self._rules_lock:
-            known = self._script_names
-            if len(known) < _MAX_SCRIPT_NAMES and len(script_name) <= 256:
-                self._script_names = (*known, script_name) if script_name not in known else known
+        return self.url if self._paths.rules is not None else None
 
     def url(self, url: str) -> str:
         """A URL with the values of secret parameters filtered, in its query string and in its
@@ -441,8 +366,9 @@ class Redactor:
         if "?" in url:
             base, _, query = url.partition("?")
             url = f"{base}?{self.query(query, base)}"
-        if self._secret_rules is not None:
-            url = self._url_path(base) + url[len(base) :]
+        paths = self._paths
+        if paths.rules is not None:
+            url = paths.url_path(base) + url[len(base) :]
         return f"{url}#{self.query(fragment, base)}" if hash_mark else url
 
     def query(self, query: str, path: str = "") -> str:
@@ -452,7 +378,8 @@ class Redactor:
             return query
         parts = query.split("&")
         oauth = None  # whether the query is an OAuth authorization response (asked once)
-        rules = self._secret_rules
+        paths = self._paths
+        rules = paths.rules
         for index, part in enumerate(parts):
             name, equals, value = part.partition("=")
             if not equals:
@@ -464,19 +391,9 @@ class Redactor:
                 secret = oauth
             if secret:
                 parts[index] = f"{name}={FILTERED}"
-            elif rules is not None and value[:1] in _URL_VALUE_STARTS:
-                parts[index] = f"{name}={self._url_value(value)}"
+            elif rules is not None and value[:1] in URL_VALUE_STARTS:
+                parts[index] = f"{name}={paths.url_value(value)}"
         return "&".join(parts)
-
-    def _url_value(self, value: str) -> str:
-        """A parameter's value (as sent) that is a URL naming a page with secret rule variables
-        (a sign-in page's ``next=/confirm/<token>``, percent-encoded or not), its path filtered
-        (:meth:`_url_path`) and written percent-encoded; any other value as it is."""
-        url = unquote_plus(value)
-        filtered = self._url_path(url)
-        return (
-            value if filtered == url else quote(filtered, _URL_VALUE_SAFE, errors="surrogateescape")
-        )
 
     def data(self, value: Any) -> Any:
         """Custom data or parsed JSON with the values of secret keys filtered.
@@ -651,7 +568,7 @@ class Redactor:
         (a redirect's page names its target, ``/reset/<the token>``): its links are read
         (:meth:`MarkupFilters.html_links`) when it holds the beginning of such a rule's
         paths."""
-        rules = self._secret_rules
+        rules = self._paths.rules
         if rules is None or not rules.named_in(page):
             return page
         return self._formats.markup.html_links(page)
@@ -705,42 +622,3 @@ def anonymize_ip(address: str | None) -> str | None:
         return FILTERED  # not an address we can trim: keep none of it
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
-
-
-def _path_of_no_rule(path: str, rules: SecretRules) -> str:
-    """A path no rule matched (a 404, 405, or a slash redirect), filtered by the rule with
-    secret variables it has the shape of (:func:`_shape_filtered`), if any."""
-    filtered = _shape_filtered(path, rules)
-    return path if filtered is None else filtered
-
-
-def _shape_filtered(path: str, rules: SecretRules) -> str | None:
-    """``path`` filtered as the rule with secret variables it has the shape of would filter
-    it, read as the router reads it: as it is, with its slashes merged (a last one kept), or
-    with one added (``/reset//<token>/``, ``/confirm/<token>`` for a rule ending in a slash:
-    the router answers those with a redirect); None when it has no rule's shape."""
-    filtered = rules.filter_if_matching(path, FILTERED)
-    if filtered is not None:
-        return filtered
-    merged = _SLASHES.sub("/", path) if "//" in path else path
-    stripped = merged.rstrip("/") or "/"
-    filtered = None if stripped == path else rules.filter_if_matching(stripped, FILTERED)
-    if filtered is not None:
-        return filtered + merged[len(stripped) :]
-    filtered = rules.filter_if_matching(stripped + "/", FILTERED)
-    # The slash added is taken back; one a variable took in shows nothing of the path.
-    return filtered[:-1] if filtered is not None and filtered.endswith("/") else None
-
-
-def _path_filtered(path: str, rules: SecretRules, script_names: tuple[str, ...]) -> str | None:
-    """:meth:`Redactor._url_path` of a path: as the router reads it (:func:`_shape_filtered`),
-    or after one of the prefixes the app is mounted at; None when no rule has its shape."""
-    filtered = _shape_filtered(path, rules)
-    if filtered is None:  # a URL of the app under the prefix it is mounted at?
-        for prefix in script_names:
-            mounted = prefix.rstrip("/")
-            if path.startswith(mounted) and path[len(mounted) : len(mounted) + 1] == "/":
-                filtered = _path_filtered(path[len(mounted) :], rules, ())
-                if filtered is not None:
-                    return mounted + filtered
-    return filtered
