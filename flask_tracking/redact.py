@@ -543,8 +543,17 @@ class Redactor:
         if found is None or body is not read:  # decoded: not what the pre-filter read
             found = self._scan(body)
         hints = hints_of(found, body, described.escapes) if found else 0
-        if kind in HTML_KINDS and not hints & NAME_HINT:
-            body = self._page_links(body)
+        # A page naming no secret field may still link to a page with secret rule variables
+        # (a redirect's page names its target, /reset/<the token>): its links are read when it
+        # holds the beginning of such a rule's paths.
+        rules = self._paths.rules
+        if (
+            rules is not None
+            and kind in HTML_KINDS
+            and not hints & NAME_HINT
+            and rules.named_in(body)
+        ):
+            body = self._formats.markup.html_links(body)
         if not hints:
             return body  # nothing in it can name a secret or look like a credential
         multipart, json_kind, form, xml = described.shape
@@ -562,16 +571,6 @@ class Redactor:
             json_shaped = json_kind or (not form and not xml and body.lstrip()[:1] in b"{[")
             body = by_look(body, json_shaped)
         return body
-
-    def _page_links(self, page: bytes) -> bytes:
-        """A page naming no secret field may still link to a page with secret rule variables
-        (a redirect's page names its target, ``/reset/<the token>``): its links are read
-        (:meth:`MarkupFilters.html_links`) when it holds the beginning of such a rule's
-        paths."""
-        rules = self._paths.rules
-        if rules is None or not rules.named_in(page):
-            return page
-        return self._formats.markup.html_links(page)
 
     def _hints(self, body: bytes, escapes: bool = True) -> int:
         """What ``body`` may hold, found without parsing: :data:`NAME_HINT` when a field
