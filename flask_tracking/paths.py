@@ -34,8 +34,9 @@ class SecretPaths:
 
     Read without a lock on the request path: :attr:`variables` (each rule's secret variables,
     None for a rule without any), :attr:`rules` (those with some, matched together; None
-    while there is none, so that a test costs no call) and :attr:`script_names`. They are
-    changed under a lock, each replaced or added to in one step.
+    while there is none, so that a test costs no call), :attr:`script_names` and the paths of
+    the rules without variables. They are changed under a lock, each replaced or added to in
+    one step.
     """
 
     def __init__(self, is_secret: Callable[[str], bool], replacement: str) -> None:
@@ -114,7 +115,10 @@ class SecretPaths:
         variables (a sign-in page's ``next=/confirm/<token>``, percent-encoded or not), its
         path filtered (:meth:`url_path`) and written percent-encoded; any other value as it
         is."""
-        url = unquote_plus(value)
+        rules = self.rules
+        url = unquote_plus(value, errors="surrogateescape")  # bytes not UTF-8 kept as they are
+        if rules is None or not rules.named_in_text(url):  # a search, not a URL's reading
+            return value
         filtered = self.url_path(url)
         return (
             value if filtered == url else quote(filtered, _URL_VALUE_SAFE, errors="surrogateescape")

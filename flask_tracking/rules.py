@@ -201,11 +201,21 @@ class SecretRules:
     paths have as many slashes as it has: every rule it has the shape of filters its secret
     variables (two rules may overlap)."""
 
-    __slots__ = ("_any", "_by_slashes", "_leads", "_open_rules", "_rules", "_slow_rules")
+    __slots__ = (
+        "_any",
+        "_by_slashes",
+        "_leads",
+        "_open_rules",
+        "_rules",
+        "_slow_rules",
+        "_text_leads",
+    )
 
     def __init__(self, rules: Sequence[SecretVariables]) -> None:
         self._rules = tuple(rules)
-        self._leads = re.compile(_alternation(_shortest([rule.lead for rule in rules]))).search
+        leads = _alternation(_shortest([rule.lead for rule in rules]))
+        self._leads = re.compile(leads).search
+        self._text_leads = re.compile(leads.decode("ascii")).search
         # A rule whose variables can share text is read alone, within its shorter length.
         fast = [rule.shape for rule in self._rules if rule.max_length == MAX_PATH_LENGTH]
         self._any = re.compile(f"\\A(?:{'|'.join(fast)})\\Z", re.DOTALL) if fast else None
@@ -226,6 +236,10 @@ class SecretRules:
         """Whether ``text`` (a page) holds what the paths of one of the rules begin with (the
         text before its first variable): a link to one of their pages may be in it."""
         return self._leads(text) is not None
+
+    def named_in_text(self, text: str) -> bool:
+        """:meth:`named_in` of a text (a URL: a query parameter's value)."""
+        return self._text_leads(text) is not None
 
     def filter_if_matching(self, path: str, replacement: str) -> str | None:
         """``path`` with the secret variables of every rule it has the shape of replaced, or

@@ -91,3 +91,27 @@ def test_a_rule_met_by_a_request_is_learnt_once_whatever_the_threads() -> None:
     assert paths.variables["/reset/<token>"] is found[0]
     assert paths.url_path("/reset/abc") == "/reset/*"
     assert paths.variables_of("/about") is None
+
+
+def test_a_query_value_keeps_its_bytes_that_are_not_utf_8() -> None:
+    paths = paths_of("/reset/<token>")
+    assert paths.url_value("%2Freset%2Fabc%3Fx%3D%FF") == "/reset/*%3Fx%3D%FF"
+    assert paths.url_value("/caf%E9") == "/caf%E9"
+
+
+def test_a_query_value_naming_no_such_page_is_not_read_as_a_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a value holding what a rule's paths begin with is read as a URL: a query of many
+    path-like values (on the request thread) costs a search each."""
+    paths = paths_of("/reset/<token>")
+    read: list[str] = []
+    url_path = paths.url_path
+    monkeypatch.setattr(paths, "url_path", lambda url: read.append(url) or url_path(url))
+    for value in ("/x", "%2F", "h", "/elsewhere/abc", "https://h/other"):
+        assert paths.url_value(value) == value
+    assert read == []
+    assert paths.url_value("%2Fapp%2Freset%2Fabc") == "%2Fapp%2Freset%2Fabc"  # no mount known
+    paths.learn_script_name("/app")
+    assert paths.url_value("%2Fapp%2Freset%2Fabc") == "/app/reset/*"
+    assert read == ["/app/reset/abc", "/app/reset/abc"]
