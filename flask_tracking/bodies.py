@@ -110,7 +110,10 @@ class BodyFilters:
             return self.markup.xml(body, xhtml=kind in HTML_KINDS)
         if kind in HTML_KINDS and b"<" in head:
             return self.markup.html(body)
-        # Markup without a tag (Flask answers a view's plain string as text/html) is text.
+        # Markup without a tag (Flask answers a view's plain string as text/html) is text;
+        # a tag further on may still be a link to a page with secret rule variables.
+        if kind in HTML_KINDS:
+            body = self.markup.html_links(body)
         text = body.decode("utf-8", "replace")
         if json_kind or (not form and text.lstrip()[:1] in ("{", "[")):
             return self.json_body(body, text)

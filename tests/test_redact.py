@@ -1984,3 +1984,15 @@ def test_no_prefix_of_a_json_body_keeps_a_value_its_whole_filters(value: Any) ->
         assert kept is not None
         for marker, at in marks.items():
             assert at > length or marker.encode() not in kept, (text[:length], kept)
+
+
+def test_a_page_without_a_tag_in_its_first_kilobyte_has_its_links_filtered() -> None:
+    """Read as text (no tag in its first KB), a page naming a secret field still has its
+    links to pages with secret rule variables filtered, as one naming none has."""
+    redactor = Redactor(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_FIELDS)
+    redactor.learn_rules(["/confirm/<token>"])
+    for tail in (b"", b" Forgot your password?"):
+        page = b"x" * 1100 + b'<a href="/confirm/abc123">go</a>' + tail
+        kept = redactor.scrub_body(page, "text/html; charset=utf-8").body
+        assert kept is not None and b"abc123" not in kept, tail
+        assert f'href="/confirm/{FILTERED}"'.encode() in kept
