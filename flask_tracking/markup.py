@@ -51,13 +51,13 @@ class MarkupFilters:
     def __init__(
         self,
         is_secret_field: Callable[[str], bool],
-        url_paths: Callable[[], Callable[[str], str] | None],
+        url_filter: Callable[[], Callable[[str], str] | None],
     ) -> None:
-        """``is_secret_field``: whether a field name is secret; ``url_paths``: the filter of
-        URLs' paths of the moment (the app's rules with secret variables), or None while
-        there is nothing to filter."""
+        """``is_secret_field``: whether a field name is secret; ``url_filter``: the filter of
+        the URLs in a page of the moment (their paths by the app's rules with secret
+        variables, their queries' values), or None while there is nothing to filter."""
         self._is_secret_field = is_secret_field
-        self._url_paths = url_paths
+        self._url_filter = url_filter
 
     def xml(self, body: bytes, xhtml: bool = False) -> bytes:
         """XML and SOAP (:meth:`xml_elements`), then the URLs' parameters (:meth:`urls`); an
@@ -217,13 +217,13 @@ class MarkupFilters:
         are URLs (``location.href = "/confirm/<token>"``), filtered as the app's rules with
         secret variables filter a URL naming one of its pages (``<form
         action="/reset/<the token>">``)."""
-        url_path = self._url_paths()
-        if url_path is None:
+        url_filter = self._url_filter()
+        if url_filter is None:
             return body
         texts = (text.span(1) for text in HTML_TEXT_URL.finditer(body))
         refreshes = (refresh.span(1) for refresh in HTML_REFRESH_URL.finditer(body))
         spans = merge(_link_spans(body), texts, refreshes, _script_urls(body))
-        return splice(body, _urls_filtered(body, spans, url_path))
+        return splice(body, _urls_filtered(body, spans, url_filter))
 
     def urls(self, body: bytes) -> bytes:
         """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),
@@ -269,12 +269,12 @@ def _link_spans(body: bytes) -> Iterator[tuple[int, int]]:
 
 
 def _urls_filtered(
-    text: bytes, spans: Iterable[tuple[int, int]], url_path: Callable[[str], str]
+    text: bytes, spans: Iterable[tuple[int, int]], url_filter: Callable[[str], str]
 ) -> Iterator[tuple[int, int, bytes]]:
-    """The URLs at ``spans`` of ``text`` whose path ``url_path`` filters, filtered."""
+    """The URLs at ``spans`` of ``text`` that ``url_filter`` changes, changed."""
     for start, end in spans:
         url = text[start:end].decode("utf-8", "surrogateescape")
-        filtered = url_path(url)
+        filtered = url_filter(url)
         if filtered != url:
             yield start, end, filtered.encode("utf-8", "surrogateescape")
 

@@ -224,7 +224,7 @@ class Redactor:
             self._object,
             self._scrub,
             MAX_NAME_LENGTH,
-            MarkupFilters(self.is_secret_field, self._url_path_filter),
+            MarkupFilters(self.is_secret_field, self._url_filter),
         )
 
     def is_secret_header(self, name: str) -> bool:
@@ -352,7 +352,7 @@ class Redactor:
         :class:`flask_tracking.paths.SecretPaths`)."""
         self._paths.learn_rules(rules)
 
-    def _url_path_filter(self) -> Callable[[str], str] | None:
+    def _url_filter(self) -> Callable[[str], str] | None:
         """:meth:`url` (a page's link: its path and its query's values) while the app has
         rules with secret variables, else None."""
         return self.url if self._paths.rules is not None else None
