@@ -116,7 +116,8 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
     shape: list[str] = []
     groups = []
     prefix = None
-    ambiguous = sum(variable.group("converter") == "path" for variable in found) > 1
+    path_variables = sum(variable.group("converter") == "path" for variable in found)
+    ambiguous = path_variables > 1
     index = 0
     while index < len(found):
         run = index + 1  # the variables side by side from index to run
@@ -153,7 +154,7 @@ def secret_variables(rule: str, is_secret: Callable[[str], bool]) -> SecretVaria
         prefix,
         lead,
         ambiguous,
-        None if any(v.group("converter") == "path" for v in found) else rule_slashes,
+        None if path_variables else rule_slashes,
     )
 
 
