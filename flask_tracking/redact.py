@@ -209,9 +209,9 @@ class Redactor:
         self._header_verdicts: dict[str, bool] = {}
         # The same verdicts for WSGI environ keys, as sets for C-level set operations.
         self._environ_keys_seen: set[str] = set()
+        self._environ_keys_secret: set[str] = set()
         # The app's URL rules with secret variables, for its paths and the URLs naming them.
         self._paths = SecretPaths(self.is_secret_field, FILTERED)
-        self._environ_keys_secret: set[str] = set()
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
         kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
@@ -384,8 +384,9 @@ class Redactor:
             name, equals, value = part.partition("=")
             if not equals:
                 continue
-            secret = self.is_secret_field(unquote_plus(name))
-            if not secret and (name == "code" or ("%" in name and unquote_plus(name) == "code")):
+            decoded = unquote_plus(name)
+            secret = self.is_secret_field(decoded)
+            if not secret and decoded == "code":
                 if oauth is None:  # a state beside the code, or a callback-looking path
                     oauth = "state=" in query or _CALLBACK_PATH.search(path) is not None
                 secret = oauth
