@@ -136,45 +136,45 @@ def reset_paths(url: str) -> str:
     return re.sub("/reset/[^/?#]+", "/reset/*", url)
 
 
+#: The filters of a page of such an app, for its links (no field named secret).
+LINKS = MarkupFilters(lambda name: False, lambda: reset_paths)
+
+
 def test_links_to_pages_with_secret_variables_are_filtered() -> None:
     """The path of a link, a form's action, a source, as the redactor's URL rules filter it
     (here: any path under /reset/)."""
-    url_path = reset_paths
-    markup = MarkupFilters(lambda name: False, lambda: url_path)
     page = (
         b'<form action="/reset/abc" method="post"><a HREF=/reset/def>again</a>'
         b"<img src='https://h/reset/ghi'><button formaction=\"/reset/j?a=/b\">x</button>"
         b'<button hx-post="/reset/klm">y</button><p title="see /reset/nop">z</p></form>'
     )
-    assert markup.html(page) == (
+    assert LINKS.html(page) == (
         b'<form action="/reset/*" method="post"><a HREF=/reset/*>again</a>'
         b"<img src='https://h/reset/*'><button formaction=\"/reset/*?a=/b\">x</button>"
         b'<button hx-post="/reset/*">y</button><p title="see /reset/nop">z</p></form>'
     )
     assert MarkupFilters(lambda name: False, lambda: None).html(page) is page
     script = b"<script>location.href = '/reset/abc?x=1'; go(\"https://h/reset/d\", '/a')</script>"
-    assert markup.html(script) == (
+    assert LINKS.html(script) == (
         b"<script>location.href = '/reset/*?x=1'; go(\"https://h/reset/*\", '/a')</script>"
     )
 
 
 def test_htmx_requests_written_as_data_attributes_are_filtered() -> None:
     """htmx reads ``data-hx-post`` as ``hx-post``."""
-    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
     page = b"<button data-hx-post=\"/reset/abc\" DATA-HX-GET='/reset/def'>x</button>"
-    assert markup.html(page) == (
+    assert LINKS.html(page) == (
         b"<button data-hx-post=\"/reset/*\" DATA-HX-GET='/reset/*'>x</button>"
     )
 
 
 def test_a_url_written_as_an_element_s_text_is_filtered() -> None:
     """A redirect's page writes its target as the link's text too; a list of links may."""
-    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
     page = (
         b'<a href="/reset/abc">/reset/abc</a>. <li> https://h/reset/def?x=1 </li>'
         b"<p>see /reset/ghi for more</p><td>/about</td>"
     )
-    assert markup.html_links(page) == (
+    assert LINKS.html_links(page) == (
         b'<a href="/reset/*">/reset/*</a>. <li> https://h/reset/*?x=1 </li>'
         b"<p>see /reset/ghi for more</p><td>/about</td>"
     )
@@ -193,8 +193,7 @@ def test_a_url_written_as_an_element_s_text_is_filtered() -> None:
 def test_a_link_cut_by_the_end_of_the_body_is_filtered(page: bytes, expected: bytes) -> None:
     """A page cut at the capture limit inside a link, or inside a URL written as an
     element's text (a redirect's page), keeps no part of its token."""
-    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
-    assert markup.html_links(page) == expected
+    assert LINKS.html_links(page) == expected
 
 
 def test_an_xhtml_page_s_links_are_filtered() -> None:
@@ -214,13 +213,12 @@ def test_an_xhtml_page_s_links_are_filtered() -> None:
 def test_a_redirect_written_as_a_refresh_or_a_script_is_filtered() -> None:
     """A page of its own may redirect by ``<meta http-equiv="refresh">`` or a script; it is
     read for links when it names no secret field."""
-    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
     page = (
         b'<meta http-equiv="refresh" content="0; url=/reset/abc"><meta http-equiv=Refresh '
         b"CONTENT=\"5;URL='https://h/reset/def?x=1'\"><meta name=x content='/reset/ghi'>"
         b'<script>location.replace("/reset/jkl"); go(`/reset/mno`)</script><p>"/reset/pqr"</p>'
     )
-    assert markup.html_links(page) == (
+    assert LINKS.html_links(page) == (
         b'<meta http-equiv="refresh" content="0; url=/reset/*"><meta http-equiv=Refresh '
         b"CONTENT=\"5;URL='https://h/reset/*?x=1'\"><meta name=x content='/reset/ghi'>"
         b'<script>location.replace("/reset/*"); go(`/reset/*`)</script><p>"/reset/pqr"</p>'
@@ -229,15 +227,13 @@ def test_a_redirect_written_as_a_refresh_or_a_script_is_filtered() -> None:
 
 def test_a_field_s_value_that_is_a_url_is_filtered_as_a_link() -> None:
     """A sign-in form keeps where to go next in a hidden field."""
-    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
     page = b'<input type=hidden name=next value="/reset/abc"><input VALUE=/reset/def data-value=x>'
-    assert markup.html_links(page) == (
+    assert LINKS.html_links(page) == (
         b'<input type=hidden name=next value="/reset/*"><input VALUE=/reset/* data-value=x>'
     )
 
 
 def test_links_are_read_without_the_spaces_around_them() -> None:
     """Browsers drop the spaces around a link's URL (a template wrapping a long url_for)."""
-    markup = MarkupFilters(lambda name: False, lambda: reset_paths)
     page = b'<a href="\n  /reset/abc\n">x</a><form action=" /reset/def ">'
-    assert markup.html(page) == b'<a href="\n  /reset/*\n">x</a><form action=" /reset/* ">'
+    assert LINKS.html(page) == b'<a href="\n  /reset/*\n">x</a><form action=" /reset/* ">'
