@@ -2,19 +2,23 @@
 
 Three gunicorn servers (one sync worker each, ``gunicorn_app.py``) serve the same app: bare,
 with ``Tracking(app)`` (default settings), and with the minimal tracker of
-``floor_tracker.py``. ``wrk -t1 -c2`` on 127.0.0.1 loads one server at a time, for
-``GET /hello`` and for ``POST /echo`` with 4 KB of JSON, the servers taking turns round by round;
-the medians of the rounds are compared. The records go over the wire to ``null_mongo.py`` (a
-server that acknowledges every write and stores nothing), started for the run, unless
-``--uri`` names a server. After each run the worker's writer is flushed and its counters read
-through ``GET /_served`` (never tracked): the process CPU per request (worker process, all its
-threads, writer included) is reported beside the throughput, and at the end the records
-written must equal the requests served.
+``floor_tracker.py``; with ``--schema-floor`` a fourth, the minimal tracker writing
+flask_tracking's documented schema (``FloorTracker(..., schema=True)``), with ``--parts``
+flask_tracking with redaction, the rollups, or those and the database activity off. ``wrk -t1
+-c2`` on 127.0.0.1 loads one server at a time, for ``GET /hello`` and for ``POST /echo`` with 4
+KB of JSON, the servers taking turns round by round; the medians of the rounds are compared.
+The records go over the wire to ``null_mongo.py`` (a server that acknowledges every write and
+stores nothing), started for the run, unless ``--uri`` names a server. After each run the
+worker's writer is flushed and its counters read through ``GET /_served`` (never tracked): the
+process CPU per request (worker process, all its threads, writer included) is reported beside
+the throughput, and at the end the records written must equal the requests served.
 
 Needs gunicorn (``pip install -e ".[test]"``) and wrk (Debian: ``apt-get install wrk``)::
 
     python benchmarks/bench_gunicorn.py                   # 3 rounds of 8 s per server and case
     python benchmarks/bench_gunicorn.py --rounds 5 --seconds 10
+    python benchmarks/bench_gunicorn.py --schema-floor   # and the documented schema's floor
+    python benchmarks/bench_gunicorn.py --parts --case hello   # what each part costs, GETs
 """
 
 from __future__ import annotations
@@ -44,8 +48,38 @@ from bench_overhead import BODY_BYTES, BROWSER_HEADERS, json_body
 from example_app.mongo_server import free_port
 
 HERE = Path(__file__).resolve().parent
-KINDS = ("bare", "tracked", "minimal")
-LABELS = {"bare": "bare", "tracked": "flask_tracking", "minimal": "minimal tracker"}
+#: Each server: what it is (``BENCH_KIND`` of gunicorn_app.py), its label, its short name and
+#: the tracked app's settings (``BENCH_TRACKING_*``, see gunicorn_app.py).
+SERVERS: dict[str, tuple[str, str, str, dict[str, str]]] = {
+    "bare": ("bare", "bare", "bare", {}),
+    "tracked": ("tracked", "flask_tracking", "flask_tracking", {}),
+    "minimal": ("minimal", "minimal tracker", "minimal", {}),
+    "minimal-schema": ("minimal-schema", "minimal tracker, documented schema", "schema", {}),
+    "no-redaction": (
+        "tracked",
+        "flask_tracking, redaction off",
+        "no redaction",
+        {"BENCH_TRACKING_REDACT": "false"},
+    ),
+    "no-rollups": (
+        "tracked",
+        "flask_tracking, rollups off",
+        "no rollups",
+        {"BENCH_TRACKING_ROLLUPS": "false"},
+    ),
+    "all-off": (
+        "tracked",
+        "flask_tracking, redaction, rollups and database activity off",
+        "all off",
+        {
+            "BENCH_TRACKING_REDACT": "false",
+            "BENCH_TRACKING_ROLLUPS": "false",
+            "BENCH_TRACKING_DB_ACTIVITY": "false",
+        },
+    ),
+}
+LABELS = {name: server[1] for name, server in SERVERS.items()}
+SHORT = {name: server[2] for name, server in SERVERS.items()}
 
 
 def served(port: int) -> dict[str, Any]:
@@ -56,10 +90,12 @@ def served(port: int) -> dict[str, Any]:
 
 
 @contextmanager
-def gunicorn(kind: str, uri: str, gc_freeze: bool) -> Iterator[int]:
-    """A gunicorn server (1 sync worker) of ``gunicorn_app:app`` as ``kind``; yields its port."""
+def gunicorn(server: str, uri: str, gc_freeze: bool) -> Iterator[int]:
+    """A gunicorn server (1 sync worker) of ``gunicorn_app:app`` as ``server`` (a key of
+    :data:`SERVERS`); yields its port."""
     port = free_port()
-    environ = {**os.environ, "BENCH_KIND": kind, "BENCH_MONGODB_URI": uri}
+    kind, _, _, settings = SERVERS[server]
+    environ = {**os.environ, **settings, "BENCH_KIND": kind, "BENCH_MONGODB_URI": uri}
     if gc_freeze:
         environ["BENCH_GC_FREEZE"] = "1"
     command = [
@@ -82,7 +118,7 @@ def gunicorn(kind: str, uri: str, gc_freeze: bool) -> Iterator[int]:
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"gunicorn ({kind}) did not start") from None
+                    raise SystemExit(f"gunicorn ({server}) did not start") from None
                 time.sleep(0.2)
         yield port
     finally:
@@ -117,7 +153,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gc-freeze", action="store_true", help="gc.freeze() in each worker after start-up"
     )
+    parser.add_argument(
+        "--schema-floor",
+        action="store_true",
+        help="a fourth server: the minimal tracker writing the documented schema",
+    )
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="three more: flask_tracking with redaction, rollups, or those and the database "
+        "activity off",
+    )
+    parser.add_argument(
+        "--case", choices=("both", "hello", "echo"), default="both", help="the requests sent"
+    )
     args = parser.parse_args(argv)
+    kinds = ("bare", "tracked", "minimal") + (("minimal-schema",) if args.schema_floor else ())
+    if args.parts:
+        kinds += ("no-redaction", "no-rollups", "all-off")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
 
@@ -131,9 +184,13 @@ def main(argv: list[str] | None = None) -> int:
             'wrk.headers["Content-Type"] = "application/json"\n'
             'wrk.headers["Accept"] = "application/json"\n'
         )
-    cases = (
-        ("GET /hello", "/hello", None),
-        (f"POST /echo {BODY_BYTES // 1024} KB JSON", "/echo", script),
+    cases = tuple(
+        case
+        for case in (
+            ("GET /hello", "/hello", None),
+            (f"POST /echo {BODY_BYTES // 1024} KB JSON", "/echo", script),
+        )
+        if args.case == "both" or case[1] == "/" + args.case
     )
     rps: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
@@ -141,14 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with ExitStack() as stack:
         uri = args.uri or stack.enter_context(null_server())
-        ports = {kind: stack.enter_context(gunicorn(kind, uri, args.gc_freeze)) for kind in KINDS}
-        for kind in KINDS:  # warm-up
+        ports = {kind: stack.enter_context(gunicorn(kind, uri, args.gc_freeze)) for kind in kinds}
+        for kind in kinds:  # warm-up
             for _, path, lua in cases:
                 wrk(ports[kind], path, 1, lua)
         for round_number in range(args.rounds):
             for name, path, lua in cases:
-                shift = round_number % len(KINDS)
-                for kind in KINDS[shift:] + KINDS[:shift]:
+                shift = round_number % len(kinds)
+                for kind in kinds[shift:] + kinds[:shift]:
                     before = served(ports[kind])
                     rps.setdefault((name, kind), []).append(
                         wrk(ports[kind], path, args.seconds, lua)
@@ -166,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{rps[(name, kind)][-1]:.0f} req/s, {cpu[(name, kind)][-1]:.1f} µs CPU",
                         flush=True,
                     )
-        reports = {kind: served(ports[kind]) for kind in KINDS}
+        reports = {kind: served(ports[kind]) for kind in kinds}
     duration = time.perf_counter() - started
 
     print()
@@ -176,28 +233,30 @@ def main(argv: list[str] | None = None) -> int:
         f"{'; gc.freeze() after start-up' if args.gc_freeze else ''}"
     )
     print()
+    trackers = kinds[1:]
+    short = " / ".join(SHORT[kind] for kind in kinds)
     print(
-        "| case | bare req/s | flask_tracking req/s | of bare | minimal tracker req/s | of bare "
-        "| CPU µs/req bare / flask_tracking / minimal | of which GC |"
+        "| case | bare req/s | "
+        + " | ".join(f"{LABELS[kind]} req/s | of bare" for kind in trackers)
+        + f" | CPU µs/req {short} | of which GC |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|---|")
+    print("|---|---:|" + "---:|---:|" * len(trackers) + "---|---|")
     for name, _, _ in cases:
-        median = {kind: statistics.median(rps[(name, kind)]) for kind in KINDS}
-        cpus = " / ".join(f"{statistics.median(cpu[(name, kind)]):.0f}" for kind in KINDS)
-        gcs = " / ".join(f"{statistics.median(collector[(name, kind)]):.1f}" for kind in KINDS)
-        print(
-            f"| {name} | {median['bare']:.0f} | {median['tracked']:.0f} "
-            f"| {median['tracked'] / median['bare']:.2f} | {median['minimal']:.0f} "
-            f"| {median['minimal'] / median['bare']:.2f} | {cpus} | {gcs} |"
+        median = {kind: statistics.median(rps[(name, kind)]) for kind in kinds}
+        cpus = " / ".join(f"{statistics.median(cpu[(name, kind)]):.0f}" for kind in kinds)
+        gcs = " / ".join(f"{statistics.median(collector[(name, kind)]):.1f}" for kind in kinds)
+        columns = " | ".join(
+            f"{median[kind]:.0f} | {median[kind] / median['bare']:.2f}" for kind in trackers
         )
+        print(f"| {name} | {median['bare']:.0f} | {columns} | {cpus} | {gcs} |")
     print()
-    print("Per round, req/s (bare / flask_tracking / minimal):")
+    print(f"Per round, req/s ({short}):")
     for name, _, _ in cases:
-        rounds = zip(*(rps[(name, kind)] for kind in KINDS))
+        rounds = zip(*(rps[(name, kind)] for kind in kinds))
         print(f"- {name}: " + ", ".join(" / ".join(f"{v:.0f}" for v in r) for r in rounds))
     print()
     failed = False
-    for kind in ("tracked", "minimal"):
+    for kind in trackers:
         report = reports[kind]
         drops = {k: v for k, v in report["counters"].items() if k.startswith("dropped_") and v}
         problem = report["written"] != report["served"] or bool(drops)

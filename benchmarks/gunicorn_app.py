@@ -1,7 +1,8 @@
 """The app ``bench_gunicorn.py`` serves with gunicorn: ``gunicorn_app:app``.
 
 ``BENCH_KIND`` picks the tracker: ``bare`` (none), ``tracked`` (flask_tracking, default
-settings) or ``minimal`` (the minimal tracker of ``floor_tracker.py``); records go to the
+settings), ``minimal`` (the minimal tracker of ``floor_tracker.py``) or ``minimal-schema`` (the
+same tracker writing flask_tracking's documented schema); records go to the
 server at ``BENCH_MONGODB_URI``. With ``BENCH_GC_FREEZE`` set, ``gc.freeze()`` runs once the
 app is set up. Besides ``GET /hello`` and ``POST /echo`` (the cases of
 ``bench_overhead.py``), ``GET /_served`` is answered before the app is reached (never tracked):
@@ -57,10 +58,11 @@ if KIND == "tracked":
 mongoengine.connect("flask_tracking_bench", host=URI, uuidRepresentation="standard")
 if KIND == "tracked":
     pass
-elif KIND == "minimal":
-    floor = FloorTracker(flask_app, mongoengine.get_db()["floor"])
+elif KIND in ("minimal", "minimal-schema"):
+    schema = KIND == "minimal-schema"
+    floor = FloorTracker(flask_app, mongoengine.get_db()["floor"], schema=schema)
 elif KIND != "bare":
-    raise SystemExit(f"BENCH_KIND must be bare, tracked or minimal, not {KIND!r}")
+    raise SystemExit(f"BENCH_KIND must be bare, tracked, minimal or minimal-schema, not {KIND!r}")
 
 tracked_wsgi_app = flask_app.wsgi_app
 served = 0
