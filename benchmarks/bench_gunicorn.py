@@ -126,6 +126,16 @@ def gunicorn(server: str, uri: str, gc_freeze: bool) -> Iterator[int]:
         process.wait(30)
 
 
+def thread_cpu(
+    before: dict[str, float], after: dict[str, float], count: int
+) -> tuple[float, float]:
+    """µs of CPU per request of the worker's main thread and of its writer thread(s), from the
+    per-thread CPU seconds of two reports."""
+    per_request = {name: (after[name] - before.get(name, 0.0)) / count * 1e6 for name in after}
+    writer = sum(value for name, value in per_request.items() if "writer" in name)
+    return per_request.get("MainThread", 0.0), writer
+
+
 def wrk(port: int, path: str, seconds: int, script: str | None) -> float:
     """Run wrk -t1 -c2 against ``path``; its requests per second."""
     command = ["wrk", "-t1", "-c2", f"-d{max(1, seconds)}s"]
@@ -195,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     rps: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     collector: dict[tuple[str, str], list[float]] = {}
+    threads: dict[tuple[str, str], list[tuple[float, float]]] = {}
     started = time.perf_counter()
     with ExitStack() as stack:
         uri = args.uri or stack.enter_context(null_server())
@@ -217,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     collector.setdefault((name, kind), []).append(
                         (after["gc"] - before["gc"]) / count * 1e6
+                    )
+                    threads.setdefault((name, kind), []).append(
+                        thread_cpu(before["threads"], after["threads"], count)
                     )
                     print(
                         f"round {round_number + 1} {name} {LABELS[kind]}: "
@@ -249,6 +263,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{median[kind]:.0f} | {median[kind] / median['bare']:.2f}" for kind in trackers
         )
         print(f"| {name} | {median['bare']:.0f} | {columns} | {cpus} | {gcs} |")
+    print()
+    print(f"Worker threads' CPU, µs per request, main thread + writer ({short}):")
+    for name, _, _ in cases:
+        split = (
+            f"{statistics.median(main for main, _ in threads[(name, kind)]):.0f} + "
+            f"{statistics.median(writer for _, writer in threads[(name, kind)]):.0f}"
+            for kind in kinds
+        )
+        print(f"- {name}: " + " / ".join(split))
     print()
     print(f"Per round, req/s ({short}):")
     for name, _, _ in cases:
