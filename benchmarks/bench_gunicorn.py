@@ -4,13 +4,14 @@ Three gunicorn servers (one sync worker each, ``gunicorn_app.py``) serve the sam
 with ``Tracking(app)`` (default settings), and with the minimal tracker of
 ``floor_tracker.py``; with ``--schema-floor`` a fourth, the minimal tracker writing
 flask_tracking's documented schema (``FloorTracker(..., schema=True)``), with ``--parts``
-flask_tracking with redaction, the rollups, or those and the database activity off. ``wrk -t1
--c2`` on 127.0.0.1 loads one server at a time, for ``GET /hello`` and for ``POST /echo`` with 4
-KB of JSON, the servers taking turns round by round; the medians of the rounds are compared.
-The records go over the wire to ``null_mongo.py`` (a server that acknowledges every write and
-stores nothing), started for the run, unless ``--uri`` names a server. After each run the
-worker's writer is flushed and its counters read through ``GET /_served`` (never tracked): the
-process CPU per request (worker process, all its threads, writer included) is reported beside
+flask_tracking with redaction, the rollups, or those and the database activity off.
+``wrk -t1 -c2`` on 127.0.0.1 loads one server at a time, for ``GET /hello`` and for
+``POST /echo`` with 4 KB of JSON, the servers taking turns round by round; the medians of the
+rounds are compared. The records go over the wire to ``null_mongo.py`` (a server that
+acknowledges every write and stores nothing), started for the run, unless ``--uri`` names a
+server. After each run the worker's writer is flushed and its counters read through
+``GET /_served`` (never tracked): the process CPU per request (worker process, all its
+threads, writer included, and the main thread's and the writer's apart) is reported beside
 the throughput, and at the end the records written must equal the requests served.
 
 Needs gunicorn (``pip install -e ".[test]"``) and wrk (Debian: ``apt-get install wrk``)::
