@@ -32,6 +32,7 @@ from .syntax import (
     HTML_TEXTAREA_END,
     HTML_VALUE_ATTRIBUTE,
     NAMING_KEYS,
+    QUERY_MARK_BYTES,
     SCRIPT_NAMED_PAIR,
     SCRIPT_URL_STRING,
     URL_PARAMETER,
@@ -52,12 +53,17 @@ class MarkupFilters:
         self,
         is_secret_field: Callable[[str], bool],
         url_filter: Callable[[], Callable[[str], str] | None],
+        query_value: Callable[[str], str] = str,
     ) -> None:
         """``is_secret_field``: whether a field name is secret; ``url_filter``: the filter of
         the URLs in a page of the moment (their paths by the app's rules with secret
-        variables, their queries' values), or None while there is nothing to filter."""
+        variables, their queries' values), or None while there is nothing to filter;
+        ``query_value``: the filter of a URL parameter's value (as written) that holds a query
+        or a fragment of its own (``next=%2Freset%3Ftoken%3D...``), which gives it back as it
+        is when nothing in it is secret (default: kept as it is)."""
         self._is_secret_field = is_secret_field
         self._url_filter = url_filter
+        self._query_value = query_value
 
     def xml(self, body: bytes, xhtml: bool = False) -> bytes:
         """XML and SOAP (:meth:`xml_elements`), then the URLs' parameters (:meth:`urls`); an
@@ -227,13 +233,21 @@ class MarkupFilters:
 
     def urls(self, body: bytes) -> bytes:
         """Markup (HTML, XML): filter secret parameters of the URLs in it (links, redirects),
-        with one regex pass that only stops at ``?``, ``&`` and ``#``."""
+        and the queries of their values that hold one (``query_value``), with one regex pass
+        that only stops at ``?``, ``&`` and ``#``."""
 
         def scrub(match: re.Match[bytes]) -> bytes:
             name = match.group(2).decode("utf-8", "replace")
-            if not self._is_secret_field(unquote_plus(name)):
+            if self._is_secret_field(unquote_plus(name)):
+                return group_replaced(match, 3, FILTERED_BYTES)
+            value = match.group(3)
+            if QUERY_MARK_BYTES.search(value) is None:
                 return match.group(0)
-            return group_replaced(match, 3, FILTERED_BYTES)
+            text = value.decode("utf-8", "surrogateescape")
+            filtered = self._query_value(text)
+            if filtered == text:
+                return match.group(0)
+            return group_replaced(match, 3, filtered.encode("utf-8", "surrogateescape"))
 
         scrubbed = URL_PARAMETER.sub(scrub, body)
         return body if scrubbed == body else scrubbed

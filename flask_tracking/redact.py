@@ -21,14 +21,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus
 
 from .bodies import NAMING_KEYS, BodyFilters, by_look, map_items
 from .content import HTML_KINDS, Unreadable, as_utf8, decode_content, describe_content_type
 from .credentials import FILTERED, FILTERED_BYTES, group_replaced, scrub_text, scrub_values
 from .markup import MarkupFilters
-from .paths import URL_VALUE_STARTS, SecretPaths
+from .paths import URL_VALUE_SAFE, URL_VALUE_STARTS, SecretPaths
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
+from .syntax import QUERY_MARK
 
 __all__ = [
     "DEFAULT_ALLOWED_FIELDS",
@@ -224,7 +225,7 @@ class Redactor:
             self._object,
             self._scrub,
             MAX_NAME_LENGTH,
-            MarkupFilters(self.is_secret_field, self._url_filter),
+            MarkupFilters(self.is_secret_field, self._url_filter, self._url_value),
         )
 
     def is_secret_header(self, name: str) -> bool:
@@ -360,26 +361,45 @@ class Redactor:
     def url(self, url: str) -> str:
         """A URL with the values of secret parameters filtered, in its query string and in its
         fragment (where OAuth's implicit flow puts ``access_token``), and in its path when it
-        names a page of the app whose rule has secret variables (:meth:`learn_rules`)."""
+        names a page of the app whose rule has secret variables (:meth:`learn_rules`). A
+        parameter's value that is a URL or a query of its own is filtered too (one level):
+        see :meth:`query`."""
+        return self._url(url, True)
+
+    def query(self, query: str, path: str = "") -> str:
+        """A query string (or form body) with the values of secret parameters filtered; on
+        ``path``, ``code`` is filtered too when it is an OAuth authorization code.
+
+        A value holding a query or a fragment of its own (``next=/account?token=...``,
+        ``redirect_uri=https%3A%2F%2Fapp%2Fcb%3Fcode%3D...``), raw or percent-encoded, is read
+        as a URL and has those filtered as well, one level deep: it is stored as it came when
+        nothing in it is secret, else filtered (written percent-encoded again when it came so).
+        """
+        return self._query(query, path, True)
+
+    def _url(self, url: str, nested: bool) -> str:
         url, hash_mark, fragment = url.partition("#")
         base = url
         if "?" in url:
             base, _, query = url.partition("?")
-            url = f"{base}?{self.query(query, base)}"
+            url = f"{base}?{self._query(query, base, nested)}"
         paths = self._paths
         if paths.rules is not None:
             url = paths.url_path(base) + url[len(base) :]
-        return f"{url}#{self.query(fragment, base)}" if hash_mark else url
+        return f"{url}#{self._query(fragment, base, nested)}" if hash_mark else url
 
-    def query(self, query: str, path: str = "") -> str:
-        """A query string (or form body) with the values of secret parameters filtered; on
-        ``path``, ``code`` is filtered too when it is an OAuth authorization code."""
+    def _query(self, query: str, path: str, nested: bool) -> str:
+        """:meth:`query`; ``nested``: whether values that are URLs with a query are read."""
         if not query:
             return query
         parts = query.split("&")
         oauth = None  # whether the query is an OAuth authorization response (asked once)
         paths = self._paths
         rules = paths.rules
+        # One search of the whole query first: most hold no value with a query of its own.
+        nested = nested and (
+            "?" in query or ("%" in query and QUERY_MARK.search(query) is not None)
+        )
         for index, part in enumerate(parts):
             name, equals, value = part.partition("=")
             if not equals:
@@ -392,9 +412,23 @@ class Redactor:
                 secret = oauth
             if secret:
                 parts[index] = f"{name}={FILTERED}"
+            elif nested and QUERY_MARK.search(value) is not None:
+                parts[index] = f"{name}={self._url_value(value)}"
             elif rules is not None and value[:1] in URL_VALUE_STARTS:
                 parts[index] = f"{name}={paths.url_value(value)}"
         return "&".join(parts)
+
+    def _url_value(self, value: str) -> str:
+        """A parameter's value (as sent) holding a query or fragment of its own, read as a URL
+        (:meth:`_url`, not reading its own values' queries): as it came when nothing in it is
+        secret, else filtered, percent-encoded again when it came encoded."""
+        url = unquote_plus(value, errors="surrogateescape")  # bytes not UTF-8 kept as they are
+        filtered = self._url(url, False)
+        if filtered == url:
+            return value
+        if url == value:  # it came as plain text
+            return filtered
+        return quote(filtered, URL_VALUE_SAFE, errors="surrogateescape")
 
     def data(self, value: Any) -> Any:
         """Custom data or parsed JSON with the values of secret keys filtered.

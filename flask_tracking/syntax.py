@@ -194,6 +194,9 @@ def multipart_boundary(content_type: str) -> bytes | None:
 #: A URL parameter inside markup (``?name=value``, ``&name=value``, ``&amp;name=value``,
 #: ``#name=value``); its groups: the separator, the name and the value.
 URL_PARAMETER = re.compile(rb"([?&#;])([\w.%+-]{1,200})=([^&#\"'<>\s]*)")
+#: Where a URL parameter's value holds a query or a fragment of its own, raw or encoded.
+QUERY_MARK = re.compile(r"[?#]|%3[fF]|%23")
+QUERY_MARK_BYTES = re.compile(QUERY_MARK.pattern.encode())
 _BOUNDARY = re.compile(r"boundary=(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
 _PART_PARAMETER = re.compile(rb';\s*([A-Za-z0-9_*.-]+)\s*=\s*("(?:[^"\\\r\n]|\\.)*"?|[^;\r\n]*)')
 _BACKSLASH_ESCAPE = re.compile(rb"\\(.)")

@@ -237,3 +237,31 @@ def test_links_are_read_without_the_spaces_around_them() -> None:
     """Browsers drop the spaces around a link's URL (a template wrapping a long url_for)."""
     page = b'<a href="\n  /reset/abc\n">x</a><form action=" /reset/def ">'
     assert LINKS.html(page) == b'<a href="\n  /reset/*\n">x</a><form action=" /reset/* ">'
+
+
+def test_a_url_parameter_holding_a_query_of_its_own_goes_to_its_filter() -> None:
+    """Only values holding a query or a fragment (raw ``?``, ``%3F``, ``%23``) are handed to
+    ``query_value``; what it gives back replaces them, and a page it changes nothing in is
+    returned itself."""
+    seen: list[str] = []
+
+    def query_value(value: str) -> str:
+        seen.append(value)
+        return value.replace("t0k", "[Filtered]")
+
+    markup = MarkupFilters(lambda name: False, lambda: None, query_value)
+    page = (
+        b'<a href="/signin?next=%2Freset%3Ftoken%3Dt0k&amp;x=1">a</a>'
+        b'<a href="/signin?next=/reset?token=t0k">b</a>'
+        b'<a href="/signin?next=%2Fcb%23access_token%3Dt0k">c</a>'
+        b'<a href="/search?q=t0k">d</a>'
+    )
+    assert markup.urls(page) == (
+        b'<a href="/signin?next=%2Freset%3Ftoken%3D[Filtered]&amp;x=1">a</a>'
+        b'<a href="/signin?next=/reset?token=[Filtered]">b</a>'
+        b'<a href="/signin?next=%2Fcb%23access_token%3D[Filtered]">c</a>'
+        b'<a href="/search?q=t0k">d</a>'
+    )
+    assert seen == ["%2Freset%3Ftoken%3Dt0k", "/reset?token=t0k", "%2Fcb%23access_token%3Dt0k"]
+    kept = b'<a href="/signin?next=%2Fhome%3Fa%3D1">home</a>'
+    assert markup.urls(kept) is kept

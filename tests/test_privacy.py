@@ -685,11 +685,45 @@ def test_a_sign_in_page_s_next_url_keeps_no_token(app: Flask, mongo: Any) -> Non
     for record in records:
         assert_absent(record, confirm)
     assert headers_of(records[0], "response_headers")["location"] == [
-        f"/login?next=/confirm/{FILTERED}%3F"
+        f"/login?next=/confirm/{FILTERED}?"
     ]
-    assert records[1]["query_params"] == f"next=/confirm/{FILTERED}%3F"
-    assert f'action="/login?next=/confirm/{FILTERED}%3F"'.encode() in records[1]["response_body"]
-    assert records[2]["referrer"] == f"http://localhost/login?next=/confirm/{FILTERED}%3F"
+    assert records[1]["query_params"] == f"next=/confirm/{FILTERED}?"
+    assert f'action="/login?next=/confirm/{FILTERED}?"'.encode() in records[1]["response_body"]
+    assert records[2]["referrer"] == f"http://localhost/login?next=/confirm/{FILTERED}?"
+
+
+def test_a_return_url_s_own_query_keeps_no_token(app: Flask, mongo: Any) -> None:
+    """A parameter whose value is a URL with a query of its own (a sign-in page's ``next``
+    holding the page's token, an OAuth ``redirect_uri``), raw or percent-encoded: in the
+    request's query, a redirect's Location, a page's link and a Referer."""
+    reset, code = token("reset"), token("code")
+    back = f"/account/reset?token={reset}"
+    callback = f"https://app.example/cb?code={code}&state=1"
+
+    @app.get("/login")
+    def login() -> Any:
+        return redirect(url_for("signin", next=request.args["next"]))
+
+    @app.get("/signin")
+    def signin() -> str:
+        return f'<a href="{url_for("signin", next=request.args["next"])}">again</a>'
+
+    client = app.test_client()
+    client.get(f"/login?next={back}")  # raw
+    client.get("/login", query_string={"next": back})  # percent-encoded
+    client.get("/signin", query_string={"redirect_uri": callback, "next": back})
+    client.get("/hello", headers={"Referer": f"http://localhost/login?next={quote(back)}"})
+    records = stored(app, mongo)
+    assert len(records) == 4
+    for record in records:
+        assert_absent(record, reset, code)
+    assert records[0]["query_params"] == f"next=/account/reset?token={FILTERED}"
+    assert_present(records[0], f"token%3D{FILTERED}")  # the Location url_for wrote, encoded
+    assert records[1]["query_params"] == f"next=/account/reset%3Ftoken%3D{FILTERED}"
+    assert_present(records[2], f"code%3D{FILTERED}%26state%3D1")
+    assert records[3]["referrer"] == (
+        f"http://localhost/login?next=/account/reset%3Ftoken%3D{FILTERED}"
+    )
 
 
 def test_a_redirect_s_page_with_a_percent_encoded_next_url_keeps_no_token(

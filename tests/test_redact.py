@@ -358,6 +358,70 @@ def test_query_value_with_equals_signs_is_filtered_whole(redactor: Redactor) -> 
     assert redactor.query(f"token={SECRET}==&x=1") == f"token={FILTERED}&x=1"
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        # A sign-in page's return URL, as sent: raw, or percent-encoded.
+        (f"next=/account?token={SECRET}&x=1", f"next=/account?token={FILTERED}&x=1"),
+        (f"next=%2Faccount%3Ftoken%3D{SECRET}", f"next=/account%3Ftoken%3D{FILTERED}"),
+        (f"next=%2faccount%3ftoken%3d{SECRET}", f"next=/account%3Ftoken%3D{FILTERED}"),
+        # OAuth's implicit flow puts the token in the fragment.
+        (f"next=%2Fcb%23access_token%3D{SECRET}", f"next=/cb%23access_token%3D{FILTERED}"),
+        # An authorization code beside a state, in a redirect_uri.
+        (
+            f"redirect_uri=https%3A%2F%2Fapp.example%2Fcb%3Fcode%3D{SECRET}%26state%3D1",
+            f"redirect_uri=https://app.example/cb%3Fcode%3D{FILTERED}%26state%3D1",
+        ),
+        # "+" is a space: written again as %20 once filtered.
+        (f"next=a+b%3Ftoken%3D{SECRET}", f"next=a%20b%3Ftoken%3D{FILTERED}"),
+        # The inner query's first secret parameter takes the rest of its value.
+        (f"next=/x?password={SECRET}?token={SECRET}", f"next=/x?password={FILTERED}"),
+    ],
+)
+def test_a_query_value_with_a_query_of_its_own_has_it_filtered(
+    redactor: Redactor, query: str, expected: str
+) -> None:
+    assert redactor.query(query) == expected
+    assert redactor.url(f"https://app.example/login?{query}#top") == (
+        f"https://app.example/login?{expected}#top"
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "next=/search?q=shoes",
+        "next=%2Fsearch%3Fq%3Dshoes",  # kept as it came, encoding and all
+        "next=%2fsearch%3fq%3dshoes",
+        "q=what%3F&r=why?",
+        "a=%3Fb%3D%253Ftoken%253Dsecret",  # a second level is not decoded
+    ],
+)
+def test_a_query_value_with_a_query_naming_no_secret_is_kept(
+    redactor: Redactor, query: str
+) -> None:
+    assert redactor.query(query) == query
+
+
+def test_query_values_with_queries_are_read_one_level_deep_in_linear_time(
+    redactor: Redactor,
+) -> None:
+    """A value's own query is read once, its values' queries not again: values nested in
+    each other (``a=?a=?a=...``) cost one pass, not one per level."""
+
+    def cost(size: int) -> float:
+        query = "a=?" * size + f"&next=/x%3Ftoken%3D{SECRET}"
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            filtered = redactor.query(query)
+            best = min(best, time.perf_counter() - started)
+        assert filtered.endswith(f"&next=/x%3Ftoken%3D{FILTERED}")
+        return best
+
+    assert cost(16000) < 8 * cost(4000) + 0.002
+
+
 # --- custom data -------------------------------------------------------------------------------
 
 
