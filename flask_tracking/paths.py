@@ -17,12 +17,12 @@ from urllib.parse import quote, unquote_plus
 
 from .rules import SecretRules, SecretVariables, secret_variables, wsgi_text
 
-__all__ = ["URL_VALUE_SAFE", "URL_VALUE_STARTS", "SecretPaths"]
+__all__ = ["URL_VALUE_STARTS", "SecretPaths"]
 
 #: How a query parameter's value that may be a URL begins: a path, a scheme, or either encoded.
 URL_VALUE_STARTS = frozenset("/%hH")
-#: What a URL written again as a parameter's value keeps as it is (FILTERED's brackets too).
-URL_VALUE_SAFE = "/:@!$'()*,;[]"
+# What a URL written again as a parameter's value keeps as it is (FILTERED's brackets too).
+_URL_VALUE_SAFE = "/:@!$'()*,;[]"
 _SLASHES = re.compile(r"//+")
 # Rules remembered (an app has a fixed number; more are forgotten and learnt again).
 _MAX_RULES = 4096
@@ -121,7 +121,7 @@ class SecretPaths:
             return value
         filtered = self.url_path(url)
         return (
-            value if filtered == url else quote(filtered, URL_VALUE_SAFE, errors="surrogateescape")
+            value if filtered == url else quote(filtered, _URL_VALUE_SAFE, errors="surrogateescape")
         )
 
     def _learn(self, rule: str) -> SecretVariables | None:

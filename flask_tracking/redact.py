@@ -21,15 +21,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
-from urllib.parse import quote, unquote_plus
+from urllib.parse import unquote_plus
 
 from .bodies import NAMING_KEYS, BodyFilters, by_look, map_items
 from .content import HTML_KINDS, Unreadable, as_utf8, decode_content, describe_content_type
 from .credentials import FILTERED, FILTERED_BYTES, group_replaced, scrub_text, scrub_values
 from .markup import MarkupFilters
-from .paths import URL_VALUE_SAFE, URL_VALUE_STARTS, SecretPaths
+from .paths import URL_VALUE_STARTS, SecretPaths
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
-from .syntax import QUERY_MARK
+from .syntax import NESTED_PARAMETER, QUERY_MARK
 
 __all__ = [
     "DEFAULT_ALLOWED_FIELDS",
@@ -225,7 +225,7 @@ class Redactor:
             self._object,
             self._scrub,
             MAX_NAME_LENGTH,
-            MarkupFilters(self.is_secret_field, self._url_filter, self._url_value),
+            MarkupFilters(self.is_secret_field, self._url_filter, self.query_value),
         )
 
     def is_secret_header(self, name: str) -> bool:
@@ -362,34 +362,25 @@ class Redactor:
         """A URL with the values of secret parameters filtered, in its query string and in its
         fragment (where OAuth's implicit flow puts ``access_token``), and in its path when it
         names a page of the app whose rule has secret variables (:meth:`learn_rules`). A
-        parameter's value that is a URL or a query of its own is filtered too (one level):
-        see :meth:`query`."""
-        return self._url(url, True)
+        parameter's value holding a query of its own is filtered too: see :meth:`query`."""
+        url, hash_mark, fragment = url.partition("#")
+        base = url
+        if "?" in url:
+            base, _, query = url.partition("?")
+            url = f"{base}?{self.query(query, base)}"
+        paths = self._paths
+        if paths.rules is not None:
+            url = paths.url_path(base) + url[len(base) :]
+        return f"{url}#{self.query(fragment, base)}" if hash_mark else url
 
     def query(self, query: str, path: str = "") -> str:
         """A query string (or form body) with the values of secret parameters filtered; on
         ``path``, ``code`` is filtered too when it is an OAuth authorization code.
 
         A value holding a query or a fragment of its own (``next=/account?token=...``,
-        ``redirect_uri=https%3A%2F%2Fapp%2Fcb%3Fcode%3D...``), raw or percent-encoded, is read
-        as a URL and has those filtered as well, one level deep: it is stored as it came when
-        nothing in it is secret, else filtered (written percent-encoded again when it came so).
-        """
-        return self._query(query, path, True)
-
-    def _url(self, url: str, nested: bool) -> str:
-        url, hash_mark, fragment = url.partition("#")
-        base = url
-        if "?" in url:
-            base, _, query = url.partition("?")
-            url = f"{base}?{self._query(query, base, nested)}"
-        paths = self._paths
-        if paths.rules is not None:
-            url = paths.url_path(base) + url[len(base) :]
-        return f"{url}#{self._query(fragment, base, nested)}" if hash_mark else url
-
-    def _query(self, query: str, path: str, nested: bool) -> str:
-        """:meth:`query`; ``nested``: whether values that are URLs with a query are read."""
+        ``redirect_uri=https%3A%2F%2Fapp%2Fcb%3Fcode%3D...``), raw or percent-encoded once,
+        has the values of that query's secret parameters filtered too, ``code`` always
+        (:meth:`query_value`)."""
         if not query:
             return query
         parts = query.split("&")
@@ -397,9 +388,7 @@ class Redactor:
         paths = self._paths
         rules = paths.rules
         # One search of the whole query first: most hold no value with a query of its own.
-        nested = nested and (
-            "?" in query or ("%" in query and QUERY_MARK.search(query) is not None)
-        )
+        nested = "?" in query or "#" in query or ("%" in query and QUERY_MARK.search(query))
         for index, part in enumerate(parts):
             name, equals, value = part.partition("=")
             if not equals:
@@ -412,23 +401,31 @@ class Redactor:
                 secret = oauth
             if secret:
                 parts[index] = f"{name}={FILTERED}"
-            elif nested and QUERY_MARK.search(value) is not None:
-                parts[index] = f"{name}={self._url_value(value)}"
-            elif rules is not None and value[:1] in URL_VALUE_STARTS:
-                parts[index] = f"{name}={paths.url_value(value)}"
+                continue
+            if rules is not None and value[:1] in URL_VALUE_STARTS:
+                value = paths.url_value(value)
+            if nested and QUERY_MARK.search(value) is not None:
+                value = self.query_value(value)
+            parts[index] = f"{name}={value}"
         return "&".join(parts)
 
-    def _url_value(self, value: str) -> str:
-        """A parameter's value (as sent) holding a query or fragment of its own, read as a URL
-        (:meth:`_url`, not reading its own values' queries): as it came when nothing in it is
-        secret, else filtered, percent-encoded again when it came encoded."""
-        url = unquote_plus(value, errors="surrogateescape")  # bytes not UTF-8 kept as they are
-        filtered = self._url(url, False)
-        if filtered == url:
-            return value
-        if url == value:  # it came as plain text
-            return filtered
-        return quote(filtered, URL_VALUE_SAFE, errors="surrogateescape")
+    def query_value(self, value: str) -> str:
+        """A parameter's value (as written) with the values of the secret parameters of the
+        query or fragment it holds filtered, where they stand: its separators raw (``?``,
+        ``#``, ``&``, ``=``) or percent-encoded once (``%3F``, ``%23``, ``%26``, ``%3D``), a
+        name percent-encoded once more within it read decoded. ``code`` there is always
+        filtered (a URL carried in a URL with a ``code`` is an authorization redirect's).
+        Every other character is kept as it came; ``value`` itself when nothing was filtered.
+        """
+
+        def scrub(match: re.Match[str]) -> str:
+            name = unquote_plus(unquote_plus(match.group(1)))
+            if name != "code" and not self.is_secret_field(name):
+                return match.group(0)
+            return group_replaced(match, 2, FILTERED)
+
+        filtered = NESTED_PARAMETER.sub(scrub, value)
+        return value if filtered == value else filtered
 
     def data(self, value: Any) -> Any:
         """Custom data or parsed JSON with the values of secret keys filtered.

@@ -197,6 +197,16 @@ URL_PARAMETER = re.compile(rb"([?&#;])([\w.%+-]{1,200})=([^&#\"'<>\s]*)")
 #: Where a URL parameter's value holds a query or a fragment of its own, raw or encoded.
 QUERY_MARK = re.compile(r"[?#]|%3[fF]|%23")
 QUERY_MARK_BYTES = re.compile(QUERY_MARK.pattern.encode())
+#: A parameter of the query or fragment held in a parameter's value: after a separator (``?``,
+#: ``#``, ``&`` or one of them percent-encoded), its name (1) up to ``=`` or ``%3D``, and its
+#: value (2) up to the next separator. The two groups' alternatives begin differently (a
+#: ``%`` or not): one pass, in linear time.
+NESTED_PARAMETER = re.compile(
+    r"(?:[?#&]|%(?:3[fF]|23|26))"
+    r"((?:[^=?#&%]|%(?!3[fFdD]|23|26))*)"
+    r"(?:=|%3[dD])"
+    r"((?:[^?#&%]|%(?!3[fF]|23|26))*)"
+)
 _BOUNDARY = re.compile(r"boundary=(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
 _PART_PARAMETER = re.compile(rb';\s*([A-Za-z0-9_*.-]+)\s*=\s*("(?:[^"\\\r\n]|\\.)*"?|[^;\r\n]*)')
 _BACKSLASH_ESCAPE = re.compile(rb"\\(.)")

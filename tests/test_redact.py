@@ -361,29 +361,53 @@ def test_query_value_with_equals_signs_is_filtered_whole(redactor: Redactor) -> 
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        # A sign-in page's return URL, as sent: raw, or percent-encoded.
+        # A sign-in page's return URL, as sent: raw, or percent-encoded (kept so).
         (f"next=/account?token={SECRET}&x=1", f"next=/account?token={FILTERED}&x=1"),
-        (f"next=%2Faccount%3Ftoken%3D{SECRET}", f"next=/account%3Ftoken%3D{FILTERED}"),
-        (f"next=%2faccount%3ftoken%3d{SECRET}", f"next=/account%3Ftoken%3D{FILTERED}"),
-        # OAuth's implicit flow puts the token in the fragment.
-        (f"next=%2Fcb%23access_token%3D{SECRET}", f"next=/cb%23access_token%3D{FILTERED}"),
-        # An authorization code beside a state, in a redirect_uri.
+        (f"next=%2Faccount%3Ftoken%3D{SECRET}", f"next=%2Faccount%3Ftoken%3D{FILTERED}"),
+        (f"next=%2faccount%3ftoken%3d{SECRET}", f"next=%2faccount%3ftoken%3d{FILTERED}"),
+        (
+            f"next=%2Fa%3Fx%3D1%26t%256Fken%3D{SECRET}",
+            f"next=%2Fa%3Fx%3D1%26t%256Fken%3D{FILTERED}",
+        ),
+        # OAuth's implicit flow puts the token in the fragment; a form may send "#" raw.
+        (f"next=%2Fcb%23access_token%3D{SECRET}", f"next=%2Fcb%23access_token%3D{FILTERED}"),
+        (f"next=/cb#access_token={SECRET}", f"next=/cb#access_token={FILTERED}"),
+        # An authorization code in a redirect_uri, with or without its state.
         (
             f"redirect_uri=https%3A%2F%2Fapp.example%2Fcb%3Fcode%3D{SECRET}%26state%3D1",
-            f"redirect_uri=https://app.example/cb%3Fcode%3D{FILTERED}%26state%3D1",
+            f"redirect_uri=https%3A%2F%2Fapp.example%2Fcb%3Fcode%3D{FILTERED}%26state%3D1",
         ),
-        # "+" is a space: written again as %20 once filtered.
-        (f"next=a+b%3Ftoken%3D{SECRET}", f"next=a%20b%3Ftoken%3D{FILTERED}"),
-        # The inner query's first secret parameter takes the rest of its value.
-        (f"next=/x?password={SECRET}?token={SECRET}", f"next=/x?password={FILTERED}"),
+        (
+            f"redirect_uri=https%3A%2F%2Fapp.example%2Fcb%3Fcode%3D{SECRET}",
+            f"redirect_uri=https%3A%2F%2Fapp.example%2Fcb%3Fcode%3D{FILTERED}",
+        ),
+        (f"next=/cb?code={SECRET}&state=1", f"next=/cb?code={FILTERED}&state=1"),
+        # "+" and every other character kept as it came.
+        (f"next=a+b%3Ftoken%3D{SECRET}", f"next=a+b%3Ftoken%3D{FILTERED}"),
+        (
+            f"next=/x?password={SECRET}?token={SECRET}",
+            f"next=/x?password={FILTERED}?token={FILTERED}",
+        ),
     ],
 )
 def test_a_query_value_with_a_query_of_its_own_has_it_filtered(
     redactor: Redactor, query: str, expected: str
 ) -> None:
     assert redactor.query(query) == expected
-    assert redactor.url(f"https://app.example/login?{query}#top") == (
-        f"https://app.example/login?{expected}#top"
+    if "#" not in query:  # in a URL, a raw "#" begins the URL's own fragment
+        assert redactor.url(f"https://app.example/login?{query}#top") == (
+            f"https://app.example/login?{expected}#top"
+        )
+
+
+def test_a_filtered_query_value_keeps_its_other_characters(redactor: Redactor) -> None:
+    """A query string comes as WSGI text (its bytes as Latin-1): a value's raw UTF-8 ``é``
+    still reads ``é`` once its query's secret is filtered (nothing is encoded again)."""
+    raw = f"next=/caf\u00e9%3Ftoken%3D{SECRET}".encode().decode("latin-1")
+    environ = {"QUERY_STRING": raw, "PATH_INFO": "/login"}
+    redactor.environ(environ)
+    assert environ["QUERY_STRING"].encode("latin-1").decode() == (
+        f"next=/caf\u00e9%3Ftoken%3D{FILTERED}"
     )
 
 
@@ -403,14 +427,24 @@ def test_a_query_value_with_a_query_naming_no_secret_is_kept(
     assert redactor.query(query) == query
 
 
+@pytest.mark.parametrize(
+    "piece",
+    [
+        "a=?",  # values in values: one parameter, read once
+        "n=%2Fx%3Ft%3D1&",  # many parameters, each holding a query
+        "n=?%3D%3D%3D%3D%3D%3D&",  # separators and nothing else
+        "n=?" + "%41" * 20 + "&",  # a long name of escapes, with no "="
+    ],
+)
 def test_query_values_with_queries_are_read_one_level_deep_in_linear_time(
-    redactor: Redactor,
+    redactor: Redactor, piece: str
 ) -> None:
     """A value's own query is read once, its values' queries not again: values nested in
-    each other (``a=?a=?a=...``) cost one pass, not one per level."""
+    each other (``a=?a=?a=...``) cost one pass, not one per level; many values holding a
+    query cost one pass each."""
 
     def cost(size: int) -> float:
-        query = "a=?" * size + f"&next=/x%3Ftoken%3D{SECRET}"
+        query = piece * size + f"&next=/x%3Ftoken%3D{SECRET}"
         best = float("inf")
         for _ in range(3):
             started = time.perf_counter()
