@@ -29,7 +29,7 @@ from .credentials import FILTERED, FILTERED_BYTES, group_replaced, scrub_text, s
 from .markup import MarkupFilters
 from .paths import URL_VALUE_STARTS, SecretPaths
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
-from .syntax import NESTED_PARAMETER, QUERY_MARK
+from .syntax import ENCODED_NESTED_PARAMETER, QUERY_MARK, RAW_NESTED_PARAMETER
 
 __all__ = [
     "DEFAULT_ALLOWED_FIELDS",
@@ -402,29 +402,38 @@ class Redactor:
             if secret:
                 parts[index] = f"{name}={FILTERED}"
                 continue
+            if nested:  # first: filtering the path may write the value encoded again
+                value = self.query_value(value)
             if rules is not None and value[:1] in URL_VALUE_STARTS:
                 value = paths.url_value(value)
-            if nested and QUERY_MARK.search(value) is not None:
-                value = self.query_value(value)
             parts[index] = f"{name}={value}"
         return "&".join(parts)
 
     def query_value(self, value: str) -> str:
         """A parameter's value (as written) with the values of the secret parameters of the
-        query or fragment it holds filtered, where they stand: its separators raw (``?``,
-        ``#``, ``&``, ``=``) or percent-encoded once (``%3F``, ``%23``, ``%26``, ``%3D``), a
-        name percent-encoded once more within it read decoded. ``code`` there is always
-        filtered (a URL carried in a URL with a ``code`` is an authorization redirect's).
-        Every other character is kept as it came; ``value`` itself when nothing was filtered.
-        """
+        query or fragment it holds filtered, where they stand; ``code`` there always is (a URL
+        carried in a URL with a ``code`` is an authorization redirect's). The value's first
+        query mark tells how the query is written: raw (``/a?token=...``: one parameter, and
+        one in the fragment) or percent-encoded once (``%2Fa%3Ftoken%3D...%26...``). Names
+        are read decoded (twice, for an encoded query). Every other character is kept as it
+        came; ``value`` itself when nothing was filtered."""
+        mark = QUERY_MARK.search(value)
+        if mark is None:
+            return value
+        encoded = mark.group(0)[:1] == "%"
+        pattern = ENCODED_NESTED_PARAMETER if encoded else RAW_NESTED_PARAMETER
 
         def scrub(match: re.Match[str]) -> str:
-            name = unquote_plus(unquote_plus(match.group(1)))
+            name = unquote_plus(match.group(1))
+            if encoded:
+                name = unquote_plus(name)
+            name = name.lstrip("?")
             if name != "code" and not self.is_secret_field(name):
                 return match.group(0)
             return group_replaced(match, 2, FILTERED)
 
-        filtered = NESTED_PARAMETER.sub(scrub, value)
+        start = mark.start()  # the path before it is not a query's
+        filtered = value[:start] + pattern.sub(scrub, value[start:])
         return value if filtered == value else filtered
 
     def data(self, value: Any) -> Any:

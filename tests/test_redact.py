@@ -384,10 +384,15 @@ def test_query_value_with_equals_signs_is_filtered_whole(redactor: Redactor) -> 
         (f"next=/cb?code={SECRET}&state=1", f"next=/cb?code={FILTERED}&state=1"),
         # "+" and every other character kept as it came.
         (f"next=a+b%3Ftoken%3D{SECRET}", f"next=a+b%3Ftoken%3D{FILTERED}"),
+        # A raw query's value runs to its fragment: "?" and "%26" there are its own.
+        (f"next=/x?password={SECRET}?token={SECRET}", f"next=/x?password={FILTERED}"),
+        (f"next=/a?password=a%26b%3Fc{SECRET}", f"next=/a?password={FILTERED}"),
         (
-            f"next=/x?password={SECRET}?token={SECRET}",
-            f"next=/x?password={FILTERED}?token={FILTERED}",
+            f"next=/search?q=a%26pin%3D1&token={SECRET}",
+            f"next=/search?q=a%26pin%3D1&token={FILTERED}",
         ),
+        # An encoded query's value runs to the next %26 or %23: a raw "?" is its own.
+        (f"next=%2Fa%3Ftoken%3Dabc?{SECRET}", f"next=%2Fa%3Ftoken%3D{FILTERED}"),
     ],
 )
 def test_a_query_value_with_a_query_of_its_own_has_it_filtered(
@@ -398,6 +403,18 @@ def test_a_query_value_with_a_query_of_its_own_has_it_filtered(
         assert redactor.url(f"https://app.example/login?{query}#top") == (
             f"https://app.example/login?{expected}#top"
         )
+
+
+def test_a_query_value_naming_a_secret_rule_s_page_has_both_filtered(redactor: Redactor) -> None:
+    """The held query is filtered as it came, then the path (written percent-encoded): a
+    ``%26`` of the raw query's value is not taken for a separator once encoded again."""
+    redactor.learn_rules(["/reset/<token>"])
+    assert redactor.query(f"next=/reset/abc?password=hunter%262{SECRET}") == (
+        f"next=/reset/{FILTERED}%3Fpassword%3D{FILTERED}"
+    )
+    assert redactor.query(f"next=%2Freset%2Fabc%3Ftoken%3D{SECRET}") == (
+        f"next=/reset/{FILTERED}%3Ftoken%3D{FILTERED}"
+    )
 
 
 def test_a_filtered_query_value_keeps_its_other_characters(redactor: Redactor) -> None:
