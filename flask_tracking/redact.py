@@ -29,7 +29,7 @@ from .credentials import FILTERED, FILTERED_BYTES, group_replaced, scrub_text, s
 from .markup import MarkupFilters
 from .paths import URL_VALUE_STARTS, SecretPaths
 from .prefilter import NAME_HINT, VALUE_HINT, body_scanners, hints_of
-from .syntax import ENCODED_NESTED_PARAMETER, QUERY_MARK, RAW_NESTED_PARAMETER
+from .syntax import NESTED_PARAMETER_NAME, QUERY_MARK
 
 __all__ = [
     "DEFAULT_ALLOWED_FIELDS",
@@ -410,31 +410,21 @@ class Redactor:
         return "&".join(parts)
 
     def query_value(self, value: str) -> str:
-        """A parameter's value (as written) with the values of the secret parameters of the
-        query or fragment it holds filtered, where they stand; ``code`` there always is (a URL
-        carried in a URL with a ``code`` is an authorization redirect's). The value's first
-        query mark tells how the query is written: raw (``/a?token=...``: one parameter, and
-        one in the fragment) or percent-encoded once (``%2Fa%3Ftoken%3D...%26...``). Names
-        are read decoded (twice, for an encoded query). Every other character is kept as it
-        came; ``value`` itself when nothing was filtered."""
-        mark = QUERY_MARK.search(value)
+        """A parameter's value (as written) with what follows the first secret parameter of
+        the query or fragment it holds filtered (to its end: the rest of the held URL);
+        ``code`` there is secret too (a URL carried in a URL with a ``code`` is an
+        authorization redirect's). The held URL's separators (``?``, ``#``, ``&``, ``=``)
+        are read raw or percent-encoded once, as the server decodes the value once, from its
+        first ``?`` or ``#``; its names are read decoded twice. ``value`` itself when nothing
+        in it is secret."""
+        mark = QUERY_MARK.search(value)  # where the held URL's query or fragment begins
         if mark is None:
             return value
-        encoded = mark.group(0)[:1] == "%"
-        pattern = ENCODED_NESTED_PARAMETER if encoded else RAW_NESTED_PARAMETER
-
-        def scrub(match: re.Match[str]) -> str:
-            name = unquote_plus(match.group(1))
-            if encoded:
-                name = unquote_plus(name)
-            name = name.lstrip("?")
-            if name != "code" and not self.is_secret_field(name):
-                return match.group(0)
-            return group_replaced(match, 2, FILTERED)
-
-        start = mark.start()  # the path before it is not a query's
-        filtered = value[:start] + pattern.sub(scrub, value[start:])
-        return value if filtered == value else filtered
+        for match in NESTED_PARAMETER_NAME.finditer(value, mark.start()):
+            name = unquote_plus(unquote_plus(match.group(1))).lstrip("?")
+            if name == "code" or self.is_secret_field(name):
+                return value[: match.end()] + FILTERED
+        return value
 
     def data(self, value: Any) -> Any:
         """Custom data or parsed JSON with the values of secret keys filtered.

@@ -197,17 +197,12 @@ URL_PARAMETER = re.compile(rb"([?&#;])([\w.%+-]{1,200})=([^&#\"'<>\s]*)")
 #: Where a URL parameter's value holds a query or a fragment of its own, raw or encoded.
 QUERY_MARK = re.compile(r"[?#]|%3[fF]|%23")
 QUERY_MARK_BYTES = re.compile(QUERY_MARK.pattern.encode())
-#: A parameter of a raw query or fragment held in a parameter's value (``/a?token=...``,
-#: where the value's first query mark is a raw ``?`` or ``#``): after ``?`` or ``#``, its name
-#: (1) up to ``=`` (or ``%3D``), its value (2) up to a ``#`` (the outer query's ``&`` has
-#: split the values already; an escaped ``%26`` or ``?`` there is the value's own).
-RAW_NESTED_PARAMETER = re.compile(r"[?#]((?:[^=#%]|%(?!3[dD]))*)(?:=|%3[dD])([^#]*)")
-#: A parameter of a query or fragment percent-encoded once in a parameter's value
-#: (``%2Fa%3Ftoken%3D...``): after ``%3F``, ``%23`` or ``%26``, its name (1) up to ``%3D``
-#: (or ``=``), its value (2) up to the next ``%26`` or ``%23`` (a raw ``?`` or a ``%3F`` there
-#: is the value's own). Each group's alternatives begin differently: one pass, linear.
-ENCODED_NESTED_PARAMETER = re.compile(
-    r"(?:%3[fF]|%23|%26)((?:[^=%]|%(?!3[dD]|26|23))*)(?:=|%3[dD])((?:[^%]|%(?!26|23))*)"
+#: A parameter's name in the query or fragment held in a parameter's value, up to its ``=``:
+#: after a separator (``?``, ``#``, ``&``, or one of them percent-encoded once), the name (1)
+#: up to ``=`` or ``%3D``. The name stops at every separator, so a search that fails ends at
+#: the next one: linear time.
+NESTED_PARAMETER_NAME = re.compile(
+    r"(?:[?#&]|%(?:3[fF]|23|26))((?:[^?#&=%]|%(?!3[fFdD]|23|26))*)(?:=|%3[dD])"
 )
 _BOUNDARY = re.compile(r"boundary=(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
 _PART_PARAMETER = re.compile(rb';\s*([A-Za-z0-9_*.-]+)\s*=\s*("(?:[^"\\\r\n]|\\.)*"?|[^;\r\n]*)')
