@@ -330,6 +330,17 @@ def store_rollups(
     assert aggregator.write(), aggregator.stats()
 
 
+def least_seconds(call: Callable[[], Any], repeats: int = 3) -> float:
+    """The least time ``call()`` took in ``repeats`` runs (for growth checks: the cost at one
+    size against the cost at four times that size)."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def fork_and_report(child: Callable[[], Any], timeout: float = 15.0) -> Any:
     """Fork; in the child run ``child()`` and send back what it returns (as JSON) through a
     pipe, never returning into pytest; in the parent return it once the child exited cleanly.
