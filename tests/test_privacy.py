@@ -605,11 +605,9 @@ def test_a_path_no_rule_matched_is_filtered_by_the_rule_it_looks_like(
     assert_absent(merged, reset)  # a redirect's Location, and the link of its page
 
 
-def test_a_redirect_to_a_page_with_a_secret_variable_keeps_no_token_in_its_page(
-    app: Flask, mongo: Any
-) -> None:
-    """Werkzeug's redirect page names no secret field, but its link names the page."""
-    reset, confirm = token("reset"), token("confirm")
+def add_reset_and_its_redirect(app: Flask, reset: str) -> None:
+    """A password-reset page (``/reset/<token>``) and ``POST /forgot``, which redirects to it
+    with the ``reset`` token in its path."""
 
     @app.get("/reset/<token>")
     def reset_password(token: str) -> str:
@@ -618,6 +616,15 @@ def test_a_redirect_to_a_page_with_a_secret_variable_keeps_no_token_in_its_page(
     @app.post("/forgot")
     def forgot() -> Any:
         return redirect(url_for("reset_password", token=reset))
+
+
+def test_a_redirect_to_a_page_with_a_secret_variable_keeps_no_token_in_its_page(
+    app: Flask, mongo: Any
+) -> None:
+    """Werkzeug's redirect page names no secret field, but its link names the page."""
+    reset, confirm = token("reset"), token("confirm")
+
+    add_reset_and_its_redirect(app, reset)
 
     @app.get("/confirm/<token>/")  # a request without the last slash is redirected
     def confirm_email(token: str) -> str:
@@ -754,13 +761,7 @@ def test_a_redirect_s_page_cut_inside_its_link_keeps_no_part_of_the_token(
     page = redirect(f"/reset/{reset}").get_data()
     app = make_app(TRACKING_MAX_BODY_LENGTH=page.index(reset.encode()) + kept)
 
-    @app.get("/reset/<token>")
-    def reset_password(token: str) -> str:
-        return "form"
-
-    @app.post("/forgot")
-    def forgot() -> Any:
-        return redirect(url_for("reset_password", token=reset))
+    add_reset_and_its_redirect(app, reset)
 
     assert app.test_client().post("/forgot").get_data() == page
     [record] = stored(app, mongo)
