@@ -82,6 +82,9 @@ def to_document(
     if anonymize:
         ip = anonymize_ip(ip)
     response_headers = state.response_headers
+    agent = environ.get("HTTP_USER_AGENT", "")
+    if redactor is not None and agent and agent not in _CLEAN_TEXTS:
+        agent = _looked_at(agent)  # its copy in user_agent.string, and what is parsed of it
     document: dict[str, Any] = {
         "_id": new_object_id(),
         "date_created": datetime.fromtimestamp(state.timestamp, timezone.utc),
@@ -96,9 +99,7 @@ def to_document(
         "referrer": environ.get("HTTP_REFERER"),
         "user": _user_reference(state.user_ref),
         "user_id": state.user_id,
-        "user_agent": parse_user_agent(
-            environ.get("HTTP_USER_AGENT", ""), environ.get("HTTP_ACCEPT_LANGUAGE", "")
-        ),
+        "user_agent": parse_user_agent(agent, environ.get("HTTP_ACCEPT_LANGUAGE", "")),
         "request_headers": [[name, value] for name, value in zip(names, values)],
         "response_headers": [[name, value] for name, value in response_headers],
         "status_code": status_code_of(state.status),
@@ -233,8 +234,9 @@ _LOOKED_AT = ("path", "query_params", "referrer")
 
 def scrub_values_by_look(document: dict[str, Any], redactor: Redactor) -> None:
     """Filter credentials recognised by their look (:func:`redact.scrub_text`) in the header
-    values, path, query string, referrer and custom data of ``document``, whatever their
-    names: a JWT in ``X-Debug``, a URL's password in ``Referer``, ``Location`` or ``Link``.
+    values, path, query string, referrer, custom data and exception of ``document``, whatever
+    their names: a JWT in ``X-Debug``, a URL's password in ``Referer``, ``Location`` or
+    ``Link``; the exception's message also has its secret ``key=value`` pairs filtered.
     On the writer thread, like the bodies: a request never pays for it.
 
     Header values, paths and query strings repeat from request to request: the texts found
@@ -251,6 +253,8 @@ def scrub_values_by_look(document: dict[str, Any], redactor: Redactor) -> None:
             document[key] = _looked_at(value)
     if document["custom_data"] is not None:
         document["custom_data"] = redactor.values(document["custom_data"])
+    if document["exception"] is not None:  # a message quotes what failed: a URL, a header
+        document["exception"] = redactor.message(document["exception"])
 
 
 def _looked_at(text: str) -> str:

@@ -472,6 +472,12 @@ class Redactor:
             copy[key] = new
         return copy if changed else value
 
+    def message(self, text: str) -> str:
+        """Free text (an exception's message, which quotes what failed: a URL, a header, a
+        connection string) with its secret ``key=value`` and ``key: value`` pairs filtered
+        (:meth:`data`) and credentials recognised by their look (:func:`scrub_text`)."""
+        return scrub_text(self.data(text))
+
     def values(self, value: Any) -> Any:
         """Custom data with every string scrubbed by its look (:func:`scrub_text`), nested
         ones too; ``value`` itself when nothing was found, else a copy."""

@@ -825,6 +825,25 @@ def test_error_page_is_recorded_scrubbed(app: Flask, mongo: Any) -> None:
     assert_absent(doc, secret)
 
 
+def test_an_exception_s_message_is_scrubbed(app: Flask, mongo: Any) -> None:
+    # Messages quote what failed: a client library's URL with its query, a connection URL
+    # with its password, a header it sent.
+    api_key, password = token("key"), token("pw")
+
+    @app.get("/charge")
+    def charge() -> str:
+        raise ConnectionError(
+            f"Max retries exceeded with url: /v1/charges?api_key={api_key} "
+            f"(via https://ada:{password}@proxy.example:3128, Authorization: Bearer {JWT})"
+        )
+
+    with pytest.raises(ConnectionError):
+        app.test_client().get("/charge")
+    [doc] = stored(app, mongo)
+    assert doc["exception"].startswith("ConnectionError: Max retries exceeded")
+    assert_absent(doc, api_key, password, JWT)
+
+
 # --- custom data -------------------------------------------------------------------------------
 
 
@@ -1444,3 +1463,16 @@ def test_credentials_by_their_look_in_headers_query_and_custom_data(app: Flask, 
     assert response_headers["location"] == [f"https://ada:{FILTERED}@files.example/next"]
     assert doc["query_params"] == f"next={FILTERED}&q=1"
     assert doc["custom_data"] == {"note": f"Bearer {FILTERED}", "n": 1}
+
+
+def test_a_credential_in_the_user_agent_is_filtered_in_its_parsed_copy_too(
+    app: Flask, mongo: Any
+) -> None:
+    # "every header value" is scrubbed by its look: the User-Agent's copy in user_agent.string
+    # too (a CLI or SDK that appends its token, a JWT pasted into a test tool's agent field).
+    password = token("pw")
+    agent = f"deploy-bot/2.1 (Bearer {password}) {JWT}"
+    app.test_client().get("/hello", headers={"User-Agent": agent})
+    [doc] = stored(app, mongo)
+    assert headers_of(doc)["user-agent"] == [f"deploy-bot/2.1 (Bearer {FILTERED}) {FILTERED}"]
+    assert_absent(doc, password, JWT)

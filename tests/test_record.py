@@ -651,6 +651,7 @@ def test_values_by_look_are_filtered_value_by_value_after_one_look_at_all() -> N
         "query_params": "q=1",
         "referrer": None,
         "custom_data": None,
+        "exception": None,
     }
     record.scrub_values_by_look(document, redactor)
     # a card split over two values is no card: those values stay as they are
