@@ -286,3 +286,29 @@ def test_replay_reports_an_exception_of_the_app(runner: FlaskCliRunner) -> None:
         run(runner, "replay", str(record_id)),
         "The app raised ValueError while handling the replayed request: kaboom",
     )
+
+
+def test_replay_does_not_print_a_secret_of_the_new_response(mongo: Any) -> None:
+    # The recorded body had its api_key filtered; the replayed response is the app's own,
+    # unfiltered: the diff must not show its secret either.
+    app = cli_app()
+    secret = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+
+    @app.get("/settings")
+    def settings() -> Any:
+        return {"api_key": secret, "name": "shop"}
+
+    (record_id,) = insert(
+        stored_record(
+            path="/settings",
+            endpoint="settings",
+            url_rule="/settings",
+            response_headers=[["Content-Type", "application/json"]],
+            response_body=b'{"api_key": "[Filtered]", "name": "old shop"}',
+            response_body_size=42,
+        )
+    )
+    result = run(app.test_cli_runner(), "replay", str(record_id))
+    assert result.exit_code == 0, result.output
+    assert '+  "name": "shop"' in result.stdout
+    assert secret not in result.output

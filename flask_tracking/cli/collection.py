@@ -8,12 +8,11 @@ import click
 from flask import current_app
 from pymongo.errors import ConnectionFailure
 
-from ..config import TrackingConfig, load_config
 from ..documents import Tracking, TrackingQuerySet
 from ..migrate import MigrationError, migrate
 from ..storage import MODES, mode_of, tracking_spec
 from .reports import bytes_text
-from .selection import app_records, command, connection_alias, tracked_config
+from .selection import app_config, app_records, command, connection_alias
 
 
 @command("info")
@@ -157,7 +156,7 @@ def migrate_command(mode: str, batch_size: int, drop_source: bool) -> None:
     """
     from mongoengine.connection import get_db
 
-    config = _app_config()
+    config = app_config()
     spec = tracking_spec(
         mode,
         name=Tracking._get_collection_name(),
@@ -189,8 +188,3 @@ def migrate_command(mode: str, batch_size: int, drop_source: bool) -> None:
             f"The old records are still in {result.source!r}; drop it when you no longer need "
             f"them: db.getCollection({result.source!r}).drop()"
         )
-
-
-def _app_config() -> TrackingConfig:
-    """The current app's validated tracking settings (its extension's, else from its config)."""
-    return tracked_config() or load_config(dict(current_app.config))

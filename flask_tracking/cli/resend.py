@@ -16,7 +16,7 @@ import click
 from ..display import CONTROL_RE, escape, is_binary, pretty_json, status_line, target
 from ..documents import Tracking
 from ..replay import check_replayable
-from .selection import app_records, command, record_by_id
+from .selection import app_config, app_records, command, record_by_id
 
 #: Methods ``replay`` sends without ``--force``: the safe ones (RFC 9110). PUT and DELETE are
 #: idempotent but change data, which may have changed since; they need ``--force`` too.
@@ -181,15 +181,20 @@ def replay_command(record_id: str, force: bool, allow_truncated: bool) -> None:
     except ValueError as error:
         message = str(error).replace("pass allow_truncated=True", "pass --allow-truncated")
         raise click.ClickException(message) from None
+    redactor = app_config().redactor
     try:
         response = record.replay(allow_truncated=True)  # checked just above
     except Exception as error:
+        message = f"{error}" if redactor is None else redactor.message(f"{error}")
         raise click.ClickException(
-            f"The app raised {type(error).__name__} while handling the replayed request: {error}"
+            f"The app raised {type(error).__name__} while handling the replayed request: "
+            f"{message}"  # filtered as a record's exception is
         ) from None
     with response:
         new_body = response.get_data()
         new_status, new_type = response.status_code, response.content_type or ""
+    if redactor is not None:  # the new response is shown as a record of it would store it
+        new_body = redactor.body(new_body, new_type) or b""
     recorded = status_line(record.status_code)
     same = new_status == record.status_code
     click.echo(

@@ -23,7 +23,7 @@ from flask.cli import with_appcontext
 from mongoengine.connection import ConnectionFailure as NotConnected
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
-from ..config import TrackingConfig
+from ..config import TrackingConfig, load_config
 from ..documents import Tracking, TrackingQuerySet, parse_datetime
 from ..rollups import Rollup, RollupQuerySet
 from ..store import ROLLUP_COLLECTION_NAME
@@ -41,6 +41,11 @@ def tracked_config() -> TrackingConfig | None:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     config_of = getattr(app.extensions.get("tracking"), "config_of", None)
     return config_of(app) if callable(config_of) else None
+
+
+def app_config() -> TrackingConfig:
+    """The current app's validated tracking settings (its extension's, else from its config)."""
+    return tracked_config() or load_config(dict(current_app.config))
 
 
 def connection_alias() -> str:
