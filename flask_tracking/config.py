@@ -17,7 +17,13 @@ from typing import Any
 
 from .fields import ALWAYS_STORED_FIELDS, FIELDS
 from .ids import environ_key
-from .redact import DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_HEADERS, IP_HEADERS, Redactor
+from .redact import (
+    DEFAULT_REDACT_FIELDS,
+    DEFAULT_REDACT_HEADERS,
+    IP_HEADERS,
+    Redactor,
+    unmatchable_fields,
+)
 from .storage import MAX_EXPIRE_SECONDS, MAX_MEASUREMENT_BYTES, MODES
 
 MiB = 1024 * 1024
@@ -313,6 +319,12 @@ def _retention_seconds(get: _Reader) -> int:
 def _redactor(get: _Reader) -> Redactor | None:
     headers = get.deny_list("TRACKING_REDACT_HEADERS", DEFAULT_REDACT_HEADERS)
     fields = get.deny_list("TRACKING_REDACT_FIELDS", DEFAULT_REDACT_FIELDS)
+    unmatchable = unmatchable_fields(fields)
+    if unmatchable:  # accepted, it would filter nothing
+        raise ValueError(
+            f"TRACKING_REDACT_FIELDS names {unmatchable[0]!r}, which no field name can match: "
+            "names are matched by their ASCII letters and digits, and it has none."
+        )
     anonymize = get.flag("TRACKING_ANONYMIZE_IP")
     if not get.flag("TRACKING_REDACT"):
         # Storing verbatim still must not keep the addresses anonymizing promised to cut.

@@ -186,6 +186,12 @@ def _normalise(term: str) -> str:
     return "".join(_WORD.findall(term)).lower()
 
 
+def unmatchable_fields(fields: Iterable[str]) -> list[str]:
+    """The names among ``fields`` that no field name could ever match: names are compared by
+    their ASCII words (letters and digits), and these have none (пароль, 密码, ``--``)."""
+    return [field for field in fields if not _normalise(field)]
+
+
 _ALLOWED = frozenset(map(_normalise, DEFAULT_ALLOWED_FIELDS))
 # Paths an OAuth authorization response comes back to.
 _CALLBACK_PATH = re.compile(r"callback|oauth|authori[sz]|redirect|sso|signin|login", re.I)

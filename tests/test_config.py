@@ -152,7 +152,16 @@ INVALID: dict[str, list[Any]] = {
         {"replace": "X-Only"},
         {"replace": ["X"], "extra": []},
     ],
-    "TRACKING_REDACT_FIELDS": ["password", [None], [""], {"replace": [1]}, 3],
+    "TRACKING_REDACT_FIELDS": [
+        "password",
+        [None],
+        [""],
+        {"replace": [1]},
+        3,
+        ["пароль"],
+        {"replace": ["密码"]},
+        ["--"],
+    ],
     "TRACKING_ANONYMIZE_IP": [1, "yes", None],
     "TRACKING_INCLUDE": ["/api", ["("], [1], None],
     "TRACKING_DEFAULT": ["Include", "all", None, True, ["include"]],
@@ -180,6 +189,14 @@ INVALID: dict[str, list[Any]] = {
     "TRACKING_DASHBOARD_DEFAULT_WINDOW": ["2h", "", "24H", None, 24],
     "TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS": [0, 0.05, -1, True, NAN, "2", None, math.inf],
 }
+
+
+def test_a_redact_field_no_name_can_match_is_an_error_naming_it() -> None:
+    # Names are compared by their ASCII words: one written in another script would filter
+    # nothing, silently.
+    with pytest.raises(ValueError, match="'пароль', which no field name can match"):
+        load_config({"TRACKING_REDACT_FIELDS": ["pin", "пароль"]})
+    assert load_config({"TRACKING_REDACT_FIELDS": ["contraseña"]}).redactor is not None
 
 
 def test_the_invalid_table_covers_every_key() -> None:

@@ -24,6 +24,7 @@ from flask_tracking.redact import (
     anonymize_ip,
     scrub_text,
     scrub_values,
+    unmatchable_fields,
 )
 
 from .conftest import least_seconds
@@ -2138,3 +2139,15 @@ def test_a_page_without_a_tag_in_its_first_kilobyte_has_its_links_filtered() -> 
         kept = redactor.scrub_body(page, "text/html; charset=utf-8").body
         assert kept is not None and b"abc123" not in kept, tail
         assert f'href="/confirm/{FILTERED}"'.encode() in kept
+
+
+def test_a_field_name_with_letters_of_another_script_is_matched_by_its_ascii_words() -> None:
+    redactor = Redactor((), ["contraseña"])
+    assert redactor.is_secret_field("contraseña")
+    assert redactor.is_secret_field("nueva_contraseña")
+    assert not redactor.is_secret_field("nombre")
+    assert unmatchable_fields(["contraseña", "пароль", "密码", "--", "pin"]) == [
+        "пароль",
+        "密码",
+        "--",
+    ]
