@@ -177,6 +177,8 @@ _EMBEDDED_URL = re.compile(
     r"<([^<>]*)>"  # Link: <...>; rel=...
     r"|\b[Uu][Rr][Ll]\s*=\s*['\"]?([^'\"\s;,<>]+)"  # Refresh: 0; url=...
     r'|"path"\s*:\s*"([^"\\]*)"'  # HX-Location: {"path": ...}
+    # Refresh: 3; /path (browsers take what follows the delay as the URL, url= or not)
+    r"|^\s*[0-9]+(?:\.[0-9]*)?\s*[;,]\s*(?![Uu][Rr][Ll]\s*=)['\"]?([^'\"\s;,<>]+)"
 )
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -444,6 +446,10 @@ class Redactor:
             if ("=" in value or ":" in value) and self._text_names_a_secret(value):
                 return self._formats.loose_text(value)
             return value
+        if type(value) is bytes:  # read as text; bytes that are not UTF-8 kept as they are
+            text = value.decode("utf-8", "surrogateescape")
+            filtered = self.data(text)
+            return value if filtered is text else filtered.encode("utf-8", "surrogateescape")
         if value is None or type(value) in _ATOMIC_TYPES:
             return value
         if type(value) is dict or isinstance(value, Mapping):
@@ -485,10 +491,13 @@ class Redactor:
         return scrub_text(self.data(text))
 
     def values(self, value: Any) -> Any:
-        """Custom data with every string scrubbed by its look (:func:`scrub_text`), nested
-        ones too; ``value`` itself when nothing was found, else a copy."""
+        """Custom data with every string and bytes value scrubbed by its look
+        (:func:`scrub_text`, :func:`scrub_values`), nested ones too; ``value`` itself when
+        nothing was found, else a copy."""
         if type(value) is str:
             return scrub_text(value)
+        if type(value) is bytes:
+            return scrub_values(value)
         if type(value) is dict:
             copy = {key: self.values(item) for key, item in value.items()}
             return value if all(copy[k] is v for k, v in value.items()) else copy

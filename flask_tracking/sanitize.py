@@ -45,9 +45,10 @@ class SafeCopy(NamedTuple):
 def bson_safe(value: Any, max_bytes: int) -> SafeCopy:
     """Return a copy of ``value`` that ``bson.encode`` accepts, about ``max_bytes`` at most.
 
-    Dicts stay dicts (keys turned into strings; NUL, a leading ``$`` and ``.`` escaped), lists,
-    tuples and sets become lists, Decimal/UUID/date/time/timedelta become strings, ints beyond
-    64 bits become strings, invalid text is escaped, other objects become their (cut) ``repr``.
+    Dicts stay dicts (keys turned into strings; NUL, a leading ``$`` and ``.`` escaped), named
+    tuples become dicts of their fields, lists, tuples and sets become lists,
+    Decimal/UUID/date/time/timedelta become strings, ints beyond 64 bits become strings, invalid
+    text is escaped, other objects become their (cut) ``repr``.
     """
     copier = _Copier(max_bytes)
     try:
@@ -114,6 +115,9 @@ class _Copier:
         try:
             if isinstance(value, Mapping):
                 return self._mapping(value, depth + 1)
+            names = _field_names(value)
+            if names is not None:  # a named tuple: its names matter as a dict's keys do
+                return self._mapping(dict(zip(names, value)), depth + 1)
             items = _ordered(value) if isinstance(value, (set, frozenset)) else value
             return self._sequence(list(items), depth + 1)
         finally:
@@ -138,6 +142,15 @@ class _Copier:
                 break
             copied.append(self.copy(item, depth))
         return copied
+
+
+def _field_names(value: Any) -> tuple[str, ...] | None:
+    """The field names of a named tuple (``collections.namedtuple``, ``typing.NamedTuple``),
+    else None."""
+    names = getattr(type(value), "_fields", None) if isinstance(value, tuple) else None
+    if type(names) is tuple and len(names) == len(value) and all(type(n) is str for n in names):
+        return names
+    return None
 
 
 def _safe_key(key: Any) -> str:

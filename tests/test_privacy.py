@@ -877,6 +877,24 @@ def test_custom_data_with_nested_secret_keys(app: Flask, mongo: Any) -> None:
     ]
 
 
+def test_custom_data_named_tuples_keep_their_secret_fields_filtered(app: Flask, mongo: Any) -> None:
+    # A named tuple names its fields as a dict does; stored as a list, its names are lost
+    # before they are read, and a dataclass (stored as its repr) keeps them.
+    from collections import namedtuple
+
+    Login = namedtuple("Login", ["user", "password"])
+    password = token("pw")
+
+    @app.get("/named")
+    def named() -> str:
+        request._tracking_data = {"login": Login("ada", password)}
+        return "ok"
+
+    app.test_client().get("/named")
+    [doc] = stored(app, mongo)
+    assert_absent(doc, password)
+
+
 # --- word-wise matching end to end -------------------------------------------------------------
 
 
@@ -1476,3 +1494,54 @@ def test_a_credential_in_the_user_agent_is_filtered_in_its_parsed_copy_too(
     [doc] = stored(app, mongo)
     assert headers_of(doc)["user-agent"] == [f"deploy-bot/2.1 (Bearer {FILTERED}) {FILTERED}"]
     assert_absent(doc, password, JWT)
+
+
+def test_a_refresh_header_without_url_equals_keeps_no_token(app: Flask, mongo: Any) -> None:
+    # Refresh is one of the URL headers; browsers follow "3; /path" as they follow
+    # "3; url=/path" (the url= is optional), and a page's <meta> refresh of that form is
+    # filtered already.
+    reset, session = token("reset"), token("sess")
+
+    @app.get("/reset/<token>")
+    def reset_password(token: str) -> str:
+        return "form"
+
+    @app.post("/forgot")
+    def forgot() -> Any:
+        response = app.make_response("Sent!")
+        response.headers.add("Refresh", f"3; {url_for('reset_password', token=reset)}")
+        response.headers.add("Refresh", f"3; /welcome?session_token={session}")
+        return response
+
+    assert app.test_client().post("/forgot").headers.getlist("Refresh")
+    [record] = stored(app, mongo)
+    assert headers_of(record, "response_headers")["refresh"] == [
+        f"3; /reset/{FILTERED}",
+        f"3; /welcome?session_token={FILTERED}",
+    ]
+    assert_absent(record, reset, session)
+
+
+def test_custom_data_bytes_are_scrubbed_like_its_strings(app: Flask, mongo: Any) -> None:
+    # Custom data keeps bytes as bytes (a webhook's raw payload, request.get_data()); a string
+    # with the same text has its secret pair and its credentials filtered, bytes must too.
+    password = token("pw")
+
+    @app.post("/webhook")
+    def webhook() -> str:
+        request._tracking_data = {
+            "text": request.get_data(as_text=True),
+            "raw": request.get_data(),
+            "auth": request.headers["Authorization"].encode(),
+        }
+        return "ok"
+
+    payload = f"password={password}&card=4111111111111111"
+    app.test_client().post(
+        "/webhook",
+        data=payload,
+        headers={"Authorization": f"Bearer {JWT}", "Content-Type": "text/plain"},
+    )
+    [doc] = stored(app, mongo)
+    assert doc["custom_data"]["text"] == f"password={FILTERED}&card={FILTERED}"
+    assert_absent(doc, password, JWT, "4111111111111111")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections import namedtuple
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import bson
 import pytest
@@ -369,3 +370,20 @@ def test_size_estimate_tracks_the_encoded_size(value: Any) -> None:
     assert copied == value
     length = encoded_size(copied)
     assert 0.5 * length <= size <= 3 * length, (size, length)
+
+
+def test_a_named_tuple_becomes_a_dict_of_its_fields() -> None:
+    Login = namedtuple("Login", ["user", "password"])
+
+    class Point(NamedTuple):
+        x: int
+        y: int
+
+    class Fake(tuple):  # type: ignore[type-arg]
+        _fields = ("a",)  # more items than names: not a named tuple
+
+    assert bson_safe({"login": Login("ada", "pw")}, BUDGET).value == {
+        "login": {"user": "ada", "password": "pw"}
+    }
+    assert bson_safe(Point(1, 2), BUDGET).value == {"x": 1, "y": 2}
+    assert bson_safe(Fake((1, 2)), BUDGET).value == [1, 2]
