@@ -115,7 +115,8 @@ class BodyFilters:
         if kind in HTML_KINDS:
             body = self.markup.html_links(body)
         text = body.decode("utf-8", "replace")
-        if json_kind or (not form and text.lstrip()[:1] in ("{", "[")):
+        # JSON sent as a form too: jQuery's default type, read by get_json(force=True).
+        if json_kind or text.lstrip()[:1] in ("{", "["):
             return self.json_body(body, text)
         if form or (not kind and "=" in text):
             scrubbed = self._query(text)

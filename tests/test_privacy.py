@@ -361,6 +361,29 @@ def test_form_urlencoded_body(app: Flask, client: Any, mongo: Any) -> None:
     assert doc["request_body"] == f"user=ada&password={FILTERED}".encode()
 
 
+def test_json_sent_with_a_form_content_type_is_filtered(
+    app: Flask, client: Any, mongo: Any
+) -> None:
+    # jQuery's $.ajax sends a string body as application/x-www-form-urlencoded unless told
+    # otherwise; the view reads it with get_json(force=True). A body that is JSON is read as
+    # JSON, as one declared text/plain (or nothing) is.
+    secret = token("pw")
+    seen: list[Any] = []
+
+    @app.post("/api/login")
+    def api_login() -> str:
+        seen.append(request.get_json(force=True))
+        return "ok"
+
+    body = json.dumps({"user": "ada", "password": secret})
+    client.post(
+        "/api/login", data=body, content_type="application/x-www-form-urlencoded; charset=UTF-8"
+    )
+    assert seen == [{"user": "ada", "password": secret}]
+    [doc] = stored(app, mongo)
+    assert_absent(doc, secret)
+
+
 def test_credentials_in_a_form_and_a_query_string_as_a_browser_encodes_them(
     app: Flask, client: Any, mongo: Any
 ) -> None:

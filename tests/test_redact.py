@@ -2151,3 +2151,15 @@ def test_a_field_name_with_letters_of_another_script_is_matched_by_its_ascii_wor
         "密码",
         "--",
     ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"password": "hunter2"}', b'[{"token": "hunter2"}]', b"[a]=1&password=hunter2"],
+)
+def test_a_form_body_that_starts_as_json_is_read_as_json_or_as_pairs(
+    redactor: Redactor, body: bytes
+) -> None:
+    # JSON posted with a form's type (jQuery's default), and a form that only starts like it.
+    kept = redactor.body(body, "application/x-www-form-urlencoded")
+    assert kept is not None and b"hunter2" not in kept and FILTERED_BYTES in kept
