@@ -107,13 +107,14 @@ XML_NAME_ATTRIBUTE = re.compile(rb"""(?:^|\s)(name|key|field)\s*=\s*["']([^"'<>]
 HTML_NAME_ATTRIBUTE = re.compile(
     rb"""name(?<=[\s"']name)\s*=\s*("[^"<>]{0,256}"|'[^'<>]{0,256}'|[^\s"'<>`=]{1,256})"""
 )
-#: An HTML start tag: its name and its attributes, values quoted or not (a value holding a
-#: ``<`` ends the tag's reading there: the match fails, and no tag is read past a ``<``). A
-#: tag cut by the end of the body (at the capture limit) is read to there. An attribute may
-#: follow a quoted value without a space, as browsers read it (``name="pin"value="..."``).
+#: An HTML start tag: its name and its attributes, values quoted or not. A quoted value may
+#: hold a ``<`` (an Alpine.js or Vue expression, ``x-bind:disabled="left < 1"``), as browsers
+#: read it; elsewhere a ``<`` ends the tag's reading (the match fails). A tag cut by the end
+#: of the body (at the capture limit) is read to there. An attribute may follow a quoted value
+#: without a space, as browsers read it (``name="pin"value="..."``).
 HTML_START_TAG = re.compile(
     rb"""<([A-Za-z][^\s/<>]{0,100})((?:(?:\s+|(?<=["']))[^\s"'<>/=]+"""
-    rb"""(?:\s*=\s*(?:"[^"<]*(?:"|\Z)|'[^'<]*(?:'|\Z)|[^\s"'<>`]+))?)*)\s*(?:/?>|\Z)"""
+    rb"""(?:\s*=\s*(?:"[^"]*(?:"|\Z)|'[^']*(?:'|\Z)|[^\s"'<>`]+))?)*)\s*(?:/?>|\Z)"""
 )
 #: A ``value`` or ``content`` attribute among a tag's attributes (after a space, or right
 #: after a quoted value), and its value (the closing quote may be missing in a cut tag).

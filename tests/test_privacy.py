@@ -556,6 +556,27 @@ def test_form_fields_and_script_values_named_secret_in_a_page_are_filtered(
     assert doc["response_body"] == page.replace(csrf, FILTERED).replace(key, FILTERED).encode()
 
 
+def test_a_secret_field_with_a_comparison_in_another_attribute_is_filtered(
+    app: Flask, mongo: Any
+) -> None:
+    # Alpine.js and Vue write expressions into attributes, and a template leaves the text it
+    # was given as it is: a "<" in one is no reason to keep the field's value.
+    key = token("key")
+    page = (
+        '<form x-data="{ left: 3 }">'
+        f'<input name="api_key" value="{key}" readonly x-bind:disabled="left < 1">'
+        "</form>"
+    )
+
+    @app.get("/settings")
+    def settings() -> str:
+        return page
+
+    assert app.test_client().get("/settings").get_data(as_text=True) == page
+    [doc] = stored(app, mongo)
+    assert_absent(doc, key)
+
+
 def test_a_path_segment_bound_to_a_secret_variable_is_filtered(app: Flask, mongo: Any) -> None:
     reset, item = token("reset"), token("item")
 
