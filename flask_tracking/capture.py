@@ -279,6 +279,8 @@ class TrackingMiddleware:
                 headers = self._with_request_id(headers, state, environ)
             state.status = status
             state.response_headers = headers
+            if exc_info is None:  # called as the app called it: some take no exc_info at all
+                return start_response(status, headers)
             return start_response(status, headers, exc_info)
 
         try:

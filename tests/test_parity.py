@@ -364,3 +364,32 @@ def test_tracking_never_changes_the_response_of_a_login_app(
     ]
     assert answers[0] == answers[1]
     assert len(stored(tracked, mongo)) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# 4. The WSGI calls the tracker sits in
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_middleware_whose_start_response_takes_no_exc_info_keeps_working(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """Werkzeug calls ``start_response(status, headers)``: a middleware wrapped around the app
+    after Tracking (or a hand-written test harness) may define its own with two parameters."""
+    tracked, untracked = make_pair(make_app)
+    answers = []
+    for app in (tracked, untracked):
+        inner = app.wsgi_app
+
+        def wrapped(environ: dict[str, Any], start_response: Any, inner: Any = inner) -> Any:
+            def two_arguments(status: str, headers: list[tuple[str, str]]) -> Any:
+                headers.append(("X-Wrapped", "1"))
+                return start_response(status, headers)
+
+            return inner(environ, two_arguments)
+
+        app.wsgi_app = wrapped  # type: ignore[method-assign]
+        answers.append(answer(app.test_client().get("/hello")))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 200 and ("X-Wrapped", "1") in answers[0][1]
+    assert [d["path"] for d in stored(tracked, mongo)] == ["/hello"]
