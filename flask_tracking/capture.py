@@ -106,11 +106,11 @@ class InputTee:
         self._stream = stream
         self._capture = capture
 
-    def read(self, *args: Any) -> bytes:
-        data: bytes = self._stream.read(*args)
+    def read(self, *args: Any, **kwargs: Any) -> bytes:
+        data: bytes = self._stream.read(*args, **kwargs)
         if data:
             self._capture.add(data)
-        elif not args or args[0] != 0:
+        elif (args[0] if args else kwargs.get("size")) != 0:
             self._capture.exhausted = True
         return data
 
@@ -128,13 +128,13 @@ class InputTee:
             self._capture.exhausted = True
         return count
 
-    def readline(self, *args: Any) -> bytes:
-        data: bytes = self._stream.readline(*args)
+    def readline(self, *args: Any, **kwargs: Any) -> bytes:
+        data: bytes = self._stream.readline(*args, **kwargs)
         self._capture.add(data)
         return data
 
-    def readlines(self, *args: Any) -> list[bytes]:
-        lines: list[bytes] = self._stream.readlines(*args)
+    def readlines(self, *args: Any, **kwargs: Any) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(*args, **kwargs)
         for line in lines:
             self._capture.add(line)
         return lines
@@ -143,6 +143,25 @@ class InputTee:
         for line in self._stream:
             self._capture.add(line)
             yield line
+
+    # Looked up on the type, never through __getattr__: the stream's own protocol, teed.
+    def __next__(self) -> bytes:
+        line: bytes = next(self._stream)
+        self._capture.add(line)
+        return line
+
+    def __enter__(self) -> InputTee:
+        enter = getattr(type(self._stream), "__enter__", None)
+        if enter is None:
+            raise TypeError(
+                f"{type(self._stream).__name__!r} object does not support the context manager "
+                "protocol"
+            )
+        enter(self._stream)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return type(self._stream).__exit__(self._stream, *exc_info)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

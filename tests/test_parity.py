@@ -393,3 +393,54 @@ def test_a_middleware_whose_start_response_takes_no_exc_info_keeps_working(
     assert answers[0] == answers[1]
     assert answers[0][0] == 200 and ("X-Wrapped", "1") in answers[0][1]
     assert [d["path"] for d in stored(tracked, mongo)] == ["/hello"]
+
+
+def gunicorn_input(body: bytes) -> Any:
+    """The ``wsgi.input`` gunicorn gives an app (it also sets ``wsgi.input_terminated``, so
+    ``request.stream`` is this very object)."""
+    gunicorn_body = pytest.importorskip("gunicorn.http.body")
+    from gunicorn.http.unreader import IterUnreader
+
+    return gunicorn_body.Body(gunicorn_body.LengthReader(IterUnreader([body]), len(body)))
+
+
+def read_with(stream: Any) -> bytes:
+    with stream as opened:  # a BytesIO (the test client's input) is a context manager
+        return bytes(opened.read())
+
+
+@pytest.mark.parametrize(
+    ("server", "read"),
+    [
+        ("gunicorn", lambda: next(request.stream)),  # its Body is an iterator
+        ("gunicorn", lambda: request.stream.read(size=4)),  # sizes by keyword
+        ("gunicorn", lambda: request.stream.readline(size=3)),
+        ("test client", lambda: next(request.input_stream)),
+        ("test client", lambda: read_with(request.input_stream)),
+    ],
+    ids=[
+        "gunicorn-next",
+        "gunicorn-read-size",
+        "gunicorn-readline-size",
+        "bytesio-next",
+        "bytesio-with",
+    ],
+)
+def test_the_input_stream_keeps_the_protocol_of_the_servers_own(
+    make_app: Callable[..., Flask], mongo: Any, server: str, read: Callable[[], bytes]
+) -> None:
+    tracked, untracked = make_pair(make_app)
+    answers = []
+    for app in (tracked, untracked):
+        app.add_url_rule("/read", "read", read, methods=["POST"])
+        body = b"line1\nline2\n"
+        overrides = {}
+        if server == "gunicorn":
+            overrides = {"wsgi.input": gunicorn_input(body), "wsgi.input_terminated": True}
+        response = app.test_client().post(
+            "/read", data=body, content_type="text/plain", environ_overrides=overrides
+        )
+        answers.append(answer(response))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 200
+    assert len(stored(tracked, mongo)) == 1
