@@ -183,7 +183,16 @@ class Tracking:
         verdicts.on_error = lambda: self._count_error(tracked)
         self._apps[app] = tracked
         app.extensions["tracking"] = self
-        app.cli.add_command(tracking_cli)
+        if tracking_cli.name in app.cli.commands:  # the app's own command stays
+            logging.getLogger("flask_tracking").warning(
+                "flask_tracking: app %r already has a %r command; the tracking commands are not "
+                "registered (add them under another name: app.cli.add_command(tracking_cli, "
+                "name=...))",
+                app.name,
+                tracking_cli.name,
+            )
+        else:
+            app.cli.add_command(tracking_cli)
         app.wsgi_app = TrackingMiddleware(  # type: ignore[method-assign]
             app.wsgi_app,
             tracked.policy,

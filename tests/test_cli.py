@@ -95,3 +95,21 @@ def test_the_names_the_documentation_gives_are_importable_from_the_package() -> 
     assert cli.select_rollups is selection.select_rollups
     assert cli.app_rollups is selection.app_rollups
     assert cli.CSV_COLUMNS is export.CSV_COLUMNS
+
+
+def test_an_apps_own_tracking_command_is_not_replaced(mongo: Any) -> None:
+    """An app that has a ``flask tracking`` command of its own (parcels, shipments) keeps it:
+    Tracking(app) must not replace it silently."""
+    from flask import Flask
+
+    from flask_tracking import Tracking
+
+    app = Flask("parcels")
+
+    @app.cli.command("tracking")
+    def parcel_tracking() -> None:
+        print("parcel 42: delivered")
+
+    Tracking(app)
+    result = app.test_cli_runner().invoke(args=["tracking"])
+    assert result.output == "parcel 42: delivered\n"
