@@ -565,6 +565,11 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
     if not isinstance(body, (list, tuple)):
         body = _sequence_behind(body)
     if body is None:
+        if _sends_no_body(state, response):
+            # Werkzeug never iterates it (HEAD, 1xx, 204, 304): nothing goes by, nothing to wait
+            # for; the response's close() still closes the app's iterable, untouched.
+            state.response_body = BodyCapture.whole(b"", limit)
+            return
         capture = state.response_body = BodyCapture(limit)
         response.response = _TeeStream(response.response, capture, state)
         state.streamed = True
@@ -574,6 +579,13 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
         capture = state.response_body = BodyCapture(limit)
         for chunk in body:
             capture.add(chunk)
+
+
+def _sends_no_body(state: RequestState, response: Any) -> bool:
+    """Whether Werkzeug answers ``response`` without a body (``Response.get_app_iter``)."""
+    status = getattr(response, "status_code", 200)
+    method = (state.environ or {}).get("REQUEST_METHOD")
+    return method == "HEAD" or 100 <= status < 200 or status in (204, 304)
 
 
 def _sequence_behind(body: Any, depth: int = 3) -> list[Any] | tuple[Any, ...] | None:
@@ -625,20 +637,26 @@ def _tee_stream(
     iterable: Iterable[bytes | str], capture: BodyCapture, state: RequestState
 ) -> Generator[bytes | str, None, None]:
     """Yield the stream unchanged, copying its first bytes; note an exception mid-stream."""
+    ended = False
     try:
         for chunk in iterable:
             capture.add(chunk)
             yield chunk
+        ended = True
     except Exception as error:
         state.note_exception(error)
+        ended = True  # nothing more can come: the stream is over as much as one read to its end
         raise
     finally:
-        close = getattr(iterable, "close", None)
-        if close is not None:
-            close()
-    # Read to the end: the record is complete, whether or not the response is ever closed
-    # (Flask's test client reads a response without closing it).
-    state.stream_ended = True
-    end_stream = state.end_stream
-    if end_stream is not None:
-        end_stream()
+        try:
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()
+        finally:
+            # Read to the end (or raised): the record is complete, whether or not the response
+            # is ever closed (Flask's test client reads a response without closing it).
+            if ended:
+                state.stream_ended = True
+                end_stream = state.end_stream
+                if end_stream is not None:
+                    end_stream()

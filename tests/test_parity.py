@@ -17,7 +17,7 @@ from typing import Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
-from flask import Flask, abort, request
+from flask import Flask, Response, abort, request
 from werkzeug.routing import RequestRedirect
 from werkzeug.serving import make_server as werkzeug_make_server
 
@@ -248,6 +248,43 @@ def test_a_streamed_response_is_recorded_once_closed(
     (document,) = stored(tracked, mongo)
     # What went by before the close: the test client takes the first chunk to get the status.
     assert document["response_body"] == b"chunk0;"
+
+
+def test_a_streamed_response_without_a_body_is_recorded_once_read_to_the_end(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """HEAD (and 204, 304) answers have no body: Werkzeug never iterates the stream, so the
+    response the test client hands back is read to its end at once."""
+    tracked, _ = make_pair(make_app)
+
+    @tracked.get("/stream-204")
+    def stream_204() -> Response:
+        return Response(iter([b"never sent"]), status=204)
+
+    responses = [tracked.test_client().head("/stream"), tracked.test_client().get("/stream-204")]
+    assert [r.get_data() for r in responses] == [b"", b""]  # read to the end, never closed
+    documents = stored(tracked, mongo)
+    assert [(d["method"], d["status_code"]) for d in documents] == [("HEAD", 200), ("GET", 204)]
+
+
+def test_a_stream_that_raised_under_the_test_client_is_recorded(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    tracked, _ = make_pair(make_app)
+
+    @tracked.get("/broken-stream")
+    def broken_stream() -> Response:
+        def generate() -> Iterator[bytes]:
+            yield b"first;"
+            raise ValueError("the stream broke")
+
+        return Response(generate())
+
+    response = tracked.test_client().get("/broken-stream")
+    with pytest.raises(ValueError, match="the stream broke"):
+        response.get_data()  # the stream is over: nothing more can be read or sent
+    (document,) = stored(tracked, mongo)
+    assert document["exception"] == "ValueError: the stream broke"
 
 
 # --------------------------------------------------------------------------------------------
