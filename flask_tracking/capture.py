@@ -128,6 +128,17 @@ class InputTee:
             self._capture.exhausted = True
         return count
 
+    def read1(self, *args: Any, **kwargs: Any) -> bytes:
+        """The buffered streams' read1 (io.TextIOWrapper reads with it when it exists), teed
+        like read; read (at most as many bytes) for a stream without one."""
+        read1 = getattr(self._stream, "read1", None)
+        data: bytes = (self._stream.read if read1 is None else read1)(*args, **kwargs)
+        if data:
+            self._capture.add(data)
+        elif (args[0] if args else kwargs.get("size")) != 0:
+            self._capture.exhausted = True
+        return data
+
     def readline(self, *args: Any, **kwargs: Any) -> bytes:
         data: bytes = self._stream.readline(*args, **kwargs)
         self._capture.add(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import threading
@@ -202,6 +203,28 @@ def test_body_over_max_content_length_behaves_as_untracked(
         assert (tracked.status_code, tracked.data) == (untracked.status_code, untracked.data)
     docs = stored(app, mongo)
     assert [doc["status_code"] for doc in docs] == [413, 200, 415]
+
+
+def test_a_body_read_through_a_text_wrapper_is_recorded(app: Flask, mongo: Any) -> None:
+    """csv over io.TextIOWrapper(request.stream): where the server terminates the input
+    (waitress, gunicorn) request.stream is the server's stream, and TextIOWrapper reads a
+    BytesIO (or a spooled file) with read1()."""
+
+    @app.post("/csv")
+    def upload() -> str:
+        rows = list(csv.reader(io.TextIOWrapper(request.stream, encoding="utf-8")))
+        return str(len(rows))
+
+    response = app.test_client().post(
+        "/csv",
+        data=b"a,b\nc,d\n",
+        content_type="text/csv",
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.data == b"2"
+    [doc] = stored(app, mongo)
+    assert doc["request_body_omitted"] is None
+    assert doc["request_body"] == b"a,b\nc,d\n"
 
 
 def test_streamed_response_passes_through_and_is_recorded_on_close(app: Flask, mongo: Any) -> None:
