@@ -573,6 +573,8 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
         return
     state.response_body_omitted = None
     body = response.response
+    if type(body) is _TeeStream:  # a Response served again: tee what the app gave it
+        body = response.response = body.iterable
     if not isinstance(body, (list, tuple)):
         body = _sequence_behind(body)
     if body is None:
@@ -624,12 +626,12 @@ class _TeeStream:
     """:func:`_tee_stream` with a ``close()`` that also closes the app's iterable when
     iteration never started (HEAD, 204/304, a client gone before the first byte)."""
 
-    __slots__ = ("_generator", "_iterable")
+    __slots__ = ("_generator", "iterable")
 
     def __init__(
         self, iterable: Iterable[bytes | str], capture: BodyCapture, state: RequestState
     ) -> None:
-        self._iterable = iterable
+        self.iterable = iterable  #: the app's iterable, teed
         self._generator = _tee_stream(iterable, capture, state)
 
     def __iter__(self) -> Iterator[bytes | str]:
@@ -639,7 +641,7 @@ class _TeeStream:
         started = inspect.getgeneratorstate(self._generator) != inspect.GEN_CREATED
         self._generator.close()  # when started, its finally closes the app's iterable
         if not started:
-            close = getattr(self._iterable, "close", None)
+            close = getattr(self.iterable, "close", None)
             if close is not None:
                 close()
 

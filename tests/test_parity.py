@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -285,6 +286,23 @@ def test_a_stream_that_raised_under_the_test_client_is_recorded(
         response.get_data()  # the stream is over: nothing more can be read or sent
     (document,) = stored(tracked, mongo)
     assert document["exception"] == "ValueError: the stream broke"
+
+
+def test_a_response_object_served_twice_keeps_its_body(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """A view may answer with one prepared Response (a module constant, a cache) whose body is
+    an iterable that can be iterated again: Werkzeug never consumes it, the tracker must not."""
+    tracked, untracked = make_pair(make_app)
+    bodies = []
+    for app in (tracked, untracked):
+        prepared = Response(deque([b"prepared ", b"body"]), mimetype="text/plain")
+        app.add_url_rule("/prepared", "prepared", lambda prepared=prepared: prepared)
+        client = app.test_client()
+        bodies.append([client.get("/prepared").get_data() for _ in range(2)])
+    assert bodies[1] == [b"prepared body"] * 2
+    assert bodies[0] == bodies[1]
+    assert [d["response_body"] for d in stored(tracked, mongo)] == [b"prepared body"] * 2
 
 
 # --------------------------------------------------------------------------------------------
