@@ -98,20 +98,43 @@ class InputTee:
 
     The app (Werkzeug) still decides how much to read from the real stream, so chunked input,
     malformed Content-Length and MAX_CONTENT_LENGTH behave exactly as without the tracker.
+    The tee knows where in the body each read starts: bytes read again after the app seeks
+    back (a webhook's signature check reads the body, rewinds, and lets Flask parse it) were
+    copied the first time, and are not copied twice.
     """
 
-    __slots__ = ("_capture", "_stream")
+    __slots__ = ("_capture", "_position", "_stream")
 
     def __init__(self, stream: Any, capture: BodyCapture) -> None:
         self._stream = stream
         self._capture = capture
+        self._position = 0  # of the next read, from where the body began
+
+    def _keep(self, data: bytes | memoryview, size: Any = None) -> None:
+        """Copy what ``data``, read at the tee's position, adds to the body; an empty read
+        (but for a read of 0 bytes, ``size``) means the body was read to its end."""
+        capture = self._capture
+        position = self._position
+        self._position = position + len(data)
+        if not data:
+            if size != 0:
+                capture.exhausted = True
+        elif position >= capture.size:
+            capture.add(data)
+        elif self._position > capture.size:
+            capture.add(data[capture.size - position :])
 
     def read(self, *args: Any, **kwargs: Any) -> bytes:
         data: bytes = self._stream.read(*args, **kwargs)
-        if data:
-            self._capture.add(data)
-        elif (args[0] if args else kwargs.get("size")) != 0:
-            self._capture.exhausted = True
+        self._keep(data, args[0] if args else kwargs.get("size"))
+        return data
+
+    def read1(self, *args: Any, **kwargs: Any) -> bytes:
+        """The buffered streams' read1 (io.TextIOWrapper reads with it when it exists), teed
+        like read; read (at most as many bytes) for a stream without one."""
+        read1 = getattr(self._stream, "read1", None)
+        data: bytes = (self._stream.read if read1 is None else read1)(*args, **kwargs)
+        self._keep(data, args[0] if args else kwargs.get("size"))
         return data
 
     def readinto(self, buffer: Any) -> int | None:
@@ -122,43 +145,40 @@ class InputTee:
             buffer[: len(data)] = data
         else:
             count = readinto(buffer)
-        if count:
-            self._capture.add(memoryview(buffer).cast("B")[:count])
-        elif len(buffer):
-            self._capture.exhausted = True
+        if count is not None:
+            self._keep(memoryview(buffer).cast("B")[:count], len(buffer))
         return count
-
-    def read1(self, *args: Any, **kwargs: Any) -> bytes:
-        """The buffered streams' read1 (io.TextIOWrapper reads with it when it exists), teed
-        like read; read (at most as many bytes) for a stream without one."""
-        read1 = getattr(self._stream, "read1", None)
-        data: bytes = (self._stream.read if read1 is None else read1)(*args, **kwargs)
-        if data:
-            self._capture.add(data)
-        elif (args[0] if args else kwargs.get("size")) != 0:
-            self._capture.exhausted = True
-        return data
 
     def readline(self, *args: Any, **kwargs: Any) -> bytes:
         data: bytes = self._stream.readline(*args, **kwargs)
-        self._capture.add(data)
+        self._keep(data, 0)  # an empty line read says nothing of the body's end
         return data
 
     def readlines(self, *args: Any, **kwargs: Any) -> list[bytes]:
         lines: list[bytes] = self._stream.readlines(*args, **kwargs)
         for line in lines:
-            self._capture.add(line)
+            self._keep(line)
         return lines
+
+    def seek(self, *args: Any, **kwargs: Any) -> int:
+        """The stream's seek; the tee's position follows it."""
+        try:
+            before: int | None = self._stream.tell()
+        except Exception:  # a stream that seeks but cannot tell
+            before = None
+        after: int = self._stream.seek(*args, **kwargs)
+        self._position = after if before is None else max(self._position + after - before, 0)
+        return after
 
     def __iter__(self) -> Iterator[bytes]:
         for line in self._stream:
-            self._capture.add(line)
+            self._keep(line)
             yield line
 
     # Looked up on the type, never through __getattr__: the stream's own protocol, teed.
     def __next__(self) -> bytes:
         line: bytes = next(self._stream)
-        self._capture.add(line)
+        self._keep(line)
         return line
 
     def __enter__(self) -> InputTee:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import mongoengine
 import pytest
-from flask import Flask, request
+from flask import Flask, request, stream_with_context
 from werkzeug.test import EnvironBuilder
 
 from flask_tracking import Tracking
@@ -203,6 +203,41 @@ def test_body_over_max_content_length_behaves_as_untracked(
         assert (tracked.status_code, tracked.data) == (untracked.status_code, untracked.data)
     docs = stored(app, mongo)
     assert [doc["status_code"] for doc in docs] == [413, 200, 415]
+
+
+def test_a_body_the_view_rewinds_and_reads_again_is_recorded_once(app: Flask, mongo: Any) -> None:
+    """A webhook check reads the raw body, seeks back and lets Flask parse it: the record keeps
+    the body that was sent, not each read of it."""
+
+    @app.post("/verify")
+    def verify() -> str:
+        raw = request.input_stream.read()
+        request.input_stream.seek(0)
+        return f"{len(raw)}:" + ",".join(sorted(request.form))
+
+    assert app.test_client().post("/verify", data={"a": "1", "b": "2"}).data == b"7:a,b"
+    [doc] = stored(app, mongo)
+    assert doc["request_body"] == b"a=1&b=2"
+    assert doc["request_body_size"] == 7
+
+
+def test_a_body_a_streamed_response_reads_is_recorded_once(app: Flask, mongo: Any) -> None:
+    """The view returns before the body is read (its stream reads it): the copy made when the
+    view returned, from the test client's seekable input, must not be added to again."""
+
+    @app.post("/upper")
+    def upper() -> Any:
+        def generate() -> Any:
+            while chunk := request.stream.read(4):
+                yield chunk.upper()
+
+        return app.response_class(stream_with_context(generate()))
+
+    assert app.test_client().post("/upper", data=b"abcdefghij").data == b"ABCDEFGHIJ"
+    [doc] = stored(app, mongo)
+    assert doc["response_body"] == b"ABCDEFGHIJ"
+    assert doc["request_body"] == b"abcdefghij"
+    assert doc["request_body_size"] == 10
 
 
 def test_a_body_read_through_a_text_wrapper_is_recorded(app: Flask, mongo: Any) -> None:
