@@ -553,8 +553,10 @@ def snapshot_request(
 
     ``login_user`` is Flask-Login's already loaded user (``g._login_user``) or None: the
     tracker never loads a user itself, which would run the app's user_loader (a database query)
-    and touch the session. Without one, ``session_user_id`` (Flask-Login's ``_user_id`` in the
-    session, or None) is recorded as the user id.
+    and touch the session. ``session_user_id`` is Flask-Login's ``_user_id`` in the session, or
+    None: the user id recorded when it is there (an authenticated user's ``get_id()`` is asked
+    only without it: a view's commit may have expired a SQLAlchemy user, and reading its id
+    would load it again), else the loaded user's ``get_id()``.
     """
     snapshot_environ(state, request.environ)
     rule = request.url_rule
@@ -565,15 +567,15 @@ def snapshot_request(
     if custom_data is not None:
         state.custom_data, state.custom_data_size = bson_safe(custom_data, custom_data_max_bytes)
     if login_user is not None:
-        _snapshot_user(state, login_user)
+        _snapshot_user(state, login_user, session_user_id)
     elif session_user_id is not None:
         state.user_id = str(session_user_id)
 
 
-def _snapshot_user(state: RequestState, user: Any) -> None:
+def _snapshot_user(state: RequestState, user: Any, session_user_id: Any) -> None:
     if not getattr(user, "is_authenticated", False):
         return
-    user_id = user.get_id()
+    user_id = user.get_id() if session_user_id is None else session_user_id
     state.user_id = None if user_id is None else str(user_id)
     user_class = type(user)
     collection_name = getattr(user_class, "_get_collection_name", None)

@@ -421,7 +421,10 @@ class Tracking:
                         return response
                 if predicates and self._skipped_by_predicate(tracked, state, current):
                     return response
-                self._snapshot(tracked, state, current)
+                try:
+                    self._snapshot(tracked, state, current)
+                except Exception:  # counted; the response's body is kept all the same
+                    self._count_error(tracked)
                 tee_response_body(state, response, max_body_length)
             except Exception:
                 self._count_error(tracked)
@@ -476,8 +479,7 @@ class Tracking:
             login_user = session_user_id = None
             if "flask_login" in sys.modules:  # never load a user: read the one the app loaded
                 login_user = g._get_current_object().get("_login_user")
-                if login_user is None:
-                    session_user_id = _session_user_id()
+                session_user_id = _session_user_id()
             snapshot_request(
                 state, current, login_user, tracked.max_custom_data_bytes, session_user_id
             )

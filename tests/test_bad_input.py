@@ -1041,3 +1041,30 @@ def test_hostile_user_objects_cost_the_user_field_only(
     assert doc["status_code"] == 200
     assert doc["user_id"] is None
     assert doc["custom_data"] == {"kept": True}
+
+
+def test_a_user_whose_id_cannot_be_read_costs_only_the_user(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    # A request_loader's user (no id in the session) whose get_id() raises (a row the view
+    # deleted): the capture error is counted, and the rest of the record, its body too, kept.
+    flask_login = pytest.importorskip("flask_login")
+    app = make_app()
+    app.secret_key = "broken-user"
+    manager = flask_login.LoginManager(app)
+
+    class Gone(flask_login.UserMixin):
+        def get_id(self) -> str:
+            raise LookupError("the row was deleted")
+
+    manager.request_loader(lambda req: Gone())
+
+    @app.get("/me")
+    def me() -> str:
+        return f"authenticated={flask_login.current_user.is_authenticated}"
+
+    assert app.test_client().get("/me").data == b"authenticated=True"
+    doc = only_record(app, mongo, capture_errors=1)
+    assert doc["response_body"] == b"authenticated=True"
+    assert doc["user_id"] is None
+    assert doc["endpoint"] == "me"

@@ -421,6 +421,61 @@ def test_tracking_never_changes_the_response_of_a_login_app(
     assert len(stored(tracked, mongo)) == 3
 
 
+def add_sqlalchemy_login(app: Flask) -> list[str]:
+    """A Flask-SQLAlchemy user model behind Flask-Login; returns the list of SQL statements
+    the app's engine runs from now on."""
+    flask_login = pytest.importorskip("flask_login")
+    flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")
+    from sqlalchemy import event
+
+    app.config.update(SECRET_KEY="s3cret", SQLALCHEMY_DATABASE_URI="sqlite://")
+    db = flask_sqlalchemy.SQLAlchemy(app)
+
+    class Member(db.Model, flask_login.UserMixin):  # type: ignore[name-defined,misc]
+        id = db.Column(db.Integer, primary_key=True)
+        visits = db.Column(db.Integer, default=0)
+
+    flask_login.LoginManager(app).user_loader(lambda user_id: db.session.get(Member, int(user_id)))
+    statements: list[str] = []
+    with app.app_context():
+        db.create_all()
+        db.session.add(Member(id=1))
+        db.session.commit()
+        event.listen(db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    @app.post("/login")
+    def login() -> str:
+        flask_login.login_user(db.session.get(Member, 1))
+        return "in"
+
+    @app.post("/visit")
+    def visit() -> str:
+        flask_login.current_user.visits += 1
+        db.session.commit()  # expires the loaded user, as SQLAlchemy does by default
+        return "counted"
+
+    return statements
+
+
+def test_the_tracker_runs_no_query_of_the_app_to_read_the_loaded_user(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """Reading the id of the user the view loaded (get_id()) must not reload it: once the view
+    committed, SQLAlchemy has expired it and get_id() would run a SELECT of the app's."""
+    tracked, untracked = make_pair(make_app)
+    statements = {}
+    for name, app in (("tracked", tracked), ("untracked", untracked)):
+        executed = add_sqlalchemy_login(app)
+        client = app.test_client()
+        client.post("/login")
+        executed.clear()
+        assert client.post("/visit").get_data() == b"counted"
+        statements[name] = list(executed)
+    assert len(statements["untracked"]) == 2  # the user loader's SELECT, the UPDATE
+    assert statements["tracked"] == statements["untracked"]
+    assert [d["user_id"] for d in stored(tracked, mongo)] == ["1", "1"]
+
+
 # --------------------------------------------------------------------------------------------
 # 4. The WSGI calls the tracker sits in
 # --------------------------------------------------------------------------------------------
