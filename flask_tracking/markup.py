@@ -143,7 +143,7 @@ class MarkupFilters:
         Only the ``name`` attributes are looked for (one C-level pass over the page lowercased);
         the tag around a secret one is then read, from its ``<``. No part of the body is read
         twice: the time is linear in its length. A tag cut by the end of the body is read to
-        there; one that cannot be read (a ``<`` inside a value) is left as it is."""
+        there; one that cannot be read (a ``<`` outside its quoted values) is left as it is."""
         return splice(body, self._secret_fields(body))
 
     def _secret_fields(self, body: bytes) -> Iterator[tuple[int, int, bytes]]:

@@ -99,8 +99,11 @@ XML_TAG = re.compile(
 #: An attribute among a tag's attributes: its name and its quoted value (the closing quote may
 #: be missing in a cut body).
 XML_ATTRIBUTE = re.compile(rb"""([A-Za-z_][\w.:-]{0,200})\s*=\s*("[^"]*"?|'[^']*'?)""")
-#: An attribute naming the element's field (``name``, ``key`` or ``field``) and its value.
-XML_NAME_ATTRIBUTE = re.compile(rb"""(?:^|\s)(name|key|field)\s*=\s*["']([^"'<>]{0,256})""")
+#: An attribute naming the element's field (``name``, ``key`` or ``field``, in any case) and its
+#: value.
+XML_NAME_ATTRIBUTE = re.compile(
+    rb"""(?:^|\s)(name|key|field)\s*=\s*["']([^"'<>]{0,256})""", re.IGNORECASE
+)
 
 
 #: A ``name`` attribute in HTML and its value, quoted or not, found in the page lowercased.

@@ -1221,6 +1221,22 @@ def test_xml_elements_and_attributes_are_scrubbed_by_name(redactor: Redactor, bo
         assert FILTERED.encode() in kept.body
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        f'<Parameter Name="Password">{SECRET}</Parameter>',  # .NET / SOAP style
+        f'<Setting Key="ApiKey" Value="{SECRET}"/>',
+        f'<Field NAME="password">{SECRET}</Field>',
+    ],
+)
+def test_xml_naming_attributes_are_read_whatever_their_case(redactor: Redactor, body: str) -> None:
+    # JSON's naming keys are read whatever their case ({"Name": "api_key", "Value": ...}),
+    # and so are an element's naming attributes once it is secret: a capitalized naming
+    # attribute names its element too.
+    kept = redactor.scrub_body(body.encode(), "application/xml")
+    assert not _secret_kept(kept), kept
+
+
 def test_xml_entities_are_never_expanded(redactor: Redactor) -> None:
     body = (
         b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">'
