@@ -214,11 +214,11 @@ _BACKSLASH_ESCAPE = re.compile(rb"\\(.)")
 
 
 #: A key and what follows it up to its value, in any text: ``"key": value``, ``'key': value``,
-#: ``key=value``, ``key: value`` (:func:`loose_key` reads the key, :func:`loose_value_end`
-#: finds where the value ends).
+#: ``key=value``, ``key: value``, a command line's ``--key=value`` (:func:`loose_key` reads the
+#: key, :func:`loose_value_end` finds where the value ends).
 LOOSE_PAIR = re.compile(
     r"""(?P<quoted>["'])(?P<key>(?:[^"'\\\n]|\\[^\n]){1,200})["']\s*:\s*"""
-    r"""|(?<![\w.%-])(?P<key2>[A-Za-z_%][\w.%-]{0,199})\s*[=:]\s*"""
+    r"""|(?<![\w.%-])-{0,2}(?P<key2>[A-Za-z_%][\w.%-]{0,199})\s*[=:]\s*"""
 )
 
 

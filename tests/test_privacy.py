@@ -1589,3 +1589,21 @@ def test_custom_data_bytes_are_scrubbed_like_its_strings(app: Flask, mongo: Any)
     [doc] = stored(app, mongo)
     assert doc["custom_data"]["text"] == f"password={FILTERED}&card={FILTERED}"
     assert_absent(doc, password, JWT, "4111111111111111")
+
+
+def test_command_line_options_are_key_value_pairs(app: Flask, client: Any, mongo: Any) -> None:
+    # A job's command line, in plain text, in a JSON string and in custom data: an option
+    # written --name=value is a key=value pair like any other.
+    secrets = [token(f"opt{i}") for i in range(3)]
+
+    @app.post("/jobs")
+    def jobs() -> str:
+        request._tracking_data = {"argv": f"pg_dump --db-password={secrets[2]} shop"}
+        return "queued"
+
+    command = f"mysql --user=ada --password={secrets[0]} shop\n"
+    client.post("/ignore", data=command, content_type="text/plain")
+    client.post("/jobs", json={"command": f"deploy --api-key={secrets[1]} --env=prod"})
+    plain, job = stored(app, mongo)
+    assert_absent(plain, secrets[0])
+    assert_absent(job, secrets[1], secrets[2])
