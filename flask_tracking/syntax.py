@@ -262,11 +262,15 @@ _ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|[\n\\'\"abfnrtvxNuU]|(.))", re.DOTALL)
 
 def loose_value_end(text: str, start: int) -> int:
     """Where the value starting at ``start`` in loose text (after a :data:`LOOSE_PAIR` match)
-    ends: a quoted string, a bracketed structure (to its matching bracket or the end of a cut
-    body), or a bare token."""
+    ends: a quoted string (a GraphQL block string ``\"\"\"...\"\"\"`` to its closing quotes), a
+    bracketed structure (to its matching bracket or the end of a cut body), or a bare token."""
     if start >= len(text):
         return start
     opener = text[start]
+    for block in ('"""', '\\"\\"\\"'):  # a GraphQL block string, raw or inside a JSON string
+        if text.startswith(block, start):
+            closing = text.find(block, start + len(block))
+            return len(text) if closing < 0 else closing + len(block)
     if opener in "\"'":
         index = start + 1
         while index < len(text):

@@ -1346,6 +1346,21 @@ def test_graphql_literals_are_scrubbed(redactor: Redactor, query: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "query",
+    [
+        f'mutation {{ login(username: "ada", password: """{SECRET}""") {{ token }} }}',
+        f'mutation {{ setKey(apiKey: """\n  {SECRET}\n""") }}',
+    ],
+)
+def test_graphql_block_string_literals_are_scrubbed(redactor: Redactor, query: str) -> None:
+    # A block string ("""...""") is a GraphQL string literal too; its first two quotes are
+    # no empty string.
+    whole = json.dumps({"query": query, "variables": {}}).encode()
+    assert not _secret_kept(redactor.scrub_body(whole, "application/json"))
+    assert not _secret_kept(redactor.scrub_body(query.encode(), "application/graphql"))
+
+
+@pytest.mark.parametrize(
     "value",
     [
         [{"name": "password", "value": SECRET}],
