@@ -16,6 +16,8 @@ import re
 from bisect import bisect_right
 from urllib.parse import unquote, unquote_plus
 
+from werkzeug.http import parse_options_header
+
 
 def part_header(head: bytes, wanted: bytes) -> str:
     """The value of the header ``wanted`` (lowercase) of a part head, or ``""``."""
@@ -39,12 +41,18 @@ def part_head_end(part: bytes) -> tuple[int, int]:
 
 def part_names(head: bytes) -> list[str]:
     """Every field name a part head gives in its Content-Disposition (``name="..."``, an
-    unquoted ``name=...``, an RFC 2231 ``name*=charset'lang'...``); linear in the head."""
+    unquoted ``name=...``, an RFC 2231 ``name*=charset'lang'...``), and the name Werkzeug
+    reads there (which also joins RFC 2231 continuations, ``name*0=pass; name*1=word``);
+    header lines folded onto the next are unfolded first, as Werkzeug does. Linear in the
+    head."""
     names = []
-    for line in head.split(b"\n"):
+    for line in _FOLDED_LINE.sub(b" ", head).split(b"\n"):
         header, colon, value = line.partition(b":")
         if not colon or header.strip().lower() != b"content-disposition":
             continue
+        read = parse_options_header(value.decode("utf-8", "replace").strip())[1].get("name")
+        if read:
+            names.append(read)
         for match in _PART_PARAMETER.finditer(value):
             key = match.group(1).lower()
             if key not in (b"name", b"name*"):
@@ -190,9 +198,10 @@ SCRIPT_NAMED_PAIR = re.compile(
 
 
 def multipart_boundary(content_type: str) -> bytes | None:
-    """The ``boundary`` parameter of a multipart Content-Type (None: it has none)."""
-    match = _BOUNDARY.search(content_type)
-    return match.group(1).strip('"').encode("latin-1", "replace") if match else None
+    """The ``boundary`` parameter of a multipart Content-Type as Werkzeug reads it (the last
+    one given; not ``x-boundary``), or None when it has none."""
+    boundary = parse_options_header(content_type)[1].get("boundary")
+    return boundary.encode("latin-1", "replace") if boundary else None
 
 
 #: A URL parameter inside markup (``?name=value``, ``&name=value``, ``&amp;name=value``,
@@ -208,9 +217,9 @@ QUERY_MARK_BYTES = re.compile(QUERY_MARK.pattern.encode())
 NESTED_PARAMETER_NAME = re.compile(
     r"(?:[?#&]|%(?:3[fF]|23|26))((?:[^?#&=%]|%(?!3[fFdD]|23|26))*)(?:=|%3[dD])"
 )
-_BOUNDARY = re.compile(r"boundary=(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
 _PART_PARAMETER = re.compile(rb';\s*([A-Za-z0-9_*.-]+)\s*=\s*("(?:[^"\\\r\n]|\\.)*"?|[^;\r\n]*)')
 _BACKSLASH_ESCAPE = re.compile(rb"\\(.)")
+_FOLDED_LINE = re.compile(rb"\r?\n(?=[ \t])")  # a header line continued on the next
 
 
 #: A key and what follows it up to its value, in any text: ``"key": value``, ``'key': value``,

@@ -500,6 +500,36 @@ def test_multipart_empty_field_before_a_secret_field(app: Flask, client: Any, mo
     assert_absent(doc, password)
 
 
+@pytest.mark.parametrize(
+    ("content_type", "disposition"),
+    [
+        # RFC 2231 continuations: Werkzeug joins name*0 and name*1 into "password"
+        ("multipart/form-data; boundary=b0", b"form-data; name*0=pass; name*1=word"),
+        # a folded header line (obs-fold), which Werkzeug unfolds
+        ("multipart/form-data; boundary=b0", b'form-data;\r\n\tname="password"'),
+        # another parameter ending in "boundary": Werkzeug reads the boundary parameter itself
+        ("multipart/form-data; x-boundary=zz; boundary=b0", b'form-data; name="password"'),
+        # a boundary given twice: Werkzeug keeps the last
+        ("multipart/form-data; boundary=zz; boundary=b0", b'form-data; name="password"'),
+    ],
+)
+def test_multipart_secret_parts_are_named_as_werkzeug_reads_them(
+    app: Flask, client: Any, mongo: Any, content_type: str, disposition: bytes
+) -> None:
+    password = token("mp")
+    body = (
+        b"--b0\r\nContent-Disposition: "
+        + disposition
+        + b"\r\n\r\n"
+        + password.encode()
+        + b"\r\n--b0--\r\n"
+    )
+    response = client.post("/form", data=body, content_type=content_type)
+    assert response.data.decode() == f"password={password}"  # the view reads it so
+    [doc] = stored(app, mongo)
+    assert_absent(doc, password)
+
+
 def test_text_plain_body(app: Flask, client: Any, mongo: Any) -> None:
     secret = token("plain")
     client.post("/ignore", data=f"user=ada\npassword={secret}\n", content_type="text/plain")
