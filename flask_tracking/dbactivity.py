@@ -443,7 +443,7 @@ def sql_shape(statement: str) -> tuple[str, str | None, str]:
     verb = _VERB.match(statement)
     name = verb.group(1).lower() if verb else "sql"
     table = _TABLE.search(statement)
-    text = _STRING_LITERAL.sub("?", statement)
+    text = _STRING_LITERAL.sub("?", _without_quoted_runs(statement))
     text = _PLACEHOLDER.sub("?", _NUMBER_LITERAL.sub("?", text))
     text = _PLACEHOLDER_LIST.sub("?", _WHITESPACE.sub(" ", text).strip())
     if len(text) > MAX_SHAPE_CHARS:
@@ -453,6 +453,31 @@ def sql_shape(statement: str) -> tuple[str, str | None, str]:
         _SQL_SHAPES.clear()
     _SQL_SHAPES[statement] = found
     return found
+
+
+def _without_quoted_runs(statement: str) -> str:
+    """``statement`` with the literals the standard quote pattern cannot read made ``?``: a
+    dollar-quoted string (``$$...$$``, ``$tag$...$tag$``: PostgreSQL), to its closing tag or
+    the end; and, when a backslash is written between quotes (MySQL's ``'O\\'Brien'``,
+    PostgreSQL's ``E'...'``, or a plain ``'C:\\'``: which it is depends on the server), all
+    from the first quote to the last. Linear in the statement."""
+    if "$" in statement:
+        pieces, position = [], 0
+        for opener in _DOLLAR_QUOTE.finditer(statement):
+            if opener.start() < position:
+                continue
+            closing = statement.find(opener.group(), opener.end())
+            pieces += [statement[position : opener.start()], "?"]
+            position = len(statement) if closing < 0 else closing + len(opener.group())
+        statement = "".join(pieces) + statement[position:] if pieces else statement
+    first = statement.find("'")
+    if first >= 0 and "\\" in statement[first:]:
+        last = statement.rfind("'")
+        statement = statement[:first] + "?" + statement[last + 1 :]
+    return statement
+
+
+_DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_]\w*)?\$")
 
 
 def _before_cursor_execute(

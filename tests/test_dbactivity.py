@@ -106,6 +106,22 @@ def test_sql_shapes_keep_the_statement_and_drop_literals_and_parameters() -> Non
     )
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # MySQL escapes a quote in a string literal with a backslash
+        "SELECT id FROM users WHERE name = 'O\\'Brien' AND api_key = 'sk_live_51Hx9secret'",
+        # PostgreSQL dollar-quoted string literals
+        "SELECT id FROM users WHERE api_key = $$sk_live_51Hx9secret$$",
+        "SELECT id FROM users WHERE api_key = $k$sk_live_51Hx9secret$k$",
+        # a PostgreSQL escape string
+        "SELECT id FROM users WHERE name = E'O\\'Brien' AND api_key = 'sk_live_51Hx9secret'",
+    ],
+)
+def test_sql_shapes_drop_quoted_literals_of_every_dialect(statement: str) -> None:
+    assert "sk_live_51Hx9secret" not in sql_shape(statement)[2]
+
+
 # --- counting ------------------------------------------------------------------------------
 
 
