@@ -117,7 +117,7 @@ class ContentKind(NamedTuple):
     codec: str | None
     #: A declared charset Python does not know (the body is omitted).
     unknown_charset: str | None
-    #: Without a declared charset, may be UTF-16 or UTF-32 (JSON, text, XML).
+    #: Without a declared charset, may be UTF-16 or UTF-32 (JSON, XML, any text).
     wide: bool
     #: Multipart, JSON, form, XML.
     shape: tuple[bool, bool, bool, bool]
@@ -149,7 +149,8 @@ def describe_content_type(content_type: str) -> ContentKind:
         archive=kind in _ARCHIVE_KINDS,
         codec=codec,
         unknown_charset=unknown,
-        wide=json_kind or kind in TEXT_KINDS or kind in _XML_KINDS or "xml" in kind,
+        # Any text (a CSV that Excel exports as "Unicode text") may come as UTF-16/32.
+        wide=json_kind or "xml" in kind or kind.startswith(_TEXT_PREFIXES) or kind in TEXT_KINDS,
         shape=(multipart, json_kind, form, xml),
         scrubbable=scrubbable,
         # Escapes can hide a name in text; binary formats are full of backslashes and "%".

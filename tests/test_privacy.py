@@ -1524,6 +1524,24 @@ def test_unreadable_bodies_are_omitted_with_the_reason(app: Flask, client: Any, 
     assert br_doc["request_body_omitted"] == "content-encoding br: no Brotli decoder installed"
 
 
+def test_a_utf16_file_holding_a_url_password_is_not_kept_as_it_is(
+    app: Flask, client: Any, mongo: Any
+) -> None:
+    # Excel's "Unicode text" export: UTF-16 with a byte-order mark, no charset declared. A
+    # format that is not scrubbed is kept only when nothing in it can look like a credential.
+    password = token("pw")
+
+    @app.post("/raw")
+    def raw() -> str:
+        return str(len(request.get_data()))
+
+    text = f"name\tdsn\nshop\tpostgres://ada:{password}@db.example/shop\n"
+    client.post("/raw", data=text.encode("utf-16"), content_type="text/csv")
+    [doc] = stored(app, mongo)
+    kept = doc["request_body"]
+    assert kept is None or password not in kept.decode("utf-16", "replace")
+
+
 def test_credentials_by_their_look_in_headers_query_and_custom_data(app: Flask, mongo: Any) -> None:
     password = token("pw")
 
