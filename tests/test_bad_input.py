@@ -852,13 +852,18 @@ def test_async_view(twins: Callable[..., tuple[Flask, Flask]], mongo: Any) -> No
     assert doc["endpoint"] == "async_view"
 
 
+def app_with_login(make_app: Callable[..., Flask]) -> tuple[Flask, Any, Any]:
+    """A tracked app with Flask-Login's LoginManager: the app, flask_login, the manager."""
+    flask_login = pytest.importorskip("flask_login")
+    app = make_app()
+    app.secret_key = "login"
+    return app, flask_login, flask_login.LoginManager(app)
+
+
 def test_16_concurrent_requests_keep_their_own_user_and_custom_data(
     make_app: Callable[..., Flask], mongo: Any
 ) -> None:
-    flask_login = pytest.importorskip("flask_login")
-    app = make_app()
-    app.secret_key = "concurrency"
-    manager = flask_login.LoginManager(app)
+    app, flask_login, manager = app_with_login(make_app)
 
     class User(flask_login.UserMixin):
         def __init__(self, user_id: str) -> None:
@@ -1048,10 +1053,7 @@ def test_a_user_whose_id_cannot_be_read_costs_only_the_user(
 ) -> None:
     # A request_loader's user (no id in the session) whose get_id() raises (a row the view
     # deleted): the capture error is counted, and the rest of the record, its body too, kept.
-    flask_login = pytest.importorskip("flask_login")
-    app = make_app()
-    app.secret_key = "broken-user"
-    manager = flask_login.LoginManager(app)
+    app, flask_login, manager = app_with_login(make_app)
 
     class Gone(flask_login.UserMixin):
         def get_id(self) -> str:

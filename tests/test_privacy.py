@@ -563,6 +563,14 @@ def test_prose_after_basic_or_bearer_is_kept_in_a_page(app: Flask, mongo: Any) -
     assert doc["response_body"] == page.replace(bearer, FILTERED).encode()
 
 
+def stored_page(app: Flask, mongo: Any, page: str) -> dict[str, Any]:
+    """The record of a GET of ``page``, served by the app unchanged."""
+    app.add_url_rule("/settings", "settings", lambda: page)
+    assert app.test_client().get("/settings").get_data(as_text=True) == page
+    [doc] = stored(app, mongo)
+    return doc
+
+
 def test_form_fields_and_script_values_named_secret_in_a_page_are_filtered(
     app: Flask, mongo: Any
 ) -> None:
@@ -576,12 +584,7 @@ def test_form_fields_and_script_values_named_secret_in_a_page_are_filtered(
         '<meta name="twitter:card" content="summary">'
     )
 
-    @app.get("/settings")
-    def settings() -> str:
-        return page
-
-    assert app.test_client().get("/settings").get_data(as_text=True) == page
-    [doc] = stored(app, mongo)
+    doc = stored_page(app, mongo, page)
     assert_absent(doc, csrf, key)
     assert doc["response_body"] == page.replace(csrf, FILTERED).replace(key, FILTERED).encode()
 
@@ -598,13 +601,7 @@ def test_a_secret_field_with_a_comparison_in_another_attribute_is_filtered(
         "</form>"
     )
 
-    @app.get("/settings")
-    def settings() -> str:
-        return page
-
-    assert app.test_client().get("/settings").get_data(as_text=True) == page
-    [doc] = stored(app, mongo)
-    assert_absent(doc, key)
+    assert_absent(stored_page(app, mongo, page), key)
 
 
 def test_a_path_segment_bound_to_a_secret_variable_is_filtered(app: Flask, mongo: Any) -> None:
@@ -1485,6 +1482,11 @@ def test_headers_query_and_custom_data_are_filtered_before_leaving_the_request_t
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
 
 
+def add_raw_route(app: Flask) -> None:
+    """POST /raw: reads the body as bytes, answers its length."""
+    app.add_url_rule("/raw", "raw", lambda: str(len(request.get_data())), methods=["POST"])
+
+
 def test_gzip_request_body_is_stored_decoded_and_scrubbed(
     app: Flask, client: Any, mongo: Any
 ) -> None:
@@ -1492,9 +1494,7 @@ def test_gzip_request_body_is_stored_decoded_and_scrubbed(
 
     secret = token("gz")
 
-    @app.post("/raw")
-    def raw() -> str:
-        return str(len(request.get_data()))
+    add_raw_route(app)
 
     body = gzip.compress(json.dumps({"user": "ada", "password": secret}).encode())
     client.post(
@@ -1510,9 +1510,7 @@ def test_gzip_request_body_is_stored_decoded_and_scrubbed(
 def test_unreadable_bodies_are_omitted_with_the_reason(app: Flask, client: Any, mongo: Any) -> None:
     secret = token("yaml")
 
-    @app.post("/raw")
-    def raw() -> str:
-        return str(len(request.get_data()))
+    add_raw_route(app)
 
     client.post("/raw", data=f"password: {secret}\n", content_type="application/yaml")
     client.post("/raw", data=b"\x1b\x00 password", headers={"Content-Encoding": "br"})
@@ -1531,9 +1529,7 @@ def test_a_utf16_file_holding_a_url_password_is_not_kept_as_it_is(
     # format that is not scrubbed is kept only when nothing in it can look like a credential.
     password = token("pw")
 
-    @app.post("/raw")
-    def raw() -> str:
-        return str(len(request.get_data()))
+    add_raw_route(app)
 
     text = f"name\tdsn\nshop\tpostgres://ada:{password}@db.example/shop\n"
     client.post("/raw", data=text.encode("utf-16"), content_type="text/csv")
