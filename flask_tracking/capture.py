@@ -160,15 +160,23 @@ class InputTee:
             self._keep(line)
         return lines
 
-    def seek(self, *args: Any, **kwargs: Any) -> int:
-        """The stream's seek; the tee's position follows it."""
+    def seek(self, *args: Any, **kwargs: Any) -> Any:
+        """The stream's seek, its answer returned as it is; the tee's position follows it."""
+        before = self._tell()
+        answer = self._stream.seek(*args, **kwargs)
+        after = answer if type(answer) is int else self._tell()
+        if after is not None:
+            # From where the body began: the stream may not have been at 0 when teed.
+            self._position = after if before is None else max(self._position + after - before, 0)
+        return answer
+
+    def _tell(self) -> int | None:
+        """The stream's position, or None when it cannot tell (never raises)."""
         try:
-            before: int | None = self._stream.tell()
-        except Exception:  # a stream that seeks but cannot tell
-            before = None
-        after: int = self._stream.seek(*args, **kwargs)
-        self._position = after if before is None else max(self._position + after - before, 0)
-        return after
+            position = self._stream.tell()
+        except Exception:
+            return None
+        return position if type(position) is int else None
 
     def __iter__(self) -> Iterator[bytes]:
         for line in self._stream:

@@ -327,6 +327,44 @@ def test_input_tee_read_all() -> None:
     assert capture.size == len(DATA)
 
 
+class SeekWithoutAnswer(io.BytesIO):
+    """A file-like whose seek answers None (as some wrappers do), and one that cannot tell."""
+
+    def seek(self, *args: Any) -> None:  # type: ignore[override]
+        super().seek(*args)
+
+
+class SeekWithoutTell(io.BytesIO):
+    def tell(self) -> int:
+        raise OSError("cannot tell")
+
+
+@pytest.mark.parametrize("stream_type", [io.BytesIO, SeekWithoutAnswer, SeekWithoutTell])
+def test_input_tee_follows_a_seek_and_copies_each_byte_once(stream_type: type) -> None:
+    stream = stream_type(DATA)
+    capture = BodyCapture(1000)
+    tee = InputTee(stream, capture)
+    assert tee.read(9) == DATA[:9]
+    assert tee.seek(0) == stream_type(DATA).seek(0)  # answered as the stream answers
+    assert tee.read() == DATA  # read again from the start: copied once
+    assert bytes(capture.buffer) == DATA
+    assert capture.size == len(DATA)
+    tee.seek(-4, io.SEEK_END)
+    assert tee.read() == b"last"
+    assert capture.size == len(DATA)
+
+
+def test_input_tee_counts_from_where_the_body_began() -> None:
+    stream = io.BytesIO(b"HEAD" + DATA)
+    stream.read(4)  # a middleware before the tracker read a part
+    capture = BodyCapture(1000)
+    tee = InputTee(stream, capture)
+    assert tee.read(5) == DATA[:5]
+    tee.seek(4)
+    assert tee.read() == DATA
+    assert bytes(capture.buffer) == DATA
+
+
 def test_input_tee_read_n_reads_exactly_what_was_asked() -> None:
     stream = RecordingStream(DATA)
     capture = BodyCapture(6)
