@@ -21,6 +21,7 @@ The pieces:
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable
@@ -561,10 +562,10 @@ def snapshot_request(
 
     ``login_user`` is Flask-Login's already loaded user (``g._login_user``) or None: the
     tracker never loads a user itself, which would run the app's user_loader (a database query)
-    and touch the session. ``session_user_id`` is Flask-Login's ``_user_id`` in the session, or
-    None: the user id recorded when it is there (an authenticated user's ``get_id()`` is asked
-    only without it: a view's commit may have expired a SQLAlchemy user, and reading its id
-    would load it again), else the loaded user's ``get_id()``.
+    and touch the session. The user id is the loaded user's ``get_id()``, but for a SQLAlchemy
+    user a view's commit expired (reading its id would load it again): then
+    ``session_user_id``, Flask-Login's ``_user_id`` in the session, when it is there. Without a
+    loaded user, ``session_user_id`` is recorded.
     """
     snapshot_environ(state, request.environ)
     rule = request.url_rule
@@ -583,7 +584,9 @@ def snapshot_request(
 def _snapshot_user(state: RequestState, user: Any, session_user_id: Any) -> None:
     if not getattr(user, "is_authenticated", False):
         return
-    user_id = user.get_id() if session_user_id is None else session_user_id
+    # An expired user's get_id() would load it again, a query of the app's: the session says.
+    expired = session_user_id is not None and _expired(user)
+    user_id = session_user_id if expired else user.get_id()
     state.user_id = None if user_id is None else str(user_id)
     user_class = type(user)
     collection_name = getattr(user_class, "_get_collection_name", None)
@@ -591,6 +594,17 @@ def _snapshot_user(state: RequestState, user: Any, session_user_id: Any) -> None
     if collection_name is not None and primary_key is not None:
         # A MongoEngine Document: kept as (class name, collection, pk) for a GenericReference.
         state.user_ref = (user._class_name, collection_name(), primary_key)
+
+
+def _expired(user: Any) -> bool:
+    """Whether ``user`` is a SQLAlchemy instance with expired attributes (a view's commit
+    expires what its session loaded): reading one of them runs a query. SQLAlchemy is never
+    imported here."""
+    sqlalchemy = sys.modules.get("sqlalchemy")
+    if sqlalchemy is None:
+        return False
+    state = sqlalchemy.inspect(user, raiseerr=False)
+    return bool(getattr(state, "expired_attributes", None))
 
 
 def tee_response_body(state: RequestState, response: Any, limit: int) -> None:

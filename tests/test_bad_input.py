@@ -1070,3 +1070,26 @@ def test_a_user_whose_id_cannot_be_read_costs_only_the_user(
     assert doc["response_body"] == b"authenticated=True"
     assert doc["user_id"] is None
     assert doc["endpoint"] == "me"
+
+
+def test_a_request_loader_user_is_recorded_over_a_stale_session_id(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    # The session names a user the user_loader no longer finds (deleted); the request_loader
+    # authenticates another: the user recorded is the one the view saw.
+    app, flask_login, manager = app_with_login(make_app)
+
+    class Member(flask_login.UserMixin):
+        def __init__(self, user_id: str) -> None:
+            self.id = user_id
+
+    manager.user_loader(lambda user_id: None)
+    manager.request_loader(lambda req: Member("api-7"))
+
+    @app.get("/me")
+    def me() -> str:
+        return str(flask_login.current_user.get_id())
+
+    client = login_client(app, "gone-3")
+    assert client.get("/me").data == b"api-7"
+    assert only_record(app, mongo)["user_id"] == "api-7"
