@@ -45,6 +45,10 @@ from .syntax import (
 __all__ = ["MarkupFilters"]
 
 
+#: How many of the "<" before a secret ``name`` attribute are tried as its tag's start.
+_TAG_STARTS_TRIED = 8
+
+
 class MarkupFilters:
     """The filters of XML and HTML, given the redactor's verdicts. Each filter returns its
     body itself when nothing in it was filtered."""
@@ -155,10 +159,21 @@ class MarkupFilters:
             name = body[named.start(1) : named.end(1)].strip(b"\"'").decode("utf-8", "replace")
             if not self._is_secret_field(name):
                 continue
-            start = body.rfind(b"<", done, named.start())
-            tag = HTML_START_TAG.match(body, start) if start >= 0 else None
+            # The tag's own "<" may come before a "<" quoted in one of its values (a Vue or
+            # Alpine.js expression, :disabled="left < 1"): the nearest "<"s are tried in turn,
+            # a few only, so that the reading stays linear.
+            tag = None
+            start = named.start()
+            for _ in range(_TAG_STARTS_TRIED):
+                start = body.rfind(b"<", done, start)
+                if start < 0:
+                    break
+                candidate = HTML_START_TAG.match(body, start)
+                if candidate is not None and candidate.end() >= named.end():
+                    tag = candidate
+                    break
             done = named.end()
-            if tag is None or tag.end() < done:
+            if tag is None:
                 continue
             done = tag.end()
             attributes = tag.group(2)

@@ -604,6 +604,29 @@ def test_a_secret_field_with_a_comparison_in_another_attribute_is_filtered(
     assert_absent(stored_page(app, mongo, page), key)
 
 
+def test_a_secret_field_after_an_attribute_holding_a_comparison_is_filtered(
+    app: Flask, mongo: Any
+) -> None:
+    # The "<" in quotes comes before the field's name (Vue's :disabled, Alpine's x-bind): the
+    # tag is read from its own "<", not from the one inside the quoted expression.
+    key, pin = token("key"), token("pin")
+    page = (
+        '<form x-data="{ left: 3 }">'
+        f'<input x-bind:disabled="left < 1" name="api_key" value="{key}" readonly>'
+        f"<input :class=\"{{ short: pin.length<4 }}\" name='pin' value='{pin}'>"
+        "</form>"
+    )
+
+    @app.get("/settings")
+    def settings() -> str:
+        return page
+
+    assert app.test_client().get("/settings").get_data(as_text=True) == page
+    [doc] = stored(app, mongo)
+    assert_absent(doc, key, pin)
+    assert doc["response_body"] == page.replace(key, FILTERED).replace(pin, FILTERED).encode()
+
+
 def test_a_path_segment_bound_to_a_secret_variable_is_filtered(app: Flask, mongo: Any) -> None:
     reset, item = token("reset"), token("item")
 
