@@ -477,7 +477,7 @@ def _without_quoted_runs(statement: str) -> str:
     return statement
 
 
-_DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_]\w*)?\$")
+_DOLLAR_QUOTE = re.compile(r"(?<![\w$])\$(?:[A-Za-z_]\w*)?\$")  # none inside an identifier (a$b$c)
 
 
 def _before_cursor_execute(

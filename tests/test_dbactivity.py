@@ -122,6 +122,17 @@ def test_sql_shapes_drop_quoted_literals_of_every_dialect(statement: str) -> Non
     assert "sk_live_51Hx9secret" not in sql_shape(statement)[2]
 
 
+def test_sql_shapes_keep_identifiers_holding_dollar_signs() -> None:
+    # PostgreSQL and MySQL identifiers may hold "$" (price$usd$net): no dollar quote opens
+    # inside one, and the rest of the statement is kept.
+    assert sql_shape("SELECT price$usd$net FROM orders WHERE id = $1 AND qty > 3")[2] == (
+        "SELECT price$usd$net FROM orders WHERE id = ? AND qty > ?"
+    )
+    assert (
+        sql_shape('SELECT "a$b$c" FROM t WHERE id = $1')[2] == 'SELECT "a$b$c" FROM t WHERE id = ?'
+    )
+
+
 # --- counting ------------------------------------------------------------------------------
 
 
