@@ -117,7 +117,13 @@ class BodyFilters:
         text = body.decode("utf-8", "replace")
         # JSON sent as a form too: jQuery's default type, read by get_json(force=True).
         if json_kind or text.lstrip()[:1] in ("{", "["):
-            return self.json_body(body, text)
+            scrubbed_json = self.json_body(body, text)
+            if not form:
+                return scrubbed_json
+            # Werkzeug's request.form reads its key=value pairs all the same.
+            json_text = text if scrubbed_json is body else scrubbed_json.decode("utf-8", "replace")
+            scrubbed = self._query(json_text)
+            return scrubbed_json if scrubbed == json_text else scrubbed.encode("utf-8")
         if form or (not kind and "=" in text):
             scrubbed = self._query(text)
             return body if scrubbed == text else scrubbed.encode("utf-8")

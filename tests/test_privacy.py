@@ -384,6 +384,26 @@ def test_json_sent_with_a_form_content_type_is_filtered(
     assert_absent(doc, secret)
 
 
+def test_a_form_body_that_parses_as_json_keeps_no_pair_the_form_reads(
+    app: Flask, client: Any, mongo: Any
+) -> None:
+    # A form body may also parse as JSON: Werkzeug's request.form still reads its key=value
+    # pairs, and the password the view reads there is not kept because the JSON names none.
+    secret = token("pw")
+    seen: list[Any] = []
+
+    @app.post("/login")
+    def login() -> str:
+        seen.append(request.form["password"])
+        return "ok"
+
+    body = '{"note": "x", "y&password=' + secret + '&z": 1}'
+    client.post("/login", data=body, content_type="application/x-www-form-urlencoded")
+    assert seen == [secret]
+    [doc] = stored(app, mongo)
+    assert_absent(doc, secret)
+
+
 def test_credentials_in_a_form_and_a_query_string_as_a_browser_encodes_them(
     app: Flask, client: Any, mongo: Any
 ) -> None:
