@@ -255,7 +255,7 @@ class BodyFilters:
         """Filter the content of every part whose field name is secret (text or file).
 
         Parts are split on the boundary of the Content-Type; a part cut at the body limit is
-        filtered to its end. Part heads are read as Werkzeug reads them: lines may end in LF
+        filtered to its end. Part heads are read as Werkzeug reads them: lines may end in LF or CR
         alone, ``name`` may be quoted or not, or given as ``name*=`` (RFC 2231).
         """
         boundary = multipart_boundary(content_type)
@@ -269,7 +269,7 @@ class BodyFilters:
             if head_end < 0:
                 continue  # an empty part without a blank line, the closing "--", or cut early
             head = part[:head_end]
-            tail = b"\r\n" if part.endswith(b"\r\n") else b"\n" if part.endswith(b"\n") else b""
+            tail = next((end for end in (b"\r\n", b"\n", b"\r") if part.endswith(end)), b"")
             content = part[content_start : len(part) - len(tail)]
             if any(map(self._is_secret_field, part_names(head))):
                 scrubbed = FILTERED_BYTES

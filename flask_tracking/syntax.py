@@ -21,7 +21,7 @@ from werkzeug.http import parse_options_header
 
 def part_header(head: bytes, wanted: bytes) -> str:
     """The value of the header ``wanted`` (lowercase) of a part head, or ``""``."""
-    for line in head.split(b"\n"):
+    for line in head.splitlines():  # CRLF, LF or CR alone, as Werkzeug splits them
         header, colon, value = line.partition(b":")
         if colon and header.strip().lower() == wanted:
             return value.strip().decode("latin-1")
@@ -30,13 +30,10 @@ def part_header(head: bytes, wanted: bytes) -> str:
 
 def part_head_end(part: bytes) -> tuple[int, int]:
     """Where the head of a multipart part ends and its content starts (-1, -1: no blank line).
-    The head ends at the first empty line, whether lines end in CRLF or in LF alone."""
-    crlf, lf = part.find(b"\r\n\r\n"), part.find(b"\n\n")
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        return crlf, crlf + 4
-    if lf >= 0:
-        return lf, lf + 2
-    return -1, -1
+    The head ends at the first empty line, whether lines end in CRLF, in LF or in CR alone
+    (Werkzeug reads all three)."""
+    blank = _BLANK_LINE.search(part)
+    return (blank.start(), blank.end()) if blank else (-1, -1)
 
 
 def part_names(head: bytes) -> list[str]:
@@ -46,7 +43,7 @@ def part_names(head: bytes) -> list[str]:
     header lines folded onto the next are unfolded first, as Werkzeug does. Linear in the
     head."""
     names = []
-    for line in _FOLDED_LINE.sub(b" ", head).split(b"\n"):
+    for line in _FOLDED_LINE.sub(b" ", head).splitlines():
         header, colon, value = line.partition(b":")
         if not colon or header.strip().lower() != b"content-disposition":
             continue
@@ -219,7 +216,8 @@ NESTED_PARAMETER_NAME = re.compile(
 )
 _PART_PARAMETER = re.compile(rb';\s*([A-Za-z0-9_*.-]+)\s*=\s*("(?:[^"\\\r\n]|\\.)*"?|[^;\r\n]*)')
 _BACKSLASH_ESCAPE = re.compile(rb"\\(.)")
-_FOLDED_LINE = re.compile(rb"\r?\n(?=[ \t])")  # a header line continued on the next
+_FOLDED_LINE = re.compile(rb"(?:\r\n|\n|\r)(?=[ \t])")  # a header line continued on the next
+_BLANK_LINE = re.compile(rb"\r\n\r\n|\r\r|\n\n")  # Werkzeug's end of a part's head
 
 
 #: A key and what follows it up to its value, in any text: ``"key": value``, ``'key': value``,

@@ -521,6 +521,24 @@ def test_multipart_empty_field_before_a_secret_field(app: Flask, client: Any, mo
 
 
 @pytest.mark.parametrize(
+    "body",
+    [
+        # lines ending in CR alone, which Werkzeug reads as line breaks (a blank line: CR CR)
+        b'--b0\rContent-Disposition: form-data; name="password"\r\r{secret}\r--b0--\r',
+    ],
+)
+def test_multipart_parts_with_lines_ending_in_cr_alone_are_read_as_werkzeug_reads_them(
+    app: Flask, client: Any, mongo: Any, body: bytes
+) -> None:
+    password = token("mp")
+    body = body.replace(b"{secret}", password.encode())
+    response = client.post("/form", data=body, content_type="multipart/form-data; boundary=b0")
+    assert response.data.decode() == f"password={password}"  # the view reads it so
+    [doc] = stored(app, mongo)
+    assert_absent(doc, password)
+
+
+@pytest.mark.parametrize(
     ("content_type", "disposition"),
     [
         # RFC 2231 continuations: Werkzeug joins name*0 and name*1 into "password"
