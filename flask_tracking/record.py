@@ -253,8 +253,11 @@ def scrub_values_by_look(document: dict[str, Any], redactor: Redactor) -> None:
             document[key] = _looked_at(value)
     if document["custom_data"] is not None:
         document["custom_data"] = redactor.values(document["custom_data"])
-    if document["exception"] is not None:  # a message quotes what failed: a URL, a header
-        document["exception"] = redactor.message(document["exception"])
+    exception = document["exception"]
+    if exception is not None:  # a message quotes what failed: a URL, a header
+        # "Type: message": the type is no key (TokenExpired, CSRFError), the message is read.
+        name, colon, message = exception.partition(": ")
+        document["exception"] = name + colon + redactor.message(message) if colon else exception
 
 
 def _looked_at(text: str) -> str:

@@ -976,6 +976,22 @@ def test_an_exception_s_message_is_scrubbed(app: Flask, mongo: Any) -> None:
     assert_absent(doc, api_key, password, JWT)
 
 
+def test_an_exception_named_with_a_secret_word_keeps_its_message(app: Flask, mongo: Any) -> None:
+    # "Type: message" is the record's own format: the type is no key whose value is secret
+    # (PyJWT's ExpiredSignatureError, Flask-WTF's CSRFError, an app's TokenExpired).
+    class TokenExpired(Exception):
+        pass
+
+    @app.get("/reset")
+    def reset() -> str:
+        raise TokenExpired("the reset link is older than a day")
+
+    with pytest.raises(TokenExpired):
+        app.test_client().get("/reset")
+    [doc] = stored(app, mongo)
+    assert doc["exception"] == "TokenExpired: the reset link is older than a day"
+
+
 # --- custom data -------------------------------------------------------------------------------
 
 
