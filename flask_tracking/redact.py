@@ -177,8 +177,9 @@ _EMBEDDED_URL = re.compile(
     r"<([^<>]*)>"  # Link: <...>; rel=...
     r"|\b[Uu][Rr][Ll]\s*=\s*['\"]?([^'\"\s;,<>]+)"  # Refresh: 0; url=...
     r'|"path"\s*:\s*"([^"\\]*)"'  # HX-Location: {"path": ...}
-    # Refresh: 3; /path (browsers take what follows the delay as the URL, url= or not)
-    r"|^\s*[0-9]+(?:\.[0-9]*)?\s*[;,]\s*(?![Uu][Rr][Ll]\s*=)['\"]?([^'\"\s;,<>]+)"
+    # Refresh: 3; /path (browsers take what follows the delay as the URL, url= or not, after
+    # a ";", a "," or whitespace alone: 3 /path)
+    r"|^\s*[0-9]+(?:\.[0-9]*)?(?:\s*[;,]\s*|\s+)(?![Uu][Rr][Ll]\s*=)['\"]?([^'\"\s;,<>]+)"
 )
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")

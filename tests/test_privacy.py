@@ -1687,6 +1687,33 @@ def test_a_refresh_header_without_url_equals_keeps_no_token(app: Flask, mongo: A
     assert_absent(record, reset, session)
 
 
+def test_a_refresh_header_with_a_space_before_its_url_keeps_no_token(
+    app: Flask, mongo: Any
+) -> None:
+    # The HTML standard's refresh parsing takes whitespace alone after the delay as the
+    # separator ("3 /path"), as it takes ";" or ",".
+    reset, session = token("reset"), token("sess")
+
+    @app.get("/reset/<token>")
+    def reset_password(token: str) -> str:
+        return "form"
+
+    @app.post("/forgot")
+    def forgot() -> Any:
+        response = app.make_response("Sent!")
+        response.headers.add("Refresh", f"3 {url_for('reset_password', token=reset)}")
+        response.headers.add("Refresh", f"0 /welcome?session_token={session}")
+        return response
+
+    assert app.test_client().post("/forgot").headers.getlist("Refresh")
+    [record] = stored(app, mongo)
+    assert headers_of(record, "response_headers")["refresh"] == [
+        f"3 /reset/{FILTERED}",
+        f"0 /welcome?session_token={FILTERED}",
+    ]
+    assert_absent(record, reset, session)
+
+
 def test_custom_data_bytes_are_scrubbed_like_its_strings(app: Flask, mongo: Any) -> None:
     # Custom data keeps bytes as bytes (a webhook's raw payload, request.get_data()); a string
     # with the same text has its secret pair and its credentials filtered, bytes must too.
