@@ -118,12 +118,13 @@ class InputTee:
         position = self._position
         self._position = position + len(data)
         if not data:
-            if size != 0:
+            if size != 0 and position <= capture.size:  # past bytes never copied: not the end
                 capture.exhausted = True
-        elif position >= capture.size:
+        elif position == capture.size:
             capture.add(data)
-        elif self._position > capture.size:
+        elif position < capture.size < self._position:
             capture.add(data[capture.size - position :])
+        # else read past bytes never copied (a forward seek): not copied out of their place
 
     def read(self, *args: Any, **kwargs: Any) -> bytes:
         data: bytes = self._stream.read(*args, **kwargs)
@@ -165,10 +166,10 @@ class InputTee:
         """The stream's seek, its answer returned as it is; the tee's position follows it."""
         before = self._tell()
         answer = self._stream.seek(*args, **kwargs)
-        after = answer if type(answer) is int else self._tell()
+        after = answer if type(answer) is int else self._tell()  # FileWrapper's seek: None
         if after is not None:
-            # From where the body began: the stream may not have been at 0 when teed.
-            self._position = after if before is None else max(self._position + after - before, 0)
+            # May go below 0: bytes read before the tee wrapped the stream are not the body's.
+            self._position = after if before is None else self._position + after - before
         return answer
 
     def _tell(self) -> int | None:
@@ -453,9 +454,10 @@ def settle_unread_body(state: RequestState, environ: dict[str, Any]) -> None:
     if capture is None or not capture.wants_more(state.declared_length):
         return
     stream = environ.get("wsgi.input")
-    raw = stream._stream if isinstance(stream, InputTee) and stream._capture is capture else None
-    if raw is not None and _seekable(raw):
-        _copy_and_rewind(raw, capture, state)
+    tee = stream if isinstance(stream, InputTee) and stream._capture is capture else None
+    if tee is not None and _seekable(tee._stream):
+        # The app may have sought back (read, rewound, left): copy from the first byte not copied.
+        _copy_and_rewind(tee._stream, capture, state, capture.size - tee._position)
     elif capture.size == 0:
         state.request_body = None
         state.request_body_omitted = "unread"
@@ -470,8 +472,11 @@ def _seekable(stream: Any) -> bool:
         return False  # no seekable() (a socket, gunicorn's Body): never read it
 
 
-def _copy_and_rewind(stream: Any, capture: BodyCapture, state: RequestState) -> None:
-    """Copy the unread bytes that fit from a seekable ``stream``, then seek back."""
+def _copy_and_rewind(
+    stream: Any, capture: BodyCapture, state: RequestState, ahead: int = 0
+) -> None:
+    """Copy the unread bytes that fit from a seekable ``stream`` (the first of them ``ahead``
+    bytes from where it stands), then seek back."""
     missing = capture.limit - len(capture.buffer)
     declared = state.declared_length
     if declared is not None:
@@ -479,6 +484,8 @@ def _copy_and_rewind(stream: Any, capture: BodyCapture, state: RequestState) -> 
     try:
         position = stream.tell()
         try:
+            if ahead:
+                stream.seek(position + ahead)
             data = stream.read(missing)
         finally:
             stream.seek(position)

@@ -485,6 +485,63 @@ def test_input_tee_readinto_marks_the_body_exhausted(stream_class: type) -> None
     assert capture.exhausted is True
 
 
+def test_input_tee_seek_passes_through_a_stream_whose_seek_returns_none() -> None:
+    """A stream whose seek() returns None (as Werkzeug's FileWrapper's does) seeks as
+    untracked: the tee follows it through tell()."""
+
+    class OldStyle(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self._io = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            return self._io.readinto(buffer)
+
+        def seek(self, *args: Any) -> None:  # type: ignore[override]
+            self._io.seek(*args)
+
+        def tell(self) -> int:
+            return self._io.tell()
+
+    capture = BodyCapture(100)
+    tee = InputTee(OldStyle(b"a=1&b=2"), capture)
+    assert tee.read() == b"a=1&b=2"
+    assert tee.seek(0) is None
+    assert tee.read() == b"a=1&b=2"
+    assert bytes(capture.buffer) == b"a=1&b=2"
+    assert capture.size == 7
+
+
+def test_input_tee_copies_bytes_at_their_place_after_a_forward_seek() -> None:
+    """Bytes read after a seek past what was copied are not copied as the body's start."""
+    capture = BodyCapture(100)
+    tee = InputTee(io.BytesIO(b"0123456789"), capture)
+    assert tee.read(3) == b"012"
+    tee.seek(-2, 2)
+    assert tee.read() == b"89"
+    tee.seek(0)
+    assert tee.read() == b"0123456789"
+    assert bytes(capture.buffer) == b"0123456789"
+    assert capture.size == 10
+
+
+def test_input_tee_seek_back_before_where_the_tee_began() -> None:
+    """A middleware read the first bytes before the tracker wrapped the stream; the app seeks
+    back to the stream's start and reads it all: the bytes the tee copied are not copied
+    again."""
+    stream = io.BytesIO(b"HEADbody")
+    assert stream.read(4) == b"HEAD"
+    capture = BodyCapture(100)
+    tee = InputTee(stream, capture)
+    assert tee.read() == b"body"
+    tee.seek(0)
+    assert tee.read() == b"HEADbody"
+    assert bytes(capture.buffer) == b"body"
+    assert capture.size == 4
+
+
 def test_input_tee_gives_the_app_its_data_even_when_the_copy_failed() -> None:
     capture = BodyCapture(10)
     capture.failed = True

@@ -221,6 +221,24 @@ def test_a_body_the_view_rewinds_and_reads_again_is_recorded_once(app: Flask, mo
     assert doc["request_body_size"] == 7
 
 
+def test_a_body_the_view_sniffs_and_rewinds_but_never_reads_is_recorded_once(
+    app: Flask, mongo: Any
+) -> None:
+    """The view reads a file's magic bytes, seeks back and refuses it: the unread rest the
+    tracker copies when the view returned follows the bytes copied, not the rewound start."""
+
+    @app.post("/upload")
+    def upload() -> Any:
+        magic = request.input_stream.read(4)
+        request.input_stream.seek(0)
+        return f"refused {magic!r}", 415
+
+    app.test_client().post("/upload", data=b"0123456789", content_type="application/x-bin")
+    [doc] = stored(app, mongo)
+    assert doc["request_body_size"] == 10
+    assert doc["request_body"] == b"0123456789"
+
+
 def test_a_body_a_streamed_response_reads_is_recorded_once(app: Flask, mongo: Any) -> None:
     """The view returns before the body is read (its stream reads it): the copy made when the
     view returned, from the test client's seekable input, must not be added to again."""
