@@ -12,6 +12,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from typing import Any, Callable
 
 import bson
@@ -58,6 +59,11 @@ _TEXT_FIELDS = ("path", "query_params", "referrer", "host", "exception", "url_ru
 CUSTOM_DATA_CUT = "[cut: custom data could not be stored]"
 
 _DUPLICATE_KEY = 11000
+#: Most bytes of documents sent in one insert command: well under the server's
+#: maxMessageSizeBytes (48 MB), so that pymongo never splits one ``insert_many`` into several
+#: commands. It stops such a split bulk at the first command that fails and says nothing of the
+#: documents of the commands it did not send; one command per call keeps every outcome known.
+MAX_COMMAND_BYTES = 16 * 1024 * 1024
 #: A hook that sees each document before it is stored: return it (changed) or None to drop it.
 BeforeSave = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -215,11 +221,28 @@ class MongoSink:
         return encoded
 
     def _insert(self, collection: Collection[Any], documents: list[Any]) -> BatchOutcome:
+        """Insert ``documents`` in commands of at most :data:`MAX_COMMAND_BYTES`, all within
+        the write timeout. A command to retry holds back the later ones (retried with it, in
+        order); a refused one is dropped and the next is sent."""
+        outcome = BatchOutcome()
+        chunks = _command_chunks(documents)
+        with pymongo.timeout(self._write_timeout):
+            for number, chunk in enumerate(chunks):
+                part = self._insert_command(collection, chunk)
+                outcome.written += part.written
+                for reason, count in part.dropped.items():
+                    outcome.dropped[reason] = outcome.dropped.get(reason, 0) + count
+                if part.retry:
+                    outcome.retry.extend(part.retry)
+                    outcome.retry.extend(chain.from_iterable(chunks[number + 1 :]))
+                    break
+        return outcome
+
+    def _insert_command(self, collection: Collection[Any], documents: list[Any]) -> BatchOutcome:
         try:
-            with pymongo.timeout(self._write_timeout):
-                collection.insert_many(documents, ordered=False)
+            collection.insert_many(documents, ordered=False)
         except BulkWriteError as error:
-            return _partial_outcome(error)
+            return _partial_outcome(error, documents)
         except Exception as error:
             return self._refused(documents, error)
         return BatchOutcome(written=len(documents))
@@ -286,17 +309,42 @@ def _encoding_options(options: Any) -> CodecOptions[Any]:
     return CodecOptions(uuid_representation=representation, type_registry=options.type_registry)
 
 
-def _partial_outcome(error: BulkWriteError) -> BatchOutcome:
-    """Count what an unordered insert_many stored; a duplicate _id on a retry was stored before."""
+def _command_chunks(documents: list[Any]) -> list[list[Any]]:
+    """``documents`` in runs of at most :data:`MAX_COMMAND_BYTES` (encoded documents; one of
+    another kind counts as empty), each holding at least one document."""
+    chunks: list[list[Any]] = [[]]
+    size = 0
+    for document in documents:
+        length = len(document.raw) if isinstance(document, RawBSONDocument) else 0
+        if chunks[-1] and size + length > MAX_COMMAND_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(document)
+        size += length
+    return chunks
+
+
+def _partial_outcome(error: BulkWriteError, documents: list[Any]) -> BatchOutcome:
+    """Count what an unordered insert_many of ``documents`` stored; a duplicate _id on a retry
+    was stored before. When the answer does not account for every document (pymongo stops at a
+    write concern error of a retryable code; a server interrupted mid-batch), every document
+    without a write error is retried: the retry's duplicate keys count those already stored."""
     details = error.details or {}
-    written = int(details.get("nInserted", 0))
-    failed = 0
-    for write_error in details.get("writeErrors", []):
+    inserted = int(details.get("nInserted", 0))
+    write_errors = details.get("writeErrors", [])
+    duplicates = failed = 0
+    answered = set()
+    for write_error in write_errors:
+        answered.add(write_error.get("index"))
         if write_error.get("code") == _DUPLICATE_KEY:
-            written += 1
+            duplicates += 1
         else:
             failed += 1
-    outcome = BatchOutcome(written=written)
+    if inserted + len(write_errors) >= len(documents):
+        outcome = BatchOutcome(written=inserted + duplicates)
+    else:
+        retry = [document for index, document in enumerate(documents) if index not in answered]
+        outcome = BatchOutcome(written=duplicates, retry=retry)
     if failed:
         outcome.dropped["db_error"] = failed
     return outcome

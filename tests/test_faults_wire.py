@@ -11,6 +11,7 @@ reason, nothing pending, nothing unaccounted.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -19,13 +20,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bson
 import mongoengine
 import pymongo
 import pytest
+from bson.raw_bson import RawBSONDocument
 from flask import Flask
 from pymongo import monitoring
 
 from flask_tracking import Tracking
+from flask_tracking.store import MongoSink
+from flask_tracking.writer import BatchWriter
 
 from .conftest import FAST_WRITER, REAL, add_routes
 from .test_faults import (
@@ -345,6 +350,63 @@ def test_a_write_concern_error_still_counts_the_stored_records_once(
     assert stats["written"] == 1 + 2 * 7, stats
     assert_stored_once(wire, stats)
     recovers(wire, app)
+
+
+#: Faults that hit the second of the insert commands pymongo splits one batch into.
+SPLIT_BATCH_FAULTS: dict[str, tuple[Any, dict[str, Any]]] = {
+    # The first command stores its documents but answers with a write concern error of a
+    # retryable code and no RetryableWriteError label (as with retryWrites=false, or from
+    # SecantusDB): pymongo raises it at once and never sends the second command.
+    "write-concern-error-91": (
+        {"times": 1},
+        {"writeConcernError": {"code": 91, "errmsg": "shutting down"}},
+    ),
+    # The first command is stored, the second refused.
+    "second-command-refused": ({"skip": 1}, {"errorCode": 13}),
+}
+
+
+@pytest.mark.parametrize("fault", list(SPLIT_BATCH_FAULTS))
+def test_a_batch_split_into_two_insert_commands_counts_every_record_as_it_ended(
+    wire: Wire, fault: str
+) -> None:
+    # 400 documents of 128 KB (TRACKING_MAX_BODY_LENGTH bodies both ways): 51 MB, more than
+    # one insert command carries (maxMessageSizeBytes, 48 MB), so pymongo sends two.
+    sink = MongoSink(
+        lambda: wire.database,
+        capped_size_bytes=256 * 1024 * 1024,
+        capped_max_documents=10_000,
+        max_record_bytes=2 * 1024 * 1024,
+        write_timeout_seconds=30,
+    )
+    writer = BatchWriter(
+        sink,
+        batch_max_records=500,
+        max_queue_bytes=1024 * 1024 * 1024,
+        flush_interval_seconds=60,
+        retry_initial_backoff_seconds=0.01,
+        retry_max_backoff_seconds=0.05,
+    )
+    try:
+        writer.submit(RawBSONDocument(bson.encode({"_id": bson.ObjectId()})), 100)
+        assert writer.flush(10)  # the collection is set up
+        mode, data = SPLIT_BATCH_FAULTS[fault]
+        wire.fail_point(mode, **data)
+        for number in range(400):
+            body = os.urandom(64_000).hex()
+            document = {"_id": bson.ObjectId(), "number": number, "body": body}
+            writer.submit(RawBSONDocument(bson.encode(document)), len(body))
+        assert writer.flush(60)
+        wire.fail_point_off()
+        stats = writer.stats()
+    finally:
+        writer.shutdown(1.0)
+    assert sum(1 for _, _, reply in wire.inserts.seen if "n" in reply) >= 2  # split in two
+    assert stats.get("dropped_unaccounted", 0) == 0, stats
+    stored = wire.admin[wire.database.name]["tracking"].count_documents({})
+    assert stats["written"] == stored, stats  # nothing stored counted as dropped, or lost
+    dropped = sum(value for key, value in stats.items() if key.startswith("dropped_"))
+    assert stats["written"] + dropped == stats["enqueued"] == 401, stats
 
 
 # ---------------------------------------------------------------------------- insert-only
