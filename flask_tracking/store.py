@@ -324,11 +324,26 @@ def _command_chunks(documents: list[Any]) -> list[list[Any]]:
     return chunks
 
 
+def _is_duplicate_id(write_error: Mapping[str, Any]) -> bool:
+    """Whether a write error is a duplicate ``_id`` (the document is stored already), not a
+    duplicate key of another unique index someone made (the document was refused). Servers
+    before 4.4 name the index only in the message; one that names none (mongomock) is taken
+    for ``_id``."""
+    if write_error.get("code") != _DUPLICATE_KEY:
+        return False
+    key_pattern = write_error.get("keyPattern")
+    if key_pattern is not None:
+        return isinstance(key_pattern, Mapping) and list(key_pattern) == ["_id"]
+    message = str(write_error.get("errmsg", ""))
+    return " index: " not in message or " index: _id_ " in message
+
+
 def _partial_outcome(error: BulkWriteError, documents: list[Any]) -> BatchOutcome:
     """Count what an unordered insert_many of ``documents`` stored; a duplicate _id on a retry
-    was stored before. When the answer does not account for every document (pymongo stops at a
-    write concern error of a retryable code; a server interrupted mid-batch), every document
-    without a write error is retried: the retry's duplicate keys count those already stored."""
+    was stored before (a duplicate key of another index is a refused document). When the
+    answer does not account for every document (pymongo stops at a write concern error of a
+    retryable code; a server interrupted mid-batch), every document without a write error is
+    retried: the retry's duplicate keys count those already stored."""
     details = error.details or {}
     inserted = int(details.get("nInserted", 0))
     write_errors = details.get("writeErrors", [])
@@ -336,7 +351,7 @@ def _partial_outcome(error: BulkWriteError, documents: list[Any]) -> BatchOutcom
     answered = set()
     for write_error in write_errors:
         answered.add(write_error.get("index"))
-        if write_error.get("code") == _DUPLICATE_KEY:
+        if _is_duplicate_id(write_error):
             duplicates += 1
         else:
             failed += 1

@@ -409,6 +409,21 @@ def test_a_batch_split_into_two_insert_commands_counts_every_record_as_it_ended(
     assert stats["written"] + dropped == stats["enqueued"] == 401, stats
 
 
+def test_a_duplicate_key_of_another_unique_index_is_a_refused_record_not_a_written_one(
+    wire: Wire,
+) -> None:
+    # Someone made request ids unique; two requests come with the same X-Request-ID.
+    wire.database.create_collection("tracking", capped=True, size=1024 * 1024, max=1000)
+    wire.database["tracking"].create_index("request_id", unique=True)
+    app = wire.make_app(TRACKING_REQUEST_ID_HEADER="X-Request-ID")
+    client = app.test_client()
+    for request_id in ["same", "same", "other"]:
+        client.get("/hello", headers={"X-Request-ID": request_id})
+    stats = settled(app)
+    assert len(wire.stored()) == 2
+    assert stats["written"] == 2 and drops(stats) == {"dropped_db_error": 1}, stats
+
+
 # ---------------------------------------------------------------------------- insert-only
 
 #: Every command the tracker may send: set the collection up, then insert. Never an update,
