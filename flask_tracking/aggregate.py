@@ -272,6 +272,11 @@ class RollupAggregator:
         self._retries = 0
         self._dropped = 0
 
+    def close(self) -> None:
+        """Take no more samples: the writer that folds them has stopped, and an app that keeps
+        answering must not pile them up. ``add`` discards from now on (until ``reset``)."""
+        self.add = _discard
+
     def has_work(self) -> bool:
         """Whether samples or unwritten aggregates wait."""
         return bool(self._samples) or bool(self._fresh) or bool(self._pending)
@@ -348,6 +353,10 @@ class RollupAggregator:
             "rollup_dropped": self._dropped,
             "rollup_pending": len(self._pending) + len(self._fresh),
         }
+
+
+def _discard(sample: Sample) -> None:
+    """``add`` of a closed aggregator."""
 
 
 _EPOCH = datetime(1970, 1, 1)

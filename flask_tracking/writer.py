@@ -430,6 +430,8 @@ class BatchWriter:
         self._rollup_tick = math.inf if self._rollups is None else 0.0
         if self._rollups is not None:
             self._rollups.reset()
+            if self._stopping:  # shut down before a fork: the child takes no samples either
+                self._rollups.close()
 
     def _check_pid(self) -> None:
         # Fallback for a fork that skipped the register_at_fork hooks (e.g. a C-level fork).
@@ -633,6 +635,8 @@ class BatchWriter:
             self._settling_floor = None
             self._work_cond.notify()
             self._settled_cond.notify_all()
+        if self._rollups is not None:  # their last write round is over; no thread folds more
+            self._rollups.close()
         if left:
             self._logger.warning(
                 "flask_tracking writer shut down with %d record(s) still pending; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import tracemalloc
 from typing import Any
 
 from flask import Flask
@@ -100,3 +101,28 @@ def test_close_of_one_instance_serving_two_apps_stops_both(mongo: Any) -> None:
     assert tracking.close(5.0) is True
     assert mongo["tracking"].count_documents({}) == 2
     assert not [t for t in writer_threads() if "closing-" in t.name]
+
+
+def test_an_app_still_answering_after_close_keeps_no_memory_per_request(mongo: Any) -> None:
+    app = one_request_app("closed-busy")
+    tracking = app.extensions["tracking"]
+    assert tracking.close(5.0) is True
+    client = app.test_client()
+
+    def held_by_the_tracker_after(requests: int) -> int:
+        for _ in range(requests):
+            client.get("/")
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot()
+        traces = snapshot.filter_traces([tracemalloc.Filter(True, "*/flask_tracking/*")])
+        return sum(stat.size for stat in traces.statistics("filename"))
+
+    tracemalloc.start()
+    try:
+        before = held_by_the_tracker_after(100)
+        after = held_by_the_tracker_after(2000)
+    finally:
+        tracemalloc.stop()
+    # No thread runs to fold the rollups' samples any more: they must not pile up.
+    assert after - before < 20_000, (before, after)
+    assert tracking.stats(app)["dropped_shutdown"] == 2100
