@@ -77,6 +77,10 @@ class _ExitHook:
     def __init__(self, writer: BatchWriter) -> None:
         self._ref = weakref.ref(writer, self._forget)
         atexit.register(self)
+        # Registered again after every writer's hook, so that it runs before all of them
+        # (atexit is last-in, first-out): every writer then drains at once, not in turn.
+        atexit.unregister(_stop_every_writer)
+        atexit.register(_stop_every_writer)
 
     def _forget(self, _ref: weakref.ref[BatchWriter]) -> None:
         # May run during interpreter teardown, when atexit can already be half gone.
@@ -86,7 +90,11 @@ class _ExitHook:
     def __call__(self) -> None:
         writer = self._ref()
         if writer is not None:
-            writer.shutdown(writer._shutdown_timeout)
+            deadline = writer._exit_deadline
+            if deadline is None:
+                writer.shutdown(writer._shutdown_timeout)
+            else:  # told to stop with the others: what is left of its own timeout
+                writer.shutdown(max(0.0, deadline - time.monotonic()))
 
 
 class BatchWriter:
@@ -204,6 +212,7 @@ class BatchWriter:
         self._stop_requested = False  # stop_soon(): the worker turns it into a shutdown
         self._deadline = 0.0
         self._shutdown_result: bool | None = None
+        self._exit_deadline: float | None = None  # set at interpreter exit
         self._reset_state()
 
         _LIVE_WRITERS.add(self)
@@ -370,6 +379,21 @@ class BatchWriter:
         nothing pending and simply stays idle.
         """
         self._stop_requested = True
+
+    def _stop_for_exit(self, now: float) -> None:
+        """At interpreter exit, before any writer's exit hook: stop accepting records and
+        drain what is pending until ``shutdown_timeout_seconds`` from ``now``, without waiting
+        (the exit hook waits). Never raises."""
+        try:
+            self._check_pid()
+            with self._lock:
+                self._exit_deadline = now + self._shutdown_timeout
+                if not self._stopping:
+                    self._stopping = True
+                    self._deadline = self._exit_deadline
+                    self._work_cond.notify()
+        except Exception:
+            self._log_limited("shutdown", "BatchWriter._stop_for_exit failed", exc_info=True)
 
     def stats(self) -> dict[str, int]:
         """Return a new dict of counters.
@@ -759,6 +783,13 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> Non
 # unregistered and would pile up as writers come and go.
 _LIVE_WRITERS: weakref.WeakSet[BatchWriter] = weakref.WeakSet()
 _REINIT_LOCK = threading.Lock()
+
+
+def _stop_every_writer() -> None:
+    """The first exit hook to run: tell every writer of this process to stop at once."""
+    now = time.monotonic()
+    for writer in list(_LIVE_WRITERS):
+        writer._stop_for_exit(now)
 
 
 def _after_fork_in_child() -> None:

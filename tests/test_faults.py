@@ -576,7 +576,7 @@ EXIT_SCRIPT = textwrap.dedent(
     from flask import Flask
     from flask_tracking import Tracking
 
-    mode, count, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    mode, count, out_path, apps = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     if mode == "up":
         mongoengine.connect("exit_db", alias="default", mongo_client_class=mongomock.MongoClient,
                             uuidRepresentation="standard")
@@ -599,36 +599,35 @@ EXIT_SCRIPT = textwrap.dedent(
         mongoengine.connect("exit_db", alias="default", host=f"mongodb://127.0.0.1:{port}/",
                             serverSelectionTimeoutMS=30000, uuidRepresentation="standard")
 
-    app = Flask("exiting")
-    app.config.update(TESTING=True, TRACKING_FLUSH_INTERVAL_SECONDS=60,
-                      TRACKING_SHUTDOWN_TIMEOUT_SECONDS=1.0)
-
-    @app.get("/hello")
-    def hello():
-        return "Hello"
-
-    # atexit runs hooks last-in first-out: these two bracket the tracker's own exit hook.
+    # atexit runs hooks last-in first-out: these two bracket the tracker's own exit hooks.
     marks = {}
     atexit.register(lambda: print("TRACKER_EXIT_SECONDS", time.perf_counter() - marks["start"],
                                   file=sys.stderr, flush=True))
-    tracking = Tracking(app)
+    tracking = Tracking()
+    for number in range(apps):
+        app = Flask(f"exiting_{number}")
+        app.config.update(TESTING=True, TRACKING_FLUSH_INTERVAL_SECONDS=60,
+                          TRACKING_SHUTDOWN_TIMEOUT_SECONDS=1.0)
+        app.add_url_rule("/hello", "hello", lambda: "Hello")
+        tracking.init_app(app)
+        client = app.test_client()
+        for i in range(count):
+            client.get(f"/hello?i={i}")
     atexit.register(lambda: marks.setdefault("start", time.perf_counter()))
-    client = app.test_client()
-    for i in range(count):
-        client.get(f"/hello?i={i}")
-    print(json.dumps(tracking.stats(app)), flush=True)
+    print(json.dumps(tracking.stats()), flush=True)
     """
 )
 
 
 def run_exit_script(
-    mode: str, count: int, out_path: Path
+    mode: str, count: int, out_path: Path, apps: int = 1
 ) -> tuple[dict[str, int], float, float, str]:
-    """Run EXIT_SCRIPT; return its stats, the seconds from its last print to its exit, the
-    seconds the tracker's atexit hook took, and its stderr."""
+    """Run EXIT_SCRIPT (``count`` requests to each of ``apps`` apps); return its stats (all
+    apps summed), the seconds from its last print to its exit, the seconds the tracker's atexit
+    hooks took, and its stderr."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     process = subprocess.Popen(
-        [sys.executable, "-c", EXIT_SCRIPT, mode, str(count), str(out_path)],
+        [sys.executable, "-c", EXIT_SCRIPT, mode, str(count), str(out_path), str(apps)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=REPO_ROOT,
@@ -681,6 +680,17 @@ def test_exit_with_the_database_down_waits_at_most_the_shutdown_timeout(tmp_path
     # abandoned insert is still selecting a server that can take longer than with no records.
     assert delay < baseline + 1.0 + 2.0, (delay, baseline)
     assert "Traceback" not in stderr
+
+
+def test_exit_with_the_database_down_and_three_apps_waits_one_shutdown_timeout(
+    tmp_path: Path,
+) -> None:
+    # Each app's writer has its own exit hook; they must not wait one after the other (with
+    # gunicorn's graceful timeout, the worker would be killed before the last one ran).
+    stats, _, hook, stderr = run_exit_script("down", 5, tmp_path / "none.txt", apps=3)
+    assert stats["pending"] == 3 * 5
+    assert stderr.count("5 record(s) still pending") == 3
+    assert hook < 1.0 + 0.3, hook  # TRACKING_SHUTDOWN_TIMEOUT_SECONDS, for all apps at once
 
 
 # ---------------------------------------------------------------------------- fork
