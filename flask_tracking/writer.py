@@ -255,6 +255,13 @@ class BatchWriter:
                     return True
                 self._dropped[reason] += 1
                 self._not_enqueued += 1
+                if reason == "queue_full" and self._thread is not None:
+                    # Signalled and logged by the worker: a slow record_dropped receiver must
+                    # not cost the request. One wake-up until the worker has reported it.
+                    if not self._unreported:
+                        self._work_cond.notify()
+                    self._unreported[reason] = self._unreported.get(reason, 0) + 1
+                    return False
             self._notify_dropped(reason, 1)
         except Exception:
             # Tracking must never break the request being tracked.
@@ -309,7 +316,12 @@ class BatchWriter:
                     round_target = self._rollup_started + 1
 
                 def settled() -> bool:
-                    return self._settled_through() >= target and self._rollup_done >= round_target
+                    return (
+                        self._settled_through() >= target
+                        and self._rollup_done >= round_target
+                        and not self._unreported
+                        and not self._reporting
+                    )
 
                 if settled():
                     return True
@@ -437,6 +449,10 @@ class BatchWriter:
         # First seq of a batch whose counters are updated but whose callbacks still run;
         # flush() waits for them so that callbacks have run by the time it returns.
         self._settling_floor: int | None = None
+        # Refused records (a full queue) the worker has yet to signal, by reason; True while
+        # it calls the callbacks of those it took (flush() waits for both).
+        self._unreported: dict[str, int] = {}
+        self._reporting = False
         self._written = 0
         self._dropped: dict[str, int] = dict.fromkeys(BASE_DROP_REASONS, 0)
         self._not_enqueued = 0
@@ -506,6 +522,7 @@ class BatchWriter:
                 rollups_due, self._rollups_due = self._rollups_due, False
                 if rollups_due:
                     self._batch_before_rollups = False
+            self._report_refused()
             if rollups_due or (entries is None and self._stopping):
                 self._write_rollups()
             if entries is None:
@@ -514,6 +531,21 @@ class BatchWriter:
                 return
             if entries:
                 self._write(entries)
+
+    def _report_refused(self) -> None:
+        """Signal and log the records refused since the last call (lock not held)."""
+        with self._lock:
+            unreported, self._unreported = self._unreported, {}
+            if not unreported:
+                return
+            self._reporting = True
+        try:
+            for reason, count in unreported.items():
+                self._notify_dropped(reason, count)
+        finally:
+            with self._lock:
+                self._reporting = False
+                self._settled_cond.notify_all()
 
     def _write_rollups(self) -> None:
         """One rollup write round (lock not held): fold the samples, write the aggregates."""
@@ -544,6 +576,8 @@ class BatchWriter:
                 self._deadline = now + self._shutdown_timeout
             if self._stopping and (not self._queue or now >= self._deadline):
                 return None  # done, or out of time: shutdown() counts what is left
+            if self._unreported:
+                return []  # the caller signals the refused records, then comes back
             if self._rollups is not None and now >= self._rollup_tick:
                 self._rollup_tick = now + self._interval
                 self._rollups_due = self._rollups_due or self._rollups.has_work()
@@ -661,6 +695,7 @@ class BatchWriter:
             self._settled_cond.notify_all()
         if self._rollups is not None:  # their last write round is over; no thread folds more
             self._rollups.close()
+        self._report_refused()  # what the worker had no time to signal
         if left:
             self._logger.warning(
                 "flask_tracking writer shut down with %d record(s) still pending; "

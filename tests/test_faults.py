@@ -35,7 +35,7 @@ import pytest
 from flask import Flask
 from pymongo.errors import AutoReconnect, CollectionInvalid
 
-from flask_tracking import Tracking
+from flask_tracking import Tracking, record_dropped
 from flask_tracking.capture import BodyCapture
 from flask_tracking.store import MongoSink
 
@@ -520,6 +520,48 @@ def test_a_full_queue_never_blocks_counts_exactly_the_overflow_and_stays_flat(
     assert stats["enqueued"] + stats["dropped_queue_full"] == 1 + 499 + 50 + 400
     check_invariant(stats)
     assert len(stored(app, mongo)) == 100
+
+
+def test_a_slow_record_dropped_receiver_never_slows_the_requests_of_a_full_queue(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    # reliability.md: the signals are "sent from the writer thread". A receiver that talks to
+    # a metrics or alerting service must not cost every request while the database is down.
+    app = make_app(
+        TRACKING_QUEUE_MAX_RECORDS=5, TRACKING_BATCH_MAX_RECORDS=5, TRACKING_ROLLUPS=False
+    )
+    tracking = app.extensions["tracking"]
+    gate = threading.Event()
+    entered = threading.Event()
+    calls: list[tuple[str, str, int]] = []
+
+    def blocked(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        gate.wait(30)
+        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
+
+    def slow_receiver(sender: Flask, reason: str, count: int) -> None:
+        calls.append((threading.current_thread().name, reason, count))
+        time.sleep(0.2)
+
+    record_dropped.connect(slow_receiver, app)
+    client = app.test_client()
+    with patch_insert_many(blocked):
+        try:
+            client.get("/hello")
+            assert entered.wait(3), "the writer never started writing"
+            slowest = 0.0
+            for _ in range(10):
+                started = time.perf_counter()
+                assert client.get("/hello").data == b"Hello"
+                slowest = max(slowest, time.perf_counter() - started)
+        finally:
+            gate.set()
+        assert tracking.flush(5)
+    assert tracking.stats(app)["dropped_queue_full"] == 6
+    assert wait_for(lambda: sum(count for _, _, count in calls) == 6), calls
+    assert slowest < 0.1, slowest
+    assert {name for name, _, _ in calls} == {f"flask-tracking-writer[{app.name}]"}
 
 
 def test_the_queue_byte_bound_counts_every_header_while_the_database_hangs(
