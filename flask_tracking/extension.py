@@ -319,8 +319,16 @@ class Tracking:
         ``dropped_shutdown``. Returns True when nothing had to be dropped. Afterwards no
         thread of the tracker runs; the apps keep answering, and their later requests are
         counted as ``dropped_shutdown`` instead of being recorded. Idempotent; never raises.
+        The writers are all told to stop first, so that they drain at once.
         """
-        return self._on_every_writer(BatchWriter.shutdown, timeout)
+        deadlines = [
+            (tracked.writer, tracked.writer.begin_shutdown(timeout))
+            for tracked in list(self._apps.values())
+        ]
+        done = True
+        for writer, deadline in deadlines:
+            done = writer.shutdown(max(0.0, deadline - time.monotonic())) and done
+        return done
 
     def _on_every_writer(
         self, action: Callable[[BatchWriter, float | None], bool], timeout: float | None

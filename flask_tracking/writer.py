@@ -392,20 +392,23 @@ class BatchWriter:
         """
         self._stop_requested = True
 
-    def _stop_for_exit(self, now: float) -> None:
-        """At interpreter exit, before any writer's exit hook: stop accepting records and
-        drain what is pending until ``shutdown_timeout_seconds`` from ``now``, without waiting
-        (the exit hook waits). Never raises."""
+    def begin_shutdown(self, timeout: float | None = None) -> float:
+        """Stop accepting records and start writing what is pending, for at most ``timeout``
+        seconds (default ``shutdown_timeout_seconds``), without waiting; return that deadline
+        (``time.monotonic()``). ``shutdown()`` then waits: several writers told first drain at
+        once. No effect on a writer stopping already. Never raises."""
+        budget = self._shutdown_timeout if timeout is None else max(0.0, float(timeout))
+        deadline = time.monotonic() + budget
         try:
             self._check_pid()
             with self._lock:
-                self._exit_deadline = now + self._shutdown_timeout
                 if not self._stopping:
                     self._stopping = True
-                    self._deadline = self._exit_deadline
+                    self._deadline = deadline
                     self._work_cond.notify()
         except Exception:
-            self._log_limited("shutdown", "BatchWriter._stop_for_exit failed", exc_info=True)
+            self._log_limited("shutdown", "BatchWriter.begin_shutdown failed", exc_info=True)
+        return deadline
 
     def stats(self) -> dict[str, int]:
         """Return a new dict of counters.
@@ -822,9 +825,8 @@ _REINIT_LOCK = threading.Lock()
 
 def _stop_every_writer() -> None:
     """The first exit hook to run: tell every writer of this process to stop at once."""
-    now = time.monotonic()
     for writer in list(_LIVE_WRITERS):
-        writer._stop_for_exit(now)
+        writer._exit_deadline = writer.begin_shutdown()
 
 
 def _after_fork_in_child() -> None:
