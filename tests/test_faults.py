@@ -452,6 +452,21 @@ def test_retrying_a_partly_written_batch_creates_no_duplicates(
 # ---------------------------------------------------------------------------- queue full
 
 
+@contextlib.contextmanager
+def held_writes() -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Every insert_many waits until the test sets ``gate`` (at most 120 s: a shorter wait lets
+    a slow machine write early); ``entered`` is set once the writer is waiting."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def blocked(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        gate.wait(120)
+        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
+
+    with patch_insert_many(blocked):
+        yield gate, entered
+
+
 def test_a_full_queue_never_blocks_counts_exactly_the_overflow_and_stays_flat(
     make_app: Callable[..., Flask], mongo: Any
 ) -> None:
@@ -461,16 +476,8 @@ def test_a_full_queue_never_blocks_counts_exactly_the_overflow_and_stays_flat(
         TRACKING_QUEUE_MAX_RECORDS=100, TRACKING_BATCH_MAX_RECORDS=10, TRACKING_ROLLUPS=False
     )
     tracking = app.extensions["tracking"]
-    gate = threading.Event()
-    entered = threading.Event()
-
-    def blocked(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        gate.wait(120)  # opened by the test; a shorter wait lets a slow machine write early
-        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
-
     client = app.test_client()
-    with patch_insert_many(blocked):
+    with held_writes() as (gate, entered):
         try:
             client.get("/hello")
             assert entered.wait(3), "the writer never started writing"
@@ -531,14 +538,7 @@ def test_a_slow_record_dropped_receiver_never_slows_the_requests_of_a_full_queue
         TRACKING_QUEUE_MAX_RECORDS=5, TRACKING_BATCH_MAX_RECORDS=5, TRACKING_ROLLUPS=False
     )
     tracking = app.extensions["tracking"]
-    gate = threading.Event()
-    entered = threading.Event()
     calls: list[tuple[str, str, int]] = []
-
-    def blocked(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        gate.wait(30)
-        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
 
     def slow_receiver(sender: Flask, reason: str, count: int) -> None:
         calls.append((threading.current_thread().name, reason, count))
@@ -546,7 +546,7 @@ def test_a_slow_record_dropped_receiver_never_slows_the_requests_of_a_full_queue
 
     record_dropped.connect(slow_receiver, app)
     client = app.test_client()
-    with patch_insert_many(blocked):
+    with held_writes() as (gate, entered):
         try:
             client.get("/hello")
             assert entered.wait(3), "the writer never started writing"
