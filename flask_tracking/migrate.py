@@ -28,6 +28,7 @@ from .storage import (
     SERIES_FIELD,
     CollectionSpec,
     ensure_collection,
+    is_duplicate_id,
     mode_of,
     series_of,
     ttl_indexes,
@@ -37,7 +38,6 @@ __all__ = ["CHECKPOINTS", "MigrationError", "MigrationResult", "migrate", "sourc
 
 #: The collection holding one checkpoint document per migration under way.
 CHECKPOINTS = "tracking_migrations"
-_DUPLICATE_KEY = 11000
 
 #: ``on_batch(copied, total)``: called after each batch is stored.
 OnBatch = Callable[[int, int], None]
@@ -204,5 +204,5 @@ def _store(target: Collection[Any], batch: list[dict[str, Any]], spec: Collectio
         target.insert_many(fresh, ordered=False)
     except BulkWriteError as error:
         errors = (error.details or {}).get("writeErrors", [])
-        if any(item.get("code") != _DUPLICATE_KEY for item in errors):
-            raise  # a duplicate was stored by an earlier run; anything else is a real failure
+        if not all(is_duplicate_id(item) for item in errors):
+            raise  # a duplicate _id was stored by an earlier run; anything else is a failure

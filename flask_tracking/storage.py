@@ -380,3 +380,21 @@ def _same_cap(options: Mapping[str, Any], size_bytes: int, max_documents: int) -
     size = options.get("size") or 0
     size_matches = size_bytes <= size <= max(4096, size_bytes + 256)
     return size_matches and (options.get("max") or 0) == max_documents
+
+
+#: MongoDB's error code for a duplicate key of a unique index.
+DUPLICATE_KEY = 11000
+
+
+def is_duplicate_id(write_error: Mapping[str, Any]) -> bool:
+    """Whether a write error is a duplicate ``_id`` (the document is stored already), not a
+    duplicate key of another unique index someone made (the document was refused). Servers
+    before 4.4 name the index only in the message; one that names none (mongomock) is taken
+    for ``_id``."""
+    if write_error.get("code") != DUPLICATE_KEY:
+        return False
+    key_pattern = write_error.get("keyPattern")
+    if key_pattern is not None:
+        return isinstance(key_pattern, Mapping) and list(key_pattern) == ["_id"]
+    message = str(write_error.get("errmsg", ""))
+    return " index: " not in message or " index: _id_ " in message

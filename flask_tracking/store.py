@@ -33,8 +33,10 @@ from .record import scrub_bodies, to_document
 from .redact import Redactor, ScrubbedBody
 from .sanitize import TRUNCATED
 from .storage import (
+    DUPLICATE_KEY,
     SERIES_FIELD,
     ensure_collection,
+    is_duplicate_id,
     is_transient,
     series_of,
     tracking_spec,
@@ -58,7 +60,6 @@ _TEXT_FIELDS = ("path", "query_params", "referrer", "host", "exception", "url_ru
 #: Stored in place of custom data that could not be encoded or did not fit.
 CUSTOM_DATA_CUT = "[cut: custom data could not be stored]"
 
-_DUPLICATE_KEY = 11000
 #: Most bytes of documents sent in one insert command: well under the server's
 #: maxMessageSizeBytes (48 MB), so that pymongo never splits one ``insert_many`` into several
 #: commands. It stops such a split bulk at the first command that fails and says nothing of the
@@ -324,20 +325,6 @@ def _command_chunks(documents: list[Any]) -> list[list[Any]]:
     return chunks
 
 
-def _is_duplicate_id(write_error: Mapping[str, Any]) -> bool:
-    """Whether a write error is a duplicate ``_id`` (the document is stored already), not a
-    duplicate key of another unique index someone made (the document was refused). Servers
-    before 4.4 name the index only in the message; one that names none (mongomock) is taken
-    for ``_id``."""
-    if write_error.get("code") != _DUPLICATE_KEY:
-        return False
-    key_pattern = write_error.get("keyPattern")
-    if key_pattern is not None:
-        return isinstance(key_pattern, Mapping) and list(key_pattern) == ["_id"]
-    message = str(write_error.get("errmsg", ""))
-    return " index: " not in message or " index: _id_ " in message
-
-
 def _partial_outcome(error: BulkWriteError, documents: list[Any]) -> BatchOutcome:
     """Count what an unordered insert_many of ``documents`` stored; a duplicate _id on a retry
     was stored before (a duplicate key of another index is a refused document). When the
@@ -351,7 +338,7 @@ def _partial_outcome(error: BulkWriteError, documents: list[Any]) -> BatchOutcom
     answered = set()
     for write_error in write_errors:
         answered.add(write_error.get("index"))
-        if _is_duplicate_id(write_error):
+        if is_duplicate_id(write_error):
             duplicates += 1
         else:
             failed += 1
@@ -463,7 +450,7 @@ class RollupSink:
                 index = write_error.get("index")
                 if not isinstance(index, int) or not 0 <= index < len(aggregates):
                     continue
-                if write_error.get("code") == _DUPLICATE_KEY:
+                if write_error.get("code") == DUPLICATE_KEY:
                     retry.append(aggregates[index])
                 else:
                     dropped += 1

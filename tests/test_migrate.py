@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from flask import Flask
+from pymongo.errors import BulkWriteError
 
 from flask_tracking import Tracking
 from flask_tracking.migrate import CHECKPOINTS, MigrationError, migrate, source_name
@@ -209,3 +210,20 @@ def test_cli_migrates_with_progress(mongo: Any, backend: str) -> None:
         assert refused.exit_code == 1 and "earlier migration" in refused.output
     finally:
         app.extensions["tracking"]._apps[app].writer.shutdown(1.0)
+
+
+def test_a_record_another_unique_index_refuses_fails_the_migration(real_db: Any) -> None:
+    # Only a duplicate _id was stored by an earlier run: a duplicate key of another unique
+    # index (one made on the new collection meanwhile) is a record the copy would lose.
+    ids = seed(real_db, "capped")
+    for record_id in ids:  # copied in _id order: the second batch holds one request id twice
+        request_id = "twice" if record_id in ids[BATCH : BATCH + 2] else str(record_id)
+        real_db["tracking"].update_one({"_id": record_id}, {"$set": {"request_id": request_id}})
+
+    def unique_request_ids(copied: int, total: int) -> None:
+        if copied == BATCH:
+            real_db["tracking"].create_index("request_id", unique=True, name="one_per_id")
+
+    with pytest.raises(BulkWriteError):
+        migrate(real_db, spec("ttl"), batch_size=BATCH, on_batch=unique_request_ids)
+    assert real_db[CHECKPOINTS].find_one({"_id": "tracking"})["copied"] == BATCH
