@@ -261,6 +261,7 @@ class BatchWriter:
                     if not self._unreported:
                         self._work_cond.notify()
                     self._unreported[reason] = self._unreported.get(reason, 0) + 1
+                    self._refusals_counted += 1
                     return False
             self._notify_dropped(reason, 1)
         except Exception:
@@ -310,6 +311,8 @@ class BatchWriter:
             rollups = self._rollups
             with self._lock:
                 target = self._submitted_seq
+                # Refusals before this call must be signalled; later ones do not hold it back.
+                refusals_target = self._refusals_counted
                 # Rollups: a write round started after this call must complete.
                 round_target = 0
                 if rollups is not None and rollups.has_work():
@@ -319,8 +322,7 @@ class BatchWriter:
                     return (
                         self._settled_through() >= target
                         and self._rollup_done >= round_target
-                        and not self._unreported
-                        and not self._reporting
+                        and self._refusals_signalled() >= refusals_target
                     )
 
                 if settled():
@@ -452,10 +454,13 @@ class BatchWriter:
         # First seq of a batch whose counters are updated but whose callbacks still run;
         # flush() waits for them so that callbacks have run by the time it returns.
         self._settling_floor: int | None = None
-        # Refused records (a full queue) the worker has yet to signal, by reason; True while
-        # it calls the callbacks of those it took (flush() waits for both).
+        # Refused records (a full queue) the worker has yet to signal, by reason. Refusals are
+        # numbered: counted so far, taken by a _report_refused call, and the first number of
+        # every call still running its callbacks (flush() waits for those before its call).
         self._unreported: dict[str, int] = {}
-        self._reporting = False
+        self._refusals_counted = 0
+        self._refusals_taken = 0
+        self._reporting: list[int] = []
         self._written = 0
         self._dropped: dict[str, int] = dict.fromkeys(BASE_DROP_REASONS, 0)
         self._not_enqueued = 0
@@ -541,14 +546,20 @@ class BatchWriter:
             unreported, self._unreported = self._unreported, {}
             if not unreported:
                 return
-            self._reporting = True
+            first = self._refusals_taken
+            self._refusals_taken = self._refusals_counted
+            self._reporting.append(first)
         try:
             for reason, count in unreported.items():
                 self._notify_dropped(reason, count)
         finally:
             with self._lock:
-                self._reporting = False
+                self._reporting.remove(first)
                 self._settled_cond.notify_all()
+
+    def _refusals_signalled(self) -> int:
+        """Number up to which every refusal is signalled (lock held)."""
+        return min(self._reporting) if self._reporting else self._refusals_taken
 
     def _write_rollups(self) -> None:
         """One rollup write round (lock not held): fold the samples, write the aggregates."""
@@ -579,8 +590,6 @@ class BatchWriter:
                 self._deadline = now + self._shutdown_timeout
             if self._stopping and (not self._queue or now >= self._deadline):
                 return None  # done, or out of time: shutdown() counts what is left
-            if self._unreported:
-                return []  # the caller signals the refused records, then comes back
             if self._rollups is not None and now >= self._rollup_tick:
                 self._rollup_tick = now + self._interval
                 self._rollups_due = self._rollups_due or self._rollups.has_work()
@@ -589,6 +598,8 @@ class BatchWriter:
                     return None  # no retry can happen before the deadline
                 if self._rollups_due:
                     return []  # the caller writes the rollups while the records back off
+                if self._unreported:
+                    return []  # the caller signals the refused records, then comes back
                 # Only the end of the backoff or a shutdown lets us continue; flush() and
                 # submit() wake-ups just come back here, so they cannot speed up retries.
                 cond.wait(min(self._backoff_until, self._rollup_tick) - now)
@@ -609,6 +620,10 @@ class BatchWriter:
                 return batch
             if self._rollups_due:
                 return []  # no batch due: the caller writes the rollups, then comes back
+            if self._unreported:
+                # Only before waiting: a due batch goes first (the caller signals them before
+                # writing it), or refusals that keep coming would keep the records waiting.
+                return []
             cond.wait(min(self._next_tick, self._rollup_tick) - now)
 
     def _write(self, entries: list[_Entry]) -> None:

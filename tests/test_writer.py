@@ -714,6 +714,54 @@ def test_flush_returns_only_after_the_callbacks_of_its_records_ran(make_writer) 
     assert finished == [2]
 
 
+@pytest.fixture
+def steady_refusals(make_writer) -> Iterator:
+    """A writer whose queue keeps refusing (records bigger than its byte budget, one every
+    millisecond from another thread) while its record_dropped receiver is slow (20 ms)."""
+    sink = Sink()
+    signalled: list[int] = []
+
+    def slow_on_dropped(reason: str, count: int) -> None:
+        time.sleep(0.02)
+        signalled.append(count)
+
+    writer = make_writer(
+        sink, max_queue_bytes=100, batch_max_records=1, on_dropped=slow_on_dropped
+    )
+    assert writer.submit({"i": -1}, 1)  # starts the worker: refusals are now its to signal
+    assert writer.flush(2) is True
+    stop = threading.Event()
+
+    def refuse() -> None:
+        while not stop.is_set():
+            writer.submit({"i": -2}, 1000)
+            time.sleep(0.001)
+
+    refuser = threading.Thread(target=refuse)
+    refuser.start()
+    try:
+        assert wait_for(lambda: signalled)
+        yield writer, sink
+    finally:
+        stop.set()
+        refuser.join()
+
+
+def test_steady_refusals_do_not_keep_the_worker_from_writing(steady_refusals) -> None:
+    # Each refusal arrives while the worker signals the previous ones: it must still take
+    # the records that fit, not go back to signalling every time.
+    writer, sink = steady_refusals
+    submit_all(writer, range(3))
+    assert wait_for(lambda: sink.written == [-1, 0, 1, 2], 2), (sink.written, writer.stats())
+
+
+def test_flush_returns_while_later_records_keep_being_refused(steady_refusals) -> None:
+    # Nothing is pending and the refusals before the call are signalled within one slow
+    # receiver call: refusals made after flush() was called must not hold it back.
+    writer, _ = steady_refusals
+    assert writer.flush(1) is True, writer.stats()
+
+
 def test_drop_warnings_are_rate_limited_per_reason(make_writer, caplog) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
     writer = make_writer(Sink(), max_queue_records=1, batch_max_records=1)
