@@ -65,6 +65,9 @@ CUSTOM_DATA_CUT = "[cut: custom data could not be stored]"
 #: commands. It stops such a split bulk at the first command that fails and says nothing of the
 #: documents of the commands it did not send; one command per call keeps every outcome known.
 MAX_COMMAND_BYTES = 16 * 1024 * 1024
+#: Most documents in one insert command: the servers' maxWriteBatchSize, past which pymongo
+#: splits an ``insert_many`` however small its documents.
+MAX_COMMAND_DOCUMENTS = 100_000
 #: A hook that sees each document before it is stored: return it (changed) or None to drop it.
 BeforeSave = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -312,12 +315,15 @@ def _encoding_options(options: Any) -> CodecOptions[Any]:
 
 def _command_chunks(documents: list[Any]) -> list[list[Any]]:
     """``documents`` in runs of at most :data:`MAX_COMMAND_BYTES` (encoded documents; one of
-    another kind counts as empty), each holding at least one document."""
+    another kind counts as empty) and :data:`MAX_COMMAND_DOCUMENTS`, each holding at least one
+    document."""
     chunks: list[list[Any]] = [[]]
     size = 0
     for document in documents:
         length = len(document.raw) if isinstance(document, RawBSONDocument) else 0
-        if chunks[-1] and size + length > MAX_COMMAND_BYTES:
+        if chunks[-1] and (
+            size + length > MAX_COMMAND_BYTES or len(chunks[-1]) >= MAX_COMMAND_DOCUMENTS
+        ):
             chunks.append([])
             size = 0
         chunks[-1].append(document)

@@ -297,6 +297,18 @@ def test_mongomock_collection_only_sees_insert_many(mongo: Any) -> None:
     assert real.find_one({"_id": ids[0]})["path"] == "/items/0"  # never replaced
 
 
+def test_no_insert_command_holds_more_documents_than_pymongo_sends_in_one() -> None:
+    # pymongo splits an insert_many of more than maxWriteBatchSize (100,000) documents into
+    # several commands, whatever their bytes: TRACKING_BATCH_MAX_RECORDS has no upper bound.
+    database = FakeDatabase()
+    document = RawBSONDocument(bson.encode({"path": "/"}))
+    outcome = make_sink(lambda: database)([document] * 100_001)
+    assert outcome == BatchOutcome(written=100_001)
+    sizes = [len(args[0]) for name, args, _ in database.collection.calls if name == "insert_many"]
+    assert sum(sizes) == 100_001
+    assert max(sizes) <= 100_000, sizes
+
+
 def test_bulk_write_error_counts_inserted_and_drops_other_errors() -> None:
     database = FakeDatabase()
     database.collection.plan = [
