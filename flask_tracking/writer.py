@@ -464,6 +464,7 @@ class BatchWriter:
         self._written = 0
         self._dropped: dict[str, int] = dict.fromkeys(BASE_DROP_REASONS, 0)
         self._not_enqueued = 0
+        self._leftovers_dropped = 0  # pending records counted dropped_shutdown when stopping
         self._backoff = self._initial_backoff
         self._backoff_until = 0.0
         self._next_tick = 0.0
@@ -689,15 +690,15 @@ class BatchWriter:
             self._stopping = True
             self._deadline = deadline
             thread = self._thread
-            dropped_before = self._dropped["shutdown"]
             self._work_cond.notify()
         if thread is not None and thread is not threading.current_thread():
             thread.join(min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX))
         if thread is None and self._rollups is not None and time.monotonic() < deadline:
             self._write_rollups()  # no worker ever ran: write what the request threads added
         self._drop_leftovers()
-        with self._lock:  # the worker may have counted the leftovers itself, on its way out
-            return self._dropped["shutdown"] == dropped_before
+        with self._lock:  # the worker may have counted the leftovers itself, on its way out,
+            # even before this call (after begin_shutdown() or stop_soon())
+            return self._leftovers_dropped == 0
 
     def _drop_leftovers(self) -> int:
         """Count what is still pending as dropped_shutdown (once stopping); how many."""
@@ -708,6 +709,7 @@ class BatchWriter:
                 self._in_flight = []  # a new list: a stuck batch's late outcome is ignored
                 self._queue_bytes = 0
                 self._dropped["shutdown"] += left
+                self._leftovers_dropped += left
             self._settling_floor = None
             self._work_cond.notify()
             self._settled_cond.notify_all()

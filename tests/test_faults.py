@@ -758,6 +758,44 @@ def test_close_drains_the_writers_of_all_its_apps_at_once(mongo: Any) -> None:
     assert [tracking.stats(app)["written"] for app in apps] == [1, 1, 1]
 
 
+def test_close_says_records_were_dropped_when_a_writer_backs_off_past_its_deadline(
+    mongo: Any,
+) -> None:
+    # The second app's writer backs off for 10 s: told to stop first, it counts its record
+    # dropped_shutdown on its own thread at once, while close() waits for the first app's slow
+    # (but successful) write. close() must still say that a record was dropped.
+    tracking = Tracking()
+    apps = []
+    for number in range(2):
+        app = Flask(f"closing-down-{number}")
+        app.config.update(TESTING=True, **FAST_WRITER)
+        app.config.update(
+            TRACKING_FLUSH_INTERVAL_SECONDS=0.02,
+            TRACKING_RETRY_INITIAL_BACKOFF_SECONDS=10,
+            TRACKING_RETRY_MAX_BACKOFF_SECONDS=10,
+            TRACKING_ROLLUPS=False,
+        )
+        add_routes(app)
+        tracking.init_app(app)
+        apps.append(app)
+    refused: list[int] = []
+
+    def slow_or_down(collection: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        if any("unreachable" in str(dict(document)) for document in documents):
+            refused.append(len(documents))
+            raise AutoReconnect("connection refused (simulated)")
+        time.sleep(0.3)
+        return ORIGINAL_INSERT_MANY(collection, documents, *args, **kwargs)
+
+    with patch_insert_many(slow_or_down):
+        apps[1].test_client().get("/hello?unreachable=1")
+        assert wait_for(lambda: refused)
+        apps[0].test_client().get("/hello")
+        assert tracking.close(2.0) is False
+    assert [tracking.stats(app)["written"] for app in apps] == [1, 0]
+    assert [tracking.stats(app)["dropped_shutdown"] for app in apps] == [0, 1]
+
+
 # ---------------------------------------------------------------------------- fork
 
 

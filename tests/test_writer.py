@@ -592,6 +592,19 @@ def test_shutdown_during_a_long_backoff_returns_without_waiting_for_it(make_writ
     assert writer.stats()["dropped_shutdown"] == 2
 
 
+def test_shutdown_after_begin_shutdown_says_records_were_dropped(make_writer) -> None:
+    # Tracking.close() and the exit hook tell every writer first: a writer backing off past
+    # its deadline counts its records dropped_shutdown on its own thread, at once, before
+    # shutdown() is called. shutdown() must still answer that records were dropped.
+    sink = Sink(default="retry")
+    writer = make_writer(sink, retry_initial_backoff_seconds=10.0, retry_max_backoff_seconds=10.0)
+    submit_all(writer, range(2))
+    assert wait_for(lambda: sink.calls)
+    deadline = writer.begin_shutdown(0.5)
+    assert wait_for(lambda: writer.stats()["dropped_shutdown"] == 2)
+    assert writer.shutdown(max(0.0, deadline - time.monotonic())) is False
+
+
 def test_shutdown_abandons_a_stuck_batch_and_ignores_its_late_outcome(make_writer) -> None:
     gate = threading.Event()
     sink = Sink(gate=gate)
