@@ -315,13 +315,13 @@ class BatchWriter:
                 refusals_target = self._refusals_counted
                 # Rollups: a write round started after this call must complete.
                 round_target = 0
-                if rollups is not None and rollups.has_work():
+                if rollups is not None and not self._rounds_over and rollups.has_work():
                     round_target = self._rollup_started + 1
 
                 def settled() -> bool:
                     return (
                         self._settled_through() >= target
-                        and self._rollup_done >= round_target
+                        and (self._rollup_done >= round_target or self._rounds_over)
                         and self._refusals_signalled() >= refusals_target
                     )
 
@@ -475,6 +475,8 @@ class BatchWriter:
         self._rollup_started = 0
         self._rollup_done = 0
         self._rollups_due = False
+        # Once stopped, no rollup round will run any more: flush() waits for none.
+        self._rounds_over: bool = self._stopping
         self._batch_before_rollups = False  # a record batch was taken while rollups were due
         self._rollup_tick = math.inf if self._rollups is None else 0.0
         if self._rollups is not None:
@@ -711,6 +713,7 @@ class BatchWriter:
                 self._dropped["shutdown"] += left
                 self._leftovers_dropped += left
             self._settling_floor = None
+            self._rounds_over = True
             self._work_cond.notify()
             self._settled_cond.notify_all()
         if self._rollups is not None:  # their last write round is over; no thread folds more

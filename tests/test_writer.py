@@ -738,9 +738,7 @@ def steady_refusals(make_writer) -> Iterator:
         time.sleep(0.02)
         signalled.append(count)
 
-    writer = make_writer(
-        sink, max_queue_bytes=100, batch_max_records=1, on_dropped=slow_on_dropped
-    )
+    writer = make_writer(sink, max_queue_bytes=100, batch_max_records=1, on_dropped=slow_on_dropped)
     assert writer.submit({"i": -1}, 1)  # starts the worker: refusals are now its to signal
     assert writer.flush(2) is True
     stop = threading.Event()
@@ -1076,3 +1074,18 @@ def test_rollups_are_not_starved_by_a_queue_always_full_of_records() -> None:
         assert writer.stats()["pending"] > 100  # the records were still queued meanwhile
     finally:
         writer.shutdown(0.2)
+
+
+def test_flush_after_shutdown_does_not_wait_for_rollups_no_thread_will_write() -> None:
+    # The database was down at shutdown: the last rollup round failed and nothing will ever
+    # write the aggregates again. A flush() after Tracking.close() (timeout None by default)
+    # must not wait for a write round that never comes.
+    writer, aggregator, recorder = rollup_writer()
+    recorder.fail = 1_000
+    aggregator.add(rollup_sample())
+    writer.ensure_started()
+    writer.shutdown(0.3)
+    assert aggregator.has_work()
+    started = time.monotonic()
+    writer.flush(2.0)
+    assert time.monotonic() - started < 0.5
