@@ -15,12 +15,13 @@ The pieces:
 - :func:`snapshot_request` runs in ``after_request`` (or, when the view raised, on the
   ``got_request_exception`` signal) and copies what only the request context knows
   (endpoint, rule, user, custom data) plus the request fields of the environ.
-- :func:`tee_response_body` runs in ``after_request`` and tees the response body.
+- :func:`tee_response_body` runs in ``after_request`` and copies a complete response body; a
+  streamed one the middleware copies as the server reads it, never changing the app's
+  ``Response``.
 """
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
@@ -225,10 +226,7 @@ class RequestState:
     execution_time: float | None = None
     total_time: float | None = None
     finished = False
-    streamed = False
-    stream_ended = False  # the streamed response was read to its end
-    # Set by the middleware for a streamed response: finishes the record (idempotent).
-    end_stream: Callable[[], None] | None = None
+    streamed = False  # the body is copied by the middleware as the server reads it
     declared_length: int | None = None
     # A copy of the WSGI environ without its objects (snapshot_environ); the writer reads it.
     environ: dict[str, Any] | None = None
@@ -356,21 +354,17 @@ class TrackingMiddleware:
                 settle_unread_body(state, environ)
         except Exception:
             self._on_error()
-        if not state.streamed or state.stream_ended:  # nothing left to wait for: finish now
+        if not state.streamed:  # nothing left to wait for: finish now
             self._close(state, environ)
             return app_iter
 
-        def on_close() -> None:
-            self._close(state, environ)
-
-        def end_stream() -> None:  # runs inside the server's iteration: must not raise
+        def finish() -> None:  # also inside the server's iteration: must not raise
             try:
                 self._close(state, environ)
             except Exception:
                 self._on_error()
 
-        state.end_stream = end_stream
-        return _ClosingIterable(app_iter, on_close)
+        return _StreamedBody(app_iter, state, finish)
 
     def _with_request_id(self, headers: Any, state: RequestState, environ: dict[str, Any]) -> Any:
         """The response headers with the request id added, unless the app set that header."""
@@ -419,17 +413,24 @@ class TrackingMiddleware:
         self._finish(state)
 
 
-class _ClosingIterable:
-    """Passes the app's iterable through untouched; runs ``on_close`` after it is closed."""
+class _StreamedBody:
+    """A streamed response's iterable, passed to the server unchanged: its chunks are copied
+    as the server reads them (the app's Response object is never touched, so one served to
+    several requests at once is served as without the tracker). ``finish`` ends the record
+    once the body was read to its end or raised (the test client reads a response without
+    closing it), or when the server closes it (a client that left)."""
 
-    __slots__ = ("_app_iter", "_on_close")
+    __slots__ = ("_app_iter", "_finish", "_state")
 
-    def __init__(self, app_iter: Iterable[bytes], on_close: Callable[[], None]) -> None:
+    def __init__(
+        self, app_iter: Iterable[bytes], state: RequestState, finish: Callable[[], None]
+    ) -> None:
         self._app_iter = app_iter
-        self._on_close = on_close
+        self._state = state
+        self._finish = finish
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._app_iter)
+        return _copied(self._app_iter, self._state, self._finish)
 
     def close(self) -> None:
         try:
@@ -437,7 +438,24 @@ class _ClosingIterable:
             if close is not None:
                 close()
         finally:
-            self._on_close()
+            self._finish()
+
+
+def _copied(
+    app_iter: Iterable[bytes], state: RequestState, finish: Callable[[], None]
+) -> Generator[bytes, None, None]:
+    """Yield the body unchanged, copying its first bytes; note an exception mid-stream."""
+    capture = state.response_body
+    try:
+        for chunk in app_iter:
+            if capture is not None:
+                capture.add(chunk)
+            yield chunk
+    except Exception as error:
+        state.note_exception(error)
+        finish()  # nothing more can come: the body is over as much as one read to its end
+        raise
+    finish()
 
 
 def settle_unread_body(state: RequestState, environ: dict[str, Any]) -> None:
@@ -615,7 +633,9 @@ def _expired(user: Any) -> bool:
 
 
 def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
-    """Tee the body of ``response`` (runs in after_request; never consumes a stream)."""
+    """Copy the body of ``response`` when it is complete; for a stream, make the copy the
+    middleware fills as the server reads it. Runs in after_request; never consumes a stream
+    and never changes ``response``."""
     if state.response_body_omitted == "excluded":
         return
     if response.direct_passthrough:  # send_file: reading it would read the file
@@ -624,8 +644,6 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
         return
     state.response_body_omitted = None
     body = response.response
-    if type(body) is _TeeStream:  # a Response served again: tee what the app gave it
-        body = response.response = body.iterable
     if not isinstance(body, (list, tuple)):
         body = _sequence_behind(body)
     if body is None:
@@ -634,8 +652,7 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
             # for; the response's close() still closes the app's iterable, untouched.
             state.response_body = BodyCapture.whole(b"", limit)
             return
-        capture = state.response_body = BodyCapture(limit)
-        response.response = _TeeStream(response.response, capture, state)
+        state.response_body = BodyCapture(limit)  # filled by the middleware's _StreamedBody
         state.streamed = True
     elif len(body) == 1 and type(body[0]) is bytes and len(body[0]) <= limit:
         state.response_body = BodyCapture.whole(body[0], limit)  # the usual case: no copy
@@ -671,56 +688,3 @@ def _sequence_behind(body: Any, depth: int = 3) -> list[Any] | tuple[Any, ...] |
         if isinstance(owner, WerkzeugResponse) and owner.is_sequence:
             return owner.response  # type: ignore[return-value]
     return None
-
-
-class _TeeStream:
-    """:func:`_tee_stream` with a ``close()`` that also closes the app's iterable when
-    iteration never started (HEAD, 204/304, a client gone before the first byte)."""
-
-    __slots__ = ("_generator", "iterable")
-
-    def __init__(
-        self, iterable: Iterable[bytes | str], capture: BodyCapture, state: RequestState
-    ) -> None:
-        self.iterable = iterable  #: the app's iterable, teed
-        self._generator = _tee_stream(iterable, capture, state)
-
-    def __iter__(self) -> Iterator[bytes | str]:
-        return self._generator
-
-    def close(self) -> None:
-        started = inspect.getgeneratorstate(self._generator) != inspect.GEN_CREATED
-        self._generator.close()  # when started, its finally closes the app's iterable
-        if not started:
-            close = getattr(self.iterable, "close", None)
-            if close is not None:
-                close()
-
-
-def _tee_stream(
-    iterable: Iterable[bytes | str], capture: BodyCapture, state: RequestState
-) -> Generator[bytes | str, None, None]:
-    """Yield the stream unchanged, copying its first bytes; note an exception mid-stream."""
-    ended = False
-    try:
-        for chunk in iterable:
-            capture.add(chunk)
-            yield chunk
-        ended = True
-    except Exception as error:
-        state.note_exception(error)
-        ended = True  # nothing more can come: the stream is over as much as one read to its end
-        raise
-    finally:
-        try:
-            close = getattr(iterable, "close", None)
-            if close is not None:
-                close()
-        finally:
-            # Read to the end (or raised): the record is complete, whether or not the response
-            # is ever closed (Flask's test client reads a response without closing it).
-            if ended:
-                state.stream_ended = True
-                end_stream = state.end_stream
-                if end_stream is not None:
-                    end_stream()

@@ -305,6 +305,28 @@ def test_a_response_object_served_twice_keeps_its_body(
     assert [d["response_body"] for d in stored(tracked, mongo)] == [b"prepared body"] * 2
 
 
+def test_a_response_object_served_to_overlapping_requests_keeps_each_body(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """The same prepared Response served to two requests at once: closing the first (its
+    ClosingIterator calls the Response's close()) must not cut the second's body."""
+    tracked, untracked = make_pair(make_app)
+    bodies = []
+    for app in (tracked, untracked):
+        prepared = Response(deque([b"prepared ", b"body"]), mimetype="text/plain")
+        app.add_url_rule("/prepared", "prepared", lambda prepared=prepared: prepared)
+        client = app.test_client()
+        first = client.get("/prepared", buffered=False)
+        second = client.get("/prepared", buffered=False)
+        first_body = first.get_data()
+        first.close()
+        bodies.append([first_body, second.get_data()])
+        second.close()
+    assert bodies[1] == [b"prepared body"] * 2
+    assert bodies[0] == bodies[1]
+    assert [d["response_body"] for d in stored(tracked, mongo)] == [b"prepared body"] * 2
+
+
 # --------------------------------------------------------------------------------------------
 # 3. The logged-in user on every request
 # --------------------------------------------------------------------------------------------
