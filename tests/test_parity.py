@@ -288,40 +288,33 @@ def test_a_stream_that_raised_under_the_test_client_is_recorded(
     assert document["exception"] == "ValueError: the stream broke"
 
 
+def one_after_the_other(client: Any) -> list[bytes]:
+    return [client.get("/prepared").get_data() for _ in range(2)]
+
+
+def overlapping(client: Any) -> list[bytes]:
+    first = client.get("/prepared", buffered=False)
+    second = client.get("/prepared", buffered=False)
+    first_body = first.get_data()
+    first.close()  # its ClosingIterator calls the shared Response's close()
+    bodies = [first_body, second.get_data()]
+    second.close()
+    return bodies
+
+
+@pytest.mark.parametrize("serve", [one_after_the_other, overlapping])
 def test_a_response_object_served_twice_keeps_its_body(
-    make_app: Callable[..., Flask], mongo: Any
+    make_app: Callable[..., Flask], mongo: Any, serve: Callable[[Any], list[bytes]]
 ) -> None:
     """A view may answer with one prepared Response (a module constant, a cache) whose body is
-    an iterable that can be iterated again: Werkzeug never consumes it, the tracker must not."""
+    an iterable that can be iterated again: Werkzeug never consumes it, the tracker must not,
+    whether the requests come one after the other or at the same time."""
     tracked, untracked = make_pair(make_app)
     bodies = []
     for app in (tracked, untracked):
         prepared = Response(deque([b"prepared ", b"body"]), mimetype="text/plain")
         app.add_url_rule("/prepared", "prepared", lambda prepared=prepared: prepared)
-        client = app.test_client()
-        bodies.append([client.get("/prepared").get_data() for _ in range(2)])
-    assert bodies[1] == [b"prepared body"] * 2
-    assert bodies[0] == bodies[1]
-    assert [d["response_body"] for d in stored(tracked, mongo)] == [b"prepared body"] * 2
-
-
-def test_a_response_object_served_to_overlapping_requests_keeps_each_body(
-    make_app: Callable[..., Flask], mongo: Any
-) -> None:
-    """The same prepared Response served to two requests at once: closing the first (its
-    ClosingIterator calls the Response's close()) must not cut the second's body."""
-    tracked, untracked = make_pair(make_app)
-    bodies = []
-    for app in (tracked, untracked):
-        prepared = Response(deque([b"prepared ", b"body"]), mimetype="text/plain")
-        app.add_url_rule("/prepared", "prepared", lambda prepared=prepared: prepared)
-        client = app.test_client()
-        first = client.get("/prepared", buffered=False)
-        second = client.get("/prepared", buffered=False)
-        first_body = first.get_data()
-        first.close()
-        bodies.append([first_body, second.get_data()])
-        second.close()
+        bodies.append(serve(app.test_client()))
     assert bodies[1] == [b"prepared body"] * 2
     assert bodies[0] == bodies[1]
     assert [d["response_body"] for d in stored(tracked, mongo)] == [b"prepared body"] * 2
