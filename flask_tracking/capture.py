@@ -581,16 +581,16 @@ def snapshot_request(
     request: Any,
     login_user: Any,
     custom_data_max_bytes: int,
-    session_user_id: Any = None,
+    session_user_id: Callable[[], Any] | None = None,
 ) -> None:
     """Copy what only the request context knows into ``state`` (after the view ran).
 
     ``login_user`` is Flask-Login's already loaded user (``g._login_user``) or None: the
     tracker never loads a user itself, which would run the app's user_loader (a database query)
-    and touch the session. The user id is the loaded user's ``get_id()``, but for a SQLAlchemy
-    user a view's commit expired (reading its id would load it again): then
-    ``session_user_id``, Flask-Login's ``_user_id`` in the session, when it is there. Without a
-    loaded user, ``session_user_id`` is recorded.
+    and touch the session. ``session_user_id`` reads Flask-Login's ``_user_id`` in the session
+    (None when there is none); it is called only when needed. The user id is the loaded user's
+    ``get_id()``, but for a SQLAlchemy user a view's commit expired (reading its id would load
+    it again): then the session's, when it is there. Without a loaded user, the session's.
     """
     snapshot_environ(state, request.environ)
     rule = request.url_rule
@@ -603,15 +603,20 @@ def snapshot_request(
     if login_user is not None:
         _snapshot_user(state, login_user, session_user_id)
     elif session_user_id is not None:
-        state.user_id = str(session_user_id)
+        user_id = session_user_id()
+        if user_id is not None:
+            state.user_id = str(user_id)
 
 
-def _snapshot_user(state: RequestState, user: Any, session_user_id: Any) -> None:
+def _snapshot_user(
+    state: RequestState, user: Any, session_user_id: Callable[[], Any] | None
+) -> None:
     if not getattr(user, "is_authenticated", False):
         return
     # An expired user's get_id() would load it again, a query of the app's: the session says.
-    expired = session_user_id is not None and _expired(user)
-    user_id = session_user_id if expired else user.get_id()
+    user_id = session_user_id() if session_user_id is not None and _expired(user) else None
+    if user_id is None:
+        user_id = user.get_id()
     state.user_id = None if user_id is None else str(user_id)
     user_class = type(user)
     collection_name = getattr(user_class, "_get_collection_name", None)

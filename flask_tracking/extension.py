@@ -487,7 +487,7 @@ class Tracking:
             login_user = session_user_id = None
             if "flask_login" in sys.modules:  # never load a user: read the one the app loaded
                 login_user = g._get_current_object().get("_login_user")
-                session_user_id = _session_user_id()
+                session_user_id = _session_user_id  # read only when needed
             snapshot_request(
                 state, current, login_user, tracked.max_custom_data_bytes, session_user_id
             )
