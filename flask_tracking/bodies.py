@@ -120,10 +120,9 @@ class BodyFilters:
             scrubbed_json = self.json_body(body, text)
             if not form:
                 return scrubbed_json
-            # Werkzeug's request.form reads its key=value pairs all the same.
-            json_text = text if scrubbed_json is body else scrubbed_json.decode("utf-8", "replace")
-            scrubbed = self._query(json_text)
-            return scrubbed_json if scrubbed == json_text else scrubbed.encode("utf-8")
+            # Werkzeug's request.form reads its key=value pairs all the same: the form's pass.
+            if scrubbed_json is not body:
+                body, text = scrubbed_json, scrubbed_json.decode("utf-8", "replace")
         if form or (not kind and "=" in text):
             scrubbed = self._query(text)
             return body if scrubbed == text else scrubbed.encode("utf-8")
