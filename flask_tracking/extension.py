@@ -309,7 +309,12 @@ class Tracking:
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every record queued before the call is written or dropped (True), or
         ``timeout`` seconds passed (False). Never raises because the database is down."""
-        return self._on_every_writer(BatchWriter.flush, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = True
+        for tracked in list(self._apps.values()):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done = tracked.writer.flush(remaining) and done
+        return done
 
     def close(self, timeout: float | None = None) -> bool:
         """Write what is pending and stop the writer of every app of this instance.
@@ -328,18 +333,6 @@ class Tracking:
         done = True
         for writer, deadline in deadlines:
             done = writer.shutdown(max(0.0, deadline - time.monotonic())) and done
-        return done
-
-    def _on_every_writer(
-        self, action: Callable[[BatchWriter, float | None], bool], timeout: float | None
-    ) -> bool:
-        """``action(writer, seconds left)`` on the writer of every app, all within ``timeout``
-        seconds (None: no deadline); True when every call returned True."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        done = True
-        for tracked in list(self._apps.values()):
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done = action(tracked.writer, remaining) and done
         return done
 
     def stats(self, app: Flask | None = None) -> dict[str, int]:
