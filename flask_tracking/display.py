@@ -99,7 +99,7 @@ def pretty_json(text: str, content_type: str) -> str | None:
         return None
     try:
         return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # a hostile body nested thousands deep
         return None
 
 

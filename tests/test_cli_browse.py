@@ -145,6 +145,24 @@ def test_show_prints_the_debug_view(runner: FlaskCliRunner) -> None:
     assert '"item": 1' in result.stdout
 
 
+def test_show_a_deeply_nested_json_body(runner: FlaskCliRunner) -> None:
+    # A client's "[[[[..." body: pretty_json's json.loads raises RecursionError, which only
+    # ValueError is caught for: a traceback instead of the record.
+    body = b"[" * 5000
+    (record_id,) = insert(
+        stored_record(
+            method="POST",
+            request_headers=[["Content-Type", "application/json"]],
+            request_body=body,
+            request_body_size=len(body),
+        )
+    )
+    result = run(runner, "show", str(record_id))
+    assert not isinstance(result.exception, RecursionError), repr(result.exception)
+    assert result.exit_code == 0
+    assert "[[[[" in result.stdout
+
+
 def test_show_prints_the_request_id(runner: FlaskCliRunner) -> None:
     (record_id,) = insert(stored_record(request_id="4bf92f3577b34da6a3ce929d0e0e4736"))
     result = run(runner, "show", str(record_id))

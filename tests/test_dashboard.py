@@ -614,6 +614,32 @@ def test_secrets_sent_to_the_app_never_show(dashboard_app: Flask, mongo: Any) ->
     assert '"name": "ada"' in detail and "[Filtered]" in detail
 
 
+def test_a_deeply_nested_json_body_does_not_break_the_request_page(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    # Any client can send "[[[[..." (it looks like JSON even without a Content-Type); the
+    # tracker stores it, then pretty_json's json.loads raises RecursionError (not the
+    # ValueError it catches): the request's page is a 500, and so is every later visit.
+    from flask import request as flask_request
+
+    app = make_app()
+    app.register_blueprint(make_blueprint(public=True))
+
+    @app.post("/upload")
+    def upload() -> str:
+        flask_request.get_data()
+        return "ok"
+
+    client = app.test_client()
+    sent = client.post("/upload", data="[" * 5000, content_type="application/json")
+    assert sent.status_code == 200
+    (record,) = [record for record in stored(app, mongo) if record["path"] == "/upload"]
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    response = client.get(f"/tracking/requests/{record['_id']}")
+    assert response.status_code == 200, response.status_code
+    assert "[[[[" in text_of(response)
+
+
 def test_binary_body_as_hex(client: Any, seeded: list[dict[str, Any]]) -> None:
     record = by_path(seeded, "/files/1")
     page = text_of(client.get(f"/tracking/requests/{record['_id']}"))
