@@ -51,6 +51,7 @@ def test_curl_leaves_filtered_headers_out_and_quotes_everything(runner: FlaskCli
     assert result.stdout.startswith("curl ")
     assert shell_words(result.stdout) == [
         "curl",
+        "--globoff",
         "-X",
         "POST",
         "https://shop.example/a%20b/100%25?q=a%20b&token=[Filtered]",
@@ -137,7 +138,7 @@ def test_curl_notes_truncated_and_missing_bodies(runner: FlaskCliRunner) -> None
     result = run(runner, "curl", str(omitted))
     assert "not recorded (excluded)" in result.stderr
     assert "--data" not in result.stdout
-    assert shlex.split(run(runner, "curl", str(head)).stdout)[:2] == ["curl", "--head"]
+    assert shlex.split(run(runner, "curl", str(head)).stdout)[:3] == ["curl", "--globoff", "--head"]
 
 
 def test_curl_words_with_control_characters_still_say_what_was_sent(
@@ -148,7 +149,7 @@ def test_curl_words_with_control_characters_still_say_what_was_sent(
     printf, _, curl_part = command.partition(" | ")
     words = shell_words(curl_part)
     assert f"X-Evil: v{HOSTILE}" in words
-    assert words[3].endswith("?q=" + HOSTILE)
+    assert words[4].endswith("?q=" + HOSTILE)
     printed = subprocess.run(["sh", "-c", printf], capture_output=True, check=True).stdout
     assert printed == f"body{HOSTILE}".encode()
 
@@ -157,10 +158,10 @@ def test_curl_base_url_chooses_the_target(runner: FlaskCliRunner) -> None:
     (record_id,) = insert(stored_record(host="evil.example", path="/x", query_params="a=1"))
     default = run(runner, "curl", str(record_id))
     assert "# Target: the recorded host http://evil.example; choose another" in default.stderr
-    assert shell_words(default.stdout)[1] == "http://evil.example/x?a=1"
+    assert shell_words(default.stdout)[2] == "http://evil.example/x?a=1"
     chosen = run(runner, "curl", str(record_id), "--base-url", "http://localhost:5000/")
     assert "Target" not in chosen.stderr
-    assert shell_words(chosen.stdout)[1] == "http://localhost:5000/x?a=1"
+    assert shell_words(chosen.stdout)[2] == "http://localhost:5000/x?a=1"
     refused = run(runner, "curl", str(record_id), "--base-url", "file:///etc/passwd")
     assert refused.exit_code != 0 and "--base-url" in refused.output
 
@@ -312,3 +313,42 @@ def test_replay_does_not_print_a_secret_of_the_new_response(mongo: Any) -> None:
     assert result.exit_code == 0, result.output
     assert '+  "name": "shop"' in result.stdout
     assert secret not in result.output
+
+
+def test_curl_sends_a_query_with_brackets_or_filtered_values_as_recorded(
+    runner: FlaskCliRunner,
+) -> None:
+    # A secret query value is stored as "token=[Filtered]" (the default filtering), and
+    # "filter[status]=open" is the usual Rails/PHP form: without --globoff (-g) curl reads
+    # [...] and {...} in the URL as globbing patterns and refuses the command ("bad range in
+    # URL", exit 3), or sends several requests for "{a,b}".
+    import http.server
+    import shutil
+    import threading
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        query = "filter[status]=open&token=[Filtered]"
+        (record_id,) = insert(stored_record(path="/search", query_params=query))
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        command = run(runner, "curl", str(record_id), "--base-url", base).stdout
+        sent = subprocess.run(["sh", "-c", command], capture_output=True, timeout=30)
+        assert sent.returncode == 0, sent.stderr.decode()
+        assert seen == [f"/search?{query}"]
+    finally:
+        server.shutdown()
+        server.server_close()

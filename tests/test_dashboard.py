@@ -660,7 +660,7 @@ def test_exception_and_no_body(client: Any, seeded: list[dict[str, Any]]) -> Non
 def test_copy_as_curl_works_without_javascript(client: Any, seeded: list[dict[str, Any]]) -> None:
     record = by_path(seeded, "/api/items/3")
     page = client.get(f"/tracking/requests/{record['_id']}").get_data(as_text=True)
-    assert '<pre id="curl" class="body">curl https://app.example.com/api/items/3' in page
+    assert '<pre id="curl" class="body">curl --globoff https://app.example.com/api/items/3' in page
     assert '<button type="button" class="copy" data-copy="curl" hidden>' in page
     assert "flask_tracking/copy.js" in page
 

@@ -58,16 +58,17 @@ def curl_for(
 ) -> tuple[str, list[str]]:
     """A shell command (POSIX quoting) re-sending ``record`` with curl, and notes about it.
 
-    The target is ``base_url`` (``http://localhost:5000``) or else the recorded scheme and
-    host. Headers stored as ``[Filtered]`` are left out, as are Host (in the URL),
-    Content-Length and Transfer-Encoding (curl sets them). With ``data_file`` (where the caller
-    wrote the stored body) the body is sent with ``--data-binary @data_file``. Otherwise a text
-    body goes in ``--data-raw``; a binary one (or one holding control or bidirectional
-    characters) is piped in by ``printf`` with octal escapes, unless it was truncated: then it
-    is left out and a note says so (a partial binary body is rarely worth sending, and its
-    printf would be tens of kilobytes of escapes). A word holding a control or bidirectional
-    character is given as ``"$(printf ...)"`` with octal escapes, so the printed command shows
-    none of them raw (nothing a terminal would act on).
+    The target is ``base_url`` (``http://localhost:5000``) or else the recorded scheme and host;
+    ``--globoff`` makes curl send the URL's brackets and braces as they are (a query's
+    ``token=[Filtered]``, ``filter[status]=open``). Headers stored as ``[Filtered]`` are left
+    out, as are Host (in the URL), Content-Length and Transfer-Encoding (curl sets them). With
+    ``data_file`` (where the caller wrote the stored body) the body is sent with ``--data-binary
+    @data_file``. Otherwise a text body goes in ``--data-raw``; a binary one (or one holding
+    control or bidirectional characters) is piped in by ``printf`` with octal escapes, unless it
+    was truncated: then it is left out and a note says so (a partial binary body is rarely worth
+    sending, and its printf would be tens of kilobytes of escapes). A word holding a control or
+    bidirectional character is given as ``"$(printf ...)"`` with octal escapes, so the printed
+    command shows none of them raw (nothing a terminal would act on).
     """
     method = (record.method or "GET").upper()
     body = bytes(record.request_body) if record.request_body is not None else b""
@@ -78,7 +79,7 @@ def curl_for(
     url += quote(record.path or "/", safe="/:@!$&'()*+,;=")
     if record.query_params:
         url += f"?{record.query_params}"
-    words = ["curl"]
+    words = ["curl", "--globoff"]  # a query's [ ] and { } are not curl's URL patterns
     if method == "HEAD":
         words.append("--head")
     elif method != "GET" or body:
