@@ -352,3 +352,32 @@ def test_curl_sends_a_query_with_brackets_or_filtered_values_as_recorded(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_replay_escapes_control_characters_in_the_apps_exception(mongo: Any) -> None:
+    # An exception message that quotes the request (here the path) is printed raw in the
+    # "The app raised ..." error: a crafted path writes the terminal's clipboard (OSC 52) or
+    # clears the screen when somebody replays it. The recorded exception is escaped by show.
+    app = cli_app()
+
+    @app.get("/items/<name>")
+    def item(name: str) -> str:
+        raise LookupError(f"no item called {name}")
+
+    (record_id,) = insert(stored_record(path="/items/x\x1b]52;c;cm0gLXJmIH4=\x07", endpoint="item"))
+    result = run(app.test_cli_runner(), "replay", str(record_id))
+    assert_clear_error(result, "The app raised LookupError")
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr, repr(result.stderr)
+
+
+def test_replay_escapes_control_characters_in_the_recorded_method(runner: FlaskCliRunner) -> None:
+    # The method is the client's (the Werkzeug server takes any word of the request line):
+    # the refusal "Not replaying a <METHOD> request" and, with --force, the first line of
+    # the output print it raw, where show and list escape it.
+    (record_id,) = insert(stored_record(method="X\x1b]52;c;cm0gLXJmIH4=\x07", path="/users/1"))
+    refused = run(runner, "replay", str(record_id))
+    assert_clear_error(refused, "Not replaying a")
+    forced = run(runner, "replay", str(record_id), "--force")
+    for output in (refused.stderr, forced.stdout):
+        assert "\x1b" not in output and "\x07" not in output, repr(output)
+

@@ -174,7 +174,7 @@ def replay_command(record_id: str, force: bool, allow_truncated: bool) -> None:
     method = (record.method or "GET").upper()
     if method not in SAFE_METHODS and not force:
         raise click.ClickException(
-            f"Not replaying a {method} request: it may change data again. "
+            f"Not replaying a {escape(method)} request: it may change data again. "
             "Pass --force to replay it anyway."
         )
     try:
@@ -189,7 +189,7 @@ def replay_command(record_id: str, force: bool, allow_truncated: bool) -> None:
         message = f"{error}" if redactor is None else redactor.message(f"{error}")
         raise click.ClickException(
             f"The app raised {type(error).__name__} while handling the replayed request: "
-            f"{message}"  # filtered as a record's exception is
+            f"{escape(message)}"  # filtered as a record's exception is; no raw control codes
         ) from None
     with response:
         new_body = response.get_data()
@@ -199,7 +199,7 @@ def replay_command(record_id: str, force: bool, allow_truncated: bool) -> None:
     recorded = status_line(record.status_code)
     same = new_status == record.status_code
     click.echo(
-        f"{method} {escape(target(record.path, record.query_params))} -> "
+        f"{escape(method)} {escape(target(record.path, record.query_params))} -> "
         f"{click.style(status_line(new_status), fg=None if same else 'yellow')} "
         f"(recorded: {recorded})"
     )
