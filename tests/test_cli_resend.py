@@ -381,3 +381,14 @@ def test_replay_escapes_control_characters_in_the_recorded_method(runner: FlaskC
     for output in (refused.stderr, forced.stdout):
         assert "\x1b" not in output and "\x07" not in output, repr(output)
 
+
+def test_replay_sends_a_path_starting_with_two_slashes_to_that_path(runner: FlaskCliRunner) -> None:
+    # A client may send "GET //other.example/users/5" (recorded as such, 404 here). The test
+    # client reads "//other.example/users/5" as a network-path reference: the replay goes to
+    # /users/5 with Host other.example, another view than the recorded request reached.
+    (record_id,) = insert(
+        stored_record(path="//other.example/users/5", endpoint=None, url_rule=None, status_code=404)
+    )
+    result = run(runner, "replay", str(record_id))
+    assert result.exit_code == 0, result.output
+    assert "-> 404 Not Found (recorded: 404 Not Found)" in result.stdout, result.stdout
