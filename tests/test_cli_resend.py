@@ -392,3 +392,25 @@ def test_replay_sends_a_path_starting_with_two_slashes_to_that_path(runner: Flas
     result = run(runner, "replay", str(record_id))
     assert result.exit_code == 0, result.output
     assert "-> 404 Not Found (recorded: 404 Not Found)" in result.stdout, result.stdout
+
+
+def test_curl_targets_no_other_host_than_the_recorded_one(runner: FlaskCliRunner) -> None:
+    # The Host header is stored raw (HTTP_HOST) and pasted into the URL: "shop.example@evil.
+    # example" reads as shop.example in the "Target:" note, but is userinfo "shop.example" at
+    # evil.example, so curl sends the request (and the header the reader adds back, as the
+    # "Left out filtered headers: Authorization" note invites) to evil.example. The dashboard
+    # shows the same command under "Copy as curl", without even the "Target:" note.
+    from urllib.parse import urlsplit
+
+    host = "shop.example@evil.example"
+    (record_id,) = insert(
+        stored_record(
+            host=host,
+            path="/account",
+            request_headers=[["Host", host], ["Authorization", FILTERED]],
+        )
+    )
+    result = run(runner, "curl", str(record_id))
+    assert result.exit_code == 0, result.output
+    url = shell_words(result.stdout)[2]
+    assert urlsplit(url).hostname != "evil.example", url

@@ -7,6 +7,7 @@ from anywhere; ``replay`` sends it through the app's test client and compares th
 from __future__ import annotations
 
 import difflib
+import re
 import shlex
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -45,9 +46,6 @@ def curl_command(record_id: str, data_file: str | None, base_url: str | None) ->
         with open(data_file, "wb") as stream:
             stream.write(bytes(record.request_body or b""))
     command, notes = curl_for(record, data_file, base_url)
-    if base_url is None:
-        target = escape(f"{record.scheme or 'http'}://{record.host or 'localhost'}")
-        notes.insert(0, f"Target: the recorded host {target}; choose another with --base-url.")
     for note in notes:
         click.echo(f"# {note}", err=True)
     click.echo(command)
@@ -72,8 +70,9 @@ def curl_for(
     """
     method = (record.method or "GET").upper()
     body = bytes(record.request_body) if record.request_body is not None else b""
+    notes: list[str] = []
     if base_url is None:
-        url = f"{record.scheme or 'http'}://{record.host or 'localhost'}"
+        url, notes = _recorded_target(record)
     else:
         url = base_url.rstrip("/")
     url += quote(record.path or "/", safe="/:@!$&'()*+,;=")
@@ -103,7 +102,31 @@ def curl_for(
         lines.append("--data-binary @-")
     elif body:
         lines.append(f"--data-raw {shlex.quote(body.decode('utf-8', 'replace'))}")
-    return prefix + " \\\n  ".join(lines), _curl_notes(record, binary, data_file)
+    return prefix + " \\\n  ".join(lines), notes + _curl_notes(record, binary, data_file)
+
+
+#: A Host header that names a host and nothing else: a name or an IPv4 address, or an IPv6
+#: address in brackets, then an optional port. No userinfo (``@``), path, query or spaces.
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9._~%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def _recorded_target(record: Tracking) -> tuple[str, list[str]]:
+    """The recorded scheme and Host as the curl command's target, and the note that says so.
+
+    The Host header is the client's: one that is more than a host and a port
+    (``shop.example@evil.example`` is userinfo, then the host ``evil.example``) is not
+    pasted into the URL; the command targets ``localhost`` then, and the note says why.
+    """
+    scheme = record.scheme if record.scheme in ("http", "https") else "http"
+    host = record.host or "localhost"
+    if _HOST_RE.fullmatch(host):
+        url = f"{scheme}://{host}"
+        return url, [f"Target: the recorded host {url}; choose another with --base-url."]
+    url = f"{scheme}://localhost"
+    return url, [
+        f"Target: {url}, as the recorded Host {escape(repr(host))} is not a host name and "
+        "port; choose another with --base-url."
+    ]
 
 
 def _shell_word(word: str) -> str:
