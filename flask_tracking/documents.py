@@ -153,8 +153,39 @@ def parse_datetime(value: datetime | date | str) -> datetime:
     else:
         raise ValueError(f"{value!r} is not a date: pass a datetime, a date or a string.")
     if result.tzinfo is not None:
-        result = result.astimezone(timezone.utc).replace(tzinfo=None)
+        try:
+            result = result.astimezone(timezone.utc).replace(tzinfo=None)
+        except OverflowError:
+            raise ValueError(
+                f"{value!r} is out of range: in UTC it falls before year 1 or after year 9999."
+            ) from None
     return result
+
+
+def time_ago(now: datetime | None = None, /, **duration: float) -> datetime:
+    """``now`` (default: this machine's clock) minus ``duration``, given as the keyword
+    arguments of :class:`~datetime.timedelta` (``days=7``), as a naive UTC datetime like the
+    stored dates. Raises :class:`ValueError` with a sentence, not :class:`OverflowError`, when
+    that falls outside the years 1 to 9999."""
+    start = datetime.now(timezone.utc).replace(tzinfo=None) if now is None else now
+    try:
+        return start - timedelta(**duration)
+    except OverflowError:
+        amounts = ", ".join(f"{unit}={amount:g}" for unit, amount in duration.items() if amount)
+        raise ValueError(
+            f"A duration of {amounts} is out of range: dates run from year 1 to 9999."
+        ) from None
+
+
+def window_start(*, minutes: float = 0, hours: float = 0, days: float = 0) -> datetime:
+    """Where ``last(minutes=..., hours=..., days=...)`` starts: now minus their sum, naive
+    UTC. Raises :class:`ValueError` for a duration that is not positive or reaches back
+    before year 1."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    since = time_ago(now, minutes=minutes, hours=hours, days=days)
+    if since >= now:
+        raise ValueError("last() needs a positive duration, such as last(minutes=15).")
+    return since
 
 
 def _path_regex(pattern: str | re.Pattern[str]) -> str:
@@ -337,12 +368,10 @@ class TrackingQuerySet(QuerySet):
         return self.filter(**{key: value for key, value in criteria.items() if value is not None})
 
     def last(self, *, minutes: float = 0, hours: float = 0, days: float = 0) -> TrackingQuerySet:
-        """Requests of the last ``minutes`` + ``hours`` + ``days`` (by this machine's clock)."""
-        window = timedelta(minutes=minutes, hours=hours, days=days)
-        if window <= timedelta(0):
-            raise ValueError("last() needs a positive duration, such as last(minutes=15).")
-        since = datetime.now(timezone.utc).replace(tzinfo=None) - window
-        return self.filter(date_created__gte=since)
+        """Requests of the last ``minutes`` + ``hours`` + ``days`` (by this machine's clock).
+        Raises :class:`ValueError` for a duration that is not positive or reaches back before
+        year 1."""
+        return self.filter(date_created__gte=window_start(minutes=minutes, hours=hours, days=days))
 
     def for_path(self, pattern: str | re.Pattern[str], *, exact: bool = False) -> TrackingQuerySet:
         """Requests whose path matches the regular expression ``pattern`` **at its start**.

@@ -12,14 +12,14 @@ rollups are the count of what happened and the records are what is still stored.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mongoengine import DateTimeField, DictField, FloatField, IntField, StringField
 
 from ._mongoengine import Document, QuerySet
 from .aggregate import histogram_percentile
-from .documents import parse_datetime
+from .documents import parse_datetime, window_start
 from .reports import PERCENTILES, TIMELINE_BUCKETS, check_choice
 
 __all__ = ["ROLLUP_GROUPS", "STATUS_CLASSES", "Rollup", "RollupQuerySet"]
@@ -72,11 +72,10 @@ class RollupQuerySet(QuerySet):
         return narrowed
 
     def last(self, *, minutes: float = 0, hours: float = 0, days: float = 0) -> RollupQuerySet:
-        """The requests of the last ``minutes`` + ``hours`` + ``days`` (this machine's clock)."""
-        window = timedelta(minutes=minutes, hours=hours, days=days)
-        if window <= timedelta(0):
-            raise ValueError("last() needs a positive duration, such as last(minutes=15).")
-        return self.between(datetime.now(timezone.utc).replace(tzinfo=None) - window)
+        """The requests of the last ``minutes`` + ``hours`` + ``days`` (this machine's clock).
+        Raises :class:`ValueError` for a duration that is not positive or reaches back before
+        year 1."""
+        return self.between(window_start(minutes=minutes, hours=hours, days=days))
 
     def for_endpoint(self, name: str | None) -> RollupQuerySet:
         """Rollups of one Flask endpoint (None: requests that matched no view)."""
@@ -236,7 +235,10 @@ class RollupQuerySet(QuerySet):
 
 def _ceil_hour(moment: datetime) -> datetime:
     floor = _floor_hour(moment)
-    return floor if floor == moment else floor + timedelta(hours=1)
+    if floor == moment:
+        return floor
+    # In the last hour of year 9999 no whole hour follows: the window's minutes cover the rest.
+    return datetime.max if floor == _floor_hour(datetime.max) else floor + timedelta(hours=1)
 
 
 def _floor_hour(moment: datetime) -> datetime:

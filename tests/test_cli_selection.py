@@ -125,3 +125,23 @@ def test_select_records_filters_like_list(app: Flask, runner: FlaskCliRunner) ->
             select_records(status="5x")
         with pytest.raises(ValueError, match="--since"):
             select_records(since="yesterday")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--since", "1000000d"],  # a duration further back than year 1
+        ["--since", "99999999999999999999w"],
+        ["--until", "0001-01-01T00:00+01:00"],  # an offset that takes it before year 1 in UTC
+        ["--since", "9999-12-31T23:59-01:00"],  # ... or after year 9999
+    ],
+)
+def test_an_out_of_range_date_is_one_sentence_and_exit_1(
+    runner: FlaskCliRunner, args: list[str]
+) -> None:
+    # docs/cli.md: a bad date ends with one sentence and exit code 1, never a traceback.
+    insert(stored_record())
+    for command in ("list", "export", "stats", "timeline"):
+        result = run(runner, command, *args)
+        assert not isinstance(result.exception, OverflowError), (command, result.exception)
+        assert_clear_error(result, args[0])

@@ -520,6 +520,25 @@ def test_a_bad_filter_is_a_400_that_says_why(client: Any, query: str, message: s
     assert message in text_of(response)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/tracking/requests?since=1000000d",
+        "/tracking/requests?until=0001-01-01T00:00%2B01:00",
+        "/tracking/live?since=1000000d",
+        "/tracking/live.json?since=1000000d",
+        "/tracking/?from=0001-01-01T00:00%2B01:00",
+        "/tracking/?from=9999-12-31T23:58&to=9999-12-31T23:59",
+        "/tracking/endpoints/api.items?from=9999-12-31T23:58&to=9999-12-31T23:59",
+    ],
+)
+def test_an_out_of_range_date_is_a_400_that_says_why(dashboard_app: Flask, url: str) -> None:
+    # A bad date is a 400 page saying why (like "since=later"), not an OverflowError (500).
+    dashboard_app.config["PROPAGATE_EXCEPTIONS"] = False
+    response = dashboard_app.test_client().get(url)
+    assert response.status_code == 400, response.status_code
+
+
 def test_the_form_keeps_the_filters(client: Any) -> None:
     page = client.get("/tracking/requests?status=4xx&user=7&errors=1").get_data(as_text=True)
     assert 'name="status" value="4xx"' in page

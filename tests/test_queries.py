@@ -272,6 +272,9 @@ def test_parse_datetime_forms() -> None:
     assert parse_datetime("2024-05-01T12:00+02:00") == dt.datetime(2024, 5, 1, 10)
     with pytest.raises(ValueError):
         parse_datetime("")
+    for text in ("0001-01-01T00:00+01:00", "9999-12-31T23:59-01:00"):
+        with pytest.raises(ValueError, match="out of range"):
+            parse_datetime(text)
 
 
 def test_last() -> None:
@@ -288,6 +291,9 @@ def test_last() -> None:
     assert paths(Tracking.objects.last(days=1, hours=49)) == ["/now", "/hour", "/day", "/old"]
     with pytest.raises(ValueError, match="positive duration"):
         Tracking.objects.last()
+    for days in (1e6, 1e20):  # before year 1: a sentence, not an OverflowError
+        with pytest.raises(ValueError, match="out of range"):
+            Tracking.objects.last(days=days)
 
 
 def test_for_path_is_a_regex_anchored_at_the_start() -> None:

@@ -285,6 +285,15 @@ def test_bad_arguments_say_what_is_allowed(mongomock_db: Any) -> None:
         Rollup.objects.last()
     with pytest.raises(ValueError, match="after the end"):
         Rollup.objects.between("2024-05-02", "2024-05-01")
+    with pytest.raises(ValueError, match="out of range"):
+        Rollup.objects.last(days=1e6)
+
+
+def test_a_window_in_the_last_hour_of_year_9999_is_reported(mongo: Any) -> None:
+    # No whole hour follows 9999-12-31 23:00: the reports used to overflow looking for one.
+    assert Rollup.objects.between(datetime.max).summary()["count"] == 0
+    assert Rollup.objects.between("9999-12-31T23:30").stats() == []
+    assert Rollup.objects.between("9999-12-31T23:30").timeline("hour") == []
 
 
 def test_the_pipelines_use_only_operators_of_mongodb_4_4(

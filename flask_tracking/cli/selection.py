@@ -13,7 +13,7 @@ import functools
 import json
 import re
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Callable, TypeVar
 
 import click
@@ -24,7 +24,7 @@ from mongoengine.connection import ConnectionFailure as NotConnected
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from ..config import TrackingConfig, load_config
-from ..documents import Tracking, TrackingQuerySet, parse_datetime
+from ..documents import Tracking, TrackingQuerySet, parse_datetime, time_ago
 from ..rollups import Rollup, RollupQuerySet
 from ..store import ROLLUP_COLLECTION_NAME
 
@@ -253,8 +253,10 @@ def _moment(value: str | None, option: str) -> datetime | None:
         return None
     match = _SINCE_RE.match(value)
     if match:
-        ago = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
-        return datetime.now(timezone.utc).replace(tzinfo=None) - ago
+        try:
+            return time_ago(**{_UNITS[match.group(2)]: float(match.group(1))})
+        except ValueError:
+            raise ValueError(f"{option}: {value.strip()} ago is before year 1.") from None
     try:
         return parse_datetime(value)
     except ValueError as error:

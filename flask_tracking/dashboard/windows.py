@@ -36,6 +36,9 @@ BUCKETS: dict[str, timedelta] = {
 MAX_BARS = 200
 #: Beyond this many buckets (a custom window of years), empty buckets are not drawn as gaps.
 MAX_FILLED_BUCKETS = 1000
+#: The latest moment a custom window may reach: a day before the end of year 9999, so that the
+#: whole hour and the day bucket after any moment of the window are still dates.
+LATEST = datetime(9999, 12, 31)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ def window_from_args(args: Mapping[str, str], default: str) -> Window:
         end = parse_datetime(end_text) if end_text else now
         if start >= end:
             raise ValueError(f"The start ({start_text}) must be before the end ({end_text}).")
+        if end > LATEST:
+            raise ValueError(f"The window must end by {LATEST:%Y-%m-%d %H:%M} UTC, not {end_text}.")
         return Window(start, end, None)
     preset = check_preset(args.get("window") or default)
     return Window(now - PRESETS[preset], now, preset)
