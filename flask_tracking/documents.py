@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -206,11 +206,16 @@ _DATA_OPERATORS = frozenset({"ne", "lt", "lte", "gt", "gte", "in", "nin", "exist
 
 
 def _custom_data_query(key: str, value: Any) -> dict[str, Any]:
-    """``cart__items__gte=3`` -> ``{"custom_data.cart.items": {"$gte": 3}}``."""
+    """``cart__items__gte=3`` -> ``{"custom_data.cart.items": {"$gte": 3}}``; ``in`` and
+    ``nin`` take a list (any iterable) of values; one value alone (a number, a text) is a
+    list of one."""
     parts = key.split("__")
     if len(parts) > 1 and parts[-1] in _DATA_OPERATORS:
         operator = parts.pop()
-        value = {f"${operator}": list(value) if operator in ("in", "nin") else value}
+        if operator in ("in", "nin"):
+            several = isinstance(value, Iterable) and not isinstance(value, (str, bytes, dict))
+            value = list(value) if several else [value]
+        value = {f"${operator}": value}
     return {".".join(["custom_data", *parts]): value}
 
 

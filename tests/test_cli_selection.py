@@ -145,3 +145,14 @@ def test_an_out_of_range_date_is_one_sentence_and_exit_1(
         result = run(runner, command, *args)
         assert not isinstance(result.exception, OverflowError), (command, result.exception)
         assert_clear_error(result, args[0])
+
+
+def test_data_in_with_a_value_that_is_not_a_list(runner: FlaskCliRunner) -> None:
+    # "--data KEY=VALUE: VALUE is JSON when it parses, text otherwise". With the "in" operator
+    # a scalar VALUE is a TypeError traceback (1) or split into characters (blue -> b, l, u, e).
+    insert(stored_record(path="/b", custom_data={"team": "b"}))
+    crashed = run(runner, "list", "--data", "team__in=1")
+    assert not isinstance(crashed.exception, TypeError), crashed.exception
+    assert crashed.exit_code in (0, 1), crashed.output
+    listed = run(runner, "list", "--data", "team__in=blue")
+    assert listed_paths(listed) == [], "team 'b' is not in 'blue'"

@@ -370,6 +370,9 @@ def test_with_data() -> None:
     assert paths(Tracking.objects.with_data(cart__items=1)) == ["/b"]
     assert sorted(paths(Tracking.objects.with_data(order__gte=7))) == ["/a", "/b"]
     assert paths(Tracking.objects.with_data(team__in=("red", "green"))) == ["/b"]
+    assert paths(Tracking.objects.with_data(team__in="red")) == ["/b"]  # not r, e, d
+    assert paths(Tracking.objects.with_data(order__in=42)) == ["/a"]
+    assert sorted(paths(Tracking.objects.with_data(team__nin=(t for t in ["red"])))) == ["/a", "/c"]
     assert paths(Tracking.objects.with_data(order__gt=5, team="blue")) == ["/a"]
     assert paths(Tracking.objects.with_data(order__exists=False)) == ["/c"]
     assert len(paths(Tracking.objects.with_data())) == 3
