@@ -156,3 +156,17 @@ def test_data_in_with_a_value_that_is_not_a_list(runner: FlaskCliRunner) -> None
     assert crashed.exit_code in (0, 1), crashed.output
     listed = run(runner, "list", "--data", "team__in=blue")
     assert listed_paths(listed) == [], "team 'b' is not in 'blue'"
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(
+    "args", [["--status", "99999999999999999999"], ["--data", "order=99999999999999999999"]]
+)
+def test_a_number_beyond_8_bytes_is_one_sentence_and_exit_1(real_db: Any, args: list[str]) -> None:
+    # On a server, BSON cannot encode the int: bson's OverflowError ("MongoDB can only handle
+    # up to 8-byte ints") is neither a ValueError nor a PyMongoError, so it is a traceback
+    # (and a 500 on the dashboard's /tracking/requests?status=99999999999999999999).
+    insert(stored_record())
+    result = run(cli_app().test_cli_runner(), "list", *args)
+    assert not isinstance(result.exception, OverflowError), repr(result.exception)
+    assert result.exit_code in (0, 1), result.output

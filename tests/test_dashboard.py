@@ -546,6 +546,17 @@ def test_a_data_in_filter_with_a_scalar_is_not_a_500(dashboard_app: Flask) -> No
     assert response.status_code in (200, 400), response.status_code
 
 
+@pytest.mark.parametrize(
+    "query", ["status=99999999999999999999", "data=order__in=[1,-99999999999999999999]"]
+)
+def test_a_number_beyond_8_bytes_is_a_400_that_says_why(dashboard_app: Flask, query: str) -> None:
+    # On a server, bson cannot encode the int: an OverflowError, a 500.
+    dashboard_app.config["PROPAGATE_EXCEPTIONS"] = False
+    response = dashboard_app.test_client().get(f"/tracking/requests?{query}")
+    assert response.status_code == 400, response.status_code
+    assert "out of range" in text_of(response)
+
+
 def test_the_form_keeps_the_filters(client: Any) -> None:
     page = client.get("/tracking/requests?status=4xx&user=7&errors=1").get_data(as_text=True)
     assert 'name="status" value="4xx"' in page

@@ -32,6 +32,10 @@ _SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _STATUS_RE = re.compile(r"^\s*([1-5])(?:xx|XX)\s*$")
 
+#: The whole numbers MongoDB stores (BSON's 8-byte integers); a filter on a larger one is
+#: refused by the driver.
+_INT64 = range(-(2**63), 2**63)
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -243,7 +247,7 @@ def _with_status(records: TrackingQuerySet, status: str) -> TrackingQuerySet:
         low = int(match.group(1)) * 100
         return records.filter(status_code__gte=low, status_code__lt=low + 100)
     if status.strip().isdigit():
-        return records.filter(status_code=int(status))
+        return records.filter(status_code=_storable(int(status), "--status"))
     raise ValueError(f"--status takes a code such as 404 or a class such as 5xx, not {status!r}.")
 
 
@@ -268,9 +272,28 @@ def _data_filter(item: str) -> tuple[str, Any]:
     if not separator or not key:
         raise ValueError(f"--data takes KEY=VALUE, such as --data order=42, not {item!r}.")
     try:
-        return key, json.loads(text)
+        value = json.loads(text)
     except ValueError:
         return key, text
+    return key, _storable(value, "--data")
+
+
+def _storable(value: Any, option: str) -> Any:
+    """``value`` when every whole number in it (in lists and objects too) fits in 8 bytes, as
+    MongoDB stores them; else :class:`ValueError` with a sentence naming ``option``."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, int) and not isinstance(item, bool) and item not in _INT64:
+            raise ValueError(
+                f"{option}: {item} is out of range: MongoDB stores whole numbers from "
+                f"{_INT64.start} to {_INT64.stop - 1}."
+            )
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return value
 
 
 def record_by_id(records: TrackingQuerySet, record_id: str) -> Tracking:
