@@ -177,3 +177,15 @@ def test_csv_cells_never_start_a_formula(
         assert row[column].endswith('HYPERLINK("http://evil.example")')
     assert row["endpoint"] == "ok"
     assert row["status_code"] == "200"
+
+
+@pytest.mark.parametrize("where", ["missing/out.jsonl", "."])
+def test_export_to_a_target_that_cannot_be_written_is_one_sentence(
+    runner: FlaskCliRunner, tmp_path: Path, where: str
+) -> None:
+    # A directory that does not exist, or a directory given as the file: FileNotFoundError /
+    # IsADirectoryError tracebacks instead of one sentence and exit code 1 (docs/cli.md).
+    insert(stored_record())
+    result = run(runner, "export", "-o", str(tmp_path / where))
+    assert not isinstance(result.exception, OSError), repr(result.exception)
+    assert result.exit_code in (1, 2), result.output

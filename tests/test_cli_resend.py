@@ -414,3 +414,12 @@ def test_curl_targets_no_other_host_than_the_recorded_one(runner: FlaskCliRunner
     assert result.exit_code == 0, result.output
     url = shell_words(result.stdout)[2]
     assert urlsplit(url).hostname != "evil.example", url
+
+
+def test_curl_data_file_in_a_missing_directory_is_one_sentence(
+    runner: FlaskCliRunner, tmp_path: Any
+) -> None:
+    (record_id,) = insert(stored_record(method="POST", request_body=b"x", request_body_size=1))
+    result = run(runner, "curl", str(record_id), "--data-file", str(tmp_path / "no" / "body.bin"))
+    assert not isinstance(result.exception, OSError), repr(result.exception)
+    assert result.exit_code in (1, 2), result.output

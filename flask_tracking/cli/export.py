@@ -21,7 +21,7 @@ import click
 from bson import DBRef, ObjectId
 
 from ..display import CONTROL_RE, escape
-from .selection import app_records, command, filter_options, filtered
+from .selection import app_records, command, filter_options, filtered, writing_to
 
 #: Columns of ``export --format csv``, in order (bodies and headers only in JSON Lines).
 CSV_COLUMNS = (
@@ -103,7 +103,8 @@ def _open_output(output: str) -> Iterator[TextIO]:
     A regular file is written to a temporary file beside it, renamed over it only once the
     export is complete: a failed export leaves the previous file (or none). A new file is
     readable by its owner only (it holds request data); a replaced one keeps its mode.
-    /dev/null, pipes and other special files are written in place.
+    /dev/null, pipes and other special files are written in place. A file that cannot be
+    written (a missing directory, a directory, a full disk) is one sentence and exit code 1.
     """
     if output == "-":
         # sys.stdout.buffer: click.get_binary_stream is deprecated since Click 8.2.
@@ -114,23 +115,24 @@ def _open_output(output: str) -> Iterator[TextIO]:
             stream.flush()
             stream.detach()
         return
-    if os.path.exists(output) and not os.path.isfile(output):
-        with open(output, "w", encoding="utf-8", newline="") as stream:
-            yield stream
-        return
-    descriptor, temporary = tempfile.mkstemp(
-        dir=os.path.dirname(os.path.abspath(output)), prefix=".export-", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as stream:
-            yield stream
-        if os.path.exists(output):
-            os.chmod(temporary, stat.S_IMODE(os.stat(output).st_mode))
-        os.replace(temporary, output)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    with writing_to(output):
+        if os.path.exists(output) and not os.path.isfile(output):
+            with open(output, "w", encoding="utf-8", newline="") as stream:
+                yield stream
+            return
+        descriptor, temporary = tempfile.mkstemp(
+            dir=os.path.dirname(os.path.abspath(output)), prefix=".export-", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as stream:
+                yield stream
+            if os.path.exists(output):
+                os.chmod(temporary, stat.S_IMODE(os.stat(output).st_mode))
+            os.replace(temporary, output)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
 
 def _write_jsonl(documents: Iterable[dict[str, Any]], stream: Any) -> int:

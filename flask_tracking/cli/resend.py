@@ -17,7 +17,7 @@ import click
 from ..display import CONTROL_RE, escape, is_binary, pretty_json, status_line, target
 from ..documents import Tracking
 from ..replay import check_replayable
-from .selection import app_config, app_records, command, record_by_id
+from .selection import app_config, app_records, command, record_by_id, writing_to
 
 #: Methods ``replay`` sends without ``--force``: the safe ones (RFC 9110). PUT and DELETE are
 #: idempotent but change data, which may have changed since; they need ``--force`` too.
@@ -43,7 +43,7 @@ def curl_command(record_id: str, data_file: str | None, base_url: str | None) ->
         raise click.BadParameter("must start with http:// or https://", param_hint="--base-url")
     record = record_by_id(app_records(), record_id)
     if data_file is not None:
-        with open(data_file, "wb") as stream:
+        with writing_to(data_file), open(data_file, "wb") as stream:
             stream.write(bytes(record.request_body or b""))
     command, notes = curl_for(record, data_file, base_url)
     for note in notes:

@@ -3,16 +3,18 @@
 The connection alias the app's :class:`~flask_tracking.Tracking` extension writes to
 (``TRACKING_DB_ALIAS``, ``"default"`` without the extension), the records and rollups read
 through it, the filter options that narrow them (:func:`select_records`,
-:func:`select_rollups`), one record by its id, and :func:`command`, which makes a function a
-command that turns database trouble into one sentence and exit code 1.
+:func:`select_rollups`), one record by its id, :func:`command`, which makes a function a
+command that turns database trouble into one sentence and exit code 1, and
+:func:`writing_to`, which does the same for a file a command cannot write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, Callable, TypeVar
 
@@ -144,6 +146,16 @@ def command(name: str) -> Callable[[Callable[..., Any]], click.Command]:
         return click.command(name)(with_appcontext(_database_errors(function)))
 
     return make
+
+
+@contextlib.contextmanager
+def writing_to(path: str) -> Iterator[None]:
+    """Turn an :class:`OSError` in the block (a missing directory, a directory given as the
+    file, no permission) into one sentence about ``path`` and exit code 1."""
+    try:
+        yield
+    except OSError as error:
+        raise click.ClickException(f"Cannot write {path}: {error.strerror or error}.") from None
 
 
 def filter_options(function: F) -> F:
