@@ -373,6 +373,33 @@ def test_overview_of_24_hours_has_errors_statuses_endpoints_agents(client: Any) 
     assert "api.items" in errors_table and "api.orders" not in errors_table
 
 
+def test_a_status_class_link_lists_the_requests_it_counts(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    # The overview counts the last hour up to now; its status-class link passes since/until
+    # as window.from_value / to_value, cut to the minute: the requests of the current minute
+    # (the freshest errors) are counted on the overview and missing from the list it links to.
+    import time
+
+    while utc_now().second < 3 or utc_now().second > 55:  # keep "now - 1 s" in this minute
+        time.sleep(0.5)
+    record = make_record(
+        utc_now() - timedelta(seconds=1), status_code=500, path="/fresh", endpoint="api.items"
+    )
+    mongo["tracking"].insert_one(record)
+    store_rollups(mongo, [record])
+    app = make_app()
+    app.register_blueprint(make_blueprint(public=True))
+    client = app.test_client()
+    page = client.get("/tracking/?window=1h").get_data(as_text=True)
+    assert re.search(r'Requests</div>\s*<div class="value">1<', page)
+    link = html.unescape(re.search(r'href="(/tracking/requests\?status=5xx[^"]*)"', page).group(1))
+    assert list_ids(client.get(link)) == [str(record["_id"])], link
+    page = client.get("/tracking/endpoints/api.items?window=1h").get_data(as_text=True)
+    link = html.unescape(re.search(r'href="([^"]*)">All requests to this endpoint', page).group(1))
+    assert list_ids(client.get(link)) == [str(record["_id"])], link
+
+
 def test_overview_draws_the_timeline_as_svg(client: Any) -> None:
     page = client.get("/tracking/?window=24h").get_data(as_text=True)
     chart = page.split('<figure class="chart', 1)[1].split("</figure>", 1)[0]

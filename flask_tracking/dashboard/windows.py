@@ -85,6 +85,17 @@ class Window:
         """The end as an ``<input type="datetime-local">`` value."""
         return _input_value(self.end)
 
+    @property
+    def since_value(self) -> str:
+        """The start to the microsecond, as the request list's ``since`` filter: its links
+        list every request the window counts, those of the current minute too."""
+        return self.start.isoformat()
+
+    @property
+    def until_value(self) -> str:
+        """The end to the microsecond, as the request list's ``until`` filter."""
+        return self.end.isoformat()
+
     def select(self, records: _Selection) -> _Selection:
         """``records`` (stored records or rollups) within this window (``last()`` for
         presets, ``between()`` otherwise)."""
