@@ -189,3 +189,32 @@ def test_export_to_a_target_that_cannot_be_written_is_one_sentence(
     result = run(runner, "export", "-o", str(tmp_path / where))
     assert not isinstance(result.exception, OSError), repr(result.exception)
     assert result.exit_code in (1, 2), result.output
+
+
+def test_export_jsonl_is_strict_json_for_non_finite_numbers(runner: FlaskCliRunner) -> None:
+    # add_data(score=float("nan")) is stored as is (BSON has NaN and Infinity); json.dumps
+    # writes them as the bare tokens NaN / Infinity, which are not JSON (RFC 8259): jq,
+    # JSON.parse and most JSON Lines readers reject the whole line.
+    insert(stored_record(custom_data={"score": float("nan"), "ratio": float("inf")}))
+    result = run(runner, "export")
+    assert result.exit_code == 0, result.output
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"not JSON: {token}")
+
+    for line in result.stdout.splitlines():
+        json.loads(line, parse_constant=refuse)
+
+
+def test_non_finite_numbers_are_null_in_json_lines_and_empty_in_csv(
+    runner: FlaskCliRunner, tmp_path: Path
+) -> None:
+    # docs/cli.md: NaN and the infinities are written as null (JSON), an empty cell (CSV).
+    insert(stored_record(execution_time=float("nan"), custom_data={"ratio": float("-inf")}))
+    (line,) = run(runner, "export").stdout.splitlines()
+    record = json.loads(line)
+    assert (record["execution_time"], record["custom_data"]) == (None, {"ratio": None})
+    target = tmp_path / "out.csv"
+    assert run(runner, "export", "--format", "csv", "-o", str(target)).exit_code == 0
+    (row,) = csv.DictReader(io.StringIO(target.read_text(encoding="utf-8")))
+    assert (row["execution_time"], row["custom_data"]) == ("", '{"ratio": null}')

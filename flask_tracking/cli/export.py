@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -139,7 +140,9 @@ def _write_jsonl(documents: Iterable[dict[str, Any]], stream: Any) -> int:
     count = 0
     for document in documents:
         ordered = {"_id": document.get("_id"), **document}  # the id first, for readers
-        line = json.dumps(jsonable(ordered), ensure_ascii=False, separators=(",", ":"))
+        line = json.dumps(
+            jsonable(ordered), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
         # JSON escapes C0 controls itself; the rest (C1, bidi controls) only appear in strings.
         stream.write(CONTROL_RE.sub(_json_escape, line))
         stream.write("\n")
@@ -170,7 +173,7 @@ def _csv_cell(document: dict[str, Any], column: str) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        value = json.dumps(jsonable(value), ensure_ascii=False, sort_keys=True)
+        value = json.dumps(jsonable(value), ensure_ascii=False, sort_keys=True, allow_nan=False)
     value = jsonable(value)
     return _safe_cell(value) if isinstance(value, str) else value
 
@@ -190,8 +193,12 @@ def jsonable(value: Any) -> Any:
     """``value`` (a raw stored record or part of it) as JSON-ready data.
 
     ObjectIds and UUIDs become strings, datetimes ISO 8601 with ``Z`` (UTC), bytes base64,
-    a DBRef ``{"$ref": collection, "$id": id}``; anything else unknown its ``str``.
+    a DBRef ``{"$ref": collection, "$id": id}``; anything else unknown its ``str``. NaN and
+    the infinities, which BSON stores but JSON has not, become None (``null``), as
+    JavaScript's ``JSON.stringify`` writes them.
     """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, dict):
