@@ -584,6 +584,27 @@ def test_a_number_beyond_8_bytes_is_a_400_that_says_why(dashboard_app: Flask, qu
     assert "out of range" in text_of(response)
 
 
+@pytest.mark.parametrize("backend", [pytest.param("real", marks=pytest.mark.real)])
+def test_a_filter_the_server_refuses_is_a_400_not_database_unavailable(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    # "(?a)" compiles in Python (so _path_regex lets it through) but MongoDB's PCRE refuses
+    # it, and a data=KEY=JSON value may carry operators the server refuses: the
+    # OperationFailure reaches the PyMongoError handler, a 503 "Database unavailable" page
+    # ("A database that cannot be read gives a 503"), though the database is fine and the
+    # filter is the problem. The CLI says "MongoDB refused the query" with exit code 1.
+    app = make_app()
+    app.register_blueprint(make_blueprint(public=True))
+    client = app.test_client()
+    for query in ("path=(%3Fa)/x", 'data=x={"$where":"1"}'):
+        for page in ("requests", "live", "live.json"):
+            response = client.get(f"/tracking/{page}?{query}")
+            text = text_of(response)
+            assert response.status_code == 400, (page, query, response.status_code, text[-300:])
+            assert "MongoDB refused the query: " in text, text[-300:]
+            assert "full error" not in text and "errmsg" not in text, text[-300:]
+
+
 def test_the_form_keeps_the_filters(client: Any) -> None:
     page = client.get("/tracking/requests?status=4xx&user=7&errors=1").get_data(as_text=True)
     assert 'name="status" value="4xx"' in page

@@ -123,12 +123,18 @@ def _database_errors(function: F) -> F:
                 f"Cannot reach MongoDB (connection {connection_alias()!r}): {_first_part(error)}."
             ) from None
         except OperationFailure as error:
-            message = (error.details or {}).get("errmsg") or _first_part(error)
-            raise click.ClickException(f"MongoDB refused the query: {message}.") from None
+            raise click.ClickException(refusal(error)) from None
         except PyMongoError as error:
             raise click.ClickException(f"MongoDB error: {_first_part(error)}.") from None
 
     return run  # type: ignore[return-value]
+
+
+def refusal(error: OperationFailure) -> str:
+    """One sentence for a query the server refused (an invalid regex, a forbidden operator),
+    with its reason only (the reply's ``errmsg``)."""
+    message = (error.details or {}).get("errmsg") or _first_part(error)
+    return f"MongoDB refused the query: {message}."
 
 
 def _first_part(error: BaseException) -> str:

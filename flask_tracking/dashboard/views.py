@@ -12,7 +12,9 @@ JavaScript. Records are read through the connection alias the app's extension wr
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 from urllib.parse import urlencode
@@ -20,13 +22,14 @@ from urllib.parse import urlencode
 from bson import ObjectId
 from flask import Blueprint, Response, abort, jsonify, render_template, request, url_for
 from mongoengine.connection import ConnectionFailure as NotConnected
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..aggregate import bucket_upper_bound
 from ..cli import app_records, app_rollups, select_records
 from ..cli.resend import curl_for
+from ..cli.selection import refusal
 from ..context import skip
 from ..documents import Tracking, TrackingQuerySet
 from .charts import format_ms, histogram_chart, shares, timeline_chart
@@ -266,23 +269,23 @@ class _Pages:
         filters = _filter_args()
         context: dict[str, Any] = {"filters": filters, "rows": [], "older": None, "newer": None}
         try:
-            records = _selected(filters)
-            before, after = _cursor("before"), _cursor("after")
+            with _refused_filters(filters):
+                page = _selected(filters).only(*ROW_FIELDS)
+                before, after = _cursor("before"), _cursor("after")
+                if after is not None:
+                    found = list(page.filter(id__gt=after).order_by("id").limit(PAGE_RECORDS + 1))
+                    shown = found[:PAGE_RECORDS][::-1]
+                    has_newer, has_older = len(found) > PAGE_RECORDS, True
+                else:
+                    if before is not None:
+                        page = page.filter(id__lt=before)
+                    found = list(page.order_by("-id").limit(PAGE_RECORDS + 1))
+                    shown = found[:PAGE_RECORDS]
+                    has_newer, has_older = before is not None, len(found) > PAGE_RECORDS
         except ValueError as error:
             return render_template(
                 "flask_tracking/requests.html", problem=str(error), **context
             ), 400
-        page = records.only(*ROW_FIELDS)
-        if after is not None:
-            found = list(page.filter(id__gt=after).order_by("id").limit(PAGE_RECORDS + 1))
-            shown = found[:PAGE_RECORDS][::-1]
-            has_newer, has_older = len(found) > PAGE_RECORDS, True
-        else:
-            if before is not None:
-                page = page.filter(id__lt=before)
-            found = list(page.order_by("-id").limit(PAGE_RECORDS + 1))
-            shown = found[:PAGE_RECORDS]
-            has_newer, has_older = before is not None, len(found) > PAGE_RECORDS
         context["rows"] = [list_row(record) for record in shown]
         if shown and has_older:
             context["older"] = page_url(".requests", filters, before=str(shown[-1].pk))
@@ -321,12 +324,12 @@ class _Pages:
         """The newest requests; the page's script adds new ones as they are stored."""
         filters = _filter_args()
         try:
-            records = _selected(filters)
+            with _refused_filters(filters):
+                found, cursor = _selected(filters).only(*ROW_FIELDS).poll(limit=LIVE_FIRST_RECORDS)
         except ValueError as error:
             return render_template(
                 "flask_tracking/live.html", problem=str(error), rows=[], filters=filters
             ), 400
-        found, cursor = records.only(*ROW_FIELDS).poll(limit=LIVE_FIRST_RECORDS)
         return render_template(
             "flask_tracking/live.html",
             problem=None,
@@ -344,15 +347,17 @@ class _Pages:
         (oldest first, at most :data:`LIVE_MAX_RECORDS`), each record with the URL of its page.
         Records of the last seconds come again in the next rounds; the page drops the ids it
         shows already."""
+        filters = _filter_args()
         try:
-            records = _selected(_filter_args()).only(*ROW_FIELDS)
-            after = _cursor("after")
+            with _refused_filters(filters):
+                records = _selected(filters).only(*ROW_FIELDS)
+                after = _cursor("after")
+                if after is None:
+                    found, cursor = records.poll(limit=LIVE_FIRST_RECORDS)
+                else:
+                    found, cursor = records.poll(after, limit=LIVE_MAX_RECORDS)
         except ValueError as error:
             return jsonify(error=str(error)), 400
-        if after is None:
-            found, cursor = records.poll(limit=LIVE_FIRST_RECORDS)
-        else:
-            found, cursor = records.poll(after, limit=LIVE_MAX_RECORDS)
         rows = [
             {**list_row(record), "url": url_for(".request_detail", record_id=str(record.pk))}
             for record in found
@@ -425,6 +430,19 @@ def _selected(filters: dict[str, Any]) -> TrackingQuerySet:
         )
     except ValueError as error:
         raise ValueError(str(error).replace("--", "")) from None
+
+
+@contextlib.contextmanager
+def _refused_filters(filters: dict[str, Any]) -> Iterator[None]:
+    """Turn the server's refusal of a query (a regex its PCRE does not take, an operator it
+    forbids) into :class:`ValueError` with its reason: with filters given, they are the
+    problem (a 400), not the database (the 503 of :func:`_database_unavailable`)."""
+    try:
+        yield
+    except OperationFailure as error:
+        if not filters:
+            raise
+        raise ValueError(refusal(error)) from None
 
 
 def _cursor(name: str) -> ObjectId | None:
