@@ -237,6 +237,14 @@ def test_tail_stops_at_the_timeout(runner: FlaskCliRunner) -> None:
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "inf"])
+def test_tail_refuses_an_interval_that_is_not_above_0(
+    runner: FlaskCliRunner, interval: str
+) -> None:
+    # 0 or less polled the database in a busy loop; nan and inf failed in time.sleep.
+    assert_clear_error(run(runner, "tail", "--interval", interval), "--interval", "above 0")
+
+
 def test_tail_exits_quietly_on_ctrl_c(
     runner: FlaskCliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
