@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import stat
 import subprocess
 from typing import Any
 
@@ -117,6 +118,7 @@ def test_curl_leaves_out_a_truncated_binary_body_and_offers_a_data_file(
     result = run(runner, "curl", str(record_id), "--data-file", str(target))
     assert result.exit_code == 0
     assert target.read_bytes() == kept
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # a new file: owner only, as export
     assert shlex.split(result.stdout)[-2:] == ["--data-binary", f"@{target}"]
     assert "truncated" in result.stderr and "--data-file FILE" not in result.stderr
 

@@ -7,6 +7,7 @@ from anywhere; ``replay`` sends it through the app's test client and compares th
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -43,12 +44,18 @@ def curl_command(record_id: str, data_file: str | None, base_url: str | None) ->
         raise click.BadParameter("must start with http:// or https://", param_hint="--base-url")
     record = record_by_id(app_records(), record_id)
     if data_file is not None:
-        with writing_to(data_file), open(data_file, "wb") as stream:
+        with writing_to(data_file), open(data_file, "wb", opener=_owner_only) as stream:
             stream.write(bytes(record.request_body or b""))
     command, notes = curl_for(record, data_file, base_url)
     for note in notes:
         click.echo(f"# {note}", err=True)
     click.echo(command)
+
+
+def _owner_only(path: str, flags: int) -> int:
+    """Open ``path`` as :func:`open` would, creating it readable by its owner only (a request
+    body may hold personal data); an existing file keeps its mode, as ``export`` does."""
+    return os.open(path, flags, 0o600)
 
 
 def curl_for(
