@@ -799,6 +799,22 @@ def test_hostile_values_are_escaped_everywhere(client: Any, seeded: list[dict[st
     assert f"/{XSS}\\x1b[31m?q=<i>" in detail  # shown, escaped, control character visible
 
 
+def test_the_page_title_shows_control_characters_visibly(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    # The <title> (a tab's name, a bookmark) took the method and the endpoint raw.
+    record = make_record(utc_now(), method="GE\x1bT\u202e", endpoint="api\x1b\u202e")
+    mongo["tracking"].insert_one(record)
+    app = make_app()
+    app.register_blueprint(make_blueprint(public=True))
+    client = app.test_client()
+    for url in (f"/tracking/requests/{record['_id']}", "/tracking/endpoints/api%1B%E2%80%AE"):
+        page = client.get(url).get_data(as_text=True)
+        title = re.search(r"<title>(.*?)</title>", page, re.S).group(1)
+        assert "\x1b" not in title and "\u202e" not in title, (url, title)
+        assert "\\x1b" in title, (url, title)
+
+
 def test_live_json_is_text_only(client: Any) -> None:
     data = client.get("/tracking/live.json").get_json()
     hostile = next(row for row in data["records"] if row["endpoint"] == "evil.<b>")
