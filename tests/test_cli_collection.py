@@ -75,3 +75,13 @@ def test_info_storage_mode_and_how_records_leave() -> None:
         "ttl (records expire after 86400 s (expiry))"
     )
     assert collection._storage_text(collection._UNREPORTED, {}) == "unknown"
+
+
+def test_info_says_when_the_collection_does_not_exist(runner: FlaskCliRunner, mongo: Any) -> None:
+    # A server reports no options for a missing collection: info said "Capped: no".
+    assert "tracking" not in mongo.list_collection_names()
+    result = run(runner, "info")
+    assert result.exit_code == 0, result.output
+    assert "Exists:" in result.stdout and "Capped" not in result.stdout, result.stdout
+    insert(stored_record())
+    assert "Exists:" not in run(runner, "info").stdout

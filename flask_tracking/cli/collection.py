@@ -22,13 +22,18 @@ def info_command() -> None:
     records = app_records()
     collection = records._collection
     database = collection.database
+    named = (
+        "Collection",
+        f"{collection.name} (database {database.name}, connection {connection_alias()!r})",
+    )
+    if not _exists(collection):
+        missing = "no: the writer creates it with the first request it records"
+        _echo_rows([named, ("Exists", missing), ("Writer", _writer_text())])
+        return
     options = _options(collection)
     indexes = collection.index_information()
     rows = [
-        (
-            "Collection",
-            f"{collection.name} (database {database.name}, connection {connection_alias()!r})",
-        ),
+        named,
         ("Capped", _capped_text(options)),
         ("Storage", _storage_text(options, indexes)),
         ("Size", _size_text(database, collection.name)),
@@ -38,9 +43,27 @@ def info_command() -> None:
         ("Indexes", _indexes_text(indexes)),
         ("Writer", _writer_text()),
     ]
+    _echo_rows(rows)
+
+
+def _echo_rows(rows: list[tuple[str, str]]) -> None:
+    """``Label: text`` lines, the texts aligned."""
     width = max(len(label) for label, _ in rows) + 1
     for label, text in rows:
         click.echo(f"{click.style((label + ':').ljust(width), bold=True)} {text}")
+
+
+def _exists(collection: Any) -> bool:
+    """Whether the collection exists; True when the server does not say (a user without the
+    listCollections privilege)."""
+    try:
+        return collection.name in collection.database.list_collection_names(
+            filter={"name": collection.name}
+        )
+    except ConnectionFailure:
+        raise
+    except Exception:
+        return True
 
 
 #: What :func:`_options` gives for a server that does not report collection options.
