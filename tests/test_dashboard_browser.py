@@ -288,7 +288,7 @@ def test_request_detail_copy_as_curl(browser: Any, server: str) -> None:
     page = browser.find_element(By.TAG_NAME, "main").text
     assert '"password": "[Filtered]"' in page and "Authorization" in page
     curl = browser.find_element(By.ID, "curl").text
-    assert curl.startswith("curl -X POST 'https://app.example.com/api/orders?")
+    assert curl.startswith("curl --globoff -X POST 'https://app.example.com/api/orders?")
     button = browser.find_element(By.CSS_SELECTOR, "button[data-copy=curl]")
     assert button.is_displayed(), "the script shows the copy button"
     button.click()
