@@ -9,6 +9,10 @@ resumes where it stopped when run again with the same ``--to``. A batch that was
 yet checkpointed is not stored twice: the ids already in the new collection are skipped (a
 time-series collection has no unique ``_id`` index to refuse them).
 
+``$gt`` compares values of one BSON type only, so the copy walks the ``_id`` types one after the
+other in MongoDB's sort order (records inserted by hand or by another tool may have string or
+numeric ids). The old collection is dropped only when as many records were copied as it holds.
+
 New records keep arriving in ``<name>`` while it runs: the app writes by collection name.
 """
 
@@ -17,8 +21,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from bson import ObjectId
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConnectionFailure
@@ -41,6 +47,21 @@ CHECKPOINTS = "tracking_migrations"
 
 #: ``on_batch(copied, total)``: called after each batch is stored.
 OnBatch = Callable[[int, int], None]
+
+#: The least value of each BSON type an ``_id`` can have, in the order MongoDB sorts the types:
+#: null, numbers, strings, documents, binary data, ObjectIds, booleans, dates. ``$gte`` one of
+#: them matches the whole type and no other. An ``_id`` of another type (a timestamp, NaN) is not
+#: reached; the count kept before dropping the old collection tells.
+_ID_FLOORS: tuple[Any, ...] = (
+    None,
+    float("-inf"),
+    "",
+    {},
+    b"",
+    ObjectId("0" * 24),
+    False,
+    datetime.min,
+)
 
 
 class MigrationError(RuntimeError):
@@ -115,14 +136,15 @@ def migrate(
         if name not in existing and old not in existing:
             ensure_collection(database, spec, log)
             return MigrationResult(nothing_to_do=True)
-        checkpoints.insert_one({"_id": name, "to": spec.mode, "last_id": None, "copied": 0})
-        state = {"last_id": None, "copied": 0}
+        checkpoints.insert_one({"_id": name, "to": spec.mode, "kind": 0, "copied": 0})
+        state = {"kind": 0, "copied": 0}
     if name in existing and old not in existing:
         database[name].rename(old)
     target = _target(database, spec, log)
     source = database[old]
     result = _copy(source, target, spec, checkpoints, state, batch_size, on_batch)
     checkpoints.delete_one({"_id": name})
+    _check_all_copied(source, int(state.get("copied") or 0) + result.copied)
     if drop_source:
         source.drop()
     else:
@@ -168,23 +190,45 @@ def _copy(
     batch_size: int,
     on_batch: OnBatch | None,
 ) -> MigrationResult:
-    last_id = state.get("last_id")
+    """Copy the records of ``source`` after the checkpoint ``state`` into ``target``, one
+    ``_id`` type after the other (:data:`_ID_FLOORS`), saving the checkpoint after each batch."""
+    first = int(state.get("kind") or 0)
     copied_before = int(state.get("copied") or 0)
     total = source.count_documents({})
     result = MigrationResult(total=total)
-    while True:
-        criteria = {} if last_id is None else {"_id": {"$gt": last_id}}
-        batch = list(source.find(criteria).sort("_id", 1).limit(batch_size))
-        if not batch:
-            return result
-        _store(target, batch, spec)
-        last_id = batch[-1]["_id"]
-        result.copied += len(batch)
-        if on_batch is not None:
-            on_batch(copied_before + result.copied, total)
-        checkpoints.update_one(
-            {"_id": spec.name},
-            {"$set": {"last_id": last_id, "copied": copied_before + result.copied}},
+    for kind in range(first, len(_ID_FLOORS)):
+        resumed = kind == first and copied_before > 0
+        bounds = {"$gt": state["last_id"]} if resumed else {"$gte": _ID_FLOORS[kind]}
+        while batch := list(source.find({"_id": bounds}).sort("_id", 1).limit(batch_size)):
+            _store(target, batch, spec)
+            bounds = {"$gt": batch[-1]["_id"]}
+            result.copied += len(batch)
+            if on_batch is not None:
+                on_batch(copied_before + result.copied, total)
+            checkpoints.update_one(
+                {"_id": spec.name},
+                {
+                    "$set": {
+                        "kind": kind,
+                        "last_id": batch[-1]["_id"],
+                        "copied": copied_before + result.copied,
+                    }
+                },
+            )
+    return result
+
+
+def _check_all_copied(source: Collection[Any], copied: int) -> None:
+    """Raise :class:`MigrationError` when ``source`` holds more records than were copied out
+    of it (their ``_id`` is of a type the copy does not walk), before it could be dropped."""
+    # A TTL source may lose expired records meanwhile: compare with what it holds now.
+    held = source.count_documents({})
+    if copied < held:
+        raise MigrationError(
+            f"Only {copied} of the {held} records in {source.name!r} were copied: the others "
+            "have an _id of a type the copy does not walk (it copies null, numbers, strings, "
+            "documents, binary data, ObjectIds, booleans and dates). The old collection is "
+            "kept: copy those records yourself, then drop it."
         )
 
 

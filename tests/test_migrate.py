@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from bson import ObjectId
+from bson import ObjectId, Timestamp
 from flask import Flask
 from pymongo.errors import BulkWriteError
 
@@ -227,3 +227,32 @@ def test_a_record_another_unique_index_refuses_fails_the_migration(real_db: Any)
     with pytest.raises(BulkWriteError):
         migrate(real_db, spec("ttl"), batch_size=BATCH, on_batch=unique_request_ids)
     assert real_db[CHECKPOINTS].find_one({"_id": "tracking"})["copied"] == BATCH
+
+
+def test_records_with_ids_of_other_types_are_all_moved(mongo: Any) -> None:
+    """Old records whose ``_id`` is not an ObjectId (inserted by hand, by another tool) are
+    records too: ``$gt`` on the last id copied compares within one BSON type only, so once a
+    batch ends on a string id the ObjectId records after it are never copied, and
+    ``--drop-source`` would then drop them."""
+    ensure_collection(mongo, spec("ttl"), LOGGER)
+    now = datetime.now(timezone.utc)
+    documents: list[dict[str, Any]] = [
+        {"_id": f"legacy-{i}", "date_created": now, "path": "/old"} for i in range(3)
+    ]
+    documents += [{"_id": ObjectId(), "date_created": now, "path": "/new"} for _ in range(5)]
+    mongo["tracking"].insert_many(documents)
+    result = migrate(mongo, spec("capped"), batch_size=2)
+    stored = {document["_id"] for document in mongo["tracking"].find({}, {"_id": 1})}
+    assert stored == {document["_id"] for document in documents}
+    assert result.copied == len(documents)
+
+
+@REAL
+def test_the_old_collection_is_kept_when_a_record_was_not_copied(real_db: Any) -> None:
+    """An ``_id`` of a type the copy does not walk (a timestamp; mongomock cannot compare one)
+    leaves its record behind: the migration says so and ``--drop-source`` keeps the records."""
+    ids = seed(real_db, "ttl")
+    real_db["tracking"].insert_one({"_id": Timestamp(1, 1), "path": "/odd"})
+    with pytest.raises(MigrationError, match=f"Only {len(ids)} of the {len(ids) + 1} records"):
+        migrate(real_db, spec("capped"), batch_size=BATCH, drop_source=True)
+    assert real_db[source_name("tracking")].count_documents({}) == len(ids) + 1
