@@ -27,7 +27,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, ConnectionFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
 from .indexes import ensure_indexes
 from .storage import (
@@ -35,6 +35,7 @@ from .storage import (
     CollectionSpec,
     ensure_collection,
     is_duplicate_id,
+    is_transient,
     mode_of,
     series_of,
     ttl_indexes,
@@ -118,8 +119,11 @@ def migrate(
     if state is None:
         current = _mode(database[name]) if name in existing else None
         if current == spec.mode or (spec.mode == "ttl" and current == "plain"):
-            # A plain collection only lacks its TTL index. A server that does not say
-            # (mongomock) gets the copy: nothing is assumed about its collection.
+            # A plain collection only lacks its TTL index, or the expiry of its date index (a
+            # capped-mode writer used it as it was). A server that does not say (mongomock)
+            # gets the copy: nothing is assumed about its collection.
+            if spec.mode == "ttl":
+                _expire_date_index(database[name], spec)
             ensure_collection(database, spec, log)
             return MigrationResult(nothing_to_do=True)
         if name in existing and old in existing:
@@ -161,6 +165,30 @@ def _mode(collection: Collection[Any]) -> str | None:
         raise
     except Exception:
         return None
+
+
+def _expire_date_index(collection: Collection[Any], spec: CollectionSpec) -> None:
+    """Make the index ``spec.index_name`` of a plain collection expire records after
+    ``spec.retention_seconds`` (``collMod``; MongoDB 5.1+ for an index without expiry). A
+    missing index is left to :func:`~flask_tracking.storage.ensure_collection` to create."""
+    index = collection.index_information().get(spec.index_name)
+    if index is None or index.get("expireAfterSeconds") == spec.retention_seconds:
+        return
+    try:
+        collection.database.command(
+            "collMod",
+            spec.name,
+            index={"name": spec.index_name, "expireAfterSeconds": spec.retention_seconds},
+        )
+    except OperationFailure as error:
+        if is_transient(error):
+            raise
+        raise MigrationError(
+            f"{spec.name!r} has an index {spec.index_name!r} that does not expire records "
+            f"after {spec.retention_seconds} seconds, and the server refused to change it "
+            f"({error}). Recreate it: db.getCollection({spec.name!r}).dropIndex("
+            f"{spec.index_name!r}); {spec.shell_create().split('; ', 1)[-1]}"
+        ) from None
 
 
 def _target(database: Database[Any], spec: CollectionSpec, log: logging.Logger) -> Collection[Any]:

@@ -11,6 +11,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timezone
 from typing import Any, Callable
 
@@ -194,6 +195,24 @@ def secantus_differs(server: Any, reason: str) -> None:
     from mongod's here (``reason`` says how); on a real mongod the test must pass."""
     if server.is_secantus:
         pytest.xfail(f"SecantusDB differs from mongod: {reason}")
+
+
+@contextmanager
+def failing_once(server: Any, command: str, code: int) -> Iterator[None]:
+    """The real ``server`` answers the next ``command`` (of any client) with the error
+    ``code``, through a ``failCommand`` fail point that is switched off afterwards."""
+    admin: Any = pymongo.MongoClient(server.uri)
+    admin.admin.command(
+        "configureFailPoint",
+        "failCommand",
+        mode={"times": 1},
+        data={"failCommands": [command], "errorCode": code},
+    )
+    try:
+        yield
+    finally:
+        admin.admin.command("configureFailPoint", "failCommand", mode="off")
+        admin.close()
 
 
 def add_routes(app: Flask) -> None:

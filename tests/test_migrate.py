@@ -18,7 +18,7 @@ from flask_tracking import Tracking
 from flask_tracking.migrate import CHECKPOINTS, MigrationError, migrate, source_name
 from flask_tracking.storage import SERIES_FIELD, ensure_collection, tracking_spec
 
-from .conftest import FAST_WRITER, REAL, add_routes
+from .conftest import FAST_WRITER, REAL, add_routes, failing_once
 
 RECORDS = 25
 BATCH = 10
@@ -256,3 +256,34 @@ def test_the_old_collection_is_kept_when_a_record_was_not_copied(real_db: Any) -
     with pytest.raises(MigrationError, match=f"Only {len(ids)} of the {len(ids) + 1} records"):
         migrate(real_db, spec("capped"), batch_size=BATCH, drop_source=True)
     assert real_db[source_name("tracking")].count_documents({}) == len(ids) + 1
+
+
+@REAL
+def test_a_plain_collection_with_the_reading_date_index_is_not_ttl_already(real_db: Any) -> None:
+    """A plain ``tracking`` that a capped-mode writer used as it was ("exists and is not capped")
+    carries the reading indexes of ``ensure_indexes``, among them ``tracking_date_created``
+    without ``expireAfterSeconds``. ``migrate --to ttl`` takes any plain collection for one that
+    "only lacks its TTL index" and returns ``nothing_to_do`` (the CLI prints "stored as ttl
+    already"), but ``ensure_ttl_index`` only warns about the index of that name, so nothing
+    will ever expire."""
+    from flask_tracking.indexes import ensure_indexes
+
+    real_db.create_collection("tracking")
+    ensure_indexes(real_db["tracking"], LOGGER)
+    real_db["tracking"].insert_one({"date_created": datetime.now(timezone.utc), "path": "/"})
+    result = migrate(real_db, spec("ttl"))
+    index = real_db["tracking"].index_information()["tracking_date_created"]
+    assert index.get("expireAfterSeconds") == 86_400, result
+
+
+@REAL
+def test_a_date_index_the_server_cannot_make_ttl_stops_with_the_way_out(
+    real_server: Any, real_db: Any
+) -> None:
+    """A server before 5.1 refuses ``collMod`` of an index without expiry: the command says
+    how to recreate the index instead of calling the collection ttl."""
+    real_db.create_collection("tracking")
+    real_db["tracking"].create_index([("date_created", -1)], name="tracking_date_created")
+    refused = pytest.raises(MigrationError, match=r"dropIndex\('tracking_date_created'\)")
+    with failing_once(real_server, "collMod", 72), refused:  # 72: InvalidOptions
+        migrate(real_db, spec("ttl"))
