@@ -184,10 +184,11 @@ def ensure_collection(
     """Create ``spec.name`` as ``spec`` says when it is missing; otherwise use it as it is,
     warning once (with the command that would fix it) when it differs from ``spec``.
 
-    Where the server refuses the options (mongomock raises NotImplementedError) the collection
-    is a plain one, with one warning. Raises only for network trouble, timeouts and "try again
-    later" answers (so the writer tries again later, and the collection is never left to an
-    insert to create).
+    Where the server refuses the options (mongomock raises NotImplementedError; MongoDB 4.4
+    does not know time-series options) the collection is a plain one, with one warning; outside
+    the capped mode it gets the TTL index, so records still expire. Raises only for network
+    trouble, timeouts and "try again later" answers (so the writer tries again later, and the
+    collection is never left to an insert to create).
     """
     name = spec.name
     try:
@@ -199,10 +200,7 @@ def ensure_collection(
             spec.mode,
             name,
         )
-        collection = database[name]
-        if spec.mode != "capped":
-            ensure_ttl_index(collection, spec, logger)
-        return collection
+        return _plain_fallback(database, spec, logger)
     except CollectionInvalid:
         pass  # exists already (perhaps created by another worker a moment ago)
     except OperationFailure as error:
@@ -210,18 +208,30 @@ def ensure_collection(
             raise
         if error.code != _NAMESPACE_EXISTS:
             logger.warning(
-                "flask_tracking: could not create the %s collection %r (%s); using it as is",
+                "flask_tracking: could not create the %s collection %r (%s); writing it as a "
+                "plain collection",
                 spec.mode,
                 name,
                 error,
             )
-            return database[name]
+            return _plain_fallback(database, spec, logger)
     else:
         if spec.mode == "ttl":
             ensure_ttl_index(collection, spec, logger)
         return collection
     collection = database[name]
     _check_existing(collection, spec, logger)
+    return collection
+
+
+def _plain_fallback(
+    database: Database[Any], spec: CollectionSpec, logger: logging.Logger
+) -> Collection[Any]:
+    """The collection written when the server refused ``spec``'s options: a plain one (made by
+    the first insert or index), with the TTL index outside the capped mode."""
+    collection = database[spec.name]
+    if spec.mode != "capped":
+        ensure_ttl_index(collection, spec, logger)
     return collection
 
 

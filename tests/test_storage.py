@@ -34,7 +34,7 @@ from flask_tracking.storage import (
     tracking_spec,
 )
 
-from .conftest import FAST_WRITER, REAL, add_routes, secantus_differs
+from .conftest import FAST_WRITER, REAL, add_routes, failing_once, secantus_differs
 
 LOGGER = "flask_tracking"
 WEEK = 7 * 24 * 3600
@@ -469,3 +469,26 @@ def test_the_connection_init_app_makes_keeps_retryable_writes(real_server: Any) 
         assert mongoengine.get_db(alias).client.options.retry_writes is True
     finally:
         mongoengine.disconnect(alias)
+
+
+@REAL
+def test_a_server_refusing_timeseries_options_still_expires_records(
+    real_server: Any, real_db: Any, apps: list[Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    """MongoDB 4.4 (supported: docs/production.md) answers a ``create`` with time-series
+    options with code 40415 ("BSON field 'create.timeseries' is an unknown field"). Where
+    mongomock refuses the options, ``ensure_collection`` falls back to a plain collection with
+    the TTL index, so records still leave after TRACKING_RETENTION_HOURS; a real server's refusal
+    gets the same. Were it only logged, the first insert would make a plain collection and
+    ``ensure_indexes`` add a ``tracking_date_created`` index without expiry: in the
+    ``timeseries`` mode nothing would ever expire."""
+    caplog.set_level(logging.WARNING, LOGGER)
+    with failing_once(real_server, "create", 40415):
+        app = tracked_app("timeseries", TRACKING_RETENTION_HOURS=1)
+        apps.append(app)
+        app.test_client().get("/hello")
+        assert app.extensions["tracking"].flush(10)
+    assert any("could not create the timeseries" in w for w in warnings_of(caplog))
+    assert real_db["tracking"].count_documents({}) == 1
+    index = real_db["tracking"].index_information().get("tracking_date_created") or {}
+    assert index.get("expireAfterSeconds") == 3600
