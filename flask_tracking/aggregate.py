@@ -50,7 +50,8 @@ __all__ = [
 LATENCY_BASE_MS = 0.01
 #: Ratio between the bounds of consecutive histogram buckets.
 LATENCY_GROWTH = 1.1
-#: Number of buckets: the last one (about 64 hours and above) takes every slower request.
+#: Number of buckets: the last one (above 0.01 * 1.1**248 ms, about 51.2 hours) takes every
+#: slower request.
 LATENCY_BUCKETS = 250
 #: The largest relative error of a percentile read from the histogram (about 0.049).
 LATENCY_RELATIVE_ERROR = math.sqrt(LATENCY_GROWTH) - 1
@@ -184,7 +185,7 @@ class Aggregate:
             klass, error, client_error = kind
             if raised or error:
                 self.errors += count
-            elif client_error:
+            if client_error:  # a 4xx whose body raised is both
                 self.client_errors += count
             self.status[klass] = self.status.get(klass, 0) + count
         elapsed = list(map(_ELAPSED, samples))

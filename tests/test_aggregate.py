@@ -132,7 +132,7 @@ def one_by_one(samples: list) -> dict:
         fields["count"] += 1
         if raised or (code is not None and code >= 500):
             fields["errors"] += 1
-        elif code is not None and 400 <= code < 500:
+        if code is not None and 400 <= code < 500:
             fields["client_errors"] += 1
         klass = status_class(code)
         fields["status"][klass] = fields["status"].get(klass, 0) + 1

@@ -427,3 +427,25 @@ def test_aggregator_and_sink_on_the_backend(mongo: Any) -> None:
     assert document["status"] == {"2xx": 2}
     assert sum(document["histogram"].values()) == 2
     assert isinstance(SON(document), SON) and os.getpid() > 0
+
+
+def test_a_4xx_whose_body_raised_is_a_client_error_too(mongo: Any) -> None:
+    """A streamed 404 whose generator raised mid-body is stored with status 404 and an
+    exception: ``Tracking.objects.client_errors()`` (400 to 499) and ``errors()`` both select it,
+    and the rollups count it as a 4xx in ``status``; but their ``client_errors`` ("status 400 to
+    499", docs/rollups.md) leave it out, because ``Aggregate.add_many`` counts a request as a
+    client error only when it is not an error (``elif``)."""
+    record = {
+        "date_created": datetime.now(timezone.utc).replace(tzinfo=None),
+        "endpoint": "download",
+        "method": "GET",
+        "status_code": 404,
+        "execution_time": 3.0,
+        "exception": "OSError: disk gone",
+    }
+    Tracking._get_collection().insert_one(dict(record))
+    store_rollups(mongo, [record])
+    summary = Rollup.objects.summary()
+    assert (summary["count"], summary["errors"], summary["status"]) == (1, 1, {"4xx": 1})
+    assert Tracking.objects.client_errors().count() == 1
+    assert summary["client_errors"] == Tracking.objects.client_errors().count()
