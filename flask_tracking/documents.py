@@ -188,18 +188,39 @@ def window_start(*, minutes: float = 0, hours: float = 0, days: float = 0) -> da
     return since
 
 
-def _path_regex(pattern: str | re.Pattern[str]) -> str:
-    """The MongoDB regex for :meth:`TrackingQuerySet.for_path`: ``pattern`` anchored at the start.
+#: The ``re`` flags MongoDB knows, with their ``$options`` letters.
+_REGEX_OPTIONS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x"))
+#: Leading inline flag groups such as ``(?i)``: their flags travel as ``$options`` instead, as
+#: the anchor put before the pattern would leave them where no regex engine accepts them.
+_INLINE_FLAGS = re.compile(r"\A(?:\(\?[aiLmsux]+\))+")
+
+
+def _path_regex(pattern: str | re.Pattern[str]) -> dict[str, str]:
+    """The MongoDB ``$regex`` for :meth:`TrackingQuerySet.for_path`: ``pattern`` anchored at the
+    start, with its flags (a compiled pattern's or leading inline ones) as ``$options``.
 
     Without a ``|`` the anchor is a bare ``^``, so a plain path stays a "simple prefix" regex
-    that MongoDB answers from the ``path`` index.
+    that MongoDB answers from the ``path`` index. With ``re.MULTILINE`` it is ``\\A``, since
+    ``^`` would then also match after each newline.
     """
-    source = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
     try:
-        re.compile(source)
+        compiled = re.compile(pattern)
     except re.error as error:
-        raise ValueError(f"{source!r} is not a valid regular expression: {error}.") from None
-    return f"^{source}" if "|" not in source else f"^(?:{source})"
+        raise ValueError(f"{pattern!r} is not a valid regular expression: {error}.") from None
+    flags = compiled.flags & ~re.UNICODE  # the default of a str pattern
+    unknown = flags & ~(re.IGNORECASE | re.MULTILINE | re.DOTALL | re.VERBOSE)
+    if unknown:
+        raise ValueError(
+            f"{pattern!r} has a flag MongoDB does not know ({re.RegexFlag(unknown)!r}); use "
+            "re.IGNORECASE, re.MULTILINE, re.DOTALL and re.VERBOSE only."
+        )
+    options = "".join(letter for flag, letter in _REGEX_OPTIONS if flags & flag)
+    source = _INLINE_FLAGS.sub("", compiled.pattern, count=1)
+    anchor = "\\A" if flags & re.MULTILINE else "^"
+    query = {"$regex": anchor + (source if "|" not in source else f"(?:{source})")}
+    if options:
+        query["$options"] = options
+    return query
 
 
 _DATA_OPERATORS = frozenset({"ne", "lt", "lte", "gt", "gte", "in", "nin", "exists"})
@@ -384,11 +405,13 @@ class TrackingQuerySet(QuerySet):
         Like Python's ``re.match``: ``for_path("/api/")`` is every path under ``/api/``,
         ``for_path(r"/users/\\d+$")`` a user page exactly, ``for_path("/a|/b")`` both prefixes.
         A plain path is therefore a prefix; pass ``exact=True`` to compare literally (or
-        ``re.escape`` special characters). Raises :class:`ValueError` for an invalid regex.
+        ``re.escape`` special characters). The flags of a compiled ``pattern`` or leading inline
+        ones (``"(?i)/api/"``) apply. Raises :class:`ValueError` for an invalid regex or a flag
+        MongoDB has no option for (anything but IGNORECASE, MULTILINE, DOTALL and VERBOSE).
         """
         if exact:
             return self.filter(path=pattern)
-        return self.filter(__raw__={"path": {"$regex": _path_regex(pattern)}})
+        return self.filter(__raw__={"path": _path_regex(pattern)})
 
     def for_endpoint(self, name: str) -> TrackingQuerySet:
         """Requests served by the Flask endpoint ``name`` (such as ``"users.show"``)."""

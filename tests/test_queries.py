@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import random
+import re
 import threading
 import time
 from collections import defaultdict
@@ -321,9 +322,35 @@ def test_for_path_is_a_regex_anchored_at_the_start() -> None:
     }
     assert paths(Tracking.objects.for_path("/users/12", exact=True)) == ["/users/12"]
     assert paths(Tracking.objects.for_path("/a.b", exact=True)) == ["/a.b"]
-    assert documents._path_regex("/api/") == "^/api/"  # a simple prefix: MongoDB uses the index
+    # A simple prefix: MongoDB uses the index.
+    assert documents._path_regex("/api/") == {"$regex": "^/api/"}
     with pytest.raises(ValueError, match="not a valid regular expression"):
         Tracking.objects.for_path("/users/(")
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [re.compile("/API/", re.IGNORECASE), "(?i)/API/"],
+    ids=["compiled-with-flags", "inline-flags"],
+)
+def test_for_path_keeps_the_flags_of_the_pattern(pattern: Any) -> None:
+    """``for_path`` matches "like ``re.match``" and takes an ``re.Pattern``, but only the
+    pattern's text reaches MongoDB: the flags of a compiled pattern are dropped (no record
+    matches), and a leading inline flag group is put after the ``^`` anchor ("^(?i)/API/"),
+    which Python's ``re`` (mongomock) and SecantusDB refuse as "global flags not at the start
+    of the expression" (re.error / OperationFailure) though the pattern itself compiles."""
+    insert(stored_record(path="/api/users"), stored_record(path="/v2/api/users"))
+    assert re.match(pattern, "/api/users") and not re.match(pattern, "/v2/api/users")
+    assert paths(Tracking.objects.for_path(pattern)) == ["/api/users"]
+
+
+def test_for_path_stays_at_the_start_of_the_path_with_multiline() -> None:
+    """``re.MULTILINE`` lets ``^`` match after a newline too; ``re.match`` does not, nor does
+    ``for_path``. A flag MongoDB has no option for is refused, not dropped."""
+    insert(stored_record(path="/a\n/b"), stored_record(path="/b"))
+    assert paths(Tracking.objects.for_path(re.compile("/b", re.MULTILINE))) == ["/b"]
+    with pytest.raises(ValueError, match=r"re\.ASCII"):
+        Tracking.objects.for_path(re.compile(r"/\w+", re.ASCII))
 
 
 def test_for_endpoint_and_for_ip() -> None:
