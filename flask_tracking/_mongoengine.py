@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         """The chaining part of ``mongoengine.queryset.QuerySet``; the rest is ``Any``."""
 
         _cursor_obj: Any
+        _limit: int | None
 
         def __init__(self, document: Any, collection: Any) -> None: ...
         def __call__(self, *args: Any, **kwargs: Any) -> Self: ...

@@ -518,11 +518,16 @@ class TrackingQuerySet(QuerySet):
     def _report_order(self) -> TrackingQuerySet:
         """This QuerySet without ordering when it is not sliced (a whole selection needs no
         sort), else with its ordering or the default one: the records a report covers."""
-        if self._limit is None and self._skip is None:
-            return self.order_by()
-        if self._ordering is None:
-            return self.order_by(*self._document._meta["ordering"])
-        return self
+        selection = self.clone()
+        if selection._limit == 0:
+            # Iterated, a zero limit is no limit (``[:0]`` is empty by MongoEngine's ``_empty``
+            # instead); as a ``$limit`` stage the server refuses it.
+            selection._limit = None
+        if selection._limit is None and selection._skip is None:
+            return selection.order_by()
+        if selection._ordering is None:
+            return selection.order_by(*self._document._meta["ordering"])
+        return selection
 
     def _aggregate(self, pipeline: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Run ``pipeline`` after this QuerySet's ``$match`` (and its skip/limit, if any).

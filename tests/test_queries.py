@@ -805,3 +805,25 @@ def test_capped_check_lets_network_errors_through() -> None:
     collection = FakeCappedCollection(ServerSelectionTimeoutError("down"), FakeTailableCursor([]))
     with pytest.raises(ServerSelectionTimeoutError):
         list(TrackingQuerySet(Tracking, collection).follow(timeout=0.1))
+
+
+@pytest.mark.parametrize(
+    ("select", "expected"),
+    [
+        (lambda: Tracking.objects[:0], 0),  # iterates as no record
+        (lambda: Tracking.objects.limit(0), 3),  # MongoEngine/pymongo: limit 0 is no limit
+        (lambda: Tracking.objects.skip(1).limit(0), 2),
+    ],
+    ids=["empty-slice", "limit-0", "skip-limit-0"],
+)
+def test_reports_of_a_zero_limit_cover_what_iterating_covers(select: Any, expected: int) -> None:
+    """ "A slice such as ``[:100]`` is honoured": the reports cover the records the QuerySet
+    iterates. With a zero limit MongoEngine's ``aggregate`` emits ``{"$limit": 0}``, which the
+    real server refuses (OperationFailure "the limit must be positive") and mongomock reads as
+    "no record", while iteration gives none (``[:0]``) or every record (``limit(0)``)."""
+    insert(*(stored_record(date_created=BASE + dt.timedelta(minutes=i)) for i in range(3)))
+    selection = select()
+    assert len(list(selection)) == expected
+    counts = [row["count"] for row in selection.stats()]
+    assert counts == ([expected] if expected else [])
+    assert selection.unique_visitors() == {"ips": 1 if expected else 0, "users": 0}
