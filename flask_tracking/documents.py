@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Generator, Iterable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -282,22 +283,47 @@ def _expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
+def _since(query: dict[str, Any], moment: datetime | None) -> dict[str, Any]:
+    """``query`` narrowed to the ids made from :data:`POLL_OVERLAP_SECONDS` before ``moment``
+    on (by ``_id`` time); ``query`` itself when there is no ``moment``."""
+    if moment is None:
+        return query
+    start = ObjectId.from_datetime(moment - timedelta(seconds=POLL_OVERLAP_SECONDS))
+    return _and(query, {"_id": {"$gte": start}})
+
+
 def _tail(
     collection: Any, query: dict[str, Any], interval: float, deadline: float | None
 ) -> Iterator[dict[str, Any]]:
-    """Raw records stored after the call, through a tailable (awaiting) cursor."""
-    # The newest id, as the filter below compares ids (not the storage order, which not every
-    # server reports newest first).
+    """Raw records stored after the call, through a tailable (awaiting) cursor.
+
+    Like :func:`_poll`, it reads the records from :data:`POLL_OVERLAP_SECONDS` before the newest
+    ``_id`` on and skips the ids it has seen, those stored before the call among them, so a
+    record stored after the call with an older ``_id`` (another worker's, a batch that waited
+    in a queue) is not missed.
+    """
+    overlap = timedelta(seconds=POLL_OVERLAP_SECONDS)
+    # The newest id by id, not by storage order (not every server reports that newest first).
     newest = list(collection.find({}, {"_id": 1}).sort("_id", -1).limit(1))
-    last = newest[0]["_id"] if newest else None
+    floor = newest[0]["_id"].generation_time if newest else None
+    # Ids in the order they were seen, so the oldest are dropped first as the floor rises.
+    seen: OrderedDict[ObjectId, None] = OrderedDict()
+    if floor is not None:
+        before = collection.find(_since(query, floor), {"_id": 1}).sort("_id", 1)
+        seen.update(dict.fromkeys(row["_id"] for row in before))
     while not _expired(deadline):
-        criteria = query if last is None else _and(query, {"_id": {"$gt": last}})
-        cursor = collection.find(criteria, cursor_type=CursorType.TAILABLE_AWAIT)
+        cursor = collection.find(_since(query, floor), cursor_type=CursorType.TAILABLE_AWAIT)
         cursor.max_await_time_ms(max(1, int(interval * 1000)))
         try:
             while cursor.alive and not _expired(deadline):
                 for document in cursor:  # ends after max_await_time_ms without a new record
-                    last = document["_id"]
+                    oid = document["_id"]
+                    if oid in seen:
+                        continue
+                    seen[oid] = None
+                    floor = max(oid.generation_time, floor or oid.generation_time)
+                    while seen and next(iter(seen)).generation_time < floor - overlap:
+                        seen.popitem(last=False)
                     yield document
                     if _expired(deadline):
                         return
@@ -322,9 +348,7 @@ def _poll(
     seen: dict[ObjectId, None] = {}
 
     def window_ids() -> list[ObjectId]:
-        criteria = query
-        if floor is not None:
-            criteria = _and(query, {"_id": {"$gte": ObjectId.from_datetime(floor - overlap)}})
+        criteria = _since(query, floor)
         return [row["_id"] for row in collection.find(criteria, {"_id": 1}).sort("_id", 1)]
 
     if floor is not None:

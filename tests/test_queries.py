@@ -36,6 +36,7 @@ from flask_tracking.fields import FIELDS, OPTIONAL_FIELDS
 from flask_tracking.reports import PERCENTILES
 
 BASE = dt.datetime(2024, 5, 1, 10, 0)
+OVERLAP = dt.timedelta(seconds=documents.POLL_OVERLAP_SECONDS)
 
 
 pytestmark = pytest.mark.usefixtures("mongo")  # a fresh mongomock database per test
@@ -770,20 +771,23 @@ def test_follow_uses_a_tailable_cursor_on_a_capped_collection() -> None:
     assert [record.path for record in got] == ["/tail0", "/tail1", "/tail2"]
     criteria, _, cursor_type = collection.finds[-1]
     assert cursor_type == CursorType.TAILABLE_AWAIT
-    assert criteria == {"$and": [{"status_code": 200}, {"_id": {"$gt": collection.newest}}]}
+    start = ObjectId.from_datetime(BASE - OVERLAP)  # records of other workers come late
+    assert criteria == {"$and": [{"status_code": 200}, {"_id": {"$gte": start}}]}
     assert cursor.await_ms == 250
     assert cursor.closed
 
 
-def test_follow_recreates_a_dead_tailable_cursor_after_the_last_record() -> None:
+def test_follow_recreates_a_dead_tailable_cursor_before_the_last_record() -> None:
+    """From the overlap before the newest record yielded on; what was yielded is skipped."""
     first = stored_record(_id=ObjectId(), path="/before-death")
-    cursor = FakeTailableCursor([[first]])
+    cursor = FakeTailableCursor([[first], [first]])
     collection = FakeCappedCollection({"capped": True}, cursor)
     followed = TrackingQuerySet(Tracking, collection).follow(interval=0.01, timeout=0.3)
     assert [record.path for record in followed] == ["/before-death"]
     tail_finds = [criteria for criteria, _, kind in collection.finds if kind is not None]
     assert len(tail_finds) >= 2
-    assert tail_finds[1] == {"_id": {"$gt": first["_id"]}}
+    start = ObjectId.from_datetime(first["_id"].generation_time - OVERLAP)
+    assert tail_finds[1] == {"_id": {"$gte": start}}
 
 
 @pytest.mark.parametrize(

@@ -174,3 +174,28 @@ def test_path_and_status_indexes_are_candidates(capped: Any, real_server: Any) -
             "tracking_status_code": Tracking.objects.errors().filter(status_code=500).explain(),
         }
     )
+
+
+def test_follow_on_a_capped_collection_catches_records_arriving_out_of_id_order(
+    capped: Any,
+) -> None:
+    """The polling ``follow()`` yields another worker's record that has an older ``_id`` but is
+    stored after the call (docs/querying.md: "records that reach the database out of ``_id``
+    order (several workers, batches waiting in a queue) are not missed"); the tailing one
+    filters on ``_id > <newest id when called>``, so it never yields that record although it
+    was stored after the call, in storage order behind the ones it yields."""
+    from bson import ObjectId
+
+    now = dt.datetime.now(dt.timezone.utc)
+    capped.insert_one(stored_record(path="/seen", _id=ObjectId.from_datetime(now)))
+    followed = Tracking.objects.follow(interval=0.2, timeout=10)
+    late_id = ObjectId(
+        ObjectId.from_datetime(now - dt.timedelta(seconds=3)).binary[:4] + b"\x01" * 8
+    )
+    thread = insert_later(
+        capped, 0.5, stored_record(path="/late", _id=late_id), stored_record(path="/next")
+    )
+    got = [record.path for record in itertools.islice(followed, 2)]
+    thread.join()
+    followed.close()
+    assert got == ["/late", "/next"]
