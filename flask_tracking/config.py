@@ -17,6 +17,7 @@ from typing import Any
 
 from .fields import ALWAYS_STORED_FIELDS, FIELDS
 from .ids import environ_key
+from .indexes import INDEX_NAMES
 from .redact import (
     DEFAULT_REDACT_FIELDS,
     DEFAULT_REDACT_HEADERS,
@@ -64,6 +65,12 @@ DEFAULTS: dict[str, Any] = {
     "TRACKING_TABLE_SIZE": 100 * MiB,
     #: Documents. Document limit of the capped collection, used when the writer creates it.
     "TRACKING_MAX_DOCUMENTS": 1_000_000,
+    #: The reading indexes (``flask_tracking.indexes``) the writer creates on the tracking
+    #: collection when it sets it up: every one by default, none with ``[]``. Each costs every
+    #: stored record a B-tree insert; leave out those you do not query, and drop them
+    #: (``db.tracking.dropIndex("tracking_ip")``), and they stay dropped. In the ``ttl``
+    #: storage mode ``tracking_date_created`` is the TTL index, made whatever this says.
+    "TRACKING_INDEXES": list(INDEX_NAMES),
     #: The MongoEngine connection alias the writer inserts through.
     "TRACKING_DB_ALIAS": "default",
     #: When set and TRACKING_DB_ALIAS is not connected yet, init_app connects it to this URI with
@@ -181,6 +188,8 @@ class TrackingConfig:
     retention_seconds: int
     table_size_bytes: int
     max_documents: int
+    #: The reading indexes the writer creates (TRACKING_INDEXES).
+    indexes: tuple[str, ...]
     rollups: bool
     rollup_collection: str
     rollup_retention_days: int
@@ -261,6 +270,7 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
         retention_seconds=_retention_seconds(get),
         table_size_bytes=get.integer("TRACKING_TABLE_SIZE", minimum=4096),
         max_documents=get.integer("TRACKING_MAX_DOCUMENTS", minimum=1, maximum=2**31 - 1),
+        indexes=get.known_names("TRACKING_INDEXES", INDEX_NAMES, "reading indexes"),
         rollups=get.flag("TRACKING_ROLLUPS"),
         rollup_collection=get.text("TRACKING_ROLLUP_COLLECTION"),
         rollup_retention_days=get.integer(
@@ -438,15 +448,21 @@ class _Reader:
             raise self._fail(key, 'a URL path such as "/tracking"')
         return value.rstrip("/")
 
+    def known_names(self, key: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
+        """A list of names, each one of ``known``: the ``what`` (such as "stored fields")."""
+        names = self.strings(key)
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            kind = what.split()[-1]
+            raise ValueError(
+                f"{key} names unknown {kind} {', '.join(map(repr, unknown))}; the {what} "
+                f"are {', '.join(known)}."
+            )
+        return names
+
     def field_names(self, key: str, *, allow_always_stored: bool) -> tuple[str, ...]:
         """A list of stored field names (``fields.FIELDS``), each checked."""
-        names = self.strings(key)
-        unknown = [name for name in names if name not in FIELDS]
-        if unknown:
-            raise ValueError(
-                f"{key} names unknown fields {', '.join(map(repr, unknown))}; the stored "
-                f"fields are {', '.join(FIELDS)}."
-            )
+        names = self.known_names(key, FIELDS, "stored fields")
         if not allow_always_stored:
             fixed = [name for name in names if name in ALWAYS_STORED_FIELDS]
             if fixed:

@@ -151,6 +151,7 @@ class Tracking:
             omitted_fields=config.omitted_fields,
             request_id_key=config.request_id_environ_key,
             db_repeat_threshold=config.db_repeat_threshold,
+            indexes=config.indexes,
         )
         rollups = None
         if config.rollups:

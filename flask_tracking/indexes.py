@@ -14,7 +14,7 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, OperationFailure
 
-__all__ = ["DATE_INDEX_NAME", "INDEXES", "ensure_indexes"]
+__all__ = ["DATE_INDEX_NAME", "INDEXES", "INDEX_NAMES", "ensure_indexes"]
 
 #: Name of the ``date_created`` index (the TTL index in the ``ttl`` storage mode).
 DATE_INDEX_NAME = "tracking_date_created"
@@ -32,6 +32,9 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]]], ...] = (
     ("tracking_request_id", [("request_id", 1)]),
 )
 
+#: The names of :data:`INDEXES`, the values ``TRACKING_INDEXES`` may list.
+INDEX_NAMES = tuple(name for name, _keys in INDEXES)
+
 # Server codes meaning "an equivalent index is there already, under another name or options".
 _INDEX_EXISTS_CODES = frozenset({68, 85, 86})  # IndexAlreadyExists, OptionsConflict, KeySpecs
 
@@ -40,12 +43,14 @@ def ensure_indexes(
     collection: Collection[Any],
     logger: logging.Logger | None = None,
     *,
+    names: Collection_[str] = INDEX_NAMES,
     skip: Collection_[str] = (),
 ) -> list[str]:
-    """Create every index of :data:`INDEXES` that ``collection`` lacks; return the names ensured.
+    """Create the indexes of :data:`INDEXES` named in ``names`` (all by default, or those of
+    ``TRACKING_INDEXES``) that ``collection`` lacks; return the names ensured.
 
     Indexes named in ``skip`` are left alone (the ``ttl`` storage mode makes its TTL index the
-    ``date_created`` one).
+    ``date_created`` one). Indexes not named are neither created nor dropped.
 
     Idempotent: ``create_index`` with the same keys and name is a no-op on the server. An index
     that cannot be created (an equivalent one under another name, a backend without indexes,
@@ -57,7 +62,7 @@ def ensure_indexes(
     log = logger or logging.getLogger("flask_tracking")
     ensured = []
     for name, keys in INDEXES:
-        if name in skip:
+        if name in skip or name not in names:
             continue
         try:
             collection.create_index(keys, name=name)

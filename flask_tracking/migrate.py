@@ -19,7 +19,7 @@ New records keep arriving in ``<name>`` while it runs: the app writes by collect
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,7 +29,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
-from .indexes import ensure_indexes
+from .indexes import INDEX_NAMES, ensure_indexes
 from .storage import (
     SERIES_FIELD,
     CollectionSpec,
@@ -94,6 +94,7 @@ def migrate(
     *,
     batch_size: int = 1000,
     drop_source: bool = False,
+    indexes: Sequence[str] = INDEX_NAMES,
     on_batch: OnBatch | None = None,
     logger: logging.Logger | None = None,
 ) -> MigrationResult:
@@ -103,6 +104,7 @@ def migrate(
     the last batch it saved. Raises :class:`MigrationError` when it cannot start (another
     migration is under way, an earlier one's old records are still there, the collection is
     time-series and cannot be renamed, the new collection exists in another mode).
+    ``indexes``: the reading indexes the new collection gets (the app's TRACKING_INDEXES).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -144,7 +146,7 @@ def migrate(
         state = {"kind": 0, "copied": 0}
     if name in existing and old not in existing:
         database[name].rename(old)
-    target = _target(database, spec, log)
+    target = _target(database, spec, log, indexes)
     source = database[old]
     result = _copy(source, target, spec, checkpoints, state, batch_size, on_batch)
     checkpoints.delete_one({"_id": name})
@@ -191,9 +193,12 @@ def _expire_date_index(collection: Collection[Any], spec: CollectionSpec) -> Non
         ) from None
 
 
-def _target(database: Database[Any], spec: CollectionSpec, log: logging.Logger) -> Collection[Any]:
-    """The new collection, created as ``spec`` says; refuses one that exists otherwise (a
-    writer still configured for the old mode may have created it meanwhile)."""
+def _target(
+    database: Database[Any], spec: CollectionSpec, log: logging.Logger, indexes: Sequence[str]
+) -> Collection[Any]:
+    """The new collection, created as ``spec`` says, with the reading ``indexes``; refuses one
+    that exists otherwise (a writer still configured for the old mode may have created it
+    meanwhile)."""
     target = ensure_collection(database, spec, log)
     wanted = "plain" if spec.mode == "ttl" else spec.mode
     actual = _mode(target)
@@ -205,7 +210,7 @@ def _target(database: Database[Any], spec: CollectionSpec, log: logging.Logger) 
             f"(db.getCollection({spec.name!r}).renameCollection('{spec.name}_stray')), and "
             "run this again."
         )
-    ensure_indexes(target, log, skip=ttl_indexes(target, spec))
+    ensure_indexes(target, log, names=indexes, skip=ttl_indexes(target, spec))
     return target
 
 

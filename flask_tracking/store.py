@@ -28,7 +28,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 from .aggregate import Aggregate, Key, RollupOutcome
 from .capture import RequestState
 from .dbactivity import ignore_collection, uncounted
-from .indexes import ensure_indexes
+from .indexes import INDEX_NAMES, ensure_indexes
 from .record import scrub_bodies, to_document
 from .redact import Redactor, ScrubbedBody
 from .sanitize import TRUNCATED
@@ -102,6 +102,7 @@ class MongoSink:
         storage_mode: str = "capped",
         retention_seconds: int = 7 * 24 * 3600,
         db_repeat_threshold: int = 5,
+        indexes: Sequence[str] = INDEX_NAMES,
     ) -> None:
         """``omitted_fields``: stored fields removed from every document after the
         ``before_save`` hooks (which see the whole document), from TRACKING_FIELDS or
@@ -109,8 +110,9 @@ class MongoSink:
         of the incoming request-id header and ``db_repeat_threshold`` the repetitions that make
         a query shape repeated (see :func:`~flask_tracking.record.to_document`).
         ``storage_mode`` and ``retention_seconds``: TRACKING_STORAGE and the retention of the
-        ``ttl`` and ``timeseries`` modes (see :mod:`flask_tracking.storage`). Its own database
-        work is never counted as a request's (:func:`~flask_tracking.dbactivity.uncounted`)."""
+        ``ttl`` and ``timeseries`` modes (see :mod:`flask_tracking.storage`). ``indexes``: the
+        reading indexes to create (TRACKING_INDEXES). Its own database work is never counted
+        as a request's (:func:`~flask_tracking.dbactivity.uncounted`)."""
         self._get_database = get_database
         self._max_record_bytes = max_record_bytes
         self._write_timeout = write_timeout_seconds
@@ -128,6 +130,7 @@ class MongoSink:
             retention_seconds=retention_seconds,
         )
         self._db_repeat_threshold = db_repeat_threshold
+        self._indexes = tuple(indexes)
         self._collection: Collection[Any] | None = None
         self._pid = os.getpid()
 
@@ -277,7 +280,12 @@ class MongoSink:
         database = _own_database(self._get_database, self._spec.name)
         collection = ensure_collection(database, self._spec, self._logger)
         try:
-            ensure_indexes(collection, self._logger, skip=ttl_indexes(collection, self._spec))
+            ensure_indexes(
+                collection,
+                self._logger,
+                names=self._indexes,
+                skip=ttl_indexes(collection, self._spec),
+            )
         except Exception as error:  # e.g. a long build on a big collection timed out
             self._logger.warning(
                 "flask_tracking: could not create the reading indexes (%s: %s); records "

@@ -16,6 +16,7 @@ from flask import Config, Flask
 from flask_tracking import Tracking
 from flask_tracking import config as config_module
 from flask_tracking.config import DEFAULTS, MiB, TrackingConfig, load_config
+from flask_tracking.indexes import INDEX_NAMES
 from flask_tracking.policy import Policy
 
 
@@ -127,6 +128,7 @@ INVALID: dict[str, list[Any]] = {
     "TRACKING_STORAGE": ["TTL", "plain", None, 1, ["ttl"]],
     "TRACKING_RETENTION_HOURS": [0, -1, True, "24", NAN, None, 2**31],
     "TRACKING_MAX_DOCUMENTS": [0, 2**31, True, 10.0],
+    "TRACKING_INDEXES": ["tracking_ip", ["tracking_ip", "ip"], [1], None, ["tracking_IP"]],
     "TRACKING_DB_ALIAS": ["", None, 1],
     "TRACKING_ROLLUPS": [1, "yes", None],
     "TRACKING_ROLLUP_COLLECTION": ["", None, 5],
@@ -189,6 +191,14 @@ INVALID: dict[str, list[Any]] = {
     "TRACKING_DASHBOARD_DEFAULT_WINDOW": ["2h", "", "24H", None, 24],
     "TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS": [0, 0.05, -1, True, NAN, "2", None, math.inf],
 }
+
+
+def test_tracking_indexes_names_the_reading_indexes() -> None:
+    assert load().indexes == INDEX_NAMES
+    assert load(TRACKING_INDEXES=[]).indexes == ()
+    assert load(TRACKING_INDEXES=("tracking_path",)).indexes == ("tracking_path",)
+    with pytest.raises(ValueError, match=r"unknown indexes 'ip'; the reading indexes are "):
+        load(TRACKING_INDEXES=["tracking_path", "ip"])
 
 
 def test_a_redact_field_no_name_can_match_is_an_error_naming_it() -> None:

@@ -10,7 +10,7 @@ import mongomock
 import pytest
 from pymongo.errors import AutoReconnect, ExecutionTimeout, OperationFailure
 
-from flask_tracking.indexes import INDEXES, ensure_indexes
+from flask_tracking.indexes import INDEX_NAMES, INDEXES, ensure_indexes
 
 
 @pytest.fixture
@@ -104,3 +104,32 @@ def test_a_custom_logger_is_used(caplog: pytest.LogCaptureFixture) -> None:
     collection = FlakyCollection({"tracking_ip": OperationFailure("no", code=2)})
     ensure_indexes(collection, logger=logger)  # type: ignore[arg-type]
     assert [record.name for record in caplog.records] == ["my_app.tracking"]
+
+
+def test_an_index_dropped_as_the_docs_advise_stays_dropped_after_a_restart(
+    make_app: Any, mongo: Any
+) -> None:
+    """docs/querying.md, "What they cost": leave the indexes you do not query out of
+    TRACKING_INDEXES and drop them (``db.tracking.dropIndex("tracking_ip")``). Every writer
+    that sets up the collection (each process start, each forked worker) runs
+    ``ensure_indexes``; were it with every index of INDEXES, the dropped index (and its cost on
+    every insert) would be back after the next restart."""
+    first = make_app()
+    first.test_client().get("/hello")
+    assert first.extensions["tracking"].flush(5)
+    assert "tracking_ip" in mongo["tracking"].index_information()
+    mongo["tracking"].drop_index("tracking_ip")
+    first.extensions["tracking"]._apps[first].writer.shutdown(1.0)
+
+    # The app started again (a deploy, a new gunicorn worker) without tracking_ip.
+    restarted = make_app(TRACKING_INDEXES=[name for name in INDEX_NAMES if name != "tracking_ip"])
+    restarted.test_client().get("/hello")
+    assert restarted.extensions["tracking"].flush(5)
+    assert mongo["tracking"].count_documents({}) == 2
+    assert "tracking_ip" not in mongo["tracking"].index_information()
+
+
+def test_only_the_named_indexes_are_created(collection: Any) -> None:
+    assert ensure_indexes(collection, names=("tracking_path",)) == ["tracking_path"]
+    assert set(collection.index_information()) == {"_id_", "tracking_path"}
+    assert ensure_indexes(collection, names=()) == []

@@ -198,6 +198,7 @@ def migrate_command(mode: str, batch_size: int, drop_source: bool) -> None:
             spec,
             batch_size=batch_size,
             drop_source=drop_source,
+            indexes=config.indexes,
             on_batch=progress,
         )
     except MigrationError as error:
