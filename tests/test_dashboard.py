@@ -588,20 +588,23 @@ def test_a_number_beyond_8_bytes_is_a_400_that_says_why(dashboard_app: Flask, qu
 def test_a_filter_the_server_refuses_is_a_400_not_database_unavailable(
     make_app: Callable[..., Flask], mongo: Any
 ) -> None:
-    # "(?a)" compiles in Python (so _path_regex lets it through) but MongoDB's PCRE refuses
-    # it, and a data=KEY=JSON value may carry operators the server refuses: the
-    # OperationFailure reaches the PyMongoError handler, a 503 "Database unavailable" page
-    # ("A database that cannot be read gives a 503"), though the database is fine and the
-    # filter is the problem. The CLI says "MongoDB refused the query" with exit code 1.
+    # A data=KEY=JSON value may carry operators the server refuses: the OperationFailure
+    # reached the PyMongoError handler, a 503 "Database unavailable" page ("A database that
+    # cannot be read gives a 503"), though the database is fine and the filter is the
+    # problem. The CLI says "MongoDB refused the query" with exit code 1. "(?a)" compiles in
+    # Python but MongoDB refuses it: for_path refuses the flag itself, with a sentence.
     app = make_app()
     app.register_blueprint(make_blueprint(public=True))
     client = app.test_client()
-    for query in ("path=(%3Fa)/x", 'data=x={"$where":"1"}'):
+    for query, reason in (
+        ("path=(%3Fa)/x", "has a flag MongoDB does not know"),
+        ('data=x={"$where":"1"}', "MongoDB refused the query: "),
+    ):
         for page in ("requests", "live", "live.json"):
             response = client.get(f"/tracking/{page}?{query}")
             text = text_of(response)
             assert response.status_code == 400, (page, query, response.status_code, text[-300:])
-            assert "MongoDB refused the query: " in text, text[-300:]
+            assert reason in text, text[-300:]
             assert "full error" not in text and "errmsg" not in text, text[-300:]
 
 
