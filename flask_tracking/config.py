@@ -411,9 +411,7 @@ class _Reader:
     def number(self, key: str, *, minimum: float, maximum: float | None = None) -> float:
         value = self._config[key]
         if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
+            not _is_finite_number(value)
             or not value >= minimum
             or (maximum is not None and value > maximum)
         ):
@@ -522,6 +520,16 @@ class _Reader:
         ):
             raise self._fail(key, "a list of HTTP status codes (integers 100-599)")
         return frozenset(value)
+
+
+def _is_finite_number(value: object) -> bool:
+    """True for an int or float that a float can hold (not a bool, NaN, infinity or 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond a float's range
+        return False
 
 
 def _compile(key: str, source: str) -> re.Pattern[str]:

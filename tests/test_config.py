@@ -477,3 +477,15 @@ def test_the_request_id_header_as_an_environ_key() -> None:
     custom = load(TRACKING_REQUEST_ID_HEADER="X-Correlation-ID")
     assert custom.request_id_environ_key == "HTTP_X_CORRELATION_ID"
     assert load(TRACKING_REQUEST_ID_HEADER=None).request_id_environ_key is None
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["TRACKING_SAMPLE_RATE", "TRACKING_MIN_EXECUTION_TIME", "TRACKING_FLUSH_INTERVAL_SECONDS"],
+)
+def test_a_huge_integer_for_a_number_setting_raises_value_error_naming_the_key(key: str) -> None:
+    # README.md and docs/reference/configuration.md: "a bad value raises ValueError naming the
+    # key". An int too large for a float raises OverflowError from math.isfinite instead.
+    with pytest.raises(ValueError) as error:
+        load_config({key: 10**400})
+    assert_names_key(error, key)
