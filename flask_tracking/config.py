@@ -28,6 +28,9 @@ from .redact import (
 from .storage import MAX_EXPIRE_SECONDS, MAX_MEASUREMENT_BYTES, MODES
 
 MiB = 1024 * 1024
+#: Seconds. The longest the writer's durations may be (one day): beyond it a setting is surely a
+#: mistake, and a thread cannot wait much longer (``threading.TIMEOUT_MAX``, 49 days on Windows).
+MAX_WAIT_SECONDS = 86400
 #: The windows TRACKING_DASHBOARD_DEFAULT_WINDOW may name (``flask_tracking.dashboard.windows``).
 DASHBOARD_WINDOWS = ("1h", "24h", "7d")
 #: A dashboard URL prefix: one or more path segments, such as ``/tracking`` or ``/ops/traffic``.
@@ -92,16 +95,20 @@ DEFAULTS: dict[str, Any] = {
     "TRACKING_QUEUE_MAX_BYTES": 64 * MiB,
     #: Records per ``insert_many``.
     "TRACKING_BATCH_MAX_RECORDS": 500,
-    #: Seconds. The writer writes at least this often when records are pending.
+    #: Seconds, from 0.001 to 86400 (one day). The writer writes at least this often when records
+    #: are pending.
     "TRACKING_FLUSH_INTERVAL_SECONDS": 1.0,
-    #: Seconds. One insert may take at most this long (``pymongo.timeout``), whatever the client's
-    #: own socket and server-selection timeouts are.
+    #: Seconds, from 0.001 to 86400 (one day). One insert may take at most this long
+    #: (``pymongo.timeout``), whatever the client's own socket and server-selection timeouts are.
     "TRACKING_WRITE_TIMEOUT_SECONDS": 5.0,
-    #: Seconds. First wait before retrying a batch after a network error; it doubles per failure.
+    #: Seconds, from 0.001 to 86400 (one day), and at most TRACKING_RETRY_MAX_BACKOFF_SECONDS.
+    #: First wait before retrying a batch after a network error; it doubles per failure.
     "TRACKING_RETRY_INITIAL_BACKOFF_SECONDS": 0.5,
-    #: Seconds. Longest wait between retries while MongoDB is unreachable.
+    #: Seconds, from 0.001 to 86400 (one day). Longest wait between retries while MongoDB is
+    #: unreachable.
     "TRACKING_RETRY_MAX_BACKOFF_SECONDS": 30.0,
-    #: Seconds. At interpreter exit, pending records are written for at most this long.
+    #: Seconds, from 0 to 86400 (one day). At interpreter exit, pending records are written for at
+    #: most this long.
     "TRACKING_SHUTDOWN_TIMEOUT_SECONDS": 5.0,
     #: Bytes. No stored document is larger: custom data, then headers, then long text fields,
     #: then bodies are cut to fit (a record that still does not fit is dropped and counted).
@@ -281,13 +288,13 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
         queue_max_records=get.integer("TRACKING_QUEUE_MAX_RECORDS", minimum=1),
         queue_max_bytes=get.integer("TRACKING_QUEUE_MAX_BYTES", minimum=1),
         batch_max_records=get.integer("TRACKING_BATCH_MAX_RECORDS", minimum=1),
-        flush_interval_seconds=get.number("TRACKING_FLUSH_INTERVAL_SECONDS", minimum=0.001),
-        write_timeout_seconds=get.number("TRACKING_WRITE_TIMEOUT_SECONDS", minimum=0.001),
-        retry_initial_backoff_seconds=get.number(
+        flush_interval_seconds=get.seconds("TRACKING_FLUSH_INTERVAL_SECONDS", minimum=0.001),
+        write_timeout_seconds=get.seconds("TRACKING_WRITE_TIMEOUT_SECONDS", minimum=0.001),
+        retry_initial_backoff_seconds=get.seconds(
             "TRACKING_RETRY_INITIAL_BACKOFF_SECONDS", minimum=0.001
         ),
-        retry_max_backoff_seconds=get.number("TRACKING_RETRY_MAX_BACKOFF_SECONDS", minimum=0.001),
-        shutdown_timeout_seconds=get.number("TRACKING_SHUTDOWN_TIMEOUT_SECONDS", minimum=0),
+        retry_max_backoff_seconds=get.seconds("TRACKING_RETRY_MAX_BACKOFF_SECONDS", minimum=0.001),
+        shutdown_timeout_seconds=get.seconds("TRACKING_SHUTDOWN_TIMEOUT_SECONDS", minimum=0),
         max_record_bytes=get.integer(
             "TRACKING_MAX_RECORD_BYTES", minimum=64 * 1024, maximum=16 * MiB - 64 * 1024
         ),
@@ -418,6 +425,10 @@ class _Reader:
             bound = f" and at most {maximum}" if maximum is not None else ""
             raise self._fail(key, f"a finite number of at least {minimum}{bound}")
         return float(value)
+
+    def seconds(self, key: str, *, minimum: float) -> float:
+        """A duration of the writer, at most :data:`MAX_WAIT_SECONDS`."""
+        return self.number(key, minimum=minimum, maximum=MAX_WAIT_SECONDS)
 
     def optional_number(self, key: str, *, minimum: float) -> float | None:
         return None if self._config[key] is None else self.number(key, minimum=minimum)

@@ -344,7 +344,7 @@ class BatchWriter:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
-                    self._settled_cond.wait(min(remaining, threading.TIMEOUT_MAX))
+                    self._settled_cond.wait(_waitable(remaining))
                 return True
         except Exception:
             self._log_limited("flush", "BatchWriter.flush failed", exc_info=True)
@@ -366,7 +366,7 @@ class BatchWriter:
             deadline = time.monotonic() + budget
             lock = self._shutdown_lock
             if budget > 0:
-                acquired = lock.acquire(timeout=min(budget, threading.TIMEOUT_MAX))
+                acquired = lock.acquire(timeout=_waitable(budget))
             else:
                 acquired = lock.acquire(blocking=False)
             if not acquired:
@@ -605,7 +605,7 @@ class BatchWriter:
                     return []  # the caller signals the refused records, then comes back
                 # Only the end of the backoff or a shutdown lets us continue; flush() and
                 # submit() wake-ups just come back here, so they cannot speed up retries.
-                cond.wait(min(self._backoff_until, self._rollup_tick) - now)
+                cond.wait(_waitable(min(self._backoff_until, self._rollup_tick) - now))
                 continue
             if now >= self._next_tick:
                 self._due_seq = max(self._due_seq, self._submitted_seq)
@@ -627,7 +627,7 @@ class BatchWriter:
                 # Only before waiting: a due batch goes first (the caller signals them before
                 # writing it), or refusals that keep coming would keep the records waiting.
                 return []
-            cond.wait(min(self._next_tick, self._rollup_tick) - now)
+            cond.wait(_waitable(min(self._next_tick, self._rollup_tick) - now))
 
     def _write(self, entries: list[_Entry]) -> None:
         """Hand one batch to write_batch (lock not held) and account for the outcome."""
@@ -694,7 +694,7 @@ class BatchWriter:
             thread = self._thread
             self._work_cond.notify()
         if thread is not None and thread is not threading.current_thread():
-            thread.join(min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX))
+            thread.join(_waitable(max(0.0, deadline - time.monotonic())))
         if thread is None and self._rollups is not None and time.monotonic() < deadline:
             self._write_rollups()  # no worker ever ran: write what the request threads added
         self._drop_leftovers()
@@ -822,6 +822,13 @@ def _reconcile(
 def _check_count(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _waitable(seconds: float) -> float:
+    """``seconds`` cut to what a thread can wait: beyond ``threading.TIMEOUT_MAX`` a wait
+    raises OverflowError, which would end the writer thread. Waking early is harmless: the
+    worker checks the time again."""
+    return min(seconds, threading.TIMEOUT_MAX)
 
 
 def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:

@@ -137,11 +137,11 @@ INVALID: dict[str, list[Any]] = {
     "TRACKING_QUEUE_MAX_RECORDS": [0, -5, True, 10.0],
     "TRACKING_QUEUE_MAX_BYTES": [0, False, "64"],
     "TRACKING_BATCH_MAX_RECORDS": [0, True, 1.0],
-    "TRACKING_FLUSH_INTERVAL_SECONDS": [0, -1, 0.0009, True, "1", NAN, None],
-    "TRACKING_WRITE_TIMEOUT_SECONDS": [0, False, NAN, "5"],
-    "TRACKING_RETRY_INITIAL_BACKOFF_SECONDS": [0, True, NAN],
-    "TRACKING_RETRY_MAX_BACKOFF_SECONDS": [0, True, NAN],
-    "TRACKING_SHUTDOWN_TIMEOUT_SECONDS": [-0.1, True, NAN, "5"],
+    "TRACKING_FLUSH_INTERVAL_SECONDS": [0, -1, 0.0009, True, "1", NAN, None, 86400.5, 1e10],
+    "TRACKING_WRITE_TIMEOUT_SECONDS": [0, False, NAN, "5", 86401],
+    "TRACKING_RETRY_INITIAL_BACKOFF_SECONDS": [0, True, NAN, 1e10],
+    "TRACKING_RETRY_MAX_BACKOFF_SECONDS": [0, True, NAN, 1e10],
+    "TRACKING_SHUTDOWN_TIMEOUT_SECONDS": [-0.1, True, NAN, "5", 86401],
     "TRACKING_MAX_RECORD_BYTES": [64 * 1024 - 1, 16 * MiB - 64 * 1024 + 1, True, 2.0 * MiB],
     "TRACKING_MAX_CUSTOM_DATA_BYTES": [-1, True, 1.5],
     "TRACKING_REDACT": [1, 0, "true", None],
@@ -489,3 +489,58 @@ def test_a_huge_integer_for_a_number_setting_raises_value_error_naming_the_key(k
     with pytest.raises(ValueError) as error:
         load_config({key: 10**400})
     assert_names_key(error, key)
+
+
+def test_a_flush_interval_beyond_what_a_thread_can_wait_is_refused_or_works(
+    make_app: Any,
+) -> None:
+    # docs/reference/configuration.md: settings are "read once at init_app ... a bad value
+    # raises ValueError naming the key, never on a request". 1e10 s (above threading.TIMEOUT_MAX)
+    # is accepted, then the writer thread dies on cond.wait() with OverflowError and no record
+    # is ever written: flush() returns False and the record is lost at exit (dropped_shutdown).
+    try:
+        app = make_app(TRACKING_FLUSH_INTERVAL_SECONDS=1e10)
+    except ValueError as error:
+        assert str(error).startswith("TRACKING_FLUSH_INTERVAL_SECONDS ")
+        return
+    app.test_client().get("/ok")
+    assert app.extensions["tracking"].flush(5)
+
+
+def test_a_retry_backoff_beyond_what_a_thread_can_wait_is_refused_or_keeps_the_writer() -> None:
+    # Same as the flush interval: TRACKING_RETRY_*_BACKOFF_SECONDS = 1e10 is accepted, and the
+    # first failed write makes the writer wait 1e10 s on a Condition, which raises OverflowError
+    # and ends the writer thread: the pending record stays pending for good (flush() is False).
+    import threading
+    import time
+
+    import mongoengine
+
+    app = Flask("long_backoff")
+    app.config.update(
+        TRACKING_MONGODB_URI="mongodb://127.0.0.1:9/nothing_listens",
+        TRACKING_DB_ALIAS="review_long_backoff",
+        TRACKING_ROLLUPS=False,
+        TRACKING_RETRY_INITIAL_BACKOFF_SECONDS=1e10,
+        TRACKING_RETRY_MAX_BACKOFF_SECONDS=1e10,
+        TRACKING_WRITE_TIMEOUT_SECONDS=0.2,
+        TRACKING_FLUSH_INTERVAL_SECONDS=0.02,
+        TRACKING_SHUTDOWN_TIMEOUT_SECONDS=0.5,
+    )
+    app.add_url_rule("/", "index", lambda: "ok")
+    try:
+        try:
+            tracking = Tracking(app)
+        except ValueError as error:
+            assert str(error).startswith("TRACKING_RETRY_")
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the thread's OverflowError, if it dies
+            app.test_client().get("/")
+            time.sleep(1.5)
+            names = [thread.name for thread in threading.enumerate()]
+            writers = [name for name in names if name.startswith("flask-tracking-writer")]
+            tracking.close(0.5)
+        assert writers, "the writer thread died"
+    finally:
+        mongoengine.disconnect("review_long_backoff")

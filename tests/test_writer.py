@@ -515,6 +515,24 @@ def test_backoff_doubles_and_resets_after_success(make_writer) -> None:
     assert sink.written == [0, 1]
 
 
+def test_waits_longer_than_a_thread_can_wait_do_not_end_the_worker(make_writer) -> None:
+    # Condition.wait raises OverflowError beyond threading.TIMEOUT_MAX: the worker waits at most
+    # that long, so an interval or a backoff of 1e10 s leaves it alive.
+    sink = Sink(["retry", "ok"])
+    writer = make_writer(
+        sink,
+        flush_interval_seconds=1e10,
+        retry_initial_backoff_seconds=1e10,
+        retry_max_backoff_seconds=1e10,
+    )
+    submit_all(writer, [0])
+    assert writer.flush(0.5) is False  # written once, then backing off for 1e10 s
+    assert wait_for(lambda: sink.calls)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("flask-tracking-writer")]
+    submit_all(writer, [1])
+    assert writer.stats()["pending"] == 2
+
+
 # ---------------------------------------------------------------- shutdown
 
 
