@@ -76,8 +76,9 @@ DEFAULTS: dict[str, Any] = {
     "TRACKING_INDEXES": list(INDEX_NAMES),
     #: The MongoEngine connection alias the writer inserts through.
     "TRACKING_DB_ALIAS": "default",
-    #: When set and TRACKING_DB_ALIAS is not connected yet, init_app connects it to this URI with
-    #: short timeouts. When unset, connect the alias yourself (``mongoengine.connect``).
+    #: A ``mongodb://`` or ``mongodb+srv://`` URI. When set and TRACKING_DB_ALIAS is not connected
+    #: yet, init_app connects it to this URI with short timeouts (a URI pymongo cannot parse
+    #: raises ValueError there). When unset, connect the alias yourself (``mongoengine.connect``).
     "TRACKING_MONGODB_URI": None,
     #: Write per-minute rollups (counts, errors, latency histogram per endpoint and method) of
     #: every request that passes the path, method and view rules, kept or not by sampling or
@@ -284,7 +285,7 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
             "TRACKING_ROLLUP_RETENTION_DAYS", minimum=1, maximum=2147483647 // 86400
         ),
         db_alias=get.text("TRACKING_DB_ALIAS"),
-        mongodb_uri=get.optional_text("TRACKING_MONGODB_URI"),
+        mongodb_uri=get.optional_mongodb_uri("TRACKING_MONGODB_URI"),
         queue_max_records=get.integer("TRACKING_QUEUE_MAX_RECORDS", minimum=1),
         queue_max_bytes=get.integer("TRACKING_QUEUE_MAX_BYTES", minimum=1),
         batch_max_records=get.integer("TRACKING_BATCH_MAX_RECORDS", minimum=1),
@@ -511,6 +512,13 @@ class _Reader:
 
     def optional_text(self, key: str) -> str | None:
         return None if self._config[key] is None else self.text(key)
+
+    def optional_mongodb_uri(self, key: str) -> str | None:
+        """None, or a string in one of the schemes pymongo takes (it parses the rest)."""
+        value = self.optional_text(key)
+        if value is not None and not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise self._fail(key, 'None or a URI starting with "mongodb://" or "mongodb+srv://"')
+        return value
 
     def strings(self, key: str) -> tuple[str, ...]:
         value = self._config[key]

@@ -637,15 +637,19 @@ def _connect_if_configured(config: TrackingConfig) -> None:
     if config.mongodb_uri is None:
         return
     from mongoengine.connection import _connection_settings, connect
+    from pymongo.errors import ConfigurationError
 
     if config.db_alias in _connection_settings:
         return
-    connect(
-        host=config.mongodb_uri,
-        alias=config.db_alias,
-        uuidRepresentation="standard",
-        serverSelectionTimeoutMS=2000,
-        connectTimeoutMS=2000,
-        socketTimeoutMS=int(config.write_timeout_seconds * 1000),
-        tz_aware=False,
-    )
+    try:
+        connect(
+            host=config.mongodb_uri,
+            alias=config.db_alias,
+            uuidRepresentation="standard",
+            serverSelectionTimeoutMS=2000,
+            connectTimeoutMS=2000,
+            socketTimeoutMS=int(config.write_timeout_seconds * 1000),
+            tz_aware=False,
+        )
+    except ConfigurationError as error:  # InvalidURI too: pymongo's reason, under the key
+        raise ValueError(f"TRACKING_MONGODB_URI is not a usable MongoDB URI: {error}") from None

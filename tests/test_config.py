@@ -133,7 +133,7 @@ INVALID: dict[str, list[Any]] = {
     "TRACKING_ROLLUPS": [1, "yes", None],
     "TRACKING_ROLLUP_COLLECTION": ["", None, 5],
     "TRACKING_ROLLUP_RETENTION_DAYS": [0, -1, 1.5, True, "90", 30000, None],
-    "TRACKING_MONGODB_URI": ["", 1, b"mongodb://x"],
+    "TRACKING_MONGODB_URI": ["", 1, b"mongodb://x", "not a uri", "localhost:27017"],
     "TRACKING_QUEUE_MAX_RECORDS": [0, -5, True, 10.0],
     "TRACKING_QUEUE_MAX_BYTES": [0, False, "64"],
     "TRACKING_BATCH_MAX_RECORDS": [0, True, 1.0],
@@ -544,3 +544,20 @@ def test_a_retry_backoff_beyond_what_a_thread_can_wait_is_refused_or_keeps_the_w
         assert writers, "the writer thread died"
     finally:
         mongoengine.disconnect("review_long_backoff")
+
+
+@pytest.mark.parametrize("uri", ["mongodb://", "mongodb://localhost/?noSuchOption=1"])
+def test_a_bad_mongodb_uri_raises_value_error_naming_the_key(uri: str) -> None:
+    # README.md: "Every setting is read once at init_app; a bad value raises ValueError naming
+    # it." A malformed TRACKING_MONGODB_URI raises pymongo's InvalidURI / ConfigurationError
+    # (not ValueError) from MongoEngine's connect, without naming the setting.
+    import mongoengine
+
+    app = Flask("bad_uri")
+    app.config.update(TRACKING_MONGODB_URI=uri, TRACKING_DB_ALIAS="review_bad_uri")
+    try:
+        with pytest.raises(ValueError) as error:
+            Tracking(app)
+        assert_names_key(error, "TRACKING_MONGODB_URI")
+    finally:
+        mongoengine.disconnect("review_bad_uri")
