@@ -31,6 +31,9 @@ MiB = 1024 * 1024
 #: Seconds. The longest the writer's durations may be (one day): beyond it a setting is surely a
 #: mistake, and a thread cannot wait much longer (``threading.TIMEOUT_MAX``, 49 days on Windows).
 MAX_WAIT_SECONDS = 86400
+#: Seconds. The longest live-view interval: a browser's setTimeout runs a longer delay than
+#: 2**31 - 1 ms (24.8 days) at once.
+MAX_LIVE_INTERVAL_SECONDS = 2_147_483
 #: The windows TRACKING_DASHBOARD_DEFAULT_WINDOW may name (``flask_tracking.dashboard.windows``).
 DASHBOARD_WINDOWS = ("1h", "24h", "7d")
 #: A dashboard URL prefix: one or more path segments, such as ``/tracking`` or ``/ops/traffic``.
@@ -176,7 +179,8 @@ DEFAULTS: dict[str, Any] = {
     "TRACKING_DASHBOARD_PUBLIC": False,
     #: The dashboard's window when none is chosen: ``"1h"``, ``"24h"`` or ``"7d"``.
     "TRACKING_DASHBOARD_DEFAULT_WINDOW": "24h",
-    #: Seconds. How often the dashboard's live view asks for new requests.
+    #: Seconds, from 0.1 to 2147483 (24.8 days, the longest delay a browser's timer takes). How
+    #: often the dashboard's live view asks for new requests.
     "TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS": 2.0,
 }
 
@@ -319,7 +323,9 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
         dashboard_public=get.flag("TRACKING_DASHBOARD_PUBLIC"),
         dashboard_default_window=get.choice("TRACKING_DASHBOARD_DEFAULT_WINDOW", DASHBOARD_WINDOWS),
         dashboard_live_interval_seconds=get.number(
-            "TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS", minimum=0.1
+            "TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS",
+            minimum=0.1,
+            maximum=MAX_LIVE_INTERVAL_SECONDS,
         ),
         db_activity=get.flag("TRACKING_DB_ACTIVITY"),
         db_repeat_threshold=get.integer("TRACKING_DB_REPEAT_THRESHOLD", minimum=2),

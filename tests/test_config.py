@@ -189,7 +189,17 @@ INVALID: dict[str, list[Any]] = {
     "TRACKING_DASHBOARD_URL_PREFIX": ["", "/", "tracking", "//evil", "/a b", "/x?y", None, 5],
     "TRACKING_DASHBOARD_PUBLIC": [1, "true", None],
     "TRACKING_DASHBOARD_DEFAULT_WINDOW": ["2h", "", "24H", None, 24],
-    "TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS": [0, 0.05, -1, True, NAN, "2", None, math.inf],
+    "TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS": [
+        0,
+        0.05,
+        -1,
+        True,
+        NAN,
+        "2",
+        None,
+        math.inf,
+        2_147_483.5,
+    ],
 }
 
 

@@ -236,7 +236,7 @@ def test_arguments_are_checked() -> None:
         make_blueprint(public=True, url_prefix="tracking")
     with pytest.raises(TypeError, match="name"):
         make_blueprint(public=True, name=b"x")  # type: ignore[arg-type]
-    for interval in (0, -1, math.inf, math.nan, "2", True):
+    for interval in (0, -1, math.inf, math.nan, "2", True, 2_147_484, 10**400):
         with pytest.raises(ValueError, match="live_interval_seconds"):
             make_blueprint(public=True, live_interval_seconds=interval)  # type: ignore[arg-type]
 
@@ -1204,3 +1204,26 @@ def test_the_switch_settings_agree_with_the_blueprint() -> None:
     assert DEFAULTS["TRACKING_DASHBOARD_URL_PREFIX"] == "/tracking"
     with pytest.raises(TypeError):
         Tracking().dashboard_access(5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seconds", [30 * 86400, 1e300])
+def test_a_long_live_interval_is_refused_or_within_what_set_timeout_takes(
+    make_app: Callable[..., Flask], seconds: float
+) -> None:
+    # docs/reference/configuration.md: TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS is "how often the
+    # dashboard's live view asks for new requests", validated at init_app. Any value is accepted
+    # from 0.1 up, and live.js hands interval * 1000 to window.setTimeout, which browsers run at
+    # once for delays above 2**31 - 1 ms (24.8 days): a long interval makes the page poll
+    # continuously instead of rarely.
+    try:
+        app = make_app(
+            TRACKING_DASHBOARD=True,
+            TRACKING_DASHBOARD_PUBLIC=True,
+            TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS=seconds,
+        )
+    except ValueError as error:
+        assert str(error).startswith("TRACKING_DASHBOARD_LIVE_INTERVAL_SECONDS ")
+        return
+    page = app.test_client().get("/tracking/live").get_data(as_text=True)
+    (interval,) = re.findall(r'data-interval="([^"]*)"', page)
+    assert 0 < float(interval) <= 2**31 - 1

@@ -30,6 +30,7 @@ from ..aggregate import bucket_upper_bound
 from ..cli import app_records, app_rollups, select_records
 from ..cli.resend import curl_for
 from ..cli.selection import refusal
+from ..config import MAX_LIVE_INTERVAL_SECONDS
 from ..context import skip
 from ..documents import Tracking, TrackingQuerySet
 from .charts import format_ms, histogram_chart, shares, timeline_chart
@@ -100,7 +101,8 @@ def make_blueprint(
         app.register_blueprint(make_blueprint(access=staff_only))
 
     ``default_window`` is "1h", "24h" or "7d"; ``live_interval_seconds`` is how often the live
-    view asks for new requests. The dashboard's own requests are never tracked.
+    view asks for new requests (at most 2147483, 24.8 days, the longest a browser's timer
+    waits). The dashboard's own requests are never tracked.
     """
     if type(public) is not bool:
         raise TypeError(f"public must be True or False, not {public!r}.")
@@ -123,9 +125,12 @@ def make_blueprint(
     if (
         isinstance(interval, bool)
         or not isinstance(interval, (int, float))
-        or not (math.isfinite(interval) and interval > 0)
+        or not (0 < interval <= MAX_LIVE_INTERVAL_SECONDS)
     ):
-        raise ValueError(f"live_interval_seconds must be a number above 0, not {interval!r}.")
+        raise ValueError(
+            f"live_interval_seconds must be a number above 0 and at most "
+            f"{MAX_LIVE_INTERVAL_SECONDS}, not {interval!r}."
+        )
     blueprint = Blueprint(
         name,
         __name__,
