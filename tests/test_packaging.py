@@ -117,3 +117,25 @@ def test_c_extensions_are_required_where_their_wheels_exist(
         requirement.marker.evaluate(environment(system, machine, python, implementation))
         is required
     )
+
+
+def test_the_declared_pymongo_minimum_is_the_first_release_with_async_mongo_client() -> None:
+    # flask_tracking.dbactivity imports pymongo.AsyncMongoClient at module level, which pymongo
+    # has since 4.9: setup.cfg requires pymongo>=4.9, and README.md and docs/quickstart.md say
+    # "pymongo 4.9+". Without AsyncMongoClient (as in 4.0 to 4.8) the package does not import.
+    import subprocess
+
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg", encoding="utf-8")
+    lines = parser["options"]["install_requires"].split("\n")
+    (pymongo,) = [Requirement(line.strip()) for line in lines if line.strip().startswith("pymongo")]
+    assert not pymongo.specifier.contains("4.8.0")
+    assert pymongo.specifier.contains("4.9.0")
+    code = "import pymongo; del pymongo.AsyncMongoClient; import flask_tracking"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0 and "AsyncMongoClient" in result.stderr
+    for page in ("README.md", "docs/quickstart.md"):
+        text = (ROOT / page).read_text(encoding="utf-8")
+        assert "pymongo 4.9+" in text and "pymongo 4 " not in text, page
