@@ -61,6 +61,14 @@ LATENCY_RELATIVE_ERROR = math.sqrt(LATENCY_GROWTH) - 1
 #: body bytes, response body bytes).
 Sample = tuple[float, "str | None", "str | None", str, "float | None", bool, int, int]
 
+#: The methods the rollups count apart (RFC 9110's and PATCH); any other method, which a client
+#: may make up at will, is counted as :data:`OTHER_METHOD`, so that clients cannot add rollup
+#: documents without bound. The stored record keeps the method as sent.
+STANDARD_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+OTHER_METHOD = "OTHER"
+
 #: Identifies one rollup: (period name, start of the period as a naive UTC datetime,
 #: endpoint, method).
 Key = tuple[str, datetime, "str | None", "str | None"]
@@ -293,7 +301,7 @@ class RollupAggregator:
         keys = zip(
             map(int, map(floordiv, map(_TIMESTAMP, taken), repeat(60))),
             map(_ENDPOINT, taken),
-            map(_METHOD, taken),
+            map(rollup_method, map(_METHOD, taken)),
         )
         for key, run in groupby(zip(keys, taken), _KEY):
             aggregate = fresh.get(key)
@@ -361,6 +369,13 @@ def _discard(sample: Sample) -> None:
 
 
 _EPOCH = datetime(1970, 1, 1)
+
+
+def rollup_method(method: str | None) -> str | None:
+    """The method a request is counted under: itself if standard, else ``"OTHER"``."""
+    return method if method is None or method in STANDARD_METHODS else OTHER_METHOD
+
+
 _TIMESTAMP, _ENDPOINT, _METHOD = itemgetter(0), itemgetter(1), itemgetter(2)
 _KEY, _SAMPLE = itemgetter(0), itemgetter(1)
 

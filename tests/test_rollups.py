@@ -449,3 +449,29 @@ def test_a_4xx_whose_body_raised_is_a_client_error_too(mongo: Any) -> None:
     assert (summary["count"], summary["errors"], summary["status"]) == (1, 1, {"4xx": 1})
     assert Tracking.objects.client_errors().count() == 1
     assert summary["client_errors"] == Tracking.objects.client_errors().count()
+
+
+def test_a_client_cannot_grow_the_rollups_without_bound_by_inventing_methods(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    # README.md ("the oldest records make room when it is full, so tracking never fills the
+    # disk") and docs/production.md: with TRACKING_ROLLUPS on (the default) every distinct
+    # client-sent HTTP method opens two new rollup documents (minute and hour) in a collection
+    # that is not capped and kept 90 days: 200 requests with made-up methods make 400 documents.
+    app = make_app()
+    client = app.test_client()
+    for number in range(200):
+        client.open("/hello", method=f"X{number}")
+    assert app.extensions["tracking"].flush(5)
+    methods = mongo["tracking_rollups"].distinct("method")
+    documents = mongo["tracking_rollups"].count_documents({})
+    assert len(methods) <= 10, f"{len(methods)} methods, {documents} documents"
+    assert "OTHER" in methods
+    assert mongo["tracking"].count_documents({"method": "X7"}) == 1  # the record keeps it
+
+
+def test_rollup_method_keeps_the_standard_methods_and_folds_the_rest() -> None:
+    from flask_tracking.aggregate import rollup_method
+
+    assert [rollup_method(m) for m in ("GET", "PATCH", None)] == ["GET", "PATCH", None]
+    assert [rollup_method(m) for m in ("PROPFIND", "get", "X1")] == ["OTHER"] * 3
