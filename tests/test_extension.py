@@ -629,3 +629,19 @@ def test_config_of_gives_the_settings_an_app_is_tracked_with(
     assert config is not None
     assert (config.db_alias, config.max_body_length) == ("records", 1234)
     assert tracking.config_of(Flask("untracked")) is None
+
+
+def test_total_time_runs_until_the_response_was_closed_so_it_is_not_below_execution_time(
+    app: Flask, client: Any, mongo: Any
+) -> None:
+    # docs/stored.md: total_time is measured until the response was closed, after its last byte
+    # (for any response, streamed or not): it is never below execution_time, and larger when
+    # sending took time.
+    from pathlib import Path
+
+    client.get("/hello")
+    (doc,) = stored(app, mongo)
+    assert doc["total_time"] >= doc["execution_time"] > 0
+    stored_md = (Path(__file__).parent.parent / "docs" / "stored.md").read_text(encoding="utf-8")
+    (row,) = [line for line in stored_md.splitlines() if line.startswith("| `total_time`")]
+    assert "closed" in row and "equals" not in row
