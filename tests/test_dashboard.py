@@ -1227,3 +1227,18 @@ def test_a_long_live_interval_is_refused_or_within_what_set_timeout_takes(
     page = app.test_client().get("/tracking/live").get_data(as_text=True)
     (interval,) = re.findall(r'data-interval="([^"]*)"', page)
     assert 0 < float(interval) <= 2**31 - 1
+
+
+def test_requests_to_the_dashboards_urls_that_routing_answers_are_not_recorded_either(
+    dashboard_app: Flask, mongo: Any
+) -> None:
+    # docs/dashboard.md: "The dashboard's own requests are never recorded". Routing answers
+    # /tracking (308 to /tracking/) and /tracking/<no such page> (404) before the blueprint's
+    # skip() runs, so those requests under the dashboard's prefix are recorded.
+    client = dashboard_app.test_client()
+    client.get("/tracking").close()
+    client.get("/tracking/no-such-page").close()
+    client.get("/hello").close()
+    paths = [document["path"] for document in stored(dashboard_app, mongo)]
+    assert "/hello" in paths
+    assert not [path for path in paths if path.startswith("/tracking")], paths

@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 
 from bson import ObjectId
 from flask import Blueprint, Response, abort, jsonify, render_template, request, url_for
+from flask.blueprints import BlueprintSetupState
 from mongoengine.connection import ConnectionFailure as NotConnected
 from pymongo.errors import OperationFailure, PyMongoError
 from werkzeug.exceptions import NotFound
@@ -141,6 +142,7 @@ def make_blueprint(
     )
     pages = _Pages(default_window, float(interval))
     blueprint.before_request(_leave_untracked)
+    blueprint.record(_leave_untracked_under_prefix)
     if access is not None:
         blueprint.before_request(_guard(access))
     blueprint.after_request(_secure)
@@ -160,6 +162,22 @@ def make_blueprint(
 def _leave_untracked() -> None:
     """The dashboard's own requests are not recorded (``flask_tracking.skip()``)."""
     skip()
+
+
+def _leave_untracked_under_prefix(state: BlueprintSetupState) -> None:
+    """Also skip what routing answers under the prefix before any view of the blueprint runs
+    (``/tracking``, redirected to ``/tracking/``; unknown pages): an app-level hook, first so
+    that no other app hook can answer before it."""
+    prefix = (state.url_prefix or "").rstrip("/")
+    if not prefix:
+        return  # mounted at the root: only the blueprint's own views are the dashboard
+
+    def leave_untracked_under_prefix() -> None:
+        path = request.path
+        if path == prefix or path.startswith(prefix + "/"):
+            skip()
+
+    state.app.before_request_funcs.setdefault(None, []).insert(0, leave_untracked_under_prefix)
 
 
 def _guard(access: AccessCheck) -> Callable[[], BaseResponse | None]:
