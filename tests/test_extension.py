@@ -645,3 +645,22 @@ def test_total_time_runs_until_the_response_was_closed_so_it_is_not_below_execut
     stored_md = (Path(__file__).parent.parent / "docs" / "stored.md").read_text(encoding="utf-8")
     (row,) = [line for line in stored_md.splitlines() if line.startswith("| `total_time`")]
     assert "closed" in row and "equals" not in row
+
+
+def test_with_the_test_client_a_streamed_response_is_recorded_once_read_or_closed(
+    app: Flask, client: Any, mongo: Any
+) -> None:
+    # docs/capture.md and docs/testing.md: with the test client a request is in the database
+    # once flush() returns, read or not, except a streamed response, recorded once it has been
+    # read to the end or closed.
+    from pathlib import Path
+
+    response = client.get("/stream")
+    try:
+        assert response.status_code == 200
+        assert stored(app, mongo) == []
+    finally:
+        response.close()
+    assert [document["path"] for document in stored(app, mongo)] == ["/stream"]
+    capture_md = (Path(__file__).parent.parent / "docs" / "capture.md").read_text(encoding="utf-8")
+    assert "except a streamed response" in capture_md
