@@ -170,3 +170,16 @@ def test_a_number_beyond_8_bytes_is_one_sentence_and_exit_1(real_db: Any, args: 
     result = run(cli_app().test_cli_runner(), "list", *args)
     assert not isinstance(result.exception, OverflowError), repr(result.exception)
     assert result.exit_code in (0, 1), result.output
+
+
+@pytest.mark.parametrize(
+    "command", [["list"], ["stats", "--records"], ["timeline", "--records"]], ids=" ".join
+)
+def test_deeply_nested_data_json_is_one_sentence_too(
+    runner: FlaskCliRunner, command: list[str]
+) -> None:
+    # docs/cli.md: "A mistake (a bad date, ...) ends with one sentence and exit code 1, never a
+    # traceback". A --data VALUE of deeply nested JSON raised RecursionError, uncaught.
+    insert(stored_record())
+    result = run(runner, *command, "--data", "tags=" + "[" * 5000)
+    assert_clear_error(result, "--data tags: ", "too deeply")

@@ -1242,3 +1242,12 @@ def test_requests_to_the_dashboards_urls_that_routing_answers_are_not_recorded_e
     paths = [document["path"] for document in stored(dashboard_app, mongo)]
     assert "/hello" in paths
     assert not [path for path in paths if path.startswith("/tracking")], paths
+
+
+@pytest.mark.parametrize("page", ["/tracking/requests", "/tracking/live.json"])
+def test_a_deeply_nested_json_data_filter_is_a_400_too(client: Any, page: str) -> None:
+    # docs/dashboard.md: the request list and live feed take "the filters of flask tracking list
+    # (the same code)", and a bad filter is a 400 that says why. Deeply nested JSON in data=
+    # (RecursionError) was a 500 instead.
+    response = client.get(f"{page}?data=tags%3D" + "%5B" * 5000)
+    assert response.status_code == 400

@@ -293,6 +293,10 @@ def _data_filter(item: str) -> tuple[str, Any]:
         value = json.loads(text)
     except ValueError:
         return key, text
+    except RecursionError:
+        raise ValueError(
+            f"--data {key}: the value nests JSON arrays or objects too deeply to be read."
+        ) from None
     return key, _storable(value, "--data")
 
 
