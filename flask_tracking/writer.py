@@ -112,17 +112,15 @@ class BatchWriter:
 
     Counters (``stats()``): every record is counted exactly once. One passed to ``submit`` is
     either refused (``dropped_queue_full``, or ``dropped_shutdown`` once shut down) or
-    ``enqueued`` and later ``written``, ``dropped_<reason>`` or still ``pending``; one dropped
-    before ``submit`` is counted through ``count_dropped``. Refused records and those counted
-    through ``count_dropped`` also count in ``not_enqueued``, so once the writer is idle::
+    ``enqueued`` and later ``written``, ``dropped_<reason>`` or still ``pending``. Refused
+    records also count in ``not_enqueued``, so once the writer is idle::
 
         enqueued + not_enqueued == written + pending + sum(dropped_*)
 
-    which is ``enqueued == written + pending + sum(dropped_* except dropped_queue_full and
-    dropped_hook_error)`` as long as nothing was submitted after shutdown and ``count_dropped``
-    was only used for ``hook_error``. If an outcome does not add up to the batch size, it is
-    corrected: counts are clamped to the batch, and records nobody accounted for are counted
-    as ``dropped_unaccounted``.
+    which is ``enqueued == written + pending + sum(dropped_* except dropped_queue_full)`` as
+    long as nothing was submitted after shutdown. If an outcome does not add up to the batch
+    size, it is corrected: counts are clamped to the batch, and records nobody accounted for
+    are counted as ``dropped_unaccounted``.
 
     Fork safety: after ``os.fork()`` the child starts from a fresh state. The buffer is emptied
     (the records belong to the parent, which writes them; writing them in the child too would
@@ -281,20 +279,6 @@ class BatchWriter:
                     self._ensure_thread()
         except Exception:
             self._log_limited("submit", "BatchWriter.ensure_started failed", exc_info=True)
-
-    def count_dropped(self, reason: str, count: int = 1) -> None:
-        """Count ``count`` records dropped for ``reason`` before they reached ``submit``.
-
-        Increments ``dropped_<reason>`` and ``not_enqueued``, logs a rate-limited warning and
-        calls ``on_dropped``. A ``count`` below 1 is ignored.
-        """
-        if count < 1:
-            return
-        self._check_pid()
-        with self._lock:
-            self._dropped[reason] = self._dropped.get(reason, 0) + count
-            self._not_enqueued += count
-        self._notify_dropped(reason, count)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record submitted before this call is written or dropped, and the

@@ -84,14 +84,13 @@ def wait_for(predicate, timeout: float = 2.0) -> bool:
 
 def check_invariant(stats: dict[str, int], *, refused_only_by_capacity: bool = True) -> None:
     """Every record is counted once; with ``refused_only_by_capacity`` (nothing submitted after
-    shutdown, count_dropped only used for hook_error) also the simpler form without
-    not_enqueued."""
+    shutdown) also the simpler form without not_enqueued."""
     dropped = {key: n for key, n in stats.items() if key.startswith("dropped_")}
     assert stats["enqueued"] + stats["not_enqueued"] == (
         stats["written"] + stats["pending"] + sum(dropped.values())
     ), stats
     if refused_only_by_capacity:
-        del dropped["dropped_queue_full"], dropped["dropped_hook_error"]
+        del dropped["dropped_queue_full"]
         assert stats["enqueued"] == stats["written"] + stats["pending"] + sum(dropped.values())
 
 
@@ -663,7 +662,6 @@ def test_submit_after_shutdown_is_refused_and_counted(make_writer) -> None:
 def test_counters_invariant_under_concurrent_submitters(make_writer) -> None:
     sink = Sink(["raise", "retry"] + ["ok"] * 5, default="ok")
     writer = make_writer(sink, max_queue_records=50, batch_max_records=7)
-    writer.count_dropped("hook_error", 3)
 
     def producer(base: int) -> None:
         for i in range(300):
@@ -677,7 +675,6 @@ def test_counters_invariant_under_concurrent_submitters(make_writer) -> None:
     assert writer.flush(3) is True
     stats = writer.stats()
     assert stats["enqueued"] + stats["dropped_queue_full"] == 1200
-    assert stats["dropped_hook_error"] == 3
     assert stats["pending"] == 0
     check_invariant(stats)
     assert len(sink.written) == len(set(sink.written)) == stats["written"]  # no duplicates
@@ -713,13 +710,9 @@ def test_callbacks_are_called_and_their_exceptions_swallowed(make_writer, caplog
         assert submit_all(writer, range(4)) == [True, True, True, False]
     finally:
         gate.set()
-    writer.count_dropped("hook_error")
-    writer.count_dropped("hook_error", 0)  # ignored
     assert writer.flush(2) is True
     assert written_calls == [3]  # flush returns after the callbacks ran
-    # The refusal is signalled by the worker, the hook error by the caller: in either order.
-    assert sorted(dropped_calls) == [("hook_error", 1), ("queue_full", 1)]
-    assert writer.stats()["dropped_hook_error"] == 1
+    assert dropped_calls == [("queue_full", 1)]  # the refusal, signalled by the worker
     # The worker survived the raising callback.
     submit_all(writer, [10])
     assert writer.flush(2) is True
@@ -793,18 +786,19 @@ def test_flush_returns_while_later_records_keep_being_refused(steady_refusals) -
 
 def test_drop_warnings_are_rate_limited_per_reason(make_writer, caplog) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
-    writer = make_writer(Sink(), max_queue_records=1, batch_max_records=1)
+    writer = make_writer(Sink(default="raise"), max_queue_records=1, batch_max_records=1)
     assert writer.submit({"i": 0}, 10**9) is False  # bigger than max_queue_bytes
     for _ in range(50):
         writer.submit({"i": 1}, 10**9)
-    for _ in range(20):
-        writer.count_dropped("hook_error")
+    for i in range(20):
+        writer.submit({"i": i}, 10)
+        assert writer.flush(2) is True  # the sink raises: dropped_write_error
     drop_lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len([m for m in drop_lines if "queue_full" in m]) == 1
-    assert len([m for m in drop_lines if "hook_error" in m]) == 1
+    assert len([m for m in drop_lines if "write_error" in m]) == 1
     stats = writer.stats()
     assert stats["dropped_queue_full"] == 51
-    assert stats["dropped_hook_error"] == 20
+    assert stats["dropped_write_error"] == 20
 
 
 # ---------------------------------------------------------------- fork
