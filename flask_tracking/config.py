@@ -87,7 +87,9 @@ DEFAULTS: dict[str, Any] = {
     #: every request that passes the path, method and view rules, kept or not by sampling or
     #: the outcome rules. The reports of ``flask_tracking.rollups.Rollup`` read them.
     "TRACKING_ROLLUPS": True,
-    #: The collection the rollups are written to (``Rollup`` reads ``tracking_rollups``).
+    #: The collection the rollups are written to (``Rollup`` reads ``tracking_rollups``): a
+    #: MongoDB collection name, without ``$`` or NUL, not starting with ``system.``, and with no
+    #: empty part between dots.
     "TRACKING_ROLLUP_COLLECTION": "tracking_rollups",
     #: Days. Rollups older than this are deleted by a TTL index on their ``minute``.
     "TRACKING_ROLLUP_RETENTION_DAYS": 90,
@@ -284,7 +286,7 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
         max_documents=get.integer("TRACKING_MAX_DOCUMENTS", minimum=1, maximum=2**31 - 1),
         indexes=get.known_names("TRACKING_INDEXES", INDEX_NAMES, "reading indexes"),
         rollups=get.flag("TRACKING_ROLLUPS"),
-        rollup_collection=get.text("TRACKING_ROLLUP_COLLECTION"),
+        rollup_collection=get.collection_name("TRACKING_ROLLUP_COLLECTION"),
         rollup_retention_days=get.integer(
             "TRACKING_ROLLUP_RETENTION_DAYS", minimum=1, maximum=2147483647 // 86400
         ),
@@ -518,6 +520,15 @@ class _Reader:
 
     def optional_text(self, key: str) -> str | None:
         return None if self._config[key] is None else self.text(key)
+
+    def collection_name(self, key: str) -> str:
+        """A name MongoDB takes for a collection (else every write to it would fail)."""
+        value = self.text(key)
+        if "$" in value or "\0" in value or value.startswith("system.") or "" in value.split("."):
+            raise self._fail(
+                key, "a collection name (no $ or NUL, not system.*, no empty part between dots)"
+            )
+        return value
 
     def optional_mongodb_uri(self, key: str) -> str | None:
         """None, or a string in one of the schemes pymongo takes (it parses the rest)."""

@@ -131,7 +131,18 @@ INVALID: dict[str, list[Any]] = {
     "TRACKING_INDEXES": ["tracking_ip", ["tracking_ip", "ip"], [1], None, ["tracking_IP"]],
     "TRACKING_DB_ALIAS": ["", None, 1],
     "TRACKING_ROLLUPS": [1, "yes", None],
-    "TRACKING_ROLLUP_COLLECTION": ["", None, 5],
+    "TRACKING_ROLLUP_COLLECTION": [
+        "",
+        None,
+        5,
+        "$x",
+        "a$b",
+        "a\0b",
+        "system.x",
+        ".x",
+        "x.",
+        "a..b",
+    ],
     "TRACKING_ROLLUP_RETENTION_DAYS": [0, -1, 1.5, True, "90", 30000, None],
     "TRACKING_MONGODB_URI": ["", 1, b"mongodb://x", "not a uri", "localhost:27017"],
     "TRACKING_QUEUE_MAX_RECORDS": [0, -5, True, 10.0],
@@ -571,3 +582,12 @@ def test_a_bad_mongodb_uri_raises_value_error_naming_the_key(uri: str) -> None:
         assert_names_key(error, "TRACKING_MONGODB_URI")
     finally:
         mongoengine.disconnect("review_bad_uri")
+
+
+def test_a_rollup_collection_name_mongodb_refuses_is_refused_at_init_app(make_app: Any) -> None:
+    # "$x" was accepted, and every rollup write was then dropped by the server.
+    with pytest.raises(ValueError) as error:
+        make_app(TRACKING_ROLLUP_COLLECTION="$x")
+    assert_names_key(error, "TRACKING_ROLLUP_COLLECTION")
+    config = load_config({"TRACKING_ROLLUP_COLLECTION": "ops.rollups-2"})
+    assert config.rollup_collection == "ops.rollups-2"
