@@ -648,15 +648,16 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
         state.response_body_omitted = "passthrough"
         return
     state.response_body_omitted = None
+    if _sends_no_body(state, response):
+        # Werkzeug never iterates the body (HEAD, 1xx, 204, 304), complete or streamed: nothing
+        # goes by, nothing to wait for; the response's close() still closes the app's
+        # iterable, untouched.
+        state.response_body = BodyCapture.whole(b"", limit)
+        return
     body = response.response
     if not isinstance(body, (list, tuple)):
         body = _sequence_behind(body)
     if body is None:
-        if _sends_no_body(state, response):
-            # Werkzeug never iterates it (HEAD, 1xx, 204, 304): nothing goes by, nothing to wait
-            # for; the response's close() still closes the app's iterable, untouched.
-            state.response_body = BodyCapture.whole(b"", limit)
-            return
         state.response_body = BodyCapture(limit)  # filled by the middleware's _StreamedBody
         state.streamed = True
     elif len(body) == 1 and type(body[0]) is bytes and len(body[0]) <= limit:
