@@ -22,6 +22,7 @@ The pieces:
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
@@ -304,13 +305,16 @@ class TrackingMiddleware:
         request_id_key: str | None = None,
         request_id_response_header: str | None = None,
         watch_db: bool = False,
+        flush_before_exit: Callable[[], None] | None = None,
     ) -> None:
         """``request_id_key``: the WSGI environ key of the request header an incoming id is
         taken from (when valid; ``TrackingConfig.request_id_environ_key``);
         ``request_id_response_header``: the response header that echoes the id (unless the app
         set that header itself). None: no incoming id, no echo. ``watch_db``: attribute the
         database commands run while a tracked request is served to it
-        (:mod:`flask_tracking.dbactivity`)."""
+        (:mod:`flask_tracking.dbactivity`). ``flush_before_exit``: writes what is queued, for
+        a request served in a child the server forked for it (see
+        :func:`served_in_a_forked_child`), once the server closed its response."""
         self.wsgi_app = wsgi_app
         self._policy = policy
         self._max_body_length = max_body_length
@@ -320,6 +324,8 @@ class TrackingMiddleware:
         self._echo_header = request_id_response_header
         self._echo_header_lower = (request_id_response_header or "").lower()
         self._watch_db = watch_db
+        self._flush_before_exit = flush_before_exit
+        self._pid = os.getpid()  # of the process that set the app up
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -354,17 +360,21 @@ class TrackingMiddleware:
                 settle_unread_body(state, environ)
         except Exception:
             self._on_error()
-        if not state.streamed:  # nothing left to wait for: finish now
+        if state.streamed:
+
+            def finish() -> None:  # also inside the server's iteration: must not raise
+                try:
+                    self._close(state, environ)
+                except Exception:
+                    self._on_error()
+
+            app_iter = _StreamedBody(app_iter, state, finish)
+        else:  # nothing left to wait for: finish now
             self._close(state, environ)
-            return app_iter
-
-        def finish() -> None:  # also inside the server's iteration: must not raise
-            try:
-                self._close(state, environ)
-            except Exception:
-                self._on_error()
-
-        return _StreamedBody(app_iter, state, finish)
+        flush = self._flush_before_exit
+        if flush is not None and served_in_a_forked_child(environ, self._pid):
+            return _FlushedOnClose(app_iter, flush)
+        return app_iter
 
     def _with_request_id(self, headers: Any, state: RequestState, environ: dict[str, Any]) -> Any:
         """The response headers with the request id added, unless the app set that header."""
@@ -439,6 +449,43 @@ class _StreamedBody:
                 close()
         finally:
             self._finish()
+
+
+class _FlushedOnClose:
+    """A response iterable, passed through, whose close() also runs ``flush`` (after the
+    iterable's own close): the server closes it once the response was sent, and the process
+    may end right after, without an exit hook."""
+
+    __slots__ = ("_app_iter", "_flush")
+
+    def __init__(self, app_iter: Iterable[bytes], flush: Callable[[], None]) -> None:
+        self._app_iter = app_iter
+        self._flush = flush
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._app_iter)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._app_iter, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._flush()
+
+
+def served_in_a_forked_child(environ: Mapping[str, Any], setup_pid: int) -> bool:
+    """Whether this request runs in a child process forked for it alone, which ends with
+    ``os._exit`` (no exit hook) once the response is sent: Werkzeug's development server with
+    ``processes=N`` (``ForkingWSGIServer``: multiprocess, not multithread), in a process other
+    than the one that set the app up. A gunicorn or uWSGI worker serves many requests and
+    exits through Python: its records are written by the writer thread and at exit."""
+    return (
+        "werkzeug.socket" in environ
+        and bool(environ.get("wsgi.multiprocess"))
+        and not environ.get("wsgi.multithread")
+        and os.getpid() != setup_pid
+    )
 
 
 def _copied(

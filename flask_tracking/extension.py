@@ -203,6 +203,7 @@ class Tracking:
             request_id_key=config.request_id_environ_key,
             request_id_response_header=config.request_id_response_header,
             watch_db=config.db_activity,
+            flush_before_exit=self._flush_before_exit(tracked),
         )
         # Wrapped rather than registered as an after_request hook: Flask checks every hook for
         # a coroutine on every request, and the response is then the one that is sent, after
@@ -488,6 +489,29 @@ class Tracking:
         except Exception:
             state.snapshot_failed = True
             raise
+
+    def _flush_before_exit(self, tracked: _AppTracking) -> Callable[[], None]:
+        """Write what is queued, for at most TRACKING_SHUTDOWN_TIMEOUT_SECONDS: the middleware
+        calls it once the server closed the response of a request served in a child forked for
+        it, which ends without running exit hooks. Records not written by then are lost with
+        the child: logged (rate-limited) with their number. Never raises."""
+        writer, timeout = tracked.writer, tracked.config.shutdown_timeout_seconds
+
+        def flush() -> None:
+            try:
+                if not writer.flush(timeout):
+                    self._log.warning(
+                        "forked_child_flush",
+                        "flask_tracking: %d records were not written within "
+                        "TRACKING_SHUTDOWN_TIMEOUT_SECONDS (%s s) before the forked child "
+                        "serving the request exits; they are lost",
+                        writer.stats()["pending"],
+                        timeout,
+                    )
+            except Exception:
+                self._count_error(tracked)
+
+        return flush
 
     def _finisher(self, tracked: _AppTracking) -> Callable[[RequestState], None]:
         """The middleware's ``finish``: keep the finished request or not, and queue it.

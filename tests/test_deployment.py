@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,7 +13,9 @@ import pytest
 from flask import Flask, make_response, request
 from werkzeug.serving import make_server
 
-from .conftest import stored
+from flask_tracking import Tracking
+
+from .conftest import FAST_WRITER, REAL, stored
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,3 +84,39 @@ def test_a_body_the_server_never_sends_is_not_stored_as_sent(
     assert record["status_code"] == (200 if case == "HEAD" else 304)
     # "bytes that went through in all" (stored.md); "counts the bytes sent" (production.md)
     assert record["response_body_size"] == 0, record.get("response_body", b"")[:20]
+
+
+# --------------------------------------------------------------------------------------------
+# Forking servers
+# --------------------------------------------------------------------------------------------
+
+
+@REAL
+def test_werkzeugs_forking_server_loses_no_record_silently(real_db: Any) -> None:
+    """``make_server(processes=N)`` (``run_simple(processes=N)``) serves each request in a
+    forked child that ends with ``os._exit`` once the answer is sent: no atexit hook runs
+    there. Every request served must still be written (or at least counted somewhere)."""
+    app = Flask("forking")
+    app.config.update(TESTING=False, **FAST_WRITER)
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "Hello"
+
+    tracking = Tracking(app)
+    server = serve(app, processes=2)
+    try:
+        for _ in range(3):
+            answer = raw_exchange(
+                server.server_port, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"Hello")
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline and real_db["tracking"].count_documents({}) < 3:
+            time.sleep(0.1)
+        in_parent = tracking.stats(app)
+    finally:
+        server.shutdown()
+        server.server_close()
+        tracking.close(1.0)
+    assert real_db["tracking"].count_documents({}) == 3, in_parent
