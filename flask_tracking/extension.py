@@ -657,7 +657,12 @@ def _ignore_own_collection(alias: str) -> None:
 
 
 def _connect_if_configured(config: TrackingConfig) -> None:
-    """Connect TRACKING_DB_ALIAS to TRACKING_MONGODB_URI unless it is connected already."""
+    """Connect TRACKING_DB_ALIAS to TRACKING_MONGODB_URI unless it is connected already.
+
+    The client opens no connection and starts no monitoring thread until its first use
+    (``connect=False``), which is in the process that serves requests: a master that loads the
+    app before forking its workers (gunicorn ``--preload``) hands them a client that never
+    opened, as pymongo requires of a client used after a fork."""
     if config.mongodb_uri is None:
         return
     from mongoengine.connection import _connection_settings, connect
@@ -674,6 +679,7 @@ def _connect_if_configured(config: TrackingConfig) -> None:
             connectTimeoutMS=2000,
             socketTimeoutMS=int(config.write_timeout_seconds * 1000),
             tz_aware=False,
+            connect=False,
         )
     except ConfigurationError as error:  # InvalidURI too: pymongo's reason, under the key
         raise ValueError(f"TRACKING_MONGODB_URI is not a usable MongoDB URI: {error}") from None

@@ -3,12 +3,19 @@ gunicorn), forking, and what is stored for what the server really sent."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import pymongo
 import pytest
 from flask import Flask, make_response, request
 from werkzeug.serving import make_server
@@ -120,3 +127,93 @@ def test_werkzeugs_forking_server_loses_no_record_silently(real_db: Any) -> None
         server.server_close()
         tracking.close(1.0)
     assert real_db["tracking"].count_documents({}) == 3, in_parent
+
+
+PRODUCTION_APP = """
+import os
+
+from flask import Flask
+
+from flask_tracking import Tracking
+
+tracking = Tracking()
+
+
+def create_app():
+    app = Flask("production")
+    app.config["TRACKING_MONGODB_URI"] = os.environ["MONGODB_URI"]
+    app.config["TRACKING_FLUSH_INTERVAL_SECONDS"] = 0.05
+
+    @app.get("/hello")
+    def hello():
+        return "Hello"
+
+    tracking.init_app(app)
+    return app
+"""
+
+
+def run_gunicorn(
+    tmp_path: Path, module: str, source: str, args: list[str], env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start gunicorn serving ``module`` (written from ``source``), importing this worktree's
+    flask_tracking; return the process once it answers, and its port."""
+    pytest.importorskip("gunicorn")
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process, port
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError(process.communicate()[1].decode())
+
+
+@REAL
+def test_preloaded_gunicorn_workers_each_use_a_client_of_their_own(
+    real_server: Any, tmp_path: Path
+) -> None:
+    """production.md: ``gunicorn --workers 4 --preload "myapp:create_app()"`` with
+    TRACKING_MONGODB_URI; "after a fork the child starts with ... its own client". The
+    MongoClient init_app connects in the master must not be the one the workers write with
+    (pymongo: clients "must not be copied from a parent process to a child process"; it warns
+    "MongoClient opened before fork" when one is)."""
+    database = f"deploy_{uuid.uuid4().hex[:12]}"
+    process, port = run_gunicorn(
+        tmp_path,
+        "production_app",
+        PRODUCTION_APP,
+        ["-w", "1", "--preload", "--log-level", "warning", "production_app:create_app()"],
+        {"MONGODB_URI": real_server.uri.rstrip("/") + "/" + database},
+    )
+    try:
+        for _ in range(3):
+            answer = raw_exchange(
+                port, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            assert answer.endswith(b"Hello"), answer
+    finally:
+        process.send_signal(signal.SIGTERM)  # graceful stop: the worker writes at exit
+        try:
+            _, errors = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, errors = process.communicate()
+    client: Any = pymongo.MongoClient(real_server.uri, serverSelectionTimeoutMS=5000)
+    try:
+        written = client[database]["tracking"].count_documents({})
+        client.drop_database(database)
+    finally:
+        client.close()
+    assert written == 3, errors.decode()
+    assert b"MongoClient opened before fork" not in errors, errors.decode()
