@@ -368,7 +368,10 @@ class TrackingMiddleware:
                 except Exception:
                     self._on_error()
 
-            app_iter = _StreamedBody(app_iter, state, finish)
+            if not _from_file_wrapper(app_iter, environ):
+                app_iter = _StreamedBody(app_iter, state, finish)
+            elif not _finish_when_closed(app_iter, finish):
+                finish()
         else:  # nothing left to wait for: finish now
             self._close(state, environ)
         flush = self._flush_before_exit
@@ -472,6 +475,41 @@ class _FlushedOnClose:
                 close()
         finally:
             self._flush()
+
+
+def _from_file_wrapper(app_iter: Iterable[bytes], environ: Mapping[str, Any]) -> bool:
+    """Whether ``app_iter`` is what the server's ``wsgi.file_wrapper`` made (``send_file``
+    under gunicorn, wsgiref, uWSGI): the server recognises it to send the file with
+    ``sendfile()``, so it must reach the server as it is. A wrapper that is a class (gunicorn,
+    wsgiref) says so by type; one that is a function (uWSGI) may return the file itself, so
+    then anything but a generator is taken for its result."""
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if file_wrapper is None:
+        return False
+    if isinstance(file_wrapper, type):
+        return isinstance(app_iter, file_wrapper)
+    return not isinstance(app_iter, Generator)
+
+
+def _finish_when_closed(app_iter: Any, finish: Callable[[], None]) -> bool:
+    """Make the ``close()`` of ``app_iter``, the server's file wrapper, call ``finish`` after
+    its own close (PEP 3333: the server calls it once the file was sent, or the client left).
+    The wrapper is made by the server for this response alone. False when it takes no new
+    attribute: then nothing is changed."""
+    close = getattr(app_iter, "close", None)
+
+    def closed() -> None:
+        try:
+            if close is not None:
+                close()
+        finally:
+            finish()
+
+    try:
+        app_iter.close = closed
+    except Exception:
+        return False
+    return True
 
 
 def served_in_a_forked_child(environ: Mapping[str, Any], setup_pid: int) -> bool:
@@ -690,12 +728,17 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
     and never changes ``response``."""
     if state.response_body_omitted == "excluded":
         return
-    if response.direct_passthrough:  # send_file: reading it would read the file
+    sends_no_body = _sends_no_body(state, response)
+    state.streamed = False  # a second pass (a raising after_request hook) tees another response
+    if response.direct_passthrough:  # send_file, a proxy: reading it would read the file
         state.response_body = None
         state.response_body_omitted = "passthrough"
+        # Sent as it is, so recorded once it was sent, like any stream: the middleware passes
+        # it on uncopied (or, for the server's own file wrapper, untouched).
+        state.streamed = not sends_no_body
         return
     state.response_body_omitted = None
-    if _sends_no_body(state, response):
+    if sends_no_body:
         # Werkzeug never iterates the body (HEAD, 1xx, 204, 304), complete or streamed: nothing
         # goes by, nothing to wait for; the response's close() still closes the app's
         # iterable, untouched.

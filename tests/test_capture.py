@@ -1501,7 +1501,7 @@ def test_tee_direct_passthrough_never_touches_the_body() -> None:
     assert response.response is body
     assert state.response_body is None
     assert state.response_body_omitted == "passthrough"
-    assert state.streamed is False
+    assert state.streamed is True  # recorded once sent, its body passed on uncopied
 
 
 def test_tee_excluded_never_touches_the_body() -> None:
@@ -1523,6 +1523,7 @@ def test_tee_again_after_passthrough_clears_the_omitted_mark() -> None:
     assert state.response_body is not None
     assert bytes(state.response_body.buffer) == b"Internal S"
     assert state.response_body_omitted is None
+    assert state.streamed is False  # the 500 page is complete: recorded when the app returns
 
 
 def test_an_error_page_wrapped_by_werkzeug_is_a_complete_body_not_a_stream() -> None:

@@ -3,6 +3,7 @@ gunicorn), forking, and what is stored for what the server really sent."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -14,11 +15,13 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
+from wsgiref.util import FileWrapper
 
 import pymongo
 import pytest
-from flask import Flask, make_response, request
+from flask import Flask, Response, make_response, request, send_file
 from werkzeug.serving import make_server
+from werkzeug.test import EnvironBuilder
 
 from flask_tracking import Tracking
 
@@ -217,3 +220,75 @@ def test_preloaded_gunicorn_workers_each_use_a_client_of_their_own(
         client.close()
     assert written == 3, errors.decode()
     assert b"MongoClient opened before fork" not in errors, errors.decode()
+
+
+# --------------------------------------------------------------------------------------------
+# Streamed responses in direct passthrough
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_streamed_passthrough_response_is_recorded_when_it_ends(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """A generator response with ``direct_passthrough=True`` (a proxy view streaming what it
+    fetches, untouched by Werkzeug's encoding) is a streamed response: "recorded once it has
+    been read to the end or closed, so its body and total_time are known" (capture.md);
+    ``total_time`` runs "until a streamed response finished" and ``exception`` is set when it
+    raised (stored.md), as for the same generator without direct_passthrough."""
+    app = make_app(testing=False)
+
+    def upstream(fail: bool) -> Any:
+        yield b"first;"
+        time.sleep(0.3)
+        if fail:
+            raise RuntimeError("upstream went away")
+        yield b"second;"
+
+    @app.get("/proxy/<int:fail>")
+    def proxy(fail: int) -> Any:
+        return Response(upstream(bool(fail)), direct_passthrough=True)
+
+    server = serve(app, threaded=True)
+    try:
+        for fail in (0, 1):
+            raw_exchange(
+                server.server_port,
+                f"GET /proxy/{fail} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+    finished, failed = stored(app, mongo)
+    assert (finished["total_time"] >= 300, failed["exception"]) == (
+        True,
+        "RuntimeError: upstream went away",
+    ), (finished["total_time"], failed["total_time"])
+
+
+def test_the_servers_file_wrapper_reaches_it_and_is_recorded_when_closed(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """``send_file`` under a server with a ``wsgi.file_wrapper`` (gunicorn, wsgiref): the
+    server must get its own wrapper back to send the file with ``sendfile()``; the record
+    waits for the server's close() (PEP 3333) instead of the app's return."""
+
+    class ServerFileWrapper(FileWrapper):
+        """The server's class: it sends a response of this type with sendfile()."""
+
+    app = make_app(testing=False)
+
+    @app.get("/sent-file")
+    def sent_file() -> Response:
+        return send_file(io.BytesIO(b"x" * 100), mimetype="text/plain")
+
+    environ = EnvironBuilder(path="/sent-file").get_environ()
+    environ["wsgi.file_wrapper"] = ServerFileWrapper
+    app_iter = app.wsgi_app(environ, lambda status, headers, exc_info=None: None)
+    assert isinstance(app_iter, ServerFileWrapper)
+    assert b"".join(app_iter) == b"x" * 100
+    assert stored(app, mongo) == []  # sent, not closed yet
+    time.sleep(0.05)
+    app_iter.close()
+    (record,) = stored(app, mongo)
+    assert record["response_body_omitted"] == "passthrough"
+    assert record["total_time"] >= record["execution_time"] + 50
