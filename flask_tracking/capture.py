@@ -431,7 +431,8 @@ class _StreamedBody:
     as the server reads them (the app's Response object is never touched, so one served to
     several requests at once is served as without the tracker). ``finish`` ends the record
     once the body was read to its end or raised (the test client reads a response without
-    closing it), or when the server closes it (a client that left)."""
+    closing it), when the server closes it (a client that left), or when the server drops
+    its iterator unfinished (see :func:`_copied`)."""
 
     __slots__ = ("_app_iter", "_finish", "_state")
 
@@ -529,7 +530,12 @@ def served_in_a_forked_child(environ: Mapping[str, Any], setup_pid: int) -> bool
 def _copied(
     app_iter: Iterable[bytes], state: RequestState, finish: Callable[[], None]
 ) -> Generator[bytes, None, None]:
-    """Yield the body unchanged, copying its first bytes; note an exception mid-stream."""
+    """Yield the body unchanged, copying its first bytes; note an exception mid-stream.
+
+    The record is finished when the body ends, raises, or is left unread: a server that stops
+    iterating and never closes the response (asgiref's ``WsgiToAsgi`` once Content-Length
+    bytes went out) drops this generator, and Python closes it. ``finish`` ends a record once
+    only, so a server's close() as well is harmless."""
     capture = state.response_body
     try:
         for chunk in app_iter:
@@ -538,9 +544,9 @@ def _copied(
             yield chunk
     except Exception as error:
         state.note_exception(error)
-        finish()  # nothing more can come: the body is over as much as one read to its end
         raise
-    finish()
+    finally:
+        finish()
 
 
 def settle_unread_body(state: RequestState, environ: dict[str, Any]) -> None:

@@ -292,3 +292,89 @@ def test_the_servers_file_wrapper_reaches_it_and_is_recorded_when_closed(
     (record,) = stored(app, mongo)
     assert record["response_body_omitted"] == "passthrough"
     assert record["total_time"] >= record["execution_time"] + 50
+
+
+# --------------------------------------------------------------------------------------------
+# Under an ASGI server, through asgiref's WsgiToAsgi
+# --------------------------------------------------------------------------------------------
+
+
+def serve_asgi(app: Flask, path: str) -> bytes:
+    """One GET through ``asgiref.wsgi.WsgiToAsgi`` (Flask's documented way to run under an
+    ASGI server such as uvicorn or hypercorn), driven as the ASGI server drives it; the body
+    the client received."""
+    import asyncio
+
+    from asgiref.wsgi import WsgiToAsgi
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"x")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(WsgiToAsgi(app)(scope, receive, send))
+    return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_a_stream_with_a_content_length_is_recorded_under_asgiref(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """WsgiToAsgi stops reading the response iterable once Content-Length bytes went out and
+    never calls its close() (asgiref/wsgi.py, ``run_wsgi_app``): a streamed response with a
+    known length (a proxied download) is still a request served, and must be written or
+    counted, not lost."""
+    app = make_app(testing=False)
+
+    @app.get("/download")
+    def download() -> Response:
+        def chunks() -> Any:
+            yield b"first;"
+            yield b"second"
+
+        return Response(chunks(), headers={"Content-Length": "12"})
+
+    assert serve_asgi(app, "/download") == b"first;second"
+    tracking = app.extensions["tracking"]
+    assert tracking.flush(5)
+    counters = tracking.stats(app)
+    assert len(stored(app, mongo)) == 1, counters
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["closed", "dropped"])
+def test_a_stream_left_unfinished_is_recorded_once(
+    make_app: Callable[..., Flask], mongo: Any, closed: bool
+) -> None:
+    """A server that stops reading a stream part way either closes it (PEP 3333) or drops it
+    (asgiref): one record either way, with what was sent."""
+    app = make_app(testing=False)
+
+    @app.get("/parts")
+    def parts() -> Response:
+        return Response(iter([b"a", b"b", b"c"]))
+
+    environ = EnvironBuilder(path="/parts").get_environ()
+    app_iter: Any = app.wsgi_app(environ, lambda status, headers, exc_info=None: None)
+    iterator = iter(app_iter)
+    assert next(iterator) == b"a"
+    if closed:
+        app_iter.close()
+    del iterator, app_iter
+    (record,) = stored(app, mongo)
+    assert (record["response_body"], record["response_body_size"]) == (b"a", 1)
