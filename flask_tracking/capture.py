@@ -233,6 +233,7 @@ class RequestState:
     environ: dict[str, Any] | None = None
     snapshot_failed = False
     scrubbed = False  # headers, query and custom data already filtered on the request thread
+    scrubbed_without_rules = False  # ... before the app's URL rules were learnt
     # Known only inside the request context (snapshot_request).
     endpoint: str | None = None
     url_rule: str | None = None

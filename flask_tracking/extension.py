@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from werkzeug.routing import Map
 
     from .dashboard import AccessCheck
+    from .redact import Redactor
 
 #: Fixed part of the estimated in-queue size of a record, in bytes (dicts, strings, numbers).
 RECORD_OVERHEAD_BYTES = 4096
@@ -134,6 +135,8 @@ class Tracking:
             register()
             watch_sqlalchemy()
         _connect_if_configured(config)
+        if config.redactor is not None:
+            _learn_rules_on_the_writer(config.redactor, app.url_map)
         prepare_user_agent_parser()  # now, not while the app serves its first requests
         if config.db_activity:
             _ignore_own_collection(config.db_alias)
@@ -209,7 +212,7 @@ class Tracking:
         # a coroutine on every request, and the response is then the one that is sent, after
         # every hook of the app (whatever their order of registration) and the session.
         app.process_response = self._response_hook(  # type: ignore[method-assign,assignment]
-            tracked, app.process_response, app.url_map
+            tracked, app.process_response
         )
         tracked.on_exception = lambda sender, exception, **extra: self._on_exception(
             tracked, exception
@@ -390,27 +393,18 @@ class Tracking:
         self,
         tracked: _AppTracking,
         process_response: Callable[[Response], Response],
-        url_map: Map,
     ) -> Callable[[Response], Response]:
         """``app.process_response`` wrapped: once Flask has run the ``after_request`` hooks and
         saved the session, apply the view, blueprint and ``skip_if`` rules, then copy what the
-        request context knows and tee the body of the response that is sent.
-
-        The first time, the redactor learns the app's URL rules (Flask takes no new one once
-        it has handled a request): see :meth:`Redactor.learn_rules`."""
+        request context knows and tee the body of the response that is sent."""
         max_body_length = tracked.max_body_length
         verdicts = tracked.verdicts.cache
         resolve = tracked.verdicts.resolve_and_cache
         predicates = self._skip_if
-        redactor = tracked.config.redactor
 
         def tracked_process_response(response: Response) -> Response:
-            nonlocal redactor
             response = process_response(response)
             try:
-                if redactor is not None:  # once
-                    learning, redactor = redactor, None
-                    learning.learn_rules([rule.rule for rule in url_map.iter_rules()])
                 current = request._get_current_object()  # type: ignore[attr-defined]
                 state: RequestState | None = current.environ.get(ENVIRON_KEY)
                 if state is None or state.skipped:
@@ -654,6 +648,14 @@ def _ignore_own_collection(alias: str) -> None:
     database = _connection_settings.get(alias, {}).get("name")
     if isinstance(database, str):
         ignore_collection(database, COLLECTION_NAME)
+
+
+def _learn_rules_on_the_writer(redactor: Redactor, url_map: Map) -> None:
+    """Have the redactor learn the app's URL rules (see :meth:`Redactor.learn_rules`) on the
+    writer thread, before it filters its first record: read then, once the app handled a
+    request, they are all there (Flask takes no new rule after its first request), and no
+    request waits while a large app's rules are learnt."""
+    redactor.learn_rules_later(lambda: [rule.rule for rule in url_map.iter_rules()])
 
 
 def _connect_if_configured(config: TrackingConfig) -> None:

@@ -74,8 +74,8 @@ def to_document(
     the request thread needed the id, it is worked out here. ``bodies``: the request's and
     the response's bodies as :func:`scrub_bodies` filtered them (for many records at once).
     """
-    if redactor is not None and not state.scrubbed:  # normally done on the request thread
-        scrub_request_side(state, redactor)
+    if redactor is not None:
+        _finish_scrubbing(state, redactor)
     environ = state.environ or {}
     names, values = _request_headers(environ)
     ip = environ.get("REMOTE_ADDR")
@@ -137,8 +137,7 @@ def scrub_bodies(
     places: list[tuple[int, int]] = []
     filtered: list[list[ScrubbedBody | None]] = []
     for index, state in enumerate(states):
-        if not state.scrubbed:  # normally done on the request thread
-            scrub_request_side(state, redactor)
+        _finish_scrubbing(state, redactor)
         request, response = _captured(state.request_body), _captured(state.response_body)
         filtered.append([_until_filtered(request), _until_filtered(response)])
         if request:
@@ -187,7 +186,10 @@ def scrub_request_side(state: RequestState, redactor: Redactor) -> None:
     """Filter the secrets of the headers, the query string, the path (the values of the URL
     rule's secret variables) and the custom data, on the tracker's own copies (the view saw
     the original request); bodies are left to :func:`to_document`. Runs on the request thread
-    before a record is queued."""
+    before a record is queued. Until the writer thread has learnt the app's URL rules
+    (:attr:`Redactor.rules_pending`), URLs naming a page with a secret variable keep their path:
+    the writer filters such a record again once it knows them (:func:`_finish_scrubbing`)."""
+    state.scrubbed_without_rules = redactor.rules_pending
     if state.environ is not None:
         redactor.environ(state.environ, state.url_rule)
     # A tuple: the garbage collector stops tracking it, so a queued record holds one object less.
@@ -195,6 +197,16 @@ def scrub_request_side(state: RequestState, redactor: Redactor) -> None:
     if state.custom_data is not None:
         state.custom_data = redactor.data(state.custom_data)
     state.scrubbed = True
+
+
+def _finish_scrubbing(state: RequestState, redactor: Redactor) -> None:
+    """On the writer thread: learn the app's URL rules if that is still to do, and filter the
+    request side of ``state`` where the request thread did not (normally it did), or did
+    before the rules were learnt (filtering again changes only the paths of URLs that name a
+    page with a secret variable: what is filtered stays filtered)."""
+    redactor.learn_pending_rules()
+    if not state.scrubbed or state.scrubbed_without_rules:
+        scrub_request_side(state, redactor)
 
 
 def _request_headers(environ: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -220,8 +221,11 @@ class Redactor:
         # The same verdicts for WSGI environ keys, as sets for C-level set operations.
         self._environ_keys_seen: set[str] = set()
         self._environ_keys_secret: set[str] = set()
-        # The app's URL rules with secret variables, for its paths and the URLs naming them.
+        # The app's URL rules with secret variables, for its paths and the URLs naming them;
+        # where to read all of them from until they are learnt (learn_rules_later).
         self._paths = SecretPaths(self.is_secret_field, FILTERED)
+        self._rules_source: Callable[[], Iterable[str]] | None = None
+        self._rules_lock = threading.Lock()
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
         kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
@@ -361,6 +365,34 @@ class Redactor:
         filtered as :meth:`environ` filters the page's own (see :meth:`url` and
         :class:`flask_tracking.paths.SecretPaths`)."""
         self._paths.learn_rules(rules)
+
+    def learn_rules_later(self, source: Callable[[], Iterable[str]]) -> None:
+        """Learn the rules ``source()`` gives (as :meth:`learn_rules`) when
+        :meth:`learn_pending_rules` is first called, on the writer thread: learning a large
+        app's rules takes a while (a quarter of a second for 1,500 with secret variables),
+        which no request should wait for. Until then :attr:`rules_pending` is True."""
+        self._rules_source = source
+
+    @property
+    def rules_pending(self) -> bool:
+        """Whether rules given to :meth:`learn_rules_later` are not learnt yet: a URL naming a
+        page with a secret variable is then filtered without its path."""
+        return self._rules_source is not None
+
+    def learn_pending_rules(self) -> None:
+        """Learn the rules given to :meth:`learn_rules_later`, once; :attr:`rules_pending`
+        turns False when they are learnt (or reading them raised: that error propagates, and
+        the rules are not read again)."""
+        if self._rules_source is None:
+            return
+        with self._rules_lock:
+            source = self._rules_source
+            if source is None:  # another thread learnt them meanwhile
+                return
+            try:
+                self.learn_rules(source())
+            finally:
+                self._rules_source = None
 
     def _url_filter(self) -> Callable[[str], str] | None:
         """:meth:`url` (a page's link: its path and its query's values) while the app has
