@@ -9,7 +9,8 @@ The pieces:
 - :class:`TrackingMiddleware` wraps ``app.wsgi_app``: it starts the clock before Flask does
   anything, tees ``wsgi.input``, sees the final status and headers through ``start_response``,
   sees exceptions that escape Flask (testing and debug mode), accounts for a request body the
-  app left unread (:func:`settle_unread_body`, never blocking), and finishes the record when
+  app left unread (:func:`settle_unread_body`, never blocking; for a streamed response once it
+  was sent, as its generator may read the body), and finishes the record when
   the app returned, or, for a streamed response, when it was read to its end or closed (the
   client left).
 - :func:`snapshot_request` runs in ``after_request`` (or, when the view raised, on the
@@ -353,14 +354,9 @@ class TrackingMiddleware:
         except BaseException as error:
             state.note_exception(error)
             state.status = "500 INTERNAL SERVER ERROR"
-            self._close(state, environ)
+            self._close(state, environ, returned=False)
             raise
         state.execution_time = (time.perf_counter() - state.started) * 1000.0
-        try:
-            if state.request_body is not None and not state.skipped:
-                settle_unread_body(state, environ)
-        except Exception:
-            self._on_error()
         if state.streamed:
 
             def finish() -> None:  # also inside the server's iteration: must not raise
@@ -409,13 +405,24 @@ class TrackingMiddleware:
             state.db_token = attach(state)
         return state
 
-    def _close(self, state: RequestState, environ: dict[str, Any]) -> None:
+    def _close(
+        self, state: RequestState, environ: dict[str, Any], *, returned: bool = True
+    ) -> None:
+        """Finish the record of ``state`` once (``returned``: the app returned a response,
+        and it was sent when it streams; False: the app raised, and nothing more is read)."""
         if state.finished:
             return
         state.finished = True  # from here on, no command counts for this request
         if state.db_token is not None:
             detach(state.db_token)
             state.db_token = None  # a queued record keeps no context (fewer objects for the GC)
+        try:
+            # Now, not when the app returned: a streamed response's generator may read the
+            # body as it goes (an echo, a proxy passing the upload on).
+            if returned and state.request_body is not None and not state.skipped:
+                settle_unread_body(state, environ)
+        except Exception:
+            self._on_error()
         try:
             state.total_time = (time.perf_counter() - state.started) * 1000.0
             if state.execution_time is None:
@@ -551,7 +558,8 @@ def _copied(
 
 
 def settle_unread_body(state: RequestState, environ: dict[str, Any]) -> None:
-    """Once the app returned: account for the body bytes it left unread, never blocking.
+    """Once the request is over (the app returned; a streamed response was sent or closed):
+    account for the body bytes the app left unread, never blocking.
 
     The tracker never reads the input on its own, except when the stream can be read and put
     back without waiting for a client: a seekable stream (the in-memory body of Werkzeug's test

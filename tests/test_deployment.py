@@ -19,7 +19,7 @@ from wsgiref.util import FileWrapper
 
 import pymongo
 import pytest
-from flask import Flask, Response, make_response, request, send_file
+from flask import Flask, Response, make_response, request, send_file, stream_with_context
 from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 
@@ -442,3 +442,44 @@ def test_the_rules_learnt_on_the_writer_filter_the_first_requests_too(
     assert [first[0]["referrer"], second["referrer"]] == [
         "https://app.example/reset/[Filtered]"
     ] * 2
+
+
+# --------------------------------------------------------------------------------------------
+# A body read while the response streams
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_body_read_while_the_response_streams_is_recorded(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """A view that streams its answer as it reads the upload (an echo, a proxy passing the
+    body on) reads the body after it returned its response. capture.md: the body is copied
+    "as the view reads it"; "unread" is for "a body the view did not read". On a socket
+    (Werkzeug's server, gunicorn: not seekable) the record must hold the bytes read, not say
+    the body was never read."""
+    app = make_app(testing=False)
+
+    @app.post("/shout")
+    def shout() -> Response:
+        def chunks() -> Any:
+            while chunk := request.stream.read(4):
+                yield chunk.upper()
+
+        return Response(stream_with_context(chunks()))
+
+    server = serve(app, threaded=True)
+    try:
+        answer = raw_exchange(
+            server.server_port,
+            b"POST /shout HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nConnection: close\r\n\r\n"
+            b"hello world",
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert b"HELL" in answer and b"RLD" in answer, answer  # the view read the whole body
+    (record,) = stored(app, mongo)
+    assert (record.get("request_body"), record.get("request_body_omitted")) == (
+        b"hello world",
+        None,
+    ), record.get("request_body_size")
