@@ -204,7 +204,8 @@ def _finish_scrubbing(state: RequestState, redactor: Redactor) -> None:
     request side of ``state`` where the request thread did not (normally it did), or did
     before the rules were learnt (filtering again changes only the paths of URLs that name a
     page with a secret variable: what is filtered stays filtered)."""
-    redactor.learn_pending_rules()
+    if redactor.rules_pending:
+        redactor.learn_pending_rules()
     if not state.scrubbed or state.scrubbed_without_rules:
         scrub_request_side(state, redactor)
 

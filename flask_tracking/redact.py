@@ -226,6 +226,9 @@ class Redactor:
         self._paths = SecretPaths(self.is_secret_field, FILTERED)
         self._rules_source: Callable[[], Iterable[str]] | None = None
         self._rules_lock = threading.Lock()
+        #: Whether rules given to :meth:`learn_rules_later` are not learnt yet: a URL naming a
+        #: page with a secret variable is then filtered without its path.
+        self.rules_pending = False
         # The shortest terms are enough to look for (a body naming "password" contains "pass").
         terms = sorted(self._fields, key=len)
         kept = [term for i, term in enumerate(terms) if not any(t in term for t in terms[:i])]
@@ -372,12 +375,7 @@ class Redactor:
         app's rules takes a while (a quarter of a second for 1,500 with secret variables),
         which no request should wait for. Until then :attr:`rules_pending` is True."""
         self._rules_source = source
-
-    @property
-    def rules_pending(self) -> bool:
-        """Whether rules given to :meth:`learn_rules_later` are not learnt yet: a URL naming a
-        page with a secret variable is then filtered without its path."""
-        return self._rules_source is not None
+        self.rules_pending = True
 
     def learn_pending_rules(self) -> None:
         """Learn the rules given to :meth:`learn_rules_later`, once; :attr:`rules_pending`
@@ -393,6 +391,7 @@ class Redactor:
                 self.learn_rules(source())
             finally:
                 self._rules_source = None
+                self.rules_pending = False
 
     def _url_filter(self) -> Callable[[str], str] | None:
         """:meth:`url` (a page's link: its path and its query's values) while the app has
