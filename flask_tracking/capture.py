@@ -455,12 +455,7 @@ class _StreamedBody:
         return _copied(self._app_iter, self._state, self._finish)
 
     def close(self) -> None:
-        try:
-            close = getattr(self._app_iter, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._finish()
+        _close_then(getattr(self._app_iter, "close", None), self._finish)
 
 
 class _FlushedOnClose:
@@ -478,12 +473,17 @@ class _FlushedOnClose:
         return iter(self._app_iter)
 
     def close(self) -> None:
-        try:
-            close = getattr(self._app_iter, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._flush()
+        _close_then(getattr(self._app_iter, "close", None), self._flush)
+
+
+def _close_then(close: Callable[[], object] | None, then: Callable[[], None]) -> None:
+    """Call ``close`` (a response iterable's ``close``, when it has one), then ``then``, even
+    when closing raised (the error still propagates to the server)."""
+    try:
+        if close is not None:
+            close()
+    finally:
+        then()
 
 
 def _from_file_wrapper(app_iter: Iterable[bytes], environ: Mapping[str, Any]) -> bool:
@@ -506,16 +506,8 @@ def _finish_when_closed(app_iter: Any, finish: Callable[[], None]) -> bool:
     The wrapper is made by the server for this response alone. False when it takes no new
     attribute: then nothing is changed."""
     close = getattr(app_iter, "close", None)
-
-    def closed() -> None:
-        try:
-            if close is not None:
-                close()
-        finally:
-            finish()
-
     try:
-        app_iter.close = closed
+        app_iter.close = lambda: _close_then(close, finish)
     except Exception:
         return False
     return True
