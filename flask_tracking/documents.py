@@ -218,7 +218,9 @@ def _path_regex(pattern: str | re.Pattern[str]) -> dict[str, str]:
     options = "".join(letter for flag, letter in _REGEX_OPTIONS if flags & flag)
     source = _INLINE_FLAGS.sub("", compiled.pattern, count=1)
     anchor = "\\A" if flags & re.MULTILINE else "^"
-    query = {"$regex": anchor + (source if "|" not in source else f"(?:{source})")}
+    if "|" in source:  # a verbose pattern's comment runs to the end of its line: end it
+        source = f"(?:{source}\n)" if flags & re.VERBOSE else f"(?:{source})"
+    query = {"$regex": anchor + source}
     if options:
         query["$options"] = options
     return query

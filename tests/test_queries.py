@@ -831,3 +831,14 @@ def test_reports_of_a_zero_limit_cover_what_iterating_covers(select: Any, expect
     counts = [row["count"] for row in selection.stats()]
     assert counts == ([expected] if expected else [])
     assert selection.unique_visitors() == {"ips": 1 if expected else 0, "users": 0}
+
+
+def test_for_path_verbose_pattern_with_a_comment_and_an_alternation() -> None:
+    """Review: ``for_path`` says a compiled pattern's flags apply; with ``re.VERBOSE`` a ``#``
+    comment runs to the end of the line, so the ``)`` that closes the ``(?:...)`` put around a
+    pattern with ``|`` is read as part of the comment: the regex sent is unbalanced, though
+    ``re.match`` takes the pattern."""
+    pattern = re.compile("/a | /b  # the two sections", re.VERBOSE)
+    insert(stored_record(path="/a/1"), stored_record(path="/b/2"), stored_record(path="/c"))
+    assert [p for p in ["/a/1", "/b/2", "/c"] if pattern.match(p)] == ["/a/1", "/b/2"]
+    assert sorted(paths(Tracking.objects.for_path(pattern))) == ["/a/1", "/b/2"]
