@@ -1251,3 +1251,28 @@ def test_a_deeply_nested_json_data_filter_is_a_400_too(client: Any, page: str) -
     # (RecursionError) was a 500 instead.
     response = client.get(f"{page}?data=tags%3D" + "%5B" * 5000)
     assert response.status_code == 400
+
+
+def test_a_dashboard_on_a_subdomain_leaves_the_apps_own_pages_under_its_prefix_recorded(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    # Review: the app-level hook that skips "every request under the dashboard's URL prefix"
+    # compares request.path with the prefix only; a dashboard registered on a subdomain
+    # (ops.example.test/tracking/) then also skips the app's own /tracking/... pages on every
+    # other host, which are no part of the dashboard and should be recorded.
+    app = make_app(SERVER_NAME="example.test")
+    app.subdomain_matching = True  # Flask(subdomain_matching=True), which make_app cannot pass
+
+    @app.route("/tracking/orders")
+    def shop_tracking_orders() -> str:  # the shop's own parcel-tracking page
+        return "your parcels"
+
+    app.register_blueprint(make_blueprint(public=True), subdomain="ops")
+    client = app.test_client()
+    assert client.get("/tracking/", base_url="http://ops.example.test").status_code == 200
+    response = client.get("/tracking/orders", base_url="http://example.test")
+    assert response.get_data(as_text=True) == "your parcels"
+    client.get("/hello", base_url="http://example.test").close()
+    paths = [document["path"] for document in stored(app, mongo)]
+    assert "/hello" in paths
+    assert paths.count("/tracking/orders") == 1, paths

@@ -167,14 +167,20 @@ def _leave_untracked() -> None:
 def _leave_untracked_under_prefix(state: BlueprintSetupState) -> None:
     """Also skip what routing answers under the prefix before any view of the blueprint runs
     (``/tracking``, redirected to ``/tracking/``; unknown pages): an app-level hook, first so
-    that no other app hook can answer before it."""
+    that no other app hook can answer before it. A page of the app's own under the prefix
+    stays recorded, and so does any request to another host than the dashboard's subdomain."""
     prefix = (state.url_prefix or "").rstrip("/")
     if not prefix:
         return  # mounted at the root: only the blueprint's own views are the dashboard
+    host_start = f"{state.subdomain}." if state.subdomain else ""
 
     def leave_untracked_under_prefix() -> None:
+        if request.url_rule is not None:  # a page: the app's, or the dashboard's (skipped)
+            return
         path = request.path
-        if path == prefix or path.startswith(prefix + "/"):
+        if (path == prefix or path.startswith(prefix + "/")) and request.host.startswith(
+            host_start
+        ):
             skip()
 
     state.app.before_request_funcs.setdefault(None, []).insert(0, leave_untracked_under_prefix)
