@@ -294,6 +294,16 @@ def _since(query: dict[str, Any], moment: datetime | None) -> dict[str, Any]:
     return _and(query, {"_id": {"$gte": start}})
 
 
+#: The records whose ``_id`` is an ObjectId (the writer's): the others have no time of their own.
+_OBJECT_IDS: dict[str, Any] = {"_id": {"$type": "objectId"}}
+
+
+def _id_at_or_after(oid: Any, moment: datetime) -> bool:
+    """Whether ``oid`` is an ObjectId made at ``moment`` or later. Another ``_id`` is not: once
+    the floor is an ObjectId's time, the ``_id`` bound of :func:`_since` no longer matches it."""
+    return isinstance(oid, ObjectId) and oid.generation_time >= moment
+
+
 def _tail(
     collection: Any, query: dict[str, Any], interval: float, deadline: float | None
 ) -> Iterator[dict[str, Any]]:
@@ -306,7 +316,7 @@ def _tail(
     """
     overlap = timedelta(seconds=POLL_OVERLAP_SECONDS)
     # The newest id by id, not by storage order (not every server reports that newest first).
-    newest = list(collection.find({}, {"_id": 1}).sort("_id", -1).limit(1))
+    newest = list(collection.find(_OBJECT_IDS, {"_id": 1}).sort("_id", -1).limit(1))
     floor = newest[0]["_id"].generation_time if newest else None
     # Ids in the order they were seen, so the oldest are dropped first as the floor rises.
     seen: OrderedDict[ObjectId, None] = OrderedDict()
@@ -323,9 +333,10 @@ def _tail(
                     if oid in seen:
                         continue
                     seen[oid] = None
-                    floor = max(oid.generation_time, floor or oid.generation_time)
-                    while seen and next(iter(seen)).generation_time < floor - overlap:
-                        seen.popitem(last=False)
+                    if isinstance(oid, ObjectId):  # another _id (put there by hand) has no time
+                        floor = max(oid.generation_time, floor or oid.generation_time)
+                        while seen and not _id_at_or_after(next(iter(seen)), floor - overlap):
+                            seen.popitem(last=False)
                     yield document
                     if _expired(deadline):
                         return
@@ -345,9 +356,9 @@ def _poll(
     (several workers, batches waiting in a queue) are not missed.
     """
     overlap = timedelta(seconds=POLL_OVERLAP_SECONDS)
-    newest = list(collection.find(query, {"_id": 1}).sort("_id", -1).limit(1))
+    newest = list(collection.find(_and(query, _OBJECT_IDS), {"_id": 1}).sort("_id", -1).limit(1))
     floor = newest[0]["_id"].generation_time if newest else None
-    seen: dict[ObjectId, None] = {}
+    seen: dict[Any, None] = {}
 
     def window_ids() -> list[ObjectId]:
         criteria = _since(query, floor)
@@ -363,9 +374,11 @@ def _poll(
                 yield document
                 if _expired(deadline):
                     return
-            floor = max(fresh[-1].generation_time, floor or fresh[-1].generation_time)
-            cutoff = floor - overlap
-            seen = {oid: None for oid in seen if oid.generation_time >= cutoff}
+            times = [oid.generation_time for oid in fresh if isinstance(oid, ObjectId)]
+            if times:  # an _id put there by hand, of another type, has no time
+                floor = max(max(times), floor or max(times))
+                cutoff = floor - overlap
+                seen = {oid: None for oid in seen if _id_at_or_after(oid, cutoff)}
         if _expired(deadline):
             return
         _wait(interval, deadline)

@@ -199,3 +199,20 @@ def test_follow_on_a_capped_collection_catches_records_arriving_out_of_id_order(
     thread.join()
     followed.close()
     assert got == ["/late", "/next"]
+
+
+def test_follow_on_a_capped_collection_yields_a_record_whose_id_is_not_an_objectid(
+    capped: Any,
+) -> None:
+    """Review: the tailing ``follow()`` now reads ``generation_time`` of every ``_id`` it yields
+    (to prune the ids it has seen), so a record whose ``_id`` is not an ObjectId (one inserted
+    by hand or by another tool, which docs/migrating.md now says may be there) ends the
+    generator with AttributeError instead of being yielded; before today it was yielded."""
+    followed = Tracking.objects.follow(interval=0.2, timeout=10)
+    thread = insert_later(
+        capped, 0.5, stored_record(path="/imported", _id="import-1"), stored_record(path="/next")
+    )
+    got = [record.path for record in itertools.islice(followed, 2)]
+    thread.join()
+    followed.close()
+    assert got == ["/imported", "/next"]
