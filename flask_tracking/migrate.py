@@ -63,6 +63,8 @@ _ID_FLOORS: tuple[Any, ...] = (
     False,
     datetime.min,
 )
+#: The place of ObjectIds in :data:`_ID_FLOORS`.
+_OBJECT_ID_KIND = next(kind for kind, floor in enumerate(_ID_FLOORS) if type(floor) is ObjectId)
 
 
 class MigrationError(RuntimeError):
@@ -225,7 +227,9 @@ def _copy(
 ) -> MigrationResult:
     """Copy the records of ``source`` after the checkpoint ``state`` into ``target``, one
     ``_id`` type after the other (:data:`_ID_FLOORS`), saving the checkpoint after each batch."""
-    first = int(state.get("kind") or 0)
+    # A checkpoint saved before the copy walked _id types one after the other has no "kind":
+    # that copy walked ObjectIds alone.
+    first = int(state["kind"]) if "kind" in state else _OBJECT_ID_KIND if "last_id" in state else 0
     copied_before = int(state.get("copied") or 0)
     total = source.count_documents({})
     result = MigrationResult(total=total)

@@ -287,3 +287,47 @@ def test_a_date_index_the_server_cannot_make_ttl_stops_with_the_way_out(
     refused = pytest.raises(MigrationError, match=r"dropIndex\('tracking_date_created'\)")
     with failing_once(real_server, "collMod", 72), refused:  # 72: InvalidOptions
         migrate(real_db, spec("ttl"))
+
+
+def test_a_checkpoint_of_the_earlier_format_resumes_without_copying_again(mongo: Any) -> None:
+    """Review: a migration interrupted under the previous release left the checkpoint
+    ``{"last_id": <ObjectId>, "copied": n}`` (no ``kind``). Resumed by this release ("run again
+    after an interruption, it resumes where it stopped"), it reads that as ``kind`` 0 (null
+    ids) resumed ``$gt`` an ObjectId, copies the rest, then walks every ObjectId again from
+    the ObjectId floor: each record is counted again, the progress passes the total, and the
+    inflated count also defeats the check that keeps an old collection with uncopied records."""
+    ids = seed(mongo, "ttl")
+    # What the previous release left after storing and checkpointing its first batch.
+    mongo["tracking"].rename(source_name("tracking"))
+    target = ensure_collection(mongo, spec("capped"), LOGGER)
+    target.insert_many(list(mongo[source_name("tracking")].find().sort("_id", 1).limit(BATCH)))
+    mongo[CHECKPOINTS].insert_one(
+        {"_id": "tracking", "to": "capped", "last_id": ids[BATCH - 1], "copied": BATCH}
+    )
+    progress: list[tuple[int, int]] = []
+    result = migrate(
+        mongo, spec("capped"), batch_size=BATCH, on_batch=lambda *done: progress.append(done)
+    )
+    assert_moved(mongo, ids, "capped")
+    assert max(copied for copied, _ in progress) <= RECORDS, progress
+    assert result.copied == RECORDS - BATCH
+
+
+@REAL
+def test_a_checkpoint_of_the_earlier_format_keeps_records_not_copied(real_db: Any) -> None:
+    """Review: same resume as above with a record whose _id the copy does not walk (a
+    Timestamp): the re-counted ObjectIds make "copied" reach the number held, so
+    ``drop_source=True`` drops the old collection with that record, which is lost."""
+    ids = seed(real_db, "ttl")
+    real_db["tracking"].insert_one({"_id": Timestamp(1, 1), "path": "/odd"})
+    real_db["tracking"].rename(source_name("tracking"))
+    target = ensure_collection(real_db, spec("capped"), LOGGER)
+    target.insert_many(
+        list(real_db[source_name("tracking")].find({"_id": {"$in": ids[:BATCH]}}).sort("_id", 1))
+    )
+    real_db[CHECKPOINTS].insert_one(
+        {"_id": "tracking", "to": "capped", "last_id": ids[BATCH - 1], "copied": BATCH}
+    )
+    with pytest.raises(MigrationError, match="Only"):
+        migrate(real_db, spec("capped"), batch_size=BATCH, drop_source=True)
+    assert real_db[source_name("tracking")].count_documents({}) == len(ids) + 1
