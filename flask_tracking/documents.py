@@ -11,6 +11,7 @@ How a record is shown is :mod:`flask_tracking.display`, how a report is computed
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import OrderedDict
@@ -302,6 +303,10 @@ def _id_at_or_after(oid: Any, moment: datetime) -> bool:
     """Whether ``oid`` is an ObjectId made at ``moment`` or later. Another ``_id`` is not: once
     the floor is an ObjectId's time, the ``_id`` bound of :func:`_since` no longer matches it."""
     return isinstance(oid, ObjectId) and oid.generation_time >= moment
+
+
+#: The longest ``interval`` of :meth:`TrackingQuerySet.follow`, in seconds (a day).
+MAX_FOLLOW_INTERVAL_SECONDS = 86_400.0
 
 
 def _tail(
@@ -616,8 +621,18 @@ class TrackingQuerySet(QuerySet):
         On a capped collection a tailable cursor waits up to ``interval`` seconds for each new
         batch; elsewhere (the ``ttl`` and ``timeseries`` storage modes, mongomock) the
         collection is polled every ``interval`` seconds. Stops after ``timeout`` seconds if
-        given; otherwise runs until the caller stops iterating.
+        given; otherwise runs until the caller stops iterating. An ``interval`` that is not above
+        0 (a busy loop) or is above :data:`MAX_FOLLOW_INTERVAL_SECONDS` raises
+        :class:`ValueError` at once.
         """
+        if not (math.isfinite(interval) and 0 < interval <= MAX_FOLLOW_INTERVAL_SECONDS):
+            raise ValueError(
+                f"The interval must be above 0 and at most {MAX_FOLLOW_INTERVAL_SECONDS:g} "
+                f"seconds, not {interval!r}."
+            )
+        return self._followed(interval, timeout)
+
+    def _followed(self, interval: float, timeout: float | None) -> Generator[Tracking, None, None]:
         if self._none or self._empty:
             return
         deadline = None if timeout is None else time.monotonic() + timeout

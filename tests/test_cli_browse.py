@@ -264,3 +264,11 @@ def test_tail_exits_quietly_on_ctrl_c(
     assert listed_paths(result) == ["/seen"]
     assert "Aborted" not in result.output
     assert closed == [True]
+
+
+def test_tail_refuses_an_interval_too_long_to_sleep(runner: FlaskCliRunner) -> None:
+    # Review: the new check lets every finite interval above 0 through; one of 1e10 seconds
+    # fails in time.sleep as nan and inf did (OverflowError traceback, "timestamp out of range
+    # for platform time_t") on a polled collection; the tailing one asks max_await_time_ms 1e13.
+    insert(stored_record(path="/seen"))
+    assert_clear_error(run(runner, "tail", "-n", "0", "--interval", "1e10"), "--interval")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import math
 import random
 import re
 import threading
@@ -699,6 +700,12 @@ def test_follow_on_an_empty_selection_yields_the_first_records() -> None:
     thread.join()
     followed.close()
     assert got == ["/first", "/second"]
+
+
+@pytest.mark.parametrize("interval", [0, -1, math.nan, math.inf, 1e10])
+def test_follow_refuses_an_interval_it_cannot_wait(interval: float) -> None:
+    with pytest.raises(ValueError, match="above 0 and at most 86400 seconds"):
+        Tracking.objects.follow(interval=interval)
 
 
 def test_follow_stops_at_the_timeout() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import click
@@ -64,14 +63,14 @@ def tail_command(
     A capped collection is followed with a tailable cursor; the others (TRACKING_STORAGE "ttl"
     or "timeseries", mongomock) are polled every --interval seconds.
     """
-    if not (math.isfinite(interval) and interval > 0):
-        # 0 or less would poll the database in a busy loop.
-        raise click.ClickException(f"--interval takes a number of seconds above 0, not {interval}.")
     records = filtered(app_records(), options)
+    try:
+        followed = records.follow(interval=interval, timeout=timeout)
+    except ValueError as error:  # 0 or less would poll the database in a busy loop
+        raise click.ClickException(f"--interval: {error}") from None
     if lines > 0:
         for record in reversed(list(records.limit(lines))):
             click.echo(_line(record))
-    followed = records.follow(interval=interval, timeout=timeout)
     try:
         for count, record in enumerate(followed, 1):
             click.echo(_line(record))
