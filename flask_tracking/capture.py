@@ -355,6 +355,8 @@ class TrackingMiddleware:
             state.note_exception(error)
             state.status = "500 INTERNAL SERVER ERROR"
             self._close(state, environ, returned=False)
+            if self._flush_before_exit is not None and served_in_a_forked_child(environ, self._pid):
+                self._flush_before_exit()  # the server answers, then the child exits at once
             raise
         state.execution_time = (time.perf_counter() - state.started) * 1000.0
         if state.streamed:
@@ -365,7 +367,9 @@ class TrackingMiddleware:
                 except Exception:
                     self._on_error()
 
-            if not _from_file_wrapper(app_iter, environ):
+            if state.response_body_omitted != "passthrough" or not _from_file_wrapper(
+                app_iter, environ
+            ):
                 app_iter = _StreamedBody(app_iter, state, finish)
             elif not _finish_when_closed(app_iter, finish):
                 finish()
@@ -491,7 +495,8 @@ def _from_file_wrapper(app_iter: Iterable[bytes], environ: Mapping[str, Any]) ->
     under gunicorn, wsgiref, uWSGI): the server recognises it to send the file with
     ``sendfile()``, so it must reach the server as it is. A wrapper that is a class (gunicorn,
     wsgiref) says so by type; one that is a function (uWSGI) may return the file itself, so
-    then anything but a generator is taken for its result."""
+    then anything but a generator is taken for its result (asked of a response in direct
+    passthrough only: any other stream is Werkzeug's, and copied)."""
     file_wrapper = environ.get("wsgi.file_wrapper")
     if file_wrapper is None:
         return False

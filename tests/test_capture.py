@@ -12,7 +12,7 @@ from typing import Any, Callable
 import pytest
 from flask import Flask
 from werkzeug.wrappers import Request, Response
-from werkzeug.wsgi import LimitedStream
+from werkzeug.wsgi import ClosingIterator, LimitedStream
 
 from flask_tracking.capture import (
     ENVIRON_KEY,
@@ -1565,3 +1565,32 @@ def test_a_finished_record_keeps_no_database_context_token() -> None:
     serve(tracked, make_environ())
     assert seen[0] is not None  # attributed while it ran
     assert finish.states[0].db_token is None  # the queued record no longer holds the context
+
+
+def uwsgi_file_wrapper(filelike: Any, blksize: int = 8192) -> Any:
+    """uWSGI's ``wsgi.file_wrapper``: a function (``uwsgi.sendfile``), not a class; it hands
+    the file back and sends it with sendfile() when the app returns that very object."""
+    return filelike
+
+
+def test_a_streamed_response_under_a_function_file_wrapper_is_still_copied() -> None:
+    """Under uWSGI every environ has a function ``wsgi.file_wrapper``. A streamed Flask
+    response is no file: Werkzeug returns it as a ``ClosingIterator`` (not a generator), and
+    ``_from_file_wrapper`` takes anything but a generator for the wrapper's result. The
+    stream is then passed on uncopied: its record says 0 bytes went out where 9 did."""
+    body = Body([b"one", b"two", b"six"])
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        state = environ[ENVIRON_KEY]
+        state.streamed = True  # as tee_response_body marks a stream
+        state.response_body = BodyCapture(100)
+        return ClosingIterator(iter(body), body.close)  # what Response.get_app_iter returns
+
+    finish = Finish()
+    tracked = middleware(app, finish=finish)
+    assert serve(tracked, make_environ(**{"wsgi.file_wrapper": uwsgi_file_wrapper})) == (
+        b"onetwosix"
+    )
+    (state,) = finish.states
+    assert (state.response_body.size, bytes(state.response_body.buffer)) == (9, b"onetwosix")

@@ -132,6 +132,41 @@ def test_werkzeugs_forking_server_loses_no_record_silently(real_db: Any) -> None
     assert real_db["tracking"].count_documents({}) == 3, in_parent
 
 
+@REAL
+def test_werkzeugs_forking_server_writes_the_record_of_a_request_that_raised(
+    real_db: Any,
+) -> None:
+    """Under ``make_server(processes=N)`` with exceptions propagated (``app.run(debug=True,
+    threaded=False, processes=N)``, TESTING or PROPAGATE_EXCEPTIONS), a view that raises makes
+    ``app.wsgi_app`` raise: the server answers 500 itself and the child ends with
+    ``os._exit``. The failed request is the one most worth its record; it is queued by the
+    middleware's except branch, but only a response's close() flushes the child's writer
+    (``_FlushedOnClose``), and there is no response to close: the record is lost, uncounted."""
+    app = Flask("forking_raise")
+    app.config.update(TESTING=False, PROPAGATE_EXCEPTIONS=True, **FAST_WRITER)
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise ValueError("kaboom")
+
+    tracking = Tracking(app)
+    server = serve(app, processes=2)
+    try:
+        answer = raw_exchange(
+            server.server_port, b"GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 500"), answer[:100]
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline and real_db["tracking"].count_documents({}) < 1:
+            time.sleep(0.1)
+    finally:
+        server.shutdown()
+        server.server_close()
+        tracking.close(1.0)
+    records = list(real_db["tracking"].find({}, {"path": 1, "exception": 1, "_id": 0}))
+    assert records == [{"path": "/boom", "exception": "ValueError: kaboom"}]
+
+
 PRODUCTION_APP = """
 import os
 
