@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from .content import HTML_KINDS, TEXT_KINDS, Unreadable
+from .content import HTML_KINDS, TEXT_KINDS, Unreadable, decode_content
 from .credentials import FILTERED, FILTERED_BYTES, json_slashes_unescaped, scrub_values
 from .markup import MarkupFilters
 from .syntax import (
@@ -254,8 +254,10 @@ class BodyFilters:
         """Filter the content of every part whose field name is secret (text or file).
 
         Parts are split on the boundary of the Content-Type; a part cut at the body limit is
-        filtered to its end. Part heads are read as Werkzeug reads them: lines may end in LF or CR
-        alone, ``name`` may be quoted or not, or given as ``name*=`` (RFC 2231).
+        filtered to its end. The parts a ``Content-Encoding`` of their own compresses are
+        decoded to ``limit`` bytes in all; one beyond that is stored as ``[Omitted: ...]``.
+        Part heads are read as Werkzeug reads them: lines may end in LF or CR alone, ``name``
+        may be quoted or not, or given as ``name*=`` (RFC 2231).
         """
         boundary = multipart_boundary(content_type)
         if boundary is None:
@@ -263,6 +265,7 @@ class BodyFilters:
         delimiter = b"--" + boundary
         parts = body.split(delimiter)
         changed = False
+        budget = limit  # what the parts' Content-Encoding may decode to, in all
         for index, part in enumerate(parts[1:], start=1):
             head_end, content_start = part_head_end(part)
             if head_end < 0:
@@ -277,7 +280,13 @@ class BodyFilters:
                 part_type = part_header(head, b"content-type") or "text/plain"
                 encoding = part_header(head, b"content-encoding")
                 try:
-                    scrubbed = self._scrub_part(content, part_type, encoding, limit, False)
+                    read = content
+                    if encoding:  # many small encoded parts decode to no more than one body
+                        if budget <= 0:
+                            raise Unreadable("encoded parts decoded beyond the body limit")
+                        read = decode_content(content, encoding, budget)
+                        budget -= len(read)
+                    scrubbed = self._scrub_part(read, part_type, "", limit, False)
                 except Unreadable as error:
                     scrubbed = f"[Omitted: {error.reason}]".encode()
                 if scrubbed is content:
