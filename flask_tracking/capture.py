@@ -316,7 +316,7 @@ class TrackingMiddleware:
         database commands run while a tracked request is served to it
         (:mod:`flask_tracking.dbactivity`). ``flush_before_exit``: writes what is queued, for
         a request served in a child the server forked for it (see
-        :func:`served_in_a_forked_child`), once the server closed its response."""
+        :meth:`_flush_in_a_forked_child`), once the server closed its response."""
         self.wsgi_app = wsgi_app
         self._policy = policy
         self._max_body_length = max_body_length
@@ -355,8 +355,9 @@ class TrackingMiddleware:
             state.note_exception(error)
             state.status = "500 INTERNAL SERVER ERROR"
             self._close(state, environ, returned=False)
-            if self._flush_before_exit is not None and served_in_a_forked_child(environ, self._pid):
-                self._flush_before_exit()  # the server answers, then the child exits at once
+            flush = self._flush_in_a_forked_child(environ)
+            if flush is not None:
+                flush()  # the server answers, then the child exits at once
             raise
         state.execution_time = (time.perf_counter() - state.started) * 1000.0
         if state.streamed:
@@ -375,10 +376,26 @@ class TrackingMiddleware:
                 finish()
         else:  # nothing left to wait for: finish now
             self._close(state, environ)
+        flush = self._flush_in_a_forked_child(environ)
+        return app_iter if flush is None else _FlushedOnClose(app_iter, flush)
+
+    def _flush_in_a_forked_child(self, environ: Mapping[str, Any]) -> Callable[[], None] | None:
+        """``flush_before_exit`` when this request runs in a child process forked for it
+        alone, which ends with ``os._exit`` (no exit hook) once the response is sent:
+        Werkzeug's development server with ``processes=N`` (``ForkingWSGIServer``:
+        multiprocess, not multithread), in a process other than the one that set the app up.
+        None otherwise: a gunicorn or uWSGI worker serves many requests and exits through
+        Python, its records written by the writer thread and at exit."""
         flush = self._flush_before_exit
-        if flush is not None and served_in_a_forked_child(environ, self._pid):
-            return _FlushedOnClose(app_iter, flush)
-        return app_iter
+        if (
+            flush is not None
+            and "werkzeug.socket" in environ
+            and environ.get("wsgi.multiprocess")
+            and not environ.get("wsgi.multithread")
+            and os.getpid() != self._pid
+        ):
+            return flush
+        return None
 
     def _with_request_id(self, headers: Any, state: RequestState, environ: dict[str, Any]) -> Any:
         """The response headers with the request id added, unless the app set that header."""
@@ -516,20 +533,6 @@ def _finish_when_closed(app_iter: Any, finish: Callable[[], None]) -> bool:
     except Exception:
         return False
     return True
-
-
-def served_in_a_forked_child(environ: Mapping[str, Any], setup_pid: int) -> bool:
-    """Whether this request runs in a child process forked for it alone, which ends with
-    ``os._exit`` (no exit hook) once the response is sent: Werkzeug's development server with
-    ``processes=N`` (``ForkingWSGIServer``: multiprocess, not multithread), in a process other
-    than the one that set the app up. A gunicorn or uWSGI worker serves many requests and
-    exits through Python: its records are written by the writer thread and at exit."""
-    return (
-        "werkzeug.socket" in environ
-        and bool(environ.get("wsgi.multiprocess"))
-        and not environ.get("wsgi.multithread")
-        and os.getpid() != setup_pid
-    )
 
 
 def _copied(
