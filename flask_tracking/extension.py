@@ -42,7 +42,8 @@ from .policy import Policy
 from .record import prepare_user_agent_parser, scrub_request_side, status_code_of
 from .scope import EXCLUDE, INCLUDE, EndpointVerdicts, View, mark_view
 from .signals import record_dropped, record_written
-from .store import COLLECTION_NAME, BeforeSave, MongoSink, RollupSink
+from .storage import COLLECTION_NAME
+from .store import BeforeSave, MongoSink, RollupSink
 from .writer import BatchWriter
 
 if TYPE_CHECKING:

@@ -33,9 +33,16 @@ from pymongo.errors import CollectionInvalid, ConnectionFailure, OperationFailur
 
 from .indexes import DATE_INDEX_NAME
 
+#: The collection :class:`flask_tracking.documents.Tracking` reads.
+COLLECTION_NAME = "tracking"
+#: The collection :class:`flask_tracking.rollups.Rollup` reads (``TRACKING_ROLLUP_COLLECTION``).
+ROLLUP_COLLECTION_NAME = "tracking_rollups"
+
 __all__ = [
+    "COLLECTION_NAME",
     "GRANULARITY",
     "MODES",
+    "ROLLUP_COLLECTION_NAME",
     "SERIES_FIELD",
     "SERIES_KEYS",
     "TIME_FIELD",

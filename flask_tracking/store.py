@@ -33,7 +33,9 @@ from .record import scrub_bodies, to_document
 from .redact import Redactor, ScrubbedBody
 from .sanitize import TRUNCATED
 from .storage import (
+    COLLECTION_NAME,
     DUPLICATE_KEY,
+    ROLLUP_COLLECTION_NAME,
     SERIES_FIELD,
     ensure_collection,
     is_duplicate_id,
@@ -45,10 +47,6 @@ from .storage import (
 from .testing import adapt_mongomock
 from .writer import BatchOutcome
 
-#: The collection :class:`flask_tracking.documents.Tracking` reads.
-COLLECTION_NAME = "tracking"
-#: The collection :class:`flask_tracking.rollups.Rollup` reads.
-ROLLUP_COLLECTION_NAME = "tracking_rollups"
 #: The index that makes each (period, start, endpoint, method) one document; the TTL index.
 ROLLUP_KEY_INDEX = "tracking_rollups_key"
 ROLLUP_TTL_INDEX = "tracking_rollups_ttl"

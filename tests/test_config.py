@@ -142,6 +142,7 @@ INVALID: dict[str, list[Any]] = {
         ".x",
         "x.",
         "a..b",
+        "tracking",
     ],
     "TRACKING_ROLLUP_RETENTION_DAYS": [0, -1, 1.5, True, "90", 30000, None],
     "TRACKING_MONGODB_URI": ["", 1, b"mongodb://x", "not a uri", "localhost:27017"],

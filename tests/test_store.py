@@ -40,9 +40,8 @@ from flask_tracking.redact import (
     Redactor,
     ScrubbedBody,
 )
-from flask_tracking.storage import CollectionSpec, ensure_collection
+from flask_tracking.storage import COLLECTION_NAME, CollectionSpec, ensure_collection
 from flask_tracking.store import (
-    COLLECTION_NAME,
     CUSTOM_DATA_CUT,
     MongoSink,
     encode_document,

@@ -28,7 +28,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 from ..config import TrackingConfig, load_config
 from ..documents import Tracking, TrackingQuerySet, parse_datetime, time_ago
 from ..rollups import Rollup, RollupQuerySet
-from ..store import ROLLUP_COLLECTION_NAME
+from ..storage import ROLLUP_COLLECTION_NAME
 
 _SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
