@@ -57,9 +57,9 @@ LATENCY_BUCKETS = 250
 LATENCY_RELATIVE_ERROR = math.sqrt(LATENCY_GROWTH) - 1
 
 #: One request as the request thread hands it over: (time.time() of its arrival, endpoint,
-#: method, WSGI status line, execution time in ms or None, whether the view raised, request
-#: body bytes, response body bytes).
-Sample = tuple[float, "str | None", "str | None", str, "float | None", bool, int, int]
+#: method, WSGI status line or None when the app gave no response, execution time in ms or None,
+#: whether the view raised, request body bytes, response body bytes).
+Sample = tuple[float, "str | None", "str | None", "str | None", "float | None", bool, int, int]
 
 #: The methods the rollups count apart (RFC 9110's and PATCH); any other method, which a client
 #: may make up at will, is counted as :data:`OTHER_METHOD`, so that clients cannot add rollup
@@ -127,8 +127,11 @@ def status_class(status: int | None) -> str:
     return f"{status // 100}xx"
 
 
-def status_code(status_line: str) -> int | None:
-    """The code of a WSGI status line (``"404 NOT FOUND"`` -> 404), None when malformed."""
+def status_code(status_line: str | None) -> int | None:
+    """The code of a WSGI status line (``"404 NOT FOUND"`` -> 404), None when malformed or
+    when there is none (the app gave no response)."""
+    if status_line is None:
+        return None
     try:
         return int(status_line[:3])
     except (TypeError, ValueError):
@@ -137,11 +140,11 @@ def status_code(status_line: str) -> int | None:
 
 #: Status line -> (status class, server error, client error): the lines an app answers with
 #: are few, so each is parsed once (at most :data:`_MAX_STATUS_KINDS` are kept).
-_STATUS_KINDS: dict[str, tuple[str, bool, bool]] = {}
+_STATUS_KINDS: dict[str | None, tuple[str, bool, bool]] = {}
 _MAX_STATUS_KINDS = 1000
 
 
-def _status_kind(status_line: str) -> tuple[str, bool, bool]:
+def _status_kind(status_line: str | None) -> tuple[str, bool, bool]:
     code = status_code(status_line)
     kind = (
         status_class(code),

@@ -223,7 +223,9 @@ class RequestState:
     # Worked out on first use (resolve_request_id): by the echo header, request_id(), sampling,
     # or else on the writer thread, so a request that needs none of them never pays for it.
     request_id: str | None = None
-    status = "500 INTERNAL SERVER ERROR"
+    #: The WSGI status line as the app started its response; None when it gave none (see
+    #: :meth:`TrackingMiddleware.__call__`).
+    status: str | None = "500 INTERNAL SERVER ERROR"
     response_headers: Sequence[tuple[str, str]] = ()
     execution_time: float | None = None
     total_time: float | None = None
@@ -353,7 +355,11 @@ class TrackingMiddleware:
             app_iter = self.wsgi_app(environ, tracking_start_response)
         except BaseException as error:
             state.note_exception(error)
-            state.status = "500 INTERNAL SERVER ERROR"
+            # The server answers an Exception with a 500. Any other BaseException (SystemExit:
+            # a view's sys.exit, gunicorn's worker timeout; KeyboardInterrupt) leaves no
+            # response of the app's: most servers then close the connection, some answer it
+            # on their own, so no status is known.
+            state.status = "500 INTERNAL SERVER ERROR" if isinstance(error, Exception) else None
             self._close(state, environ, returned=False)
             flush = self._flush_in_a_forked_child(environ)
             if flush is not None:
@@ -538,7 +544,8 @@ def _finish_when_closed(app_iter: Any, finish: Callable[[], None]) -> bool:
 def _copied(
     app_iter: Iterable[bytes], state: RequestState, finish: Callable[[], None]
 ) -> Generator[bytes, None, None]:
-    """Yield the body unchanged, copying its first bytes; note an exception mid-stream.
+    """Yield the body unchanged, copying its first bytes; note an exception mid-stream (an
+    Exception, or a SystemExit or KeyboardInterrupt that cut the stream short).
 
     The record is finished when the body ends, raises, or is left unread: a server that stops
     iterating and never closes the response (asgiref's ``WsgiToAsgi`` once Content-Length
@@ -550,7 +557,9 @@ def _copied(
             if capture is not None:
                 capture.add(chunk)
             yield chunk
-    except Exception as error:
+    except GeneratorExit:  # closed at the yield: the server stopped reading, nothing raised
+        raise
+    except BaseException as error:
         state.note_exception(error)
         raise
     finally:

@@ -665,10 +665,11 @@ class Tracking(Document):
     - ``request_body`` / ``response_body``: the first bytes of each body;
       ``*_body_size`` the total size in bytes; ``*_body_truncated`` whether only
       a prefix was kept; ``*_body_omitted`` why no body was kept.
-    - ``status_code``; ``execution_time``: ms until the app returned its
-      response; ``total_time``: ms until the body was fully sent.
+    - ``status_code``: as sent, None when the app sent no response (a SystemExit
+      or KeyboardInterrupt ended the request first); ``execution_time``: ms until
+      the app returned its response; ``total_time``: ms until the body was fully sent.
     - ``hostname``: the worker host; ``custom_data``: any BSON value set by the
-      app; ``exception``: ``"Type: message"`` when the view raised.
+      app; ``exception``: ``"Type: message"`` when the view or a streamed body raised.
     - ``request_id``: the request's id; ``sample_rate``: the probability with which the
       record was kept (in ``(0, 1]``; 1.0 when every request is kept, missing in older
       records), by which the reports of :class:`TrackingQuerySet` scale their counts.

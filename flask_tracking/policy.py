@@ -98,7 +98,7 @@ class Policy:
         path = wsgi_path(environ)
         return not any(pattern.match(path) for pattern in config.exclude_body)
 
-    def should_keep_record(self, status_code: int, execution_time_ms: float) -> bool:
+    def should_keep_record(self, status_code: int | None, execution_time_ms: float) -> bool:
         """Whether a finished request is stored: excluded statuses are kept only when slow."""
         config = self._config
         if status_code not in config.exclude_status_codes:
@@ -107,9 +107,15 @@ class Policy:
         return minimum > 0 and execution_time_ms >= minimum
 
     def kept_sample_rate(
-        self, status_code: int, execution_time_ms: float, raised: bool, request_id: str | None
+        self,
+        status_code: int | None,
+        execution_time_ms: float,
+        raised: bool,
+        request_id: str | None,
     ) -> float | None:
         """None when a finished request is not stored, else the ``sample_rate`` to store with it.
+        ``status_code`` is None when the app gave no response (it raised a SystemExit or
+        KeyboardInterrupt: ``raised``).
 
         Every rule must agree: the status-code rule (:meth:`should_keep_record`),
         TRACKING_ONLY_ERRORS / TRACKING_SKIP_ERRORS (``raised``: an unhandled exception), then
@@ -125,7 +131,7 @@ class Policy:
                 return None
         elif config.only_errors:
             return None
-        if self._sample_threshold is None or raised or status_code >= 500:
+        if self._sample_threshold is None or raised or (status_code or 0) >= 500:
             return 1.0
         slow = config.sample_keep_slower_than_ms
         if slow is not None and execution_time_ms > slow:

@@ -34,11 +34,14 @@ from .policy import decode_wsgi, wsgi_path
 _HOSTNAME = socket.gethostname()
 
 
-def status_code_of(status: str) -> int:
-    """The integer code of a WSGI status line such as ``"404 NOT FOUND"`` (0 without one).
-    An app answers with a few status lines: each is read once and remembered."""
+def status_code_of(status: str | None) -> int | None:
+    """The integer code of a WSGI status line such as ``"404 NOT FOUND"`` (0 for a malformed one);
+    None for no status line (the app gave no response). An app answers with a few status
+    lines: each is read once and remembered."""
     code = _STATUS_CODES.get(status)
     if code is None:
+        if status is None:
+            return None
         try:
             code = int(status.split(None, 1)[0])
         except (ValueError, IndexError):
@@ -49,7 +52,7 @@ def status_code_of(status: str) -> int:
     return code
 
 
-_STATUS_CODES: dict[str, int] = {}
+_STATUS_CODES: dict[str | None, int] = {}
 _MAX_STATUS_LINES = 256
 
 

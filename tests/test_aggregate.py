@@ -34,12 +34,12 @@ def sample(
     at: float = T0,
     endpoint: str | None = "index",
     method: str | None = "GET",
-    status: str = "200 OK",
+    status: str | None = "200 OK",
     elapsed: float | None = 10.0,
     raised: bool = False,
     bytes_in: int = 0,
     bytes_out: int = 2,
-) -> tuple[float, str | None, str | None, str, float | None, bool, int, int]:
+) -> tuple[float, str | None, str | None, str | None, float | None, bool, int, int]:
     return (at, endpoint, method, status, elapsed, raised, bytes_in, bytes_out)
 
 
@@ -105,6 +105,16 @@ def test_an_aggregate_counts_and_merges() -> None:
     assert (first.bytes_in, first.bytes_out) == (5, 10)
     assert first.status == {"2xx": 2, "5xx": 1, "4xx": 1, "other": 1}
     assert sum(first.histogram.values()) == 3
+
+
+def test_a_request_without_a_response_is_an_error_of_no_status_class() -> None:
+    """A SystemExit or KeyboardInterrupt ended it before the app answered (no status line):
+    counted, as an error, under ``other``."""
+    aggregate = Aggregate()
+    aggregate.add(sample(status=None, raised=True, elapsed=30.0))
+    aggregate.add(sample())
+    assert (aggregate.count, aggregate.errors, aggregate.client_errors) == (2, 1, 0)
+    assert aggregate.status == {"other": 1, "2xx": 1}
 
 
 def one_by_one(samples: list) -> dict:

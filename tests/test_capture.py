@@ -672,14 +672,37 @@ def test_middleware_app_exception_is_reraised_untouched_and_finished_once() -> N
     assert on_error.errors == []
 
 
-def test_middleware_base_exception_is_reraised_too() -> None:
+@pytest.mark.parametrize(
+    ("error", "described"),
+    [
+        (SystemExit(1), "SystemExit: 1"),  # gunicorn's worker timeout; a view's sys.exit(1)
+        (SystemExit(), "SystemExit"),
+        (KeyboardInterrupt(), "KeyboardInterrupt"),
+        (GeneratorExit(), "GeneratorExit"),
+    ],
+)
+@pytest.mark.parametrize("started", [False, True], ids=["before", "after-start-response"])
+def test_middleware_base_exception_is_reraised_untouched_and_recorded_without_a_status(
+    error: BaseException, described: str, started: bool
+) -> None:
+    """A BaseException that is no Exception ends the request with no response from the app
+    (servers close the connection, or answer on their own): no status is recorded, not the
+    500 a server answers for an Exception, and the exception is named."""
+
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        raise KeyboardInterrupt
+        if started:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+        raise error
 
     finish = Finish()
-    with pytest.raises(KeyboardInterrupt):
-        middleware(app, finish=finish)(make_environ(), StartResponse())
-    assert [state.exception for state in finish.states] == ["KeyboardInterrupt"]
+    on_error = OnError()
+    with pytest.raises(BaseException) as excinfo:
+        middleware(app, finish=finish, on_error=on_error)(make_environ(), StartResponse())
+    assert excinfo.value is error
+    [state] = finish.states
+    assert (state.status, state.exception) == (None, described)
+    assert state.total_time is not None and state.execution_time == state.total_time
+    assert on_error.errors == []
 
 
 def test_middleware_streamed_response_finishes_once_read_to_its_end() -> None:
@@ -721,8 +744,19 @@ def test_middleware_streamed_response_closed_before_iterating_closes_the_app_ite
     assert (body.closed, body.yielded, len(finish.states)) == (1, 0, 1)
 
 
-def test_middleware_streamed_exception_is_noted_reraised_and_ends_the_record() -> None:
-    error = ValueError("mid-stream")
+@pytest.mark.parametrize(
+    ("error", "described"),
+    [
+        (ValueError("mid-stream"), "ValueError: mid-stream"),
+        (SystemExit(1), "SystemExit: 1"),  # gunicorn's worker timeout while it streams
+        (KeyboardInterrupt(), "KeyboardInterrupt"),
+    ],
+)
+def test_middleware_streamed_exception_is_noted_reraised_and_ends_the_record(
+    error: BaseException, described: str
+) -> None:
+    """The status went out with the first chunk and stays; the record names what cut the body
+    short, an Exception or not."""
 
     class Broken(Body):
         def __iter__(self) -> Iterator[bytes]:
@@ -733,12 +767,30 @@ def test_middleware_streamed_exception_is_noted_reraised_and_ends_the_record() -
     result = middleware(streaming_app(Broken([])), finish=finish)(make_environ(), StartResponse())
     stream = iter(result)
     assert next(stream) == b"first"
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(BaseException) as excinfo:
         next(stream)
     assert excinfo.value is error
     [state] = finish.states
-    assert state.exception == "ValueError: mid-stream"
+    assert (state.status, state.exception) == ("200 OK", described)
     assert bytes(state.response_body.buffer) == b"first"
+
+
+@pytest.mark.parametrize("how", ["closed", "dropped"])
+def test_middleware_streamed_response_left_by_the_server_is_no_exception(how: str) -> None:
+    """A server that stops reading a stream (the client left) closes the response, or drops
+    its iterator, which Python closes with GeneratorExit at the tee's yield: the client got
+    what was sent, and nothing raised in the app."""
+    body = Body([b"a", b"b"])
+    finish = Finish()
+    result = middleware(streaming_app(body), finish=finish)(make_environ(), StartResponse())
+    stream = iter(result)
+    assert next(stream) == b"a"
+    if how == "closed":
+        result.close()  # type: ignore[attr-defined]
+    stream.close()  # type: ignore[attr-defined]  # what dropping the iterator does
+    [state] = finish.states
+    assert (state.status, state.exception) == ("200 OK", None)
+    assert bytes(state.response_body.buffer) == b"a"
 
 
 def test_middleware_streamed_chunks_are_the_apps_own() -> None:

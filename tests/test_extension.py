@@ -339,6 +339,62 @@ def test_view_exception_in_production_mode(make_app: Callable[..., Flask], mongo
     assert b"Internal Server Error" in doc["response_body"]
 
 
+def base_exception_views(app: Flask, error: BaseException) -> None:
+    """``/exit`` raises ``error`` in the view; ``/cut`` sends a first chunk, then raises it."""
+
+    @app.get("/exit")
+    def exit_view() -> str:
+        raise error
+
+    @app.get("/cut")
+    def cut() -> Any:
+        def chunks() -> Any:
+            yield "first;"
+            raise error
+
+        return app.response_class(chunks())
+
+
+@pytest.mark.parametrize("testing", [True, False], ids=["testing", "production"])
+@pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt"])
+def test_a_base_exception_propagates_as_untracked_and_is_recorded_without_a_status(
+    make_app: Callable[..., Flask],
+    mongo: Any,
+    kind: str,
+    testing: bool,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A view's sys.exit(3) (gunicorn's worker timeout raises SystemExit(1) the same way) or a
+    KeyboardInterrupt reaches the server as without the tracker: the same object, nothing
+    printed or logged. The app answered nothing: the record has no status code, no response
+    headers or body, and names the exception; a stream it cut keeps the status it sent."""
+    errors = {"SystemExit": SystemExit(3), "KeyboardInterrupt": KeyboardInterrupt()}
+    untracked = Flask("untracked")
+    untracked.config["TESTING"] = testing
+    base_exception_views(untracked, errors[kind])
+    app = make_app(testing=testing)
+    base_exception_views(app, errors[kind])
+    caplog.set_level("DEBUG", logger="flask_tracking")
+    caplog.clear()
+    for path in ("/exit", "/cut"):
+        for served in (untracked, app):
+            with pytest.raises(BaseException) as excinfo:
+                served.test_client().get(path, buffered=True)
+            assert excinfo.value is errors[kind]
+    request_thread = threading.current_thread().name  # the writer's own logs are not the app's
+    assert [r for r in caplog.records if r.threadName == request_thread] == []
+    assert capsys.readouterr() == ("", "")
+    exited, cut = stored(app, mongo)
+    described = "SystemExit: 3" if kind == "SystemExit" else kind
+    assert (exited["status_code"], exited["exception"]) == (None, described)
+    assert (exited["response_headers"], exited["response_body"]) == ([], None)
+    assert exited["response_body_size"] is None
+    assert (cut["status_code"], cut["exception"]) == (200, described)
+    assert (cut["response_body"], cut["response_body_size"]) == (b"first;", 6)
+    assert app.extensions["tracking"].stats(app)["capture_errors"] == 0
+
+
 def test_abort_is_a_handled_response(app: Flask, client: Any, mongo: Any) -> None:
     # Flask hands HTTP error pages over as iterators: recorded when the server closes them.
     with client.get("/missing") as response:

@@ -257,6 +257,14 @@ def test_status_code_in_document() -> None:
     assert to_document(make_state(status="garbage"))["status_code"] == 0
 
 
+def test_no_status_when_the_app_gave_no_response() -> None:
+    """A SystemExit or KeyboardInterrupt ended the request before the app answered: no status
+    code (None), and the exception named."""
+    assert status_code_of(None) is None
+    document = to_document(make_state(status=None, exception="SystemExit: 1"))
+    assert (document["status_code"], document["exception"]) == (None, "SystemExit: 1")
+
+
 def test_user_reference_layout() -> None:
     pk = ObjectId()
     document = to_document(make_state(user_ref=("User", "user", pk), user_id=str(pk)))

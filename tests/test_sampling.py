@@ -107,6 +107,15 @@ def test_only_errors_and_skip_errors() -> None:
         policy(TRACKING_ONLY_ERRORS=True, TRACKING_SKIP_ERRORS=True)
 
 
+def test_a_request_without_a_response_is_an_error_never_sampled_out() -> None:
+    """No status (a SystemExit or KeyboardInterrupt ended it before the app answered): it
+    raised, so it is kept at rate 1.0, whatever the status rules say."""
+    rules = policy(TRACKING_SAMPLE_RATE=0.0, TRACKING_EXCLUDE_STATUS_CODES=[500])
+    assert rules.kept_sample_rate(None, 1.0, True, "x") == 1.0
+    assert policy(TRACKING_ONLY_ERRORS=True).kept_sample_rate(None, 1.0, True, "x") == 1.0
+    assert policy(TRACKING_SKIP_ERRORS=True).kept_sample_rate(None, 1.0, True, "x") is None
+
+
 def test_every_rule_must_agree() -> None:
     rules = policy(
         TRACKING_ONLY_ERRORS=True,
