@@ -14,7 +14,8 @@ The pieces:
   the app returned, or, for a streamed response, when it was read to its end or closed (the
   client left).
 - :func:`snapshot_request` runs in ``after_request`` (or, when the view raised, on the
-  ``got_request_exception`` signal) and copies what only the request context knows
+  ``got_request_exception`` signal, or in ``should_ignore_error`` for a SystemExit or
+  KeyboardInterrupt) and copies what only the request context knows
   (endpoint, rule, user, custom data) plus the request fields of the environ.
 - :func:`tee_response_body` runs in ``after_request`` and copies a complete response body; a
   streamed one the middleware copies as the server reads it, never changing the app's

@@ -2,9 +2,10 @@
 
 This is the only module that touches Flask hooks: a WSGI middleware around ``app.wsgi_app``, a
 wrapper around ``app.process_response`` (it runs once Flask ran every ``after_request`` hook and
-saved the session) and the ``got_request_exception`` signal. Each catches every error of the
-tracker's own code, so nothing the tracker does can raise into the app; such an error is
-logged (rate-limited) and counted in ``stats()["capture_errors"]``.
+saved the session), the ``got_request_exception`` signal and, for the errors Flask sends no
+signal for (SystemExit, KeyboardInterrupt), a wrapper around ``app.should_ignore_error``.
+Each catches every error of the tracker's own code, so nothing the tracker does can raise into
+the app; such an error is logged (rate-limited) and counted in ``stats()["capture_errors"]``.
 
 Who decides what, on the request thread: the middleware applies the path, method and
 Do-Not-Track rules before Flask runs (a request they exclude costs next to nothing); the
@@ -24,7 +25,16 @@ from collections.abc import Callable
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, Request, Response, g, got_request_exception, request
+from flask import (
+    Blueprint,
+    Flask,
+    Request,
+    Response,
+    g,
+    got_request_exception,
+    has_request_context,
+    request,
+)
 
 from .aggregate import RollupAggregator, Sample
 from .capture import (
@@ -219,6 +229,12 @@ class Tracking:
             tracked, exception
         )
         got_request_exception.connect(tracked.on_exception, app)
+        # Flask sends that signal for an Exception only; it asks should_ignore_error about any
+        # error that escaped the view (never on a request that did not raise), before it pops
+        # the request context.
+        app.should_ignore_error = self._error_hook(  # type: ignore[method-assign,assignment]
+            tracked, app.should_ignore_error
+        )
         # The writer serves this app only: once the app is garbage collected, it writes what
         # is pending and its thread ends (stop_soon takes no lock: safe from any thread).
         weakref.finalize(app, writer.stop_soon).atexit = False
@@ -430,8 +446,26 @@ class Tracking:
 
         return tracked_process_response
 
+    def _error_hook(
+        self,
+        tracked: _AppTracking,
+        should_ignore_error: Callable[[BaseException | None], bool],
+    ) -> Callable[[BaseException | None], bool]:
+        """``app.should_ignore_error`` wrapped, its answer unchanged: for a BaseException that
+        is no Exception (SystemExit: a view's sys.exit, gunicorn's worker timeout;
+        KeyboardInterrupt), the view rules apply and the request context is copied, as
+        :meth:`_on_exception` does for an Exception."""
+
+        def tracked_should_ignore_error(error: BaseException | None) -> bool:
+            if not isinstance(error, Exception) and error is not None and has_request_context():
+                self._on_exception(tracked, error)
+            return should_ignore_error(error)
+
+        return tracked_should_ignore_error
+
     def _on_exception(self, tracked: _AppTracking, exception: BaseException) -> None:
-        """got_request_exception: in testing/debug mode no response will be processed."""
+        """got_request_exception (and :meth:`_error_hook`): no response of the app's will be
+        processed (in testing or debug mode, or after a SystemExit or KeyboardInterrupt)."""
         try:
             current = request._get_current_object()  # type: ignore[attr-defined]
             state: RequestState | None = current.environ.get(ENVIRON_KEY)

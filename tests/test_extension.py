@@ -16,7 +16,7 @@ import pytest
 from flask import Flask, request, stream_with_context
 from werkzeug.test import EnvironBuilder
 
-from flask_tracking import Tracking
+from flask_tracking import Tracking, add_data
 from flask_tracking.documents import Tracking as TrackingDocument
 
 from .conftest import FAST_WRITER, add_routes, stored
@@ -393,6 +393,56 @@ def test_a_base_exception_propagates_as_untracked_and_is_recorded_without_a_stat
     assert (cut["status_code"], cut["exception"]) == (200, described)
     assert (cut["response_body"], cut["response_body_size"]) == (b"first;", 6)
     assert app.extensions["tracking"].stats(app)["capture_errors"] == 0
+
+
+def test_a_base_exception_keeps_the_view_rules_and_the_request_context(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """Flask sends got_request_exception for an Exception only. A request that a SystemExit
+    (gunicorn's worker timeout) ends must still honour @tracking.exclude and skip_if, and keep
+    what the request context knows: endpoint, rule, user and custom data."""
+    flask_login = pytest.importorskip("flask_login")
+    app = make_app(testing=False)
+    tracking = app.extensions["tracking"]
+    app.secret_key = "test"
+    manager = flask_login.LoginManager(app)
+
+    class User(flask_login.UserMixin):  # type: ignore[misc]
+        id = "ada"
+
+    manager.user_loader(lambda user_id: User() if user_id == "ada" else None)
+    tracking.skip_if(lambda current: current.headers.get("X-Opt-Out") == "1")
+
+    @app.get("/login")
+    def login() -> str:
+        flask_login.login_user(User())
+        return "in"
+
+    @app.get("/secret")
+    @tracking.exclude
+    def secret() -> str:
+        raise SystemExit(1)
+
+    @app.get("/items/<int:item>")
+    def item(item: int) -> str:
+        add_data(item=item)
+        assert flask_login.current_user.is_authenticated
+        raise SystemExit(1)
+
+    client = app.test_client()
+    client.get("/login")
+    for path, headers in (("/secret", {}), ("/items/7", {"X-Opt-Out": "1"}), ("/items/7", {})):
+        with pytest.raises(SystemExit):
+            client.get(path, headers=headers)
+    _, record = stored(app, mongo)
+    assert (record["path"], record["status_code"], record["exception"]) == (
+        "/items/7",
+        None,
+        "SystemExit: 1",
+    )
+    assert (record["endpoint"], record["url_rule"]) == ("item", "/items/<int:item>")
+    assert (record["user_id"], record["custom_data"]) == ("ada", {"item": 7})
+    assert tracking.stats(app)["capture_errors"] == 0
 
 
 def test_abort_is_a_handled_response(app: Flask, client: Any, mongo: Any) -> None:

@@ -114,6 +114,25 @@ def test_outcome_rules_leave_records_out_but_not_requests(
     assert (boom["count"], boom["errors"], boom["error_rate"]) == (2, 2, 1.0)
 
 
+def test_a_request_the_app_gave_no_response_is_an_error_of_no_status_class(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """A view ended by SystemExit (gunicorn's worker timeout): counted under its endpoint, as
+    an error, with no status class but ``other``; the record and the rollup agree."""
+    app = make_app(testing=False)
+
+    @app.get("/stuck")
+    def stuck() -> str:
+        raise SystemExit(1)
+
+    with pytest.raises(SystemExit):
+        app.test_client().get("/stuck")
+    assert app.extensions["tracking"].flush(10)
+    row = only_row(Rollup.objects.stats(), "endpoint", "stuck")
+    assert (row["count"], row["errors"], row["status"]) == (1, 1, {"other": 1})
+    assert Tracking.objects.errors().get().status_code is None
+
+
 def test_excluded_requests_are_not_counted(make_app: Callable[..., Flask], mongo: Any) -> None:
     app = make_app(TRACKING_EXCLUDE=["^/hello"])
     serve(app, 20)
