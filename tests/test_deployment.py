@@ -169,6 +169,7 @@ def test_werkzeugs_forking_server_writes_the_record_of_a_request_that_raised(
 
 PRODUCTION_APP = """
 import os
+import time
 
 from flask import Flask
 
@@ -185,6 +186,11 @@ def create_app():
     @app.get("/hello")
     def hello():
         return "Hello"
+
+    @app.get("/stuck")
+    def stuck():
+        time.sleep(30)
+        return "late"
 
     tracking.init_app(app)
     return app
@@ -255,6 +261,58 @@ def test_preloaded_gunicorn_workers_each_use_a_client_of_their_own(
         client.close()
     assert written == 3, errors.decode()
     assert b"MongoClient opened before fork" not in errors, errors.decode()
+
+
+@REAL
+def test_a_gunicorn_worker_timeout_is_recorded_as_no_response_of_the_app(
+    real_server: Any, tmp_path: Path
+) -> None:
+    """gunicorn's sync worker, past ``--timeout``, gets SIGABRT and raises SystemExit(1) inside
+    the request (``handle_abort``); the app sends nothing (gunicorn 27 answers 500 on its own;
+    older versions close the connection). The record names the SystemExit, has no status
+    code, keeps the endpoint, and is written before the worker exits."""
+    database = f"deploy_{uuid.uuid4().hex[:12]}"
+    process, port = run_gunicorn(
+        tmp_path,
+        "production_app",
+        PRODUCTION_APP,
+        [
+            "-w",
+            "1",
+            "-k",
+            "sync",
+            "--timeout",
+            "1",
+            "--log-level",
+            "warning",
+            "production_app:create_app()",
+        ],
+        {"MONGODB_URI": real_server.uri.rstrip("/") + "/" + database},
+    )
+    client: Any = pymongo.MongoClient(real_server.uri, serverSelectionTimeoutMS=5000)
+    try:
+        answer = raw_exchange(
+            port, b"GET /stuck HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=20
+        )
+        assert b"late" not in answer, answer
+        records = client[database]["tracking"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and records.count_documents({}) == 0:
+            time.sleep(0.1)
+        found = list(records.find({}, {"_id": 0, "status_code": 1, "exception": 1, "endpoint": 1}))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            _, errors = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, errors = process.communicate()
+        client.drop_database(database)
+        client.close()
+    assert found == [{"endpoint": "stuck", "status_code": None, "exception": "SystemExit: 1"}], (
+        errors.decode()
+    )
+    assert b"WORKER TIMEOUT" in errors, errors.decode()
 
 
 # --------------------------------------------------------------------------------------------
