@@ -646,8 +646,10 @@ EXIT_SCRIPT = textwrap.dedent(
     atexit.register(lambda: print("TRACKER_EXIT_SECONDS", time.perf_counter() - marks["start"],
                                   file=sys.stderr, flush=True))
     tracking = Tracking()
+    kept = []  # Tracking holds its apps weakly: a collected app's records leave tracking.stats()
     for number in range(apps):
         app = Flask(f"exiting_{number}")
+        kept.append(app)
         app.config.update(TESTING=True, TRACKING_FLUSH_INTERVAL_SECONDS=60,
                           TRACKING_SHUTDOWN_TIMEOUT_SECONDS=1.0)
         app.add_url_rule("/hello", "hello", lambda: "Hello")
