@@ -82,6 +82,10 @@ DEFAULTS: dict[str, Any] = {
     #: A ``mongodb://`` or ``mongodb+srv://`` URI. When set and TRACKING_DB_ALIAS is not connected
     #: yet, init_app connects it to this URI with short timeouts (a URI pymongo cannot parse
     #: raises ValueError there). When unset, connect the alias yourself (``mongoengine.connect``).
+    #: A ``mongodb+srv://`` name is looked up in DNS when the writer first writes, not in
+    #: init_app: DNS down or slow never stops the app from starting, and a failed lookup is
+    #: retried like a server that is down (with pymongo 4.12 or later; older versions look
+    #: it up in init_app).
     "TRACKING_MONGODB_URI": None,
     #: Write per-minute rollups (counts, errors, latency histogram per endpoint and method) of
     #: every request that passes the path, method and view rules, kept or not by sampling or

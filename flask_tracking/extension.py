@@ -58,6 +58,7 @@ from .writer import BatchWriter
 
 if TYPE_CHECKING:
     from blinker import NamedSignal
+    from pymongo import MongoClient
     from pymongo.database import Database
     from werkzeug.routing import Map
 
@@ -145,14 +146,14 @@ class Tracking:
             # too) is then watched like any client created after init_app.
             register()
             watch_sqlalchemy()
-        _connect_if_configured(config)
+        srv_client = _connect_if_configured(config)
         if config.redactor is not None:
             _learn_rules_on_the_writer(config.redactor, app.url_map)
         prepare_user_agent_parser()  # now, not while the app serves its first requests
         if config.db_activity:
             _ignore_own_collection(config.db_alias)
         sink = MongoSink(
-            _database_getter(config.db_alias),
+            _database_getter(config.db_alias, srv_client),
             capped_size_bytes=config.table_size_bytes,
             capped_max_documents=config.max_documents,
             storage_mode=config.storage,
@@ -171,7 +172,7 @@ class Tracking:
         if config.rollups:
             rollups = RollupAggregator(
                 RollupSink(
-                    _database_getter(config.db_alias),
+                    _database_getter(config.db_alias, srv_client),
                     retention_days=config.rollup_retention_days,
                     write_timeout_seconds=config.write_timeout_seconds,
                     collection_name=config.rollup_collection,
@@ -665,14 +666,38 @@ def _has_app() -> bool:
     return has_app_context()
 
 
-def _database_getter(alias: str) -> Any:
+def _database_getter(alias: str, srv_client: MongoClient[Any] | None = None) -> Any:
+    """The writer's way to the database of ``alias``, asked for before it sets a collection
+    up. ``srv_client`` is the client init_app made for a ``mongodb+srv://`` URI, which looks
+    its name up in DNS when first used: it is opened first, and a failed lookup raised as
+    :class:`~pymongo.errors.AutoReconnect` (pymongo raises a ConfigurationError), so the
+    batch is retried as when the server is down, instead of being dropped, and no
+    collection is set up by half (its indexes left out)."""
+
     def get_database() -> Database[Any]:
         from mongoengine.connection import get_db
 
+        if srv_client is not None:
+            _open(srv_client)
         database: Database[Any] = get_db(alias)
         return database
 
     return get_database
+
+
+def _open(client: MongoClient[Any]) -> None:
+    """Open ``client`` (reading ``primary`` does, without waiting for a server): for a
+    ``mongodb+srv://`` URI that is when the name is looked up. A failed lookup raises
+    :class:`~pymongo.errors.AutoReconnect`."""
+    from dns.exception import DNSException
+    from pymongo.errors import AutoReconnect, ConfigurationError
+
+    try:
+        client.primary  # noqa: B018
+    except ConfigurationError as error:
+        if isinstance(error.__cause__, DNSException):
+            raise AutoReconnect(f"could not look the server up in DNS: {error}") from error
+        raise
 
 
 def _ignore_own_collection(alias: str) -> None:
@@ -693,30 +718,58 @@ def _learn_rules_on_the_writer(redactor: Redactor, url_map: Map) -> None:
     redactor.learn_rules_later(lambda: [rule.rule for rule in url_map.iter_rules()])
 
 
-def _connect_if_configured(config: TrackingConfig) -> None:
-    """Connect TRACKING_DB_ALIAS to TRACKING_MONGODB_URI unless it is connected already.
+def _connect_if_configured(config: TrackingConfig) -> MongoClient[Any] | None:
+    """Connect TRACKING_DB_ALIAS to TRACKING_MONGODB_URI unless it is connected already;
+    return the client made for a ``mongodb+srv://`` URI (see :func:`_srv_client`).
 
     The client opens no connection and starts no monitoring thread until its first use
     (``connect=False``), which is in the process that serves requests: a master that loads the
     app before forking its workers (gunicorn ``--preload``) hands them a client that never
-    opened, as pymongo requires of a client used after a fork."""
-    if config.mongodb_uri is None:
-        return
+    opened, as pymongo requires of a client used after a fork. A ``mongodb+srv://`` name is
+    looked up in DNS at that first use too (see :func:`_srv_client`)."""
+    uri = config.mongodb_uri
+    if uri is None:
+        return None
     from mongoengine.connection import _connection_settings, connect
     from pymongo.errors import ConfigurationError
 
     if config.db_alias in _connection_settings:
-        return
+        return None
+    options: dict[str, Any] = {
+        "uuidRepresentation": "standard",
+        "serverSelectionTimeoutMS": 2000,
+        "connectTimeoutMS": 2000,  # also the DNS lookup's lifetime (mongodb+srv://)
+        "socketTimeoutMS": int(config.write_timeout_seconds * 1000),
+        "tz_aware": False,
+        "connect": False,
+    }
     try:
-        connect(
-            host=config.mongodb_uri,
-            alias=config.db_alias,
-            uuidRepresentation="standard",
-            serverSelectionTimeoutMS=2000,
-            connectTimeoutMS=2000,
-            socketTimeoutMS=int(config.write_timeout_seconds * 1000),
-            tz_aware=False,
-            connect=False,
-        )
+        if not uri.startswith("mongodb+srv://"):
+            connect(host=uri, alias=config.db_alias, **options)
+            return None
+        client, name = _srv_client(uri, options)
     except ConfigurationError as error:  # InvalidURI too: pymongo's reason, under the key
         raise ValueError(f"TRACKING_MONGODB_URI is not a usable MongoDB URI: {error}") from None
+    connect(name, alias=config.db_alias, mongo_client_class=lambda **_: client, **options)
+    return client
+
+
+def _srv_client(uri: str, options: dict[str, Any]) -> tuple[MongoClient[Any], str]:
+    """A client of the ``mongodb+srv://`` ``uri`` with ``options``, and the name of its
+    database, for MongoEngine (``mongo_client_class`` hands it the client).
+
+    MongoEngine parses a URI it is given with pymongo's ``parse_uri``, which looks the SRV and
+    TXT records up at once: with DNS failing, init_app would raise, and with a name server
+    that does not answer it would wait 20 s first (the lookup's default lifetime), so the app
+    would not start. pymongo's own client (4.12 and later) checks the URI without DNS and
+    looks the name up on its first operation, on the writer thread, where a failed lookup is
+    retried like a server that is down."""
+    from mongoengine.connection import DEFAULT_DATABASE_NAME
+    from pymongo import MongoClient
+    from pymongo.uri_parser import split_options
+
+    query = uri.partition("?")[2]
+    if query:  # refused, as MongoEngine's parse refuses them; the client would only warn
+        split_options(query, validate=True, warn=False)
+    client: MongoClient[Any] = MongoClient(uri, **options)
+    return client, client.get_default_database(DEFAULT_DATABASE_NAME).name

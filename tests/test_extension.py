@@ -630,6 +630,87 @@ def test_mongodb_uri_connects_the_alias(mongo: Any) -> None:
         mongoengine.disconnect("from_uri")
 
 
+@pytest.fixture(params=["silent", "nxdomain"])
+def unreachable_dns(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """dnspython's resolver pointed at a local name server that never answers (each lookup
+    waits for its whole lifetime) or that answers every query "no such name"."""
+    import socket
+
+    import dns.message
+    import dns.rcode
+    import dns.resolver
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    request.addfinalizer(server.close)
+
+    def answer_nxdomain() -> None:
+        while True:
+            try:
+                data, peer = server.recvfrom(4096)
+            except OSError:  # closed: the test is over
+                return
+            response = dns.message.make_response(dns.message.from_wire(data))
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            server.sendto(response.to_wire(), peer)
+
+    if request.param == "nxdomain":
+        threading.Thread(target=answer_nxdomain, daemon=True).start()
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = ["127.0.0.1"]
+    resolver.port = server.getsockname()[1]
+    monkeypatch.setattr(dns.resolver, "default_resolver", resolver)
+    return str(request.param)
+
+
+def test_an_srv_uri_is_not_looked_up_by_init_app(unreachable_dns: str) -> None:
+    """A ``mongodb+srv://`` URI is resolved through DNS (SRV and TXT records). Looked up in
+    init_app, an unreachable or failing name server stops the app from starting: blocked for
+    20 s (pymongo's lookup lifetime), then a ValueError. The app must start at once and serve
+    its requests; the records wait, queued, for the name to resolve (a failed lookup is
+    retried like a server that is down, not counted as MongoDB refusing the records)."""
+    app = Flask("srv")
+    app.config.update(
+        TESTING=True,
+        TRACKING_DB_ALIAS="from_srv",
+        TRACKING_MONGODB_URI="mongodb+srv://cluster0.example.com/tracked?tls=false",
+        **FAST_WRITER,
+    )
+    add_routes(app)
+    try:
+        started = time.perf_counter()
+        tracking = Tracking(app)
+        elapsed = time.perf_counter() - started
+        assert elapsed < 1.0, f"init_app took {elapsed:.1f} s"
+        assert app.test_client().get("/hello").data == b"Hello"
+        assert tracking.flush(timeout=0.5) is False  # nxdomain: several lookups failed by now
+        stats = tracking.stats(app)
+        assert (stats["written"], stats["pending"], stats.get("dropped_db_error", 0)) == (0, 1, 0)
+        assert mongoengine.get_db("from_srv").name == "tracked"
+        tracking._apps[app].writer.shutdown(0.2)
+    finally:
+        mongoengine.disconnect("from_srv")
+
+
+@pytest.mark.usefixtures("unreachable_dns")
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "mongodb+srv://cluster0.example.com:27017/tracked",  # no port in an SRV URI
+        "mongodb+srv://a.example.com,b.example.com/tracked",  # one host only
+        "mongodb+srv://cluster0.example.com/tracked?w=-1",
+    ],
+)
+def test_an_srv_uri_pymongo_cannot_parse_still_raises_in_init_app(uri: str) -> None:
+    app = Flask("srv")
+    app.config.update(TESTING=True, TRACKING_DB_ALIAS="bad_srv", TRACKING_MONGODB_URI=uri)
+    try:
+        with pytest.raises(ValueError):
+            Tracking(app)
+    finally:
+        mongoengine.disconnect("bad_srv")
+
+
 def test_flask_login_user_is_recorded(app: Flask, mongo: Any) -> None:
     flask_login = pytest.importorskip("flask_login")
 
