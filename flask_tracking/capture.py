@@ -10,7 +10,8 @@ The pieces:
   anything, tees ``wsgi.input``, sees the final status and headers through ``start_response``,
   sees exceptions that escape Flask (testing and debug mode), accounts for a request body the
   app left unread (:func:`settle_unread_body`, never blocking; for a streamed response once it
-  was sent, as its generator may read the body), and finishes the record when
+  was sent, as its generator may read the body; for the server's file wrapper, which reads
+  none, when the app returned), and finishes the record when
   the app returned, or, for a streamed response, when it was read to its end or closed (the
   client left).
 - :func:`snapshot_request` runs in ``after_request`` (or, when the view raised, on the
@@ -361,23 +362,28 @@ class TrackingMiddleware:
             # response of the app's: most servers then close the connection, some answer it
             # on their own, so no status is known.
             state.status = "500 INTERNAL SERVER ERROR" if isinstance(error, Exception) else None
-            self._close(state, environ, returned=False)
+            self._close(state, environ, settle=False)
             flush = self._flush_in_a_forked_child(environ)
             if flush is not None:
                 flush()  # the server answers, then the child exits at once
             raise
         state.execution_time = (time.perf_counter() - state.started) * 1000.0
         if state.streamed:
+            file_wrapper = state.response_body_omitted == "passthrough" and _from_file_wrapper(
+                app_iter, environ
+            )
+            if file_wrapper:
+                # Nothing reads the request body from here on, and the server may close its
+                # input before the file was sent (waitress sends it from its I/O thread).
+                self._settle(state, environ)
 
             def finish() -> None:  # also inside the server's iteration: must not raise
                 try:
-                    self._close(state, environ)
+                    self._close(state, environ, settle=not file_wrapper)
                 except Exception:
                     self._on_error()
 
-            if state.response_body_omitted != "passthrough" or not _from_file_wrapper(
-                app_iter, environ
-            ):
+            if not file_wrapper:
                 app_iter = _StreamedBody(app_iter, state, finish)
             elif not _finish_when_closed(app_iter, finish):
                 finish()
@@ -433,24 +439,20 @@ class TrackingMiddleware:
             state.db_token = attach(state)
         return state
 
-    def _close(
-        self, state: RequestState, environ: dict[str, Any], *, returned: bool = True
-    ) -> None:
-        """Finish the record of ``state`` once (``returned``: the app returned a response,
-        and it was sent when it streams; False: the app raised, and nothing more is read)."""
+    def _close(self, state: RequestState, environ: dict[str, Any], *, settle: bool = True) -> None:
+        """Finish the record of ``state`` once (``settle``: account for the body bytes the app
+        left unread, the app having returned a response, sent when it streams; False: the app
+        raised and nothing more is read, or the body was settled when it returned)."""
         if state.finished:
             return
         state.finished = True  # from here on, no command counts for this request
         if state.db_token is not None:
             detach(state.db_token)
             state.db_token = None  # a queued record keeps no context (fewer objects for the GC)
-        try:
+        if settle and state.request_body is not None:
             # Now, not when the app returned: a streamed response's generator may read the
             # body as it goes (an echo, a proxy passing the upload on).
-            if returned and state.request_body is not None and not state.skipped:
-                settle_unread_body(state, environ)
-        except Exception:
-            self._on_error()
+            self._settle(state, environ)
         try:
             state.total_time = (time.perf_counter() - state.started) * 1000.0
             if state.execution_time is None:
@@ -460,6 +462,14 @@ class TrackingMiddleware:
         except Exception:
             self._on_error()
         self._finish(state)
+
+    def _settle(self, state: RequestState, environ: dict[str, Any]) -> None:
+        """:func:`settle_unread_body`, for a request that is recorded; never raises."""
+        try:
+            if state.request_body is not None and not state.skipped:
+                settle_unread_body(state, environ)
+        except Exception:
+            self._on_error()
 
 
 class _StreamedBody:

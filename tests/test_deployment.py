@@ -13,6 +13,8 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 from wsgiref.util import FileWrapper
@@ -576,3 +578,57 @@ def test_a_body_read_while_the_response_streams_is_recorded(
         b"hello world",
         None,
     ), record.get("request_body_size")
+
+
+# --------------------------------------------------------------------------------------------
+# waitress: the file wrapper is sent, and closed, from the server's I/O thread
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def serve_waitress(app: Flask) -> Iterator[int]:
+    """waitress serving ``app`` on an ephemeral port, in a thread; yields the port."""
+    import waitress
+
+    server: Any = waitress.create_server(app, host="127.0.0.1", port=0, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield int(server.effective_port)
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown()
+        thread.join(5)
+
+
+def test_an_unread_body_is_recorded_alike_however_waitress_sends_the_file(
+    make_app: Callable[..., Flask], mongo: Any, tmp_path: Path
+) -> None:
+    """waitress spools a request body to memory or a file (seekable), so the bytes a view left
+    unread are copied when the request is over (capture.md). A ``send_file`` answer goes to
+    waitress's own ``wsgi.file_wrapper``, which it closes once the file was sent: from the
+    request's thread when the file fits in the socket's buffers, else from its I/O thread
+    later, after it closed the request's input. The same request must be recorded the same
+    way whichever happens: with its body, not as "unread"."""
+    sizes = (1_000, 16_000_000)  # sent at once; sent from the I/O thread
+    for size in sizes:
+        (tmp_path / f"{size}.bin").write_bytes(b"d" * size)
+    app = make_app(testing=False)
+
+    @app.post("/export/<int:size>")
+    def export(size: int) -> Response:
+        return send_file(tmp_path / f"{size}.bin", mimetype="application/octet-stream")
+
+    with serve_waitress(app) as port:
+        for size in sizes:
+            answer = raw_exchange(
+                port,
+                f"POST /export/{size} HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n"
+                "Connection: close\r\n\r\nhello world".encode(),
+                timeout=10,
+            )
+            assert len(answer.partition(b"\r\n\r\n")[2]) == size
+    records = stored(app, mongo)
+    assert [(r["request_body"], r.get("request_body_omitted")) for r in records] == [
+        (b"hello world", None)
+    ] * 2
