@@ -3,8 +3,11 @@ gunicorn), forking, and what is stored for what the server really sent."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +17,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 from wsgiref.util import FileWrapper
@@ -27,7 +29,7 @@ from werkzeug.test import EnvironBuilder
 
 from flask_tracking import Tracking
 
-from .conftest import FAST_WRITER, REAL, stored
+from .conftest import FAST_WRITER, REAL, add_routes, stored
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -585,12 +587,12 @@ def test_a_body_read_while_the_response_streams_is_recorded(
 # --------------------------------------------------------------------------------------------
 
 
-@contextmanager
+@contextlib.contextmanager
 def serve_waitress(app: Flask) -> Iterator[int]:
     """waitress serving ``app`` on an ephemeral port, in a thread; yields the port."""
     import waitress
 
-    server: Any = waitress.create_server(app, host="127.0.0.1", port=0, threads=2)
+    server: Any = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -599,6 +601,112 @@ def serve_waitress(app: Flask) -> Iterator[int]:
         server.close()
         server.task_dispatcher.shutdown()
         thread.join(5)
+
+
+def add_waitress_routes(app: Flask, download: Path) -> None:
+    @app.post("/partial")
+    def partial() -> bytes:
+        return request.stream.read(10)
+
+    @app.get("/download")
+    def download_file() -> Response:
+        return send_file(download, mimetype="application/octet-stream", conditional=True)
+
+    @app.get("/stream-forever")
+    def stream_forever() -> Response:
+        def chunks() -> Iterator[bytes]:
+            for _ in range(200):
+                yield b"s" * 65536
+                time.sleep(0.01)
+
+        return Response(chunks())
+
+
+def http(method: str, path: str, headers: str = "", body: bytes = b"") -> bytes:
+    """A request that asks the server to close the connection after its answer."""
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n".encode() + body
+    )
+
+
+WAITRESS_REQUESTS = [
+    http("GET", "/hello"),
+    http("HEAD", "/hello"),
+    http("POST", "/count", "Content-Length: 100000\r\n", b"c" * 100_000),
+    http("POST", "/partial", "Content-Length: 5000\r\n", b"p" * 5000),
+    http("POST", "/ignore", "Content-Length: 5000\r\n", b"i" * 5000),
+    http(
+        "POST",
+        "/count",
+        "Transfer-Encoding: chunked\r\n",
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    ),
+    http("GET", "/stream"),
+    http("GET", "/file"),
+    http("GET", "/download"),
+    http("HEAD", "/download"),
+    http("GET", "/download", "Range: bytes=100-1099\r\n"),
+    http("GET", "/download", "Range: bytes=90000000-\r\n"),
+    http("GET", "/download", "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n"),
+    http("GET", "/boom"),
+]
+
+
+def test_waitress_answers_tracked_and_untracked_apps_alike_and_every_request_is_recorded(
+    make_app: Callable[..., Flask],
+    mongo: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under waitress (its own ``wsgi.file_wrapper``, sent and closed from its I/O thread)
+    the tracked app answers byte for byte as its untracked twin (but for ``Date``), for
+    bodies read, read in part, unread or chunked, streams, files with or without a range or
+    a condition, HEAD; each request, and each of two clients that leave mid-answer, is
+    recorded once, as it was answered; waitress logs no exception, and no file is left open."""
+    download = tmp_path / "download.bin"
+    download.write_bytes(bytes(range(256)) * 40_000)  # 10 MB: sent from the I/O thread
+    tracked = make_app(testing=False)
+    untracked = Flask("untracked")
+    add_routes(untracked)
+    for app in (tracked, untracked):
+        add_waitress_routes(app, download)
+    caplog.set_level(logging.ERROR, logger="waitress")
+    answers: dict[Flask, list[bytes]] = {}
+    for app in (untracked, tracked):
+        with serve_waitress(app) as port:
+            answers[app] = [
+                re.sub(rb"Date: [^\r]*\r\n", b"", raw_exchange(port, raw, 10))
+                for raw in WAITRESS_REQUESTS
+            ]
+            for path in ("/stream-forever", "/download"):  # clients that leave mid-answer
+                with socket.create_connection(("127.0.0.1", port)) as sock:
+                    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    sock.recv(100)
+            time.sleep(0.5)
+    assert answers[tracked] == answers[untracked]
+    records = stored(tracked, mongo)
+    assert [(r["method"], r["path"], r["status_code"]) for r in records[:-2]] == [
+        (raw.split()[0].decode(), raw.split()[1].decode(), int(answer.split()[1]))
+        for raw, answer in zip(WAITRESS_REQUESTS, answers[tracked])
+    ]
+    assert sorted(r["path"] for r in records[-2:]) == ["/download", "/stream-forever"]
+    sent = [answer.partition(b"\r\n\r\n")[2] for answer in answers[tracked]]
+    assert [r["response_body_size"] for r in records[:6]] == [len(body) for body in sent[:6]]
+    assert records[6]["response_body"] == b"chunk0;chunk1;chunk2;chunk3;chunk4;"  # sent chunked
+    # read, read 10 bytes of, left unread (the rest copied from waitress's spooled input), chunked
+    assert [r["request_body_size"] for r in records[2:6]] == [100_000, 5000, 5000, 11]
+    logged = [r for r in caplog.records if r.name.startswith("waitress")]
+    assert [r.getMessage() for r in logged if r.levelno >= logging.ERROR] == []
+    assert open_descriptors_of(download) == 0
+
+
+def open_descriptors_of(path: Path) -> int:
+    """How many file descriptors of this process are open on ``path`` (Linux)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the descriptor listdir itself used, closed now
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return count
 
 
 def test_an_unread_body_is_recorded_alike_however_waitress_sends_the_file(
