@@ -244,6 +244,9 @@ class RequestState:
     url_rule: str | None = None
     user_id: str | None = None
     user_ref: tuple[str, str, Any] | None = None
+    # The user the request signed out (Flask-Login's logout_user), as (user_id, user_ref): the
+    # record's user when the request ends with nobody signed in.
+    signed_out: tuple[str, tuple[str, str, Any] | None] | None = None
     custom_data: Any = None
     custom_data_size = 0
     exception: str | None = None
@@ -726,6 +729,20 @@ def snapshot_request(
         user_id = session_user_id()
         if user_id is not None:
             state.user_id = str(user_id)
+    if state.user_id is None and state.signed_out is not None:
+        # The view signed its user out (a logout, an account deleted): that user did it.
+        state.user_id, state.user_ref = state.signed_out
+
+
+def note_signed_out(state: RequestState, user: Any) -> None:
+    """Remember ``user``, whom the request is signing out (Flask-Login's ``user_logged_out``
+    signal), as the request's user should it end with nobody signed in. An expired SQLAlchemy
+    user is left out: reading its id would run a query of the app's."""
+    if not getattr(user, "is_authenticated", False) or _expired(user):
+        return
+    user_id = user.get_id()
+    if user_id is not None:
+        state.signed_out = (str(user_id), _user_reference(user))
 
 
 def _snapshot_user(
@@ -738,12 +755,19 @@ def _snapshot_user(
     if user_id is None:
         user_id = user.get_id()
     state.user_id = None if user_id is None else str(user_id)
-    user_class = type(user)
-    collection_name = getattr(user_class, "_get_collection_name", None)
+    reference = _user_reference(user)
+    if reference is not None:
+        state.user_ref = reference
+
+
+def _user_reference(user: Any) -> tuple[str, str, Any] | None:
+    """A MongoEngine Document user as (class name, collection, pk), for a GenericReference;
+    None for any other user."""
+    collection_name = getattr(type(user), "_get_collection_name", None)
     primary_key = getattr(user, "pk", None)
-    if collection_name is not None and primary_key is not None:
-        # A MongoEngine Document: kept as (class name, collection, pk) for a GenericReference.
-        state.user_ref = (user._class_name, collection_name(), primary_key)
+    if collection_name is None or primary_key is None:
+        return None
+    return (user._class_name, collection_name(), primary_key)
 
 
 def _expired(user: Any) -> bool:

@@ -30,6 +30,7 @@ from flask import (
     Flask,
     Request,
     Response,
+    current_app,
     g,
     got_request_exception,
     has_request_context,
@@ -41,6 +42,7 @@ from .capture import (
     ENVIRON_KEY,
     RequestState,
     TrackingMiddleware,
+    note_signed_out,
     snapshot_request,
     tee_response_body,
 )
@@ -107,6 +109,8 @@ class _AppTracking:
         self.lock = threading.Lock()
         #: The got_request_exception receiver, connected weakly: it lives as long as the app.
         self.on_exception: Callable[..., None] | None = None
+        #: Flask-Login's user_logged_out receiver (when Flask-Login is installed), the same way.
+        self.on_sign_out: Callable[..., None] | None = None
 
 
 class Tracking:
@@ -236,6 +240,7 @@ class Tracking:
         app.should_ignore_error = self._error_hook(  # type: ignore[method-assign,assignment]
             tracked, app.should_ignore_error
         )
+        self._watch_sign_outs(tracked, app)
         # The writer serves this app only: once the app is garbage collected, it writes what
         # is pending and its thread ends (stop_soon takes no lock: safe from any thread).
         weakref.finalize(app, writer.stop_soon).atexit = False
@@ -464,6 +469,27 @@ class Tracking:
 
         return tracked_should_ignore_error
 
+    def _watch_sign_outs(self, tracked: _AppTracking, app: Flask) -> None:
+        """Connect Flask-Login's ``user_logged_out`` signal once, when the app uses Flask-Login
+        (it is imported; never imported here): a request that signs its user out is recorded
+        with that user, not as anonymous."""
+        if tracked.on_sign_out is not None:
+            return
+        user_logged_out = getattr(sys.modules.get("flask_login"), "user_logged_out", None)
+        if user_logged_out is None:
+            return
+        tracked.on_sign_out = lambda sender, user=None, **extra: self._on_sign_out(tracked, user)
+        user_logged_out.connect(tracked.on_sign_out, app)
+
+    def _on_sign_out(self, tracked: _AppTracking, user: Any) -> None:
+        try:
+            current = request._get_current_object()  # type: ignore[attr-defined]
+            state: RequestState | None = current.environ.get(ENVIRON_KEY)
+            if state is not None and not state.skipped:
+                note_signed_out(state, user)
+        except Exception:
+            self._count_error(tracked)
+
     def _on_exception(self, tracked: _AppTracking, exception: BaseException) -> None:
         """got_request_exception (and :meth:`_error_hook`): no response of the app's will be
         processed (in testing or debug mode, or after a SystemExit or KeyboardInterrupt)."""
@@ -513,6 +539,8 @@ class Tracking:
             if "flask_login" in sys.modules:  # never load a user: read the one the app loaded
                 login_user = g._get_current_object().get("_login_user")
                 session_user_id = _session_user_id  # read only when needed
+                if tracked.on_sign_out is None:  # Flask-Login imported after init_app
+                    self._watch_sign_outs(tracked, current_app._get_current_object())  # type: ignore[attr-defined]
             snapshot_request(
                 state, current, login_user, tracked.max_custom_data_bytes, session_user_id
             )

@@ -422,6 +422,47 @@ def test_the_loaded_mongoengine_user_keeps_its_reference(
     assert documents[1]["user"]["_ref"].id == member.id
 
 
+def add_logout(app: Flask, flask_login: Any) -> None:
+    @app.post("/logout")
+    def logout() -> str:
+        flask_login.logout_user()
+        return "out"
+
+    @app.post("/switch")
+    def switch() -> str:  # signed out, then in as someone else: the last one did it
+        user_class = type(flask_login.current_user._get_current_object())
+        flask_login.logout_user()
+        flask_login.login_user(user_class("bob"))
+        return "bob"
+
+
+def test_a_request_that_logs_its_user_out_is_recorded_with_that_user(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """Signing out, or deleting one's account and being signed out, is done by the user who
+    was signed in when the request came: who did it must not read as an anonymous visitor."""
+    tracked, untracked = make_pair(make_app, SECRET_KEY="s3cret")
+    for app in (tracked, untracked):
+        add_logout(app, add_login(app, []))
+    answers = []
+    for app in (tracked, untracked):
+        client = app.test_client()
+        client.post("/login")
+        first = answer(client.post("/logout"))
+        client.post("/logout")  # nobody signed in any more
+        client.post("/login")
+        answers.append([first, answer(client.post("/switch"))])
+    assert answers[0] == answers[1]
+    documents = stored(tracked, mongo)
+    assert [(d["path"], d["user_id"]) for d in documents] == [
+        ("/login", "alice"),
+        ("/logout", "alice"),
+        ("/logout", None),
+        ("/login", "alice"),
+        ("/switch", "bob"),
+    ]
+
+
 def test_tracking_never_changes_the_response_of_a_login_app(
     make_app: Callable[..., Flask], mongo: Any
 ) -> None:
