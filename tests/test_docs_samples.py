@@ -146,6 +146,37 @@ def test_every_documented_command_line_parses(page: str, line: str) -> None:
     command.make_context(words[0], words[1:], parent=group_context)
 
 
+def report_lines() -> list[tuple[str, str]]:
+    """``(page, command line)`` of every ``flask tracking stats`` or ``timeline`` line of a
+    shell block, with or without its ``$`` prompt."""
+    lines = []
+    for page in PAGES:
+        for _, language, code in page_blocks(page):
+            if language in RUNNABLE:
+                continue
+            for line in code.splitlines():
+                command = line.removeprefix("$ ")
+                if command.startswith(("flask tracking stats", "flask tracking timeline")):
+                    lines.append((page.name, command[len("flask tracking ") :]))
+    return lines
+
+
+@pytest.mark.parametrize(("page", "line"), report_lines())
+def test_every_documented_report_line_groups_by_what_its_source_has(page: str, line: str) -> None:
+    """``stats --by`` takes other groups from the rollups than from the records (--records):
+    a documented line must not be one the command refuses."""
+    from flask_tracking.cli.reports import ROLLUP_GROUPS, STATS_GROUPS
+
+    words = shlex.split(line, comments=True)
+    group_context = click.Context(tracking_cli)
+    command = tracking_cli.get_command(group_context, words[0])
+    assert command is not None
+    params = command.make_context(words[0], words[1:], parent=group_context).params
+    if words[0] == "stats":
+        groups = STATS_GROUPS if params["records"] else ROLLUP_GROUPS
+        assert params["by"] in groups, f"{page}: {line!r} is refused: --by {params['by']}"
+
+
 def test_the_blocks_are_found() -> None:
     text = "a\n\n```python\nx = 1\n```\n\n- item\n\n  ```text\n  $ ls\n  ```\n"
     assert fenced_blocks(text) == [(4, "python", "x = 1\n"), (10, "text", "$ ls\n")]
