@@ -146,15 +146,24 @@ class BodyFilters:
                 changed = True
             return kept
 
+        # Numbers a float would change (1.50, 1E5, 1e999, more digits than a float holds) are
+        # read as their text, marked, and written back as they came; a body holding the mark
+        # (as a character or an escape) gets floats instead.
+        marked = _NUMBER_MARK not in text and _NUMBER_MARK_ESCAPE not in text.lower()
         try:
-            parsed = json.loads(text, object_pairs_hook=filtered, parse_float=_finite_float)
+            parsed = json.loads(
+                text,
+                object_pairs_hook=filtered,
+                parse_float=_number_as_written if marked else _finite_float,
+            )
             if type(parsed) is not dict:  # an array or a string at the top
                 kept = self._json_value(parsed)
                 changed = changed or kept is not parsed
                 parsed = kept
             if not changed:  # most bodies: keep the bytes exactly as they were
                 return body
-            return _dumps(parsed)
+            serialized = _dumps(parsed)
+            return _MARKED_NUMBER.sub(rb"\1", serialized) if marked else serialized
         except (ValueError, RecursionError):  # nested deeper than Python recurses
             return self.loose(body, text)
 
@@ -325,6 +334,29 @@ def _dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate (from an escape): kept escaped
         return json.dumps(value).encode("ascii")
+
+
+class _WrittenNumber(str):
+    """A JSON number's text between marks (a ``str`` subclass, so no string filter reads it
+    as a value): :func:`_dumps` writes it as a string, which :data:`_MARKED_NUMBER` unquotes."""
+
+    __slots__ = ()
+
+
+_NUMBER_MARK = "\ue000"  # a private-use character
+_NUMBER_MARK_ESCAPE = "\\ue000"  # the same written as a JSON escape
+#: A marked number as :func:`_dumps` writes it: the character itself, or its escape (the
+#: ASCII fallback). A number's text is made of ``-+.0-9eE`` only.
+_MARKED_NUMBER = re.compile(rb'"(?:\xee\x80\x80|\\ue000)([-+.0-9eE]+)(?:\xee\x80\x80|\\ue000)"')
+
+
+def _number_as_written(token: str) -> Any:
+    """A ``parse_float`` hook of ``json.loads``: the float when writing it again gives the
+    same text, else the text itself, marked to be written back unquoted."""
+    number = float(token)
+    if number - number == 0 and repr(number) == token:
+        return number
+    return _WrittenNumber(_NUMBER_MARK + token + _NUMBER_MARK)
 
 
 def _finite_float(token: str) -> Any:

@@ -1709,6 +1709,33 @@ def test_a_json_number_card_leaves_the_other_numbers_as_they_were(
 
 
 @pytest.mark.parametrize(
+    "number",
+    ["1e999", "-1E400", "0.10000000000000000555", "1.50", "1E5", "12345678e-3", "2.0e0", "1.0"],
+)
+def test_a_json_body_filtered_by_name_keeps_its_numbers_as_written(
+    redactor: Redactor, number: str
+) -> None:
+    """What the client sent, but for the secret: a number is neither rounded (``1.50``,
+    digits beyond a float's), nor rewritten (``1E5`` as ``100000.0``), nor made a string."""
+    body = b'{"password": "%s", "n": %s, "list": [%s, {"m": %s}]}' % (
+        SECRET.encode(),
+        *[number.encode()] * 3,
+    )
+    kept = redactor.scrub_body(body, "application/json").body
+    assert kept == b'{"password": "[Filtered]", "n": %s, "list": [%s, {"m": %s}]}' % (
+        (number.encode(),) * 3
+    )
+    json.loads(kept, parse_constant=_no_constant)
+
+
+def test_a_json_body_holding_the_number_marker_is_still_filtered(redactor: Redactor) -> None:
+    body = f'{{"password": "{SECRET}", "n": 1.50, "s": "\\ue000 \ue000"}}'
+    kept = redactor.scrub_body(body.encode(), "application/json").body
+    assert kept is not None and SECRET.encode() not in kept
+    assert json.loads(kept) == {"password": FILTERED, "n": 1.5, "s": "\ue000 \ue000"}
+
+
+@pytest.mark.parametrize(
     "body",
     [
         b'{"password": "%s", "n": 1e999}',
