@@ -29,6 +29,7 @@ from .aggregate import Aggregate, Key, RollupOutcome
 from .capture import RequestState
 from .dbactivity import ignore_collection, uncounted
 from .indexes import INDEX_NAMES, ensure_indexes
+from .logs import RateLimitedLog
 from .record import scrub_bodies, to_document
 from .redact import Redactor, ScrubbedBody
 from .sanitize import TRUNCATED
@@ -120,6 +121,8 @@ class MongoSink:
         self._omitted_fields = omitted_fields
         self._request_id_key = request_id_key
         self._logger = logger or logging.getLogger("flask_tracking")
+        #: Why nothing is written while the server cannot be reached (once a minute).
+        self._unreachable_log = RateLimitedLog(self._logger)
         self._spec = tracking_spec(
             storage_mode,
             name=collection_name,
@@ -256,6 +259,13 @@ class MongoSink:
         """The outcome of a batch whose collection setup or insert raised ``error``: handed
         back for a retry when the error is transient, else dropped (logged)."""
         if is_transient(error):
+            self._unreachable_log.warning(
+                "unreachable",
+                "flask_tracking: cannot write to MongoDB (%s: %s); the records wait in the "
+                "queue and are retried",
+                type(error).__name__,
+                error,
+            )
             return BatchOutcome(retry=entries)
         self._logger.warning(
             "flask_tracking: MongoDB refused a batch of %d records (%s: %s); dropped",

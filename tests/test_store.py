@@ -459,6 +459,22 @@ def test_writer_and_sink_survive_a_transient_error(caplog: pytest.LogCaptureFixt
     assert not [m for m in warnings_of(caplog) if "write_batch reported" in m]  # consistent
 
 
+def test_an_unreachable_server_is_logged_once_while_the_records_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong host or a server that is down: the records wait and are retried, and the log
+    says why nothing is written (once per minute, not once per retry)."""
+    caplog.set_level(logging.WARNING, LOGGER_NAME)
+    database = FakeDatabase()
+    database.collection.plan = [AutoReconnect("db.internal:27017: connection refused")] * 3
+    stats = run_writer(make_sink(lambda: database), items(2))
+    assert stats["written"] == 2 and stats["pending"] == 0
+    (warning,) = warnings_of(caplog)
+    assert "cannot write to MongoDB" in warning
+    assert "AutoReconnect: db.internal:27017: connection refused" in warning
+    assert "retried" in warning
+
+
 def test_transient_error_keeps_drops_of_the_same_batch() -> None:
     database = FakeDatabase()
     database.collection.plan = [AutoReconnect("down")]
@@ -1075,7 +1091,8 @@ def test_setup_network_error_retries_the_batch_and_the_setup(
     assert sink(outcome.retry) == BatchOutcome(written=3)
     assert len(lookups) == 2  # the database was looked up again: setup is retried
     assert len(database.creates) == {"create": 2, "options": 2, "get_database": 1}[where]
-    assert warnings_of(caplog) == []
+    # the one line saying why nothing was written yet, nothing else
+    assert [m for m in warnings_of(caplog) if "cannot write to MongoDB" not in m] == []
     assert [d["path"] for d in database.collection.stored] == [f"/items/{i}" for i in range(3)]
 
 
