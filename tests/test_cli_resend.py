@@ -48,6 +48,8 @@ def test_curl_leaves_filtered_headers_out_and_quotes_everything(runner: FlaskCli
     assert result.stderr == (
         "# Target: the recorded host https://shop.example; choose another with --base-url.\n"
         "# Left out filtered headers: Authorization, Cookie.\n"
+        "# The stored request has filtered values (in its query string): they are sent as the "
+        "text [Filtered], not as the client sent them.\n"
     )
     assert result.stdout.startswith("curl ")
     assert shell_words(result.stdout) == [
@@ -281,6 +283,36 @@ def test_replay_refuses_a_truncated_request_body(runner: FlaskCliRunner) -> None
     result = run(runner, "replay", "--force", "--allow-truncated", str(record_id))
     assert result.exit_code == 0
     assert result.stdout.startswith("POST /orders -> 200 OK")
+
+
+def test_curl_and_replay_say_that_filtered_values_are_sent_as_the_text_filtered(
+    runner: FlaskCliRunner,
+) -> None:
+    """A sign-in replayed sends the password ``[Filtered]``: a failed sign-in (and a diff that
+    looks like a regression) unless the command says so."""
+    (record_id,) = insert(
+        stored_record(
+            method="POST",
+            path="/orders",
+            query_params="sig=[Filtered]",
+            request_headers=[["Content-Type", "application/x-www-form-urlencoded"]],
+            request_body=b"username=ada&password=[Filtered]",
+            request_body_size=31,
+        )
+    )
+    note = (
+        "The stored request has filtered values (in its query string and body): they are "
+        "sent as the text [Filtered], not as the client sent them."
+    )
+    curl = run(runner, "curl", str(record_id))
+    assert curl.exit_code == 0, curl.output
+    assert f"# {note}" in curl.stderr.splitlines()
+    replay = run(runner, "replay", "--force", str(record_id))
+    assert replay.exit_code == 0, replay.output
+    assert note in replay.stderr.splitlines()
+    assert replay.stdout.startswith("POST /orders?sig=[Filtered] -> 200 OK")
+    (clean,) = insert(stored_record(path="/orders", request_body=b"a=1", request_body_size=3))
+    assert "filtered values" not in run(runner, "replay", str(clean)).stderr
 
 
 def test_replay_reports_an_exception_of_the_app(runner: FlaskCliRunner) -> None:

@@ -17,6 +17,7 @@ import click
 
 from ..display import CONTROL_RE, escape, is_binary, pretty_json, status_line, target
 from ..documents import Tracking
+from ..redact import FILTERED
 from ..replay import check_replayable
 from .selection import app_config, app_records, command, record_by_id, writing_to
 
@@ -160,11 +161,34 @@ def _printf_format(body: bytes) -> str:
     return "".join(out)
 
 
+def _filtered_values_note(record: Tracking) -> str | None:
+    """A sentence saying where the stored request has filtered values, which a resent request
+    carries as the text ``[Filtered]`` (a password, a signature); None when it has none."""
+    places = [
+        place
+        for place, value in (
+            ("path", record.path or ""),
+            ("query string", record.query_params or ""),
+            ("body", (record.request_body or b"").decode("utf-8", "replace")),
+        )
+        if FILTERED in value
+    ]
+    if not places:
+        return None
+    return (
+        f"The stored request has filtered values (in its {' and '.join(places)}): they are "
+        f"sent as the text {FILTERED}, not as the client sent them."
+    )
+
+
 def _curl_notes(record: Tracking, binary: bool, data_file: str | None) -> list[str]:
     notes = []
     filtered = record.filtered_header_names()
     if filtered:
         notes.append(f"Left out filtered headers: {escape(', '.join(filtered))}.")
+    filtered_values = _filtered_values_note(record)
+    if filtered_values is not None:
+        notes.append(filtered_values)
     kept = len(record.request_body or b"")
     if record.request_body_truncated and binary and data_file is None:
         notes.append(
@@ -212,6 +236,9 @@ def replay_command(record_id: str, force: bool, allow_truncated: bool) -> None:
     except ValueError as error:
         message = str(error).replace("pass allow_truncated=True", "pass --allow-truncated")
         raise click.ClickException(message) from None
+    filtered_values = _filtered_values_note(record)
+    if filtered_values is not None:
+        click.echo(filtered_values, err=True)
     redactor = app_config().redactor
     try:
         response = record.replay(allow_truncated=True)  # checked just above
