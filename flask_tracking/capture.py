@@ -789,12 +789,14 @@ def tee_response_body(state: RequestState, response: Any, limit: int) -> None:
         return
     sends_no_body = _sends_no_body(state, response)
     state.streamed = False  # a second pass (a raising after_request hook) tees another response
-    if response.direct_passthrough:  # send_file, a proxy: reading it would read the file
+    if response.direct_passthrough and not sends_no_body:
+        # send_file, a proxy: reading it would read the file. Sent as it is, so recorded once
+        # it was sent, like any stream: the middleware passes it on uncopied (or, for the
+        # server's own file wrapper, untouched). Sent without a body (HEAD, 304), it is
+        # recorded below like any other bodiless answer: empty, size 0.
         state.response_body = None
         state.response_body_omitted = "passthrough"
-        # Sent as it is, so recorded once it was sent, like any stream: the middleware passes
-        # it on uncopied (or, for the server's own file wrapper, untouched).
-        state.streamed = not sends_no_body
+        state.streamed = True
         return
     state.response_body_omitted = None
     if sends_no_body:

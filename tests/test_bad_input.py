@@ -771,7 +771,7 @@ def test_client_disconnect_mid_stream_still_yields_one_record(
     assert doc["exception"] is None
 
 
-@pytest.mark.parametrize("variant", ["plain", "file_wrapper", "range", "head"])
+@pytest.mark.parametrize("variant", ["plain", "file_wrapper", "range", "head", "not_modified"])
 def test_send_file_from_disk_is_passed_through(
     twins: Callable[..., tuple[Flask, Flask]], mongo: Any, tmp_path: Any, variant: str
 ) -> None:
@@ -791,14 +791,22 @@ def test_send_file_from_disk_is_passed_through(
         kwargs["headers"] = {"Range": "bytes=100-199"}
     elif variant == "head":
         kwargs["method"] = "HEAD"
+    elif variant == "not_modified":
+        kwargs["headers"] = {"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}
     outcome = same_as_untracked(tracked, plain, environ_for("/download", **kwargs))
     expected = {"plain": path.read_bytes(), "file_wrapper": path.read_bytes()}
-    expected.update(range=path.read_bytes()[100:200], head=b"")
+    expected.update(range=path.read_bytes()[100:200], head=b"", not_modified=b"")
     assert outcome[-1] == expected[variant]
     doc = only_record(tracked, mongo)
-    assert doc["status_code"] == (206 if variant == "range" else 200)
-    assert doc["response_body"] is None
-    assert doc["response_body_omitted"] == "passthrough"
+    statuses = {"range": 206, "not_modified": 304}
+    assert doc["status_code"] == statuses.get(variant, 200)
+    if variant in ("head", "not_modified"):
+        # No body was sent, so none went by uncopied: an empty body, like any HEAD or 304.
+        assert (doc["response_body"], doc["response_body_size"]) == (b"", 0)
+        assert doc["response_body_omitted"] is None
+    else:
+        assert doc["response_body"] is None
+        assert doc["response_body_omitted"] == "passthrough"
 
 
 @pytest.mark.parametrize("testing", [True, False], ids=["testing", "production"])

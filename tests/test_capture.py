@@ -1556,6 +1556,22 @@ def test_tee_direct_passthrough_never_touches_the_body() -> None:
     assert state.streamed is True  # recorded once sent, its body passed on uncopied
 
 
+@pytest.mark.parametrize(("method", "status"), [("HEAD", 200), ("GET", 304), ("GET", 204)])
+def test_tee_direct_passthrough_sent_without_a_body_records_an_empty_body(
+    method: str, status: int
+) -> None:
+    """send_file answering HEAD, or 304 to a conditional GET: Werkzeug sends no body, so the
+    record says so (empty, size 0) like any other HEAD or 304, not "passthrough"."""
+    response = SimpleNamespace(response=Untouchable(), direct_passthrough=True, status_code=status)
+    state = RequestState()
+    state.environ = {"REQUEST_METHOD": method}
+    tee_response_body(state, response, 100)
+    assert state.response_body_omitted is None
+    assert state.response_body is not None
+    assert state.response_body.size == 0 and bytes(state.response_body.buffer) == b""
+    assert state.streamed is False  # nothing goes by: recorded when the app returns
+
+
 def test_tee_excluded_never_touches_the_body() -> None:
     body = Untouchable()
     response = SimpleNamespace(response=body, direct_passthrough=False)
