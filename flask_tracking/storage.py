@@ -315,17 +315,47 @@ def _check_existing(
     plain = options is None or mode_of(options) == "plain"
     if (spec.mode == "ttl" and plain) or (spec.mode == "timeseries" and options is None):
         ensure_ttl_index(collection, spec, logger)  # a plain collection expires by its index
-    problem = None if options is None else _difference(options, spec)
+    expiry = _ttl_expiry(collection) if spec.mode == "capped" and plain else None
+    problem = None if options is None else _difference(options, spec, expiry)
     if problem is not None:
         logger.warning("flask_tracking: collection %r %s", spec.name, problem)
 
 
-def _difference(options: Mapping[str, Any], spec: CollectionSpec) -> str | None:
-    """What differs between an existing collection's ``options`` and ``spec``, with the
-    command that would fix it; None when they match."""
+def _ttl_expiry(collection: Collection[Any]) -> tuple[str, int] | None:
+    """The name and ``expireAfterSeconds`` of ``collection``'s TTL index (``flask tracking
+    migrate --to ttl`` made one), or None when it has none."""
+    try:
+        indexes = collection.index_information()
+    except ConnectionFailure:
+        raise
+    except Exception:
+        return None
+    for index_name, index in indexes.items():
+        if index.get("expireAfterSeconds") is not None:
+            return index_name, int(index["expireAfterSeconds"])
+    return None
+
+
+def _difference(
+    options: Mapping[str, Any],
+    spec: CollectionSpec,
+    expiry: tuple[str, int] | None = None,
+) -> str | None:
+    """What differs between an existing collection's ``options`` (and, for a plain one, its TTL
+    index's ``expiry``: name and seconds) and ``spec``, with the command that would fix it;
+    None when they match."""
     actual = mode_of(options)
     name = spec.name
     if spec.mode == "capped":
+        if actual == "plain" and expiry is not None:
+            index_name, seconds = expiry
+            return (
+                f"is a TTL collection, not capped: its index {index_name!r} deletes records "
+                f"after {seconds} seconds, so it is bounded by age, and used as it is. To match "
+                f'it, set TRACKING_STORAGE = "ttl" (with TRACKING_RETENTION_HOURS = '
+                f"{_hours(seconds)}); to move its records into a capped collection instead, "
+                "run: flask tracking migrate --to capped"
+            )
         if actual != "capped":
             if actual == "timeseries":
                 return (
@@ -383,6 +413,11 @@ def _difference(options: Mapping[str, Any], spec: CollectionSpec) -> str | None:
             f"{{granularity: {json.dumps(spec.granularity)}}}}}))"
         )
     return None
+
+
+def _hours(seconds: int) -> str:
+    """``seconds`` as TRACKING_RETENTION_HOURS would say it (``7200`` -> ``2``)."""
+    return f"{seconds / 3600:g}"
 
 
 def _coll_mod_ttl(spec: CollectionSpec) -> str:

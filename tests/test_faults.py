@@ -1148,6 +1148,11 @@ class FakeCollection:
         """How the writer encodes its documents: reading it changes nothing."""
         return self._inner.codec_options
 
+    def index_information(self) -> dict[str, Any]:
+        """What a capped-mode writer reads of a plain collection (has it a TTL index?): reading
+        it changes nothing."""
+        return dict(self._inner.index_information())
+
     def insert_many(self, documents: Any, **kwargs: Any) -> Any:
         return self._inner.insert_many(documents, **kwargs)
 

@@ -24,6 +24,7 @@ from flask import Flask
 
 from flask_tracking import Tracking
 from flask_tracking.documents import Tracking as TrackingDocument
+from flask_tracking.migrate import migrate
 from flask_tracking.storage import (
     GRANULARITY,
     SERIES_FIELD,
@@ -318,6 +319,31 @@ def test_real_server_warns_once_with_the_fixing_command(
     assert real_db["tracking"].count_documents({}) == 3  # used as it is
     assert mode_of(real_db["tracking"].options()) == mode_of(create)  # never converted
     assert "tracking_date_created" in real_db["tracking"].index_information()  # still read fast
+
+
+def test_capped_writer_after_a_migration_to_ttl_says_it_is_a_ttl_collection(
+    real_db: Any, apps: list[Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    """After ``flask tracking migrate --to ttl`` with TRACKING_STORAGE still "capped", the
+    collection is bounded by its TTL index: the warning says so, and how to match it."""
+    first = tracked_app("capped")
+    apps.append(first)
+    first.test_client().get("/hello")
+    assert first.extensions["tracking"].flush(10)
+    ttl = tracking_spec(
+        "ttl", name="tracking", size_bytes=1, max_documents=0, retention_seconds=7200
+    )
+    migrate(real_db, ttl, drop_source=True)
+    caplog.set_level(logging.WARNING, LOGGER)
+    app = tracked_app("capped")
+    apps.append(app)
+    app.test_client().get("/hello")
+    assert app.extensions["tracking"].flush(10)
+    [warning] = warnings_of(caplog)
+    assert "without bound" not in warning
+    assert "TTL collection" in warning and "7200 seconds" in warning
+    assert 'TRACKING_STORAGE = "ttl"' in warning and "TRACKING_RETENTION_HOURS = 2" in warning
+    assert real_db["tracking"].count_documents({}) == 2  # used as it is
 
 
 def test_ttl_index_with_another_retention_warns_with_coll_mod(

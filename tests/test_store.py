@@ -996,8 +996,10 @@ def test_existing_uncapped_collection_warns_and_is_never_converted(
     assert "convertToCapped" in warnings[0]
     assert "not capped" in warnings[0]
     assert database.commands == []
-    assert set(database.collection.call_names()) == {"options", "insert_many"}
+    # Read once: its options and, a plain collection, whether a TTL index bounds it.
+    assert set(database.collection.call_names()) == {"options", "index_information", "insert_many"}
     assert database.collection.call_names().count("options") == 1
+    assert database.collection.call_names().count("index_information") == 1
 
 
 def test_create_refused_otherwise_uses_the_collection_with_a_warning(
