@@ -26,9 +26,10 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+import click
 import mongoengine
 from bson import ObjectId
 from flask import (
@@ -126,8 +127,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     ``config`` overrides the defaults and ``$TRACKING_MONGODB_URI``. Without a
     ``TRACKING_MONGODB_URI``, and unless the ``TRACKING_DB_ALIAS`` connection (``"default"``) is
     connected already (for instance by a test), the app uses the server that
-    ``python -m example_app.app`` started; raises ``flask.cli.NoAppException`` saying so when
-    there is none.
+    ``python -m example_app.app`` started. When there is none it says so: under the ``flask``
+    command in one sentence on stderr, exiting 1; elsewhere by raising
+    ``flask.cli.NoAppException``.
     """
     app = Flask(__name__, instance_path=instance_path())
     app.config.update(default_config())
@@ -185,12 +187,10 @@ def _prepare_storage(app: Flask) -> str:
     try:
         mongoengine.get_connection(alias)
     except ConnectionFailure:
-        from flask.cli import NoAppException
-
         try:
             app.config["TRACKING_MONGODB_URI"] = local_db.find(app.instance_path)
         except local_db.NoLocalServer as error:
-            raise NoAppException(str(error)) from None
+            _no_database(str(error))
         description = (
             f"the local SecantusDB server at {app.config['TRACKING_MONGODB_URI']} "
             f"(data in {os.path.join(app.instance_path, local_db.DATA_DIR)})"
@@ -200,6 +200,23 @@ def _prepare_storage(app: Flask) -> str:
     description = f"the MongoEngine connection {alias!r} that was already connected"
     logger.info("example_app: tracking into %s", description)
     return description
+
+
+def _no_database(message: str) -> NoReturn:
+    """Refuse to build the app without its database, saying ``message``.
+
+    Under the ``flask`` command: print it and exit 1. Flask's CLI finds the app's own commands
+    (``flask tracking ...``) by loading the app, and takes an app that fails to load with
+    ``NoAppException`` for one without the command: it would print the message, then "No such
+    command 'tracking'." and exit 2 (any other exception prints a traceback under ``--help``).
+    Elsewhere (a WSGI server, a test): raise ``NoAppException``.
+    """
+    from flask.cli import NoAppException
+
+    if click.get_current_context(silent=True) is None:
+        raise NoAppException(message)
+    click.secho(f"Error: {message}", err=True, fg="red")
+    raise SystemExit(1)
 
 
 def _tracking() -> Tracking:
