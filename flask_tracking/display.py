@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Any
 
@@ -153,7 +153,10 @@ def log_line(
     status_code: int | None,
     execution_time: float | None,
 ) -> str:
-    """One log line: ``"<date> <METHOD> <user id or -> <target> <status> <ms>ms"``, escaped."""
+    """One log line: ``"<date> <METHOD> <user id or -> <target> <status> <ms>ms"``, escaped;
+    the date in UTC without an offset, whether or not the connection is ``tz_aware``."""
+    if date_created is not None and date_created.tzinfo is not None:
+        date_created = date_created.astimezone(timezone.utc).replace(tzinfo=None)
     date = date_created.isoformat(timespec="seconds") if date_created else "-"
     took = f"{execution_time:.1f}ms" if execution_time is not None else "-"
     status = status_code if status_code is not None else "-"

@@ -213,6 +213,27 @@ def test_str_format() -> None:
     assert str(t) == "2024-05-01T10:42:03 GET 42 /hello?x=1 200 3.2ms"
 
 
+def test_str_format_with_a_tz_aware_connection() -> None:
+    """``tz_aware=True`` gives aware UTC datetimes: the line keeps its UTC date, no offset."""
+    mongoengine.connect(
+        "tz_db",
+        alias="tz",
+        mongo_client_class=mongomock.MongoClient,
+        uuidRepresentation="standard",
+        tz_aware=True,
+    )
+    try:
+        with mongoengine.context_managers.switch_db(Tracking, "tz") as aware:
+            aware._get_collection().insert_one(
+                {"date_created": DATE, "method": "GET", "path": "/", "status_code": 200}
+            )
+        [record] = Tracking.objects.using("tz")
+        assert record.date_created.tzinfo is not None
+        assert str(record) == "2024-05-01T10:42:03 GET - / 200 -"
+    finally:
+        mongoengine.disconnect("tz")
+
+
 def test_str_without_query_or_user() -> None:
     t = load(date_created=DATE, method="GET", path="/", query_params="", status_code=404)
     assert str(t) == "2024-05-01T10:42:03 GET - / 404 -"
