@@ -121,6 +121,10 @@ DEFAULT_REDACT_FIELDS: tuple[str, ...] = (
     "totp",
     "passcode",
     "mfa code",
+    "pw",
+    "security answer",
+    "recovery code",
+    "backup code",
 )
 
 #: Names that contain a deny-listed word but hold no secret, kept as they are (matched as the

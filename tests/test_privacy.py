@@ -1055,6 +1055,20 @@ def test_word_wise_matching(app: Flask, client: Any, mongo: Any) -> None:
     assert json.loads(doc["request_body"]) == {**dict.fromkeys(secrets, FILTERED), **innocent}
 
 
+def test_short_and_two_word_secret_names(app: Flask, client: Any, mongo: Any) -> None:
+    names = ("pw", "new_pw", "security_answer", "securityAnswer2", "recovery_codes", "backupCode")
+    secrets = {name: token(name.replace("_", "")) for name in names}
+    innocent = {"power": "on", "answer": "42", "security_question": "first pet?", "backup": "no"}
+    client.post(f"/ignore?{urlencode(secrets)}", json={**secrets, **innocent})
+    client.post("/form", data={**secrets, **innocent})
+    json_doc, form_doc = stored(app, mongo)
+    for doc in (json_doc, form_doc):
+        assert_absent(doc, *secrets.values())
+        assert_present(doc, *innocent.values())
+    assert json.loads(json_doc["request_body"]) == {**dict.fromkeys(secrets, FILTERED), **innocent}
+    assert json_doc["query_params"] == "&".join(f"{name}={FILTERED}" for name in secrets)
+
+
 # --- configuration -----------------------------------------------------------------------------
 
 
