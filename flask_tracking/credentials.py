@@ -1,6 +1,7 @@
 """Credentials recognised by their look, whatever their name: JSON Web Tokens, the credential of
-``Bearer``/``Basic`` values, AWS access key ids, PEM private keys, card numbers and the password
-of a URL's userinfo.
+``Bearer``/``Basic`` values, AWS access key ids, the tokens of services that mark theirs with a
+prefix (GitHub, Stripe, Slack, Google API keys, npm, OpenAI), PEM private keys, card numbers and
+the password of a URL's userinfo.
 
 A leaf module: it imports only the standard library. Every ``scrub_*`` function returns its
 input itself when nothing was found, else a copy with :data:`FILTERED` in place of each
@@ -176,7 +177,8 @@ _RUN_MASK = bytes(
 
 def scrub_text(text: str) -> str:
     """``text`` with every credential recognised by its look filtered, whatever its name:
-    JSON Web Tokens, the credential of ``Bearer``/``Basic`` values, AWS access key ids, PEM
+    JSON Web Tokens, the credential of ``Bearer``/``Basic`` values, AWS access key ids, the
+    tokens of GitHub, Stripe, Slack, Google, npm and OpenAI (:data:`_PREFIXED_TOKEN`), PEM
     private keys, card numbers (13 to 19 digits, a card network's prefix, passing the Luhn
     check) and the password of a URL's userinfo (``https://user:[Filtered]@host``).
     Returns ``text`` itself when nothing was found. Text may hold JSON written as it is (a
@@ -191,7 +193,7 @@ def scrub_text(text: str) -> str:
             filtered = scrub_values(readable)
             return text if filtered is readable else filtered.decode("utf-8", "surrogatepass")
     scrubbed = text
-    if any(word in text for word in _CREDENTIAL_STARTS):
+    if _CREDENTIAL_STARTS_SEARCH(text) is not None:
         scrubbed = _sub_credentials(
             text, _CREDENTIAL_TEXT, _CREDENTIAL_TEXT_BEGIN, _credential_text
         )
@@ -228,17 +230,19 @@ def _credentials_found(
     replace: Callable[[re.Match[AnyStr]], AnyStr | None],
 ) -> Iterator[tuple[int, int, AnyStr]]:
     """The spans :func:`_sub_credentials` replaces, and with what, left to right."""
-    start = 0
+    start = done = 0
     search, match = begin.search, pattern.match
     while (candidate := search(text, start)) is not None:
         at = candidate.start()
-        # "//" (the only two-character beginning): a userinfo would begin after it.
-        found = match(text, at + 2 if candidate.end() - at == 2 else at)
+        # Where the credential would begin, by the first character of what was found
+        # (:data:`_BEGINNING_SHIFTS`); not inside the one filtered last.
+        origin = at + _BEGINNING_SHIFTS.get(text[at], 0)
+        found = match(text, origin) if origin >= done else None
         if found is None or (replacement := replace(found)) is None:  # None: prose, kept
             start = at + 1
             continue
         yield found.start(), found.end(), replacement
-        start = found.end()
+        start = done = found.end()
 
 
 def _credential_bytes(match: re.Match[bytes]) -> bytes | None:
@@ -426,6 +430,26 @@ _TOKEN_SIGN = r"[!#$()*,:;?@\[\]^{|}]"
 # letter or digit. A private key runs to its end line, or else to a quote, a tag or a form's
 # ``&``, and not into the backslash that escapes a quote (in JSON, ``\"`` ends no string).
 _AFTER_ESCAPE = r"(?<=\\[nrtbf])|(?<=\\u00[01][0-9A-Fa-f])"
+# The tokens of services that mark their secrets with a prefix of their own, in the shapes
+# their documentation and secret scanners (GitHub's secret scanning, gitleaks) give: GitHub's
+# (``ghp_``, ``gho_``, ``ghu_``, ``ghs_``, ``ghr_``: 36 characters, more to come as GitHub
+# announced; ``github_pat_``: 22 and 59 around an underscore), Stripe's secret and restricted
+# keys (live or test; not the publishable ``pk_``, which pages show), Slack's (``xoxb-``...),
+# Google's API keys (``AIza``, 35), npm's (``npm_``, 36) and OpenAI's (``sk-``, with the
+# ``T3BlbkFJ`` every one holds, base64 of "OpenAI": ``sk-`` alone begins other services' keys
+# and words). Each is read on over the characters tokens are made of, escaped too (``%41``,
+# ``\u0041``): a tail past its shortest length is filtered with it, not left to show.
+_TOKEN_TAIL = r"(?:[A-Za-z0-9_-]|(?:%|\\u00)(?:2[Dd]|3[0-9]|[46][1-9A-Fa-f]|5[0-9AaFf]|7[0-9Aa]))*"
+_PREFIXED_TOKEN = (
+    r"(?:gh[pousr]_[A-Za-z0-9_]{36}"
+    r"|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}"
+    r"|[rs]k_(?:live|test)_[A-Za-z0-9]{20}"
+    r"|xox[abeoprs]-[A-Za-z0-9-]{10}"
+    r"|AIza[A-Za-z0-9_-]{35}"
+    r"|npm_[A-Za-z0-9]{36}"
+    r"|sk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_-]{58}(?:[A-Za-z0-9_-]{16})?|[A-Za-z0-9]{20})"
+    r"T3BlbkFJ[A-Za-z0-9_-]{20})" + _TOKEN_TAIL
+)
 # A URL's userinfo is tried first: right after ``://`` it is one, whatever it begins with.
 # A token runs on over signs between its characters (``hunter!two``; a raw ``user:password``
 # after ``Basic``): the word is one credential.
@@ -438,21 +462,43 @@ _CREDENTIAL_PATTERN = (
     rf"(?=(?:{_TOKEN_CHARACTER}|{_TOKEN_SIGN}){{6}})"
     rf"{_TOKEN_CHARACTER}+=*(?:{_TOKEN_SIGN}+{_TOKEN_CHARACTER}+=*)*"
     rf"|(?P<aws>(?:(?<![A-Z0-9])|{_AFTER_ESCAPE})(?:AKIA|ASIA)[A-Z0-9]{{16}}(?![A-Z0-9]))"
+    rf"|(?P<prefixed>(?:(?<![A-Za-z0-9])|{_AFTER_ESCAPE}){_PREFIXED_TOKEN})"
     r"|(?P<pem>-----BEGIN[A-Z +]{0,20}PRIVATE[ +]KEY-----"
     r"(?:(?!-----END)(?:[^\"'<&\\]|\\[^\"'<&]))*(?:-----END[A-Z +]{0,20}PRIVATE[ +]KEY-----)?)"
 )
 _CREDENTIAL_TEXT = re.compile(_CREDENTIAL_PATTERN)
 _CREDENTIAL_BYTES = re.compile(_CREDENTIAL_PATTERN.encode("ascii"))
-#: Where a branch of :data:`_CREDENTIAL_PATTERN` can match: how each begins (a userinfo right
-#: after the ``//`` of ``://``), every branch a literal (see :func:`_sub_credentials`).
-_CREDENTIAL_BEGINNINGS = r"eyJ|Bearer|bearer|BEARER|Basic|basic|BASIC|AKIA|ASIA|-----BEGIN|//"
+#: Where a branch of :data:`_CREDENTIAL_PATTERN` can match: how each begins, every branch a
+#: literal (see :func:`_sub_credentials`). Python's engine skips to the first characters of
+#: the branches, and tries the branches where one is (grouped by it: one try each): a
+#: service's token beginning with a common letter is found by a rarer one next to it (the
+#: ``k`` of ``sk_live_``, ``rk_test_`` and ``sk-``, the ``p`` of ``npm_``), and begins one
+#: character before. A userinfo begins right after the ``//`` of ``://``.
+_CREDENTIAL_BEGINNINGS = (
+    r"eyJ|b(?:earer|asic)|B(?:earer|EARER|asic|ASIC)|A(?:KIA|SIA|Iza)|-----BEGIN|//"
+    r"|g(?:h[pousr]_|ithub_pat_)|xox[abeoprs]-|k(?:_live_|_test_|-)|pm_"
+)
+#: Where a credential begins from the first character of its beginning found (as a character
+#: and as a byte): after ``//``, one before ``k`` and ``p``, else there.
+_BEGINNING_SHIFTS: dict[int | str, int] = {
+    **{"/": 2, ord("/"): 2},
+    **{first: -1 for letter in "kp" for first in (letter, ord(letter))},
+}
 _CREDENTIAL_TEXT_BEGIN = re.compile(_CREDENTIAL_BEGINNINGS)
 _CREDENTIAL_BYTES_BEGIN = re.compile(_CREDENTIAL_BEGINNINGS.encode("ascii"))
-#: How the credentials recognised by their look begin (a cheap test before the pattern).
-_CREDENTIAL_STARTS = ("eyJ", "earer", "EARER", "asic", "ASIC", "AKIA", "ASIA", "PRIVATE", "://")
+#: The ``search`` of text every credential recognised by its look holds (a cheap test before
+#: the pattern; one search costs less than a substring test of each).
+_CREDENTIAL_STARTS_SEARCH = re.compile(
+    r"eyJ|earer|EARER|asic|ASIC|A(?:KIA|SIA|Iza)|PRIVATE|://"
+    r"|h[pousr]_|_pat_|k_(?:live|test)_|k-|xox|pm_"
+).search
 #: The same, lowercased and with only letters and digits, as :meth:`Redactor._hints` sees them
 #: (the words the pre-filter of bodies looks for, :mod:`flask_tracking.prefilter`).
-CREDENTIAL_WORDS = (b"eyj", b"bearer", b"basic", b"akia", b"asia", b"privatekey")
+CREDENTIAL_WORDS = (
+    *(b"eyj", b"bearer", b"basic", b"akia", b"asia", b"privatekey"),
+    *(b"ghp", b"gho", b"ghu", b"ghs", b"ghr", b"githubpat", b"sklive", b"sktest", b"rklive"),
+    *(b"rktest", b"xox", b"aiza", b"npm", b"t3blbkfj"),
+)
 #: The ``search`` of a pattern finding any of :data:`CREDENTIAL_WORDS` in a body's words.
 CREDENTIAL_WORDS_SEARCH = re.compile(b"|".join(CREDENTIAL_WORDS)).search
 # Card numbers: 13-19 digits in a row, or in groups of 4 (4-4-4-1..7) or 4-6-5 (Amex) split

@@ -372,8 +372,9 @@ def escape_may_hide_a_value(body: bytes) -> bool:
     printable character (``\\u0041``; not those of ``"'<>&\\``, which encoders write for
     HTML's sake and no credential is recognised by), a JSON escape of a control character that
     has a short one followed by a digit (``\\u00094111...``: its hex digits join a card
-    number's), a percent escape of a letter or digit (``%41``), a URL's ``://`` percent-encoded
-    (``%3A%2F%2F``, ``%3A//``, ``:%2F%2F``) also with its slashes escaped by JSON
+    number's), a percent escape of a letter, digit or underscore (``%41``; ``%5F`` in
+    ``sk%5Flive%5F...`` splits the words a token's prefix is looked for by), a URL's ``://``
+    percent-encoded (``%3A%2F%2F``, ``%3A//``, ``:%2F%2F``) also with its slashes escaped by JSON
     (``%3A%5C%2F%5C%2F``, ``:%5C/``: JSON in a form's field) or with their backslashes escaped
     again (``:\\\\/\\\\/``: such JSON in a JSON string), or a percent-encoded space, plus
     or dash between digits (a card number's separators); the percent escapes also encoded
@@ -412,7 +413,7 @@ _ENCODED_SLASH = (
 )
 _SLASH = rb"(?:" + _PLAIN_SLASH + rb"|" + _ENCODED_SLASH + rb")"
 _PERCENT_HIDING_ESCAPE = re.compile(
-    rb"%(?:(?:25)*(?:3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|3[Aa]" + _SLASH + _SLASH + rb")"
+    rb"%(?:(?:25)*(?:3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|5[Ff]|3[Aa]" + _SLASH + _SLASH + rb")"
     rb"|(?<=[0-9]%)(?:25)*2[0BDbd](?=[0-9]))"
 )
 #: ``://`` after a colon as it is: one of its slashes at least percent-encoded.

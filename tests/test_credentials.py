@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import re
+import string
 import time
 from collections.abc import Callable
 from typing import AnyStr
@@ -18,6 +20,41 @@ from flask_tracking.credentials import FILTERED
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx\n-----END RSA PRIVATE KEY-----"
+
+
+def _made_up(
+    prefix: str, *lengths: int, alphabet: str = string.ascii_letters + string.digits
+) -> str:
+    """A made-up token (the same every run): ``prefix``, then runs of ``alphabet`` of the
+    ``lengths`` joined by underscores."""
+    chooser = random.Random(prefix + repr(lengths))
+    return prefix + "_".join(
+        "".join(chooser.choice(alphabet) for _ in range(length)) for length in lengths
+    )
+
+
+#: Tokens of services that mark their secrets with a prefix, in their documented shapes.
+PREFIXED_TOKENS = {
+    "GitHub personal access token": _made_up("ghp_", 36),
+    "GitHub OAuth token": _made_up("gho_", 36),
+    "GitHub user-to-server token": _made_up("ghu_", 36),
+    "GitHub server-to-server token": _made_up("ghs_", 36),
+    "GitHub refresh token": _made_up("ghr_", 76),
+    "GitHub fine-grained token": _made_up("github_pat_", 22, 59),
+    "Stripe secret key": _made_up("sk_live_", 99),
+    # Stripe's documentation's (written in two, as every token here, for secret scanners' sake)
+    "Stripe test key": "sk_test_" + "4eC39HqLyjWDarjtT1zdp7dc",
+    "Stripe restricted key": _made_up("rk_live_", 24),
+    "Stripe restricted test key": _made_up("rk_test_", 24),
+    "Slack bot token": "xoxb-2048173948211-4096137823412-" + _made_up("", 24),
+    "Slack user token": "xoxp-2048173948211-2048173948212-4096137823412-" + _made_up("", 32),
+    "Google API key": _made_up("AIza", 35, alphabet=string.ascii_letters + string.digits + "_-"),
+    "npm token": _made_up("npm_", 36),
+    "OpenAI key": _made_up("sk-", 20) + "T3BlbkFJ" + _made_up("", 20),
+    "OpenAI project key": _made_up("sk-proj-", 74, alphabet=string.ascii_letters + "_-")
+    + "T3BlbkFJ"
+    + _made_up("", 74, alphabet=string.ascii_letters + "_-"),
+}
 
 
 @pytest.mark.parametrize(
@@ -63,6 +100,77 @@ def test_credentials_are_found_by_their_look(text: str, expected: str) -> None:
     ],
 )
 def test_look_alikes_are_kept(text: str) -> None:
+    from flask_tracking.redact import scrub_text
+
+    assert scrub_text(text) is text
+    assert credentials.scrub_values(text.encode()) == text.encode()
+
+
+@pytest.mark.parametrize("secret", PREFIXED_TOKENS.values(), ids=PREFIXED_TOKENS)
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{} end",
+        "key: {}",
+        '{{"k": "{}"}}',
+        "k={}&x=1",
+        "export TOKEN={}\n",
+        "https://x.example/?t={}#a",
+        "<input value='{}'>",
+        '"\\n{}"',  # a line of a JSON string
+    ],
+)
+def test_tokens_with_a_service_s_prefix_are_found_by_their_look(secret: str, template: str) -> None:
+    from flask_tracking.redact import scrub_text
+
+    text = template.format(secret)
+    expected = template.format(FILTERED)
+    assert scrub_text(text) == expected
+    assert credentials.scrub_values(text.encode()) == expected.encode()
+
+
+@pytest.mark.parametrize("secret", PREFIXED_TOKENS.values(), ids=PREFIXED_TOKENS)
+def test_a_prefixed_token_behind_escapes_is_filtered_to_its_end(secret: str) -> None:
+    """A token's characters may be percent-encoded (the text is read decoded too), and it is
+    read on through escapes of its characters past its shortest length: no tail of it is left
+    to show."""
+    from flask_tracking.redact import scrub_text
+
+    cut = len(secret) - 2
+    for text, end in (
+        (f"t={secret[:cut]}%{ord(secret[cut]):02X}{secret[cut + 1 :]}&x=1", "&x=1"),
+        (f"t=%{ord(secret[0]):02x}{secret[1:]} x", " x"),
+        (f"t={secret}%41tail&x=1", "&x=1"),
+        (f'"{secret}\\u0041tail"', '"'),
+    ):
+        for scrubbed in (scrub_text(text), credentials.scrub_values(text.encode()).decode()):
+            assert secret[-8:] not in scrubbed and "tail" not in scrubbed, text
+            assert scrubbed.startswith(text[0]) and scrubbed.endswith(FILTERED + end), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pk_live_" + "4eC39HqLyjWDarjtT1zdp7dc",  # a publishable key: pages show it
+        "pk_test_4eC39HqLyjWDarjtT1zdp7dc",
+        "sk_test_helpers",
+        "sk_live_mode_enabled_for_everyone_here",
+        "risk_live_4eC39HqLyjWDarjtT1zdp7dcab",  # no word of its own
+        "desk_test_4eC39HqLyjWDarjtT1zdp7dcab",
+        "ghp_" + "a" * 35,  # one character short
+        "ghp_ and gho_ tokens",
+        "github_pat_expiry_reminder_notification_settings_enabled_for_all",
+        "npm_config_registry=https://registry.npmjs.org/",
+        "npm_package_version npm install left-pad",
+        "xoxo, see you xoxb- soon",
+        "AIza" + "b" * 34,
+        "sk-" + "a" * 48,  # a key of some service: which, and whether a key, is not known
+        "sk-proj-abcdef and desk-top and task-runner",
+        "T3BlbkFJ alone",
+        "5ghp_" + "a" * 36,
+    ],
+)
+def test_prefixed_token_look_alikes_are_kept(text: str) -> None:
     from flask_tracking.redact import scrub_text
 
     assert scrub_text(text) is text
@@ -292,6 +400,19 @@ _CREDENTIAL_PIECES = st.sampled_from(
         " RSA",
         " PRIVATE KEY-----",
         "-----END PRIVATE KEY-----",
+        "ghp_",
+        "github_pat_",
+        "sk_live_",
+        "rk_test_",
+        "xoxb-",
+        "AIza",
+        "npm_",
+        "sk-",
+        "sk-proj-",
+        "T3BlbkFJ",
+        "0123456789abcdefghij",
+        "%41",
+        "\\u0041",
         "://",
         "//",
         ":",

@@ -25,7 +25,7 @@ from flask_tracking.redact import (
 
 from .conftest import fork_and_report
 from .hostile import BODY_SHAPES
-from .test_credentials import JWT, PEM
+from .test_credentials import JWT, PEM, PREFIXED_TOKENS
 
 SECRET = "s3cr3t-VALUE-9f8e7d"
 
@@ -114,7 +114,7 @@ _SLASHES = tuple(
 
 #: The escapes that can hide the look of a credential, written out: JSON's of a printable
 #: character but ``"'<>&\\`` (HTML's), JSON's of a control character that has a short escape
-#: followed by a digit, percent escapes of letters and digits, ``://`` percent-encoded (its
+#: followed by a digit, percent escapes of letters, digits and ``_``, ``://`` percent-encoded (its
 #: slashes also escaped by JSON), and a percent-encoded space, plus or dash between digits; each
 #: percent escape also encoded again any number of times (``%2541``, ``%252541``: see
 #: :func:`_decoded_percents`).
@@ -127,7 +127,7 @@ _HIDING_ESCAPES = (
     }
     | {
         escape
-        for character in string.ascii_letters + string.digits
+        for character in string.ascii_letters + string.digits + "_"
         for escape in _both_cases(f"%{ord(character):02x}")
     }
     | {
@@ -223,6 +223,40 @@ def test_credential_words_and_url_userinfo_are_found(engine: str) -> None:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("secret", PREFIXED_TOKENS.values(), ids=PREFIXED_TOKENS)
+def test_prefixed_tokens_are_found_in_every_format(engine: str, secret: str) -> None:
+    """A service's token is let through to the full look in every format, short bodies and
+    long ones (google-re2's pass from _RE2_MIN_LENGTH on)."""
+    redactor = _with_engine(engine)
+    pad = "x" * prefilter._RE2_MIN_LENGTH
+    for body, content_type in [
+        (json.dumps({"note": f"deploy with {secret}"}), "application/json"),
+        (json.dumps({"note": secret, "pad": pad}), "application/json"),
+        (f"q=1&note={secret}", "application/x-www-form-urlencoded"),
+        (f"<r><note>{secret}</note></r>", "application/xml"),
+        (f"<p>{secret}</p>", "text/html"),
+        (f"GH_TOKEN={secret}\n", "text/plain"),
+        (f"{pad} {secret}", "text/plain"),
+    ]:
+        assert redactor._hints(body.encode(), escapes=False) & prefilter.VALUE_HINT, body
+        kept = redactor.body(body.encode(), content_type)
+        assert kept is not None and secret.encode() not in kept and FILTERED.encode() in kept
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=st.from_regex(credentials._PREFIXED_TOKEN, fullmatch=True))
+def test_every_token_of_a_prefixed_shape_gets_past_the_prefilter(secret: str) -> None:
+    """Every text of the shapes the look filters holds one of the words the pre-filter looks
+    for, so no engine keeps a body holding one as it is."""
+    words = secret.encode().translate(prefilter._LOWERCASE, prefilter._NOT_ALPHANUMERIC)
+    assert any(word in words for word in credentials.CREDENTIAL_WORDS), secret
+    body = b'{"note": "%s"}' % secret.encode()  # its escapes (\\u002D) as JSON escapes
+    for redactor in _PREFILTER_REDACTORS:
+        assert redactor._hints(body, escapes=False) & prefilter.VALUE_HINT, secret
+    assert credentials.scrub_values(body) == b'{"note": "%s"}' % FILTERED.encode()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_credentials_behind_escaped_slashes_are_found(engine: str) -> None:
     """JSON may escape every slash (PHP's json_encode does): ``https:\\/\\/user:pw@host``."""
     redactor = _with_engine(engine)
@@ -280,6 +314,9 @@ def test_escapes_that_can_hide_a_credential_send_the_body_to_the_look(engine: st
         b"next=https:%252F%25252Fada%253Ahunter2%2540db",
         b"n=4111%25201111%25201111%25201111",
         b"k=%252541KIAIOSFODNN7EXAMPLE",
+        # a token's prefix split by an escaped underscore
+        b"k=sk%5Flive%5F4eC39HqLyjWDarjtT1zdp7dc",
+        b"k=github%255Fpat%255F11ABCDEFG",
         # JSON in a URL-encoded value: its slashes escaped (\\/ encoded as %5C%2F)
         b"data=%7B%22url%22%3A%22https%3A%5C%2F%5C%2Fada%3Ahunter2%40host%22%7D",
         b"u=https:%5C/%5C/ada:hunter2@host",
@@ -350,6 +387,16 @@ _FRAGMENTS = st.sampled_from(
         b"er ",
         b"AKIA",
         b"asia",
+        b"ghp",
+        b"Gh",
+        b"_",
+        b"sk",
+        b"live",
+        b"xox",
+        b"AIza",
+        b"npm",
+        b"T3Blbk",
+        b"FJ",
         b"private",
         b"Key",
         b":",
@@ -393,7 +440,11 @@ _SEPARATORS = st.sampled_from([b"", b"", b"-", b" ", b"_", b"\n", b"\x00", b"\xf
 @st.composite
 def _spread_words(draw: st.DrawFn) -> bytes:
     """A deny-listed term or a credential's first word, in any case, bytes between letters."""
-    word = draw(st.sampled_from(["token", "secret", "cvv", "apikey", "eyj", "akia", "bearer"]))
+    word = draw(
+        st.sampled_from(
+            ["token", "secret", "cvv", "apikey", "eyj", "akia", "bearer", "ghs", "sktest", "npm"]
+        )
+    )
     spread = b""
     for letter in word.encode():
         upper = draw(st.booleans())

@@ -23,6 +23,7 @@ from flask_tracking.documents import Tracking as TrackingDocument
 from flask_tracking.redact import DEFAULT_REDACT_HEADERS, FILTERED
 
 from .conftest import FAST_WRITER, add_routes, stored
+from .test_credentials import PREFIXED_TOKENS
 
 
 @pytest.fixture(autouse=True)
@@ -1660,6 +1661,44 @@ def test_credentials_by_their_look_in_headers_query_and_custom_data(app: Flask, 
     assert response_headers["location"] == [f"https://ada:{FILTERED}@files.example/next"]
     assert doc["query_params"] == f"next={FILTERED}&q=1"
     assert doc["custom_data"] == {"note": f"Bearer {FILTERED}", "n": 1}
+
+
+@pytest.mark.parametrize("secret", PREFIXED_TOKENS.values(), ids=PREFIXED_TOKENS)
+def test_a_service_s_token_is_stored_nowhere(app: Flask, mongo: Any, secret: str) -> None:
+    # A GitHub, Stripe, Slack, Google, npm or OpenAI token under names that are no secret's:
+    # in every place a record keeps, it is filtered by its look.
+    @app.route("/deploy/<path:target>", methods=["GET", "POST"])
+    def deploy(target: str) -> Any:
+        request._tracking_data = {"note": f"deployed with {secret}", "raw": secret.encode()}
+        if request.args.get("fail"):
+            raise RuntimeError(f"upstream refused {secret}")
+        response = app.make_response(jsonify(echo=secret, target=target))
+        response.headers["X-Upstream-Note"] = f"used {secret}"
+        return response
+
+    client = app.test_client()
+    headers = {"X-Debug-Context": secret, "Referer": f"https://app.example/?from={secret}"}
+    client.get(f"/deploy/{secret}?note={secret}&q=1", headers=headers)
+    client.post("/deploy/x", json={"note": secret, "list": [secret]})
+    client.post("/deploy/x", data={"note": secret, "n": "1"})
+    client.post("/deploy/x", data={"note": secret, "file": (io.BytesIO(secret.encode()), "a.txt")})
+    client.post("/deploy/x", data=f"<r><note>{secret}</note></r>", content_type="application/xml")
+    client.post("/deploy/x", data=f"deploy {secret}\n", content_type="text/plain")
+    with pytest.raises(RuntimeError):
+        client.get("/deploy/x?fail=1")
+    documents = stored(app, mongo)
+    assert len(documents) == 7
+    for document in documents:
+        assert_absent(document, secret)
+    first = documents[0]
+    assert first["path"] == f"/deploy/{FILTERED}"
+    assert first["query_params"] == f"note={FILTERED}&q=1"
+    assert first["referrer"] == f"https://app.example/?from={FILTERED}"
+    assert headers_of(first)["x-debug-context"] == [FILTERED]
+    assert headers_of(first, "response_headers")["x-upstream-note"] == [f"used {FILTERED}"]
+    assert first["custom_data"] == {"note": f"deployed with {FILTERED}", "raw": FILTERED.encode()}
+    assert json.loads(documents[1]["request_body"]) == {"note": FILTERED, "list": [FILTERED]}
+    assert documents[-1]["exception"] == f"RuntimeError: upstream refused {FILTERED}"
 
 
 def test_a_credential_in_the_user_agent_is_filtered_in_its_parsed_copy_too(

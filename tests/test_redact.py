@@ -28,7 +28,7 @@ from flask_tracking.redact import (
 )
 
 from .conftest import least_seconds
-from .test_credentials import JWT, PEM
+from .test_credentials import JWT, PEM, PREFIXED_TOKENS
 
 SECRET = "s3cr3t-VALUE-9f8e7d"
 
@@ -1595,6 +1595,46 @@ def test_bodies_and_custom_data_lose_credentials_by_their_look(redactor: Redacto
     assert redactor.values({"x": "plain"}) == {"x": "plain"}
     yaml = f"note: {JWT}\n".encode()
     assert redactor.scrub_body(yaml, "application/yaml").body is None
+
+
+@pytest.mark.parametrize("secret", PREFIXED_TOKENS.values(), ids=PREFIXED_TOKENS)
+def test_prefixed_tokens_are_filtered_by_their_look_in_every_format(
+    redactor: Redactor, secret: str
+) -> None:
+    """A service's token under a name that is no secret's, in each body format, custom data
+    and an exception's message."""
+    boundary = "b0undary"
+    multipart = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\n{secret}\r\n'
+        f"--{boundary}--\r\n"
+    )
+    for body, content_type in [
+        (json.dumps({"note": secret, "n": 1}), "application/json"),
+        (json.dumps([{"note": f"{secret}"}]).replace("/", "\\/"), "application/json"),
+        (f"note={secret}&n=1", "application/x-www-form-urlencoded"),
+        (
+            f"note={secret.replace('-', '%2D').replace('_', '%5F')}",
+            "application/x-www-form-urlencoded",
+        ),
+        (multipart, f"multipart/form-data; boundary={boundary}"),
+        (f'<r><note a="{secret}">{secret}</note></r>', "application/xml"),
+        (f'<script>fetch(u, {{headers: {{"X-Note": "{secret}"}}}})</script>', "text/html"),
+        (f"deploy: {secret}\n", "text/plain"),
+        (f'mutation {{ deploy(note: "{secret}") }}', "application/graphql"),
+    ]:
+        kept = redactor.body(body.encode(), content_type)
+        assert kept is not None and secret.encode() not in kept, (body, kept)
+        assert FILTERED.encode() in kept, body
+    data = {"note": secret, "raw": secret.encode(), "nested": [{"x": f"t {secret}"}]}
+    assert redactor.values(data) == {
+        "note": FILTERED,
+        "raw": FILTERED.encode(),
+        "nested": [{"x": f"t {FILTERED}"}],
+    }
+    assert redactor.message(f"401 from upstream (sent {secret})") == (
+        f"401 from upstream (sent {FILTERED})"
+    )
+    assert redactor.body(f"key {secret}".encode(), "application/yaml") is None
 
 
 @pytest.mark.parametrize(

@@ -162,6 +162,15 @@ _PIECES = st.sampled_from(
         "-----BEGIN PRIVATE KEY-----",
         "Bearer ",
         "AKIA",
+        "ghp_",
+        "github_pat_",
+        "sk_live_",
+        "sk-proj-",
+        "T3BlbkFJ",
+        "xoxb-",
+        "AIza",
+        "npm_",
+        "aB3dE6gH9j",
     ]
 )
 _TYPES = st.sampled_from(
