@@ -700,14 +700,15 @@ def _database_getter(alias: str, srv_client: MongoClient[Any] | None = None) -> 
     its name up in DNS when first used: it is opened first, and a failed lookup raised as
     :class:`~pymongo.errors.AutoReconnect` (pymongo raises a ConfigurationError), so the
     batch is retried as when the server is down, instead of being dropped, and no
-    collection is set up by half (its indexes left out)."""
+    collection is set up by half (its indexes left out). Once the app connected ``alias``
+    to another client (``disconnect()``, then ``connect()``), that client is used as it is."""
 
     def get_database() -> Database[Any]:
         from mongoengine.connection import get_db
 
-        if srv_client is not None:
-            _open(srv_client)
         database: Database[Any] = get_db(alias)
+        if srv_client is not None and database.client is srv_client:
+            _open(srv_client)
         return database
 
     return get_database

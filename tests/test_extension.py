@@ -692,6 +692,40 @@ def test_an_srv_uri_is_not_looked_up_by_init_app(unreachable_dns: str) -> None:
         mongoengine.disconnect("from_srv")
 
 
+@pytest.mark.parametrize("unreachable_dns", ["nxdomain"], indirect=True)
+def test_an_srv_alias_connected_again_elsewhere_is_written_to(unreachable_dns: str) -> None:
+    """The app disconnects the alias init_app connected to a ``mongodb+srv://`` URI whose
+    name does not resolve, and connects it to another server: the queued records go there,
+    instead of waiting forever for the old name, which nothing uses any more."""
+    import mongomock
+
+    app = Flask("srv_again")
+    app.config.update(
+        TESTING=True,
+        TRACKING_DB_ALIAS="srv_again",
+        TRACKING_MONGODB_URI="mongodb+srv://cluster0.example.com/tracked?tls=false",
+        **FAST_WRITER,
+    )
+    add_routes(app)
+    try:
+        tracking = Tracking(app)
+        app.test_client().get("/hello")
+        assert tracking.flush(timeout=0.2) is False  # the name does not resolve
+        mongoengine.disconnect("srv_again")
+        mongoengine.connect(
+            "elsewhere",
+            alias="srv_again",
+            host="mongodb://localhost",
+            mongo_client_class=mongomock.MongoClient,
+            uuidRepresentation="standard",
+        )
+        assert tracking.flush(timeout=5.0)
+        assert mongoengine.get_db("srv_again")["tracking"].count_documents({}) == 1
+        tracking._apps[app].writer.shutdown(0.2)
+    finally:
+        mongoengine.disconnect("srv_again")
+
+
 @pytest.mark.usefixtures("unreachable_dns")
 @pytest.mark.parametrize(
     "uri",
