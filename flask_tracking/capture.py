@@ -364,7 +364,7 @@ class TrackingMiddleware:
             # a view's sys.exit, gunicorn's worker timeout; KeyboardInterrupt) leaves no
             # response of the app's: most servers then close the connection, some answer it
             # on their own, so no status is known.
-            state.status = "500 INTERNAL SERVER ERROR" if isinstance(error, Exception) else None
+            state.status = _status_after(error)
             self._close(state, environ, settle=False)
             flush = self._flush_in_a_forked_child(environ)
             if flush is not None:
@@ -475,6 +475,14 @@ class TrackingMiddleware:
             self._on_error()
 
 
+def _status_after(error: BaseException) -> str | None:
+    """The status of a request whose app raised ``error`` before any of its response went
+    out: the 500 a server answers an Exception with; None for any other BaseException
+    (SystemExit, KeyboardInterrupt), which leaves no response (see
+    :meth:`TrackingMiddleware.__call__`)."""
+    return "500 INTERNAL SERVER ERROR" if isinstance(error, Exception) else None
+
+
 class _StreamedBody:
     """A streamed response's iterable, passed to the server unchanged: its chunks are copied
     as the server reads them (the app's Response object is never touched, so one served to
@@ -566,15 +574,21 @@ def _copied(
     bytes went out) drops this generator, and Python closes it. ``finish`` ends a record once
     only, so a server's close() as well is harmless."""
     capture = state.response_body
+    started = False  # servers send the status line with the first chunk, never before
     try:
         for chunk in app_iter:
             if capture is not None:
                 capture.add(chunk)
+            started = True
             yield chunk
     except GeneratorExit:  # closed at the yield: the server stopped reading, nothing raised
         raise
     except BaseException as error:
         state.note_exception(error)
+        if not started:  # nothing went out: recorded as when the app raised
+            state.status = _status_after(error)
+            state.response_headers = ()
+            state.response_body = None
         raise
     finally:
         finish()

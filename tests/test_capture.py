@@ -775,6 +775,37 @@ def test_middleware_streamed_exception_is_noted_reraised_and_ends_the_record(
     assert bytes(state.response_body.buffer) == b"first"
 
 
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (ValueError("before any byte"), "500 INTERNAL SERVER ERROR"),
+        (SystemExit(1), None),  # gunicorn's worker timeout before the stream's first chunk
+        (KeyboardInterrupt(), None),
+    ],
+)
+def test_middleware_stream_that_raised_before_its_first_byte_keeps_no_status_it_never_sent(
+    error: BaseException, status: str | None
+) -> None:
+    """A server sends the status line with the body's first chunk (with its first non-empty
+    one, says PEP 3333, as waitress does): a stream that raised before yielding any sent no
+    200. As when the app raised before returning, the server answers an Exception with a 500,
+    and a SystemExit or KeyboardInterrupt with nothing."""
+
+    class Broken(Body):
+        def __iter__(self) -> Iterator[bytes]:
+            raise error
+            yield b"never"
+
+    finish = Finish()
+    result = middleware(streaming_app(Broken([])), finish=finish)(make_environ(), StartResponse())
+    with pytest.raises(BaseException) as excinfo:
+        list(result)
+    assert excinfo.value is error
+    [state] = finish.states
+    assert (state.status, state.response_headers, state.response_body) == (status, (), None)
+    assert state.exception is not None
+
+
 @pytest.mark.parametrize("how", ["closed", "dropped"])
 def test_middleware_streamed_response_left_by_the_server_is_no_exception(how: str) -> None:
     """A server that stops reading a stream (the client left) closes the response, or drops
