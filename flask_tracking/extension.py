@@ -790,7 +790,7 @@ def _srv_client(uri: str, options: dict[str, Any]) -> tuple[MongoClient[Any], st
     MongoEngine parses a URI it is given with pymongo's ``parse_uri``, which looks the SRV and
     TXT records up at once: with DNS failing, init_app would raise, and with a name server
     that does not answer it would wait 20 s first (the lookup's default lifetime), so the app
-    would not start. pymongo's own client (4.12 and later) checks the URI without DNS and
+    would not start. pymongo's own client (4.12.1 and later) checks the URI without DNS and
     looks the name up on its first operation, on the writer thread, where a failed lookup is
     retried like a server that is down."""
     from mongoengine.connection import DEFAULT_DATABASE_NAME
