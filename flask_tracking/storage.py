@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -326,13 +327,15 @@ def _ttl_expiry(collection: Collection[Any]) -> tuple[str, int] | None:
     migrate --to ttl`` made one), or None when it has none."""
     try:
         indexes = collection.index_information()
-    except ConnectionFailure:
-        raise
-    except Exception:
+    except Exception as error:  # not allowed to list them: no expiry to tell of
+        if is_transient(error):  # the setup is tried again later, as for the other commands
+            raise
         return None
     for index_name, index in indexes.items():
-        if index.get("expireAfterSeconds") is not None:
-            return index_name, int(index["expireAfterSeconds"])
+        seconds = index.get("expireAfterSeconds")
+        # A server may hold NaN or infinity (MongoDB before 5.0 took NaN): no age to tell of.
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+            return index_name, int(seconds)
     return None
 
 
@@ -416,8 +419,11 @@ def _difference(
 
 
 def _hours(seconds: int) -> str:
-    """``seconds`` as TRACKING_RETENTION_HOURS would say it (``7200`` -> ``2``)."""
-    return f"{seconds / 3600:g}"
+    """``seconds`` as TRACKING_RETENTION_HOURS would say it (``7200`` -> ``2``), in full: the
+    setting gives ``seconds`` back (``34293.6`` hours would be 171 seconds more than
+    ``123456789``)."""
+    hours = seconds / 3600
+    return str(int(hours)) if hours.is_integer() else repr(hours)
 
 
 def _coll_mod_ttl(spec: CollectionSpec) -> str:

@@ -346,6 +346,80 @@ def test_capped_writer_after_a_migration_to_ttl_says_it_is_a_ttl_collection(
     assert real_db["tracking"].count_documents({}) == 2  # used as it is
 
 
+@REAL
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf")])
+def test_a_ttl_index_with_an_odd_expiry_costs_a_capped_writer_no_record(
+    seconds: Any, real_db: Any, apps: list[Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An index whose ``expireAfterSeconds`` is no whole number of seconds (a server may take
+    NaN or infinity: MongoDB before 5.0 took NaN) tells the capped writer no age to suggest:
+    the collection is used as it is, with the warning that it is not capped, and every record
+    is written (reading the index's seconds as an integer raised, and each batch was dropped)."""
+    caplog.set_level(logging.WARNING, LOGGER)
+    real_db.create_collection("tracking")
+    real_db["tracking"].create_index(
+        [("date_created", -1)], name="tracking_date_created", expireAfterSeconds=seconds
+    )
+    app = tracked_app("capped")
+    apps.append(app)
+    for _ in range(2):
+        app.test_client().get("/hello")
+        assert app.extensions["tracking"].flush(10)
+    assert real_db["tracking"].count_documents({}) == 2
+    [warning] = warnings_of(caplog)
+    assert "not capped" in warning and "TTL collection" not in warning
+
+
+@REAL
+@pytest.mark.parametrize(
+    ("seconds", "hours"),
+    [(7200, "2"), (5400, "1.5"), (123456789, "34293.5525"), (2**31 - 1, "596523.2352777778")],
+)
+def test_the_retention_a_ttl_collection_s_warning_suggests_is_its_index_s(
+    seconds: int, hours: str, real_db: Any, apps: list[Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The TRACKING_RETENTION_HOURS the warning suggests gives the index's seconds back
+    (``34293.6`` hours would be 171 seconds more), so setting it changes no expiry."""
+    caplog.set_level(logging.WARNING, LOGGER)
+    real_db.create_collection("tracking")
+    real_db["tracking"].create_index(
+        [("date_created", -1)], name="tracking_date_created", expireAfterSeconds=seconds
+    )
+    app = tracked_app("capped")
+    apps.append(app)
+    app.test_client().get("/hello")
+    assert app.extensions["tracking"].flush(10)
+    [warning] = warnings_of(caplog)
+    assert f"TRACKING_RETENTION_HOURS = {hours});" in warning
+    assert round(float(hours) * 3600) == seconds
+
+
+@REAL
+def test_a_transient_error_listing_the_indexes_is_raised_not_taken_for_no_ttl_index(
+    real_db: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A time limit exceeded (past the driver's own retry) while the capped writer reads a TTL
+    collection's indexes is raised, for the writer to set the collection up again later, as
+    for any transient error: not taken for a collection without a TTL index, with a warning
+    that it grows without bound."""
+    real_db.create_collection("tracking")
+    real_db["tracking"].create_index(
+        [("date_created", -1)], name="tracking_date_created", expireAfterSeconds=7200
+    )
+
+    def exceeded(self: Any) -> Any:
+        raise pymongo.errors.OperationFailure("operation exceeded time limit", 262)
+
+    monkeypatch.setattr(pymongo.collection.Collection, "index_information", exceeded)
+    caplog.set_level(logging.WARNING, LOGGER)
+    spec = tracking_spec(
+        "capped", name="tracking", size_bytes=2**20, max_documents=0, retention_seconds=0
+    )
+    with pytest.raises(pymongo.errors.OperationFailure):
+        ensure_collection(real_db, spec, logging.getLogger(LOGGER))
+    assert warnings_of(caplog) == []
+
+
 def test_ttl_index_with_another_retention_warns_with_coll_mod(
     mongo: Any, apps: list[Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
