@@ -150,11 +150,14 @@ class BodyFilters:
         # read as their text, marked, and written back as they came; a body holding the mark
         # (as a character or an escape) gets floats instead.
         marked = _NUMBER_MARK not in text and _NUMBER_MARK_ESCAPE not in text.lower()
+        # Integers are read as Python's, but for -0 (0 as an int): where one may be, each is.
+        negative_zero = marked and _NEGATIVE_ZERO.search(text) is not None
         try:
             parsed = json.loads(
                 text,
                 object_pairs_hook=filtered,
                 parse_float=_number_as_written if marked else _finite_float,
+                parse_int=_integer_as_written if negative_zero else None,
             )
             if type(parsed) is not dict:  # an array or a string at the top
                 kept = self._json_value(parsed)
@@ -357,6 +360,16 @@ def _number_as_written(token: str) -> Any:
     if number - number == 0 and repr(number) == token:
         return number
     return _WrittenNumber(_NUMBER_MARK + token + _NUMBER_MARK)
+
+
+#: Where a JSON integer ``-0`` may be (a ``-0`` not going on as a number).
+_NEGATIVE_ZERO = re.compile(r"-0(?![-+.0-9eE])")
+
+
+def _integer_as_written(token: str) -> Any:
+    """A ``parse_int`` hook of ``json.loads``: the integer, but for ``-0`` (``0`` as an
+    ``int``), marked to be written back as it came."""
+    return _WrittenNumber(_NUMBER_MARK + token + _NUMBER_MARK) if token == "-0" else int(token)
 
 
 def _finite_float(token: str) -> Any:

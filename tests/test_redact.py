@@ -1771,7 +1771,10 @@ def test_a_json_number_card_leaves_the_other_numbers_as_they_were(
 
 @pytest.mark.parametrize(
     "number",
-    ["1e999", "-1E400", "0.10000000000000000555", "1.50", "1E5", "12345678e-3", "2.0e0", "1.0"],
+    [
+        *("1e999", "-1E400", "0.10000000000000000555", "1.50", "1E5", "12345678e-3", "2.0e0"),
+        *("1.0", "-0", "-0.0", "-0E0"),
+    ],
 )
 def test_a_json_body_filtered_by_name_keeps_its_numbers_as_written(
     redactor: Redactor, number: str
@@ -1787,6 +1790,18 @@ def test_a_json_body_filtered_by_name_keeps_its_numbers_as_written(
         (number.encode(),) * 3
     )
     json.loads(kept, parse_constant=_no_constant)
+
+
+def test_a_json_body_filtered_by_name_keeps_its_other_integers_and_dashes(
+    redactor: Redactor,
+) -> None:
+    """``-0`` is kept as written (an integer would be ``0``), beside other integers, ``-01``
+    in a date and ``-0`` in a string."""
+    body = b'{"pin": 1234, "n": [-0, 0, -10, 10], "d": "2024-01-05", "s": "x -0 y", "z": -0}'
+    kept = redactor.scrub_body(body, "application/json").body
+    assert kept == (
+        b'{"pin": "[Filtered]", "n": [-0, 0, -10, 10], "d": "2024-01-05", "s": "x -0 y", "z": -0}'
+    )
 
 
 def test_a_json_body_holding_the_number_marker_is_still_filtered(redactor: Redactor) -> None:
