@@ -315,6 +315,35 @@ def test_curl_and_replay_say_that_filtered_values_are_sent_as_the_text_filtered(
     assert "filtered values" not in run(runner, "replay", str(clean)).stderr
 
 
+def test_curl_and_replay_say_that_a_header_they_send_has_filtered_values(
+    runner: FlaskCliRunner,
+) -> None:
+    """A header kept with a value filtered in it (a URL's password, a token in the referrer)
+    is sent with the text ``[Filtered]`` too; a header filtered whole is left out instead."""
+    (record_id,) = insert(
+        stored_record(
+            path="/hooks",
+            request_headers=[
+                ["Authorization", FILTERED],
+                ["X-Callback", "https://ada:[Filtered]@hooks.example/"],
+            ],
+        )
+    )
+    note = (
+        "The stored request has filtered values (in its headers): they are sent as the text "
+        "[Filtered], not as the client sent them."
+    )
+    curl = run(runner, "curl", str(record_id))
+    assert curl.exit_code == 0, curl.output
+    assert f"# {note}" in curl.stderr.splitlines()
+    assert "https://ada:[Filtered]@hooks.example/" in shell_words(curl.stdout)[-1]
+    replay = run(runner, "replay", "--force", str(record_id))
+    assert replay.exit_code == 0, replay.output
+    assert note in replay.stderr.splitlines()
+    (left_out,) = insert(stored_record(path="/hooks", request_headers=[["Cookie", FILTERED]]))
+    assert "filtered values" not in run(runner, "curl", str(left_out)).stderr
+
+
 def test_replay_reports_an_exception_of_the_app(runner: FlaskCliRunner) -> None:
     (record_id,) = insert(stored_record(path="/boom"))
     assert_clear_error(

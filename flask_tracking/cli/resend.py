@@ -15,7 +15,15 @@ from urllib.parse import quote
 
 import click
 
-from ..display import CONTROL_RE, escape, is_binary, pretty_json, status_line, target
+from ..display import (
+    CONTROL_RE,
+    escape,
+    header_pairs,
+    is_binary,
+    pretty_json,
+    status_line,
+    target,
+)
 from ..documents import Tracking
 from ..redact import FILTERED
 from ..replay import check_replayable
@@ -163,12 +171,16 @@ def _printf_format(body: bytes) -> str:
 
 def _filtered_values_note(record: Tracking) -> str | None:
     """A sentence saying where the stored request has filtered values, which a resent request
-    carries as the text ``[Filtered]`` (a password, a signature); None when it has none."""
+    carries as the text ``[Filtered]`` (a password, a signature); None when it has none. A
+    header filtered whole is left out, not sent: only those with a value filtered in them
+    (``https://ada:[Filtered]@host``) count."""
+    kept_headers = [v for _, v in header_pairs(record.request_headers) if v != FILTERED]
     places = [
         place
         for place, value in (
             ("path", record.path or ""),
             ("query string", record.query_params or ""),
+            ("headers", "\n".join(kept_headers)),
             ("body", (record.request_body or b"").decode("utf-8", "replace")),
         )
         if FILTERED in value
