@@ -11,7 +11,7 @@ import difflib
 import math
 import re
 import warnings
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from .redact import (
     Redactor,
     unmatchable_fields,
 )
-from .storage import COLLECTION_NAME, MAX_EXPIRE_SECONDS, MAX_MEASUREMENT_BYTES, MODES
+from .storage import MAX_EXPIRE_SECONDS, MAX_MEASUREMENT_BYTES, MODES, RESERVED_COLLECTION_NAMES
 
 MiB = 1024 * 1024
 #: Seconds. The longest the writer's durations may be (one day): beyond it a setting is surely a
@@ -93,7 +93,8 @@ DEFAULTS: dict[str, Any] = {
     "TRACKING_ROLLUPS": True,
     #: The collection the rollups are written to (``Rollup`` reads ``tracking_rollups``): a
     #: MongoDB collection name, without ``$`` or NUL, not starting with ``system.``, and with no
-    #: empty part between dots.
+    #: empty part between dots; not one of the records' (``tracking``,
+    #: ``tracking_before_migration``) nor ``tracking_migrations``.
     "TRACKING_ROLLUP_COLLECTION": "tracking_rollups",
     #: Days. Rollups older than this are deleted by a TTL index on their ``minute``.
     "TRACKING_ROLLUP_RETENTION_DAYS": 90,
@@ -290,7 +291,9 @@ def load_config(app_config: MutableMapping[str, Any]) -> TrackingConfig:
         max_documents=get.integer("TRACKING_MAX_DOCUMENTS", minimum=1, maximum=2**31 - 1),
         indexes=get.known_names("TRACKING_INDEXES", INDEX_NAMES, "reading indexes"),
         rollups=get.flag("TRACKING_ROLLUPS"),
-        rollup_collection=get.collection_name("TRACKING_ROLLUP_COLLECTION", COLLECTION_NAME),
+        rollup_collection=get.collection_name(
+            "TRACKING_ROLLUP_COLLECTION", RESERVED_COLLECTION_NAMES
+        ),
         rollup_retention_days=get.integer(
             "TRACKING_ROLLUP_RETENTION_DAYS", minimum=1, maximum=2147483647 // 86400
         ),
@@ -525,16 +528,19 @@ class _Reader:
     def optional_text(self, key: str) -> str | None:
         return None if self._config[key] is None else self.text(key)
 
-    def collection_name(self, key: str, taken: str) -> str:
+    def collection_name(self, key: str, taken: Sequence[str]) -> str:
         """A name MongoDB takes for a collection (else every write to it would fail), other
-        than ``taken``, the name of another collection of the package in the same database."""
+        than those ``taken`` by other collections of the package in the same database."""
         value = self.text(key)
         if "$" in value or "\0" in value or value.startswith("system.") or "" in value.split("."):
             raise self._fail(
                 key, "a collection name (no $ or NUL, not system.*, no empty part between dots)"
             )
-        if value == taken:
-            raise self._fail(key, f"a collection name other than {taken!r} (the records' own)")
+        if value in taken:
+            names = ", ".join(map(repr, taken))
+            raise self._fail(
+                key, f"a collection name other than {names} (the records' and migrations')"
+            )
         return value
 
     def optional_mongodb_uri(self, key: str) -> str | None:

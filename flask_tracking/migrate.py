@@ -31,6 +31,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
 from .indexes import INDEX_NAMES, ensure_indexes
 from .storage import (
+    MIGRATIONS_COLLECTION_NAME,
     SERIES_FIELD,
     CollectionSpec,
     ensure_collection,
@@ -38,13 +39,14 @@ from .storage import (
     is_transient,
     mode_of,
     series_of,
+    source_name,
     ttl_indexes,
 )
 
 __all__ = ["CHECKPOINTS", "MigrationError", "MigrationResult", "migrate", "source_name"]
 
 #: The collection holding one checkpoint document per migration under way.
-CHECKPOINTS = "tracking_migrations"
+CHECKPOINTS = MIGRATIONS_COLLECTION_NAME
 
 #: ``on_batch(copied, total)``: called after each batch is stored.
 OnBatch = Callable[[int, int], None]
@@ -83,11 +85,6 @@ class MigrationResult:
     source: str | None = None
     #: True when there was nothing to move (the collection was missing or already in the mode).
     nothing_to_do: bool = False
-
-
-def source_name(name: str) -> str:
-    """The name the old collection ``name`` gets while (and after) it is migrated."""
-    return f"{name}_before_migration"
 
 
 def migrate(

@@ -38,11 +38,29 @@ from .indexes import DATE_INDEX_NAME
 COLLECTION_NAME = "tracking"
 #: The collection :class:`flask_tracking.rollups.Rollup` reads (``TRACKING_ROLLUP_COLLECTION``).
 ROLLUP_COLLECTION_NAME = "tracking_rollups"
+#: The collection :func:`flask_tracking.migrate.migrate` keeps one checkpoint per migration in.
+MIGRATIONS_COLLECTION_NAME = "tracking_migrations"
+
+
+def source_name(name: str) -> str:
+    """The name the old collection ``name`` gets while (and after) it is migrated."""
+    return f"{name}_before_migration"
+
+
+#: The package's collections the rollups may not be written into (TRACKING_ROLLUP_COLLECTION):
+#: the records', the old records' of a migration, the migrations' checkpoints.
+RESERVED_COLLECTION_NAMES = (
+    COLLECTION_NAME,
+    source_name(COLLECTION_NAME),
+    MIGRATIONS_COLLECTION_NAME,
+)
 
 __all__ = [
     "COLLECTION_NAME",
     "GRANULARITY",
+    "MIGRATIONS_COLLECTION_NAME",
     "MODES",
+    "RESERVED_COLLECTION_NAMES",
     "ROLLUP_COLLECTION_NAME",
     "SERIES_FIELD",
     "SERIES_KEYS",

@@ -585,6 +585,17 @@ def test_a_bad_mongodb_uri_raises_value_error_naming_the_key(uri: str) -> None:
         mongoengine.disconnect("review_bad_uri")
 
 
+@pytest.mark.parametrize("name", ["tracking", "tracking_before_migration", "tracking_migrations"])
+def test_a_rollup_collection_may_not_name_another_collection_of_the_package(name: str) -> None:
+    """Rollups written into the records' collection, the one ``flask tracking migrate`` keeps
+    the old records in (it would refuse to run, and ask for it to be dropped), or the one
+    holding its checkpoints, would mix with what is there."""
+    with pytest.raises(ValueError) as error:
+        load_config({"TRACKING_ROLLUP_COLLECTION": name})
+    assert_names_key(error, "TRACKING_ROLLUP_COLLECTION")
+    assert load_config({"TRACKING_ROLLUP_COLLECTION": "tracking_rollups_2"})
+
+
 def test_a_rollup_collection_name_mongodb_refuses_is_refused_at_init_app(make_app: Any) -> None:
     # "$x" was accepted, and every rollup write was then dropped by the server.
     with pytest.raises(ValueError) as error:
