@@ -285,6 +285,24 @@ def test_replay_refuses_a_truncated_request_body(runner: FlaskCliRunner) -> None
     assert result.stdout.startswith("POST /orders -> 200 OK")
 
 
+def resent_noting_filtered_values(
+    runner: FlaskCliRunner, record_id: Any, places: str
+) -> tuple[Any, Any]:
+    """``curl`` and ``replay --force`` of ``record_id``, each checked to succeed and to note
+    that the stored request has filtered values in ``places``."""
+    note = (
+        f"The stored request has filtered values (in its {places}): they are sent as the text "
+        "[Filtered], not as the client sent them."
+    )
+    curl = run(runner, "curl", str(record_id))
+    assert curl.exit_code == 0, curl.output
+    assert f"# {note}" in curl.stderr.splitlines()
+    replay = run(runner, "replay", "--force", str(record_id))
+    assert replay.exit_code == 0, replay.output
+    assert note in replay.stderr.splitlines()
+    return curl, replay
+
+
 def test_curl_and_replay_say_that_filtered_values_are_sent_as_the_text_filtered(
     runner: FlaskCliRunner,
 ) -> None:
@@ -300,16 +318,7 @@ def test_curl_and_replay_say_that_filtered_values_are_sent_as_the_text_filtered(
             request_body_size=31,
         )
     )
-    note = (
-        "The stored request has filtered values (in its query string and body): they are "
-        "sent as the text [Filtered], not as the client sent them."
-    )
-    curl = run(runner, "curl", str(record_id))
-    assert curl.exit_code == 0, curl.output
-    assert f"# {note}" in curl.stderr.splitlines()
-    replay = run(runner, "replay", "--force", str(record_id))
-    assert replay.exit_code == 0, replay.output
-    assert note in replay.stderr.splitlines()
+    _, replay = resent_noting_filtered_values(runner, record_id, "query string and body")
     assert replay.stdout.startswith("POST /orders?sig=[Filtered] -> 200 OK")
     (clean,) = insert(stored_record(path="/orders", request_body=b"a=1", request_body_size=3))
     assert "filtered values" not in run(runner, "replay", str(clean)).stderr
@@ -329,17 +338,8 @@ def test_curl_and_replay_say_that_a_header_they_send_has_filtered_values(
             ],
         )
     )
-    note = (
-        "The stored request has filtered values (in its headers): they are sent as the text "
-        "[Filtered], not as the client sent them."
-    )
-    curl = run(runner, "curl", str(record_id))
-    assert curl.exit_code == 0, curl.output
-    assert f"# {note}" in curl.stderr.splitlines()
+    curl, _ = resent_noting_filtered_values(runner, record_id, "headers")
     assert "https://ada:[Filtered]@hooks.example/" in shell_words(curl.stdout)[-1]
-    replay = run(runner, "replay", "--force", str(record_id))
-    assert replay.exit_code == 0, replay.output
-    assert note in replay.stderr.splitlines()
     (left_out,) = insert(stored_record(path="/hooks", request_headers=[["Cookie", FILTERED]]))
     assert "filtered values" not in run(runner, "curl", str(left_out)).stderr
 

@@ -346,6 +346,22 @@ def test_capped_writer_after_a_migration_to_ttl_says_it_is_a_ttl_collection(
     assert real_db["tracking"].count_documents({}) == 2  # used as it is
 
 
+def capped_writer_on_a_ttl_collection(
+    real_db: Any, apps: list[Flask], seconds: float, requests: int
+) -> None:
+    """A capped-mode app writing ``requests`` records to a plain collection whose date index
+    expires after ``seconds``."""
+    real_db.create_collection("tracking")
+    real_db["tracking"].create_index(
+        [("date_created", -1)], name="tracking_date_created", expireAfterSeconds=seconds
+    )
+    app = tracked_app("capped")
+    apps.append(app)
+    for _ in range(requests):
+        app.test_client().get("/hello")
+        assert app.extensions["tracking"].flush(10)
+
+
 @REAL
 @pytest.mark.parametrize("seconds", [float("nan"), float("inf")])
 def test_a_ttl_index_with_an_odd_expiry_costs_a_capped_writer_no_record(
@@ -356,15 +372,7 @@ def test_a_ttl_index_with_an_odd_expiry_costs_a_capped_writer_no_record(
     the collection is used as it is, with the warning that it is not capped, and every record
     is written (reading the index's seconds as an integer raised, and each batch was dropped)."""
     caplog.set_level(logging.WARNING, LOGGER)
-    real_db.create_collection("tracking")
-    real_db["tracking"].create_index(
-        [("date_created", -1)], name="tracking_date_created", expireAfterSeconds=seconds
-    )
-    app = tracked_app("capped")
-    apps.append(app)
-    for _ in range(2):
-        app.test_client().get("/hello")
-        assert app.extensions["tracking"].flush(10)
+    capped_writer_on_a_ttl_collection(real_db, apps, seconds, requests=2)
     assert real_db["tracking"].count_documents({}) == 2
     [warning] = warnings_of(caplog)
     assert "not capped" in warning and "TTL collection" not in warning
@@ -381,14 +389,7 @@ def test_the_retention_a_ttl_collection_s_warning_suggests_is_its_index_s(
     """The TRACKING_RETENTION_HOURS the warning suggests gives the index's seconds back
     (``34293.6`` hours would be 171 seconds more), so setting it changes no expiry."""
     caplog.set_level(logging.WARNING, LOGGER)
-    real_db.create_collection("tracking")
-    real_db["tracking"].create_index(
-        [("date_created", -1)], name="tracking_date_created", expireAfterSeconds=seconds
-    )
-    app = tracked_app("capped")
-    apps.append(app)
-    app.test_client().get("/hello")
-    assert app.extensions["tracking"].flush(10)
+    capped_writer_on_a_ttl_collection(real_db, apps, seconds, requests=1)
     [warning] = warnings_of(caplog)
     assert f"TRACKING_RETENTION_HOURS = {hours});" in warning
     assert round(float(hours) * 3600) == seconds
