@@ -123,16 +123,19 @@ def test_every_fence_names_its_language(page: Path) -> None:
     assert not unnamed, f"{page.name}: name the language of the blocks at lines {unnamed}"
 
 
-def command_lines() -> list[tuple[str, str]]:
-    """``(page, command line)`` of every ``$ flask tracking ...`` line of a shell block."""
+def command_lines(*commands: str, prompt: bool = True) -> list[tuple[str, str]]:
+    """``(page, command line)`` of every ``flask tracking ...`` line of a shell block (with its
+    ``$`` prompt; ``prompt=False``: with or without it), of the ``commands`` given or of any."""
+    start = "$ flask tracking " if prompt else "flask tracking "
     lines = []
     for page in PAGES:
         for _, language, code in page_blocks(page):
             if language in RUNNABLE:
                 continue
             for line in code.splitlines():
-                if line.startswith("$ flask tracking "):
-                    lines.append((page.name, line[len("$ flask tracking ") :]))
+                command = line if prompt else line.removeprefix("$ ")
+                if command.startswith(start) and command[len(start) :].startswith(commands or ""):
+                    lines.append((page.name, command[len(start) :]))
     return lines
 
 
@@ -146,22 +149,7 @@ def test_every_documented_command_line_parses(page: str, line: str) -> None:
     command.make_context(words[0], words[1:], parent=group_context)
 
 
-def report_lines() -> list[tuple[str, str]]:
-    """``(page, command line)`` of every ``flask tracking stats`` or ``timeline`` line of a
-    shell block, with or without its ``$`` prompt."""
-    lines = []
-    for page in PAGES:
-        for _, language, code in page_blocks(page):
-            if language in RUNNABLE:
-                continue
-            for line in code.splitlines():
-                command = line.removeprefix("$ ")
-                if command.startswith(("flask tracking stats", "flask tracking timeline")):
-                    lines.append((page.name, command[len("flask tracking ") :]))
-    return lines
-
-
-@pytest.mark.parametrize(("page", "line"), report_lines())
+@pytest.mark.parametrize(("page", "line"), command_lines("stats", "timeline", prompt=False))
 def test_every_documented_report_line_groups_by_what_its_source_has(page: str, line: str) -> None:
     """``stats --by`` takes other groups from the rollups than from the records (--records):
     a documented line must not be one the command refuses."""

@@ -663,20 +663,27 @@ def unreachable_dns(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     return str(request.param)
 
 
+def srv_app(alias: str) -> Flask:
+    """An app (not tracked yet) whose TRACKING_DB_ALIAS ``alias`` is to be connected to a
+    ``mongodb+srv://`` URI."""
+    app = Flask(alias)
+    app.config.update(
+        TESTING=True,
+        TRACKING_DB_ALIAS=alias,
+        TRACKING_MONGODB_URI="mongodb+srv://cluster0.example.com/tracked?tls=false",
+        **FAST_WRITER,
+    )
+    add_routes(app)
+    return app
+
+
 def test_an_srv_uri_is_not_looked_up_by_init_app(unreachable_dns: str) -> None:
     """A ``mongodb+srv://`` URI is resolved through DNS (SRV and TXT records). Looked up in
     init_app, an unreachable or failing name server stops the app from starting: blocked for
     20 s (pymongo's lookup lifetime), then a ValueError. The app must start at once and serve
     its requests; the records wait, queued, for the name to resolve (a failed lookup is
     retried like a server that is down, not counted as MongoDB refusing the records)."""
-    app = Flask("srv")
-    app.config.update(
-        TESTING=True,
-        TRACKING_DB_ALIAS="from_srv",
-        TRACKING_MONGODB_URI="mongodb+srv://cluster0.example.com/tracked?tls=false",
-        **FAST_WRITER,
-    )
-    add_routes(app)
+    app = srv_app("from_srv")
     try:
         started = time.perf_counter()
         tracking = Tracking(app)
@@ -699,14 +706,7 @@ def test_an_srv_alias_connected_again_elsewhere_is_written_to(unreachable_dns: s
     instead of waiting forever for the old name, which nothing uses any more."""
     import mongomock
 
-    app = Flask("srv_again")
-    app.config.update(
-        TESTING=True,
-        TRACKING_DB_ALIAS="srv_again",
-        TRACKING_MONGODB_URI="mongodb+srv://cluster0.example.com/tracked?tls=false",
-        **FAST_WRITER,
-    )
-    add_routes(app)
+    app = srv_app("srv_again")
     try:
         tracking = Tracking(app)
         app.test_client().get("/hello")
