@@ -84,8 +84,8 @@ DEFAULTS: dict[str, Any] = {
     #: raises ValueError there). When unset, connect the alias yourself (``mongoengine.connect``).
     #: A ``mongodb+srv://`` name is looked up in DNS when the writer first writes, not in
     #: init_app: DNS down or slow never stops the app from starting, and a failed lookup is
-    #: retried like a server that is down (with pymongo 4.12 or later; older versions look
-    #: it up in init_app).
+    #: retried like a server that is down (with pymongo 4.12.1 or later; older versions look
+    #: it up in init_app, and 4.12.0 drops the records of a failed lookup).
     "TRACKING_MONGODB_URI": None,
     #: Write per-minute rollups (counts, errors, latency histogram per endpoint and method) of
     #: every request that passes the path, method and view rules, kept or not by sampling or
