@@ -82,6 +82,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"real-server test skipped in CI: {report.longrepr}"
 
 
+@pytest.fixture(autouse=True)
+def document_classes() -> Iterator[None]:
+    """MongoEngine's registry of document classes as it was before each test: a class a test
+    defines (a ``User`` of its own) must not stand in for another module's class of the same
+    name when a later test dereferences a stored ``_cls``."""
+    from mongoengine.base import common
+
+    registry = dict(common._document_registry)
+    yield
+    common._document_registry.clear()
+    common._document_registry.update(registry)
+
+
 @pytest.fixture(scope="session")
 def real_server() -> Iterator[Any]:
     """The real server's URI: ``TRACKING_TEST_MONGODB_URI`` when set (a real mongod), else one
