@@ -3,7 +3,8 @@
 This is the only module that touches Flask hooks: a WSGI middleware around ``app.wsgi_app``, a
 wrapper around ``app.process_response`` (it runs once Flask ran every ``after_request`` hook and
 saved the session), the ``got_request_exception`` signal and, for the errors Flask sends no
-signal for (SystemExit, KeyboardInterrupt), a wrapper around ``app.should_ignore_error``.
+signal for (SystemExit, KeyboardInterrupt), a wrapper around ``app.should_ignore_error`` (a
+``teardown_request`` function on a Flask without that method: 3.2 deprecates it).
 Each catches every error of the tracker's own code, so nothing the tracker does can raise into
 the app; such an error is logged (rate-limited) and counted in ``stats()["capture_errors"]``.
 
@@ -227,7 +228,7 @@ class Tracking:
         # Wrapped rather than registered as an after_request hook: Flask checks every hook for
         # a coroutine on every request, and the response is then the one that is sent, after
         # every hook of the app (whatever their order of registration) and the session.
-        app.process_response = self._response_hook(  # type: ignore[method-assign,assignment]
+        app.process_response = self._response_hook(  # type: ignore[method-assign]
             tracked, app.process_response
         )
         tracked.on_exception = lambda sender, exception, **extra: self._on_exception(
@@ -236,10 +237,14 @@ class Tracking:
         got_request_exception.connect(tracked.on_exception, app)
         # Flask sends that signal for an Exception only; it asks should_ignore_error about any
         # error that escaped the view (never on a request that did not raise), before it pops
-        # the request context.
-        app.should_ignore_error = self._error_hook(  # type: ignore[method-assign,assignment]
-            tracked, app.should_ignore_error
-        )
+        # the request context. Flask 3.2 deprecates that method (the attribute is None; set,
+        # it would warn): there a teardown function, which gets the same error, is called.
+        if app.should_ignore_error is None:
+            app.teardown_request(self._teardown_hook(tracked))
+        else:
+            app.should_ignore_error = self._error_hook(  # type: ignore[method-assign,assignment]
+                tracked, app.should_ignore_error
+            )
         self._watch_sign_outs(tracked, app)
         # The writer serves this app only: once the app is garbage collected, it writes what
         # is pending and its thread ends (stop_soon takes no lock: safe from any thread).
@@ -415,18 +420,19 @@ class Tracking:
     def _response_hook(
         self,
         tracked: _AppTracking,
-        process_response: Callable[[Response], Response],
-    ) -> Callable[[Response], Response]:
+        process_response: Callable[..., Response],
+    ) -> Callable[..., Response]:
         """``app.process_response`` wrapped: once Flask has run the ``after_request`` hooks and
         saved the session, apply the view, blueprint and ``skip_if`` rules, then copy what the
-        request context knows and tee the body of the response that is sent."""
+        request context knows and tee the body of the response that is sent. Its arguments
+        are passed on as they came: ``(response)``, or ``(ctx, response)`` from Flask 3.2."""
         max_body_length = tracked.max_body_length
         verdicts = tracked.verdicts.cache
         resolve = tracked.verdicts.resolve_and_cache
         predicates = self._skip_if
 
-        def tracked_process_response(response: Response) -> Response:
-            response = process_response(response)
+        def tracked_process_response(*args: Any) -> Response:
+            response = process_response(*args)
             try:
                 current = request._get_current_object()  # type: ignore[attr-defined]
                 state: RequestState | None = current.environ.get(ENVIRON_KEY)
@@ -468,6 +474,16 @@ class Tracking:
             return should_ignore_error(error)
 
         return tracked_should_ignore_error
+
+    def _teardown_hook(self, tracked: _AppTracking) -> Callable[[BaseException | None], None]:
+        """What :meth:`_error_hook` does, as a ``teardown_request`` function (Flask calls it
+        with the error that escaped the request, if any, before it pops the context)."""
+
+        def tracked_teardown(error: BaseException | None) -> None:
+            if error is not None and not isinstance(error, Exception):
+                self._on_exception(tracked, error)
+
+        return tracked_teardown
 
     def _watch_sign_outs(self, tracked: _AppTracking, app: Flask) -> None:
         """Connect Flask-Login's ``user_logged_out`` signal once, when the app uses Flask-Login
@@ -677,14 +693,19 @@ def _session_user_id() -> Any:
 
     Read from the session's own dict, around its accessors: ``session.get`` would mark the
     session accessed, and Flask would then add ``Vary: Cookie`` to the response. Neither the
-    user loader nor the remember-me cookie is touched.
+    user loader nor the remember-me cookie is touched. The session is taken from the context
+    as it holds it: the request context's ``session`` up to Flask 3.1; from Flask 3.2 (one
+    context, whose ``session`` property marks it accessed) its ``_session``, once loaded
+    (Flask loads it to save it, before the response hook runs).
     """
     from flask import current_app
-    from flask.globals import request_ctx
+    from flask import globals as flask_globals
 
     if getattr(current_app, "login_manager", None) is None:
         return None
-    session = getattr(request_ctx._get_current_object(), "session", None)  # type: ignore[attr-defined]
+    context_var = getattr(flask_globals, "_cv_request", None) or flask_globals._cv_app
+    held = vars(context_var.get())
+    session = held.get("session", held.get("_session"))
     return dict.get(session, "_user_id") if isinstance(session, dict) else None
 
 

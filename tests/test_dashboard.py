@@ -262,7 +262,7 @@ def test_anything_but_true_is_forbidden(
 def test_the_checks_own_response_is_sent(make_app: Callable[..., Flask], seeded: Any) -> None:
     client = guarded_app(make_app, lambda: redirect("/login?next=/tracking/")).test_client()
     response = client.get("/tracking/requests")
-    assert response.status_code == 302
+    assert response.status_code in (302, 303)  # redirect(): 303 from Flask 3.2
     assert response.headers["Location"] == "/login?next=/tracking/"
 
 

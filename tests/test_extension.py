@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import threading
@@ -448,6 +449,81 @@ def test_a_base_exception_keeps_the_view_rules_and_the_request_context(
     assert (record["endpoint"], record["url_rule"]) == ("item", "/items/<int:item>")
     assert (record["user_id"], record["custom_data"]) == ("ada", {"item": 7})
     assert tracking.stats(app)["capture_errors"] == 0
+
+
+def flask_32_app(name: str) -> Flask:
+    """An app that dispatches requests as Flask 3.2 does: Flask itself from 3.2 on (its
+    ``process_response`` takes the context), before that a subclass doing what Flask 3.2 does
+    where the tracker meets it (checked against Flask's main branch): ``process_response(ctx,
+    response)``, and ``should_ignore_error`` None (deprecated), asked about an error only when
+    an app sets it."""
+    if "ctx" in inspect.signature(Flask.process_response).parameters:
+        return Flask(name)
+
+    class DispatchOfFlask32(Flask):
+        should_ignore_error = None  # type: ignore[assignment]
+
+        def process_response(self, ctx: Any, response: Any = None) -> Any:  # type: ignore[override]
+            assert response is not None, "called without the context"
+            return super().process_response(response)
+
+        def finalize_request(self, rv: Any, from_error_handler: bool = False) -> Any:
+            from flask.globals import _cv_request
+
+            response = self.make_response(rv)
+            return self.process_response(_cv_request.get(), response)
+
+        def wsgi_app(self, environ: Any, start_response: Any) -> Any:
+            ctx = self.request_context(environ)
+            error: BaseException | None = None
+            try:
+                try:
+                    ctx.push()
+                    response = self.full_dispatch_request()
+                except Exception as e:
+                    error = e
+                    response = self.handle_exception(e)
+                except BaseException as e:
+                    error = e
+                    raise
+                return response(environ, start_response)
+            finally:
+                ignored = self.should_ignore_error is not None and self.should_ignore_error(error)
+                ctx.pop(None if error is None or ignored else error)
+
+    return DispatchOfFlask32(name)
+
+
+def test_flask_32_dispatch_is_tracked(mongo: Any) -> None:
+    """The response hook passes on the context Flask 3.2 gives it; a SystemExit is seen by a
+    teardown function there, and should_ignore_error stays None (set, Flask 3.2 would warn
+    that the app uses a deprecated method)."""
+    app = flask_32_app("flask_32")
+    app.config.update(TESTING=True, **FAST_WRITER)
+    add_routes(app)
+
+    @app.get("/exit")
+    def leave() -> str:
+        raise SystemExit(3)
+
+    Tracking(app)
+    try:
+        assert app.should_ignore_error is None
+        client = app.test_client()
+        assert (client.get("/hello").status_code, client.get("/hello").data) == (200, b"Hello")
+        with pytest.raises(SystemExit):
+            client.get("/exit")
+        hello, _, leaving = stored(app, mongo)
+        assert (hello["endpoint"], hello["status_code"], hello["response_body"]) == (
+            "hello",
+            200,
+            b"Hello",
+        )
+        assert (leaving["endpoint"], leaving["status_code"]) == ("leave", None)
+        assert leaving["exception"] == "SystemExit: 3"
+        assert app.extensions["tracking"].stats(app)["capture_errors"] == 0
+    finally:
+        app.extensions["tracking"]._apps[app].writer.shutdown(1.0)
 
 
 def test_abort_is_a_handled_response(app: Flask, client: Any, mongo: Any) -> None:

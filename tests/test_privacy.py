@@ -225,7 +225,7 @@ def test_referer_and_location_query_secrets(app: Flask, mongo: Any) -> None:
     response = app.test_client().get(
         "/go", headers={"Referer": f"https://site.example/p?sessionid={referer_secret}&page=2"}
     )
-    assert response.status_code == 302
+    assert response.status_code in (302, 303)  # redirect(): 303 from Flask 3.2
     assert location_secret in response.headers["Location"]
     [doc] = stored(app, mongo)
     expected_referer = f"https://site.example/p?sessionid={FILTERED}&page=2"
@@ -246,7 +246,7 @@ def test_redirect_page_does_not_keep_the_location_secret(app: Flask, mongo: Any)
     def go() -> Any:
         return redirect(f"/next?access_token={secret}")
 
-    assert app.test_client().get("/go").status_code == 302
+    assert app.test_client().get("/go").status_code in (302, 303)
     [doc] = stored(app, mongo)
     assert_absent(doc, secret)
 
@@ -765,7 +765,8 @@ def test_a_redirect_to_a_page_with_a_secret_variable_keeps_no_token_in_its_page(
 
     client = app.test_client()
     response = client.post("/forgot")
-    assert response.status_code == 302 and f'href="/reset/{reset}"' in response.get_data(True)
+    assert response.status_code in (302, 303)
+    assert f'href="/reset/{reset}"' in response.get_data(True)
     assert client.get(f"/confirm/{confirm}").status_code == 308
     forgot_record, slash_record = stored(app, mongo)
     assert_absent(forgot_record, reset)
