@@ -370,12 +370,16 @@ def _difference(
     if spec.mode == "capped":
         if actual == "plain" and expiry is not None:
             index_name, seconds = expiry
+            retention = (
+                f"with TRACKING_RETENTION_HOURS = {_hours(seconds)}"
+                if seconds >= 1  # the least TRACKING_RETENTION_HOURS can say
+                else "and the TRACKING_RETENTION_HOURS to keep records for: it cannot be 0"
+            )
             return (
                 f"is a TTL collection, not capped: its index {index_name!r} deletes records "
                 f"after {seconds} seconds, so it is bounded by age, and used as it is. To match "
-                f'it, set TRACKING_STORAGE = "ttl" (with TRACKING_RETENTION_HOURS = '
-                f"{_hours(seconds)}); to move its records into a capped collection instead, "
-                "run: flask tracking migrate --to capped"
+                f'it, set TRACKING_STORAGE = "ttl" ({retention}); to move its records into a '
+                "capped collection instead, run: flask tracking migrate --to capped"
             )
         if actual != "capped":
             if actual == "timeseries":

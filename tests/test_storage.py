@@ -396,6 +396,21 @@ def test_the_retention_a_ttl_collection_s_warning_suggests_is_its_index_s(
 
 
 @REAL
+def test_a_ttl_index_of_0_seconds_gets_no_retention_the_setting_refuses(
+    real_db: Any, apps: list[Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An index expiring records after 0 seconds (MongoDB takes it: a record goes at the TTL
+    monitor's next pass) is named, but TRACKING_RETENTION_HOURS cannot say 0: the warning
+    does not suggest it."""
+    caplog.set_level(logging.WARNING, LOGGER)
+    capped_writer_on_a_ttl_collection(real_db, apps, 0, requests=1)
+    [warning] = warnings_of(caplog)
+    assert "TTL collection" in warning and "after 0 seconds" in warning
+    assert "TRACKING_RETENTION_HOURS = " not in warning
+    assert "it cannot be 0" in warning
+
+
+@REAL
 def test_a_transient_error_listing_the_indexes_is_raised_not_taken_for_no_ttl_index(
     real_db: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
