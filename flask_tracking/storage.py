@@ -304,13 +304,20 @@ def ttl_indexes(collection: Collection[Any], spec: CollectionSpec) -> tuple[str,
     plain fallback of ``timeseries``), else ``()``: the reading indexes must leave it alone."""
     if spec.mode == "capped":
         return ()
-    try:
-        index = collection.index_information().get(spec.index_name) or {}
-    except ConnectionFailure:
-        raise
-    except Exception:
-        return ()
+    index = _index_information(collection).get(spec.index_name) or {}
     return (spec.index_name,) if index.get("expireAfterSeconds") is not None else ()
+
+
+def _index_information(collection: Collection[Any]) -> Mapping[str, Any]:
+    """``collection.index_information()``; ``{}`` when the server will not list the indexes
+    (not allowed): nothing to tell of them. A transient error is raised, for the setup to be
+    tried again later, as for the other commands."""
+    try:
+        return collection.index_information()
+    except Exception as error:
+        if is_transient(error):
+            raise
+        return {}
 
 
 def mode_of(options: Mapping[str, Any]) -> str:
@@ -343,13 +350,7 @@ def _check_existing(
 def _ttl_expiry(collection: Collection[Any]) -> tuple[str, int] | None:
     """The name and ``expireAfterSeconds`` of ``collection``'s TTL index (``flask tracking
     migrate --to ttl`` made one), or None when it has none."""
-    try:
-        indexes = collection.index_information()
-    except Exception as error:  # not allowed to list them: no expiry to tell of
-        if is_transient(error):  # the setup is tried again later, as for the other commands
-            raise
-        return None
-    for index_name, index in indexes.items():
+    for index_name, index in _index_information(collection).items():
         seconds = index.get("expireAfterSeconds")
         # A server may hold NaN or infinity (MongoDB before 5.0 took NaN): no age to tell of.
         if isinstance(seconds, (int, float)) and math.isfinite(seconds):

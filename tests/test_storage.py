@@ -33,6 +33,7 @@ from flask_tracking.storage import (
     ensure_collection,
     mode_of,
     tracking_spec,
+    ttl_indexes,
 )
 
 from .conftest import FAST_WRITER, REAL, add_routes, failing_once, secantus_differs
@@ -434,6 +435,36 @@ def test_a_transient_error_listing_the_indexes_is_raised_not_taken_for_no_ttl_in
     with pytest.raises(pymongo.errors.OperationFailure):
         ensure_collection(real_db, spec, logging.getLogger(LOGGER))
     assert warnings_of(caplog) == []
+
+
+@REAL
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (pymongo.errors.OperationFailure("operation exceeded time limit", 262), True),
+        (pymongo.errors.OperationFailure("not authorized", 13), False),
+    ],
+)
+def test_the_ttl_index_reading_indexes_leave_alone_raises_a_transient_error(
+    error: Exception, raised: bool, real_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TTL index that the reading indexes must leave alone is looked up as the capped
+    writer's warning looks it up: a transient error (a time limit exceeded) is raised, for the
+    setup to be tried again, not taken for no TTL index; a refusal means none to tell of."""
+    real_db.create_collection("tracking")
+    spec = tracking_spec(
+        "ttl", name="tracking", size_bytes=1, max_documents=0, retention_seconds=7200
+    )
+
+    def refused(self: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(pymongo.collection.Collection, "index_information", refused)
+    if raised:
+        with pytest.raises(pymongo.errors.OperationFailure):
+            ttl_indexes(real_db["tracking"], spec)
+    else:
+        assert ttl_indexes(real_db["tracking"], spec) == ()
 
 
 def test_ttl_index_with_another_retention_warns_with_coll_mod(
