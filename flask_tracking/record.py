@@ -23,6 +23,7 @@ from .redact import (
     REDACTION_FAILED,
     Redactor,
     ScrubbedBody,
+    TruncatedBody,
     anonymize_ip,
     scrub_text,
 )
@@ -313,6 +314,7 @@ def _add_bodies(
             else:
                 body = kept.body
                 omitted = kept.omitted if kept.omitted is not None else omitted
+                truncated = truncated or isinstance(kept, TruncatedBody)
         body_key, size_key, truncated_key, omitted_key = keys
         document[body_key] = body
         document[size_key] = size

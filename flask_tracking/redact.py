@@ -44,6 +44,7 @@ __all__ = [
     "REDACTION_FAILED",
     "Redactor",
     "ScrubbedBody",
+    "TruncatedBody",
     "Unreadable",
     "anonymize_ip",
     "decode_content",
@@ -604,7 +605,13 @@ class Redactor:
         if not body:
             return ScrubbedBody(body, None)
         try:
-            return ScrubbedBody(self._scrub(body, content_type, encoding, limit, True, found), None)
+            cut = False
+            if encoding:  # decoded here, one byte past the limit: a body cut there says so
+                body = decode_content(body, encoding, limit + 1)
+                cut = len(body) > limit
+                body, encoding, found = body[:limit], "", None
+            scrubbed = self._scrub(body, content_type, encoding, limit, True, found)
+            return (TruncatedBody if cut else ScrubbedBody)(scrubbed, None)
         except Unreadable as error:
             return ScrubbedBody(None, error.reason)
 
@@ -693,6 +700,13 @@ class ScrubbedBody(NamedTuple):
 
     body: bytes | None
     omitted: str | None
+
+
+class TruncatedBody(ScrubbedBody):
+    """A :class:`ScrubbedBody` of a body that decoded from its ``Content-Encoding`` to more
+    than the limit: kept up to it, and the record says it was cut."""
+
+    __slots__ = ()
 
 
 #: What :meth:`Redactor.scrub_bodies` gives for a body whose filtering failed (fail closed).

@@ -296,7 +296,6 @@ def test_compress_streamed_answers_as_untracked_and_is_recorded_once_read(
     no_capture_errors(tracked)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a decoded body cut at the limit says it is whole")
 def test_compress_a_body_that_decodes_past_the_limit_is_marked_truncated(
     make_app: Callable[..., Flask], mongo: Any, fixed_gzip_time: None
 ) -> None:
