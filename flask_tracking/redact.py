@@ -140,6 +140,7 @@ DEFAULT_ALLOWED_FIELDS: tuple[str, ...] = (
     "key_type",
     "auth_type",
     "twitter_card",  # <meta name="twitter:card" content="summary">, on most public pages
+    "access_control_allow_credentials",  # CORS (Flask-Cors): its one value is "true"
 )
 
 #: Headers that carry the client address; filtered too when TRACKING_ANONYMIZE_IP is on.

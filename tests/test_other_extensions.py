@@ -452,7 +452,6 @@ def add_cors(app: Flask) -> None:
 ORIGIN = {"Origin": "https://shop.example"}
 
 
-@pytest.mark.xfail(strict=True, reason="defect: Access-Control-Allow-Credentials is filtered")
 def test_cors_preflight_and_simple_requests_answer_as_untracked(
     make_app: Callable[..., Flask], mongo: Any
 ) -> None:
@@ -487,7 +486,6 @@ def test_cors_preflight_and_simple_requests_answer_as_untracked(
     no_capture_errors(tracked)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: Access-Control-Allow-Credentials is filtered")
 def test_cors_allow_credentials_is_stored_as_sent(
     make_app: Callable[..., Flask], mongo: Any
 ) -> None:
