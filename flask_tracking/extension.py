@@ -37,6 +37,7 @@ from flask import (
     has_request_context,
     request,
 )
+from werkzeug.exceptions import HTTPException
 
 from .aggregate import RollupAggregator, Sample
 from .capture import (
@@ -514,7 +515,8 @@ class Tracking:
             state: RequestState | None = current.environ.get(ENVIRON_KEY)
             if state is None:
                 return
-            state.note_exception(exception)
+            if not _answered_http_error(exception):
+                state.note_exception(exception)
             if state.skipped:
                 return
             rule = current.url_rule
@@ -633,6 +635,15 @@ class Tracking:
                 self._count_error(tracked)
 
         return finish
+
+
+def _answered_http_error(error: BaseException) -> bool:
+    """Whether ``error`` is an HTTP error that Flask answers with its own page (``abort()``,
+    a 404, a 405): no exception of the app's. Flask sends ``got_request_exception`` only for
+    the errors it does not handle, HTTP ones among them when the app traps them
+    (``TRAP_HTTP_EXCEPTIONS``); an extension that answers errors itself (flask-restx) sends it
+    for every error it answers."""
+    return isinstance(error, HTTPException) and not current_app.trap_http_exception(error)
 
 
 def _rollup_sample(state: RequestState) -> Sample:

@@ -1047,13 +1047,7 @@ API_REQUESTS = [
 @pytest.mark.parametrize(
     "add_api",
     [
-        pytest.param(
-            add_restx,
-            id="restx",
-            marks=pytest.mark.xfail(
-                strict=True, reason="defect: an HTTP error flask-restx answered is an exception"
-            ),
-        ),
+        pytest.param(add_restx, id="restx"),
         pytest.param(add_smorest, id="smorest"),
     ],
 )
