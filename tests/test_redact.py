@@ -1213,9 +1213,10 @@ def test_stacked_and_unknown_codings(redactor: Redactor, monkeypatch: pytest.Mon
     import gzip
     import zlib
 
-    # As on a machine without brotli nor brotlicffi (the test extra brings brotli along with
-    # Flask-Compress).
+    # As on a machine without brotli nor brotlicffi, nor a Zstandard module (the test extra
+    # brings brotli and backports.zstd along with Flask-Compress).
     monkeypatch.setattr("flask_tracking.content._brotli_decompressor", lambda: None)
+    monkeypatch.setattr("flask_tracking.content._zstd_module", lambda: None)
 
     plain = b"password=" + SECRET.encode()
     twice = gzip.compress(zlib.compress(plain))
@@ -1223,11 +1224,46 @@ def test_stacked_and_unknown_codings(redactor: Redactor, monkeypatch: pytest.Mon
     assert kept.body == b"password=" + FILTERED.encode()
     for coding, reason in [
         ("br", "content-encoding br: no Brotli decoder installed"),
-        ("zstd", "content-encoding zstd cannot be decoded"),
+        ("zstd", "content-encoding zstd: no Zstandard decoder installed"),
+        ("compress", "content-encoding compress cannot be decoded"),
         ("gzip", "content-encoding gzip: invalid data"),
     ]:
         kept = redactor.scrub_body(plain, "text/plain", coding)
         assert kept == (None, reason)
+
+
+def test_zstd_is_decoded_frame_after_frame_within_the_limit(redactor: Redactor) -> None:
+    from flask_tracking.content import _zstd_module
+    from flask_tracking.redact import TruncatedBody
+
+    zstd = _zstd_module()
+    if zstd is None:
+        pytest.skip("no Zstandard module (compression.zstd, backports.zstd)")
+    plain = b"password=" + SECRET.encode() + b"&note=" + b"n" * 200
+    kept = redactor.scrub_body(zstd.compress(plain), "application/x-www-form-urlencoded", "zstd")
+    assert kept == (b"password=" + FILTERED.encode() + b"&note=" + b"n" * 200, None)
+    assert type(kept) is not TruncatedBody
+    two_frames = zstd.compress(b"first;") + zstd.compress(b"second")
+    assert redactor.scrub_body(two_frames, "text/plain", "zstd") == (b"first;second", None)
+    bomb = zstd.compress(b"x" * 10_000_000)
+    cut = redactor.scrub_body(bomb, "text/plain", "zstd", max_decoded_bytes=1000)
+    assert cut == (b"x" * 1000, None) and type(cut) is TruncatedBody
+    captured_in_part = zstd.compress(bytes(range(256)) * 40)[:200]
+    assert redactor.scrub_body(captured_in_part, "image/png", "zstd").omitted is None
+    assert redactor.scrub_body(b"not zstd", "text/plain", "zstd") == (
+        None,
+        "content-encoding zstd: invalid data",
+    )
+    # A frame declaring a 128 MB window (the decoder would allocate it) is refused: RFC 9659
+    # bounds the HTTP coding's window to 8 MB.
+    wide = zstd.compress(b"x" * 100, options={zstd.CompressionParameter.window_log: 27})
+    wide_frame = zstd.ZstdCompressor(options={zstd.CompressionParameter.window_log: 27})
+    streamed = wide_frame.compress(b"y" * 100) + wide_frame.flush()
+    assert redactor.scrub_body(wide, "text/plain", "zstd").omitted is None  # fits: one segment
+    assert redactor.scrub_body(streamed, "text/plain", "zstd") == (
+        None,
+        "content-encoding zstd: invalid data",
+    )
 
 
 @pytest.mark.parametrize("charset", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-7"])
