@@ -372,6 +372,25 @@ def test_compress_conditional_get_and_head_answer_as_untracked(
     no_capture_errors(tracked)
 
 
+def test_compress_without_redaction_stores_the_body_as_sent(
+    make_app: Callable[..., Flask], mongo: Any, fixed_gzip_time: None
+) -> None:
+    """docs/privacy.md: TRACKING_REDACT = False stores every body verbatim: a compressed one
+    as it was sent, its Content-Encoding in the stored headers says how to read it."""
+    tracked, untracked = make_twins(make_app, add_compress, TRACKING_REDACT=False)
+    (sent,) = both(
+        tracked,
+        untracked,
+        [("GET", "/page", {"headers": {"Accept-Encoding": "gzip"}})],
+        COMPRESS_DIFFERING,
+    )
+    (document,) = stored(tracked, mongo)
+    assert document["response_body"] == sent[2]
+    assert gzip.decompress(document["response_body"]) == PAGE.encode()
+    assert header(document, "Content-Encoding") == "gzip"
+    no_capture_errors(tracked)
+
+
 def test_compress_set_up_before_tracking_answers_and_records_the_same(
     mongo: Any, fixed_gzip_time: None
 ) -> None:
