@@ -478,24 +478,33 @@ class BatchWriter:
     # ------------------------------------------------------------------ worker side
 
     def _ensure_thread(self) -> None:
-        """Start the worker if it is not running (lock held)."""
+        """Start the worker if it is not running (lock held, released while it starts)."""
         thread = self._thread
-        if thread is not None and thread.is_alive():
-            return
+        if thread is not None and (thread.ident is None or thread.is_alive()):
+            return  # running, or being started by another caller
         thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._next_tick = time.monotonic() + self._interval
         if self._rollups is not None:
             self._rollup_tick = self._next_tick
+        # Named the writer's worker before it starts, so that it sees itself as such; started
+        # with the lock released: under gevent, start() lets the new greenlet run, and a lock
+        # made before monkey-patching (gunicorn --preload -k gevent) is a real one, which that
+        # greenlet would wait for forever, and the whole process with it.
+        self._thread = thread
+        self._lock.release()
         try:
             thread.start()
         except RuntimeError:
             # Thread limit, or interpreter shutdown; the records stay queued, a later submit
             # or flush tries again and shutdown() counts whatever is left.
-            self._thread = None
+            started = False
             self._log_limited("thread", "cannot start the tracking writer thread", exc_info=True)
-            return
-        # Still under the lock, so the new thread sees itself as the writer's worker.
-        self._thread = thread
+        else:
+            started = True
+        finally:
+            self._lock.acquire()
+        if not started and self._thread is thread:
+            self._thread = None
 
     def _settled_through(self) -> int:
         """Highest seq such that every record up to it is settled (lock held)."""
@@ -678,13 +687,25 @@ class BatchWriter:
             thread = self._thread
             self._work_cond.notify()
         if thread is not None and thread is not threading.current_thread():
-            thread.join(_waitable(max(0.0, deadline - time.monotonic())))
+            self._join(thread, deadline)
         if thread is None and self._rollups is not None and time.monotonic() < deadline:
             self._write_rollups()  # no worker ever ran: write what the request threads added
         self._drop_leftovers()
         with self._lock:  # the worker may have counted the leftovers itself, on its way out,
             # even before this call (after begin_shutdown() or stop_soon())
             return self._leftovers_dropped == 0
+
+    def _join(self, thread: threading.Thread, deadline: float) -> None:
+        """Wait until ``deadline`` for the worker ``thread`` to end; one that another caller
+        is starting (see ``_ensure_thread``) is waited for too, once started."""
+        while True:
+            try:
+                thread.join(_waitable(max(0.0, deadline - time.monotonic())))
+                return
+            except RuntimeError:  # not started yet
+                if self._thread is not thread or time.monotonic() >= deadline:
+                    return  # its start failed, or no time is left
+                time.sleep(0.001)
 
     def _drop_leftovers(self) -> int:
         """Count what is still pending as dropped_shutdown (once stopping); how many."""

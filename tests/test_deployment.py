@@ -740,3 +740,69 @@ def test_an_unread_body_is_recorded_alike_however_waitress_sends_the_file(
     assert [(r["request_body"], r.get("request_body_omitted")) for r in records] == [
         (b"hello world", None)
     ] * 2
+
+
+# --------------------------------------------------------------------------------------------
+# gunicorn's gevent workers (gunicorn -k gevent): threading, sockets and time monkey-patched
+# --------------------------------------------------------------------------------------------
+
+#: A writer made before gevent monkey-patches ``threading`` (as by an app that gunicorn
+#: ``--preload`` loads in its master, before the gevent worker patches), then fed by
+#: greenlets: argv = batch size, greenlets, records each. Prints the records written.
+WRITER_BEFORE_PATCHING = """
+import faulthandler
+import sys
+import time
+
+from flask_tracking.writer import BatchOutcome, BatchWriter
+
+batch, greenlets, records = map(int, sys.argv[1:4])
+writer = BatchWriter(
+    lambda entries: BatchOutcome(written=len(entries)),
+    batch_max_records=batch,
+    flush_interval_seconds=0.02,
+)
+
+from gevent import monkey  # noqa: E402
+
+monkey.patch_all()
+import gevent  # noqa: E402
+
+faulthandler.dump_traceback_later(8, exit=True)  # a blocked hub: where, then exit
+
+
+def submit():
+    for number in range(records):
+        writer.submit({"number": number}, 10)
+        gevent.sleep(0)
+
+
+gevent.joinall([gevent.spawn(submit) for _ in range(greenlets)])
+deadline = time.monotonic() + 5
+while writer.stats()["written"] < greenlets * records and time.monotonic() < deadline:
+    gevent.sleep(0.01)
+print(writer.stats()["written"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("batch", "greenlets", "records"),
+    [(500, 1, 1)],
+    ids=["first-record"],
+)
+def test_a_writer_made_before_gevent_patches_serves_greenlets(
+    batch: int, greenlets: int, records: int
+) -> None:
+    """Under ``gunicorn -k gevent --preload`` the app, and its writer with its lock, is made
+    in the master; the worker monkey-patches ``threading`` after the fork, so the writer's
+    lock is a real one while its worker thread is a greenlet. A greenlet that waits for a
+    real lock another greenlet holds blocks the whole process: nothing the writer does under
+    its lock may let another greenlet run."""
+    pytest.importorskip("gevent")
+    done = subprocess.run(
+        [sys.executable, "-c", WRITER_BEFORE_PATCHING, str(batch), str(greenlets), str(records)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.stdout.split() == [str(greenlets * records).encode()], done.stderr.decode()

@@ -656,6 +656,29 @@ def test_submit_after_shutdown_is_refused_and_counted(make_writer) -> None:
     check_invariant(stats, refused_only_by_capacity=False)
 
 
+def test_shutdown_waits_for_a_worker_being_started(make_writer, monkeypatch) -> None:
+    """The worker is named the writer's before it starts, and started with the lock released
+    (under gevent, start() lets other greenlets run): a shutdown() in that moment waits for it
+    to start, and it writes what is queued."""
+    sink = Sink()
+    writer = make_writer(sink)
+    starting = threading.Event()
+    real_start = threading.Thread.start
+
+    def slow_start(thread: threading.Thread) -> None:
+        starting.set()
+        time.sleep(0.3)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    submitter = threading.Thread(target=writer.submit, args=({"i": 1}, 1))
+    real_start(submitter)
+    assert starting.wait(5)
+    assert writer.shutdown(2.0) is True
+    submitter.join(5)
+    assert sink.written == [1]
+
+
 # ---------------------------------------------------------------- counters and callbacks
 
 
