@@ -453,6 +453,7 @@ class BatchWriter:
         self._backoff_until = 0.0
         self._next_tick = 0.0
         self._thread: threading.Thread | None = None
+        self._worker_ended = False  # the worker in _thread has left _run()
         self._log_limiter = EventLimiter(LOG_INTERVAL_SECONDS)
         # Rollup write rounds: started and completed with nothing left to retry (flush()
         # waits for a round started after its call); due: the worker should run one now.
@@ -479,10 +480,14 @@ class BatchWriter:
 
     def _ensure_thread(self) -> None:
         """Start the worker if it is not running (lock held, released while it starts)."""
-        thread = self._thread
-        if thread is not None and (thread.ident is None or thread.is_alive()):
-            return  # running, or being started by another caller
+        if self._thread is not None and not self._worker_ended:
+            # Being started, or running. Not asked with is_alive(): under gevent that lets the
+            # other greenlets run (a non-blocking acquire that fails yields), one of which may
+            # then wait for this lock, a real one when it was made before monkey-patching
+            # (gunicorn --preload -k gevent): that wait blocks the whole process.
+            return
         thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._worker_ended = False
         self._next_tick = time.monotonic() + self._interval
         if self._rollups is not None:
             self._rollup_tick = self._next_tick
@@ -519,22 +524,27 @@ class BatchWriter:
     def _run(self) -> None:
         """Worker thread body: take due batches and write them until told to stop."""
         me = threading.current_thread()
-        while True:
-            cond = self._work_cond
-            with cond:
-                entries = self._next_batch(cond, me)
-                rollups_due, self._rollups_due = self._rollups_due, False
-                if rollups_due:
-                    self._batch_before_rollups = False
-            self._report_refused()
-            if rollups_due or (entries is None and self._stopping):
-                self._write_rollups()
-            if entries is None:
-                if self._stopping and self._thread is me:
-                    self._drop_leftovers()  # a stop_soon() that ran out of time
-                return
-            if entries:
-                self._write(entries)
+        try:
+            while True:
+                cond = self._work_cond
+                with cond:
+                    entries = self._next_batch(cond, me)
+                    rollups_due, self._rollups_due = self._rollups_due, False
+                    if rollups_due:
+                        self._batch_before_rollups = False
+                self._report_refused()
+                if rollups_due or (entries is None and self._stopping):
+                    self._write_rollups()
+                if entries is None:
+                    if self._stopping and self._thread is me:
+                        self._drop_leftovers()  # a stop_soon() that ran out of time
+                    return
+                if entries:
+                    self._write(entries)
+        finally:
+            with self._lock:
+                if self._thread is me:
+                    self._worker_ended = True  # the next submit or flush starts another
 
     def _report_refused(self) -> None:
         """Signal and log the records refused since the last call (lock not held)."""

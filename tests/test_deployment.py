@@ -787,8 +787,8 @@ print(writer.stats()["written"])
 
 @pytest.mark.parametrize(
     ("batch", "greenlets", "records"),
-    [(500, 1, 1)],
-    ids=["first-record"],
+    [(500, 1, 1), (2, 4, 50)],
+    ids=["first-record", "full-batches"],
 )
 def test_a_writer_made_before_gevent_patches_serves_greenlets(
     batch: int, greenlets: int, records: int
@@ -797,7 +797,8 @@ def test_a_writer_made_before_gevent_patches_serves_greenlets(
     in the master; the worker monkey-patches ``threading`` after the fork, so the writer's
     lock is a real one while its worker thread is a greenlet. A greenlet that waits for a
     real lock another greenlet holds blocks the whole process: nothing the writer does under
-    its lock may let another greenlet run."""
+    its lock may let another greenlet run (starting the thread; checking that it still runs,
+    on each full batch, which concurrent requests reach together)."""
     pytest.importorskip("gevent")
     done = subprocess.run(
         [sys.executable, "-c", WRITER_BEFORE_PATCHING, str(batch), str(greenlets), str(records)],
