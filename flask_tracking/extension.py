@@ -726,10 +726,10 @@ def _has_app() -> bool:
     return has_app_context()
 
 
-def _database_getter(alias: str, srv_client: MongoClient[Any] | None = None) -> Any:
+def _database_getter(alias: str, srv_client: _SrvClient | None = None) -> Any:
     """The writer's way to the database of ``alias``, asked for before it sets a collection
-    up. ``srv_client`` is the client init_app made for a ``mongodb+srv://`` URI, which looks
-    its name up in DNS when first used: it is opened first, and a failed lookup raised as
+    up. ``srv_client`` makes the client of a ``mongodb+srv://`` URI init_app connected, which
+    looks its name up in DNS when first used: it is opened first, and a failed lookup raised as
     :class:`~pymongo.errors.AutoReconnect` (pymongo raises a ConfigurationError), so the
     batch is retried as when the server is down, instead of being dropped, and no
     collection is set up by half (its indexes left out). Once the app connected ``alias``
@@ -739,8 +739,8 @@ def _database_getter(alias: str, srv_client: MongoClient[Any] | None = None) -> 
         from mongoengine.connection import get_db
 
         database: Database[Any] = get_db(alias)
-        if srv_client is not None and database.client is srv_client:
-            _open(srv_client)
+        if srv_client is not None and database.client is srv_client.made:
+            _open(database.client)
         return database
 
     return get_database
@@ -779,19 +779,22 @@ def _learn_rules_on_the_writer(redactor: Redactor, url_map: Map) -> None:
     redactor.learn_rules_later(lambda: [rule.rule for rule in url_map.iter_rules()])
 
 
-def _connect_if_configured(config: TrackingConfig) -> MongoClient[Any] | None:
+def _connect_if_configured(config: TrackingConfig) -> _SrvClient | None:
     """Connect TRACKING_DB_ALIAS to TRACKING_MONGODB_URI unless it is connected already;
-    return the client made for a ``mongodb+srv://`` URI (see :func:`_srv_client`).
+    return what makes the client of a ``mongodb+srv://`` URI (see :func:`_srv_client`).
 
-    The client opens no connection and starts no monitoring thread until its first use
-    (``connect=False``), which is in the process that serves requests: a master that loads the
-    app before forking its workers (gunicorn ``--preload``) hands them a client that never
-    opened, as pymongo requires of a client used after a fork. A ``mongodb+srv://`` name is
-    looked up in DNS at that first use too (see :func:`_srv_client`)."""
+    The alias is registered only: MongoEngine makes its client when it is first used, which
+    is in the process that serves requests, and the client opens no connection and starts no
+    monitoring thread before either (``connect=False``). A master that loads the app before
+    forking its workers (gunicorn ``--preload``) hands them no client, as pymongo requires of
+    a client used after a fork; nor one whose locks were made before gevent's worker
+    monkey-patched ``threading`` (``-k gevent``), on which its first use would block the
+    whole worker. A ``mongodb+srv://`` name is looked up in DNS at that first use too (see
+    :func:`_srv_client`)."""
     uri = config.mongodb_uri
     if uri is None:
         return None
-    from mongoengine.connection import _connection_settings, connect
+    from mongoengine.connection import _connection_settings, register_connection
     from pymongo.errors import ConfigurationError
 
     if config.db_alias in _connection_settings:
@@ -806,18 +809,36 @@ def _connect_if_configured(config: TrackingConfig) -> MongoClient[Any] | None:
     }
     try:
         if not uri.startswith("mongodb+srv://"):
-            connect(host=uri, alias=config.db_alias, **options)
+            register_connection(config.db_alias, host=uri, **options)
             return None
-        client, name = _srv_client(uri, options)
+        name = _srv_database_name(uri, options)
     except ConfigurationError as error:  # InvalidURI too: pymongo's reason, under the key
         raise ValueError(f"TRACKING_MONGODB_URI is not a usable MongoDB URI: {error}") from None
-    connect(name, alias=config.db_alias, mongo_client_class=lambda **_: client, **options)
-    return client
+    srv_client = _SrvClient(uri, options)
+    register_connection(config.db_alias, name, mongo_client_class=srv_client, **options)
+    return srv_client
 
 
-def _srv_client(uri: str, options: dict[str, Any]) -> tuple[MongoClient[Any], str]:
-    """A client of the ``mongodb+srv://`` ``uri`` with ``options``, and the name of its
-    database, for MongoEngine (``mongo_client_class`` hands it the client).
+class _SrvClient:
+    """MongoEngine's ``mongo_client_class`` for a ``mongodb+srv://`` alias: makes pymongo's
+    client of the URI (see :func:`_srv_database_name`) when the alias is first used, and
+    remembers it in :attr:`made`."""
+
+    def __init__(self, uri: str, options: dict[str, Any]) -> None:
+        self.uri = uri
+        self.options = options
+        self.made: MongoClient[Any] | None = None
+
+    def __call__(self, **_settings: Any) -> MongoClient[Any]:
+        from pymongo import MongoClient
+
+        self.made = MongoClient(self.uri, **self.options)
+        return self.made
+
+
+def _srv_database_name(uri: str, options: dict[str, Any]) -> str:
+    """The name of the database of the ``mongodb+srv://`` ``uri``, checked with ``options``
+    by a client that is closed at once (:class:`_SrvClient` makes the one used).
 
     MongoEngine parses a URI it is given with pymongo's ``parse_uri``, which looks the SRV and
     TXT records up at once: with DNS failing, init_app would raise, and with a name server
@@ -833,4 +854,7 @@ def _srv_client(uri: str, options: dict[str, Any]) -> tuple[MongoClient[Any], st
     if query:  # refused, as MongoEngine's parse refuses them; the client would only warn
         split_options(query, validate=True, warn=False)
     client: MongoClient[Any] = MongoClient(uri, **options)
-    return client, client.get_default_database(DEFAULT_DATABASE_NAME).name
+    try:
+        return client.get_default_database(DEFAULT_DATABASE_NAME).name
+    finally:
+        client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 from wsgiref.util import FileWrapper
@@ -807,3 +809,235 @@ def test_a_writer_made_before_gevent_patches_serves_greenlets(
         timeout=30,
     )
     assert done.stdout.split() == [str(greenlets * records).encode()], done.stderr.decode()
+
+
+#: The app the gevent workers serve: tracked when TRACKED is set, with the settings of the
+#: JSON in TRACKING_SETTINGS (FAST_WRITER's by default).
+GEVENT_APP = """
+import io
+import json
+import os
+import time
+
+from flask import Flask, Response, abort, request, send_file, stream_with_context
+
+from flask_tracking import Tracking
+
+tracking = Tracking()
+
+
+def create_app():
+    app = Flask("gevent_app")
+
+    @app.get("/hello")
+    def hello():
+        return "Hello"
+
+    @app.post("/echo")
+    def echo():
+        return request.get_json()
+
+    @app.get("/stream")
+    def stream():
+        def chunks():
+            for number in range(5):
+                yield f"chunk{number};".encode()
+
+        return Response(stream_with_context(chunks()), mimetype="text/plain")
+
+    @app.get("/file")
+    def file():
+        return send_file(io.BytesIO(b"file-content" * 100), mimetype="application/octet-stream")
+
+    @app.get("/boom")
+    def boom():
+        raise ValueError("kaboom")
+
+    @app.get("/missing")
+    def missing():
+        abort(404)
+
+    @app.get("/nap")
+    def nap():
+        time.sleep(0.2)  # a greenlet waiting (an API called, a query): the others go on
+        return "rested"
+
+    @app.get("/stats")
+    def stats():
+        return tracking.stats(app)
+
+    if os.environ.get("TRACKED"):
+        app.config["TRACKING_MONGODB_URI"] = os.environ["MONGODB_URI"]
+        app.config.update(json.loads(os.environ["TRACKING_SETTINGS"]))
+        tracking.init_app(app)
+    return app
+"""
+
+
+#: gunicorn's settings file for the gevent tests: each worker, once it handles signals,
+#: says so with an empty file named after its process id in READY_DIR.
+READY_HOOK = """
+import os
+
+
+def post_worker_init(worker):
+    open(os.path.join(os.environ["READY_DIR"], str(worker.pid)), "w").close()
+"""
+
+
+def run_gevent_workers(
+    tmp_path: Path, args: list[str], uri: str, tracked: bool = True, **settings: Any
+) -> tuple[subprocess.Popen[bytes], int]:
+    """gunicorn with gevent workers serving GEVENT_APP (tracked into ``uri`` with
+    FAST_WRITER and ``settings``), once its first worker is ready (see :func:`wait_ready`);
+    ``args`` come before the app."""
+    pytest.importorskip("gevent")
+    (tmp_path / "ready_hook.py").write_text(READY_HOOK)
+    (tmp_path / "ready").mkdir()
+    env = {
+        "MONGODB_URI": uri,
+        "TRACKING_SETTINGS": json.dumps({**FAST_WRITER, **settings}),
+        "READY_DIR": str(tmp_path / "ready"),
+    }
+    if tracked:
+        env["TRACKED"] = "1"
+    process, port = run_gunicorn(
+        tmp_path,
+        "gevent_app",
+        GEVENT_APP,
+        [
+            "-k",
+            "gevent",
+            "-c",
+            "ready_hook.py",
+            "--log-level",
+            "warning",
+            *args,
+            "gevent_app:create_app()",
+        ],
+        env,
+    )
+    wait_ready(process, tmp_path, 1)
+    return process, port
+
+
+def wait_ready(process: subprocess.Popen[bytes], tmp_path: Path, workers: int) -> None:
+    """Wait until ``workers`` workers (in all, replacements included) have been ready.
+    gunicorn's socket accepts before its workers are, and a worker that gets SIGTERM before
+    it set its signal handlers misses it and serves on, until the master's graceful timeout
+    (gunicorn's behaviour, tracked or not): the tests stop gunicorn once all are ready."""
+    deadline = time.monotonic() + 15
+    while len(list((tmp_path / "ready").iterdir())) < workers:
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise AssertionError(process.communicate()[1].decode())
+        time.sleep(0.05)
+
+
+def stop_gunicorn(process: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
+    """Stop gunicorn gracefully (SIGTERM: the workers finish and exit, writing what they
+    have queued); what it logged. A gunicorn still running after ``timeout`` is killed, its
+    workers first, and the test fails."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, errors = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
+        for worker in children.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(worker), signal.SIGKILL)
+        process.kill()
+        _, errors = process.communicate()
+        raise AssertionError(f"gunicorn did not stop in {timeout} s:\n{errors.decode()}") from None
+    return errors.decode()
+
+
+def logged_errors(log: str) -> list[str]:
+    """The lines of gunicorn's log that report an error (gunicorn's own, or a traceback: of
+    the app, of the tracker, of a greenlet that failed)."""
+    return [
+        line
+        for line in log.splitlines()
+        if "[ERROR]" in line or "[CRITICAL]" in line or line.startswith("Traceback")
+    ]
+
+
+def exchange_all(port: int, requests: list[bytes], clients: int = 16) -> list[bytes]:
+    """Send ``requests`` from ``clients`` threads at once, each on a connection of its own,
+    and return the answers in order. A server that stops answering (a blocked gevent hub)
+    fails the call after the generous timeout of each exchange."""
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(lambda raw: raw_exchange(port, raw, timeout=10), requests))
+
+
+def database_uri(real_server: Any) -> tuple[str, str]:
+    """A database name of its own for a test, and the URI that names it."""
+    database = f"deploy_{uuid.uuid4().hex[:12]}"
+    return database, real_server.uri.rstrip("/") + "/" + database
+
+
+def stored_records(real_server: Any, database: str) -> list[dict[str, Any]]:
+    """What was stored in ``database`` (then dropped), oldest first."""
+    client: Any = pymongo.MongoClient(real_server.uri, serverSelectionTimeoutMS=5000)
+    try:
+        records = list(client[database]["tracking"].find({}, {"_id": 0}).sort("date_created", 1))
+        client.drop_database(database)
+    finally:
+        client.close()
+    return records
+
+
+@REAL
+@pytest.mark.parametrize("preload", [False, True], ids=["loaded-by-worker", "preload"])
+def test_a_gevent_worker_answers_concurrent_requests_and_records_each_once(
+    real_server: Any, tmp_path: Path, preload: bool
+) -> None:
+    """``gunicorn -k gevent``, the app loaded by the worker (after gevent patched it) or by
+    the master (``--preload``: before). 300 requests from 32 clients at once are answered,
+    and each is recorded once (by the graceful stop at the latest); nothing is logged as an
+    error.
+
+    With ``--preload`` the MongoClient that TRACKING_MONGODB_URI connects must not be made in
+    the master: its locks would be real ones, and pymongo's greenlets (its monitors, the
+    writer selecting a server) wait for them while another holds one and lets them run (a
+    thread it starts): the worker blocked for good, under such a load, in every run."""
+    database, uri = database_uri(real_server)
+    process, port = run_gevent_workers(
+        tmp_path,
+        ["-w", "1", *(["--preload"] if preload else [])],
+        uri,
+        TRACKING_FLUSH_INTERVAL_SECONDS=0.05,  # the first write while the requests come
+        TRACKING_SHUTDOWN_TIMEOUT_SECONDS=5.0,
+    )
+    try:
+        answers = exchange_all(port, [http("GET", f"/hello?n={n}") for n in range(300)], 32)
+    finally:
+        log = stop_gunicorn(process)
+    assert [answer.endswith(b"Hello") for answer in answers] == [True] * 300, log
+    records = stored_records(real_server, database)
+    assert sorted(record["query_params"] for record in records) == sorted(
+        f"n={n}" for n in range(300)
+    ), log
+    assert logged_errors(log) == []
+
+
+@pytest.mark.parametrize(
+    "uri", ["mongodb://127.0.0.1:9/lazy", "mongodb+srv://cluster0.example.com/lazy?tls=false"]
+)
+def test_init_app_leaves_the_client_of_the_uri_to_the_process_that_uses_it(uri: str) -> None:
+    """The MongoClient that TRACKING_MONGODB_URI connects is made where it is first used (a
+    worker), not by init_app: under ``gunicorn -k gevent --preload`` init_app runs in the
+    master, before the worker monkey-patches ``threading``, and a client made then has real
+    locks, which its greenlets (the writer, pymongo's monitors) would wait for while another
+    greenlet holds them, blocking the worker (see the test above; it hangs there in most
+    runs, here every time)."""
+    import mongoengine
+    from mongoengine.connection import _connections
+
+    app = Flask("lazy_client")
+    app.config.update(TRACKING_MONGODB_URI=uri, TRACKING_DB_ALIAS="lazy_client")
+    try:
+        Tracking(app)
+        assert "lazy_client" not in _connections
+    finally:
+        mongoengine.disconnect("lazy_client")
