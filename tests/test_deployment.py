@@ -885,14 +885,28 @@ def post_worker_init(worker):
 """
 
 
+#: The start of a gunicorn settings file that monkey-patches the master before it loads the
+#: app (``--preload``), as deployment.md advises.
+PATCH_FIRST = """
+from gevent import monkey
+
+monkey.patch_all()
+"""
+
+
 def run_gevent_workers(
-    tmp_path: Path, args: list[str], uri: str, tracked: bool = True, **settings: Any
+    tmp_path: Path,
+    args: list[str],
+    uri: str,
+    tracked: bool = True,
+    patch_first: bool = False,
+    **settings: Any,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """gunicorn with gevent workers serving GEVENT_APP (tracked into ``uri`` with
     FAST_WRITER and ``settings``), once its first worker is ready (see :func:`wait_ready`);
-    ``args`` come before the app."""
+    ``args`` come before the app. ``patch_first``: its settings file starts with PATCH_FIRST."""
     pytest.importorskip("gevent")
-    (tmp_path / "ready_hook.py").write_text(READY_HOOK)
+    (tmp_path / "ready_hook.py").write_text((PATCH_FIRST if patch_first else "") + READY_HOOK)
     (tmp_path / "ready").mkdir()
     env = {
         "MONGODB_URI": uri,
@@ -977,10 +991,10 @@ def database_uri(real_server: Any) -> tuple[str, str]:
 
 
 def stored_records(real_server: Any, database: str) -> list[dict[str, Any]]:
-    """What was stored in ``database`` (then dropped), oldest first."""
+    """What was stored in ``database`` (then dropped), in the order it was queued."""
     client: Any = pymongo.MongoClient(real_server.uri, serverSelectionTimeoutMS=5000)
     try:
-        records = list(client[database]["tracking"].find({}, {"_id": 0}).sort("date_created", 1))
+        records = list(client[database]["tracking"].find({}, {"_id": 0}).sort("_id", 1))
         client.drop_database(database)
     finally:
         client.close()
@@ -988,14 +1002,18 @@ def stored_records(real_server: Any, database: str) -> list[dict[str, Any]]:
 
 
 @REAL
-@pytest.mark.parametrize("preload", [False, True], ids=["loaded-by-worker", "preload"])
+@pytest.mark.parametrize(
+    ("preload", "patch_first"),
+    [(False, False), (True, False), (True, True)],
+    ids=["loaded-by-worker", "preload", "preload-patched-first"],
+)
 def test_a_gevent_worker_answers_concurrent_requests_and_records_each_once(
-    real_server: Any, tmp_path: Path, preload: bool
+    real_server: Any, tmp_path: Path, preload: bool, patch_first: bool
 ) -> None:
     """``gunicorn -k gevent``, the app loaded by the worker (after gevent patched it) or by
-    the master (``--preload``: before). 300 requests from 32 clients at once are answered,
-    and each is recorded once (by the graceful stop at the latest); nothing is logged as an
-    error.
+    the master (``--preload``: before, unless the settings file patched the master first).
+    300 requests from 32 clients at once are answered, and each is recorded once (by the
+    graceful stop at the latest); nothing is logged as an error.
 
     With ``--preload`` the MongoClient that TRACKING_MONGODB_URI connects must not be made in
     the master: its locks would be real ones, and pymongo's greenlets (its monitors, the
@@ -1006,6 +1024,7 @@ def test_a_gevent_worker_answers_concurrent_requests_and_records_each_once(
         tmp_path,
         ["-w", "1", *(["--preload"] if preload else [])],
         uri,
+        patch_first=patch_first,
         TRACKING_FLUSH_INTERVAL_SECONDS=0.05,  # the first write while the requests come
         TRACKING_SHUTDOWN_TIMEOUT_SECONDS=5.0,
     )
@@ -1041,3 +1060,203 @@ def test_init_app_leaves_the_client_of_the_uri_to_the_process_that_uses_it(uri: 
         assert "lazy_client" not in _connections
     finally:
         mongoengine.disconnect("lazy_client")
+
+
+#: Requests the gevent worker answers alike, tracked or not.
+GEVENT_REQUESTS = [
+    http("GET", "/hello"),
+    http("HEAD", "/hello"),
+    http(
+        "POST",
+        "/echo",
+        "Content-Type: application/json\r\nContent-Length: 13\r\n",
+        b'{"order": 42}',
+    ),
+    http(
+        "POST",
+        "/echo",
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
+        b'd\r\n{"order": 42}\r\n0\r\n\r\n',
+    ),
+    http("GET", "/stream"),
+    http("GET", "/file"),
+    http("GET", "/boom"),
+    http("GET", "/missing"),
+]
+
+
+@REAL
+def test_a_gevent_worker_answers_tracked_and_untracked_apps_alike(
+    real_server: Any, tmp_path: Path
+) -> None:
+    """Under ``gunicorn -k gevent --preload`` the tracked app answers byte for byte as its
+    untracked twin (but for ``Date``): bodies read from a length or chunks, a stream, a file,
+    HEAD, an error, a 404; each request is recorded once, with the status it was answered."""
+    database, uri = database_uri(real_server)
+    answers: dict[bool, list[bytes]] = {}
+    logs = []
+    for tracked in (False, True):
+        directory = tmp_path / str(tracked)
+        directory.mkdir()
+        process, port = run_gevent_workers(directory, ["--preload"], uri, tracked)
+        try:
+            answers[tracked] = [
+                re.sub(rb"Date: [^\r]*\r\n", b"", raw_exchange(port, raw, 10))
+                for raw in GEVENT_REQUESTS
+            ]
+        finally:
+            logs.append(stop_gunicorn(process))
+    assert answers[True] == answers[False]
+    records = stored_records(real_server, database)
+    assert [(r["method"], r["path"], r["status_code"]) for r in records] == [
+        (raw.split()[0].decode(), raw.split()[1].decode(), int(answer.split()[1]))
+        for raw, answer in zip(GEVENT_REQUESTS, answers[True])
+    ]
+    # the view's ValueError, logged by Flask as the app's error: the only one
+    assert [line for log in logs for line in logged_errors(log)] == [
+        "Traceback (most recent call last):"
+    ] * 2
+
+
+@contextlib.contextmanager
+def slow_inserts(server: Any, milliseconds: int) -> Iterator[None]:
+    """The real ``server`` keeps the next ``insert`` (of any client) waiting ``milliseconds``
+    before it answers, through a ``failCommand`` fail point switched off afterwards."""
+    admin: Any = pymongo.MongoClient(server.uri)
+    admin.admin.command(
+        "configureFailPoint",
+        "failCommand",
+        mode={"times": 1},
+        data={"failCommands": ["insert"], "blockConnection": True, "blockTimeMS": milliseconds},
+    )
+    try:
+        yield
+    finally:
+        admin.admin.command("configureFailPoint", "failCommand", mode="off")
+        admin.close()
+
+
+def stats_of(port: int) -> dict[str, Any]:
+    """``Tracking.stats(app)`` in the worker that answers, and the time it answered."""
+    answer = raw_exchange(port, http("GET", "/stats"))
+    return {**json.loads(answer.partition(b"\r\n\r\n")[2]), "time": time.monotonic()}
+
+
+def worker_cpu_seconds(pid: int) -> float:
+    """The CPU time process ``pid`` used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu_seconds(tmp_path: Path, seconds: float = 1.0) -> float:
+    """The CPU time the gevent workers of the test used in ``seconds`` with no request."""
+    pids = [int(path.name) for path in (tmp_path / "ready").iterdir()]
+    pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    before = sum(map(worker_cpu_seconds, pids))
+    time.sleep(seconds)
+    return sum(map(worker_cpu_seconds, pids)) - before
+
+
+@REAL
+def test_a_slow_database_holds_up_no_request_of_a_gevent_worker(
+    real_server: Any, tmp_path: Path
+) -> None:
+    """The writer of a gevent worker is a greenlet: while MongoDB keeps its insert waiting
+    (2 s), 40 requests that each wait 0.2 s themselves are answered together, as the worker
+    answers them untracked, and the writer writes every record once the database answers,
+    at the graceful stop at the latest."""
+    database, uri = database_uri(real_server)
+    process, port = run_gevent_workers(
+        tmp_path, ["-w", "1", "--preload"], uri, TRACKING_SHUTDOWN_TIMEOUT_SECONDS=10.0
+    )
+    try:
+        raw_exchange(port, http("GET", "/hello"))  # the collection is made, its first batch
+        before = stats_of(port)
+        while time.monotonic() < before["time"] + 10 and not before["written"]:
+            time.sleep(0.05)
+            before = stats_of(port)
+        with slow_inserts(real_server, 2000):
+            raw_exchange(port, http("GET", "/hello"))  # its insert waits 2 s on the server
+            time.sleep(0.2)  # taken by the writer
+            answers = exchange_all(port, [http("GET", "/nap")] * 40, 40)
+            during = stats_of(port)
+    finally:
+        log = stop_gunicorn(process)
+    assert [answer.endswith(b"rested") for answer in answers] == [True] * 40, log
+    # All answered while the insert still waited: the /hello it writes is not written yet
+    # (had the worker waited with the writer, or served the naps one after the other, the
+    # insert would be over, and the /hello written, by the time they were all answered).
+    assert during["enqueued"] == before["enqueued"] + 42, (before, during)
+    assert during["written"] <= before["enqueued"] + 1, (before, during)
+    records = stored_records(real_server, database)
+    assert len(records) == during["enqueued"] + 1, log  # and the last /stats
+    assert logged_errors(log) == []
+
+
+def test_a_gevent_worker_serves_on_while_the_database_never_answers(tmp_path: Path) -> None:
+    """TRACKING_MONGODB_URI names a server that takes connections and never answers (a hung
+    mongod, a black-holed network): three waves of 100 requests from 32 clients are answered
+    (full batches of 3 wake the writer again and again), the writer retrying with its backoff
+    does not spin the CPU, and the graceful stop ends within TRACKING_SHUTDOWN_TIMEOUT_SECONDS,
+    the records left counted and warned about, not logged as an error."""
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(64)  # never accepts: the handshake is never answered
+        uri = f"mongodb://127.0.0.1:{black_hole.getsockname()[1]}/nowhere"
+        process, port = run_gevent_workers(
+            tmp_path,
+            ["-w", "1", "--preload"],
+            uri,
+            TRACKING_BATCH_MAX_RECORDS=3,
+            TRACKING_WRITE_TIMEOUT_SECONDS=1.0,
+        )
+        try:
+            answers = []
+            for _ in range(3):
+                answers += exchange_all(port, [http("GET", "/hello")] * 100, 32)
+                time.sleep(0.3)
+            idle = idle_cpu_seconds(tmp_path)
+            counters = stats_of(port)
+        finally:
+            log = stop_gunicorn(process)
+    assert [answer.endswith(b"Hello") for answer in answers] == [True] * 300, log
+    assert (counters["enqueued"], counters["written"]) == (300, 0), counters
+    assert idle < 0.5, f"the idle worker used {idle:.2f} s of CPU in 1 s"
+    assert "dropped_shutdown" in log, log
+    assert logged_errors(log) == []
+
+
+@REAL
+def test_gevent_workers_restarted_for_max_requests_write_their_records(
+    real_server: Any, tmp_path: Path
+) -> None:
+    """``--max-requests 25``: each gevent worker exits after 25 requests and a new one takes
+    over; with a flush interval longer than the test, the records are written only as each
+    worker exits (and at the graceful stop): all 60 of them, once each."""
+    database, uri = database_uri(real_server)
+    process, port = run_gevent_workers(
+        tmp_path,
+        ["-w", "1", "--preload", "--max-requests", "25"],
+        uri,
+        TRACKING_FLUSH_INTERVAL_SECONDS=60.0,
+        TRACKING_SHUTDOWN_TIMEOUT_SECONDS=5.0,
+    )
+    try:
+        answers = []
+        for first, workers in ((0, 2), (25, 3), (50, None)):
+            answers += [
+                raw_exchange(port, http("GET", f"/hello?n={n}"), 10)
+                for n in range(first, first + (25 if workers else 10))
+            ]
+            if workers:  # the worker stops once it sees it served 25 (within 1 s): its
+                wait_ready(process, tmp_path, workers)  # successor is up
+        idle = idle_cpu_seconds(tmp_path)
+    finally:
+        log = stop_gunicorn(process)
+    assert [answer.endswith(b"Hello") for answer in answers] == [True] * 60, log
+    records = stored_records(real_server, database)
+    assert sorted(record["query_params"] for record in records) == sorted(
+        f"n={n}" for n in range(60)
+    ), log
+    assert idle < 0.5, f"the idle worker used {idle:.2f} s of CPU in 1 s"
+    assert logged_errors(log) == []
