@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import AnyStr
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from flask_tracking import credentials
@@ -450,9 +450,11 @@ def _tried_everywhere(
 
 @settings(max_examples=500, deadline=None)
 @given(text=_CREDENTIAL_TEXTS)
+@example(text="xoxb-eyJeyJeyJ%41")  # a Slack token once "%41" is decoded: not this test's
 def test_credentials_are_filtered_as_by_the_pattern_everywhere(text: str) -> None:
     """The pattern is tried only where a credential can begin: the same as trying it at every
-    position, for text and for bytes."""
+    position, for text and for bytes (as they are: what URL decoding shows is
+    :func:`credentials._scrub_url_encoded`'s, tested below)."""
     expected = _tried_everywhere(credentials._CREDENTIAL_TEXT, credentials._credential_text, text)
     found = credentials._sub_credentials(
         text,
@@ -465,7 +467,7 @@ def test_credentials_are_filtered_as_by_the_pattern_everywhere(text: str) -> Non
     expected_bytes = _tried_everywhere(
         credentials._CREDENTIAL_BYTES, credentials._credential_bytes, body
     )
-    assert credentials.scrub_values(body) == credentials._scrub_cards(expected_bytes)
+    assert credentials._scrub_plain(body) == credentials._scrub_cards(expected_bytes)
     if expected == text:
         assert found is text
 
@@ -521,6 +523,13 @@ _URL_PIECES = st.sampled_from(
         "7",
     ]
 )
+
+
+def test_a_credential_an_escape_completes_is_filtered() -> None:
+    """``%41`` is the ``A`` that makes ``xoxb-eyJeyJeyJ`` a Slack token's look: filtered, as
+    the server reading the decoded value would see it (Hypothesis found it)."""
+    assert credentials.scrub_values(b"xoxb-eyJeyJeyJ%41") == b"[Filtered]"
+    assert credentials.scrub_values(b"xoxb-eyJeyJeyJ%20") == b"xoxb-eyJeyJeyJ%20"  # a space
 
 
 @settings(max_examples=500, deadline=None)
