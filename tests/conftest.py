@@ -21,6 +21,7 @@ import mongomock
 import pymongo
 import pytest
 from flask import Flask, Response, abort, request, send_file, stream_with_context
+from hypothesis import settings
 
 from flask_tracking import Tracking
 from flask_tracking.aggregate import RollupAggregator
@@ -28,6 +29,12 @@ from flask_tracking.store import RollupSink
 from flask_tracking.testing import accept_pymongo_bulk_updates
 
 accept_pymongo_bulk_updates()  # rollups are written with bulk_write(UpdateOne(...))
+
+# CI runs each property test on the same examples every time (a failure there is one anyone
+# can run again); elsewhere Hypothesis explores new ones on every run.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 FAST_WRITER = {
     "TRACKING_FLUSH_INTERVAL_SECONDS": 0.02,
