@@ -496,7 +496,10 @@ class BatchWriter:
         # made before monkey-patching (gunicorn --preload -k gevent) is a real one, which that
         # greenlet would wait for forever, and the whole process with it.
         self._thread = thread
-        self._lock.release()
+        # The caller's lock, taken back below: a fork meanwhile (another greenlet's) leaves the
+        # child a new one, which this caller must not take and leave held.
+        lock = self._lock
+        lock.release()
         try:
             thread.start()
         except RuntimeError:
@@ -507,7 +510,7 @@ class BatchWriter:
         else:
             started = True
         finally:
-            self._lock.acquire()
+            lock.acquire()
         if not started and self._thread is thread:
             self._thread = None
 

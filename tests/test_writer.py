@@ -679,6 +679,33 @@ def test_shutdown_waits_for_a_worker_being_started(make_writer, monkeypatch) -> 
     assert sink.written == [1]
 
 
+def test_a_fork_while_the_worker_starts_leaves_the_child_writer_usable(
+    make_writer, monkeypatch
+) -> None:
+    """Under gevent, the greenlet starting the worker lets the others run (the lock released):
+    one that forks then, leaves the child with that greenlet, and the state the fork hook made
+    anew. Once the worker started, the greenlet must give back the lock it took, not take the
+    child's new one, which nothing would ever release: every submit of the child would hang."""
+    sink = Sink()
+    writer = make_writer(sink)
+    real_start = threading.Thread.start
+
+    def start_and_fork(thread: threading.Thread) -> None:
+        writer_module._after_fork_in_child()  # what the fork hook does in the child
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_and_fork)
+    accepted = writer.submit({"i": 1}, 1)  # from the parent: the child does not write it
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    free = writer._lock.acquire(timeout=1)
+    writer._lock.release()  # ours, or the one left held (so that the test can end)
+    assert free, "the lock of the child's writer was left held"
+    assert accepted is True
+    assert writer.submit({"i": 2}, 1) is True
+    assert writer.flush(5) is True
+    assert sink.written == [2]
+
+
 # ---------------------------------------------------------------- counters and callbacks
 
 
