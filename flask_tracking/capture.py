@@ -250,6 +250,10 @@ class RequestState:
     custom_data: Any = None
     custom_data_size = 0
     exception: str | None = None
+    # The first HTTP error sent by got_request_exception, untrapped: an exception of the app's
+    # only if the request is not answered with its status (Flask answers 500 for one that
+    # escaped its handling; flask-restx sends the signal for the errors it answers).
+    http_error: BaseException | None = None
     # Policy outcomes: set when the view, a skip_if predicate or flask_tracking.skip() says the
     # request is not recorded (nothing more is copied, nothing is queued); and the sample rate
     # the record is stored with.

@@ -515,8 +515,10 @@ class Tracking:
             state: RequestState | None = current.environ.get(ENVIRON_KEY)
             if state is None:
                 return
-            if not _answered_http_error(exception):
+            if not _untrapped_http_error(exception):
                 state.note_exception(exception)
+            elif state.http_error is None:
+                state.http_error = exception  # an exception unless answered (see finish)
             if state.skipped:
                 return
             rule = current.url_rule
@@ -607,6 +609,11 @@ class Tracking:
             try:
                 if state.skipped:
                     return
+                http_error = state.http_error
+                if http_error is not None and status_code_of(state.status) != getattr(
+                    http_error, "code", None
+                ):
+                    state.note_exception(http_error)  # not answered with its page
                 if rollups is not None:  # every request past the rules, kept or not
                     rollups.add(_rollup_sample(state))
                 request_body, response_body = state.request_body, state.response_body
@@ -637,12 +644,13 @@ class Tracking:
         return finish
 
 
-def _answered_http_error(error: BaseException) -> bool:
+def _untrapped_http_error(error: BaseException) -> bool:
     """Whether ``error`` is an HTTP error that Flask answers with its own page (``abort()``,
-    a 404, a 405): no exception of the app's. Flask sends ``got_request_exception`` only for
-    the errors it does not handle, HTTP ones among them when the app traps them
-    (``TRAP_HTTP_EXCEPTIONS``); an extension that answers errors itself (flask-restx) sends it
-    for every error it answers."""
+    a 404, a 405) when its handling sees it: no exception of the app's if that page is the
+    answer. Flask sends ``got_request_exception`` only for the errors it does not handle, HTTP
+    ones among them when the app traps them (``TRAP_HTTP_EXCEPTIONS``) or when one escapes its
+    handling (raised by an ``after_request`` function or an error handler: answered 500); an
+    extension that answers errors itself (flask-restx) sends it for every error it answers."""
     return isinstance(error, HTTPException) and not current_app.trap_http_exception(error)
 
 

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import mongoengine
 import pytest
-from flask import Flask, request, stream_with_context
+from flask import Flask, Response, abort, request, stream_with_context
+from werkzeug.exceptions import HTTPException
 from werkzeug.test import EnvironBuilder
 
 from flask_tracking import Tracking, add_data
@@ -535,6 +536,37 @@ def test_abort_is_a_handled_response(app: Flask, client: Any, mongo: Any) -> Non
     assert [(d["status_code"], d["exception"]) for d in docs] == [(404, None), (404, None)]
     assert b"Not Found" in docs[0]["response_body"]
     assert docs[1]["endpoint"] is None
+
+
+@pytest.mark.parametrize("testing", [False, True])
+def test_an_http_error_flask_turns_into_a_server_error_is_an_exception(
+    make_app: Callable[..., Flask], mongo: Any, testing: bool
+) -> None:
+    """An HTTP error that escapes Flask's handling (raised by an after_request function, or by
+    the error handler of another HTTP error) is no answer of the app's: Flask logs it as an
+    exception and answers 500 (or lets it propagate, in testing mode). The record says so, in
+    production mode as in testing mode."""
+    app = make_app(testing=testing)
+
+    @app.after_request
+    def refuse(response: Response) -> Response:
+        if request.path == "/hello":
+            abort(401)
+        return response
+
+    @app.errorhandler(404)
+    def not_found(error: Exception) -> Any:
+        abort(503)
+
+    client = app.test_client()
+    for path in ("/hello", "/no-such-route"):
+        if testing:
+            with pytest.raises(HTTPException):
+                client.get(path)
+        else:
+            assert client.get(path, buffered=True).status_code == 500
+    docs = stored(app, mongo)
+    assert [d["exception"].split(":")[0] for d in docs] == ["Unauthorized", "ServiceUnavailable"]
 
 
 def test_short_circuiting_before_request_still_has_real_timing(mongo: Any) -> None:
