@@ -789,7 +789,7 @@ def _learn_rules_on_the_writer(redactor: Redactor, url_map: Map) -> None:
 
 def _connect_if_configured(config: TrackingConfig) -> _SrvClient | None:
     """Connect TRACKING_DB_ALIAS to TRACKING_MONGODB_URI unless it is connected already;
-    return what makes the client of a ``mongodb+srv://`` URI (see :func:`_srv_client`).
+    return what makes the client of a ``mongodb+srv://`` URI (see :class:`_SrvClient`).
 
     The alias is registered only: MongoEngine makes its client when it is first used, which
     is in the process that serves requests, and the client opens no connection and starts no
@@ -798,7 +798,7 @@ def _connect_if_configured(config: TrackingConfig) -> _SrvClient | None:
     a client used after a fork; nor one whose locks were made before gevent's worker
     monkey-patched ``threading`` (``-k gevent``), on which its first use would block the
     whole worker. A ``mongodb+srv://`` name is looked up in DNS at that first use too (see
-    :func:`_srv_client`)."""
+    :func:`_srv_database_name`)."""
     uri = config.mongodb_uri
     if uri is None:
         return None
@@ -817,7 +817,9 @@ def _connect_if_configured(config: TrackingConfig) -> _SrvClient | None:
     }
     try:
         if not uri.startswith("mongodb+srv://"):
-            register_connection(config.db_alias, host=uri, **options)
+            register_connection(
+                config.db_alias, host=uri, mongo_client_class=_SrvClient(None, {}), **options
+            )
             return None
         name = _srv_database_name(uri, options)
     except ConfigurationError as error:  # InvalidURI too: pymongo's reason, under the key
@@ -828,20 +830,33 @@ def _connect_if_configured(config: TrackingConfig) -> _SrvClient | None:
 
 
 class _SrvClient:
-    """MongoEngine's ``mongo_client_class`` for a ``mongodb+srv://`` alias: makes pymongo's
-    client of the URI (see :func:`_srv_database_name`) when the alias is first used, and
-    remembers it in :attr:`made`."""
+    """MongoEngine's ``mongo_client_class`` for the alias of TRACKING_MONGODB_URI: makes
+    pymongo's client when the alias is first used (of the ``mongodb+srv://`` ``uri``, see
+    :func:`_srv_database_name`; of MongoEngine's settings without one), and remembers it in
+    :attr:`made`. MongoEngine makes it without a lock: threads that use the alias first at
+    once all get the client made first (no lock here either: one made before gevent patched
+    ``threading`` would be a real one, which a greenlet waiting for it blocks the worker on)."""
 
-    def __init__(self, uri: str, options: dict[str, Any]) -> None:
+    def __init__(self, uri: str | None, options: dict[str, Any]) -> None:
         self.uri = uri
         self.options = options
-        self.made: MongoClient[Any] | None = None
+        self._made: dict[str, MongoClient[Any]] = {}
 
-    def __call__(self, **_settings: Any) -> MongoClient[Any]:
+    @property
+    def made(self) -> MongoClient[Any] | None:
+        return self._made.get("client")
+
+    def __call__(self, **settings: Any) -> MongoClient[Any]:
         from pymongo import MongoClient
 
-        self.made = MongoClient(self.uri, **self.options)
-        return self.made
+        if self.uri is None:
+            client: MongoClient[Any] = MongoClient(**settings)
+        else:
+            client = MongoClient(self.uri, **self.options)
+        made = self._made.setdefault("client", client)  # atomic: the first one made wins
+        if made is not client:
+            client.close()  # never used: it opened nothing
+        return made
 
 
 def _srv_database_name(uri: str, options: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import inspect
 import io
@@ -741,6 +742,58 @@ def test_mongodb_uri_connects_the_alias(mongo: Any) -> None:
         app.extensions["tracking"]._apps[app].writer.shutdown(0.2)
     finally:
         mongoengine.disconnect("from_uri")
+
+
+@pytest.mark.parametrize(
+    "uri", ["mongodb://127.0.0.1:9/tracked", "mongodb+srv://cluster0.example.com/tracked"]
+)
+def test_the_alias_of_the_uri_has_one_client_however_many_threads_first_use_it(
+    mongo: Any, monkeypatch: pytest.MonkeyPatch, uri: str
+) -> None:
+    """MongoEngine makes the client of a registered alias at its first use, unlocked: the
+    writer's first batch and the requests' first queries (the app's documents may share the
+    alias) may all get there at once. They must share one client, not each make and keep one
+    of their own (its pool and monitor threads; the srv one not even opened first)."""
+    import pymongo
+    from mongoengine.connection import get_db
+
+    made: list[Any] = []
+    both_making = threading.Barrier(2, timeout=2)
+    real_init = pymongo.MongoClient.__init__
+
+    def slow_init(client: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(client)
+        real_init(client, *args, **kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_making.wait()  # both threads are making a client now
+
+    app = Flask("one_client")
+    app.config.update(
+        TESTING=True, TRACKING_DB_ALIAS="one_client", TRACKING_MONGODB_URI=uri, **FAST_WRITER
+    )
+    try:
+        if uri.startswith("mongodb+srv://"):
+            monkeypatch.setattr(
+                "flask_tracking.extension._srv_database_name", lambda uri, options: "tracked"
+            )
+        Tracking(app)
+        app.extensions["tracking"]._apps[app].writer.shutdown(0.2)
+        monkeypatch.setattr(pymongo.MongoClient, "__init__", slow_init)
+        databases: list[Any] = []
+        threads = [
+            threading.Thread(target=lambda: databases.append(get_db("one_client")))
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        assert len(databases) == 2
+        assert databases[0].client is databases[1].client
+    finally:
+        mongoengine.disconnect("one_client")
+        for client in made:
+            client.close()
 
 
 @pytest.fixture(params=["silent", "nxdomain"])
