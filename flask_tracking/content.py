@@ -110,22 +110,35 @@ def _unzstd(body: bytes, limit: int) -> bytes:
     """A zstd body decoded, frame after frame (RFC 8878 allows several), to at most
     ``limit`` bytes. A frame whose window is over the 8 MB that RFC 9659 sets for the HTTP
     coding is refused (it is invalid data): the decoder allocates the window a frame
-    declares, and a request chooses it."""
+    declares, and a request chooses it. A body of more than ``_MAX_ZSTD_FRAMES`` frames is
+    refused too."""
     module = _zstd_module()
     if module is None:
         raise Unreadable("content-encoding zstd: no Zstandard decoder installed")
     decoded = b""
+    frames = 0
     try:
         options = {module.DecompressionParameter.window_log_max: 23}
         while body and len(decoded) < limit:
+            frames += 1
+            if frames > _MAX_ZSTD_FRAMES:
+                raise Unreadable("content-encoding zstd: too many frames")
             decompressor = module.ZstdDecompressor(options=options)
             decoded += decompressor.decompress(body, max_length=limit - len(decoded))
             if not decompressor.eof:  # cut at the limit, or the body was cut (captured in part)
                 break
             body = decompressor.unused_data
+    except Unreadable:
+        raise
     except Exception:
         raise Unreadable("content-encoding zstd: invalid data") from None
     return decoded
+
+
+#: Frames of one zstd body decoded at most: each costs a decoder and a copy of the rest of the
+#: body (thousands of empty or skippable frames made a body's decoding quadratic). Encoders
+#: send one frame, or one per fragment joined.
+_MAX_ZSTD_FRAMES = 100
 
 
 def _zstd_module() -> Any:

@@ -1266,6 +1266,29 @@ def test_zstd_is_decoded_frame_after_frame_within_the_limit(redactor: Redactor) 
     )
 
 
+def test_zstd_bodies_of_many_frames_are_refused(redactor: Redactor) -> None:
+    """Each zstd frame costs a decoder and a copy of the rest of the body: a 64 KB body of
+    empty (or skippable) 9-byte frames took 0.1 s of the writer's time, a 1 MB one (a larger
+    TRACKING_MAX_BODY_LENGTH) 6 s, where gzip stops at its first member. A body of more frames
+    than any encoder sends (one frame, or one per fragment joined) is refused as unreadable."""
+    from flask_tracking.content import _zstd_module
+
+    zstd = _zstd_module()
+    if zstd is None:
+        pytest.skip("no Zstandard module (compression.zstd, backports.zstd)")
+    empty = zstd.compress(b"")
+    skippable = (0x184D2A50).to_bytes(4, "little") + (0).to_bytes(4, "little")
+    refused = (None, "content-encoding zstd: too many frames")
+    for frame in (empty, skippable):
+        body = frame * (60_000 // len(frame))
+        assert redactor.scrub_body(body, "text/plain", "zstd") == refused
+    fragments = b"".join(zstd.compress(b"%d;" % i) for i in range(50))
+    assert redactor.scrub_body(fragments, "text/plain", "zstd") == (
+        b"".join(b"%d;" % i for i in range(50)),
+        None,
+    )
+
+
 @pytest.mark.parametrize("charset", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-7"])
 def test_declared_charsets_are_decoded(redactor: Redactor, charset: str) -> None:
     text = json.dumps({"password": SECRET, "name": "Zoë"}, ensure_ascii=False)
