@@ -734,7 +734,7 @@ def _has_app() -> bool:
     return has_app_context()
 
 
-def _database_getter(alias: str, srv_client: _SrvClient | None = None) -> Any:
+def _database_getter(alias: str, srv_client: _AliasClient | None = None) -> Any:
     """The writer's way to the database of ``alias``, asked for before it sets a collection
     up. ``srv_client`` makes the client of a ``mongodb+srv://`` URI init_app connected, which
     looks its name up in DNS when first used: it is opened first, and a failed lookup raised as
@@ -787,9 +787,9 @@ def _learn_rules_on_the_writer(redactor: Redactor, url_map: Map) -> None:
     redactor.learn_rules_later(lambda: [rule.rule for rule in url_map.iter_rules()])
 
 
-def _connect_if_configured(config: TrackingConfig) -> _SrvClient | None:
+def _connect_if_configured(config: TrackingConfig) -> _AliasClient | None:
     """Connect TRACKING_DB_ALIAS to TRACKING_MONGODB_URI unless it is connected already;
-    return what makes the client of a ``mongodb+srv://`` URI (see :class:`_SrvClient`).
+    return what makes the client of a ``mongodb+srv://`` URI (see :class:`_AliasClient`).
 
     The alias is registered only: MongoEngine makes its client when it is first used, which
     is in the process that serves requests, and the client opens no connection and starts no
@@ -818,18 +818,18 @@ def _connect_if_configured(config: TrackingConfig) -> _SrvClient | None:
     try:
         if not uri.startswith("mongodb+srv://"):
             register_connection(
-                config.db_alias, host=uri, mongo_client_class=_SrvClient(None, {}), **options
+                config.db_alias, host=uri, mongo_client_class=_AliasClient(None, {}), **options
             )
             return None
         name = _srv_database_name(uri, options)
     except ConfigurationError as error:  # InvalidURI too: pymongo's reason, under the key
         raise ValueError(f"TRACKING_MONGODB_URI is not a usable MongoDB URI: {error}") from None
-    srv_client = _SrvClient(uri, options)
+    srv_client = _AliasClient(uri, options)
     register_connection(config.db_alias, name, mongo_client_class=srv_client, **options)
     return srv_client
 
 
-class _SrvClient:
+class _AliasClient:
     """MongoEngine's ``mongo_client_class`` for the alias of TRACKING_MONGODB_URI: makes
     pymongo's client when the alias is first used (of the ``mongodb+srv://`` ``uri``, see
     :func:`_srv_database_name`; of MongoEngine's settings without one), and remembers it in
@@ -861,7 +861,7 @@ class _SrvClient:
 
 def _srv_database_name(uri: str, options: dict[str, Any]) -> str:
     """The name of the database of the ``mongodb+srv://`` ``uri``, checked with ``options``
-    by a client that is closed at once (:class:`_SrvClient` makes the one used).
+    by a client that is closed at once (:class:`_AliasClient` makes the one used).
 
     MongoEngine parses a URI it is given with pymongo's ``parse_uri``, which looks the SRV and
     TXT records up at once: with DNS failing, init_app would raise, and with a name server
