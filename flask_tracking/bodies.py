@@ -59,13 +59,11 @@ class ObjectFilter(Protocol):
 
 
 class PartScrubber(Protocol):
-    """The content of a multipart part scrubbed as a body of its own type: ``(content, content
-    type, content encoding, max decoded bytes, outer)``; raises
+    """The content of a multipart part, decoded from its Content-Encoding already, scrubbed as
+    a body of its own type: ``(content, content type, max decoded bytes, outer)``; raises
     :class:`~flask_tracking.content.Unreadable` when it cannot be kept."""
 
-    def __call__(
-        self, body: bytes, content_type: str, encoding: str, limit: int, outer: bool
-    ) -> bytes: ...
+    def __call__(self, body: bytes, content_type: str, limit: int, outer: bool) -> bytes: ...
 
 
 class BodyFilters:
@@ -298,7 +296,7 @@ class BodyFilters:
                             raise Unreadable("encoded parts decoded beyond the body limit")
                         read = decode_content(content, encoding, budget)
                         budget -= len(read)
-                    scrubbed = self._scrub_part(read, part_type, "", limit, False)
+                    scrubbed = self._scrub_part(read, part_type, limit, False)
                 except Unreadable as error:
                     scrubbed = f"[Omitted: {error.reason}]".encode()
                 if scrubbed is content:

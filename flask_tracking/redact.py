@@ -610,8 +610,8 @@ class Redactor:
             if encoding:  # decoded here, one byte past the limit: a body cut there says so
                 body = decode_content(body, encoding, limit + 1)
                 cut = len(body) > limit
-                body, encoding, found = body[:limit], "", None
-            scrubbed = self._scrub(body, content_type, encoding, limit, True, found)
+                body, found = body[:limit], None
+            scrubbed = self._scrub(body, content_type, limit, True, found)
             return (TruncatedBody if cut else ScrubbedBody)(scrubbed, None)
         except Unreadable as error:
             return ScrubbedBody(None, error.reason)
@@ -620,23 +620,21 @@ class Redactor:
         self,
         body: bytes,
         content_type: str,
-        encoding: str,
         limit: int,
         outer: bool,
         found: int | None = None,
     ) -> bytes:
-        """``found``: what the pre-filter found in ``body`` (None: not run yet)."""
+        """``body``, decoded from its Content-Encoding already, filtered as its
+        ``content_type`` says; ``found``: what the pre-filter found in it (None: not run yet)."""
         described = describe_content_type(content_type)
         kind = described.kind
         read = body
-        if encoding:
-            body = decode_content(body, encoding, limit)
         if described.media:
             return body
         if described.archive:
             raise Unreadable(f"compressed archive ({kind})")
         body = as_utf8(body, described)
-        if found is None or body is not read:  # decoded: not what the pre-filter read
+        if found is None or body is not read:  # a charset decoded: not what it read
             found = self._scan(body)
         hints = hints_of(found, body, described.escapes) if found else 0
         # A page naming no secret field may still link to a page with secret rule variables

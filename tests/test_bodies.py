@@ -30,7 +30,7 @@ class Calls:
 
     def __init__(self) -> None:
         self.queries: list[str] = []
-        self.parts: list[tuple[bytes, str, str, int, bool]] = []
+        self.parts: list[tuple[bytes, str, int, bool]] = []
 
     def is_secret_field(self, name: str) -> bool:
         return name.lower() == "pin"
@@ -52,10 +52,8 @@ class Calls:
             return value
         return {key: FILTERED if key == "pin" else item for key, item in value.items()}
 
-    def scrub_part(
-        self, body: bytes, content_type: str, encoding: str, limit: int, outer: bool
-    ) -> bytes:
-        self.parts.append((body, content_type, encoding, limit, outer))
+    def scrub_part(self, body: bytes, content_type: str, limit: int, outer: bool) -> bytes:
+        self.parts.append((body, content_type, limit, outer))
         if content_type == "application/x-unreadable":
             raise Unreadable("format not scrubbable (test)")
         return body.replace(b"pin", b"PIN")
@@ -371,8 +369,8 @@ def test_multipart_filters_secret_parts_and_hands_the_others_to_the_part_scrubbe
     assert b"1234" not in kept and FILTERED.encode() in kept
     assert b'{"PIN": 1}' in kept
     assert calls.parts == [
-        (b'{"pin": 1}', "application/json", "", 100, False),
-        (b"plain", "text/plain", "", 100, False),
+        (b'{"pin": 1}', "application/json", 100, False),
+        (b"plain", "text/plain", 100, False),
     ]
 
 
