@@ -1001,6 +1001,18 @@ def stored_records(real_server: Any, database: str) -> list[dict[str, Any]]:
     return records
 
 
+def assert_each_hello_answered_and_recorded_once(
+    answers: list[bytes], real_server: Any, database: str, count: int, log: str
+) -> None:
+    """The ``count`` requests of ``/hello?n=0`` to ``n=count - 1`` were each answered, and
+    each is stored in ``database`` once (then dropped)."""
+    assert [answer.endswith(b"Hello") for answer in answers] == [True] * count, log
+    records = stored_records(real_server, database)
+    assert sorted(record["query_params"] for record in records) == sorted(
+        f"n={n}" for n in range(count)
+    ), log
+
+
 @REAL
 @pytest.mark.parametrize(
     ("preload", "patch_first"),
@@ -1032,11 +1044,7 @@ def test_a_gevent_worker_answers_concurrent_requests_and_records_each_once(
         answers = exchange_all(port, [http("GET", f"/hello?n={n}") for n in range(300)], 32)
     finally:
         log = stop_gunicorn(process)
-    assert [answer.endswith(b"Hello") for answer in answers] == [True] * 300, log
-    records = stored_records(real_server, database)
-    assert sorted(record["query_params"] for record in records) == sorted(
-        f"n={n}" for n in range(300)
-    ), log
+    assert_each_hello_answered_and_recorded_once(answers, real_server, database, 300, log)
     assert logged_errors(log) == []
 
 
@@ -1253,10 +1261,6 @@ def test_gevent_workers_restarted_for_max_requests_write_their_records(
         idle = idle_cpu_seconds(tmp_path)
     finally:
         log = stop_gunicorn(process)
-    assert [answer.endswith(b"Hello") for answer in answers] == [True] * 60, log
-    records = stored_records(real_server, database)
-    assert sorted(record["query_params"] for record in records) == sorted(
-        f"n={n}" for n in range(60)
-    ), log
+    assert_each_hello_answered_and_recorded_once(answers, real_server, database, 60, log)
     assert idle < 0.5, f"the idle worker used {idle:.2f} s of CPU in 1 s"
     assert logged_errors(log) == []
