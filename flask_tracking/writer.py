@@ -108,7 +108,10 @@ class BatchWriter:
     go back to the head of the queue and are retried after a backoff that starts at
     ``retry_initial_backoff_seconds``, doubles up to ``retry_max_backoff_seconds`` and resets
     after a batch that needs no retry. If ``write_batch`` raises (or returns something that is
-    not a ``BatchOutcome``) the whole batch counts as ``dropped_write_error``.
+    not a ``BatchOutcome``) the whole batch counts as ``dropped_write_error``. A SystemExit or
+    KeyboardInterrupt from ``write_batch`` or a callback (or gevent's kill) ends the thread: that
+    is logged (rate-limited), and the next ``submit``, ``flush`` or ``shutdown`` starts another,
+    which counts the batch being written then as ``dropped_write_error``.
 
     Counters (``stats()``): every record is counted exactly once. One passed to ``submit`` is
     either refused (``dropped_queue_full``, or ``dropped_shutdown`` once shut down) or
@@ -243,12 +246,10 @@ class BatchWriter:
                     self._submitted_seq += 1
                     self._queue.append((self._submitted_seq, record, size))
                     self._queue_bytes += size
-                    if self._thread is None:
+                    if self._thread is None or self._worker_ended:
                         self._ensure_thread()
                     elif len(self._queue) % self._batch_max == 0:
-                        # One wake-up per full batch (and a check that the worker still runs);
-                        # smaller batches wait for the interval tick.
-                        self._ensure_thread()
+                        # One wake-up per full batch; smaller batches wait for the interval tick.
                         self._work_cond.notify()
                     return True
                 self._dropped[reason] += 1
@@ -270,7 +271,7 @@ class BatchWriter:
     def ensure_started(self) -> None:
         """Start the worker thread if it is not running in this process (cheap when it is);
         for request threads that hand the rollups a sample without submitting a record."""
-        if self._thread is not None and self._pid == os.getpid():
+        if self._thread is not None and not self._worker_ended and self._pid == os.getpid():
             return
         try:
             self._check_pid()
@@ -313,15 +314,19 @@ class BatchWriter:
                     return True
                 if self._thread is threading.current_thread():
                     return False
-                if not self._stopping:
-                    self._ensure_thread()
                 if self._due_seq < target:
                     self._due_seq = target
                     self._work_cond.notify()
                 if round_target:
                     self._rollups_due = True
                     self._work_cond.notify()
-                while not settled():
+                while True:
+                    if not self._stopping:
+                        # Starts the worker, and another if it ended meanwhile (see _run);
+                        # releases the lock while it starts one, so settled() comes after.
+                        self._ensure_thread()
+                    if settled():
+                        return True
                     if deadline is None:
                         self._settled_cond.wait()
                         continue
@@ -329,7 +334,6 @@ class BatchWriter:
                     if remaining <= 0:
                         return False
                     self._settled_cond.wait(_waitable(remaining))
-                return True
         except Exception:
             self._log_limited("flush", "BatchWriter.flush failed", exc_info=True)
             return False
@@ -528,6 +532,12 @@ class BatchWriter:
         """Worker thread body: take due batches and write them until told to stop."""
         me = threading.current_thread()
         try:
+            with self._lock:
+                orphan = self._in_flight if self._thread is me else []
+            if orphan:
+                # The batch a previous worker was writing when it was ended (see below):
+                # counted as when write_batch raises.
+                self._settle(orphan, None)
             while True:
                 cond = self._work_cond
                 with cond:
@@ -544,10 +554,23 @@ class BatchWriter:
                     return
                 if entries:
                     self._write(entries)
+        except BaseException as error:
+            # Every Exception is caught where it is raised: this is a SystemExit or a
+            # KeyboardInterrupt from write_batch or a callback (a before_save hook or a signal
+            # receiver calling sys.exit()), or gevent's kill. The thread ends, as it was told;
+            # the next submit, flush or shutdown starts another, which counts the batch this
+            # one was writing, if any, as dropped_write_error.
+            self._log_limited(
+                "ended",
+                "flask_tracking: the writer thread was ended by %s; another one takes over",
+                type(error).__name__,
+                exc_info=True,
+            )
         finally:
             with self._lock:
                 if self._thread is me:
-                    self._worker_ended = True  # the next submit or flush starts another
+                    self._worker_ended = True  # the next submit, flush or shutdown starts another
+                    self._settled_cond.notify_all()  # a flush() waiting starts it
 
     def _report_refused(self) -> None:
         """Signal and log the records refused since the last call (lock not held)."""
@@ -653,6 +676,14 @@ class BatchWriter:
                 self._log_limited(
                     "outcome", "write_batch returned %r instead of a BatchOutcome", result
                 )
+        self._settle(entries, outcome, error_logged=error_logged)
+
+    def _settle(
+        self, entries: list[_Entry], outcome: BatchOutcome | None, *, error_logged: bool = False
+    ) -> None:
+        """Account for the ``outcome`` of the batch ``entries`` (None: write_batch raised, the
+        write_error drop logged already if ``error_logged``) and call the callbacks (lock not
+        held)."""
         try:
             retry, written, drops, problem = _reconcile(entries, outcome)
         except Exception:
@@ -697,6 +728,8 @@ class BatchWriter:
         with self._lock:
             self._stopping = True
             self._deadline = deadline
+            if self._worker_ended and self._queue:
+                self._ensure_thread()  # the worker was ended (see _run): another writes them
             thread = self._thread
             self._work_cond.notify()
         if thread is not None and thread is not threading.current_thread():

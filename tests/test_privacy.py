@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import uuid
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
@@ -1274,6 +1275,26 @@ def test_before_save_raising_drops_the_record_and_counts(app: Flask, mongo: Any)
     assert [doc["path"] for doc in docs] == ["/hello"]
     assert tracking.stats(app)["dropped_hook_error"] == 1
     assert mongo["tracking"].count_documents({"path": "/boom-hook"}) == 0
+
+
+def test_before_save_calling_sys_exit_ends_only_the_writer_thread(app: Flask, mongo: Any) -> None:
+    """A SystemExit from a hook ends the writer thread, not the app: the batch being written
+    counts as dropped_write_error and the next flush starts another thread."""
+    tracking = app.extensions["tracking"]
+
+    @tracking.before_save
+    def leaving(document: dict[str, Any]) -> dict[str, Any]:
+        if document["path"] == "/custom":
+            sys.exit(3)
+        return document
+
+    client = app.test_client()
+    client.get("/custom")
+    assert tracking.flush(5)
+    client.get("/hello")
+    assert [doc["path"] for doc in stored(app, mongo)] == ["/hello"]
+    stats = tracking.stats(app)
+    assert (stats["dropped_write_error"], stats["written"], stats["pending"]) == (1, 1, 0)
 
 
 def test_before_save_sees_an_already_scrubbed_document(app: Flask, mongo: Any) -> None:

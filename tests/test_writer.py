@@ -29,7 +29,8 @@ class Record(dict):
 class Sink:
     """A fake ``write_batch``: records batches; each call follows the next step of ``plan``.
 
-    Steps: "ok" (write all), "retry" (ask to retry all), "raise" (raise RuntimeError). Calls
+    Steps: "ok" (write all), "retry" (ask to retry all), "raise" (raise RuntimeError), "exit"
+    (raise SystemExit, as a ``before_save`` hook calling ``sys.exit()`` does). Calls
     past the end of the plan use ``default``. If ``gate`` is given, every call first waits for
     it (at most 5 s, so a broken test cannot hang).
     """
@@ -60,6 +61,8 @@ class Sink:
             self.gate.wait(5)
         if step == "raise":
             raise RuntimeError("sink exploded")
+        if step == "exit":
+            raise SystemExit(3)
         if step == "retry":
             return BatchOutcome(retry=list(records))
         with self.lock:
@@ -344,6 +347,105 @@ def test_write_batch_raising_drops_that_batch_and_keeps_the_worker_alive(
     assert len(errors) == 1
     assert errors[0].exc_info is not None
     check_invariant(stats)
+
+
+def test_a_worker_ended_while_flush_waits_is_replaced_and_its_batch_counted(
+    make_writer, caplog
+) -> None:
+    """A BaseException that is no Exception ends the worker thread: a SystemExit or
+    KeyboardInterrupt raised by write_batch or a callback (a before_save hook or a
+    record_dropped receiver calling sys.exit()), gevent's kill. flush() waiting then starts
+    another worker, which writes the rest; the batch being written counts as
+    dropped_write_error (signalled before flush() returns), and the end is logged once."""
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    flush_waits = threading.Event()
+    sink = Sink(["exit"], gate=flush_waits)
+    dropped: list[tuple[str, int]] = []
+    writer = make_writer(
+        sink,
+        batch_max_records=2,
+        flush_interval_seconds=30,
+        on_dropped=lambda reason, n: dropped.append((reason, n)),
+    )
+    submit_all(writer, range(2))  # taken at once (a full batch); it ends the worker later
+    assert wait_for(lambda: sink.calls)
+    submit_all(writer, range(2, 5))
+    settled = writer._settled_cond
+    wait = settled.wait
+
+    def wait_flagged(timeout: float | None = None) -> bool:
+        flush_waits.set()  # the worker's SystemExit comes once flush() waits
+        return wait(timeout)
+
+    settled.wait = wait_flagged  # type: ignore[method-assign]
+    started = time.monotonic()
+    assert writer.flush(5) is True
+    assert time.monotonic() - started < 2.0
+    assert sink.written == [2, 3, 4]
+    stats = writer.stats()
+    assert (stats["written"], stats["dropped_write_error"], stats["pending"]) == (3, 2, 0)
+    check_invariant(stats)
+    assert dropped == [("write_error", 2)]
+    ended = [r for r in caplog.records if "writer thread was ended" in r.getMessage()]
+    assert len(ended) == 1
+    assert ended[0].exc_info is not None and ended[0].exc_info[0] is SystemExit
+
+
+@pytest.mark.parametrize("error", [SystemExit(1), KeyboardInterrupt()])
+def test_shutdown_writes_what_an_ended_worker_left_pending(make_writer, error) -> None:
+    """The worker ended by a callback (here on_written: a record_written receiver) before
+    shutdown(): shutdown starts another, which writes the pending records, instead of
+    counting them dropped_shutdown."""
+    calls: list[int] = []
+
+    def on_written(n: int) -> None:
+        calls.append(n)
+        if len(calls) == 1:
+            raise error
+
+    gate = threading.Event()
+    sink = Sink(gate=gate)
+    writer = make_writer(
+        sink,
+        batch_max_records=2,
+        flush_interval_seconds=30,
+        on_written=on_written,
+        name="writer-ended-test",
+    )
+    submit_all(writer, range(3))  # 0 and 1 make a batch, taken at once; 2 waits in the queue
+    assert wait_for(lambda: sink.calls)
+    worker = next(t for t in threading.enumerate() if t.name == "writer-ended-test")
+    gate.set()  # 0 and 1 are written, then on_written ends the worker
+    worker.join(2)
+    assert not worker.is_alive()
+    assert writer.stats()["pending"] == 1
+    assert writer.shutdown(2) is True
+    assert sink.written == [0, 1, 2]
+    stats = writer.stats()
+    assert (stats["written"], stats["dropped_shutdown"], stats["pending"]) == (3, 0, 0)
+    check_invariant(stats)
+
+
+def test_the_next_record_starts_another_worker_at_once(make_writer) -> None:
+    """After the worker was ended, the next record (not only the next full batch) starts
+    another: records are written every interval again, without a flush()."""
+    calls: list[int] = []
+
+    def on_written(n: int) -> None:
+        calls.append(n)
+        if len(calls) == 1:
+            raise SystemExit(1)
+
+    sink = Sink()
+    writer = make_writer(
+        sink, batch_max_records=10, on_written=on_written, name="writer-resubmit-test"
+    )
+    submit_all(writer, [0])  # written at the next tick, then on_written ends the worker
+    worker = next(t for t in threading.enumerate() if t.name == "writer-resubmit-test")
+    worker.join(2)
+    assert not worker.is_alive()
+    submit_all(writer, [1])
+    assert wait_for(lambda: sink.written == [0, 1])
 
 
 def test_write_batch_returning_something_else_is_a_write_error(make_writer) -> None:
@@ -1040,6 +1142,26 @@ def test_rollups_are_written_every_interval_from_the_writer_thread() -> None:
         assert recorder.counted() == 3
         assert recorder.threads == {"rollup-test-writer"}
         assert writer.stats()["rollup_requests"] == 3
+    finally:
+        writer.shutdown(1.0)
+
+
+def test_ensure_started_starts_another_worker_once_one_was_ended() -> None:
+    """Request threads that hand the rollups a sample without a record start the worker
+    again too, once a SystemExit (here from write_batch) ended it."""
+    recorder = RollupRecorder()
+    aggregator = RollupAggregator(recorder)
+    writer = BatchWriter(
+        Sink(["exit"]), flush_interval_seconds=0.05, rollups=aggregator, name="rollup-ended-test"
+    )
+    try:
+        writer.submit({"i": 0}, 1)  # its batch ends the worker
+        worker = next(t for t in threading.enumerate() if t.name == "rollup-ended-test")
+        worker.join(2)
+        assert not worker.is_alive()
+        aggregator.add(rollup_sample())
+        writer.ensure_started()
+        assert wait_for(lambda: recorder.counted() == 1)
     finally:
         writer.shutdown(1.0)
 
