@@ -265,7 +265,10 @@ def ensure_ttl_index(
     collection: Collection[Any], spec: CollectionSpec, logger: logging.Logger
 ) -> None:
     """Create the TTL index of ``spec`` unless it is there; when an index of that name exists
-    with other options, leave it and warn with the ``collMod`` that would fix it."""
+    with other options, leave it and warn with the ``collMod`` that would fix it. Raises for
+    network trouble, timeouts and "try again later" answers (see :func:`is_transient`): the
+    caller sets the collection up again later, before anything makes an index of that name
+    without an expiry."""
     try:
         existing = collection.index_information().get(spec.index_name)
         if existing is None:
@@ -273,10 +276,8 @@ def ensure_ttl_index(
                 spec.ttl_keys, name=spec.index_name, expireAfterSeconds=spec.retention_seconds
             )
             return
-    except ConnectionFailure:
-        raise
     except OperationFailure as error:
-        if error.timeout:
+        if is_transient(error):
             raise
         logger.warning(
             "flask_tracking: could not create the TTL index %r on %r (%s); records will not "

@@ -467,6 +467,42 @@ def test_the_ttl_index_reading_indexes_leave_alone_raises_a_transient_error(
         assert ttl_indexes(real_db["tracking"], spec) == ()
 
 
+@REAL
+@pytest.mark.parametrize(
+    "code",
+    [
+        262,  # ExceededTimeLimit: a mongos whose shard did not answer in time
+        89,  # NetworkTimeout: the same, of a shard it could not reach in time
+        6,  # HostUnreachable
+    ],
+)
+def test_a_transient_error_creating_the_ttl_index_is_retried(
+    code: int,
+    real_server: Any,
+    real_db: Any,
+    apps: list[Flask],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A "try again later" answer to the TTL index's ``createIndexes`` sets the collection up
+    again with the next batch, as for the other set-up commands (the "not primary" and
+    "shutting down" codes, 91, 11600, 10107 and the like, pymongo raises as NotPrimaryError, a
+    ConnectionFailure, and the writer has always retried). Taken for a refusal, the
+    records would never expire: the writer would keep the collection without its TTL index,
+    and the reading indexes would make ``tracking_date_created`` without an expiry, which
+    every later start then finds and keeps."""
+    caplog.set_level(logging.WARNING, LOGGER)
+    # No rollups: their indexes would be created first, and take the error.
+    app = tracked_app("ttl", TRACKING_RETENTION_HOURS=1, TRACKING_ROLLUPS=False)
+    apps.append(app)
+    with failing_once(real_server, "createIndexes", code):
+        app.test_client().get("/hello")
+        assert app.extensions["tracking"].flush(10)
+    assert real_db["tracking"].count_documents({}) == 1
+    index = real_db["tracking"].index_information().get("tracking_date_created") or {}
+    assert index.get("expireAfterSeconds") == 3600
+    assert not [w for w in warnings_of(caplog) if "will not expire" in w]
+
+
 def test_ttl_index_with_another_retention_warns_with_coll_mod(
     mongo: Any, apps: list[Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
