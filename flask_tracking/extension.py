@@ -18,6 +18,7 @@ finisher applies the outcome rules (status codes, errors, sampling) and queues t
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -152,14 +153,14 @@ class Tracking:
             # too) is then watched like any client created after init_app.
             register()
             watch_sqlalchemy()
-        srv_client = _connect_if_configured(config)
+        get_database = _database_getter(config.db_alias, _connect_if_configured(config))
         if config.redactor is not None:
             _learn_rules_on_the_writer(config.redactor, app.url_map)
         prepare_user_agent_parser()  # now, not while the app serves its first requests
         if config.db_activity:
             _ignore_own_collection(config.db_alias)
         sink = MongoSink(
-            _database_getter(config.db_alias, srv_client),
+            get_database,
             capped_size_bytes=config.table_size_bytes,
             capped_max_documents=config.max_documents,
             storage_mode=config.storage,
@@ -178,7 +179,7 @@ class Tracking:
         if config.rollups:
             rollups = RollupAggregator(
                 RollupSink(
-                    _database_getter(config.db_alias, srv_client),
+                    get_database,
                     retention_days=config.rollup_retention_days,
                     write_timeout_seconds=config.write_timeout_seconds,
                     collection_name=config.rollup_collection,
@@ -734,24 +735,67 @@ def _has_app() -> bool:
     return has_app_context()
 
 
-def _database_getter(alias: str, srv_client: _AliasClient | None = None) -> Any:
+def _database_getter(alias: str, alias_client: _AliasClient | None = None) -> Any:
     """The writer's way to the database of ``alias``, asked for before it sets a collection
-    up. ``srv_client`` makes the client of a ``mongodb+srv://`` URI init_app connected, which
-    looks its name up in DNS when first used: it is opened first, and a failed lookup raised as
+    up. ``alias_client`` makes the client of the alias init_app connected to
+    TRACKING_MONGODB_URI. For a ``mongodb+srv://`` URI, which looks its name up in DNS when
+    first used, that client is opened first, and a failed lookup raised as
     :class:`~pymongo.errors.AutoReconnect` (pymongo raises a ConfigurationError), so the
     batch is retried as when the server is down, instead of being dropped, and no
-    collection is set up by half (its indexes left out). Once the app connected ``alias``
-    to another client (``disconnect()``, then ``connect()``), that client is used as it is."""
+    collection is set up by half (its indexes left out).
+
+    The app may connect ``alias`` again: MongoEngine's ``connect()`` takes new settings for an
+    alias whose client is not made yet (it refuses different ones afterwards), and after
+    ``disconnect()`` at any time. That client is used as it is: the records go where the app's
+    documents, the CLI and the dashboard read. When it names another server or database, one
+    warning names both."""
+    warned = False
 
     def get_database() -> Database[Any]:
+        nonlocal warned
         from mongoengine.connection import get_db
 
         database: Database[Any] = get_db(alias)
-        if srv_client is not None and database.client is srv_client.made:
-            _open(database.client)
+        if alias_client is None:
+            return database
+        if database.client is alias_client.made:
+            if alias_client.srv:
+                _open(database.client)
+        elif not warned:
+            warned = True
+            _warn_if_elsewhere(alias, alias_client, database.name)
         return database
 
     return get_database
+
+
+def _warn_if_elsewhere(alias: str, alias_client: _AliasClient, name: str) -> None:
+    """Warn that the app connected ``alias`` again, now to database ``name`` of its settings'
+    hosts, unless that is where TRACKING_MONGODB_URI points."""
+    from mongoengine.connection import _connection_settings
+
+    settings = _connection_settings.get(alias, {})
+    port = settings.get("port")
+    hosts = [host if "://" in host else f"{host}:{port}" for host in settings.get("host") or ()]
+    ours = _where([alias_client.uri], alias_client.database)
+    theirs = _where(hosts, name)
+    if theirs != ours:
+        logging.getLogger("flask_tracking").warning(
+            "flask_tracking: the MongoEngine alias %r, which TRACKING_MONGODB_URI connected to "
+            "%s, was connected again by the app, to %s: the records are written there. Leave "
+            "TRACKING_MONGODB_URI out to write through the app's connection, or give the "
+            "tracker an alias of its own (TRACKING_DB_ALIAS).",
+            alias,
+            ours,
+            theirs,
+        )
+
+
+def _where(hosts: list[str], database: str) -> str:
+    """``hosts`` (of a URI only the scheme and hosts: no user name, password, database or
+    options) and ``database``."""
+    shown = [re.sub(r"^(\w[\w+.-]*://)?(?:[^@/]*@)?([^/?]*).*", r"\1\2", host) for host in hosts]
+    return f"{', '.join(shown)} (database {database!r})"
 
 
 def _open(client: MongoClient[Any]) -> None:
@@ -789,7 +833,7 @@ def _learn_rules_on_the_writer(redactor: Redactor, url_map: Map) -> None:
 
 def _connect_if_configured(config: TrackingConfig) -> _AliasClient | None:
     """Connect TRACKING_DB_ALIAS to TRACKING_MONGODB_URI unless it is connected already;
-    return what makes the client of a ``mongodb+srv://`` URI (see :class:`_AliasClient`).
+    return what makes the alias's client then (see :class:`_AliasClient`).
 
     The alias is registered only: MongoEngine makes its client when it is first used, which
     is in the process that serves requests, and the client opens no connection and starts no
@@ -815,31 +859,36 @@ def _connect_if_configured(config: TrackingConfig) -> _AliasClient | None:
         "tz_aware": False,
         "connect": False,
     }
+    srv = uri.startswith("mongodb+srv://")
+    alias_client = _AliasClient(uri, options, srv=srv)
     try:
-        if not uri.startswith("mongodb+srv://"):
+        if srv:
+            name = _srv_database_name(uri, options)
+            register_connection(config.db_alias, name, mongo_client_class=alias_client, **options)
+        else:
             register_connection(
-                config.db_alias, host=uri, mongo_client_class=_AliasClient(None, {}), **options
+                config.db_alias, host=uri, mongo_client_class=alias_client, **options
             )
-            return None
-        name = _srv_database_name(uri, options)
     except ConfigurationError as error:  # InvalidURI too: pymongo's reason, under the key
         raise ValueError(f"TRACKING_MONGODB_URI is not a usable MongoDB URI: {error}") from None
-    srv_client = _AliasClient(uri, options)
-    register_connection(config.db_alias, name, mongo_client_class=srv_client, **options)
-    return srv_client
+    alias_client.database = _connection_settings[config.db_alias]["name"]
+    return alias_client
 
 
 class _AliasClient:
-    """MongoEngine's ``mongo_client_class`` for the alias of TRACKING_MONGODB_URI: makes
-    pymongo's client when the alias is first used (of the ``mongodb+srv://`` ``uri``, see
-    :func:`_srv_database_name`; of MongoEngine's settings without one), and remembers it in
-    :attr:`made`. MongoEngine makes it without a lock: threads that use the alias first at
-    once all get the client made first (no lock here either: one made before gevent patched
-    ``threading`` would be a real one, which a greenlet waiting for it blocks the worker on)."""
+    """MongoEngine's ``mongo_client_class`` for the alias of TRACKING_MONGODB_URI (``uri``,
+    whose database is ``database``): makes pymongo's client when the alias is first used (of a
+    ``mongodb+srv://`` ``uri`` and ``options``, see :func:`_srv_database_name`; of
+    MongoEngine's settings otherwise), and remembers it in :attr:`made`. MongoEngine makes it
+    without a lock: threads that use the alias first at once all get the client made first (no
+    lock here either: one made before gevent patched ``threading`` would be a real one, which
+    a greenlet waiting for it blocks the worker on)."""
 
-    def __init__(self, uri: str | None, options: dict[str, Any]) -> None:
+    def __init__(self, uri: str, options: dict[str, Any], *, srv: bool) -> None:
         self.uri = uri
         self.options = options
+        self.srv = srv
+        self.database = ""
         self._made: dict[str, MongoClient[Any]] = {}
 
     @property
@@ -849,10 +898,10 @@ class _AliasClient:
     def __call__(self, **settings: Any) -> MongoClient[Any]:
         from pymongo import MongoClient
 
-        if self.uri is None:
-            client: MongoClient[Any] = MongoClient(**settings)
+        if self.srv:
+            client: MongoClient[Any] = MongoClient(self.uri, **self.options)
         else:
-            client = MongoClient(self.uri, **self.options)
+            client = MongoClient(**settings)
         made = self._made.setdefault("client", client)  # atomic: the first one made wins
         if made is not client:
             client.close()  # never used: it opened nothing

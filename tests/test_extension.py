@@ -7,6 +7,7 @@ import csv
 import inspect
 import io
 import json
+import logging
 import threading
 import time
 import tracemalloc
@@ -742,6 +743,59 @@ def test_mongodb_uri_connects_the_alias(mongo: Any) -> None:
         app.extensions["tracking"]._apps[app].writer.shutdown(0.2)
     finally:
         mongoengine.disconnect("from_uri")
+
+
+@pytest.mark.parametrize(
+    ("host", "database", "warned"),
+    [
+        ("mongodb://localhost", "elsewhere", True),
+        ("mongodb://127.0.0.1:9", "other", True),  # the same server, another database
+        ("mongodb://app:other@127.0.0.1:9/tracked?w=1", "tracked", False),  # the same
+    ],
+)
+def test_the_alias_of_the_uri_connected_again_by_the_app_is_written_to_with_a_warning(
+    caplog: pytest.LogCaptureFixture, host: str, database: str, warned: bool
+) -> None:
+    """TRACKING_MONGODB_URI only registers the alias; MongoEngine's connect() replaces the
+    settings of an alias whose client is not made yet without a word (and refuses different
+    ones once it is). The records then go where the app's connection points, as the
+    documents, the CLI and the dashboard read: when that is another server or database, the
+    writer says so once, naming both, without the URI's password."""
+    import mongomock
+
+    caplog.set_level(logging.WARNING, "flask_tracking")
+    app = Flask("reconnected")
+    app.config.update(
+        TESTING=True,
+        TRACKING_DB_ALIAS="reconnected",
+        TRACKING_MONGODB_URI="mongodb://tracker:s3cret@127.0.0.1:9/tracked?authSource=admin",
+        **FAST_WRITER,
+    )
+    add_routes(app)
+    try:
+        tracking = Tracking(app)
+        mongoengine.connect(
+            database,
+            alias="reconnected",
+            host=host,
+            mongo_client_class=mongomock.MongoClient,
+            uuidRepresentation="standard",
+        )
+        app.test_client().get("/hello")
+        assert tracking.flush(5)
+        assert mongoengine.get_db("reconnected")["tracking"].count_documents({}) == 1
+        messages = [r.getMessage() for r in caplog.records if "connected again" in r.getMessage()]
+        if warned:
+            [message] = messages  # once, though the rollups' writes ask for the database too
+            assert "'reconnected'" in message
+            assert "mongodb://127.0.0.1:9 (database 'tracked')" in message
+            assert f"{host} (database {database!r})" in message
+            assert "s3cret" not in message
+        else:
+            assert messages == []
+        tracking._apps[app].writer.shutdown(0.2)
+    finally:
+        mongoengine.disconnect("reconnected")
 
 
 @pytest.mark.parametrize(
