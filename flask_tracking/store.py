@@ -538,7 +538,8 @@ def ensure_rollup_indexes(
 ) -> None:
     """Create the rollup indexes; a TTL index with another expiry is changed with ``collMod``.
 
-    Raises only for network trouble or a timeout (the caller retries later).
+    Raises only for network trouble, a timeout or a "try again later" answer (see
+    :func:`~flask_tracking.storage.is_transient`; the caller retries later).
     """
     wanted: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
         (
@@ -555,7 +556,7 @@ def ensure_rollup_indexes(
         except ConnectionFailure:
             raise
         except OperationFailure as error:
-            if error.timeout:
+            if is_transient(error):
                 raise
             if name == ROLLUP_TTL_INDEX and error.code in (85, 86):
                 _change_expiry(collection, retention_seconds, logger)

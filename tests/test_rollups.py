@@ -16,7 +16,12 @@ from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure
 from flask_tracking.aggregate import Aggregate, RollupAggregator
 from flask_tracking.documents import Tracking, percentile
 from flask_tracking.rollups import Rollup
-from flask_tracking.store import ROLLUP_TTL_INDEX, RollupSink
+from flask_tracking.store import (
+    ROLLUP_ENDPOINT_INDEX,
+    ROLLUP_KEY_INDEX,
+    ROLLUP_TTL_INDEX,
+    RollupSink,
+)
 
 from .conftest import fork_and_report, store_rollups
 from .test_queries import FORBIDDEN, SERVER_OPERATORS, operators
@@ -403,6 +408,28 @@ def test_the_sink_retries_network_errors_and_duplicate_keys_and_drops_refusals()
     outcome = sink(batch)
     assert (outcome.written, outcome.dropped, outcome.retry) == (0, 4, [])
     assert sink([]).written == 0
+
+
+def test_a_transient_error_creating_the_rollup_indexes_is_retried() -> None:
+    """A "try again later" answer (here ExceededTimeLimit, from a mongos whose shard did not
+    answer in time) to a rollup index's ``createIndexes`` hands the round back for a retry,
+    which creates the indexes: taken for a refusal, the rollups would never get their TTL
+    index (nor their unique key) while the process lives."""
+    batch = aggregates(2)
+    sink, collection = sink_with(None)
+    create_index = collection.create_index
+    failures = [OperationFailure("operation exceeded time limit", code=262)]
+
+    def flaky(keys: Any, name: str, **options: Any) -> str:
+        if failures:
+            raise failures.pop()
+        return create_index(keys, name, **options)
+
+    collection.create_index = flaky  # type: ignore[method-assign]
+    outcome = sink(batch)
+    assert (outcome.written, outcome.retry) == (0, batch)
+    assert sink(batch).written == 2
+    assert collection.indexes == [ROLLUP_KEY_INDEX, ROLLUP_ENDPOINT_INDEX, ROLLUP_TTL_INDEX]
 
 
 def test_a_failing_rollup_write_is_retried_and_counted(
