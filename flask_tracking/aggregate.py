@@ -330,7 +330,9 @@ class RollupAggregator:
 
     def write(self) -> bool:
         """Fold the samples and write every pending aggregate; True when nothing is left to
-        retry. Never raises: a ``write_rollups`` that raises keeps the aggregates for a retry."""
+        retry. A ``write_rollups`` that raises keeps the aggregates for a retry; only a
+        SystemExit or KeyboardInterrupt (which ends the writer thread) is raised on, the
+        aggregates kept pending too."""
         with self._lock:
             self.fold()
             self._take_fresh()
@@ -342,6 +344,9 @@ class RollupAggregator:
                 outcome = self._write_rollups(batch)
             except Exception:
                 outcome = RollupOutcome(retry=batch)
+            except BaseException:  # the writer thread is ended: the next one writes them
+                self._merge_back(batch)
+                raise
             self._writes += outcome.written
             self._dropped += outcome.dropped
             self._retries += len(outcome.retry)

@@ -606,6 +606,10 @@ class BatchWriter:
         except Exception:
             done = False
             self._log_limited("rollups", "writing the rollups failed", exc_info=True)
+        except BaseException:  # ends this thread (see _run): the next one does the round
+            with self._lock:
+                self._rollups_due = True
+            raise
         with self._lock:
             if done and number > self._rollup_done:
                 self._rollup_done = number

@@ -286,6 +286,26 @@ def test_a_raising_writer_keeps_everything_for_the_next_round() -> None:
     assert aggregator.stats()["rollup_pending"] == 2
 
 
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt()])
+def test_a_writer_ended_mid_write_leaves_its_aggregates_pending(error: BaseException) -> None:
+    # A SystemExit or KeyboardInterrupt (gevent's kill too) ends the writer thread while it
+    # writes the rollups: the thread that takes over writes them.
+    def ended(aggregates: list) -> RollupOutcome:
+        raise error
+
+    aggregator = RollupAggregator(ended)
+    aggregator.add(sample())
+    with pytest.raises(type(error)):
+        aggregator.write()
+    assert aggregator.stats()["rollup_pending"] == 2
+    written: list = []
+    aggregator._write_rollups = lambda aggregates: (
+        written.extend(aggregates) or RollupOutcome(written=len(aggregates))
+    )
+    assert aggregator.write()
+    assert len(written) == 2
+
+
 def test_dropped_aggregates_are_counted() -> None:
     aggregator, _ = recorder([RollupOutcome(dropped=1)])
     aggregator.add(sample())

@@ -1179,6 +1179,28 @@ def test_flush_waits_for_the_rollups() -> None:
         writer.shutdown(1.0)
 
 
+def test_flush_writes_the_rollups_of_a_round_that_ended_the_worker() -> None:
+    """A SystemExit from a rollup write (a receiver calling sys.exit()) ends the worker in
+    the middle of a round: flush() starts another, which writes the same aggregates."""
+    writer, aggregator, recorder = rollup_writer(interval=60.0)
+    write = aggregator._write_rollups
+    exits = [SystemExit(2)]
+
+    def ending(aggregates: list) -> RollupOutcome:
+        if exits:
+            raise exits.pop()
+        return write(aggregates)
+
+    aggregator._write_rollups = ending
+    try:
+        aggregator.add(rollup_sample())
+        assert writer.flush(5.0)
+        assert recorder.counted() == 1 and not exits
+        assert writer.stats()["rollup_pending"] == 0
+    finally:
+        writer.shutdown(1.0)
+
+
 def test_flush_times_out_while_rollups_fail_and_they_are_retried() -> None:
     writer, aggregator, recorder = rollup_writer(interval=0.02)
     recorder.fail = 3
