@@ -577,6 +577,8 @@ def _change_expiry(collection: Collection[Any], seconds: int, logger: logging.Lo
     except ConnectionFailure:
         raise
     except Exception as error:
+        if is_transient(error):
+            raise  # the caller tries the round again later
         logger.warning(
             "flask_tracking: the TTL index of %r has another expiry and could not be changed "
             "(%s); rollups expire as it says",

@@ -3,7 +3,9 @@ several writers adding up, expiry, the QuerySet's reports and filters, the sink'
 
 from __future__ import annotations
 
+import logging
 import os
+import types
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -430,6 +432,39 @@ def test_a_transient_error_creating_the_rollup_indexes_is_retried() -> None:
     assert (outcome.written, outcome.retry) == (0, batch)
     assert sink(batch).written == 2
     assert collection.indexes == [ROLLUP_KEY_INDEX, ROLLUP_ENDPOINT_INDEX, ROLLUP_TTL_INDEX]
+
+
+def test_a_transient_error_changing_the_rollup_expiry_is_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The rollups' TTL index exists with another expiry (``createIndexes`` refuses it, code
+    85): a "try again later" answer to the ``collMod`` that changes it hands the round back
+    for a retry, which changes it; taken for a refusal, the rollups would keep the old
+    expiry while the process lives, with a warning that they do."""
+    batch = aggregates(2)
+    sink, collection = sink_with(None)
+    commands: list[tuple[Any, ...]] = []
+    failures = [OperationFailure("operation exceeded time limit", code=262)]
+
+    def command(*arguments: Any, **options: Any) -> dict[str, Any]:
+        if failures:
+            raise failures.pop()
+        commands.append((*arguments, options))
+        return {"ok": 1}
+
+    def create_index(keys: Any, name: str, **options: Any) -> str:
+        if name == ROLLUP_TTL_INDEX:
+            raise OperationFailure("an index with another expiry exists", code=85)
+        return name
+
+    collection.create_index = create_index  # type: ignore[method-assign]
+    collection.database = types.SimpleNamespace(command=command)  # type: ignore[attr-defined]
+    caplog.set_level(logging.WARNING, "flask_tracking")
+    outcome = sink(batch)
+    assert (outcome.written, outcome.retry) == (0, batch)
+    assert sink(batch).written == 2
+    assert [arguments[:2] for arguments in commands] == [("collMod", "tracking_rollups")]
+    assert not [r for r in caplog.records if "could not be changed" in r.getMessage()]
 
 
 def test_a_failing_rollup_write_is_retried_and_counted(
