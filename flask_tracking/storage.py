@@ -335,10 +335,10 @@ def _check_existing(
 ) -> None:
     try:
         options: Mapping[str, Any] | None = collection.options()
-    except ConnectionFailure:
-        raise
-    except Exception:  # mongomock has no options(); nothing to compare
-        options = None
+    except Exception as error:
+        if is_transient(error):
+            raise  # the writer sets the collection up again later
+        options = None  # mongomock has no options(); nothing to compare
     plain = options is None or mode_of(options) == "plain"
     if (spec.mode == "ttl" and plain) or (spec.mode == "timeseries" and options is None):
         ensure_ttl_index(collection, spec, logger)  # a plain collection expires by its index

@@ -438,6 +438,28 @@ def test_a_transient_error_listing_the_indexes_is_raised_not_taken_for_no_ttl_in
 
 
 @REAL
+def test_a_transient_error_reading_the_collection_options_is_raised(
+    real_db: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A time limit exceeded while the options of an existing collection are read is raised,
+    for the writer to set the collection up again later: not taken for a server without
+    options (as mongomock is), which would skip the check of the collection's mode."""
+    real_db.create_collection("tracking", capped=True, size=2**20)
+
+    def exceeded(self: Any) -> Any:
+        raise pymongo.errors.OperationFailure("operation exceeded time limit", 262)
+
+    monkeypatch.setattr(pymongo.collection.Collection, "options", exceeded)
+    caplog.set_level(logging.WARNING, LOGGER)
+    spec = tracking_spec(
+        "ttl", name="tracking", size_bytes=1, max_documents=0, retention_seconds=7200
+    )
+    with pytest.raises(pymongo.errors.OperationFailure):
+        ensure_collection(real_db, spec, logging.getLogger(LOGGER))
+    assert warnings_of(caplog) == []
+
+
+@REAL
 @pytest.mark.parametrize(
     ("error", "raised"),
     [
