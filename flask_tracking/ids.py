@@ -3,9 +3,11 @@ from a request header) and the ObjectIds of records (made on the writer thread).
 
 No Flask and no I/O. :func:`new_request_id` gives 32 lowercase hex digits (128 random bits, the
 shape of ``uuid4().hex``) from a generator private to this module; :func:`new_object_id` makes
-ObjectIds as the driver does. Both are seeded from ``os.urandom`` and seeded again in every
-forked child, so workers forked from one master never share ids. Request ids are for
-correlation, not secrets: they are echoed to clients and may be guessed.
+ObjectIds as the driver does. Both are seeded from ``os.urandom``, and seeded again by the
+first id a forked child makes (found by its process id: a fork made from C, as uWSGI forks
+its workers, runs none of Python's at-fork hooks), so workers forked from one master never
+share ids. Request ids are for correlation, not secrets: they are echoed to clients and may be
+guessed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ _random_bits = _GENERATOR.getrandbits
 
 def new_request_id() -> str:
     """A new request id: 32 lowercase hexadecimal digits."""
+    if _SEEDED_IN[0] != os.getpid():
+        _reseed()
     return _random_bits(128).to_bytes(16, "big").hex()
 
 
@@ -63,6 +67,8 @@ def new_object_id() -> ObjectId:
     """A new ObjectId, made as the driver makes one (the current second, five random bytes per
     process, a counter of 24 bits starting at a random value), in a sixth of the driver's time:
     its 12 bytes are set directly, without the constructor's checks of an argument made here."""
+    if _SEEDED_IN[0] != os.getpid():
+        _reseed()
     count = next(_ID_COUNTER) & 0xFFFFFF
     object_id = _new_object(ObjectId)
     value = ((int(time.time()) << 64) | _ID_RANDOM[0] | count).to_bytes(12, "big")
@@ -75,14 +81,15 @@ _new_object = ObjectId.__new__
 
 _ID_RANDOM = [0]
 _ID_COUNTER = itertools.count(int.from_bytes(os.urandom(3), "big"))
+#: The process the random state was seeded in.
+_SEEDED_IN = [0]
 
 
 def _reseed() -> None:
     """New random state for this process's ids (at import, and in every forked child)."""
     _GENERATOR.seed()  # from os.urandom
     _ID_RANDOM[0] = int.from_bytes(os.urandom(5), "big") << 24
+    _SEEDED_IN[0] = os.getpid()
 
 
 _reseed()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reseed)

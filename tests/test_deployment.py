@@ -218,15 +218,22 @@ def run_gunicorn(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 15
+    if accepts(port):
+        return process, port
+    process.kill()
+    raise AssertionError(process.communicate()[1].decode())
+
+
+def accepts(port: int, seconds: float = 15.0) -> bool:
+    """Whether a server accepts connections on ``port`` within ``seconds``."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, port
+            return True
         except OSError:
             time.sleep(0.1)
-    process.kill()
-    raise AssertionError(process.communicate()[1].decode())
+    return False
 
 
 @REAL
@@ -811,9 +818,10 @@ def test_a_writer_made_before_gevent_patches_serves_greenlets(
     assert done.stdout.split() == [str(greenlets * records).encode()], done.stderr.decode()
 
 
-#: The app the gevent workers serve: tracked when TRACKED is set, with the settings of the
-#: JSON in TRACKING_SETTINGS (FAST_WRITER's by default).
-GEVENT_APP = """
+#: The app the gevent workers and uWSGI serve: tracked when TRACKED is set, with the settings
+#: of the JSON in TRACKING_SETTINGS (FAST_WRITER's by default); /download sends the file named
+#: by DOWNLOAD.
+SERVED_APP = """
 import io
 import json
 import os
@@ -862,9 +870,15 @@ def create_app():
         time.sleep(0.2)  # a greenlet waiting (an API called, a query): the others go on
         return "rested"
 
+    @app.get("/download")
+    def download():
+        return send_file(
+            os.environ["DOWNLOAD"], mimetype="application/octet-stream", conditional=True
+        )
+
     @app.get("/stats")
     def stats():
-        return tracking.stats(app)
+        return {**tracking.stats(app), "pid": os.getpid()}
 
     if os.environ.get("TRACKED"):
         app.config["TRACKING_MONGODB_URI"] = os.environ["MONGODB_URI"]
@@ -902,7 +916,7 @@ def run_gevent_workers(
     patch_first: bool = False,
     **settings: Any,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """gunicorn with gevent workers serving GEVENT_APP (tracked into ``uri`` with
+    """gunicorn with gevent workers serving SERVED_APP (tracked into ``uri`` with
     FAST_WRITER and ``settings``), once its first worker is ready (see :func:`wait_ready`);
     ``args`` come before the app. ``patch_first``: its settings file starts with PATCH_FIRST."""
     pytest.importorskip("gevent")
@@ -918,7 +932,7 @@ def run_gevent_workers(
     process, port = run_gunicorn(
         tmp_path,
         "gevent_app",
-        GEVENT_APP,
+        SERVED_APP,
         [
             "-k",
             "gevent",
@@ -1005,12 +1019,13 @@ def assert_each_hello_answered_and_recorded_once(
     answers: list[bytes], real_server: Any, database: str, count: int, log: str
 ) -> None:
     """The ``count`` requests of ``/hello?n=0`` to ``n=count - 1`` were each answered, and
-    each is stored in ``database`` once (then dropped)."""
+    each is stored in ``database`` once (then dropped), with a request id of its own."""
     assert [answer.endswith(b"Hello") for answer in answers] == [True] * count, log
     records = stored_records(real_server, database)
     assert sorted(record["query_params"] for record in records) == sorted(
         f"n={n}" for n in range(count)
     ), log
+    assert len({record["request_id"] for record in records}) == count
 
 
 @REAL
@@ -1264,3 +1279,98 @@ def test_gevent_workers_restarted_for_max_requests_write_their_records(
     assert_each_hello_answered_and_recorded_once(answers, real_server, database, 60, log)
     assert idle < 0.5, f"the idle worker used {idle:.2f} s of CPU in 1 s"
     assert logged_errors(log) == []
+
+
+# --------------------------------------------------------------------------------------------
+# uWSGI (the pyuwsgi wheel): workers forked from C, exit hooks run by uWSGI's Python plugin
+# --------------------------------------------------------------------------------------------
+
+
+def run_uwsgi(
+    tmp_path: Path, args: list[str], uri: str, tracked: bool = True, **settings: Any
+) -> tuple[subprocess.Popen[bytes], int]:
+    """uWSGI with a master, serving SERVED_APP (tracked into ``uri`` with FAST_WRITER and
+    ``settings``; /download sends ``tmp_path/download.bin``), ``args`` added; the process
+    (its own process group) once its socket accepts, and its port. uWSGI logs into
+    ``tmp_path/uwsgi.log``. ``--binary-path`` names this Python, which a reload runs again:
+    uWSGI's own guess is the interpreter a virtual environment links to, without pyuwsgi."""
+    pytest.importorskip("pyuwsgi", reason="uWSGI is not installed (pip install pyuwsgi)")
+    (tmp_path / "served_app.py").write_text(SERVED_APP)
+    port = free_port()
+    env = {
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
+        "MONGODB_URI": uri,
+        "TRACKING_SETTINGS": json.dumps({**FAST_WRITER, **settings}),
+        "DOWNLOAD": str(tmp_path / "download.bin"),
+    }
+    if tracked:
+        env["TRACKED"] = "1"
+    with open(tmp_path / "uwsgi.log", "ab") as log:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-c", "import pyuwsgi; pyuwsgi.run()"),
+                *("--http-socket", f"127.0.0.1:{port}", "--master"),
+                *("--module", "served_app:create_app()", "--binary-path", sys.executable),
+                *args,
+            ],
+            cwd=tmp_path,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    if not accepts(port):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise AssertionError((tmp_path / "uwsgi.log").read_text())
+    return process, port
+
+
+def stop_uwsgi(
+    process: subprocess.Popen[bytes], tmp_path: Path, how: signal.Signals = signal.SIGINT
+) -> str:
+    """Stop uWSGI with the signal ``how`` and return its log. First a pause: uWSGI stops a
+    worker it finds inside a request, even in its own work after the answer was sent, without
+    any exit hook (see deployment.md); the tests stop idle workers. A uWSGI still running after
+    20 s is killed, workers and all, and the test fails."""
+    time.sleep(0.3)
+    process.send_signal(how)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise AssertionError((tmp_path / "uwsgi.log").read_text()) from None
+    return (tmp_path / "uwsgi.log").read_text()
+
+
+@REAL
+def test_uwsgi_workers_forked_by_the_master_record_each_request_once(
+    real_server: Any, tmp_path: Path
+) -> None:
+    """``uwsgi --master --processes 2`` (without ``--lazy-apps``) loads the app in the master
+    and forks the workers from C: none of Python's at-fork hooks runs in them. 60 requests
+    from 8 clients at once are answered; each worker writes with a writer of its own while it
+    serves (without ``--enable-threads``: uWSGI 2.0.27 and later run Python threads anyway);
+    each request is recorded once, with a request id of its own (the workers must not both
+    make their ids from the random state they copied from the master)."""
+    database, uri = database_uri(real_server)
+    process, port = run_uwsgi(tmp_path, ["--processes", "2"], uri, TRACKING_EXCLUDE=["^/stats$"])
+    try:
+        answers = exchange_all(port, [http("GET", f"/hello?n={n}") for n in range(60)], 8)
+        workers: dict[int, dict[str, Any]] = {}  # the last counters of each worker, by pid
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+            len(workers) < 2 or sum(w["written"] for w in workers.values()) < 60
+        ):
+            counters = stats_of(port)
+            workers[counters["pid"]] = counters
+    finally:
+        log = stop_uwsgi(process, tmp_path)
+    assert [(w["enqueued"] > 0, w["written"]) for w in workers.values()] == [
+        (True, w["enqueued"]) for w in workers.values()
+    ], workers
+    assert sum(w["enqueued"] for w in workers.values()) == 60, workers
+    assert_each_hello_answered_and_recorded_once(answers, real_server, database, 60, log)
+    assert "MongoClient opened before fork" not in log, log
+    assert "Traceback" not in log, log

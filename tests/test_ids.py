@@ -104,6 +104,21 @@ def test_forked_workers_never_share_ids() -> None:
     assert len(set(every_id)) == 9, every_id
 
 
+def test_a_fork_that_ran_no_at_fork_hook_reseeds_at_its_first_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uWSGI forks its workers from C: no at-fork hook runs in them. A process whose random
+    state was seeded in another one (its master) seeds its own before its first id."""
+    from flask_tracking import ids
+
+    state = ids._GENERATOR.getstate()
+    copied = [new_request_id() for _ in range(3)], new_object_id().binary[4:9]
+    ids._GENERATOR.setstate(state)
+    monkeypatch.setattr(ids, "_SEEDED_IN", [os.getpid() + 1])  # seeded in the master
+    assert ([new_request_id() for _ in range(3)], new_object_id().binary[4:9]) != copied
+    assert ids._SEEDED_IN[0] == os.getpid()
+
+
 # ---------------------------------------------------------------------------- end to end
 
 
