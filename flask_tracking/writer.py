@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import logging
 import math
 import os
@@ -218,6 +219,7 @@ class BatchWriter:
 
         _LIVE_WRITERS.add(self)
         self._exit_hook = _ExitHook(self)
+        _warn_if_uwsgi_runs_no_threads(self._logger)
 
     # ------------------------------------------------------------------ public API
 
@@ -911,6 +913,61 @@ def _stop_every_writer() -> None:
         writer._exit_deadline = writer.begin_shutdown()
 
 
+def _exit_every_writer() -> None:
+    """What Python's exit hooks do for the writers of this process (see ``_ExitHook``): tell
+    them all to stop, then wait for each within its own timeout."""
+    _stop_every_writer()
+    for writer in list(_LIVE_WRITERS):
+        writer._exit_hook()
+
+
+def _uwsgi() -> Any:
+    """uWSGI's ``uwsgi`` module when uWSGI runs this process, else None."""
+    try:
+        return importlib.import_module("uwsgi")  # made by uWSGI, in its processes only
+    except ImportError:
+        return None
+
+
+def _stop_writers_at_uwsgi_exit() -> None:
+    """Under uWSGI, stop the writers from ``uwsgi.atexit`` too (calling the one set before,
+    if any): uWSGI's Python plugin calls it as a worker exits, before Python's exit hooks,
+    which ``--skip-atexit-teardown`` skips. Those find the writers stopped already."""
+    uwsgi = _uwsgi()
+    if uwsgi is None:
+        return
+    previous = getattr(uwsgi, "atexit", None)
+
+    def at_exit() -> None:
+        try:
+            _exit_every_writer()
+        finally:
+            if previous is not None:
+                previous()
+
+    uwsgi.atexit = at_exit
+
+
+#: Whether this process warned that uWSGI runs it without Python threads.
+_WARNED_NO_THREADS = [False]
+
+
+def _warn_if_uwsgi_runs_no_threads(logger: logging.Logger) -> None:
+    """Warn once per process when uWSGI runs it without Python threads (uWSGI before 2.0.27
+    without ``--enable-threads`` or ``--threads``): the worker keeps the GIL while it waits
+    for a request, so the writer thread runs only now and then while a request is served."""
+    uwsgi = _uwsgi()
+    if uwsgi is None or getattr(uwsgi, "has_threads", True) or _WARNED_NO_THREADS[0]:
+        return
+    _WARNED_NO_THREADS[0] = True
+    logger.warning(
+        "flask_tracking: uWSGI runs this app without Python threads: the tracking writer "
+        "thread runs only now and then while a request is served, never between requests, "
+        "so records wait in memory until the worker exits, or are dropped once the queue "
+        "is full (dropped_queue_full). Start uWSGI with --enable-threads."
+    )
+
+
 def _after_fork_in_child() -> None:
     global _REINIT_LOCK
     _REINIT_LOCK = threading.Lock()  # may have been held by a parent thread at the fork
@@ -920,3 +977,4 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+_stop_writers_at_uwsgi_exit()

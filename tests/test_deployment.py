@@ -1373,4 +1373,45 @@ def test_uwsgi_workers_forked_by_the_master_record_each_request_once(
     assert sum(w["enqueued"] for w in workers.values()) == 60, workers
     assert_each_hello_answered_and_recorded_once(answers, real_server, database, 60, log)
     assert "MongoClient opened before fork" not in log, log
+    assert "without Python threads" not in log, log  # uwsgi.has_threads, not uwsgi.opt
+    assert "Traceback" not in log, log
+
+
+@REAL
+@pytest.mark.parametrize(
+    ("args", "reload", "stop"),
+    [
+        (["--max-requests", "5"], False, signal.SIGINT),
+        (["--lazy-apps", "--max-requests", "5"], False, signal.SIGQUIT),
+        (["--die-on-term"], True, signal.SIGTERM),
+        (["--skip-atexit-teardown"], False, signal.SIGINT),
+    ],
+    ids=["max-requests", "lazy-apps", "reload", "skip-atexit-teardown"],
+)
+def test_uwsgi_workers_write_their_records_as_they_exit(
+    real_server: Any, tmp_path: Path, args: list[str], reload: bool, stop: signal.Signals
+) -> None:
+    """With a flush interval longer than the test, the records are written only as each uWSGI
+    worker exits: recycled after 5 requests (``--max-requests``), its app loaded by itself
+    (``--lazy-apps``), at a graceful reload (SIGHUP to the master: the workers finish, the
+    master runs again) and at the stop (SIGINT, SIGQUIT, or SIGTERM with ``--die-on-term``),
+    where uWSGI's Python plugin runs the exit hooks (``uwsgi.atexit``, then Python's own,
+    which ``--skip-atexit-teardown`` skips). All 24 records are written, once each."""
+    database, uri = database_uri(real_server)
+    process, port = run_uwsgi(
+        tmp_path,
+        ["--processes", "2", *args],
+        uri,
+        TRACKING_FLUSH_INTERVAL_SECONDS=60.0,
+        TRACKING_SHUTDOWN_TIMEOUT_SECONDS=5.0,
+    )
+    try:
+        answers = [raw_exchange(port, http("GET", f"/hello?n={n}"), 10) for n in range(12)]
+        if reload:
+            time.sleep(0.3)  # the workers idle (see stop_uwsgi)
+            process.send_signal(signal.SIGHUP)
+        answers += [raw_exchange(port, http("GET", f"/hello?n={n}"), 10) for n in range(12, 24)]
+    finally:
+        log = stop_uwsgi(process, tmp_path, stop)
+    assert_each_hello_answered_and_recorded_once(answers, real_server, database, 24, log)
     assert "Traceback" not in log, log
