@@ -1335,6 +1335,12 @@ def stop_uwsgi(
     20 s is killed, workers and all, and the test fails."""
     time.sleep(0.3)
     process.send_signal(how)
+    return uwsgi_log_at_exit(process, tmp_path)
+
+
+def uwsgi_log_at_exit(process: subprocess.Popen[bytes], tmp_path: Path) -> str:
+    """The log of uWSGI once it exited; one still running after 20 s is killed, workers and
+    all, and the test fails."""
     try:
         process.wait(20)
     except subprocess.TimeoutExpired:
@@ -1415,3 +1421,104 @@ def test_uwsgi_workers_write_their_records_as_they_exit(
         log = stop_uwsgi(process, tmp_path, stop)
     assert_each_hello_answered_and_recorded_once(answers, real_server, database, 24, log)
     assert "Traceback" not in log, log
+
+
+@REAL
+def test_a_graceful_uwsgi_stop_records_the_request_in_progress(
+    real_server: Any, tmp_path: Path
+) -> None:
+    """uWSGI's graceful stop (``q`` written to its ``--master-fifo``) lets the worker finish
+    the request it serves (0.2 s), then exit through its exit hooks: that request is answered
+    and recorded with the ones before. (SIGINT, SIGQUIT, and SIGTERM with ``--die-on-term``,
+    end a worker at once, and one inside a request without any exit hook: deployment.md.)"""
+    database, uri = database_uri(real_server)
+    fifo = tmp_path / "master.fifo"
+    process, port = run_uwsgi(
+        tmp_path,
+        ["--processes", "1", "--master-fifo", str(fifo)],
+        uri,
+        TRACKING_FLUSH_INTERVAL_SECONDS=60.0,
+        TRACKING_SHUTDOWN_TIMEOUT_SECONDS=5.0,
+    )
+    try:
+        answers = [raw_exchange(port, http("GET", f"/hello?n={n}"), 10) for n in range(5)]
+        with ThreadPoolExecutor(1) as pool:
+            napping = pool.submit(raw_exchange, port, http("GET", "/nap"), 10)
+            time.sleep(0.1)  # the worker is inside the view
+            fifo.write_text("q")
+            nap = napping.result()
+    finally:
+        log = uwsgi_log_at_exit(process, tmp_path)
+    assert nap.endswith(b"rested"), log
+    records = stored_records(real_server, database)
+    assert sorted(record["path"] for record in records) == ["/hello"] * 5 + ["/nap"], log
+    assert [answer.endswith(b"Hello") for answer in answers] == [True] * 5, log
+
+
+#: send_file under uWSGI: a file on disk (uWSGI sends it with sendfile(), offloaded), to HEAD,
+#: a range of it, not modified; a file in memory (uWSGI reads it).
+UWSGI_FILE_REQUESTS = [
+    http("GET", "/download"),
+    http("HEAD", "/download"),
+    http("GET", "/download", "Range: bytes=100-1099\r\n"),
+    http("GET", "/download", "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n"),
+    http("GET", "/file"),
+]
+
+
+def offloaded_requests(stats_port: int) -> int:
+    """The requests uWSGI's workers handed to its offload threads, from its stats server."""
+    with socket.create_connection(("127.0.0.1", stats_port), timeout=5) as sock:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    workers = json.loads(data)["workers"]
+    return sum(core["offloaded_requests"] for worker in workers for core in worker["cores"])
+
+
+@REAL
+def test_uwsgi_sends_the_files_of_a_tracked_app_as_of_an_untracked_one(
+    real_server: Any, tmp_path: Path
+) -> None:
+    """uWSGI's ``wsgi.file_wrapper`` is a function that hands back the file itself, and uWSGI
+    sends a response that is that very object with ``sendfile()``, here from an offload
+    thread (``--offload-threads``). Tracked or not, the answers are byte for byte the same
+    (but for ``Date``), the file on disk is offloaded all the same, and each answer is
+    recorded with the status and headers sent, the body passed on uncopied
+    (``passthrough``), or none sent (HEAD, 304)."""
+    database, uri = database_uri(real_server)
+    answers: dict[bool, list[bytes]] = {}
+    offloaded: dict[bool, int] = {}
+    (tmp_path / "download.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    for tracked in (False, True):
+        stats_port = free_port()
+        process, port = run_uwsgi(
+            tmp_path,
+            ["--processes", "1", "--offload-threads", "1", "--stats", f"127.0.0.1:{stats_port}"],
+            uri,
+            tracked,
+        )
+        try:
+            answers[tracked] = [
+                re.sub(rb"Date: [^\r]*\r\n", b"", raw_exchange(port, raw, 10))
+                for raw in UWSGI_FILE_REQUESTS
+            ]
+            offloaded[tracked] = offloaded_requests(stats_port)
+        finally:
+            log = stop_uwsgi(process, tmp_path)
+    assert answers[True] == answers[False], log
+    assert offloaded == {False: 1, True: 1}, log  # the whole file on disk
+    records = stored_records(real_server, database)
+    fields = ("method", "path", "status_code", "response_body_omitted", "response_body_size")
+    assert [tuple(record[field] for field in fields) for record in records] == [
+        ("GET", "/download", 200, "passthrough", None),
+        ("HEAD", "/download", 200, None, 0),
+        ("GET", "/download", 206, "passthrough", None),
+        ("GET", "/download", 304, None, 0),
+        ("GET", "/file", 200, "passthrough", None),
+    ]
+    assert [
+        [f"{name}: {value}" for name, value in record["response_headers"] if name != "Date"]
+        for record in records
+    ] == [answer.partition(b"\r\n\r\n")[0].decode().split("\r\n")[1:] for answer in answers[True]]
+    assert all(r["total_time"] >= r["execution_time"] for r in records), records
