@@ -1424,35 +1424,44 @@ def test_uwsgi_workers_write_their_records_as_they_exit(
 
 
 @REAL
-def test_a_graceful_uwsgi_stop_records_the_request_in_progress(
-    real_server: Any, tmp_path: Path
+@pytest.mark.parametrize("stop", ["fifo", "sigterm"])
+def test_a_graceful_uwsgi_stop_records_the_requests_in_progress(
+    real_server: Any, tmp_path: Path, stop: str
 ) -> None:
-    """uWSGI's graceful stop (``q`` written to its ``--master-fifo``) lets the worker finish
-    the request it serves (0.2 s), then exit through its exit hooks: that request is answered
-    and recorded with the ones before. (SIGINT, SIGQUIT, and SIGTERM with ``--die-on-term``,
-    end a worker at once, and one inside a request without any exit hook: deployment.md.)"""
+    """uWSGI's graceful stop (``q`` written to its ``--master-fifo``, or SIGTERM mapped to it
+    with ``--hook-master-start "unix_signal:15 gracefully_kill_them_all"``) lets each worker
+    finish the request it serves (0.2 s), then exit through its exit hooks: those requests
+    are answered and recorded with the ones before. (SIGINT, SIGQUIT, and SIGTERM with
+    ``--die-on-term``, end a worker at once, and one inside a request without any exit
+    hook: deployment.md.)"""
     database, uri = database_uri(real_server)
     fifo = tmp_path / "master.fifo"
     process, port = run_uwsgi(
         tmp_path,
-        ["--processes", "1", "--master-fifo", str(fifo)],
+        [
+            *("--processes", "2", "--master-fifo", str(fifo)),
+            *("--hook-master-start", "unix_signal:15 gracefully_kill_them_all"),
+        ],
         uri,
         TRACKING_FLUSH_INTERVAL_SECONDS=60.0,
         TRACKING_SHUTDOWN_TIMEOUT_SECONDS=5.0,
     )
     try:
-        answers = [raw_exchange(port, http("GET", f"/hello?n={n}"), 10) for n in range(5)]
-        with ThreadPoolExecutor(1) as pool:
-            napping = pool.submit(raw_exchange, port, http("GET", "/nap"), 10)
-            time.sleep(0.1)  # the worker is inside the view
-            fifo.write_text("q")
-            nap = napping.result()
+        answers = [raw_exchange(port, http("GET", f"/hello?n={n}"), 10) for n in range(6)]
+        with ThreadPoolExecutor(2) as pool:
+            napping = [pool.submit(raw_exchange, port, http("GET", "/nap"), 10) for _ in "ab"]
+            time.sleep(0.1)  # both workers are inside the view
+            if stop == "fifo":
+                fifo.write_text("q")
+            else:
+                process.send_signal(signal.SIGTERM)
+            naps = [future.result() for future in napping]
     finally:
         log = uwsgi_log_at_exit(process, tmp_path)
-    assert nap.endswith(b"rested"), log
+    assert [nap.endswith(b"rested") for nap in naps] == [True, True], log
     records = stored_records(real_server, database)
-    assert sorted(record["path"] for record in records) == ["/hello"] * 5 + ["/nap"], log
-    assert [answer.endswith(b"Hello") for answer in answers] == [True] * 5, log
+    assert sorted(record["path"] for record in records) == ["/hello"] * 6 + ["/nap"] * 2, log
+    assert [answer.endswith(b"Hello") for answer in answers] == [True] * 6, log
 
 
 #: send_file under uWSGI: a file on disk (uWSGI sends it with sendfile(), offloaded), to HEAD,
