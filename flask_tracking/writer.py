@@ -219,7 +219,7 @@ class BatchWriter:
 
         _LIVE_WRITERS.add(self)
         self._exit_hook = _ExitHook(self)
-        _warn_if_uwsgi_runs_no_threads(self._logger)
+        _warn_about_uwsgi_settings(self._logger)
 
     # ------------------------------------------------------------------ public API
 
@@ -948,24 +948,44 @@ def _stop_writers_at_uwsgi_exit() -> None:
     uwsgi.atexit = at_exit
 
 
-#: Whether this process warned that uWSGI runs it without Python threads.
-_WARNED_NO_THREADS = [False]
+#: Whether this process checked how uWSGI runs it (see ``_warn_about_uwsgi_settings``).
+_UWSGI_CHECKED = [False]
 
 
-def _warn_if_uwsgi_runs_no_threads(logger: logging.Logger) -> None:
-    """Warn once per process when uWSGI runs it without Python threads (uWSGI before 2.0.27
-    without ``--enable-threads`` or ``--threads``): the worker keeps the GIL while it waits
-    for a request, so the writer thread runs only now and then while a request is served."""
+def _warn_about_uwsgi_settings(logger: logging.Logger) -> None:
+    """Once per process under uWSGI, warn about the settings that keep records from being
+    written: no Python threads (uWSGI before 2.0.27 without ``--enable-threads`` or
+    ``--threads``: the worker keeps the GIL while it waits for a request, so the writer thread
+    runs only now and then while a request is served), and ``--skip-atexit`` (a worker exits
+    without any exit hook)."""
     uwsgi = _uwsgi()
-    if uwsgi is None or getattr(uwsgi, "has_threads", True) or _WARNED_NO_THREADS[0]:
+    if uwsgi is None or _UWSGI_CHECKED[0]:
         return
-    _WARNED_NO_THREADS[0] = True
-    logger.warning(
-        "flask_tracking: uWSGI runs this app without Python threads: the tracking writer "
-        "thread runs only now and then while a request is served, never between requests, "
-        "so records wait in memory until the worker exits, or are dropped once the queue "
-        "is full (dropped_queue_full). Start uWSGI with --enable-threads."
-    )
+    _UWSGI_CHECKED[0] = True
+    if not getattr(uwsgi, "has_threads", True):
+        logger.warning(
+            "flask_tracking: uWSGI runs this app without Python threads: the tracking writer "
+            "thread runs only now and then while a request is served, never between "
+            "requests, so records wait in memory until the worker exits, or are dropped once "
+            "the queue is full (dropped_queue_full). Start uWSGI with --enable-threads."
+        )
+    if _uwsgi_flag(getattr(uwsgi, "opt", {}), "skip-atexit"):
+        logger.warning(
+            "flask_tracking: uWSGI runs with --skip-atexit: a worker exits without any exit "
+            "hook, so the records it has not written yet are lost, uncounted. Leave "
+            "--skip-atexit out (--skip-atexit-teardown keeps the records)."
+        )
+
+
+def _uwsgi_flag(options: Any, name: str) -> bool:
+    """Whether uWSGI's options (``uwsgi.opt``) set the flag ``name``, as uWSGI reads it: set
+    unless its value is false, off, no or 0."""
+    value = options.get(name) if isinstance(options, dict) else None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, str):
+        return value.lower() not in ("false", "off", "no", "0")
+    return bool(value)
 
 
 def _after_fork_in_child() -> None:

@@ -1423,6 +1423,20 @@ def test_uwsgi_workers_write_their_records_as_they_exit(
     assert "Traceback" not in log, log
 
 
+def test_uwsgi_with_skip_atexit_warns_that_what_a_worker_leaves_is_lost(tmp_path: Path) -> None:
+    """``--skip-atexit``: a uWSGI worker exits with ``_exit()``, without any exit hook, so
+    what it queued and did not write is lost with it: the tracker warns at start-up (once:
+    the master loaded the app), reading ``uwsgi.opt`` as uWSGI fills it."""
+    process, port = run_uwsgi(
+        tmp_path, ["--processes", "2", "--skip-atexit"], "mongodb://127.0.0.1:9/nowhere"
+    )
+    try:
+        assert raw_exchange(port, http("GET", "/hello"), 10).endswith(b"Hello")
+    finally:
+        log = stop_uwsgi(process, tmp_path)
+    assert log.count("uWSGI runs with --skip-atexit") == 1, log
+
+
 @REAL
 @pytest.mark.parametrize("stop", ["fifo", "sigterm"])
 def test_a_graceful_uwsgi_stop_records_the_requests_in_progress(

@@ -1114,21 +1114,36 @@ def test_under_uwsgi_its_atexit_stops_the_writers_then_runs_the_one_set_before(
     assert sink.written == [0, 1, 2]
 
 
-@pytest.mark.parametrize("has_threads", [0, 1])
-def test_a_writer_under_uwsgi_without_threads_warns_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, has_threads: int
+@pytest.mark.parametrize(
+    ("has_threads", "opt", "named"),
+    [
+        (0, {}, ["--enable-threads"]),
+        (1, {"master": True}, []),
+        (1, {"skip-atexit": True}, ["--skip-atexit"]),
+        (1, {"skip-atexit": b"false"}, []),  # set to false in an ini file
+        (1, {"skip-atexit-teardown": True}, []),
+    ],
+)
+def test_a_writer_under_uwsgi_warns_once_about_settings_that_keep_records_unwritten(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    has_threads: int,
+    opt: dict[str, object],
+    named: list[str],
 ) -> None:
     """uWSGI before 2.0.27 runs Python threads only with ``--enable-threads`` (or
-    ``--threads``); without them (``uwsgi.has_threads`` 0) its worker keeps the GIL while it
-    waits for a request, and the writer thread does not run between requests: one warning per
-    process names the option."""
-    fake_uwsgi(monkeypatch, has_threads=has_threads)
-    monkeypatch.setattr(writer_module, "_WARNED_NO_THREADS", [False])
+    ``--threads``): without them (``uwsgi.has_threads`` 0) its worker keeps the GIL while it
+    waits for a request, and the writer thread does not run between requests. With
+    ``--skip-atexit`` a worker exits without any exit hook. One warning per process names
+    the option."""
+    fake_uwsgi(monkeypatch, has_threads=has_threads, opt=opt)
+    monkeypatch.setattr(writer_module, "_UWSGI_CHECKED", [False])
     caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
     for _ in range(2):
         BatchWriter(Sink(), logger=logging.getLogger(LOGGER_NAME)).shutdown(1)
-    warned = [r.getMessage() for r in caplog.records if "--enable-threads" in r.getMessage()]
-    assert len(warned) == (0 if has_threads else 1), warned
+    warned = [r.getMessage() for r in caplog.records if "uWSGI" in r.getMessage()]
+    assert len(warned) == len(named), warned
+    assert all(option in message for option, message in zip(named, warned)), warned
 
 
 # --- rollups on the writer thread -------------------------------------------------------
