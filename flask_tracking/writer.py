@@ -958,10 +958,12 @@ def _warn_about_uwsgi_settings(logger: logging.Logger) -> None:
     ``--threads``: the worker keeps the GIL while it waits for a request, so the writer thread
     runs only now and then while a request is served), and ``--skip-atexit`` (a worker exits
     without any exit hook)."""
-    uwsgi = _uwsgi()
-    if uwsgi is None or _UWSGI_CHECKED[0]:
+    if _UWSGI_CHECKED[0]:
         return
     _UWSGI_CHECKED[0] = True
+    uwsgi = _uwsgi()
+    if uwsgi is None:
+        return
     if not getattr(uwsgi, "has_threads", True):
         logger.warning(
             "flask_tracking: uWSGI runs this app without Python threads: the tracking writer "
