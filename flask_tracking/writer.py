@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .logs import EventLimiter
+from .uwsgi_support import run_at_uwsgi_exit, warn_about_uwsgi_settings
 
 if TYPE_CHECKING:
     from .aggregate import RollupAggregator
@@ -219,7 +219,7 @@ class BatchWriter:
 
         _LIVE_WRITERS.add(self)
         self._exit_hook = _ExitHook(self)
-        _warn_about_uwsgi_settings(self._logger)
+        warn_about_uwsgi_settings(self._logger)
 
     # ------------------------------------------------------------------ public API
 
@@ -921,75 +921,6 @@ def _exit_every_writer() -> None:
         writer._exit_hook()
 
 
-def _uwsgi() -> Any:
-    """uWSGI's ``uwsgi`` module when uWSGI runs this process, else None."""
-    try:
-        return importlib.import_module("uwsgi")  # made by uWSGI, in its processes only
-    except ImportError:
-        return None
-
-
-def _stop_writers_at_uwsgi_exit() -> None:
-    """Under uWSGI, stop the writers from ``uwsgi.atexit`` too (calling the one set before,
-    if any): uWSGI's Python plugin calls it as a worker exits, before Python's exit hooks,
-    which ``--skip-atexit-teardown`` skips. Those find the writers stopped already."""
-    uwsgi = _uwsgi()
-    if uwsgi is None:
-        return
-    previous = getattr(uwsgi, "atexit", None)
-
-    def at_exit() -> None:
-        try:
-            _exit_every_writer()
-        finally:
-            if previous is not None:
-                previous()
-
-    uwsgi.atexit = at_exit
-
-
-#: Whether this process checked how uWSGI runs it (see ``_warn_about_uwsgi_settings``).
-_UWSGI_CHECKED = [False]
-
-
-def _warn_about_uwsgi_settings(logger: logging.Logger) -> None:
-    """Once per process under uWSGI, warn about the settings that keep records from being
-    written: no Python threads (uWSGI before 2.0.27 without ``--enable-threads`` or
-    ``--threads``: the worker keeps the GIL while it waits for a request, so the writer thread
-    runs only now and then while a request is served), and ``--skip-atexit`` (a worker exits
-    without any exit hook)."""
-    if _UWSGI_CHECKED[0]:
-        return
-    _UWSGI_CHECKED[0] = True
-    uwsgi = _uwsgi()
-    if uwsgi is None:
-        return
-    if not getattr(uwsgi, "has_threads", True):
-        logger.warning(
-            "flask_tracking: uWSGI runs this app without Python threads: the tracking writer "
-            "thread runs only now and then while a request is served, never between "
-            "requests, so records wait in memory until the worker exits, or are dropped once "
-            "the queue is full (dropped_queue_full). Start uWSGI with --enable-threads."
-        )
-    if _uwsgi_flag(getattr(uwsgi, "opt", {}), "skip-atexit"):
-        logger.warning(
-            "flask_tracking: uWSGI runs with --skip-atexit: a worker exits without any exit "
-            "hook, so the records it has not written yet are lost, uncounted. Leave "
-            "--skip-atexit out (--skip-atexit-teardown keeps the records)."
-        )
-
-
-def _uwsgi_flag(options: Any, name: str) -> bool:
-    """Whether uWSGI's options (``uwsgi.opt``) set the flag ``name``, as uWSGI reads it: set
-    unless its value is false, off, no or 0."""
-    value = options.get(name) if isinstance(options, dict) else None
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    if isinstance(value, str):
-        return value.lower() not in ("false", "off", "no", "0")
-    return bool(value)
-
-
 def _after_fork_in_child() -> None:
     global _REINIT_LOCK
     _REINIT_LOCK = threading.Lock()  # may have been held by a parent thread at the fork
@@ -999,4 +930,4 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-_stop_writers_at_uwsgi_exit()
+run_at_uwsgi_exit(_exit_every_writer)
