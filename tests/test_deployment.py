@@ -818,9 +818,9 @@ def test_a_writer_made_before_gevent_patches_serves_greenlets(
     assert done.stdout.split() == [str(greenlets * records).encode()], done.stderr.decode()
 
 
-#: The app the gevent workers and uWSGI serve: tracked when TRACKED is set, with the settings
-#: of the JSON in TRACKING_SETTINGS (FAST_WRITER's by default); /download sends the file named
-#: by DOWNLOAD.
+#: The app the gevent workers, uWSGI and the ASGI servers serve: tracked when TRACKED is set,
+#: with the settings of the JSON in TRACKING_SETTINGS (FAST_WRITER's by default); /download
+#: sends the file named by DOWNLOAD; /long-stream streams for half a second.
 SERVED_APP = """
 import io
 import json
@@ -852,6 +852,15 @@ def create_app():
                 yield f"chunk{number};".encode()
 
         return Response(stream_with_context(chunks()), mimetype="text/plain")
+
+    @app.get("/long-stream")
+    def long_stream():
+        def chunks():
+            for _ in range(50):
+                yield b"s" * 1000
+                time.sleep(0.01)
+
+        return Response(chunks(), mimetype="text/plain")
 
     @app.get("/file")
     def file():
@@ -1546,4 +1555,172 @@ def test_uwsgi_answers_tracked_and_untracked_apps_alike(real_server: Any, tmp_pa
         ("passthrough", None),
         (None, 0),  # 304
     ]
+    assert all(r["total_time"] >= r["execution_time"] for r in records), records
+
+
+# --------------------------------------------------------------------------------------------
+# ASGI servers serving the app through a WSGI adapter (a thread pool; the body fed from the loop)
+# --------------------------------------------------------------------------------------------
+
+#: What uvicorn serves: SERVED_APP through a2wsgi's WSGIMiddleware, the tracker closed at the
+#: lifespan shutdown (uvicorn ends on SIGTERM without Python's exit hooks: deployment.md).
+ASGI_APP = """
+from a2wsgi import WSGIMiddleware
+
+from flask_tracking.asgi import CloseAtShutdown
+from served_app import create_app, tracking
+
+app = CloseAtShutdown(WSGIMiddleware(create_app()), tracking)
+"""
+
+#: Each ASGI server: the modules it needs, and its command line but for where it listens.
+ASGI_SERVERS: dict[str, tuple[tuple[str, ...], list[str]]] = {
+    "uvicorn-a2wsgi": (("uvicorn", "a2wsgi"), ["uvicorn", "asgi_app:app"]),
+    "uvicorn-interface-wsgi": (
+        ("uvicorn",),
+        ["uvicorn", "--interface", "wsgi", "--factory", "served_app:create_app"],
+    ),
+    "hypercorn": (("hypercorn",), ["hypercorn", "served_app:create_app()"]),  # WSGI, directly
+}
+
+
+def run_asgi_server(
+    tmp_path: Path, server: str, uri: str, tracked: bool = True, **settings: Any
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The ASGI ``server`` (a key of ASGI_SERVERS) serving SERVED_APP, tracked into ``uri``
+    with FAST_WRITER and ``settings``; the process (its own process group) once its socket
+    accepts, and its port. It logs into ``tmp_path/server.log``."""
+    modules, command = ASGI_SERVERS[server]
+    for module in modules:
+        pytest.importorskip(module)
+    (tmp_path / "served_app.py").write_text(SERVED_APP)
+    (tmp_path / "asgi_app.py").write_text(ASGI_APP)
+    port = free_port()
+    if command[0] == "uvicorn":
+        listen = ["--host", "127.0.0.1", "--port", str(port)]
+    else:
+        listen = ["--bind", f"127.0.0.1:{port}"]
+    env = {
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
+        "MONGODB_URI": uri,
+        "TRACKING_SETTINGS": json.dumps({**FAST_WRITER, **settings}),
+        "DOWNLOAD": str(tmp_path / "served_app.py"),
+    }
+    if tracked:
+        env["TRACKED"] = "1"
+    with open(tmp_path / "server.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", *command, "--log-level", "warning", *listen],
+            cwd=tmp_path,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    if not accepts(port):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise AssertionError((tmp_path / "server.log").read_text())
+    return process, port
+
+
+def stop_asgi_server(
+    process: subprocess.Popen[bytes], tmp_path: Path, how: signal.Signals = signal.SIGTERM
+) -> str:
+    """Stop the server with the signal ``how`` and return its log. One still running after
+    20 s is killed, with its workers, and the test fails."""
+    process.send_signal(how)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise AssertionError((tmp_path / "server.log").read_text()) from None
+    return (tmp_path / "server.log").read_text()
+
+
+@REAL
+@pytest.mark.parametrize(
+    ("server", "stop"),
+    [
+        ("uvicorn-a2wsgi", signal.SIGTERM),
+        ("uvicorn-a2wsgi", signal.SIGINT),
+        ("uvicorn-interface-wsgi", signal.SIGINT),
+        ("hypercorn", signal.SIGTERM),
+        ("hypercorn", signal.SIGINT),
+    ],
+    ids=lambda value: getattr(value, "name", value),
+)
+def test_an_asgi_server_writes_what_is_queued_when_it_stops(
+    real_server: Any, tmp_path: Path, server: str, stop: signal.Signals
+) -> None:
+    """With a flush interval longer than the test, the records are written only as the server
+    stops. uvicorn ends on SIGTERM by raising it again once its graceful shutdown is over,
+    with its default action: no exit hook runs, and the app's CloseAtShutdown writes them at
+    the lifespan shutdown before. On SIGINT (KeyboardInterrupt), and for hypercorn's worker,
+    Python's exit hooks run. All 6 are written, once each."""
+    database, uri = database_uri(real_server)
+    process, port = run_asgi_server(
+        tmp_path,
+        server,
+        uri,
+        TRACKING_FLUSH_INTERVAL_SECONDS=60.0,
+        TRACKING_SHUTDOWN_TIMEOUT_SECONDS=5.0,
+    )
+    try:
+        answers = [raw_exchange(port, http("GET", f"/hello?n={n}"), 10) for n in range(6)]
+    finally:
+        log = stop_asgi_server(process, tmp_path, stop)
+    assert_each_hello_answered_and_recorded_once(answers, real_server, database, 6, log)
+    assert "Traceback" not in log, log
+
+
+@REAL
+@pytest.mark.parametrize("server", ["uvicorn-a2wsgi", "hypercorn"])
+def test_an_asgi_server_answers_tracked_and_untracked_apps_alike(
+    real_server: Any, tmp_path: Path, server: str
+) -> None:
+    """Through a WSGI adapter (the app in a thread pool, its body fed from the event loop)
+    the tracked app answers byte for byte as its untracked twin (but for ``date``): bodies
+    read from a length or chunks, a stream, a file, HEAD, an error, a 404. Each request is
+    recorded once with the status answered, the body sent and its time; and so is a stream
+    whose client leaves after its first bytes (the adapter cannot tell the app, which streams
+    on: the record holds all it sent)."""
+    database, uri = database_uri(real_server)
+    answers: dict[bool, list[bytes]] = {}
+    for tracked in (False, True):
+        directory = tmp_path / str(tracked)
+        directory.mkdir()
+        process, port = run_asgi_server(directory, server, uri, tracked)
+        try:
+            answers[tracked] = [
+                re.sub(rb"date: [^\r]*\r\n", b"", raw_exchange(port, raw, 10))
+                for raw in SERVED_REQUESTS
+            ]
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(http("GET", "/long-stream"))
+                sock.recv(100)  # a client that leaves mid-answer
+        finally:
+            log = stop_asgi_server(process, directory)
+    assert answers[True] == answers[False], log
+    statuses = [int(answer.split()[1]) for answer in answers[True]]
+    if server == "hypercorn":
+        # Its WSGI mode sends no response start for a response without body bytes, and then
+        # fails and answers 500 itself, tracked or not: the record keeps the app's 200.
+        statuses[1] = 200
+    records = stored_records(real_server, database)
+    assert [(r["method"], r["path"], r["status_code"]) for r in records] == [
+        (raw.split()[0].decode(), raw.split()[1].decode(), status)
+        for raw, status in zip(SERVED_REQUESTS, statuses)
+    ] + [("GET", "/long-stream", 200)], log
+    sent = [answer.partition(b"\r\n\r\n")[2] for answer in answers[True]]
+    assert [records[n]["response_body_size"] for n in (0, 2, 3, 6, 7)] == [
+        len(sent[n]) for n in (0, 2, 3, 6, 7)
+    ]
+    assert (records[2]["request_body"], records[4]["response_body"]) == (
+        b'{"order": 42}',
+        b"chunk0;chunk1;chunk2;chunk3;chunk4;",
+    )
+    left = records[-1]
+    assert (left["response_body_size"], left["total_time"] >= 490) == (50_000, True), left
     assert all(r["total_time"] >= r["execution_time"] for r in records), records
