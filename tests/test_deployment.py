@@ -30,6 +30,7 @@ from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 
 from flask_tracking import Tracking
+from flask_tracking.asgi import CloseAtShutdown
 
 from .conftest import FAST_WRITER, REAL, add_routes, stored
 
@@ -405,10 +406,10 @@ def test_the_servers_file_wrapper_reaches_it_and_is_recorded_when_closed(
 # --------------------------------------------------------------------------------------------
 
 
-def serve_asgi(app: Flask, path: str) -> bytes:
+def serve_asgi(app: Flask, path: str, wrap: Callable[[Any], Any] = lambda asgi: asgi) -> bytes:
     """One GET through ``asgiref.wsgi.WsgiToAsgi`` (Flask's documented way to run under an
-    ASGI server such as uvicorn or hypercorn), driven as the ASGI server drives it; the body
-    the client received."""
+    ASGI server such as uvicorn or hypercorn), wrapped by ``wrap``, driven as the ASGI server
+    drives it; the body the client received."""
     import asyncio
 
     from asgiref.wsgi import WsgiToAsgi
@@ -435,7 +436,7 @@ def serve_asgi(app: Flask, path: str) -> bytes:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(WsgiToAsgi(app)(scope, receive, send))
+    asyncio.run(wrap(WsgiToAsgi(app))(scope, receive, send))
     return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
@@ -461,6 +462,37 @@ def test_a_stream_with_a_content_length_is_recorded_under_asgiref(
     assert tracking.flush(5)
     counters = tracking.stats(app)
     assert len(stored(app, mongo)) == 1, counters
+
+
+def test_close_at_shutdown_writes_what_is_queued_at_the_lifespan_shutdown(
+    make_app: Callable[..., Flask], mongo: Any
+) -> None:
+    """CloseAtShutdown hands each request to the app it wraps and answers the server's
+    lifespan itself: the startup at once; at the shutdown it closes the tracker, the records
+    queued written, before it says the shutdown is complete."""
+    import asyncio
+
+    app = make_app(testing=False, TRACKING_FLUSH_INTERVAL_SECONDS=60.0)
+    tracking = app.extensions["tracking"]
+    wrapped: list[CloseAtShutdown] = []
+
+    def wrap(asgi: Any) -> CloseAtShutdown:
+        wrapped.append(CloseAtShutdown(asgi, tracking))
+        return wrapped[0]
+
+    assert serve_asgi(app, "/hello", wrap) == b"Hello"
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[tuple[str, int]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append((message["type"], tracking.stats(app)["written"]))
+
+    asyncio.run(wrapped[0]({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send))
+    assert sent == [("lifespan.startup.complete", 0), ("lifespan.shutdown.complete", 1)]
+    assert [record["path"] for record in mongo["tracking"].find()] == ["/hello"]
 
 
 @pytest.mark.parametrize("closed", [True, False], ids=["closed", "dropped"])
@@ -1576,6 +1608,10 @@ app = CloseAtShutdown(WSGIMiddleware(create_app()), tracking)
 #: Each ASGI server: the modules it needs, and its command line but for where it listens.
 ASGI_SERVERS: dict[str, tuple[tuple[str, ...], list[str]]] = {
     "uvicorn-a2wsgi": (("uvicorn", "a2wsgi"), ["uvicorn", "asgi_app:app"]),
+    "uvicorn-a2wsgi-workers": (
+        ("uvicorn", "a2wsgi"),
+        ["uvicorn", "asgi_app:app", "--workers", "2"],
+    ),
     "uvicorn-interface-wsgi": (
         ("uvicorn",),
         ["uvicorn", "--interface", "wsgi", "--factory", "served_app:create_app"],
@@ -1645,6 +1681,7 @@ def stop_asgi_server(
     [
         ("uvicorn-a2wsgi", signal.SIGTERM),
         ("uvicorn-a2wsgi", signal.SIGINT),
+        ("uvicorn-a2wsgi-workers", signal.SIGTERM),
         ("uvicorn-interface-wsgi", signal.SIGINT),
         ("hypercorn", signal.SIGTERM),
         ("hypercorn", signal.SIGINT),
