@@ -1617,6 +1617,7 @@ ASGI_SERVERS: dict[str, tuple[tuple[str, ...], list[str]]] = {
         ["uvicorn", "--interface", "wsgi", "--factory", "served_app:create_app"],
     ),
     "hypercorn": (("hypercorn",), ["hypercorn", "served_app:create_app()"]),  # WSGI, directly
+    "hypercorn-a2wsgi": (("hypercorn", "a2wsgi"), ["hypercorn", "asgi_app:app"]),
 }
 
 
@@ -1685,6 +1686,7 @@ def stop_asgi_server(
         ("uvicorn-interface-wsgi", signal.SIGINT),
         ("hypercorn", signal.SIGTERM),
         ("hypercorn", signal.SIGINT),
+        ("hypercorn-a2wsgi", signal.SIGTERM),
     ],
     ids=lambda value: getattr(value, "name", value),
 )
@@ -1713,7 +1715,7 @@ def test_an_asgi_server_writes_what_is_queued_when_it_stops(
 
 
 @REAL
-@pytest.mark.parametrize("server", ["uvicorn-a2wsgi", "hypercorn"])
+@pytest.mark.parametrize("server", ["uvicorn-a2wsgi", "hypercorn", "hypercorn-a2wsgi"])
 def test_an_asgi_server_answers_tracked_and_untracked_apps_alike(
     real_server: Any, tmp_path: Path, server: str
 ) -> None:
