@@ -1332,39 +1332,19 @@ def run_uwsgi(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """uWSGI with a master, serving SERVED_APP (tracked into ``uri`` with FAST_WRITER and
     ``settings``; /download sends ``tmp_path/download.bin``), ``args`` added; the process
-    (its own process group) once its socket accepts, and its port. uWSGI logs into
-    ``tmp_path/uwsgi.log``. ``--binary-path`` names this Python, which a reload runs again:
-    uWSGI's own guess is the interpreter a virtual environment links to, without pyuwsgi."""
+    (see :func:`start_served`) and its port. ``--binary-path`` names this Python, which a
+    reload runs again: uWSGI's own guess is the interpreter a virtual environment links to,
+    without pyuwsgi."""
     pytest.importorskip("pyuwsgi", reason="uWSGI is not installed (pip install pyuwsgi)")
-    (tmp_path / "served_app.py").write_text(SERVED_APP)
     port = free_port()
-    env = {
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
-        "MONGODB_URI": uri,
-        "TRACKING_SETTINGS": json.dumps({**FAST_WRITER, **settings}),
-        "DOWNLOAD": str(tmp_path / "download.bin"),
-    }
-    if tracked:
-        env["TRACKED"] = "1"
-    with open(tmp_path / "uwsgi.log", "ab") as log:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-c", "import pyuwsgi; pyuwsgi.run()"),
-                *("--http-socket", f"127.0.0.1:{port}", "--master"),
-                *("--module", "served_app:create_app()", "--binary-path", sys.executable),
-                *args,
-            ],
-            cwd=tmp_path,
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    if not accepts(port):
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise AssertionError((tmp_path / "uwsgi.log").read_text())
-    return process, port
+    command = [
+        *(sys.executable, "-c", "import pyuwsgi; pyuwsgi.run()"),
+        *("--http-socket", f"127.0.0.1:{port}", "--master"),
+        *("--module", "served_app:create_app()", "--binary-path", sys.executable),
+        *args,
+    ]
+    download = tmp_path / "download.bin"
+    return start_served(tmp_path, command, port, uri, tracked, settings, download), port
 
 
 def stop_uwsgi(
@@ -1376,19 +1356,56 @@ def stop_uwsgi(
     20 s is killed, workers and all, and the test fails."""
     time.sleep(0.3)
     process.send_signal(how)
-    return uwsgi_log_at_exit(process, tmp_path)
+    return server_log_at_exit(process, tmp_path)
 
 
-def uwsgi_log_at_exit(process: subprocess.Popen[bytes], tmp_path: Path) -> str:
-    """The log of uWSGI once it exited; one still running after 20 s is killed, workers and
-    all, and the test fails."""
+def start_served(
+    tmp_path: Path,
+    command: list[str],
+    port: int,
+    uri: str,
+    tracked: bool,
+    settings: dict[str, Any],
+    download: Path,
+) -> subprocess.Popen[bytes]:
+    """``command`` serving SERVED_APP from ``tmp_path`` (tracked into ``uri`` with FAST_WRITER
+    and ``settings``, or not; /download sends ``download``), in its own process group, logging
+    into ``tmp_path/server.log``; returned once its socket on ``port`` accepts."""
+    (tmp_path / "served_app.py").write_text(SERVED_APP)
+    env = {
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
+        "MONGODB_URI": uri,
+        "TRACKING_SETTINGS": json.dumps({**FAST_WRITER, **settings}),
+        "DOWNLOAD": str(download),
+    }
+    if tracked:
+        env["TRACKED"] = "1"
+    with open(tmp_path / "server.log", "ab") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    if not accepts(port):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise AssertionError((tmp_path / "server.log").read_text())
+    return process
+
+
+def server_log_at_exit(process: subprocess.Popen[bytes], tmp_path: Path) -> str:
+    """The log of a server of :func:`start_served` once it exited; one still running after
+    20 s is killed, with its workers, and the test fails."""
     try:
         process.wait(20)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        raise AssertionError((tmp_path / "uwsgi.log").read_text()) from None
-    return (tmp_path / "uwsgi.log").read_text()
+        raise AssertionError((tmp_path / "server.log").read_text()) from None
+    return (tmp_path / "server.log").read_text()
 
 
 @REAL
@@ -1512,7 +1529,7 @@ def test_a_graceful_uwsgi_stop_records_the_requests_in_progress(
                 process.send_signal(signal.SIGTERM)
             naps = [future.result() for future in napping]
     finally:
-        log = uwsgi_log_at_exit(process, tmp_path)
+        log = server_log_at_exit(process, tmp_path)
     assert [nap.endswith(b"rested") for nap in naps] == [True, True], log
     records = stored_records(real_server, database)
     assert sorted(record["path"] for record in records) == ["/hello"] * 6 + ["/nap"] * 2, log
@@ -1626,39 +1643,19 @@ def run_asgi_server(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """The ASGI ``server`` (a key of ASGI_SERVERS) serving SERVED_APP, tracked into ``uri``
     with FAST_WRITER and ``settings``; the process (its own process group) once its socket
-    accepts, and its port. It logs into ``tmp_path/server.log``."""
+    accepts (see :func:`start_served`), and its port."""
     modules, command = ASGI_SERVERS[server]
     for module in modules:
         pytest.importorskip(module)
-    (tmp_path / "served_app.py").write_text(SERVED_APP)
     (tmp_path / "asgi_app.py").write_text(ASGI_APP)
     port = free_port()
     if command[0] == "uvicorn":
         listen = ["--host", "127.0.0.1", "--port", str(port)]
     else:
         listen = ["--bind", f"127.0.0.1:{port}"]
-    env = {
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
-        "MONGODB_URI": uri,
-        "TRACKING_SETTINGS": json.dumps({**FAST_WRITER, **settings}),
-        "DOWNLOAD": str(tmp_path / "served_app.py"),
-    }
-    if tracked:
-        env["TRACKED"] = "1"
-    with open(tmp_path / "server.log", "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", *command, "--log-level", "warning", *listen],
-            cwd=tmp_path,
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    if not accepts(port):
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise AssertionError((tmp_path / "server.log").read_text())
-    return process, port
+    command = [sys.executable, "-m", *command, "--log-level", "warning", *listen]
+    download = tmp_path / "served_app.py"
+    return start_served(tmp_path, command, port, uri, tracked, settings, download), port
 
 
 def stop_asgi_server(
@@ -1667,13 +1664,7 @@ def stop_asgi_server(
     """Stop the server with the signal ``how`` and return its log. One still running after
     20 s is killed, with its workers, and the test fails."""
     process.send_signal(how)
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise AssertionError((tmp_path / "server.log").read_text()) from None
-    return (tmp_path / "server.log").read_text()
+    return server_log_at_exit(process, tmp_path)
 
 
 @REAL
