@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .extension import Tracking
+if TYPE_CHECKING:
+    import flask_tracking
 
 #: An ASGI message, and the callables of an ASGI app.
 Message = MutableMapping[str, Any]
@@ -26,9 +27,9 @@ class CloseAtShutdown:
     """An ASGI app that serves ``app`` (a WSGI adapter around a tracked Flask app: a2wsgi's
     ``WSGIMiddleware``, asgiref's ``WsgiToAsgi``) and answers the server's lifespan protocol
     itself: at the lifespan shutdown it calls ``tracking.close(timeout)`` (see
-    :meth:`Tracking.close`) in a thread of the event loop's executor, then reports the
-    shutdown complete. Every scope but ``lifespan`` goes to ``app`` unchanged; the lifespan
-    scope does not (a WSGI app has no lifespan of its own)::
+    :meth:`flask_tracking.Tracking.close`) in a thread of the event loop's executor, then
+    reports the shutdown complete. Every scope but ``lifespan`` goes to ``app`` unchanged;
+    the lifespan scope does not (a WSGI app has no lifespan of its own)::
 
         from a2wsgi import WSGIMiddleware
         from flask_tracking.asgi import CloseAtShutdown
@@ -36,7 +37,9 @@ class CloseAtShutdown:
         asgi_app = CloseAtShutdown(WSGIMiddleware(app), tracking)
     """
 
-    def __init__(self, app: ASGIApp, tracking: Tracking, timeout: float | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, tracking: flask_tracking.Tracking, timeout: float | None = None
+    ) -> None:
         """``timeout``: the most the shutdown waits for the writers, in all (None: each app's
         TRACKING_SHUTDOWN_TIMEOUT_SECONDS)."""
         self.app = app
