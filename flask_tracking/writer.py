@@ -734,8 +734,14 @@ class BatchWriter:
         with self._lock:
             self._stopping = True
             self._deadline = deadline
-            if self._worker_ended and self._queue:
-                self._ensure_thread()  # the worker was ended (see _run): another writes them
+            if self._worker_ended and (
+                self._queue
+                or self._in_flight
+                or (self._rollups is not None and self._rollups.has_work())
+            ):
+                # The worker was ended (see _run): another writes the records and the rollups
+                # left, and counts the batch it was writing.
+                self._ensure_thread()
             thread = self._thread
             self._work_cond.notify()
         if thread is not None and thread is not threading.current_thread():

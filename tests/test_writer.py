@@ -1295,3 +1295,30 @@ def test_flush_after_shutdown_does_not_wait_for_rollups_no_thread_will_write() -
     started = time.monotonic()
     writer.flush(2.0)
     assert time.monotonic() - started < 0.5
+
+
+def test_shutdown_writes_the_rollups_and_settles_the_batch_an_ended_worker_left() -> None:
+    """A SystemExit from write_batch ended the worker with nothing else queued: shutdown()
+    still writes the rollups the requests added, and counts the batch the worker was
+    writing as dropped_write_error, as the worker that takes over would."""
+    recorder = RollupRecorder()
+    aggregator = RollupAggregator(recorder)
+    gate = threading.Event()
+    writer = BatchWriter(
+        Sink(["exit"], gate=gate),
+        batch_max_records=1,
+        flush_interval_seconds=60,
+        rollups=aggregator,
+        name="ended-at-exit",
+    )
+    writer.submit({"i": 0}, 1)  # its batch ends the worker
+    worker = next(t for t in threading.enumerate() if t.name == "ended-at-exit")
+    gate.set()
+    worker.join(2)
+    assert not worker.is_alive()
+    aggregator.add(rollup_sample())
+    assert writer.shutdown(2.0)
+    assert recorder.counted() == 1
+    stats = writer.stats()
+    assert (stats["dropped_write_error"], stats["dropped_shutdown"], stats["pending"]) == (1, 0, 0)
+    check_invariant(stats)
