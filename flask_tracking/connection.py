@@ -61,7 +61,15 @@ def _warn_if_elsewhere(alias: str, alias_client: AliasClient, name: str) -> None
 
     settings = _connection_settings.get(alias, {})
     port = settings.get("port")
-    hosts = [host if "://" in host else f"{host}:{port}" for host in settings.get("host") or ()]
+    given = list(settings.get("host") or ())
+    ours_servers = _servers([alias_client.uri])
+    if (
+        name == alias_client.database
+        and ours_servers is not None
+        and _servers(given, port) == ours_servers
+    ):
+        return
+    hosts = [host if "://" in host else f"{host}:{port}" for host in given]
     ours = _where([alias_client.uri], alias_client.database)
     theirs = _where(hosts, name)
     if theirs != ours:
@@ -79,8 +87,33 @@ def _warn_if_elsewhere(alias: str, alias_client: AliasClient, name: str) -> None
 def _where(hosts: list[str], database: str) -> str:
     """``hosts`` (of a URI only the scheme and hosts: no user name, password, database or
     options) and ``database``."""
-    shown = [re.sub(r"^(\w[\w+.-]*://)?(?:[^@/]*@)?([^/?]*).*", r"\1\2", host) for host in hosts]
-    return f"{', '.join(shown)} (database {database!r})"
+    return f"{', '.join(map(_shown, hosts))} (database {database!r})"
+
+
+def _shown(host: str) -> str:
+    """Of a URI, only the scheme and hosts (no user name, password, database or options)."""
+    return re.sub(r"^(\w[\w+.-]*://)?(?:[^@/]*@)?([^/?]*).*", r"\1\2", host)
+
+
+def _servers(hosts: list[str], port: int | None = None) -> frozenset[tuple[str, Any]] | None:
+    """The servers ``hosts`` name (URIs, or host names with a port or without: then
+    ``port``), as pymongo reads them: names in lower case, default ports filled in. A
+    ``mongodb+srv://`` URI stands for the servers its name is looked up to: that name. None
+    when pymongo cannot read them."""
+    from pymongo.uri_parser import parse_uri, split_hosts
+
+    servers: set[tuple[str, Any]] = set()
+    try:
+        for host in hosts:
+            if host.startswith("mongodb+srv://"):
+                servers.add((_shown(host).lower(), 0))
+            elif "://" in host:
+                servers.update(parse_uri(host, validate=False)["nodelist"])
+            else:
+                servers.update(split_hosts(host, port or 27017))
+    except Exception:
+        return None
+    return frozenset(servers)
 
 
 def _open(client: MongoClient[Any]) -> None:

@@ -257,3 +257,33 @@ def test_an_srv_uri_pymongo_cannot_parse_still_raises_in_init_app(uri: str) -> N
             Tracking(app)
     finally:
         mongoengine.disconnect("bad_srv")
+
+
+@pytest.mark.parametrize(
+    ("uri", "connected"),
+    [
+        ("mongodb://a:27017,b:27017/db?replicaSet=rs", {"host": "mongodb://b,A:27017/db"}),
+        ("mongodb://u:pw@a/db", {"host": "mongodb://a:27017/db"}),
+        ("mongodb://a:27018/db", {"host": "a:27018"}),
+        ("mongodb://a/db", {"host": "a", "port": 27017}),
+    ],
+)
+def test_the_alias_connected_again_to_the_same_servers_written_otherwise_is_not_warned_of(
+    caplog: pytest.LogCaptureFixture, uri: str, connected: dict[str, Any]
+) -> None:
+    """The same servers and database as TRACKING_MONGODB_URI's, named otherwise (hosts in
+    another order, default ports left out or written, in other letter cases, without the
+    scheme), are no other destination: no warning."""
+    from mongoengine.connection import register_connection
+
+    from flask_tracking.connection import AliasClient, _warn_if_elsewhere
+
+    caplog.set_level(logging.WARNING, "flask_tracking")
+    alias_client = AliasClient(uri, {}, srv=uri.startswith("mongodb+srv://"))
+    alias_client.database = "db"
+    register_connection("same_servers", "db", uuidRepresentation="standard", **connected)
+    try:
+        _warn_if_elsewhere("same_servers", alias_client, "db")
+    finally:
+        mongoengine.disconnect("same_servers")
+    assert [r.getMessage() for r in caplog.records] == []
