@@ -3,11 +3,11 @@ from a request header) and the ObjectIds of records (made on the writer thread).
 
 No Flask and no I/O. :func:`new_request_id` gives 32 lowercase hex digits (128 random bits, the
 shape of ``uuid4().hex``) from a generator private to this module; :func:`new_object_id` makes
-ObjectIds as the driver does. Both are seeded from ``os.urandom``, and seeded again by the
-first id a forked child makes (found by its process id: a fork made from C, as uWSGI forks
-its workers, runs none of Python's at-fork hooks), so workers forked from one master never
-share ids. Request ids are for correlation, not secrets: they are echoed to clients and may be
-guessed.
+ObjectIds as the driver does. Both are seeded from ``os.urandom``, and seeded again in a
+forked child: at the fork when it is made from Python, else by the first id it makes (found by
+its process id: a fork made from C, as uWSGI forks its workers, runs none of Python's at-fork
+hooks), so workers forked from one master never share ids. Request ids are for correlation,
+not secrets: they are echoed to clients and may be guessed.
 """
 
 from __future__ import annotations
@@ -93,3 +93,7 @@ def _reseed() -> None:
 
 
 _reseed()
+if hasattr(os, "register_at_fork"):
+    # At once in a child forked from Python, even one whose process id is that of the
+    # process the state was seeded in (ids are reused); the process id tells the others.
+    os.register_at_fork(after_in_child=_reseed)

@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import threading
+import types
 from typing import Any, Callable
 
 import bson
@@ -117,6 +118,23 @@ def test_a_fork_that_ran_no_at_fork_hook_reseeds_at_its_first_id(
     monkeypatch.setattr(ids, "_SEEDED_IN", [os.getpid() + 1])  # seeded in the master
     assert ([new_request_id() for _ in range(3)], new_object_id().binary[4:9]) != copied
     assert ids._SEEDED_IN[0] == os.getpid()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_with_the_process_id_its_state_was_seeded_in_reseeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Process ids are reused: a process forked from Python (os.fork, multiprocessing) may
+    have the id of the long gone process that seeded the state it inherits (here both are
+    made to read 4242). It makes ids of its own all the same, not that process's."""
+    from flask_tracking import ids
+
+    monkeypatch.setattr(ids, "os", types.SimpleNamespace(getpid=lambda: 4242, urandom=os.urandom))
+    _reseed()
+    state = ids._GENERATOR.getstate()
+    child = fork_and_report(lambda: [new_request_id() for _ in range(3)])
+    ids._GENERATOR.setstate(state)
+    assert [new_request_id() for _ in range(3)] != child
 
 
 # ---------------------------------------------------------------------------- end to end
