@@ -60,19 +60,25 @@ def _warn_if_elsewhere(alias: str, alias_client: AliasClient, name: str) -> None
     from mongoengine.connection import _connection_settings
 
     settings = _connection_settings.get(alias, {})
-    port = settings.get("port")
+    port = settings.get("port") or 27017
     given = list(settings.get("host") or ())
-    ours_servers = _servers([alias_client.uri])
-    if (
-        name == alias_client.database
-        and ours_servers is not None
-        and _servers(given, port) == ours_servers
-    ):
-        return
-    hosts = [host if "://" in host else f"{host}:{port}" for host in given]
     ours = _where([alias_client.uri], alias_client.database)
-    theirs = _where(hosts, name)
-    if theirs != ours:
+    theirs = _where(
+        [
+            (f"{_shown(host)} (port {port})" if port != 27017 else host)
+            if "://" in host
+            else f"{host}:{port}"
+            for host in given
+        ],
+        name,
+    )
+    ours_servers = _servers([alias_client.uri])
+    theirs_servers = _servers(given, port)
+    if ours_servers is None or theirs_servers is None:
+        elsewhere = theirs != ours  # as written
+    else:
+        elsewhere = name != alias_client.database or theirs_servers != ours_servers
+    if elsewhere:
         logging.getLogger("flask_tracking").warning(
             "flask_tracking: the MongoEngine alias %r, which TRACKING_MONGODB_URI connected to "
             "%s, was connected again by the app, to %s: the records are written there. Leave "
@@ -95,9 +101,9 @@ def _shown(host: str) -> str:
     return re.sub(r"^(\w[\w+.-]*://)?(?:[^@/]*@)?([^/?]*).*", r"\1\2", host)
 
 
-def _servers(hosts: list[str], port: int | None = None) -> frozenset[tuple[str, Any]] | None:
-    """The servers ``hosts`` name (URIs, or host names with a port or without: then
-    ``port``), as pymongo reads them: names in lower case, default ports filled in. A
+def _servers(hosts: list[str], port: int = 27017) -> frozenset[tuple[str, Any]] | None:
+    """The servers ``hosts`` name (URIs, or host names), ``port`` the port of those written
+    without one, as pymongo reads them: names in lower case, ports filled in. A
     ``mongodb+srv://`` URI stands for the servers its name is looked up to: that name. None
     when pymongo cannot read them."""
     from pymongo.uri_parser import parse_uri, split_hosts
@@ -108,9 +114,9 @@ def _servers(hosts: list[str], port: int | None = None) -> frozenset[tuple[str, 
             if host.startswith("mongodb+srv://"):
                 servers.add((_shown(host).lower(), 0))
             elif "://" in host:
-                servers.update(parse_uri(host, validate=False)["nodelist"])
+                servers.update(parse_uri(host, port, validate=False)["nodelist"])
             else:
-                servers.update(split_hosts(host, port or 27017))
+                servers.update(split_hosts(host, port))
     except Exception:
         return None
     return frozenset(servers)

@@ -287,3 +287,26 @@ def test_the_alias_connected_again_to_the_same_servers_written_otherwise_is_not_
     finally:
         mongoengine.disconnect("same_servers")
     assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_the_alias_connected_again_to_a_uri_and_another_port_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A port given beside a URI is the port of its hosts written without one: another
+    server than TRACKING_MONGODB_URI's of the same name, warned of."""
+    from mongoengine.connection import register_connection
+
+    from flask_tracking.connection import AliasClient, _warn_if_elsewhere
+
+    caplog.set_level(logging.WARNING, "flask_tracking")
+    alias_client = AliasClient("mongodb://a/db", {}, srv=False)
+    alias_client.database = "db"
+    register_connection(
+        "other_port", host="mongodb://a/db", port=27018, uuidRepresentation="standard"
+    )
+    try:
+        _warn_if_elsewhere("other_port", alias_client, "db")
+    finally:
+        mongoengine.disconnect("other_port")
+    [message] = [r.getMessage() for r in caplog.records if "connected again" in r.getMessage()]
+    assert "to mongodb://a (port 27018) (database 'db')" in message
