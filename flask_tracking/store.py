@@ -574,10 +574,8 @@ def _change_expiry(collection: Collection[Any], seconds: int, logger: logging.Lo
             collection.name,
             index={"keyPattern": {"start": 1}, "expireAfterSeconds": seconds},
         )
-    except ConnectionFailure:
-        raise
     except Exception as error:
-        if is_transient(error):
+        if is_transient(error):  # network trouble too
             raise  # the caller tries the round again later
         logger.warning(
             "flask_tracking: the TTL index of %r has another expiry and could not be changed "
