@@ -63,15 +63,7 @@ def _warn_if_elsewhere(alias: str, alias_client: AliasClient, name: str) -> None
     port = settings.get("port") or 27017
     given = list(settings.get("host") or ())
     ours = _where([alias_client.uri], alias_client.database)
-    theirs = _where(
-        [
-            (f"{_shown(host)} (port {port})" if port != 27017 else host)
-            if "://" in host
-            else f"{host}:{port}"
-            for host in given
-        ],
-        name,
-    )
+    theirs = _where([_with_port(host, port) for host in given], name)
     ours_servers = _servers([alias_client.uri])
     theirs_servers = _servers(given, port)
     if ours_servers is None or theirs_servers is None:
@@ -94,6 +86,14 @@ def _where(hosts: list[str], database: str) -> str:
     """``hosts`` (of a URI only the scheme and hosts: no user name, password, database or
     options) and ``database``."""
     return f"{', '.join(map(_shown, hosts))} (database {database!r})"
+
+
+def _with_port(host: str, port: int) -> str:
+    """A host of MongoEngine's settings (a URI, or a host name) as it is shown, with the
+    ``port`` given beside it: after a host name, or after a URI when it is not the default."""
+    if "://" not in host:
+        return f"{host}:{port}"
+    return f"{_shown(host)} (port {port})" if port != 27017 else host
 
 
 def _shown(host: str) -> str:
