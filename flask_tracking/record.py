@@ -18,6 +18,7 @@ from bson import DBRef
 from ua_parser import Domain, Parser, PartialResult, Result, load_builtins
 
 from .ids import new_object_id
+from .layouts import remember_layout
 from .redact import (
     DEFAULT_MAX_DECODED_BYTES,
     REDACTION_FAILED,
@@ -218,17 +219,19 @@ def _request_headers(environ: dict[str, Any]) -> tuple[tuple[str, ...], tuple[An
     """The request headers of a WSGI environ: names (``Accept``) and values, in their order.
 
     The environ keys of one client repeat from request to request, so which keys are headers
-    and what their names are is worked out once per key layout and remembered (bounded).
+    and what their names are is worked out once per key layout and remembered
+    (:func:`flask_tracking.layouts.remember_layout`: bounded).
     """
     layout = tuple(environ)
     plan = _HEADER_PLANS.get(layout)
     if plan is None:
         header_keys = [key for key in layout if key[:5] == "HTTP_" or key in _CONTENT_KEYS]
         getter = itemgetter(*header_keys) if len(header_keys) > 1 else None
-        plan = (tuple(header_keys), tuple(_header_name(key) for key in header_keys), getter)
-        if len(_HEADER_PLANS) >= _MAX_REMEMBERED_LAYOUTS:
-            _HEADER_PLANS.clear()
-        _HEADER_PLANS[layout] = plan
+        plan = remember_layout(
+            _HEADER_PLANS,
+            layout,
+            (tuple(header_keys), tuple(_header_name(key) for key in header_keys), getter),
+        )
     keys, names, getter = plan
     values = getter(environ) if getter is not None else tuple(environ[key] for key in keys)
     if _CONTENT_KEYS.isdisjoint(keys) or all(values):
@@ -243,7 +246,6 @@ def _request_headers(environ: dict[str, Any]) -> tuple[tuple[str, ...], tuple[An
 
 
 _HEADER_PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...], Any]] = {}
-_MAX_REMEMBERED_LAYOUTS = 1024
 
 
 _LOOKED_AT = ("path", "query_params", "referrer")

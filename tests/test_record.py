@@ -14,6 +14,7 @@ from bson import DBRef, ObjectId
 from flask_tracking import record
 from flask_tracking.capture import BodyCapture, RequestState
 from flask_tracking.fields import FIELDS, OPTIONAL_FIELDS
+from flask_tracking.layouts import MAX_LAYOUT_KEY_BYTES
 from flask_tracking.record import parse_user_agent, status_code_of, to_document
 from flask_tracking.redact import DEFAULT_REDACT_FIELDS, Redactor, ScrubbedBody
 
@@ -129,7 +130,7 @@ def test_empty_content_headers_are_left_out_other_empty_headers_kept() -> None:
 def test_header_layouts_are_remembered_per_key_order_and_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("flask_tracking.record._MAX_REMEMBERED_LAYOUTS", 2)
+    monkeypatch.setattr("flask_tracking.layouts.MAX_REMEMBERED_LAYOUTS", 2)
     monkeypatch.setattr("flask_tracking.record._HEADER_PLANS", {})
     layouts = [
         [("HTTP_ACCEPT", "a"), ("HTTP_HOST", "h")],
@@ -141,6 +142,25 @@ def test_header_layouts_are_remembered_per_key_order_and_bounded(
         for headers in layouts:
             expected = [[_name(key), value] for key, value in headers]
             assert to_document(make_state(headers))["request_headers"] == expected
+
+
+def test_layouts_with_long_header_names_are_not_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client can name its headers as it likes (gunicorn takes 100 fields of 8 KB): were
+    # every layout remembered, 1,024 of them could keep about a gigabyte of names alive.
+    monkeypatch.setattr("flask_tracking.record._HEADER_PLANS", {})
+    for index in range(20):
+        headers = [(f"HTTP_X_{index}_{column}_" + "A" * 8000, "v") for column in range(5)]
+        document = to_document(make_state([("HTTP_HOST", "h"), *headers]))
+        assert len(document["request_headers"]) == 6
+    kept = sum(len(key) for layout in record._HEADER_PLANS for key in layout)
+    assert kept <= MAX_LAYOUT_KEY_BYTES
+    small = [("HTTP_HOST", "h"), ("HTTP_ACCEPT", "a")]
+    to_document(make_state(small))
+    assert ("HTTP_HOST", "HTTP_ACCEPT") in {
+        tuple(key for key in layout if key.startswith("HTTP_")) for layout in record._HEADER_PLANS
+    }
 
 
 def _name(environ_key: str) -> str:
