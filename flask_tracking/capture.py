@@ -36,6 +36,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from .dbactivity import attach, detach
 from .ids import request_id_for
+from .layouts import remember_layout
 from .policy import SKIP, TRACK_WITH_BODIES, Policy
 from .sanitize import bson_safe
 
@@ -236,6 +237,7 @@ class RequestState:
     declared_length: int | None = None
     # A copy of the WSGI environ without its objects (snapshot_environ); the writer reads it.
     environ: dict[str, Any] | None = None
+    environ_key_bytes = 0  # characters of the copy's keys (for the queued size)
     snapshot_failed = False
     scrubbed = False  # headers, query and custom data already filtered on the request thread
     scrubbed_without_rules = False  # ... before the app's URL rules were learnt
@@ -682,9 +684,27 @@ def snapshot_environ(state: RequestState, environ: dict[str, Any]) -> None:
     a ProxyFix inside the app has already corrected REMOTE_ADDR.
     """
     copy = environ.copy()
-    for key in _ENVIRON_OBJECTS.intersection(copy):
+    layout = tuple(copy)
+    plan = _SNAPSHOT_PLANS.get(layout)
+    if plan is None:
+        plan = remember_layout(_SNAPSHOT_PLANS, layout, _snapshot_plan(layout))
+    objects, state.environ_key_bytes = plan
+    for key in objects:
         del copy[key]
     state.environ = copy
+
+
+def _snapshot_plan(layout: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
+    """The keys of ``layout`` that hold objects, and the characters of the others."""
+    objects = tuple(key for key in layout if key in _ENVIRON_OBJECTS)
+    kept = [key for key in layout if key not in _ENVIRON_OBJECTS]
+    try:
+        return objects, sum([len(key) for key in kept])
+    except TypeError:  # a key that is no string (not WSGI)
+        return objects, sum([len(key) for key in kept if type(key) is str])
+
+
+_SNAPSHOT_PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], int]] = {}
 
 
 #: Environ keys holding objects (not request data) that a queued record must not keep alive,

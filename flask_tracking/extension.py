@@ -674,7 +674,8 @@ _NO_ENVIRON: dict[str, Any] = {}
 
 def _estimated_size(state: RequestState) -> int:
     """In-memory size of a queued record, for the queue's byte bound: every byte it holds
-    (each string of the environ copy: all headers, the path and the query string; the response
+    (each string of the environ copy: all headers, the path and the query string, the keys
+    counted once per layout by :func:`~flask_tracking.capture.snapshot_environ`; the response
     headers; the bodies; the custom data; the exception), each string with what Python adds to
     it, and a fixed allowance for the rest."""
     size = RECORD_OVERHEAD_BYTES + state.custom_data_size + len(state.exception or "")
@@ -683,9 +684,9 @@ def _estimated_size(state: RequestState) -> int:
             size += len(capture.buffer)
     environ = state.environ or _NO_ENVIRON
     headers = state.response_headers
-    size += (len(environ) + len(headers)) * ITEM_OVERHEAD_BYTES
-    texts = [*environ, *environ.values(), *chain.from_iterable(headers)]
-    try:  # one C-level join: every key, value and header is a string...
+    size += (len(environ) + len(headers)) * ITEM_OVERHEAD_BYTES + state.environ_key_bytes
+    texts = [*environ.values(), *chain.from_iterable(headers)]
+    try:  # one C-level join: every value and header is a string...
         size += len("".join(texts))
     except TypeError:  # ...but for what some servers or apps add
         size += sum([len(text) for text in texts if type(text) is str])

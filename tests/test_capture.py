@@ -1168,6 +1168,27 @@ def test_snapshot_environ_copies_the_environ_without_its_objects() -> None:
     assert "HTTP_LATER" not in copy
 
 
+def test_snapshot_environ_learns_a_layout_once_and_counts_its_keys() -> None:
+    from flask_tracking import capture
+
+    environ = make_environ(HTTP_X_LAYOUT_ONCE="v")
+    kept = [key for key in environ if key not in capture._ENVIRON_OBJECTS]
+    for _ in range(2):  # learnt, then remembered: the same copy and count
+        state = RequestState()
+        snapshot_environ(state, dict(environ))
+        assert state.environ is not None and list(state.environ) == kept
+        assert state.environ_key_bytes == sum(len(key) for key in kept)
+    assert tuple(environ) in capture._SNAPSHOT_PLANS
+    # A key that is no string (not WSGI, but an app's middleware may add one) is kept and
+    # not counted; such a layout is not remembered.
+    odd: dict[Any, Any] = {"PATH_INFO": "/", 7: "seven", "wsgi.input": io.BytesIO()}
+    state = RequestState()
+    snapshot_environ(state, odd)
+    assert state.environ == {"PATH_INFO": "/", 7: "seven"}
+    assert state.environ_key_bytes == len("PATH_INFO")
+    assert tuple(odd) not in capture._SNAPSHOT_PLANS
+
+
 def test_snapshot_environ_keeps_a_non_ascii_path_raw_and_the_record_decodes_it() -> None:
     raw = "/café/日本".encode().decode("latin-1")  # how a WSGI server passes it
     state = RequestState()

@@ -757,12 +757,17 @@ def test_flask_login_user_is_recorded(app: Flask, mongo: Any) -> None:
 
 
 def test_queued_size_counts_every_string_of_the_environ_copy() -> None:
-    from flask_tracking.capture import RequestState
+    from flask_tracking.capture import RequestState, snapshot_environ
     from flask_tracking.extension import ITEM_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES, _estimated_size
 
-    state = RequestState()
-    state.environ = {"PATH_INFO": "/p", "HTTP_X_BIG": "x" * 10_000}
-    state.response_headers = [("Content-Type", "text/plain")]
+    def sized(environ: dict[str, Any], headers: list[tuple[str, Any]]) -> int:
+        state = RequestState()
+        snapshot_environ(state, environ)
+        state.response_headers = headers
+        return _estimated_size(state)
+
+    environ: dict[str, Any] = {"PATH_INFO": "/p", "HTTP_X_BIG": "x" * 10_000}
+    headers: list[tuple[str, Any]] = [("Content-Type", "text/plain")]
     expected = (
         RECORD_OVERHEAD_BYTES
         + 2 * ITEM_OVERHEAD_BYTES
@@ -774,14 +779,27 @@ def test_queued_size_counts_every_string_of_the_environ_copy() -> None:
         + len("Content-Type")
         + len("text/plain")
     )
-    assert _estimated_size(state) == expected
+    for _ in range(2):  # the keys' layout learnt, then remembered
+        assert sized(environ, headers) == expected
     # A value that is not text (from a server whose objects the copy does not know) is
-    # counted apart.
-    state.environ["someserver.node"] = b"host"
-    assert _estimated_size(state) == expected + ITEM_OVERHEAD_BYTES + len("someserver.node")
-    state.response_headers = [("Content-Type", "text/plain"), ("X-Count", 3)]  # type: ignore[list-item]
-    assert _estimated_size(state) == (
+    # counted apart; objects the copy leaves out are not counted.
+    environ["someserver.node"] = b"host"
+    environ["wsgi.input"] = io.BytesIO(b"x" * 1000)
+    assert sized(environ, headers) == expected + ITEM_OVERHEAD_BYTES + len("someserver.node")
+    headers.append(("X-Count", 3))
+    assert sized(environ, headers) == (
         expected + 2 * ITEM_OVERHEAD_BYTES + len("someserver.node") + len("X-Count")
+    )
+    # Keys too long to remember their layout are counted all the same.
+    environ["HTTP_X_" + "N" * 5000] = "v"
+    assert sized(environ, headers) == (
+        expected
+        + 3 * ITEM_OVERHEAD_BYTES
+        + len("someserver.node")
+        + len("X-Count")
+        + len("HTTP_X_")
+        + 5000
+        + 1
     )
 
 
