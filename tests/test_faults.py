@@ -995,7 +995,7 @@ def test_pid_change_without_fork_hooks_resets_queue_thread_and_client(
     with patch_insert_many(insert), mock.patch.object(mongoengine.connection, "get_db", get_db):
         try:
             client.get("/hello?p=a")
-            assert wait_for(lambda: resolved)  # the writer took record a
+            assert wait_for(lambda: calls)  # record a in flight, held at the gate
             client.get("/hello?p=b")
             client.get("/hello?p=c")
             assert tracking.stats(app)["pending"] == 3
