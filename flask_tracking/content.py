@@ -175,9 +175,20 @@ class ContentKind(NamedTuple):
     escapes: bool
 
 
-@lru_cache(maxsize=256)
+#: Characters of a Content-Type beyond which its description is not remembered: a client
+#: chooses its Content-Type, and servers take headers of 8 KB (gunicorn) to 256 KB (waitress).
+MAX_REMEMBERED_CONTENT_TYPE_LENGTH = 256
+
+
 def describe_content_type(content_type: str) -> ContentKind:
-    """What ``content_type`` says of how a body is read; remembered, as types repeat."""
+    """What ``content_type`` says of how a body is read; remembered (256 types of at most
+    :data:`MAX_REMEMBERED_CONTENT_TYPE_LENGTH` characters), as types repeat."""
+    if len(content_type) > MAX_REMEMBERED_CONTENT_TYPE_LENGTH:
+        return _describe(content_type)
+    return _remembered_description(content_type)
+
+
+def _describe(content_type: str) -> ContentKind:
     kind = content_type.split(";", 1)[0].strip().lower()
     codec = unknown = None
     charset = _CHARSET.search(content_type)
@@ -204,6 +215,9 @@ def describe_content_type(content_type: str) -> ContentKind:
         # Escapes can hide a name in text; binary formats are full of backslashes and "%".
         escapes=scrubbable or kind.startswith(_TEXT_PREFIXES),
     )
+
+
+_remembered_description = lru_cache(maxsize=256)(_describe)
 
 
 def as_utf8(body: bytes, described: ContentKind) -> bytes:
