@@ -426,8 +426,12 @@ _PLACEHOLDER_LIST = re.compile(r"\?(?:\s*,\s*\?)+")
 _WHITESPACE = re.compile(r"\s+")
 _TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+[\"`\[]?([\w.]+)", re.IGNORECASE)
 _VERB = re.compile(r"\s*\(*\s*([A-Za-z]+)")
-#: Statements whose (command, table, shape) are remembered, keyed by their text.
-_SQL_SHAPES: dict[str, tuple[str, str | None, str]] = {}
+#: Statements whose (command, table, shape) are remembered, keyed by the hash of their text
+#: (a string caches its hash): a statement of many rows (an INSERT of a batch of them, an
+#: expanded IN list) is kept alive by nothing here. Python's string hash is keyed at random
+#: per process (unless PYTHONHASHSEED is set): two statements share a key with a chance of
+#: about 2**-64.
+_SQL_SHAPES: dict[int, tuple[str, str | None, str]] = {}
 _MAX_SQL_SHAPES = 1024
 _SQL_STARTED = "_flask_tracking_started"
 
@@ -437,7 +441,8 @@ def sql_shape(statement: str) -> tuple[str, str | None, str]:
     first table named after FROM/INTO/UPDATE/JOIN, and the statement with every literal and
     parameter placeholder made ``?`` (lists of them one ``?``), cut at
     :data:`MAX_SHAPE_CHARS`. Parameters are never part of it."""
-    found = _SQL_SHAPES.get(statement)
+    key = hash(statement)
+    found = _SQL_SHAPES.get(key)
     if found is not None:
         return found
     verb = _VERB.match(statement)
@@ -451,7 +456,7 @@ def sql_shape(statement: str) -> tuple[str, str | None, str]:
     found = (name, table.group(1) if table else None, text)
     if len(_SQL_SHAPES) >= _MAX_SQL_SHAPES:
         _SQL_SHAPES.clear()
-    _SQL_SHAPES[statement] = found
+    _SQL_SHAPES[key] = found
     return found
 
 

@@ -92,6 +92,28 @@ def test_a_long_or_deep_shape_is_cut() -> None:
     assert shape_of(deep).count("{") <= dbactivity.MAX_SHAPE_DEPTH
 
 
+def test_remembered_sql_shapes_keep_no_statement_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Many-row INSERTs render one long statement per batch size: 1,024 of them were kept.
+    import tracemalloc
+
+    monkeypatch.setattr(dbactivity, "_SQL_SHAPES", {})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        shapes = []
+        for rows in range(30):  # about 16 KB each
+            statement = "INSERT INTO t (a, b) VALUES " + ", ".join(["(?, ?)"] * (2000 + rows))
+            shapes.append(sql_shape(statement))
+        del statement
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert shapes[0][:2] == ("insert", "t")
+    assert kept < 100_000
+    again = "SELECT * FROM t WHERE a = ?"
+    assert sql_shape(again) is sql_shape(again)  # remembered
+
+
 def test_sql_shapes_keep_the_statement_and_drop_literals_and_parameters() -> None:
     name, table, shape = sql_shape(
         "SELECT users.id, users.name FROM users WHERE users.name = 'ann' AND users.age > 42 "
