@@ -695,13 +695,11 @@ def snapshot_environ(state: RequestState, environ: dict[str, Any]) -> None:
 
 
 def _snapshot_plan(layout: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
-    """The keys of ``layout`` that hold objects, and the characters of the others."""
+    """The keys of ``layout`` that hold objects, and the characters of the others (a key that
+    is no string, which WSGI has none of, counts none)."""
     objects = tuple(key for key in layout if key in _ENVIRON_OBJECTS)
-    kept = [key for key in layout if key not in _ENVIRON_OBJECTS]
-    try:
-        return objects, sum([len(key) for key in kept])
-    except TypeError:  # a key that is no string (not WSGI)
-        return objects, sum([len(key) for key in kept if type(key) is str])
+    characters = sum(len(key) for key in layout if type(key) is str and key not in _ENVIRON_OBJECTS)
+    return objects, characters
 
 
 _SNAPSHOT_PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], int]] = {}
